@@ -1,0 +1,49 @@
+"""streamlstm: Numba-compiled LSTM/GRU inference one sample at a time, for live sensor streams.
+
+Load weights trained elsewhere, step a stream or a bank of thousands, embed the compiled
+step in your own ``@njit`` code.
+
+>>> import numpy as np, streamlstm as sl
+>>> model = sl.random_model(3, [16], output_size=3)
+>>> stream = model.stream()
+>>> stream.step(np.ones(3, np.float32)).shape
+(3,)
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .bank import Bank
+from .errors import (
+    ConfigError,
+    InvalidSampleError,
+    ModelFormatError,
+    ShapeError,
+    SinkError,
+    SourceError,
+    StreamLSTMError,
+)
+from .model import DenseLayer, Model, Normalization, RecurrentLayer, random_model
+from .stream import Stream
+
+try:
+    __version__ = version("streamlstm")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0+unknown"
+
+__all__ = [
+    "Bank",
+    "ConfigError",
+    "DenseLayer",
+    "InvalidSampleError",
+    "Model",
+    "ModelFormatError",
+    "Normalization",
+    "RecurrentLayer",
+    "ShapeError",
+    "SinkError",
+    "SourceError",
+    "Stream",
+    "StreamLSTMError",
+    "__version__",
+    "random_model",
+]

@@ -1,0 +1,193 @@
+"""Many streams of one model: sensor id -> state row, stepped a micro-batch at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numba
+import numpy as np
+
+from . import kernels
+from ._samples import as_sample, as_samples
+from .errors import ShapeError
+from .kernels import layout as L
+from .model import Model
+from .packing import packed
+from .stream import join_state, split_state
+
+#: Below this many samples a micro-batch is stepped on the calling thread: waking the
+#: thread pool costs about a microsecond, more than a handful of steps.
+PARALLEL_THRESHOLD = 64
+
+
+class Bank:
+    """The states of many streams (sensors) of one model, as rows of one ``(capacity, S)`` array.
+
+    A sensor id (any hashable: str or int) gets a row the first time it is seen; the array
+    doubles when full. :meth:`step` takes a micro-batch of ``(sensor id, sample)`` pairs
+    in arrival order, where a sensor may appear several times: its samples are applied in
+    that order. A NaN/Inf sample is skipped and counted for its sensor without failing the
+    batch; its prediction row is NaN and :attr:`last_status` holds the reason.
+    """
+
+    def __init__(self, model: Model, capacity: int = 1024, *, threads: int | None = None) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be >= 1")
+        self.model = model
+        pk = packed(model)
+        self._params, self._layout = pk.params, pk.layout
+        self._dtype = model.dtype
+        self.threads = numba.get_num_threads() if threads is None else int(threads)
+        if not 1 <= self.threads <= numba.config.NUMBA_NUM_THREADS:
+            raise ValueError(f"threads must be in 1..{numba.config.NUMBA_NUM_THREADS}")
+        self._rows: dict[Hashable, int] = {}
+        self._free: list[int] = []  # rows released by forget(), reused first
+        self._next_row = 0          # rows from here on were never handed out
+        self._states = np.zeros((capacity, pk.state_size), self._dtype)
+        self._rejected = np.zeros(capacity, np.int64)
+        self._scratch = np.zeros((numba.config.NUMBA_NUM_THREADS, pk.scratch_size), self._dtype)
+        self._links = np.full((3, capacity), -1, np.int64)
+        self.last_status = np.zeros(0, np.int8)
+
+    # -- sensors and rows -------------------------------------------------------------
+    @property
+    def capacity(self) -> int:
+        return self._states.shape[0]
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __contains__(self, sensor: Hashable) -> bool:
+        return sensor in self._rows
+
+    @property
+    def sensors(self) -> list[Hashable]:
+        """Known sensor ids in row-allocation order."""
+        return list(self._rows)
+
+    def row(self, sensor: Hashable) -> int:
+        """The state row of ``sensor``, allocated (zero state) on first sight."""
+        row = self._rows.get(sensor)
+        if row is None:
+            row = self._allocate(sensor)
+        return row
+
+    def rows(self, sensors: Iterable[Hashable]) -> np.ndarray:
+        """State rows for a sequence of sensor ids, allocating new ones as needed."""
+        lookup = self._rows.get
+        rows = [lookup(s) for s in sensors]
+        if None in rows:
+            rows = [self.row(s) for s in sensors]
+        return np.asarray(rows, np.int64)
+
+    def _allocate(self, sensor: Hashable) -> int:
+        if self._free:
+            row = self._free.pop()
+        else:
+            if self._next_row == self.capacity:
+                self._grow(2 * self.capacity)
+            row = self._next_row
+            self._next_row += 1
+        self._rows[sensor] = row
+        return row
+
+    def _grow(self, capacity: int) -> None:
+        old = self.capacity
+        states = np.zeros((capacity, self._states.shape[1]), self._dtype)
+        states[:old] = self._states
+        self._states = states
+        self._rejected = np.concatenate([self._rejected, np.zeros(capacity - old, np.int64)])
+        self._ensure_links(capacity)
+
+    def _ensure_links(self, size: int) -> None:
+        if self._links.shape[1] < size:
+            self._links = np.full((3, max(size, 2 * self._links.shape[1])), -1, np.int64)
+
+    def forget(self, sensor: Hashable) -> None:
+        """Drop ``sensor``: its row is zeroed and reused by the next new sensor."""
+        row = self._rows.pop(sensor)
+        self._states[row] = 0
+        self._rejected[row] = 0
+        self._free.append(row)
+
+    # -- stepping ---------------------------------------------------------------------
+    def step(self, sensors: Sequence[Hashable] | np.ndarray, samples: Any) -> np.ndarray:
+        """Apply a micro-batch: ``samples[i]`` (``(D,)``) belongs to ``sensors[i]``.
+
+        Returns ``(M, O)`` predictions in the order given (NaN rows for rejected samples).
+        """
+        return self.step_rows(self.rows(sensors), samples)
+
+    def step_rows(self, rows: np.ndarray, samples: Any) -> np.ndarray:
+        """:meth:`step` with state rows from :meth:`rows` instead of ids (skips the lookup)."""
+        samples = as_samples(samples, self._dtype, self.model.input_size)
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
+        if rows.shape != (samples.shape[0],):
+            raise ShapeError(f"rows: expected shape ({samples.shape[0]},), got {rows.shape}")
+        if rows.size and (rows.min() < 0 or rows.max() >= self.capacity):
+            raise ShapeError("rows: out of range for this bank")
+        outs = np.empty((samples.shape[0], self.model.output_size), self._dtype)
+        status = np.empty(samples.shape[0], np.int8)
+        self._ensure_links(samples.shape[0])
+        args = (self._params, self._layout, self._states, rows, samples, outs, status,
+                self._scratch, self._links)
+        if self.threads > 1 and samples.shape[0] >= PARALLEL_THRESHOLD:
+            numba.set_num_threads(self.threads)
+            kernels.bank_step(*args)
+        else:
+            kernels.bank_step_serial(*args)
+        bad = status != L.OK
+        if bad.any():
+            np.add.at(self._rejected, rows[bad], 1)
+        self.last_status = status
+        return outs
+
+    # -- state access -----------------------------------------------------------------
+    def rejected(self, sensor: Hashable) -> int:
+        """How many samples of ``sensor`` were rejected (NaN/Inf or overflow)."""
+        return int(self._rejected[self._rows[sensor]])
+
+    def state(self, sensor: Hashable) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+        """Per-layer copies of ``(h, c)`` for ``sensor`` (see :attr:`Stream.state`)."""
+        return split_state(self.model, self._states[self._rows[sensor]].copy())
+
+    def set_state(self, sensor: Hashable, h: Any, c: Any) -> None:
+        """Overwrite ``sensor``'s state (allocating its row if new)."""
+        self._states[self.row(sensor)] = join_state(self.model, h, c)
+
+    def reset(self, sensor: Hashable | None = None) -> None:
+        """Zero one sensor's state, or every sensor's."""
+        if sensor is None:
+            self._states[:] = 0
+        else:
+            self._states[self._rows[sensor]] = 0
+
+    def export_state(self) -> dict[str, Any]:
+        """A snapshot of every sensor's state: ``{"sensors": [...], "states": (n, S) array}``."""
+        sensors = list(self._rows)
+        rows = np.asarray([self._rows[s] for s in sensors], np.int64)
+        return {"sensors": sensors, "states": self._states[rows].copy(),
+                "state_size": self._states.shape[1]}
+
+    def import_state(self, snapshot: Mapping[str, Any]) -> None:
+        """Restore sensors from :meth:`export_state` output (other sensors are kept)."""
+        sensors = list(snapshot["sensors"])
+        states = as_samples(snapshot["states"], self._dtype, self._states.shape[1],
+                            what="snapshot states")
+        if len(sensors) != states.shape[0]:
+            raise ShapeError(f"snapshot: {len(sensors)} sensors for {states.shape[0]} states")
+        if not np.all(np.isfinite(states)):
+            raise ShapeError("snapshot: non-finite state values")
+        self._states[self.rows(sensors)] = states
+
+    def state_vector(self, sensor: Hashable) -> np.ndarray:
+        """A copy of ``sensor``'s flat ``(S,)`` state row."""
+        return self._states[self._rows[sensor]].copy()
+
+    def set_state_vector(self, sensor: Hashable, vector: Any) -> None:
+        """Overwrite ``sensor``'s flat state row."""
+        vector = as_sample(vector, self._dtype, self._states.shape[1])
+        if not np.all(np.isfinite(vector)):
+            raise ShapeError("state: non-finite values")
+        self._states[self.row(sensor)] = vector

@@ -1,0 +1,31 @@
+"""The exception tree: catch :class:`StreamLSTMError` for anything this package raises on purpose."""
+
+from __future__ import annotations
+
+
+class StreamLSTMError(Exception):
+    """Base class of every error streamlstm raises deliberately."""
+
+
+class ModelFormatError(StreamLSTMError):
+    """A weight file is unreadable, corrupt, of an unknown version, or holds what the engine cannot run."""
+
+
+class ShapeError(StreamLSTMError, ValueError):
+    """An array has the wrong shape or dtype (weights, samples or state)."""
+
+
+class InvalidSampleError(StreamLSTMError, ValueError):
+    """A sample holds NaN or Inf; the stream's state was left untouched."""
+
+
+class ConfigError(StreamLSTMError):
+    """A configuration file or option is invalid."""
+
+
+class SourceError(StreamLSTMError):
+    """A data source failed (device gone, broker unreachable, unreadable file)."""
+
+
+class SinkError(StreamLSTMError):
+    """An output sink failed."""
