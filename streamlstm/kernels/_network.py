@@ -16,10 +16,10 @@ import numpy as np
 from numba import njit
 
 from . import layout as L
-from ._math import activate
+from ._math import activate_all, like
 
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
-JIT = {"cache": True, "fastmath": FASTMATH, "error_model": "numpy", "nogil": True}
+JIT = {"cache": True, "fastmath": FASTMATH, "error_model": "numpy", "nogil": True, "_nrt": False}
 
 
 @njit(inline="always", **JIT)
@@ -49,18 +49,21 @@ def _lstm_layer(params, rec, x, state, new_state, gates):
     _matvec_acc(gates, wx, x, n_in, width)
     _matvec_acc(gates, wh, h_prev, n_out, width)
     act, ract = rec[L.L_ACT], rec[L.L_RACT]
+    activate_all(gates[:2 * hidden], ract)        # i, f
+    activate_all(gates[2 * hidden:3 * hidden], act)  # g
+    activate_all(gates[3 * hidden:width], ract)   # o
+    cell_out = gates[2 * hidden:3 * hidden]       # g is consumed into c, then holds act(c)
+    for j in range(hidden):
+        c = gates[hidden + j] * c_prev[j] + gates[j] * gates[2 * hidden + j]
+        c_new[j] = c
+        cell_out[j] = c
+    activate_all(cell_out, act)
     projected = rec[L.L_WR] >= 0
     # Without projection h goes straight to h_new; with one, the unprojected h overwrites
-    # the already-consumed i-gate slot and is projected below.
+    # the already-consumed i-gate slots and is projected below.
     h_full = gates[:hidden] if projected else h_new
     for j in range(hidden):
-        i = activate(gates[j], ract)
-        f = activate(gates[hidden + j], ract)
-        g = activate(gates[2 * hidden + j], act)
-        o = activate(gates[3 * hidden + j], ract)
-        c = f * c_prev[j] + i * g
-        c_new[j] = c
-        h_full[j] = o * activate(c, act)
+        h_full[j] = gates[3 * hidden + j] * cell_out[j]
     if projected:
         wr = params[rec[L.L_WR]:rec[L.L_WR] + hidden * n_out].reshape((hidden, n_out))
         for j in range(n_out):
@@ -86,31 +89,34 @@ def _gru_layer(params, rec, x, state, new_state, gates):
         gh[j] = b_hh[j]
     _matvec_acc(gx, wx, x, n_in, width)
     act, ract = rec[L.L_ACT], rec[L.L_RACT]
-    if rec[L.L_RESET_AFTER] == 1:
-        _matvec_acc(gh, wh, h_prev, hidden, width)
+    reset_after = rec[L.L_RESET_AFTER] == 1
+    # reset_after: n needs W_hn h, computed with the rest; otherwise W_hn (r * h), below.
+    _matvec_acc(gh, wh, h_prev, hidden, width if reset_after else 2 * hidden)
+    rz = gx[:2 * hidden]
+    for j in range(2 * hidden):
+        rz[j] += gh[j]
+    activate_all(rz, ract)
+    n = gx[2 * hidden:width]
+    if reset_after:
         for j in range(hidden):
-            r = activate(gx[j] + gh[j], ract)
-            z = activate(gx[hidden + j] + gh[hidden + j], ract)
-            n = activate(gx[2 * hidden + j] + r * gh[2 * hidden + j], act)
-            h_new[j] = (1.0 - z) * n + z * h_prev[j]
+            n[j] += rz[j] * gh[2 * hidden + j]
     else:
-        # Reset before the recurrent product: n needs W_hn (r * h), so r comes first.
-        _matvec_acc(gh, wh, h_prev, hidden, 2 * hidden)
-        r_h = gx[:hidden]  # x-part of r is consumed into r * h in place
+        r_h = gh[:hidden]  # the r part of gh is consumed: reuse it for r * h
         for j in range(hidden):
-            r = activate(gx[j] + gh[j], ract)
-            gh[j] = activate(gx[hidden + j] + gh[hidden + j], ract)  # z, kept for below
-            r_h[j] = r * h_prev[j]
-        n_acc = gh[2 * hidden:width]
+            r_h[j] = rz[j] * h_prev[j]
+        n_acc = gh[2 * hidden:width]  # holds b_hn
         for k in range(hidden):
             rh = r_h[k]
             row = wh[k]
             for j in range(hidden):
                 n_acc[j] += row[2 * hidden + j] * rh
         for j in range(hidden):
-            z = gh[j]
-            n = activate(gx[2 * hidden + j] + n_acc[j], act)
-            h_new[j] = (1.0 - z) * n + z * h_prev[j]
+            n[j] += n_acc[j]
+    activate_all(n, act)
+    one = like(h_prev[0], 1)
+    for j in range(hidden):
+        z = rz[hidden + j]
+        h_new[j] = (one - z) * n[j] + z * h_prev[j]
 
 
 @njit(**JIT)
@@ -165,9 +171,8 @@ def step(params, layout, state, x, out, scratch):
             dst[j] = bias[j]
         w = params[rec[L.D_W]:rec[L.D_W] + d_in * d_out].reshape((d_in, d_out))
         _matvec_acc(dst, w, layer_in, d_in, d_out)
-        for j in range(d_out):
-            dst[j] = activate(dst[j], act)
         layer_in = dst[:d_out]
+        activate_all(layer_in, act)
 
     norm = layout[L.H_OUT_NORM]
     finite = True
