@@ -1,0 +1,355 @@
+"""Core engine benchmark: streamlstm side by side with torch, onnxruntime and NumPy.
+
+    python benchmarks/bench_core.py [--quick] [--json benchmarks/results/core.json]
+
+Three parts, all in one run on one machine, medians of repeated timings after warm-up,
+every library on 1 thread unless a row says otherwise:
+
+1. single-stream latency per sample (D=3, Linear head), called from Python with the state
+   carried between calls: ``Stream.step`` vs torch ``nn.LSTM`` (seq_len 1,
+   ``inference_mode``), torch ``nn.LSTMCell``, onnxruntime (state fed back) and NumPy;
+2. ``Stream.run`` over a 10,000-sample block (ns per sample) vs torch ``nn.LSTM`` over the
+   same sequence;
+3. ``Bank.step`` of N sensors x 1 sample (H=64) vs torch ``LSTMCell`` and onnxruntime
+   batched, stream-steps per second, 1 and 2 threads.
+
+Every peer runs the same weights; outputs are cross-checked before timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numba
+import numpy as np
+
+import streamlstm as sl
+from streamlstm.model import Model, dense_layer, lstm_layer
+
+D = 3
+
+
+def median_time(fn: Callable[[], Any], *, inner: int, repeats: int) -> float:
+    """Median over ``repeats`` of the mean wall time of ``inner`` calls, in seconds."""
+    for _ in range(max(1, inner // 10)):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        samples.append((time.perf_counter() - start) / inner)
+    return statistics.median(samples)
+
+
+# -- the same network in every library ----------------------------------------------------
+def torch_net(hidden: int, layers: int, seed: int):
+    import torch
+
+    torch.manual_seed(seed)
+    lstm = torch.nn.LSTM(D, hidden, num_layers=layers).eval()
+    head = torch.nn.Linear(hidden, D).eval()
+    return lstm, head
+
+
+def model_from_torch(lstm, head) -> Model:
+    def get(name: str, layer: int) -> np.ndarray:
+        return getattr(lstm, f"{name}_l{layer}").detach().numpy()
+
+    layers = tuple(lstm_layer(get("weight_ih", k), get("weight_hh", k), get("bias_ih", k),
+                              get("bias_hh", k)) for k in range(lstm.num_layers))
+    return Model(layers=layers, head=(dense_layer(head.weight.detach().numpy(),
+                                                  head.bias.detach().numpy()),))
+
+
+def onnx_session(lstm, head, threads: int):
+    """An onnxruntime session of the network with (h, c) as explicit inputs and outputs."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    hidden, layers = lstm.hidden_size, lstm.num_layers
+    to_onnx_gates = [0, 3, 1, 2]  # torch i,f,g,o -> ONNX i,o,f,c
+
+    def reorder(array: np.ndarray) -> np.ndarray:
+        blocks = np.split(array, 4, axis=0)
+        return np.concatenate([blocks[i] for i in to_onnx_gates], axis=0)
+
+    inits, nodes = [], []
+    x_name = "x"
+    for k in range(layers):
+        w = reorder(getattr(lstm, f"weight_ih_l{k}").detach().numpy())[None]
+        r = reorder(getattr(lstm, f"weight_hh_l{k}").detach().numpy())[None]
+        b = np.concatenate([reorder(getattr(lstm, f"bias_ih_l{k}").detach().numpy()),
+                            reorder(getattr(lstm, f"bias_hh_l{k}").detach().numpy())])[None]
+        inits += [numpy_helper.from_array(w, f"W{k}"), numpy_helper.from_array(r, f"R{k}"),
+                  numpy_helper.from_array(b, f"B{k}"),
+                  numpy_helper.from_array(np.array([k], np.int64), f"idx{k}")]
+        nodes += [
+            helper.make_node("Gather", ["h0", f"idx{k}"], [f"h0_{k}"], axis=0),
+            helper.make_node("Gather", ["c0", f"idx{k}"], [f"c0_{k}"], axis=0),
+            helper.make_node("LSTM", [x_name, f"W{k}", f"R{k}", f"B{k}", "", f"h0_{k}", f"c0_{k}"],
+                             [f"Y{k}", f"hn{k}", f"cn{k}"], hidden_size=hidden),
+            helper.make_node("Squeeze", [f"Y{k}", "axis1"], [f"Ys{k}"]),
+        ]
+        x_name = f"Ys{k}"
+    inits += [numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+              numpy_helper.from_array(np.array([0], np.int64), "axis0"),
+              numpy_helper.from_array(head.weight.detach().numpy(), "Wlin"),
+              numpy_helper.from_array(head.bias.detach().numpy(), "blin")]
+    nodes += [
+        helper.make_node("Concat", [f"hn{k}" for k in range(layers)], ["hn"], axis=0),
+        helper.make_node("Concat", [f"cn{k}" for k in range(layers)], ["cn"], axis=0),
+        helper.make_node("Squeeze", [f"hn{layers - 1}", "axis0"], ["h_last"]),
+        helper.make_node("Gemm", ["h_last", "Wlin", "blin"], ["y"], transB=1),
+    ]
+    f32 = TensorProto.FLOAT
+    graph = helper.make_graph(
+        nodes, "lstm_step",
+        [helper.make_tensor_value_info("x", f32, [1, "n", D]),
+         helper.make_tensor_value_info("h0", f32, [layers, "n", hidden]),
+         helper.make_tensor_value_info("c0", f32, [layers, "n", hidden])],
+        [helper.make_tensor_value_info("y", f32, ["n", D]),
+         helper.make_tensor_value_info("hn", f32, [layers, "n", hidden]),
+         helper.make_tensor_value_info("cn", f32, [layers, "n", hidden])],
+        inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(proto)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(proto.SerializeToString(), options,
+                                providers=["CPUExecutionProvider"])
+
+
+class NumpyStream:
+    """The straightforward NumPy implementation a user would write first."""
+
+    def __init__(self, model: Model) -> None:
+        self.layers = [(l.w_ih, l.w_hh, l.b_ih + l.b_hh) for l in model.layers]
+        self.head = model.head[0]
+        hidden = model.layers[0].hidden_size
+        self.h = [np.zeros(hidden, np.float32) for _ in self.layers]
+        self.c = [np.zeros(hidden, np.float32) for _ in self.layers]
+
+    def step(self, x: np.ndarray) -> np.ndarray:
+        for k, (w_ih, w_hh, b) in enumerate(self.layers):
+            gates = w_ih @ x + w_hh @ self.h[k] + b
+            i, f, g, o = np.split(gates, 4)
+            i, f, o = (1 / (1 + np.exp(-v)) for v in (i, f, o))
+            self.c[k] = f * self.c[k] + i * np.tanh(g)
+            self.h[k] = x = o * np.tanh(self.c[k])
+        return self.head.weight @ x + self.head.bias
+
+
+# -- the three parts ------------------------------------------------------------------------
+def bench_single(hidden: int, layers: int, quick: bool) -> dict[str, float]:
+    import torch
+
+    lstm, head = torch_net(hidden, layers, seed=hidden + layers)
+    model = model_from_torch(lstm, head)
+    x = np.random.default_rng(0).standard_normal(D).astype(np.float32)
+    xt = torch.from_numpy(x)
+    inner, repeats = (2000, 5) if quick else (20000, 9)
+    results: dict[str, float] = {}
+
+    stream = model.stream()
+    results["streamlstm Stream.step"] = median_time(lambda: stream.step(x), inner=inner,
+                                                   repeats=repeats)
+    out = np.empty(D, np.float32)
+    results["streamlstm Stream.step(out=)"] = median_time(lambda: stream.step(x, out=out),
+                                                         inner=inner, repeats=repeats)
+
+    state = [None]
+    x3 = xt.view(1, 1, D)
+
+    def torch_lstm() -> None:
+        with torch.inference_mode():
+            y, state[0] = lstm(x3, state[0])
+            head(y[0, 0])
+
+    results["torch nn.LSTM (seq_len 1)"] = median_time(torch_lstm, inner=inner // 4,
+                                                       repeats=repeats)
+    if layers == 1:
+        cell = torch.nn.LSTMCell(D, hidden).eval()
+        with torch.no_grad():
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                getattr(cell, name).copy_(getattr(lstm, f"{name}_l0"))
+        hc = [None]
+        x2 = xt.view(1, D)
+
+        def torch_cell() -> None:
+            with torch.inference_mode():
+                hc[0] = cell(x2, hc[0])
+                head(hc[0][0])
+
+        results["torch nn.LSTMCell"] = median_time(torch_cell, inner=inner // 4,
+                                                   repeats=repeats)
+
+    session = onnx_session(lstm, head, threads=1)
+    feeds = {"x": x.reshape(1, 1, D), "h0": np.zeros((layers, 1, hidden), np.float32),
+             "c0": np.zeros((layers, 1, hidden), np.float32)}
+    _check_onnx(session, model, feeds)
+
+    def onnx_step() -> None:
+        _, feeds["h0"], feeds["c0"] = session.run(None, feeds)
+
+    results["onnxruntime (state fed back)"] = median_time(onnx_step, inner=inner // 4,
+                                                          repeats=repeats)
+    numpy_stream = NumpyStream(model)
+    results["NumPy"] = median_time(lambda: numpy_stream.step(x), inner=inner // 4,
+                                   repeats=repeats)
+    return results
+
+
+def _check_onnx(session, model: Model, feeds: dict[str, np.ndarray]) -> None:
+    """The ONNX peer computes the same function as the engine (20 carried steps)."""
+    feeds = dict(feeds)
+    stream = model.stream()
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        x = rng.standard_normal(D).astype(np.float32)
+        feeds["x"] = x.reshape(1, 1, D)
+        y, feeds["h0"], feeds["c0"] = session.run(None, feeds)
+        mine = stream.step(x)
+        if not np.allclose(y[0], mine, atol=1e-5):
+            sys.exit(f"onnx peer disagrees with streamlstm: {y[0]} vs {mine}")
+
+
+def bench_run(quick: bool) -> dict[str, float]:
+    import torch
+
+    lstm, head = torch_net(64, 1, seed=7)
+    model = model_from_torch(lstm, head)
+    xs = np.random.default_rng(0).standard_normal((10_000, D)).astype(np.float32)
+    stream = model.stream()
+    repeats = 3 if quick else 7
+    ours = median_time(lambda: stream.run(xs), inner=1, repeats=repeats) / len(xs)
+    xt = torch.from_numpy(xs).view(-1, 1, D)
+
+    def torch_seq() -> None:
+        with torch.inference_mode():
+            head(lstm(xt)[0])
+
+    return {"streamlstm Stream.run": ours,
+            "torch nn.LSTM (whole sequence)": median_time(torch_seq, inner=1,
+                                                          repeats=repeats) / len(xs)}
+
+
+def bench_bank(sizes: list[int], quick: bool) -> list[dict[str, Any]]:
+    import torch
+
+    lstm, head = torch_net(64, 1, seed=11)
+    model = model_from_torch(lstm, head)
+    cell = torch.nn.LSTMCell(D, 64).eval()
+    with torch.no_grad():
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(cell, name).copy_(getattr(lstm, f"{name}_l0"))
+    rows = []
+    for n in sizes:
+        samples = np.random.default_rng(n).standard_normal((n, D)).astype(np.float32)
+        sensors = np.arange(n)
+        repeats = 3 if quick else 7
+        inner = max(1, 20_000 // n) if quick else max(1, 200_000 // n)
+        row: dict[str, Any] = {"N": n}
+        for threads in (1, 2):
+            if threads > numba.config.NUMBA_NUM_THREADS:
+                continue
+            bank = model.bank(n, threads=threads)
+            bank_rows = bank.rows(sensors)
+            row[f"streamlstm Bank.step_rows {threads}t"] = n / median_time(
+                lambda b=bank, r=bank_rows: b.step_rows(r, samples), inner=inner,
+                repeats=repeats)
+            row[f"streamlstm Bank.step (ids) {threads}t"] = n / median_time(
+                lambda b=bank: b.step(sensors, samples), inner=inner, repeats=repeats)
+            torch.set_num_threads(threads)
+            xt = torch.from_numpy(samples)
+            hc = [(torch.zeros(n, 64), torch.zeros(n, 64))]
+
+            def torch_cell(x=xt, hc=hc) -> None:
+                with torch.inference_mode():
+                    hc[0] = cell(x, hc[0])
+                    head(hc[0][0])
+
+            row[f"torch LSTMCell batched {threads}t"] = n / median_time(
+                torch_cell, inner=inner, repeats=repeats)
+            session = onnx_session(lstm, head, threads=threads)
+            feeds = {"x": samples.reshape(1, n, D), "h0": np.zeros((1, n, 64), np.float32),
+                     "c0": np.zeros((1, n, 64), np.float32)}
+
+            def onnx_batch(s=session, f=feeds) -> None:
+                _, f["h0"], f["c0"] = s.run(None, f)
+
+            row[f"onnxruntime batched {threads}t"] = n / median_time(
+                onnx_batch, inner=inner, repeats=repeats)
+        torch.set_num_threads(1)
+        rows.append(row)
+    return rows
+
+
+# -- report ---------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run)")
+    parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "core.json")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(1)
+    report: dict[str, Any] = {
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                    "python": platform.python_version(), "numba": numba.__version__,
+                    "numpy": np.__version__, "torch": torch.__version__,
+                    "streamlstm": sl.__version__},
+        "single": [], "run": {}, "bank": [],
+    }
+    print("1. single stream, per-sample latency from Python (us), D=3, Linear head, 1 thread")
+    print(f"{'H':>4} {'layers':>6}  {'peer':34} {'us':>8} {'peer/ours':>10}")
+    for hidden in (32, 64, 128):
+        for layers in (1, 2):
+            results = bench_single(hidden, layers, args.quick)
+            ours = results["streamlstm Stream.step"]
+            for name, seconds in results.items():
+                print(f"{hidden:>4} {layers:>6}  {name:34} {seconds * 1e6:8.2f} "
+                      f"{seconds / ours:9.1f}x")
+            report["single"].append({"H": hidden, "layers": layers,
+                                     **{k: v * 1e6 for k, v in results.items()}})
+
+    print("\n2. block of 10,000 samples, one stream, H=64 (ns per sample)")
+    run = bench_run(args.quick)
+    ours = run["streamlstm Stream.run"]
+    for name, seconds in run.items():
+        print(f"   {name:34} {seconds * 1e9:8.0f} {seconds / ours:9.1f}x")
+    report["run"] = {k: v * 1e9 for k, v in run.items()}
+
+    print("\n3. bank of N sensors x 1 sample, H=64 (M stream-steps/s; ours/peer)")
+    sizes = [16, 256, 4096] if args.quick else [16, 256, 4096, 65536]
+    for row in bench_bank(sizes, args.quick):
+        n = row.pop("N")
+        for threads in ("1t", "2t"):
+            key = f"streamlstm Bank.step_rows {threads}"
+            if key not in row:
+                continue
+            for name in [k for k in row if k.endswith(threads)]:
+                print(f"N={n:<6} {name:34} {row[name] / 1e6:8.3f} "
+                      f"{row[key] / row[name]:9.1f}x")
+        report["bank"].append({"N": n, **{k: v / 1e6 for k, v in row.items()}})
+
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2))
+    print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
