@@ -46,7 +46,8 @@ class Bank:
         self._next_row = 0          # rows from here on were never handed out
         self._states = np.zeros((capacity, pk.state_size), self._dtype)
         self._rejected = np.zeros(capacity, np.int64)
-        self._scratch = np.zeros((numba.config.NUMBA_NUM_THREADS, pk.scratch_size), self._dtype)
+        self._scratch = np.zeros((numba.config.NUMBA_NUM_THREADS, kernels.TILE_STREAMS,
+                                  pk.scratch_size), self._dtype)
         self._links = np.full((3, capacity), -1, np.int64)
         self.last_status = np.zeros(0, np.int8)
 

@@ -8,8 +8,8 @@ Get the packed arguments from :meth:`streamlstm.Stream.kernel_args`.
 
 from ._bank import bank_step, bank_step_serial
 from ._math import tanh
-from ._network import run, step
+from ._network import TILE_STREAMS, run, step, step_tile
 from .layout import OK, REJECTED_RESULT, REJECTED_SAMPLE
 
-__all__ = ["OK", "REJECTED_RESULT", "REJECTED_SAMPLE", "bank_step", "bank_step_serial", "run",
-           "step", "tanh"]
+__all__ = ["OK", "REJECTED_RESULT", "REJECTED_SAMPLE", "TILE_STREAMS", "bank_step",
+           "bank_step_serial", "run", "step", "step_tile", "tanh"]

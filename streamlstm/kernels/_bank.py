@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from numba import get_thread_id, njit, prange
 
-from ._network import JIT, step
+from ._network import JIT, TILE_STREAMS, step, step_tile
 
 NO_SAMPLE = -1
 
@@ -39,16 +39,49 @@ def _group_by_row(rows, row_last, heads, links):
     return groups
 
 
+@njit(inline="always", **JIT)
+def _step_groups(params, layout, states, rows, samples, outs, status, scratch, heads, nxt,
+                 first, last):
+    """Step groups ``first..last-1`` (distinct rows), four at a time in lockstep.
+
+    Four groups advance together through their chains, one sample each per round, via
+    :func:`step_tile`; rounds where fewer than four groups still have samples (and the
+    remainder groups) fall back to :func:`step`. Each row's samples stay in order.
+    """
+    g = first
+    while g + TILE_STREAMS <= last:
+        i0, i1, i2, i3 = heads[g], heads[g + 1], heads[g + 2], heads[g + 3]
+        while i0 != NO_SAMPLE and i1 != NO_SAMPLE and i2 != NO_SAMPLE and i3 != NO_SAMPLE:
+            status[i0], status[i1], status[i2], status[i3] = step_tile(
+                params, layout, states[rows[i0]], states[rows[i1]], states[rows[i2]],
+                states[rows[i3]], samples[i0], samples[i1], samples[i2], samples[i3],
+                outs[i0], outs[i1], outs[i2], outs[i3], scratch)
+            i0, i1, i2, i3 = nxt[i0], nxt[i1], nxt[i2], nxt[i3]
+        for i in (i0, i1, i2, i3):
+            while i != NO_SAMPLE:
+                status[i] = step(params, layout, states[rows[i]], samples[i], outs[i],
+                                 scratch[0])
+                i = nxt[i]
+        g += TILE_STREAMS
+    for h in range(g, last):
+        i = heads[h]
+        while i != NO_SAMPLE:
+            status[i] = step(params, layout, states[rows[i]], samples[i], outs[i], scratch[0])
+            i = nxt[i]
+
+
 @njit(**JIT)
 def bank_step_serial(params, layout, states, rows, samples, outs, status, scratch, links):
     """Step a micro-batch on the calling thread; arguments as :func:`bank_step`."""
     row_last, heads, nxt = links[0], links[1], links[2]
     groups = _group_by_row(rows, row_last, heads, nxt)
-    for g in range(groups):
-        i = heads[g]
-        while i != NO_SAMPLE:
-            status[i] = step(params, layout, states[rows[i]], samples[i], outs[i], scratch[0])
-            i = nxt[i]
+    _step_groups(params, layout, states, rows, samples, outs, status, scratch[0], heads, nxt,
+                 0, groups)
+
+
+#: Groups one parallel task takes: a multiple of the tile, large enough to amortise the
+#: task's start.
+_CHUNK = 8 * TILE_STREAMS
 
 
 @njit(parallel=True, **JIT)
@@ -57,14 +90,12 @@ def bank_step(params, layout, states, rows, samples, outs, status, scratch, link
 
     ``states``: ``(capacity, S)``; ``rows``: ``(M,)`` int64 state rows; ``samples``:
     ``(M, D)``; ``outs``: ``(M, O)``; ``status``: ``(M,)`` int8 codes (see
-    :mod:`.layout`); ``scratch``: ``(threads, scratch_size)``; ``links``: int64 work
+    :mod:`.layout`); ``scratch``: ``(threads, 4, scratch_size)``; ``links``: int64 work
     buffer ``(3, max(capacity, M))`` whose first row is all -1.
     """
     row_last, heads, nxt = links[0], links[1], links[2]
     groups = _group_by_row(rows, row_last, heads, nxt)
-    for g in prange(groups):
-        work = scratch[get_thread_id()]
-        i = heads[g]
-        while i != NO_SAMPLE:
-            status[i] = step(params, layout, states[rows[i]], samples[i], outs[i], work)
-            i = nxt[i]
+    for chunk in prange((groups + _CHUNK - 1) // _CHUNK):
+        first = chunk * _CHUNK
+        _step_groups(params, layout, states, rows, samples, outs, status,
+                     scratch[get_thread_id()], heads, nxt, first, min(first + _CHUNK, groups))
