@@ -194,6 +194,8 @@ def _read(path: Path, max_tensor_bytes: int) -> tuple[dict[str, Any], dict[str, 
         if not isinstance(meta, dict):
             raise ModelFormatError(f"{path}: {META} is not a JSON object")
         _check_version(path, meta)
+        # Names are checked before any tensor member is parsed.
+        _check_names(path, _expected_shapes(path, meta.get("architecture")), members - {META})
         arrays = {name: npz[name] for name in members if name != META}
     return meta, arrays
 
@@ -286,16 +288,20 @@ def _expected_shapes(path: Path, arch: Any) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _check_tensors(path: Path, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
-                   dtype: np.dtype) -> None:
-    expected = _expected_shapes(path, meta.get("architecture"))
-    described = _field(path, meta, "tensors", dict, META)
-    missing = sorted(set(expected) - set(arrays))
-    extra = sorted(set(arrays) - set(expected))
+def _check_names(path: Path, expected: Mapping[str, Any], present: set[str]) -> None:
+    missing = sorted(set(expected) - present)
+    extra = sorted(present - set(expected))
     if missing:
         raise ModelFormatError(f"{path}: missing tensor(s): {', '.join(missing)}")
     if extra:
         raise ModelFormatError(f"{path}: unexpected tensor(s): {', '.join(extra)}")
+
+
+def _check_tensors(path: Path, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
+                   dtype: np.dtype) -> None:
+    expected = _expected_shapes(path, meta.get("architecture"))
+    described = _field(path, meta, "tensors", dict, META)
+    _check_names(path, expected, set(arrays))
     if set(described) != set(expected):
         raise ModelFormatError(f"{path}: {META}.tensors lists "
                                f"{sorted(set(described) ^ set(expected))} inconsistently")
