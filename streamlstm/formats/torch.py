@@ -282,7 +282,8 @@ class _Builder:
                             "this is not an nn.LSTM/nn.GRU state_dict")
         if kind is not None and kind != inferred:
             raise self.fail(f"kind={kind!r} was given but {keys['weight_ih']} {w_ih.shape} "
-                            f"with hidden size {hidden} is an {inferred.upper()}")
+                            f"with hidden size {hidden} is "
+                            f"{'an LSTM' if inferred == 'lstm' else 'a GRU'}")
         return inferred
 
     # -- head -------------------------------------------------------------------------
