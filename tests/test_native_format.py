@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import io
-import re
 import json
+import re
 import zipfile
 
 import numpy as np
@@ -30,7 +30,8 @@ def full_model(dtype=np.float32) -> Model:
                        "relu"),
             DenseLayer(rng.normal(0, 0.3, (2, 6)).astype(dtype), np.zeros(2, dtype)))
     return Model(layers=(projected, second), head=head,
-                 input_norm=Normalization(np.array([0.1, -2, 3], dtype), np.array([1, 2, .5], dtype)),
+                 input_norm=Normalization(np.array([0.1, -2, 3], dtype),
+                                          np.array([1, 2, .5], dtype)),
                  output_norm=Normalization(np.array([5, 6], dtype), np.array([0.25, 4], dtype)),
                  name="pump-7 accel", sample_rate=1600.0, channels=("x", "y", "z"),
                  metadata={"source": "test", "epochs": 12, "nested": {"a": [1, 2]}},
@@ -53,7 +54,7 @@ def assert_same_model(a: Model, b: Model) -> None:
         np.testing.assert_array_equal(x, y)
     for field in ("name", "sample_rate", "channels", "metadata", "calibration"):
         assert getattr(a, field) == getattr(b, field), field
-    for la, lb in zip(a.layers, b.layers):
+    for la, lb in zip(a.layers, b.layers, strict=True):
         assert (la.reset_after, la.activation, la.recurrent_activation) == \
                (lb.reset_after, lb.activation, lb.recurrent_activation)
 

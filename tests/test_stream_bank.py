@@ -35,7 +35,7 @@ def test_bank_equals_separate_streams_bit_exact(model, threads):
         ids = [sensors[i] for i in rng.integers(0, len(sensors), 150)]  # repeats within a batch
         xs = samples(model, len(ids), seed=batch)
         got = bank.step(ids, xs)
-        want = np.stack([streams[s].step(x) for s, x in zip(ids, xs)])
+        want = np.stack([streams[s].step(x) for s, x in zip(ids, xs, strict=True)])
         np.testing.assert_array_equal(got, want)
     for s in bank.sensors:
         np.testing.assert_array_equal(bank.state_vector(s), streams[s].state_vector)
@@ -73,8 +73,8 @@ def test_per_sensor_state_read_write(model):
     bank.set_state("a", h, c)
     later = samples(model, 10, seed=4)
     np.testing.assert_array_equal(bank.step(["a"] * 10, later), stream.run(later))
-    for got, want in zip(bank.state("a"), stream.state):
-        for g, w in zip(got, want):
+    for got, want in zip(bank.state("a"), stream.state, strict=True):
+        for g, w in zip(got, want, strict=True):
             np.testing.assert_array_equal(g, w)
 
 

@@ -174,7 +174,7 @@ def test_head_prefix_list_and_ambiguous_heads(tmp_path):
     np.testing.assert_allclose(outputs(model, XS), want, atol=1e-6)
     no_head = load(path, head_prefix="", strict=False)
     assert not no_head.head
-    with pytest.raises(ModelFormatError, match="no Linear weights under head_prefix 'dense.'"):
+    with pytest.raises(ModelFormatError, match=r"no Linear weights under head_prefix 'dense\.'"):
         load(path, head_prefix="dense")
 
 
@@ -204,15 +204,15 @@ def test_bidirectional_is_refused_with_an_explanation(tmp_path):
     lstm = nn.LSTM(3, 8, bidirectional=True)
     path = tmp_path / "bi.pt"
     torch.save(lstm.state_dict(), path)
-    with pytest.raises(ModelFormatError, match="bidirectional .*future samples"):
+    with pytest.raises(ModelFormatError, match=r"bidirectional .*future samples"):
         load(path)
 
 
 def test_pickle_bearing_pt_is_refused(tmp_path):
     path = tmp_path / "whole_module.pt"
     torch.save(make_net("lstm", 1, 8), path)  # the whole nn.Module: needs unpickling code
-    with pytest.raises(ModelFormatError, match="refused: the file holds pickled Python objects"
-                                               ".*weights_only"):
+    with pytest.raises(ModelFormatError, match=r"refused: the file holds pickled Python objects"
+                                               r".*weights_only"):
         load(path)
 
 
@@ -240,7 +240,7 @@ def test_corrupt_files_are_refused(tmp_path, suffix):
 def test_not_a_recurrent_state_dict(tmp_path):
     path = tmp_path / "w.safetensors"
     write_safetensors(path, numpy_state(nn.Linear(3, 2), "fc."))
-    with pytest.raises(ModelFormatError, match="no nn.LSTM/nn.GRU weights found"):
+    with pytest.raises(ModelFormatError, match=r"no nn\.LSTM/nn\.GRU weights found"):
         load(path)
 
 

@@ -89,7 +89,8 @@ def save_native(model: Model, path: str | os.PathLike[str]) -> Path:
     try:
         text = json.dumps(meta, default=_json_default, sort_keys=True).encode("utf-8")
     except (TypeError, ValueError) as exc:
-        raise ModelFormatError(f"{path}: metadata or calibration is not JSON-able ({exc})") from None
+        raise ModelFormatError(f"{path}: metadata or calibration is not JSON-able "
+                               f"({exc})") from None
     buffer = io.BytesIO()
     np.savez(buffer, **{META: np.frombuffer(text, np.uint8)}, **tensors)
     atomic_write(path, [buffer.getvalue()])

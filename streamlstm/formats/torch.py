@@ -213,9 +213,9 @@ class _Builder:
             raise self.fail("no nn.LSTM/nn.GRU weights found (expected keys like "
                             "'lstm.weight_ih_l0'); is this a recurrent model's state_dict?")
         elif len(found) > 1:
-            raise self.fail(f"several recurrent modules found ({', '.join(map(repr, sorted(found)))})"
-                            "; pass prefix= to choose one (stacked separate modules are not "
-                            "chained automatically)")
+            listed = ", ".join(map(repr, sorted(found)))
+            raise self.fail(f"several recurrent modules found ({listed}); pass prefix= to "
+                            "choose one (stacked separate modules are not chained automatically)")
         else:
             prefix = next(iter(found))
         if any(k.startswith(prefix) and k.endswith("_reverse") for k in self.tensors):
