@@ -270,8 +270,8 @@ def test_pickled_object_array_is_never_loaded(saved):
     buffer = io.BytesIO()
     np.savez(buffer, **arrays, evil=np.array([{"a": 1}], dtype=object))
     saved.write_bytes(buffer.getvalue())
-    # Refused before any member is unpickled: it is not a tensor the architecture names.
-    expect_error(saved, r"unexpected tensor\(s\): evil")
+    # Refused from its .npy header, before any member is parsed.
+    expect_error(saved, r"member 'evil' holds Python objects")
 
 
 def test_oversize_member_refused_from_zip_directory(saved):
@@ -318,4 +318,23 @@ def test_object_array_in_place_of_a_tensor_is_not_unpickled(saved):
     arrays = members(saved)
     arrays["head.0.bias"] = np.array([{"a": 1}] * 6, dtype=object)
     write_members(saved, arrays)
-    expect_error(saved, "Object arrays cannot be loaded when allow_pickle=False")
+    expect_error(saved, r"member 'head\.0\.bias' holds Python objects \(dtype object\)")
+
+
+def test_npy_header_claiming_more_data_than_the_member_holds(saved):
+    # NumPy would allocate the claimed 4 TB before reading: refused from the header alone.
+    arrays = members(saved)
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buffer, {"descr": "<f4", "fortran_order": False, "shape": (10**12,)})
+    body = buffer.getvalue() + arrays["head.0.bias"].tobytes()
+    with zipfile.ZipFile(saved, "w") as archive:
+        for name, array in arrays.items():
+            if name == "head.0.bias":
+                archive.writestr(name + ".npy", body)
+            else:
+                item = io.BytesIO()
+                np.save(item, array)
+                archive.writestr(name + ".npy", item.getvalue())
+    expect_error(saved, r"member 'head\.0\.bias': header claims shape \(1000000000000,\) "
+                        r"\(4000000000000 bytes\) but the member holds \d+ bytes")

@@ -184,6 +184,8 @@ def _read(path: Path, max_tensor_bytes: int) -> tuple[dict[str, Any], dict[str, 
         bad = archive.testzip()
         if bad is not None:
             raise ModelFormatError(f"{path}: member {bad!r} fails its CRC check (corrupt file)")
+        for info in archive.infolist():
+            _check_npy_header(path, archive, info)
     with np.load(path, allow_pickle=False) as npz:
         meta_bytes = npz[META]
         if meta_bytes.dtype != np.uint8 or meta_bytes.ndim != 1:
@@ -219,6 +221,29 @@ def _check_members(path: Path, archive: zipfile.ZipFile, max_tensor_bytes: int) 
             raise ModelFormatError(f"{path}: member {name!r} declares {info.file_size} bytes, "
                                    f"over the {limit}-byte limit")
     return names
+
+
+def _check_npy_header(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
+    """Refuse a member whose ``.npy`` header promises more data than the member holds.
+
+    NumPy allocates the whole array from the header's shape before reading a zip member,
+    so a tiny member claiming a huge shape would otherwise exhaust memory.
+    """
+    name = info.filename[:-4]
+    with archive.open(info) as member:
+        version = np.lib.format.read_magic(member)
+        if version not in ((1, 0), (2, 0)):
+            raise ModelFormatError(f"{path}: member {name!r}: unsupported .npy version {version}")
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, _, dtype = read_header(member)
+    if dtype.hasobject:
+        raise ModelFormatError(f"{path}: member {name!r} holds Python objects (dtype {dtype}); "
+                               "native files hold numbers only and nothing is unpickled")
+    claimed = math.prod(shape) * dtype.itemsize
+    if claimed > info.file_size:
+        raise ModelFormatError(f"{path}: member {name!r}: header claims shape {shape} "
+                               f"({claimed} bytes) but the member holds {info.file_size} bytes")
 
 
 def _check_version(path: Path, meta: Mapping[str, Any]) -> None:
