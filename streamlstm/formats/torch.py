@@ -197,12 +197,8 @@ class _Builder:
 
     # -- recurrent module -------------------------------------------------------------
     def recurrent_prefix(self, prefix: str | None) -> str:
-        found: dict[str, bool] = {}
-        for key in self.tensors:
-            match = _RECURRENT_KEY.match(key)
-            if match and match["what"] == "weight_ih":
-                found[match["prefix"]] = found.get(match["prefix"], False) or bool(
-                    match["reverse"])
+        found = {m["prefix"] for key in self.tensors
+                 if (m := _RECURRENT_KEY.match(key)) and m["what"] == "weight_ih"}
         if prefix is not None:
             if prefix and not prefix.endswith("."):
                 prefix += "."
@@ -217,7 +213,7 @@ class _Builder:
             raise self.fail(f"several recurrent modules found ({listed}); pass prefix= to "
                             "choose one (stacked separate modules are not chained automatically)")
         else:
-            prefix = next(iter(found))
+            (prefix,) = found
         if any(k.startswith(prefix) and k.endswith("_reverse") for k in self.tensors):
             raise self.fail(f"{prefix or 'the model'} is bidirectional (keys ending in "
                             "'_reverse'): its backward direction reads the sequence from the "
