@@ -338,3 +338,25 @@ def test_npy_header_claiming_more_data_than_the_member_holds(saved):
                 archive.writestr(name + ".npy", item.getvalue())
     expect_error(saved, r"member 'head\.0\.bias': header claims shape \(1000000000000,\) "
                         r"\(4000000000000 bytes\) but the member holds \d+ bytes")
+
+
+def test_random_damage_gives_model_format_error_or_an_identical_model(saved):
+    """Byte flips anywhere in the file: either refused with ModelFormatError or harmless."""
+    original = load(saved)
+    data = saved.read_bytes()
+    rng = np.random.default_rng(2024)
+    outcomes = {"refused": 0, "harmless": 0}
+    for _ in range(150):
+        damaged = bytearray(data)
+        for where in rng.integers(0, len(data), rng.integers(1, 4)):
+            damaged[where] ^= int(rng.integers(1, 256))
+        saved.write_bytes(bytes(damaged))
+        try:
+            model = load(saved)
+        except ModelFormatError:
+            outcomes["refused"] += 1
+            continue
+        # A flip in bytes nothing reads (e.g. zip timestamps) may load: the model must be intact.
+        assert_same_model(original, model)
+        outcomes["harmless"] += 1
+    assert outcomes["refused"] > 100

@@ -25,8 +25,8 @@ import io
 import json
 import math
 import os
+import weakref
 import zipfile
-import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -56,8 +56,15 @@ def model_sha256(model: Model) -> str:
     The same for a model and its native file's reload; unchanged by ``name``,
     ``sample_rate``, ``channels``, ``metadata`` and ``calibration``, so it names the
     weights an alert was computed with, whatever they were since relabelled as.
+    Computed once per model object (models are immutable).
     """
-    return _content_sha256(_architecture(model), _tensors(model))
+    digest = _SHA256.get(model)
+    if digest is None:
+        digest = _SHA256[model] = _content_sha256(_architecture(model), _tensors(model))
+    return digest
+
+
+_SHA256: weakref.WeakKeyDictionary[Model, str] = weakref.WeakKeyDictionary()
 
 
 def save_native(model: Model, path: str | os.PathLike[str]) -> Path:
@@ -105,7 +112,7 @@ def load_native(path: str | os.PathLike[str], *,
         meta, arrays = _read(path, max_tensor_bytes)
     except ModelFormatError:
         raise
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError) as exc:
+    except Exception as exc:  # zipfile/zlib/NumPy raise many types on damaged input
         raise ModelFormatError(f"{path}: corrupt or truncated native file "
                                f"({type(exc).__name__}: {exc})") from None
     return _build(path, meta, arrays)
@@ -213,6 +220,10 @@ def _check_members(path: Path, archive: zipfile.ZipFile, max_tensor_bytes: int) 
         if not info.filename.endswith(".npy"):
             raise ModelFormatError(f"{path}: unexpected member {info.filename!r} (not .npy)")
         name = info.filename[:-4]
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) \
+                or info.flag_bits & 0x1:
+            raise ModelFormatError(f"{path}: member {name!r} is encrypted or uses compression "
+                                   f"method {info.compress_type} (only stored or deflated)")
         if name in names:
             raise ModelFormatError(f"{path}: member {name!r} appears twice")
         names.add(name)
