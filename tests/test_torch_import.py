@@ -43,6 +43,7 @@ def test_prefixes_are_detected(tmp_path, prefix):
     write_safetensors(path, numpy_state(lstm, prefix))
     model = load(path)
     assert model.metadata["prefix"] == prefix
+    assert model.metadata["source"] == "pytorch-safetensors"
     np.testing.assert_allclose(outputs(model, XS), torch_lstm_outputs(lstm, XS), atol=1e-6)
 
 
@@ -80,6 +81,7 @@ def test_bare_state_dict_pt_with_head_and_metadata_options(tmp_path):
     assert (model.name, model.sample_rate, model.channels) == ("pump", 400, ("x", "y", "z"))
     assert model.metadata["run"] == "r7" and model.metadata["source"] == "pytorch"
     assert re.fullmatch(r"[0-9a-f]{64}", model.metadata["file_sha256"])
+    assert "file_metadata" not in model.metadata
     assert model.metadata["head_prefixes"] == ["fc."]
     assert model.describe() == "LSTM(3->16, proj=4) -> Dense(4->3, linear)"
 
@@ -97,6 +99,12 @@ def test_normalisation_options(tmp_path):
         load(st, input_mean=mean)
     with pytest.raises(ModelFormatError, match=r"input_norm\.mean: expected shape \(3,\)"):
         load(st, input_mean=[0, 0], input_std=[1, 1])
+    with pytest.raises(ModelFormatError, match="output_mean/output_std must be numbers"):
+        load(st, output_mean=["a", "b", "c"], output_std=[1, 1, 1])
+    with pytest.raises(ModelFormatError, match=r"output_norm\.std: every entry must be > 0"):
+        load(st, output_mean=[0, 0, 0], output_std=[1, 0, 1])
+    with pytest.raises(ModelFormatError, match="sample_rate must be a positive number"):
+        load(st, sample_rate=-5)
 
 
 def test_float64_and_half_precision_sources(tmp_path):
@@ -122,8 +130,9 @@ def test_bfloat16_safetensors_from_the_safetensors_library(tmp_path):
     torch.manual_seed(0)
     lstm = nn.LSTM(3, 8, batch_first=True).to(torch.bfloat16)
     path = tmp_path / "bf16.safetensors"
-    save_file(lstm.state_dict(), str(path))
+    save_file(lstm.state_dict(), str(path), metadata={"trained_on": "pump-7"})
     model = load(path)
+    assert model.metadata["file_metadata"] == {"trained_on": "pump-7"}
     np.testing.assert_array_equal(model.layers[0].w_hh, lstm.weight_hh_l0.detach().float().numpy())
 
 
