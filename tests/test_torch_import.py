@@ -220,9 +220,29 @@ def test_bidirectional_is_refused_with_an_explanation(tmp_path):
 def test_pickle_bearing_pt_is_refused(tmp_path):
     path = tmp_path / "whole_module.pt"
     torch.save(make_net("lstm", 1, 8), path)  # the whole nn.Module: needs unpickling code
-    with pytest.raises(ModelFormatError, match=r"refused: the file holds pickled Python objects"
-                                               r".*weights_only"):
+    with pytest.raises(ModelFormatError, match=r"refused: the file holds pickled Python objects "
+                                               r"besides tensors \(it names "
+                                               r"torch_nets\.RecurrentNet\).*weights_only"):
         load(path)
+
+
+class _Payload:
+    """Pickles to a call of ``Path.touch(marker)``: running it would create the marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (type(self.marker).touch, (self.marker,))
+
+
+def test_malicious_pickle_is_never_executed(tmp_path):
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "evil.pth"
+    torch.save({"lstm.weight_ih_l0": torch.zeros(32, 3), "payload": _Payload(marker)}, path)
+    with pytest.raises(ModelFormatError, match="refused: the file holds pickled Python objects"):
+        load(path)
+    assert not marker.exists()
 
 
 def test_non_state_dict_pt_is_refused(tmp_path):

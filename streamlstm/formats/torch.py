@@ -132,12 +132,14 @@ def _read_pickle_free(path: Path) -> dict[str, np.ndarray]:
     try:
         obj = torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        # torch's message suggests weights_only=False; quote only what it found.
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        what = f" (it names {found[1]})" if found else ""
         raise ModelFormatError(
-            f"{path}: refused: the file holds pickled Python objects besides tensors, and "
-            "loading them could run arbitrary code, so only weights_only=True loading is "
+            f"{path}: refused: the file holds pickled Python objects besides tensors{what}, "
+            "and loading them could run arbitrary code, so only weights_only=True loading is "
             "used. Save model.state_dict() instead of the model (or convert it to "
-            f".safetensors). torch said: {first}") from None
+            ".safetensors).") from None
     except Exception as exc:  # torch raises RuntimeError/EOFError/OSError/... on damage
         raise ModelFormatError(f"{path}: not a readable PyTorch file "
                                f"({type(exc).__name__}: {exc})") from None
