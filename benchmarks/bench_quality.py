@@ -42,8 +42,8 @@ seconds:
 
 The fan model is the shipped ``weights/accel-default.npz`` when it was trained on this
 split (its metadata says so; it is recalibrated here over all speeds, like the recipe
-does), else it is trained in the run; ``--retrain`` forces that. The CWRU model is trained in the run (seeded)
-and never saved: CWRU has no licence for redistribution.
+does), else it is trained in the run; ``--retrain`` forces that. The CWRU model is
+trained in the run (seeded) and never saved: CWRU has no licence for redistribution.
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ def fan_model(train: list[np.ndarray], fs: float, retrain: bool) -> sl.Model:
         model = sl.formats.load(FAN_WEIGHTS)
         if model.metadata.get("split") == FAN_SPLIT:
             recipe = RECIPES["fan"]
-            tail = int(round(train[0].shape[0] * recipe["val_fraction"]))
+            tail = round(train[0].shape[0] * recipe["val_fraction"])
             return calibrate(model, [block[-tail:] for block in train],
                              **recipe["calibration"])
         print(f"{FAN_WEIGHTS} was not trained on this split: training again", file=sys.stderr)
@@ -305,10 +305,7 @@ def evaluate(method: Any, tests: list[tuple[str, int, np.ndarray]], fs: float) -
 def bench(dataset: str, retrain: bool) -> dict[str, Any]:
     train, tests, fs = fan_split() if dataset == "fan" else cwru_split()
     started = time.monotonic()
-    if dataset == "fan":
-        model = fan_model(train, fs, retrain)
-    else:
-        model = train_model(dataset, train, fs)
+    model = fan_model(train, fs, retrain) if dataset == "fan" else train_model(dataset, train, fs)
     trained = time.monotonic() - started
     recipe = RECIPES[dataset]
     results = {"lstm": evaluate(lambda n, r, t: run_lstm(model, r, t), tests, fs)}
@@ -331,16 +328,17 @@ def fan_per_speed(model: sl.Model, train: list[np.ndarray],
     scored with its own speed's calibration."""
     speeds = sorted({name.split("-")[1] for name, _, _ in tests})
     speeds.sort(key=lambda pct: int(pct.rstrip("%")))
-    tail = int(round(train[0].shape[0] * recipe["val_fraction"]))
+    tail = round(train[0].shape[0] * recipe["val_fraction"])
     options = {k: v for k, v in model.calibration.items()
                if k in ("metric", "quantile", "margin", "alpha", "hysteresis", "debounce",
                         "quiet_time", "warmup")}
     models = {pct: calibrate(model, [block[-tail:]], **options)
-              for pct, block in zip(speeds, train)}
+              for pct, block in zip(speeds, train, strict=True)}
     out = {"lstm/speed": evaluate(
         lambda n, r, t: run_lstm(models[n.split("-")[1]], r, t), tests, fs)}
     for kind in ("zscore", "rms-band"):
-        per = {pct: Baseline(kind, [block], recipe, fs) for pct, block in zip(speeds, train)}
+        per = {pct: Baseline(kind, [block], recipe, fs)
+               for pct, block in zip(speeds, train, strict=True)}
         out[f"{kind}/speed"] = evaluate(lambda n, r, t, p=per: p[n.split("-")[1]].run(r, t),
                                         tests, fs)
     return out

@@ -8,13 +8,15 @@
    (samples 1600-1999) of that block: a level that is normal at one speed is anomalous
    at another, so a site calibrates on its own machine and speed (``streamlstm
    calibrate``).
-3. Writes ``weights/accel-default.npz`` and ``streamlstm/data/demo.npz``: 20 s of
+3. Writes ``weights/accel-default.npz`` (and the same file as
+   ``streamlstm/data/accel-default.npz``) and ``streamlstm/data/demo.npz``: 20 s of
    configuration 1 at 60 % (samples 2000-2999, never used for training or calibration)
    followed by 30 s of configuration 3 ("opposite" blade weights) at 60 %.
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -39,7 +41,7 @@ def main() -> int:
     speeds = sorted(np.unique(speed))
     trained = B.train_model("fan", train, fs)
     block = train[speeds.index(SPEED)]
-    tail = int(round(block.shape[0] * B.RECIPES["fan"]["val_fraction"]))
+    tail = round(block.shape[0] * B.RECIPES["fan"]["val_fraction"])
     options = dict(B.RECIPES["fan"]["calibration"])
     model = calibrate(trained, [block[-tail:]], **options)
     metadata = dict(model.metadata)
@@ -52,7 +54,10 @@ def main() -> int:
     })
     model = model.replace(name="accel-default", metadata=metadata)
     path = sl.formats.save(model, ROOT / "weights" / "accel-default.npz")
-    print(f"wrote {path}: threshold {model.calibration['threshold']:.4g}")
+    # The package carries the same bytes, so an installed wheel has its default model too.
+    shutil.copyfile(path, ROOT / "streamlstm" / "data" / "accel-default.npz")
+    print(f"wrote {path} (and its copy in streamlstm/data): "
+          f"threshold {model.calibration['threshold']:.4g}")
 
     normal = acc[(config == 1) & (speed == SPEED)][2000:2000 + int(NORMAL_SECONDS * fs)]
     anomalous = acc[(config == 3) & (speed == SPEED)][:int(ANOMALOUS_SECONDS * fs)]

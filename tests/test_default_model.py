@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 import streamlstm as sl
-from streamlstm.data import load_demo
+from streamlstm.data import DEFAULT_MODEL_PATH, load_demo
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "accel-default.npz"
 
@@ -19,6 +19,10 @@ def test_default_model_loads_with_its_calibration_and_features():
     assert model.metadata["sample_channels"] == ["x", "y", "z"]
     assert model.calibration["score"] == "residual" and model.calibration["threshold"] > 0
     assert "CC BY 4.0" in model.metadata["data"]
+
+
+def test_package_copy_of_the_default_model_is_the_same_file():
+    assert DEFAULT_MODEL_PATH.read_bytes() == WEIGHTS.read_bytes()
 
 
 def test_demo_alerts_in_its_anomalous_part_and_never_in_its_normal_part():

@@ -7,10 +7,10 @@ import pytest
 
 pytest.importorskip("torch")
 
-import streamlstm as sl  # noqa: E402
-from streamlstm.cli import main  # noqa: E402
-from streamlstm.formats import load, save  # noqa: E402
-from streamlstm.train import train  # noqa: E402
+import streamlstm as sl
+from streamlstm.cli import main
+from streamlstm.formats import load, save
+from streamlstm.train import train
 
 TINY = dict(hidden=8, epochs=3, seq_len=16, windows_per_epoch=64, batch_size=16,
             progress=False, calibration={"warmup": 5})

@@ -1,4 +1,4 @@
-"""Data shipped inside the package: the demo recording the embedded demo replays.
+"""Data shipped inside the package: the default model and the demo recording.
 
 ``demo.npz`` (see ``README.md`` here for provenance and licence) holds ``samples``
 ``(T, 3)`` float32 acceleration in g (x, y, z), ``t`` ``(T,)`` float64 seconds, ``label``
@@ -15,6 +15,8 @@ from typing import NamedTuple
 import numpy as np
 
 DEMO_PATH = Path(__file__).with_name("demo.npz")
+#: The default model, byte-identical to ``weights/accel-default.npz`` (model card there).
+DEFAULT_MODEL_PATH = Path(__file__).with_name("accel-default.npz")
 
 
 class DemoRecording(NamedTuple):

@@ -8,7 +8,6 @@ both (with the alert parameters) in ``model.calibration``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np

@@ -44,8 +44,11 @@ def run(args: argparse.Namespace) -> int:
         recordings = []
         for path in args.data:
             columns = wanted
-            if columns is None and model.channels and "features" not in model.metadata:
-                columns = list(model.channels)
+            if columns is None:
+                # A feature model's channels name its features; the raw axes are these.
+                named = (model.metadata.get("sample_channels") if "features" in model.metadata
+                         else model.channels)
+                columns = list(named) if named else None
             try:
                 data, _ = read_recording(path, columns=columns)
             except StreamLSTMError:

@@ -78,7 +78,7 @@ def _split(recordings: list[np.ndarray], val_fraction: float, minimum: int
            ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     heads, tails = [], []
     for index, rec in enumerate(recordings):
-        n_val = int(round(rec.shape[0] * val_fraction))
+        n_val = round(rec.shape[0] * val_fraction)
         if rec.shape[0] - n_val < minimum or n_val < minimum:
             raise ShapeError(f"recording {index}: {rec.shape[0]} samples is too short to "
                              f"split into training and held-out parts of >= {minimum} each")
@@ -182,10 +182,11 @@ def train(data: Any, *, hidden: int = 32, layers: int = 1, features: Any = None,
                         f"loss {total / count:.4f}")
         net.eval()
         with torch.no_grad():
+            pairs = list(zip(val, burn, strict=True))
             errors = [torch.nn.functional.mse_loss(net(v[:, :-1])[:, b:], v[:, 1 + b:],
-                                                   reduction="sum") for v, b in zip(val, burn)]
+                                                   reduction="sum") for v, b in pairs]
             held_out = float(sum(errors)) / sum((v.shape[1] - 1 - b) * v.shape[2]
-                                                for v, b in zip(val, burn))
+                                                for v, b in pairs)
         history.append((epoch, total / count, held_out))
         show.done(f"epoch {epoch}/{epochs}: train {total / count:.4f}  held-out {held_out:.4f}")
         if held_out < best[0]:
