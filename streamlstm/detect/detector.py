@@ -13,6 +13,7 @@ from ..bank import PARALLEL_THRESHOLD, Bank
 from ..errors import ConfigError, ShapeError
 from ..formats.native import model_sha256
 from ..model import Model
+from ..packing import packed
 from . import _kernel as K
 from .events import AlertEvent
 from .features import FeatureSpec
@@ -73,6 +74,7 @@ class Detector:
         self._xbuf = np.zeros((slots, model.input_size), self._dtype)
         self._obuf = np.zeros((slots, model.output_size), self._dtype)
         self._ebuf = np.zeros((slots, model.input_size), np.float64)
+        self._scratch = np.zeros((slots, packed(model).scratch_size), self._dtype)
         self._codes = (np.zeros(0, np.int64) if self.features is None else self.features.codes)
         self._hop = 1 if self.features is None else self.features.hop
         self._ring_shape = ((1, 1) if self.features is None
@@ -140,7 +142,7 @@ class Detector:
         args = (bank._params, bank._layout, bank._states, rows, samples, times, self._dparams,
                 self._scoring.center, self._scoring.whiten, self._codes, self._hop,
                 self._istate, self._fstate, self._preds, self._rings, bank._rejected,
-                self._xbuf, self._obuf, self._ebuf, bank._scratch, scores, status, ev_kind,
+                self._xbuf, self._obuf, self._ebuf, self._scratch, scores, status, ev_kind,
                 ev_peak, ev_duration, bank._links)
         if bank.threads > 1 and count >= PARALLEL_THRESHOLD:
             numba.set_num_threads(bank.threads)
