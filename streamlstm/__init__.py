@@ -15,6 +15,7 @@ from importlib.metadata import PackageNotFoundError, version
 from .bank import Bank
 from .errors import (
     ConfigError,
+    CudaUnavailableError,
     InvalidSampleError,
     ModelFormatError,
     ShapeError,
@@ -33,6 +34,7 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 __all__ = [
     "Bank",
     "ConfigError",
+    "CudaUnavailableError",
     "DenseLayer",
     "InvalidSampleError",
     "Model",

@@ -1,0 +1,369 @@
+"""numba.cuda kernels of the GPU bank, compiled once per packed model.
+
+One thread runs one stream (state row) through every layer and the head, then through
+its next sample, so a micro-batch with several samples per sensor is still one launch:
+the host groups the batch by row (:mod:`._grouping`) and each thread walks its group in
+arrival order, keeping the row's state in thread-local memory between samples. Block
+mode (replay/backfill) is the same kernel with ``T`` samples per group laid out
+time-major, so consecutive threads read consecutive samples.
+
+Memory-system choices, each for a reason:
+
+* The kernel reads the very ``(params, layout)`` buffers :mod:`streamlstm.packing`
+  builds. ``layout`` and every size are compile-time constants of the kernel (it is built
+  per model), so local arrays have fixed sizes and loop bounds fold.
+* Weights are staged once per block into shared memory when they fit in the static 48 KiB
+  a block may use; otherwise they stay in global memory, where every thread of a warp
+  reads the same address at the same time (one broadcast transaction, L1-resident).
+* State lives on the device as ``[S, capacity]`` (transposed), so when neighbouring
+  threads own neighbouring rows each state load and store is one coalesced transaction.
+  The bank converts to the CPU bank's ``(n, S)`` rows on export.
+* Few launch arguments: weights, states, one int64 index buffer and one float I/O
+  buffer (samples in, predictions and status codes out), plus three integers.
+
+A step is committed only if the sample and every new state value and output are finite,
+exactly as in the CPU kernel (:mod:`streamlstm.kernels._network`), so NaN never reaches
+a stream's ``(h, c)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import numba
+import numpy as np
+
+from ..kernels import layout as L
+from ..kernels._math import HARD_SIGMOID, RELU, SIGMOID, TANH
+from ._compat import import_cuda
+
+# A module global, not a local: the simulator swaps a kernel's global ``cuda`` for its own.
+cuda = import_cuda()
+
+#: Static shared memory a block may use without opting in (bytes).
+SHARED_BYTES = 48 * 1024
+#: Threads per block: 4 warps keeps many blocks resident per SM when local memory is large.
+BLOCK_SIZE = 128
+#: The simulator runs one Python thread per CUDA thread: small blocks keep tests quick.
+SIMULATOR_BLOCK_SIZE = 8
+
+
+@dataclass(frozen=True)
+class StepKernel:
+    """A compiled step kernel of one model and how it was specialised.
+
+    ``kernel[blocks, BLOCK_SIZE, stream](weights, states, index, io, groups, samples,
+    steps)``: ``steps == 0`` is CSR mode (``index = [rows | offsets | order]``, I/O in
+    arrival order), ``steps == T`` is block mode (``index = rows``, I/O time-major).
+    """
+
+    kernel: Any
+    weights_in_shared: bool
+    io_width: int  # numbers per output record: O predictions then the status code
+
+
+def _model_constants(layout: np.ndarray) -> dict[str, int]:
+    n_layers = int(layout[L.H_LAYERS])
+    widest_hidden = 1
+    widest_dense = 1
+    for index in range(n_layers):
+        rec = layout[L.HEADER + index * L.LAYER_RECORD:][:L.LAYER_RECORD]
+        widest_hidden = max(widest_hidden, int(rec[L.L_HIDDEN]))
+        widest_dense = max(widest_dense, int(rec[L.L_OUT]))
+    dense_base = L.HEADER + n_layers * L.LAYER_RECORD
+    for index in range(int(layout[L.H_DENSE])):
+        rec = layout[dense_base + index * L.DENSE_RECORD:][:L.DENSE_RECORD]
+        widest_dense = max(widest_dense, int(rec[L.D_OUT]))
+    return {"layers": n_layers, "inputs": int(layout[L.H_INPUT]),
+            "outputs": int(layout[L.H_OUTPUT]), "dense": int(layout[L.H_DENSE]),
+            "state": int(layout[L.H_STATE]), "hidden": widest_hidden, "wide": widest_dense}
+
+
+@cache
+def _compiled(layout_bytes: bytes, dtype_str: str, n_params: int) -> StepKernel:
+    return _build(np.frombuffer(layout_bytes, np.int64).copy(), np.dtype(dtype_str), n_params)
+
+
+def step_kernel(layout: np.ndarray, dtype: np.dtype, n_params: int) -> StepKernel:
+    """The step kernel for a packed model, built once per distinct (layout, dtype, size)."""
+    return _compiled(np.ascontiguousarray(layout, np.int64).tobytes(), np.dtype(dtype).str,
+                     int(n_params))
+
+
+def _build(layout: np.ndarray, dtype: np.dtype, n_params: int) -> StepKernel:  # noqa: C901
+    k = _model_constants(layout)
+    LAY = layout  # a global array of the kernel: frozen into its constant memory
+    DT = numba.from_dtype(dtype)
+    N_LAYERS, N_IN, N_OUT, N_DENSE = k["layers"], k["inputs"], k["outputs"], k["dense"]
+    N_STATE, MAX_HIDDEN, MAX_WIDE = k["state"], k["hidden"], k["wide"]
+    IO_WIDTH = N_OUT + 1
+    WORK = 2 * MAX_HIDDEN  # LSTM: unprojected h; GRU (reset before): r * h, then x_n
+    IN_NORM, OUT_NORM = int(layout[L.H_IN_NORM]), int(layout[L.H_OUT_NORM])
+    DENSE_BASE = L.HEADER + N_LAYERS * L.LAYER_RECORD
+    IN_SHARED = 0 < n_params * dtype.itemsize <= SHARED_BYTES
+    SHARED_SIZE = n_params if IN_SHARED else 1
+    N_PARAMS = n_params
+    ZERO, HALF, ONE, SIXTH = (dtype.type(v) for v in (0.0, 0.5, 1.0, 1.0 / 6.0))
+    NAN = dtype.type(np.nan)
+    OK, BAD_SAMPLE, BAD_RESULT = (dtype.type(v) for v in (L.OK, L.REJECTED_SAMPLE,
+                                                          L.REJECTED_RESULT))
+
+    @cuda.jit(device=True)
+    def activate(x, code):
+        if code == SIGMOID:
+            return HALF + HALF * math.tanh(HALF * x)
+        if code == TANH:
+            return math.tanh(x)
+        if code == HARD_SIGMOID:
+            return min(max(x * SIXTH + HALF, ZERO), ONE)
+        if code == RELU:
+            return max(x, ZERO)
+        return x
+
+    @cuda.jit(device=True)
+    def lstm_layer(W, base, src, src_at, state, new, h_full):
+        n_in, hidden, n_out = LAY[base + L.L_IN], LAY[base + L.L_HIDDEN], LAY[base + L.L_OUT]
+        wx, wh, bias, wr = LAY[base + L.L_WX], LAY[base + L.L_WH], LAY[base + L.L_B], LAY[base + L.L_WR]
+        so, act, ract = LAY[base + L.L_STATE], LAY[base + L.L_ACT], LAY[base + L.L_RACT]
+        width = 4 * hidden
+        for j in range(hidden):
+            gi = W[bias + j]
+            gf = W[bias + hidden + j]
+            gg = W[bias + 2 * hidden + j]
+            go = W[bias + 3 * hidden + j]
+            # The four gates of unit j share each input: one pass over x and one over h.
+            for q in range(n_in):
+                v = src[src_at + q]
+                at = wx + q * width + j
+                gi += W[at] * v
+                gf += W[at + hidden] * v
+                gg += W[at + 2 * hidden] * v
+                go += W[at + 3 * hidden] * v
+            for q in range(n_out):
+                v = state[so + q]
+                at = wh + q * width + j
+                gi += W[at] * v
+                gf += W[at + hidden] * v
+                gg += W[at + 2 * hidden] * v
+                go += W[at + 3 * hidden] * v
+            c = activate(gf, ract) * state[so + n_out + j] + activate(gi, ract) * activate(gg, act)
+            new[so + n_out + j] = c
+            h = activate(go, ract) * activate(c, act)
+            if wr < 0:
+                new[so + j] = h
+            else:
+                h_full[j] = h
+        if wr >= 0:
+            for p in range(n_out):
+                acc = ZERO
+                for j in range(hidden):
+                    acc += W[wr + j * n_out + p] * h_full[j]
+                new[so + p] = acc
+
+    @cuda.jit(device=True)
+    def gru_layer(W, base, src, src_at, state, new, r_h):
+        n_in, hidden = LAY[base + L.L_IN], LAY[base + L.L_HIDDEN]
+        wx, wh, bx, bh = LAY[base + L.L_WX], LAY[base + L.L_WH], LAY[base + L.L_B], LAY[base + L.L_B2]
+        so, act, ract = LAY[base + L.L_STATE], LAY[base + L.L_ACT], LAY[base + L.L_RACT]
+        width = 3 * hidden
+        reset_after = LAY[base + L.L_RESET_AFTER] == 1
+        for j in range(hidden):
+            xr = W[bx + j]
+            xz = W[bx + hidden + j]
+            xn = W[bx + 2 * hidden + j]
+            for q in range(n_in):
+                v = src[src_at + q]
+                at = wx + q * width + j
+                xr += W[at] * v
+                xz += W[at + hidden] * v
+                xn += W[at + 2 * hidden] * v
+            hr = W[bh + j]
+            hz = W[bh + hidden + j]
+            hn = W[bh + 2 * hidden + j]
+            for q in range(hidden):
+                v = state[so + q]
+                at = wh + q * width + j
+                hr += W[at] * v
+                hz += W[at + hidden] * v
+                if reset_after:
+                    hn += W[at + 2 * hidden] * v
+            r = activate(xr + hr, ract)
+            z = activate(xz + hz, ract)
+            if reset_after:
+                n = activate(xn + r * hn, act)
+                new[so + j] = (ONE - z) * n + z * state[so + j]
+            else:
+                # n needs W_hn (r * h) over every unit's r: park z and x_n, finish below.
+                r_h[j] = r * state[so + j]
+                new[so + j] = z
+                r_h[MAX_HIDDEN + j] = xn
+        if not reset_after:
+            for j in range(hidden):
+                hn = W[bh + 2 * hidden + j]
+                for q in range(hidden):
+                    hn += W[wh + q * width + 2 * hidden + j] * r_h[q]
+                z = new[so + j]
+                n = activate(r_h[MAX_HIDDEN + j] + hn, act)
+                new[so + j] = (ONE - z) * n + z * state[so + j]
+
+    @cuda.jit(device=True)
+    def network(W, xin, state, new, work, ping, pong):
+        """One sample through every layer and the head; the output is left in ``ping``/``new``."""
+        src = xin
+        src_at = 0
+        for index in range(N_LAYERS):
+            base = L.HEADER + index * L.LAYER_RECORD
+            if LAY[base + L.L_KIND] == L.LSTM:
+                lstm_layer(W, base, src, src_at, state, new, work)
+            else:
+                gru_layer(W, base, src, src_at, state, new, work)
+            src = new
+            src_at = LAY[base + L.L_STATE]
+        for index in range(N_DENSE):
+            base = DENSE_BASE + index * L.DENSE_RECORD
+            d_in, d_out, act = LAY[base + L.D_IN], LAY[base + L.D_OUT], LAY[base + L.D_ACT]
+            w, b = LAY[base + L.D_W], LAY[base + L.D_B]
+            dst = ping if index % 2 == 0 else pong
+            for j in range(d_out):
+                acc = W[b + j]
+                for q in range(d_in):
+                    acc += W[w + q * d_out + j] * src[src_at + q]
+                dst[j] = activate(acc, act)
+            src = dst
+            src_at = 0
+        # Hand the output back through ping: the head's last buffer or the last h.
+        for j in range(N_OUT):
+            ping[j] = src[src_at + j]
+
+    @cuda.jit(device=True)
+    def run_group(W, states, index, io, groups, samples, steps, g):
+        state = cuda.local.array(N_STATE, DT)
+        new = cuda.local.array(N_STATE, DT)
+        xin = cuda.local.array(N_IN, DT)
+        work = cuda.local.array(WORK, DT)
+        ping = cuda.local.array(MAX_WIDE, DT)
+        pong = cuda.local.array(MAX_WIDE, DT)
+        row = index[g]
+        for q in range(N_STATE):
+            state[q] = states[q, row]
+        if steps == 0:
+            first = index[groups + g]
+            count = index[groups + g + 1] - first
+            order = 2 * groups + 1 + first
+        else:
+            count = steps
+            order = 0
+        out_base = samples * N_IN
+        changed = False
+        for t in range(count):
+            i = index[order + t] if steps == 0 else t * groups + g
+            at = i * N_IN
+            out = out_base + i * IO_WIDTH
+            finite = True
+            for q in range(N_IN):
+                v = io[at + q]
+                finite = finite and math.isfinite(v)
+                if IN_NORM >= 0:
+                    v = (v - W[IN_NORM + q]) / W[IN_NORM + N_IN + q]
+                xin[q] = v
+            if not finite:
+                for j in range(N_OUT):
+                    io[out + j] = NAN
+                io[out + N_OUT] = BAD_SAMPLE
+                continue
+            network(W, xin, state, new, work, ping, pong)
+            for j in range(N_OUT):
+                y = ping[j]
+                if OUT_NORM >= 0:
+                    y = y * W[OUT_NORM + N_OUT + j] + W[OUT_NORM + j]
+                io[out + j] = y
+                finite = finite and math.isfinite(y)
+            for q in range(N_STATE):
+                finite = finite and math.isfinite(new[q])
+            if finite:
+                for q in range(N_STATE):
+                    state[q] = new[q]
+                io[out + N_OUT] = OK
+                changed = True
+            else:
+                for j in range(N_OUT):
+                    io[out + j] = NAN
+                io[out + N_OUT] = BAD_RESULT
+        if changed:
+            for q in range(N_STATE):
+                states[q, row] = state[q]
+
+    @cuda.jit
+    def kernel(weights, states, index, io, groups, samples, steps):
+        shared = cuda.shared.array(SHARED_SIZE, DT)
+        if IN_SHARED:
+            for q in range(cuda.threadIdx.x, N_PARAMS, cuda.blockDim.x):
+                shared[q] = weights[q]
+            cuda.syncthreads()
+        g = cuda.grid(1)
+        if g >= groups:
+            return
+        if IN_SHARED:
+            run_group(shared, states, index, io, groups, samples, steps, g)
+        else:
+            run_group(weights, states, index, io, groups, samples, steps, g)
+
+    return StepKernel(kernel=kernel, weights_in_shared=IN_SHARED, io_width=IO_WIDTH)
+
+
+@dataclass(frozen=True)
+class StateKernels:
+    """Small kernels that move state rows of the ``[S, capacity]`` device layout."""
+
+    gather: Any       # (states, rows, out (n, S))
+    scatter: Any      # (states, rows, values (n, S))
+    zero_rows: Any    # (states, rows)
+    fill: Any         # (states, value)
+    copy_into: Any    # (src (S, old), dst (S, new)): dst[:, :old] = src
+
+
+@cache
+def state_kernels() -> StateKernels:
+    """The state-movement kernels (generic over dtype; compiled lazily per signature)."""
+
+    @cuda.jit
+    def gather(states, rows, out):
+        n, q = cuda.grid(2)
+        if n < rows.shape[0] and q < states.shape[0]:
+            out[n, q] = states[q, rows[n]]
+
+    @cuda.jit
+    def scatter(states, rows, values):
+        n, q = cuda.grid(2)
+        if n < rows.shape[0] and q < states.shape[0]:
+            states[q, rows[n]] = values[n, q]
+
+    @cuda.jit
+    def zero_rows(states, rows):
+        n, q = cuda.grid(2)
+        if n < rows.shape[0] and q < states.shape[0]:
+            states[q, rows[n]] = 0
+
+    @cuda.jit
+    def fill(states, value):
+        col, q = cuda.grid(2)
+        if col < states.shape[1] and q < states.shape[0]:
+            states[q, col] = value
+
+    @cuda.jit
+    def copy_into(src, dst):
+        col, q = cuda.grid(2)
+        if col < src.shape[1] and q < src.shape[0]:
+            dst[q, col] = src[q, col]
+
+    return StateKernels(gather, scatter, zero_rows, fill, copy_into)
+
+
+def grid_2d(first: int, second: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Launch shape covering ``(first, second)`` with 128-thread blocks along ``first``."""
+    threads = (128, 1) if second < 4 else (32, 4)
+    blocks = (max(1, -(-first // threads[0])), max(1, -(-second // threads[1])))
+    return blocks, threads
