@@ -1,0 +1,103 @@
+"""The CUDA bank's environment: no GPU, numpy without ``row_stack``, real-target compilation.
+
+Each check runs in a fresh interpreter because numba-cuda fixes its mode (simulator or
+driver) at first import, and this session runs the simulator (see conftest.py).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("numba.cuda", reason="numba-cuda not installed")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _python(code: str, *, simulator: bool = False) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NUMBA_ENABLE_CUDASIM": "1" if simulator else "0"}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _has_gpu() -> bool:
+    probe = _python("from numba import cuda; print(cuda.is_available())")
+    return probe.stdout.strip().endswith("True")
+
+
+def test_cuda_device_without_gpu_is_a_clear_error():
+    if _has_gpu():
+        pytest.skip("a CUDA GPU is present")
+    result = _python("""
+        import streamlstm as sl
+        model = sl.random_model(3, [4], output_size=3)
+        assert type(model.bank(8, device="auto")).__name__ == "Bank"
+        try:
+            model.bank(8, device="cuda")
+        except sl.CudaUnavailableError as exc:
+            print("ERROR:", exc)
+    """)
+    assert result.returncode == 0, result.stderr
+    assert "ERROR: no CUDA GPU is available" in result.stdout
+
+
+def test_numpy_without_row_stack_gets_the_shim():
+    """numpy >= 2.5 has no ``row_stack``; numba-cuda 0.30.4's array typing needs it."""
+    broken = _python("""
+        import numpy as np
+        del np.row_stack
+        import numba.cuda.np.arrayobj
+    """)
+    if broken.returncode == 0:
+        pytest.skip("this numba-cuda no longer needs np.row_stack")
+    assert "row_stack" in broken.stderr
+    shimmed = _python("""
+        import numpy as np
+        del np.row_stack
+        from streamlstm.cuda._compat import import_cuda
+        import_cuda()
+        import numba.cuda.np.arrayobj
+        assert np.row_stack is np.vstack
+        print("loaded")
+    """)
+    assert shimmed.returncode == 0, shimmed.stderr
+    assert shimmed.stdout.strip() == "loaded"
+
+
+def test_step_kernel_compiles_for_a_real_gpu():
+    """The simulator runs Python, so compile the real kernel to sm_90 PTX as well.
+
+    Needs libNVVM and NVRTC (CUDA toolkit or the nvidia-cuda-nvrtc wheel) but no GPU;
+    numba-cuda asks the current device for its compute capability when compiling
+    device functions, so we stand in an sm_90 device for that question only.
+    """
+    result = _python("""
+        import numpy as np, numba
+        from numba import cuda
+        import numba.cuda.dispatcher as dispatcher
+        class Hopper:
+            compute_capability = (9, 0)
+        dispatcher.get_current_device = lambda: Hopper()
+        from streamlstm.model import random_model
+        from streamlstm.packing import pack
+        from streamlstm.cuda.kernels import step_kernel
+        for kind, dtype in (("lstm", np.float32), ("gru", np.float64)):
+            model = random_model(3, [8, 6], kind=kind, output_size=2, dtype=dtype)
+            pk = pack(model)
+            k = step_kernel(pk.layout, model.dtype, pk.params.size)
+            T = numba.from_dtype(model.dtype)
+            sig = (T[::1], T[:, ::1], numba.int64[::1], T[::1], numba.int64, numba.int64,
+                   numba.int64)
+            ptx, _ = cuda.compile_ptx(k.kernel.py_func, sig, cc=(9, 0))
+            assert ".entry" in ptx
+        print("compiled")
+    """)
+    if "libnvrtc" in result.stderr or "libnvvm" in result.stderr.lower():
+        pytest.skip("NVRTC/libNVVM not installed: cannot compile for a real GPU here")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "compiled"
