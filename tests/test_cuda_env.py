@@ -6,6 +6,7 @@ driver) at first import, and this session runs the simulator (see conftest.py).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -101,3 +102,18 @@ def test_step_kernel_compiles_for_a_real_gpu():
         pytest.skip("NVRTC/libNVVM not installed: cannot compile for a real GPU here")
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "compiled"
+
+
+def test_benchmark_runs_end_to_end_on_the_simulator(tmp_path):
+    """``bench_cuda.py --simulate`` walks every code path the GPU run takes, tiny and slow."""
+    out = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_cuda.py"),
+                             "--simulate", "--json", str(out)],
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads(out.read_text())
+    assert record["simulated"] is True
+    assert [row["n"] for row in record["rows"]] == [1, 8]
+    assert all(row["bank_e2e_ms"] > 0 and row["block_e2e_ms_per_step"] > 0
+               for row in record["rows"])

@@ -40,7 +40,8 @@ def import_cuda() -> ModuleType:
         from numba import cuda
     except ImportError as exc:
         raise CudaUnavailableError(
-            f"numba-cuda is not installed ({exc}); install the extra: pip install 'streamlstm[cuda]'"
+            f"numba-cuda is not installed ({exc}); "
+            "install the extra: pip install 'streamlstm[cuda]'"
         ) from None
     return cuda
 

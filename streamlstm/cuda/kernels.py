@@ -93,7 +93,7 @@ def step_kernel(layout: np.ndarray, dtype: np.dtype, n_params: int) -> StepKerne
                      int(n_params))
 
 
-def _build(layout: np.ndarray, dtype: np.dtype, n_params: int) -> StepKernel:  # noqa: C901
+def _build(layout: np.ndarray, dtype: np.dtype, n_params: int) -> StepKernel:
     k = _model_constants(layout)
     LAY = layout  # a global array of the kernel: frozen into its constant memory
     DT = numba.from_dtype(dtype)
@@ -126,7 +126,8 @@ def _build(layout: np.ndarray, dtype: np.dtype, n_params: int) -> StepKernel:  #
     @cuda.jit(device=True)
     def lstm_layer(W, base, src, src_at, state, new, h_full):
         n_in, hidden, n_out = LAY[base + L.L_IN], LAY[base + L.L_HIDDEN], LAY[base + L.L_OUT]
-        wx, wh, bias, wr = LAY[base + L.L_WX], LAY[base + L.L_WH], LAY[base + L.L_B], LAY[base + L.L_WR]
+        wx, wh = LAY[base + L.L_WX], LAY[base + L.L_WH]
+        bias, wr = LAY[base + L.L_B], LAY[base + L.L_WR]
         so, act, ract = LAY[base + L.L_STATE], LAY[base + L.L_ACT], LAY[base + L.L_RACT]
         width = 4 * hidden
         for j in range(hidden):
@@ -149,7 +150,8 @@ def _build(layout: np.ndarray, dtype: np.dtype, n_params: int) -> StepKernel:  #
                 gf += W[at + hidden] * v
                 gg += W[at + 2 * hidden] * v
                 go += W[at + 3 * hidden] * v
-            c = activate(gf, ract) * state[so + n_out + j] + activate(gi, ract) * activate(gg, act)
+            c = (activate(gf, ract) * state[so + n_out + j]
+                 + activate(gi, ract) * activate(gg, act))
             new[so + n_out + j] = c
             h = activate(go, ract) * activate(c, act)
             if wr < 0:
@@ -166,7 +168,8 @@ def _build(layout: np.ndarray, dtype: np.dtype, n_params: int) -> StepKernel:  #
     @cuda.jit(device=True)
     def gru_layer(W, base, src, src_at, state, new, r_h):
         n_in, hidden = LAY[base + L.L_IN], LAY[base + L.L_HIDDEN]
-        wx, wh, bx, bh = LAY[base + L.L_WX], LAY[base + L.L_WH], LAY[base + L.L_B], LAY[base + L.L_B2]
+        wx, wh = LAY[base + L.L_WX], LAY[base + L.L_WH]
+        bx, bh = LAY[base + L.L_B], LAY[base + L.L_B2]
         so, act, ract = LAY[base + L.L_STATE], LAY[base + L.L_ACT], LAY[base + L.L_RACT]
         width = 3 * hidden
         reset_after = LAY[base + L.L_RESET_AFTER] == 1
