@@ -173,3 +173,11 @@ def test_state_accessors_forget_and_reset():
     assert not gpu.state_vector("a").any() and gpu.state_vector("c").any()
     gpu.reset()
     assert not gpu.export_state()["states"].any()
+
+
+def test_device_choice():
+    model = _model("lstm_proj")
+    assert type(model.bank(4096, device="auto")).__name__ == "Bank"  # simulator is not a GPU
+    assert type(model.bank(4, device="cuda")).__name__ == "CudaBank"
+    with pytest.raises(ValueError, match="device must be one of"):
+        model.bank(4, device="tpu")

@@ -73,13 +73,18 @@ def test_numpy_without_row_stack_gets_the_shim():
 def test_step_kernel_compiles_for_a_real_gpu():
     """The simulator runs Python, so compile the real kernel to sm_90 PTX as well.
 
+    Compiled without ``np.row_stack`` (as on numpy >= 2.5), relying on the shim.
+
     Needs libNVVM and NVRTC (CUDA toolkit or the nvidia-cuda-nvrtc wheel) but no GPU;
     numba-cuda asks the current device for its compute capability when compiling
     device functions, so we stand in an sm_90 device for that question only.
     """
     result = _python("""
         import numpy as np, numba
-        from numba import cuda
+        if hasattr(np, "row_stack"):
+            del np.row_stack  # compile as numpy >= 2.5 would have it, through the shim
+        from streamlstm.cuda._compat import import_cuda
+        cuda = import_cuda()
         import numba.cuda.dispatcher as dispatcher
         class Hopper:
             compute_capability = (9, 0)
