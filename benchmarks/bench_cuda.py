@@ -56,6 +56,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cpu-max", type=int, default=65536, help="largest N for the CPU bank")
     parser.add_argument("--crossover-sizes", type=int, nargs="+",
                         default=[4, 16, 64, 256, 1024, 4096])
+    parser.add_argument("--block-size", type=int, default=None,
+                        help="CudaBank threads per block (default: the bank's)")
+    parser.add_argument("--max-registers", type=int, default=None,
+                        help="CudaBank register cap per thread (default: the compiler's)")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
     parser.add_argument("--simulate", action="store_true",
                         help="tiny run on the CUDA simulator (checks the code path only)")
@@ -134,9 +138,15 @@ def floors(n: int, hidden: int, inputs: int, outputs: int,
             "bytes": state_bytes + io_bytes}
 
 
+def cuda_bank(model: Any, n: int, args: argparse.Namespace) -> Any:
+    from streamlstm.cuda import CudaBank
+
+    return CudaBank(model, n, block_size=args.block_size, max_registers=args.max_registers)
+
+
 def bench_bank(cuda: Any, model: Any, n: int, args: argparse.Namespace,
                simulated: bool) -> dict[str, float]:
-    bank = model.bank(n, device="cuda")
+    bank = cuda_bank(model, n, args)
     rows = bank.rows(range(n))
     rng = np.random.default_rng(0)
     xs = rng.normal(size=(n, args.inputs)).astype(np.float32)
@@ -250,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"CPU/GPU crossover (smallest N where the GPU e2e step beats the CPU bank): "
           f"{crossover['crossover_n']}")
     record = {"benchmark": "bench_cuda", "device": facts, "hidden": args.hidden,
+              "block_size": args.block_size, "max_registers": args.max_registers,
               "inputs": args.inputs, "simulated": simulated, "python": platform.python_version(),
               "versions": versions(), "rows": rows_out, "crossover": crossover}
     args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -263,7 +274,7 @@ def measure_crossover(model: Any, cuda: Any, args: argparse.Namespace,
     table = []
     found = None
     for n in args.crossover_sizes:
-        bank = model.bank(n, device="cuda")
+        bank = cuda_bank(model, n, args)
         rows = bank.rows(range(n))
         xs = np.random.default_rng(2).normal(size=(n, args.inputs)).astype(np.float32)
         gpu = wall_times(lambda bank=bank, rows=rows, xs=xs: bank.step_rows(rows, xs),

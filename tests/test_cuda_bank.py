@@ -141,7 +141,7 @@ def test_snapshots_move_between_cpu_and_gpu():
     rng = np.random.default_rng(11)
     cpu = model.bank(4)
     cpu.step(["p", "q", "p"], rng.normal(size=(3, D)).astype(np.float32))
-    gpu = model.bank(2, device="cuda")
+    gpu = cuda_bank.CudaBank(model, 2, block_size=2)  # several blocks share the weights
     gpu.import_state(cpu.export_state())
     _assert_same_states(cpu, gpu)
     xs = rng.normal(size=(4, D)).astype(np.float32)
@@ -181,3 +181,18 @@ def test_device_choice():
     assert type(model.bank(4, device="cuda")).__name__ == "CudaBank"
     with pytest.raises(ValueError, match="device must be one of"):
         model.bank(4, device="tpu")
+
+
+def test_benchmark_model_with_weights_in_global_memory():
+    """H=64 weights (70 KB) exceed the 48 KB of static shared memory: the global-memory path."""
+    from streamlstm.cuda.kernels import SHARED_BYTES
+    from streamlstm.model import random_model
+
+    model = random_model(D, [64], output_size=D, seed=4)
+    assert model.parameter_count * 4 > SHARED_BYTES
+    cpu = model.bank(4)
+    gpu = cuda_bank.CudaBank(model, 4, block_size=2)  # several blocks
+    rng = np.random.default_rng(9)
+    for _ in range(2):
+        _assert_same_step(cpu, gpu, [0, 1, 2, 1], rng.normal(size=(4, D)).astype(np.float32))
+    _assert_same_states(cpu, gpu)

@@ -32,12 +32,17 @@ class CudaBank:
     the device the state is stored transposed, ``[S, capacity]``, for coalesced access.
     :meth:`run` is the block mode: ``T`` samples per sensor in one launch.
 
+    ``block_size`` (threads per block, default 128) and ``max_registers`` (per thread,
+    default: the compiler's choice) are launch tunables; ``bench_cuda.py`` measures them.
     Raises :class:`~streamlstm.errors.CudaUnavailableError` if no GPU (or simulator).
     """
 
-    def __init__(self, model: Model, capacity: int = 1024) -> None:
+    def __init__(self, model: Model, capacity: int = 1024, *, block_size: int | None = None,
+                 max_registers: int | None = None) -> None:
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
+        if block_size is not None and not 1 <= block_size <= 1024:
+            raise ValueError("block_size must be in 1..1024")
         cuda = require_cuda()
         self._cuda = cuda
         self.model = model
@@ -45,7 +50,8 @@ class CudaBank:
         self._dtype = model.dtype
         self._n_in, self._n_out = model.input_size, model.output_size
         self._n_state = pk.state_size
-        self._step = step_kernel(pk.layout, self._dtype, pk.params.size)
+        self._step = step_kernel(pk.layout, self._dtype, pk.params.size,
+                                 max_registers=max_registers)
         self._moves = state_kernels()
         self._stream = cuda.stream()
         self._weights = cuda.to_device(pk.params if pk.params.size else
@@ -57,7 +63,9 @@ class CudaBank:
         self._rejected = np.zeros(capacity, np.int64)
         self._row_group = np.full(capacity, NO_GROUP, np.int64)
         self._launchers: dict[int, Any] = {}
-        self._block = SIMULATOR_BLOCK_SIZE if simulator_enabled() else BLOCK_SIZE
+        if block_size is None:
+            block_size = SIMULATOR_BLOCK_SIZE if simulator_enabled() else BLOCK_SIZE
+        self._block = block_size
         self._index_host = self._index_dev = self._io_host = self._io_dev = None
         self._group_scratch = np.zeros((2, 1), np.int64)
         self._reserve(64, 64)

@@ -83,17 +83,25 @@ def _model_constants(layout: np.ndarray) -> dict[str, int]:
 
 
 @cache
-def _compiled(layout_bytes: bytes, dtype_str: str, n_params: int) -> StepKernel:
-    return _build(np.frombuffer(layout_bytes, np.int64).copy(), np.dtype(dtype_str), n_params)
+def _compiled(layout_bytes: bytes, dtype_str: str, n_params: int,
+              max_registers: int | None) -> StepKernel:
+    return _build(np.frombuffer(layout_bytes, np.int64).copy(), np.dtype(dtype_str), n_params,
+                  max_registers)
 
 
-def step_kernel(layout: np.ndarray, dtype: np.dtype, n_params: int) -> StepKernel:
-    """The step kernel for a packed model, built once per distinct (layout, dtype, size)."""
+def step_kernel(layout: np.ndarray, dtype: np.dtype, n_params: int, *,
+                max_registers: int | None = None) -> StepKernel:
+    """The step kernel for a packed model, built once per distinct (layout, dtype, size).
+
+    ``max_registers`` caps registers per thread (more resident warps, more spills); the
+    default leaves the choice to the compiler. Tune it with ``bench_cuda.py --max-registers``.
+    """
     return _compiled(np.ascontiguousarray(layout, np.int64).tobytes(), np.dtype(dtype).str,
-                     int(n_params))
+                     int(n_params), max_registers)
 
 
-def _build(layout: np.ndarray, dtype: np.dtype, n_params: int) -> StepKernel:
+def _build(layout: np.ndarray, dtype: np.dtype, n_params: int,
+           max_registers: int | None) -> StepKernel:
     k = _model_constants(layout)
     LAY = layout  # a global array of the kernel: frozen into its constant memory
     DT = numba.from_dtype(dtype)
@@ -299,7 +307,10 @@ def _build(layout: np.ndarray, dtype: np.dtype, n_params: int) -> StepKernel:
             for q in range(N_STATE):
                 states[q, row] = state[q]
 
-    @cuda.jit
+    # Passed only when set: the simulator's jit does not take the option.
+    options = {} if max_registers is None else {"max_registers": int(max_registers)}
+
+    @cuda.jit(**options)
     def kernel(weights, states, index, io, groups, samples, steps):
         shared = cuda.shared.array(SHARED_SIZE, DT)
         if IN_SHARED:
