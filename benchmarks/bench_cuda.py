@@ -154,7 +154,7 @@ def bench_bank(cuda: Any, model: Any, n: int, args: argparse.Namespace,
     groups = n
     # The kernel alone: the bank's own buffers and launcher, samples already on the device.
     launch = bank._launcher(groups)
-    kernel_args = (bank._weights, bank._states, bank._index_dev, bank._io_dev, groups, n, 0)
+    kernel_args = (bank._buffer, bank._index_dev, bank._capacity, groups, n, 0)
     result = {
         "bank_kernel_ms": event_times(cuda, bank._stream, lambda: launch(*kernel_args),
                                       args.reps, args.warmup, simulated=simulated),

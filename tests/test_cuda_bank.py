@@ -196,3 +196,14 @@ def test_benchmark_model_with_weights_in_global_memory():
     for _ in range(2):
         _assert_same_step(cpu, gpu, [0, 1, 2, 1], rng.normal(size=(4, D)).astype(np.float32))
     _assert_same_states(cpu, gpu)
+
+
+def test_batch_larger_than_the_io_buffer_keeps_state():
+    """A batch bigger than the preallocated I/O slots reallocates the device buffer."""
+    model = _model("gru_after")
+    cpu, gpu = model.bank(4), model.bank(4, device="cuda")
+    rng = np.random.default_rng(2)
+    _assert_same_step(cpu, gpu, ["u", "v"], rng.normal(size=(2, D)).astype(np.float32))
+    ids = ["u", "v", "w"] * 30  # 90 samples: past the 64 preallocated
+    _assert_same_step(cpu, gpu, ids, rng.normal(size=(90, D)).astype(np.float32))
+    _assert_same_states(cpu, gpu)

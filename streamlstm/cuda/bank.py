@@ -15,7 +15,15 @@ from ..packing import packed
 from ..stream import join_state, split_state
 from ._compat import require_cuda, simulator_enabled
 from ._grouping import NO_GROUP, group_by_row
-from .kernels import BLOCK_SIZE, SIMULATOR_BLOCK_SIZE, grid_2d, state_kernels, step_kernel
+from .kernels import (
+    BLOCK_SIZE,
+    SIMULATOR_BLOCK_SIZE,
+    buffer_layout,
+    grid_1d,
+    grid_2d,
+    state_kernels,
+    step_kernel,
+)
 
 
 class CudaBank:
@@ -47,49 +55,84 @@ class CudaBank:
         self._cuda = cuda
         self.model = model
         pk = packed(model)
+        self._params = pk.params
         self._dtype = model.dtype
         self._n_in, self._n_out = model.input_size, model.output_size
         self._n_state = pk.state_size
         self._step = step_kernel(pk.layout, self._dtype, pk.params.size,
                                  max_registers=max_registers)
+        self._record = self._n_in + self._step.io_width  # I/O numbers per sample
         self._moves = state_kernels()
         self._stream = cuda.stream()
-        self._weights = cuda.to_device(pk.params if pk.params.size else
-                                       np.zeros(1, self._dtype), stream=self._stream)
-        self._rows: dict[Hashable, int] = {}
-        self._free: list[int] = []
-        self._next_row = 0
-        self._states = self._zeros_on_device(capacity)
-        self._rejected = np.zeros(capacity, np.int64)
-        self._row_group = np.full(capacity, NO_GROUP, np.int64)
-        self._launchers: dict[int, Any] = {}
         if block_size is None:
             block_size = SIMULATOR_BLOCK_SIZE if simulator_enabled() else BLOCK_SIZE
         self._block = block_size
-        self._index_host = self._index_dev = self._io_host = self._io_dev = None
+        self._rows: dict[Hashable, int] = {}
+        self._free: list[int] = []
+        self._next_row = 0
+        self._rejected = np.zeros(capacity, np.int64)
+        self._row_group = np.full(capacity, NO_GROUP, np.int64)
         self._group_scratch = np.zeros((2, 1), np.int64)
-        self._reserve(64, 64)
+        self._launchers: dict[int, Any] = {}
+        self._views: dict[tuple[int, int], tuple[Any, Any, Any]] = {}
+        self._buffer: Any = None
+        self._capacity = self._io_slots = self._io_base = 0
+        self._index_host = self._index_dev = self._io_host = None
+        self._allocate_buffer(capacity, 64)
+        self._reserve_index(129)
         self.last_status = np.zeros(0, np.int8)
 
     # -- device buffers ---------------------------------------------------------------
-    def _zeros_on_device(self, capacity: int) -> Any:
-        states = self._cuda.device_array((self._n_state, capacity), self._dtype,
-                                         stream=self._stream)
-        blocks, threads = grid_2d(capacity, self._n_state)
-        self._moves.fill[blocks, threads, self._stream](states, 0)
-        return states
+    def _allocate_buffer(self, capacity: int, io_slots: int) -> None:
+        """(Re)allocate the device float buffer for ``capacity`` rows and ``io_slots`` samples.
 
-    def _reserve(self, index_size: int, io_size: int) -> None:
-        """Grow the pinned host and device I/O buffers (doubling) to hold a batch."""
-        cuda = self._cuda
-        if self._index_host is None or self._index_host.size < index_size:
-            size = max(index_size, 2 * (0 if self._index_host is None else self._index_host.size))
-            self._index_host = cuda.pinned_array(size, np.int64)
-            self._index_dev = cuda.device_array(size, np.int64, stream=self._stream)
-        if self._io_host is None or self._io_host.size < io_size:
-            size = max(io_size, 2 * (0 if self._io_host is None else self._io_host.size))
-            self._io_host = cuda.pinned_array(size, self._dtype)
-            self._io_dev = cuda.device_array(size, self._dtype, stream=self._stream)
+        The weights are uploaded again and the existing rows copied over on the device.
+        """
+        cuda, stream = self._cuda, self._stream
+        base, io_base = buffer_layout(self._params.size, self._n_state, capacity)
+        buffer = cuda.device_array(io_base + io_slots * self._record, self._dtype, stream=stream)
+        if self._params.size:
+            buffer[:self._params.size].copy_to_device(self._params, stream=stream)
+        blocks, threads = grid_1d(io_base - base)
+        self._moves.fill[blocks, threads, stream](buffer, base, io_base, 0)
+        if self._buffer is not None and self._capacity:
+            blocks2, threads2 = grid_2d(self._capacity, self._n_state)
+            self._moves.copy_states[blocks2, threads2, stream](
+                self._buffer, base, self._capacity, buffer, base, capacity, self._n_state,
+                self._capacity)
+        self._buffer, self._capacity, self._io_slots, self._io_base = (buffer, capacity,
+                                                                     io_slots, io_base)
+        if self._io_host is None or self._io_host.size < io_slots * self._record:
+            self._io_host = cuda.pinned_array(io_slots * self._record, self._dtype)
+        self._views.clear()
+        stream.synchronize()
+
+    def _reserve_index(self, size: int) -> None:
+        if self._index_host is None or self._index_host.size < size:
+            size = max(size, 2 * (0 if self._index_host is None else self._index_host.size))
+            self._index_host = self._cuda.pinned_array(size, np.int64)
+            self._index_dev = self._cuda.device_array(size, np.int64, stream=self._stream)
+            self._views.clear()
+
+    def _reserve(self, index_size: int, samples: int) -> None:
+        """Grow (doubling) the index buffers and the I/O part of the float buffer."""
+        self._reserve_index(index_size)
+        if samples > self._io_slots:
+            self._allocate_buffer(self._capacity, max(samples, 2 * self._io_slots))
+
+    def _device_views(self, index_size: int, samples: int) -> tuple[Any, Any, Any]:
+        """Device slices for one batch shape, cached: slicing a device array costs microseconds."""
+        key = (index_size, samples)
+        views = self._views.get(key)
+        if views is None:
+            if len(self._views) > 16:
+                self._views.clear()
+            n_x = samples * self._n_in
+            at = self._io_base
+            views = self._views[key] = (
+                self._index_dev[:index_size], self._buffer[at:at + n_x],
+                self._buffer[at + n_x:at + samples * self._record])
+        return views
 
     def _launcher(self, groups: int) -> Any:
         """The kernel configured for ``groups`` threads, reused across calls of one size."""
@@ -105,20 +148,21 @@ class CudaBank:
     def _launch(self, groups: int, samples: int, steps: int, index_size: int) -> np.ndarray:
         """Upload index and samples, run the kernel, return the ``(samples, O + 1)`` records."""
         stream = self._stream
+        index_dev, x_dev, y_dev = self._device_views(index_size, samples)
         n_x = samples * self._n_in
-        n_y = samples * self._step.io_width
-        self._index_dev[:index_size].copy_to_device(self._index_host[:index_size], stream=stream)
-        self._io_dev[:n_x].copy_to_device(self._io_host[:n_x], stream=stream)
-        self._launcher(groups)(self._weights, self._states, self._index_dev, self._io_dev,
-                               groups, samples, steps)
-        self._io_dev[n_x:n_x + n_y].copy_to_host(self._io_host[n_x:n_x + n_y], stream=stream)
+        n_end = samples * self._record
+        index_dev.copy_to_device(self._index_host[:index_size], stream=stream)
+        x_dev.copy_to_device(self._io_host[:n_x], stream=stream)
+        self._launcher(groups)(self._buffer, self._index_dev, self._capacity, groups, samples,
+                               steps)
+        y_dev.copy_to_host(self._io_host[n_x:n_end], stream=stream)
         stream.synchronize()
-        return self._io_host[n_x:n_x + n_y].reshape(samples, self._step.io_width)
+        return self._io_host[n_x:n_end].reshape(samples, self._step.io_width)
 
     # -- sensors and rows -------------------------------------------------------------
     @property
     def capacity(self) -> int:
-        return int(self._states.shape[1])
+        return self._capacity
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -158,11 +202,8 @@ class CudaBank:
         return row
 
     def _grow(self, capacity: int) -> None:
-        old = self.capacity
-        states = self._zeros_on_device(capacity)
-        blocks, threads = grid_2d(old, self._n_state)
-        self._moves.copy_into[blocks, threads, self._stream](self._states, states)
-        self._states = states
+        old = self._capacity
+        self._allocate_buffer(capacity, self._io_slots)
         self._rejected = np.concatenate([self._rejected, np.zeros(capacity - old, np.int64)])
         self._row_group = np.concatenate([self._row_group,
                                           np.full(capacity - old, NO_GROUP, np.int64)])
@@ -190,8 +231,7 @@ class CudaBank:
         if m == 0:
             self.last_status = np.zeros(0, np.int8)
             return np.empty((0, self._n_out), self._dtype)
-        index_size = 2 * m + 1
-        self._reserve(index_size, m * (self._n_in + self._step.io_width))
+        self._reserve(2 * m + 1, m)
         if self._group_scratch.shape[1] < m + 1:
             self._group_scratch = np.zeros((2, 2 * m + 1), np.int64)
         groups = group_by_row(rows, self._row_group, self._index_host, self._group_scratch)
@@ -218,7 +258,7 @@ class CudaBank:
             self.last_status = np.zeros((n, steps), np.int8)
             return np.empty((n, steps, self._n_out), self._dtype)
         m = n * steps
-        self._reserve(n, m * (self._n_in + self._step.io_width))
+        self._reserve(n, m)
         self._index_host[:n] = rows
         # Time-major on the device: thread g reads sample (t, g), neighbours adjacent.
         self._io_host[:m * self._n_in].reshape(steps, n, self._n_in)[:] = values.transpose(1, 0, 2)
@@ -262,7 +302,8 @@ class CudaBank:
         rows_dev = cuda.to_device(rows, stream=self._stream)
         out_dev = cuda.device_array(out.shape, self._dtype, stream=self._stream)
         blocks, threads = grid_2d(rows.size, self._n_state)
-        self._moves.gather[blocks, threads, self._stream](self._states, rows_dev, out_dev)
+        self._moves.gather[blocks, threads, self._stream](self._buffer, self._step.state_base,
+                                                          self._capacity, rows_dev, out_dev)
         out_dev.copy_to_host(out, stream=self._stream)
         self._stream.synchronize()
         return out
@@ -274,13 +315,15 @@ class CudaBank:
         rows_dev = cuda.to_device(rows, stream=self._stream)
         values_dev = cuda.to_device(np.ascontiguousarray(values), stream=self._stream)
         blocks, threads = grid_2d(rows.size, self._n_state)
-        self._moves.scatter[blocks, threads, self._stream](self._states, rows_dev, values_dev)
+        self._moves.scatter[blocks, threads, self._stream](self._buffer, self._step.state_base,
+                                                           self._capacity, rows_dev, values_dev)
         self._stream.synchronize()
 
     def _zero_rows(self, rows: np.ndarray) -> None:
         rows_dev = self._cuda.to_device(rows, stream=self._stream)
         blocks, threads = grid_2d(rows.size, self._n_state)
-        self._moves.zero_rows[blocks, threads, self._stream](self._states, rows_dev)
+        self._moves.zero_rows[blocks, threads, self._stream](
+            self._buffer, self._step.state_base, self._capacity, self._n_state, rows_dev)
         self._stream.synchronize()
 
     def rejected(self, sensor: Hashable) -> int:
@@ -299,8 +342,9 @@ class CudaBank:
     def reset(self, sensor: Hashable | None = None) -> None:
         """Zero one sensor's state, or every sensor's."""
         if sensor is None:
-            blocks, threads = grid_2d(self.capacity, self._n_state)
-            self._moves.fill[blocks, threads, self._stream](self._states, 0)
+            base = self._step.state_base
+            blocks, threads = grid_1d(self._io_base - base)
+            self._moves.fill[blocks, threads, self._stream](self._buffer, base, self._io_base, 0)
             self._stream.synchronize()
         else:
             self._zero_rows(np.asarray([self._rows[sensor]], np.int64))

@@ -18,8 +18,9 @@ Memory-system choices, each for a reason:
 * State lives on the device as ``[S, capacity]`` (transposed), so when neighbouring
   threads own neighbouring rows each state load and store is one coalesced transaction.
   The bank converts to the CPU bank's ``(n, S)`` rows on export.
-* Few launch arguments: weights, states, one int64 index buffer and one float I/O
-  buffer (samples in, predictions and status codes out), plus three integers.
+* Two array arguments (numba-cuda charges about 5 us of launch overhead per array):
+  one float buffer ``[weights | states | samples | output records]`` and one int64
+  index buffer, plus four integers (see :func:`buffer_layout`).
 
 A step is committed only if the sample and every new state value and output are finite,
 exactly as in the CPU kernel (:mod:`streamlstm.kernels._network`), so NaN never reaches
@@ -55,14 +56,36 @@ SIMULATOR_BLOCK_SIZE = 8
 class StepKernel:
     """A compiled step kernel of one model and how it was specialised.
 
-    ``kernel[blocks, BLOCK_SIZE, stream](weights, states, index, io, groups, samples,
-    steps)``: ``steps == 0`` is CSR mode (``index = [rows | offsets | order]``, I/O in
-    arrival order), ``steps == T`` is block mode (``index = rows``, I/O time-major).
+    ``kernel[blocks, threads, stream](buffer, index, capacity, groups, samples, steps)``:
+    ``buffer`` as :func:`buffer_layout`; ``steps == 0`` is CSR mode (``index = [rows |
+    offsets | order]``, I/O in arrival order), ``steps == T`` block mode (``index = rows``,
+    I/O time-major).
     """
 
     kernel: Any
     weights_in_shared: bool
     io_width: int  # numbers per output record: O predictions then the status code
+    state_base: int  # offset of the state block in the float buffer
+
+
+#: Offsets in the float buffer are aligned to this many numbers (128 bytes in float32).
+ALIGN = 32
+
+
+def state_base(n_params: int) -> int:
+    """Offset of the state block in the float buffer: the weights, rounded up to ``ALIGN``."""
+    return max(ALIGN, -(-n_params // ALIGN) * ALIGN)
+
+
+def buffer_layout(n_params: int, n_state: int, capacity: int) -> tuple[int, int]:
+    """``(state_base, io_base)`` of the device float buffer.
+
+    ``buffer = [weights (n_params) | pad | states (n_state * capacity, [S, capacity]
+    order) | samples (M * D) | records (M * (O + 1))]``; the I/O part starts at
+    ``io_base`` and is sized per batch.
+    """
+    base = state_base(n_params)
+    return base, base + n_state * capacity
 
 
 def _model_constants(layout: np.ndarray) -> dict[str, int]:
@@ -114,6 +137,7 @@ def _build(layout: np.ndarray, dtype: np.dtype, n_params: int,
     IN_SHARED = 0 < n_params * dtype.itemsize <= SHARED_BYTES
     SHARED_SIZE = n_params if IN_SHARED else 1
     N_PARAMS = n_params
+    STATE_BASE = state_base(n_params)
     ZERO, HALF, ONE, SIXTH = (dtype.type(v) for v in (0.0, 0.5, 1.0, 1.0 / 6.0))
     NAN = dtype.type(np.nan)
     OK, BAD_SAMPLE, BAD_RESULT = (dtype.type(v) for v in (L.OK, L.REJECTED_SAMPLE,
@@ -250,16 +274,16 @@ def _build(layout: np.ndarray, dtype: np.dtype, n_params: int,
             ping[j] = src[src_at + j]
 
     @cuda.jit(device=True)
-    def run_group(W, states, index, io, groups, samples, steps, g):
+    def run_group(W, io, index, capacity, groups, samples, steps, g):
         state = cuda.local.array(N_STATE, DT)
         new = cuda.local.array(N_STATE, DT)
         xin = cuda.local.array(N_IN, DT)
         work = cuda.local.array(WORK, DT)
         ping = cuda.local.array(MAX_WIDE, DT)
         pong = cuda.local.array(MAX_WIDE, DT)
-        row = index[g]
+        row = STATE_BASE + index[g]
         for q in range(N_STATE):
-            state[q] = states[q, row]
+            state[q] = io[row + q * capacity]
         if steps == 0:
             first = index[groups + g]
             count = index[groups + g + 1] - first
@@ -267,11 +291,12 @@ def _build(layout: np.ndarray, dtype: np.dtype, n_params: int,
         else:
             count = steps
             order = 0
-        out_base = samples * N_IN
+        x_base = STATE_BASE + N_STATE * capacity
+        out_base = x_base + samples * N_IN
         changed = False
         for t in range(count):
             i = index[order + t] if steps == 0 else t * groups + g
-            at = i * N_IN
+            at = x_base + i * N_IN
             out = out_base + i * IO_WIDTH
             finite = True
             for q in range(N_IN):
@@ -305,38 +330,43 @@ def _build(layout: np.ndarray, dtype: np.dtype, n_params: int,
                 io[out + N_OUT] = BAD_RESULT
         if changed:
             for q in range(N_STATE):
-                states[q, row] = state[q]
+                io[row + q * capacity] = state[q]
 
     # Passed only when set: the simulator's jit does not take the option.
     options = {} if max_registers is None else {"max_registers": int(max_registers)}
 
     @cuda.jit(**options)
-    def kernel(weights, states, index, io, groups, samples, steps):
+    def kernel(buffer, index, capacity, groups, samples, steps):
         shared = cuda.shared.array(SHARED_SIZE, DT)
         if IN_SHARED:
             for q in range(cuda.threadIdx.x, N_PARAMS, cuda.blockDim.x):
-                shared[q] = weights[q]
+                shared[q] = buffer[q]
             cuda.syncthreads()
         g = cuda.grid(1)
         if g >= groups:
             return
         if IN_SHARED:
-            run_group(shared, states, index, io, groups, samples, steps, g)
+            run_group(shared, buffer, index, capacity, groups, samples, steps, g)
         else:
-            run_group(weights, states, index, io, groups, samples, steps, g)
+            run_group(buffer, buffer, index, capacity, groups, samples, steps, g)
 
-    return StepKernel(kernel=kernel, weights_in_shared=IN_SHARED, io_width=IO_WIDTH)
+    return StepKernel(kernel=kernel, weights_in_shared=IN_SHARED, io_width=IO_WIDTH,
+                      state_base=STATE_BASE)
 
 
 @dataclass(frozen=True)
 class StateKernels:
-    """Small kernels that move state rows of the ``[S, capacity]`` device layout."""
+    """Small kernels that move state rows in the float buffer's ``[S, capacity]`` block.
 
-    gather: Any       # (states, rows, out (n, S))
-    scatter: Any      # (states, rows, values (n, S))
-    zero_rows: Any    # (states, rows)
-    fill: Any         # (states, value)
-    copy_into: Any    # (src (S, old), dst (S, new)): dst[:, :old] = src
+    ``(buffer, base, capacity)`` locate the block: number ``q`` of row ``r`` is
+    ``buffer[base + q * capacity + r]``.
+    """
+
+    gather: Any       # (buffer, base, capacity, rows (n,), out (n, S))
+    scatter: Any      # (buffer, base, capacity, rows (n,), values (n, S))
+    zero_rows: Any    # (buffer, base, capacity, n_state, rows (n,))
+    fill: Any         # (buffer, start, stop, value): buffer[start:stop] = value
+    copy_states: Any  # (src, src_base, src_capacity, dst, dst_base, dst_capacity, n_state, rows)
 
 
 @cache
@@ -344,36 +374,41 @@ def state_kernels() -> StateKernels:
     """The state-movement kernels (generic over dtype; compiled lazily per signature)."""
 
     @cuda.jit
-    def gather(states, rows, out):
+    def gather(buffer, base, capacity, rows, out):
         n, q = cuda.grid(2)
-        if n < rows.shape[0] and q < states.shape[0]:
-            out[n, q] = states[q, rows[n]]
+        if n < rows.shape[0] and q < out.shape[1]:
+            out[n, q] = buffer[base + q * capacity + rows[n]]
 
     @cuda.jit
-    def scatter(states, rows, values):
+    def scatter(buffer, base, capacity, rows, values):
         n, q = cuda.grid(2)
-        if n < rows.shape[0] and q < states.shape[0]:
-            states[q, rows[n]] = values[n, q]
+        if n < rows.shape[0] and q < values.shape[1]:
+            buffer[base + q * capacity + rows[n]] = values[n, q]
 
     @cuda.jit
-    def zero_rows(states, rows):
+    def zero_rows(buffer, base, capacity, n_state, rows):
         n, q = cuda.grid(2)
-        if n < rows.shape[0] and q < states.shape[0]:
-            states[q, rows[n]] = 0
+        if n < rows.shape[0] and q < n_state:
+            buffer[base + q * capacity + rows[n]] = 0
 
     @cuda.jit
-    def fill(states, value):
-        col, q = cuda.grid(2)
-        if col < states.shape[1] and q < states.shape[0]:
-            states[q, col] = value
+    def fill(buffer, start, stop, value):
+        i = start + cuda.grid(1)
+        if i < stop:
+            buffer[i] = value
 
     @cuda.jit
-    def copy_into(src, dst):
-        col, q = cuda.grid(2)
-        if col < src.shape[1] and q < src.shape[0]:
-            dst[q, col] = src[q, col]
+    def copy_states(src, src_base, src_capacity, dst, dst_base, dst_capacity, n_state, rows):
+        r, q = cuda.grid(2)
+        if r < rows and q < n_state:
+            dst[dst_base + q * dst_capacity + r] = src[src_base + q * src_capacity + r]
 
-    return StateKernels(gather, scatter, zero_rows, fill, copy_into)
+    return StateKernels(gather, scatter, zero_rows, fill, copy_states)
+
+
+def grid_1d(size: int) -> tuple[int, int]:
+    """Launch shape covering ``size`` threads with 128-thread blocks."""
+    return max(1, -(-size // 128)), 128
 
 
 def grid_2d(first: int, second: int) -> tuple[tuple[int, int], tuple[int, int]]:
