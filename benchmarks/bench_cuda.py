@@ -6,7 +6,8 @@ One step of N streams (H=64, D=3, one LSTM layer + Linear head), N in {1, 1k, 64
   already on the device), median of ``--reps`` after ``--warmup`` steps;
 * ``bank e2e``: ``CudaBank.step_rows`` from Python, wall clock: samples up, kernel,
   predictions and statuses down, synchronised;
-* ``block T``: ``CudaBank.run`` with ``--block-steps`` samples per stream, kernel time per step;
+* ``block T``: ``CudaBank.run`` with ``--block-steps`` samples per stream, per step: the
+  kernel alone (CUDA events) and end to end (host transposes and transfers included);
 * ``torch eager`` / ``torch graph``: ``nn.LSTMCell`` + ``nn.Linear`` on CUDA, the same
   step replayed from a captured ``torch.cuda.CUDAGraph``, CUDA events, median;
 * floors: state bytes moved (read + write ``(h, c)``, samples in, outputs out) at the
@@ -109,7 +110,7 @@ def wall_times(fn: Callable[[], Any], reps: int, warmup: int) -> float:
 def device_facts(cuda: Any, simulated: bool) -> dict[str, Any]:
     """Name, FP32 peak (FLOP/s) from the device properties, and measured copy bandwidth."""
     if simulated:
-        return {"name": "CUDA simulator", "fp32_flops": float("nan"), "copy_bytes_s": float("nan")}
+        return {"name": "CUDA simulator", "fp32_flops": None, "copy_bytes_s": None}
     device = cuda.get_current_device()
     cc = tuple(device.compute_capability)
     sms = device.MULTIPROCESSOR_COUNT
@@ -128,14 +129,17 @@ def device_facts(cuda: Any, simulated: bool) -> dict[str, Any]:
 
 
 def floors(n: int, hidden: int, inputs: int, outputs: int,
-           facts: dict[str, Any]) -> dict[str, float]:
+           facts: dict[str, Any]) -> dict[str, Any]:
     """Lower bounds in microseconds for one step of ``n`` streams."""
     state_bytes = n * 2 * hidden * 4 * 2            # (h, c) read and written
     io_bytes = n * (inputs + outputs + 1) * 4      # samples in, outputs + status out
     flops = n * (2 * 4 * hidden * (inputs + hidden) + 2 * hidden * outputs + 12 * hidden)
-    return {"memory_us": (state_bytes + io_bytes) / facts["copy_bytes_s"] * 1e6,
-            "compute_us": flops / facts["fp32_flops"] * 1e6, "flops": flops,
-            "bytes": state_bytes + io_bytes}
+    out: dict[str, Any] = {"flops": flops, "bytes": state_bytes + io_bytes,
+                           "memory_us": None, "compute_us": None}
+    if facts["copy_bytes_s"] and facts["fp32_flops"]:  # None on the simulator
+        out["memory_us"] = (state_bytes + io_bytes) / facts["copy_bytes_s"] * 1e6
+        out["compute_us"] = flops / facts["fp32_flops"] * 1e6
+    return out
 
 
 def cuda_bank(model: Any, n: int, args: argparse.Namespace) -> Any:
@@ -151,10 +155,10 @@ def bench_bank(cuda: Any, model: Any, n: int, args: argparse.Namespace,
     rng = np.random.default_rng(0)
     xs = rng.normal(size=(n, args.inputs)).astype(np.float32)
     bank.step_rows(rows, xs)  # compiles, uploads, fills the I/O buffers for the timing below
-    groups = n
+    groups = bank.last_launch[0]
     # The kernel alone: the bank's own buffers and launcher, samples already on the device.
     launch = bank._launcher(groups)
-    kernel_args = (bank._buffer, bank._index_dev, bank._capacity, groups, n, 0)
+    kernel_args = (bank._buffer, bank._index_dev, bank._capacity, *bank.last_launch)
     result = {
         "bank_kernel_ms": event_times(cuda, bank._stream, lambda: launch(*kernel_args),
                                       args.reps, args.warmup, simulated=simulated),
@@ -164,8 +168,14 @@ def bench_bank(cuda: Any, model: Any, n: int, args: argparse.Namespace,
         block = rng.normal(size=(n, args.block_steps, args.inputs)).astype(np.float32)
         sensors = list(range(n))
         bank.run(sensors, block)
+        block_args = (bank._buffer, bank._index_dev, bank._capacity, *bank.last_launch)
+        block_launch = bank._launcher(bank.last_launch[0])
+        reps = max(3, args.reps // 10)
+        result["block_kernel_ms_per_step"] = event_times(
+            cuda, bank._stream, lambda: block_launch(*block_args), reps, 1,
+            simulated=simulated) / args.block_steps
         result["block_e2e_ms_per_step"] = wall_times(
-            lambda: bank.run(sensors, block), max(3, args.reps // 10), 1) / args.block_steps
+            lambda: bank.run(sensors, block), reps, 1) / args.block_steps
     return result
 
 
@@ -300,7 +310,8 @@ def versions() -> dict[str, str]:
 
 COLUMNS = [("N", "n", "{:>8d}"), ("kernel us", "bank_kernel_ms", "{:>10.1f}"),
            ("e2e us", "bank_e2e_ms", "{:>10.1f}"),
-           ("block/step us", "block_e2e_ms_per_step", "{:>13.2f}"),
+           ("block kern/step us", "block_kernel_ms_per_step", "{:>18.2f}"),
+           ("block e2e/step us", "block_e2e_ms_per_step", "{:>17.2f}"),
            ("torch eager us", "torch_eager_ms", "{:>14.1f}"),
            ("torch graph us", "torch_graph_ms", "{:>14.1f}"),
            ("CPU bank us", "cpu_bank_ms", "{:>11.1f}")]
@@ -310,7 +321,8 @@ def print_row(row: dict[str, Any], *, first: bool) -> None:
     if first:
         print(" | ".join(f"{title:>{len(fmt.format(0) if 'd' in fmt else fmt.format(0.0))}}"
                          for title, _, fmt in COLUMNS)
-              + " | eager/kernel | graph/kernel | steps/s (kernel) | floor mem us | floor flop us")
+              + " | eager/kernel | graph/kernel | steps/s (kernel) | floor mem us | floor flop us"
+              " | kernel/floor")
     cells = []
     for _title, key, fmt in COLUMNS:
         value = row.get(key)
@@ -326,8 +338,14 @@ def print_row(row: dict[str, Any], *, first: bool) -> None:
         return f"{row[key] / kernel:>12.2f}" if key in row and kernel > 0 else " " * 12
 
     rate = row["n"] / (kernel * 1e-3) if kernel > 0 else float("nan")
+    if row["memory_us"] is None:
+        bounds = f"{'-':>12} | {'-':>13} | {'-':>13}"
+    else:
+        floor_us = max(row["memory_us"], row["compute_us"])
+        bounds = (f"{row['memory_us']:>12.2f} | {row['compute_us']:>13.2f} | "
+                  f"{kernel * 1e3 / floor_us:>13.1f}")
     print(" | ".join(cells) + f" | {ratio('torch_eager_ms')} | {ratio('torch_graph_ms')} | "
-          f"{rate:>16.3g} | {row['memory_us']:>12.2f} | {row['compute_us']:>13.2f}")
+          f"{rate:>16.3g} | {bounds}")
 
 
 if __name__ == "__main__":

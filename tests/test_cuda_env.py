@@ -97,7 +97,7 @@ def test_step_kernel_compiles_for_a_real_gpu():
             pk = pack(model)
             k = step_kernel(pk.layout, model.dtype, pk.params.size)
             T = numba.from_dtype(model.dtype)
-            sig = (T[::1], numba.int64[::1], numba.int64, numba.int64, numba.int64,
+            sig = (T[::1], numba.int32[::1], numba.int64, numba.int64, numba.int64,
                    numba.int64)
             ptx, _ = cuda.compile_ptx(k.kernel.py_func, sig, cc=(9, 0))
             assert ".entry" in ptx

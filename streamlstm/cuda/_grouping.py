@@ -18,10 +18,14 @@ def group_by_row(rows: np.ndarray, row_group: np.ndarray, index: np.ndarray,
     """Write the CSR grouping of ``rows`` into ``index``; return the number of groups ``G``.
 
     ``rows``: ``(M,)`` int64 state rows in arrival order; ``row_group``: ``(capacity,)``
-    int64, all -1 on entry and on return; ``index``: int64, at least ``2M + 1`` long;
+    int64, all -1 on entry and on return; ``index``: int32, at least ``2M + 1`` long;
     ``scratch``: int64 ``(2, M + 1)``. On return ``index`` holds ``[group_rows (G) |
     offsets (G + 1) | order (M)]``: group ``g`` is row ``group_rows[g]``, its samples are
     ``order[offsets[g]:offsets[g + 1]]`` in arrival order. Groups follow first sight.
+
+    When every row is distinct (``G == M``, the usual one-sample-per-sensor tick) only
+    ``group_rows`` is written: the batch is then a block of one step, and the kernel
+    needs neither offsets nor order.
     """
     m = rows.shape[0]
     group_of, counts = scratch[0], scratch[1]
@@ -37,6 +41,10 @@ def group_by_row(rows: np.ndarray, row_group: np.ndarray, index: np.ndarray,
             groups += 1
         counts[g] += 1
         group_of[i] = g
+    if groups == m:
+        for g in range(groups):
+            row_group[index[g]] = NO_GROUP
+        return groups
     offsets = groups
     order = 2 * groups + 1
     total = 0

@@ -19,7 +19,7 @@ Memory-system choices, each for a reason:
   threads own neighbouring rows each state load and store is one coalesced transaction.
   The bank converts to the CPU bank's ``(n, S)`` rows on export.
 * Two array arguments (numba-cuda charges about 5 us of launch overhead per array):
-  one float buffer ``[weights | states | samples | output records]`` and one int64
+  one float buffer ``[weights | states | samples | output records]`` and one int32
   index buffer, plus four integers (see :func:`buffer_layout`).
 
 A step is committed only if the sample and every new state value and output are finite,
