@@ -52,9 +52,10 @@ def _model(name: str) -> Model:
         layers = (_rng_layer(rng, "gru", D, 6, reset_after=False,
                              recurrent_activation="hard_sigmoid"),)
         width = 6
-    else:  # lstm + gru stack, no projection
-        layers = (_rng_layer(rng, "lstm", D, 5), _rng_layer(rng, "gru", 5, 4, reset_after=False))
-        width = 4
+    else:  # lstm + gru stack, no projection, hidden sizes past one tile of 8 units
+        layers = (_rng_layer(rng, "lstm", D, 11),
+                  _rng_layer(rng, "gru", 11, 10, reset_after=False))
+        width = 10
     head = (dense_layer(rng.normal(0, 0.4, (5, width)), rng.normal(0, 0.1, 5), "relu"),
             dense_layer(rng.normal(0, 0.4, (2, 5)), rng.normal(0, 0.1, 2)))
     norm_out = Normalization(np.array([0.5, -1.0], np.float32), np.array([2.0, 0.5], np.float32))

@@ -46,6 +46,8 @@ cuda = import_cuda()
 
 #: Static shared memory a block may use without opting in (bytes).
 SHARED_BYTES = 48 * 1024
+#: Hidden units whose gate sums one thread keeps in registers at a time (see lstm_layer).
+TILE = 8
 #: Threads per block: 4 warps keeps many blocks resident per SM when local memory is large.
 BLOCK_SIZE = 128
 #: The simulator runs one Python thread per CUDA thread: small blocks keep tests quick.
@@ -73,8 +75,9 @@ ALIGN = 32
 
 
 def state_base(n_params: int) -> int:
-    """Offset of the state block in the float buffer: the weights, rounded up to ``ALIGN``."""
-    return max(ALIGN, -(-n_params // ALIGN) * ALIGN)
+    """Offset of the state block in the float buffer: weights plus ``TILE`` numbers of padding
+    (a partial tile reads up to ``TILE - 1`` past a matrix), rounded up to ``ALIGN``."""
+    return -(-(n_params + TILE) // ALIGN) * ALIGN
 
 
 def buffer_layout(n_params: int, n_state: int, capacity: int) -> tuple[int, int]:
@@ -132,13 +135,17 @@ def _build(layout: np.ndarray, dtype: np.dtype, n_params: int,
     N_STATE, MAX_HIDDEN, MAX_WIDE = k["state"], k["hidden"], k["wide"]
     IO_WIDTH = N_OUT + 1
     WORK = 2 * MAX_HIDDEN  # LSTM: unprojected h; GRU (reset before): r * h, then x_n
+    ACC = 6 * TILE  # gate sums of one tile of units: LSTM 4 rows, GRU 6
     IN_NORM, OUT_NORM = int(layout[L.H_IN_NORM]), int(layout[L.H_OUT_NORM])
     DENSE_BASE = L.HEADER + N_LAYERS * L.LAYER_RECORD
-    IN_SHARED = 0 < n_params * dtype.itemsize <= SHARED_BYTES
-    SHARED_SIZE = n_params if IN_SHARED else 1
+    IN_SHARED = 0 < (n_params + TILE) * dtype.itemsize <= SHARED_BYTES
+    SHARED_SIZE = n_params + TILE if IN_SHARED else 1  # padding: see state_base
     N_PARAMS = n_params
     STATE_BASE = state_base(n_params)
     ZERO, HALF, ONE, SIXTH = (dtype.type(v) for v in (0.0, 0.5, 1.0, 1.0 / 6.0))
+    # Indices are non-negative: as unsigned they skip numba's negative-index wraparound,
+    # which otherwise costs four integer instructions per load in the inner loops.
+    IX = numba.uint64
     NAN = dtype.type(np.nan)
     OK, BAD_SAMPLE, BAD_RESULT = (dtype.type(v) for v in (L.OK, L.REJECTED_SAMPLE,
                                                           L.REJECTED_RESULT))
@@ -156,105 +163,118 @@ def _build(layout: np.ndarray, dtype: np.dtype, n_params: int,
         return x
 
     @cuda.jit(device=True)
-    def lstm_layer(W, base, src, src_at, state, new, h_full):
+    def lstm_layer(W, base, src, src_at, state, new, h_full, acc):
         n_in, hidden, n_out = LAY[base + L.L_IN], LAY[base + L.L_HIDDEN], LAY[base + L.L_OUT]
         wx, wh = LAY[base + L.L_WX], LAY[base + L.L_WH]
         bias, wr = LAY[base + L.L_B], LAY[base + L.L_WR]
         so, act, ract = LAY[base + L.L_STATE], LAY[base + L.L_ACT], LAY[base + L.L_RACT]
         width = 4 * hidden
-        for j in range(hidden):
-            gi = W[bias + j]
-            gf = W[bias + hidden + j]
-            gg = W[bias + 2 * hidden + j]
-            go = W[bias + 3 * hidden + j]
-            # The four gates of unit j share each input: one pass over x and one over h.
-            for q in range(n_in):
-                v = src[src_at + q]
-                at = wx + q * width + j
-                gi += W[at] * v
-                gf += W[at + hidden] * v
-                gg += W[at + 2 * hidden] * v
-                go += W[at + 3 * hidden] * v
-            for q in range(n_out):
-                v = state[so + q]
-                at = wh + q * width + j
-                gi += W[at] * v
-                gf += W[at + hidden] * v
-                gg += W[at + 2 * hidden] * v
-                go += W[at + 3 * hidden] * v
-            c = (activate(gf, ract) * state[so + n_out + j]
-                 + activate(gi, ract) * activate(gg, act))
-            new[so + n_out + j] = c
-            h = activate(go, ract) * activate(c, act)
-            if wr < 0:
-                new[so + j] = h
-            else:
-                h_full[j] = h
+        # TILE units at a time, their 4 * TILE gate sums in registers: each input and h value
+        # is read once per tile rather than once per unit. A last, partial tile sums past
+        # `hidden` into slots never stored: branch-free loops, reads kept in bounds by the
+        # TILE numbers of padding after the weights (see state_base).
+        for j0 in range(0, hidden, TILE):
+            for u in range(TILE):
+                for gate in range(4):
+                    acc[gate * TILE + u] = W[IX(bias + gate * hidden + j0 + u)]
+            for q in range(n_in + n_out):
+                if q < n_in:
+                    v = src[IX(src_at + q)]
+                    at = wx + q * width + j0
+                else:
+                    v = state[IX(so + q - n_in)]
+                    at = wh + (q - n_in) * width + j0
+                for u in range(TILE):
+                    for gate in range(4):
+                        acc[gate * TILE + u] += W[IX(at + gate * hidden + u)] * v
+            for u in range(TILE):
+                j = j0 + u
+                if j < hidden:
+                    c = (activate(acc[TILE + u], ract) * state[IX(so + n_out + j)]
+                         + activate(acc[u], ract) * activate(acc[2 * TILE + u], act))
+                    new[IX(so + n_out + j)] = c
+                    h = activate(acc[3 * TILE + u], ract) * activate(c, act)
+                    if wr < 0:
+                        new[IX(so + j)] = h
+                    else:
+                        h_full[IX(j)] = h
         if wr >= 0:
             for p in range(n_out):
-                acc = ZERO
+                total = ZERO
                 for j in range(hidden):
-                    acc += W[wr + j * n_out + p] * h_full[j]
-                new[so + p] = acc
+                    total += W[IX(wr + j * n_out + p)] * h_full[IX(j)]
+                new[IX(so + p)] = total
 
     @cuda.jit(device=True)
-    def gru_layer(W, base, src, src_at, state, new, r_h):
+    def gru_layer(W, base, src, src_at, state, new, r_h, acc):
         n_in, hidden = LAY[base + L.L_IN], LAY[base + L.L_HIDDEN]
         wx, wh = LAY[base + L.L_WX], LAY[base + L.L_WH]
         bx, bh = LAY[base + L.L_B], LAY[base + L.L_B2]
         so, act, ract = LAY[base + L.L_STATE], LAY[base + L.L_ACT], LAY[base + L.L_RACT]
         width = 3 * hidden
         reset_after = LAY[base + L.L_RESET_AFTER] == 1
-        for j in range(hidden):
-            xr = W[bx + j]
-            xz = W[bx + hidden + j]
-            xn = W[bx + 2 * hidden + j]
+        # acc rows: input sums of r, z, n, then recurrent sums of r + z (TILE each) and n.
+        for j0 in range(0, hidden, TILE):
+            for u in range(TILE):
+                for gate in range(3):
+                    acc[gate * TILE + u] = W[IX(bx + gate * hidden + j0 + u)]
+                acc[3 * TILE + u] = W[IX(bh + j0 + u)]
+                acc[4 * TILE + u] = W[IX(bh + hidden + j0 + u)]
+                acc[5 * TILE + u] = W[IX(bh + 2 * hidden + j0 + u)]
             for q in range(n_in):
-                v = src[src_at + q]
-                at = wx + q * width + j
-                xr += W[at] * v
-                xz += W[at + hidden] * v
-                xn += W[at + 2 * hidden] * v
-            hr = W[bh + j]
-            hz = W[bh + hidden + j]
-            hn = W[bh + 2 * hidden + j]
+                v = src[IX(src_at + q)]
+                at = wx + q * width + j0
+                for u in range(TILE):
+                    for gate in range(3):
+                        acc[gate * TILE + u] += W[IX(at + gate * hidden + u)] * v
             for q in range(hidden):
-                v = state[so + q]
-                at = wh + q * width + j
-                hr += W[at] * v
-                hz += W[at + hidden] * v
-                if reset_after:
-                    hn += W[at + 2 * hidden] * v
-            r = activate(xr + hr, ract)
-            z = activate(xz + hz, ract)
-            if reset_after:
-                n = activate(xn + r * hn, act)
-                new[so + j] = (ONE - z) * n + z * state[so + j]
-            else:
-                # n needs W_hn (r * h) over every unit's r: park z and x_n, finish below.
-                r_h[j] = r * state[so + j]
-                new[so + j] = z
-                r_h[MAX_HIDDEN + j] = xn
+                v = state[IX(so + q)]
+                at = wh + q * width + j0
+                for u in range(TILE):
+                    acc[3 * TILE + u] += W[IX(at + u)] * v
+                    acc[4 * TILE + u] += W[IX(at + hidden + u)] * v
+                    if reset_after:
+                        acc[5 * TILE + u] += W[IX(at + 2 * hidden + u)] * v
+            for u in range(TILE):
+                j = j0 + u
+                if j < hidden:
+                    r = activate(acc[u] + acc[3 * TILE + u], ract)
+                    z = activate(acc[TILE + u] + acc[4 * TILE + u], ract)
+                    if reset_after:
+                        n = activate(acc[2 * TILE + u] + r * acc[5 * TILE + u], act)
+                        new[IX(so + j)] = (ONE - z) * n + z * state[IX(so + j)]
+                    else:
+                        # n needs W_hn (r * h) over every unit's r: park z, x_n; finish below.
+                        r_h[IX(j)] = r * state[IX(so + j)]
+                        new[IX(so + j)] = z
+                        r_h[IX(MAX_HIDDEN + j)] = acc[2 * TILE + u]
         if not reset_after:
-            for j in range(hidden):
-                hn = W[bh + 2 * hidden + j]
+            for j0 in range(0, hidden, TILE):
+                for u in range(TILE):
+                    acc[u] = W[IX(bh + 2 * hidden + j0 + u)]
                 for q in range(hidden):
-                    hn += W[wh + q * width + 2 * hidden + j] * r_h[q]
-                z = new[so + j]
-                n = activate(r_h[MAX_HIDDEN + j] + hn, act)
-                new[so + j] = (ONE - z) * n + z * state[so + j]
+                    v = r_h[IX(q)]
+                    at = wh + q * width + 2 * hidden + j0
+                    for u in range(TILE):
+                        acc[u] += W[IX(at + u)] * v
+                for u in range(TILE):
+                    j = j0 + u
+                    if j < hidden:
+                        z = new[IX(so + j)]
+                        n = activate(r_h[IX(MAX_HIDDEN + j)] + acc[u], act)
+                        new[IX(so + j)] = (ONE - z) * n + z * state[IX(so + j)]
 
     @cuda.jit(device=True)
-    def network(W, xin, state, new, work, ping, pong):
+    def network(W, xin, state, new, work, acc, ping, pong):
         """One sample through every layer and the head; the output is left in ``ping``/``new``."""
         src = xin
         src_at = 0
         for index in range(N_LAYERS):
             base = L.HEADER + index * L.LAYER_RECORD
             if LAY[base + L.L_KIND] == L.LSTM:
-                lstm_layer(W, base, src, src_at, state, new, work)
+                lstm_layer(W, base, src, src_at, state, new, work, acc)
             else:
-                gru_layer(W, base, src, src_at, state, new, work)
+                gru_layer(W, base, src, src_at, state, new, work, acc)
             src = new
             src_at = LAY[base + L.L_STATE]
         for index in range(N_DENSE):
@@ -263,15 +283,15 @@ def _build(layout: np.ndarray, dtype: np.dtype, n_params: int,
             w, b = LAY[base + L.D_W], LAY[base + L.D_B]
             dst = ping if index % 2 == 0 else pong
             for j in range(d_out):
-                acc = W[b + j]
+                total = W[IX(b + j)]
                 for q in range(d_in):
-                    acc += W[w + q * d_out + j] * src[src_at + q]
-                dst[j] = activate(acc, act)
+                    total += W[IX(w + q * d_out + j)] * src[IX(src_at + q)]
+                dst[IX(j)] = activate(total, act)
             src = dst
             src_at = 0
         # Hand the output back through ping: the head's last buffer or the last h.
         for j in range(N_OUT):
-            ping[j] = src[src_at + j]
+            ping[IX(j)] = src[IX(src_at + j)]
 
     @cuda.jit(device=True)
     def run_group(W, io, index, capacity, groups, samples, steps, g):
@@ -279,11 +299,12 @@ def _build(layout: np.ndarray, dtype: np.dtype, n_params: int,
         new = cuda.local.array(N_STATE, DT)
         xin = cuda.local.array(N_IN, DT)
         work = cuda.local.array(WORK, DT)
+        acc = cuda.local.array(ACC, DT)
         ping = cuda.local.array(MAX_WIDE, DT)
         pong = cuda.local.array(MAX_WIDE, DT)
         row = STATE_BASE + index[g]
         for q in range(N_STATE):
-            state[q] = io[row + q * capacity]
+            state[IX(q)] = io[IX(row + q * capacity)]
         if steps == 0:
             first = index[groups + g]
             count = index[groups + g + 1] - first
@@ -300,37 +321,37 @@ def _build(layout: np.ndarray, dtype: np.dtype, n_params: int,
             out = out_base + i * IO_WIDTH
             finite = True
             for q in range(N_IN):
-                v = io[at + q]
+                v = io[IX(at + q)]
                 finite = finite and math.isfinite(v)
                 if IN_NORM >= 0:
-                    v = (v - W[IN_NORM + q]) / W[IN_NORM + N_IN + q]
-                xin[q] = v
+                    v = (v - W[IX(IN_NORM + q)]) / W[IX(IN_NORM + N_IN + q)]
+                xin[IX(q)] = v
             if not finite:
                 for j in range(N_OUT):
-                    io[out + j] = NAN
-                io[out + N_OUT] = BAD_SAMPLE
+                    io[IX(out + j)] = NAN
+                io[IX(out + N_OUT)] = BAD_SAMPLE
                 continue
-            network(W, xin, state, new, work, ping, pong)
+            network(W, xin, state, new, work, acc, ping, pong)
             for j in range(N_OUT):
-                y = ping[j]
+                y = ping[IX(j)]
                 if OUT_NORM >= 0:
-                    y = y * W[OUT_NORM + N_OUT + j] + W[OUT_NORM + j]
-                io[out + j] = y
+                    y = y * W[IX(OUT_NORM + N_OUT + j)] + W[IX(OUT_NORM + j)]
+                io[IX(out + j)] = y
                 finite = finite and math.isfinite(y)
             for q in range(N_STATE):
-                finite = finite and math.isfinite(new[q])
+                finite = finite and math.isfinite(new[IX(q)])
             if finite:
                 for q in range(N_STATE):
-                    state[q] = new[q]
-                io[out + N_OUT] = OK
+                    state[IX(q)] = new[IX(q)]
+                io[IX(out + N_OUT)] = OK
                 changed = True
             else:
                 for j in range(N_OUT):
-                    io[out + j] = NAN
-                io[out + N_OUT] = BAD_RESULT
+                    io[IX(out + j)] = NAN
+                io[IX(out + N_OUT)] = BAD_RESULT
         if changed:
             for q in range(N_STATE):
-                io[row + q * capacity] = state[q]
+                io[IX(row + q * capacity)] = state[IX(q)]
 
     # Passed only when set: the simulator's jit does not take the option.
     options = {} if max_registers is None else {"max_registers": int(max_registers)}
