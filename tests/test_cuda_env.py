@@ -122,3 +122,19 @@ def test_benchmark_runs_end_to_end_on_the_simulator(tmp_path):
     assert [row["n"] for row in record["rows"]] == [1, 8]
     assert all(row["bank_e2e_ms"] > 0 and row["block_e2e_ms_per_step"] > 0
                for row in record["rows"])
+
+
+def test_without_numba_cuda_installed_import_still_works():
+    result = _python("""
+        import sys
+        sys.modules["numba.cuda"] = None  # what an install without numba-cuda looks like
+        import streamlstm as sl
+        import streamlstm.cuda
+        assert not streamlstm.cuda.is_available()
+        try:
+            sl.random_model(3, [4]).bank(8, device="cuda")
+        except sl.CudaUnavailableError as exc:
+            print("ERROR:", exc)
+    """)
+    assert result.returncode == 0, result.stderr
+    assert "ERROR: numba-cuda is not installed" in result.stdout

@@ -15,6 +15,10 @@ Memory-system choices, each for a reason:
 * Weights are staged once per block into shared memory when they fit in the static 48 KiB
   a block may use; otherwise they stay in global memory, where every thread of a warp
   reads the same address at the same time (one broadcast transaction, L1-resident).
+* Each thread sums the gates of ``TILE`` hidden units at a time in registers, so an
+  input or ``h`` value is read once per tile, and the inner loop is one (warp-uniform,
+  broadcast) weight load and one FMA with an immediate offset. Indices are cast to
+  unsigned so numba emits no negative-index wraparound code.
 * State lives on the device as ``[S, capacity]`` (transposed), so when neighbouring
   threads own neighbouring rows each state load and store is one coalesced transaction.
   The bank converts to the CPU bank's ``(n, S)`` rows on export.
