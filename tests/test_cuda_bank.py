@@ -208,3 +208,14 @@ def test_batch_larger_than_the_io_buffer_keeps_state():
     ids = ["u", "v", "w"] * 30  # 90 samples: past the 64 preallocated
     _assert_same_step(cpu, gpu, ids, rng.normal(size=(90, D)).astype(np.float32))
     _assert_same_states(cpu, gpu)
+
+
+def test_launch_shapes_change_between_batches():
+    """Batches needing 2, 1 and 2 blocks again: each launch must cover all its groups."""
+    model = _model("lstm_proj")
+    cpu = model.bank(2)
+    gpu = cuda_bank.CudaBank(model, 2, block_size=2)
+    rng = np.random.default_rng(8)
+    for ids in ([3, 0, 4, 1, 3], [1], [2, 0, 1, 1, 0]):
+        _assert_same_step(cpu, gpu, ids, rng.normal(size=(len(ids), D)).astype(np.float32))
+    _assert_same_states(cpu, gpu)

@@ -64,8 +64,9 @@ class CudaBank:
         self._record = self._n_in + self._step.io_width  # I/O numbers per sample
         self._moves = state_kernels()
         self._stream = cuda.stream()
+        self._simulated = simulator_enabled()
         if block_size is None:
-            block_size = SIMULATOR_BLOCK_SIZE if simulator_enabled() else BLOCK_SIZE
+            block_size = SIMULATOR_BLOCK_SIZE if self._simulated else BLOCK_SIZE
         self._block = block_size
         self._rows: dict[Hashable, int] = {}
         self._free: list[int] = []
@@ -139,6 +140,10 @@ class CudaBank:
     def _launcher(self, groups: int) -> Any:
         """The kernel configured for ``groups`` threads, reused across calls of one size."""
         blocks = max(1, -(-groups // self._block))
+        if self._simulated:
+            # The simulator's kernel[...] reconfigures and returns the kernel itself, so a
+            # cached launcher would run with whatever configuration was set last.
+            return self._step.kernel[blocks, self._block, self._stream]
         launcher = self._launchers.get(blocks)
         if launcher is None:
             if len(self._launchers) > 64:
