@@ -219,3 +219,58 @@ def test_launch_shapes_change_between_batches():
     for ids in ([3, 0, 4, 1, 3], [1], [2, 0, 1, 1, 0]):
         _assert_same_step(cpu, gpu, ids, rng.normal(size=(len(ids), D)).astype(np.float32))
     _assert_same_states(cpu, gpu)
+
+
+def _random_architecture(rng: np.random.Generator) -> Model:
+    dtype = np.float64 if rng.random() < 0.3 else np.float32
+    n_in = int(rng.integers(1, 4))
+    width, layers = n_in, []
+    for _ in range(int(rng.integers(1, 3))):
+        kind = "lstm" if rng.random() < 0.5 else "gru"
+        hidden = int(rng.integers(1, 11))
+        proj = int(rng.integers(1, hidden + 1)) if kind == "lstm" and rng.random() < 0.4 else None
+        options = {"activation": str(rng.choice(["tanh", "sigmoid", "hard_sigmoid"])),
+                   "recurrent_activation": str(rng.choice(["sigmoid", "hard_sigmoid", "tanh"])),
+                   "dtype": dtype}
+        if kind == "gru":
+            options["reset_after"] = bool(rng.random() < 0.5)
+        layer = _rng_layer(rng, kind, width, hidden, proj=proj, **options)
+        layers.append(layer)
+        width = layer.output_size
+    head = []
+    for _ in range(int(rng.integers(0, 3))):
+        out = int(rng.integers(1, 5))
+        head.append(dense_layer(rng.normal(0, 0.5, (out, width)), rng.normal(0, 0.2, out),
+                                str(rng.choice(["linear", "relu", "tanh", "sigmoid",
+                                                "hard_sigmoid"])), dtype=dtype))
+        width = out
+
+    def norm(size):
+        return Normalization(rng.normal(0, 1, size).astype(dtype),
+                             rng.uniform(0.5, 2, size).astype(dtype))
+
+    return Model(layers=tuple(layers), head=tuple(head),
+                 input_norm=norm(n_in) if rng.random() < 0.5 else None,
+                 output_norm=norm(width) if rng.random() < 0.5 else None)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_architectures_match_cpu_bank(seed):
+    """Random stacks (LSTM/proj/GRU, heads, activations, norms, dtypes) and launch shapes."""
+    rng = np.random.default_rng(1000 + seed)
+    model = _random_architecture(rng)
+    cpu = model.bank(2)
+    gpu = cuda_bank.CudaBank(model, 2, block_size=int(rng.integers(1, 5)))
+    for _ in range(3):
+        m = int(rng.integers(1, 9))
+        ids = [int(i) for i in rng.integers(0, 6, m)]
+        xs = rng.normal(0, 2, (m, model.input_size)).astype(model.dtype)
+        if rng.random() < 0.5:
+            xs[rng.integers(0, m), rng.integers(0, model.input_size)] = np.nan
+        _assert_same_step(cpu, gpu, ids, xs)
+    sensors = sorted(set(ids))
+    block = rng.normal(0, 1, (len(sensors), 2, model.input_size)).astype(model.dtype)
+    got = gpu.run(sensors, block)
+    for t in range(2):
+        np.testing.assert_allclose(got[:, t], cpu.step(sensors, block[:, t]), atol=TOL, rtol=0)
+    _assert_same_states(cpu, gpu)
