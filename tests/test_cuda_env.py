@@ -101,6 +101,16 @@ def test_step_kernel_compiles_for_a_real_gpu():
                    numba.int64)
             ptx, _ = cuda.compile_ptx(k.kernel.py_func, sig, cc=(9, 0))
             assert ".entry" in ptx
+        from streamlstm.cuda.kernels import state_kernels
+        moves = state_kernels()
+        F, I, i64 = numba.float32[::1], numba.int64[::1], numba.int64
+        rows2d = numba.float32[:, ::1]
+        for kernel, sig in ((moves.gather, (F, i64, i64, I, rows2d)),
+                            (moves.scatter, (F, i64, i64, I, rows2d)),
+                            (moves.zero_rows, (F, i64, i64, i64, I)),
+                            (moves.fill, (F, i64, i64, i64)),
+                            (moves.copy_states, (F, i64, i64, F, i64, i64, i64, i64))):
+            cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0))
         print("compiled")
     """)
     if "libnvrtc" in result.stderr or "libnvvm" in result.stderr.lower():
