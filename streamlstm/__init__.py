@@ -16,6 +16,7 @@ from .bank import Bank
 from .detect import AlertEvent, Detector
 from .errors import (
     ConfigError,
+    CudaUnavailableError,
     InvalidSampleError,
     ModelFormatError,
     ShapeError,
@@ -36,6 +37,7 @@ __all__ = [
     "AlertEvent",
     "Bank",
     "ConfigError",
+    "CudaUnavailableError",
     "DenseLayer",
     "Detector",
     "InvalidSampleError",

@@ -29,3 +29,7 @@ class SourceError(StreamLSTMError):
 
 class SinkError(StreamLSTMError):
     """An output sink failed."""
+
+
+class CudaUnavailableError(StreamLSTMError, RuntimeError):
+    """The CUDA bank was asked for but numba-cuda or a GPU (or the simulator) is missing."""

@@ -250,8 +250,24 @@ class Model:
 
         return Stream(self, on_invalid=on_invalid)
 
-    def bank(self, capacity: int = 1024, *, threads: int | None = None):
-        """A :class:`~streamlstm.bank.Bank` of many streams, rows allocated on first sight."""
+    def bank(self, capacity: int = 1024, *, threads: int | None = None, device: str = "cpu"):
+        """A bank of many streams, rows allocated on first sight.
+
+        ``device="cpu"`` (default) gives a :class:`~streamlstm.bank.Bank`; ``"cuda"`` a
+        :class:`~streamlstm.cuda.CudaBank` with the state on the GPU (raises
+        :class:`~streamlstm.errors.CudaUnavailableError` without one); ``"auto"`` the
+        GPU for ``capacity >= streamlstm.cuda.AUTO_MIN_STREAMS`` when one is present.
+        """
+        from . import cuda
+
+        if device not in cuda.DEVICES:
+            raise ValueError(f"device must be one of {cuda.DEVICES}, got {device!r}")
+        if device == "auto":
+            device = cuda.choose_device(capacity)
+        if device == "cuda":
+            from .cuda.bank import CudaBank
+
+            return CudaBank(self, capacity=capacity)
         from .bank import Bank
 
         return Bank(self, capacity=capacity, threads=threads)

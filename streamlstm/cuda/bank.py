@@ -1,0 +1,392 @@
+"""The GPU bank: many streams of one model with their state resident on the device."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .._samples import as_sample, as_samples
+from ..errors import ShapeError
+from ..kernels import layout as L
+from ..model import Model
+from ..packing import packed
+from ..stream import join_state, split_state
+from ._compat import require_cuda, simulator_enabled
+from ._grouping import NO_GROUP, group_by_row
+from .kernels import (
+    BLOCK_SIZE,
+    SIMULATOR_BLOCK_SIZE,
+    buffer_layout,
+    grid_1d,
+    grid_2d,
+    state_kernels,
+    step_kernel,
+)
+
+
+class CudaBank:
+    """A :class:`~streamlstm.bank.Bank` whose state rows live on a CUDA GPU.
+
+    Same API and semantics as the CPU bank: sensor ids get a row on first sight,
+    :meth:`step` takes a micro-batch in arrival order (a sensor may appear several times;
+    its samples run in that order), a NaN/Inf sample is skipped and counted, and a step
+    whose result overflows leaves the state as it was. :meth:`export_state` returns the
+    CPU bank's snapshot layout, so a snapshot moves between CPU and GPU banks.
+
+    Per call the host uploads the samples and a row index and downloads predictions and
+    status codes; weights are uploaded once and ``(h, c)`` never leaves the device. On
+    the device the state is stored transposed, ``[S, capacity]``, for coalesced access.
+    :meth:`run` is the block mode: ``T`` samples per sensor in one launch.
+
+    ``block_size`` (threads per block, default 128) and ``max_registers`` (per thread,
+    default: the compiler's choice) are launch tunables; ``bench_cuda.py`` measures them.
+    Raises :class:`~streamlstm.errors.CudaUnavailableError` if no GPU (or simulator).
+    """
+
+    def __init__(self, model: Model, capacity: int = 1024, *, block_size: int | None = None,
+                 max_registers: int | None = None) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be >= 1")
+        if block_size is not None and not 1 <= block_size <= 1024:
+            raise ValueError("block_size must be in 1..1024")
+        cuda = require_cuda()
+        self._cuda = cuda
+        self.model = model
+        pk = packed(model)
+        self._params = pk.params
+        self._dtype = model.dtype
+        self._n_in, self._n_out = model.input_size, model.output_size
+        self._n_state = pk.state_size
+        self._step = step_kernel(pk.layout, self._dtype, pk.params.size,
+                                 max_registers=max_registers)
+        self._record = self._n_in + self._step.io_width  # I/O numbers per sample
+        self._moves = state_kernels()
+        self._stream = cuda.stream()
+        self._simulated = simulator_enabled()
+        if block_size is None:
+            block_size = SIMULATOR_BLOCK_SIZE if self._simulated else BLOCK_SIZE
+        self._block = block_size
+        self._rows: dict[Hashable, int] = {}
+        self._free: list[int] = []
+        self._next_row = 0
+        self._rejected = np.zeros(capacity, np.int64)
+        self._row_group = np.full(capacity, NO_GROUP, np.int64)
+        self._group_scratch = np.zeros((2, 1), np.int64)
+        self._launchers: dict[int, Any] = {}
+        self._views: dict[tuple[int, int], tuple[Any, Any, Any]] = {}
+        self._buffer: Any = None
+        self._capacity = self._io_slots = self._io_base = 0
+        self._index_host = self._index_dev = self._io_host = None
+        self._allocate_buffer(capacity, 64)
+        self._reserve_index(129)
+        self.last_status = np.zeros(0, np.int8)
+        #: ``(groups, samples, steps)`` of the latest kernel launch, for benchmarks.
+        self.last_launch = (0, 0, 0)
+
+    # -- device buffers ---------------------------------------------------------------
+    def _allocate_buffer(self, capacity: int, io_slots: int) -> None:
+        """(Re)allocate the device float buffer for ``capacity`` rows and ``io_slots`` samples.
+
+        The weights are uploaded again and the existing rows copied over on the device.
+        """
+        cuda, stream = self._cuda, self._stream
+        base, io_base = buffer_layout(self._params.size, self._n_state, capacity)
+        buffer = cuda.device_array(io_base + io_slots * self._record, self._dtype, stream=stream)
+        if self._params.size:
+            buffer[:self._params.size].copy_to_device(self._params, stream=stream)
+        blocks, threads = grid_1d(io_base - base)
+        self._moves.fill[blocks, threads, stream](buffer, base, io_base, 0)
+        if self._buffer is not None and self._capacity:
+            blocks2, threads2 = grid_2d(self._capacity, self._n_state)
+            self._moves.copy_states[blocks2, threads2, stream](
+                self._buffer, base, self._capacity, buffer, base, capacity, self._n_state,
+                self._capacity)
+        self._buffer, self._capacity, self._io_slots, self._io_base = (buffer, capacity,
+                                                                     io_slots, io_base)
+        if self._io_host is None or self._io_host.size < io_slots * self._record:
+            self._io_host = cuda.pinned_array(io_slots * self._record, self._dtype)
+        self._views.clear()
+        stream.synchronize()
+
+    def _reserve_index(self, size: int) -> None:
+        if self._index_host is None or self._index_host.size < size:
+            size = max(size, 2 * (0 if self._index_host is None else self._index_host.size))
+            self._index_host = self._cuda.pinned_array(size, np.int32)
+            self._index_dev = self._cuda.device_array(size, np.int32, stream=self._stream)
+            self._views.clear()
+
+    def _reserve(self, index_size: int, samples: int) -> None:
+        """Grow (doubling) the index buffers and the I/O part of the float buffer."""
+        self._reserve_index(index_size)
+        if samples > self._io_slots:
+            self._allocate_buffer(self._capacity, max(samples, 2 * self._io_slots))
+
+    def _device_views(self, index_size: int, samples: int) -> tuple[Any, Any, Any]:
+        """Device slices for one batch shape, cached: slicing a device array costs microseconds."""
+        key = (index_size, samples)
+        views = self._views.get(key)
+        if views is None:
+            if len(self._views) > 16:
+                self._views.clear()
+            n_x = samples * self._n_in
+            at = self._io_base
+            views = self._views[key] = (
+                self._index_dev[:index_size], self._buffer[at:at + n_x],
+                self._buffer[at + n_x:at + samples * self._record])
+        return views
+
+    def _launcher(self, groups: int) -> Any:
+        """The kernel configured for ``groups`` threads, reused across calls of one size."""
+        blocks = max(1, -(-groups // self._block))
+        if self._simulated:
+            # The simulator's kernel[...] reconfigures and returns the kernel itself, so a
+            # cached launcher would run with whatever configuration was set last.
+            return self._step.kernel[blocks, self._block, self._stream]
+        launcher = self._launchers.get(blocks)
+        if launcher is None:
+            if len(self._launchers) > 64:
+                self._launchers.clear()
+            launcher = self._launchers[blocks] = self._step.kernel[blocks, self._block,
+                                                                    self._stream]
+        return launcher
+
+    def _launch(self, groups: int, samples: int, steps: int, index_size: int) -> np.ndarray:
+        """Upload index and samples, run the kernel, return the ``(samples, O + 1)`` records."""
+        stream = self._stream
+        index_dev, x_dev, y_dev = self._device_views(index_size, samples)
+        n_x = samples * self._n_in
+        n_end = samples * self._record
+        index_dev.copy_to_device(self._index_host[:index_size], stream=stream)
+        x_dev.copy_to_device(self._io_host[:n_x], stream=stream)
+        self.last_launch = (groups, samples, steps)
+        self._launcher(groups)(self._buffer, self._index_dev, self._capacity, groups, samples,
+                               steps)
+        y_dev.copy_to_host(self._io_host[n_x:n_end], stream=stream)
+        stream.synchronize()
+        return self._io_host[n_x:n_end].reshape(samples, self._step.io_width)
+
+    # -- sensors and rows -------------------------------------------------------------
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __contains__(self, sensor: Hashable) -> bool:
+        return sensor in self._rows
+
+    @property
+    def sensors(self) -> list[Hashable]:
+        """Known sensor ids in row-allocation order."""
+        return list(self._rows)
+
+    def row(self, sensor: Hashable) -> int:
+        """The state row of ``sensor``, allocated (zero state) on first sight."""
+        row = self._rows.get(sensor)
+        if row is None:
+            row = self._allocate(sensor)
+        return row
+
+    def rows(self, sensors: Iterable[Hashable]) -> np.ndarray:
+        """State rows for a sequence of sensor ids, allocating new ones as needed."""
+        lookup = self._rows.get
+        rows = [lookup(s) for s in sensors]
+        if None in rows:
+            rows = [self.row(s) for s in sensors]
+        return np.asarray(rows, np.int64)
+
+    def _allocate(self, sensor: Hashable) -> int:
+        if self._free:
+            row = self._free.pop()
+        else:
+            if self._next_row == self.capacity:
+                self._grow(2 * self.capacity)
+            row = self._next_row
+            self._next_row += 1
+        self._rows[sensor] = row
+        return row
+
+    def _grow(self, capacity: int) -> None:
+        old = self._capacity
+        self._allocate_buffer(capacity, self._io_slots)
+        self._rejected = np.concatenate([self._rejected, np.zeros(capacity - old, np.int64)])
+        self._row_group = np.concatenate([self._row_group,
+                                          np.full(capacity - old, NO_GROUP, np.int64)])
+
+    def forget(self, sensor: Hashable) -> None:
+        """Drop ``sensor``: its row is zeroed and reused by the next new sensor."""
+        row = self._rows.pop(sensor)
+        self._zero_rows(np.asarray([row], np.int64))
+        self._rejected[row] = 0
+        self._free.append(row)
+
+    # -- stepping ---------------------------------------------------------------------
+    def step(self, sensors: Sequence[Hashable] | np.ndarray, samples: Any) -> np.ndarray:
+        """Apply a micro-batch: ``samples[i]`` (``(D,)``) belongs to ``sensors[i]``.
+
+        Returns ``(M, O)`` predictions in the order given (NaN rows for rejected samples).
+        """
+        return self.step_rows(self.rows(sensors), samples)
+
+    def step_rows(self, rows: np.ndarray, samples: Any) -> np.ndarray:
+        """:meth:`step` with state rows from :meth:`rows` instead of ids (skips the lookup)."""
+        samples = as_samples(samples, self._dtype, self._n_in)
+        rows = self._checked_rows(rows, samples.shape[0])
+        m = samples.shape[0]
+        if m == 0:
+            self.last_status = np.zeros(0, np.int8)
+            return np.empty((0, self._n_out), self._dtype)
+        self._reserve(2 * m + 1, m)
+        if self._group_scratch.shape[1] < m + 1:
+            self._group_scratch = np.zeros((2, 2 * m + 1), np.int64)
+        groups = group_by_row(rows, self._row_group, self._index_host, self._group_scratch)
+        self._io_host[:m * self._n_in] = samples.ravel()
+        if groups == m:  # every sensor once: a one-step block, no offsets or order to send
+            records = self._launch(groups, m, 1, m)
+        else:
+            records = self._launch(groups, m, 0, 2 * groups + 1 + m)
+        return self._finish(records, rows)
+
+    def run(self, sensors: Sequence[Hashable] | np.ndarray, samples: Any) -> np.ndarray:
+        """Block mode: ``T`` samples for each of ``N`` distinct sensors in one launch.
+
+        ``samples``: ``(N, T, D)``, each sensor's samples in time order. Returns ``(N, T, O)``
+        predictions; :attr:`last_status` is ``(N, T)``. Equivalent to ``T`` calls of
+        :meth:`step`, but the state stays in registers between a sensor's samples.
+        """
+        rows = self.rows(sensors)
+        values = np.asarray(samples, dtype=self._dtype)
+        if values.ndim != 3 or values.shape[0] != rows.size or values.shape[2] != self._n_in:
+            raise ShapeError(f"samples: expected shape ({rows.size}, T, {self._n_in}), "
+                             f"got {values.shape}")
+        if np.unique(rows).size != rows.size:
+            raise ShapeError("run: sensors must be distinct (use step for repeated sensors)")
+        n, steps = values.shape[0], values.shape[1]
+        if n == 0 or steps == 0:
+            self.last_status = np.zeros((n, steps), np.int8)
+            return np.empty((n, steps, self._n_out), self._dtype)
+        m = n * steps
+        self._reserve(n, m)
+        self._index_host[:n] = rows
+        # Time-major on the device: thread g reads sample (t, g), neighbours adjacent.
+        self._io_host[:m * self._n_in].reshape(steps, n, self._n_in)[:] = values.transpose(1, 0, 2)
+        records = self._launch(n, m, steps, n)
+        by_time = records.reshape(steps, n, self._step.io_width).transpose(1, 0, 2)
+        outs = np.ascontiguousarray(by_time[:, :, :self._n_out])
+        status = by_time[:, :, self._n_out].astype(np.int8)
+        bad = status != L.OK
+        if bad.any():
+            np.add.at(self._rejected, np.broadcast_to(rows[:, None], status.shape)[bad], 1)
+        self.last_status = status
+        return outs
+
+    def _checked_rows(self, rows: np.ndarray, count: int) -> np.ndarray:
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
+        if rows.shape != (count,):
+            raise ShapeError(f"rows: expected shape ({count},), got {rows.shape}")
+        if rows.size and (rows.min() < 0 or rows.max() >= self.capacity):
+            raise ShapeError("rows: out of range for this bank")
+        return rows
+
+    def _finish(self, records: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        outs = records[:, :self._n_out].copy()
+        status = records[:, self._n_out].astype(np.int8)
+        bad = status != L.OK
+        if bad.any():
+            np.add.at(self._rejected, rows[bad], 1)
+        self.last_status = status
+        return outs
+
+    def synchronize(self) -> None:
+        """Wait for the bank's device work (every public method already does)."""
+        self._stream.synchronize()
+
+    # -- state access -----------------------------------------------------------------
+    def _gather(self, rows: np.ndarray) -> np.ndarray:
+        out = np.zeros((rows.size, self._n_state), self._dtype)
+        if rows.size == 0 or self._n_state == 0:
+            return out
+        cuda = self._cuda
+        rows_dev = cuda.to_device(rows, stream=self._stream)
+        out_dev = cuda.device_array(out.shape, self._dtype, stream=self._stream)
+        blocks, threads = grid_2d(rows.size, self._n_state)
+        self._moves.gather[blocks, threads, self._stream](self._buffer, self._step.state_base,
+                                                          self._capacity, rows_dev, out_dev)
+        out_dev.copy_to_host(out, stream=self._stream)
+        self._stream.synchronize()
+        return out
+
+    def _scatter(self, rows: np.ndarray, values: np.ndarray) -> None:
+        if rows.size == 0 or self._n_state == 0:
+            return
+        cuda = self._cuda
+        rows_dev = cuda.to_device(rows, stream=self._stream)
+        values_dev = cuda.to_device(np.ascontiguousarray(values), stream=self._stream)
+        blocks, threads = grid_2d(rows.size, self._n_state)
+        self._moves.scatter[blocks, threads, self._stream](self._buffer, self._step.state_base,
+                                                           self._capacity, rows_dev, values_dev)
+        self._stream.synchronize()
+
+    def _zero_rows(self, rows: np.ndarray) -> None:
+        rows_dev = self._cuda.to_device(rows, stream=self._stream)
+        blocks, threads = grid_2d(rows.size, self._n_state)
+        self._moves.zero_rows[blocks, threads, self._stream](
+            self._buffer, self._step.state_base, self._capacity, self._n_state, rows_dev)
+        self._stream.synchronize()
+
+    def rejected(self, sensor: Hashable) -> int:
+        """How many samples of ``sensor`` were rejected (NaN/Inf or overflow)."""
+        return int(self._rejected[self._rows[sensor]])
+
+    def state(self, sensor: Hashable) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+        """Per-layer copies of ``(h, c)`` for ``sensor`` (see :attr:`Stream.state`)."""
+        return split_state(self.model, self.state_vector(sensor))
+
+    def set_state(self, sensor: Hashable, h: Any, c: Any) -> None:
+        """Overwrite ``sensor``'s state (allocating its row if new)."""
+        vector = join_state(self.model, h, c)
+        self._scatter(np.asarray([self.row(sensor)], np.int64), vector[None, :])
+
+    def reset(self, sensor: Hashable | None = None) -> None:
+        """Zero one sensor's state, or every sensor's."""
+        if sensor is None:
+            base = self._step.state_base
+            blocks, threads = grid_1d(self._io_base - base)
+            self._moves.fill[blocks, threads, self._stream](self._buffer, base, self._io_base, 0)
+            self._stream.synchronize()
+        else:
+            self._zero_rows(np.asarray([self._rows[sensor]], np.int64))
+
+    def export_state(self) -> dict[str, Any]:
+        """A snapshot of every sensor's state: ``{"sensors": [...], "states": (n, S) array}``.
+
+        The layout is the CPU bank's, so ``Bank.import_state`` accepts it and vice versa.
+        """
+        sensors = list(self._rows)
+        rows = np.asarray([self._rows[s] for s in sensors], np.int64)
+        return {"sensors": sensors, "states": self._gather(rows), "state_size": self._n_state}
+
+    def import_state(self, snapshot: Mapping[str, Any]) -> None:
+        """Restore sensors from :meth:`export_state` output (other sensors are kept)."""
+        sensors = list(snapshot["sensors"])
+        states = as_samples(snapshot["states"], self._dtype, self._n_state,
+                            what="snapshot states")
+        if len(sensors) != states.shape[0]:
+            raise ShapeError(f"snapshot: {len(sensors)} sensors for {states.shape[0]} states")
+        if not np.all(np.isfinite(states)):
+            raise ShapeError("snapshot: non-finite state values")
+        self._scatter(self.rows(sensors), states)
+
+    def state_vector(self, sensor: Hashable) -> np.ndarray:
+        """A copy of ``sensor``'s flat ``(S,)`` state row."""
+        return self._gather(np.asarray([self._rows[sensor]], np.int64))[0]
+
+    def set_state_vector(self, sensor: Hashable, vector: Any) -> None:
+        """Overwrite ``sensor``'s flat state row."""
+        vector = as_sample(vector, self._dtype, self._n_state)
+        if not np.all(np.isfinite(vector)):
+            raise ShapeError("state: non-finite values")
+        self._scatter(np.asarray([self.row(sensor)], np.int64), vector[None, :])
