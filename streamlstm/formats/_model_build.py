@@ -26,8 +26,8 @@ def checked_model(path: Path, source_format: str, *, metadata: dict[str, Any] | 
     Validation failures (shapes, NaN/Inf weights) become :class:`ModelFormatError` naming
     the file, so every loader refuses a bad file the same way.
     """
-    provenance = {"source_format": source_format, "source_file": path.name,
-                  "source_sha256": file_sha256(path)}
+    # The same provenance keys as the PyTorch loader writes.
+    provenance = {"source": source_format, "file": path.name, "file_sha256": file_sha256(path)}
     try:
         return Model(metadata={**provenance, **(metadata or {})}, **fields)
     except StreamLSTMError as exc:
