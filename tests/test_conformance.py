@@ -88,7 +88,8 @@ def torch_cases(tmp_path_factory) -> dict[str, Case]:
         for exporter in ("legacy", "dynamo"):
             path = directory / f"{kind}-{exporter}.onnx"
             if _export_onnx(torch, net, xs, path, dynamo=exporter == "dynamo"):
-                cases[f"onnx-{exporter}/{kind}"] = Case(path, {}, xs, _onnxruntime(path, xs[None])[0])
+                from_ort = _onnxruntime(path, xs[None])[0]
+                cases[f"onnx-{exporter}/{kind}"] = Case(path, {}, xs, from_ort)
     return cases
 
 
@@ -194,7 +195,7 @@ def _keras_to_onnx(model: Any, path: Path, *, layout: int, gemm_head: bool) -> b
         kernel, recurrent_kernel, bias = (np.asarray(w) for w in layer.get_weights())
         hidden = recurrent_kernel.shape[0]
 
-        def blocks(a: np.ndarray, order: tuple[int, ...]) -> np.ndarray:
+        def blocks(a: np.ndarray, order: tuple[int, ...], hidden: int = hidden) -> np.ndarray:
             return np.concatenate([a[..., k * hidden:(k + 1) * hidden] for k in order], axis=-1)
 
         if layer.__class__.__name__ == "LSTM":  # Keras i,f,c,o -> ONNX i,o,f,c
@@ -207,7 +208,8 @@ def _keras_to_onnx(model: Any, path: Path, *, layout: int, gemm_head: bool) -> b
                          "activation_beta": [0.5, 0.0, 0.0]}
         else:  # Keras z,r,h is ONNX z,r,h; Keras' (2, 3H) bias is ONNX's Wb then Rb
             order = (0, 1, 2)
-            b = bias.reshape(-1) if layer.reset_after else np.concatenate([bias, np.zeros(3 * hidden)])
+            b = (bias.reshape(-1) if layer.reset_after
+                 else np.concatenate([bias, np.zeros(3 * hidden)]))
             extra = {"linear_before_reset": int(layer.reset_after)}
         weights = [constant(f"W{index}", blocks(kernel, order).T[None]),
                    constant(f"R{index}", blocks(recurrent_kernel, order).T[None]),

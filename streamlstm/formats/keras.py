@@ -90,8 +90,8 @@ def _read_archive(path: Path) -> tuple[dict[str, Any], bytes, dict[str, Any]]:
             for needed in ("config.json", "model.weights.h5"):
                 if needed not in names:
                     raise ModelFormatError(f"{path}: not a Keras 3 archive (no {needed})")
-            config = _parse_json(path, "config.json",
-                                 _read_member(path, archive, names["config.json"], MAX_CONFIG_BYTES))
+            raw_config = _read_member(path, archive, names["config.json"], MAX_CONFIG_BYTES)
+            config = _parse_json(path, "config.json", raw_config)
             weights = _read_member(path, archive, names["model.weights.h5"], MAX_WEIGHTS_BYTES)
             meta: dict[str, Any] = {}
             if "metadata.json" in names:
@@ -375,8 +375,8 @@ def _recurrent_layer(path: Path, f: Any, spec: _Spec, width: int | None,
         else:
             b_ih = _tensor(path, f, f"{base}/2", (gates,), dtype)
     order = np.r_[hidden:2 * hidden, 0:hidden, 2 * hidden:gates]  # z, r, h -> r, z, n
-    pick = (lambda a: None if a is None else a[order])
-    return gru_layer(kernel[order], recurrent_kernel[order], pick(b_ih), pick(b_hh),
+    return gru_layer(kernel[order], recurrent_kernel[order],
+                     None if b_ih is None else b_ih[order], None if b_hh is None else b_hh[order],
                      dtype=dtype, reset_after=reset_after, **options)
 
 

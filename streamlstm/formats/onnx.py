@@ -211,16 +211,17 @@ class _Graph:
         if "clip" in attributes:
             raise self.fail(node, "clip is set; cell clipping is not implemented by the engine")
         if attributes.get("input_forget", 0):
-            raise self.fail(node, "input_forget=1 (coupled input and forget gates) is not supported")
+            raise self.fail(node, "input_forget=1 (coupled input and forget gates) is not "
+                            "supported")
         if attributes.get("layout", 0) not in (0, 1):
             raise self.fail(node, f"layout={attributes['layout']} (0 or 1 expected)")
         activation, recurrent_activation = self.recurrent_activations(node, attributes)
         if len(node.input) > 4 and node.input[4]:
             raise self.fail(node, "sequence_lens is set; a stream has no fixed length")
         for index, what in ((5, "initial_h"), (6, "initial_c"), (7, "P (peepholes)")):
-            if index < len(node.input) and node.input[index] in self.constants:
-                if np.any(self.constants[node.input[index]]):
-                    raise self.fail(node, f"{what} is non-zero; streams start from zero state")
+            name = node.input[index] if index < len(node.input) else ""
+            if name in self.constants and np.any(self.constants[name]):
+                raise self.fail(node, f"{what} is non-zero; streams start from zero state")
         gates = 4 if op == "LSTM" else 3
         hidden = int(attributes.get("hidden_size", 0))
         w = self.constant(node, 1, "W")
@@ -232,7 +233,8 @@ class _Graph:
             raise self.fail(node, f"W has shape {w.shape}, expected (1, {gates}*{hidden}, input) "
                             f"for {gates} gates of hidden_size={hidden}")
         if r.shape != (1, gates * hidden, hidden):
-            raise self.fail(node, f"R has shape {r.shape}, expected (1, {gates * hidden}, {hidden})")
+            raise self.fail(node, f"R has shape {r.shape}, "
+                            f"expected (1, {gates * hidden}, {hidden})")
         if b is not None and b.shape != (1, 2 * gates * hidden):
             raise self.fail(node, f"B has shape {b.shape}, expected (1, {2 * gates * hidden})")
         order = np.concatenate([np.arange(k * hidden, (k + 1) * hidden)
@@ -296,7 +298,8 @@ class _Graph:
                 raise self.fail(node, "the head reads Y_h/Y_c (final state); only the Y output "
                                 "(every step) can be streamed")
             data_inputs = [i for i in node.input if i and i not in self.constants]
-            if node.op_type not in ("MatMul", "Add", "Gemm", *HEAD_ACTIVATIONS) or len(data_inputs) != 1:
+            supported = node.op_type in ("MatMul", "Add", "Gemm", *HEAD_ACTIVATIONS)
+            if not supported or len(data_inputs) != 1:
                 raise self.fail(node, "not supported in the head (Gemm, MatMul, Add and "
                                 f"{', '.join(HEAD_ACTIVATIONS)} are)")
             ops.append(node)
@@ -381,10 +384,12 @@ def _verify(path: Path, proto: Any, graph: _Graph, model: Model) -> str:
     try:
         evaluator = ReferenceEvaluator(proto)
     except Exception as exc:  # the reference implementation raises many kinds
-        raise ModelFormatError(f"{path}: the graph cannot be checked by onnx.reference ({exc})") from exc
+        raise ModelFormatError(f"{path}: the graph cannot be checked by onnx.reference "
+                               f"({exc})") from exc
     problems = []
     for layout, feed in layouts.items():
-        if len(dims) != feed.ndim or any(d is not None and d != s for d, s in zip(dims, feed.shape)):
+        if len(dims) != feed.ndim or any(d is not None and d != s
+                                         for d, s in zip(dims, feed.shape, strict=True)):
             continue
         try:
             got = np.asarray(evaluator.run(None, {graph.input_name: feed})[0], np.float64)
