@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from onnx_graphs import HIDDEN, WIDTH, lstm_graph
 
 from streamlstm.errors import ModelFormatError
 from streamlstm.formats import keras as keras_format
@@ -215,43 +216,6 @@ def test_keras_too_many_layers(keras_archive, tmp_path):
 
 
 # -- ONNX ----------------------------------------------------------------------------------
-HIDDEN, WIDTH, OUT = 4, 3, 2
-
-
-def _lstm_graph(*, w: np.ndarray | None = None, lstm_attributes: dict[str, Any] | None = None,
-                extra_inputs: tuple[str, ...] = (), before: list[Any] | None = None,
-                x_into_lstm: str = "x", head: list[Any] | None = None,
-                external: dict[str, str] | None = None) -> Any:
-    """Input (T, 1, 3) -> LSTM(4) -> Squeeze -> MatMul+Add -> (T, 1, 2), editable for tests."""
-    rng = np.random.default_rng(3)
-    tensors = {"W": w if w is not None else rng.normal(0, 0.5, (1, 4 * HIDDEN, WIDTH)),
-               "R": rng.normal(0, 0.5, (1, 4 * HIDDEN, HIDDEN)),
-               "B": rng.normal(0, 0.5, (1, 8 * HIDDEN)),
-               "K": rng.normal(0, 0.5, (HIDDEN, OUT)), "b": rng.normal(0, 0.5, OUT)}
-    initializers = [numpy_helper.from_array(np.asarray(v, np.float32), k)
-                    for k, v in tensors.items()]
-    initializers.append(numpy_helper.from_array(np.array([1], np.int64), "axes"))
-    for tensor in initializers:
-        if external and tensor.name in external:
-            tensor.data_location = onnx.TensorProto.EXTERNAL
-            del tensor.external_data[:]
-            entry = tensor.external_data.add()
-            entry.key, entry.value = "location", external[tensor.name]
-            tensor.ClearField("raw_data")
-    nodes = list(before or [])
-    nodes.append(helper.make_node("LSTM", [x_into_lstm, "W", "R", "B", *extra_inputs], ["Y"],
-                                  name="lstm0", hidden_size=HIDDEN, **(lstm_attributes or {})))
-    nodes.append(helper.make_node("Squeeze", ["Y", "axes"], ["h"], name="squeeze"))
-    nodes += head if head is not None else [
-        helper.make_node("MatMul", ["h", "K"], ["m"], name="dense_mm"),
-        helper.make_node("Add", ["m", "b"], ["y"], name="dense_add")]
-    graph = helper.make_graph(
-        nodes, "hostile",
-        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["T", 1, WIDTH])],
-        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], initializers)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-
 def _save(proto: Any, path: Path) -> Path:
     path.write_bytes(proto.SerializeToString())
     return path
@@ -259,7 +223,7 @@ def _save(proto: Any, path: Path) -> Path:
 
 def test_minimal_onnx_graph_loads_and_matches_onnxruntime(tmp_path):
     ort = pytest.importorskip("onnxruntime")
-    path = _save(_lstm_graph(), tmp_path / "ok.onnx")
+    path = _save(lstm_graph(), tmp_path / "ok.onnx")
     model = load(path)
     xs = np.random.default_rng(0).normal(size=(50, WIDTH)).astype(np.float32)
     expected = ort.InferenceSession(str(path)).run(None, {"x": xs[:, None]})[0][:, 0]
@@ -268,7 +232,7 @@ def test_minimal_onnx_graph_loads_and_matches_onnxruntime(tmp_path):
 
 
 def test_onnx_weights_from_constant_nodes(tmp_path):
-    proto = _lstm_graph()
+    proto = lstm_graph()
     weights = {t.name: t for t in proto.graph.initializer if t.name in ("W", "R")}
     kept = [t for t in proto.graph.initializer if t.name not in weights]
     del proto.graph.initializer[:]
@@ -278,13 +242,13 @@ def test_onnx_weights_from_constant_nodes(tmp_path):
     nodes = constants + list(proto.graph.node)
     del proto.graph.node[:]
     proto.graph.node.extend(nodes)
-    reference = load(_save(_lstm_graph(), tmp_path / "init.onnx"))
+    reference = load(_save(lstm_graph(), tmp_path / "init.onnx"))
     model = load(_save(proto, tmp_path / "const.onnx"))
     np.testing.assert_array_equal(model.layers[0].w_ih, reference.layers[0].w_ih)
 
 
 def test_truncated_onnx(tmp_path):
-    data = _lstm_graph().SerializeToString()
+    data = lstm_graph().SerializeToString()
     path = tmp_path / "cut.onnx"
     path.write_bytes(data[: len(data) // 2])
     _refused(path, "not a readable ONNX model")
@@ -295,7 +259,7 @@ def test_onnx_external_data_outside_folder(tmp_path, location):
     folder = tmp_path / "model"
     folder.mkdir()
     (tmp_path / "outside.bin").write_bytes(bytes(4 * 4 * HIDDEN * WIDTH))
-    path = _save(_lstm_graph(external={"W": location}), folder / "escape.onnx")
+    path = _save(lstm_graph(external={"W": location}), folder / "escape.onnx")
     _refused(path, "'W'", "outside the model's folder")
 
 
@@ -304,36 +268,36 @@ def test_onnx_external_data_symlink_escape(tmp_path):
     folder.mkdir()
     (tmp_path / "outside.bin").write_bytes(bytes(4 * 4 * HIDDEN * WIDTH))
     (folder / "inside.bin").symlink_to(tmp_path / "outside.bin")
-    path = _save(_lstm_graph(external={"W": "inside.bin"}), folder / "link.onnx")
+    path = _save(lstm_graph(external={"W": "inside.bin"}), folder / "link.onnx")
     _refused(path, "outside the model's folder")
 
 
 def test_onnx_external_data_inside_folder_loads(tmp_path):
     w = np.random.default_rng(5).normal(0, 0.5, (1, 4 * HIDDEN, WIDTH)).astype(np.float32)
     (tmp_path / "w.bin").write_bytes(w.tobytes())
-    model = load(_save(_lstm_graph(external={"W": "w.bin"}), tmp_path / "ext.onnx"))
+    model = load(_save(lstm_graph(external={"W": "w.bin"}), tmp_path / "ext.onnx"))
     reordered = np.concatenate([w[0][k * HIDDEN:(k + 1) * HIDDEN] for k in (0, 2, 3, 1)])
     np.testing.assert_array_equal(model.layers[0].w_ih, reordered)
 
 
 def test_onnx_missing_external_file(tmp_path):
-    _refused(_save(_lstm_graph(external={"W": "gone.bin"}), tmp_path / "m.onnx"), "missing")
+    _refused(_save(lstm_graph(external={"W": "gone.bin"}), tmp_path / "m.onnx"), "missing")
 
 
 def test_onnx_nan_weight(tmp_path):
     w = np.random.default_rng(1).normal(size=(1, 4 * HIDDEN, WIDTH))
     w[0, 5, 1] = np.nan
-    _refused(_save(_lstm_graph(w=w), tmp_path / "nan.onnx"), "non-finite")
+    _refused(_save(lstm_graph(w=w), tmp_path / "nan.onnx"), "non-finite")
 
 
 def test_onnx_gate_count_mismatch(tmp_path):
     w = np.zeros((1, 3 * HIDDEN, WIDTH))  # a GRU's three gates in an LSTM node
-    _refused(_save(_lstm_graph(w=w), tmp_path / "gates.onnx"), "lstm0", "W has shape (1, 12, 3)",
+    _refused(_save(lstm_graph(w=w), tmp_path / "gates.onnx"), "lstm0", "W has shape (1, 12, 3)",
              "4 gates")
 
 
 def test_onnx_missing_weight_tensor(tmp_path):
-    proto = _lstm_graph()
+    proto = lstm_graph()
     kept = [t for t in proto.graph.initializer if t.name != "R"]
     del proto.graph.initializer[:]
     proto.graph.initializer.extend(kept)
@@ -352,18 +316,18 @@ def test_onnx_missing_weight_tensor(tmp_path):
 ], ids=["reverse", "bidirectional", "clip", "input_forget", "hard_sigmoid_default_alpha",
         "relu_gate", "mixed_cell_activations"])
 def test_onnx_recurrent_attributes_refused(tmp_path, attributes, words):
-    _refused(_save(_lstm_graph(lstm_attributes=attributes), tmp_path / "attr.onnx"),
+    _refused(_save(lstm_graph(lstm_attributes=attributes), tmp_path / "attr.onnx"),
              "lstm0", *words)
 
 
 def test_onnx_sequence_lens_refused(tmp_path):
-    proto = _lstm_graph(extra_inputs=("lens",))
+    proto = lstm_graph(extra_inputs=("lens",))
     proto.graph.initializer.append(numpy_helper.from_array(np.array([5], np.int32), "lens"))
     _refused(_save(proto, tmp_path / "lens.onnx"), "sequence_lens")
 
 
 def test_onnx_nonzero_initial_state_refused(tmp_path):
-    proto = _lstm_graph(extra_inputs=("", "h0"))
+    proto = lstm_graph(extra_inputs=("", "h0"))
     proto.graph.initializer.append(numpy_helper.from_array(np.ones((1, 1, HIDDEN), np.float32),
                                                            "h0"))
     _refused(_save(proto, tmp_path / "h0.onnx"), "initial_h is non-zero")
@@ -373,7 +337,7 @@ def test_onnx_computed_initial_state_caught_by_the_check(tmp_path):
     # initial_h = zeros + 0.5, computed in the graph: only running the graph reveals it.
     before = [helper.make_node("ConstantOfShape", ["h0_shape"], ["zeros"], name="zeros"),
               helper.make_node("Add", ["zeros", "half"], ["h0"], name="sneaky_add")]
-    proto = _lstm_graph(extra_inputs=("", "h0"), before=before)
+    proto = lstm_graph(extra_inputs=("", "h0"), before=before)
     proto.graph.initializer.extend([
         numpy_helper.from_array(np.array([1, 1, HIDDEN], np.int64), "h0_shape"),
         numpy_helper.from_array(np.array(0.5, np.float32), "half")])
@@ -383,7 +347,7 @@ def test_onnx_computed_initial_state_caught_by_the_check(tmp_path):
 
 def test_onnx_arithmetic_before_the_lstm_refused(tmp_path):
     before = [helper.make_node("Mul", ["x", "two"], ["x2"], name="scale_input")]
-    proto = _lstm_graph(before=before, x_into_lstm="x2")
+    proto = lstm_graph(before=before, x_into_lstm="x2")
     proto.graph.initializer.append(numpy_helper.from_array(np.array(2.0, np.float32), "two"))
     _refused(_save(proto, tmp_path / "mul.onnx"), "lstm0", "'scale_input' (Mul)")
 
@@ -400,11 +364,11 @@ def test_onnx_arithmetic_before_the_lstm_refused(tmp_path):
      ("'second_bias'", "not the bias of a MatMul")),
 ], ids=["softmax", "activation_without_dense", "gemm_alpha", "double_bias"])
 def test_onnx_heads_refused(tmp_path, head, words):
-    _refused(_save(_lstm_graph(head=head), tmp_path / "head.onnx"), *words)
+    _refused(_save(lstm_graph(head=head), tmp_path / "head.onnx"), *words)
 
 
 def test_onnx_head_reading_final_state_refused(tmp_path):
-    proto = _lstm_graph(head=[helper.make_node("Identity", ["Y_h"], ["y"], name="last")])
+    proto = lstm_graph(head=[helper.make_node("Identity", ["Y_h"], ["y"], name="last")])
     proto.graph.node[0].output.append("Y_h")
     _refused(_save(proto, tmp_path / "yh.onnx"), "Y_h")
 
