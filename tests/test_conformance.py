@@ -5,9 +5,10 @@ Sources (each LSTM and GRU, with a dense head; random weights):
 * PyTorch ``nn.LSTM``/``nn.GRU`` + MLP head, saved as ``.pt`` and ``.safetensors``,
   converted to native ``.npz``, and exported to ONNX by both ``torch.onnx.export``
   exporters (legacy TorchScript and dynamo);
-* Keras 3 (``KERAS_BACKEND=torch``): LSTM stack, GRU ``reset_after=True`` and GRU
-  ``reset_after=False``, saved as ``.keras`` and as ``.weights.h5`` (+ its config);
-* ONNX graphs written with ``onnx.helper`` from those Keras weights (LSTM ``layout=1``
+* Keras 3 (``KERAS_BACKEND=torch``): LSTM stack, GRU ``reset_after=True`` (functional
+  API, with a Dropout) and GRU ``reset_after=False``, saved as ``.keras`` and as
+  ``.weights.h5`` (+ its config);
+* ONNX graphs written with ``onnx.helper`` from those Keras weights (LSTM ``layout=0``
   between Transposes with a MatMul+Add head; GRU ``layout=0``, ``linear_before_reset``
   1 and 0, with a Gemm head), checked against Keras itself while being built; and the
   same weights with ``layout=1`` (onnxruntime cannot run those: Keras is the reference).
@@ -129,7 +130,12 @@ def _keras_model(keras: Any, arch: str, rng: np.random.Generator) -> Any:
                              layers.GRU(6, return_sequences=True, reset_after=False),
                              layers.Dense(4, activation="relu"), layers.Dense(2)],
     }[arch]
-    model = keras.Sequential([keras.Input((None, INPUT_SIZE)), *stack])
+    if arch == "gru-reset-after":  # the functional API, with an inference-time no-op
+        inputs = keras.Input((None, INPUT_SIZE))
+        hidden = layers.Dropout(0.3)(stack[0](inputs))
+        model = keras.Model(inputs, stack[1](hidden))
+    else:
+        model = keras.Sequential([keras.Input((None, INPUT_SIZE)), *stack])
     for weight in model.weights:  # random biases too, not Keras' zeros
         weight.assign(rng.normal(0.0, 0.4, weight.shape).astype(np.float32))
     return model
@@ -310,3 +316,18 @@ def test_reset_starts_over(case, backend):
     runner.reset()
     np.testing.assert_array_equal(runner.state(), np.zeros(model.state_size, model.dtype))
     _assert_matches(_stream(runner, case.xs), case.expected, "after reset")
+
+
+def test_keras_last_layer_without_sequences_streams_its_final_output(keras_cases, tmp_path):
+    """``return_sequences=False`` on the last recurrent layer: Keras returns one vector per
+    sequence; the stream gives one per step, the last of which is Keras' vector."""
+    import keras
+
+    model = keras.Sequential([keras.Input((None, INPUT_SIZE)), keras.layers.LSTM(6),
+                              keras.layers.Dense(2)])
+    for weight in model.weights:
+        weight.assign(np.random.default_rng(5).normal(0.0, 0.4, weight.shape).astype(np.float32))
+    xs = _inputs(5)[:200]
+    model.save(tmp_path / "last.keras")
+    streamed = _stream(BACKENDS[0].make(load(tmp_path / "last.keras")), xs)
+    _assert_matches(streamed[-1], model.predict(xs[None], verbose=0)[0], "final step")

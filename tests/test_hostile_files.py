@@ -42,6 +42,24 @@ def keras_archive(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def branching_archive(keras_archive) -> Path:
+    """A functional model whose two LSTM branches are added: not a chain."""
+    import keras
+
+    inputs = keras.Input((None, 3))
+    left = keras.layers.LSTM(4, return_sequences=True)(inputs)
+    right = keras.layers.LSTM(4, return_sequences=True)(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Add()([left, right])))
+    path = keras_archive.with_name("branching.keras")
+    model.save(path)
+    return path
+
+
+def test_keras_branching_functional_model_refused(branching_archive):
+    _refused(branching_archive, "not fed by the layer before it", "branching")
+
+
 def _members(path: Path) -> dict[str, bytes]:
     with zipfile.ZipFile(path) as archive:
         return {name: archive.read(name) for name in archive.namelist()}
@@ -188,7 +206,7 @@ def test_corrupt_weights_h5(tmp_path, keras_archive):
 
 
 @pytest.mark.parametrize(("edit", "words"), [
-    (lambda c: _layer(c, "LSTM").update(go_backwards=True), ("'lstm'", "go_backwards")),
+    (lambda c: _layer(c, "LSTM").update(go_backwards=True), ("(LSTM)", "go_backwards")),
     (lambda c: _layer(c, "LSTM").update(return_sequences=False), ("return_sequences=False",)),
     (lambda c: _layer(c, "LSTM").update(return_state=True), ("return_state",)),
     (lambda c: _layer(c, "GRU").update(activation="relu"), ("activation='relu'",)),

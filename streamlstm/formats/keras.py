@@ -57,7 +57,7 @@ def load_keras(path: str | Path, *, config: Any = None, dtype: Any = np.float32,
     """
     path = Path(path)
     meta: dict[str, Any] = {}
-    if path.name.endswith(".keras"):
+    if path.suffix.lower() == ".keras":
         if config is not None:
             raise ModelFormatError(f"{path}: config= is for .weights.h5 files; a .keras "
                                    "archive carries its own architecture")
@@ -126,7 +126,7 @@ def _config_from(config: Any) -> dict[str, Any]:
     if isinstance(config, Mapping):
         return dict(config)
     source = Path(config)
-    if source.name.endswith(".keras"):
+    if source.suffix.lower() == ".keras":
         return _read_archive(source)[0]
     try:
         if source.stat().st_size > MAX_CONFIG_BYTES:
