@@ -66,7 +66,7 @@ def test_parity_with_torch(tmp_path, kind, layers, hidden, bias, proj, head, dty
     model = load(pt, dtype=dtype, **load_options(head))
     from_safetensors = load(st, dtype=dtype, **load_options(head))
     assert model.describe() == from_safetensors.describe()
-    for a, b in zip(model._arrays(), from_safetensors._arrays()):
+    for a, b in zip(model._arrays(), from_safetensors._arrays(), strict=True):
         np.testing.assert_array_equal(a, b)
 
     xs = rng.normal(0, 1, (STEPS, 3)).astype(dtype)
@@ -89,7 +89,7 @@ def test_parity_with_torch(tmp_path, kind, layers, hidden, bias, proj, head, dty
             ids = [f"sensor-{s}" for s, _ in batch]
             samples = np.stack([sensor_xs[s, t] for s, t in batch])
             outs = bank.step(ids, samples)
-            for (s, t), y in zip(batch, outs):
+            for (s, t), y in zip(batch, outs, strict=True):
                 got[s, t] = y
         for s, n in enumerate(lengths):
             assert_close(got[s, :n], sensor_want[s, :n], dtype)
