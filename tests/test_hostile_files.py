@@ -2,7 +2,8 @@
 
 Keras variants are made by rewriting one real Keras 3 archive (its config.json or its
 weights); ONNX graphs are written with ``onnx.helper``. Every test asserts the error
-type and the words that tell the user what is wrong.
+type and the words that tell the user what is wrong. (The pickle-bearing ``.pt`` lives
+with the PyTorch loader's tests, test_torch_import.py.)
 """
 
 from __future__ import annotations
@@ -246,6 +247,16 @@ def test_minimal_onnx_graph_loads_and_matches_onnxruntime(tmp_path):
     xs = np.random.default_rng(0).normal(size=(50, WIDTH)).astype(np.float32)
     expected = ort.InferenceSession(str(path)).run(None, {"x": xs[:, None]})[0][:, 0]
     np.testing.assert_allclose(model.stream().run(xs), expected, atol=1e-5)
+    assert model.metadata["onnx_input_layout"] == "time_first"
+
+
+@pytest.mark.parametrize("shape", [[7, 1, WIDTH], [WIDTH, 1, WIDTH], None],
+                         ids=["fixed_length", "length_equals_width", "no_shape"])
+def test_onnx_input_shapes_accepted(tmp_path, shape):
+    proto = lstm_graph()
+    declared = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, shape)
+    proto.graph.input[0].CopyFrom(declared)
+    model = load(_save(proto, tmp_path / "shaped.onnx"))
     assert model.metadata["onnx_input_layout"] == "time_first"
 
 

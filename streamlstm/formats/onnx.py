@@ -35,6 +35,9 @@ MAX_FILE_BYTES = 2 << 30
 MAX_LAYERS = 64
 #: Steps of the random sequence that checks the extracted model against the graph.
 CHECK_STEPS = 12
+#: Longest fixed sequence length of a graph input that is still checked (onnx.reference
+#: runs recurrences in Python).
+MAX_CHECK_STEPS = 4096
 CHECK_ATOL, CHECK_RTOL = 1e-4, 1e-3
 
 PLUMBING = ("Transpose", "Squeeze", "Unsqueeze", "Reshape", "Identity")
@@ -369,34 +372,30 @@ def _verify(path: Path, proto: Any, graph: _Graph, model: Model) -> str:
 
     proto, model = _with_default_activations(proto, model)
     declared = next(i for i in proto.graph.input if i.name == graph.input_name)
-    dims = [d.dim_value if d.HasField("dim_value") else None
-            for d in declared.type.tensor_type.shape.dim]
-    steps = CHECK_STEPS
-    fixed = [d for d in dims if d not in (None, 1, model.input_size)]
-    if len(fixed) == 1:  # exported with a fixed sequence length: use it
-        steps = fixed[0]
-    if steps > 4096:
-        raise ModelFormatError(f"{path}: graph input is fixed to {steps} steps; too long to check")
-    rng = np.random.default_rng(0)  # fixed: a file is accepted or refused the same each time
-    xs = rng.normal(0.0, 1.0, (steps, model.input_size)).astype(np.float32)
-    expected = model.stream().run(xs.astype(model.dtype))
-    layouts = {"batch_first": xs[None], "time_first": xs[:, None], "time_only": xs}
+    tensor_type = declared.type.tensor_type
+    dims = ([d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
+            if tensor_type.HasField("shape") else None)  # None: any rank, any size
     try:
         evaluator = ReferenceEvaluator(proto)
     except Exception as exc:  # the reference implementation raises many kinds
         raise ModelFormatError(f"{path}: the graph cannot be checked by onnx.reference "
                                f"({exc})") from exc
+    rng = np.random.default_rng(0)  # fixed: a file is accepted or refused the same each time
     problems = []
-    for layout, feed in layouts.items():
-        if len(dims) != feed.ndim or any(d is not None and d != s
-                                         for d, s in zip(dims, feed.shape, strict=True)):
+    for layout, steps, shape in _candidate_inputs(dims, model.input_size):
+        if steps > MAX_CHECK_STEPS:
+            problems.append(f"{layout}: input fixed to {steps} steps, too long to check")
             continue
+        xs = rng.normal(0.0, 1.0, (steps, model.input_size)).astype(np.float32)
+        expected = model.stream().run(xs.astype(model.dtype))
         try:
-            got = np.asarray(evaluator.run(None, {graph.input_name: feed})[0], np.float64)
+            got = evaluator.run(None, {graph.input_name: xs.reshape(shape)})[0]
         except Exception as exc:  # a layout the graph does not take fails somewhere inside
             problems.append(f"{layout}: {type(exc).__name__}")
             continue
+        got = np.asarray(got, np.float64)
         if got.size != expected.size:
+            problems.append(f"{layout}: output of shape {got.shape}")
             continue
         got = got.reshape(steps, -1)  # batch of one: (1, T, O), (T, 1, O) or (T, O)
         if np.allclose(got, expected, atol=CHECK_ATOL, rtol=CHECK_RTOL):
@@ -406,6 +405,27 @@ def _verify(path: Path, proto: Any, graph: _Graph, model: Model) -> str:
         f"{path}: the graph does not compute what its LSTM/GRU and head nodes say when run one "
         "step after another (checked against onnx.reference on a random input: "
         f"{'; '.join(problems) or 'no input layout fits'}); refused rather than run inexactly")
+
+
+def _candidate_inputs(dims: list[int | None] | None,
+                      width: int) -> list[tuple[str, int, list[int]]]:
+    """(layout, steps, input shape) for each input layout the declared ``dims`` allow.
+
+    A batch axis holds 1. A fixed time axis keeps its length; one fixed to 1 step cannot
+    tell layouts apart, so such candidates come last.
+    """
+    candidates = []
+    for layout, time_axis in (("batch_first", 1), ("time_first", 0), ("time_only", 0)):
+        rank = 2 if layout == "time_only" else 3
+        known = [None] * rank if dims is None else dims
+        if len(known) != rank:
+            continue
+        steps = known[time_axis] or CHECK_STEPS
+        shape = [1] * rank
+        shape[time_axis], shape[-1] = steps, width
+        if all(d is None or d == s for d, s in zip(known, shape, strict=True)):
+            candidates.append((layout, steps, shape))
+    return sorted(candidates, key=lambda candidate: candidate[1] == 1)
 
 
 def _with_default_activations(proto: Any, model: Model) -> tuple[Any, Model]:
