@@ -34,6 +34,9 @@ from conformance_backends import BACKENDS, Backend
 from streamlstm.formats import load
 from streamlstm.formats.native import save_native
 
+# Keras 3 with numpy 2 warns from inside its own code on every array conversion.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
 STEPS = 1200
 TOLERANCE = 1e-5
 INPUT_SIZE = 3

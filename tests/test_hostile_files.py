@@ -23,6 +23,9 @@ from streamlstm.errors import ModelFormatError
 from streamlstm.formats import keras as keras_format
 from streamlstm.formats import load
 
+# Keras 3 with numpy 2 warns from inside its own code on every array conversion.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
 h5py = pytest.importorskip("h5py")
 onnx = pytest.importorskip("onnx")
 helper, numpy_helper = onnx.helper, onnx.numpy_helper
