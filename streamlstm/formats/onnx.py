@@ -73,7 +73,11 @@ def load_onnx(path: str | Path, *, dtype: Any = np.float32, name: str | None = N
 def _read(path: Path, onnx: Any) -> Any:
     from google.protobuf.message import DecodeError
 
-    if path.stat().st_size > MAX_FILE_BYTES:
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ModelFormatError(f"{path}: cannot read ({exc.strerror})") from exc
+    if size > MAX_FILE_BYTES:
         raise ModelFormatError(f"{path}: over {MAX_FILE_BYTES} bytes")
     try:
         proto = onnx.load(str(path), load_external_data=False)
