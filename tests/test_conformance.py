@@ -6,7 +6,8 @@ Sources (each LSTM and GRU, with a dense head; random weights):
   converted to native ``.npz``, and exported to ONNX by both ``torch.onnx.export``
   exporters (legacy TorchScript and dynamo);
 * Keras 3 (``KERAS_BACKEND=torch``): LSTM stack, GRU ``reset_after=True`` (functional
-  API, with a Dropout) and GRU ``reset_after=False``, saved as ``.keras`` and as
+  API, with a Dropout) and GRU ``reset_after=False``, some layers without biases
+  (``use_bias=False``), saved as ``.keras`` and as
   ``.weights.h5`` (+ its config);
 * ONNX graphs written with ``onnx.helper`` from those Keras weights (LSTM ``layout=0``
   between Transposes with a MatMul+Add head; GRU ``layout=0``, ``linear_before_reset``
@@ -126,11 +127,12 @@ def _keras_model(keras: Any, arch: str, rng: np.random.Generator) -> Any:
     stack = {
         "lstm": [layers.LSTM(8, return_sequences=True),
                  layers.LSTM(6, return_sequences=True, recurrent_activation="hard_sigmoid"),
-                 layers.Dense(5, activation="relu"), layers.Dense(3)],
+                 layers.Dense(5, activation="relu"), layers.Dense(3, use_bias=False)],
         "gru-reset-after": [layers.GRU(8, return_sequences=True),
                             layers.Dense(3, activation="tanh")],
         "gru-reset-before": [layers.GRU(8, return_sequences=True, reset_after=False),
-                             layers.GRU(6, return_sequences=True, reset_after=False),
+                             layers.GRU(6, return_sequences=True, reset_after=False,
+                                        use_bias=False),
                              layers.Dense(4, activation="relu"), layers.Dense(2)],
     }[arch]
     if arch == "gru-reset-after":  # the functional API, with an inference-time no-op
@@ -201,7 +203,7 @@ def _keras_to_onnx(model: Any, path: Path, *, layout: int, gemm_head: bool) -> b
         data = node("Transpose", [data], perm=[1, 0, 2])
     recurrent = [layer for layer in model.layers if layer.__class__.__name__ in ("LSTM", "GRU")]
     for index, layer in enumerate(recurrent):
-        kernel, recurrent_kernel, bias = (np.asarray(w) for w in layer.get_weights())
+        kernel, recurrent_kernel, *bias = (np.asarray(w) for w in layer.get_weights())
         hidden = recurrent_kernel.shape[0]
 
         def blocks(a: np.ndarray, order: tuple[int, ...], hidden: int = hidden) -> np.ndarray:
@@ -209,7 +211,7 @@ def _keras_to_onnx(model: Any, path: Path, *, layout: int, gemm_head: bool) -> b
 
         if layer.__class__.__name__ == "LSTM":  # Keras i,f,c,o -> ONNX i,o,f,c
             order = (0, 3, 1, 2)
-            b = np.concatenate([blocks(bias, order), np.zeros(4 * hidden)])
+            b = np.concatenate([blocks(bias[0], order), np.zeros(4 * hidden)]) if bias else None
             extra: dict[str, Any] = {"activations": ["Sigmoid", "Tanh", "Tanh"]}
             if layer.recurrent_activation.__name__ == "hard_sigmoid":
                 extra = {"activations": ["HardSigmoid", "Tanh", "Tanh"],
@@ -217,12 +219,14 @@ def _keras_to_onnx(model: Any, path: Path, *, layout: int, gemm_head: bool) -> b
                          "activation_beta": [0.5, 0.0, 0.0]}
         else:  # Keras z,r,h is ONNX z,r,h; Keras' (2, 3H) bias is ONNX's Wb then Rb
             order = (0, 1, 2)
-            b = (bias.reshape(-1) if layer.reset_after
-                 else np.concatenate([bias, np.zeros(3 * hidden)]))
+            b = None  # use_bias=False: the B input is left out
+            if bias:
+                b = (bias[0].reshape(-1) if layer.reset_after
+                     else np.concatenate([bias[0], np.zeros(3 * hidden)]))
             extra = {"linear_before_reset": int(layer.reset_after)}
         weights = [constant(f"W{index}", blocks(kernel, order).T[None]),
                    constant(f"R{index}", blocks(recurrent_kernel, order).T[None]),
-                   constant(f"B{index}", b[None])]
+                   "" if b is None else constant(f"B{index}", b[None])]
         data = node(layer.__class__.__name__, [data, *weights], hidden_size=hidden,
                     layout=layout, **extra)
         # Y is (T, 1, B, H) with layout 0 and (B, T, 1, H) with layout 1: drop num_directions.
@@ -233,14 +237,16 @@ def _keras_to_onnx(model: Any, path: Path, *, layout: int, gemm_head: bool) -> b
     if gemm_head:
         data = node("Reshape", [data, constant("flat", [-1, dense[0].kernel.shape[0]], np.int64)])
     for index, layer in enumerate(dense):
-        kernel, bias = (np.asarray(w) for w in layer.get_weights())
+        kernel, *bias = (np.asarray(w) for w in layer.get_weights())
+        bias_input = [constant(f"b{index}", bias[0])] if bias else []
         if gemm_head:  # alternate transB to cover both forms
             stored = kernel.T if index % 2 == 0 else kernel
-            data = node("Gemm", [data, constant(f"K{index}", stored), constant(f"b{index}", bias)],
+            data = node("Gemm", [data, constant(f"K{index}", stored), *bias_input],
                         transB=1 - index % 2)
         else:
             data = node("MatMul", [data, constant(f"K{index}", kernel)])
-            data = node("Add", [data, constant(f"b{index}", bias)])
+            if bias_input:
+                data = node("Add", [data, *bias_input])
         activation = layer.activation.__name__
         if activation != "linear":
             data = node({"relu": "Relu", "tanh": "Tanh", "sigmoid": "Sigmoid"}[activation], [data])
