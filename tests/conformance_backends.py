@@ -1,0 +1,98 @@
+"""The execution backends the conformance suite runs every weight loader through.
+
+A backend turns a :class:`~streamlstm.model.Model` into a :class:`Runner`: something that
+advances ONE stream by one sample and exposes its flat state. To add a backend (e.g. the
+CUDA simulator), append a :class:`Backend` to :data:`BACKENDS`, with ``unavailable``
+returning why it cannot run here (the suite then skips it with that reason)::
+
+    BACKENDS.append(Backend("cuda-sim", make=CudaSimRunner, unavailable=_no_cuda_sim))
+
+Every loader x backend pair then goes through the same checks in test_conformance.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+
+from streamlstm.model import Model
+
+
+class Runner(Protocol):
+    """One stream of a model on some backend."""
+
+    def step(self, x: np.ndarray) -> np.ndarray:
+        """Advance by one ``(D,)`` sample; return the ``(O,)`` prediction (a copy)."""
+
+    def state(self) -> np.ndarray:
+        """A copy of the flat ``(S,)`` state (each layer's ``h`` then ``c``, in order)."""
+
+    def set_state(self, vector: np.ndarray) -> None:
+        """Overwrite the state with a vector from :meth:`state` (maybe of another runner)."""
+
+    def reset(self) -> None:
+        """Back to the zero state."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    name: str
+    make: Callable[[Model], Runner]
+    #: Returns a reason when the backend cannot run on this machine, else None.
+    unavailable: Callable[[], str | None] = lambda: None
+
+
+class StreamRunner:
+    """The CPU :class:`~streamlstm.stream.Stream`, one ``step`` per sample."""
+
+    def __init__(self, model: Model) -> None:
+        self._stream = model.stream()
+
+    def step(self, x: np.ndarray) -> np.ndarray:
+        return self._stream.step(x)
+
+    def state(self) -> np.ndarray:
+        return self._stream.state_vector
+
+    def set_state(self, vector: np.ndarray) -> None:
+        self._stream.state_vector = vector
+
+    def reset(self) -> None:
+        self._stream.reset()
+
+
+class BankRunner:
+    """The CPU :class:`~streamlstm.bank.Bank`: the stream under test shares every
+    micro-batch with two decoy sensors fed their own samples, so a kernel that mixed
+    rows up would show as a mismatch."""
+
+    PROBE = "probe"
+
+    def __init__(self, model: Model) -> None:
+        self._bank = model.bank(capacity=2, threads=1)
+        self._rng = np.random.default_rng(7)
+        self._width = model.input_size
+        self._sensors = ["decoy-a", self.PROBE, "decoy-b"]
+
+    def step(self, x: np.ndarray) -> np.ndarray:
+        decoys = self._rng.normal(0.0, 1.0, (2, self._width)).astype(x.dtype)
+        batch = np.stack([decoys[0], x, decoys[1]])
+        return self._bank.step(self._sensors, batch)[1].copy()
+
+    def state(self) -> np.ndarray:
+        return self._bank.state_vector(self.PROBE)
+
+    def set_state(self, vector: np.ndarray) -> None:
+        self._bank.set_state_vector(self.PROBE, vector)
+
+    def reset(self) -> None:
+        self._bank.reset(self.PROBE)
+
+
+BACKENDS: list[Backend] = [
+    Backend("cpu-stream", StreamRunner),
+    Backend("cpu-bank", BankRunner),
+]
