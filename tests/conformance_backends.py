@@ -92,7 +92,40 @@ class BankRunner:
         self._bank.reset(self.PROBE)
 
 
+class CudaBankRunner(BankRunner):
+    """The GPU :class:`~streamlstm.cuda.bank.CudaBank` (on the simulator in CI), with the
+    same decoy sensors as :class:`BankRunner`; its state is read back in the CPU layout.
+
+    The simulator runs each launch in Python, so one launch per sample (1200 per case)
+    would take most of CI's budget. :meth:`run` therefore steps the first
+    :data:`STEPWISE` samples one launch each (the per-sample path) and the rest in one
+    block-mode launch, which carries the same state through the same kernel.
+    """
+
+    STEPWISE = 8
+
+    def __init__(self, model: Model) -> None:
+        super().__init__(model)
+        self._bank = model.bank(capacity=2, device="cuda")
+
+    def run(self, xs: np.ndarray) -> np.ndarray:
+        head = [self.step(x) for x in xs[:self.STEPWISE]]
+        rest = xs[self.STEPWISE:]
+        if not len(rest):
+            return np.stack(head)
+        decoys = self._rng.normal(0.0, 1.0, (2, len(rest), self._width)).astype(xs.dtype)
+        block = self._bank.run(self._sensors, np.stack([decoys[0], rest, decoys[1]]))
+        return np.concatenate([np.stack(head), block[1]])
+
+
+def _no_cuda() -> str | None:
+    from streamlstm import cuda
+
+    return None if cuda.is_available() else "no CUDA device or simulator (numba-cuda)"
+
+
 BACKENDS: list[Backend] = [
     Backend("cpu-stream", StreamRunner),
     Backend("cpu-bank", BankRunner),
+    Backend("cuda-sim", CudaBankRunner, unavailable=_no_cuda),
 ]
