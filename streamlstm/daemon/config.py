@@ -9,6 +9,7 @@ whose keys go to the detector, which validates them itself. See
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -174,14 +175,17 @@ def _table(raw: Any, spec: Mapping[str, Field], path: str, problems: _Problems,
     out: dict[str, Any] = {}
     for key in raw:
         if key not in spec and key not in skip:
-            known = ", ".join(sorted(spec))
-            problems.add(f"{path}.{key}" if path else key, f"unknown key (known: {known})")
+            close = difflib.get_close_matches(key, list(spec), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(sorted(spec))}"
+            problems.add(f"{path}.{key}" if path else key, f"unknown key ({hint})")
     for key, field in spec.items():
         where = f"{path}.{key}" if path else key
+        # Invalid or missing values still get the default (None if required) so that the
+        # cross-field checks below can run and report everything in one go.
+        out[key] = None if field.default is REQUIRED else field.default
         if key not in raw:
             if field.default is REQUIRED:
                 problems.add(where, "missing (required)")
-            out[key] = field.default
             continue
         value = raw[key]
         # bool is an int in Python, but `baud = true` is a mistake, not 1.
@@ -223,7 +227,7 @@ def _check_lines(source: dict[str, Any], problems: _Problems) -> None:
     where = source["path_in_config"]
     text_format = source.get("format", "csv") in ("csv", "tsv") and source.get("payload", "csv") == "csv"
     if source["type"] == "replay":
-        text_format = source["path"].lower().endswith((".csv", ".tsv", ".txt"))
+        text_format = (source["path"] or "").lower().endswith((".csv", ".tsv", ".txt"))
     if source.get("columns") is not None:
         error = _columns(source["columns"])
         if error:
