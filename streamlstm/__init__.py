@@ -13,6 +13,7 @@ step in your own ``@njit`` code.
 from importlib.metadata import PackageNotFoundError, version
 
 from .bank import Bank
+from .detect import AlertEvent, Detector
 from .errors import (
     ConfigError,
     InvalidSampleError,
@@ -31,9 +32,11 @@ except PackageNotFoundError:  # running from a source tree that was not installe
     __version__ = "0+unknown"
 
 __all__ = [
+    "AlertEvent",
     "Bank",
     "ConfigError",
     "DenseLayer",
+    "Detector",
     "InvalidSampleError",
     "Model",
     "ModelFormatError",

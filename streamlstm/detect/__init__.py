@@ -1,0 +1,28 @@
+"""Online anomaly detection: residual scores, calibrated thresholds, debounced alerts.
+
+Convention, stated once for the whole package: **a high score means anomalous**. Every
+score here is a non-negative number that is about 1 or below on the data the model was
+calibrated on and grows as a sample stops looking like it; thresholds are compared with
+``score > threshold``.
+
+Two kinds of model are supported, declared in ``model.calibration["score"]``:
+
+* ``"residual"`` (a next-step predictor): the model sees ``x_t`` and predicts
+  ``x_{t+1}``; the score of ``x_t`` is the squared whitened residual
+  ``|W (x_t - x̂_t - centre)|² / D`` against the prediction made at ``t - 1``, where ``W``
+  and ``centre`` come from calibration (per-channel standardisation or Mahalanobis).
+* ``"direct"``: the model's head outputs an anomaly score or probability itself; only a
+  threshold is calibrated.
+
+Either score is smoothed causally (EWMA) and fed to a per-sensor alert state machine
+(debounce, hysteresis, minimum quiet time, warm-up); see :class:`Detector`.
+"""
+
+from .calibration import calibrate, calibration_scores
+from .detector import Detector
+from .events import AlertEvent
+from .features import FeatureSpec, compute_features
+from .params import DetectorParams
+
+__all__ = ["AlertEvent", "Detector", "DetectorParams", "FeatureSpec", "calibrate",
+           "calibration_scores", "compute_features"]

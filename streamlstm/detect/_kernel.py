@@ -1,0 +1,201 @@
+"""The fused per-sample loop: model step, residual, score, smoothing, alert state machine.
+
+One compiled call handles a whole micro-batch. Samples are grouped by state row like
+:mod:`streamlstm.kernels._bank` (rows in parallel with ``prange``, each row's samples in
+arrival order). Every per-sensor quantity lives in the caller's arrays (columns ``I_*``
+of ``istate`` and ``F_*`` of ``fstate``); events go to per-sample slots (``ev_kind``,
+``ev_peak``, ``ev_duration``), so no two threads ever write the same place and Python
+reads the events back in arrival order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import get_thread_id, njit, prange
+
+from ..kernels import layout as L
+from ..kernels import step
+from ..kernels._bank import NO_SAMPLE, _group_by_row
+from . import params as P
+from .features import window_features
+
+# Integer state per sensor (istate columns).
+I_STEPS = 0       # model steps since the sensor's first sample or reset
+I_ABOVE = 1       # consecutive scored samples above the threshold (debounce counter)
+I_ALERT = 2       # 1 while an alert is open
+I_HAS_PRED = 3    # 1 when preds[row] holds a prediction for the next input
+I_HAS_SCORE = 4   # 1 once the smoothed score has a value
+I_FILL = 5        # feature front end: samples in the window so far (<= window)
+I_POS = 6         # feature front end: next ring slot to write (= the oldest sample)
+I_SINCE = 7       # feature front end: samples since the last feature vector
+N_INT = 8
+
+# Float state per sensor (fstate columns).
+F_SCORE = 0       # smoothed score
+F_PEAK = 1        # highest smoothed score of the open alert
+F_START = 2       # timestamp the open alert started
+F_BELOW = 3       # timestamp the score went below the end threshold (NaN: not below)
+N_FLOAT = 4
+
+EVENT_NONE, EVENT_START, EVENT_END = 0, 1, 2
+
+JIT = {"cache": True, "nogil": True, "error_model": "numpy"}
+
+
+@njit(inline="always", **JIT)
+def _alert_machine(dparams, ist, fst, score, t, i, ev_kind, ev_peak, ev_duration):
+    """Advance one sensor's alert state by one newly scored sample at time ``t``."""
+    if ist[I_STEPS] <= dparams[P.P_WARMUP]:
+        ist[I_ABOVE] = 0
+        return
+    if ist[I_ALERT] == 0:
+        if score > dparams[P.P_THRESHOLD]:
+            ist[I_ABOVE] += 1
+        else:
+            ist[I_ABOVE] = 0
+        if ist[I_ABOVE] >= dparams[P.P_DEBOUNCE]:
+            ist[I_ALERT] = 1
+            fst[F_START] = t
+            fst[F_PEAK] = score
+            fst[F_BELOW] = np.nan
+            ev_kind[i] = EVENT_START
+            ev_peak[i] = score
+            ev_duration[i] = 0.0
+        return
+    if score > fst[F_PEAK]:
+        fst[F_PEAK] = score
+    if score < dparams[P.P_END_THRESHOLD]:
+        if np.isnan(fst[F_BELOW]):
+            fst[F_BELOW] = t
+        if t - fst[F_BELOW] >= dparams[P.P_QUIET_TIME]:
+            ist[I_ALERT] = 0
+            ist[I_ABOVE] = 0
+            fst[F_BELOW] = np.nan
+            ev_kind[i] = EVENT_END
+            ev_peak[i] = fst[F_PEAK]
+            ev_duration[i] = t - fst[F_START]
+    else:
+        fst[F_BELOW] = np.nan
+
+
+@njit(inline="always", **JIT)
+def _detect_one(i, row, params, layout, states, samples, times, dparams, center, whiten,
+                codes, hop, istate, fstate, preds, rings, rejected, xin, out, err, scratch,
+                scores, status, ev_kind, ev_peak, ev_duration):
+    x = samples[i]
+    t = times[i]
+    ist = istate[row]
+    fst = fstate[row]
+    ev_kind[i] = EVENT_NONE
+    finite = np.isfinite(t)
+    for k in range(x.shape[0]):
+        finite &= np.isfinite(x[k])
+    if not finite:
+        # The next good sample is not scored: the prediction on file was for this one.
+        status[i] = L.REJECTED_SAMPLE
+        rejected[row] += 1
+        ist[I_HAS_PRED] = 0
+        scores[i] = np.nan
+        return
+    status[i] = L.OK
+    if codes.shape[0] > 0:
+        ring = rings[row]
+        window = ring.shape[0]
+        pos = ist[I_POS]
+        for a in range(x.shape[0]):
+            ring[pos, a] = x[a]
+        ist[I_POS] = (pos + 1) % window
+        if ist[I_FILL] < window:
+            ist[I_FILL] += 1
+        ist[I_SINCE] += 1
+        if ist[I_FILL] < window or ist[I_SINCE] < hop:
+            scores[i] = fst[F_SCORE] if ist[I_HAS_SCORE] == 1 else np.nan
+            return
+        ist[I_SINCE] = 0
+        window_features(ring, ist[I_POS], codes, xin)
+    else:
+        for k in range(x.shape[0]):
+            xin[k] = x[k]
+
+    direct = dparams[P.P_DIRECT] == 1.0
+    raw = np.nan
+    if not direct and ist[I_HAS_PRED] == 1:
+        pred = preds[row]
+        n = xin.shape[0]
+        for k in range(n):
+            err[k] = np.float64(xin[k]) - np.float64(pred[k]) - center[k]
+        raw = 0.0
+        for a in range(n):
+            z = 0.0
+            for k in range(n):
+                z += whiten[a, k] * err[k]
+            raw += z * z
+        raw /= n
+    code = step(params, layout, states[row], xin, out, scratch)
+    if code != L.OK:
+        status[i] = code
+        rejected[row] += 1
+        ist[I_HAS_PRED] = 0
+        scores[i] = np.nan
+        return
+    ist[I_STEPS] += 1
+    if direct:
+        raw = np.float64(out[np.int64(dparams[P.P_SCORE_INDEX])])
+    else:
+        pred = preds[row]
+        for k in range(out.shape[0]):
+            pred[k] = out[k]
+        ist[I_HAS_PRED] = 1
+    if np.isfinite(raw):
+        if ist[I_HAS_SCORE] == 1:
+            alpha = dparams[P.P_ALPHA]
+            fst[F_SCORE] = alpha * raw + (1.0 - alpha) * fst[F_SCORE]
+        else:
+            fst[F_SCORE] = raw
+            ist[I_HAS_SCORE] = 1
+        _alert_machine(dparams, ist, fst, fst[F_SCORE], t, i, ev_kind, ev_peak, ev_duration)
+    scores[i] = fst[F_SCORE] if ist[I_HAS_SCORE] == 1 else np.nan
+
+
+@njit(**JIT)
+def detect_serial(params, layout, states, rows, samples, times, dparams, center, whiten, codes,
+                  hop, istate, fstate, preds, rings, rejected, xbuf, obuf, ebuf, scratch,
+                  scores, status, ev_kind, ev_peak, ev_duration, links):
+    """:func:`detect_parallel` on the calling thread."""
+    row_last, heads, nxt = links[0], links[1], links[2]
+    groups = _group_by_row(rows, row_last, heads, nxt)
+    for g in range(groups):
+        i = heads[g]
+        while i != NO_SAMPLE:
+            _detect_one(i, rows[i], params, layout, states, samples, times, dparams, center,
+                        whiten, codes, hop, istate, fstate, preds, rings, rejected, xbuf[0],
+                        obuf[0], ebuf[0], scratch[0], scores, status, ev_kind, ev_peak, ev_duration)
+            i = nxt[i]
+
+
+@njit(parallel=True, **JIT)
+def detect_parallel(params, layout, states, rows, samples, times, dparams, center, whiten,
+                    codes, hop, istate, fstate, preds, rings, rejected, xbuf, obuf, ebuf, scratch,
+                    scores, status, ev_kind, ev_peak, ev_duration, links):
+    """Run a micro-batch of ``M`` samples through model and detector, rows in parallel.
+
+    ``samples``: ``(M, A)`` in sensor units; ``times``: ``(M,)`` seconds; ``rows``: state
+    rows; ``states``: ``(capacity, S)`` recurrent state; ``istate``/``fstate``: per-row
+    detector state; ``preds``: ``(capacity, O)`` last prediction; ``rings``:
+    ``(capacity, window, A)`` float64 feature ring buffers (``(capacity, 1, 1)``, unused,
+    without features); ``codes``: feature statistic codes (empty: raw samples feed the
+    model); ``hop``: raw samples between feature vectors;
+    ``xbuf``/``obuf``/``ebuf``/``scratch``: per-thread work rows; outputs ``scores``,
+    ``status`` and the event slots are ``(M,)``.
+    """
+    row_last, heads, nxt = links[0], links[1], links[2]
+    groups = _group_by_row(rows, row_last, heads, nxt)
+    for g in prange(groups):
+        tid = get_thread_id()
+        i = heads[g]
+        while i != NO_SAMPLE:
+            _detect_one(i, rows[i], params, layout, states, samples, times, dparams, center,
+                        whiten, codes, hop, istate, fstate, preds, rings, rejected, xbuf[tid],
+                        obuf[tid], ebuf[tid], scratch[tid], scores, status, ev_kind, ev_peak,
+                        ev_duration)
+            i = nxt[i]

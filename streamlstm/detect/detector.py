@@ -1,0 +1,249 @@
+"""The detector: a bank of streams plus per-sensor detector state, stepped by one fused kernel."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numba
+import numpy as np
+
+from .._samples import as_samples
+from ..bank import PARALLEL_THRESHOLD, Bank
+from ..errors import ConfigError, ShapeError
+from ..kernels import layout as L
+from ..model import Model
+from . import _kernel as K
+from .events import AlertEvent
+from .features import FeatureSpec
+from .params import DetectorParams, pack_params, params_from, scoring_from
+
+SNAPSHOT_VERSION = 1
+_KINDS = {K.EVENT_START: "start", K.EVENT_END: "end"}
+
+
+class Detector:
+    """Per-sensor anomaly scores and debounced alerts over one model (high score = anomalous).
+
+    ``Detector(model, capacity=1024, threads=None, **overrides)`` reads its parameters
+    from ``model.calibration`` (see :mod:`streamlstm.detect.params`); any of
+    ``threshold, margin, alpha, hysteresis, debounce, quiet_time, warmup`` may be
+    overridden. A model whose metadata declares ``features`` is fed windowed features
+    computed from the raw samples (:mod:`streamlstm.detect.features`).
+
+    :meth:`update` takes a micro-batch in arrival order and returns the alert events it
+    caused, in the same order. Each sensor has a recurrent state row (a
+    :class:`~streamlstm.bank.Bank` row) and detector state next to it; a NaN/Inf sample
+    (or timestamp) is rejected and counted without touching either.
+
+    >>> import numpy as np, streamlstm as sl
+    >>> from streamlstm.detect import calibrate
+    >>> rng = np.random.default_rng(0)
+    >>> model = calibrate(sl.random_model(2, [8], output_size=2), rng.normal(size=(500, 2)))
+    >>> det = sl.Detector(model, warmup=5)
+    >>> det.update(["a", "a"], [[0.0, 0.1], [50.0, -50.0]], [0.0, 0.02])
+    []
+    >>> det.last_scores.shape
+    (2,)
+    """
+
+    def __init__(self, model: Model, *, capacity: int = 1024, threads: int | None = None,
+                 **overrides: Any) -> None:
+        self.model = model
+        self.params: DetectorParams = params_from(model, overrides)
+        self.features = FeatureSpec.from_metadata(model.metadata)
+        if self.features is None:
+            self.axes = model.input_size
+        else:
+            n_stats = len(self.features.stats)
+            if model.input_size % n_stats:
+                raise ConfigError(f"model input width {model.input_size} is not a multiple of "
+                                  f"its {n_stats} declared feature statistics")
+            self.axes = model.input_size // n_stats
+        self._scoring = scoring_from(model, model.input_size)
+        self._dparams = pack_params(self.params, self._scoring)
+        self.model_id = str(model.metadata.get("model_id", model.name))
+        self.bank = Bank(model, capacity, threads=threads)
+        self._dtype = model.dtype
+        slots = numba.config.NUMBA_NUM_THREADS
+        self._xbuf = np.zeros((slots, model.input_size), self._dtype)
+        self._obuf = np.zeros((slots, model.output_size), self._dtype)
+        self._ebuf = np.zeros((slots, model.input_size), np.float64)
+        self._codes = (np.zeros(0, np.int64) if self.features is None else self.features.codes)
+        self._hop = 1 if self.features is None else self.features.hop
+        self._ring_shape = ((1, 1) if self.features is None
+                            else (self.features.window, self.axes))
+        self._alloc_rows(capacity)
+        self.last_scores = np.zeros(0, np.float64)
+        self.last_status = np.zeros(0, np.int8)
+
+    # -- per-row arrays -------------------------------------------------------------------
+    def _alloc_rows(self, capacity: int) -> None:
+        self._istate = np.zeros((capacity, K.N_INT), np.int64)
+        self._fstate = np.zeros((capacity, K.N_FLOAT), np.float64)
+        self._fstate[:, K.F_BELOW] = np.nan
+        self._preds = np.zeros((capacity, self.model.output_size), self._dtype)
+        self._rings = np.zeros((capacity, *self._ring_shape), np.float64)
+
+    def _sync_capacity(self) -> None:
+        capacity = self.bank.capacity
+        old = self._istate.shape[0]
+        if capacity == old:
+            return
+        arrays = (self._istate, self._fstate, self._preds, self._rings)
+        self._alloc_rows(capacity)
+        for new, prev in zip((self._istate, self._fstate, self._preds, self._rings), arrays):
+            new[:old] = prev
+
+    def _clear_row(self, row: int) -> None:
+        self._istate[row] = 0
+        self._fstate[row] = 0.0
+        self._fstate[row, K.F_BELOW] = np.nan
+        self._preds[row] = 0
+        self._rings[row] = 0.0
+
+    # -- stepping -------------------------------------------------------------------------
+    def update(self, sensor_ids: Sequence[Hashable] | np.ndarray, samples: Any,
+               timestamps: Any) -> list[AlertEvent]:
+        """Feed a micro-batch; return the alert events it caused, in arrival order.
+
+        ``sensor_ids``: ``M`` ids (str or int); ``samples``: ``(M, A)`` in sensor units
+        (``A`` raw axes: the model's input width, or its feature front end's axes);
+        ``timestamps``: ``(M,)`` seconds. :attr:`last_scores` then holds each sample's
+        smoothed score (NaN for a rejected sample or before a sensor has any score) and
+        :attr:`last_status` the kernels' status codes.
+        """
+        samples = as_samples(samples, self._dtype, self.axes)
+        count = samples.shape[0]
+        if len(sensor_ids) != count:
+            raise ShapeError(f"sensor_ids: {len(sensor_ids)} ids for {count} samples")
+        try:
+            times = np.ascontiguousarray(timestamps, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ShapeError(f"timestamps: cannot convert to float64 ({exc})") from None
+        if times.shape != (count,):
+            raise ShapeError(f"timestamps: expected shape ({count},), got {times.shape}")
+        rows = self.bank.rows(sensor_ids)
+        self._sync_capacity()
+        scores = np.empty(count, np.float64)
+        status = np.empty(count, np.int8)
+        ev_kind = np.empty(count, np.int8)
+        ev_peak = np.empty(count, np.float64)
+        ev_duration = np.empty(count, np.float64)
+        bank = self.bank
+        bank._ensure_links(count)
+        args = (bank._params, bank._layout, bank._states, rows, samples, times, self._dparams,
+                self._scoring.center, self._scoring.whiten, self._codes, self._hop,
+                self._istate, self._fstate, self._preds, self._rings, bank._rejected,
+                self._xbuf, self._obuf, self._ebuf, bank._scratch, scores, status, ev_kind,
+                ev_peak, ev_duration, bank._links)
+        if bank.threads > 1 and count >= PARALLEL_THRESHOLD:
+            numba.set_num_threads(bank.threads)
+            K.detect_parallel(*args)
+        else:
+            K.detect_serial(*args)
+        self.last_scores = scores
+        self.last_status = status
+        hits = np.flatnonzero(ev_kind)
+        if hits.size == 0:
+            return []
+        return [self._event(sensor_ids[i], int(ev_kind[i]), float(times[i]), float(scores[i]),
+                            float(ev_peak[i]), float(ev_duration[i])) for i in hits]
+
+    def _event(self, sensor: Hashable, kind: int, t: float, score: float, peak: float,
+               duration: float) -> AlertEvent:
+        if isinstance(sensor, np.generic):
+            sensor = sensor.item()
+        threshold = (self.params.threshold if kind == K.EVENT_START
+                     else self.params.end_threshold)
+        return AlertEvent(sensor, _KINDS[kind], t, score, threshold, peak, duration,
+                          self.model_id)
+
+    # -- sensors --------------------------------------------------------------------------
+    @property
+    def sensors(self) -> list[Hashable]:
+        """Known sensor ids, in first-seen order."""
+        return self.bank.sensors
+
+    def rejected(self, sensor: Hashable) -> int:
+        """How many samples of ``sensor`` were rejected (NaN/Inf sample or timestamp, overflow)."""
+        return self.bank.rejected(sensor)
+
+    def alerting(self, sensor: Hashable) -> bool:
+        """Whether ``sensor`` has an open alert."""
+        return bool(self._istate[self.bank._rows[sensor], K.I_ALERT])
+
+    def score(self, sensor: Hashable) -> float:
+        """``sensor``'s current smoothed score (NaN before its first score)."""
+        row = self.bank._rows[sensor]
+        return float(self._fstate[row, K.F_SCORE]) if self._istate[row, K.I_HAS_SCORE] else np.nan
+
+    def forget(self, sensor: Hashable) -> None:
+        """Drop ``sensor`` (its open alert, if any, is dropped without an end event)."""
+        row = self.bank._rows[sensor]
+        self.bank.forget(sensor)
+        self._clear_row(row)
+
+    def reset(self, sensor: Hashable | None = None) -> None:
+        """Back to a fresh state (warm-up again) for one sensor, or all of them."""
+        if sensor is None:
+            self.bank.reset()
+            for row in self.bank._rows.values():
+                self._clear_row(row)
+        else:
+            self.bank.reset(sensor)
+            self._clear_row(self.bank._rows[sensor])
+
+    # -- snapshots ------------------------------------------------------------------------
+    def export_state(self) -> dict[str, Any]:
+        """Every sensor's recurrent and detector state as plain arrays (npz- or JSON-able
+        after ``.tolist()``); :meth:`import_state` restores it bit for bit."""
+        sensors = self.bank.sensors
+        rows = self.bank.rows(sensors)
+        return {
+            "version": SNAPSHOT_VERSION,
+            "model_id": self.model_id,
+            "sensors": sensors,
+            "states": self.bank._states[rows].copy(),
+            "rejected": self.bank._rejected[rows].copy(),
+            "istate": self._istate[rows].copy(),
+            "fstate": self._fstate[rows].copy(),
+            "preds": self._preds[rows].copy(),
+            "rings": self._rings[rows].copy(),
+        }
+
+    def import_state(self, snapshot: Mapping[str, Any]) -> None:
+        """Restore sensors from :meth:`export_state` output (sensors not in it are kept)."""
+        try:
+            version = int(snapshot["version"])
+            sensors = list(snapshot["sensors"])
+            arrays = {name: np.asarray(snapshot[name]) for name in
+                      ("states", "rejected", "istate", "fstate", "preds", "rings")}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ShapeError(f"detector snapshot: missing or malformed field ({exc})") from None
+        if version != SNAPSHOT_VERSION:
+            raise ShapeError(f"detector snapshot: unsupported version {version}")
+        n = len(sensors)
+        expected = {
+            "states": (n, self.bank._states.shape[1]),
+            "rejected": (n,),
+            "istate": (n, K.N_INT),
+            "fstate": (n, K.N_FLOAT),
+            "preds": (n, self.model.output_size),
+            "rings": (n, *self._ring_shape),
+        }
+        for name, shape in expected.items():
+            if arrays[name].shape != shape:
+                raise ShapeError(f"detector snapshot: {name} has shape {arrays[name].shape}, "
+                                 f"expected {shape} (a different model?)")
+        for name in ("states", "preds", "rings"):
+            if not np.all(np.isfinite(arrays[name])):
+                raise ShapeError(f"detector snapshot: non-finite values in {name}")
+        rows = self.bank.rows(sensors)
+        self._sync_capacity()
+        self.bank._states[rows] = arrays["states"].astype(self._dtype)
+        self.bank._rejected[rows] = arrays["rejected"].astype(np.int64)
+        self._istate[rows] = arrays["istate"].astype(np.int64)
+        self._fstate[rows] = arrays["fstate"].astype(np.float64)
+        self._preds[rows] = arrays["preds"].astype(self._dtype)
+        self._rings[rows] = arrays["rings"].astype(np.float64)

@@ -1,0 +1,173 @@
+"""Detector parameters: what calibration stores and what a user may override.
+
+``model.calibration`` is a JSON-able dict (schema version 1)::
+
+    {"version": 1, "score": "residual" | "direct",
+     "metric": "diagonal" | "mahalanobis",      # residual models
+     "center": [D], "whiten": [[D x D]],         # residual models: score = |W (e - center)|² / D
+     "score_index": 0,                           # direct models: which output is the score
+     "alpha": ..., "quantile": ..., "quantile_score": ..., "margin": ..., "threshold": ...,
+     "debounce": ..., "hysteresis": ..., "quiet_time": ..., "warmup": ...,
+     "samples": ..., "recordings": ...}
+
+``threshold`` is ``quantile_score * margin``: the ``quantile`` of the smoothed scores on
+normal data times a safety margin. Overriding ``margin`` recomputes it from
+``quantile_score``; overriding ``threshold`` sets it outright. Changing ``alpha`` without
+recalibrating keeps the calibrated ``quantile_score`` (smoothing changes the score
+distribution, so recalibrate when you change it for good).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..model import Model
+
+SCHEMA_VERSION = 1
+SCORE_KINDS = ("residual", "direct")
+
+# Index of each parameter in the float64 vector the kernel reads.
+P_ALPHA = 0
+P_THRESHOLD = 1
+P_END_THRESHOLD = 2
+P_DEBOUNCE = 3
+P_QUIET_TIME = 4
+P_WARMUP = 5
+P_DIRECT = 6
+P_SCORE_INDEX = 7
+N_PARAMS = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectorParams:
+    """How scores become alerts (all per sensor).
+
+    ``alpha``: EWMA weight of the newest raw score (1 = no smoothing);
+    ``threshold``: an alert may start when the smoothed score is above it;
+    ``hysteresis``: the alert ends only below ``hysteresis * threshold`` (0 < h <= 1);
+    ``debounce``: this many consecutive scored samples above the threshold start an alert;
+    ``quiet_time``: seconds the score must stay below the end threshold before the alert
+    ends (0: the first sample below ends it); ``warmup``: model steps after a sensor's
+    first sample (or a reset) during which nothing alerts, while the recurrent state
+    settles.
+    """
+
+    threshold: float
+    alpha: float = 0.1
+    hysteresis: float = 0.8
+    debounce: int = 3
+    quiet_time: float = 1.0
+    warmup: int = 50
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.threshold) and self.threshold > 0):
+            raise ConfigError(f"threshold must be a finite number > 0, got {self.threshold}")
+        if not 0 < self.alpha <= 1:
+            raise ConfigError(f"alpha must be in (0, 1], got {self.alpha}")
+        if not 0 < self.hysteresis <= 1:
+            raise ConfigError(f"hysteresis must be in (0, 1], got {self.hysteresis}")
+        if int(self.debounce) != self.debounce or self.debounce < 1:
+            raise ConfigError(f"debounce must be an integer >= 1, got {self.debounce}")
+        if not (math.isfinite(self.quiet_time) and self.quiet_time >= 0):
+            raise ConfigError(f"quiet_time must be >= 0 seconds, got {self.quiet_time}")
+        if int(self.warmup) != self.warmup or self.warmup < 0:
+            raise ConfigError(f"warmup must be an integer >= 0, got {self.warmup}")
+
+    @property
+    def end_threshold(self) -> float:
+        return self.threshold * self.hysteresis
+
+
+#: Parameter names a caller may override (plus ``margin``, which rescales the threshold).
+OVERRIDABLE = ("threshold", "margin", "alpha", "hysteresis", "debounce", "quiet_time", "warmup")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Scoring:
+    """How a model's output becomes a raw score, as arrays for the kernel."""
+
+    direct: bool
+    center: np.ndarray          # (D,) float64, residual models only (else empty)
+    whiten: np.ndarray          # (D, D) float64, residual models only (else (0, 0))
+    score_index: int
+
+
+def require_calibration(model: Model) -> Mapping[str, Any]:
+    cal = model.calibration
+    if not cal:
+        raise ConfigError(f"model {model.name!r} has no calibration: run `streamlstm calibrate` "
+                          "(or streamlstm.detect.calibrate) on normal data first")
+    if cal.get("version") != SCHEMA_VERSION:
+        raise ConfigError(f"model calibration: unsupported version {cal.get('version')!r}")
+    if cal.get("score") not in SCORE_KINDS:
+        raise ConfigError(f"model calibration: score must be one of {SCORE_KINDS}, "
+                          f"got {cal.get('score')!r}")
+    return cal
+
+
+def params_from(model: Model, overrides: Mapping[str, Any]) -> DetectorParams:
+    """Detector parameters from ``model.calibration``, with ``overrides`` applied."""
+    unknown = set(overrides) - set(OVERRIDABLE)
+    if unknown:
+        raise ConfigError(f"unknown detector parameter(s): {sorted(unknown)} "
+                          f"(known: {', '.join(OVERRIDABLE)})")
+    cal = require_calibration(model)
+    values: dict[str, Any] = {f.name: cal[f.name] for f in dataclasses.fields(DetectorParams)
+                              if f.name in cal}
+    if "margin" in overrides:
+        if "quantile_score" not in cal:
+            raise ConfigError("margin override needs calibration['quantile_score']")
+        values["threshold"] = float(cal["quantile_score"]) * float(overrides["margin"])
+    values.update({k: v for k, v in overrides.items() if k != "margin"})
+    if "threshold" not in values:
+        raise ConfigError("model calibration has no threshold")
+    try:
+        return DetectorParams(**{k: (int(v) if k in ("debounce", "warmup") else float(v))
+                                 for k, v in values.items()})
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"detector parameters: {exc}") from None
+
+
+def scoring_from(model: Model, width: int) -> Scoring:
+    """The scoring arrays for ``model``; ``width`` is the model's input (= output) width."""
+    cal = require_calibration(model)
+    if cal["score"] == "direct":
+        index = int(cal.get("score_index", 0))
+        if not 0 <= index < model.output_size:
+            raise ConfigError(f"calibration score_index {index} out of range "
+                              f"(model has {model.output_size} outputs)")
+        return Scoring(True, np.zeros(0), np.zeros((0, 0)), index)
+    if model.output_size != width:
+        raise ConfigError(f"a residual model must predict its own input: output width "
+                          f"{model.output_size} != input width {width}")
+    try:
+        center = np.asarray(cal["center"], np.float64)
+        whiten = np.asarray(cal["whiten"], np.float64)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"model calibration: bad center/whiten ({exc})") from None
+    if center.shape != (width,) or whiten.shape != (width, width):
+        raise ConfigError(f"model calibration: center {center.shape} / whiten {whiten.shape} "
+                          f"do not match width {width}")
+    if not (np.all(np.isfinite(center)) and np.all(np.isfinite(whiten))):
+        raise ConfigError("model calibration: non-finite center/whiten")
+    return Scoring(False, np.ascontiguousarray(center), np.ascontiguousarray(whiten), 0)
+
+
+def pack_params(params: DetectorParams, scoring: Scoring) -> np.ndarray:
+    """The float64 parameter vector the kernel reads (indices ``P_*``)."""
+    vector = np.zeros(N_PARAMS, np.float64)
+    vector[P_ALPHA] = params.alpha
+    vector[P_THRESHOLD] = params.threshold
+    vector[P_END_THRESHOLD] = params.end_threshold
+    vector[P_DEBOUNCE] = params.debounce
+    vector[P_QUIET_TIME] = params.quiet_time
+    vector[P_WARMUP] = params.warmup
+    vector[P_DIRECT] = 1.0 if scoring.direct else 0.0
+    vector[P_SCORE_INDEX] = scoring.score_index
+    return vector

@@ -1,0 +1,137 @@
+"""A slow, plain-Python/NumPy detector used as the oracle for the fused compiled path.
+
+It shares no code with ``streamlstm.detect`` beyond reading the same calibration dict and
+feature declaration: the LSTM forward pass, features, scores and the alert state machine
+are written out again here, step by step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def _sigmoid(v):
+    return 1.0 / (1.0 + np.exp(-v))
+
+
+def model_step(model, state, x):
+    """One float64 forward step of an LSTM/linear-head model; returns (new_state, out)."""
+    xin = np.asarray(x, np.float64)
+    if model.input_norm is not None:
+        xin = (xin - model.input_norm.mean) / model.input_norm.std
+    new_state = []
+    for layer, (h, c) in zip(model.layers, state):
+        gates = layer.w_ih @ xin + layer.b_ih + layer.w_hh @ h + layer.b_hh
+        hidden = layer.hidden_size
+        i, f = _sigmoid(gates[:hidden]), _sigmoid(gates[hidden:2 * hidden])
+        g, o = np.tanh(gates[2 * hidden:3 * hidden]), _sigmoid(gates[3 * hidden:])
+        c = f * c + i * g
+        h = o * np.tanh(c)
+        new_state.append((h, c))
+        xin = h
+    for dense in model.head:
+        assert dense.activation == "linear"
+        xin = dense.weight @ xin + dense.bias
+    if model.output_norm is not None:
+        xin = xin * model.output_norm.std + model.output_norm.mean
+    return new_state, xin
+
+
+def window_stats(window, stats):
+    """Feature vector of a (window, A) array, axis-major, as documented in features.py."""
+    out = []
+    for a in range(window.shape[1]):
+        v = window[:, a]
+        mean = v.mean()
+        var = ((v - mean) ** 2).mean()
+        rms = math.sqrt((v ** 2).mean())
+        peak = np.abs(v).max()
+        table = {"mean": mean, "std": math.sqrt(var), "rms": rms, "peak": peak,
+                 "crest": peak / rms if rms > 0 else 0.0,
+                 "kurtosis": ((v - mean) ** 4).mean() / var ** 2 if var > 0 else 0.0,
+                 "log_rms": math.log10(rms + 1e-12)}
+        out += [table[s] for s in stats]
+    return np.asarray(out)
+
+
+class ReferenceDetector:
+    """Same contract as ``Detector.update`` (scores and (sensor, kind, t, peak, duration))."""
+
+    def __init__(self, model, **overrides):
+        cal = dict(model.calibration)
+        if "margin" in overrides:
+            cal["threshold"] = cal["quantile_score"] * overrides.pop("margin")
+        cal.update(overrides)
+        self.model, self.cal = model, cal
+        self.features = model.metadata.get("features")
+        self.sensors = {}
+
+    def _fresh(self):
+        state = [(np.zeros(l.output_size), np.zeros(l.hidden_size)) for l in self.model.layers]
+        return {"state": state, "pred": None, "score": None, "steps": 0, "above": 0,
+                "alert": False, "peak": 0.0, "start": 0.0, "below": None, "window": [],
+                "since": 0, "rejected": 0}
+
+    def update(self, sensors, samples, times):
+        scores, events = [], []
+        for sensor, x, t in zip(sensors, np.asarray(samples, np.float64), times):
+            s = self.sensors.setdefault(sensor, self._fresh())
+            scores.append(self._one(s, sensor, x, float(t), events))
+        return np.asarray(scores), events
+
+    def _one(self, s, sensor, x, t, events):
+        current = lambda: np.nan if s["score"] is None else s["score"]  # noqa: E731
+        if not (np.all(np.isfinite(x)) and math.isfinite(t)):
+            s["rejected"] += 1
+            s["pred"] = None
+            return np.nan
+        x = x.astype(self.model.dtype).astype(np.float64)
+        if self.features:
+            spec = self.features
+            s["window"] = (s["window"] + [x])[-spec["window"]:]
+            s["since"] += 1
+            if len(s["window"]) < spec["window"] or s["since"] < spec["hop"]:
+                return current()
+            s["since"] = 0
+            x = window_stats(np.asarray(s["window"]), spec["stats"])
+            x = x.astype(self.model.dtype).astype(np.float64)
+        cal = self.cal
+        raw = None
+        if cal["score"] == "residual" and s["pred"] is not None:
+            err = x - s["pred"] - np.asarray(cal["center"])
+            z = np.asarray(cal["whiten"]) @ err
+            raw = float(z @ z) / len(z)
+        s["state"], out = model_step(self.model, s["state"], x)
+        s["steps"] += 1
+        if cal["score"] == "direct":
+            raw = float(out[cal.get("score_index", 0)])
+        else:
+            s["pred"] = out.astype(self.model.dtype).astype(np.float64)
+        if raw is not None:
+            a = cal["alpha"]
+            s["score"] = raw if s["score"] is None else a * raw + (1 - a) * s["score"]
+            self._machine(s, sensor, s["score"], t, events)
+        return current()
+
+    def _machine(self, s, sensor, score, t, events):
+        cal = self.cal
+        if s["steps"] <= cal["warmup"]:
+            s["above"] = 0
+            return
+        if not s["alert"]:
+            s["above"] = s["above"] + 1 if score > cal["threshold"] else 0
+            if s["above"] >= cal["debounce"]:
+                s.update(alert=True, start=t, peak=score, below=None)
+                events.append((sensor, "start", t, score, 0.0))
+            return
+        s["peak"] = max(s["peak"], score)
+        if score < cal["threshold"] * cal["hysteresis"]:
+            if s["below"] is None:
+                s["below"] = t
+            if t - s["below"] >= cal["quiet_time"]:
+                s.update(alert=False, above=0, below=None)
+                events.append((sensor, "end", t, s["peak"], t - s["start"]))
+        else:
+            s["below"] = None

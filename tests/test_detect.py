@@ -1,0 +1,258 @@
+"""Detector: alert state machine, fused kernel vs the slow reference, NaN safety, snapshots."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import streamlstm as sl
+from streamlstm.detect import calibrate
+from streamlstm.detect import _kernel as K
+from streamlstm.detect import params as P
+from streamlstm.errors import ConfigError, ShapeError
+from streamlstm.model import Normalization
+
+from detect_reference import ReferenceDetector
+
+
+# -- the alert state machine on constructed score sequences --------------------------------
+def run_machine(scores, times=None, *, threshold=1.0, hysteresis=0.5, debounce=3,
+                quiet_time=0.0, warmup=0):
+    """Drive the compiled state machine with a score sequence; return (kind, t, peak, dur)."""
+    params = DetectorParams = P.DetectorParams(threshold=threshold, hysteresis=hysteresis,
+                                               debounce=debounce, quiet_time=quiet_time,
+                                               warmup=warmup)
+    del DetectorParams
+    scoring = P.Scoring(True, np.zeros(0), np.zeros((0, 0)), 0)
+    dparams = P.pack_params(params, scoring)
+    ist = np.zeros(K.N_INT, np.int64)
+    fst = np.full(K.N_FLOAT, np.nan)
+    times = np.arange(len(scores), dtype=float) if times is None else np.asarray(times, float)
+    kind, peak, dur = np.zeros(1, np.int8), np.zeros(1), np.zeros(1)
+    events = []
+    for score, t in zip(scores, times):
+        ist[K.I_STEPS] += 1
+        kind[0] = 0
+        K._alert_machine(dparams, ist, fst, float(score), float(t), 0, kind, peak, dur)
+        if kind[0]:
+            events.append(("start" if kind[0] == K.EVENT_START else "end", t, peak[0], dur[0]))
+    return events
+
+
+def test_debounce_needs_k_consecutive_samples_above():
+    assert run_machine([2, 2, 0, 2, 2, 0, 2, 2]) == []
+    assert run_machine([2, 2, 0, 2, 2, 2]) == [("start", 5.0, 2.0, 0.0)]
+    assert run_machine([5, 5, 5], debounce=1)[0][:2] == ("start", 0.0)
+
+
+def test_hysteresis_keeps_the_alert_open_between_end_and_start_thresholds():
+    # Threshold 1, end threshold 0.5: 0.7 neither starts nor ends an alert.
+    events = run_machine([2, 2, 2, 0.7, 0.7, 3, 0.7, 0.4, 0.7])
+    assert events == [("start", 2.0, 2.0, 0.0), ("end", 7.0, 3.0, 5.0)]
+    assert run_machine([0.7] * 10) == []
+
+
+def test_quiet_time_must_pass_below_the_end_threshold_before_the_alert_ends():
+    times = np.arange(12) * 0.5
+    scores = [2, 2, 2, 0.1, 0.1, 2, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]
+    events = run_machine(scores, times, quiet_time=1.5)
+    # The dip at t=1.5..2.0 is shorter than 1.5 s; the one from t=3.0 ends it at t=4.5.
+    assert events == [("start", 1.0, 2.0, 0.0), ("end", 4.5, 2.0, 3.5)]
+
+
+def test_warmup_raises_nothing_and_debounce_restarts_after_it():
+    assert run_machine([9] * 5, warmup=5) == []
+    events = run_machine([9] * 8, warmup=5)  # steps 6, 7, 8 count: third one starts
+    assert events == [("start", 7.0, 9.0, 0.0)]
+
+
+# -- models for the fused path ---------------------------------------------------------------
+def predictor(width=3, hidden=(8,), seed=1, dtype=np.float64, norms=True):
+    model = sl.random_model(width, list(hidden), output_size=width, seed=seed, dtype=dtype)
+    if norms:
+        rng = np.random.default_rng(seed)
+        model = model.replace(
+            input_norm=Normalization(rng.normal(0, 1, width).astype(dtype),
+                                     rng.uniform(0.5, 3, width).astype(dtype)),
+            output_norm=Normalization(rng.normal(0, 1, width).astype(dtype),
+                                      rng.uniform(0.5, 3, width).astype(dtype)))
+    return model
+
+
+def normal_data(count, width, seed=0):
+    rng = np.random.default_rng(seed)
+    t = np.arange(count)[:, None]
+    return np.sin(0.3 * t + np.arange(width)) + 0.1 * rng.normal(size=(count, width))
+
+
+def interleaved_batch(sensors, count, width, *, seed=2, nan_every=0, burst=None):
+    """Samples of several sensors in arrival order, optionally with NaNs and a fault burst."""
+    data = normal_data(count * len(sensors), width, seed).reshape(count, len(sensors), width)
+    if burst is not None:
+        data[burst, 0] += 6.0
+    ids = [s for _ in range(count) for s in sensors]
+    samples = data.reshape(-1, width)
+    times = np.repeat(np.arange(count) * 0.02, len(sensors))
+    if nan_every:
+        samples[nan_every::nan_every * 7 + 1] = np.nan
+    return ids, samples, times
+
+
+CASES = {
+    "diagonal": dict(metric="diagonal"),
+    "mahalanobis": dict(metric="mahalanobis"),
+}
+
+
+@pytest.fixture(scope="module")
+def calibrated():
+    model = predictor()
+    return {name: calibrate(model, normal_data(600, 3), warmup=10, quiet_time=0.1, **kw)
+            for name, kw in CASES.items()}
+
+
+def compare(model, ids, samples, times, batches, threads=1, **overrides):
+    det = sl.Detector(model, threads=threads, **overrides)
+    ref = ReferenceDetector(model, **overrides)
+    fast_scores, fast_events = [], []
+    for part in np.array_split(np.arange(len(ids)), batches):
+        batch_ids = [ids[i] for i in part]
+        fast_events += [(e.sensor, e.kind, e.t, e.peak, e.duration)
+                        for e in det.update(batch_ids, samples[part], times[part])]
+        fast_scores.append(det.last_scores)
+    ref_scores, ref_events = ref.update(ids, samples, times)
+    fast_scores = np.concatenate(fast_scores)
+    np.testing.assert_array_equal(np.isnan(fast_scores), np.isnan(ref_scores))
+    ok = ~np.isnan(ref_scores)
+    np.testing.assert_allclose(fast_scores[ok], ref_scores[ok], rtol=1e-9, atol=1e-12)
+    assert [e[:3] for e in fast_events] == [e[:3] for e in ref_events]
+    np.testing.assert_allclose([e[3:] for e in fast_events], [e[3:] for e in ref_events],
+                               rtol=1e-9, atol=1e-12)
+    for sensor, state in ref.sensors.items():
+        assert det.rejected(sensor) == state["rejected"]
+    return fast_events
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("threads,batches", [(1, 7), (2, 2)])
+def test_fused_path_equals_reference(calibrated, case, threads, batches):
+    ids, samples, times = interleaved_batch(["a", 7, "c"], 400, 3, nan_every=13,
+                                            burst=slice(150, 260))
+    events = compare(calibrated[case], ids, samples, times, batches, threads=threads)
+    assert any(e[1] == "start" and e[0] == "a" for e in events)  # the burst is caught
+
+
+def test_fused_path_equals_reference_with_overrides(calibrated):
+    ids, samples, times = interleaved_batch(["x", "y"], 300, 3, burst=slice(100, 200))
+    compare(calibrated["diagonal"], ids, samples, times, 3, margin=0.8, alpha=0.3,
+            debounce=2, hysteresis=0.9, quiet_time=0.0, warmup=3)
+
+
+def test_fused_path_equals_reference_for_a_direct_score_model():
+    model = sl.random_model(2, [6], output_size=1, seed=4, dtype=np.float64)
+    model = calibrate(model, normal_data(300, 2), score="direct", warmup=5, quantile=0.9,
+                      margin=1.0, quiet_time=0.0)
+    ids, samples, times = interleaved_batch(["p", "q"], 200, 2, nan_every=11,
+                                            burst=slice(50, 120))
+    compare(model, ids, samples, times, 4)
+
+
+def test_fused_path_equals_reference_with_the_feature_front_end():
+    spec = {"window": 16, "hop": 4, "stats": ["rms", "peak", "crest", "kurtosis", "log_rms"]}
+    model = predictor(width=2 * 5, seed=3, norms=False).replace(metadata={"features": spec})
+    model = calibrate(model, [normal_data(800, 2, seed=s) for s in range(3)], warmup=4,
+                      quiet_time=0.0)
+    ids, samples, times = interleaved_batch(["u", "v"], 500, 2, nan_every=17,
+                                            burst=slice(250, 400))
+    compare(model, ids, samples, times, 5)
+
+
+# -- NaN safety, snapshots, sensors ------------------------------------------------------------
+def test_nan_sample_neither_alerts_nor_touches_state(calibrated):
+    det = sl.Detector(calibrated["diagonal"], warmup=0, debounce=1)
+    det.update(["s"] * 50, normal_data(50, 3), np.arange(50) * 0.02)
+    before = det.export_state()
+    bad = np.array([[np.nan, 0, 0], [np.inf, 1, 1], [1e3, 0, 0]])
+    events = det.update(["s"] * 3, bad, [1.0, 1.02, np.nan])
+    assert events == []
+    assert np.isnan(det.last_scores).all()
+    assert list(det.last_status) == [sl.kernels.REJECTED_SAMPLE] * 3
+    after = det.export_state()
+    for name in ("states", "fstate", "preds", "rings"):
+        np.testing.assert_array_equal(before[name], after[name])
+    assert det.rejected("s") == 3
+    # Only the "prediction on file" is dropped: the next good sample is stepped unscored.
+    assert after["istate"][0, K.I_HAS_PRED] == 0
+    det.update(["s"], normal_data(1, 3), [1.1])
+    assert np.isfinite(det.last_scores).all() and not det.alerting("s")
+
+
+def test_snapshot_round_trip_is_bit_exact(calibrated):
+    model = calibrated["mahalanobis"]
+    ids, samples, times = interleaved_batch(["a", "b", "c"], 300, 3, burst=slice(100, 250))
+    first, second = slice(0, 240), slice(240, None)  # the burst starts in the second part
+    one = sl.Detector(model)
+    one.update(ids[first], samples[first], times[first])
+    snapshot = one.export_state()
+    # Through JSON and back, as a daemon may store it.
+    text = json.dumps({k: (v.tolist() if isinstance(v, np.ndarray) else v)
+                       for k, v in snapshot.items()}, allow_nan=True)
+    two = sl.Detector(model)
+    two.import_state(json.loads(text))
+    for name in ("states", "istate", "fstate", "preds", "rings", "rejected"):
+        np.testing.assert_array_equal(two.export_state()[name], snapshot[name])
+    events_one = one.update(ids[second], samples[second], times[second])
+    events_two = two.update(ids[second], samples[second], times[second])
+    assert events_one == events_two and events_one
+    np.testing.assert_array_equal(one.last_scores, two.last_scores)
+
+
+def test_snapshot_from_another_model_is_refused(calibrated):
+    det = sl.Detector(calibrated["diagonal"])
+    det.update(["a"], normal_data(1, 3), [0.0])
+    snapshot = det.export_state()
+    snapshot["preds"] = np.zeros((1, 5))
+    with pytest.raises(ShapeError, match="preds"):
+        sl.Detector(calibrated["diagonal"]).import_state(snapshot)
+
+
+def test_sensors_forget_reset_and_growth(calibrated):
+    det = sl.Detector(calibrated["diagonal"], capacity=2)
+    ids = [f"s{i}" for i in range(5)]
+    det.update(ids, normal_data(5, 3), np.zeros(5))
+    assert det.sensors == ids and det.bank.capacity >= 5
+    det.forget("s1")
+    assert "s1" not in det.sensors
+    det.update(["new"], normal_data(1, 3), [0.0])  # reuses s1's row, from a fresh state
+    assert np.isnan(det.last_scores[0])
+    det.reset("s0")
+    assert np.isnan(det.score("s0"))
+
+
+def test_parameters_come_from_calibration_and_can_be_overridden(calibrated):
+    model = calibrated["diagonal"]
+    cal = model.calibration
+    det = sl.Detector(model, margin=2.0, debounce=5)
+    assert det.params.threshold == pytest.approx(cal["quantile_score"] * 2.0)
+    assert det.params.debounce == 5 and det.params.alpha == cal["alpha"]
+    assert sl.Detector(model, threshold=3.0).params.end_threshold == pytest.approx(
+        3.0 * cal["hysteresis"])
+    with pytest.raises(ConfigError, match="unknown detector parameter"):
+        sl.Detector(model, treshold=1.0)
+    with pytest.raises(ConfigError, match="hysteresis"):
+        sl.Detector(model, hysteresis=1.5)
+    with pytest.raises(ConfigError, match="no calibration"):
+        sl.Detector(predictor())
+
+
+def test_bad_batches_get_clear_errors(calibrated):
+    det = sl.Detector(calibrated["diagonal"])
+    with pytest.raises(ShapeError, match="samples"):
+        det.update(["a"], [[1.0, 2.0]], [0.0])
+    with pytest.raises(ShapeError, match="timestamps"):
+        det.update(["a", "a"], normal_data(2, 3), [0.0])
+    with pytest.raises(ShapeError, match="sensor_ids"):
+        det.update(["a"], normal_data(2, 3), [0.0, 1.0])
+    assert det.sensors == []
