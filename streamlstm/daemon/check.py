@@ -15,13 +15,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .engine import build_sources
-    from .pipeline import load_model, make_detector
+    from .pipeline import load_model, make_detector, sample_width
 
     try:
         config = config_module.load(args.config)
         loaded = load_model(config["model"]["path"])
-        make_detector(loaded.model, config["detector"])
-        build_sources(config, loaded.model.input_size)  # opens recordings, not ports or brokers
+        pipeline = make_detector(loaded.model, config["detector"])
+        build_sources(config, sample_width(pipeline, loaded.model))  # opens recordings, not ports or brokers
     except (ConfigError, SourceError) as exc:
         print(f"{exc}", file=sys.stderr)
         return 2

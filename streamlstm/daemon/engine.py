@@ -31,7 +31,7 @@ from . import config as config_module
 from . import snapshot, systemd
 from .framequeue import FrameQueue
 from .metrics import Metrics, MetricsServer, Sample
-from .pipeline import LoadedModel, Pipeline, load_model, make_detector
+from .pipeline import LoadedModel, Pipeline, load_model, make_detector, sample_width
 
 log = logging.getLogger("streamlstm.daemon")
 
@@ -115,7 +115,7 @@ class Daemon:
         self.queue = FrameQueue(config["daemon"]["queue_frames"], config["daemon"]["backpressure"])
         self._stop_requested = threading.Event()
         self._reload_requested = threading.Event()
-        self.sources: list[Source] = build_sources(config, self.loaded.model.input_size)
+        self.sources: list[Source] = build_sources(config, sample_width(self.pipeline, self.loaded.model))
         self._source_stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.sinks: list[Sink] = []
@@ -333,7 +333,7 @@ class Daemon:
         self.pipeline, self.loaded = pipeline, loaded
         if new["sources"] != self.config["sources"] or new["mqtt"] != self.config["mqtt"]:
             self._stop_sources()
-            self.sources = build_sources(new, loaded.model.input_size)
+            self.sources = build_sources(new, sample_width(pipeline, loaded.model))
             self._start_sources()
         if new["sinks"] != self.config["sinks"] or new["mqtt"] != self.config["mqtt"]:
             for sink in self.sinks:

@@ -7,7 +7,6 @@ The daemon depends only on the small :class:`Pipeline` protocol below, which
 from __future__ import annotations
 
 import hashlib
-import importlib
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -82,14 +81,15 @@ def load_model(path: str | None) -> LoadedModel:
 
 def make_detector(model: Model, settings: Mapping[str, Any]) -> Pipeline:
     """A :class:`streamlstm.Detector` for ``model`` with the ``[detector]`` settings."""
+    from ..detect import Detector
+
     try:
-        detect = importlib.import_module("streamlstm.detect")
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("streamlstm.detect",):
-            raise
-        raise ConfigError("this build has no anomaly detector (streamlstm.detect)") from None
-    try:
-        return detect.Detector(model, capacity=settings["capacity"], threads=settings["threads"],
-                               **settings["options"])
+        return Detector(model, capacity=settings["capacity"], threads=settings["threads"],
+                        **settings["options"])
     except (TypeError, ValueError, StreamLSTMError) as exc:
         raise ConfigError(f"detector: {exc}") from None
+
+
+def sample_width(pipeline: Pipeline, model: Model) -> int:
+    """How many values one raw sample has (the detector may compute features from them)."""
+    return int(getattr(pipeline, "axes", model.input_size))
