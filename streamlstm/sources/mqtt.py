@@ -61,9 +61,9 @@ class MQTTSource:
         try:
             stop.wait()
         finally:
+            self.stats.connected = False  # a wanted disconnect: not worth a warning
             client.disconnect()
             client.loop_stop()
-            self.stats.connected = False
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
                     properties: Any) -> None:

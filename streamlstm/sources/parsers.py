@@ -74,10 +74,14 @@ def _optional_number(obj: dict, key: str) -> float | None:
 
 def decode_json(payload: bytes, width: int, *, max_samples: int) -> Block:
     """One JSON batch object -> :class:`Block` (schema in the module docstring)."""
+    if not payload.strip():
+        raise ParseError("empty", "empty payload")
     try:
-        obj = json.loads(payload)
+        text = payload.decode("utf-8")
     except UnicodeDecodeError:
         raise ParseError("encoding", "not UTF-8") from None
+    try:
+        obj = json.loads(text)
     except (ValueError, RecursionError):
         raise ParseError("json", "not valid JSON") from None
     if not isinstance(obj, dict):
