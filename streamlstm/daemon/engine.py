@@ -273,8 +273,6 @@ class Daemon:
 
     def _publish_states(self, only: set[str] | None = None) -> None:
         names = self._changed if only is None else only
-        if not names:
-            return
         states = {name: self.sensors[name] for name in sorted(names) if name in self.sensors}
         for sink in self.sinks:
             sink.states(states)

@@ -46,8 +46,11 @@ class MQTTSink:
         self._config = config
         self._broker = broker
         self.spool = Spool(config["spool_dir"])
-        self._lock = threading.Lock()
-        self._in_flight: dict[int, int] = {}  # paho mid -> alert seq
+        self._lock = threading.Lock()  # guards _known_sensors (network and compute threads)
+        # Alerts handed to paho and not yet acknowledged. Polled from the compute thread
+        # rather than tracked in on_publish: paho calls on_publish holding its own message
+        # lock, which publish() needs too, so a lock shared with on_publish can deadlock.
+        self._in_flight: list[tuple[paho.MQTTMessageInfo, int]] = []
         self._known_sensors: set[str] = set()
         self.connected = False
         self.reconnects = 0
@@ -56,7 +59,6 @@ class MQTTSink:
         self.client.will_set(config["status_topic"], OFFLINE, qos=1, retain=True)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
-        self.client.on_publish = self._on_publish
         self.client.on_message = self._on_message
         _mqtt.connect_async(self.client, dict(broker))
         self.client.loop_start()
@@ -87,13 +89,6 @@ class MQTTSink:
             log.warning("mqtt sink: disconnected (%s); paho reconnects with backoff", reason)
         self.connected = False
 
-    def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any,
-                    properties: Any) -> None:
-        with self._lock:
-            seq = self._in_flight.pop(mid, None)
-        if seq is not None:
-            self.spool.done(seq)
-
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         if message.payload == ONLINE:  # Home Assistant restarted: it forgot the discovery
             with self._lock:
@@ -105,17 +100,38 @@ class MQTTSink:
         for record in records:
             topic = topic_for(self._config["alert_topic"], record["sensor"])
             payload = json.dumps(record, separators=(",", ":"))
-            with self._lock:  # on_publish must find the mid, even for a very fast PUBACK
-                info = self.client.publish(topic, payload, qos=1)
-                self._in_flight[info.mid] = record["seq"]
+            info = self.client.publish(topic, payload, qos=1)
+            if info.rc == paho.MQTT_ERR_NO_CONN:
+                # paho keeps a QoS 1 message published while disconnected and sends it on
+                # reconnect; only this return code says otherwise (is_published() would raise).
+                info.rc = paho.MQTT_ERR_SUCCESS
+            self._in_flight.append((info, record["seq"]))
+
+    def _reap(self) -> None:
+        """Delete the spool files of alerts the broker has acknowledged."""
+        waiting = []
+        for info, seq in self._in_flight:
+            try:
+                acknowledged = info.is_published()
+            except (RuntimeError, ValueError) as exc:  # paho refused it: next start resends it
+                log.error("mqtt sink: alert seq %d not sent (%s); it stays spooled", seq, exc)
+                continue
+            if acknowledged:
+                self.spool.done(seq)
+            else:
+                waiting.append((info, seq))
+        self._in_flight = waiting
 
     def alerts(self, records: Sequence[dict[str, Any]]) -> None:
         """Spool (durably) then publish; the spool file goes when the broker acknowledges."""
         for record in records:
             self.spool.put(record)
         self._send(records)
+        self._reap()
 
     def states(self, states: Mapping[str, SensorState]) -> None:
+        """Publish retained states (and announce new sensors); also reaps acknowledged alerts."""
+        self._reap()
         new = []
         for sensor, state in states.items():
             if self._config["state_topic"] is not None:
@@ -151,9 +167,9 @@ class MQTTSink:
         """Wait up to ``timeout`` s for every alert to be acknowledged; True if all were."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            with self._lock:
-                if not self._in_flight:
-                    return True
+            self._reap()
+            if not self._in_flight:
+                return True
             time.sleep(0.01)
         return False
 
