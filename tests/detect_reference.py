@@ -51,7 +51,8 @@ def window_stats(window, stats):
         table = {"mean": mean, "std": math.sqrt(var), "rms": rms, "peak": peak,
                  "crest": peak / rms if rms > 0 else 0.0,
                  "kurtosis": ((v - mean) ** 4).mean() / var ** 2 if var > 0 else 0.0,
-                 "log_rms": math.log10(rms + 1e-12)}
+                 "log_rms": math.log10(rms + 1e-12),
+                 "log_std": math.log10(math.sqrt(var) + 1e-12)}
         out += [table[s] for s in stats]
     return np.asarray(out)
 

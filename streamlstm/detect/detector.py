@@ -11,6 +11,7 @@ import numpy as np
 from .._samples import as_samples
 from ..bank import PARALLEL_THRESHOLD, Bank
 from ..errors import ConfigError, ShapeError
+from ..formats.native import model_sha256
 from ..kernels import layout as L
 from ..model import Model
 from . import _kernel as K
@@ -28,7 +29,8 @@ class Detector:
     ``Detector(model, capacity=1024, threads=None, **overrides)`` reads its parameters
     from ``model.calibration`` (see :mod:`streamlstm.detect.params`); any of
     ``threshold, margin, alpha, hysteresis, debounce, quiet_time, warmup`` may be
-    overridden. A model whose metadata declares ``features`` is fed windowed features
+    overridden. Events carry ``model_id``: ``model.metadata["model_id"]`` if set, else
+    the model's name and the start of its weights' sha256. A model whose metadata declares ``features`` is fed windowed features
     computed from the raw samples (:mod:`streamlstm.detect.features`).
 
     :meth:`update` takes a micro-batch in arrival order and returns the alert events it
@@ -62,7 +64,9 @@ class Detector:
             self.axes = model.input_size // n_stats
         self._scoring = scoring_from(model, model.input_size)
         self._dparams = pack_params(self.params, self._scoring)
-        self.model_id = str(model.metadata.get("model_id", model.name))
+        # Name plus weight digest: tells apart two models relabelled with the same name.
+        self.model_id = str(model.metadata.get("model_id")
+                            or f"{model.name}@{model_sha256(model)[:12]}")
         self.bank = Bank(model, capacity, threads=threads)
         self._dtype = model.dtype
         slots = numba.config.NUMBA_NUM_THREADS

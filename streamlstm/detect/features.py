@@ -15,7 +15,8 @@ over the latest ``window`` samples.
 Statistics (``v`` the window of one axis): ``mean``; ``std`` (population);
 ``rms`` = sqrt(mean(v²)); ``peak`` = max|v|; ``crest`` = peak / rms (0 for a silent
 window); ``kurtosis`` = mean((v - mean)⁴) / std⁴ (Pearson, 3 for Gaussian; 0 for a
-constant window); ``log_rms`` = log10(rms + 1e-12), for signals whose level spans decades.
+constant window); ``log_rms`` = log10(rms + 1e-12) and ``log_std`` = log10(std + 1e-12),
+for signals whose level spans decades (``log_std`` ignores a DC offset such as gravity).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from numba import njit
 
 from ..errors import ConfigError
 
-STATS = ("mean", "std", "rms", "peak", "crest", "kurtosis", "log_rms")
+STATS = ("mean", "std", "rms", "peak", "crest", "kurtosis", "log_rms", "log_std")
 STAT_CODES = {name: code for code, name in enumerate(STATS)}
 
 
@@ -119,8 +120,10 @@ def window_features(ring, start, codes, out):
                 value = peak / rms if rms > 0.0 else 0.0
             elif code == 5:
                 value = m4 / (m2 * m2) if m2 > 0.0 else 0.0
-            else:
+            elif code == 6:
                 value = np.log10(rms + 1e-12)
+            else:
+                value = np.log10(np.sqrt(m2) + 1e-12)
             out[a * n_stats + s] = value
 
 
