@@ -329,6 +329,7 @@ class Daemon:
         except (StreamLSTMError, KeyError, TypeError, ValueError) as exc:
             log.warning("sensor state reset by the reload (%s)", exc)
         self.pipeline, self.loaded = pipeline, loaded
+        log.info("now running model %s (sha256 %s)", loaded.model_id, loaded.sha256[:12])
         if new["sources"] != self.config["sources"] or new["mqtt"] != self.config["mqtt"]:
             self._stop_sources()
             self.sources = build_sources(new, sample_width(pipeline, loaded.model))

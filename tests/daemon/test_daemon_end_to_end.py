@@ -71,7 +71,7 @@ def test_sensors_over_mqtt_alerts_garbage_nan_and_sigterm(broker, tmp_path, mode
     daemon = DaemonProcess(site, tmp_path)
     pub = publisher(broker.port)
     try:
-        wait_until(lambda: b"online" in sub.payloads("streamlstm/status"), 60, "the daemon to come online")
+        wait_until(lambda: "subscribed to" in daemon.log(), 60, "the daemon to subscribe")
         garbage = [b"\xff\xfe", b"{", b"", b'{"samples": [[1, 2]]}', b'{"samples": "lots"}']
         for block in range(0, 2000, 100):
             for sensor in sensors:
@@ -191,3 +191,44 @@ def test_sigkill_with_alerts_pending_then_restart_delivers_spool_and_restores_st
     new_seqs = [a["seq"] for a in sub.json("/alert") if a["seq"] not in spooled]
     assert all(s > max(spooled) for s in new_seqs)  # no seq reused after the crash
     sub.close()
+
+
+def test_sighup_reloads_weights_keeping_state_and_refuses_a_broken_config(broker, tmp_path, model_path):
+    port = free_port()
+    site = site_config(tmp_path, broker_port=broker.port, model=model_path, metrics_port=port,
+                       sources=MQTT_SOURCE)
+    daemon = DaemonProcess(site, tmp_path)
+    pub = publisher(broker.port)
+    samples = recording(15.0, RATE, [], seed=3)
+
+    def send(start: int, count: int) -> None:
+        for block in range(start, start + count, 100):
+            batch = {"t": block / RATE, "rate": RATE, "samples": samples[block:block + 100].tolist()}
+            pub.publish("sensors/pump/accel", json.dumps(batch), qos=1)
+
+    try:
+        wait_until(lambda: "subscribed to" in daemon.log(), 60, "the daemon to subscribe")
+        send(0, 500)
+        wait_until(lambda: scrape(port).get("streamlstm_samples_total") == 500, 20, "500 samples")
+        retrained = tmp_path / "retrained.npz"
+        retrained.write_bytes(model_path.read_bytes()[:-1])  # corrupt weights first: refused
+        site.write_text(site.read_text().replace(str(model_path), str(retrained)))
+        daemon.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: "reload refused" in daemon.log(), 20, "the corrupt weights to be refused")
+        make_model(retrained)  # same shape, new weights
+        daemon.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: "sensor state kept across the reload" in daemon.log(), 20, "the reload")
+        send(500, 500)
+        wait_until(lambda: scrape(port).get("streamlstm_samples_total") == 1000, 20, "1000 samples")
+        site.write_text("[daemon\n")
+        daemon.process.send_signal(signal.SIGHUP)
+        wait_until(lambda: daemon.log().count("reload refused") == 2, 20, "the broken TOML to be refused")
+        send(1000, 500)
+        wait_until(lambda: scrape(port).get("streamlstm_samples_total") == 1500, 20, "1500 samples")
+    finally:
+        pub.disconnect()
+        code = daemon.stop(signal.SIGTERM)
+    assert code == 0, daemon.log()
+    state = snapshot.load(tmp_path / "state.npz")
+    assert state["model_sha256"] == hashlib.sha256(retrained.read_bytes()).hexdigest()
+    assert state["sensors"]["pump"][3] == 1500
