@@ -36,9 +36,11 @@ def read_password(settings: dict[str, Any]) -> str | None:
 
 def make_client(settings: dict[str, Any], suffix: str) -> paho.Client:
     """A client with id ``{client_id}-{suffix}``, auth and TLS set, not yet connected."""
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2,
-                         client_id=f"{settings['client_id']}-{suffix}",
-                         protocol=paho.MQTTv5)
+    client = paho.Client(
+        paho.CallbackAPIVersion.VERSION2,
+        client_id=f"{settings['client_id']}-{suffix}",
+        protocol=paho.MQTTv5,
+    )
     password = read_password(settings)
     if settings.get("username") is not None:
         client.username_pw_set(settings["username"], password)
@@ -64,5 +66,10 @@ def connect_properties(settings: dict[str, Any]) -> Properties:
 
 def connect_async(client: paho.Client, settings: dict[str, Any]) -> None:
     """Start connecting in the background (paho retries with backoff by itself)."""
-    client.connect_async(settings["host"], settings["port"], keepalive=settings["keepalive_s"],
-                         clean_start=False, properties=connect_properties(settings))
+    client.connect_async(
+        settings["host"],
+        settings["port"],
+        keepalive=settings["keepalive_s"],
+        clean_start=False,
+        properties=connect_properties(settings),
+    )

@@ -1,1 +1,1 @@
-"""The long-running service: config, wiring of sources -> detector -> sinks, signals, snapshots, metrics."""
+"""The long-running service: config, sources -> detector -> sinks, signals, snapshots, metrics."""

@@ -21,10 +21,14 @@ def run(args: argparse.Namespace) -> int:
         config = config_module.load(args.config)
         loaded = load_model(config["model"]["path"])
         pipeline = make_detector(loaded.model, config["detector"])
-        build_sources(config, sample_width(pipeline, loaded.model))  # opens recordings, not ports or brokers
+        build_sources(
+            config, sample_width(pipeline, loaded.model)
+        )  # opens recordings, not ports or brokers
     except (ConfigError, SourceError) as exc:
         print(f"{exc}", file=sys.stderr)
         return 2
-    print(f"{args.config}: OK ({len(config['sources'])} source(s), {len(config['sinks'])} sink(s), "
-          f"model {loaded.model_id} from {loaded.path}, sha256 {loaded.sha256[:12]})")
+    print(
+        f"{args.config}: OK ({len(config['sources'])} source(s), {len(config['sinks'])} sink(s), "
+        f"model {loaded.model_id} from {loaded.path}, sha256 {loaded.sha256[:12]})"
+    )
     return 0

@@ -13,15 +13,25 @@ from . import config as config_module
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", "-c", metavar="SITE.toml",
-                        help="site configuration (default: the built-in demo)")
-    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
-                        help="overrides [daemon] log_level")
+    parser.add_argument(
+        "--config",
+        "-c",
+        metavar="SITE.toml",
+        help="site configuration (default: the built-in demo)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        help="overrides [daemon] log_level",
+    )
 
 
 def setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

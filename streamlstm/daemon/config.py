@@ -112,13 +112,16 @@ LINES = {
 }
 SOURCES: dict[str, dict[str, Field]] = {
     "serial": {
-        "port": Field(STR), "baud": Field(INT, 115200, _positive),
+        "port": Field(STR),
+        "baud": Field(INT, 115200, _positive),
         "bytesize": Field(INT, 8, _choice(5, 6, 7, 8)),  # type: ignore[arg-type]
         "parity": Field(STR, "none", _choice("none", "even", "odd", "mark", "space")),
         "stopbits": Field(FLOAT, 1, lambda v: None if v in (1, 1.5, 2) else "must be 1, 1.5 or 2"),
         "format": Field(STR, "csv", _choice("csv", "tsv", "json", "binary")),
-        "sensor": Field(STR, None), "max_line": Field(INT, 4096, _at_least(16)),
-        "reopen_min_s": Field(FLOAT, 0.5, _positive), "reopen_max_s": Field(FLOAT, 30.0, _positive),
+        "sensor": Field(STR, None),
+        "max_line": Field(INT, 4096, _at_least(16)),
+        "reopen_min_s": Field(FLOAT, 0.5, _positive),
+        "reopen_max_s": Field(FLOAT, 30.0, _positive),
         **LINES,
     },
     "mqtt": {
@@ -130,13 +133,18 @@ SOURCES: dict[str, dict[str, Field]] = {
         **LINES,
     },
     "replay": {
-        "path": Field(STR), "sensor": Field(STR, None),
-        "speed": Field(FLOAT, 0.0, _at_least(0)), "rate": Field((int, float, type(None)), None),
-        "block": Field(INT, 256, _at_least(1)), "plot": Field(OPTIONAL_STR, None),
-        "progress": Field(BOOL, True), **LINES,
+        "path": Field(STR),
+        "sensor": Field(STR, None),
+        "speed": Field(FLOAT, 0.0, _at_least(0)),
+        "rate": Field((int, float, type(None)), None),
+        "block": Field(INT, 256, _at_least(1)),
+        "plot": Field(OPTIONAL_STR, None),
+        "progress": Field(BOOL, True),
+        **LINES,
     },
     "demo": {
-        "speed": Field(FLOAT, 0.0, _at_least(0)), "block": Field(INT, 256, _at_least(1)),
+        "speed": Field(FLOAT, 0.0, _at_least(0)),
+        "block": Field(INT, 256, _at_least(1)),
         "progress": Field(BOOL, False),
     },
 }
@@ -145,8 +153,9 @@ SINKS: dict[str, dict[str, Field]] = {
     "jsonl": {"path": Field(STR), "fsync": Field(BOOL, False)},
     "mqtt": {
         "alert_topic": Field(STR, "streamlstm/{sensor}/alert", _template),
-        "state_topic": Field(OPTIONAL_STR, "streamlstm/{sensor}/state",
-                             lambda v: None if v is None else _template(v)),
+        "state_topic": Field(
+            OPTIONAL_STR, "streamlstm/{sensor}/state", lambda v: None if v is None else _template(v)
+        ),
         "status_topic": Field(STR, "streamlstm/status"),
         "state_interval_s": Field(FLOAT, 10.0, _positive),
         "spool_dir": Field(STR, "streamlstm-spool"),
@@ -162,13 +171,20 @@ class _Problems(list):
 
 
 def _type_name(types: tuple[type, ...]) -> str:
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-             list: "a list", dict: "a table"}
+    names = {
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        bool: "true or false",
+        list: "a list",
+        dict: "a table",
+    }
     return " or ".join(names[t] for t in types if t is not type(None))
 
 
-def _table(raw: Any, spec: Mapping[str, Field], path: str, problems: _Problems,
-           skip: tuple[str, ...] = ()) -> dict[str, Any]:
+def _table(
+    raw: Any, spec: Mapping[str, Field], path: str, problems: _Problems, skip: tuple[str, ...] = ()
+) -> dict[str, Any]:
     if not isinstance(raw, dict):
         problems.add(path, "expected a table")
         return {}
@@ -202,8 +218,9 @@ def _table(raw: Any, spec: Mapping[str, Field], path: str, problems: _Problems,
     return out
 
 
-def _typed_list(raw: Any, kinds: Mapping[str, Mapping[str, Field]], path: str,
-                problems: _Problems) -> list[dict[str, Any]]:
+def _typed_list(
+    raw: Any, kinds: Mapping[str, Mapping[str, Field]], path: str, problems: _Problems
+) -> list[dict[str, Any]]:
     if not isinstance(raw, list):
         problems.add(path, "expected an array of tables ([[...]])")
         return []
@@ -212,7 +229,9 @@ def _typed_list(raw: Any, kinds: Mapping[str, Mapping[str, Field]], path: str,
         where = f"{path}[{index}]"
         kind = entry.get("type") if isinstance(entry, dict) else None
         if kind not in kinds:
-            problems.add(f"{where}.type", f"must be one of {', '.join(map(repr, kinds))}, got {kind!r}")
+            problems.add(
+                f"{where}.type", f"must be one of {', '.join(map(repr, kinds))}, got {kind!r}"
+            )
             continue
         table = _table(entry, kinds[kind], where, problems, skip=("type", "name"))
         name = entry.get("name", f"{kind}{index}")
@@ -225,7 +244,9 @@ def _typed_list(raw: Any, kinds: Mapping[str, Mapping[str, Field]], path: str,
 
 def _check_lines(source: dict[str, Any], problems: _Problems) -> None:
     where = source["path_in_config"]
-    text_format = source.get("format", "csv") in ("csv", "tsv") and source.get("payload", "csv") == "csv"
+    text_format = (
+        source.get("format", "csv") in ("csv", "tsv") and source.get("payload", "csv") == "csv"
+    )
     if source["type"] == "replay":
         text_format = (source["path"] or "").lower().endswith((".csv", ".tsv", ".txt"))
     if source.get("columns") is not None:
@@ -233,7 +254,9 @@ def _check_lines(source: dict[str, Any], problems: _Problems) -> None:
         if error:
             problems.add(f"{where}.columns", error)
     elif text_format and source["type"] in ("serial", "mqtt"):
-        problems.add(f"{where}.columns", "required for CSV/TSV input (which columns hold the sample)")
+        problems.add(
+            f"{where}.columns", "required for CSV/TSV input (which columns hold the sample)"
+        )
     for key in ("time_column", "sensor_column"):
         if source.get(key) is not None and source[key] < 0:
             problems.add(f"{where}.{key}", "must be >= 0")
@@ -241,8 +264,12 @@ def _check_lines(source: dict[str, Any], problems: _Problems) -> None:
 
 def _check_sensor_naming(source: dict[str, Any], problems: _Problems) -> None:
     where = source["path_in_config"]
-    if source["type"] == "serial" and source["sensor"] is None and source["sensor_column"] is None \
-            and source["format"] in ("csv", "tsv"):
+    if (
+        source["type"] == "serial"
+        and source["sensor"] is None
+        and source["sensor_column"] is None
+        and source["format"] in ("csv", "tsv")
+    ):
         problems.add(f"{where}.sensor", "set 'sensor' (a fixed id) or 'sensor_column'")
     if source["type"] == "serial" and source["reopen_max_s"] < source["reopen_min_s"]:
         problems.add(f"{where}.reopen_max_s", "must be >= reopen_min_s")
@@ -257,14 +284,19 @@ def validate(raw: Mapping[str, Any], *, base: Path | None = None) -> dict[str, A
     sections = {"daemon": DAEMON, "model": MODEL, "detector": DETECTOR, "mqtt": MQTT}
     for key in raw:
         if key not in (*sections, "sources", "sinks"):
-            problems.add(key, f"unknown section (known: {', '.join([*sections, 'sources', 'sinks'])})")
-    config: dict[str, Any] = {name: _table(raw.get(name, {}), spec, name, problems)
-                              for name, spec in sections.items()}
+            problems.add(
+                key, f"unknown section (known: {', '.join([*sections, 'sources', 'sinks'])})"
+            )
+    config: dict[str, Any] = {
+        name: _table(raw.get(name, {}), spec, name, problems) for name, spec in sections.items()
+    }
     if config["mqtt"].get("tls") is not None:
         config["mqtt"]["tls"] = _table(config["mqtt"]["tls"], TLS, "mqtt.tls", problems)
     if config["mqtt"].get("password_file") and config["mqtt"].get("password_env"):
         problems.add("mqtt.password_env", "give password_file or password_env, not both")
-    config["sources"] = _typed_list(raw.get("sources", [{"type": "demo"}]), SOURCES, "sources", problems)
+    config["sources"] = _typed_list(
+        raw.get("sources", [{"type": "demo"}]), SOURCES, "sources", problems
+    )
     config["sinks"] = _typed_list(raw.get("sinks", [{"type": "stdout"}]), SINKS, "sinks", problems)
     if not config["sources"] and not problems:
         problems.add("sources", "at least one source is needed")

@@ -36,8 +36,31 @@ from .pipeline import LoadedModel, Pipeline, load_model, make_detector, sample_w
 log = logging.getLogger("streamlstm.daemon")
 
 STEP_BUCKETS = (1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 1.0)
-LATENCY_BUCKETS = (5e-4, 1e-3, 2e-3, 3e-3, 4e-3, 5e-3, 6e-3, 8e-3, 1e-2, 1.2e-2, 1.5e-2, 2e-2,
-                   2.5e-2, 3e-2, 4e-2, 5e-2, 7.5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+LATENCY_BUCKETS = (
+    5e-4,
+    1e-3,
+    2e-3,
+    3e-3,
+    4e-3,
+    5e-3,
+    6e-3,
+    8e-3,
+    1e-2,
+    1.2e-2,
+    1.5e-2,
+    2e-2,
+    2.5e-2,
+    3e-2,
+    4e-2,
+    5e-2,
+    7.5e-2,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
 DEFAULT_STATE_INTERVAL_S = 10.0
 
 
@@ -48,15 +71,19 @@ def build_sources(config: dict[str, Any], width: int) -> list[Source]:
         kind = table["type"]
         if kind == "serial":
             from ..sources.serial import SerialSource
+
             sources.append(SerialSource(table, width))
         elif kind == "mqtt":
             from ..sources.mqtt import MQTTSource
+
             sources.append(MQTTSource(table, width, config["mqtt"]))
         elif kind == "replay":
             from ..sources.replay import ReplaySource
+
             sources.append(ReplaySource(table, width))
         else:
             from ..sources.demo import DemoSource
+
             sources.append(DemoSource(table, width))
     return sources
 
@@ -67,12 +94,15 @@ def build_sinks(config: dict[str, Any]) -> list[Sink]:
     for table in config["sinks"]:
         if table["type"] == "stdout":
             from ..sinks.stdout import StdoutSink
+
             sinks.append(StdoutSink(table))
         elif table["type"] == "jsonl":
             from ..sinks.jsonl import JSONLSink
+
             sinks.append(JSONLSink(table))
         else:
             from ..sinks.mqtt import MQTTSink
+
             sinks.append(MQTTSink(table, config["mqtt"]))
     return sinks
 
@@ -80,14 +110,28 @@ def build_sinks(config: dict[str, Any]) -> list[Sink]:
 def _describe(metrics: Metrics) -> None:
     for name, kind, text in [
         ("streamlstm_samples_total", "counter", "samples stepped through the detector"),
-        ("streamlstm_rejected_samples_total", "counter", "samples rejected (NaN/Inf), state untouched"),
+        (
+            "streamlstm_rejected_samples_total",
+            "counter",
+            "samples rejected (NaN/Inf), state untouched",
+        ),
         ("streamlstm_alerts_total", "counter", "alert events by kind"),
         ("streamlstm_step_seconds", "histogram", "detector time per micro-batch"),
-        ("streamlstm_decision_latency_seconds", "histogram",
-         "host receive of a frame to its alert decision"),
-        ("streamlstm_sample_age_seconds", "histogram",
-         "sample timestamp (wall clock) to its alert decision, for sources stamping epoch times"),
-        ("streamlstm_parse_errors_total", "counter", "malformed input dropped, by source and reason"),
+        (
+            "streamlstm_decision_latency_seconds",
+            "histogram",
+            "host receive of a frame to its alert decision",
+        ),
+        (
+            "streamlstm_sample_age_seconds",
+            "histogram",
+            "sample timestamp (wall clock) to its alert decision, for sources stamping epoch times",
+        ),
+        (
+            "streamlstm_parse_errors_total",
+            "counter",
+            "malformed input dropped, by source and reason",
+        ),
         ("streamlstm_source_samples_total", "counter", "samples decoded, by source"),
         ("streamlstm_reconnects_total", "counter", "reconnections, by component"),
         ("streamlstm_connected", "gauge", "1 while the component is connected"),
@@ -98,6 +142,13 @@ def _describe(metrics: Metrics) -> None:
         ("streamlstm_snapshots_total", "counter", "snapshots written"),
     ]:
         metrics.describe(name, kind, text)
+    # Counters exist from the start: rate() over a scrape series needs the zero.
+    for name in (
+        "streamlstm_samples_total",
+        "streamlstm_rejected_samples_total",
+        "streamlstm_snapshots_total",
+    ):
+        metrics.inc(name, 0)
 
 
 class Daemon:
@@ -115,7 +166,9 @@ class Daemon:
         self.queue = FrameQueue(config["daemon"]["queue_frames"], config["daemon"]["backpressure"])
         self._stop_requested = threading.Event()
         self._reload_requested = threading.Event()
-        self.sources: list[Source] = build_sources(config, sample_width(self.pipeline, self.loaded.model))
+        self.sources: list[Source] = build_sources(
+            config, sample_width(self.pipeline, self.loaded.model)
+        )
         self._source_stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.sinks: list[Sink] = []
@@ -127,9 +180,15 @@ class Daemon:
         port = config["daemon"]["metrics_port"]
         if port is not None:
             self._server = MetricsServer(self.metrics, config["daemon"]["metrics_host"], port)
-            log.info("metrics on http://%s:%d/metrics", config["daemon"]["metrics_host"], self._server.port)
+            log.info(
+                "metrics on http://%s:%d/metrics",
+                config["daemon"]["metrics_host"],
+                self._server.port,
+            )
         self._step_hist = self.metrics.histogram("streamlstm_step_seconds", STEP_BUCKETS)
-        self._latency_hist = self.metrics.histogram("streamlstm_decision_latency_seconds", LATENCY_BUCKETS)
+        self._latency_hist = self.metrics.histogram(
+            "streamlstm_decision_latency_seconds", LATENCY_BUCKETS
+        )
         self._age_hist = self.metrics.histogram("streamlstm_sample_age_seconds", LATENCY_BUCKETS)
 
     @staticmethod
@@ -152,8 +211,12 @@ class Daemon:
         self._source_stop = threading.Event()
         self._threads = []
         for source in self.sources:
-            thread = threading.Thread(target=self._run_source, args=(source, self._source_stop),
-                                      name=f"source-{source.name}", daemon=True)
+            thread = threading.Thread(
+                target=self._run_source,
+                args=(source, self._source_stop),
+                name=f"source-{source.name}",
+                daemon=True,
+            )
             thread.start()
             self._threads.append(thread)
 
@@ -183,14 +246,22 @@ class Daemon:
         settings = self.config["daemon"]
         self._start_sources()
         systemd.notify("READY=1")
-        log.info("running: %d source(s), %d sink(s), model %s (sha256 %s)", len(self.sources),
-                 len(self.sinks), self.loaded.model_id, self.loaded.sha256[:12])
+        log.info(
+            "running: %d source(s), %d sink(s), model %s (sha256 %s)",
+            len(self.sources),
+            len(self.sinks),
+            self.loaded.model_id,
+            self.loaded.sha256[:12],
+        )
         watchdog = systemd.watchdog_interval()
         next_watchdog = next_snapshot = next_states = time.monotonic()
         next_snapshot += settings["snapshot_interval_s"]
         while not self._stop_requested.is_set():
-            frames = self.queue.take(self.config["daemon"]["batch_samples"],
-                                     self.config["daemon"]["batch_wait_ms"] / 1000, idle=0.05)
+            frames = self.queue.take(
+                self.config["daemon"]["batch_samples"],
+                self.config["daemon"]["batch_wait_ms"] / 1000,
+                idle=0.05,
+            )
             if frames:
                 self.process(frames)
             now = time.monotonic()
@@ -206,8 +277,11 @@ class Daemon:
             if self._reload_requested.is_set():
                 self._reload_requested.clear()
                 self.reload()
-            if (self.config["daemon"]["exit_when_sources_end"] and self._sources_done()
-                    and not len(self.queue)):
+            if (
+                self.config["daemon"]["exit_when_sources_end"]
+                and self._sources_done()
+                and not len(self.queue)
+            ):
                 log.info("all sources ended")
                 break
         self.shutdown()
@@ -218,7 +292,9 @@ class Daemon:
         sensors: list[str] = []
         for frame in frames:
             sensors += [frame.sensor] * len(frame.t)
-        samples = np.concatenate([f.samples for f in frames]) if len(frames) > 1 else frames[0].samples
+        samples = (
+            np.concatenate([f.samples for f in frames]) if len(frames) > 1 else frames[0].samples
+        )
         times = np.concatenate([f.t for f in frames]) if len(frames) > 1 else frames[0].t
         started = time.perf_counter()
         events = self.pipeline.update(sensors, samples, times)
@@ -254,9 +330,16 @@ class Daemon:
     def _deliver(self, events: Iterable[Any], decided: float) -> None:
         records = []
         for event in events:
-            records.append(alert_record(event, seq=self.seq.take(), daemon=self.config["mqtt"]["client_id"],
-                                        model_id=self.loaded.model_id, model_sha=self.loaded.sha256,
-                                        published=decided))
+            records.append(
+                alert_record(
+                    event,
+                    seq=self.seq.take(),
+                    daemon=self.config["mqtt"]["client_id"],
+                    model_id=self.loaded.model_id,
+                    model_sha=self.loaded.sha256,
+                    published=decided,
+                )
+            )
             self.metrics.inc("streamlstm_alerts_total", labels=(("kind", event.kind),))
             state = self.sensors.setdefault(str(event.sensor), SensorState(str(event.sensor)))
             state.alert = event.kind == "start"
@@ -286,8 +369,10 @@ class Daemon:
         state = {
             "model_sha256": self.loaded.sha256,
             "detector": dict(self.pipeline.export_state()),
-            "sensors": {name: [s.t, s.score, s.alert, s.samples, s.rejected]
-                        for name, s in self.sensors.items()},
+            "sensors": {
+                name: [s.t, s.score, s.alert, s.samples, s.rejected]
+                for name, s in self.sensors.items()
+            },
         }
         try:
             snapshot.save(path, state)
@@ -304,12 +389,19 @@ class Daemon:
             state = snapshot.load(path)
             self.pipeline.import_state(state["detector"])
         except (StreamLSTMError, KeyError, TypeError, ValueError) as exc:
-            log.warning("snapshot %s does not fit this model (%s); starting from fresh state", path, exc)
+            log.warning(
+                "snapshot %s does not fit this model (%s); starting from fresh state", path, exc
+            )
             return
         for name, (t, score, alert, samples, rejected) in state.get("sensors", {}).items():
-            self.sensors[name] = SensorState(name, float(t if t is not None else math.nan),
-                                             float(score if score is not None else math.nan),
-                                             bool(alert), int(samples), int(rejected))
+            self.sensors[name] = SensorState(
+                name,
+                float(t if t is not None else math.nan),
+                float(score if score is not None else math.nan),
+                bool(alert),
+                int(samples),
+                int(rejected),
+            )
         log.info("restored %d sensors from %s", len(self.sensors), path)
 
     # -- reload and shutdown -----------------------------------------------------------------
@@ -365,20 +457,33 @@ class Daemon:
 
     # -- metrics read at scrape time -----------------------------------------------------------
     def _collect(self) -> list[Sample]:
-        out: list[Sample] = [("streamlstm_queue_frames", (), len(self.queue)),
-                             ("streamlstm_dropped_samples_total", (), self.queue.dropped_samples),
-                             ("streamlstm_sensors", (), len(self.sensors))]
+        out: list[Sample] = [
+            ("streamlstm_queue_frames", (), len(self.queue)),
+            ("streamlstm_dropped_samples_total", (), self.queue.dropped_samples),
+            ("streamlstm_sensors", (), len(self.sensors)),
+        ]
         for source in self.sources:
             errors, samples, reconnects, connected = source.stats.snapshot()
             label = ("source", source.name)
-            out += [("streamlstm_parse_errors_total", (label, ("reason", r)), n) for r, n in errors.items()]
-            out += [("streamlstm_source_samples_total", (label,), samples),
-                    ("streamlstm_reconnects_total", (("component", f"source:{source.name}"),), reconnects),
-                    ("streamlstm_connected", (("component", f"source:{source.name}"),), int(connected))]
+            out += [
+                ("streamlstm_parse_errors_total", (label, ("reason", r)), n)
+                for r, n in errors.items()
+            ]
+            out += [
+                ("streamlstm_source_samples_total", (label,), samples),
+                (
+                    "streamlstm_reconnects_total",
+                    (("component", f"source:{source.name}"),),
+                    reconnects,
+                ),
+                ("streamlstm_connected", (("component", f"source:{source.name}"),), int(connected)),
+            ]
         for sink in self.sinks:
             spool = getattr(sink, "spool", None)
             if spool is not None:
-                out += [("streamlstm_spooled_alerts", (), len(spool)),
-                        ("streamlstm_reconnects_total", (("component", "sink:mqtt"),), sink.reconnects),
-                        ("streamlstm_connected", (("component", "sink:mqtt"),), int(sink.connected))]
+                out += [
+                    ("streamlstm_spooled_alerts", (), len(spool)),
+                    ("streamlstm_reconnects_total", (("component", "sink:mqtt"),), sink.reconnects),
+                    ("streamlstm_connected", (("component", "sink:mqtt"),), int(sink.connected)),
+                ]
         return out

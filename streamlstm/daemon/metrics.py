@@ -96,7 +96,9 @@ class Metrics:
         for name, (kind, text) in sorted(self._help.items()):
             lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
             for sample_name, labels, value in samples:
-                if sample_name == name or (kind == "histogram" and sample_name.rsplit("_", 1)[0] == name):
+                if sample_name == name or (
+                    kind == "histogram" and sample_name.rsplit("_", 1)[0] == name
+                ):
                     lines.append(f"{sample_name}{_labels(labels)} {value:.17g}")
         return "\n".join(lines) + "\n"
 
@@ -106,7 +108,7 @@ class MetricsServer:
 
     def __init__(self, metrics: Metrics, host: str, port: int) -> None:
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - the http.server API
+            def do_GET(self) -> None:
                 if self.path.split("?")[0] not in ("/metrics", "/"):
                     self.send_error(404)
                     return
@@ -117,13 +119,15 @@ class MetricsServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: object) -> None:
                 log.debug("metrics: " + format, *args)
 
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="metrics", daemon=True
+        )
         self._thread.start()
 
     def close(self) -> None:

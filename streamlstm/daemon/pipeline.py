@@ -29,8 +29,9 @@ class Pipeline(Protocol):
     last_scores: np.ndarray  # (M,) float, NaN for rejected samples
     last_status: np.ndarray  # (M,) int8, 0 = accepted
 
-    def update(self, sensor_ids: Sequence[Hashable], samples: np.ndarray,
-               timestamps: np.ndarray) -> list[Any]:
+    def update(
+        self, sensor_ids: Sequence[Hashable], samples: np.ndarray, timestamps: np.ndarray
+    ) -> list[Any]:
         """``samples`` ``(M, D)`` in sensor units, ``timestamps`` ``(M,)`` s -> alert events."""
         ...
 
@@ -54,13 +55,18 @@ class LoadedModel:
 
 def default_model_path() -> Path:
     """The shipped default model, or :class:`ConfigError` naming where it was looked for."""
-    candidates = [Path(str(resources.files("streamlstm") / "data" / DEFAULT_MODEL_NAME)),
-                  Path(__file__).resolve().parents[2] / "weights" / DEFAULT_MODEL_NAME]
+    candidates = [
+        Path(str(resources.files("streamlstm") / "data" / DEFAULT_MODEL_NAME)),
+        Path(__file__).resolve().parents[2] / "weights" / DEFAULT_MODEL_NAME,
+    ]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    raise ConfigError("the default model is missing from this installation (looked in "
-                      + ", ".join(map(str, candidates)) + "); set [model] path in a config")
+    raise ConfigError(
+        "the default model is missing from this installation (looked in "
+        + ", ".join(map(str, candidates))
+        + "); set [model] path in a config"
+    )
 
 
 def load_model(path: str | None) -> LoadedModel:
@@ -84,8 +90,9 @@ def make_detector(model: Model, settings: Mapping[str, Any]) -> Pipeline:
     from ..detect import Detector
 
     try:
-        return Detector(model, capacity=settings["capacity"], threads=settings["threads"],
-                        **settings["options"])
+        return Detector(
+            model, capacity=settings["capacity"], threads=settings["threads"], **settings["options"]
+        )
     except (TypeError, ValueError, StreamLSTMError) as exc:
         raise ConfigError(f"detector: {exc}") from None
 

@@ -30,14 +30,22 @@ def _number(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def alert_record(event: Any, *, seq: int, daemon: str, model_id: str, model_sha: str,
-                 published: float) -> dict[str, Any]:
+def alert_record(
+    event: Any, *, seq: int, daemon: str, model_id: str, model_sha: str, published: float
+) -> dict[str, Any]:
     """The wire form of one detector ``AlertEvent`` (schema in the module docstring)."""
     return {
-        "schema": ALERT_SCHEMA, "seq": seq, "daemon": daemon, "sensor": str(event.sensor),
-        "kind": event.kind, "t": _number(event.t), "published": published,
-        "score": _number(event.score), "threshold": _number(event.threshold),
-        "peak": _number(event.peak), "duration": _number(event.duration),
+        "schema": ALERT_SCHEMA,
+        "seq": seq,
+        "daemon": daemon,
+        "sensor": str(event.sensor),
+        "kind": event.kind,
+        "t": _number(event.t),
+        "published": published,
+        "score": _number(event.score),
+        "threshold": _number(event.threshold),
+        "peak": _number(event.peak),
+        "duration": _number(event.duration),
         "model": {"id": getattr(event, "model_id", None) or model_id, "sha256": model_sha},
     }
 
@@ -54,9 +62,15 @@ class SensorState:
     rejected: int = 0
 
     def record(self) -> dict[str, Any]:
-        return {"schema": STATE_SCHEMA, "sensor": self.sensor, "alert": self.alert,
-                "t": _number(self.t), "score": _number(self.score),
-                "samples": self.samples, "rejected": self.rejected}
+        return {
+            "schema": STATE_SCHEMA,
+            "sensor": self.sensor,
+            "alert": self.alert,
+            "t": _number(self.t),
+            "score": _number(self.score),
+            "samples": self.samples,
+            "rejected": self.rejected,
+        }
 
 
 class Sink(Protocol):

@@ -22,7 +22,9 @@ class JSONLSink:
             self._path.parent.mkdir(parents=True, exist_ok=True)
             self._file = self._path.open("a", encoding="utf-8")
         except OSError as exc:
-            raise SinkError(f"{self._path}: cannot open for appending ({exc.strerror or exc})") from None
+            raise SinkError(
+                f"{self._path}: cannot open for appending ({exc.strerror or exc})"
+            ) from None
 
     def alerts(self, records: Sequence[dict[str, Any]]) -> None:
         for record in records:

@@ -40,7 +40,7 @@ def topic_for(template: str, sensor: str) -> str:
 
 
 class MQTTSink:
-    """Publishes to the broker in ``broker`` (the ``[mqtt]`` table) per ``config`` (a ``[[sinks]]`` table)."""
+    """Publishes to ``broker`` (the ``[mqtt]`` table) as ``config`` (a ``[[sinks]]`` table) says."""
 
     def __init__(self, config: Mapping[str, Any], broker: Mapping[str, Any]) -> None:
         self._config = config
@@ -66,8 +66,9 @@ class MQTTSink:
         self._send(self.spool.pending())
 
     # -- paho callbacks (network thread) ---------------------------------------------------
-    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
-                    properties: Any) -> None:
+    def _on_connect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
         if reason.is_failure:
             log.warning("mqtt sink: broker refused the connection: %s", reason)
             return
@@ -83,8 +84,9 @@ class MQTTSink:
                 sensors = sorted(self._known_sensors)
             self._announce(sensors)
 
-    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
-                       properties: Any) -> None:
+    def _on_disconnect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
         if self.connected:
             log.warning("mqtt sink: disconnected (%s); paho reconnects with backoff", reason)
         self.connected = False
@@ -135,8 +137,12 @@ class MQTTSink:
         new = []
         for sensor, state in states.items():
             if self._config["state_topic"] is not None:
-                self.client.publish(topic_for(self._config["state_topic"], sensor),
-                                    json.dumps(state.record(), separators=(",", ":")), qos=1, retain=True)
+                self.client.publish(
+                    topic_for(self._config["state_topic"], sensor),
+                    json.dumps(state.record(), separators=(",", ":")),
+                    qos=1,
+                    retain=True,
+                )
             with self._lock:
                 if sensor not in self._known_sensors:
                     self._known_sensors.add(sensor)
@@ -150,18 +156,25 @@ class MQTTSink:
         for sensor in sensors:
             object_id = re.sub(r"[^A-Za-z0-9_-]", "_", f"{daemon}_{sensor}")
             config = {
-                "name": f"{sensor} anomaly", "unique_id": f"streamlstm_{object_id}",
-                "object_id": object_id, "device_class": "problem",
+                "name": f"{sensor} anomaly",
+                "unique_id": f"streamlstm_{object_id}",
+                "object_id": object_id,
+                "device_class": "problem",
                 "state_topic": topic_for(self._config["state_topic"] or "", sensor),
                 "value_template": "{{ 'ON' if value_json.alert else 'OFF' }}",
                 "json_attributes_topic": topic_for(self._config["state_topic"] or "", sensor),
                 "availability_topic": self._config["status_topic"],
-                "payload_available": "online", "payload_not_available": "offline",
-                "device": {"identifiers": [f"streamlstm_{daemon}"], "name": f"streamlstm {daemon}",
-                           "manufacturer": "streamlstm"},
+                "payload_available": "online",
+                "payload_not_available": "offline",
+                "device": {
+                    "identifiers": [f"streamlstm_{daemon}"],
+                    "name": f"streamlstm {daemon}",
+                    "manufacturer": "streamlstm",
+                },
             }
-            self.client.publish(f"{prefix}/binary_sensor/{object_id}/config",
-                                json.dumps(config), qos=1, retain=True)
+            self.client.publish(
+                f"{prefix}/binary_sensor/{object_id}/config", json.dumps(config), qos=1, retain=True
+            )
 
     def flush(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s for every alert to be acknowledged; True if all were."""
@@ -174,10 +187,13 @@ class MQTTSink:
         return False
 
     def close(self, timeout: float = 5.0) -> None:
-        """Flush alerts, publish a retained ``offline`` and disconnect (what remains stays spooled)."""
+        """Flush alerts, publish a retained ``offline``, disconnect (unsent alerts stay spooled)."""
         if not self.flush(timeout):
-            log.warning("mqtt sink: %d alerts unacknowledged at exit; they stay in %s",
-                        len(self._in_flight), self.spool.directory)
+            log.warning(
+                "mqtt sink: %d alerts unacknowledged at exit; they stay in %s",
+                len(self._in_flight),
+                self.spool.directory,
+            )
         if self.connected:
             info = self.client.publish(self._config["status_topic"], OFFLINE, qos=1, retain=True)
             try:

@@ -45,7 +45,9 @@ class SeqCounter:
             try:
                 self._next = self._reserved = int(path.read_text().strip())
             except ValueError:
-                raise OSError(f"{path}: corrupt sequence counter; remove it to restart at 1") from None
+                raise OSError(
+                    f"{path}: corrupt sequence counter; remove it to restart at 1"
+                ) from None
 
     def take(self) -> int:
         """The next sequence number."""

@@ -14,7 +14,10 @@ def _when(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     if seconds > 1e9:  # an epoch time; recordings often count from 0 instead
-        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{int(seconds % 1 * 1000):03d}Z"
+        return (
+            time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+            + f".{int(seconds % 1 * 1000):03d}Z"
+        )
     return f"t={seconds:.3f}s"
 
 
@@ -22,9 +25,11 @@ def format_alert(record: Mapping[str, Any]) -> str:
     """``2026-11-22T18:20:01.123Z  ALERT START  s1  score 7.31 > 4.00  (seq 42)``."""
     score = record["score"]
     threshold = record["threshold"]
-    text = (f"{_when(record['t'])}  ALERT {record['kind'].upper():<5}  {record['sensor']}  "
-            f"score {score if score is None else f'{score:.3g}'}"
-            f" / threshold {threshold if threshold is None else f'{threshold:.3g}'}")
+    text = (
+        f"{_when(record['t'])}  ALERT {record['kind'].upper():<5}  {record['sensor']}  "
+        f"score {score if score is None else f'{score:.3g}'}"
+        f" / threshold {threshold if threshold is None else f'{threshold:.3g}'}"
+    )
     if record["kind"] == "end" and record["duration"] is not None:
         text += f"  lasted {record['duration']:.3g} s, peak {record['peak']:.3g}"
     return text + f"  (seq {record['seq']})"
@@ -46,9 +51,11 @@ class StdoutSink:
         if not self._states:
             return
         for state in states.values():
-            self._stream.write(f"state {state.sensor}: score {state.score:.3g}, "
-                               f"{'ALERT' if state.alert else 'ok'}, {state.samples} samples, "
-                               f"{state.rejected} rejected\n")
+            self._stream.write(
+                f"state {state.sensor}: score {state.score:.3g}, "
+                f"{'ALERT' if state.alert else 'ok'}, {state.samples} samples, "
+                f"{state.rejected} rejected\n"
+            )
         self._stream.flush()
 
     def close(self) -> None:

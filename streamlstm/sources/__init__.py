@@ -73,8 +73,9 @@ class Source(Protocol):
         ...
 
 
-def sample_times(count: int, *, start: float | None, rate: float | None,
-                 received: float) -> np.ndarray:
+def sample_times(
+    count: int, *, start: float | None, rate: float | None, received: float
+) -> np.ndarray:
     """Timestamps ``(count,)`` for a block: from ``start`` at ``rate`` Hz when known.
 
     Without a start time the block is taken to end at ``received``; without a rate every

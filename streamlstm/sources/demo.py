@@ -16,8 +16,10 @@ def demo_path() -> Path:
     """Where the packaged demo recording lives; :class:`SourceError` if this install lacks it."""
     path = Path(str(resources.files("streamlstm") / DEMO_FILE))
     if not path.is_file():
-        raise SourceError(f"the demo recording {path} is missing from this installation "
-                          "(reinstall streamlstm, or run with --config and a source of your own)")
+        raise SourceError(
+            f"the demo recording {path} is missing from this installation "
+            "(reinstall streamlstm, or run with --config and a source of your own)"
+        )
     return path
 
 

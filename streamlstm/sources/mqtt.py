@@ -34,7 +34,7 @@ def topic_pattern(template: str) -> tuple[str, re.Pattern[str]]:
 
 
 class MQTTSource:
-    """One subscription; ``config`` is a validated ``[[sources]]`` table, ``broker`` the ``[mqtt]`` table."""
+    """One subscription; ``config``: a validated ``[[sources]]`` table, ``broker``: ``[mqtt]``."""
 
     def __init__(self, config: dict[str, Any], width: int, broker: dict[str, Any]) -> None:
         self.name = config["name"]
@@ -65,8 +65,9 @@ class MQTTSource:
             client.disconnect()
             client.loop_stop()
 
-    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
-                    properties: Any) -> None:
+    def _on_connect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
         if reason.is_failure:
             log.warning("%s: broker refused the connection: %s", self.name, reason)
             return
@@ -77,8 +78,9 @@ class MQTTSource:
         client.subscribe(self._subscription, qos=self._config["qos"])
         log.info("%s: subscribed to %s", self.name, self._subscription)
 
-    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
-                       properties: Any) -> None:
+    def _on_disconnect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
         if self.stats.connected:
             log.warning("%s: disconnected from the broker (%s)", self.name, reason)
         self.stats.connected = False

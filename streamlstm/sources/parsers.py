@@ -38,7 +38,7 @@ class ParseError(ValueError):
 
 @dataclass(frozen=True)
 class Block:
-    """Decoded samples: ``samples`` ``(n, D)`` float32; ``t`` start time (s) and ``rate`` (Hz) if given."""
+    """Decoded samples ``(n, D)`` float32, with start time ``t`` (s) and ``rate`` (Hz) if given."""
 
     samples: np.ndarray
     t: float | None = None
@@ -100,8 +100,12 @@ def decode_json(payload: bytes, width: int, *, max_samples: int) -> Block:
     sensor = obj.get("sensor")
     if sensor is not None and not isinstance(sensor, (str, int)):
         raise ParseError("schema", "'sensor' must be a string")
-    return Block(_as_block_samples(values, width), _optional_number(obj, "t"), rate,
-                 None if sensor is None else str(sensor))
+    return Block(
+        _as_block_samples(values, width),
+        _optional_number(obj, "t"),
+        rate,
+        None if sensor is None else str(sensor),
+    )
 
 
 def decode_float32(payload: bytes, width: int, *, max_samples: int) -> Block:
@@ -232,7 +236,7 @@ def cobs_decode(data: bytes) -> bytes:
         code = data[i]
         if code == 0 or i + code > n:
             raise ParseError("cobs", "bad block length")
-        out += data[i + 1:i + code]
+        out += data[i + 1 : i + code]
         i += code
         if code != 255 and i < n:
             out.append(0)
@@ -257,7 +261,7 @@ def decode_frame(record: bytes, width: int) -> tuple[int, Block]:
     raw = cobs_decode(record)
     if len(raw) < _HEADER.size + _CRC.size:
         raise ParseError("length", f"frame of {len(raw)} bytes is too short")
-    body, (crc,) = raw[:-_CRC.size], _CRC.unpack(raw[-_CRC.size:])
+    body, (crc,) = raw[: -_CRC.size], _CRC.unpack(raw[-_CRC.size :])
     if zlib.crc32(body) != crc:
         raise ParseError("crc", "checksum mismatch")
     version, channel, count, t, rate = _HEADER.unpack_from(body)

@@ -28,8 +28,9 @@ class Recording:
         self.samples, self.t, self.sensor = samples, t, sensor
 
 
-def _load_npz(path: Path, width: int, rate: float | None) -> tuple[np.ndarray, np.ndarray | None,
-                                                                      float | None, str | None]:
+def _load_npz(
+    path: Path, width: int, rate: float | None
+) -> tuple[np.ndarray, np.ndarray | None, float | None, str | None]:
     try:
         with np.load(path, allow_pickle=False) as data:
             if "samples" not in data.files:
@@ -46,7 +47,9 @@ def _load_npz(path: Path, width: int, rate: float | None) -> tuple[np.ndarray, n
     return samples, t, rate, sensor
 
 
-def _load_text(path: Path, width: int, config: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
+def _load_text(
+    path: Path, width: int, config: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray | None]:
     separator = "\t" if path.suffix.lower() == ".tsv" else ","
     time_column = config.get("time_column")
     columns = config.get("columns")
@@ -98,7 +101,9 @@ def load_recording(path: str | Path, width: int, config: dict[str, Any]) -> Reco
 class ReplaySource:
     """Emits a recording in blocks of ``block`` samples; ``speed`` 0 = as fast as possible."""
 
-    def __init__(self, config: dict[str, Any], width: int, recording: Recording | None = None) -> None:
+    def __init__(
+        self, config: dict[str, Any], width: int, recording: Recording | None = None
+    ) -> None:
         self.name = config["name"]
         self.stats = SourceStats()
         self.recording = recording or load_recording(config["path"], width, config)

@@ -21,8 +21,13 @@ from .parsers import Delimited, LineFormat, ParseError, decode_frame, decode_jso
 
 log = logging.getLogger(__name__)
 
-PARITY = {"none": serial.PARITY_NONE, "even": serial.PARITY_EVEN, "odd": serial.PARITY_ODD,
-          "mark": serial.PARITY_MARK, "space": serial.PARITY_SPACE}
+PARITY = {
+    "none": serial.PARITY_NONE,
+    "even": serial.PARITY_EVEN,
+    "odd": serial.PARITY_ODD,
+    "mark": serial.PARITY_MARK,
+    "space": serial.PARITY_SPACE,
+}
 
 
 class SerialSource:
@@ -43,13 +48,23 @@ class SerialSource:
         self._records = Delimited(b"\0" if binary else b"\n", config["max_line"])
         self._lines = None
         if self._format in ("csv", "tsv"):
-            self._lines = LineFormat(tuple(config["columns"]), "," if self._format == "csv" else "\t",
-                                     config["time_column"], config["sensor_column"])
+            self._lines = LineFormat(
+                tuple(config["columns"]),
+                "," if self._format == "csv" else "\t",
+                config["time_column"],
+                config["sensor_column"],
+            )
 
     def _open(self) -> serial.Serial:
         c = self._config
-        return serial.Serial(c["port"], c["baud"], bytesize=c["bytesize"], parity=PARITY[c["parity"]],
-                             stopbits=c["stopbits"], timeout=0.05)
+        return serial.Serial(
+            c["port"],
+            c["baud"],
+            bytesize=c["bytesize"],
+            parity=PARITY[c["parity"]],
+            stopbits=c["stopbits"],
+            timeout=0.05,
+        )
 
     def run(self, emit: Emit, stop: threading.Event) -> None:
         """Read until ``stop``; never raises for device trouble (it retries instead)."""
@@ -59,8 +74,13 @@ class SerialSource:
             try:
                 port = self._open()
             except (serial.SerialException, OSError) as exc:
-                log.warning("%s: cannot open %s (%s); retrying in %.1f s",
-                            self.name, self._config["port"], exc, delay)
+                log.warning(
+                    "%s: cannot open %s (%s); retrying in %.1f s",
+                    self.name,
+                    self._config["port"],
+                    exc,
+                    delay,
+                )
                 stop.wait(delay)
                 delay = min(2 * delay, self._config["reopen_max_s"])
                 continue
@@ -107,8 +127,9 @@ class SerialSource:
         fixed = self._config["sensor"]
         if self._lines is not None:
             sample, t, sensor = self._lines.parse(record)
-            return Frame(sensor or fixed, np.array([received if t is None else t]), sample[None, :],
-                         received)
+            return Frame(
+                sensor or fixed, np.array([received if t is None else t]), sample[None, :], received
+            )
         if self._format == "json":
             block = decode_json(record, self._width, max_samples=self._config["max_line"])
             sensor = block.sensor or fixed

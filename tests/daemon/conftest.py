@@ -5,7 +5,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from mqtt_helpers import Broker  # noqa: E402
+from mqtt_helpers import Broker
 
 
 @pytest.fixture

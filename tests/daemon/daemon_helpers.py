@@ -22,28 +22,36 @@ DETECTOR_OPTIONS = {"warmup": 10, "debounce": 2, "quiet_time": 0.0}
 def make_model(path: Path) -> Path:
     """A small random next-step predictor calibrated on Gaussian noise (alerts on bursts)."""
     rng = np.random.default_rng(0)
-    model = calibrate(sl.random_model(3, [16], output_size=3, seed=1),
-                      rng.normal(size=(3000, 3)).astype(np.float32), **DETECTOR_OPTIONS)
+    model = calibrate(
+        sl.random_model(3, [16], output_size=3, seed=1),
+        rng.normal(size=(3000, 3)).astype(np.float32),
+        **DETECTOR_OPTIONS,
+    )
     formats.save(model, path)
     return path
 
 
-def recording(seconds: float, rate: float, faults: list[tuple[float, float]], seed: int) -> np.ndarray:
+def recording(
+    seconds: float, rate: float, faults: list[tuple[float, float]], seed: int
+) -> np.ndarray:
     """Gaussian noise ``(seconds * rate, 3)`` with 30x bursts over the ``faults`` intervals (s)."""
     rng = np.random.default_rng(seed)
     samples = rng.normal(size=(int(seconds * rate), 3)).astype(np.float32)
     for start, end in faults:
-        samples[int(start * rate):int(end * rate)] *= 30
+        samples[int(start * rate) : int(end * rate)] *= 30
     return samples
 
 
-def expected_events(model_path: Path, sensors: list[str], samples: list[np.ndarray],
-                    times: list[np.ndarray]) -> list[tuple[str, str, float]]:
+def expected_events(
+    model_path: Path, sensors: list[str], samples: list[np.ndarray], times: list[np.ndarray]
+) -> list[tuple[str, str, float]]:
     """What the detector decides for each sensor's sequence, computed in this process."""
     detector = sl.Detector(formats.load(model_path))
     events = []
     for sensor, x, t in zip(sensors, samples, times, strict=True):
-        events += [(str(e.sensor), e.kind, round(e.t, 6)) for e in detector.update([sensor] * len(x), x, t)]
+        events += [
+            (str(e.sensor), e.kind, round(e.t, 6)) for e in detector.update([sensor] * len(x), x, t)
+        ]
     return sorted(events)
 
 
@@ -55,7 +63,10 @@ class DaemonProcess:
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "streamlstm.cli", "run", "--config", str(site)],
-                env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=log, stderr=subprocess.STDOUT)
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -78,9 +89,17 @@ def scrape(port: int) -> dict[str, float]:
     return values
 
 
-def site_config(folder: Path, *, broker_port: int, model: Path, metrics_port: int | None = None,
-                sources: str, snapshot_interval_s: float = 60.0, extra_daemon: str = "") -> Path:
-    """Write a site.toml with an MQTT sink (fast state updates) and the given ``[[sources]]`` text."""
+def site_config(
+    folder: Path,
+    *,
+    broker_port: int,
+    model: Path,
+    metrics_port: int | None = None,
+    sources: str,
+    snapshot_interval_s: float = 60.0,
+    extra_daemon: str = "",
+) -> Path:
+    """Write a site.toml: MQTT sink with fast state updates, JSONL sink, ``sources`` text."""
     metrics = f"metrics_port = {metrics_port}\n" if metrics_port else ""
     options = ", ".join(f"{k} = {v}" for k, v in DETECTOR_OPTIONS.items())
     text = f"""
@@ -116,9 +135,3 @@ path = "alerts.jsonl"
     path = folder / "site.toml"
     path.write_text(text)
     return path
-
-
-def kill_group(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGKILL)
-        process.wait(10)

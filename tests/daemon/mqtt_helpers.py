@@ -51,12 +51,16 @@ class Broker:
         self.config.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
             f"persistence true\npersistence_location {folder}/\nautosave_interval 1\n"
-            f"log_dest file {folder}/mosquitto.log\nmax_queued_messages 100000\n")
+            f"log_dest file {folder}/mosquitto.log\nmax_queued_messages 100000\n"
+        )
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.process = subprocess.Popen([MOSQUITTO, "-c", str(self.config)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            [MOSQUITTO, "-c", str(self.config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_until(self._accepts, 10, "mosquitto to listen")
 
     def _accepts(self) -> bool:
@@ -74,15 +78,16 @@ class Broker:
 
 
 class Subscriber:
-    """Records every message on ``topics`` (persistent session: it misses nothing it was subscribed to)."""
+    """Records every message on ``topics`` (persistent session: misses nothing once subscribed)."""
 
     def __init__(self, port: int, topics: list[str], client_id: str = "test-subscriber") -> None:
         self.messages: list[tuple[str, bytes, bool]] = []
         self._lock = threading.Lock()
         self._topics = topics
         self.subscribed = threading.Event()
-        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  protocol=paho.MQTTv5)
+        self.client = paho.Client(
+            paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5
+        )
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *a: self.subscribed.set()
@@ -93,7 +98,9 @@ class Subscriber:
         self.client.loop_start()
         assert self.subscribed.wait(10), "subscriber could not subscribe"
 
-    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+    def _on_connect(
+        self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any
+    ) -> None:
         for topic in self._topics:
             client.subscribe(topic, qos=1)
 
@@ -115,7 +122,9 @@ class Subscriber:
 
 
 def publisher(port: int, client_id: str = "test-publisher") -> paho.Client:
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
+    client = paho.Client(
+        paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5
+    )
     client.connect("127.0.0.1", port)
     client.loop_start()
     return client

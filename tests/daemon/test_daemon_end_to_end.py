@@ -53,20 +53,32 @@ qos = 1
 
 def test_sensors_over_mqtt_alerts_garbage_nan_and_sigterm(broker, tmp_path, model_path):
     sensors = ["s0", "s1", "s2"]
-    data = {s: recording(20.0, RATE, [(8.0, 9.0)] if s == "s1" else [], seed=i) for i, s in enumerate(sensors)}
+    data = {
+        s: recording(20.0, RATE, [(8.0, 9.0)] if s == "s1" else [], seed=i)
+        for i, s in enumerate(sensors)
+    }
     data["s2"][[150, 950]] = np.nan
     data["s2"][1500, 1] = np.inf
     times = {s: 1000.0 + np.arange(len(x)) / RATE for s, x in data.items()}
-    expected = expected_events(model_path, sensors, [data[s] for s in sensors], [times[s] for s in sensors])
+    expected = expected_events(
+        model_path, sensors, [data[s] for s in sensors], [times[s] for s in sensors]
+    )
     clean_s2 = np.isfinite(data["s2"]).all(axis=1)
     assert expected == sorted(  # NaN/Inf rows leave the state as if they had never come
-        e for e in expected_events(model_path, sensors, [data["s0"], data["s1"], data["s2"][clean_s2]],
-                                   [times["s0"], times["s1"], times["s2"][clean_s2]]))
+        e
+        for e in expected_events(
+            model_path,
+            sensors,
+            [data["s0"], data["s1"], data["s2"][clean_s2]],
+            [times["s0"], times["s1"], times["s2"][clean_s2]],
+        )
+    )
     assert {e[0] for e in expected} == {"s1"} and len(expected) == 2
 
     port = free_port()
-    site = site_config(tmp_path, broker_port=broker.port, model=model_path, metrics_port=port,
-                       sources=MQTT_SOURCE)
+    site = site_config(
+        tmp_path, broker_port=broker.port, model=model_path, metrics_port=port, sources=MQTT_SOURCE
+    )
     sub = Subscriber(broker.port, ["streamlstm/#"])
     daemon = DaemonProcess(site, tmp_path)
     pub = publisher(broker.port)
@@ -75,16 +87,21 @@ def test_sensors_over_mqtt_alerts_garbage_nan_and_sigterm(broker, tmp_path, mode
         garbage = [b"\xff\xfe", b"{", b"", b'{"samples": [[1, 2]]}', b'{"samples": "lots"}']
         for block in range(0, 2000, 100):
             for sensor in sensors:
-                batch = {"t": times[sensor][block], "rate": RATE,
-                         "samples": data[sensor][block:block + 100].tolist()}
-                # json.dumps writes NaN/Infinity, which the daemon accepts and then rejects per sample
+                batch = {
+                    "t": times[sensor][block],
+                    "rate": RATE,
+                    "samples": data[sensor][block : block + 100].tolist(),
+                }
+                # json.dumps writes NaN/Infinity: the daemon decodes, then rejects them
                 pub.publish(f"sensors/{sensor}/accel", json.dumps(batch), qos=1)
             if block // 100 < len(garbage):
                 pub.publish("sensors/s0/accel", garbage[block // 100], qos=1)
         wait_until(lambda: scrape(port).get("streamlstm_samples_total") == 6000, 30, "all samples")
         wait_until(lambda: len(unique_alerts(sub)) >= 2, 15, "the alerts")
         metrics = scrape(port)
-        wait_until(lambda: {"s0", "s1", "s2"} <= {m["sensor"] for m in sub.json("/state")}, 10, "states")
+        wait_until(
+            lambda: {"s0", "s1", "s2"} <= {m["sensor"] for m in sub.json("/state")}, 10, "states"
+        )
     finally:
         pub.disconnect()
         code = daemon.stop(signal.SIGTERM)
@@ -92,19 +109,26 @@ def test_sensors_over_mqtt_alerts_garbage_nan_and_sigterm(broker, tmp_path, mode
     alerts = unique_alerts(sub)
     assert as_events(alerts) == expected
     sha = hashlib.sha256(model_path.read_bytes()).hexdigest()
-    assert all(a["schema"] == "streamlstm.alert/1" and a["model"]["sha256"] == sha
-               and a["daemon"] == "test-daemon" for a in alerts)
+    assert all(
+        a["schema"] == "streamlstm.alert/1"
+        and a["model"]["sha256"] == sha
+        and a["daemon"] == "test-daemon"
+        for a in alerts
+    )
     assert [a["kind"] for a in alerts] == ["start", "end"] and alerts[0]["seq"] < alerts[1]["seq"]
     assert alerts[0]["score"] > alerts[0]["threshold"]
     errors = {k: v for k, v in metrics.items() if k.startswith("streamlstm_parse_errors_total")}
-    assert errors == {f'streamlstm_parse_errors_total{{source="plant",reason="{r}"}}': 1.0
-                      for r in ("encoding", "json", "empty", "width")} | {
-        'streamlstm_parse_errors_total{source="plant",reason="schema"}': 1.0}
+    assert errors == {
+        f'streamlstm_parse_errors_total{{source="plant",reason="{r}"}}': 1.0
+        for r in ("encoding", "json", "empty", "width")
+    } | {'streamlstm_parse_errors_total{source="plant",reason="schema"}': 1.0}
     assert metrics["streamlstm_rejected_samples_total"] == 3
     assert metrics['streamlstm_connected{component="sink:mqtt"}'] == 1
     assert metrics["streamlstm_sensors"] == 3
     # SIGTERM: a retained offline, a snapshot of every sensor, the JSONL log complete.
-    wait_until(lambda: sub.payloads("streamlstm/status")[-1:] == [b"offline"], 10, "the offline status")
+    wait_until(
+        lambda: sub.payloads("streamlstm/status")[-1:] == [b"offline"], 10, "the offline status"
+    )
     state = snapshot.load(tmp_path / "state.npz")
     assert state["detector"]["sensors"] == sensors
     assert state["sensors"]["s0"][3] == 2000
@@ -134,15 +158,19 @@ def test_broker_killed_and_restarted_mid_stream_loses_no_alert(broker, tmp_path,
     t = np.arange(len(samples)) / RATE
     expected = expected_events(model_path, ["line"], [samples], [t])
     assert len(expected) == 2 * len(faults)
-    site = site_config(tmp_path, broker_port=broker.port, model=model_path,
-                       sources=replay_source(tmp_path / "line.npz"))
+    site = site_config(
+        tmp_path,
+        broker_port=broker.port,
+        model=model_path,
+        sources=replay_source(tmp_path / "line.npz"),
+    )
     sub = Subscriber(broker.port, ["streamlstm/#"])
     time.sleep(1.2)  # mosquitto saves sessions every second: let it save this subscription
     daemon = DaemonProcess(site, tmp_path)
     try:
         wait_until(lambda: unique_alerts(sub), 60, "the first alert")
         broker.stop(signal.SIGKILL)  # no goodbye: sessions as of the last autosave
-        time.sleep(1.5)              # the replay keeps deciding alerts meanwhile
+        time.sleep(1.5)  # the replay keeps deciding alerts meanwhile
         broker.start()
         assert daemon.process.wait(40) == 0, daemon.log()
         wait_until(lambda: len(unique_alerts(sub)) >= len(expected), 20, "every alert")
@@ -156,17 +184,25 @@ def test_broker_killed_and_restarted_mid_stream_loses_no_alert(broker, tmp_path,
 
 
 def test_sigkill_with_alerts_pending_then_restart_delivers_spool_and_restores_state(
-        broker, tmp_path, model_path):
+    broker, tmp_path, model_path
+):
     samples = recording(12.0, RATE, [(5.0, 5.3), (8.0, 8.3)], seed=7)
     np.savez(tmp_path / "line.npz", samples=samples, rate=np.float64(RATE), sensor=np.str_("line"))
-    site = site_config(tmp_path, broker_port=broker.port, model=model_path, snapshot_interval_s=0.3,
-                       sources=replay_source(tmp_path / "line.npz"))
+    site = site_config(
+        tmp_path,
+        broker_port=broker.port,
+        model=model_path,
+        snapshot_interval_s=0.3,
+        sources=replay_source(tmp_path / "line.npz"),
+    )
     sub = Subscriber(broker.port, ["streamlstm/#"])
     time.sleep(1.2)
     first = DaemonProcess(site, tmp_path, "first")
     spool = tmp_path / "spool"
     try:
-        wait_until(lambda: b"online" in sub.payloads("streamlstm/status"), 60, "the daemon to come online")
+        wait_until(
+            lambda: b"online" in sub.payloads("streamlstm/status"), 60, "the daemon to come online"
+        )
         broker.stop(signal.SIGTERM)  # no PUBACKs from now on: alerts stay spooled
         wait_until(lambda: len(list(spool.glob("*.json"))) >= 2, 30, "two spooled alerts")
         first.stop(signal.SIGKILL)
@@ -178,12 +214,17 @@ def test_sigkill_with_alerts_pending_then_restart_delivers_spool_and_restores_st
     broker.start()
     second = DaemonProcess(site, tmp_path, "second")
     try:
-        wait_until(lambda: set(spooled) <= {a["seq"] for a in sub.json("/alert")}, 60, "the spooled alerts")
+        wait_until(
+            lambda: set(spooled) <= {a["seq"] for a in sub.json("/alert")}, 60, "the spooled alerts"
+        )
         wait_until(lambda: "restored 1 sensors" in second.log(), 10, "the snapshot to be restored")
         offline_before = sub.payloads("streamlstm/status").count(b"offline")
         second.stop(signal.SIGKILL)  # the broker publishes the Last Will
-        wait_until(lambda: sub.payloads("streamlstm/status").count(b"offline") > offline_before, 15,
-                   "the Last Will")
+        wait_until(
+            lambda: sub.payloads("streamlstm/status").count(b"offline") > offline_before,
+            15,
+            "the Last Will",
+        )
     finally:
         second.stop(signal.SIGKILL)
     delivered = [a for a in sub.json("/alert") if a["seq"] in spooled]
@@ -193,17 +234,24 @@ def test_sigkill_with_alerts_pending_then_restart_delivers_spool_and_restores_st
     sub.close()
 
 
-def test_sighup_reloads_weights_keeping_state_and_refuses_a_broken_config(broker, tmp_path, model_path):
+def test_sighup_reloads_weights_keeping_state_and_refuses_a_broken_config(
+    broker, tmp_path, model_path
+):
     port = free_port()
-    site = site_config(tmp_path, broker_port=broker.port, model=model_path, metrics_port=port,
-                       sources=MQTT_SOURCE)
+    site = site_config(
+        tmp_path, broker_port=broker.port, model=model_path, metrics_port=port, sources=MQTT_SOURCE
+    )
     daemon = DaemonProcess(site, tmp_path)
     pub = publisher(broker.port)
     samples = recording(15.0, RATE, [], seed=3)
 
     def send(start: int, count: int) -> None:
         for block in range(start, start + count, 100):
-            batch = {"t": block / RATE, "rate": RATE, "samples": samples[block:block + 100].tolist()}
+            batch = {
+                "t": block / RATE,
+                "rate": RATE,
+                "samples": samples[block : block + 100].tolist(),
+            }
             pub.publish("sensors/pump/accel", json.dumps(batch), qos=1)
 
     try:
@@ -214,7 +262,9 @@ def test_sighup_reloads_weights_keeping_state_and_refuses_a_broken_config(broker
         retrained.write_bytes(model_path.read_bytes()[:-1])  # corrupt weights first: refused
         site.write_text(site.read_text().replace(str(model_path), str(retrained)))
         daemon.process.send_signal(signal.SIGHUP)
-        wait_until(lambda: "reload refused" in daemon.log(), 20, "the corrupt weights to be refused")
+        wait_until(
+            lambda: "reload refused" in daemon.log(), 20, "the corrupt weights to be refused"
+        )
         make_model(retrained)  # same shape, new weights
         daemon.process.send_signal(signal.SIGHUP)
         wait_until(lambda: "sensor state kept across the reload" in daemon.log(), 20, "the reload")
@@ -222,7 +272,9 @@ def test_sighup_reloads_weights_keeping_state_and_refuses_a_broken_config(broker
         wait_until(lambda: scrape(port).get("streamlstm_samples_total") == 1000, 20, "1000 samples")
         site.write_text("[daemon\n")
         daemon.process.send_signal(signal.SIGHUP)
-        wait_until(lambda: daemon.log().count("reload refused") == 2, 20, "the broken TOML to be refused")
+        wait_until(
+            lambda: daemon.log().count("reload refused") == 2, 20, "the broken TOML to be refused"
+        )
         send(1000, 500)
         wait_until(lambda: scrape(port).get("streamlstm_samples_total") == 1500, 20, "1500 samples")
     finally:

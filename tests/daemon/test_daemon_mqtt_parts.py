@@ -16,8 +16,9 @@ from streamlstm.sources.mqtt import MQTTSource, topic_pattern
 
 
 def mqtt_settings(port: int, client_id: str = "t-daemon") -> dict:
-    return validate({"mqtt": {"host": "127.0.0.1", "port": port, "client_id": client_id,
-                              "keepalive_s": 5}})["mqtt"]
+    return validate(
+        {"mqtt": {"host": "127.0.0.1", "port": port, "client_id": client_id, "keepalive_s": 5}}
+    )["mqtt"]
 
 
 def test_topic_templates_capture_the_sensor():
@@ -34,8 +35,21 @@ def test_source_decodes_every_payload_kind_and_counts_garbage_per_reason(broker)
     frames, lock, stop = [], threading.Lock(), threading.Event()
 
     def run_source(kind: str, extra: dict) -> MQTTSource:
-        table = validate({"sources": [{"type": "mqtt", "name": kind, "topic": f"{kind}/{{sensor}}/accel",
-                                       "payload": kind, "qos": 1, "max_samples": 50, **extra}]})["sources"][0]
+        table = validate(
+            {
+                "sources": [
+                    {
+                        "type": "mqtt",
+                        "name": kind,
+                        "topic": f"{kind}/{{sensor}}/accel",
+                        "payload": kind,
+                        "qos": 1,
+                        "max_samples": 50,
+                        **extra,
+                    }
+                ]
+            }
+        )["sources"][0]
         source = MQTTSource(table, 3, mqtt_settings(broker.port, f"src-{kind}"))
 
         def emit(batch):
@@ -46,24 +60,36 @@ def test_source_decodes_every_payload_kind_and_counts_garbage_per_reason(broker)
         wait_until(lambda: source.stats.connected, 10, f"the {kind} source to connect")
         return source
 
-    sources = {"json": run_source("json", {}),
-               "csv": run_source("csv", {"columns": [1, 2, 3], "time_column": 0}),
-               "float32": run_source("float32", {"rate": 100.0})}
+    sources = {
+        "json": run_source("json", {}),
+        "csv": run_source("csv", {"columns": [1, 2, 3], "time_column": 0}),
+        "float32": run_source("float32", {"rate": 100.0}),
+    }
     pub = publisher(broker.port)
     try:
-        good = [("json/a/accel", b'{"t": 5, "rate": 10, "samples": [[1,2,3],[4,5,6]]}'),
-                ("csv/b/accel", b"7,1,2,3\n8,4,5,6\n"),
-                ("float32/c/accel", np.arange(6, dtype="<f4").tobytes())]
-        bad = [("json/x/accel", b"\xff\xfe"), ("json/x/accel", b"{"), ("json/x/accel", b""),
-               ("json/x/accel", b'{"samples": [[1,2]]}'),
-               ("json/x/accel", json.dumps({"samples": [[0, 0, 0]] * 51}).encode()),
-               ("csv/x/accel", b"1,2\n"), ("csv/x/accel", b"1,a,2,3\n"),
-               ("float32/x/accel", b"\x00" * 13)]
+        good = [
+            ("json/a/accel", b'{"t": 5, "rate": 10, "samples": [[1,2,3],[4,5,6]]}'),
+            ("csv/b/accel", b"7,1,2,3\n8,4,5,6\n"),
+            ("float32/c/accel", np.arange(6, dtype="<f4").tobytes()),
+        ]
+        bad = [
+            ("json/x/accel", b"\xff\xfe"),
+            ("json/x/accel", b"{"),
+            ("json/x/accel", b""),
+            ("json/x/accel", b'{"samples": [[1,2]]}'),
+            ("json/x/accel", json.dumps({"samples": [[0, 0, 0]] * 51}).encode()),
+            ("csv/x/accel", b"1,2\n"),
+            ("csv/x/accel", b"1,a,2,3\n"),
+            ("float32/x/accel", b"\x00" * 13),
+        ]
         for topic, payload in bad[:4] + good + bad[4:]:
             pub.publish(topic, payload, qos=1).wait_for_publish(5)
         wait_until(lambda: len(frames) == 3, 10, "the three good messages")
-        wait_until(lambda: sum(sum(s.stats.parse_errors.values()) for s in sources.values()) == len(bad),
-                   10, "every bad message to be counted")
+        wait_until(
+            lambda: sum(sum(s.stats.parse_errors.values()) for s in sources.values()) == len(bad),
+            10,
+            "every bad message to be counted",
+        )
     finally:
         stop.set()
         pub.disconnect()
@@ -72,21 +98,41 @@ def test_source_decodes_every_payload_kind_and_counts_garbage_per_reason(broker)
     np.testing.assert_allclose(by_sensor["a"].t, [5.0, 5.1])
     assert by_sensor["b"].samples.tolist() == [[1, 2, 3], [4, 5, 6]] and by_sensor["b"].t[0] == 7.0
     assert by_sensor["c"].samples.tolist() == [[0, 1, 2], [3, 4, 5]]
-    np.testing.assert_allclose(np.diff(by_sensor["c"].t), [0.01], atol=1e-6)  # host time, spread by rate
-    assert dict(sources["json"].stats.parse_errors) == {"encoding": 1, "json": 1, "empty": 1,
-                                                        "width": 1, "oversize": 1}
+    np.testing.assert_allclose(
+        np.diff(by_sensor["c"].t), [0.01], atol=1e-6
+    )  # host time, spread by rate
+    assert dict(sources["json"].stats.parse_errors) == {
+        "encoding": 1,
+        "json": 1,
+        "empty": 1,
+        "width": 1,
+        "oversize": 1,
+    }
     assert dict(sources["csv"].stats.parse_errors) == {"columns": 1, "number": 1}
     assert dict(sources["float32"].stats.parse_errors) == {"length": 1}
 
 
 def record(seq: int, sensor: str = "s1", kind: str = "start") -> dict:
-    return {"schema": "streamlstm.alert/1", "seq": seq, "daemon": "t", "sensor": sensor, "kind": kind,
-            "t": 1.0, "published": 2.0, "score": 3.0, "threshold": 1.0, "peak": 3.0, "duration": 0.0,
-            "model": {"id": "m", "sha256": "0" * 64}}
+    return {
+        "schema": "streamlstm.alert/1",
+        "seq": seq,
+        "daemon": "t",
+        "sensor": sensor,
+        "kind": kind,
+        "t": 1.0,
+        "published": 2.0,
+        "score": 3.0,
+        "threshold": 1.0,
+        "peak": 3.0,
+        "duration": 0.0,
+        "model": {"id": "m", "sha256": "0" * 64},
+    }
 
 
 def sink_config(tmp_path, **overrides) -> dict:
-    return validate({"sinks": [{"type": "mqtt", "spool_dir": str(tmp_path / "spool"), **overrides}]})["sinks"][0]
+    return validate(
+        {"sinks": [{"type": "mqtt", "spool_dir": str(tmp_path / "spool"), **overrides}]}
+    )["sinks"][0]
 
 
 def test_sink_publishes_spools_until_acknowledged_and_says_offline_on_exit(broker, tmp_path):

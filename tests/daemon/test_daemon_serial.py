@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import tty
@@ -45,9 +46,20 @@ class Device:
 
 
 def serial_config(port: Path, **overrides) -> dict:
-    table = {"type": "serial", "name": "bench", "port": str(port), "baud": 115200,
-             "format": "csv", "columns": [1, 2, 3], "time_column": 0, "sensor": "bench1",
-             "reopen_min_s": 0.05, "reopen_max_s": 0.2, "max_line": 200, **overrides}
+    table = {
+        "type": "serial",
+        "name": "bench",
+        "port": str(port),
+        "baud": 115200,
+        "format": "csv",
+        "columns": [1, 2, 3],
+        "time_column": 0,
+        "sensor": "bench1",
+        "reopen_min_s": 0.05,
+        "reopen_max_s": 0.2,
+        "max_line": 200,
+        **overrides,
+    }
     table = {k: v for k, v in table.items() if v is not None}  # TOML has no null: None = absent
     return validate({"sources": [table]})["sources"][0]
 
@@ -67,7 +79,11 @@ class Collector:
 
     def samples(self) -> np.ndarray:
         with self.lock:
-            return np.concatenate([f.samples for f in self.frames]) if self.frames else np.zeros((0, 3))
+            return (
+                np.concatenate([f.samples for f in self.frames])
+                if self.frames
+                else np.zeros((0, 3))
+            )
 
     def close(self) -> None:
         self.stop.set()
@@ -79,11 +95,8 @@ class Collector:
 def device(tmp_path):
     dev = Device(tmp_path)
     yield dev
-    if dev.master >= 0:
-        try:
-            os.close(dev.master)
-        except OSError:
-            pass
+    with contextlib.suppress(OSError):  # already closed by unplug()
+        os.close(dev.master)
 
 
 def test_csv_lines_with_device_time_and_garbage_counted_per_reason(device):
@@ -91,12 +104,12 @@ def test_csv_lines_with_device_time_and_garbage_counted_per_reason(device):
     rx = Collector(source)
     try:
         device.write(b"1.5,1,2,3\n2.5,4,5,6\r\n")
-        device.write(b"3.5,1,2\n")                  # too few columns
-        device.write(b"\xff\xfe,1,2,3\n")           # not UTF-8
-        device.write(b"\n")                         # empty
-        device.write(b"4.5,x,2,3\n")                # not a number
-        device.write(b"9" * 500 + b"\n")            # longer than max_line
-        device.write(b"5.5,7,8,")                   # torn across two reads
+        device.write(b"3.5,1,2\n")  # too few columns
+        device.write(b"\xff\xfe,1,2,3\n")  # not UTF-8
+        device.write(b"\n")  # empty
+        device.write(b"4.5,x,2,3\n")  # not a number
+        device.write(b"9" * 500 + b"\n")  # longer than max_line
+        device.write(b"5.5,7,8,")  # torn across two reads
         device.write(b"9\n")
         wait_until(lambda: len(rx.samples()) == 3, 5, "three good samples")
         wait_until(lambda: sum(source.stats.parse_errors.values()) == 5, 5, "five errors")
@@ -105,21 +118,37 @@ def test_csv_lines_with_device_time_and_garbage_counted_per_reason(device):
     assert rx.samples().tolist() == [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
     assert [f.t[0] for f in rx.frames] == [1.5, 2.5, 5.5]
     assert all(f.sensor == "bench1" and f.received > 1e9 for f in rx.frames)
-    assert dict(source.stats.parse_errors) == {"columns": 1, "encoding": 1, "empty": 1,
-                                               "number": 1, "oversize": 1}
+    assert dict(source.stats.parse_errors) == {
+        "columns": 1,
+        "encoding": 1,
+        "empty": 1,
+        "number": 1,
+        "oversize": 1,
+    }
 
 
 def test_binary_frames_resynchronise_after_torn_and_corrupt_frames(device):
-    source = SerialSource(serial_config(device.link, format="binary", columns=None,
-                                        time_column=None, sensor="acc", max_line=4096), 3)
+    source = SerialSource(
+        serial_config(
+            device.link,
+            format="binary",
+            columns=None,
+            time_column=None,
+            sensor="acc",
+            max_line=4096,
+        ),
+        3,
+    )
     rx = Collector(source)
-    good = [encode_frame(c, np.full((4, 3), c, np.float32), t=100.0 + c, rate=1000.0) for c in range(3)]
+    good = [
+        encode_frame(c, np.full((4, 3), c, np.float32), t=100.0 + c, rate=1000.0) for c in range(3)
+    ]
     corrupt = bytearray(good[1])
     corrupt[8] ^= 0x40
     try:
-        device.write(good[0][:10])                  # a frame torn by a reset of the device
+        device.write(good[0][:10])  # a frame torn by a reset of the device
         device.write(b"\0")
-        device.write(bytes(corrupt))                # bit flip: CRC (or stuffing) catches it
+        device.write(bytes(corrupt))  # bit flip: CRC (or stuffing) catches it
         device.write(good[0] + b"\x03\x01" + good[1])  # line noise glued to a frame's start
         device.write(good[2])
         wait_until(lambda: len(rx.frames) == 2, 5, "the intact frames")
@@ -133,12 +162,13 @@ def test_binary_frames_resynchronise_after_torn_and_corrupt_frames(device):
 
 
 def test_json_lines_carry_their_own_sensor_ids(device):
-    source = SerialSource(serial_config(device.link, format="json", columns=None, time_column=None,
-                                        sensor=None), 3)
+    source = SerialSource(
+        serial_config(device.link, format="json", columns=None, time_column=None, sensor=None), 3
+    )
     rx = Collector(source)
     try:
         device.write(b'{"sensor": "a", "t": 10, "rate": 100, "samples": [[1,2,3],[4,5,6]]}\n')
-        device.write(b'{"sample": [1,2,3]}\n')       # no sensor anywhere
+        device.write(b'{"sample": [1,2,3]}\n')  # no sensor anywhere
         device.write(b'{"sensor": "b", "sample": [1, "x", 3]}\n')
         device.write(b'{"sensor": "b", "sample": [7,8,9]}\n')
         wait_until(lambda: len(rx.frames) == 2, 5, "two frames")

@@ -17,9 +17,16 @@ from streamlstm.sources import Frame
 
 
 def test_snapshot_round_trip_keeps_arrays_types_and_int_keys(tmp_path):
-    state = {"detector": {"version": 1, "sensors": ["a", 7], "states": np.arange(6, dtype=np.float32).reshape(2, 3),
-                          "fstate": np.array([[np.nan, 1.0]]), "flags": np.int64(3)},
-             "by_id": {7: [1.5, None, True, "x"]}}
+    state = {
+        "detector": {
+            "version": 1,
+            "sensors": ["a", 7],
+            "states": np.arange(6, dtype=np.float32).reshape(2, 3),
+            "fstate": np.array([[np.nan, 1.0]]),
+            "flags": np.int64(3),
+        },
+        "by_id": {7: [1.5, None, True, "x"]},
+    }
     path = tmp_path / "s.npz"
     snapshot.save(path, state)
     back = snapshot.load(path)
@@ -41,7 +48,7 @@ def test_snapshot_refuses_pickles_and_foreign_files(tmp_path):
     with pytest.raises(snapshot.SnapshotError):
         snapshot.load(tmp_path / "junk.npz")
     np.savez(tmp_path / "other.npz", __tree__=np.frombuffer(b'{"format": "other"}', np.uint8))
-    with pytest.raises(snapshot.SnapshotError, match="not a streamlstm.snapshot/1"):
+    with pytest.raises(snapshot.SnapshotError, match=r"not a streamlstm\.snapshot/1"):
         snapshot.load(tmp_path / "other.npz")
 
 
@@ -83,13 +90,18 @@ def test_metrics_exposition_over_http():
     metrics.collector(lambda: [("up", (("component", "sink"),), 1)])
     server = MetricsServer(metrics, "127.0.0.1", 0)
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=5) as response:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{server.port}/metrics", timeout=5
+        ) as response:
             text = response.read().decode()
             assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
     finally:
         server.close()
     assert '# TYPE x_total counter\nx_total{reason="a\\"b"} 2' in text
-    assert 'lat_seconds_bucket{le="0.01"} 1\nlat_seconds_bucket{le="0.1"} 2\nlat_seconds_bucket{le="+Inf"} 3' in text
+    assert (
+        'lat_seconds_bucket{le="0.01"} 1\nlat_seconds_bucket{le="0.1"} 2\n'
+        'lat_seconds_bucket{le="+Inf"} 3' in text
+    )
     assert "lat_seconds_count 3" in text and 'up{component="sink"} 1' in text
 
 
