@@ -221,7 +221,7 @@ def write_model(folder: Path, hidden: int) -> Path:
 
 
 def start_daemon(
-    folder: Path, broker_port: int, model: Path, metrics_port: int
+    folder: Path, broker_port: int, model: Path, metrics_port: int, threads: int
 ) -> subprocess.Popen:
     site = folder / "bench.toml"
     site.write_text(f"""
@@ -231,6 +231,8 @@ backpressure = "block"
 log_level = "warning"
 [model]
 path = "{model}"
+[detector]
+threads = {threads}
 [mqtt]
 host = "127.0.0.1"
 port = {broker_port}
@@ -429,6 +431,7 @@ def main() -> int:
     parser.add_argument("--publishers", type=int, default=2, help="publisher processes")
     parser.add_argument("--baseline-samples", type=int, default=40_000)
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--threads", type=int, default=1, help="detector compute threads")
     args = parser.parse_args()
 
     folder = Path(tempfile.mkdtemp(prefix="bench-daemon-"))
@@ -444,7 +447,7 @@ def main() -> int:
 def run_all(args: argparse.Namespace, folder: Path, broker_port: int) -> int:
     model = write_model(folder, args.hidden)
     metrics_port = free_port()
-    daemon = start_daemon(folder, broker_port, model, metrics_port)
+    daemon = start_daemon(folder, broker_port, model, metrics_port, args.threads)
     report: dict = {
         "machine": {
             "cpus": os.cpu_count(),

@@ -32,6 +32,7 @@ from . import snapshot, systemd
 from .framequeue import FrameQueue
 from .metrics import Metrics, MetricsServer, Sample
 from .pipeline import LoadedModel, Pipeline, load_model, make_detector, sample_width
+from .plot import ReplayPlot
 
 log = logging.getLogger("streamlstm.daemon")
 
@@ -173,6 +174,11 @@ class Daemon:
         self._threads: list[threading.Thread] = []
         self.sinks: list[Sink] = []
         self.seq = SeqCounter(self._seq_path(config))
+        self._plots = [
+            ReplayPlot(s.plot_path, s.sensors)
+            for s in self.sources
+            if getattr(s, "plot_path", None)
+        ]
         self._restore()
         self.sinks = build_sinks(config)
         self.metrics.collector(self._collect)
@@ -323,6 +329,8 @@ class Daemon:
                     state.score = float(finite[-1])
                 state.t = float(frame.t[-1])
             self._changed.add(frame.sensor)
+            for plot in self._plots:
+                plot.observe(frame, scores[begin:end])
             begin = end
         if events:
             self._deliver(events, decided)
@@ -345,6 +353,9 @@ class Daemon:
             state.alert = event.kind == "start"
         for sink in self.sinks:
             sink.alerts(records)
+        for plot in self._plots:
+            for record in records:
+                plot.alert(record)
         # State topics follow alerts at once, not at the next interval.
         self._publish_states({r["sensor"] for r in records})
 
@@ -446,6 +457,9 @@ class Daemon:
             self.process(frames)
         self._publish_states()
         self.write_snapshot()
+        threshold = getattr(getattr(self.pipeline, "params", None), "threshold", None)
+        for plot in self._plots:
+            plot.save(threshold)
         for sink in self.sinks:
             try:
                 sink.close()
