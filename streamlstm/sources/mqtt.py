@@ -48,6 +48,9 @@ class MQTTSource:
             self._lines = LineFormat(tuple(config["columns"]), ",", config["time_column"], None)
         self._emit: Emit | None = None
         self._ever_connected = False
+        # Refuse huge payloads before parsing them: 32 characters per number is generous
+        # for text, and memory stays bounded whatever a publisher sends.
+        self._max_bytes = config["max_samples"] * width * 32 + 1024
 
     def run(self, emit: Emit, stop: threading.Event) -> None:
         """Connect, subscribe and deliver messages until ``stop``."""
@@ -109,6 +112,8 @@ class MQTTSource:
         match = self._pattern.fullmatch(topic)
         if match is None:
             raise ParseError("topic", f"topic {topic!r} does not match the template")
+        if len(payload) > self._max_bytes:
+            raise ParseError("oversize", f"{len(payload)} bytes")
         block = self.decode_block(payload)
         rate = block.rate or self._config["rate"]
         times = sample_times(len(block.samples), start=block.t, rate=rate, received=received)

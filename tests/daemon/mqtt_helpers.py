@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import shutil
@@ -42,15 +43,18 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
 class Broker:
     """mosquitto on 127.0.0.1:<free port>, persistence on (saved every second) in ``folder``."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, extra: str = "allow_anonymous true\n") -> None:
         if not os.path.exists(MOSQUITTO):
             pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
         self.folder = folder
         self.port = free_port()
         self.config = folder / "mosquitto.conf"
         self.config.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-            f"persistence true\npersistence_location {folder}/\nautosave_interval 1\n"
+            f"listener {self.port} 127.0.0.1\n{extra}"
+            # As root, mosquitto drops to user "mosquitto", which cannot write into a
+            # private test folder: persistence and the log would silently be lost.
+            + (f"user {getpass.getuser()}\n" if os.geteuid() == 0 else "")
+            + f"persistence true\npersistence_location {folder}/\nautosave_interval 1\n"
             f"log_dest file {folder}/mosquitto.log\nmax_queued_messages 100000\n"
         )
         self.process: subprocess.Popen[bytes] | None = None

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import threading
 
 import numpy as np
-from mqtt_helpers import Subscriber, publisher, wait_until
+import pytest
+from mqtt_helpers import Broker, Subscriber, publisher, wait_until
 
 from streamlstm.daemon.config import validate
 from streamlstm.sinks import SensorState
@@ -78,6 +81,7 @@ def test_source_decodes_every_payload_kind_and_counts_garbage_per_reason(broker)
             ("json/x/accel", b""),
             ("json/x/accel", b'{"samples": [[1,2]]}'),
             ("json/x/accel", json.dumps({"samples": [[0, 0, 0]] * 51}).encode()),
+            ("json/x/accel", b"[" * 1_000_000),  # refused unparsed
             ("csv/x/accel", b"1,2\n"),
             ("csv/x/accel", b"1,a,2,3\n"),
             ("float32/x/accel", b"\x00" * 13),
@@ -106,7 +110,7 @@ def test_source_decodes_every_payload_kind_and_counts_garbage_per_reason(broker)
         "json": 1,
         "empty": 1,
         "width": 1,
-        "oversize": 1,
+        "oversize": 2,
     }
     assert dict(sources["csv"].stats.parse_errors) == {"columns": 1, "number": 1}
     assert dict(sources["float32"].stats.parse_errors) == {"length": 1}
@@ -196,3 +200,32 @@ def test_seq_numbers_never_repeat_across_restarts(tmp_path):
     second = SeqCounter(tmp_path / "seq")  # a crash: nothing was saved on exit
     assert second.take() > max(taken)
     assert taken == [1, 2, 3, 4, 5]
+
+
+def test_password_from_environment_is_used_and_a_wrong_one_refused(tmp_path, monkeypatch):
+    if shutil.which("mosquitto_passwd") is None:
+        pytest.skip("mosquitto_passwd is not installed")
+    passwords = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), "daemon", "s3cret"], check=True)
+    passwords.chmod(0o600)
+    broker = Broker(tmp_path, f"allow_anonymous false\npassword_file {passwords}\n")
+    broker.start()
+    try:
+        settings = mqtt_settings(broker.port) | {"username": "daemon", "password_env": "MQTT_PW"}
+        monkeypatch.setenv("MQTT_PW", "wrong")
+        refused = MQTTSink(sink_config(tmp_path / "a"), settings)
+        monkeypatch.setenv("MQTT_PW", "s3cret")
+        accepted = MQTTSink(sink_config(tmp_path / "b"), settings)
+        wait_until(lambda: accepted.connected, 10, "the right password to be accepted")
+        assert not refused.connected
+        (tmp_path / "pw").write_text("s3cret\n")
+        from_file = MQTTSink(
+            sink_config(tmp_path / "c"),
+            settings
+            | {"password_env": None, "password_file": str(tmp_path / "pw"), "client_id": "t-file"},
+        )
+        wait_until(lambda: from_file.connected, 10, "the password file to be used")
+        for sink in (refused, accepted, from_file):
+            sink.close(timeout=0.5)
+    finally:
+        broker.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 
@@ -17,13 +18,9 @@ from streamlstm.sources.demo import demo_path
 
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "streamlstm.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
-    )
+    command = [sys.executable, "-m", "streamlstm.cli", *args]
+    environment = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=environment)
 
 
 def test_csv_replay_prints_the_expected_alerts_and_plots(tmp_path):
