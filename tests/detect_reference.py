@@ -22,7 +22,7 @@ def model_step(model, state, x):
     if model.input_norm is not None:
         xin = (xin - model.input_norm.mean) / model.input_norm.std
     new_state = []
-    for layer, (h, c) in zip(model.layers, state):
+    for layer, (h, c) in zip(model.layers, state, strict=True):
         gates = layer.w_ih @ xin + layer.b_ih + layer.w_hh @ h + layer.b_hh
         hidden = layer.hidden_size
         i, f = _sigmoid(gates[:hidden]), _sigmoid(gates[hidden:2 * hidden])
@@ -77,7 +77,7 @@ class ReferenceDetector:
 
     def update(self, sensors, samples, times):
         scores, events = [], []
-        for sensor, x, t in zip(sensors, np.asarray(samples, np.float64), times):
+        for sensor, x, t in zip(sensors, np.asarray(samples, np.float64), times, strict=True):
             s = self.sensors.setdefault(sensor, self._fresh())
             scores.append(self._one(s, sensor, x, float(t), events))
         return np.asarray(scores), events

@@ -6,15 +6,14 @@ import json
 
 import numpy as np
 import pytest
+from detect_reference import ReferenceDetector
 
 import streamlstm as sl
-from streamlstm.detect import calibrate
 from streamlstm.detect import _kernel as K
+from streamlstm.detect import calibrate
 from streamlstm.detect import params as P
 from streamlstm.errors import ConfigError, ShapeError
 from streamlstm.model import Normalization
-
-from detect_reference import ReferenceDetector
 
 
 # -- the alert state machine on constructed score sequences --------------------------------
@@ -32,7 +31,7 @@ def run_machine(scores, times=None, *, threshold=1.0, hysteresis=0.5, debounce=3
     times = np.arange(len(scores), dtype=float) if times is None else np.asarray(times, float)
     kind, peak, dur = np.zeros(1, np.int8), np.zeros(1), np.zeros(1)
     events = []
-    for score, t in zip(scores, times):
+    for score, t in zip(scores, times, strict=True):
         ist[K.I_STEPS] += 1
         kind[0] = 0
         K._alert_machine(dparams, ist, fst, float(score), float(t), 0, kind, peak, dur)
@@ -160,7 +159,8 @@ def test_fused_path_equals_reference_for_a_direct_score_model():
 
 
 def test_fused_path_equals_reference_with_the_feature_front_end():
-    spec = {"window": 16, "hop": 4, "stats": ["rms", "peak", "crest", "kurtosis", "log_rms", "log_std"]}
+    spec = {"window": 16, "hop": 4,
+            "stats": ["rms", "peak", "crest", "kurtosis", "log_rms", "log_std"]}
     model = predictor(width=2 * 6, seed=3, norms=False).replace(metadata={"features": spec})
     model = calibrate(model, [normal_data(800, 2, seed=s) for s in range(3)], warmup=4,
                       quiet_time=0.0)

@@ -8,7 +8,6 @@ both (with the alert parameters) in ``model.calibration``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -89,7 +88,7 @@ def calibration_scores(model: Model, data: Any, *, warmup: int | None = None,
     ``model`` must already carry a calibration (e.g. from :func:`calibrate`); use this to
     look at a score distribution or evaluate a model. Returns one array per recording.
     """
-    axes, _ = _axes(model)
+    axes, spec = _axes(model)
     recordings = _recordings(data, axes)
     det = Detector(model, threshold=1e300, **overrides,
                    **({} if warmup is None else {"warmup": warmup}))
@@ -98,11 +97,12 @@ def calibration_scores(model: Model, data: Any, *, warmup: int | None = None,
         sensor = f"calibration-{index}"
         times = np.arange(rec.shape[0], dtype=np.float64)
         det.update([sensor] * rec.shape[0], rec, times)
-        scores = det.last_scores
-        keep = ~np.isnan(scores)
-        # Scores exist from the first model step; drop the warm-up ones by step count.
-        steps = np.cumsum(keep)
-        out.append(scores[keep & (steps > det.params.warmup)])
+        # One score per model step (a feature model holds its score between hops); the
+        # alert machine ignores steps 1..warmup, so they are left out here too.
+        stepped = (np.arange(rec.shape[0]) if spec is None
+                   else np.arange(spec.window - 1, rec.shape[0], spec.hop))
+        scores = det.last_scores[stepped][det.params.warmup:]
+        out.append(scores[~np.isnan(scores)])
         det.forget(sensor)
     return out
 

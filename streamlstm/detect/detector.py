@@ -12,7 +12,6 @@ from .._samples import as_samples
 from ..bank import PARALLEL_THRESHOLD, Bank
 from ..errors import ConfigError, ShapeError
 from ..formats.native import model_sha256
-from ..kernels import layout as L
 from ..model import Model
 from . import _kernel as K
 from .events import AlertEvent
@@ -30,8 +29,9 @@ class Detector:
     from ``model.calibration`` (see :mod:`streamlstm.detect.params`); any of
     ``threshold, margin, alpha, hysteresis, debounce, quiet_time, warmup`` may be
     overridden. Events carry ``model_id``: ``model.metadata["model_id"]`` if set, else
-    the model's name and the start of its weights' sha256. A model whose metadata declares ``features`` is fed windowed features
-    computed from the raw samples (:mod:`streamlstm.detect.features`).
+    the model's name and the start of its weights' sha256. A model whose metadata declares
+    ``features`` is fed windowed features computed from the raw samples
+    (:mod:`streamlstm.detect.features`).
 
     :meth:`update` takes a micro-batch in arrival order and returns the alert events it
     caused, in the same order. Each sensor has a recurrent state row (a
@@ -96,7 +96,8 @@ class Detector:
             return
         arrays = (self._istate, self._fstate, self._preds, self._rings)
         self._alloc_rows(capacity)
-        for new, prev in zip((self._istate, self._fstate, self._preds, self._rings), arrays):
+        for new, prev in zip((self._istate, self._fstate, self._preds, self._rings), arrays,
+                             strict=True):
             new[:old] = prev
 
     def _clear_row(self, row: int) -> None:

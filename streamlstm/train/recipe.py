@@ -11,8 +11,9 @@ epochs and keep the best weights; then calibrate the detector on the held-out ta
 
 Reproducible: every random choice comes from ``seed`` (torch's generator and NumPy's),
 with torch's deterministic algorithms on; the same data, seed, torch version and thread
-count give the same weights. Cost is bounded for long recordings: an epoch is at most
-``windows_per_epoch`` random windows, not a full pass.
+count give the same weights. An epoch is ``windows_per_epoch`` random windows of
+``seq_len`` steps, not a full pass: bounded cost on millions of samples, and enough
+optimiser steps per epoch on a few hundred.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def _split(recordings: list[np.ndarray], val_fraction: float, minimum: int
            ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     heads, tails = [], []
     for index, rec in enumerate(recordings):
-        n_val = int(round(rec.shape[0] * val_fraction))
+        n_val = round(rec.shape[0] * val_fraction)
         if rec.shape[0] - n_val < minimum or n_val < minimum:
             raise ShapeError(f"recording {index}: {rec.shape[0]} samples is too short to "
                              f"split into training and held-out parts of >= {minimum} each")
@@ -162,8 +163,12 @@ def train(data: Any, *, hidden: int = 32, layers: int = 1, features: Any = None,
     best = (float("inf"), 0, {k: v.clone() for k, v in net.state_dict().items()})
     for epoch in range(1, epochs + 1):
         net.train()
-        order = start_index[torch.randperm(len(start_index), generator=generator)]
-        order = order[:windows_per_epoch]
+        # An epoch is windows_per_epoch windows whatever the data size: a random subset of
+        # a long recording, or several shuffled passes over a short one.
+        passes = -(-windows_per_epoch // len(start_index))
+        picks = torch.cat([torch.randperm(len(start_index), generator=generator)
+                           for _ in range(passes)])[:windows_per_epoch]
+        order = start_index[picks]
         total, count = 0.0, 0
         for first in range(0, len(order), batch_size):
             batch = series[order[first:first + batch_size, None] + span]
@@ -177,10 +182,11 @@ def train(data: Any, *, hidden: int = 32, layers: int = 1, features: Any = None,
                         f"loss {total / count:.4f}")
         net.eval()
         with torch.no_grad():
+            pairs = list(zip(val, burn, strict=True))
             errors = [torch.nn.functional.mse_loss(net(v[:, :-1])[:, b:], v[:, 1 + b:],
-                                                   reduction="sum") for v, b in zip(val, burn)]
+                                                   reduction="sum") for v, b in pairs]
             held_out = float(sum(errors)) / sum((v.shape[1] - 1 - b) * v.shape[2]
-                                                for v, b in zip(val, burn))
+                                                for v, b in pairs)
         history.append((epoch, total / count, held_out))
         show.done(f"epoch {epoch}/{epochs}: train {total / count:.4f}  held-out {held_out:.4f}")
         if held_out < best[0]:
