@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -227,5 +228,85 @@ def test_password_from_environment_is_used_and_a_wrong_one_refused(tmp_path, mon
         wait_until(lambda: from_file.connected, 10, "the password file to be used")
         for sink in (refused, accepted, from_file):
             sink.close(timeout=0.5)
+    finally:
+        broker.stop()
+
+
+def test_tls_with_a_private_certificate_authority(tmp_path):
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=tmp_path)
+
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    )
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    )
+    (tmp_path / "san.ext").write_text("subjectAltName = IP:127.0.0.1\n")
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.crt",
+    )
+    broker = Broker(
+        tmp_path,
+        f"allow_anonymous true\ncafile {tmp_path}/ca.crt\n"
+        f"certfile {tmp_path}/server.crt\nkeyfile {tmp_path}/server.key\n",
+    )
+    broker.start()
+    try:
+        settings = mqtt_settings(broker.port) | {
+            "tls": {"ca_file": str(tmp_path / "ca.crt"), "cert_file": None, "key_file": None}
+        }
+        sink = MQTTSink(sink_config(tmp_path / "a"), settings)
+        wait_until(lambda: sink.connected, 10, "a TLS connection")
+        sink.close(timeout=1)
+        untrusting = MQTTSink(
+            sink_config(tmp_path / "b"),
+            mqtt_settings(broker.port)
+            | {
+                "tls": {"ca_file": None, "cert_file": None, "key_file": None},
+                "client_id": "t-untrusting",
+            },
+        )
+        time.sleep(1.0)  # its handshake fails: the broker's CA is not a system CA
+        assert not untrusting.connected
+        untrusting.close(timeout=0.1)
     finally:
         broker.stop()
