@@ -10,13 +10,19 @@ daemon's own Prometheus endpoint and /proc:
    newest sample (``streamlstm_sample_age_seconds``), daemon CPU (cores);
 2. soak at the target rate: the same figures plus RSS every few seconds (start, end,
    max, slope) for ``--soak`` seconds (``--soak 600`` for the 10-minute figure);
-3. baseline: the naive design, a paho callback stepping ``torch.nn.LSTM`` (same
-   weights) one sample at a time, flooded with the same traffic; its throughput.
+3. baseline: the naive design, a paho callback stepping ``torch.nn.LSTM`` one sample at
+   a time, flooded with the same traffic; its throughput. With ``--hidden N`` both run
+   the same raw-sample LSTM weights; with the shipped default model (a feature model
+   stepping its LSTM once per 10 samples) the baseline steps a raw-sample LSTM of the
+   same hidden size on every sample, as the naive design would.
+
+The model is the shipped default (``weights/accel-default.npz``) unless ``--hidden``.
 
 Prints a table with ratios and writes ``benchmarks/results/bench_daemon.json``.
 
     PYTHONPATH=. python benchmarks/bench_daemon.py                 # ~3 minutes
     PYTHONPATH=. python benchmarks/bench_daemon.py --soak 600      # the 10-minute soak
+    PYTHONPATH=. python benchmarks/bench_daemon.py --hidden 32     # raw-sample LSTM, same weights
 """
 
 from __future__ import annotations
@@ -208,7 +214,12 @@ def publish(
 
 
 # -- the system under test ---------------------------------------------------------------------
-def write_model(folder: Path, hidden: int) -> Path:
+def bench_model(folder: Path, hidden: int | None) -> Path:
+    """The shipped default model, or (``--hidden N``) a random 3->N LSTM calibrated on noise."""
+    if hidden is None:
+        from streamlstm.daemon.pipeline import default_model_path
+
+        return default_model_path()
     import streamlstm as sl
     from streamlstm import formats
     from streamlstm.detect import calibrate
@@ -346,7 +357,6 @@ def run_step(
 # -- the naive baseline ------------------------------------------------------------------------
 def naive_subscriber(port: int, model_path: str, expected: int, ready, result) -> None:
     """paho on_message -> torch.nn.LSTM one sample at a time -> residual score -> threshold."""
-    import paho.mqtt.client as paho
     import torch
 
     from streamlstm import formats
@@ -356,13 +366,24 @@ def naive_subscriber(port: int, model_path: str, expected: int, ready, result) -
     layer = model.layers[0]
     lstm = torch.nn.LSTM(3, layer.hidden_size)
     head = torch.nn.Linear(layer.hidden_size, 3)
+    # Same weights when the model takes raw samples; a feature model (the default) gets a
+    # raw-sample LSTM of its hidden size, which is what the naive design would run.
     with torch.no_grad():
+        if model.input_size != 3:
+            return _serve_naive(port, lstm, head, expected, ready, result)
         lstm.weight_ih_l0.copy_(torch.from_numpy(layer.w_ih))
         lstm.weight_hh_l0.copy_(torch.from_numpy(layer.w_hh))
         lstm.bias_ih_l0.copy_(torch.from_numpy(layer.b_ih))
         lstm.bias_hh_l0.copy_(torch.from_numpy(layer.b_hh))
         head.weight.copy_(torch.from_numpy(model.head[0].weight))
         head.bias.copy_(torch.from_numpy(model.head[0].bias))
+    _serve_naive(port, lstm, head, expected, ready, result)
+
+
+def _serve_naive(port: int, lstm, head, expected: int, ready, result) -> None:
+    import paho.mqtt.client as paho
+    import torch
+
     threshold = 10.0
     state: dict[str, tuple] = {}
     seen = [0, 0.0, 0.0]  # samples, first time, last time
@@ -428,7 +449,11 @@ def main() -> int:
     )
     parser.add_argument("--sensors", type=int, default=100)
     parser.add_argument("--batch", type=int, default=200, help="samples per message")
-    parser.add_argument("--hidden", type=int, default=32, help="LSTM hidden size")
+    parser.add_argument(
+        "--hidden",
+        type=int,
+        help="a random raw-sample LSTM of this size instead of the default model",
+    )
     parser.add_argument(
         "--rates", default="100000,200000,300000", help="offered samples/s, stepped"
     )
@@ -459,7 +484,7 @@ def _sustained(step: dict) -> bool:
 
 
 def run_all(args: argparse.Namespace, folder: Path, broker_port: int) -> int:
-    model = write_model(folder, args.hidden)
+    model = bench_model(folder, args.hidden)
     metrics_port = free_port()
     daemon = start_daemon(folder, broker_port, model, metrics_port, args.threads)
     report: dict = {
