@@ -389,6 +389,10 @@ def _serve_naive(port: int, lstm, head, expected: int, ready, result) -> None:
     seen = [0, 0.0, 0.0]  # samples, first time, last time
 
     def on_message(client, userdata, message):
+        if seen[0] == 0:
+            # The thread setting is per thread: without it, paho's network thread runs each
+            # tiny step on an OpenMP pool, about 60x slower on a 2-core machine.
+            torch.set_num_threads(1)
         sensor = message.topic.split("/")[1]
         batch = json.loads(message.payload)
         hc, previous = state.get(sensor, (None, None))
