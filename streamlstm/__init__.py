@@ -23,6 +23,7 @@ from .errors import (
     SourceError,
     StreamLSTMError,
 )
+from .formats import load, save
 from .model import DenseLayer, Model, Normalization, RecurrentLayer, random_model
 from .stream import Stream
 
@@ -48,5 +49,7 @@ __all__ = [
     "Stream",
     "StreamLSTMError",
     "__version__",
+    "load",
     "random_model",
+    "save",
 ]

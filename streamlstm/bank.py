@@ -154,7 +154,9 @@ class Bank:
 
     def set_state(self, sensor: Hashable, h: Any, c: Any) -> None:
         """Overwrite ``sensor``'s state (allocating its row if new)."""
-        self._states[self.row(sensor)] = join_state(self.model, h, c)
+        vector = join_state(self.model, h, c)
+        row = self.row(sensor)  # may grow (replace) self._states: look it up first
+        self._states[row] = vector
 
     def reset(self, sensor: Hashable | None = None) -> None:
         """Zero one sensor's state, or every sensor's."""
@@ -179,7 +181,8 @@ class Bank:
             raise ShapeError(f"snapshot: {len(sensors)} sensors for {states.shape[0]} states")
         if not np.all(np.isfinite(states)):
             raise ShapeError("snapshot: non-finite state values")
-        self._states[self.rows(sensors)] = states
+        rows = self.rows(sensors)  # may grow (replace) self._states: look them up first
+        self._states[rows] = states
 
     def state_vector(self, sensor: Hashable) -> np.ndarray:
         """A copy of ``sensor``'s flat ``(S,)`` state row."""
@@ -190,4 +193,5 @@ class Bank:
         vector = as_sample(vector, self._dtype, self._states.shape[1])
         if not np.all(np.isfinite(vector)):
             raise ShapeError("state: non-finite values")
-        self._states[self.row(sensor)] = vector
+        row = self.row(sensor)  # may grow (replace) self._states: look it up first
+        self._states[row] = vector

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Iterable
 from typing import Any, TextIO
@@ -59,12 +60,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"streamlstm step: {exc}", file=sys.stderr)
         return 2
     try:
-        source = sys.stdin if args.input is None else open(args.input, encoding="utf-8")
+        # Closed below; an error opening it is a usage error, not one while streaming.
+        source = sys.stdin if args.input is None else open(args.input, encoding="utf-8")  # noqa: SIM115
     except OSError as exc:
         print(f"streamlstm step: cannot read {args.input}: {exc.strerror}", file=sys.stderr)
         return 2
-    with source:
-        step_lines(model, source, sys.stdout, sys.stderr)
+    try:
+        with source:
+            step_lines(model, source, sys.stdout, sys.stderr)
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): stop quietly, as other filters do.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - absorbs the interpreter's final flush
     return 0
 
 

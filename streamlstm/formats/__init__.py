@@ -13,6 +13,9 @@ from typing import Any
 
 from ..errors import ModelFormatError
 from ..model import Model
+from .native import model_sha256
+
+__all__ = ["LOADERS", "load", "model_sha256", "save"]
 
 #: suffix -> (module, loader function). Modules are imported on first use so that the
 #: optional frameworks (torch, h5py, onnx) are needed only for their own formats.

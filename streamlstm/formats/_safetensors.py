@@ -13,6 +13,7 @@ the file, tensors may not overlap, and each byte range must be exactly
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -128,7 +129,7 @@ def _entries(path: Path, header: Mapping[str, Any],
         entries[name] = (tag, tuple(shape), begin, end)
     spans = sorted((begin, end, name) for name, (_, _, begin, end) in entries.items()
                    if end > begin)
-    for (_, end_a, name_a), (begin_b, _, name_b) in zip(spans, spans[1:]):
+    for (_, end_a, name_a), (begin_b, _, name_b) in itertools.pairwise(spans):
         if begin_b < end_a:
             raise _fail(path, f"tensors {name_a!r} and {name_b!r} overlap")
     return entries

@@ -25,8 +25,8 @@ import io
 import json
 import math
 import os
+import weakref
 import zipfile
-import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -56,8 +56,15 @@ def model_sha256(model: Model) -> str:
     The same for a model and its native file's reload; unchanged by ``name``,
     ``sample_rate``, ``channels``, ``metadata`` and ``calibration``, so it names the
     weights an alert was computed with, whatever they were since relabelled as.
+    Computed once per model object (models are immutable).
     """
-    return _content_sha256(_architecture(model), _tensors(model))
+    digest = _SHA256.get(model)
+    if digest is None:
+        digest = _SHA256[model] = _content_sha256(_architecture(model), _tensors(model))
+    return digest
+
+
+_SHA256: weakref.WeakKeyDictionary[Model, str] = weakref.WeakKeyDictionary()
 
 
 def save_native(model: Model, path: str | os.PathLike[str]) -> Path:
@@ -89,7 +96,8 @@ def save_native(model: Model, path: str | os.PathLike[str]) -> Path:
     try:
         text = json.dumps(meta, default=_json_default, sort_keys=True).encode("utf-8")
     except (TypeError, ValueError) as exc:
-        raise ModelFormatError(f"{path}: metadata or calibration is not JSON-able ({exc})") from None
+        raise ModelFormatError(f"{path}: metadata or calibration is not JSON-able "
+                               f"({exc})") from None
     buffer = io.BytesIO()
     np.savez(buffer, **{META: np.frombuffer(text, np.uint8)}, **tensors)
     atomic_write(path, [buffer.getvalue()])
@@ -104,7 +112,7 @@ def load_native(path: str | os.PathLike[str], *,
         meta, arrays = _read(path, max_tensor_bytes)
     except ModelFormatError:
         raise
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError) as exc:
+    except Exception as exc:  # zipfile/zlib/NumPy raise many types on damaged input
         raise ModelFormatError(f"{path}: corrupt or truncated native file "
                                f"({type(exc).__name__}: {exc})") from None
     return _build(path, meta, arrays)
@@ -183,6 +191,8 @@ def _read(path: Path, max_tensor_bytes: int) -> tuple[dict[str, Any], dict[str, 
         bad = archive.testzip()
         if bad is not None:
             raise ModelFormatError(f"{path}: member {bad!r} fails its CRC check (corrupt file)")
+        for info in archive.infolist():
+            _check_npy_header(path, archive, info)
     with np.load(path, allow_pickle=False) as npz:
         meta_bytes = npz[META]
         if meta_bytes.dtype != np.uint8 or meta_bytes.ndim != 1:
@@ -194,6 +204,8 @@ def _read(path: Path, max_tensor_bytes: int) -> tuple[dict[str, Any], dict[str, 
         if not isinstance(meta, dict):
             raise ModelFormatError(f"{path}: {META} is not a JSON object")
         _check_version(path, meta)
+        # Names are checked before any tensor member is parsed.
+        _check_names(path, _expected_shapes(path, meta.get("architecture")), members - {META})
         arrays = {name: npz[name] for name in members if name != META}
     return meta, arrays
 
@@ -208,6 +220,10 @@ def _check_members(path: Path, archive: zipfile.ZipFile, max_tensor_bytes: int) 
         if not info.filename.endswith(".npy"):
             raise ModelFormatError(f"{path}: unexpected member {info.filename!r} (not .npy)")
         name = info.filename[:-4]
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) \
+                or info.flag_bits & 0x1:
+            raise ModelFormatError(f"{path}: member {name!r} is encrypted or uses compression "
+                                   f"method {info.compress_type} (only stored or deflated)")
         if name in names:
             raise ModelFormatError(f"{path}: member {name!r} appears twice")
         names.add(name)
@@ -216,6 +232,29 @@ def _check_members(path: Path, archive: zipfile.ZipFile, max_tensor_bytes: int) 
             raise ModelFormatError(f"{path}: member {name!r} declares {info.file_size} bytes, "
                                    f"over the {limit}-byte limit")
     return names
+
+
+def _check_npy_header(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
+    """Refuse a member whose ``.npy`` header promises more data than the member holds.
+
+    NumPy allocates the whole array from the header's shape before reading a zip member,
+    so a tiny member claiming a huge shape would otherwise exhaust memory.
+    """
+    name = info.filename[:-4]
+    with archive.open(info) as member:
+        version = np.lib.format.read_magic(member)
+        if version not in ((1, 0), (2, 0)):
+            raise ModelFormatError(f"{path}: member {name!r}: unsupported .npy version {version}")
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, _, dtype = read_header(member)
+    if dtype.hasobject:
+        raise ModelFormatError(f"{path}: member {name!r} holds Python objects (dtype {dtype}); "
+                               "native files hold numbers only and nothing is unpickled")
+    claimed = math.prod(shape) * dtype.itemsize
+    if claimed > info.file_size:
+        raise ModelFormatError(f"{path}: member {name!r}: header claims shape {shape} "
+                               f"({claimed} bytes) but the member holds {info.file_size} bytes")
 
 
 def _check_version(path: Path, meta: Mapping[str, Any]) -> None:
@@ -286,16 +325,20 @@ def _expected_shapes(path: Path, arch: Any) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _check_tensors(path: Path, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
-                   dtype: np.dtype) -> None:
-    expected = _expected_shapes(path, meta.get("architecture"))
-    described = _field(path, meta, "tensors", dict, META)
-    missing = sorted(set(expected) - set(arrays))
-    extra = sorted(set(arrays) - set(expected))
+def _check_names(path: Path, expected: Mapping[str, Any], present: set[str]) -> None:
+    missing = sorted(set(expected) - present)
+    extra = sorted(present - set(expected))
     if missing:
         raise ModelFormatError(f"{path}: missing tensor(s): {', '.join(missing)}")
     if extra:
         raise ModelFormatError(f"{path}: unexpected tensor(s): {', '.join(extra)}")
+
+
+def _check_tensors(path: Path, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
+                   dtype: np.dtype) -> None:
+    expected = _expected_shapes(path, meta.get("architecture"))
+    described = _field(path, meta, "tensors", dict, META)
+    _check_names(path, expected, set(arrays))
     if set(described) != set(expected):
         raise ModelFormatError(f"{path}: {META}.tensors lists "
                                f"{sorted(set(described) ^ set(expected))} inconsistently")

@@ -78,7 +78,13 @@ def load_torch(path: str | os.PathLike[str], *, prefix: str | None = None,
     if head_activation is not None and head_activation not in ACTIVATIONS:
         raise ModelFormatError(f"{path}: head_activation must be one of {ACTIVATIONS}, "
                                f"got {head_activation!r}")
-    tensors, source = read_state_dict(path)
+    if sample_rate is not None and not (isinstance(sample_rate, (int, float))
+                                        and np.isfinite(sample_rate) and sample_rate > 0):
+        raise ModelFormatError(f"{path}: sample_rate must be a positive number in Hz, "
+                               f"got {sample_rate!r}")
+    norms = {"input_norm": _norm(path, input_mean, input_std, "input", options_dtype),
+             "output_norm": _norm(path, output_mean, output_std, "output", options_dtype)}
+    tensors, source, file_metadata = read_state_dict(path)
     builder = _Builder(path, tensors, options_dtype)
     rec_prefix = builder.recurrent_prefix(prefix)
     layers = builder.layers(rec_prefix, kind)
@@ -90,27 +96,30 @@ def load_torch(path: str | os.PathLike[str], *, prefix: str | None = None,
                                f"({rec_prefix or 'no prefix'}) nor its head: {listed}; pass "
                                "head_prefix= if one of them is the head, or strict=False to "
                                "ignore them")
-    out_size = head[-1].weight.shape[0] if head else layers[-1].output_size
     provenance = {"source": source, "file": path.name, "file_sha256": _file_sha256(path),
-                  "prefix": rec_prefix, "head_prefixes": builder.head_prefixes,
-                  **(metadata or {})}
+                  "prefix": rec_prefix, "head_prefixes": builder.head_prefixes}
+    if file_metadata:
+        provenance["file_metadata"] = file_metadata
+    provenance.update(metadata or {})
     try:
-        return Model(layers=tuple(layers), head=tuple(head),
-                     input_norm=_norm(input_mean, input_std, "input", options_dtype),
-                     output_norm=_norm(output_mean, output_std, "output", options_dtype),
-                     name=name or path.stem, sample_rate=sample_rate, channels=tuple(channels),
-                     metadata=provenance)
+        return Model(layers=tuple(layers), head=tuple(head), name=name or path.stem,
+                     sample_rate=None if sample_rate is None else float(sample_rate),
+                     channels=tuple(channels), metadata=provenance, **norms)
     except ShapeError as exc:
-        raise ModelFormatError(f"{path}: {exc} (model output width {out_size})") from None
+        raise ModelFormatError(f"{path}: {exc}") from None
 
 
-def read_state_dict(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], str]:
-    """The flat ``{key: array}`` of a torch weight file and a word for its source format."""
+def read_state_dict(path: str | os.PathLike[str]
+                    ) -> tuple[dict[str, np.ndarray], str, dict[str, str]]:
+    """A torch weight file's flat ``{key: array}``, a word for its format, and its metadata.
+
+    The metadata is a safetensors file's ``__metadata__`` (empty for ``.pt``/``.pth``).
+    """
     path = Path(path)
     if path.suffix.lower() == ".safetensors":
-        tensors, _ = read_safetensors(path)
-        return tensors, "pytorch-safetensors"
-    return _read_pickle_free(path), "pytorch"
+        tensors, metadata = read_safetensors(path)
+        return tensors, "pytorch-safetensors", metadata
+    return _read_pickle_free(path), "pytorch", {}
 
 
 def _read_pickle_free(path: Path) -> dict[str, np.ndarray]:
@@ -123,12 +132,14 @@ def _read_pickle_free(path: Path) -> dict[str, np.ndarray]:
     try:
         obj = torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        # torch's message suggests weights_only=False; quote only what it found.
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        what = f" (it names {found[1]})" if found else ""
         raise ModelFormatError(
-            f"{path}: refused: the file holds pickled Python objects besides tensors, and "
-            "loading them could run arbitrary code, so only weights_only=True loading is "
+            f"{path}: refused: the file holds pickled Python objects besides tensors{what}, "
+            "and loading them could run arbitrary code, so only weights_only=True loading is "
             "used. Save model.state_dict() instead of the model (or convert it to "
-            f".safetensors). torch said: {first}") from None
+            ".safetensors).") from None
     except Exception as exc:  # torch raises RuntimeError/EOFError/OSError/... on damage
         raise ModelFormatError(f"{path}: not a readable PyTorch file "
                                f"({type(exc).__name__}: {exc})") from None
@@ -164,12 +175,18 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _norm(mean: Any, std: Any, which: str, dtype: np.dtype) -> Normalization | None:
+def _norm(path: Path, mean: Any, std: Any, which: str,
+          dtype: np.dtype) -> Normalization | None:
     if mean is None and std is None:
         return None
     if mean is None or std is None:
-        raise ModelFormatError(f"{which}_mean and {which}_std go together: pass both")
-    return Normalization(np.asarray(mean, dtype).reshape(-1), np.asarray(std, dtype).reshape(-1))
+        raise ModelFormatError(f"{path}: {which}_mean and {which}_std go together: pass both")
+    try:
+        return Normalization(np.asarray(mean, dtype).reshape(-1),
+                             np.asarray(std, dtype).reshape(-1))
+    except (TypeError, ValueError) as exc:
+        raise ModelFormatError(f"{path}: {which}_mean/{which}_std must be numbers "
+                               f"({exc})") from None
 
 
 class _Builder:
@@ -197,12 +214,8 @@ class _Builder:
 
     # -- recurrent module -------------------------------------------------------------
     def recurrent_prefix(self, prefix: str | None) -> str:
-        found: dict[str, bool] = {}
-        for key in self.tensors:
-            match = _RECURRENT_KEY.match(key)
-            if match and match["what"] == "weight_ih":
-                found[match["prefix"]] = found.get(match["prefix"], False) or bool(
-                    match["reverse"])
+        found = {m["prefix"] for key in self.tensors
+                 if (m := _RECURRENT_KEY.match(key)) and m["what"] == "weight_ih"}
         if prefix is not None:
             if prefix and not prefix.endswith("."):
                 prefix += "."
@@ -213,11 +226,11 @@ class _Builder:
             raise self.fail("no nn.LSTM/nn.GRU weights found (expected keys like "
                             "'lstm.weight_ih_l0'); is this a recurrent model's state_dict?")
         elif len(found) > 1:
-            raise self.fail(f"several recurrent modules found ({', '.join(map(repr, sorted(found)))})"
-                            "; pass prefix= to choose one (stacked separate modules are not "
-                            "chained automatically)")
+            listed = ", ".join(map(repr, sorted(found)))
+            raise self.fail(f"several recurrent modules found ({listed}); pass prefix= to "
+                            "choose one (stacked separate modules are not chained automatically)")
         else:
-            prefix = next(iter(found))
+            (prefix,) = found
         if any(k.startswith(prefix) and k.endswith("_reverse") for k in self.tensors):
             raise self.fail(f"{prefix or 'the model'} is bidirectional (keys ending in "
                             "'_reverse'): its backward direction reads the sequence from the "
@@ -282,7 +295,8 @@ class _Builder:
                             "this is not an nn.LSTM/nn.GRU state_dict")
         if kind is not None and kind != inferred:
             raise self.fail(f"kind={kind!r} was given but {keys['weight_ih']} {w_ih.shape} "
-                            f"with hidden size {hidden} is an {inferred.upper()}")
+                            f"with hidden size {hidden} is "
+                            f"{'an LSTM' if inferred == 'lstm' else 'a GRU'}")
         return inferred
 
     # -- head -------------------------------------------------------------------------
