@@ -1,0 +1,75 @@
+"""A configured paho-mqtt 2.x client, shared by the MQTT source and sink.
+
+Persistent sessions (MQTT 5, fixed client id, ``clean_start=False`` with a session
+expiry) so that QoS 1/2 messages survive a reconnect; TLS and a password read from a file
+or an environment variable, never from the command line, where ``ps`` would show it.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from .errors import ConfigError
+
+
+def read_password(settings: dict[str, Any]) -> str | None:
+    """The broker password from ``password_file`` (first line) or ``password_env``."""
+    if settings.get("password_file"):
+        try:
+            return Path(settings["password_file"]).read_text(encoding="utf-8").splitlines()[0]
+        except (OSError, IndexError) as exc:
+            raise ConfigError(f"mqtt.password_file: cannot read a password ({exc})") from None
+    if settings.get("password_env"):
+        name = settings["password_env"]
+        if name not in os.environ:
+            raise ConfigError(f"mqtt.password_env: environment variable {name} is not set")
+        return os.environ[name]
+    return None
+
+
+def make_client(settings: dict[str, Any], suffix: str) -> paho.Client:
+    """A client with id ``{client_id}-{suffix}``, auth and TLS set, not yet connected."""
+    client = paho.Client(
+        paho.CallbackAPIVersion.VERSION2,
+        client_id=f"{settings['client_id']}-{suffix}",
+        protocol=paho.MQTTv5,
+    )
+    password = read_password(settings)
+    if settings.get("username") is not None:
+        client.username_pw_set(settings["username"], password)
+    tls = settings.get("tls")
+    if tls is not None:
+        context = ssl.create_default_context(cafile=tls.get("ca_file"))
+        if tls.get("cert_file"):
+            context.load_cert_chain(tls["cert_file"], tls.get("key_file"))
+        client.tls_set_context(context)
+    client.reconnect_delay_set(min_delay=1, max_delay=30)
+    # Large bursts are normal for a batch publisher; paho's default caps them at 20.
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    return client
+
+
+def connect_properties(settings: dict[str, Any]) -> Properties:
+    """CONNECT properties keeping the session for ``session_expiry_s`` after a disconnect."""
+    properties = Properties(PacketTypes.CONNECT)
+    properties.SessionExpiryInterval = settings["session_expiry_s"]
+    return properties
+
+
+def connect_async(client: paho.Client, settings: dict[str, Any]) -> None:
+    """Start connecting in the background (paho retries with backoff by itself)."""
+    client.connect_async(
+        settings["host"],
+        settings["port"],
+        keepalive=settings["keepalive_s"],
+        clean_start=False,
+        properties=connect_properties(settings),
+    )

@@ -1,0 +1,1 @@
+"""The long-running service: config, sources -> detector -> sinks, signals, snapshots, metrics."""

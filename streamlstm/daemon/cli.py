@@ -1,0 +1,54 @@
+"""``streamlstm run``: the daemon. Without ``--config`` it replays the packaged demo
+recording through the default model, prints the alerts, and exits when the recording ends."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+
+from ..errors import ConfigError, SinkError, SourceError
+from . import config as config_module
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        "-c",
+        metavar="SITE.toml",
+        help="site configuration (default: the built-in demo)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        help="overrides [daemon] log_level",
+    )
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from .engine import Daemon  # heavy imports (numba) only once arguments are fine
+
+    try:
+        config = config_module.load(args.config)
+    except ConfigError as exc:
+        print(f"streamlstm run: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(args.log_level or (config["daemon"]["log_level"] if args.config else "warning"))
+    try:
+        daemon = Daemon(config, config_path=args.config)
+    except (ConfigError, SourceError, SinkError, OSError) as exc:
+        print(f"streamlstm run: {exc}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, lambda *_: daemon.request_stop())
+    signal.signal(signal.SIGINT, lambda *_: daemon.request_stop())
+    signal.signal(signal.SIGHUP, lambda *_: daemon.request_reload())
+    return daemon.run()

@@ -1,0 +1,102 @@
+"""What the daemon steps samples through: a model plus the anomaly detector.
+
+The daemon depends only on the small :class:`Pipeline` protocol below, which
+:class:`streamlstm.Detector` satisfies; :func:`load_pipeline` builds the real one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..errors import ConfigError, StreamLSTMError
+from ..model import Model
+
+#: Where the shipped default model is looked for, in order: inside the installed
+#: package, then in a source checkout's ``weights/`` folder.
+DEFAULT_MODEL_NAME = "accel-default.npz"
+
+
+class Pipeline(Protocol):
+    """Steps micro-batches and decides alerts; keeps per-sensor state between calls."""
+
+    last_scores: np.ndarray  # (M,) float, NaN for rejected samples
+    last_status: np.ndarray  # (M,) int8, 0 = accepted
+
+    def update(
+        self, sensor_ids: Sequence[Hashable], samples: np.ndarray, timestamps: np.ndarray
+    ) -> list[Any]:
+        """``samples`` ``(M, D)`` in sensor units, ``timestamps`` ``(M,)`` s -> alert events."""
+        ...
+
+    def export_state(self) -> Mapping[str, Any]: ...
+
+    def import_state(self, snapshot: Mapping[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model and where it came from: ``sha256`` of the weight file identifies it in alerts."""
+
+    model: Model
+    path: Path
+    sha256: str
+
+    @property
+    def model_id(self) -> str:
+        return self.model.name
+
+
+def default_model_path() -> Path:
+    """The shipped default model, or :class:`ConfigError` naming where it was looked for."""
+    candidates = [
+        Path(str(resources.files("streamlstm") / "data" / DEFAULT_MODEL_NAME)),
+        Path(__file__).resolve().parents[2] / "weights" / DEFAULT_MODEL_NAME,
+    ]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(
+        "the default model is missing from this installation (looked in "
+        + ", ".join(map(str, candidates))
+        + "); set [model] path in a config"
+    )
+
+
+def load_model(path: str | None) -> LoadedModel:
+    """Load weights (any supported format) and hash the file; ``None`` = the default model."""
+    from .. import formats
+
+    file = Path(path) if path else default_model_path()
+    try:
+        digest = hashlib.sha256(file.read_bytes()).hexdigest()
+    except OSError as exc:
+        raise ConfigError(f"model.path: cannot read {file} ({exc.strerror or exc})") from None
+    try:
+        model = formats.load(file)
+    except StreamLSTMError as exc:
+        raise ConfigError(f"model.path: {exc}") from None
+    return LoadedModel(model, file, digest)
+
+
+def make_detector(model: Model, settings: Mapping[str, Any]) -> Pipeline:
+    """A :class:`streamlstm.Detector` for ``model`` with the ``[detector]`` settings."""
+    from ..detect import Detector
+
+    try:
+        return Detector(
+            model, capacity=settings["capacity"], threads=settings["threads"], **settings["options"]
+        )
+    except (TypeError, ValueError, StreamLSTMError) as exc:
+        raise ConfigError(f"detector: {exc}") from None
+
+
+def sample_width(pipeline: Pipeline, model: Model) -> int:
+    """How many values one raw sample has (the detector may compute features from them)."""
+    return int(getattr(pipeline, "axes", model.input_size))

@@ -1,0 +1,62 @@
+"""Readable alert lines on standard output (the demo's sink)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, TextIO
+
+from . import SensorState
+
+
+def _when(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds > 1e9:  # an epoch time; recordings often count from 0 instead
+        return (
+            time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+            + f".{int(seconds % 1 * 1000):03d}Z"
+        )
+    return f"t={seconds:.3f}s"
+
+
+def format_alert(record: Mapping[str, Any]) -> str:
+    """``2026-11-22T18:20:01.123Z  ALERT START  s1  score 7.31 > 4.00  (seq 42)``."""
+    score = record["score"]
+    threshold = record["threshold"]
+    text = (
+        f"{_when(record['t'])}  ALERT {record['kind'].upper():<5}  {record['sensor']}  "
+        f"score {score if score is None else f'{score:.3g}'}"
+        f" / threshold {threshold if threshold is None else f'{threshold:.3g}'}"
+    )
+    if record["kind"] == "end" and record["duration"] is not None:
+        text += f"  lasted {record['duration']:.3g} s, peak {record['peak']:.3g}"
+    return text + f"  (seq {record['seq']})"
+
+
+class StdoutSink:
+    """Writes one line per alert; with ``states`` also a line per changed sensor state."""
+
+    def __init__(self, config: Mapping[str, Any], stream: TextIO | None = None) -> None:
+        self._stream = stream or sys.stdout
+        self._states = config.get("states", False)
+
+    def alerts(self, records: Sequence[dict[str, Any]]) -> None:
+        for record in records:
+            self._stream.write(format_alert(record) + "\n")
+        self._stream.flush()
+
+    def states(self, states: Mapping[str, SensorState]) -> None:
+        if not self._states:
+            return
+        for state in states.values():
+            self._stream.write(
+                f"state {state.sensor}: score {state.score:.3g}, "
+                f"{'ALERT' if state.alert else 'ok'}, {state.samples} samples, "
+                f"{state.rejected} rejected\n"
+            )
+        self._stream.flush()
+
+    def close(self) -> None:
+        self._stream.flush()

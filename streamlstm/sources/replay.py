@@ -1,0 +1,142 @@
+"""Replay a recording (CSV/TSV or NPZ) at its recorded rate, scaled, or as fast as possible.
+
+NPZ recordings hold ``samples`` ``(T, D)`` (or ``(T,)`` for one channel) and optionally
+``t`` ``(T,)`` seconds, ``rate`` (Hz) and ``sensor`` (a string); they are read with
+``allow_pickle=False``. CSV/TSV recordings use the configured ``columns`` (default: the
+first ``D`` columns that are not the time column); a header line is skipped.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import SourceError
+from . import Emit, Frame, SourceStats, sample_times
+from .parsers import LineFormat, ParseError
+
+
+class Recording:
+    """A loaded recording: ``samples`` ``(T, D)`` float32 and ``t`` ``(T,)`` float64 seconds."""
+
+    def __init__(self, samples: np.ndarray, t: np.ndarray, sensor: str) -> None:
+        self.samples, self.t, self.sensor = samples, t, sensor
+
+
+def _load_npz(
+    path: Path, width: int, rate: float | None
+) -> tuple[np.ndarray, np.ndarray | None, float | None, str | None]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "samples" not in data.files:
+                raise SourceError(f"{path}: no 'samples' array (found: {', '.join(data.files)})")
+            samples = np.asarray(data["samples"], np.float32)
+            t = np.asarray(data["t"], np.float64) if "t" in data.files else None
+            if "rate" in data.files and rate is None:
+                rate = float(data["rate"])
+            sensor = str(data["sensor"]) if "sensor" in data.files else None
+    except (OSError, ValueError) as exc:
+        raise SourceError(f"{path}: not a readable NPZ recording ({exc})") from None
+    if samples.ndim == 1:
+        samples = samples[:, None]
+    return samples, t, rate, sensor
+
+
+def _load_text(
+    path: Path, width: int, config: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    separator = "\t" if path.suffix.lower() == ".tsv" else ","
+    time_column = config.get("time_column")
+    columns = config.get("columns")
+    if columns is None:
+        columns = [c for c in range(width + 1) if c != time_column][:width]
+    fmt = LineFormat(tuple(columns), separator, time_column, None)
+    samples, times = [], []
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            sample, t, _ = fmt.parse(line)
+        except ParseError as exc:
+            if number == 1:  # a header
+                continue
+            raise SourceError(f"{path}:{number}: {exc}") from None
+        samples.append(sample)
+        times.append(t)
+    if not samples:
+        raise SourceError(f"{path}: no samples")
+    t_array = None if time_column is None else np.asarray(times, np.float64)
+    return np.stack(samples), t_array
+
+
+def load_recording(path: str | Path, width: int, config: dict[str, Any]) -> Recording:
+    """Read a recording; :class:`SourceError` if it is missing, unreadable or of the wrong width."""
+    path = Path(path)
+    if not path.is_file():
+        raise SourceError(f"{path}: no such recording")
+    rate = config.get("rate")
+    sensor = None
+    if path.suffix.lower() == ".npz":
+        samples, t, rate, sensor = _load_npz(path, width, rate)
+    else:
+        samples, t = _load_text(path, width, config)
+    if samples.ndim != 2 or samples.shape[1] != width or not len(samples):
+        raise SourceError(f"{path}: samples of shape {samples.shape}, the model takes (T, {width})")
+    if t is None:
+        t = sample_times(len(samples), start=0.0, rate=rate or 1.0, received=0.0)
+    if t.shape != (len(samples),):
+        raise SourceError(f"{path}: t has shape {t.shape}, expected ({len(samples)},)")
+    return Recording(samples, t, config.get("sensor") or sensor or path.stem)
+
+
+class ReplaySource:
+    """Emits a recording in blocks of ``block`` samples; ``speed`` 0 = as fast as possible."""
+
+    def __init__(
+        self, config: dict[str, Any], width: int, recording: Recording | None = None
+    ) -> None:
+        self.name = config["name"]
+        self.stats = SourceStats()
+        self.recording = recording or load_recording(config["path"], width, config)
+        self.plot_path = config.get("plot")
+        self._speed = config["speed"]
+        self._block = config["block"]
+        self._progress = config["progress"]
+
+    @property
+    def sensors(self) -> list[str]:
+        return [self.recording.sensor]
+
+    def run(self, emit: Emit, stop: threading.Event) -> None:
+        """Emit every block (pacing by the recorded times when ``speed`` > 0), then return."""
+        rec = self.recording
+        total = len(rec.t)
+        self.stats.connected = True
+        start_wall, start_t = time.monotonic(), rec.t[0]
+        shown = 0.0
+        for begin in range(0, total, self._block):
+            if stop.is_set():
+                break
+            end = min(begin + self._block, total)
+            if self._speed > 0:
+                due = start_wall + (rec.t[begin] - start_t) / self._speed
+                if stop.wait(max(0.0, due - time.monotonic())):
+                    break
+            emit([Frame(rec.sensor, rec.t[begin:end], rec.samples[begin:end], time.time())])
+            self.stats.received(end - begin)
+            if self._progress and (time.monotonic() - shown > 0.5 or end == total):
+                shown = time.monotonic()
+                sys.stderr.write(f"\r{self.name}: {end}/{total} samples ({100 * end // total}%)")
+                if end == total:
+                    sys.stderr.write("\n")
+                sys.stderr.flush()
+        self.stats.connected = False

@@ -1,0 +1,312 @@
+"""The MQTT source and sink on their own, against a real mosquitto."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+import time
+
+import numpy as np
+import pytest
+from mqtt_helpers import Broker, Subscriber, publisher, wait_until
+
+from streamlstm.daemon.config import validate
+from streamlstm.sinks import SensorState
+from streamlstm.sinks.mqtt import MQTTSink
+from streamlstm.sinks.spool import SeqCounter, Spool
+from streamlstm.sources.mqtt import MQTTSource, topic_pattern
+
+
+def mqtt_settings(port: int, client_id: str = "t-daemon") -> dict:
+    return validate(
+        {"mqtt": {"host": "127.0.0.1", "port": port, "client_id": client_id, "keepalive_s": 5}}
+    )["mqtt"]
+
+
+def test_topic_templates_capture_the_sensor():
+    subscription, pattern = topic_pattern("site/{sensor}/accel")
+    assert subscription == "site/+/accel"
+    assert pattern.fullmatch("site/pump-3/accel").group(1) == "pump-3"
+    assert pattern.fullmatch("site/a/b/accel") is None
+    subscription, pattern = topic_pattern("acc-{sensor}")
+    assert subscription == "+" and pattern.fullmatch("acc-7").group(1) == "7"
+    assert pattern.fullmatch("gyro-7") is None
+
+
+def test_source_decodes_every_payload_kind_and_counts_garbage_per_reason(broker):
+    frames, lock, stop = [], threading.Lock(), threading.Event()
+
+    def run_source(kind: str, extra: dict) -> MQTTSource:
+        table = validate(
+            {
+                "sources": [
+                    {
+                        "type": "mqtt",
+                        "name": kind,
+                        "topic": f"{kind}/{{sensor}}/accel",
+                        "payload": kind,
+                        "qos": 1,
+                        "max_samples": 50,
+                        **extra,
+                    }
+                ]
+            }
+        )["sources"][0]
+        source = MQTTSource(table, 3, mqtt_settings(broker.port, f"src-{kind}"))
+
+        def emit(batch):
+            with lock:
+                frames.extend(batch)
+
+        threading.Thread(target=source.run, args=(emit, stop), daemon=True).start()
+        wait_until(lambda: source.stats.connected, 10, f"the {kind} source to connect")
+        return source
+
+    sources = {
+        "json": run_source("json", {}),
+        "csv": run_source("csv", {"columns": [1, 2, 3], "time_column": 0}),
+        "float32": run_source("float32", {"rate": 100.0}),
+    }
+    pub = publisher(broker.port)
+    try:
+        good = [
+            ("json/a/accel", b'{"t": 5, "rate": 10, "samples": [[1,2,3],[4,5,6]]}'),
+            ("csv/b/accel", b"7,1,2,3\n8,4,5,6\n"),
+            ("float32/c/accel", np.arange(6, dtype="<f4").tobytes()),
+        ]
+        bad = [
+            ("json/x/accel", b"\xff\xfe"),
+            ("json/x/accel", b"{"),
+            ("json/x/accel", b""),
+            ("json/x/accel", b'{"samples": [[1,2]]}'),
+            ("json/x/accel", json.dumps({"samples": [[0, 0, 0]] * 51}).encode()),
+            ("json/x/accel", b"[" * 1_000_000),  # refused unparsed
+            ("csv/x/accel", b"1,2\n"),
+            ("csv/x/accel", b"1,a,2,3\n"),
+            ("float32/x/accel", b"\x00" * 13),
+        ]
+        for topic, payload in bad[:4] + good + bad[4:]:
+            pub.publish(topic, payload, qos=1).wait_for_publish(5)
+        wait_until(lambda: len(frames) == 3, 10, "the three good messages")
+        wait_until(
+            lambda: sum(sum(s.stats.parse_errors.values()) for s in sources.values()) == len(bad),
+            10,
+            "every bad message to be counted",
+        )
+    finally:
+        stop.set()
+        pub.disconnect()
+    by_sensor = {f.sensor: f for f in frames}
+    assert by_sensor["a"].samples.tolist() == [[1, 2, 3], [4, 5, 6]]
+    np.testing.assert_allclose(by_sensor["a"].t, [5.0, 5.1])
+    assert by_sensor["b"].samples.tolist() == [[1, 2, 3], [4, 5, 6]] and by_sensor["b"].t[0] == 7.0
+    assert by_sensor["c"].samples.tolist() == [[0, 1, 2], [3, 4, 5]]
+    np.testing.assert_allclose(
+        np.diff(by_sensor["c"].t), [0.01], atol=1e-6
+    )  # host time, spread by rate
+    assert dict(sources["json"].stats.parse_errors) == {
+        "encoding": 1,
+        "json": 1,
+        "empty": 1,
+        "width": 1,
+        "oversize": 2,
+    }
+    assert dict(sources["csv"].stats.parse_errors) == {"columns": 1, "number": 1}
+    assert dict(sources["float32"].stats.parse_errors) == {"length": 1}
+
+
+def record(seq: int, sensor: str = "s1", kind: str = "start") -> dict:
+    return {
+        "schema": "streamlstm.alert/1",
+        "seq": seq,
+        "daemon": "t",
+        "sensor": sensor,
+        "kind": kind,
+        "t": 1.0,
+        "published": 2.0,
+        "score": 3.0,
+        "threshold": 1.0,
+        "peak": 3.0,
+        "duration": 0.0,
+        "model": {"id": "m", "sha256": "0" * 64},
+    }
+
+
+def sink_config(tmp_path, **overrides) -> dict:
+    return validate(
+        {"sinks": [{"type": "mqtt", "spool_dir": str(tmp_path / "spool"), **overrides}]}
+    )["sinks"][0]
+
+
+def test_sink_publishes_spools_until_acknowledged_and_says_offline_on_exit(broker, tmp_path):
+    sub = Subscriber(broker.port, ["streamlstm/#", "homeassistant/#"])
+    sink = MQTTSink(sink_config(tmp_path, homeassistant=True), mqtt_settings(broker.port))
+    try:
+        wait_until(lambda: sink.connected, 10, "the sink to connect")
+        sink.alerts([record(1), record(2, kind="end")])
+        sink.states({"s1": SensorState("s1", t=1.0, score=0.5, alert=False, samples=10)})
+        assert sink.flush(10)
+        wait_until(lambda: len(sub.json("/alert")) == 2, 10, "two alerts")
+        wait_until(lambda: sub.json("/config"), 10, "the Home Assistant discovery")
+        assert len(sink.spool) == 0
+    finally:
+        sink.close()
+    wait_until(lambda: sub.payloads("streamlstm/status")[-1:] == [b"offline"], 10, "offline")
+    assert sub.payloads("streamlstm/status")[0] == b"online"
+    assert [a["seq"] for a in sub.json("/alert")] == [1, 2]
+    assert sub.json("streamlstm/s1/state")[0]["samples"] == 10
+    discovery = sub.json("/config")[0]
+    assert discovery["availability_topic"] == "streamlstm/status"
+    assert discovery["state_topic"] == "streamlstm/s1/state"
+    sub.close()
+
+
+def test_spooled_alerts_of_a_previous_run_go_out_first(broker, tmp_path):
+    spool = Spool(tmp_path / "spool")
+    spool.put(record(7))
+    spool.put(record(8, kind="end"))
+    sub = Subscriber(broker.port, ["streamlstm/+/alert"])
+    sink = MQTTSink(sink_config(tmp_path), mqtt_settings(broker.port))
+    try:
+        wait_until(lambda: len(sub.json("/alert")) == 2, 10, "the spooled alerts")
+        assert sink.flush(10)
+    finally:
+        sink.close()
+    assert [a["seq"] for a in sub.json("/alert")] == [7, 8]
+    assert len(Spool(tmp_path / "spool")) == 0
+    sub.close()
+
+
+def test_home_assistant_coming_online_gets_the_discovery_again(broker, tmp_path):
+    sub = Subscriber(broker.port, ["homeassistant/binary_sensor/#"])
+    sink = MQTTSink(sink_config(tmp_path, homeassistant=True), mqtt_settings(broker.port))
+    pub = publisher(broker.port, "home-assistant")
+    try:
+        wait_until(lambda: sink.connected, 10, "the sink to connect")
+        sink.states({"s1": SensorState("s1"), "s2": SensorState("s2")})
+        wait_until(lambda: len(sub.payloads()) == 2, 10, "two discovery messages")
+        pub.publish("homeassistant/status", b"online", qos=1).wait_for_publish(5)
+        wait_until(lambda: len(sub.payloads()) == 4, 10, "the re-announcement")
+    finally:
+        pub.disconnect()
+        sink.close()
+        sub.close()
+
+
+def test_seq_numbers_never_repeat_across_restarts(tmp_path):
+    first = SeqCounter(tmp_path / "seq")
+    taken = [first.take() for _ in range(5)]
+    second = SeqCounter(tmp_path / "seq")  # a crash: nothing was saved on exit
+    assert second.take() > max(taken)
+    assert taken == [1, 2, 3, 4, 5]
+
+
+def test_password_from_environment_is_used_and_a_wrong_one_refused(tmp_path, monkeypatch):
+    if shutil.which("mosquitto_passwd") is None:
+        pytest.skip("mosquitto_passwd is not installed")
+    passwords = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), "daemon", "s3cret"], check=True)
+    passwords.chmod(0o600)
+    broker = Broker(tmp_path, f"allow_anonymous false\npassword_file {passwords}\n")
+    broker.start()
+    try:
+        settings = mqtt_settings(broker.port) | {"username": "daemon", "password_env": "MQTT_PW"}
+        monkeypatch.setenv("MQTT_PW", "wrong")
+        refused = MQTTSink(sink_config(tmp_path / "a"), settings)
+        monkeypatch.setenv("MQTT_PW", "s3cret")
+        accepted = MQTTSink(sink_config(tmp_path / "b"), settings)
+        wait_until(lambda: accepted.connected, 10, "the right password to be accepted")
+        assert not refused.connected
+        (tmp_path / "pw").write_text("s3cret\n")
+        from_file = MQTTSink(
+            sink_config(tmp_path / "c"),
+            settings
+            | {"password_env": None, "password_file": str(tmp_path / "pw"), "client_id": "t-file"},
+        )
+        wait_until(lambda: from_file.connected, 10, "the password file to be used")
+        for sink in (refused, accepted, from_file):
+            sink.close(timeout=0.5)
+    finally:
+        broker.stop()
+
+
+def test_tls_with_a_private_certificate_authority(tmp_path):
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=tmp_path)
+
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+    )
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    )
+    (tmp_path / "san.ext").write_text("subjectAltName = IP:127.0.0.1\n")
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.crt",
+    )
+    broker = Broker(
+        tmp_path,
+        f"allow_anonymous true\ncafile {tmp_path}/ca.crt\n"
+        f"certfile {tmp_path}/server.crt\nkeyfile {tmp_path}/server.key\n",
+    )
+    broker.start()
+    try:
+        settings = mqtt_settings(broker.port) | {
+            "tls": {"ca_file": str(tmp_path / "ca.crt"), "cert_file": None, "key_file": None}
+        }
+        sink = MQTTSink(sink_config(tmp_path / "a"), settings)
+        wait_until(lambda: sink.connected, 10, "a TLS connection")
+        sink.close(timeout=1)
+        untrusting = MQTTSink(
+            sink_config(tmp_path / "b"),
+            mqtt_settings(broker.port)
+            | {
+                "tls": {"ca_file": None, "cert_file": None, "key_file": None},
+                "client_id": "t-untrusting",
+            },
+        )
+        time.sleep(1.0)  # its handshake fails: the broker's CA is not a system CA
+        assert not untrusting.connected
+        untrusting.close(timeout=0.1)
+    finally:
+        broker.stop()

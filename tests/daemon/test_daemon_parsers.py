@@ -1,0 +1,183 @@
+"""Wire-format decoders: exact results on good input, only ParseError on anything else."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamlstm.sources.parsers import (
+    Delimited,
+    LineFormat,
+    ParseError,
+    cobs_decode,
+    cobs_encode,
+    decode_csv,
+    decode_float32,
+    decode_frame,
+    decode_json,
+    encode_frame,
+)
+
+FUZZ = settings(max_examples=300, deadline=None)
+
+
+@FUZZ
+@given(st.binary(max_size=700))
+def test_cobs_round_trip_has_no_zero_bytes(data):
+    encoded = cobs_encode(data)
+    assert b"\0" not in encoded
+    assert cobs_decode(encoded) == data
+
+
+@FUZZ
+@given(st.binary(max_size=300))
+def test_any_bytes_are_a_frame_or_a_parse_error(data):
+    try:
+        channel, block = decode_frame(data, 3)
+    except ParseError as exc:
+        assert exc.reason in {"empty", "cobs", "length", "crc", "schema"}
+    else:  # only possible for a well-formed frame
+        assert block.samples.shape[1] == 3 and 0 <= channel < 65536
+
+
+@FUZZ
+@given(st.lists(st.integers(0, 5), min_size=1, max_size=8), st.data())
+def test_frame_stream_recovers_every_intact_frame_after_damage(counts, data):
+    frames = [
+        encode_frame(i, np.full((n + 1, 3), i, np.float32), t=float(i), rate=50.0)
+        for i, n in enumerate(counts)
+    ]
+    damaged = {i for i in range(len(frames)) if data.draw(st.booleans())}
+    stream = b""
+    for i, frame in enumerate(frames):
+        if i in damaged:  # torn: cut short, then garbage up to the next frame boundary
+            cut = data.draw(st.integers(1, len(frame) - 2))
+            stream += (
+                frame[:cut]
+                + data.draw(st.binary(min_size=0, max_size=20)).replace(b"\0", b"")
+                + b"\0"
+            )
+        else:
+            stream += frame
+    splitter = Delimited(b"\0", 4096)
+    recovered = []
+    position = 0
+    while position < len(stream):  # arbitrary read sizes, as a UART delivers them
+        size = data.draw(st.integers(1, 64))
+        for record in splitter.feed(stream[position : position + size]):
+            with contextlib.suppress(ParseError):  # damaged frames: counted by the source
+                recovered.append(decode_frame(record, 3)[0])
+        position += size
+    assert set(recovered) >= set(range(len(frames))) - damaged
+    assert set(recovered) <= set(range(len(frames)))
+
+
+def test_frame_fields_decode_exactly():
+    samples = np.arange(12, dtype=np.float32).reshape(4, 3)
+    channel, block = decode_frame(encode_frame(7, samples, t=12.5, rate=200.0)[:-1], 3)
+    assert channel == 7 and block.t == 12.5 and block.rate == 200.0
+    np.testing.assert_array_equal(block.samples, samples)
+    with pytest.raises(ParseError, match="length"):
+        decode_frame(encode_frame(7, samples, t=0, rate=1)[:-1], 4)  # wrong width
+
+
+@FUZZ
+@given(st.binary(max_size=300))
+def test_any_bytes_are_json_samples_or_a_parse_error(data):
+    try:
+        block = decode_json(data, 3, max_samples=100)
+    except ParseError as exc:
+        assert exc.reason in {"encoding", "json", "schema", "width", "empty", "oversize"}
+    else:
+        assert block.samples.dtype == np.float32 and block.samples.shape[1] == 3
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(["t", "rate", "samples", "sample", "sensor"]), inner, max_size=5
+        )
+    ),
+    max_leaves=20,
+)
+
+
+@FUZZ
+@given(json_values)
+def test_any_json_document_is_samples_or_a_parse_error(value):
+    try:
+        block = decode_json(json.dumps(value).encode(), 3, max_samples=100)
+    except ParseError:
+        return
+    assert block.samples.ndim == 2 and block.samples.shape[1] == 3
+    assert block.t is None or np.isfinite(block.t)
+
+
+def test_json_batch_fields():
+    block = decode_json(
+        b'{"sensor": "s1", "t": 5, "rate": 10, "samples": [[1,2,3],[4,5,6]]}', 3, max_samples=10
+    )
+    assert (block.sensor, block.t, block.rate) == ("s1", 5.0, 10.0)
+    assert block.samples.tolist() == [[1, 2, 3], [4, 5, 6]]
+    for payload, reason in [
+        (b'{"samples": [[1,2,3]]', "json"),
+        (b"[1,2,3]", "schema"),
+        (b'{"samples": [[1,2]]}', "width"),
+        (b'{"samples": []}', "empty"),
+        (b'{"samples": [[1,2,3],[4,5]]}', "schema"),
+        (b'{"samples": [["1","2","3"]]}', "schema"),
+        (b'{"samples": [[1,2,3]], "rate": -1}', "schema"),
+        (b'{"samples": [[1,2,3]], "t": "now"}', "schema"),
+        (b'{"samples": ' + b"[[1,2,3]," * 11 + b"[1,2,3]" + b"]" * 11 + b"}", "schema"),
+        (b'{"samples": [' + b"[1,2,3]," * 10 + b"[1,2,3]]}", "oversize"),
+        (b"\xff{}", "encoding"),
+    ]:
+        with pytest.raises(ParseError) as info:
+            decode_json(payload, 3, max_samples=10)
+        assert info.value.reason == reason, payload
+
+
+def test_nan_and_inf_samples_pass_decoding_for_the_detector_to_reject():
+    block = decode_json(b'{"samples": [[NaN, 1, 2], [Infinity, 0, 0]]}', 3, max_samples=10)
+    assert np.isnan(block.samples[0, 0]) and np.isinf(block.samples[1, 0])
+
+
+@FUZZ
+@given(st.binary(max_size=200))
+def test_any_line_is_a_sample_or_a_parse_error(line):
+    fmt = LineFormat((1, 2, 3), ",", time_column=0)
+    try:
+        sample, t, _ = fmt.parse(line)
+    except ParseError as exc:
+        assert exc.reason in {"encoding", "empty", "columns", "number"}
+    else:
+        assert sample.shape == (3,) and np.isfinite(t)
+
+
+def test_csv_payload_and_float32_payload():
+    fmt = LineFormat((1, 2, 3), ",", time_column=0)
+    block = decode_csv(b"10,1,2,3\n11,4,5,6\n", fmt, max_samples=10)
+    assert block.t == 10 and block.samples.tolist() == [[1, 2, 3], [4, 5, 6]]
+    raw = np.arange(6, dtype="<f4").tobytes()
+    assert decode_float32(raw, 3, max_samples=10).samples.tolist() == [[0, 1, 2], [3, 4, 5]]
+    for payload, reason in [(b"", "empty"), (raw[:-1], "length"), (raw * 10, "oversize")]:
+        with pytest.raises(ParseError) as info:
+            decode_float32(payload, 3, max_samples=3)
+        assert info.value.reason == reason
+
+
+@FUZZ
+@given(st.lists(st.binary(max_size=100), max_size=30))
+def test_delimited_memory_stays_bounded(chunks):
+    splitter = Delimited(b"\n", 64)
+    for chunk in chunks:
+        for record in splitter.feed(chunk):
+            assert len(record) <= 64 and b"\n" not in record
+        assert len(splitter._buffer) <= 64
