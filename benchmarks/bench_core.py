@@ -256,51 +256,58 @@ def bench_bank(sizes: list[int], quick: bool) -> list[dict[str, Any]]:
             getattr(cell, name).copy_(getattr(lstm, f"{name}_l0"))
     rows = []
     for n in sizes:
-        samples = np.random.default_rng(n).standard_normal((n, D)).astype(np.float32)
-        sensors = np.arange(n)
-        repeats = 3 if quick else 7
-        inner = max(1, 20_000 // n) if quick else max(1, 200_000 // n)
         row: dict[str, Any] = {"N": n}
         for threads in (1, 2):
-            if threads > numba.config.NUMBA_NUM_THREADS:
-                continue
-            bank = model.bank(n, threads=threads)
-            bank_rows = bank.rows(sensors)
-            row[f"streamlstm Bank.step_rows {threads}t"] = n / median_time(
-                lambda b=bank, r=bank_rows: b.step_rows(r, samples), inner=inner,
-                repeats=repeats)
-            row[f"streamlstm Bank.step (ids) {threads}t"] = n / median_time(
-                lambda b=bank: b.step(sensors, samples), inner=inner, repeats=repeats)
-            torch.set_num_threads(threads)
-            xt = torch.from_numpy(samples)
-            hc = [(torch.zeros(n, 64), torch.zeros(n, 64))]
-
-            def torch_cell(x=xt, hc=hc) -> None:
-                with torch.inference_mode():
-                    hc[0] = cell(x, hc[0])
-                    head(hc[0][0])
-
-            row[f"torch LSTMCell batched {threads}t"] = n / median_time(
-                torch_cell, inner=inner, repeats=repeats)
-            session = onnx_session(lstm, head, threads=threads)
-            feeds = {"x": samples.reshape(1, n, D), "h0": np.zeros((1, n, 64), np.float32),
-                     "c0": np.zeros((1, n, 64), np.float32)}
-
-            def onnx_batch(s=session, f=feeds) -> None:
-                _, f["h0"], f["c0"] = s.run(None, f)
-
-            row[f"onnxruntime batched {threads}t"] = n / median_time(
-                onnx_batch, inner=inner, repeats=repeats)
+            if threads <= numba.config.NUMBA_NUM_THREADS:
+                row.update(_bench_bank_size(model, lstm, head, cell, n, threads, quick))
         torch.set_num_threads(1)
         rows.append(row)
     return rows
+
+
+def _bench_bank_size(model: Model, lstm, head, cell, n: int, threads: int,
+                     quick: bool) -> dict[str, float]:
+    """Stream-steps per second of every bank-like peer for N sensors x 1 sample."""
+    import torch
+
+    samples = np.random.default_rng(n).standard_normal((n, D)).astype(np.float32)
+    sensors = np.arange(n)
+    repeats = 3 if quick else 7
+    inner = max(1, (20_000 if quick else 200_000) // n)
+    bank = model.bank(n, threads=threads)
+    bank_rows = bank.rows(sensors)
+    result = {
+        f"streamlstm Bank.step_rows {threads}t": lambda: bank.step_rows(bank_rows, samples),
+        f"streamlstm Bank.step (ids) {threads}t": lambda: bank.step(sensors, samples),
+    }
+    torch.set_num_threads(threads)
+    xt = torch.from_numpy(samples)
+    hc = [(torch.zeros(n, 64), torch.zeros(n, 64))]
+
+    def torch_cell() -> None:
+        with torch.inference_mode():
+            hc[0] = cell(xt, hc[0])
+            head(hc[0][0])
+
+    session = onnx_session(lstm, head, threads=threads)
+    feeds = {"x": samples.reshape(1, n, D), "h0": np.zeros((1, n, 64), np.float32),
+             "c0": np.zeros((1, n, 64), np.float32)}
+
+    def onnx_batch() -> None:
+        _, feeds["h0"], feeds["c0"] = session.run(None, feeds)
+
+    result[f"torch LSTMCell batched {threads}t"] = torch_cell
+    result[f"onnxruntime batched {threads}t"] = onnx_batch
+    return {name: n / median_time(fn, inner=inner, repeats=repeats)
+            for name, fn in result.items()}
 
 
 # -- report ---------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run)")
-    parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "core.json")
+    parser.add_argument("--json", type=Path,
+                        default=Path(__file__).parent / "results" / "core.json")
     args = parser.parse_args(argv)
 
     import torch

@@ -32,9 +32,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    wanted = next((a for a in argv if not a.startswith("-")), "run")
-    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
+    # No subcommand (nothing, or options only) means ``run``: ``streamlstm --config x``.
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
         argv = ["run", *argv]
+    wanted = argv[0]
     for name, (module_name, help_text) in COMMANDS.items():
         sub = commands.add_parser(name, help=help_text, description=help_text)
         if name == wanted:

@@ -1,4 +1,4 @@
-"""The exception tree: catch :class:`StreamLSTMError` for anything this package raises on purpose."""
+"""The exception tree: catch :class:`StreamLSTMError` for anything raised on purpose."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ class StreamLSTMError(Exception):
 
 
 class ModelFormatError(StreamLSTMError):
-    """A weight file is unreadable, corrupt, of an unknown version, or holds what the engine cannot run."""
+    """A weight file is unreadable, corrupt, of unknown version, or not runnable exactly."""
 
 
 class ShapeError(StreamLSTMError, ValueError):

@@ -96,7 +96,8 @@ class RecurrentLayer:
             raise ShapeError(f"{where}: a GRU layer has no projection (w_hr)")
         if self.w_hr is not None:
             if self.w_hr.ndim != 2:
-                raise ShapeError(f"{where}.w_hr: expected 2-D (proj, hidden), got {self.w_hr.shape}")
+                raise ShapeError(f"{where}.w_hr: expected 2-D (proj, hidden), "
+                                 f"got {self.w_hr.shape}")
             _check(f"{where}.w_hr", self.w_hr, (self.w_hr.shape[0], self.hidden_size))
         _check(f"{where}.w_ih", self.w_ih, (gates, input_size))
         _check(f"{where}.w_hh", self.w_hh, (gates, self.output_size))
@@ -133,7 +134,7 @@ class DenseLayer:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Normalization:
-    """Affine normalisation ``(x - mean) / std`` on the way in, ``y * std + mean`` on the way out."""
+    """Affine normalisation: ``(x - mean) / std`` on the way in, ``y * std + mean`` out."""
 
     mean: np.ndarray
     std: np.ndarray
@@ -332,7 +333,8 @@ def random_model(input_size: int, hidden_sizes: Sequence[int], *, kind: CellKind
     for hidden in hidden_sizes:
         gates = GATES[kind] * hidden
         make = lstm_layer if kind == "lstm" else gru_layer
-        layers.append(make(rng.normal(0, scale, (gates, width)), rng.normal(0, scale, (gates, hidden)),
+        layers.append(make(rng.normal(0, scale, (gates, width)),
+                           rng.normal(0, scale, (gates, hidden)),
                            rng.normal(0, scale, gates), rng.normal(0, scale, gates), dtype=dtype))
         width = hidden
     head = ()
