@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import numba
@@ -10,6 +10,7 @@ import numpy as np
 
 from . import kernels
 from ._samples import as_sample, as_samples
+from ._sensor_rows import SensorRows
 from .errors import ShapeError
 from .kernels import layout as L
 from .model import Model
@@ -21,7 +22,7 @@ from .stream import join_state, split_state
 PARALLEL_THRESHOLD = 64
 
 
-class Bank:
+class Bank(SensorRows):
     """The states of many streams (sensors) of one model, as rows of one ``(capacity, S)`` array.
 
     A sensor id (any hashable: str or int) gets a row the first time it is seen; the array
@@ -41,9 +42,7 @@ class Bank:
         self.threads = numba.get_num_threads() if threads is None else int(threads)
         if not 1 <= self.threads <= numba.config.NUMBA_NUM_THREADS:
             raise ValueError(f"threads must be in 1..{numba.config.NUMBA_NUM_THREADS}")
-        self._rows: dict[Hashable, int] = {}
-        self._free: list[int] = []  # rows released by forget(), reused first
-        self._next_row = 0          # rows from here on were never handed out
+        super().__init__()
         self._states = np.zeros((capacity, pk.state_size), self._dtype)
         self._rejected = np.zeros(capacity, np.int64)
         self._scratch = np.zeros((numba.config.NUMBA_NUM_THREADS, kernels.TILE_STREAMS,
@@ -55,43 +54,6 @@ class Bank:
     @property
     def capacity(self) -> int:
         return self._states.shape[0]
-
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    def __contains__(self, sensor: Hashable) -> bool:
-        return sensor in self._rows
-
-    @property
-    def sensors(self) -> list[Hashable]:
-        """Known sensor ids in row-allocation order."""
-        return list(self._rows)
-
-    def row(self, sensor: Hashable) -> int:
-        """The state row of ``sensor``, allocated (zero state) on first sight."""
-        row = self._rows.get(sensor)
-        if row is None:
-            row = self._allocate(sensor)
-        return row
-
-    def rows(self, sensors: Iterable[Hashable]) -> np.ndarray:
-        """State rows for a sequence of sensor ids, allocating new ones as needed."""
-        lookup = self._rows.get
-        rows = [lookup(s) for s in sensors]
-        if None in rows:
-            rows = [self.row(s) for s in sensors]
-        return np.asarray(rows, np.int64)
-
-    def _allocate(self, sensor: Hashable) -> int:
-        if self._free:
-            row = self._free.pop()
-        else:
-            if self._next_row == self.capacity:
-                self._grow(2 * self.capacity)
-            row = self._next_row
-            self._next_row += 1
-        self._rows[sensor] = row
-        return row
 
     def _grow(self, capacity: int) -> None:
         old = self.capacity
@@ -105,12 +67,9 @@ class Bank:
         if self._links.shape[1] < size:
             self._links = np.full((3, max(size, 2 * self._links.shape[1])), -1, np.int64)
 
-    def forget(self, sensor: Hashable) -> None:
-        """Drop ``sensor``: its row is zeroed and reused by the next new sensor."""
-        row = self._rows.pop(sensor)
+    def _clear_row(self, row: int) -> None:
         self._states[row] = 0
         self._rejected[row] = 0
-        self._free.append(row)
 
     # -- stepping ---------------------------------------------------------------------
     def step(self, sensors: Sequence[Hashable] | np.ndarray, samples: Any) -> np.ndarray:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from .._samples import as_sample, as_samples
+from .._sensor_rows import SensorRows
 from ..errors import ShapeError
 from ..kernels import layout as L
 from ..model import Model
@@ -26,7 +27,7 @@ from .kernels import (
 )
 
 
-class CudaBank:
+class CudaBank(SensorRows):
     """A :class:`~streamlstm.bank.Bank` whose state rows live on a CUDA GPU.
 
     Same API and semantics as the CPU bank: sensor ids get a row on first sight,
@@ -68,9 +69,7 @@ class CudaBank:
         if block_size is None:
             block_size = SIMULATOR_BLOCK_SIZE if self._simulated else BLOCK_SIZE
         self._block = block_size
-        self._rows: dict[Hashable, int] = {}
-        self._free: list[int] = []
-        self._next_row = 0
+        super().__init__()
         self._rejected = np.zeros(capacity, np.int64)
         self._row_group = np.full(capacity, NO_GROUP, np.int64)
         self._group_scratch = np.zeros((2, 1), np.int64)
@@ -172,43 +171,6 @@ class CudaBank:
     def capacity(self) -> int:
         return self._capacity
 
-    def __len__(self) -> int:
-        return len(self._rows)
-
-    def __contains__(self, sensor: Hashable) -> bool:
-        return sensor in self._rows
-
-    @property
-    def sensors(self) -> list[Hashable]:
-        """Known sensor ids in row-allocation order."""
-        return list(self._rows)
-
-    def row(self, sensor: Hashable) -> int:
-        """The state row of ``sensor``, allocated (zero state) on first sight."""
-        row = self._rows.get(sensor)
-        if row is None:
-            row = self._allocate(sensor)
-        return row
-
-    def rows(self, sensors: Iterable[Hashable]) -> np.ndarray:
-        """State rows for a sequence of sensor ids, allocating new ones as needed."""
-        lookup = self._rows.get
-        rows = [lookup(s) for s in sensors]
-        if None in rows:
-            rows = [self.row(s) for s in sensors]
-        return np.asarray(rows, np.int64)
-
-    def _allocate(self, sensor: Hashable) -> int:
-        if self._free:
-            row = self._free.pop()
-        else:
-            if self._next_row == self.capacity:
-                self._grow(2 * self.capacity)
-            row = self._next_row
-            self._next_row += 1
-        self._rows[sensor] = row
-        return row
-
     def _grow(self, capacity: int) -> None:
         old = self._capacity
         self._allocate_buffer(capacity, self._io_slots)
@@ -216,12 +178,9 @@ class CudaBank:
         self._row_group = np.concatenate([self._row_group,
                                           np.full(capacity - old, NO_GROUP, np.int64)])
 
-    def forget(self, sensor: Hashable) -> None:
-        """Drop ``sensor``: its row is zeroed and reused by the next new sensor."""
-        row = self._rows.pop(sensor)
+    def _clear_row(self, row: int) -> None:
         self._zero_rows(np.asarray([row], np.int64))
         self._rejected[row] = 0
-        self._free.append(row)
 
     # -- stepping ---------------------------------------------------------------------
     def step(self, sensors: Sequence[Hashable] | np.ndarray, samples: Any) -> np.ndarray:
