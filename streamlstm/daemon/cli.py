@@ -51,4 +51,15 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: daemon.request_stop())
     signal.signal(signal.SIGINT, lambda *_: daemon.request_stop())
     signal.signal(signal.SIGHUP, lambda *_: daemon.request_reload())
-    return daemon.run()
+    if args.config is None:
+        print(f"streamlstm demo: replaying the shipped fan recording (20 s normal, then 30 s "
+              f"with its blade weights moved) through {daemon.loaded.model_id}; "
+              "alerts follow", file=sys.stderr)
+    code = daemon.run()
+    if args.config is None:
+        metrics = daemon.metrics
+        starts = metrics.value("streamlstm_alerts_total", (("kind", "start"),))
+        print(f"streamlstm demo: {metrics.value('streamlstm_samples_total'):.0f} samples, "
+              f"{starts:.0f} alert(s); run with --config SITE.toml for your own sensors",
+              file=sys.stderr)
+    return code
