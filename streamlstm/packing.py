@@ -86,7 +86,10 @@ def pack(model: Model) -> PackedModel:
         rec[L.D_IN] = dense.weight.shape[1]
         rec[L.D_OUT] = dense.weight.shape[0]
         rec[L.D_ACT] = ACTIVATION_CODES[dense.activation]
-        rec[L.D_W] = put(dense.weight.T)
+        if dense.weight.shape[0] < L.NARROW_DENSE:
+            rec[L.D_W], rec[L.D_FORM] = put(dense.weight), L.DENSE_DOT
+        else:
+            rec[L.D_W], rec[L.D_FORM] = put(dense.weight.T), L.DENSE_SWEEP
         rec[L.D_B] = put(dense.bias)
         widest_dense = max(widest_dense, dense.weight.shape[0])
         records.append(rec)

@@ -285,11 +285,13 @@ def _build(layout: np.ndarray, dtype: np.dtype, n_params: int,
             base = DENSE_BASE + index * L.DENSE_RECORD
             d_in, d_out, act = LAY[base + L.D_IN], LAY[base + L.D_OUT], LAY[base + L.D_ACT]
             w, b = LAY[base + L.D_W], LAY[base + L.D_B]
+            # Weight (q, j) of a W^T (in, out) or a W (out, in) layer (see layout.D_FORM).
+            q_step, j_step = (d_out, 1) if LAY[base + L.D_FORM] == L.DENSE_SWEEP else (1, d_in)
             dst = ping if index % 2 == 0 else pong
             for j in range(d_out):
                 total = W[IX(b + j)]
                 for q in range(d_in):
-                    total += W[IX(w + q * d_out + j)] * src[IX(src_at + q)]
+                    total += W[IX(w + q * q_step + j * j_step)] * src[IX(src_at + q)]
                 dst[IX(j)] = activate(total, act)
             src = dst
             src_at = 0

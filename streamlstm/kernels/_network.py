@@ -117,6 +117,19 @@ def _matvec_acc_tile(acc0, acc1, acc2, acc3, weights_t, x0, x1, x2, x3, n_in, n_
             acc3[j] += w * v3
 
 
+@njit(inline="always", **JIT)
+def _all_finite(values, n):
+    """True if ``values[:n]`` holds no NaN or Inf.
+
+    ``v * 0`` is 0 for finite ``v`` and NaN otherwise, so one vectorised sum answers it;
+    a per-element ``np.isfinite`` test does not vectorise (measured 0.3 us for 128 values).
+    """
+    total = values[0] * 0
+    for k in range(n):
+        total += values[k] * 0
+    return total == 0
+
+
 # -- scratch views ----------------------------------------------------------------------------
 @njit(inline="always", **JIT)
 def _new_state(layout, scratch):
@@ -155,9 +168,8 @@ def _weights(params, offset, rows, cols):
 def _prepare(params, layout, x, scratch):
     """Check the sample and write it, normalised, into scratch; False if not finite."""
     n_in = layout[L.H_INPUT]
-    for k in range(n_in):
-        if not np.isfinite(x[k]):
-            return False
+    if not _all_finite(x, n_in):
+        return False
     start = layout[L.H_SC_INPUT]
     xin = scratch[start:start + n_in]
     norm = layout[L.H_IN_NORM]
@@ -314,25 +326,30 @@ def _finish(params, layout, state, out, scratch):
         d_in, d_out = rec[L.D_IN], rec[L.D_OUT]
         dst = ping if index % 2 == 0 else pong
         bias = params[rec[L.D_B]:rec[L.D_B] + d_out]
-        for j in range(d_out):
-            dst[j] = bias[j]
-        _matvec_acc(dst, _weights(params, rec[L.D_W], d_in, d_out), layer_in, d_in, d_out)
+        if rec[L.D_FORM] == L.DENSE_DOT:
+            weights = _weights(params, rec[L.D_W], d_out, d_in)
+            for j in range(d_out):
+                row = weights[j]
+                total = bias[j]
+                for k in range(d_in):
+                    total += row[k] * layer_in[k]
+                dst[j] = total
+        else:
+            for j in range(d_out):
+                dst[j] = bias[j]
+            _matvec_acc(dst, _weights(params, rec[L.D_W], d_in, d_out), layer_in, d_in, d_out)
         layer_in = dst[:d_out]
         activate_all(layer_in, rec[L.D_ACT])
 
     n_out = layout[L.H_OUTPUT]
     norm = layout[L.H_OUT_NORM]
-    finite = True
     for j in range(n_out):
         y = layer_in[j]
         if norm >= 0:
             y = y * params[norm + n_out + j] + params[norm + j]
         out[j] = y
-        finite &= np.isfinite(y)
     n_state = layout[L.H_STATE]
-    for k in range(n_state):
-        finite &= np.isfinite(new_state[k])
-    if not finite:
+    if not (_all_finite(out, n_out) and _all_finite(new_state, n_state)):
         out[:n_out] = np.nan
         return L.REJECTED_RESULT
     for k in range(n_state):
