@@ -160,8 +160,9 @@ def test_fused_path_equals_reference_for_a_direct_score_model():
 
 def test_fused_path_equals_reference_with_the_feature_front_end():
     spec = {"window": 16, "hop": 4,
-            "stats": ["rms", "peak", "crest", "kurtosis", "log_rms", "log_std"]}
-    model = predictor(width=2 * 6, seed=3, norms=False).replace(metadata={"features": spec})
+            "stats": ["rms", "peak", "crest", "kurtosis", "log_rms", "log_std", "acf1",
+                      "corr_next"]}
+    model = predictor(width=2 * 8, seed=3, norms=False).replace(metadata={"features": spec})
     model = calibrate(model, [normal_data(800, 2, seed=s) for s in range(3)], warmup=4,
                       quiet_time=0.0)
     ids, samples, times = interleaved_batch(["u", "v"], 500, 2, nan_every=17,
