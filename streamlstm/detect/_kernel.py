@@ -17,6 +17,9 @@ from ..kernels import layout as L
 from ..kernels import step
 from ..kernels._bank import NO_SAMPLE, _group_by_row
 from . import params as P
+# Numba's on-disk cache of the kernels below is keyed on this file alone: when
+# features.window_features (inlined here) changes, edit this file too, or a stale cache
+# keeps computing the old statistics.
 from .features import window_features
 
 # Integer state per sensor (istate columns).
