@@ -43,7 +43,7 @@ def main() -> int:
     block = train[speeds.index(SPEED)]
     tail = round(block.shape[0] * B.RECIPES["fan"]["val_fraction"])
     # One operating point's normal data is small: the validated per-speed metric.
-    options = {**B.RECIPES["fan"]["calibration"], "metric": B.CHOSEN["fan"]["speed_metric"]}
+    options = {**B.RECIPES["fan"]["calibration"], "metric": B.CHOSEN["fan"]["metric"]}
     model = calibrate(trained, [block[-tail:]], **options)
     metadata = dict(model.metadata)
     metadata.update({
