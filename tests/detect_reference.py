@@ -109,7 +109,10 @@ class ReferenceDetector:
         if cal["score"] == "residual" and s["pred"] is not None:
             err = x - s["pred"] - np.asarray(cal["center"])
             z = np.asarray(cal["whiten"]) @ err
-            raw = float(z @ z) / len(z)
+            if "level_whiten" in cal:
+                z = np.concatenate([z, np.asarray(cal["level_whiten"])
+                                    @ (x - np.asarray(cal["level_center"]))])
+            raw = float(z @ z) / len(x)
         s["state"], out = model_step(self.model, s["state"], x)
         s["steps"] += 1
         if cal["score"] == "direct":
