@@ -32,8 +32,8 @@ the training normal data times the same margin) and all fed to the same compiled
 state machine with the same debounce, hysteresis, quiet time and warm-up expressed in
 seconds:
 
-* ``lstm``: the detector (next-step LSTM predictor on windowed features, Mahalanobis
-  residual score, EWMA);
+* ``lstm``: the detector (next-step LSTM predictor on windowed features, residual score
+  with the design's metric, Mahalanobis or diagonal, EWMA);
 * ``zscore``: per-channel z-score of each raw sample against the training normal mean and
   standard deviation, mean of squares, EWMA with the same time constant;
 * ``rms-band``: per-channel RMS over the trailing window (the LSTM's feature window),
