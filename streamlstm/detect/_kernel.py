@@ -6,6 +6,10 @@ arrival order). Every per-sensor quantity lives in the caller's arrays (columns 
 of ``istate`` and ``F_*`` of ``fstate``); events go to per-sample slots (``ev_kind``,
 ``ev_peak``, ``ev_duration``), so no two threads ever write the same place and Python
 reads the events back in arrival order.
+
+Numba's on-disk cache of these kernels is keyed on this file alone: when
+:func:`~streamlstm.detect.features.window_features` (compiled into them) changes, edit
+this file too, or a stale cache keeps computing the old statistics.
 """
 
 from __future__ import annotations
@@ -17,9 +21,6 @@ from ..kernels import layout as L
 from ..kernels import step
 from ..kernels._bank import NO_SAMPLE, _group_by_row
 from . import params as P
-# Numba's on-disk cache of the kernels below is keyed on this file alone: when
-# features.window_features (inlined here) changes, edit this file too, or a stale cache
-# keeps computing the old statistics.
 from .features import window_features
 
 # Integer state per sensor (istate columns).
