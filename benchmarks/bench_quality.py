@@ -110,8 +110,13 @@ tails) drives no choice; each design's test run is reported as it came out.
   and its test run is reported whatever it shows.
 
 The fan model is the shipped ``weights/accel-default.npz`` when it was trained on this
-split (its metadata says so; it is recalibrated here over all speeds, like the recipe
-does), else it is trained in the run; ``--retrain`` forces that. The CWRU model is
+split with the design's features (its metadata says so; it is recalibrated here, like
+the recipe does), else it is trained in the run; ``--retrain`` forces that. Designs B and
+D share those weights (they differ only in calibration).
+
+Validation results and the choice: see ``CHOSEN`` and ``benchmarks/validation.json``;
+test results: ``benchmarks/quality.json`` (the chosen designs) and
+``benchmarks/quality-design-D.json``. The CWRU model is
 trained in the run (seeded) and never saved: CWRU has no licence for redistribution.
 """
 
