@@ -42,17 +42,23 @@ def model_step(model, state, x):
 def window_stats(window, stats):
     """Feature vector of a (window, A) array, axis-major, as documented in features.py."""
     out = []
-    for a in range(window.shape[1]):
+    axes = window.shape[1]
+    for a in range(axes):
         v = window[:, a]
         mean = v.mean()
         var = ((v - mean) ** 2).mean()
         rms = math.sqrt((v ** 2).mean())
         peak = np.abs(v).max()
+        d = v - mean
+        w = window[:, (a + 1) % axes] - window[:, (a + 1) % axes].mean()
+        both = (d @ d) * (w @ w)
         table = {"mean": mean, "std": math.sqrt(var), "rms": rms, "peak": peak,
                  "crest": peak / rms if rms > 0 else 0.0,
                  "kurtosis": ((v - mean) ** 4).mean() / var ** 2 if var > 0 else 0.0,
                  "log_rms": math.log10(rms + 1e-12),
-                 "log_std": math.log10(math.sqrt(var) + 1e-12)}
+                 "log_std": math.log10(math.sqrt(var) + 1e-12),
+                 "acf1": (d[1:] @ d[:-1]) / (d @ d) if var > 0 else 0.0,
+                 "corr_next": (d @ w) / math.sqrt(both) if both > 0 else 0.0}
         out += [table[s] for s in stats]
     return np.asarray(out)
 
@@ -103,7 +109,10 @@ class ReferenceDetector:
         if cal["score"] == "residual" and s["pred"] is not None:
             err = x - s["pred"] - np.asarray(cal["center"])
             z = np.asarray(cal["whiten"]) @ err
-            raw = float(z @ z) / len(z)
+            if "level_whiten" in cal:
+                z = np.concatenate([z, np.asarray(cal["level_whiten"])
+                                    @ (x - np.asarray(cal["level_center"]))])
+            raw = float(z @ z) / len(x)
         s["state"], out = model_step(self.model, s["state"], x)
         s["steps"] += 1
         if cal["score"] == "direct":

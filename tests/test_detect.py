@@ -160,8 +160,9 @@ def test_fused_path_equals_reference_for_a_direct_score_model():
 
 def test_fused_path_equals_reference_with_the_feature_front_end():
     spec = {"window": 16, "hop": 4,
-            "stats": ["rms", "peak", "crest", "kurtosis", "log_rms", "log_std"]}
-    model = predictor(width=2 * 6, seed=3, norms=False).replace(metadata={"features": spec})
+            "stats": ["rms", "peak", "crest", "kurtosis", "log_rms", "log_std", "acf1",
+                      "corr_next"]}
+    model = predictor(width=2 * 8, seed=3, norms=False).replace(metadata={"features": spec})
     model = calibrate(model, [normal_data(800, 2, seed=s) for s in range(3)], warmup=4,
                       quiet_time=0.0)
     ids, samples, times = interleaved_batch(["u", "v"], 500, 2, nan_every=17,
@@ -256,3 +257,25 @@ def test_bad_batches_get_clear_errors(calibrated):
     with pytest.raises(ShapeError, match="sensor_ids"):
         det.update(["a"], normal_data(2, 3), [0.0, 1.0])
     assert det.sensors == []
+
+
+def test_fused_path_equals_reference_with_a_level_term():
+    spec = {"window": 12, "hop": 3, "stats": ["log_std", "acf1", "corr_next"]}
+    model = predictor(width=2 * 3, seed=5, norms=False).replace(metadata={"features": spec})
+    model = calibrate(model, [normal_data(600, 2, seed=s) for s in range(2)], warmup=4,
+                      quiet_time=0.0, level=True)
+    assert len(model.calibration["level_center"]) == 6
+    ids, samples, times = interleaved_batch(["u", "v"], 400, 2, nan_every=13,
+                                            burst=slice(200, 320))
+    compare(model, ids, samples, times, 5)
+
+
+
+def test_level_term_is_stored_only_when_asked_and_checked_on_load(calibrated):
+    data = normal_data(600, 3)
+    assert "level_center" not in calibrated["diagonal"].calibration
+    level = calibrate(calibrated["diagonal"], data, warmup=10, level=True)
+    assert np.shape(level.calibration["level_whiten"]) == (3, 3)
+    broken = dict(level.calibration, level_center=[0.0, 1.0])
+    with pytest.raises(ConfigError, match="level_center"):
+        sl.Detector(level.replace(calibration=broken))

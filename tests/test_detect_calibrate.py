@@ -83,6 +83,18 @@ def test_calibrate_command(model, tmp_path, capsys):
     again = tmp_path / "again.npz"
     assert main(["calibrate", "--model", str(out), "--data", str(csv), "--out", str(again)]) == 0
     assert load(again).calibration["warmup"] == 10
+    assert "level_center" not in load(again).calibration
+    # --level adds the level term; a later recalibration keeps it unless --no-level.
+    level = tmp_path / "level.npz"
+    assert main(["calibrate", "--model", str(out), "--data", str(csv), "--out", str(level),
+                 "--level"]) == 0
+    assert len(load(level).calibration["level_center"]) == 2
+    assert main(["calibrate", "--model", str(level), "--data", str(csv), "--out",
+                 str(again)]) == 0
+    assert "level_center" in load(again).calibration
+    assert main(["calibrate", "--model", str(level), "--data", str(csv), "--out",
+                 str(again), "--no-level"]) == 0
+    assert "level_center" not in load(again).calibration
 
 
 def test_calibrate_command_reports_bad_input(model, tmp_path, capsys):

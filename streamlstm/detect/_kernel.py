@@ -6,6 +6,10 @@ arrival order). Every per-sensor quantity lives in the caller's arrays (columns 
 of ``istate`` and ``F_*`` of ``fstate``); events go to per-sample slots (``ev_kind``,
 ``ev_peak``, ``ev_duration``), so no two threads ever write the same place and Python
 reads the events back in arrival order.
+
+Numba's on-disk cache of these kernels is keyed on this file alone: when
+:func:`~streamlstm.detect.features.window_features` (compiled into them) changes, edit
+this file too, or a stale cache keeps computing the old statistics.
 """
 
 from __future__ import annotations
@@ -80,8 +84,8 @@ def _alert_machine(dparams, ist, fst, score, t, i, ev_kind, ev_peak, ev_duration
 
 @njit(inline="always", **JIT)
 def _detect_one(i, row, params, layout, states, samples, times, dparams, center, whiten,
-                codes, hop, istate, fstate, preds, rings, rejected, xin, out, err, scratch,
-                scores, status, ev_kind, ev_peak, ev_duration):
+                level_center, level_whiten, codes, hop, istate, fstate, preds, rings, rejected,
+                xin, out, err, scratch, scores, status, ev_kind, ev_peak, ev_duration):
     x = samples[i]
     t = times[i]
     ist = istate[row]
@@ -130,6 +134,13 @@ def _detect_one(i, row, params, layout, states, samples, times, dparams, center,
             for k in range(n):
                 z += whiten[a, k] * err[k]
             raw += z * z
+        # Optional level term: how far the input itself is from the calibrated normal
+        # one (a next-step predictor absorbs a shift present from the start).
+        for a in range(level_whiten.shape[0]):
+            z = 0.0
+            for k in range(n):
+                z += level_whiten[a, k] * (np.float64(xin[k]) - level_center[k])
+            raw += z * z
         raw /= n
     code = step(params, layout, states[row], xin, out, scratch)
     if code != L.OK:
@@ -158,9 +169,9 @@ def _detect_one(i, row, params, layout, states, samples, times, dparams, center,
 
 
 @njit(**JIT)
-def detect_serial(params, layout, states, rows, samples, times, dparams, center, whiten, codes,
-                  hop, istate, fstate, preds, rings, rejected, xbuf, obuf, ebuf, scratch,
-                  scores, status, ev_kind, ev_peak, ev_duration, links):
+def detect_serial(params, layout, states, rows, samples, times, dparams, center, whiten,
+                  level_center, level_whiten, codes, hop, istate, fstate, preds, rings, rejected,
+                  xbuf, obuf, ebuf, scratch, scores, status, ev_kind, ev_peak, ev_duration, links):
     """:func:`detect_parallel` on the calling thread."""
     row_last, heads, nxt = links[0], links[1], links[2]
     groups = _group_by_row(rows, row_last, heads, nxt)
@@ -168,19 +179,23 @@ def detect_serial(params, layout, states, rows, samples, times, dparams, center,
         i = heads[g]
         while i != NO_SAMPLE:
             _detect_one(i, rows[i], params, layout, states, samples, times, dparams, center,
-                        whiten, codes, hop, istate, fstate, preds, rings, rejected, xbuf[0],
-                        obuf[0], ebuf[0], scratch[0], scores, status, ev_kind, ev_peak, ev_duration)
+                        whiten, level_center, level_whiten, codes, hop, istate, fstate, preds,
+                        rings, rejected, xbuf[0], obuf[0], ebuf[0], scratch[0], scores, status,
+                        ev_kind, ev_peak, ev_duration)
             i = nxt[i]
 
 
 @njit(parallel=True, **JIT)
 def detect_parallel(params, layout, states, rows, samples, times, dparams, center, whiten,
-                    codes, hop, istate, fstate, preds, rings, rejected, xbuf, obuf, ebuf, scratch,
-                    scores, status, ev_kind, ev_peak, ev_duration, links):
+                    level_center, level_whiten, codes, hop, istate, fstate, preds, rings,
+                    rejected, xbuf, obuf, ebuf, scratch, scores, status, ev_kind, ev_peak,
+                    ev_duration, links):
     """Run a micro-batch of ``M`` samples through model and detector, rows in parallel.
 
     ``samples``: ``(M, A)`` in sensor units; ``times``: ``(M,)`` seconds; ``rows``: state
-    rows; ``states``: ``(capacity, S)`` recurrent state; ``istate``/``fstate``: per-row
+    rows; ``center``/``whiten``: residual scoring (``(D,)``, ``(D, D)``);
+    ``level_center``/``level_whiten``: the optional level term (``(0,)``/``(0, 0)``: none);
+    ``states``: ``(capacity, S)`` recurrent state; ``istate``/``fstate``: per-row
     detector state; ``preds``: ``(capacity, O)`` last prediction; ``rings``:
     ``(capacity, window, A)`` float64 feature ring buffers (``(capacity, 1, 1)``, unused,
     without features); ``codes``: feature statistic codes (empty: raw samples feed the
@@ -195,7 +210,7 @@ def detect_parallel(params, layout, states, rows, samples, times, dparams, cente
         i = heads[g]
         while i != NO_SAMPLE:
             _detect_one(i, rows[i], params, layout, states, samples, times, dparams, center,
-                        whiten, codes, hop, istate, fstate, preds, rings, rejected, xbuf[tid],
-                        obuf[tid], ebuf[tid], scratch[tid], scores, status, ev_kind, ev_peak,
-                        ev_duration)
+                        whiten, level_center, level_whiten, codes, hop, istate, fstate, preds,
+                        rings, rejected, xbuf[tid], obuf[tid], ebuf[tid], scratch[tid], scores,
+                        status, ev_kind, ev_peak, ev_duration)
             i = nxt[i]

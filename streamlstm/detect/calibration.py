@@ -49,20 +49,22 @@ def _axes(model: Model) -> tuple[int, FeatureSpec | None]:
 
 
 def _residuals(model: Model, recordings: list[np.ndarray], spec: FeatureSpec | None,
-               warmup: int) -> np.ndarray:
-    """Residuals ``input[t] - prediction[t-1]`` after ``warmup`` steps, all recordings."""
-    parts = []
+               warmup: int) -> tuple[np.ndarray, np.ndarray]:
+    """Residuals ``input[t] - prediction[t-1]`` after ``warmup`` steps, all recordings,
+    and the inputs ``input[t]`` they belong to."""
+    parts, levels = [], []
     for rec in recordings:
         inputs = rec if spec is None else compute_features(rec, spec)
         stream = model.stream(on_invalid="raise")
         preds = stream.run(inputs).astype(np.float64)
         inputs = inputs.astype(model.dtype).astype(np.float64)  # what the kernel compares
         parts.append((inputs[1:] - preds[:-1])[warmup:])
+        levels.append(inputs[1:][warmup:])
     residuals = np.concatenate(parts)
     if residuals.shape[0] < 2 * model.input_size + 2:
         raise ShapeError(f"calibration: only {residuals.shape[0]} residuals after warm-up "
                          f"({warmup} steps per recording); give more normal data")
-    return residuals
+    return residuals, np.concatenate(levels)
 
 
 def _whitening(residuals: np.ndarray, metric: str) -> tuple[np.ndarray, np.ndarray]:
@@ -110,7 +112,7 @@ def calibration_scores(model: Model, data: Any, *, warmup: int | None = None,
 def calibrate(model: Model, data: Any, *, score: str = "residual", metric: str = "diagonal",
               quantile: float = 0.999, margin: float = 1.5, alpha: float = 0.1,
               hysteresis: float = 0.8, debounce: int = 3, quiet_time: float = 1.0,
-              warmup: int = 50, score_index: int = 0) -> Model:
+              warmup: int = 50, score_index: int = 0, level: bool = False) -> Model:
     """``model`` with a fresh ``calibration`` measured on normal ``data``.
 
     ``data``: one ``(T, A)`` recording in sensor units (``A`` raw axes) or a sequence of
@@ -120,7 +122,10 @@ def calibrate(model: Model, data: Any, *, score: str = "residual", metric: str =
     standardised residuals) or ``"mahalanobis"`` (full residual covariance). The
     threshold is the ``quantile`` of smoothed normal scores times ``margin``; the other
     keywords are the alert parameters stored with it (see
-    :class:`~streamlstm.detect.params.DetectorParams`).
+    :class:`~streamlstm.detect.params.DetectorParams`). ``level`` (residual models): add
+    to the score the distance of the model's input itself from its calibration
+    distribution (same ``metric``), so a change present from a sensor's first sample,
+    which a next-step predictor learns to predict within a few steps, still counts.
     """
     if score not in ("residual", "direct"):
         raise ConfigError(f"score must be 'residual' or 'direct', got {score!r}")
@@ -136,9 +141,12 @@ def calibrate(model: Model, data: Any, *, score: str = "residual", metric: str =
     recordings = _recordings(data, axes)
     cal: dict[str, Any] = {"version": SCHEMA_VERSION, "score": score}
     if score == "residual":
-        residuals = _residuals(model, recordings, spec, warmup)
+        residuals, inputs = _residuals(model, recordings, spec, warmup)
         center, whiten = _whitening(residuals, metric)
         cal.update(metric=metric, center=center.tolist(), whiten=whiten.tolist())
+        if level:
+            level_center, level_whiten = _whitening(inputs, metric)
+            cal.update(level_center=level_center.tolist(), level_whiten=level_whiten.tolist())
     else:
         cal["score_index"] = int(score_index)
     cal.update(alpha=float(alpha), hysteresis=float(hysteresis), debounce=int(debounce),

@@ -23,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "output is an anomaly score (default: residual)")
     parser.add_argument("--metric", choices=METRICS, default=None,
                         help="residual metric (default: the model's, else diagonal)")
+    parser.add_argument("--level", action=argparse.BooleanOptionalAction, default=None,
+                        help="add the input's distance from its normal distribution to the "
+                        "residual score (default: as the model's calibration, else off)")
     for name, kind, text in (
             ("quantile", float, "quantile of normal scores the threshold is based on"),
             ("margin", float, "threshold = quantile score x margin"),
@@ -64,8 +67,10 @@ def run(args: argparse.Namespace) -> int:
             if value is None and key in previous:
                 options[key] = previous[key]
         options = {k: v for k, v in options.items() if v is not None}
+        options["level"] = ("level_center" in previous) if args.level is None else args.level
         if args.score == "direct":
             options.pop("metric", None)
+            options.pop("level")
             options["score_index"] = int(previous.get("score_index", 0))
         calibrated = calibrate(model, recordings, score=args.score, **options)
         path = save(calibrated, args.out)

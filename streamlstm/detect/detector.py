@@ -140,7 +140,8 @@ class Detector:
         bank = self.bank
         bank._ensure_links(count)
         args = (bank._params, bank._layout, bank._states, rows, samples, times, self._dparams,
-                self._scoring.center, self._scoring.whiten, self._codes, self._hop,
+                self._scoring.center, self._scoring.whiten, self._scoring.level_center,
+                self._scoring.level_whiten, self._codes, self._hop,
                 self._istate, self._fstate, self._preds, self._rings, bank._rejected,
                 self._xbuf, self._obuf, self._ebuf, self._scratch, scores, status, ev_kind,
                 ev_peak, ev_duration, bank._links)

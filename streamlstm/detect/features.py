@@ -17,6 +17,13 @@ Statistics (``v`` the window of one axis): ``mean``; ``std`` (population);
 window); ``kurtosis`` = mean((v - mean)⁴) / std⁴ (Pearson, 3 for Gaussian; 0 for a
 constant window); ``log_rms`` = log10(rms + 1e-12) and ``log_std`` = log10(std + 1e-12),
 for signals whose level spans decades (``log_std`` ignores a DC offset such as gravity).
+Two statistics describe the shape of a vibration rather than its level, both
+scale-free in [-1, 1] and 0 for a constant window:
+``acf1`` = sum(d[k] d[k-1]) / sum(d[k]²) over the window's deviations ``d`` from its
+mean, oldest first: the lag-1 autocorrelation, cos(2π f / fs) for a pure tone at ``f``
+(so it tracks the dominant frequency, aliased or not); ``corr_next`` = Pearson
+correlation of the axis with the next one (the last axis with the first; an axis with
+itself when there is one): the direction and phase of a rotating imbalance force.
 """
 
 from __future__ import annotations
@@ -30,7 +37,8 @@ from numba import njit
 
 from ..errors import ConfigError
 
-STATS = ("mean", "std", "rms", "peak", "crest", "kurtosis", "log_rms", "log_std")
+STATS = ("mean", "std", "rms", "peak", "crest", "kurtosis", "log_rms", "log_std", "acf1",
+         "corr_next")
 STAT_CODES = {name: code for code, name in enumerate(STATS)}
 
 
@@ -76,12 +84,41 @@ class FeatureSpec:
 
 
 @njit(cache=True, nogil=True)
+def _axis_mean(ring, start, a):
+    window = ring.shape[0]
+    total = 0.0
+    for k in range(window):
+        total += ring[(start + k) % window, a]
+    return total / window
+
+
+@njit(cache=True, nogil=True)
+def _correlation(ring, start, a, b):
+    """Pearson correlation of columns ``a`` and ``b`` (0 if either is constant)."""
+    window = ring.shape[0]
+    mean_a = _axis_mean(ring, start, a)
+    mean_b = _axis_mean(ring, start, b)
+    cross = 0.0
+    var_a = 0.0
+    var_b = 0.0
+    for k in range(window):
+        da = ring[(start + k) % window, a] - mean_a
+        db = ring[(start + k) % window, b] - mean_b
+        cross += da * db
+        var_a += da * da
+        var_b += db * db
+    if var_a > 0.0 and var_b > 0.0:
+        return cross / np.sqrt(var_a * var_b)
+    return 0.0
+
+
+@njit(cache=True, nogil=True)
 def window_features(ring, start, codes, out):
     """Features of one window into ``out`` (``(A * len(codes),)``, axis-major).
 
-    ``ring``: ``(window, A)`` samples, the oldest at row ``start`` (the order does not
-    change any statistic, but summing oldest-first keeps the result identical to the
-    offline :func:`compute_features`).
+    ``ring``: ``(window, A)`` samples, the oldest at row ``start`` (``acf1`` depends on
+    the order; every sum runs oldest-first, so results are identical to the offline
+    :func:`compute_features`).
     """
     window, axes = ring.shape
     n_stats = codes.shape[0]
@@ -98,11 +135,17 @@ def window_features(ring, start, codes, out):
         mean = total / window
         m2 = 0.0
         m4 = 0.0
+        lag1 = 0.0
+        previous = 0.0
         for k in range(window):
             d = ring[(start + k) % window, a] - mean
             d2 = d * d
             m2 += d2
             m4 += d2 * d2
+            if k > 0:
+                lag1 += d * previous
+            previous = d
+        acf1 = lag1 / m2 if m2 > 0.0 else 0.0
         m2 /= window
         m4 /= window
         rms = np.sqrt(square / window)
@@ -122,8 +165,12 @@ def window_features(ring, start, codes, out):
                 value = m4 / (m2 * m2) if m2 > 0.0 else 0.0
             elif code == 6:
                 value = np.log10(rms + 1e-12)
-            else:
+            elif code == 7:
                 value = np.log10(np.sqrt(m2) + 1e-12)
+            elif code == 8:
+                value = acf1
+            else:
+                value = _correlation(ring, start, a, (a + 1) % axes)
             out[a * n_stats + s] = value
 
 

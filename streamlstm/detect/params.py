@@ -5,6 +5,8 @@
     {"version": 1, "score": "residual" | "direct",
      "metric": "diagonal" | "mahalanobis",      # residual models
      "center": [D], "whiten": [[D x D]],         # residual models: score = |W (e - center)|² / D
+     "level_center": [D], "level_whiten": [[D x D]],  # optional, residual models: adds
+                                                 # |L (x - level_center)|² / D to the score
      "score_index": 0,                           # direct models: which output is the score
      "alpha": ..., "quantile": ..., "quantile_score": ..., "margin": ..., "threshold": ...,
      "debounce": ..., "hysteresis": ..., "quiet_time": ..., "warmup": ...,
@@ -96,6 +98,8 @@ class Scoring:
     center: np.ndarray          # (D,) float64, residual models only (else empty)
     whiten: np.ndarray          # (D, D) float64, residual models only (else (0, 0))
     score_index: int
+    level_center: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    level_whiten: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 0)))
 
 
 def require_calibration(model: Model) -> Mapping[str, Any]:
@@ -156,7 +160,20 @@ def scoring_from(model: Model, width: int) -> Scoring:
                           f"do not match width {width}")
     if not (np.all(np.isfinite(center)) and np.all(np.isfinite(whiten))):
         raise ConfigError("model calibration: non-finite center/whiten")
-    return Scoring(False, np.ascontiguousarray(center), np.ascontiguousarray(whiten), 0)
+    level_center, level_whiten = np.zeros(0), np.zeros((0, 0))
+    if "level_center" in cal or "level_whiten" in cal:
+        try:
+            level_center = np.asarray(cal["level_center"], np.float64)
+            level_whiten = np.asarray(cal["level_whiten"], np.float64)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"model calibration: bad level_center/level_whiten ({exc})") from None
+        if level_center.shape != (width,) or level_whiten.shape != (width, width):
+            raise ConfigError(f"model calibration: level_center {level_center.shape} / "
+                              f"level_whiten {level_whiten.shape} do not match width {width}")
+        if not (np.all(np.isfinite(level_center)) and np.all(np.isfinite(level_whiten))):
+            raise ConfigError("model calibration: non-finite level_center/level_whiten")
+    return Scoring(False, np.ascontiguousarray(center), np.ascontiguousarray(whiten), 0,
+                   np.ascontiguousarray(level_center), np.ascontiguousarray(level_whiten))
 
 
 def pack_params(params: DetectorParams, scoring: Scoring) -> np.ndarray:
