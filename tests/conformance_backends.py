@@ -43,8 +43,6 @@ class Backend:
     make: Callable[[Model], Runner]
     #: Returns a reason when the backend cannot run on this machine, else None.
     unavailable: Callable[[], str | None] = lambda: None
-    #: Why the state round-trip and reset checks are left to another test module, if so.
-    state_checks_elsewhere: str | None = None
 
 
 class StreamRunner:
@@ -129,8 +127,5 @@ def _no_cuda() -> str | None:
 BACKENDS: list[Backend] = [
     Backend("cpu-stream", StreamRunner),
     Backend("cpu-bank", BankRunner),
-    Backend("cuda-sim", CudaBankRunner, unavailable=_no_cuda,
-            # ~50 s of simulator time per 1200-step check: the framework parity runs here
-            # for every loader, the snapshot and reset semantics in test_cuda_bank.py.
-            state_checks_elsewhere="CudaBank snapshots and reset: tests/test_cuda_bank.py"),
+    Backend("cuda-sim", CudaBankRunner, unavailable=_no_cuda),
 ]

@@ -308,13 +308,7 @@ def test_streamed_output_matches_source_framework(case, backend):
     _assert_matches(got, case.expected, f"{case.path.name} on {backend.name}")
 
 
-def _skip_if_state_checked_elsewhere(backend: Backend) -> None:
-    if backend.state_checks_elsewhere:
-        pytest.skip(backend.state_checks_elsewhere)
-
-
 def test_state_round_trip(case, backend):
-    _skip_if_state_checked_elsewhere(backend)
     model = load(case.path, **case.options)
     half = STEPS // 2
     runner = backend.make(model)
@@ -329,7 +323,6 @@ def test_state_round_trip(case, backend):
 
 
 def test_reset_starts_over(case, backend):
-    _skip_if_state_checked_elsewhere(backend)
     model = load(case.path, **case.options)
     runner = backend.make(model)
     _stream(runner, case.xs[::-1][:300])  # some other history first
