@@ -133,3 +133,17 @@ class MetricsServer:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+def scrape(port: int, host: str = "127.0.0.1") -> dict[str, float]:
+    """Read a metrics endpoint back as ``{'name{labels}': value}`` (for tests and benchmarks)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, value = line.rsplit(" ", 1)
+            values[key] = float(value)
+    return values

@@ -150,30 +150,28 @@ def scoring_from(model: Model, width: int) -> Scoring:
     if model.output_size != width:
         raise ConfigError(f"a residual model must predict its own input: output width "
                           f"{model.output_size} != input width {width}")
-    try:
-        center = np.asarray(cal["center"], np.float64)
-        whiten = np.asarray(cal["whiten"], np.float64)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ConfigError(f"model calibration: bad center/whiten ({exc})") from None
-    if center.shape != (width,) or whiten.shape != (width, width):
-        raise ConfigError(f"model calibration: center {center.shape} / whiten {whiten.shape} "
-                          f"do not match width {width}")
-    if not (np.all(np.isfinite(center)) and np.all(np.isfinite(whiten))):
-        raise ConfigError("model calibration: non-finite center/whiten")
+    center, whiten = _affine_pair(cal, "center", "whiten", width)
     level_center, level_whiten = np.zeros(0), np.zeros((0, 0))
     if "level_center" in cal or "level_whiten" in cal:
-        try:
-            level_center = np.asarray(cal["level_center"], np.float64)
-            level_whiten = np.asarray(cal["level_whiten"], np.float64)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ConfigError(f"model calibration: bad level_center/level_whiten ({exc})") from None
-        if level_center.shape != (width,) or level_whiten.shape != (width, width):
-            raise ConfigError(f"model calibration: level_center {level_center.shape} / "
-                              f"level_whiten {level_whiten.shape} do not match width {width}")
-        if not (np.all(np.isfinite(level_center)) and np.all(np.isfinite(level_whiten))):
-            raise ConfigError("model calibration: non-finite level_center/level_whiten")
+        level_center, level_whiten = _affine_pair(cal, "level_center", "level_whiten", width)
     return Scoring(False, np.ascontiguousarray(center), np.ascontiguousarray(whiten), 0,
                    np.ascontiguousarray(level_center), np.ascontiguousarray(level_whiten))
+
+
+def _affine_pair(cal: Mapping[str, Any], center_key: str, whiten_key: str,
+                 width: int) -> tuple[np.ndarray, np.ndarray]:
+    """A validated ``(width,)`` centre and ``(width, width)`` whitening matrix from ``cal``."""
+    try:
+        center = np.asarray(cal[center_key], np.float64)
+        whiten = np.asarray(cal[whiten_key], np.float64)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"model calibration: bad {center_key}/{whiten_key} ({exc})") from None
+    if center.shape != (width,) or whiten.shape != (width, width):
+        raise ConfigError(f"model calibration: {center_key} {center.shape} / {whiten_key} "
+                          f"{whiten.shape} do not match width {width}")
+    if not (np.all(np.isfinite(center)) and np.all(np.isfinite(whiten))):
+        raise ConfigError(f"model calibration: non-finite {center_key}/{whiten_key}")
+    return center, whiten
 
 
 def pack_params(params: DetectorParams, scoring: Scoring) -> np.ndarray:

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -75,18 +74,6 @@ class DaemonProcess:
         if self.process.poll() is None:
             self.process.send_signal(sig)
         return self.process.wait(timeout)
-
-
-def scrape(port: int) -> dict[str, float]:
-    """The metrics endpoint as ``{'name{labels}': value}``."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    values = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, value = line.rsplit(" ", 1)
-            values[key] = float(value)
-    return values
 
 
 def site_config(

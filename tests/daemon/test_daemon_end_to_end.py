@@ -14,12 +14,12 @@ from daemon_helpers import (
     expected_events,
     make_model,
     recording,
-    scrape,
     site_config,
 )
 from mqtt_helpers import Subscriber, free_port, publisher, wait_until
 
 from streamlstm.daemon import snapshot
+from streamlstm.daemon.metrics import scrape
 
 RATE = 100.0
 
