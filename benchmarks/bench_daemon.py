@@ -159,9 +159,9 @@ def publisher(
     while time.monotonic() - start < seconds:
         for index, sensor in enumerate(sensors):
             # Sensors are not synchronised: each sends at its own phase within the period.
-            due = start + (tick + index / len(sensors)) * period
-            if not flood and due > time.monotonic():
-                time.sleep(due - time.monotonic())
+            delay = start + (tick + index / len(sensors)) * period - time.monotonic()
+            if not flood and delay > 0:
+                time.sleep(delay)
             # The newest sample is "now": latency then counts from the moment it could be sent.
             t0 = time.time() - (batch - 1) / rate_per_sensor
             payload = f'{{"t": {t0:.6f}, "rate": {rate_per_sensor}, "samples": {bodies[tick % 8]}}}'
