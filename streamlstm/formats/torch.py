@@ -17,7 +17,6 @@ and biases are inferred from the shapes. The head is a Linear, or several Linear
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import re
@@ -39,6 +38,7 @@ from ..model import (
     gru_layer,
     lstm_layer,
 )
+from ._model_build import file_sha256
 from ._safetensors import read_safetensors
 
 #: Module names searched, in order, for a head next to the recurrent module.
@@ -96,7 +96,7 @@ def load_torch(path: str | os.PathLike[str], *, prefix: str | None = None,
                                f"({rec_prefix or 'no prefix'}) nor its head: {listed}; pass "
                                "head_prefix= if one of them is the head, or strict=False to "
                                "ignore them")
-    provenance = {"source": source, "file": path.name, "file_sha256": _file_sha256(path),
+    provenance = {"source": source, "file": path.name, "file_sha256": file_sha256(path),
                   "prefix": rec_prefix, "head_prefixes": builder.head_prefixes}
     if file_metadata:
         provenance["file_metadata"] = file_metadata
@@ -165,14 +165,6 @@ def _read_pickle_free(path: Path) -> dict[str, np.ndarray]:
             tensors[str(key)] = (value.double() if value.dtype == torch.float64
                                  else value.float()).numpy()
     return tensors
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _norm(path: Path, mean: Any, std: Any, which: str,
