@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from streamlstm.cuda.kernels import step_kernel
     from streamlstm.model import random_model
-    from streamlstm.packing import pack
+    from streamlstm.packing import CUDA, pack
 
     major, minor = int(args.arch[3:-1]), int(args.arch[-1])
 
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                                          / "bin" / "ptxas")
     model = random_model(args.inputs, args.hidden, kind=args.kind, output_size=args.outputs,
                          dtype=np.dtype(args.dtype))
-    pk = pack(model)
+    pk = pack(model, CUDA)
     kernel = step_kernel(pk.layout, model.dtype, pk.params.size)
     real = numba.from_dtype(model.dtype)
     signature = (real[::1], numba.int32[::1], numba.int64, numba.int64, numba.int64,

@@ -9,7 +9,7 @@ import numpy as np
 
 from .kernels import layout as L
 from .kernels._math import ACTIVATION_CODES
-from .model import GATES, Model
+from .model import GATES, Model, RecurrentLayer
 
 
 @dataclass(frozen=True, eq=False)
@@ -36,8 +36,75 @@ class PackedModel:
         return int(self.layout[L.H_OUTPUT])
 
 
-def pack(model: Model) -> PackedModel:
-    """Pack ``model``'s weights, transposed for the kernels, into one contiguous buffer."""
+#: Packing targets: the CPU kernels read unit blocks, the CUDA kernel transposed weights
+#: (see :mod:`streamlstm.kernels.layout`).
+CPU, CUDA = "cpu", "cuda"
+TARGETS = (CPU, CUDA)
+
+
+def _unit_blocks(gates: list[np.ndarray | None], hidden: int, rows: int) -> np.ndarray:
+    """``(ceil(hidden / UNITS), rows, len(gates) * UNITS)``: for each block of units, every
+    gate's ``(hidden, rows)`` weights (``None``: zeros) transposed side by side, zero-padded
+    past the last unit."""
+    count = -(-hidden // L.UNITS)
+    blocks = np.zeros((count, rows, len(gates) * L.UNITS))
+    for b in range(count):
+        units = slice(b * L.UNITS, min((b + 1) * L.UNITS, hidden))
+        n = units.stop - units.start
+        for g, weights in enumerate(gates):
+            if weights is not None:
+                blocks[b, :, g * L.UNITS:g * L.UNITS + n] = weights[units].T
+    return blocks
+
+
+def _unit_block_bias(gates: list[np.ndarray], hidden: int) -> np.ndarray:
+    """The biases matching :func:`_unit_blocks`: ``(blocks, len(gates) * UNITS)``."""
+    return _unit_blocks([b[:, None] for b in gates], hidden, 1)[:, 0, :]
+
+
+def _pack_unit_blocks(layer: RecurrentLayer, rec: np.ndarray, put) -> None:
+    """Fill ``rec``'s unit-block fields (see :mod:`streamlstm.kernels.layout`)."""
+    hidden = layer.hidden_size
+
+    def gates_of(array: np.ndarray) -> list[np.ndarray]:
+        return np.split(np.asarray(array, np.float64), GATES[layer.kind])
+
+    if layer.kind == "lstm":
+        weights = np.concatenate([layer.w_ih, layer.w_hh], axis=1)
+        rec[L.L_BLOCKS] = put(_unit_blocks(gates_of(weights), hidden, weights.shape[1]))
+        rec[L.L_BLOCK_BIAS] = put(_unit_block_bias(gates_of(layer.b_ih + layer.b_hh), hidden))
+        return
+    (w_ir, w_iz, w_in), (w_hr, w_hz, w_hn) = gates_of(layer.w_ih), gates_of(layer.w_hh)
+    (b_ir, b_iz, b_in), (b_hr, b_hz, b_hn) = gates_of(layer.b_ih), gates_of(layer.b_hh)
+    no_x, no_h = np.zeros_like(w_in), np.zeros_like(w_hn)
+    gates = [np.concatenate([w_ir, w_hr], axis=1), np.concatenate([w_iz, w_hz], axis=1),
+             np.concatenate([w_in, no_h], axis=1)]
+    if layer.reset_after:
+        gates.append(np.concatenate([no_x, w_hn], axis=1))
+        biases = [b_ir + b_hr, b_iz + b_hz, b_in, b_hn]
+    else:  # W_hn applies to r * h, in blocks of its own; b_hn joins b_in
+        gates.append(None)
+        biases = [b_ir + b_hr, b_iz + b_hz, b_in + b_hn, np.zeros_like(b_in)]
+        rec[L.L_BLOCKS_HN] = put(_unit_blocks([w_hn], hidden, hidden))
+    rec[L.L_BLOCKS] = put(_unit_blocks(gates, hidden, gates[0].shape[1]))
+    rec[L.L_BLOCK_BIAS] = put(_unit_block_bias(biases, hidden))
+
+
+def _pack_transposed(layer: RecurrentLayer, rec: np.ndarray, put) -> None:
+    """Fill ``rec``'s transposed-form fields (the CUDA kernel's)."""
+    rec[L.L_WX] = put(layer.w_ih.T)
+    rec[L.L_WH] = put(layer.w_hh.T)
+    if layer.kind == "lstm":
+        rec[L.L_B] = put(layer.b_ih + layer.b_hh)
+    else:
+        rec[L.L_B] = put(layer.b_ih)
+        rec[L.L_B2] = put(layer.b_hh)
+
+
+def pack(model: Model, target: str = CPU) -> PackedModel:
+    """Pack ``model``'s weights into one contiguous buffer in the form ``target`` reads."""
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
     chunks: list[np.ndarray] = []
     cursor = 0
 
@@ -52,31 +119,26 @@ def pack(model: Model) -> PackedModel:
     header = np.full(L.HEADER, -1, np.int64)
     records: list[np.ndarray] = []
     state_offset = 0
-    widest_gates = 0
+    work = 0
     for layer in model.layers:
         rec = np.full(L.LAYER_RECORD, -1, np.int64)
-        gates = GATES[layer.kind] * layer.hidden_size
         rec[L.L_KIND] = L.LSTM if layer.kind == "lstm" else L.GRU
         rec[L.L_IN] = layer.input_size
         rec[L.L_HIDDEN] = layer.hidden_size
         rec[L.L_OUT] = layer.output_size
-        rec[L.L_WX] = put(layer.w_ih.T)
-        rec[L.L_WH] = put(layer.w_hh.T)
-        if layer.kind == "lstm":
-            rec[L.L_B] = put(layer.b_ih + layer.b_hh)
-            if layer.w_hr is not None:
-                rec[L.L_WR] = put(layer.w_hr.T)
-            # The GRU needs input and hidden gate sums apart (6H); the LSTM 4H plus, with a
-            # projection, nothing more: the unprojected h reuses the i-gate slots.
-            widest_gates = max(widest_gates, gates)
+        if target == CPU:
+            _pack_unit_blocks(layer, rec, put)
         else:
-            rec[L.L_B] = put(layer.b_ih)
-            rec[L.L_B2] = put(layer.b_hh)
-            widest_gates = max(widest_gates, 2 * gates)
+            _pack_transposed(layer, rec, put)
+        if layer.kind == "lstm" and layer.w_hr is not None:
+            rec[L.L_WR] = put(layer.w_hr.T)
         rec[L.L_STATE] = state_offset
         rec[L.L_ACT] = ACTIVATION_CODES[layer.activation]
         rec[L.L_RACT] = ACTIVATION_CODES[layer.recurrent_activation]
         rec[L.L_RESET_AFTER] = int(layer.reset_after)
+        # Work space: the unprojected h of a projected LSTM (H), or z, n_x and r * h of a
+        # GRU with the reset gate before W_hn (3H).
+        work = max(work, 3 * layer.hidden_size)
         state_offset += layer.state_size
         records.append(rec)
 
@@ -105,8 +167,9 @@ def pack(model: Model) -> PackedModel:
     header[L.H_OUTPUT] = model.output_size
     header[L.H_DENSE] = len(model.head)
     header[L.H_STATE] = state_offset
-    header[L.H_SC_GATES] = state_offset
-    header[L.H_SC_INPUT] = state_offset + widest_gates
+    header[L.H_SC_WORK] = state_offset
+    header[L.H_SC_SPARE] = state_offset + work
+    header[L.H_SC_INPUT] = header[L.H_SC_SPARE] + L.BLOCK_WIDTH
     header[L.H_SC_PING] = header[L.H_SC_INPUT] + model.input_size
     header[L.H_SC_PONG] = header[L.H_SC_PING] + widest_dense
     header[L.H_SCRATCH] = header[L.H_SC_PONG] + widest_dense
@@ -115,12 +178,13 @@ def pack(model: Model) -> PackedModel:
     return PackedModel(params=params, layout=np.concatenate([header, *records]))
 
 
-_PACKED: weakref.WeakKeyDictionary[Model, PackedModel] = weakref.WeakKeyDictionary()
+_PACKED: weakref.WeakKeyDictionary[Model, dict[str, PackedModel]] = weakref.WeakKeyDictionary()
 
 
-def packed(model: Model) -> PackedModel:
-    """``pack(model)``, computed once per model object (models are immutable)."""
-    result = _PACKED.get(model)
+def packed(model: Model, target: str = CPU) -> PackedModel:
+    """``pack(model, target)``, computed once per model object (models are immutable)."""
+    per_target = _PACKED.setdefault(model, {})
+    result = per_target.get(target)
     if result is None:
-        result = _PACKED[model] = pack(model)
+        result = per_target[target] = pack(model, target)
     return result

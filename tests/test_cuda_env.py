@@ -90,11 +90,11 @@ def test_step_kernel_compiles_for_a_real_gpu():
             compute_capability = (9, 0)
         dispatcher.get_current_device = lambda: Hopper()
         from streamlstm.model import random_model
-        from streamlstm.packing import pack
+        from streamlstm.packing import CUDA, pack
         from streamlstm.cuda.kernels import step_kernel
         for kind, dtype in (("lstm", np.float32), ("gru", np.float64)):
             model = random_model(3, [8, 6], kind=kind, output_size=2, dtype=dtype)
-            pk = pack(model)
+            pk = pack(model, CUDA)
             k = step_kernel(pk.layout, model.dtype, pk.params.size)
             T = numba.from_dtype(model.dtype)
             sig = (T[::1], numba.int32[::1], numba.int64, numba.int64, numba.int64,

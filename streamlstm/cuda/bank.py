@@ -12,7 +12,7 @@ from .._sensor_rows import SensorRows
 from ..errors import ShapeError
 from ..kernels import layout as L
 from ..model import Model
-from ..packing import packed
+from ..packing import CUDA, packed
 from ..stream import join_state, split_state
 from ._compat import require_cuda, simulator_enabled
 from ._grouping import NO_GROUP, group_by_row
@@ -55,7 +55,7 @@ class CudaBank(SensorRows):
         cuda = require_cuda()
         self._cuda = cuda
         self.model = model
-        pk = packed(model)
+        pk = packed(model, CUDA)
         self._params = pk.params
         self._dtype = model.dtype
         self._n_in, self._n_out = model.input_size, model.output_size

@@ -47,15 +47,18 @@ def _step_groups(params, layout, states, rows, samples, outs, status, scratch, h
     Four groups advance together through their chains, one sample each per round, via
     :func:`step_tile`; rounds where fewer than four groups still have samples (and the
     remainder groups) fall back to :func:`step`. Each row's samples stay in order.
+    Consecutive tiles walk the weights in opposite directions (see :mod:`.layout`).
     """
     g = first
+    reverse = False
     while g + TILE_STREAMS <= last:
         i0, i1, i2, i3 = heads[g], heads[g + 1], heads[g + 2], heads[g + 3]
         while i0 != NO_SAMPLE and i1 != NO_SAMPLE and i2 != NO_SAMPLE and i3 != NO_SAMPLE:
             status[i0], status[i1], status[i2], status[i3] = step_tile(
                 params, layout, states[rows[i0]], states[rows[i1]], states[rows[i2]],
                 states[rows[i3]], samples[i0], samples[i1], samples[i2], samples[i3],
-                outs[i0], outs[i1], outs[i2], outs[i3], scratch)
+                outs[i0], outs[i1], outs[i2], outs[i3], scratch, reverse)
+            reverse = not reverse
             i0, i1, i2, i3 = nxt[i0], nxt[i1], nxt[i2], nxt[i3]
         for i in (i0, i1, i2, i3):
             while i != NO_SAMPLE:

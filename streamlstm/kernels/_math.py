@@ -8,14 +8,22 @@ the parity budget by more than an order of magnitude; ``tanh(9) = 1 - 3e-8`` so 
 there is exact in float32. Sigmoid is ``0.5 + 0.5 * tanh(x / 2)``. Float64 keeps libm's
 ``tanh``: the float64 parity budget (1e-9) is tighter than any cheap approximation.
 
-The choice is made at typing time, so one kernel source serves both dtypes.
+``tanh``, ``sigmoid`` and ``like`` are intrinsics: they emit their few instructions
+straight into the caller. As ``@overload``\\ s they would either be separate functions
+that LLVM does not inline after numba links them (a call per element: 3x slower kernels)
+or, with ``inline="always"``, be re-typed at every use, which made compiling the kernels
+take minutes.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+from llvmlite import ir
 from numba import types
-from numba.extending import overload
+from numba.core.typing import signature
+from numba.extending import intrinsic, overload
 from numba.np.numpy_support import as_dtype
 
 # Activation codes shared by the packer and the kernels.
@@ -24,92 +32,110 @@ ACTIVATION_CODES = {"linear": LINEAR, "relu": RELU, "tanh": TANH, "sigmoid": SIG
                     "hard_sigmoid": HARD_SIGMOID}
 
 _P = (9.99999910e-01, 1.33715821e-01, 3.48473408e-03, 2.04447526e-05, 1.31534697e-08)
-_Q = (4.67048782e-01, 2.58347580e-02, 3.26850240e-04, 7.68862879e-07)
+_Q = (1.0, 4.67048782e-01, 2.58347580e-02, 3.26850240e-04, 7.68862879e-07)
 _CLAMP = 9.0
+#: The kernels' fast-math flags (see :mod:`._network`): none that assume away NaN/Inf.
+_FLAGS = ("nsz", "arcp", "contract", "afn", "reassoc")
 
 
-def tanh(x):  # pragma: no cover - replaced by the overload inside compiled code
+def _float32(value: float) -> ir.Constant:
+    return ir.Constant(ir.FloatType(), float(np.float32(value)))
+
+
+def _horner(builder: ir.IRBuilder, z: ir.Value, coefficients: tuple[float, ...]) -> ir.Value:
+    """``c0 + z * (c1 + z * (c2 + ...))`` in float32."""
+    total = _float32(coefficients[-1])
+    for c in reversed(coefficients[:-1]):
+        total = builder.fadd(_float32(c), builder.fmul(z, total, flags=_FLAGS), flags=_FLAGS)
+    return total
+
+
+def _emit_tanh(context, builder: ir.IRBuilder, fptype: types.Float, x: ir.Value) -> ir.Value:
+    if fptype.bitwidth != 32:
+        return context.get_function(math.tanh, signature(fptype, fptype))(builder, [x])
+    lo, hi = _float32(-_CLAMP), _float32(_CLAMP)
+    # Compare-and-select clamps: a NaN fails both tests and comes through as NaN.
+    y = builder.select(builder.fcmp_ordered("<", x, lo), lo, x)
+    y = builder.select(builder.fcmp_ordered(">", y, hi), hi, y)
+    z = builder.fmul(y, y, flags=_FLAGS)
+    numerator = builder.fmul(y, _horner(builder, z, _P), flags=_FLAGS)
+    t = builder.fdiv(numerator, _horner(builder, z, _Q), flags=_FLAGS)
+    # Near the clamp the rounded quotient can reach 1 + 2^-23: keep |tanh| <= 1.
+    one, minus_one = _float32(1.0), _float32(-1.0)
+    t = builder.select(builder.fcmp_ordered(">", t, one), one, t)
+    return builder.select(builder.fcmp_ordered("<", t, minus_one), minus_one, t)
+
+
+@intrinsic
+def tanh(typingctx, x):
     """``tanh`` for compiled code: fast rational form in float32, libm in float64."""
-    return np.tanh(x)
+    if not isinstance(x, types.Float):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _emit_tanh(context, builder, x, args[0])
+
+    return signature(x, x), codegen
 
 
-@overload(tanh, inline="always")
-def _tanh_overload(x):
-    if isinstance(x, types.Float) and x.bitwidth == 32:
-        p0, p1, p2, p3, p4 = (np.float32(c) for c in _P)
-        q1, q2, q3, q4 = (np.float32(c) for c in _Q)
-        lo, hi, one = np.float32(-_CLAMP), np.float32(_CLAMP), np.float32(1.0)
+@intrinsic
+def sigmoid(typingctx, x):
+    """Logistic sigmoid for compiled code, ``0.5 + 0.5 * tanh(x / 2)``."""
+    if not isinstance(x, types.Float):
+        return None
 
-        def rational(x):
-            y = np.minimum(np.maximum(x, lo), hi)  # NaN-propagating, branch-free clamp
-            z = y * y
-            p = p0 + z * (p1 + z * (p2 + z * (p3 + z * p4)))
-            q = one + z * (q1 + z * (q2 + z * (q3 + z * q4)))
-            return y * p / q
+    def codegen(context, builder, sig, args):
+        half = context.get_constant(x, 0.5)
+        t = _emit_tanh(context, builder, x, builder.fmul(half, args[0], flags=_FLAGS))
+        return builder.fadd(half, builder.fmul(half, t, flags=_FLAGS), flags=_FLAGS)
 
-        return rational
-    return lambda x: np.tanh(x)
+    return signature(x, x), codegen
 
 
-def like(x, value):  # pragma: no cover - replaced by the overload inside compiled code
+@intrinsic
+def like(typingctx, x, value):
     """``value`` as a scalar of ``x``'s dtype.
 
     Numba follows NumPy's promotion rules, so ``float32 * 0.5`` or even ``float32 * 0``
     is float64: without this, float32 kernels silently compute in float64 through libm.
     """
-    return type(x)(value)
+    source = types.unliteral(value)
+
+    def codegen(context, builder, sig, args):
+        return context.cast(builder, args[1], source, x)
+
+    return signature(x, x, source), codegen
 
 
-@overload(like, inline="always")
-def _like_overload(x, value):
-    cast = as_dtype(x).type
-    return lambda x, value: cast(value)
+@intrinsic
+def fma(typingctx, a, b, c):
+    """``a * b + c`` rounded once. Where an expression holds two products, LLVM may fuse
+    either with the sum, and may choose differently in two copies of the same code;
+    spelling the fusion out keeps a bank and a stream bit-identical."""
+    if not (isinstance(a, types.Float) and a == b == c):
+        return None
 
+    def codegen(context, builder, sig, args):
+        t = args[0].type
+        fused = builder.module.declare_intrinsic("llvm.fma", [t], ir.FunctionType(t, [t, t, t]))
+        return builder.call(fused, args)
 
-def sigmoid(x):  # pragma: no cover - replaced by the overload inside compiled code
-    """Logistic sigmoid for compiled code, built on :func:`tanh`."""
-    return 0.5 + 0.5 * np.tanh(0.5 * x)
-
-
-@overload(sigmoid, inline="always")
-def _sigmoid_overload(x):
-    half = as_dtype(x).type(0.5)
-    return lambda x: half + half * tanh(half * x)
-
-
-def activate(x, code):  # pragma: no cover - replaced by the overload inside compiled code
-    """Apply activation ``code`` (one of the module's constants) to a scalar."""
-    raise NotImplementedError
-
-
-@overload(activate, inline="always")
-def _activate_overload(x, code):
-    cast = as_dtype(x).type
-    zero, half, one, sixth = cast(0), cast(0.5), cast(1), cast(1 / 6)
-
-    def impl(x, code):
-        if code == SIGMOID:
-            return sigmoid(x)
-        if code == TANH:
-            return tanh(x)
-        if code == HARD_SIGMOID:
-            return np.minimum(np.maximum(x * sixth + half, zero), one)
-        if code == RELU:
-            return np.maximum(x, zero)
-        return x
-
-    return impl
+    return signature(a, a, a, a), codegen
 
 
 def activate_all(values, code):  # pragma: no cover - replaced by the overload
-    """Apply activation ``code`` in place to every element of a 1-D array."""
+    """Apply activation ``code`` (one of the module's constants) in place to a 1-D array."""
     raise NotImplementedError
 
 
 @overload(activate_all, inline="always")
 def _activate_all_overload(values, code):
+    cast = as_dtype(values.dtype).type
+    zero, half, one, sixth = cast(0), cast(0.5), cast(1), cast(1 / 6)
+
     # One loop per activation, the switch outside: a branch inside the element loop would
-    # keep LLVM from vectorising it (measured: 3x slower LSTM layer at H=64).
+    # keep LLVM from vectorising it (measured: 3x slower LSTM layer at H=64). A ``code``
+    # known at compile time leaves one loop.
     def impl(values, code):
         n = values.shape[0]
         if code == SIGMOID:
@@ -118,8 +144,11 @@ def _activate_all_overload(values, code):
         elif code == TANH:
             for j in range(n):
                 values[j] = tanh(values[j])
-        elif code != LINEAR:
+        elif code == HARD_SIGMOID:
             for j in range(n):
-                values[j] = activate(values[j], code)
+                values[j] = np.minimum(np.maximum(values[j] * sixth + half, zero), one)
+        elif code == RELU:
+            for j in range(n):
+                values[j] = np.maximum(values[j], zero)
 
     return impl

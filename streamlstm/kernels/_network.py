@@ -5,116 +5,88 @@ Every function here is a plain function over arrays, compiled once with ``cache=
 so the finiteness checks below still work, and ``error_model='numpy'`` lets LLVM
 vectorise loops that divide.
 
-A step is split into stages so that one stream (:func:`step`) and a tile of four
-streams (:func:`step_tile`, used by the bank) share everything but the matrix products:
+A step is split into stages shared by one stream (:func:`step`, :func:`run`) and a tile
+of four streams (:func:`step_tile`, used by the bank):
 
-``_prepare`` (check and normalise the sample) -> per layer ``_*_gates`` (the matrix
-products, the only tiled stage) and ``_*_update`` (nonlinearities, state update) ->
+``_prepare`` (check and normalise the sample) -> per layer, per unit block: the block's
+gate sums (``_block_sums*``, the only stage that differs between one stream and a tile)
+and ``_finish_units`` (nonlinearities and the new ``h``, ``c`` of the block's units) ->
 ``_finish`` (dense head, output normalisation, finiteness check, commit).
 
 The new state is computed into scratch and committed to the caller's state row only if
 every new state value and output is finite: a bad sample or an overflow can never poison
 ``(h, c)``.
 
-Why the tile: at H=64 one stream's weights (68 KB) do not fit the 48 KB L1 cache, so a
-single-stream step is bound by streaming weights from L2 (measured 0.72 us for the
-67x256 product whether the accumulators sit in memory or registers). Four streams
-sharing each weight row, with their accumulators in registers, take 0.30 us each.
+Where the time goes, and what each choice bought (H=64, D=3, float32, this machine):
+
+* A block's 64 gate sums live in a stack array (:func:`_stack_array`) indexed only by
+  constants, so LLVM keeps them in four AVX-512 registers from bias to new state: the
+  gate pre-activations never touch memory.
+* One stream sums two blocks at a time (two independent FMA chains per weight row; one
+  chain is latency-bound); a tile sums one block for four streams, reading each weight
+  row once for the four. Single stream 0.13 us for the 67x256 product, 0.44 us a step.
+* ``_nrt=False``: no reference counting. Every array slice otherwise costs an atomic
+  increment and decrement of its owner's count, which was half the time of a tile.
+* Activations are intrinsics (:mod:`._math`) and the common tanh/sigmoid path has them as
+  constants; partial blocks and other activations take an out-of-line path.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import carray, njit, types
+from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
 from . import layout as L
-from ._math import activate_all, like
+from ._math import SIGMOID, TANH, activate_all, fma, like
+from .layout import BLOCK_WIDTH, UNITS
 
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
-JIT = {"cache": True, "fastmath": FASTMATH, "error_model": "numpy", "nogil": True}
+#: No reference counting (``_nrt``): nothing here allocates, and see the module docstring.
+JIT = {"cache": True, "fastmath": FASTMATH, "error_model": "numpy", "nogil": True,
+       "_nrt": False}
 
 #: Streams stepped together by :func:`step_tile`.
 TILE_STREAMS = 4
-#: Gate columns whose accumulators a tile keeps in registers: 4 streams x 64 float32 =
-#: 16 AVX-512 registers.
-_TILE_COLUMNS = 64
 
 
 @intrinsic
-def _stack_buffer(typingctx, size, dtype):
-    """A pointer to ``size`` (a literal) elements of ``dtype`` in the caller's stack frame.
+def _stack_array(typingctx, size, dtype):
+    """A 1-D array of ``size`` (a literal) elements of ``dtype`` in the caller's stack frame.
 
-    Numba has no stack arrays; LLVM promotes this alloca to registers, which it cannot do
-    for a heap buffer that might alias the weights.
+    Numba has no stack arrays; LLVM keeps this one in registers when every access to it
+    is at a constant index, which it can never do for a heap buffer that might alias the
+    weights. Not memory-managed: it lives as long as the compiled function's frame.
     """
     if not isinstance(size, types.IntegerLiteral):
         return None
     count = size.literal_value
-    element = dtype.dtype
+    array_type = types.Array(dtype.dtype, 1, "C")
 
     def codegen(context, builder, signature, args):
-        return cgutils.alloca_once(builder, context.get_data_type(element), size=count)
+        element = context.get_data_type(dtype.dtype)
+        data = cgutils.alloca_once(builder, element, size=count)
+        data.align = 64  # whole cache lines, wherever the thread's stack happens to be
+        array = context.make_array(array_type)(context, builder)
+        itemsize = cgutils.intp_t(context.get_abi_sizeof(element))
+        context.populate_array(array, data=data, shape=[cgutils.intp_t(count)],
+                               strides=[itemsize], itemsize=itemsize, meminfo=None)
+        return array._getvalue()
 
-    return types.CPointer(element)(size, dtype), codegen
+    return array_type(size, dtype), codegen
 
 
 @njit(inline="always", **JIT)
-def _matvec_acc(acc, weights_t, x, n_in, n_out):
-    """``acc[:n_out] += weights_t[:n_in, :n_out].T @ x`` as row sweeps that vectorise."""
-    for k in range(n_in):
-        xk = x[k]
-        row = weights_t[k]
+def _matvec_acc(acc, params, offset, x, n_out):
+    """``acc[:n_out] += W @ x`` with ``W.T`` stored row-major at ``params[offset:]``, as row
+    sweeps that vectorise. Rows are sliced from the flat buffer: a reshaped view would go
+    through a runtime helper call on every step."""
+    for k in range(x.shape[0]):
+        row, v = params[offset:offset + n_out], x[k]
         for j in range(n_out):
-            acc[j] += row[j] * xk
-
-
-@njit(inline="always", **JIT)
-def _matvec_acc_tile(acc0, acc1, acc2, acc3, weights_t, x0, x1, x2, x3, n_in, n_out):
-    """:func:`_matvec_acc` for four streams sharing each weight row (see module docstring)."""
-    dtype = acc0.dtype
-    b0 = carray(_stack_buffer(_TILE_COLUMNS, dtype), (_TILE_COLUMNS,))
-    b1 = carray(_stack_buffer(_TILE_COLUMNS, dtype), (_TILE_COLUMNS,))
-    b2 = carray(_stack_buffer(_TILE_COLUMNS, dtype), (_TILE_COLUMNS,))
-    b3 = carray(_stack_buffer(_TILE_COLUMNS, dtype), (_TILE_COLUMNS,))
-    j0 = 0
-    # Slices (not j0 + t indexing) keep every index provably non-negative, which the
-    # vectoriser needs: a signed index carries a wraparound branch.
-    while j0 + _TILE_COLUMNS <= n_out:
-        a0 = acc0[j0:j0 + _TILE_COLUMNS]
-        a1 = acc1[j0:j0 + _TILE_COLUMNS]
-        a2 = acc2[j0:j0 + _TILE_COLUMNS]
-        a3 = acc3[j0:j0 + _TILE_COLUMNS]
-        for t in range(_TILE_COLUMNS):
-            b0[t] = a0[t]
-            b1[t] = a1[t]
-            b2[t] = a2[t]
-            b3[t] = a3[t]
-        for k in range(n_in):
-            row = weights_t[k, j0:j0 + _TILE_COLUMNS]
-            v0, v1, v2, v3 = x0[k], x1[k], x2[k], x3[k]
-            for t in range(_TILE_COLUMNS):
-                w = row[t]
-                b0[t] += w * v0
-                b1[t] += w * v1
-                b2[t] += w * v2
-                b3[t] += w * v3
-        for t in range(_TILE_COLUMNS):
-            a0[t] = b0[t]
-            a1[t] = b1[t]
-            a2[t] = b2[t]
-            a3[t] = b3[t]
-        j0 += _TILE_COLUMNS
-    for k in range(n_in):
-        row = weights_t[k]
-        v0, v1, v2, v3 = x0[k], x1[k], x2[k], x3[k]
-        for j in range(j0, n_out):
-            w = row[j]
-            acc0[j] += w * v0
-            acc1[j] += w * v1
-            acc2[j] += w * v2
-            acc3[j] += w * v3
+            acc[j] += row[j] * v
+        offset += n_out
 
 
 @njit(inline="always", **JIT)
@@ -137,8 +109,15 @@ def _new_state(layout, scratch):
 
 
 @njit(inline="always", **JIT)
-def _gates(layout, scratch):
-    return scratch[layout[L.H_SC_GATES]:layout[L.H_SC_INPUT]]
+def _work(layout, scratch):
+    """Per-layer work space (see :func:`_layer_views`, :func:`_gru_reset_before`)."""
+    return scratch[layout[L.H_SC_WORK]:layout[L.H_SC_SPARE]]
+
+
+@njit(inline="always", **JIT)
+def _spare(layout, scratch):
+    """Block sums in memory, for the paths that index them at run time."""
+    return scratch[layout[L.H_SC_SPARE]:layout[L.H_SC_INPUT]]
 
 
 @njit(inline="always", **JIT)
@@ -156,11 +135,6 @@ def _layer_input(layout, rec, index, scratch):
 def _record(layout, index):
     start = L.HEADER + index * L.LAYER_RECORD
     return layout[start:start + L.LAYER_RECORD]
-
-
-@njit(inline="always", **JIT)
-def _weights(params, offset, rows, cols):
-    return params[offset:offset + rows * cols].reshape((rows, cols))
 
 
 # -- stages -----------------------------------------------------------------------------------
@@ -183,131 +157,287 @@ def _prepare(params, layout, x, scratch):
 
 
 @njit(inline="always", **JIT)
-def _init_gates(params, rec, gates):
-    """Gate accumulators start from the biases (LSTM: one sum; GRU: input and hidden)."""
-    hidden = rec[L.L_HIDDEN]
-    if rec[L.L_KIND] == L.LSTM:
-        width = 4 * hidden
-        bias = params[rec[L.L_B]:rec[L.L_B] + width]
-        for j in range(width):
-            gates[j] = bias[j]
-    else:
-        width = 3 * hidden
-        b_ih = params[rec[L.L_B]:rec[L.L_B] + width]
-        b_hh = params[rec[L.L_B2]:rec[L.L_B2] + width]
-        for j in range(width):
-            gates[j] = b_ih[j]
-            gates[width + j] = b_hh[j]
+def _accumulators(dtype):
+    """One block's gate sums, on the stack so LLVM keeps them in registers."""
+    return _stack_array(BLOCK_WIDTH, dtype)
 
 
 @njit(inline="always", **JIT)
-def _recurrent_width(rec):
-    """Gate columns the recurrent product fills: a GRU without reset-after leaves W_hn
-    for :func:`_gru_update`, which needs ``r * h`` first."""
-    hidden = rec[L.L_HIDDEN]
-    if rec[L.L_KIND] == L.LSTM:
-        return 4 * hidden
-    return 3 * hidden if rec[L.L_RESET_AFTER] == 1 else 2 * hidden
+def _block_count(rec):
+    return (rec[L.L_HIDDEN] + UNITS - 1) // UNITS
 
 
 @njit(inline="always", **JIT)
-def _layer_gates(params, rec, x, h_prev, gates):
-    """One stream's gate pre-activations: biases + W_ih x + W_hh h."""
-    _init_gates(params, rec, gates)
-    n_in, n_h = rec[L.L_IN], rec[L.L_OUT]
-    gate_count = 4 if rec[L.L_KIND] == L.LSTM else 3
-    width = gate_count * rec[L.L_HIDDEN]
-    _matvec_acc(gates, _weights(params, rec[L.L_WX], n_in, width), x, n_in, width)
-    hidden_part = gates if rec[L.L_KIND] == L.LSTM else gates[width:]
-    _matvec_acc(hidden_part, _weights(params, rec[L.L_WH], n_h, width), h_prev, n_h,
-                _recurrent_width(rec))
+def _block_start(rec, b):
+    """Offset of unit block ``b`` in ``params`` (blocks are ``(in + out, BLOCK_WIDTH)``)."""
+    return rec[L.L_BLOCKS] + b * (rec[L.L_IN] + rec[L.L_OUT]) * BLOCK_WIDTH
 
 
 @njit(inline="always", **JIT)
-def _layer_gates_tile(params, rec, x0, x1, x2, x3, h0, h1, h2, h3, g0, g1, g2, g3):
-    """:func:`_layer_gates` for four streams at once."""
-    for gates in (g0, g1, g2, g3):
-        _init_gates(params, rec, gates)
-    n_in, n_h = rec[L.L_IN], rec[L.L_OUT]
-    width = (4 if rec[L.L_KIND] == L.LSTM else 3) * rec[L.L_HIDDEN]
-    _matvec_acc_tile(g0, g1, g2, g3, _weights(params, rec[L.L_WX], n_in, width),
-                     x0, x1, x2, x3, n_in, width)
-    shift = 0 if rec[L.L_KIND] == L.LSTM else width
-    _matvec_acc_tile(g0[shift:], g1[shift:], g2[shift:], g3[shift:],
-                     _weights(params, rec[L.L_WH], n_h, width), h0, h1, h2, h3, n_h,
-                     _recurrent_width(rec))
+def _block_bias(params, rec, b):
+    start = rec[L.L_BLOCK_BIAS] + b * BLOCK_WIDTH
+    return params[start:start + BLOCK_WIDTH]
+
+
+# The block sums index ``params`` with constant-length slices rather than through a reshaped
+# view: a reshape goes through a runtime helper that keeps LLVM from keeping the sums in
+# registers (measured 2.7x slower).
+@njit(inline="always", **JIT)
+def _block_sums(acc, params, rec, b, x, h):
+    """``acc = bias + block.T @ [x, h]``: unit block ``b``'s gate pre-activations."""
+    bias = _block_bias(params, rec, b)
+    for t in range(BLOCK_WIDTH):
+        acc[t] = bias[t]
+    row = _block_start(rec, b)
+    for k in range(x.shape[0]):
+        w, v = params[row:row + BLOCK_WIDTH], x[k]
+        for t in range(BLOCK_WIDTH):
+            acc[t] += w[t] * v
+        row += BLOCK_WIDTH
+    for k in range(h.shape[0]):
+        w, v = params[row:row + BLOCK_WIDTH], h[k]
+        for t in range(BLOCK_WIDTH):
+            acc[t] += w[t] * v
+        row += BLOCK_WIDTH
 
 
 @njit(inline="always", **JIT)
-def _lstm_update(params, rec, gates, c_prev, h_new, c_new):
-    hidden, n_out = rec[L.L_HIDDEN], rec[L.L_OUT]
-    act, ract = rec[L.L_ACT], rec[L.L_RACT]
-    activate_all(gates[:2 * hidden], ract)              # i, f
-    activate_all(gates[2 * hidden:3 * hidden], act)     # g
-    activate_all(gates[3 * hidden:4 * hidden], ract)    # o
-    cell_out = gates[2 * hidden:3 * hidden]  # g is consumed into c, then holds act(c)
-    for j in range(hidden):
-        c = gates[hidden + j] * c_prev[j] + gates[j] * gates[2 * hidden + j]
-        c_new[j] = c
-        cell_out[j] = c
-    activate_all(cell_out, act)
-    projected = rec[L.L_WR] >= 0
-    # Without projection h goes straight to h_new; with one, the unprojected h overwrites
-    # the already-consumed i-gate slots and is projected below.
-    h_full = gates[:hidden] if projected else h_new
-    for j in range(hidden):
-        h_full[j] = gates[3 * hidden + j] * cell_out[j]
-    if projected:
-        for j in range(n_out):
-            h_new[j] = 0.0
-        _matvec_acc(h_new, _weights(params, rec[L.L_WR], hidden, n_out), h_full, hidden,
-                    n_out)
+def _block_sums_pair(a0, a1, params, rec, b, x, h):
+    """:func:`_block_sums` of blocks ``b`` and ``b + 1`` at once: two independent chains of
+    multiply-adds per weight row instead of one hide the FMA latency (measured 2.9x)."""
+    bias0, bias1 = _block_bias(params, rec, b), _block_bias(params, rec, b + 1)
+    for t in range(BLOCK_WIDTH):
+        a0[t] = bias0[t]
+        a1[t] = bias1[t]
+    row = _block_start(rec, b)
+    gap = _block_start(rec, b + 1) - row
+    for k in range(x.shape[0]):
+        w0, w1 = params[row:row + BLOCK_WIDTH], params[row + gap:row + gap + BLOCK_WIDTH]
+        v = x[k]
+        for t in range(BLOCK_WIDTH):
+            a0[t] += w0[t] * v
+            a1[t] += w1[t] * v
+        row += BLOCK_WIDTH
+    for k in range(h.shape[0]):
+        w0, w1 = params[row:row + BLOCK_WIDTH], params[row + gap:row + gap + BLOCK_WIDTH]
+        v = h[k]
+        for t in range(BLOCK_WIDTH):
+            a0[t] += w0[t] * v
+            a1[t] += w1[t] * v
+        row += BLOCK_WIDTH
 
 
 @njit(inline="always", **JIT)
-def _gru_update(params, rec, gates, h_prev, h_new):
-    hidden = rec[L.L_HIDDEN]
-    width = 3 * hidden
-    gx = gates[:width]
-    gh = gates[width:2 * width]
-    act, ract = rec[L.L_ACT], rec[L.L_RACT]
-    rz = gx[:2 * hidden]
-    for j in range(2 * hidden):
-        rz[j] += gh[j]
-    activate_all(rz, ract)
-    n = gx[2 * hidden:width]
-    if rec[L.L_RESET_AFTER] == 1:
-        for j in range(hidden):
-            n[j] += rz[j] * gh[2 * hidden + j]
-    else:
-        r_h = gh[:hidden]  # the r part of gh is consumed: reuse it for r * h
-        for j in range(hidden):
-            r_h[j] = rz[j] * h_prev[j]
-        n_acc = gh[2 * hidden:width]  # holds b_hn
-        wh = _weights(params, rec[L.L_WH], hidden, width)
-        for k in range(hidden):
-            rh = r_h[k]
-            row = wh[k]
-            for j in range(hidden):
-                n_acc[j] += row[2 * hidden + j] * rh
-        for j in range(hidden):
-            n[j] += n_acc[j]
+def _block_sums_tile(a0, a1, a2, a3, params, rec, b, x0, x1, x2, x3, h0, h1, h2, h3):
+    """:func:`_block_sums` for four streams sharing each weight row."""
+    bias = _block_bias(params, rec, b)
+    for t in range(BLOCK_WIDTH):
+        a0[t] = a1[t] = a2[t] = a3[t] = bias[t]
+    row = _block_start(rec, b)
+    for k in range(x0.shape[0]):
+        w, v0, v1, v2, v3 = params[row:row + BLOCK_WIDTH], x0[k], x1[k], x2[k], x3[k]
+        for t in range(BLOCK_WIDTH):
+            a0[t] += w[t] * v0
+            a1[t] += w[t] * v1
+            a2[t] += w[t] * v2
+            a3[t] += w[t] * v3
+        row += BLOCK_WIDTH
+    for k in range(h0.shape[0]):
+        w, v0, v1, v2, v3 = params[row:row + BLOCK_WIDTH], h0[k], h1[k], h2[k], h3[k]
+        for t in range(BLOCK_WIDTH):
+            a0[t] += w[t] * v0
+            a1[t] += w[t] * v1
+            a2[t] += w[t] * v2
+            a3[t] += w[t] * v3
+        row += BLOCK_WIDTH
+
+
+@njit(inline="always", **JIT)
+def _lstm_units(acc, act, ract, c_prev, h_out, c_new, m):
+    """Finish ``m`` units from their block sums ``acc = [i | f | g | o]``."""
+    U = UNITS
+    activate_all(acc[:2 * U], ract)
+    activate_all(acc[2 * U:3 * U], act)
+    activate_all(acc[3 * U:], ract)
+    cell = acc[2 * U:3 * U]  # g is consumed into c, then holds act(c)
+    for t in range(m):
+        c = fma(acc[U + t], c_prev[t], acc[t] * cell[t])
+        c_new[t] = c
+        cell[t] = c
+    activate_all(cell, act)
+    for t in range(m):
+        h_out[t] = acc[3 * U + t] * cell[t]
+
+
+@njit(inline="always", **JIT)
+def _gru_units(acc, act, ract, h_prev, h_out, m):
+    """Finish ``m`` units from their block sums ``acc = [r | z | n_x | n_h]``."""
+    U = UNITS
+    activate_all(acc[:2 * U], ract)
+    n = acc[2 * U:3 * U]
+    for t in range(U):
+        n[t] += acc[t] * acc[3 * U + t]
     activate_all(n, act)
-    one = like(h_prev[0], 1)
-    for j in range(hidden):
-        z = rz[hidden + j]
-        h_new[j] = (one - z) * n[j] + z * h_prev[j]
+    one = like(acc[0], 1)
+    for t in range(m):
+        z = acc[U + t]
+        h_out[t] = fma(z, h_prev[t], (one - z) * n[t])
+
+
+@njit(**JIT)
+def _finish_units_generic(rec, acc, h_prev, c_prev, h_out, c_new, m):
+    """The units of a partial block or of a layer with non-default activations (rare:
+    compiled once, out of line, so the common path stays small)."""
+    if rec[L.L_KIND] == L.LSTM:
+        _lstm_units(acc, rec[L.L_ACT], rec[L.L_RACT], c_prev, h_out, c_new, m)
+    else:
+        _gru_units(acc, rec[L.L_ACT], rec[L.L_RACT], h_prev, h_out, m)
 
 
 @njit(inline="always", **JIT)
-def _layer_update(params, rec, state, new_state, gates):
-    so, n_h = rec[L.L_STATE], rec[L.L_OUT]
-    if rec[L.L_KIND] == L.LSTM:
-        hidden = rec[L.L_HIDDEN]
-        _lstm_update(params, rec, gates, state[so + n_h:so + n_h + hidden],
-                     new_state[so:so + n_h], new_state[so + n_h:so + n_h + hidden])
+def _finish_units(rec, acc, spare, h_prev, c_prev, h_out, c_new, u0):
+    """Finish the units of the block starting at unit ``u0`` from its sums ``acc``.
+
+    The common case, a full block with tanh and sigmoid, is compiled inline with the
+    activations and the block size as constants: every loop over ``acc`` unrolls, so LLVM
+    keeps it in registers. Anything else finishes out of line from a copy in ``spare``
+    (``acc`` must not escape to a call, or it could not stay in registers).
+    """
+    m = min(UNITS, rec[L.L_HIDDEN] - u0)
+    end = u0 + m
+    if m == UNITS and rec[L.L_ACT] == TANH and rec[L.L_RACT] == SIGMOID:
+        if rec[L.L_KIND] == L.LSTM:
+            _lstm_units(acc, TANH, SIGMOID, c_prev[u0:end], h_out[u0:end], c_new[u0:end],
+                        UNITS)
+        else:
+            _gru_units(acc, TANH, SIGMOID, h_prev[u0:end], h_out[u0:end], UNITS)
     else:
-        _gru_update(params, rec, gates, state[so:so + n_h], new_state[so:so + n_h])
+        for t in range(BLOCK_WIDTH):
+            spare[t] = acc[t]
+        _finish_units_generic(rec, spare, h_prev[u0:end], c_prev[u0:end], h_out[u0:end],
+                              c_new[u0:end], m)
+
+
+@njit(inline="always", **JIT)
+def _layer_views(rec, state, new_state, work):
+    """``(h_prev, c_prev, h_out, c_new)`` of a layer; ``h_out`` is where the unit updates
+    write h: the new state, or for a projected LSTM the work space (projected later)."""
+    so, n_h, hidden = rec[L.L_STATE], rec[L.L_OUT], rec[L.L_HIDDEN]
+    c_size = hidden if rec[L.L_KIND] == L.LSTM else 0
+    h_out = work[:hidden] if rec[L.L_WR] >= 0 else new_state[so:so + n_h]
+    return (state[so:so + n_h], state[so + n_h:so + n_h + c_size], h_out,
+            new_state[so + n_h:so + n_h + c_size])
+
+
+@njit(inline="always", **JIT)
+def _project(params, rec, new_state, work):
+    """A projected LSTM's ``h = W_hr h_full`` (``h_full`` in the work space)."""
+    so, hidden, n_h = rec[L.L_STATE], rec[L.L_HIDDEN], rec[L.L_OUT]
+    h_new = new_state[so:so + n_h]
+    for j in range(n_h):
+        h_new[j] = 0.0
+    _matvec_acc(h_new, params, rec[L.L_WR], work[:hidden], n_h)
+
+
+@njit(inline="always", **JIT)
+def _gru_reset_before(params, rec, x, state, new_state, work, acc, reverse):
+    """A GRU layer whose reset gate applies before ``W_hn``: ``r * h`` for every unit must
+    be known before any ``n``, so the blocks are walked twice (see :mod:`.layout`). A rare
+    layout (Keras ``reset_after=False``): ``acc`` is the spare block in scratch, not
+    registers."""
+    U = UNITS
+    count = _block_count(rec)
+    so, hidden = rec[L.L_STATE], rec[L.L_HIDDEN]
+    h_prev, h_new = state[so:so + hidden], new_state[so:so + hidden]
+    z_all, nx_all, rh = work[:hidden], work[hidden:2 * hidden], work[2 * hidden:3 * hidden]
+    for q in range(count):
+        b = count - 1 - q if reverse else q
+        _block_sums(acc, params, rec, b, x, h_prev)
+        activate_all(acc[:2 * U], rec[L.L_RACT])
+        for t in range(min(U, hidden - b * U)):
+            u = b * U + t
+            rh[u] = acc[t] * h_prev[u]
+            z_all[u] = acc[U + t]
+            nx_all[u] = acc[2 * U + t]
+    one = like(acc[0], 1)
+    n = acc[:U]
+    for q in range(count):
+        b = count - 1 - q if reverse else q
+        row = rec[L.L_BLOCKS_HN] + b * hidden * U
+        for t in range(U):
+            n[t] = 0.0
+        for k in range(hidden):
+            w, v = params[row:row + U], rh[k]
+            for t in range(U):
+                n[t] += w[t] * v
+            row += U
+        m = min(U, hidden - b * U)
+        for t in range(m):
+            n[t] += nx_all[b * U + t]
+        activate_all(n, rec[L.L_ACT])
+        for t in range(m):
+            u = b * U + t
+            h_new[u] = fma(z_all[u], h_prev[u], (one - z_all[u]) * n[t])
+
+
+@njit(**JIT)
+def _layer(params, rec, x, state, new_state, work, spare, reverse):
+    """One stream through one recurrent layer: new h (and c) into ``new_state``.
+
+    Blocks go in pairs (see :func:`_block_sums_pair`); with an odd count the last block goes
+    alone, after the pairs forwards and before them in ``reverse``.
+    """
+    if rec[L.L_BLOCKS_HN] >= 0:
+        _gru_reset_before(params, rec, x, state, new_state, work, spare, reverse)
+        return
+    a0, a1 = _accumulators(x.dtype), _accumulators(x.dtype)
+    h_prev, c_prev, h_out, c_new = _layer_views(rec, state, new_state, work)
+    count = _block_count(rec)
+    pairs = count // 2
+    for q in range(pairs + 1):
+        if q == (0 if reverse else pairs):  # the lone block's turn
+            if count % 2 == 1:
+                lone = count - 1
+                _block_sums(a0, params, rec, lone, x, h_prev)
+                _finish_units(rec, a0, spare, h_prev, c_prev, h_out, c_new, lone * UNITS)
+            continue
+        b = 2 * (pairs - q) if reverse else 2 * q
+        _block_sums_pair(a0, a1, params, rec, b, x, h_prev)
+        _finish_units(rec, a0, spare, h_prev, c_prev, h_out, c_new, b * UNITS)
+        _finish_units(rec, a1, spare, h_prev, c_prev, h_out, c_new, (b + 1) * UNITS)
+    if rec[L.L_WR] >= 0:
+        _project(params, rec, new_state, work)
+
+
+@njit(**JIT)
+def _layer_tile(params, rec, x0, x1, x2, x3, s0, s1, s2, s3, n0, n1, n2, n3, w0, w1, w2, w3,
+                spare, reverse):
+    """:func:`_layer` for four streams (``x``: inputs, ``s``: states, ``n``: new states,
+    ``w``: work spaces) sharing each weight row."""
+    if rec[L.L_BLOCKS_HN] >= 0:
+        for x, s, n, w in ((x0, s0, n0, w0), (x1, s1, n1, w1), (x2, s2, n2, w2),
+                           (x3, s3, n3, w3)):
+            _gru_reset_before(params, rec, x, s, n, w, spare, reverse)
+        return
+    dtype = x0.dtype
+    a0, a1, a2, a3 = (_accumulators(dtype), _accumulators(dtype), _accumulators(dtype),
+                      _accumulators(dtype))
+    h0, c0, o0, k0 = _layer_views(rec, s0, n0, w0)
+    h1, c1, o1, k1 = _layer_views(rec, s1, n1, w1)
+    h2, c2, o2, k2 = _layer_views(rec, s2, n2, w2)
+    h3, c3, o3, k3 = _layer_views(rec, s3, n3, w3)
+    count = _block_count(rec)
+    for q in range(count):
+        b = count - 1 - q if reverse else q
+        _block_sums_tile(a0, a1, a2, a3, params, rec, b, x0, x1, x2, x3, h0, h1, h2, h3)
+        u0 = b * UNITS
+        _finish_units(rec, a0, spare, h0, c0, o0, k0, u0)
+        _finish_units(rec, a1, spare, h1, c1, o1, k1, u0)
+        _finish_units(rec, a2, spare, h2, c2, o2, k2, u0)
+        _finish_units(rec, a3, spare, h3, c3, o3, k3, u0)
+    if rec[L.L_WR] >= 0:
+        for n, w in ((n0, w0), (n1, w1), (n2, w2), (n3, w3)):
+            _project(params, rec, n, w)
 
 
 @njit(inline="always", **JIT)
@@ -327,9 +457,8 @@ def _finish(params, layout, state, out, scratch):
         dst = ping if index % 2 == 0 else pong
         bias = params[rec[L.D_B]:rec[L.D_B] + d_out]
         if rec[L.D_FORM] == L.DENSE_DOT:
-            weights = _weights(params, rec[L.D_W], d_out, d_in)
             for j in range(d_out):
-                row = weights[j]
+                row = params[rec[L.D_W] + j * d_in:rec[L.D_W] + (j + 1) * d_in]
                 total = bias[j]
                 for k in range(d_in):
                     total += row[k] * layer_in[k]
@@ -337,7 +466,7 @@ def _finish(params, layout, state, out, scratch):
         else:
             for j in range(d_out):
                 dst[j] = bias[j]
-            _matvec_acc(dst, _weights(params, rec[L.D_W], d_in, d_out), layer_in, d_in, d_out)
+            _matvec_acc(dst, params, rec[L.D_W], layer_in, d_out)
         layer_in = dst[:d_out]
         activate_all(layer_in, rec[L.D_ACT])
 
@@ -358,36 +487,43 @@ def _finish(params, layout, state, out, scratch):
 
 
 # -- public kernels ---------------------------------------------------------------------------
-@njit(**JIT)
-def step(params, layout, state, x, out, scratch):
-    """Advance one stream by one sample; return a status code from :mod:`.layout`.
-
-    ``params``/``layout``: the packed model; ``state``: the stream's ``(S,)`` state row,
-    updated in place only on success; ``x``: ``(D,)`` sample in sensor units; ``out``:
-    ``(O,)`` receives the prediction (NaN when the step is rejected); ``scratch``: at
-    least ``layout[H_SCRATCH]`` numbers of the model's dtype, contents irrelevant.
-    """
+@njit(inline="always", **JIT)
+def _step(params, layout, state, x, out, scratch, reverse):
+    """:func:`step`, walking the unit blocks backwards if ``reverse`` (see :mod:`.layout`)."""
     if not _prepare(params, layout, x, scratch):
         out[:layout[L.H_OUTPUT]] = np.nan
         return L.REJECTED_SAMPLE
     new_state = _new_state(layout, scratch)
-    gates = _gates(layout, scratch)
+    work = _work(layout, scratch)
     for index in range(layout[L.H_LAYERS]):
         rec = _record(layout, index)
-        so = rec[L.L_STATE]
-        _layer_gates(params, rec, _layer_input(layout, rec, index, scratch),
-                     state[so:so + rec[L.L_OUT]], gates)
-        _layer_update(params, rec, state, new_state, gates)
+        _layer(params, rec, _layer_input(layout, rec, index, scratch), state, new_state, work,
+               _spare(layout, scratch), reverse)
     return _finish(params, layout, state, out, scratch)
 
 
 @njit(**JIT)
-def step_tile(params, layout, s0, s1, s2, s3, x0, x1, x2, x3, o0, o1, o2, o3, scratch):
+def step(params, layout, state, x, out, scratch):
+    """Advance one stream by one sample; return a status code from :mod:`.layout`.
+
+    ``params``/``layout``: the packed model (CPU target); ``state``: the stream's ``(S,)``
+    state row, updated in place only on success; ``x``: ``(D,)`` sample in sensor units;
+    ``out``: ``(O,)`` receives the prediction (NaN when the step is rejected);
+    ``scratch``: at least ``layout[H_SCRATCH]`` numbers of the model's dtype, contents
+    irrelevant.
+    """
+    return _step(params, layout, state, x, out, scratch, False)
+
+
+@njit(**JIT)
+def step_tile(params, layout, s0, s1, s2, s3, x0, x1, x2, x3, o0, o1, o2, o3, scratch,
+              reverse=False):
     """Advance four *different* streams by one sample each; statuses as a 4-tuple.
 
     Same arguments as :func:`step`, four of each, and ``scratch`` of shape
-    ``(4, scratch_size)``. Equal, sample for sample, to four :func:`step` calls (the
-    products sum in the same order), but each weight row is read once for the four.
+    ``(4, scratch_size)``. Equal, sample for sample, to four :func:`step` calls (every sum
+    adds its terms in the same order), but each weight row is read once for the four.
+    ``reverse`` walks the weight blocks backwards (same results; see :mod:`.layout`).
     """
     c0, c1, c2, c3 = scratch[0], scratch[1], scratch[2], scratch[3]
     if not (_prepare(params, layout, x0, c0) and _prepare(params, layout, x1, c1)
@@ -396,19 +532,14 @@ def step_tile(params, layout, s0, s1, s2, s3, x0, x1, x2, x3, o0, o1, o2, o3, sc
                 step(params, layout, s2, x2, o2, c2), step(params, layout, s3, x3, o3, c3))
     for index in range(layout[L.H_LAYERS]):
         rec = _record(layout, index)
-        so, n_h = rec[L.L_STATE], rec[L.L_OUT]
-        _layer_gates_tile(params, rec,
-                          _layer_input(layout, rec, index, c0),
-                          _layer_input(layout, rec, index, c1),
-                          _layer_input(layout, rec, index, c2),
-                          _layer_input(layout, rec, index, c3),
-                          s0[so:so + n_h], s1[so:so + n_h], s2[so:so + n_h], s3[so:so + n_h],
-                          _gates(layout, c0), _gates(layout, c1), _gates(layout, c2),
-                          _gates(layout, c3))
-        _layer_update(params, rec, s0, _new_state(layout, c0), _gates(layout, c0))
-        _layer_update(params, rec, s1, _new_state(layout, c1), _gates(layout, c1))
-        _layer_update(params, rec, s2, _new_state(layout, c2), _gates(layout, c2))
-        _layer_update(params, rec, s3, _new_state(layout, c3), _gates(layout, c3))
+        _layer_tile(params, rec,
+                    _layer_input(layout, rec, index, c0), _layer_input(layout, rec, index, c1),
+                    _layer_input(layout, rec, index, c2), _layer_input(layout, rec, index, c3),
+                    s0, s1, s2, s3,
+                    _new_state(layout, c0), _new_state(layout, c1), _new_state(layout, c2),
+                    _new_state(layout, c3),
+                    _work(layout, c0), _work(layout, c1), _work(layout, c2), _work(layout, c3),
+                    _spare(layout, c0), reverse)
     return (_finish(params, layout, s0, o0, c0), _finish(params, layout, s1, o1, c1),
             _finish(params, layout, s2, o2, c2), _finish(params, layout, s3, o3, c3))
 
@@ -418,11 +549,12 @@ def run(params, layout, state, xs, outs, status, scratch):
     """Advance one stream over a ``(T, D)`` block in order; return the number rejected.
 
     ``outs``: ``(T, O)``; ``status``: ``(T,)`` int8 codes. A rejected sample is skipped
-    and the state carries on from the last good one.
+    and the state carries on from the last good one. Consecutive steps walk the weights in
+    opposite directions, so each starts on the blocks still in L1 (same results).
     """
     rejected = 0
     for t in range(xs.shape[0]):
-        code = step(params, layout, state, xs[t], outs[t], scratch)
+        code = _step(params, layout, state, xs[t], outs[t], scratch, t % 2 == 1)
         status[t] = code
         rejected += code != L.OK
     return rejected
