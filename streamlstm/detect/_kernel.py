@@ -43,7 +43,7 @@ N_FLOAT = 4
 
 EVENT_NONE, EVENT_START, EVENT_END = 0, 1, 2
 
-JIT = {"cache": True, "nogil": True, "error_model": "numpy"}
+JIT = {"cache": True, "nogil": True, "error_model": "numpy", "_nrt": False}
 
 
 @njit(inline="always", **JIT)
