@@ -17,8 +17,9 @@ if TYPE_CHECKING:
 
 #: ``device="auto"`` picks the GPU for banks of at least this many streams. An estimate
 #: until measured (``python benchmarks/bench_cuda.py`` prints the crossover): a GPU step
-#: costs a fixed ~40-60 us of launch and transfers, the CPU bank about 1-3 us per
-#: H=64 stream per core, so the GPU wins from a few hundred streams up.
+#: costs a fixed ~40-60 us of launch and transfers, the CPU bank 0.33 us per H=64
+#: stream-step on one core and 0.18 on two (bench_core), so the GPU should win from
+#: 150-300 streams up; 512 leaves a margin for the estimate.
 AUTO_MIN_STREAMS = 512
 
 DEVICES = ("cpu", "cuda", "auto")
