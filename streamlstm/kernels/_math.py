@@ -35,7 +35,7 @@ _P = (9.99999910e-01, 1.33715821e-01, 3.48473408e-03, 2.04447526e-05, 1.31534697
 _Q = (1.0, 4.67048782e-01, 2.58347580e-02, 3.26850240e-04, 7.68862879e-07)
 _CLAMP = 9.0
 #: The kernels' fast-math flags (see :mod:`._network`): none that assume away NaN/Inf.
-_FLAGS = ("nsz", "arcp", "contract", "afn", "reassoc")
+FAST_FLAGS = ("nsz", "arcp", "contract", "afn", "reassoc")
 
 
 def _float32(value: float) -> ir.Constant:
@@ -46,7 +46,8 @@ def _horner(builder: ir.IRBuilder, z: ir.Value, coefficients: tuple[float, ...])
     """``c0 + z * (c1 + z * (c2 + ...))`` in float32."""
     total = _float32(coefficients[-1])
     for c in reversed(coefficients[:-1]):
-        total = builder.fadd(_float32(c), builder.fmul(z, total, flags=_FLAGS), flags=_FLAGS)
+        product = builder.fmul(z, total, flags=FAST_FLAGS)
+        total = builder.fadd(_float32(c), product, flags=FAST_FLAGS)
     return total
 
 
@@ -57,9 +58,9 @@ def _emit_tanh(context, builder: ir.IRBuilder, fptype: types.Float, x: ir.Value)
     # Compare-and-select clamps: a NaN fails both tests and comes through as NaN.
     y = builder.select(builder.fcmp_ordered("<", x, lo), lo, x)
     y = builder.select(builder.fcmp_ordered(">", y, hi), hi, y)
-    z = builder.fmul(y, y, flags=_FLAGS)
-    numerator = builder.fmul(y, _horner(builder, z, _P), flags=_FLAGS)
-    t = builder.fdiv(numerator, _horner(builder, z, _Q), flags=_FLAGS)
+    z = builder.fmul(y, y, flags=FAST_FLAGS)
+    numerator = builder.fmul(y, _horner(builder, z, _P), flags=FAST_FLAGS)
+    t = builder.fdiv(numerator, _horner(builder, z, _Q), flags=FAST_FLAGS)
     # Near the clamp the rounded quotient can reach 1 + 2^-23: keep |tanh| <= 1.
     one, minus_one = _float32(1.0), _float32(-1.0)
     t = builder.select(builder.fcmp_ordered(">", t, one), one, t)
@@ -86,8 +87,8 @@ def sigmoid(typingctx, x):
 
     def codegen(context, builder, sig, args):
         half = context.get_constant(x, 0.5)
-        t = _emit_tanh(context, builder, x, builder.fmul(half, args[0], flags=_FLAGS))
-        return builder.fadd(half, builder.fmul(half, t, flags=_FLAGS), flags=_FLAGS)
+        t = _emit_tanh(context, builder, x, builder.fmul(half, args[0], flags=FAST_FLAGS))
+        return builder.fadd(half, builder.fmul(half, t, flags=FAST_FLAGS), flags=FAST_FLAGS)
 
     return signature(x, x), codegen
 
