@@ -23,6 +23,16 @@ from paho.mqtt.properties import Properties
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
+def require_tool(path: str | None, install: str) -> str:
+    """The tool's path; a missing tool fails the test (skips only when explicitly allowed)."""
+    if path is not None and os.path.exists(path):
+        return path
+    message = f"{install} is not installed: run the tests with `bash scripts/test`"
+    if os.environ.get("STREAMLSTM_TESTS_ALLOW_MISSING_TOOLS") == "1":
+        pytest.skip(message)
+    pytest.fail(message)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -44,8 +54,7 @@ class Broker:
     """mosquitto on 127.0.0.1:<free port>, persistence on (saved every second) in ``folder``."""
 
     def __init__(self, folder: Path, extra: str = "allow_anonymous true\n") -> None:
-        if not os.path.exists(MOSQUITTO):
-            pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
+        require_tool(MOSQUITTO, "mosquitto")
         self.folder = folder
         self.port = free_port()
         self.config = folder / "mosquitto.conf"

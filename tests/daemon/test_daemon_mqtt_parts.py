@@ -9,8 +9,7 @@ import threading
 import time
 
 import numpy as np
-import pytest
-from mqtt_helpers import Broker, Subscriber, publisher, wait_until
+from mqtt_helpers import Broker, Subscriber, publisher, require_tool, wait_until
 
 from streamlstm.daemon.config import validate
 from streamlstm.sinks import SensorState
@@ -204,8 +203,7 @@ def test_seq_numbers_never_repeat_across_restarts(tmp_path):
 
 
 def test_password_from_environment_is_used_and_a_wrong_one_refused(tmp_path, monkeypatch):
-    if shutil.which("mosquitto_passwd") is None:
-        pytest.skip("mosquitto_passwd is not installed")
+    require_tool(shutil.which("mosquitto_passwd"), "mosquitto-clients")
     passwords = tmp_path / "passwd"
     subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), "daemon", "s3cret"], check=True)
     passwords.chmod(0o600)
@@ -233,8 +231,7 @@ def test_password_from_environment_is_used_and_a_wrong_one_refused(tmp_path, mon
 
 
 def test_tls_with_a_private_certificate_authority(tmp_path):
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
+    require_tool(shutil.which("openssl"), "openssl")
 
     def openssl(*args: str) -> None:
         subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=tmp_path)
