@@ -1,11 +1,29 @@
-"""The ``streamlstm`` command: one subcommand per module, imported only when used."""
+"""The ``streamlstm`` command line; each subcommand's module is imported only when used."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
+
+DESCRIPTION = """\
+Run LSTM/GRU networks one sample at a time on live sensor streams and raise calibrated,
+debounced anomaly alerts."""
+
+EPILOG = """\
+examples:
+  streamlstm run                               the demo: shipped model and recording, no broker
+  streamlstm run --config site.toml            the daemon for your sensors
+  streamlstm check-config site.toml            validate a site configuration
+  streamlstm convert fan.pt fan.npz --sample-rate 200
+  streamlstm inspect fan.npz
+  streamlstm calibrate --model fan.npz --data normal.csv --out site.npz
+
+exit codes: 0 success; 1 a runtime failure; 2 a usage error, a bad configuration or a file
+that cannot be loaded (the reason is on stderr); 130 interrupted (Ctrl-C).
+"""
 
 #: subcommand -> (module that implements it, one-line help). Each module provides
 #: ``add_arguments(parser)`` and ``run(args) -> int`` (the exit code).
@@ -21,23 +39,38 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="streamlstm", description=__doc__)
     from . import __version__
 
+    parser = argparse.ArgumentParser(
+        prog="streamlstm", description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"streamlstm {__version__}")
     return parser
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Subcommand help: each option's default shown, descriptions and epilogs as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (default in (None, False, argparse.SUPPRESS) or "default" in text
+                or action.option_strings == [] or (isinstance(default, list) and not default)):
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    # No subcommand (nothing, or options only) means ``run``: ``streamlstm --config x``.
-    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
+    # Options before any subcommand mean ``run``: ``streamlstm --config x``.
+    if argv and argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version"):
         argv = ["run", *argv]
-    wanted = argv[0]
+    wanted = argv[0] if argv else None
     for name, (module_name, help_text) in COMMANDS.items():
-        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub = commands.add_parser(name, help=help_text, description=help_text,
+                                  formatter_class=_HelpFormatter)
         if name == wanted:
             try:
                 module = importlib.import_module(module_name)
@@ -47,8 +80,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 parser.exit(2, f"streamlstm {name}: not available in this build\n")
             module.add_arguments(sub)
             sub.set_defaults(handler=module.run)
+    if wanted is None:
+        parser.print_help()
+        return 0
     args = parser.parse_args(argv)
-    return int(args.handler(args))
+    try:
+        return int(args.handler(args))
+    except BrokenPipeError:
+        # The reader went away (`streamlstm inspect x | head`): stop quietly, as filters do,
+        # and keep the interpreter's final flush from raising again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        print(f"streamlstm {wanted}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -62,6 +62,11 @@ class RecurrentLayer:
     activation: str = "tanh"
     recurrent_activation: str = "sigmoid"
 
+    def __repr__(self) -> str:
+        projection = f", proj={self.output_size}" if self.w_hr is not None else ""
+        return (f"RecurrentLayer({self.kind} {self.input_size}->{self.hidden_size}{projection}, "
+                f"{self.w_ih.dtype.name})")
+
     @property
     def hidden_size(self) -> int:
         return self.w_ih.shape[0] // GATES[self.kind]
@@ -117,6 +122,10 @@ class DenseLayer:
     weight: np.ndarray
     bias: np.ndarray
     activation: str = "linear"
+
+    def __repr__(self) -> str:
+        rows, columns = self.weight.shape
+        return f"DenseLayer({columns}->{rows}, {self.activation}, {self.weight.dtype.name})"
 
     def validate(self, where: str, input_size: int) -> None:
         if self.activation not in ACTIVATIONS:
@@ -272,6 +281,11 @@ class Model:
         from .bank import Bank
 
         return Bank(self, capacity=capacity, threads=threads)
+
+    def __repr__(self) -> str:
+        calibrated = ", calibrated" if self.calibration else ""
+        return (f"Model({self.name!r}: {self.describe()}, {self.dtype.name}, "
+                f"{self.parameter_count:,} parameters{calibrated})")
 
     def describe(self) -> str:
         """A one-line human summary of the architecture."""

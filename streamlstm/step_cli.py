@@ -1,10 +1,11 @@
 """``streamlstm step MODEL [--input FILE.csv]``: stream CSV samples through a model.
 
-Each input line is one sample: ``D`` comma-separated numbers in sensor units. Each good
+Each input line is one sample: ``D`` comma-separated numbers in sensor units. Each sample
 line prints one line of ``O`` comma-separated predictions, as soon as it is computed (so
-the command works at the end of a live pipe). A bad line (wrong field count, not a
-number, NaN/Inf) is reported on stderr with its line number and skipped; the stream's
-state is untouched by it. Blank lines and lines starting with ``#`` are ignored.
+the command works at the end of a live pipe), and output line ``k`` always belongs to
+sample line ``k``. A bad line (wrong field count, not a number, NaN/Inf) is reported on
+stderr with its line number and prints a row of ``nan``; the stream's state is untouched by
+it. Blank lines and lines starting with ``#`` are ignored and print nothing.
 
 Exit codes: 0 when the input was consumed, 2 for a usage error or a model that cannot be
 loaded.
@@ -82,6 +83,7 @@ def step_lines(model: Any, lines: Iterable[str], out: TextIO, err: TextIO) -> tu
     prediction = np.empty(model.output_size, model.dtype)
     # Enough digits to round-trip the model's precision.
     spec = ".9g" if model.dtype == np.float32 else ".17g"
+    rejected_row = ",".join(["nan"] * model.output_size) + "\n"
     stepped = rejected = 0
     for number, line in enumerate(lines, start=1):
         text = line.strip()
@@ -92,6 +94,7 @@ def step_lines(model: Any, lines: Iterable[str], out: TextIO, err: TextIO) -> tu
             print(f"line {number}: expected {width} values, got {len(fields)}; skipped",
                   file=err)
             rejected += 1
+            out.write(rejected_row)
             continue
         try:
             sample[:] = [float(f) for f in fields]
@@ -100,6 +103,7 @@ def step_lines(model: Any, lines: Iterable[str], out: TextIO, err: TextIO) -> tu
             reason = str(exc) if isinstance(exc, InvalidSampleError) else f"not a number ({exc})"
             print(f"line {number}: {reason}; skipped", file=err)
             rejected += 1
+            out.write(rejected_row)
             continue
         out.write(",".join(format(v, spec) for v in prediction.tolist()) + "\n")
         out.flush()

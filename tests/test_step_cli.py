@@ -38,7 +38,7 @@ def test_csv_file_in_predictions_out(tmp_path, model_file, capsys):
     assert captured.err == ""
 
 
-def test_bad_lines_reported_with_numbers_and_skipped(model_file, monkeypatch, capsys):
+def test_bad_lines_reported_with_numbers_and_kept_as_nan_rows(model_file, monkeypatch, capsys):
     lines = ["# x,y,z", "1,2,3", "", "1,2", "a,b,c", "1,nan,3", "4,5,inf", "0.5, -1 ,2"]
     monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(lines) + "\n"))
     assert main(["step", str(model_file)]) == 0
@@ -50,7 +50,9 @@ def test_bad_lines_reported_with_numbers_and_skipped(model_file, monkeypatch, ca
     assert errors[3].startswith("line 7: ") and "NaN or Inf" in errors[3]
     assert len(errors) == 4
     stream = sl.formats.load(model_file).stream()
-    want = stream.run(np.array([[1, 2, 3], [0.5, -1, 2]], np.float32))
+    good = stream.run(np.array([[1, 2, 3], [0.5, -1, 2]], np.float32))
+    # One output row per sample line, in order: the four bad lines are rows of NaN.
+    want = np.vstack([good[:1], np.full((4, 2), np.nan, np.float32), good[1:]])
     np.testing.assert_array_equal(parse(captured.out).astype(np.float32), want)
 
 
@@ -97,5 +99,6 @@ def test_pipe_through_the_console_command(model_file):
                             input="1,2,3\n4,5\n4,5,6\n", capture_output=True, text=True,
                             env=env, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
-    assert len(result.stdout.splitlines()) == 2
+    rows = result.stdout.splitlines()
+    assert len(rows) == 3 and rows[1] == "nan,nan"  # the bad line keeps its place
     assert result.stderr.strip() == "line 2: expected 3 values, got 2; skipped"

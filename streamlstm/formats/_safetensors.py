@@ -18,13 +18,13 @@ import json
 import math
 import os
 import struct
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .._files import atomic_write
 from ..errors import ModelFormatError
 
 #: The header of a real weight file is a few KiB; 100 MiB is far beyond any honest one.
@@ -170,33 +170,3 @@ def write_safetensors(path: str | os.PathLike[str], tensors: Mapping[str, np.nda
     text += b" " * (-len(text) % 8)  # keep the data buffer 8-byte aligned
     atomic_write(path, [struct.pack("<Q", len(text)), text, *blobs])
     return path
-
-
-def atomic_write(path: Path, chunks: list[bytes]) -> None:
-    """Write ``chunks`` to ``path`` via a synced temporary file and a rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    sync_directory(path.parent)
-
-
-def sync_directory(directory: Path) -> None:
-    """fsync a directory so a rename into it survives a power cut (no-op where unsupported)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -33,9 +33,9 @@ from typing import Any
 
 import numpy as np
 
+from .._files import atomic_write
 from ..errors import ModelFormatError, ShapeError
 from ..model import GATES, DenseLayer, Model, Normalization, RecurrentLayer
-from ._safetensors import atomic_write
 
 FORMAT = "streamlstm-native"
 VERSION = 1

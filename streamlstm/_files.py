@@ -1,0 +1,44 @@
+"""Writing files so that a crash leaves either the old file or the new one, never half."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterable
+from pathlib import Path
+
+
+def atomic_write(path: str | os.PathLike[str], chunks: Iterable[bytes]) -> None:
+    """Replace ``path`` with the concatenated ``chunks``: temporary file, fsync, rename.
+
+    The file gets the usual permissions (``0666`` less the process umask), as any file the
+    user writes would; a failure removes the temporary file and leaves ``path`` untouched.
+    """
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            for chunk in chunks:
+                file.write(chunk)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    sync_directory(path.parent)
+
+
+def sync_directory(directory: Path) -> None:
+    """fsync a directory so a rename into it survives a power cut (no-op where unsupported)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
