@@ -12,7 +12,8 @@ class SensorRows:
 
     The bank that inherits this owns the row storage: it provides :attr:`capacity`,
     ``_grow(capacity)`` (called with twice the capacity when every row is taken) and
-    ``_clear_row(row)`` (called when a sensor is forgotten).
+    ``_clear_row(row)`` (called when a sensor is forgotten); it may override
+    ``_clear_rows(rows)`` to clear many rows at once.
     """
 
     def __init__(self) -> None:
@@ -29,6 +30,10 @@ class SensorRows:
 
     def _clear_row(self, row: int) -> None:
         raise NotImplementedError
+
+    def _clear_rows(self, rows: np.ndarray) -> None:
+        for row in rows.tolist():
+            self._clear_row(row)
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -61,6 +66,14 @@ class SensorRows:
         row = self._rows.pop(sensor)
         self._clear_row(row)
         self._free.append(row)
+
+    def forget_many(self, sensors: Iterable[Hashable]) -> np.ndarray:
+        """Drop several sensors at once (unknown ids are ignored); returns their freed rows."""
+        pop = self._rows.pop
+        rows = np.fromiter((r for r in (pop(s, -1) for s in sensors) if r >= 0), np.int64)
+        self._clear_rows(rows)
+        self._free += rows.tolist()
+        return rows
 
     def _allocate(self, sensor: Hashable) -> int:
         if self._free:

@@ -71,6 +71,10 @@ class Bank(SensorRows):
         self._states[row] = 0
         self._rejected[row] = 0
 
+    def _clear_rows(self, rows: np.ndarray) -> None:
+        self._states[rows] = 0
+        self._rejected[rows] = 0
+
     # -- stepping ---------------------------------------------------------------------
     def step(self, sensors: Sequence[Hashable] | np.ndarray, samples: Any) -> np.ndarray:
         """Apply a micro-batch: ``samples[i]`` (``(D,)``) belongs to ``sensors[i]``.

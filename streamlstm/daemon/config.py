@@ -66,6 +66,12 @@ def _template(v: Any) -> str | None:
     return None
 
 
+def _state_topic(v: Any) -> str | None:
+    if isinstance(v, bool):
+        return None if v is False else "must be a topic template or false"
+    return _template(v)
+
+
 INT, FLOAT, STR, BOOL, LIST = (int,), (int, float), (str,), (bool,), (list,)
 OPTIONAL_INT, OPTIONAL_STR = (int, type(None)), (str, type(None))
 
@@ -80,6 +86,9 @@ DAEMON = {
     "metrics_host": Field(STR, "127.0.0.1"),
     "log_level": Field(STR, "info", _choice("debug", "info", "warning", "error")),
     "exit_when_sources_end": Field(BOOL, True),
+    # Fleet size and faults (issue 12: bounded memory, idle expiry, kernels before READY).
+    "max_sensors": Field(INT, 100_000, _at_least(1)),
+    "sensor_idle_s": Field(FLOAT, 86_400.0, _at_least(0)),
 }
 MODEL = {
     "path": Field(OPTIONAL_STR, None),
@@ -153,8 +162,9 @@ SINKS: dict[str, dict[str, Field]] = {
     "jsonl": {"path": Field(STR), "fsync": Field(BOOL, False)},
     "mqtt": {
         "alert_topic": Field(STR, "streamlstm/{sensor}/alert", _template),
+        # false: no per-sensor state topics (a big fleet fills the broker with retained ones)
         "state_topic": Field(
-            OPTIONAL_STR, "streamlstm/{sensor}/state", lambda v: None if v is None else _template(v)
+            (str, bool, type(None)), "streamlstm/{sensor}/state", _state_topic
         ),
         "status_topic": Field(STR, "streamlstm/status"),
         "state_interval_s": Field(FLOAT, 10.0, _positive),
@@ -307,6 +317,12 @@ def validate(raw: Mapping[str, Any], *, base: Path | None = None) -> dict[str, A
         if source["type"] in ("serial", "mqtt", "replay"):
             _check_lines(source, problems)
         _check_sensor_naming(source, problems)
+    for sink in config["sinks"]:
+        if sink["type"] == "mqtt" and sink["state_topic"] is False:
+            sink["state_topic"] = None  # what the sink reads as "no state topics"
+            if sink["homeassistant"]:
+                problems.add(f"{sink['path_in_config']}.homeassistant",
+                             "needs state topics (state_topic is false)")
     if sum(s["type"] == "mqtt" for s in config["sinks"]) > 1:
         problems.add("sinks", "at most one mqtt sink")
     if problems:

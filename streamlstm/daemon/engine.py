@@ -8,30 +8,47 @@ means no locks on the hot path and a consistent snapshot at any point between ba
 
 Signals only set flags, handled between batches: SIGTERM/SIGINT drain (stop sources,
 process what is queued, flush sinks, snapshot, exit 0); SIGHUP reloads the config and
-weights, keeping sensor state when the new detector accepts it.
+weights, keeping sensor state when the new detector accepts it. A reload is all or nothing:
+everything new is built first, and the running set is swapped only if all of it built.
+
+Faults degrade, they do not stop the daemon: a failing sink is counted and logged while
+the others go on; a bad snapshot at start is set aside and the daemon starts fresh;
+snapshots are written on their own thread from a copy. The systemd watchdog is fed only
+while every check in :attr:`Daemon.health_checks` passes (the daemon's own threads).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import threading
 import time
-from collections.abc import Iterable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .. import _mqtt
 from ..errors import ConfigError, StreamLSTMError
 from ..sinks import SensorState, Sink, alert_record
 from ..sinks.spool import SeqCounter
 from ..sources import Frame, Source
 from . import config as config_module
 from . import snapshot, systemd
+from .faultlog import FaultLog
 from .framequeue import FrameQueue
 from .metrics import Metrics, MetricsServer, Sample
-from .pipeline import LoadedModel, Pipeline, load_model, make_detector, sample_width
+from .pipeline import (
+    LoadedModel,
+    Pipeline,
+    compile_kernels,
+    load_model,
+    make_detector,
+    sample_width,
+)
 from .plot import ReplayPlot
 
 log = logging.getLogger("streamlstm.daemon")
@@ -62,7 +79,15 @@ LATENCY_BUCKETS = (
     2.5,
     5.0,
 )
+SNAPSHOT_BUCKETS = (1e-3, 1e-2, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 DEFAULT_STATE_INTERVAL_S = 10.0
+#: How often thread health is checked (and the watchdog fed, at most this often).
+HEALTH_INTERVAL_S = 1.0
+#: How long shutdown waits for the last snapshot to be written.
+FINAL_SNAPSHOT_TIMEOUT_S = 300.0
+
+#: A health check returns what is wrong, or None; the watchdog is fed only while all pass.
+HealthCheck = Callable[[], "str | None"]
 
 
 def build_sources(config: dict[str, Any], width: int) -> list[Source]:
@@ -90,22 +115,50 @@ def build_sources(config: dict[str, Any], width: int) -> list[Source]:
 
 
 def build_sinks(config: dict[str, Any]) -> list[Sink]:
-    """One sink object per ``[[sinks]]`` table."""
-    sinks: list[Sink] = []
-    for table in config["sinks"]:
-        if table["type"] == "stdout":
-            from ..sinks.stdout import StdoutSink
+    """One sink object per ``[[sinks]]`` table, all or none.
 
-            sinks.append(StdoutSink(table))
-        elif table["type"] == "jsonl":
-            from ..sinks.jsonl import JSONLSink
+    The MQTT sink (which connects as it is built) is built last, so that another sink
+    failing to build never leaves an extra MQTT connection behind; sinks built before a
+    failure are closed again and the error is raised.
+    """
+    tables = config["sinks"]
+    built: dict[int, Sink] = {}
+    try:
+        for index in sorted(range(len(tables)), key=lambda i: tables[i]["type"] == "mqtt"):
+            built[index] = _build_sink(tables[index], config["mqtt"])
+    except BaseException:
+        for sink in built.values():
+            sink.close()
+        raise
+    return [built[index] for index in range(len(tables))]
 
-            sinks.append(JSONLSink(table))
-        else:
-            from ..sinks.mqtt import MQTTSink
 
-            sinks.append(MQTTSink(table, config["mqtt"]))
-    return sinks
+def _build_sink(table: dict[str, Any], broker: dict[str, Any]) -> Sink:
+    if table["type"] == "stdout":
+        from ..sinks.stdout import StdoutSink
+
+        return StdoutSink(table)
+    if table["type"] == "jsonl":
+        from ..sinks.jsonl import JSONLSink
+
+        return JSONLSink(table)
+    from ..sinks.mqtt import MQTTSink
+
+    return MQTTSink(table, broker)
+
+
+def check_broker_settings(config: dict[str, Any]) -> None:
+    """Read the broker password and TLS files now (a client is made, not connected), so a
+    reload fails as a whole instead of leaving a source that cannot connect."""
+    if any(table["type"] == "mqtt" for table in (*config["sources"], *config["sinks"])):
+        _mqtt.make_client(config["mqtt"], "check")
+
+
+def _reason(exc: BaseException) -> str:
+    """A short metric label for an exception: the errno name (``ENOSPC``) or the class."""
+    if isinstance(exc, OSError) and exc.errno in errno.errorcode:
+        return errno.errorcode[exc.errno]
+    return type(exc).__name__
 
 
 def _describe(metrics: Metrics) -> None:
@@ -141,6 +194,37 @@ def _describe(metrics: Metrics) -> None:
         ("streamlstm_spooled_alerts", "gauge", "alerts not yet acknowledged by the broker"),
         ("streamlstm_sensors", "gauge", "sensors known"),
         ("streamlstm_snapshots_total", "counter", "snapshots written"),
+        ("streamlstm_snapshot_failures_total", "counter", "snapshots that could not be written"),
+        (
+            "streamlstm_snapshot_stall_seconds",
+            "histogram",
+            "compute-loop time spent copying state for one snapshot",
+        ),
+        (
+            "streamlstm_snapshot_write_seconds",
+            "histogram",
+            "snapshot encoding and writing time (on the writer thread)",
+        ),
+        ("streamlstm_snapshot_bytes", "gauge", "size of the last snapshot written"),
+        (
+            "streamlstm_snapshot_restore_failures_total",
+            "counter",
+            "snapshots found unusable at start and set aside, by reason",
+        ),
+        ("streamlstm_sink_errors_total", "counter", "failed sink calls, by sink and reason"),
+        ("streamlstm_reloads_total", "counter", "SIGHUP reloads, by result (ok, refused)"),
+        (
+            "streamlstm_sensor_limit_samples_total",
+            "counter",
+            "samples of new sensors refused because max_sensors was reached",
+        ),
+        ("streamlstm_expired_sensors_total", "counter", "idle sensors evicted"),
+        (
+            "streamlstm_seq_unreserved_total",
+            "counter",
+            "alert seq numbers taken while the seq file could not be written (full disk)",
+        ),
+        ("streamlstm_healthy", "gauge", "1 while every daemon thread is alive (watchdog fed)"),
     ]:
         metrics.describe(name, kind, text)
     # Counters exist from the start: rate() over a scrape series needs the zero.
@@ -148,8 +232,43 @@ def _describe(metrics: Metrics) -> None:
         "streamlstm_samples_total",
         "streamlstm_rejected_samples_total",
         "streamlstm_snapshots_total",
+        "streamlstm_snapshot_failures_total",
+        "streamlstm_sensor_limit_samples_total",
+        "streamlstm_expired_sensors_total",
     ):
         metrics.inc(name, 0)
+
+
+def _sensor_columns(records: Sequence[SensorState]) -> dict[str, Any]:
+    """The daemon's per-sensor records as columns (arrays), for a compact snapshot."""
+    return {
+        "names": [r.sensor for r in records],
+        "t": np.fromiter((r.t for r in records), np.float64, len(records)),
+        "score": np.fromiter((r.score for r in records), np.float64, len(records)),
+        "alert": np.fromiter((r.alert for r in records), np.bool_, len(records)),
+        "samples": np.fromiter((r.samples for r in records), np.int64, len(records)),
+        "rejected": np.fromiter((r.rejected for r in records), np.int64, len(records)),
+    }
+
+
+def _sensor_records(stored: Any) -> dict[str, SensorState]:
+    """:func:`_sensor_columns` output (or the older ``{name: [t, score, ...]}``) -> records."""
+    if isinstance(stored, dict) and "names" in stored:
+        columns = [stored[key] for key in ("t", "score", "alert", "samples", "rejected")]
+        rows = zip(stored["names"], *(np.asarray(c).tolist() for c in columns), strict=True)
+    else:
+        rows = ((name, *fields) for name, fields in stored.items())
+    records = {}
+    for name, t, score, alert, samples, rejected in rows:
+        records[str(name)] = SensorState(
+            str(name),
+            float(t if t is not None else math.nan),
+            float(score if score is not None else math.nan),
+            bool(alert),
+            int(samples),
+            int(rejected),
+        )
+    return records
 
 
 class Daemon:
@@ -160,18 +279,21 @@ class Daemon:
         self.config_path = config_path
         self.metrics = Metrics()
         _describe(self.metrics)
+        self._faults = FaultLog(log)
         self.loaded: LoadedModel = load_model(config["model"]["path"])
         self.pipeline: Pipeline = make_detector(self.loaded.model, config["detector"])
+        self._width = sample_width(self.pipeline, self.loaded.model)
         self.sensors: dict[str, SensorState] = {}
+        # Sensor -> monotonic time of its last frame, least recently seen first.
+        self._last_seen: OrderedDict[str, float] = OrderedDict()
         self._changed: set[str] = set()
         self.queue = FrameQueue(config["daemon"]["queue_frames"], config["daemon"]["backpressure"])
         self._stop_requested = threading.Event()
         self._reload_requested = threading.Event()
-        self.sources: list[Source] = build_sources(
-            config, sample_width(self.pipeline, self.loaded.model)
-        )
+        self.sources: list[Source] = build_sources(config, self._width)
         self._source_stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._finished_sources: set[str] = set()
         self.sinks: list[Sink] = []
         self.seq = SeqCounter(self._seq_path(config))
         self._plots = [
@@ -179,8 +301,23 @@ class Daemon:
             for s in self.sources
             if getattr(s, "plot_path", None)
         ]
+        self._stall_hist = self.metrics.histogram(
+            "streamlstm_snapshot_stall_seconds", SNAPSHOT_BUCKETS
+        )
+        self._write_hist = self.metrics.histogram(
+            "streamlstm_snapshot_write_seconds", SNAPSHOT_BUCKETS
+        )
         self._restore()
         self.sinks = build_sinks(config)
+        path = config["daemon"]["snapshot_path"]
+        self._writer = (
+            None
+            if path is None
+            else snapshot.SnapshotWriter(path, self._snapshot_written, self._snapshot_failed)
+        )
+        #: Checks run every second; the systemd watchdog is fed only while all pass.
+        #: Sources and sinks with threads of their own may append theirs.
+        self.health_checks: list[HealthCheck] = [self._source_threads_alive, self._writer_alive]
         self.metrics.collector(self._collect)
         self._server: MetricsServer | None = None
         port = config["daemon"]["metrics_port"]
@@ -216,6 +353,7 @@ class Daemon:
     def _start_sources(self) -> None:
         self._source_stop = threading.Event()
         self._threads = []
+        self._finished_sources = set()
         for source in self.sources:
             thread = threading.Thread(
                 target=self._run_source,
@@ -231,6 +369,7 @@ class Daemon:
         while not stop.is_set():
             try:
                 source.run(self.queue.put, stop)
+                self._finished_sources.add(source.name)
                 return
             except Exception:
                 log.exception("source %s failed; restarting it in 1 s", source.name)
@@ -246,12 +385,53 @@ class Daemon:
     def _sources_done(self) -> bool:
         return all(not t.is_alive() for t in self._threads)
 
+    # -- health ------------------------------------------------------------------------------
+    def _source_threads_alive(self) -> str | None:
+        if self._source_stop.is_set():
+            return None
+        dead = [
+            t.name
+            for t in self._threads
+            if not t.is_alive() and t.name.removeprefix("source-") not in self._finished_sources
+        ]
+        return f"thread(s) {', '.join(dead)} died" if dead else None
+
+    def _writer_alive(self) -> str | None:
+        if self._writer is None or self._writer.alive:
+            return None
+        return "the snapshot writer thread died"
+
+    def _check_health(self, watchdog: bool) -> None:
+        problems = []
+        for check in self.health_checks:
+            try:
+                problem = check()
+            except Exception as exc:  # a broken check is a problem, not a crash
+                problem = f"health check {check!r} failed ({exc})"
+            if problem:
+                problems.append(problem)
+        self.metrics.set("streamlstm_healthy", 0 if problems else 1)
+        if problems:
+            self._faults.error(
+                "health",
+                "unhealthy: %s%s",
+                "; ".join(problems),
+                "; no longer feeding the systemd watchdog" if watchdog else "",
+            )
+        elif watchdog:
+            systemd.notify("WATCHDOG=1")
+
     # -- the compute loop --------------------------------------------------------------------
     def run(self) -> int:
         """Run until stopped (or, with ``exit_when_sources_end``, until every source ended)."""
         settings = self.config["daemon"]
+        systemd.notify("STATUS=compiling or loading kernels")
+        started = time.monotonic()
+        compile_kernels(self.loaded.model, self.config["detector"])
+        log.info("kernels ready in %.1f s", time.monotonic() - started)
         self._start_sources()
         systemd.notify("READY=1")
+        systemd.notify("STATUS=running")
         log.info(
             "running: %d source(s), %d sink(s), model %s (sha256 %s)",
             len(self.sources),
@@ -260,7 +440,8 @@ class Daemon:
             self.loaded.sha256[:12],
         )
         watchdog = systemd.watchdog_interval()
-        next_watchdog = next_snapshot = next_states = time.monotonic()
+        health_every = HEALTH_INTERVAL_S if watchdog is None else min(HEALTH_INTERVAL_S, watchdog)
+        next_health = next_snapshot = next_states = next_expiry = time.monotonic()
         next_snapshot += settings["snapshot_interval_s"]
         while not self._stop_requested.is_set():
             frames = self.queue.take(
@@ -277,9 +458,12 @@ class Daemon:
             if now >= next_snapshot:
                 self.write_snapshot()
                 next_snapshot = now + self.config["daemon"]["snapshot_interval_s"]
-            if watchdog is not None and now >= next_watchdog:
-                systemd.notify("WATCHDOG=1")
-                next_watchdog = now + watchdog
+            if now >= next_expiry:
+                self.expire_idle_sensors(now)
+                next_expiry = now + self._expiry_interval()
+            if now >= next_health:
+                self._check_health(watchdog is not None)
+                next_health = now + health_every
             if self._reload_requested.is_set():
                 self._reload_requested.clear()
                 self.reload()
@@ -295,6 +479,11 @@ class Daemon:
 
     def process(self, frames: list[Frame]) -> None:
         """Step one micro-batch through the detector and deliver its events."""
+        limit = self.config["daemon"]["max_sensors"]
+        if len(self.sensors) + len(frames) > limit:
+            frames = self._within_sensor_limit(frames, limit)
+            if not frames:
+                return
         sensors: list[str] = []
         for frame in frames:
             sensors += [frame.sensor] * len(frame.t)
@@ -306,11 +495,13 @@ class Daemon:
         events = self.pipeline.update(sensors, samples, times)
         self._step_hist.observe(time.perf_counter() - started)
         decided = time.time()
+        seen_at = time.monotonic()
         scores, status = self.pipeline.last_scores, self.pipeline.last_status
         self.metrics.inc("streamlstm_samples_total", len(sensors))
         rejected = int(np.count_nonzero(status))
         if rejected:
             self.metrics.inc("streamlstm_rejected_samples_total", rejected)
+        last_seen = self._last_seen
         begin = 0
         for frame in frames:
             end = begin + len(frame.t)
@@ -320,6 +511,8 @@ class Daemon:
             state = self.sensors.get(frame.sensor)
             if state is None:
                 state = self.sensors[frame.sensor] = SensorState(frame.sensor)
+            last_seen[frame.sensor] = seen_at
+            last_seen.move_to_end(frame.sensor)
             state.samples += end - begin
             bad = int(np.count_nonzero(status[begin:end]))
             state.rejected += bad
@@ -334,6 +527,29 @@ class Daemon:
             begin = end
         if events:
             self._deliver(events, decided)
+
+    def _within_sensor_limit(self, frames: list[Frame], limit: int) -> list[Frame]:
+        """The frames of known sensors, and of new ones while fewer than ``limit`` are known."""
+        kept: list[Frame] = []
+        new: set[str] = set()
+        refused = 0
+        for frame in frames:
+            if frame.sensor in self.sensors or frame.sensor in new:
+                kept.append(frame)
+            elif len(self.sensors) + len(new) < limit:
+                new.add(frame.sensor)
+                kept.append(frame)
+            else:
+                refused += len(frame.t)
+        if refused:
+            self.metrics.inc("streamlstm_sensor_limit_samples_total", refused)
+            self._faults.error(
+                "max_sensors",
+                "daemon.max_sensors (%d) reached: samples of new sensors are refused "
+                "(streamlstm_sensor_limit_samples_total)",
+                limit,
+            )
+        return kept
 
     def _deliver(self, events: Iterable[Any], decided: float) -> None:
         records = []
@@ -351,13 +567,32 @@ class Daemon:
             self.metrics.inc("streamlstm_alerts_total", labels=(("kind", event.kind),))
             state = self.sensors.setdefault(str(event.sensor), SensorState(str(event.sensor)))
             state.alert = event.kind == "start"
-        for sink in self.sinks:
-            sink.alerts(records)
+        for index, sink in enumerate(self.sinks):
+            self._call_sink(index, sink.alerts, records)
         for plot in self._plots:
             for record in records:
                 plot.alert(record)
         # State topics follow alerts at once, not at the next interval.
         self._publish_states({r["sensor"] for r in records})
+
+    def _call_sink(self, index: int, call: Callable[[Any], None], argument: Any) -> None:
+        """One sink's failure (a full disk, a bug) is counted and logged; the others go on."""
+        try:
+            call(argument)
+        except Exception as exc:
+            name = self.config["sinks"][index]["name"]
+            reason = _reason(exc)
+            self.metrics.inc(
+                "streamlstm_sink_errors_total", labels=(("sink", name), ("reason", reason))
+            )
+            what = call.__name__
+            detail = ""
+            if what == "alerts":
+                seqs = [record["seq"] for record in argument]
+                detail = f" (alert seq {seqs[0]}..{seqs[-1]} not delivered there)"
+            self._faults.error(
+                f"sink:{name}:{what}:{reason}", "sink %s failed: %s%s", name, exc, detail
+            )
 
     def _state_interval(self) -> float:
         for table in self.config["sinks"]:
@@ -368,29 +603,94 @@ class Daemon:
     def _publish_states(self, only: set[str] | None = None) -> None:
         names = self._changed if only is None else only
         states = {name: self.sensors[name] for name in sorted(names) if name in self.sensors}
-        for sink in self.sinks:
-            sink.states(states)
+        for index, sink in enumerate(self.sinks):
+            self._call_sink(index, sink.states, states)
         self._changed -= names
 
+    # -- idle sensors ------------------------------------------------------------------------
+    def _expiry_interval(self) -> float:
+        idle = self.config["daemon"]["sensor_idle_s"]
+        return 60.0 if not idle else min(60.0, max(0.1, idle / 4))
+
+    def expire_idle_sensors(self, now: float) -> int:
+        """Evict sensors without a frame for ``sensor_idle_s`` (0: never); returns how many.
+
+        Their rows are freed for new sensors. A sensor that comes back starts afresh (warm-up
+        again): after a gap that long its old recurrent state no longer describes its signal.
+        """
+        idle = self.config["daemon"]["sensor_idle_s"]
+        if not idle:
+            return 0
+        horizon = now - idle
+        expired = []
+        for name, seen in self._last_seen.items():  # least recently seen first
+            if seen > horizon:
+                break
+            expired.append(name)
+        if not expired:
+            return 0
+        for name in expired:
+            del self._last_seen[name]
+            self.sensors.pop(name, None)
+            self._changed.discard(name)
+        self.pipeline.evict(expired)
+        self.metrics.inc("streamlstm_expired_sensors_total", len(expired))
+        log.info(
+            "%d sensor(s) idle for %g s expired (first: %s)", len(expired), idle, expired[0]
+        )
+        return len(expired)
+
     # -- snapshots ---------------------------------------------------------------------------
+    def _snapshot_job(self) -> snapshot.Job:
+        """Copy what a snapshot needs (on the compute thread); encoding happens later.
+
+        The detector's arrays are copied; the per-sensor records are referenced and read on
+        the writer thread, so their counters may be up to a batch newer than the detector.
+        """
+        detector = dict(self.pipeline.export_state())
+        records = list(self.sensors.values())
+        sha = self.loaded.sha256
+
+        def build() -> dict[str, Any]:
+            return {"model_sha256": sha, "detector": detector, "sensors": _sensor_columns(records)}
+
+        return build
+
     def write_snapshot(self) -> None:
-        path = self.config["daemon"]["snapshot_path"]
-        if path is None:
+        """Hand a copy of the state to the snapshot writer thread (no-op without a path)."""
+        if self._writer is None:
             return
-        state = {
-            "model_sha256": self.loaded.sha256,
-            "detector": dict(self.pipeline.export_state()),
-            "sensors": {
-                name: [s.t, s.score, s.alert, s.samples, s.rejected]
-                for name, s in self.sensors.items()
-            },
-        }
-        try:
-            snapshot.save(path, state)
-        except (OSError, snapshot.SnapshotError) as exc:
-            log.error("snapshot to %s failed: %s", path, exc)
-            return
+        started = time.perf_counter()
+        job = self._snapshot_job()
+        self._stall_hist.observe(time.perf_counter() - started)
+        self._writer.submit(job)
+
+    def _snapshot_written(self, size: int, seconds: float) -> None:
         self.metrics.inc("streamlstm_snapshots_total")
+        self.metrics.set("streamlstm_snapshot_bytes", size)
+        self._write_hist.observe(seconds)
+
+    def _snapshot_failed(self, exc: Exception) -> None:
+        self.metrics.inc("streamlstm_snapshot_failures_total")
+        self._faults.error(
+            "snapshot", "snapshot to %s failed: %s", self.config["daemon"]["snapshot_path"], exc
+        )
+
+    def _final_snapshot(self) -> None:
+        if self._writer is None:
+            return
+        started = time.perf_counter()
+        job = self._snapshot_job()
+        self._stall_hist.observe(time.perf_counter() - started)
+        if self._writer.alive:
+            self._writer.submit(job)
+            if not self._writer.close(FINAL_SNAPSHOT_TIMEOUT_S):
+                log.error("the last snapshot was not written in %.0f s", FINAL_SNAPSHOT_TIMEOUT_S)
+            return
+        try:  # the writer thread died: write on this thread
+            self._snapshot_written(snapshot.save(self._writer.path, job()), 0.0)
+        except Exception as exc:
+            self._snapshot_failed(exc)
 
     def _restore(self) -> None:
         path = self.config["daemon"]["snapshot_path"]
@@ -398,32 +698,62 @@ class Daemon:
             return
         try:
             state = snapshot.load(path)
-            self.pipeline.import_state(state["detector"])
-        except (StreamLSTMError, KeyError, TypeError, ValueError) as exc:
-            log.warning(
-                "snapshot %s does not fit this model (%s); starting from fresh state", path, exc
-            )
+        except snapshot.SnapshotError as exc:
+            self._set_aside(path, "unreadable", str(exc))
             return
-        for name, (t, score, alert, samples, rejected) in state.get("sensors", {}).items():
-            self.sensors[name] = SensorState(
-                name,
-                float(t if t is not None else math.nan),
-                float(score if score is not None else math.nan),
-                bool(alert),
-                int(samples),
-                int(rejected),
-            )
+        try:
+            records = _sensor_records(state.get("sensors", {}))
+            self.pipeline.import_state(state["detector"])
+        except (StreamLSTMError, AttributeError, KeyError, TypeError, ValueError) as exc:
+            self._set_aside(path, "mismatch", f"does not fit this model ({exc})")
+            return
+        self.sensors = records
+        now = time.monotonic()
+        self._last_seen = OrderedDict((name, now) for name in records)
         log.info("restored %d sensors from %s", len(self.sensors), path)
+
+    def _set_aside(self, path: str, reason: str, detail: str) -> None:
+        self.metrics.inc("streamlstm_snapshot_restore_failures_total", labels=(("reason", reason),))
+        try:
+            kept = snapshot.set_aside(path)
+        except OSError as exc:
+            log.error("snapshot %s: %s; could not move it aside (%s); starting from fresh state",
+                      path, detail, exc)
+            return
+        log.error("snapshot %s: %s; moved to %s, starting from fresh state", path, detail, kept)
 
     # -- reload and shutdown -----------------------------------------------------------------
     def reload(self) -> None:
-        """Re-read the config file and weights; keep sensor state when the detector accepts it."""
+        """Re-read the config file and weights: all or nothing.
+
+        Everything new (model, detector, sources, sinks) is built first; the running set is
+        replaced only if all of it built, else a refusal is logged and counted and nothing
+        changes. A model taking samples of another width is refused (restart for that).
+        """
         log.info("SIGHUP: reloading %s", self.config_path or "the built-in configuration")
+        new_sinks: list[Sink] | None = None
         try:
             new = config_module.load(self.config_path)
             loaded = load_model(new["model"]["path"])
             pipeline = make_detector(loaded.model, new["detector"])
-        except (ConfigError, StreamLSTMError) as exc:
+            width = sample_width(pipeline, loaded.model)
+            if width != self._width:
+                raise ConfigError(
+                    f"the new model takes {width} values per sample, the running one "
+                    f"{self._width}: restart the daemon to change the sample width"
+                )
+            sources_changed = (
+                new["sources"] != self.config["sources"] or new["mqtt"] != self.config["mqtt"]
+            )
+            sinks_changed = (
+                new["sinks"] != self.config["sinks"] or new["mqtt"] != self.config["mqtt"]
+            )
+            check_broker_settings(new)
+            compile_kernels(loaded.model, new["detector"])
+            new_sources = build_sources(new, width) if sources_changed else None
+            new_sinks = build_sinks(new) if sinks_changed else None
+        except Exception as exc:  # anything: the running configuration must survive it
+            self.metrics.inc("streamlstm_reloads_total", labels=(("result", "refused"),))
             log.error("reload refused, keeping the running configuration: %s", exc)
             return
         try:
@@ -433,17 +763,24 @@ class Daemon:
             log.warning("sensor state reset by the reload (%s)", exc)
         self.pipeline, self.loaded = pipeline, loaded
         log.info("now running model %s (sha256 %s)", loaded.model_id, loaded.sha256[:12])
-        if new["sources"] != self.config["sources"] or new["mqtt"] != self.config["mqtt"]:
+        if new_sources is not None:
             self._stop_sources()
-            self.sources = build_sources(new, sample_width(pipeline, loaded.model))
+            self.sources = new_sources
             self._start_sources()
-        if new["sinks"] != self.config["sinks"] or new["mqtt"] != self.config["mqtt"]:
-            for sink in self.sinks:
-                sink.close()
-            self.sinks = build_sinks(new)
+        if new_sinks is not None:
+            self._close_sinks()
+            self.sinks = new_sinks
         self.queue.capacity = new["daemon"]["queue_frames"]
         self.queue.policy = new["daemon"]["backpressure"]
         self.config = new
+        self.metrics.inc("streamlstm_reloads_total", labels=(("result", "ok"),))
+
+    def _close_sinks(self) -> None:
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception as exc:
+                log.error("closing a sink failed: %s", exc)
 
     def shutdown(self) -> None:
         """Drain: stop sources, process what is queued, flush sinks, snapshot."""
@@ -456,15 +793,11 @@ class Daemon:
                 break
             self.process(frames)
         self._publish_states()
-        self.write_snapshot()
+        self._final_snapshot()
         threshold = getattr(getattr(self.pipeline, "params", None), "threshold", None)
         for plot in self._plots:
             plot.save(threshold)
-        for sink in self.sinks:
-            try:
-                sink.close()
-            except (OSError, StreamLSTMError) as exc:
-                log.error("closing a sink failed: %s", exc)
+        self._close_sinks()
         if self._server is not None:
             self._server.close()
         log.info("stopped cleanly")
@@ -475,6 +808,7 @@ class Daemon:
             ("streamlstm_queue_frames", (), len(self.queue)),
             ("streamlstm_dropped_samples_total", (), self.queue.dropped_samples),
             ("streamlstm_sensors", (), len(self.sensors)),
+            ("streamlstm_seq_unreserved_total", (), self.seq.unreserved),
         ]
         for source in self.sources:
             errors, samples, reconnects, connected = source.stats.snapshot()

@@ -39,6 +39,10 @@ class Pipeline(Protocol):
 
     def import_state(self, snapshot: Mapping[str, Any]) -> None: ...
 
+    def evict(self, sensors: Sequence[Hashable]) -> int:
+        """Drop these sensors' state (their rows are reused); returns how many were known."""
+        ...
+
 
 @dataclass(frozen=True)
 class LoadedModel:
@@ -100,3 +104,22 @@ def make_detector(model: Model, settings: Mapping[str, Any]) -> Pipeline:
 def sample_width(pipeline: Pipeline, model: Model) -> int:
     """How many values one raw sample has (the detector may compute features from them)."""
     return int(getattr(pipeline, "axes", model.input_size))
+
+
+def compile_kernels(model: Model, settings: Mapping[str, Any]) -> None:
+    """Step a throwaway detector through the serial and the parallel path once.
+
+    Numba compiles (or loads from its cache) a kernel on its first call; doing that here,
+    before the daemon says READY, keeps a cold compile (a minute on a small machine) out
+    of the compute loop, where it would starve the systemd watchdog.
+    """
+    from ..bank import PARALLEL_THRESHOLD
+
+    detector = make_detector(model, {**settings, "capacity": 1})
+    width = sample_width(detector, model)
+    for count in (1, PARALLEL_THRESHOLD):
+        detector.update(
+            ["warm-up"] * count,
+            np.zeros((count, width), np.float32),
+            np.arange(count, dtype=np.float64),
+        )

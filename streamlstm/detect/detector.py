@@ -102,7 +102,7 @@ class Detector:
                              strict=True):
             new[:old] = prev
 
-    def _clear_row(self, row: int) -> None:
+    def _clear_row(self, row: int | np.ndarray) -> None:
         self._istate[row] = 0
         self._fstate[row] = 0.0
         self._fstate[row, K.F_BELOW] = np.nan
@@ -191,6 +191,16 @@ class Detector:
         row = self.bank._rows[sensor]
         self.bank.forget(sensor)
         self._clear_row(row)
+
+    def evict(self, sensors: Sequence[Hashable]) -> int:
+        """Drop many sensors at once (ids not known are ignored); returns how many went.
+
+        Like :meth:`forget` for each, in one vectorised pass (an open alert is dropped
+        without an end event); their rows are reused by new sensors.
+        """
+        rows = self.bank.forget_many(sensors)
+        self._clear_row(rows)
+        return int(rows.size)
 
     def reset(self, sensor: Hashable | None = None) -> None:
         """Back to a fresh state (warm-up again) for one sensor, or all of them."""

@@ -27,7 +27,7 @@ import math
 import os
 import weakref
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -185,14 +185,16 @@ def _read(path: Path, max_tensor_bytes: int) -> tuple[dict[str, Any], dict[str, 
     if not path.is_file():
         raise ModelFormatError(f"{path}: no such file")
     with zipfile.ZipFile(path) as archive:
-        members = _check_members(path, archive, max_tensor_bytes)
+        members = check_npz_members(
+            path, archive, lambda name: MAX_META_BYTES if name == META else max_tensor_bytes,
+            max_members=MAX_MEMBERS)
         if META not in members:
             raise ModelFormatError(f"{path}: no {META} entry: not a streamlstm native file")
         bad = archive.testzip()
         if bad is not None:
             raise ModelFormatError(f"{path}: member {bad!r} fails its CRC check (corrupt file)")
         for info in archive.infolist():
-            _check_npy_header(path, archive, info)
+            check_npy_header(path, archive, info)
     with np.load(path, allow_pickle=False) as npz:
         meta_bytes = npz[META]
         if meta_bytes.dtype != np.uint8 or meta_bytes.ndim != 1:
@@ -210,31 +212,38 @@ def _read(path: Path, max_tensor_bytes: int) -> tuple[dict[str, Any], dict[str, 
     return meta, arrays
 
 
-def _check_members(path: Path, archive: zipfile.ZipFile, max_tensor_bytes: int) -> set[str]:
-    """Names of the ``.npy`` members, after checking sizes from the zip directory only."""
+def check_npz_members(path: Path, archive: zipfile.ZipFile, limit: Callable[[str], int], *,
+                      max_members: int, stored_only: bool = False) -> set[str]:
+    """Names of an ``.npz`` archive's ``.npy`` members, checked from the zip directory only.
+
+    Refuses more than ``max_members`` members, a member that is not ``.npy``, encrypted,
+    compressed other than by deflate (or at all with ``stored_only``), named twice, or
+    declaring more uncompressed bytes than ``limit(name)``. Shared by every npz reader
+    (weights, daemon snapshots) so that a zip bomb costs nothing before it is refused.
+    """
     infos = archive.infolist()
-    if len(infos) > MAX_MEMBERS:
-        raise ModelFormatError(f"{path}: {len(infos)} members (at most {MAX_MEMBERS})")
+    if len(infos) > max_members:
+        raise ModelFormatError(f"{path}: {len(infos)} members (at most {max_members})")
+    allowed = (zipfile.ZIP_STORED,) if stored_only else (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
     names: set[str] = set()
     for info in infos:
         if not info.filename.endswith(".npy"):
             raise ModelFormatError(f"{path}: unexpected member {info.filename!r} (not .npy)")
         name = info.filename[:-4]
-        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) \
-                or info.flag_bits & 0x1:
+        if info.compress_type not in allowed or info.flag_bits & 0x1:
             raise ModelFormatError(f"{path}: member {name!r} is encrypted or uses compression "
-                                   f"method {info.compress_type} (only stored or deflated)")
+                                   f"method {info.compress_type} (only "
+                                   f"{'stored' if stored_only else 'stored or deflated'})")
         if name in names:
             raise ModelFormatError(f"{path}: member {name!r} appears twice")
         names.add(name)
-        limit = MAX_META_BYTES if name == META else max_tensor_bytes
-        if info.file_size > limit:
+        if info.file_size > limit(name):
             raise ModelFormatError(f"{path}: member {name!r} declares {info.file_size} bytes, "
-                                   f"over the {limit}-byte limit")
+                                   f"over the {limit(name)}-byte limit")
     return names
 
 
-def _check_npy_header(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
+def check_npy_header(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
     """Refuse a member whose ``.npy`` header promises more data than the member holds.
 
     NumPy allocates the whole array from the header's shape before reading a zip member,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ class SeqCounter:
         self._path = path
         self._next = 1
         self._reserved = 0
+        self.unreserved = 0  # numbers handed out while the reservation could not be written
         if path is not None and path.exists():
             try:
                 self._next = self._reserved = int(path.read_text().strip())
@@ -50,10 +52,19 @@ class SeqCounter:
                 ) from None
 
     def take(self) -> int:
-        """The next sequence number."""
+        """The next sequence number.
+
+        If a new block cannot be reserved on disk (a full disk), numbers go on from the
+        wall clock in microseconds, far above any persisted count, so that no restart
+        reuses them; the reservation is retried at the next call.
+        """
         if self._path is not None and self._next >= self._reserved:
-            self._reserved = self._next + SEQ_BLOCK
-            write_atomically(self._path, f"{self._reserved}\n".encode())
+            try:
+                write_atomically(self._path, f"{self._next + SEQ_BLOCK}\n".encode())
+                self._reserved = self._next + SEQ_BLOCK
+            except OSError:
+                self.unreserved += 1
+                self._next = max(self._next, time.time_ns() // 1000)
         seq = self._next
         self._next += 1
         return seq

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import threading
 import urllib.request
+import zipfile
 
 import numpy as np
 import pytest
@@ -14,6 +17,8 @@ from streamlstm.daemon import snapshot, systemd
 from streamlstm.daemon.framequeue import FrameQueue
 from streamlstm.daemon.metrics import Metrics, MetricsServer
 from streamlstm.sources import Frame
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_snapshot_round_trip_keeps_arrays_types_and_int_keys(tmp_path):
@@ -48,8 +53,114 @@ def test_snapshot_refuses_pickles_and_foreign_files(tmp_path):
     with pytest.raises(snapshot.SnapshotError):
         snapshot.load(tmp_path / "junk.npz")
     np.savez(tmp_path / "other.npz", __tree__=np.frombuffer(b'{"format": "other"}', np.uint8))
-    with pytest.raises(snapshot.SnapshotError, match=r"not a streamlstm\.snapshot/1"):
+    with pytest.raises(snapshot.SnapshotError, match=r"not a streamlstm\.snapshot/2"):
         snapshot.load(tmp_path / "other.npz")
+
+
+def test_snapshot_stores_string_lists_as_arrays_and_reads_version_1(tmp_path):
+    names = ["pump", "fan-ü", "\ud800 lone surrogate", "", "x" * 300]
+    snapshot.save(tmp_path / "s.npz", {"sensors": names, "mixed": ["a", 1]})
+    with zipfile.ZipFile(tmp_path / "s.npz") as archive:
+        tree = np.lib.format.read_array(archive.open("__tree__.npy"))
+    assert b"pump" not in tree.tobytes()  # the names are in arrays, not in the JSON tree
+    back = snapshot.load(tmp_path / "s.npz")
+    assert back == {"sensors": names, "mixed": ["a", 1]}
+    old = b'{"format": "streamlstm.snapshot/1", "state": {"sensors": ["a", "b"]}}'
+    np.savez(tmp_path / "v1.npz", __tree__=np.frombuffer(old, np.uint8))
+    assert snapshot.load(tmp_path / "v1.npz") == {"sensors": ["a", "b"]}
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "unreadable snapshot"),
+        (b"PK\x05\x06" + bytes(18), "no __tree__"),
+        (b"not a zip at all", "unreadable snapshot"),
+    ],
+)
+def test_empty_and_malformed_snapshots_are_snapshot_errors(tmp_path, content, message):
+    (tmp_path / "s.npz").write_bytes(content)
+    with pytest.raises(snapshot.SnapshotError, match=message):
+        snapshot.load(tmp_path / "s.npz")
+
+
+def _bomb(path, inflated: int) -> None:
+    """A valid snapshot plus a deflated member of ``inflated`` zero bytes (about 1/1000 on disk)."""
+    snapshot.save(path, {"detector": {"states": np.zeros((2, 3), np.float32)}})
+    header = {"descr": "<f8", "fortran_order": False, "shape": (inflated // 8,)}
+    with zipfile.ZipFile(path, "a", zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("extra.npy", "w", force_zip64=True) as member:
+            np.lib.format.write_array_header_1_0(member, header)
+            chunk = bytes(16 << 20)
+            for _ in range(inflated // len(chunk)):
+                member.write(chunk)
+
+
+def test_a_compressed_snapshot_member_is_refused_before_it_is_inflated(tmp_path):
+    path = tmp_path / "bomb.npz"
+    _bomb(path, 1 << 30)
+    assert path.stat().st_size < 2 << 20
+    # In a fresh interpreter, so that the peak RSS is this load's alone.
+    script = (
+        "import resource, sys\n"
+        "from streamlstm.daemon import snapshot\n"
+        "try:\n"
+        "    snapshot.load(sys.argv[1])\n"
+        "except snapshot.SnapshotError as exc:\n"
+        "    print('refused:', exc)\n"
+        "print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert "refused:" in out.stdout and "'extra' is encrypted or uses compression" in out.stdout
+    peak_mb = int(out.stdout.split("maxrss_kb")[1]) / 1024
+    assert peak_mb < 300, out.stdout
+
+
+def test_snapshot_array_header_claiming_more_than_its_member_is_refused(tmp_path):
+    path = tmp_path / "s.npz"
+    snapshot.save(path, {"states": np.zeros((4, 4), np.float32)})
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    # Rewrite the array's .npy header (same length) to claim 10^12 elements: NumPy would
+    # allocate that before noticing that the member is short.
+    data = bytearray(members["a0.npy"])
+    start = data.index(b"{'descr': '<f4'")
+    end = data.index(b"\n", start)
+    claim = b"{'descr': '<f4', 'fortran_order': False, 'shape': (1000000000000,), }"
+    data[start:end] = claim.ljust(end - start)
+    members["a0.npy"] = bytes(data)
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, content in members.items():
+            archive.writestr(name, content)
+    with pytest.raises(snapshot.SnapshotError, match="header claims shape"):
+        snapshot.load(path)
+
+
+def test_snapshot_writer_survives_failures_and_writes_the_newest_job(tmp_path):
+    written, failed = [], []
+    target = tmp_path / "s.npz"
+    writer = snapshot.SnapshotWriter(
+        target, lambda size, seconds: written.append(size), failed.append
+    )
+    try:
+        writer.submit(lambda: {"n": 1})
+        assert writer.flush(10) and len(written) == 1
+
+        def broken():
+            raise OSError(28, "No space left on device")
+
+        writer.submit(broken)
+        assert writer.flush(10) and len(failed) == 1 and writer.alive
+        writer.submit(lambda: {"n": 2})
+        assert writer.flush(10)
+        assert snapshot.load(target) == {"n": 2}
+    finally:
+        assert writer.close(10)
+    writer._thread.join(5)
+    assert not writer.alive
 
 
 def frame(n: int, sensor: str = "s") -> Frame:
