@@ -163,9 +163,7 @@ SINKS: dict[str, dict[str, Field]] = {
     "mqtt": {
         "alert_topic": Field(STR, "streamlstm/{sensor}/alert", _template),
         # false: no per-sensor state topics (a big fleet fills the broker with retained ones)
-        "state_topic": Field(
-            (str, bool, type(None)), "streamlstm/{sensor}/state", _state_topic
-        ),
+        "state_topic": Field((str, bool, type(None)), "streamlstm/{sensor}/state", _state_topic),
         "status_topic": Field(STR, "streamlstm/status"),
         "state_interval_s": Field(FLOAT, 10.0, _positive),
         "spool_dir": Field(STR, "streamlstm-spool"),
@@ -321,8 +319,10 @@ def validate(raw: Mapping[str, Any], *, base: Path | None = None) -> dict[str, A
         if sink["type"] == "mqtt" and sink["state_topic"] is False:
             sink["state_topic"] = None  # what the sink reads as "no state topics"
             if sink["homeassistant"]:
-                problems.add(f"{sink['path_in_config']}.homeassistant",
-                             "needs state topics (state_topic is false)")
+                problems.add(
+                    f"{sink['path_in_config']}.homeassistant",
+                    "needs state topics (state_topic is false)",
+                )
     if sum(s["type"] == "mqtt" for s in config["sinks"]) > 1:
         problems.add("sinks", "at most one mqtt sink")
     if problems:

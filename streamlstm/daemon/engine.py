@@ -635,9 +635,7 @@ class Daemon:
             self._changed.discard(name)
         self.pipeline.evict(expired)
         self.metrics.inc("streamlstm_expired_sensors_total", len(expired))
-        log.info(
-            "%d sensor(s) idle for %g s expired (first: %s)", len(expired), idle, expired[0]
-        )
+        log.info("%d sensor(s) idle for %g s expired (first: %s)", len(expired), idle, expired[0])
         return len(expired)
 
     # -- snapshots ---------------------------------------------------------------------------
@@ -717,8 +715,12 @@ class Daemon:
         try:
             kept = snapshot.set_aside(path)
         except OSError as exc:
-            log.error("snapshot %s: %s; could not move it aside (%s); starting from fresh state",
-                      path, detail, exc)
+            log.error(
+                "snapshot %s: %s; could not move it aside (%s); starting from fresh state",
+                path,
+                detail,
+                exc,
+            )
             return
         log.error("snapshot %s: %s; moved to %s, starting from fresh state", path, detail, kept)
 

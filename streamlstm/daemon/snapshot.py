@@ -137,9 +137,7 @@ def load(path: str | os.PathLike[str]) -> dict[str, Any]:
     except ModelFormatError as exc:
         raise SnapshotError(f"unreadable snapshot: {exc}") from None
     except Exception as exc:  # zipfile/zlib/NumPy/json raise many types on damaged input
-        raise SnapshotError(
-            f"{path}: unreadable snapshot ({type(exc).__name__}: {exc})"
-        ) from None
+        raise SnapshotError(f"{path}: unreadable snapshot ({type(exc).__name__}: {exc})") from None
 
 
 def _load(path: Path) -> dict[str, Any]:

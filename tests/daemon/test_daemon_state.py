@@ -12,6 +12,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from snapshot_helpers import compressed_bomb
 
 from streamlstm.daemon import snapshot, systemd
 from streamlstm.daemon.framequeue import FrameQueue
@@ -84,21 +85,9 @@ def test_empty_and_malformed_snapshots_are_snapshot_errors(tmp_path, content, me
         snapshot.load(tmp_path / "s.npz")
 
 
-def _bomb(path, inflated: int) -> None:
-    """A valid snapshot plus a deflated member of ``inflated`` zero bytes (about 1/1000 on disk)."""
-    snapshot.save(path, {"detector": {"states": np.zeros((2, 3), np.float32)}})
-    header = {"descr": "<f8", "fortran_order": False, "shape": (inflated // 8,)}
-    with zipfile.ZipFile(path, "a", zipfile.ZIP_DEFLATED) as archive:
-        with archive.open("extra.npy", "w", force_zip64=True) as member:
-            np.lib.format.write_array_header_1_0(member, header)
-            chunk = bytes(16 << 20)
-            for _ in range(inflated // len(chunk)):
-                member.write(chunk)
-
-
 def test_a_compressed_snapshot_member_is_refused_before_it_is_inflated(tmp_path):
     path = tmp_path / "bomb.npz"
-    _bomb(path, 1 << 30)
+    compressed_bomb(path, 1 << 30)
     assert path.stat().st_size < 2 << 20
     # In a fresh interpreter, so that the peak RSS is this load's alone.
     script = (
@@ -111,7 +100,10 @@ def test_a_compressed_snapshot_member_is_refused_before_it_is_inflated(tmp_path)
         "print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
     )
     out = subprocess.run(
-        [sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120,
+        [sys.executable, "-c", script, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert "refused:" in out.stdout and "'extra' is encrypted or uses compression" in out.stdout
