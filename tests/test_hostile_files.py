@@ -1,9 +1,11 @@
-"""Corrupt, hostile and unsupported Keras and ONNX files: each refused with a clear error.
+"""Corrupt, hostile and unsupported Keras, ONNX and PyTorch files: each refused with a clear
+error.
 
 Keras variants are made by rewriting one real Keras 3 archive (its config.json or its
-weights); ONNX graphs are written with ``onnx.helper``. Every test asserts the error
-type and the words that tell the user what is wrong. (The pickle-bearing ``.pt`` lives
-with the PyTorch loader's tests, test_torch_import.py.)
+weights); ONNX graphs are written with ``onnx.helper``; hostile ``.pt`` archives by
+rewriting a real ``torch.save`` zip. Every test asserts the error type and the words that
+tell the user what is wrong. (The pickle-bearing ``.pt`` lives with the PyTorch loader's
+tests, test_torch_import.py.)
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import struct
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -64,7 +69,7 @@ def test_keras_branching_functional_model_refused(branching_archive):
     _refused(branching_archive, "not fed by the layer before it", "branching")
 
 
-def _members(path: Path) -> dict[str, bytes]:
+def _members(path: Path | io.BytesIO) -> dict[str, bytes]:
     with zipfile.ZipFile(path) as archive:
         return {name: archive.read(name) for name in archive.namelist()}
 
@@ -235,6 +240,144 @@ def test_keras_too_many_layers(keras_archive, tmp_path):
         dropout = {"class_name": "Dropout", "config": {"name": "d", "rate": 0.1}}
         config["config"]["layers"][2:2] = [dropout] * keras_format.MAX_LAYERS
     _refused(_with_config(keras_archive, tmp_path / "long.keras", edit), "over the limit")
+
+
+def _weights_file_with(keras_archive: Path, target: Path, where: str, make: Any) -> Path:
+    """The archive's ``model.weights.h5`` as a file, with dataset ``where`` replaced by
+    ``make(f, where, shape, dtype)``."""
+    target.write_bytes(_members(keras_archive)["model.weights.h5"])
+    with h5py.File(target, "r+") as f:
+        shape, dtype = f[where].shape, f[where].dtype
+        del f[where]
+        make(f, where, shape, dtype)
+    return target
+
+
+def _external(source: str):
+    def make(f, where, shape, dtype):
+        size = int(np.prod(shape)) * dtype.itemsize
+        f.create_dataset(where, shape, dtype, external=[(source, 0, size)])
+
+    return make
+
+
+def _virtual(other: Path):
+    def make(f, where, shape, dtype):
+        with h5py.File(other, "w") as g:
+            g["data"] = np.ones(shape, dtype)
+        layout = h5py.VirtualLayout(shape=shape, dtype=dtype)
+        layout[...] = h5py.VirtualSource(str(other), "data", shape=shape)
+        f.create_virtual_dataset(where, layout, fillvalue=0)
+
+    return make
+
+
+def _external_link(other: Path, in_group: bool):
+    def make(f, where, shape, dtype):
+        with h5py.File(other, "w") as g:
+            g["data/0"] = np.ones(shape, dtype)
+        if in_group:  # the whole vars group lives in the other file
+            group = where.rsplit("/", 1)[0]
+            for name in list(f[group]):
+                del f[f"{group}/{name}"]
+            del f[group]
+            f[group] = h5py.ExternalLink(str(other), "/data")
+        else:
+            f[where] = h5py.ExternalLink(str(other), "/data/0")
+
+    return make
+
+
+@pytest.mark.parametrize(
+    ("case", "words"),
+    [
+        ("passwd", ("layers/lstm/cell/vars/0", "external files", "/etc/passwd")),
+        ("zero", ("layers/lstm/cell/vars/0", "external files", "/dev/zero")),
+        ("virtual", ("layers/lstm/cell/vars/0", "virtual dataset")),
+        ("link", ("layers/lstm/cell/vars/0 is an external link",)),
+        ("group-link", ("layers/lstm/cell/vars is an external link",)),
+    ],
+)
+def test_keras_weights_pointing_outside_the_file_are_refused(keras_archive, tmp_path, case, words):
+    where = "layers/lstm/cell/vars/0"
+    make = {
+        "passwd": _external("/etc/passwd"),
+        "zero": _external("/dev/zero"),
+        "virtual": _virtual(tmp_path / "other.h5"),
+        "link": _external_link(tmp_path / "other.h5", in_group=False),
+        "group-link": _external_link(tmp_path / "other.h5", in_group=True),
+    }[case]
+    path = _weights_file_with(keras_archive, tmp_path / "w.weights.h5", where, make)
+    with h5py.File(path, "r") as f:  # the hostile file is readable: h5py would follow it
+        assert f[where].shape
+    _refused(path, *words, config=keras_archive)
+    # The same weights inside a .keras archive are refused too.
+    members = _members(keras_archive)
+    members["model.weights.h5"] = path.read_bytes()
+    _refused(_write_archive(tmp_path / "hostile.keras", members), *words)
+
+
+# -- PyTorch ---------------------------------------------------------------------------------
+def _pt_with_huge_tensor(path: Path, *, deflated: bool) -> Path:
+    """A ``torch.save`` zip whose one tensor claims 1.3 GB: its record deflated (about 1.3 MB
+    on disk) or left at its real 16 bytes."""
+    torch = pytest.importorskip("torch")
+    buffer = io.BytesIO()
+    torch.save({"weight_ih_l0": torch.zeros(4)}, buffer)
+    members = _members(io.BytesIO(buffer.getvalue()))
+    pickled = members["archive/data.pkl"]
+    count = b"K\x04"  # BININT1 4: the storage's numel, then the tensor's size
+    assert pickled.count(count) == 2
+    numel = (1300 << 20) // 4
+    members["archive/data.pkl"] = pickled.replace(count, b"J" + struct.pack("<i", numel))
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            if name == "archive/data/0" and deflated:
+                info = zipfile.ZipInfo(name)
+                info.compress_type = zipfile.ZIP_DEFLATED
+                chunk = bytes(16 << 20)
+                with archive.open(info, "w", force_zip64=True) as member:
+                    for _ in range(numel * 4 // len(chunk)):
+                        member.write(chunk)
+                    member.write(bytes(numel * 4 % len(chunk)))
+            else:
+                archive.writestr(name, data)
+    return path
+
+
+def test_pt_with_a_deflated_record_is_refused_before_anything_is_inflated(tmp_path):
+    path = _pt_with_huge_tensor(tmp_path / "bomb.pt", deflated=True)
+    assert path.stat().st_size < 2 << 20
+    # In a fresh interpreter, so that the peak RSS is this load's alone.
+    script = (
+        "import resource, sys\n"
+        "from streamlstm.errors import ModelFormatError\n"
+        "from streamlstm.formats import load\n"
+        "try:\n"
+        "    load(sys.argv[1])\n"
+        "except ModelFormatError as exc:\n"
+        "    print('refused:', exc)\n"
+        "print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(repo)})
+    assert "refused:" in out.stdout, out.stdout + out.stderr
+    assert "record 'archive/data/0' is compressed" in out.stdout
+    peak_mb = int(out.stdout.split("maxrss_kb")[1]) / 1024
+    assert peak_mb < 700, out.stdout  # torch's import alone is a few hundred MB; not 1.3 GB more
+
+
+def test_pt_whose_tensor_claims_more_than_its_record_is_refused(tmp_path):
+    path = _pt_with_huge_tensor(tmp_path / "short.pt", deflated=False)
+    _refused(path, "short.pt", "record size")
+
+
+def test_legacy_pre_zip_pt_is_refused(tmp_path):
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "old.pt"
+    torch.save({"weight_ih_l0": torch.zeros(4, 3)}, path, _use_new_zipfile_serialization=False)
+    _refused(path, "not a zip-format PyTorch file", "safetensors")
 
 
 # -- ONNX ----------------------------------------------------------------------------------

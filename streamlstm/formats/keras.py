@@ -278,8 +278,42 @@ def _read_weights(path: Path, weights: bytes | Path, specs: list[_Spec],
         raise ModelFormatError(f"{path}: unreadable weights ({exc})") from exc
 
 
+def _node(path: Path, f: Any, where: str) -> Any:
+    """The object at ``where``, following hard links only (None if absent).
+
+    HDF5 can point outside the file: an external link names another file, an external
+    dataset reads its bytes from other files (``/etc/passwd``, ``/dev/zero``), a virtual
+    dataset maps other files' datasets. A weight file has no business doing any of that:
+    each is refused, naming the object, before anything is read.
+    """
+    import h5py
+
+    node = f
+    walked = ""
+    for part in where.strip("/").split("/"):
+        walked = f"{walked}/{part}" if walked else part
+        if not hasattr(node, "get"):
+            return None
+        link = node.get(part, getlink=True)
+        if link is None:
+            return None
+        if not isinstance(link, h5py.HardLink):
+            kind = "an external link" if isinstance(link, h5py.ExternalLink) else "a soft link"
+            raise ModelFormatError(f"{path}: {walked} is {kind}; weight files must hold their "
+                                   "data themselves (links are not followed)")
+        node = node[part]
+    if isinstance(node, h5py.Dataset):
+        if node.external:
+            raise ModelFormatError(f"{path}: dataset {where} keeps its data in external files "
+                                   f"({node.external[0][0]!r}...); refused, nothing was read")
+        if node.is_virtual:
+            raise ModelFormatError(f"{path}: dataset {where} is a virtual dataset mapping "
+                                   "other files; refused, nothing was read")
+    return node
+
+
 def _tensor(path: Path, f: Any, where: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    dataset = f.get(where)
+    dataset = _node(path, f, where)
     if dataset is None or not hasattr(dataset, "shape"):
         raise ModelFormatError(f"{path}: missing tensor {where} (expected shape {shape})")
     if tuple(dataset.shape) != shape:  # checked before reading: a huge dataset is never loaded
@@ -291,7 +325,7 @@ def _tensor(path: Path, f: Any, where: str, shape: tuple[int, ...], dtype: np.dt
 
 
 def _vars(path: Path, f: Any, group: str, expected: int) -> None:
-    node = f.get(group)
+    node = _node(path, f, group)
     found = sorted(node.keys()) if node is not None and hasattr(node, "keys") else []
     if len(found) != expected:
         raise ModelFormatError(f"{path}: {group} holds {len(found)} tensor(s), expected "
@@ -342,7 +376,7 @@ def _layers_from(path: Path, f: Any, specs: list[_Spec],
 def _input_width(path: Path, f: Any, spec: _Spec, where: str, width: int | None) -> int:
     if width is not None:
         return width
-    dataset = f.get(where)
+    dataset = _node(path, f, where)
     if dataset is None or len(getattr(dataset, "shape", ())) != 2:
         raise ModelFormatError(f"{path}: missing tensor {where}")
     return int(dataset.shape[0])

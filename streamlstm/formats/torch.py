@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,8 @@ from ._safetensors import read_safetensors
 
 #: Module names searched, in order, for a head next to the recurrent module.
 HEAD_NAMES = ("fc", "head", "linear", "out", "output", "decoder", "dense")
+#: Most records a ``.pt`` archive may hold (one per tensor storage, plus a few).
+MAX_ARCHIVE_RECORDS = 100_000
 #: Checkpoint entries that hold the model's state_dict.
 CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model")
 
@@ -129,6 +132,7 @@ def _read_pickle_free(path: Path) -> dict[str, np.ndarray]:
         raise ModelFormatError(f"{path}: reading .pt/.pth needs PyTorch "
                                "(pip install 'streamlstm[torch]'), or save the state_dict as "
                                ".safetensors, which needs no torch") from None
+    _check_archive(path)
     try:
         obj = torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as exc:
@@ -165,6 +169,38 @@ def _read_pickle_free(path: Path) -> dict[str, np.ndarray]:
             tensors[str(key)] = (value.double() if value.dtype == torch.float64
                                  else value.float()).numpy()
     return tensors
+
+
+def _check_archive(path: Path) -> None:
+    """Refuse, from the zip directory alone, a ``.pt`` that could allocate more than its size.
+
+    ``torch.save`` writes a zip whose records are stored, never compressed; torch inflates
+    a record whole before checking it, so a deflated record of zeros (a 1 MB file holding a
+    1.3 GB tensor) would cost its inflated size in memory before any check of ours ran.
+    Stored records fit in the file, so memory stays bounded by the file's size. The legacy
+    pre-zip format (torch < 1.6) is refused: its storages are sized by the pickle alone.
+    """
+    try:
+        size = path.stat().st_size
+        if not zipfile.is_zipfile(path):
+            raise ModelFormatError(
+                f"{path}: not a zip-format PyTorch file (truncated, or saved by torch < 1.6 / "
+                "with _use_new_zipfile_serialization=False); re-save it with a current torch "
+                "or convert it to .safetensors")
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise ModelFormatError(f"{path}: not a readable PyTorch file ({exc})") from None
+    if len(infos) > MAX_ARCHIVE_RECORDS:
+        raise ModelFormatError(f"{path}: {len(infos)} archive records (at most "
+                               f"{MAX_ARCHIVE_RECORDS})")
+    for info in infos:
+        if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+            raise ModelFormatError(f"{path}: record {info.filename!r} is compressed or "
+                                   "encrypted; torch.save never writes that (refused before "
+                                   "anything was inflated)")
+    if sum(info.file_size for info in infos) > size:
+        raise ModelFormatError(f"{path}: records declare more bytes than the file holds")
 
 
 def _norm(path: Path, mean: Any, std: Any, which: str,
