@@ -42,6 +42,11 @@ class SensorRows:
         return sensor in self._rows
 
     @property
+    def row_bound(self) -> int:
+        """One past the highest row ever handed out: rows from here on were never used."""
+        return self._next_row
+
+    @property
     def sensors(self) -> list[Hashable]:
         """Known sensor ids in row-allocation order."""
         return list(self._rows)

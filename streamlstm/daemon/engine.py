@@ -642,15 +642,21 @@ class Daemon:
     def _snapshot_job(self) -> snapshot.Job:
         """Copy what a snapshot needs (on the compute thread); encoding happens later.
 
-        The detector's arrays are copied; the per-sensor records are referenced and read on
-        the writer thread, so their counters may be up to a batch newer than the detector.
+        The detector's row arrays are copied in slices (a memory copy); picking each
+        sensor's row out of them is left to the writer thread. The per-sensor records are
+        referenced and read on the writer thread, so their counters may be up to a batch
+        newer than the detector state.
         """
-        detector = dict(self.pipeline.export_state())
+        rows = self.pipeline.copy_rows()
         records = list(self.sensors.values())
         sha = self.loaded.sha256
 
         def build() -> dict[str, Any]:
-            return {"model_sha256": sha, "detector": detector, "sensors": _sensor_columns(records)}
+            return {
+                "model_sha256": sha,
+                "detector": rows.state(),
+                "sensors": _sensor_columns(records),
+            }
 
         return build
 
@@ -662,6 +668,10 @@ class Daemon:
         job = self._snapshot_job()
         self._stall_hist.observe(time.perf_counter() - started)
         self._writer.submit(job)
+
+    def flush_snapshot(self, timeout: float) -> bool:
+        """Wait until the snapshot writer is idle; False if it still writes after ``timeout``."""
+        return self._writer is None or self._writer.flush(timeout)
 
     def _snapshot_written(self, size: int, seconds: float) -> None:
         self.metrics.inc("streamlstm_snapshots_total")

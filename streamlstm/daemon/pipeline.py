@@ -37,6 +37,11 @@ class Pipeline(Protocol):
 
     def export_state(self) -> Mapping[str, Any]: ...
 
+    def copy_rows(self) -> Any:
+        """:meth:`export_state` in two halves: a cheap copy now, whose ``state()`` (callable
+        on another thread) gives what :meth:`export_state` would have given."""
+        ...
+
     def import_state(self, snapshot: Mapping[str, Any]) -> None: ...
 
     def evict(self, sensors: Sequence[Hashable]) -> int:
