@@ -4,11 +4,11 @@ For each fleet size N (default 100k and 1M sensors, the shipped default model):
 
 1. in this process, a :class:`~streamlstm.daemon.engine.Daemon` is given N sensors through
    its real ``process`` path (one frame per sensor), then snapshots are taken as the
-   compute loop takes them: ``write_snapshot()`` (the copy made on the compute thread: the
-   *stall*), then the writer thread encodes and writes it (the *write*, off the loop).
-   While the writer runs, the loop keeps stepping 1000-frame micro-batches of known
-   sensors; their step times against the same batches with the writer idle show what the
-   writer costs the loop through the GIL;
+   compute loop takes them: a slice of the state copied per loop turn (the *stall* per
+   turn), a 1000-frame micro-batch of known sensors stepped between turns, then the writer
+   thread picks the rows out, encodes and writes (the *write*, off the loop). The
+   micro-batches' times while the writer runs, against the same batches with it idle,
+   show what the writer costs the loop through the GIL;
 2. with ``--sigterm``, ``streamlstm run`` (a subprocess, as deployed) starts from that
    N-sensor snapshot; its RSS once running, then the time from SIGTERM to exit (drain,
    final snapshot, clean stop; the unit's ``TimeoutStopSec`` is 30 s) and the size of the
@@ -98,16 +98,23 @@ def bench_in_process(folder: Path, sensors: int, repeats: int) -> dict:
         return out
 
     idle_steps = step_times(50)
-    stalls, writes, busy_steps = [], [], []
+    turns, copies, writes, busy_steps = [], [], [], []
     for _ in range(repeats):
+        # As the compute loop does: a slice of the copy per turn, a micro-batch between.
         t0 = time.perf_counter()
         daemon.write_snapshot()
-        stalls.append(time.perf_counter() - t0)
-        t1 = time.perf_counter()
+        turns.append(time.perf_counter() - t0)
+        while True:
+            busy_steps += step_times(1)
+            t1 = time.perf_counter()
+            if not daemon.continue_snapshot():
+                break
+            turns.append(time.perf_counter() - t1)
+        copies.append(time.perf_counter() - t0)
+        t2 = time.perf_counter()
         while not daemon.flush_snapshot(0.0):
             busy_steps += step_times(1)
-        assert daemon.flush_snapshot(600)
-        writes.append(time.perf_counter() - t1)
+        writes.append(time.perf_counter() - t2)
     size = (folder / "state.npz").stat().st_size
     daemon.request_stop()
     daemon.shutdown()
@@ -115,7 +122,9 @@ def bench_in_process(folder: Path, sensors: int, repeats: int) -> dict:
         "sensors": sensors,
         "populate_s": populate,
         "rss_mb_in_process": rss,
-        "stall_s": stalls,
+        "stall_per_turn_s_max_p50": [max(turns), float(np.median(turns))],
+        "turns_per_snapshot": len(turns) / repeats,
+        "copy_elapsed_s": copies,
         "write_s": writes,
         "snapshot_bytes": size,
         "batch_1000_frames_idle_ms_p50_max": [1000 * np.median(idle_steps), 1000 * max(idle_steps)],

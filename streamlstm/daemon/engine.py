@@ -83,6 +83,8 @@ SNAPSHOT_BUCKETS = (1e-3, 1e-2, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 DEFAULT_STATE_INTERVAL_S = 10.0
 #: How often thread health is checked (and the watchdog fed, at most this often).
 HEALTH_INTERVAL_S = 1.0
+#: Rows a snapshot copies per turn of the compute loop (about 50 MB with the default model).
+SNAPSHOT_ROWS_PER_TURN = 32_768
 #: How long shutdown waits for the last snapshot to be written.
 FINAL_SNAPSHOT_TIMEOUT_S = 300.0
 
@@ -198,7 +200,7 @@ def _describe(metrics: Metrics) -> None:
         (
             "streamlstm_snapshot_stall_seconds",
             "histogram",
-            "compute-loop time spent copying state for one snapshot",
+            "compute-loop time spent copying state for a snapshot, per loop turn",
         ),
         (
             "streamlstm_snapshot_write_seconds",
@@ -307,6 +309,8 @@ class Daemon:
         self._write_hist = self.metrics.histogram(
             "streamlstm_snapshot_write_seconds", SNAPSHOT_BUCKETS
         )
+        self._copy: Any = None  # a snapshot being copied, a slice per loop turn
+        self._copy_records: list[SensorState] = []
         self._restore()
         self.sinks = build_sinks(config)
         path = config["daemon"]["snapshot_path"]
@@ -455,7 +459,7 @@ class Daemon:
             if now >= next_states:
                 self._publish_states()
                 next_states = now + self._state_interval()
-            if now >= next_snapshot:
+            if not self.continue_snapshot() and now >= next_snapshot:
                 self.write_snapshot()
                 next_snapshot = now + self.config["daemon"]["snapshot_interval_s"]
             if now >= next_expiry:
@@ -619,7 +623,7 @@ class Daemon:
         again): after a gap that long its old recurrent state no longer describes its signal.
         """
         idle = self.config["daemon"]["sensor_idle_s"]
-        if not idle:
+        if not idle or self._copy is not None:  # rows must not change hands mid-copy
             return 0
         horizon = now - idle
         expired = []
@@ -639,35 +643,48 @@ class Daemon:
         return len(expired)
 
     # -- snapshots ---------------------------------------------------------------------------
-    def _snapshot_job(self) -> snapshot.Job:
-        """Copy what a snapshot needs (on the compute thread); encoding happens later.
+    def write_snapshot(self) -> None:
+        """Begin a snapshot (no-op without a path, or while one is being copied).
 
-        The detector's row arrays are copied in slices (a memory copy); picking each
-        sensor's row out of them is left to the writer thread. The per-sensor records are
-        referenced and read on the writer thread, so their counters may be up to a batch
-        newer than the detector state.
+        The compute loop copies the detector's rows a slice per turn
+        (:data:`SNAPSHOT_ROWS_PER_TURN`), so a million sensors never stop it for long;
+        then the writer thread picks the rows out, encodes and writes. The per-sensor
+        records are read on the writer thread, so their counters may be a little newer
+        than the detector state.
         """
-        rows = self.pipeline.copy_rows()
-        records = list(self.sensors.values())
+        if self._writer is None or self._copy is not None:
+            return
+        started = time.perf_counter()
+        self._copy = self.pipeline.copy_rows()
+        self._copy_records = list(self.sensors.values())
+        self.continue_snapshot(started)
+
+    def continue_snapshot(self, started: float | None = None) -> bool:
+        """Copy the next slice of a snapshot begun by :meth:`write_snapshot` (the compute
+        loop calls this once per turn); hands it to the writer when complete. Returns
+        whether a copy was in progress."""
+        if self._copy is None:
+            return False
+        started = time.perf_counter() if started is None else started
+        copy, records = self._copy, self._copy_records
+        done = copy.advance(SNAPSHOT_ROWS_PER_TURN)
+        self._stall_hist.observe(time.perf_counter() - started)
+        if done:
+            self._copy, self._copy_records = None, []
+            self._writer.submit(self._snapshot_job(copy, records))
+        return True
+
+    def _snapshot_job(self, copy: Any, records: list[SensorState]) -> snapshot.Job:
         sha = self.loaded.sha256
 
         def build() -> dict[str, Any]:
             return {
                 "model_sha256": sha,
-                "detector": rows.state(),
+                "detector": copy.state(),
                 "sensors": _sensor_columns(records),
             }
 
         return build
-
-    def write_snapshot(self) -> None:
-        """Hand a copy of the state to the snapshot writer thread (no-op without a path)."""
-        if self._writer is None:
-            return
-        started = time.perf_counter()
-        job = self._snapshot_job()
-        self._stall_hist.observe(time.perf_counter() - started)
-        self._writer.submit(job)
 
     def flush_snapshot(self, timeout: float) -> bool:
         """Wait until the snapshot writer is idle; False if it still writes after ``timeout``."""
@@ -688,7 +705,9 @@ class Daemon:
         if self._writer is None:
             return
         started = time.perf_counter()
-        job = self._snapshot_job()
+        copy = self.pipeline.copy_rows()  # a snapshot being copied is superseded
+        copy.advance(copy.bound)
+        job = self._snapshot_job(copy, list(self.sensors.values()))
         self._stall_hist.observe(time.perf_counter() - started)
         if self._writer.alive:
             self._writer.submit(job)
@@ -774,6 +793,7 @@ class Daemon:
         except (StreamLSTMError, KeyError, TypeError, ValueError) as exc:
             log.warning("sensor state reset by the reload (%s)", exc)
         self.pipeline, self.loaded = pipeline, loaded
+        self._copy, self._copy_records = None, []  # a copy of the old detector is moot
         log.info("now running model %s (sha256 %s)", loaded.model_id, loaded.sha256[:12])
         if new_sources is not None:
             self._stop_sources()

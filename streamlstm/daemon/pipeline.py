@@ -38,8 +38,8 @@ class Pipeline(Protocol):
     def export_state(self) -> Mapping[str, Any]: ...
 
     def copy_rows(self) -> Any:
-        """:meth:`export_state` in two halves: a cheap copy now, whose ``state()`` (callable
-        on another thread) gives what :meth:`export_state` would have given."""
+        """:meth:`export_state` in slices (a :class:`streamlstm.detect.detector.RowCopy`):
+        ``advance(rows)`` between updates until ``done``, then ``state()`` on any thread."""
         ...
 
     def import_state(self, snapshot: Mapping[str, Any]) -> None: ...

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import numba
@@ -24,17 +23,41 @@ SNAPSHOT_VERSION = 1
 _KINDS = {K.EVENT_START: "start", K.EVENT_END: "end"}
 
 
-@dataclass(frozen=True)
 class RowCopy:
-    """Per-row arrays copied in slices (free rows included) and each sensor's row in them."""
+    """A copy of a detector's per-row state made in slices, between updates.
 
-    header: dict[str, Any]
-    sensors: list[Hashable]
-    rows: np.ndarray
-    arrays: dict[str, np.ndarray]
+    From :meth:`Detector.copy_rows`: :meth:`advance` copies the next rows of every per-row
+    array (all of a row's arrays at once, so each sensor's copy is consistent); once
+    :attr:`done`, :meth:`state` (callable on any thread) gives what
+    :meth:`Detector.export_state` would have given when the copy began, except that each
+    sensor's state is as of the slice that copied it. Rows must not change hands meanwhile:
+    no :meth:`Detector.forget` or :meth:`Detector.evict` until the copy is done.
+    """
+
+    def __init__(self, header: dict[str, Any], sensors: list[Hashable], rows: np.ndarray,
+                 bound: int, live: Callable[[], dict[str, np.ndarray]]) -> None:
+        self.header, self.sensors, self.rows, self.bound = header, sensors, rows, bound
+        self._live = live  # the arrays themselves are replaced when the detector grows
+        self.arrays = {name: np.empty((bound, *array.shape[1:]), array.dtype)
+                       for name, array in live().items()}
+        self.copied = 0
+
+    @property
+    def done(self) -> bool:
+        return self.copied >= self.bound
+
+    def advance(self, max_rows: int) -> bool:
+        """Copy up to ``max_rows`` more rows; True once every row is copied."""
+        stop = min(self.bound, self.copied + max_rows)
+        for name, array in self._live().items():
+            self.arrays[name][self.copied:stop] = array[self.copied:stop]
+        self.copied = stop
+        return self.done
 
     def state(self) -> dict[str, Any]:
-        """:meth:`Detector.export_state`'s output: the sensors' rows picked out."""
+        """:meth:`Detector.export_state`'s output, the sensors' rows picked out."""
+        if not self.done:
+            raise RuntimeError("RowCopy.state() before the copy is done")
         picked = {name: array[self.rows] for name, array in self.arrays.items()}
         return {**self.header, "sensors": self.sensors, **picked}
 
@@ -232,27 +255,22 @@ class Detector:
     def export_state(self) -> dict[str, Any]:
         """Every sensor's recurrent and detector state as plain arrays (npz- or JSON-able
         after ``.tolist()``); :meth:`import_state` restores it bit for bit."""
-        return self.copy_rows().state()
+        copy = self.copy_rows()
+        copy.advance(copy.bound)
+        return copy.state()
 
     def copy_rows(self) -> RowCopy:
-        """:meth:`export_state` in two halves, for snapshots of big fleets: this cheap half
-        (to be called between updates) copies each per-row array up to the highest row in
-        use, in one slice each; :meth:`RowCopy.state`, on any thread, picks out the rows."""
+        """Begin a :class:`RowCopy`: :meth:`export_state` in slices, so that a daemon with a
+        million sensors can snapshot them without stopping its compute loop for the copy."""
         rows = self.bank._rows
-        bound = self.bank.row_bound
-        return RowCopy(
-            {"version": SNAPSHOT_VERSION, "model_id": self.model_id},
-            list(rows),
-            np.fromiter(rows.values(), np.int64, len(rows)),
-            {
-                "states": self.bank._states[:bound].copy(),
-                "rejected": self.bank._rejected[:bound].copy(),
-                "istate": self._istate[:bound].copy(),
-                "fstate": self._fstate[:bound].copy(),
-                "preds": self._preds[:bound].copy(),
-                "rings": self._rings[:bound].copy(),
-            },
-        )
+        return RowCopy({"version": SNAPSHOT_VERSION, "model_id": self.model_id}, list(rows),
+                       np.fromiter(rows.values(), np.int64, len(rows)), self.bank.row_bound,
+                       self._row_arrays)
+
+    def _row_arrays(self) -> dict[str, np.ndarray]:
+        return {"states": self.bank._states, "rejected": self.bank._rejected,
+                "istate": self._istate, "fstate": self._fstate, "preds": self._preds,
+                "rings": self._rings}
 
     def import_state(self, snapshot: Mapping[str, Any]) -> None:
         """Restore sensors from :meth:`export_state` output (sensors not in it are kept)."""
