@@ -43,6 +43,14 @@ def test_evicted_rows_are_reused_and_a_returning_sensor_starts_fresh(model_path)
     assert detector.bank.capacity == capacity
     for sensor, state in kept.items():  # the others are untouched
         np.testing.assert_array_equal(detector.bank.state_vector(sensor), state)
+    # A snapshot now (rows no longer in sensor order) restores every sensor exactly.
+    restored = sl.Detector(model)
+    restored.import_state(detector.export_state())
+    assert restored.sensors == ["a", "c", "d"]
+    for sensor in ("a", "c", "d"):
+        np.testing.assert_array_equal(
+            restored.bank.state_vector(sensor), detector.bank.state_vector(sensor)
+        )
     # "b" comes back: exactly as a sensor never seen before.
     events = detector.update(["b"] * len(x), x, t)
     fresh = sl.Detector(model)
