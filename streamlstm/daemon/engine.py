@@ -83,8 +83,8 @@ SNAPSHOT_BUCKETS = (1e-3, 1e-2, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 DEFAULT_STATE_INTERVAL_S = 10.0
 #: How often thread health is checked (and the watchdog fed, at most this often).
 HEALTH_INTERVAL_S = 1.0
-#: Rows a snapshot copies per turn of the compute loop (about 50 MB with the default model).
-SNAPSHOT_ROWS_PER_TURN = 32_768
+#: Rows a snapshot copies per turn of the compute loop (about 26 MB with the default model).
+SNAPSHOT_ROWS_PER_TURN = 16_384
 #: How long shutdown waits for the last snapshot to be written.
 FINAL_SNAPSHOT_TIMEOUT_S = 300.0
 
