@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from .._files import sync_directory
 from ..errors import ModelFormatError, StreamLSTMError
-from ..formats._safetensors import sync_directory
 from ..formats.native import check_npy_header, check_npz_members
 
 log = logging.getLogger(__name__)
