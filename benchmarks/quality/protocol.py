@@ -1,0 +1,41 @@
+"""The rules, fixed in code before any result was looked at.
+
+1. Datasets and splits: the loaders' docstrings (:mod:`.threew`, :mod:`.tep`,
+   :mod:`.nab`, :mod:`.vibration`). The validation part drives every design choice; the
+   test part is run once per design and reported as it came out, never used to choose.
+2. Every design in :data:`.recipe.DESIGNS` is run on every validation part and recorded.
+3. Choice: among designs whose false-alarm rate on normal rows is at most
+   ``MAX_FALSE_ALARM_RATE`` on every validation part, the one with the highest mean
+   NAB standard score over the validation parts that hold events (3W, TEP, NAB; the
+   fan's and CWRU's validation parts are normal data only); a tie (within
+   ``TIE_POINTS``) goes to ``delta``, preferred a priori (it cannot chase a level).
+   If no design passes the false-alarm rule, the highest mean score wins and the report
+   says so.
+"""
+
+from __future__ import annotations
+
+MAX_FALSE_ALARM_RATE = 0.05
+TIE_POINTS = 1.0
+PRIOR = "delta"
+
+
+def choose(validation: dict[str, dict[str, dict]]) -> tuple[str, str]:
+    """``(design, reason)`` from ``{design: {dataset: summary}}`` of the validation runs."""
+    def mean_nab(design: str) -> float:
+        scores = [s["nab_standard"] for s in validation[design].values()
+                  if s["nab_standard"] is not None]
+        return sum(scores) / len(scores)
+
+    def passes(design: str) -> bool:
+        return all((s["false_alarm_rate"] or 0.0) <= MAX_FALSE_ALARM_RATE
+                   for s in validation[design].values())
+
+    pool = [d for d in validation if passes(d)] or list(validation)
+    best = max(pool, key=mean_nab)
+    if PRIOR in pool and mean_nab(best) - mean_nab(PRIOR) <= TIE_POINTS:
+        best = PRIOR
+    reason = (f"mean validation NAB standard {mean_nab(best):.1f}; "
+              + ("passes" if passes(best) else "NO design passes")
+              + f" the false-alarm rule (<= {MAX_FALSE_ALARM_RATE:.0%} on every part)")
+    return best, reason
