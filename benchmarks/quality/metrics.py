@@ -55,7 +55,7 @@ def alert_starts(alarm: np.ndarray) -> np.ndarray:
 
 def event_windows(stream: Stream) -> list[tuple[int, int]]:
     """``[(start, end), ...]``: each event's window, cut at the next onset and the end."""
-    ends = [*stream.onsets[1:], stream.x.shape[0]]
+    ends = [*stream.onsets[1:], stream.x.shape[0]][:len(stream.onsets)]
     return [(o, min(o + stream.window, nxt)) for o, nxt in zip(stream.onsets, ends,
                                                                strict=True)]
 

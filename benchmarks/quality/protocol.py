@@ -11,6 +11,22 @@
    ``TIE_POINTS``) goes to ``delta``, preferred a priori (it cannot chase a level).
    If no design passes the false-alarm rule, the highest mean score wins and the report
    says so.
+
+Amendments, in order, with what had been seen (never a test result):
+
+* After the first validation run (designs ``level`` and ``delta``; no test run):
+  ``delta`` beat ``level`` on 3W (NAB 80.8 vs 47.7, false alarms 6 % vs 20 %) and TEP
+  (56.1 vs 53.4) and lost on NAB (33.2 vs 67.0, but ``level`` was in alarm on 25 % of
+  normal rows), so neither passed the 5 % rule; both trailed the PCA/Hotelling baselines
+  on TEP and the rolling z-score on NAB. A delta predictor sees a persistent shift only
+  at its onset, which is what T² sees throughout, so two designs add the detector's
+  level term (the input's own distance from its normal distribution) to ``delta``:
+  ``delta-level`` (diagonal) and ``delta-level-maha`` (Mahalanobis, i.e. T² of the
+  inputs plus that of the residuals). Seen then, and left as it is: TEP's validation
+  fault runs start at their onset (row 0), so any method alarming from its first row
+  scores near 100 there (always-alarm 99.7) and the detector's 20-step warm-up sets
+  its delay (3960 s): those streams compare designs with each other, not with the
+  baselines. The test runs have a normal prefix (onset at row 160).
 """
 
 from __future__ import annotations

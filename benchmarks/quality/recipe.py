@@ -24,6 +24,10 @@ WARMUP = 20
 DESIGNS: dict[str, dict] = {
     "level": {"target": "level"},
     "delta": {"target": "delta"},
+    # Added after the first validation run (validation results only; see protocol.py).
+    "delta-level": {"target": "delta", "calibration": {"level": True}},
+    "delta-level-maha": {"target": "delta",
+                         "calibration": {"level": True, "metric": "mahalanobis"}},
 }
 
 
@@ -31,12 +35,13 @@ class LstmMethod:
     """Train + calibrate on the case's fit recordings; alarm = an open detector alert."""
 
     def __init__(self, fit: Sequence[np.ndarray], period_s: float, design: str) -> None:
-        keywords = DESIGNS[design]
+        keywords = dict(DESIGNS[design])
+        calibration = {"false_alarms_per_day": BUDGET_PER_DAY, "warmup": WARMUP,
+                       **keywords.pop("calibration", {})}
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             result = train(list(fit), sample_rate=1.0 / period_s, progress=False, threads=1,
-                           calibration={"false_alarms_per_day": BUDGET_PER_DAY,
-                                        "warmup": WARMUP}, **keywords)
+                           calibration=calibration, **keywords)
         self.warnings = sorted({type(w.message).__name__ for w in caught})
         self.model = result.model
         self.period_s = period_s

@@ -228,7 +228,10 @@ def _residuals(model: Model, recordings: list[np.ndarray], spec: FeatureSpec | N
         if spec is None:
             inputs, missing = cleaned(rec, mask, fill), np.isnan(rec)
         else:
-            inputs = compute_features(cleaned(rec, mask, fill), spec)
+            if np.isnan(rec).any():
+                raise ShapeError("calibration: a feature model needs complete raw data "
+                                 "(this recording holds NaN)")
+            inputs = compute_features(rec, spec)
             missing = np.zeros(inputs.shape, bool)
         stream = model.stream(on_invalid="raise")
         preds = stream.run(inputs).astype(np.float64)
@@ -239,11 +242,7 @@ def _residuals(model: Model, recordings: list[np.ndarray], spec: FeatureSpec | N
         residual[missing[1:]] = np.nan
         parts.append(residual[warmup:])
         levels.append(np.where(missing, np.nan, inputs)[1:][warmup:])
-    residuals = np.concatenate(parts)
-    if residuals.shape[0] < 2 * model.input_size + 2:
-        raise ShapeError(f"calibration: only {residuals.shape[0]} residuals after warm-up "
-                         f"({warmup} steps per recording); give more normal data")
-    return residuals, np.concatenate(levels)
+    return np.concatenate(parts), np.concatenate(levels)
 
 
 def _whitening(values: np.ndarray, metric: str, mask: np.ndarray
@@ -255,8 +254,8 @@ def _whitening(values: np.ndarray, metric: str, mask: np.ndarray
     part = values[:, keep]
     part = part[np.isfinite(part).all(axis=1)]
     if part.shape[0] < 2 * keep.size + 2:
-        raise ShapeError(f"calibration: only {part.shape[0]} complete residual rows; give "
-                         "more normal data")
+        raise ShapeError(f"calibration: only {part.shape[0]} complete residuals after "
+                         f"warm-up for {keep.size} channels; give more normal data")
     center = np.zeros(width)
     whiten = np.zeros((width, width))
     mean = part.mean(axis=0)
@@ -435,7 +434,7 @@ def calibrate_cross_fitted(model: Model, folds: Sequence[tuple[Model, Any]],
             f"are too few to support an exceedance probability of {exceedance:.3g} per "
             f"step{' (false_alarms_per_day budget)' if opts.false_alarms_per_day else ''}; "
             "the threshold is an extrapolation: give more normal data, or accept more false "
-            "alarms", CalibrationWarning, stacklevel=2)
+            "alarms", CalibrationWarning, stacklevel=3)
     cal.update(false_alarms_per_day=opts.false_alarms_per_day, quantile=opts.quantile,
                exceedance=exceedance, tail=tail.method, tail_supported=tail.supported,
                quantile_score=tail.score, margin=float(opts.margin),
