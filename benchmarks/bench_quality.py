@@ -70,8 +70,9 @@ def run(datasets: list[str], designs: list[str], part: str) -> dict[str, Any]:
 
 
 def _fmt(value: Any, pattern: str) -> str:
-    return "-" if value is None or (isinstance(value, float) and np.isnan(value)) \
-        else format(value, pattern)
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return format("-", ">" + pattern.split(".")[0]) if pattern[0].isdigit() else "-"
+    return format(value, pattern)
 
 
 def _brief(s: dict[str, Any]) -> str:
@@ -81,12 +82,12 @@ def _brief(s: dict[str, Any]) -> str:
 
 def table(report: dict[str, Any]) -> str:
     lines = [f"part: {report['part']}",
-             "dataset method          NAB std  low-FP  low-FN   FAR    false  missed  "
+             "dataset method                 NAB std  low-FP  low-FN   FAR    false  missed  "
              "delay med(s)     F1"]
     for name, methods in report["datasets"].items():
         for method, s in methods.items():
             lines.append(
-                f"{name:7} {method:16} {_fmt(s['nab_standard'], '7.1f')} "
+                f"{name:7} {method:22} {_fmt(s['nab_standard'], '7.1f')} "
                 f"{_fmt(s['nab_low_fp'], '7.1f')} {_fmt(s['nab_low_fn'], '7.1f')} "
                 f"{_fmt(s['false_alarm_rate'], '6.3f')} {s['false_alerts']:6d} "
                 f"{s['missed']:3d}/{s['events']:<3d} {_fmt(s['delay_median_s'], '12.0f')} "

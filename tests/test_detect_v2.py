@@ -118,12 +118,13 @@ def test_python_and_cli_calibration_agree(tmp_path, capsys):
 
 
 def test_models_that_are_not_next_step_predictors_get_a_clear_error():
-    with pytest.raises(ConfigError, match="not a next-step predictor.*direct"):
+    with pytest.raises(ConfigError, match=r"not a next-step predictor.*direct"):
         calibrate(model_at(50.0, outputs=2), sine(300), quantile=0.99)
 
 
-@pytest.mark.filterwarnings("ignore::streamlstm.detect.calibration.CalibrationWarning")
-def test_budget_needs_a_sample_rate_or_a_quantile():
-    with pytest.raises(ConfigError, match="sample rate"):
-        calibrate(model_at(None), sine(300))
-    assert calibrate(model_at(None), sine(300), quantile=0.99).calibration["threshold"] > 0
+def test_a_budget_without_a_sample_rate_warns_and_falls_back_to_a_quantile():
+    with pytest.warns(CalibrationWarning, match="no sample rate"):
+        fallback = calibrate(model_at(None), sine(3000)).calibration
+    explicit = calibrate(model_at(None), sine(3000), quantile=0.999).calibration
+    assert fallback["exceedance"] == pytest.approx(0.001)
+    assert fallback["threshold"] == pytest.approx(explicit["threshold"])

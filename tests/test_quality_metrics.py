@@ -11,8 +11,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from quality import baselines, metrics  # noqa: E402
-from quality.cases import ANOMALOUS, IGNORED, NORMAL, Stream  # noqa: E402
+from quality import baselines, metrics
+from quality.cases import ANOMALOUS, IGNORED, NORMAL, Stream
 
 SIGMA_AT_ONSET = 2 / (1 + math.exp(-5)) - 1   # 0.98661...
 
@@ -136,5 +136,5 @@ def test_f_limited_baselines_flag_about_alpha_of_new_normal_rows():
     for kind in (baselines.Hotelling, baselines.PcaT2Spe):
         rate = kind([fit]).flags(new).mean()
         assert 0.3 * baselines.ALPHA < rate < 3 * baselines.ALPHA, (kind.name, rate)
-    shifted = new + [3, 0, 0]
+    shifted = new + np.array([3.0, 0.0, 0.0])
     assert baselines.Hotelling([fit]).flags(shifted).mean() > 0.5

@@ -22,8 +22,8 @@ WARMUP = 20
 
 #: Every design tried, in the order it was declared (see protocol.py).
 DESIGNS: dict[str, dict] = {
-    "level": {"target": "level"},
-    "delta": {"target": "delta"},
+    "level": {"target": "level", "calibration": {"level": False}},
+    "delta": {"target": "delta", "calibration": {"level": False}},
     # Added after the first validation run (validation results only; see protocol.py).
     "delta-level": {"target": "delta", "calibration": {"level": True}},
     "delta-level-maha": {"target": "delta",

@@ -44,6 +44,8 @@ MIN_EXCEEDANCES = 30
 #: A budget rarer than 1 / (EXTRAPOLATION * scores) is extrapolated too far to trust.
 EXTRAPOLATION = 10.0
 SECONDS_PER_DAY = 86400.0
+#: The score quantile used when a budget per day cannot be converted (no sample rate).
+FALLBACK_QUANTILE = 0.999
 
 
 class CalibrationWarning(UserWarning):
@@ -59,11 +61,12 @@ class CalibrationOptions:
     ``"mahalanobis"`` whitening of the residuals. ``target``: ``"level"`` (the model
     predicts the next input) or ``"delta"`` (the next input minus the current one).
     ``false_alarms_per_day``: the budget the threshold is set for (needs the model's
-    ``sample_rate``); or ``quantile`` instead: the threshold is that
-    quantile of the normal scores. ``margin``: a factor on the threshold, on the residual
-    scale. ``mask``: channels (names or indices) never scored; ``None`` learns them
-    (missing in more than 10 % of the normal rows, or constant). ``level``: add the
-    input's distance from its normal distribution to the score. The rest are the alert
+    ``sample_rate``; without one, a warning and the 0.999 quantile); or ``quantile``
+    instead: the threshold is that quantile of the normal scores. ``margin``: a factor on
+    the threshold, on the residual scale. ``mask``: channels (names or indices) never
+    scored; ``None`` learns them (missing in more than 10 % of the normal rows, or
+    constant). ``level``: add the input's distance from its normal distribution to the
+    score. The rest are the alert
     parameters (:class:`~streamlstm.detect.params.DetectorParams`).
     """
 
@@ -357,12 +360,16 @@ def tail_threshold(scores: np.ndarray, exceedance: float) -> TailFit:
 
 def _exceedance(options: CalibrationOptions, model: Model, spec: FeatureSpec | None) -> float:
     if options.false_alarms_per_day is None:
-        return 1.0 - float(options.quantile if options.quantile is not None else 0.999)
+        return 1.0 - float(options.quantile if options.quantile is not None
+                           else FALLBACK_QUANTILE)
     rate = model.sample_rate
     if not rate:
-        raise ConfigError("calibration: false_alarms_per_day needs the model's sample rate "
-                          "(model.replace(sample_rate=...), or `streamlstm train "
-                          "--sample-rate`); or give a score quantile instead (quantile=...)")
+        warnings.warn(f"calibration: model {model.name!r} has no sample rate, so a false-alarm "
+                      f"budget per day means nothing; using the {FALLBACK_QUANTILE} quantile "
+                      "of the normal scores instead (set model.replace(sample_rate=...) or "
+                      "`streamlstm train --sample-rate`, or pass quantile=...)",
+                      CalibrationWarning, stacklevel=4)
+        return 1.0 - FALLBACK_QUANTILE
     step_seconds = (spec.hop if spec else 1) / float(rate)
     return min(0.5, options.false_alarms_per_day * step_seconds / SECONDS_PER_DAY)
 

@@ -50,7 +50,8 @@ class Detector:
     >>> import numpy as np, streamlstm as sl
     >>> from streamlstm.detect import calibrate
     >>> rng = np.random.default_rng(0)
-    >>> model = calibrate(sl.random_model(2, [8], output_size=2), rng.normal(size=(500, 2)))
+    >>> model = calibrate(sl.random_model(2, [8], output_size=2), rng.normal(size=(500, 2)),
+    ...                   quantile=0.999)
     >>> det = sl.Detector(model, warmup=5)
     >>> det.update(["a", "a"], [[0.0, 0.1], [50.0, -50.0]], [0.0, 0.02])
     []

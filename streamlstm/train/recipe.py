@@ -11,6 +11,11 @@ The recipe (v2):
   ``x[t+1] - x[t]``, normalised by the changes' spread, and the detector adds ``x[t]``
   back), so a level never seen in training moves the prediction with it instead of being
   pulled back to a remembered one; ``target="level"`` predicts ``x[t+1]`` itself.
+* The score adds the detector's level term (the input's distance from its normal
+  distribution, ``calibrate(..., level=True)``) to the residual: a delta predictor sees a
+  persistent shift only at its onset. Both defaults (``delta`` and the level term) were
+  chosen on the validation parts of ``benchmarks/bench_quality.py`` (five datasets);
+  pass ``calibration={"level": False}`` to score the residual alone.
 * k-fold cross-fitting (``folds``, default 3): every recording is cut into ``folds``
   contiguous blocks; fold ``k``'s model trains on the other blocks (each piece its own
   recording, never spliced), stops early on block ``k`` (keeping its best epoch; a
@@ -275,7 +280,7 @@ def train(data: Any, *, hidden: int = 32, layers: int = 1, features: Any = None,
     if channels and len(channels) != axes:
         raise ConfigError(f"train: {len(channels)} channel names for {axes} channels")
     input_channels = tuple(channels) or tuple(f"c{k}" for k in range(axes))
-    options = dict(calibration or {})
+    options = {"level": True, **(calibration or {})}
     options["target"] = target
     if spec is None:
         # The same rule calibration applies, on the same data: the same channels.
