@@ -40,7 +40,6 @@ NORMAL_SECONDS, ANOMALOUS_SECONDS = 20, 30
 #: Alert parameters of the demo operating point (the detector's defaults otherwise).
 ALERTS = {"alpha": 0.3, "debounce": 3, "hysteresis": 0.8, "quiet_time": 2.0, "warmup": 5,
           "false_alarms_per_day": 1.0, "margin": 1.5}
-TARGET = "level"
 SPLIT = "fan-config1-blocks-0:1600-train/1600:2000-calibration(60%)-v2"
 
 
@@ -52,7 +51,7 @@ def main() -> int:
     blocks = {p: acc[(config == 1) & (speed == p)] for p in speeds}
     result = train([blocks[p][:TRAIN_SAMPLES] for p in speeds],
                    features=FAN_FEATURES, channels=("x", "y", "z"), sample_rate=fs,
-                   name="accel-default", seed=0, target=TARGET, calibration=ALERTS)
+                   name="accel-default", seed=0, calibration=ALERTS)
     model = calibrate(result.model, [blocks[SPEED][TRAIN_SAMPLES:CALIBRATION_SAMPLES]],
                       **ALERTS)
     metadata = dict(model.metadata)
