@@ -155,7 +155,8 @@ class ReferenceDetector:
                 events.append((sensor, "start", t, score, 0.0))
             return
         s["peak"] = max(s["peak"], score)
-        if score < cal["threshold"] * cal["hysteresis"]:
+        baseline = min(cal.get("baseline", 0.0), cal["threshold"])
+        if score < baseline + cal["hysteresis"] * (cal["threshold"] - baseline):
             if s["below"] is None:
                 s["below"] = t
             if t - s["below"] >= cal["quiet_time"]:

@@ -256,8 +256,10 @@ def test_parameters_come_from_calibration_and_can_be_overridden(calibrated):
     det = sl.Detector(model, margin=2.0, debounce=5)
     assert det.params.threshold == pytest.approx(cal["quantile_score"] * 2.0)
     assert det.params.debounce == 5 and det.params.alpha == cal["alpha"]
+    # Alerts end part-way between the normal (median) score and the threshold.
+    assert 0.5 < cal["baseline"] < cal["threshold"]
     assert sl.Detector(model, threshold=3.0).params.end_threshold == pytest.approx(
-        3.0 * cal["hysteresis"])
+        cal["baseline"] + cal["hysteresis"] * (3.0 - cal["baseline"]))
     with pytest.raises(ConfigError, match="unknown detector parameter"):
         sl.Detector(model, treshold=1.0)
     with pytest.raises(ConfigError, match="hysteresis"):

@@ -128,3 +128,17 @@ def test_a_budget_without_a_sample_rate_warns_and_falls_back_to_a_quantile():
     explicit = calibrate(model_at(None), sine(3000), quantile=0.999).calibration
     assert fallback["exceedance"] == pytest.approx(0.001)
     assert fallback["threshold"] == pytest.approx(explicit["threshold"])
+
+
+def test_an_alert_ends_when_the_score_returns_to_its_normal_level():
+    # Residual-scale scores sit near 1: with hysteresis 0.5 and margin 1.5 an end
+    # threshold of hysteresis x threshold (0.75 x normal) would never be met.
+    model = calibrate(model_at(50.0), sine(3000), warmup=10, quantile=0.999, margin=1.5,
+                      hysteresis=0.5)
+    cal = model.calibration
+    assert cal["hysteresis"] * cal["threshold"] < cal["baseline"] < cal["threshold"]
+    stream = sine(1500, seed=6)
+    stream[500:600] += 3.0
+    events = sl.Detector(model).update(["s"] * 1500, stream, np.arange(1500) / 50)
+    assert [e.kind for e in events] == ["start", "end"]
+    assert 10.0 <= events[0].t < 12.0 and events[1].t < 20.0

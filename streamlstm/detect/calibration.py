@@ -444,7 +444,8 @@ def calibrate_cross_fitted(model: Model, folds: Sequence[tuple[Model, Any]],
             "alarms", CalibrationWarning, stacklevel=3)
     cal.update(false_alarms_per_day=opts.false_alarms_per_day, quantile=opts.quantile,
                exceedance=exceedance, tail=tail.method, tail_supported=tail.supported,
-               quantile_score=tail.score, margin=float(opts.margin),
+               quantile_score=tail.score, baseline=float(np.median(scores)),
+               margin=float(opts.margin),
                threshold=tail.score * float(opts.margin),
                samples=int(sum(r.shape[0] for _, recs in sets for r in recs)),
                scores=int(scores.size), recordings=sum(len(recs) for _, recs in sets))

@@ -11,7 +11,7 @@
      "level_center": [D], "level_whiten": [[D x D]],  # optional level term
      "score_index": 0,                           # direct models: which output is the score
      "alpha": ..., "false_alarms_per_day": ..., "exceedance": ..., "tail": ...,
-     "quantile_score": ..., "margin": ..., "threshold": ...,
+     "quantile_score": ..., "margin": ..., "threshold": ..., "baseline": ...,
      "debounce": ..., "hysteresis": ..., "quiet_time": ..., "warmup": ...,
      "samples": ..., "scores": ..., "recordings": ...}
 
@@ -65,7 +65,11 @@ class DetectorParams:
 
     ``alpha``: EWMA weight of the newest raw score (1 = no smoothing);
     ``threshold``: an alert may start when the smoothed score is above it;
-    ``hysteresis``: the alert ends only below ``hysteresis * threshold`` (0 < h <= 1);
+    ``hysteresis``: the alert ends only below ``baseline + hysteresis * (threshold -
+    baseline)`` (0 < h <= 1), where ``baseline`` is the typical (median) score of normal
+    data from calibration (0 if unknown): on the residual scale normal scores sit near 1,
+    so an end threshold of ``hysteresis * threshold`` could lie below them and an alert
+    would never end;
     ``debounce``: this many consecutive scored samples above the threshold start an alert;
     ``quiet_time``: seconds the score must stay below the end threshold before the alert
     ends (0: the first sample below ends it); ``warmup``: model steps after a sensor's
@@ -79,6 +83,7 @@ class DetectorParams:
     debounce: int = 3
     quiet_time: float = 1.0
     warmup: int = 50
+    baseline: float = 0.0
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.threshold) and self.threshold > 0):
@@ -91,12 +96,15 @@ class DetectorParams:
             raise ConfigError(f"debounce must be an integer >= 1, got {self.debounce}")
         if not (math.isfinite(self.quiet_time) and self.quiet_time >= 0):
             raise ConfigError(f"quiet_time must be >= 0 seconds, got {self.quiet_time}")
+        if not (math.isfinite(self.baseline) and self.baseline >= 0):
+            raise ConfigError(f"baseline must be a finite number >= 0, got {self.baseline}")
         if int(self.warmup) != self.warmup or self.warmup < 0:
             raise ConfigError(f"warmup must be an integer >= 0, got {self.warmup}")
 
     @property
     def end_threshold(self) -> float:
-        return self.threshold * self.hysteresis
+        baseline = min(self.baseline, self.threshold)
+        return baseline + self.hysteresis * (self.threshold - baseline)
 
 
 #: Parameter names a caller may override (plus ``margin``, which rescales the threshold).
