@@ -38,7 +38,7 @@ SPEED = 60
 TRAIN_SAMPLES, CALIBRATION_SAMPLES = 1600, 2000
 NORMAL_SECONDS, ANOMALOUS_SECONDS = 20, 30
 #: Alert parameters of the demo operating point (the detector's defaults otherwise).
-ALERTS = {"alpha": 0.3, "debounce": 3, "hysteresis": 0.8, "quiet_time": 2.0, "warmup": 5,
+ALERTS = {"alpha": 0.3, "debounce": 3, "hysteresis": 0.3, "quiet_time": 2.0, "warmup": 5,
           "false_alarms_per_day": 1.0, "margin": 1.5}
 SPLIT = "fan-config1-blocks-0:1600-train/1600:2000-calibration(60%)-v2"
 

@@ -33,7 +33,8 @@ Amendments, in order, with what had been seen (never a test result):
   defect, not a design question: on the residual scale normal scores sit near 1, and an
   end threshold of ``hysteresis * threshold`` could lie below them, so an alert, once
   started, never ended. Alerts now end below ``baseline + hysteresis * (threshold -
-  baseline)`` with ``baseline`` the median normal score from calibration. Nothing else
+  baseline)``, ``baseline`` being the median normal score from calibration (default
+  hysteresis 0.3 on that scale). Nothing else
   changed; validation and test were run again and both runs are reported.
 """
 

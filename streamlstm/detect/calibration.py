@@ -77,7 +77,7 @@ class CalibrationOptions:
     quantile: float | None = None
     margin: float = 1.0
     alpha: float = 0.1
-    hysteresis: float = 0.8
+    hysteresis: float = 0.3
     debounce: int = 3
     quiet_time: float = 1.0
     warmup: int = 50

@@ -79,7 +79,7 @@ class DetectorParams:
 
     threshold: float
     alpha: float = 0.1
-    hysteresis: float = 0.8
+    hysteresis: float = 0.3
     debounce: int = 3
     quiet_time: float = 1.0
     warmup: int = 50
