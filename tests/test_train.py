@@ -144,3 +144,24 @@ def test_train_refuses_data_it_cannot_use():
         train(np.full((100, 2), np.nan), **TINY)
     with pytest.raises(sl.ShapeError, match="too short"):
         train(np.zeros((5, 2)) + np.arange(5)[:, None], **TINY)
+
+
+def test_train_command_saves_the_best_model_so_far_on_ctrl_c(tmp_path, capsys, monkeypatch):
+    calls = iter([2.0, 1.0, KeyboardInterrupt])
+
+    def held_out(net, data):
+        value = next(calls)
+        if value is KeyboardInterrupt:
+            raise KeyboardInterrupt
+        return value
+
+    monkeypatch.setattr(recipe, "_held_out_loss", held_out)
+    csv = tmp_path / "normal.csv"
+    np.savetxt(csv, two_units(400), delimiter=",", header="big,small", comments="")
+    out = tmp_path / "model.npz"
+    code = main(["train", "--data", str(csv), "--out", str(out), "--hidden", "8", "--seq-len",
+                 "16", "--windows-per-epoch", "32", "--warmup", "5", "--quantile", "0.99",
+                 "--quiet", "--sample-rate", "50"])
+    assert code == 0, capsys.readouterr().err
+    assert "interrupted: best model so far" in capsys.readouterr().out
+    assert load(out).metadata["training"]["best_epochs"] == [2]

@@ -87,6 +87,10 @@ def run(args: argparse.Namespace) -> int:
     except (StreamLSTMError, ValueError) as exc:
         print(f"streamlstm train: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("streamlstm train: interrupted before a model could be kept; nothing saved",
+              file=sys.stderr)
+        return 130
     cal = result.model.calibration
     stopped = " (interrupted: best model so far)" if result.interrupted else ""
     print(f"{path}: {result.model.describe()}, {result.epochs} epochs (folds' best "
