@@ -315,11 +315,11 @@ def train(data: Any, *, hidden: int = 32, layers: int = 1, features: Any = None,
                   show=show)
     with torch_state(threads, seed) as generator:
         for k in range(folds):
-            # Pieces before and after the held-out block stay separate recordings.
-            train_parts = [p for rec in inputs for p in
-                           (np.concatenate(rec[:k]) if k else None,
-                            np.concatenate(rec[k + 1:]) if k + 1 < folds else None)
-                           if p is not None and p.shape[0] > window]
+            # Pieces before and after the held-out block stay separate recordings; each is
+            # contiguous raw data, so its features and gap filling are computed whole.
+            pieces = [part for rec in blocks for part in (rec[:k], rec[k + 1:]) if part]
+            train_parts = [p for p in (to_inputs(np.concatenate(part)) for part in pieces)
+                           if p.shape[0] > window]
             fit = _fit(data_of(train_parts), data_of([rec[k] for rec in inputs]),
                        epochs=epochs, generator=generator, label=f"fold {k + 1}/{folds}",
                        **common)
