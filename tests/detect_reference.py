@@ -96,7 +96,8 @@ class ReferenceDetector:
         per_channel = not self.features and cal["score"] == "residual"
         mask = np.asarray(cal.get("mask", np.ones(len(x))), np.float64)
         usable = (mask != 0) & np.isfinite(x) if per_channel else np.ones(len(x), bool)
-        complete = usable.any() if per_channel else np.all(np.isfinite(x))
+        complete = (usable.any() and not np.isinf(x[mask != 0]).any() if per_channel
+                    else np.all(np.isfinite(x)))
         if not (complete and math.isfinite(t)):
             s["rejected"] += 1
             s["pred"] = None

@@ -182,8 +182,8 @@ def test_nan_sample_neither_alerts_nor_touches_state(calibrated):
     det = sl.Detector(calibrated["diagonal"], warmup=0, debounce=1)
     det.update(["s"] * 50, normal_data(50, 3), np.arange(50) * 0.02)
     before = det.export_state()
-    # No usable channel, or no usable timestamp: rejected whole.
-    bad = np.array([[np.nan, np.nan, np.nan], [np.inf, -np.inf, np.nan], [1e3, 0, 0]])
+    # No usable channel, an infinite value, or no usable timestamp: rejected whole.
+    bad = np.array([[np.nan, np.nan, np.nan], [np.inf, 0.0, 0.0], [1e3, 0, 0]])
     events = det.update(["s"] * 3, bad, [1.0, 1.02, np.nan])
     assert events == []
     assert np.isnan(det.last_scores).all()

@@ -103,6 +103,7 @@ def _detect_one(i, row, params, layout, states, samples, times, dparams, center,
     finite = np.isfinite(t)
     usable = 0
     missing = 0
+    infinite = 0
     for k in range(x.shape[0]):
         if raw_input and mask[k] == 0.0:
             continue
@@ -110,12 +111,15 @@ def _detect_one(i, row, params, layout, states, samples, times, dparams, center,
             usable += 1
         else:
             missing += 1
+            if np.isinf(x[k]):
+                infinite += 1
     if not raw_input:
         finite &= missing == 0
     else:
-        # Missing channels are filled in below; a sample with no scored channel left is
-        # rejected like a NaN sample (nothing would be measured).
-        finite &= usable > 0
+        # A missing (NaN) channel is filled in below; an infinite value is a corrupt
+        # reading, and a sample with no scored channel left measures nothing: both are
+        # rejected whole.
+        finite &= usable > 0 and infinite == 0
     if not finite:
         # The next good sample is not scored: the prediction on file was for this one.
         status[i] = L.REJECTED_SAMPLE

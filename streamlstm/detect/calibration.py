@@ -63,7 +63,9 @@ class CalibrationOptions:
     ``false_alarms_per_day``: the budget the threshold is set for (needs the model's
     ``sample_rate``; without one, a warning and the 0.999 quantile); or ``quantile``
     instead: the threshold is that quantile of the normal scores. ``margin``: a factor on
-    the threshold, on the residual scale. ``mask``: channels (names or indices) never
+    the threshold, on the residual scale (default 1.5: the budget score is estimated
+    from correlated scores of a finite recording, and new normal data exceed it more
+    often than the budget says). ``mask``: channels (names or indices) never
     scored; ``None`` learns them (missing in more than 10 % of the normal rows, or
     constant). ``level``: add the input's distance from its normal distribution to the
     score. The rest are the alert
@@ -75,7 +77,7 @@ class CalibrationOptions:
     target: str = "level"
     false_alarms_per_day: float | None = 1.0
     quantile: float | None = None
-    margin: float = 1.0
+    margin: float = 1.5
     alpha: float = 0.1
     hysteresis: float = 0.3
     debounce: int = 3

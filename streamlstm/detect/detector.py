@@ -43,9 +43,9 @@ class Detector:
     data, or named by the user) are fed their calibration fill value and never scored
     (:attr:`masked_channels`); a NaN in another channel is filled with the model's own
     prediction, left out of that sample's score and counted (:meth:`filled`). A sample
-    with no usable channel, a NaN/Inf timestamp, or (feature and direct-score models)
-    any NaN/Inf is rejected and counted without touching the state: NaN never reaches
-    the recurrent state.
+    with no usable channel, an infinite value in a scored channel, a NaN/Inf timestamp,
+    or (feature and direct-score models) any NaN/Inf is rejected and counted without
+    touching the state: NaN never reaches the recurrent state.
 
     >>> import numpy as np, streamlstm as sl
     >>> from streamlstm.detect import calibrate
