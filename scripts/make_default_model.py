@@ -2,12 +2,14 @@
 
     PYTHONPATH=. python scripts/make_default_model.py
 
-1. Trains the fan recipe of ``benchmarks/bench_quality.py`` (same split: samples 0-1999
-   of every configuration-1 speed block, seed 0) and keeps its weights.
-2. Calibrates them for one operating point, the fan at 60 % speed, on the held-out tail
-   (samples 1600-1999) of that block, with the per-speed residual metric the benchmark's
-   validation chose: a level that is normal at one speed is anomalous at another, so a
-   site calibrates on its own machine and speed (``streamlstm calibrate``).
+1. Trains the library's recipe (:func:`streamlstm.train.train`, v2 defaults: delta
+   target, 3-fold calibration, one torch thread, seed 0) on windowed features of the
+   fan's configuration-1 samples 0-1599 of every speed block, each block its own
+   recording (features and split of ``benchmarks/quality/vibration.py``'s validation
+   part: samples 1600-2999 stay unseen).
+2. Calibrates it for one operating point, the fan at 60 % speed, on samples 1600-1999
+   of that block (never trained on): a level that is normal at one speed is anomalous at
+   another, so a site calibrates on its own machine and speed (``streamlstm calibrate``).
 3. Writes ``weights/accel-default.npz`` (and the same file as
    ``streamlstm/data/accel-default.npz``) and ``streamlstm/data/demo.npz``: 20 s of
    configuration 1 at 60 % (samples 2000-2999, never used for training or calibration)
@@ -25,40 +27,50 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import bench_quality as B  # noqa: E402
+from quality.cases import SHARED_DATA  # noqa: E402
+from quality.vibration import FAN_FEATURES  # noqa: E402
 
 import streamlstm as sl  # noqa: E402
 from streamlstm.detect import calibrate  # noqa: E402
+from streamlstm.train import train  # noqa: E402
 
 SPEED = 60
+TRAIN_SAMPLES, CALIBRATION_SAMPLES = 1600, 2000
 NORMAL_SECONDS, ANOMALOUS_SECONDS = 20, 30
+#: Alert parameters of the demo operating point (the detector's defaults otherwise).
+ALERTS = {"alpha": 0.3, "debounce": 3, "hysteresis": 0.3, "quiet_time": 2.0, "warmup": 5,
+          "false_alarms_per_day": 1.0, "margin": 1.5}
+SPLIT = "fan-config1-blocks-0:1600-train/1600:2000-calibration(60%)-v2"
 
 
 def main() -> int:
-    train, _, fs = B.fan_split()
-    data = np.load(B.SHARED / "data" / "uci-fan-accelerometer" / "fan_accelerometer.npz")
-    acc, config, speed = data["acc"], data["config_id"], data["speed_pct"]
-    speeds = sorted(np.unique(speed))
-    trained = B.train_model("fan", train, fs)
-    block = train[speeds.index(SPEED)]
-    tail = round(block.shape[0] * B.RECIPES["fan"]["val_fraction"])
-    # One operating point's normal data is small: the validated per-speed metric.
-    options = {**B.RECIPES["fan"]["calibration"], "metric": B.CHOSEN["fan"]["metric"]}
-    model = calibrate(trained, [block[-tail:]], **options)
+    data = np.load(SHARED_DATA / "uci-fan-accelerometer" / "fan_accelerometer.npz")
+    acc, config, speed = data["acc"].astype(np.float64), data["config_id"], data["speed_pct"]
+    fs = float(data["fs_hz"])
+    speeds = [int(p) for p in np.unique(speed)]
+    blocks = {p: acc[(config == 1) & (speed == p)] for p in speeds}
+    result = train([blocks[p][:TRAIN_SAMPLES] for p in speeds],
+                   features=FAN_FEATURES, channels=("x", "y", "z"), sample_rate=fs,
+                   name="accel-default", seed=0, calibration=ALERTS)
+    model = calibrate(result.model, [blocks[SPEED][TRAIN_SAMPLES:CALIBRATION_SAMPLES]],
+                      **ALERTS)
     metadata = dict(model.metadata)
     metadata.update({
+        "split": SPLIT,
         "operating_point": f"fan speed {SPEED} %",
         "data": "UCI Accelerometer (id 846), doi:10.24432/C5Q61V, CC BY 4.0; "
                 "G. Scalabrini Sampaio, A. R. de Aguiar Vallim Filho, L. Santos da Silva, "
                 "L. A. da Silva (2019)",
         "card": "weights/README.md",
     })
-    model = model.replace(name="accel-default", metadata=metadata)
+    model = model.replace(metadata=metadata)
     path = sl.formats.save(model, ROOT / "weights" / "accel-default.npz")
     # The package carries the same bytes, so an installed wheel has its default model too.
     shutil.copyfile(path, ROOT / "streamlstm" / "data" / "accel-default.npz")
-    print(f"wrote {path} (and its copy in streamlstm/data): "
-          f"threshold {model.calibration['threshold']:.4g}")
+    cal = model.calibration
+    print(f"wrote {path} (and its copy in streamlstm/data): threshold {cal['threshold']:.4g} "
+          f"({cal['tail']} tail of {cal['scores']} scores), epochs {result.epochs} "
+          f"(folds {result.best_epochs}), {result.seconds:.1f} s")
 
     normal = acc[(config == 1) & (speed == SPEED)][2000:2000 + int(NORMAL_SECONDS * fs)]
     anomalous = acc[(config == 3) & (speed == SPEED)][:int(ANOMALOUS_SECONDS * fs)]

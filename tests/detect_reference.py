@@ -79,22 +79,36 @@ class ReferenceDetector:
         state = [(np.zeros(l.output_size), np.zeros(l.hidden_size)) for l in self.model.layers]
         return {"state": state, "pred": None, "score": None, "steps": 0, "above": 0,
                 "alert": False, "peak": 0.0, "start": 0.0, "below": None, "window": [],
-                "since": 0, "rejected": 0}
+                "since": 0, "rejected": 0, "filled": 0}
 
-    def update(self, sensors, samples, times):
+    def update(self, sensors, samples, times, alert=True):
         scores, events = [], []
         for sensor, x, t in zip(sensors, np.asarray(samples, np.float64), times, strict=True):
             s = self.sensors.setdefault(sensor, self._fresh())
-            scores.append(self._one(s, sensor, x, float(t), events))
+            scores.append(self._one(s, sensor, x, float(t), events, alert))
         return np.asarray(scores), events
 
-    def _one(self, s, sensor, x, t, events):
+    def _one(self, s, sensor, x, t, events, alert):
         current = lambda: np.nan if s["score"] is None else s["score"]  # noqa: E731
-        if not (np.all(np.isfinite(x)) and math.isfinite(t)):
+        cal = self.cal
+        dtype = self.model.dtype
+        # Raw-input residual models fill missing/masked channels; everything else rejects.
+        per_channel = not self.features and cal["score"] == "residual"
+        mask = np.asarray(cal.get("mask", np.ones(len(x))), np.float64)
+        usable = (mask != 0) & np.isfinite(x) if per_channel else np.ones(len(x), bool)
+        complete = (usable.any() and not np.isinf(x[mask != 0]).any() if per_channel
+                    else np.all(np.isfinite(x)))
+        if not (complete and math.isfinite(t)):
             s["rejected"] += 1
             s["pred"] = None
             return np.nan
-        x = x.astype(self.model.dtype).astype(np.float64)
+        if per_channel:
+            fill = np.asarray(cal["fill"], np.float64)
+            substitute = fill if s["pred"] is None else np.where(mask == 0, fill, s["pred"])
+            if ((mask != 0) & ~np.isfinite(x)).any():
+                s["filled"] += 1
+            x = np.where(usable, x, substitute)
+        x = x.astype(dtype).astype(np.float64)
         if self.features:
             spec = self.features
             s["window"] = (s["window"] + [x])[-spec["window"]:]
@@ -104,25 +118,30 @@ class ReferenceDetector:
             s["since"] = 0
             x = window_stats(np.asarray(s["window"]), spec["stats"])
             x = x.astype(self.model.dtype).astype(np.float64)
-        cal = self.cal
+            usable = np.ones(len(x), bool)
         raw = None
         if cal["score"] == "residual" and s["pred"] is not None:
-            err = x - s["pred"] - np.asarray(cal["center"])
+            err = np.where(usable, x - s["pred"] - np.asarray(cal["center"]), 0.0)
             z = np.asarray(cal["whiten"]) @ err
             if "level_whiten" in cal:
-                z = np.concatenate([z, np.asarray(cal["level_whiten"])
-                                    @ (x - np.asarray(cal["level_center"]))])
-            raw = float(z @ z) / len(x)
+                level = np.where(usable, x - np.asarray(cal["level_center"]), 0.0)
+                z = np.concatenate([z, np.asarray(cal["level_whiten"]) @ level])
+            # Residual scale: root mean square over the channels scored for this sample.
+            raw = math.sqrt(float(z @ z) / int(usable.sum()))
         s["state"], out = model_step(self.model, s["state"], x)
         s["steps"] += 1
         if cal["score"] == "direct":
             raw = float(out[cal.get("score_index", 0)])
         else:
-            s["pred"] = out.astype(self.model.dtype).astype(np.float64)
+            out = out.astype(dtype)
+            if cal.get("target") == "delta":
+                out = out + x.astype(dtype)
+            s["pred"] = out.astype(np.float64)
         if raw is not None:
             a = cal["alpha"]
             s["score"] = raw if s["score"] is None else a * raw + (1 - a) * s["score"]
-            self._machine(s, sensor, s["score"], t, events)
+            if alert:
+                self._machine(s, sensor, s["score"], t, events)
         return current()
 
     def _machine(self, s, sensor, score, t, events):
@@ -137,7 +156,8 @@ class ReferenceDetector:
                 events.append((sensor, "start", t, score, 0.0))
             return
         s["peak"] = max(s["peak"], score)
-        if score < cal["threshold"] * cal["hysteresis"]:
+        baseline = min(cal.get("baseline", 0.0), cal["threshold"])
+        if score < baseline + cal["hysteresis"] * (cal["threshold"] - baseline):
             if s["below"] is None:
                 s["below"] = t
             if t - s["below"] >= cal["quiet_time"]:

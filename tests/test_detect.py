@@ -15,6 +15,11 @@ from streamlstm.detect import params as P
 from streamlstm.errors import ConfigError, ShapeError
 from streamlstm.model import Normalization
 
+# Small synthetic sets cannot support the default budget (1 false alarm/day at 50 Hz);
+# test_detect_v2.py checks that warning itself.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::streamlstm.detect.calibration.CalibrationWarning")
+
 
 # -- the alert state machine on constructed score sequences --------------------------------
 def run_machine(scores, times=None, *, threshold=1.0, hysteresis=0.5, debounce=3,
@@ -69,7 +74,8 @@ def test_warmup_raises_nothing_and_debounce_restarts_after_it():
 
 # -- models for the fused path ---------------------------------------------------------------
 def predictor(width=3, hidden=(8,), seed=1, dtype=np.float64, norms=True):
-    model = sl.random_model(width, list(hidden), output_size=width, seed=seed, dtype=dtype)
+    model = sl.random_model(width, list(hidden), output_size=width, seed=seed,
+                            dtype=dtype).replace(sample_rate=50.0)
     if norms:
         rng = np.random.default_rng(seed)
         model = model.replace(
@@ -151,6 +157,7 @@ def test_fused_path_equals_reference_with_overrides(calibrated):
 
 def test_fused_path_equals_reference_for_a_direct_score_model():
     model = sl.random_model(2, [6], output_size=1, seed=4, dtype=np.float64)
+    model = model.replace(sample_rate=50.0)
     model = calibrate(model, normal_data(300, 2), score="direct", warmup=5, quantile=0.9,
                       margin=1.0, quiet_time=0.0)
     ids, samples, times = interleaved_batch(["p", "q"], 200, 2, nan_every=11,
@@ -175,7 +182,8 @@ def test_nan_sample_neither_alerts_nor_touches_state(calibrated):
     det = sl.Detector(calibrated["diagonal"], warmup=0, debounce=1)
     det.update(["s"] * 50, normal_data(50, 3), np.arange(50) * 0.02)
     before = det.export_state()
-    bad = np.array([[np.nan, 0, 0], [np.inf, 1, 1], [1e3, 0, 0]])
+    # No usable channel, an infinite value, or no usable timestamp: rejected whole.
+    bad = np.array([[np.nan, np.nan, np.nan], [np.inf, 0.0, 0.0], [1e3, 0, 0]])
     events = det.update(["s"] * 3, bad, [1.0, 1.02, np.nan])
     assert events == []
     assert np.isnan(det.last_scores).all()
@@ -183,11 +191,21 @@ def test_nan_sample_neither_alerts_nor_touches_state(calibrated):
     after = det.export_state()
     for name in ("states", "fstate", "preds", "rings"):
         np.testing.assert_array_equal(before[name], after[name])
-    assert det.rejected("s") == 3
+    assert det.rejected("s") == 3 and det.filled("s") == 0
     # Only the "prediction on file" is dropped: the next good sample is stepped unscored.
     assert after["istate"][0, K.I_HAS_PRED] == 0
     det.update(["s"], normal_data(1, 3), [1.1])
     assert np.isfinite(det.last_scores).all() and not det.alerting("s")
+
+
+def test_a_missing_channel_is_filled_counted_and_left_out_of_the_score(calibrated):
+    det = sl.Detector(calibrated["diagonal"], warmup=0)
+    data = normal_data(60, 3)
+    data[30:40, 1] = np.nan
+    det.update(["s"] * 60, data, np.arange(60) * 0.02)
+    assert det.filled("s") == 10 and det.rejected("s") == 0
+    assert np.all(np.isfinite(det.last_scores[1:]))
+    assert np.all(np.isfinite(det.export_state()["states"]))
 
 
 def test_snapshot_round_trip_is_bit_exact(calibrated):
@@ -238,8 +256,10 @@ def test_parameters_come_from_calibration_and_can_be_overridden(calibrated):
     det = sl.Detector(model, margin=2.0, debounce=5)
     assert det.params.threshold == pytest.approx(cal["quantile_score"] * 2.0)
     assert det.params.debounce == 5 and det.params.alpha == cal["alpha"]
+    # Alerts end part-way between the normal (median) score and the threshold.
+    assert 0.5 < cal["baseline"] < cal["threshold"]
     assert sl.Detector(model, threshold=3.0).params.end_threshold == pytest.approx(
-        3.0 * cal["hysteresis"])
+        cal["baseline"] + cal["hysteresis"] * (3.0 - cal["baseline"]))
     with pytest.raises(ConfigError, match="unknown detector parameter"):
         sl.Detector(model, treshold=1.0)
     with pytest.raises(ConfigError, match="hysteresis"):
@@ -279,3 +299,37 @@ def test_level_term_is_stored_only_when_asked_and_checked_on_load(calibrated):
     broken = dict(level.calibration, level_center=[0.0, 1.0])
     with pytest.raises(ConfigError, match="level_center"):
         sl.Detector(level.replace(calibration=broken))
+
+
+# -- recipe v2 score paths: delta target, masked channels, missing values, priming -----------
+def test_fused_path_equals_reference_for_a_delta_target_model():
+    model = calibrate(predictor(seed=6), normal_data(600, 3), target="delta", warmup=10,
+                      quiet_time=0.1)
+    assert model.calibration["target"] == "delta"
+    ids, samples, times = interleaved_batch(["a", "b"], 300, 3, nan_every=19,
+                                            burst=slice(120, 200))
+    compare(model, ids, samples, times, 4)
+
+
+@pytest.mark.parametrize("metric", ["diagonal", "mahalanobis"])
+def test_fused_path_equals_reference_with_a_masked_channel_and_missing_values(metric):
+    normal = normal_data(600, 3)
+    normal[:, 2] = 7.0  # frozen: learned as masked
+    model = calibrate(predictor(seed=7), normal, metric=metric, warmup=10, quiet_time=0.1)
+    assert model.calibration["mask"] == [1.0, 1.0, 0.0]
+    ids, samples, times = interleaved_batch(["a", "b"], 300, 3, burst=slice(120, 200))
+    rng = np.random.default_rng(3)
+    samples[rng.random(samples.shape) < 0.05] = np.nan   # scattered missing values
+    samples[::37] = np.nan                               # and a few empty samples
+    samples[:, 2] = rng.normal(0, 100, len(samples))     # the masked channel: anything
+    compare(model, ids, samples, times, 3)
+
+
+def test_fused_path_equals_reference_when_priming(calibrated):
+    model = calibrated["diagonal"]
+    ids, samples, times = interleaved_batch(["a", "b"], 200, 3, burst=slice(20, 120))
+    det, ref = sl.Detector(model, warmup=5), ReferenceDetector(model, warmup=5)
+    det.prime(ids, samples, times)
+    ref_scores, ref_events = ref.update(ids, samples, times, alert=False)
+    assert ref_events == [] and not det.alerting("a")
+    np.testing.assert_allclose(det.last_scores, ref_scores, rtol=1e-9, atol=1e-12)

@@ -11,6 +11,11 @@ from streamlstm.detect import calibrate, calibration_scores, compute_features
 from streamlstm.errors import ConfigError, ShapeError
 from streamlstm.formats import load, save
 
+# Small synthetic sets cannot support the default budget (1 false alarm/day at 50 Hz);
+# test_detect_v2.py checks that warning itself.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::streamlstm.detect.calibration.CalibrationWarning")
+
 
 def sine_data(count, width=2, seed=0):
     rng = np.random.default_rng(seed)
@@ -20,7 +25,7 @@ def sine_data(count, width=2, seed=0):
 
 @pytest.fixture(scope="module")
 def model():
-    return sl.random_model(2, [8], output_size=2, seed=5)
+    return sl.random_model(2, [8], output_size=2, seed=5).replace(sample_rate=50.0)
 
 
 def test_threshold_is_the_quantile_of_normal_scores_times_the_margin(model):
@@ -30,7 +35,7 @@ def test_threshold_is_the_quantile_of_normal_scores_times_the_margin(model):
     assert scores.size == 3 * (400 - 20)  # the first step has no prediction to compare
     assert cal["quantile_score"] == pytest.approx(np.quantile(scores, 0.99))
     assert cal["threshold"] == pytest.approx(2.0 * cal["quantile_score"])
-    # Standardised residuals: the raw score averages about 1 on the calibration data.
+    # Residual scale: the score is about 1 on the calibration data.
     assert 0.5 < float(np.mean(scores)) < 1.5
 
 
@@ -50,7 +55,7 @@ def test_calibration_survives_the_native_file_and_detects_the_same(model, tmp_pa
 def test_feature_model_calibrates_on_raw_samples(model):
     spec = {"window": 20, "hop": 5, "stats": ["rms", "kurtosis"]}
     feat_model = sl.random_model(4, [6], output_size=4, seed=2).replace(
-        metadata={"features": spec})
+        metadata={"features": spec}, sample_rate=1000.0)
     raw = sine_data(2000, width=2)
     cal = calibrate(feat_model, raw, warmup=5).calibration
     assert len(cal["center"]) == 4
@@ -58,7 +63,7 @@ def test_feature_model_calibrates_on_raw_samples(model):
 
 
 def test_calibration_refuses_bad_data(model):
-    with pytest.raises(ShapeError, match="NaN"):
+    with pytest.raises(ShapeError, match="every channel is masked"):
         calibrate(model, np.full((100, 2), np.nan))
     with pytest.raises(ShapeError, match="expected shape"):
         calibrate(model, np.zeros((100, 3)))

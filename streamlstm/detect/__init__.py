@@ -8,21 +8,28 @@ calibrated on and grows as a sample stops looking like it; thresholds are compar
 Two kinds of model are supported, declared in ``model.calibration["score"]``:
 
 * ``"residual"`` (a next-step predictor): the model sees ``x_t`` and predicts
-  ``x_{t+1}``; the score of ``x_t`` is the squared whitened residual
-  ``|W (x_t - x̂_t - centre)|² / D`` against the prediction made at ``t - 1``, where ``W``
-  and ``centre`` come from calibration (per-channel standardisation or Mahalanobis).
+  ``x_{t+1}`` (``target="level"``) or ``x_{t+1} - x_t`` (``target="delta"``, the
+  training recipe's default); the score of ``x_t`` is on the residual scale: the root
+  mean square ``sqrt(|W (x_t - x̂_t - centre)|² / n)`` of the whitened residual against
+  the prediction made at ``t - 1`` over the ``n`` channels scored for that sample, where
+  ``W`` and ``centre`` come from calibration (per-channel standardisation or
+  Mahalanobis). An optional level term adds the input's own whitened distance from its
+  calibration distribution inside the root. Channels masked at calibration and missing
+  (NaN) values are never scored; see :class:`Detector`.
 * ``"direct"``: the model's head outputs an anomaly score or probability itself; only a
   threshold is calibrated.
 
 Either score is smoothed causally (EWMA) and fed to a per-sensor alert state machine
-(debounce, hysteresis, minimum quiet time, warm-up); see :class:`Detector`.
+(debounce, hysteresis, minimum quiet time, warm-up); see :class:`Detector`. Thresholds
+come from a declared false-alarm budget (:func:`calibrate`).
 """
 
-from .calibration import calibrate, calibration_scores
+from .calibration import CalibrationOptions, CalibrationWarning, calibrate, calibration_scores
 from .detector import Detector
 from .events import AlertEvent
 from .features import FeatureSpec, compute_features
 from .params import DetectorParams
 
-__all__ = ["AlertEvent", "Detector", "DetectorParams", "FeatureSpec", "calibrate",
-           "calibration_scores", "compute_features"]
+__all__ = ["AlertEvent", "CalibrationOptions", "CalibrationWarning", "Detector",
+           "DetectorParams", "FeatureSpec", "calibrate", "calibration_scores",
+           "compute_features"]

@@ -32,7 +32,8 @@ I_HAS_SCORE = 4   # 1 once the smoothed score has a value
 I_FILL = 5        # feature front end: samples in the window so far (<= window)
 I_POS = 6         # feature front end: next ring slot to write (= the oldest sample)
 I_SINCE = 7       # feature front end: samples since the last feature vector
-N_INT = 8
+I_FILLED = 8      # samples scored with one or more missing (NaN) channels filled in
+N_INT = 9
 
 # Float state per sensor (fstate columns).
 F_SCORE = 0       # smoothed score
@@ -82,18 +83,43 @@ def _alert_machine(dparams, ist, fst, score, t, i, ev_kind, ev_peak, ev_duration
         fst[F_BELOW] = np.nan
 
 
-@njit(inline="always", **JIT)
+@njit(**JIT)
+def _usable(x, k, raw_input, mask):
+    """Whether raw input channel ``k`` of sample ``x`` is scored (unmasked and finite)."""
+    return not raw_input or (mask[k] != 0.0 and np.isfinite(x[k]))
+
+
+@njit(**JIT)
 def _detect_one(i, row, params, layout, states, samples, times, dparams, center, whiten,
-                level_center, level_whiten, codes, hop, istate, fstate, preds, rings, rejected,
-                xin, out, err, scratch, scores, status, ev_kind, ev_peak, ev_duration):
+                level_center, level_whiten, mask, fill, codes, hop, alerts, istate, fstate,
+                preds, rings, rejected, xin, out, err, scratch, scores, status, ev_kind,
+                ev_peak, ev_duration):
     x = samples[i]
     t = times[i]
     ist = istate[row]
     fst = fstate[row]
     ev_kind[i] = EVENT_NONE
+    raw_input = codes.shape[0] == 0 and mask.shape[0] > 0
     finite = np.isfinite(t)
+    usable = 0
+    missing = 0
+    infinite = 0
     for k in range(x.shape[0]):
-        finite &= np.isfinite(x[k])
+        if raw_input and mask[k] == 0.0:
+            continue
+        if np.isfinite(x[k]):
+            usable += 1
+        else:
+            missing += 1
+            if np.isinf(x[k]):
+                infinite += 1
+    if not raw_input:
+        finite &= missing == 0
+    else:
+        # A missing (NaN) channel is filled in below; an infinite value is a corrupt
+        # reading, and a sample with no scored channel left measures nothing: both are
+        # rejected whole.
+        finite &= usable > 0 and infinite == 0
     if not finite:
         # The next good sample is not scored: the prediction on file was for this one.
         status[i] = L.REJECTED_SAMPLE
@@ -118,8 +144,16 @@ def _detect_one(i, row, params, layout, states, samples, times, dparams, center,
         ist[I_SINCE] = 0
         window_features(ring, ist[I_POS], codes, xin)
     else:
+        pred = preds[row]
         for k in range(x.shape[0]):
-            xin[k] = x[k]
+            if not raw_input or _usable(x, k, raw_input, mask):
+                xin[k] = x[k]
+            elif mask[k] == 0.0 or ist[I_HAS_PRED] == 0:
+                xin[k] = fill[k]
+            else:
+                xin[k] = pred[k]  # a missing value: the model's own prediction of it
+        if missing > 0:
+            ist[I_FILLED] += 1
 
     direct = dparams[P.P_DIRECT] == 1.0
     raw = np.nan
@@ -127,7 +161,10 @@ def _detect_one(i, row, params, layout, states, samples, times, dparams, center,
         pred = preds[row]
         n = xin.shape[0]
         for k in range(n):
-            err[k] = np.float64(xin[k]) - np.float64(pred[k]) - center[k]
+            if _usable(x, k, raw_input, mask):
+                err[k] = np.float64(xin[k]) - np.float64(pred[k]) - center[k]
+            else:
+                err[k] = 0.0
         raw = 0.0
         for a in range(n):
             z = 0.0
@@ -139,9 +176,11 @@ def _detect_one(i, row, params, layout, states, samples, times, dparams, center,
         for a in range(level_whiten.shape[0]):
             z = 0.0
             for k in range(n):
-                z += level_whiten[a, k] * (np.float64(xin[k]) - level_center[k])
+                if _usable(x, k, raw_input, mask):
+                    z += level_whiten[a, k] * (np.float64(xin[k]) - level_center[k])
             raw += z * z
-        raw /= n
+        scored = n if not raw_input else usable
+        raw = np.sqrt(raw / scored)
     code = step(params, layout, states[row], xin, out, scratch)
     if code != L.OK:
         status[i] = code
@@ -154,8 +193,9 @@ def _detect_one(i, row, params, layout, states, samples, times, dparams, center,
         raw = np.float64(out[np.int64(dparams[P.P_SCORE_INDEX])])
     else:
         pred = preds[row]
+        delta = dparams[P.P_DELTA] == 1.0
         for k in range(out.shape[0]):
-            pred[k] = out[k]
+            pred[k] = out[k] + xin[k] if delta else out[k]
         ist[I_HAS_PRED] = 1
     if np.isfinite(raw):
         if ist[I_HAS_SCORE] == 1:
@@ -164,14 +204,17 @@ def _detect_one(i, row, params, layout, states, samples, times, dparams, center,
         else:
             fst[F_SCORE] = raw
             ist[I_HAS_SCORE] = 1
-        _alert_machine(dparams, ist, fst, fst[F_SCORE], t, i, ev_kind, ev_peak, ev_duration)
+        if alerts:
+            _alert_machine(dparams, ist, fst, fst[F_SCORE], t, i, ev_kind, ev_peak,
+                           ev_duration)
     scores[i] = fst[F_SCORE] if ist[I_HAS_SCORE] == 1 else np.nan
 
 
 @njit(**JIT)
 def detect_serial(params, layout, states, rows, samples, times, dparams, center, whiten,
-                  level_center, level_whiten, codes, hop, istate, fstate, preds, rings, rejected,
-                  xbuf, obuf, ebuf, scratch, scores, status, ev_kind, ev_peak, ev_duration, links):
+                  level_center, level_whiten, mask, fill, codes, hop, alerts, istate, fstate,
+                  preds, rings, rejected, xbuf, obuf, ebuf, scratch, scores, status, ev_kind,
+                  ev_peak, ev_duration, links):
     """:func:`detect_parallel` on the calling thread."""
     row_last, heads, nxt = links[0], links[1], links[2]
     groups = _group_by_row(rows, row_last, heads, nxt)
@@ -179,22 +222,26 @@ def detect_serial(params, layout, states, rows, samples, times, dparams, center,
         i = heads[g]
         while i != NO_SAMPLE:
             _detect_one(i, rows[i], params, layout, states, samples, times, dparams, center,
-                        whiten, level_center, level_whiten, codes, hop, istate, fstate, preds,
-                        rings, rejected, xbuf[0], obuf[0], ebuf[0], scratch[0], scores, status,
-                        ev_kind, ev_peak, ev_duration)
+                        whiten, level_center, level_whiten, mask, fill, codes, hop, alerts,
+                        istate, fstate, preds, rings, rejected, xbuf[0], obuf[0], ebuf[0],
+                        scratch[0], scores, status, ev_kind, ev_peak, ev_duration)
             i = nxt[i]
 
 
 @njit(parallel=True, **JIT)
 def detect_parallel(params, layout, states, rows, samples, times, dparams, center, whiten,
-                    level_center, level_whiten, codes, hop, istate, fstate, preds, rings,
-                    rejected, xbuf, obuf, ebuf, scratch, scores, status, ev_kind, ev_peak,
-                    ev_duration, links):
+                    level_center, level_whiten, mask, fill, codes, hop, alerts, istate, fstate,
+                    preds, rings, rejected, xbuf, obuf, ebuf, scratch, scores, status, ev_kind,
+                    ev_peak, ev_duration, links):
     """Run a micro-batch of ``M`` samples through model and detector, rows in parallel.
 
     ``samples``: ``(M, A)`` in sensor units; ``times``: ``(M,)`` seconds; ``rows``: state
     rows; ``center``/``whiten``: residual scoring (``(D,)``, ``(D, D)``);
     ``level_center``/``level_whiten``: the optional level term (``(0,)``/``(0, 0)``: none);
+    ``mask``/``fill``: per input channel, 1 = scored / 0 = masked, and the value fed to
+    the model for a masked channel (a missing value in a scored channel is fed the
+    model's previous prediction of it, and left out of that sample's score);
+    ``alerts``: 0 primes (scores and state advance, the alert machine is left alone);
     ``states``: ``(capacity, S)`` recurrent state; ``istate``/``fstate``: per-row
     detector state; ``preds``: ``(capacity, O)`` last prediction; ``rings``:
     ``(capacity, window, A)`` float64 feature ring buffers (``(capacity, 1, 1)``, unused,
@@ -210,7 +257,8 @@ def detect_parallel(params, layout, states, rows, samples, times, dparams, cente
         i = heads[g]
         while i != NO_SAMPLE:
             _detect_one(i, rows[i], params, layout, states, samples, times, dparams, center,
-                        whiten, level_center, level_whiten, codes, hop, istate, fstate, preds,
-                        rings, rejected, xbuf[tid], obuf[tid], ebuf[tid], scratch[tid], scores,
-                        status, ev_kind, ev_peak, ev_duration)
+                        whiten, level_center, level_whiten, mask, fill, codes, hop, alerts,
+                        istate, fstate, preds, rings, rejected, xbuf[tid], obuf[tid],
+                        ebuf[tid], scratch[tid], scores, status, ev_kind, ev_peak,
+                        ev_duration)
             i = nxt[i]

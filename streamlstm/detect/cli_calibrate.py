@@ -6,8 +6,11 @@ import argparse
 import sys
 
 from ..errors import StreamLSTMError
-from .calibration import METRICS, calibrate
+from .calibration import METRICS, CalibrationOptions, calibrate
+from .params import TARGETS
 from .recordings import read_recording
+
+_DEFAULTS = CalibrationOptions()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,24 +21,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--columns", help="comma-separated CSV columns / NPZ arrays to use, "
                         "in the model's channel order (default: the model's channel names "
                         "if the file has them, else every column)")
-    parser.add_argument("--score", choices=("residual", "direct"), default="residual",
+    # Every default below is None: unset options come from the model's previous
+    # calibration, else CalibrationOptions' defaults, exactly as in Python's calibrate().
+    parser.add_argument("--score", choices=("residual", "direct"), default=None,
                         help="residual: the model predicts its next input; direct: its "
-                        "output is an anomaly score (default: residual)")
+                        f"output is an anomaly score (default: {_DEFAULTS.score})")
     parser.add_argument("--metric", choices=METRICS, default=None,
-                        help="residual metric (default: the model's, else diagonal)")
+                        help=f"residual metric (default: {_DEFAULTS.metric})")
+    parser.add_argument("--target", choices=TARGETS, default=None,
+                        help="what a residual model predicts: the next input (level) or its "
+                        f"change (delta) (default: as trained, else {_DEFAULTS.target})")
     parser.add_argument("--level", action=argparse.BooleanOptionalAction, default=None,
                         help="add the input's distance from its normal distribution to the "
-                        "residual score (default: as the model's calibration, else off)")
+                        "residual score (default: off)")
+    parser.add_argument("--mask", help="comma-separated channels never scored (default: "
+                        "learned: channels missing or constant in the normal data)")
     for name, kind, text in (
-            ("quantile", float, "quantile of normal scores the threshold is based on"),
-            ("margin", float, "threshold = quantile score x margin"),
+            ("false-alarms-per-day", float, "false-alarm budget the threshold is set for "
+             "(needs the model's sample rate)"),
+            ("quantile", float, "instead of a budget: the threshold is this quantile of "
+             "the normal scores"),
+            ("margin", float, "threshold = budget score x margin (residual scale)"),
             ("alpha", float, "EWMA weight of the newest score (1 = no smoothing)"),
             ("hysteresis", float, "alerts end below hysteresis x threshold"),
             ("debounce", int, "consecutive scores above threshold to start an alert"),
             ("quiet-time", float, "seconds below the end threshold to end an alert"),
-            ("warmup", int, "model steps after a reset during which nothing alerts")):
+            ("warmup", int, "model steps after a reset during which nothing alerts"),
+            ("score-index", int, "direct models: which output is the score")):
+        default = getattr(_DEFAULTS, name.replace("-", "_"))
         parser.add_argument(f"--{name}", type=kind, default=None,
-                            help=f"{text} (default: the model's calibration, else built-in)")
+                            help=f"{text} (default: the model's calibration, else {default})")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,25 +74,21 @@ def run(args: argparse.Namespace) -> int:
                     raise
                 data, _ = read_recording(path)  # the file has no such names: take all
             recordings.append(data)
-        previous = dict(model.calibration or {})
         options = {key: getattr(args, key) for key in
-                   ("metric", "quantile", "margin", "alpha", "hysteresis", "debounce",
-                    "quiet_time", "warmup")}
-        for key, value in options.items():
-            if value is None and key in previous:
-                options[key] = previous[key]
-        options = {k: v for k, v in options.items() if v is not None}
-        options["level"] = ("level_center" in previous) if args.level is None else args.level
-        if args.score == "direct":
-            options.pop("metric", None)
-            options.pop("level")
-            options["score_index"] = int(previous.get("score_index", 0))
-        calibrated = calibrate(model, recordings, score=args.score, **options)
+                   ("score", "metric", "target", "level", "false_alarms_per_day", "quantile",
+                    "margin", "alpha", "hysteresis", "debounce", "quiet_time", "warmup",
+                    "score_index")}
+        if args.mask is not None:
+            options["mask"] = tuple(args.mask.split(",")) if args.mask else ()
+        calibrated = calibrate(model, recordings, **options)
         path = save(calibrated, args.out)
     except StreamLSTMError as exc:
         print(f"streamlstm calibrate: {exc}", file=sys.stderr)
         return 2
     cal = calibrated.calibration
-    print(f"{path}: threshold {cal['threshold']:.6g} (quantile {cal['quantile']} of "
-          f"{cal['samples']} normal samples = {cal['quantile_score']:.6g}, x {cal['margin']})")
+    budget = (f"{cal['false_alarms_per_day']:g} false alarms/day"
+              if cal.get("false_alarms_per_day") else f"quantile {cal['quantile']}")
+    masked = f", masked: {', '.join(cal['mask_names'])}" if cal.get("mask_names") else ""
+    print(f"{path}: threshold {cal['threshold']:.6g} ({budget}: score {cal['quantile_score']:.6g}"
+          f" from {cal['scores']} normal scores, {cal['tail']} tail, x {cal['margin']}{masked})")
     return 0

@@ -19,7 +19,7 @@ from .events import AlertEvent
 from .features import FeatureSpec
 from .params import DetectorParams, pack_params, params_from, scoring_from
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
 _KINDS = {K.EVENT_START: "start", K.EVENT_END: "end"}
 
 
@@ -78,14 +78,23 @@ class Detector:
     (:mod:`streamlstm.detect.features`).
 
     :meth:`update` takes a micro-batch in arrival order and returns the alert events it
-    caused, in the same order. Each sensor has a recurrent state row (a
-    :class:`~streamlstm.bank.Bank` row) and detector state next to it; a NaN/Inf sample
-    (or timestamp) is rejected and counted without touching either.
+    caused, in the same order; :meth:`prime` feeds known-normal data without raising
+    alerts (a warm-up). Each sensor has a recurrent state row (a
+    :class:`~streamlstm.bank.Bank` row) and detector state next to it, read with
+    :meth:`score` (smoothed score, residual scale), :meth:`alerting`, :meth:`rejected`
+    and :meth:`filled`. Channels masked at calibration (dead or frozen in the normal
+    data, or named by the user) are fed their calibration fill value and never scored
+    (:attr:`masked_channels`); a NaN in another channel is filled with the model's own
+    prediction, left out of that sample's score and counted (:meth:`filled`). A sample
+    with no usable channel, an infinite value in a scored channel, a NaN/Inf timestamp,
+    or (feature and direct-score models) any NaN/Inf is rejected and counted without
+    touching the state: NaN never reaches the recurrent state.
 
     >>> import numpy as np, streamlstm as sl
     >>> from streamlstm.detect import calibrate
     >>> rng = np.random.default_rng(0)
-    >>> model = calibrate(sl.random_model(2, [8], output_size=2), rng.normal(size=(500, 2)))
+    >>> model = calibrate(sl.random_model(2, [8], output_size=2), rng.normal(size=(500, 2)),
+    ...                   quantile=0.999)
     >>> det = sl.Detector(model, warmup=5)
     >>> det.update(["a", "a"], [[0.0, 0.1], [50.0, -50.0]], [0.0, 0.02])
     []
@@ -153,9 +162,22 @@ class Detector:
         self._rings[row] = 0.0
 
     # -- stepping -------------------------------------------------------------------------
+    @property
+    def masked_channels(self) -> tuple[str, ...]:
+        """Input channels never scored (masked at calibration), by name."""
+        names = self.model.channels or tuple(f"c{k}" for k in range(self.model.input_size))
+        return tuple(n for n, m in zip(names, self._scoring.mask, strict=False) if m == 0.0)
+
+    def prime(self, sensor_ids: Sequence[Hashable] | np.ndarray, samples: Any,
+              timestamps: Any) -> None:
+        """Feed known-normal samples to warm sensors up: scores and recurrent state advance
+        (and count towards ``warmup``), no alert starts or ends."""
+        self.update(sensor_ids, samples, timestamps, alert=False)
+
     def update(self, sensor_ids: Sequence[Hashable] | np.ndarray, samples: Any,
-               timestamps: Any) -> list[AlertEvent]:
-        """Feed a micro-batch; return the alert events it caused, in arrival order.
+               timestamps: Any, *, alert: bool = True) -> list[AlertEvent]:
+        """Feed a micro-batch; return the alert events it caused, in arrival order
+        (``alert=False``: see :meth:`prime`).
 
         ``sensor_ids``: ``M`` ids (str or int); ``samples``: ``(M, A)`` in sensor units
         (``A`` raw axes: the model's input width, or its feature front end's axes);
@@ -184,7 +206,8 @@ class Detector:
         bank._ensure_links(count)
         args = (bank._params, bank._layout, bank._states, rows, samples, times, self._dparams,
                 self._scoring.center, self._scoring.whiten, self._scoring.level_center,
-                self._scoring.level_whiten, self._codes, self._hop,
+                self._scoring.level_whiten, self._scoring.mask, self._scoring.fill,
+                self._codes, self._hop, 1 if alert else 0,
                 self._istate, self._fstate, self._preds, self._rings, bank._rejected,
                 self._xbuf, self._obuf, self._ebuf, self._scratch, scores, status, ev_kind,
                 ev_peak, ev_duration, bank._links)
@@ -220,12 +243,17 @@ class Detector:
         """How many samples of ``sensor`` were rejected (NaN/Inf sample or timestamp, overflow)."""
         return self.bank.rejected(sensor)
 
+    def filled(self, sensor: Hashable) -> int:
+        """How many of ``sensor``'s samples had a missing (NaN) channel filled in."""
+        return int(self._istate[self.bank._rows[sensor], K.I_FILLED])
+
     def alerting(self, sensor: Hashable) -> bool:
         """Whether ``sensor`` has an open alert."""
         return bool(self._istate[self.bank._rows[sensor], K.I_ALERT])
 
     def score(self, sensor: Hashable) -> float:
-        """``sensor``'s current smoothed score (NaN before its first score)."""
+        """``sensor``'s current smoothed score (NaN before its first score); residual models
+        score on the residual scale (about 1 on normal data), see :mod:`streamlstm.detect`."""
         row = self.bank._rows[sensor]
         return float(self._fstate[row, K.F_SCORE]) if self._istate[row, K.I_HAS_SCORE] else np.nan
 

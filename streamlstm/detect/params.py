@@ -1,22 +1,33 @@
 """Detector parameters: what calibration stores and what a user may override.
 
-``model.calibration`` is a JSON-able dict (schema version 1)::
+``model.calibration`` is a JSON-able dict (schema version 2)::
 
-    {"version": 1, "score": "residual" | "direct",
+    {"version": 2, "score": "residual" | "direct",
      "metric": "diagonal" | "mahalanobis",      # residual models
-     "center": [D], "whiten": [[D x D]],         # residual models: score = |W (e - center)|² / D
-     "level_center": [D], "level_whiten": [[D x D]],  # optional, residual models: adds
-                                                 # |L (x - level_center)|² / D to the score
+     "target": "level" | "delta",                # residual models: what the model predicts
+     "center": [D], "whiten": [[D x D]],         # residual models
+     "mask": [D], "fill": [D],                   # residual models: 1 = scored channel, 0 =
+                                                 # masked (fed ``fill``, never scored)
+     "level_center": [D], "level_whiten": [[D x D]],  # optional level term
      "score_index": 0,                           # direct models: which output is the score
-     "alpha": ..., "quantile": ..., "quantile_score": ..., "margin": ..., "threshold": ...,
+     "alpha": ..., "false_alarms_per_day": ..., "exceedance": ..., "tail": ...,
+     "quantile_score": ..., "margin": ..., "threshold": ..., "baseline": ...,
      "debounce": ..., "hysteresis": ..., "quiet_time": ..., "warmup": ...,
-     "samples": ..., "recordings": ...}
+     "samples": ..., "scores": ..., "recordings": ...}
 
-``threshold`` is ``quantile_score * margin``: the ``quantile`` of the smoothed scores on
-normal data times a safety margin. Overriding ``margin`` recomputes it from
-``quantile_score``; overriding ``threshold`` sets it outright. Changing ``alpha`` without
-recalibrating keeps the calibrated ``quantile_score`` (smoothing changes the score
-distribution, so recalibrate when you change it for good).
+A residual score is on the residual scale: the root mean square of the whitened
+residuals ``W (e - center)`` over the channels scored for that sample (a score of 2 is
+twice the typical normal error, whatever the channel count). ``target``: a ``"level"``
+model predicts ``x[t+1]`` itself; a ``"delta"`` model predicts ``x[t+1] - x[t]``, and the
+detector adds ``x[t]`` back, so the prediction never chases an absolute level.
+
+``threshold`` is ``quantile_score * margin``: the score that normal data exceed with
+probability ``exceedance`` per model step (from the declared false-alarm budget, see
+:func:`~streamlstm.detect.calibration.calibrate`), times a safety margin on the same
+residual scale. Overriding ``margin`` recomputes it from ``quantile_score``; overriding
+``threshold`` sets it outright. Changing ``alpha`` without recalibrating keeps the
+calibrated ``quantile_score`` (smoothing changes the score distribution, so recalibrate
+when you change it for good).
 """
 
 from __future__ import annotations
@@ -31,8 +42,9 @@ import numpy as np
 from ..errors import ConfigError
 from ..model import Model
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCORE_KINDS = ("residual", "direct")
+TARGETS = ("level", "delta")
 
 # Index of each parameter in the float64 vector the kernel reads.
 P_ALPHA = 0
@@ -43,7 +55,8 @@ P_QUIET_TIME = 4
 P_WARMUP = 5
 P_DIRECT = 6
 P_SCORE_INDEX = 7
-N_PARAMS = 8
+P_DELTA = 8       # 1: the model predicts x[t+1] - x[t]
+N_PARAMS = 9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +65,11 @@ class DetectorParams:
 
     ``alpha``: EWMA weight of the newest raw score (1 = no smoothing);
     ``threshold``: an alert may start when the smoothed score is above it;
-    ``hysteresis``: the alert ends only below ``hysteresis * threshold`` (0 < h <= 1);
+    ``hysteresis``: the alert ends only below ``baseline + hysteresis * (threshold -
+    baseline)`` (0 < h <= 1), where ``baseline`` is the typical (median) score of normal
+    data from calibration (0 if unknown): on the residual scale normal scores sit near 1,
+    so an end threshold of ``hysteresis * threshold`` could lie below them and an alert
+    would never end;
     ``debounce``: this many consecutive scored samples above the threshold start an alert;
     ``quiet_time``: seconds the score must stay below the end threshold before the alert
     ends (0: the first sample below ends it); ``warmup``: model steps after a sensor's
@@ -62,10 +79,11 @@ class DetectorParams:
 
     threshold: float
     alpha: float = 0.1
-    hysteresis: float = 0.8
+    hysteresis: float = 0.3
     debounce: int = 3
     quiet_time: float = 1.0
     warmup: int = 50
+    baseline: float = 0.0
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.threshold) and self.threshold > 0):
@@ -78,12 +96,15 @@ class DetectorParams:
             raise ConfigError(f"debounce must be an integer >= 1, got {self.debounce}")
         if not (math.isfinite(self.quiet_time) and self.quiet_time >= 0):
             raise ConfigError(f"quiet_time must be >= 0 seconds, got {self.quiet_time}")
+        if not (math.isfinite(self.baseline) and self.baseline >= 0):
+            raise ConfigError(f"baseline must be a finite number >= 0, got {self.baseline}")
         if int(self.warmup) != self.warmup or self.warmup < 0:
             raise ConfigError(f"warmup must be an integer >= 0, got {self.warmup}")
 
     @property
     def end_threshold(self) -> float:
-        return self.threshold * self.hysteresis
+        baseline = min(self.baseline, self.threshold)
+        return baseline + self.hysteresis * (self.threshold - baseline)
 
 
 #: Parameter names a caller may override (plus ``margin``, which rescales the threshold).
@@ -100,6 +121,16 @@ class Scoring:
     score_index: int
     level_center: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
     level_whiten: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 0)))
+    # Residual models: (D,) 1 = scored / 0 = masked, and the value a masked channel is fed
+    # (empty for direct models, which reject a sample with any NaN).
+    mask: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    fill: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    delta: bool = False
+
+    @property
+    def masked(self) -> int:
+        """How many input channels are masked (never scored)."""
+        return int(np.sum(self.mask == 0.0))
 
 
 def require_calibration(model: Model) -> Mapping[str, Any]:
@@ -108,7 +139,9 @@ def require_calibration(model: Model) -> Mapping[str, Any]:
         raise ConfigError(f"model {model.name!r} has no calibration: run `streamlstm calibrate` "
                           "(or streamlstm.detect.calibrate) on normal data first")
     if cal.get("version") != SCHEMA_VERSION:
-        raise ConfigError(f"model calibration: unsupported version {cal.get('version')!r}")
+        raise ConfigError(f"model calibration: unsupported version {cal.get('version')!r} "
+                          f"(this release reads version {SCHEMA_VERSION}: run `streamlstm "
+                          "calibrate` on normal data again)")
     if cal.get("score") not in SCORE_KINDS:
         raise ConfigError(f"model calibration: score must be one of {SCORE_KINDS}, "
                           f"got {cal.get('score')!r}")
@@ -147,15 +180,44 @@ def scoring_from(model: Model, width: int) -> Scoring:
             raise ConfigError(f"calibration score_index {index} out of range "
                               f"(model has {model.output_size} outputs)")
         return Scoring(True, np.zeros(0), np.zeros((0, 0)), index)
-    if model.output_size != width:
-        raise ConfigError(f"a residual model must predict its own input: output width "
-                          f"{model.output_size} != input width {width}")
+    require_next_step(model, width)
     center, whiten = _affine_pair(cal, "center", "whiten", width)
     level_center, level_whiten = np.zeros(0), np.zeros((0, 0))
     if "level_center" in cal or "level_whiten" in cal:
         level_center, level_whiten = _affine_pair(cal, "level_center", "level_whiten", width)
+    mask = _vector(cal, "mask", width, np.ones(width))
+    fill = _vector(cal, "fill", width, np.zeros(width))
+    if not np.all((mask == 0.0) | (mask == 1.0)) or not mask.any():
+        raise ConfigError("model calibration: mask must hold 0/1 per channel, at least one 1")
+    target = cal.get("target", "level")
+    if target not in TARGETS:
+        raise ConfigError(f"model calibration: target must be one of {TARGETS}, got {target!r}")
     return Scoring(False, np.ascontiguousarray(center), np.ascontiguousarray(whiten), 0,
-                   np.ascontiguousarray(level_center), np.ascontiguousarray(level_whiten))
+                   np.ascontiguousarray(level_center), np.ascontiguousarray(level_whiten),
+                   mask, fill, target == "delta")
+
+
+def require_next_step(model: Model, width: int) -> None:
+    """A clear error when ``model`` is not a next-step predictor of its ``width`` inputs."""
+    if model.output_size != width:
+        raise ConfigError(
+            f"model {model.name!r} is not a next-step predictor: it has {model.output_size} "
+            f"outputs for {width} inputs, and a residual score needs one prediction per "
+            "input. If its output is an anomaly score or probability, use direct-score mode "
+            "(calibrate(..., score='direct', score_index=k) or `streamlstm calibrate --score "
+            "direct`)")
+
+
+def _vector(cal: Mapping[str, Any], key: str, width: int, default: np.ndarray) -> np.ndarray:
+    if key not in cal:
+        return default
+    try:
+        value = np.asarray(cal[key], np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"model calibration: bad {key} ({exc})") from None
+    if value.shape != (width,) or not np.all(np.isfinite(value)):
+        raise ConfigError(f"model calibration: {key} must be {width} finite numbers")
+    return np.ascontiguousarray(value)
 
 
 def _affine_pair(cal: Mapping[str, Any], center_key: str, whiten_key: str,
@@ -185,4 +247,5 @@ def pack_params(params: DetectorParams, scoring: Scoring) -> np.ndarray:
     vector[P_WARMUP] = params.warmup
     vector[P_DIRECT] = 1.0 if scoring.direct else 0.0
     vector[P_SCORE_INDEX] = scoring.score_index
+    vector[P_DELTA] = 1.0 if scoring.delta else 0.0
     return vector

@@ -17,25 +17,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample-rate", type=float, default=None, help="samples per second")
     parser.add_argument("--hidden", type=int, default=32)
     parser.add_argument("--layers", type=int, default=1)
+    parser.add_argument("--target", choices=("delta", "level"), default="delta",
+                        help="predict the next change (delta) or the next value (level)")
+    parser.add_argument("--folds", type=int, default=3,
+                        help="k of the k-fold early stopping and calibration")
     parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--seq-len", type=int, default=64)
+    parser.add_argument("--seq-len", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--patience", type=int, default=5)
-    parser.add_argument("--val-fraction", type=float, default=0.2,
-                        help="held-out tail of each recording for early stopping and calibration")
-    parser.add_argument("--windows-per-epoch", type=int, default=2048)
+    parser.add_argument("--windows-per-epoch", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--features", metavar="WINDOW:HOP[:STAT,...]",
                         help="train on windowed features of the raw samples, e.g. "
                         "1024:128:log_rms,crest,kurtosis (for kHz vibration)")
-    parser.add_argument("--metric", choices=("diagonal", "mahalanobis"), default="diagonal")
-    for name, kind in (("quantile", float), ("margin", float), ("alpha", float),
-                       ("hysteresis", float), ("debounce", int), ("quiet-time", float),
-                       ("warmup", int)):
+    parser.add_argument("--metric", choices=("diagonal", "mahalanobis"), default=None)
+    for name, kind in (("false-alarms-per-day", float), ("quantile", float),
+                       ("margin", float), ("alpha", float), ("hysteresis", float),
+                       ("debounce", int), ("quiet-time", float), ("warmup", int)):
         parser.add_argument(f"--{name}", type=kind, default=None,
                             help="calibration/alert parameter (see streamlstm calibrate)")
-    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress on stderr (default: progress when it is a terminal)")
 
 
 def _features(text: str | None) -> dict | None:
@@ -68,22 +72,28 @@ def run(args: argparse.Namespace) -> int:
             data, names = read_recording(path, columns=columns)
             recordings.append(data)
         calibration = {key: getattr(args, key) for key in
-                       ("quantile", "margin", "alpha", "hysteresis", "debounce", "quiet_time",
-                        "warmup") if getattr(args, key) is not None}
-        calibration["metric"] = args.metric
-        result = train(recordings, hidden=args.hidden, layers=args.layers, epochs=args.epochs,
-                       seq_len=args.seq_len, batch_size=args.batch_size, lr=args.lr,
-                       patience=args.patience, val_fraction=args.val_fraction,
-                       windows_per_epoch=args.windows_per_epoch, seed=args.seed,
+                       ("metric", "false_alarms_per_day", "quantile", "margin", "alpha",
+                        "hysteresis", "debounce", "quiet_time", "warmup")
+                       if getattr(args, key) is not None}
+        result = train(recordings, hidden=args.hidden, layers=args.layers, target=args.target,
+                       folds=args.folds, epochs=args.epochs, seq_len=args.seq_len,
+                       batch_size=args.batch_size, lr=args.lr, patience=args.patience,
+                       windows_per_epoch=args.windows_per_epoch, threads=args.threads,
+                       seed=args.seed,
                        features=_features(args.features), channels=names,
                        name=args.name or Path(args.out).stem, sample_rate=args.sample_rate,
-                       calibration=calibration, progress=not args.quiet)
+                       calibration=calibration, progress=False if args.quiet else None)
         path = save(result.model, args.out)
     except (StreamLSTMError, ValueError) as exc:
         print(f"streamlstm train: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("streamlstm train: interrupted before a model could be kept; nothing saved",
+              file=sys.stderr)
+        return 130
     cal = result.model.calibration
-    print(f"{path}: {result.model.describe()}, best epoch {result.best_epoch} of "
-          f"{len(result.history)}, held-out mse {result.history[result.best_epoch - 1][2]:.4g}, "
-          f"threshold {cal['threshold']:.6g}, {result.seconds:.1f} s")
+    stopped = " (interrupted: best model so far)" if result.interrupted else ""
+    print(f"{path}: {result.model.describe()}, {result.epochs} epochs (folds' best "
+          f"{result.best_epochs}), threshold {cal['threshold']:.6g}, "
+          f"{result.seconds:.1f} s{stopped}")
     return 0

@@ -1,0 +1,58 @@
+"""The streamlstm detector as a method of the suite, and the designs tried.
+
+Each design is a set of :func:`streamlstm.train.train` keywords, applied unchanged to
+every dataset (the recipe is general, not per dataset). Fixed for all: the sample rate
+is the dataset's row rate, the false-alarm budget ``BUDGET_PER_DAY``, a warm-up of
+``WARMUP`` model steps (the shortest fold of the fan's fit recordings is 52 rows), one
+torch thread.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+
+import streamlstm as sl
+from streamlstm.train import train
+
+BUDGET_PER_DAY = 1.0
+WARMUP = 20
+
+#: Every design tried, in the order it was declared (see protocol.py).
+DESIGNS: dict[str, dict] = {
+    "level": {"target": "level", "calibration": {"level": False}},
+    "delta": {"target": "delta", "calibration": {"level": False}},
+    # Added after the first validation run (validation results only; see protocol.py).
+    "delta-level": {"target": "delta", "calibration": {"level": True}},
+    "delta-level-maha": {"target": "delta",
+                         "calibration": {"level": True, "metric": "mahalanobis"}},
+}
+
+
+class LstmMethod:
+    """Train + calibrate on the case's fit recordings; alarm = an open detector alert."""
+
+    def __init__(self, fit: Sequence[np.ndarray], period_s: float, design: str) -> None:
+        keywords = dict(DESIGNS[design])
+        calibration = {"false_alarms_per_day": BUDGET_PER_DAY, "warmup": WARMUP,
+                       **keywords.pop("calibration", {})}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = train(list(fit), sample_rate=1.0 / period_s, progress=False, threads=1,
+                           calibration=calibration, **keywords)
+        self.warnings = sorted({type(w.message).__name__ for w in caught})
+        self.model = result.model
+        self.period_s = period_s
+        self.name = f"lstm-{design}"
+
+    def alarm(self, x: np.ndarray) -> np.ndarray:
+        det = sl.Detector(self.model)
+        times = np.arange(x.shape[0]) * self.period_s
+        events = det.update(["stream"] * x.shape[0], x, times)
+        change = np.zeros(x.shape[0] + 1, np.int64)
+        for event in events:
+            row = int(np.searchsorted(times, event.t))
+            change[row] += 1 if event.kind == "start" else -1
+        return np.cumsum(change)[:-1] > 0
