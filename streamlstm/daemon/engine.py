@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from .._ratelimit import RateLimitedLog
 from ..errors import ConfigError, StreamLSTMError
 from ..sinks import SensorState, Sink, alert_record
 from ..sinks.spool import SeqCounter
@@ -30,11 +31,14 @@ from ..sources import Frame, Source
 from . import config as config_module
 from . import snapshot, systemd
 from .framequeue import FrameQueue
+from .intake import TimePolicy, TimestampGate
 from .metrics import Metrics, MetricsServer, Sample
 from .pipeline import LoadedModel, Pipeline, load_model, make_detector, sample_width
 from .plot import ReplayPlot
+from .threadwatch import ThreadWatch
 
 log = logging.getLogger("streamlstm.daemon")
+_limited = RateLimitedLog(log)
 
 STEP_BUCKETS = (1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 1.0)
 LATENCY_BUCKETS = (
@@ -63,6 +67,43 @@ LATENCY_BUCKETS = (
     5.0,
 )
 DEFAULT_STATE_INTERVAL_S = 10.0
+# -- intake and I/O health (issue 12) ------------------------------------------------------
+INTAKE_METRICS = [
+    ("streamlstm_queue_bytes", "gauge", "bytes of frames waiting for the compute loop"),
+    ("streamlstm_dropped_frames_total", "counter", "frames dropped by the full queue"),
+    (
+        "streamlstm_refused_frames_total",
+        "counter",
+        "frames dropped for their device time (redelivered, time_backwards, time_future, "
+        "time_nonfinite), by reason",
+    ),
+    ("streamlstm_refused_samples_total", "counter", "samples in those frames, by reason"),
+    ("streamlstm_clock_resets_total", "counter", "sensors whose clock restarted, followed"),
+    ("streamlstm_gaps_total", "counter", "device-time gaps: samples that never arrived"),
+    ("streamlstm_gap_samples_total", "counter", "samples missing in those gaps"),
+    (
+        "streamlstm_connect_failures_total",
+        "counter",
+        "failed connection attempts (broker unreachable or refusing), by component",
+    ),
+    ("streamlstm_alert_refusals_total", "counter", "alerts the broker refused, by reason"),
+    ("streamlstm_publish_errors_total", "counter", "messages the MQTT client refused to send"),
+    ("streamlstm_dead_threads", "gauge", "threads that died unexpectedly (must be 0)"),
+]
+
+
+def time_policy(settings: dict[str, Any]) -> TimePolicy:
+    """The ``[daemon]`` timestamp tolerances as a :class:`TimePolicy`."""
+    return TimePolicy(
+        settings["time_future_s"], settings["redelivery_window_s"], settings["clock_reset_s"]
+    )
+
+
+def acknowledge(frames: list[Frame]) -> None:
+    """Acknowledge manually acked frames (at-least-once MQTT intake) once handled."""
+    for frame in frames:
+        if frame.ack is not None:
+            frame.ack()
 
 
 def build_sources(config: dict[str, Any], width: int) -> list[Source]:
@@ -141,6 +182,7 @@ def _describe(metrics: Metrics) -> None:
         ("streamlstm_spooled_alerts", "gauge", "alerts not yet acknowledged by the broker"),
         ("streamlstm_sensors", "gauge", "sensors known"),
         ("streamlstm_snapshots_total", "counter", "snapshots written"),
+        *INTAKE_METRICS,
     ]:
         metrics.describe(name, kind, text)
     # Counters exist from the start: rate() over a scrape series needs the zero.
@@ -164,7 +206,15 @@ class Daemon:
         self.pipeline: Pipeline = make_detector(self.loaded.model, config["detector"])
         self.sensors: dict[str, SensorState] = {}
         self._changed: set[str] = set()
-        self.queue = FrameQueue(config["daemon"]["queue_frames"], config["daemon"]["backpressure"])
+        self.queue = FrameQueue(
+            config["daemon"]["queue_frames"],
+            config["daemon"]["backpressure"],
+            config["daemon"]["queue_bytes"],
+        )
+        self.gate = TimestampGate(time_policy(config["daemon"]))
+        self.thread_watch = ThreadWatch()
+        self.thread_watch.install()
+        self._finished: set[str] = set()  # sources whose run() returned (input ended)
         self._stop_requested = threading.Event()
         self._reload_requested = threading.Event()
         self.sources: list[Source] = build_sources(
@@ -216,6 +266,7 @@ class Daemon:
     def _start_sources(self) -> None:
         self._source_stop = threading.Event()
         self._threads = []
+        self._finished = set()
         for source in self.sources:
             thread = threading.Thread(
                 target=self._run_source,
@@ -227,15 +278,38 @@ class Daemon:
             self._threads.append(thread)
 
     def _run_source(self, source: Source, stop: threading.Event) -> None:
-        # A bug in one source must not take the others or the daemon down.
+        # A bug in one source must not take the others or the daemon down: it is
+        # counted, logged (rate-limited) and the source restarted.
         while not stop.is_set():
             try:
                 source.run(self.queue.put, stop)
+                self._finished.add(source.name)
                 return
-            except Exception:
-                log.exception("source %s failed; restarting it in 1 s", source.name)
+            except Exception as exc:
                 source.stats.error("source_failure")
+                if _limited(
+                    logging.ERROR,
+                    f"source/{source.name}",
+                    "source %s failed (%s: %s); restarting it in 1 s",
+                    source.name,
+                    type(exc).__name__,
+                    exc,
+                ):
+                    log.debug("traceback of the above", exc_info=exc)
                 stop.wait(1.0)
+
+    def io_faults(self) -> list[str]:
+        """Threads the daemon needs that are dead (empty when healthy; for the watchdog).
+
+        A source thread that ended without its input ending, a sink's network thread
+        that stopped, and any thread that died of an exception.
+        """
+        faults = list(self.thread_watch.dead)
+        if not self._source_stop.is_set():
+            for source, thread in zip(self.sources, self._threads, strict=False):
+                if not thread.is_alive() and source.name not in self._finished:
+                    faults.append(f"source {source.name}: thread ended")
+        return faults
 
     def _stop_sources(self, timeout: float = 5.0) -> None:
         self._source_stop.set()
@@ -294,6 +368,13 @@ class Daemon:
         return 0
 
     def process(self, frames: list[Frame]) -> None:
+        """Check device times, step the admitted frames, then acknowledge all of them."""
+        admitted = self.gate.admit(frames, self.sensors)
+        if admitted:
+            self._step(admitted)
+        acknowledge(frames)
+
+    def _step(self, frames: list[Frame]) -> None:
         """Step one micro-batch through the detector and deliver its events."""
         sensors: list[str] = []
         for frame in frames:
@@ -443,6 +524,8 @@ class Daemon:
             self.sinks = build_sinks(new)
         self.queue.capacity = new["daemon"]["queue_frames"]
         self.queue.policy = new["daemon"]["backpressure"]
+        self.queue.max_bytes = new["daemon"]["queue_bytes"]
+        self.gate.policy = time_policy(new["daemon"])
         self.config = new
 
     def shutdown(self) -> None:
@@ -467,14 +550,54 @@ class Daemon:
                 log.error("closing a sink failed: %s", exc)
         if self._server is not None:
             self._server.close()
+        self.thread_watch.uninstall()
         log.info("stopped cleanly")
 
     # -- metrics read at scrape time -----------------------------------------------------------
+    def _collect_intake(self) -> list[Sample]:
+        counts = self.gate.counts
+        out: list[Sample] = [
+            ("streamlstm_queue_bytes", (), self.queue.bytes),
+            ("streamlstm_dropped_frames_total", (), self.queue.dropped_frames),
+            ("streamlstm_clock_resets_total", (), counts.clock_resets),
+            ("streamlstm_gaps_total", (), counts.gaps),
+            ("streamlstm_gap_samples_total", (), counts.gap_samples),
+            ("streamlstm_dead_threads", (), len(self.io_faults())),
+        ]
+        for reason, n in list(counts.frames.items()):
+            labels = (("reason", reason),)
+            out.append(("streamlstm_refused_frames_total", labels, n))
+            out.append(("streamlstm_refused_samples_total", labels, counts.samples[reason]))
+        for source in self.sources:
+            component = (("component", f"source:{source.name}"),)
+            out.append(
+                ("streamlstm_connect_failures_total", component, source.stats.connect_failures)
+            )
+        for sink in self.sinks:
+            health = getattr(sink, "health", None)
+            if health is None:
+                continue
+            refusals, publish_errors, connect_failures = health()
+            out += [
+                ("streamlstm_alert_refusals_total", (("reason", r),), n)
+                for r, n in refusals.items()
+            ]
+            out.append(("streamlstm_publish_errors_total", (), publish_errors))
+            out.append(
+                (
+                    "streamlstm_connect_failures_total",
+                    (("component", "sink:mqtt"),),
+                    connect_failures,
+                )
+            )
+        return out
+
     def _collect(self) -> list[Sample]:
         out: list[Sample] = [
             ("streamlstm_queue_frames", (), len(self.queue)),
             ("streamlstm_dropped_samples_total", (), self.queue.dropped_samples),
             ("streamlstm_sensors", (), len(self.sensors)),
+            *self._collect_intake(),
         ]
         for source in self.sources:
             errors, samples, reconnects, connected = source.stats.snapshot()

@@ -67,9 +67,25 @@ def _optional_number(obj: dict, key: str) -> float | None:
     value = obj.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ParseError("schema", f"{key!r} must be a finite number")
-    return float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ParseError("schema", f"{key!r} must be a number")
+    try:
+        number = float(value)  # an integer of hundreds of digits does not fit a float
+    except OverflowError:
+        raise ParseError("number", f"{key!r} is out of range") from None
+    if not math.isfinite(number):
+        raise ParseError("number", f"{key!r} must be a finite number")
+    return number
+
+
+def _optional_sensor(obj: dict) -> str | None:
+    sensor = obj.get("sensor")
+    if sensor is None or isinstance(sensor, str):
+        return sensor
+    # Integers are accepted as ids; a huge one would make str() raise (digit limit).
+    if isinstance(sensor, int) and not isinstance(sensor, bool) and abs(sensor) < 2**63:
+        return str(sensor)
+    raise ParseError("schema", "'sensor' must be a string")
 
 
 def decode_json(payload: bytes, width: int, *, max_samples: int) -> Block:
@@ -95,16 +111,10 @@ def decode_json(payload: bytes, width: int, *, max_samples: int) -> Block:
     else:
         raise ParseError("schema", "no 'samples' or 'sample' key")
     rate = _optional_number(obj, "rate")
-    if rate is not None and rate <= 0:
+    if rate is not None and (rate <= 0 or not math.isfinite(1.0 / rate)):
         raise ParseError("schema", "'rate' must be > 0")
-    sensor = obj.get("sensor")
-    if sensor is not None and not isinstance(sensor, (str, int)):
-        raise ParseError("schema", "'sensor' must be a string")
     return Block(
-        _as_block_samples(values, width),
-        _optional_number(obj, "t"),
-        rate,
-        None if sensor is None else str(sensor),
+        _as_block_samples(values, width), _optional_number(obj, "t"), rate, _optional_sensor(obj)
     )
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import SourceError
-from . import Emit, Frame, SourceStats, sample_times
+from . import Emit, Frame, SourceStats, check_sensor_id, sample_times
 from .parsers import LineFormat, ParseError
 
 
@@ -95,7 +95,12 @@ def load_recording(path: str | Path, width: int, config: dict[str, Any]) -> Reco
         t = sample_times(len(samples), start=0.0, rate=rate or 1.0, received=0.0)
     if t.shape != (len(samples),):
         raise SourceError(f"{path}: t has shape {t.shape}, expected ({len(samples)},)")
-    return Recording(samples, t, config.get("sensor") or sensor or path.stem)
+    name = config.get("sensor") or sensor or path.stem
+    try:
+        check_sensor_id(name)
+    except ParseError as exc:
+        raise SourceError(f"{path}: {exc} (set 'sensor' in the source's table)") from None
+    return Recording(samples, t, name)
 
 
 class ReplaySource:
