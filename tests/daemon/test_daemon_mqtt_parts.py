@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import signal
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -350,8 +351,9 @@ def test_a_message_that_raised_in_the_callback_no_longer_stops_intake(broker):
     try:
         for topic, payload in poison:
             if shutil.which("mosquitto_pub") and len(topic) < 1000:  # as the issue reproduced it
+                port = str(broker.port)
                 subprocess.run(
-                    ["mosquitto_pub", "-p", str(broker.port), "-q", "1", "-t", topic, "-m", payload],
+                    ["mosquitto_pub", "-p", port, "-q", "1", "-t", topic, "-m", payload],
                     check=True,
                     timeout=10,
                 )
@@ -416,10 +418,8 @@ def test_every_id_the_intake_accepts_is_published_without_upsetting_the_broker(b
     ]
     accepted = []
     for sensor in candidates:
-        try:
+        with contextlib.suppress(ParseError):
             accepted.append(check_sensor_id(sensor))
-        except ParseError:
-            pass
     assert accepted == candidates[:6]
     sub = Subscriber(broker.port, ["streamlstm/+/state"])
     sink = MQTTSink(sink_config(tmp_path), mqtt_settings(broker.port))
@@ -489,7 +489,8 @@ def test_after_step_acks_leave_unacknowledged_messages_with_the_broker(broker):
     stop, thread = run(first.extend)
     pub = publisher(broker.port)
     for i in range(25):
-        pub.publish("sensors/s/accel", f'{{"t": {i}, "sample": [1,2,3]}}', qos=1).wait_for_publish(5)
+        payload = f'{{"t": {i}, "sample": [1,2,3]}}'
+        pub.publish("sensors/s/accel", payload, qos=1).wait_for_publish(5)
     # receive_maximum: the broker hands out 10 and holds the rest until some are acked.
     wait_until(lambda: len(first) == 10, 10, "ten unacknowledged messages")
     time.sleep(0.3)

@@ -158,7 +158,7 @@ def test_hostile_json_values_are_parse_errors_never_other_exceptions():
         (b'{"t": -' + digits400 + b', "samples": [[1,2,3]]}', "number"),
         (b'{"sensor": ' + b"9" * 4000 + b', "samples": [[1,2,3]]}', "schema"),  # str() limit
         (b'{"sensor": [1], "samples": [[1,2,3]]}', "schema"),
-        (b'{"samples": [[' + digits400 + b',2,3]]}', "schema"),
+        (b'{"samples": [[' + digits400 + b",2,3]]}", "schema"),
         (b'{"samples": ' + b"[" * 100 + b"1" + b"]" * 100 + b"}", "schema"),  # deep nesting
         (b'{"samples": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "json"),  # recursion
         (b'{"samples": [[1,2,3]], "rate": 5e-324}', "schema"),  # 1/rate overflows
