@@ -76,20 +76,23 @@ class TimestampGate:
     def admit(self, frames: list[Frame], sensors: Mapping[str, SensorState]) -> list[Frame]:
         """The frames of ``frames`` to step, in order; the others are counted and dropped."""
         admitted: list[Frame] = []
-        latest: dict[str, float] = {}  # frames admitted earlier in this batch
+        latest: dict[str, tuple[float, float]] = {}  # (t, period) admitted earlier in this batch
         for frame in frames:
             if not frame.device_time:
                 admitted.append(frame)
                 continue
             state = sensors.get(frame.sensor)
-            last = latest.get(frame.sensor, state.t if state is not None else math.nan)
+            last, period = latest.get(
+                frame.sensor, (state.t, state.period) if state is not None else (math.nan, math.nan)
+            )
             reason = self._judge(frame, last)
             if reason is not None:
                 self._drop(frame, reason, last)
                 continue
-            if not math.isnan(last) and state is not None:
-                self._count_gap(frame, last, state)
-            latest[frame.sensor] = float(frame.t[-1])
+            period = self._count_gap(frame, last, period)
+            if state is not None:
+                state.period = period
+            latest[frame.sensor] = (float(frame.t[-1]), period)
             admitted.append(frame)
         return admitted
 
@@ -123,7 +126,7 @@ class TimestampGate:
         _limited(
             logging.WARNING,
             reason,
-            "sensor %r: dropped %d samples at t=%.6f (last stepped t=%.6f): %s",
+            "sensor %r: dropped %d samples at t=%.16g (last stepped t=%.16g): %s",
             frame.sensor,
             len(frame.t),
             float(frame.t[0]),
@@ -131,27 +134,27 @@ class TimestampGate:
             reason,
         )
 
-    def _count_gap(self, frame: Frame, last: float, state: SensorState) -> None:
+    def _count_gap(self, frame: Frame, last: float, period: float) -> float:
+        """Count the samples missing between ``last`` and ``frame``; the sample period now."""
         first = float(frame.t[0])
         if len(frame.t) > 1:
-            state.period = (float(frame.t[-1]) - first) / (len(frame.t) - 1)
-        period = state.period
-        if not period > 0.0 or first <= last:  # unknown spacing, or a clock reset
-            if len(frame.t) == 1:
-                state.period = first - last if first > last else math.nan
-            return
+            period = (float(frame.t[-1]) - first) / (len(frame.t) - 1)
+        if math.isnan(last) or first <= last:  # a new sensor, or a clock that restarted
+            return period
+        if not period > 0.0:  # single samples: learn the spacing from two of them
+            return first - last if len(frame.t) == 1 else period
         missing = round((first - last) / period) - 1
-        if len(frame.t) == 1:
-            state.period = first - last if missing < 1 else period
-        if missing >= 1:
-            self.counts.gaps += 1
-            self.counts.gap_samples += missing
-            _limited(
-                logging.WARNING,
-                "gap",
-                "sensor %r: %d samples missing between t=%.6f and t=%.6f",
-                frame.sensor,
-                missing,
-                last,
-                first,
-            )
+        if missing < 1:
+            return first - last if len(frame.t) == 1 else period
+        self.counts.gaps += 1
+        self.counts.gap_samples += missing
+        _limited(
+            logging.WARNING,
+            "gap",
+            "sensor %r: %d samples missing between t=%.16g and t=%.16g",
+            frame.sensor,
+            missing,
+            last,
+            first,
+        )
+        return period

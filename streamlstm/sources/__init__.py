@@ -171,4 +171,5 @@ def sample_times(
     step = 1.0 / rate if rate else 0.0
     if start is None:
         start = received - step * (count - 1)
-    return start + step * np.arange(count, dtype=np.float64)
+    with np.errstate(over="ignore"):  # absurd times become Inf, refused before the step
+        return start + step * np.arange(count, dtype=np.float64)

@@ -1,0 +1,258 @@
+"""The daemon against hostile intake, as users run it: subprocess, real mosquitto, metrics.
+
+Issue 12: device times (redeliveries, clocks going backwards or into the far future,
+gaps of samples that never arrived), a flood of maximum-size payloads against the
+byte-bounded queue, an unreachable broker at start, and threads that die.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from daemon_helpers import DaemonProcess, make_model, site_config
+from mqtt_helpers import free_port, publisher, wait_until
+
+from streamlstm.daemon.intake import TimePolicy, TimestampGate
+from streamlstm.daemon.metrics import scrape
+from streamlstm.daemon.threadwatch import ThreadWatch
+from streamlstm.sinks import SensorState
+from streamlstm.sources import Frame
+
+RATE = 100.0
+N = 10  # samples per batch
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    return make_model(tmp_path_factory.mktemp("model") / "model.npz")
+
+
+def metric(port: int, key: str) -> float:
+    return scrape(port).get(key, 0.0)
+
+
+def batch(t: float, rate: float = RATE, seed: int = 0) -> bytes:
+    samples = np.random.default_rng(seed).normal(size=(N, 3)).round(4).tolist()
+    return json.dumps({"t": t, "rate": rate, "samples": samples}).encode()
+
+
+JSON_SOURCE = """
+[[sources]]
+type = "mqtt"
+name = "plant"
+topic = "sensors/{sensor}/accel"
+qos = 1
+"""
+
+
+def test_redeliveries_bad_clocks_and_gaps_are_counted_not_stepped(broker, tmp_path, model_path):
+    # Issue 12, items 8 and 9: redelivered batches were stepped twice, t = 1e300 was
+    # accepted, a batch 1e6 s in the past shortened an alert, and samples the broker
+    # dropped showed nowhere.
+    metrics_port = free_port()
+    site = site_config(
+        tmp_path,
+        broker_port=broker.port,
+        model=model_path,
+        metrics_port=metrics_port,
+        sources=JSON_SOURCE,
+    )
+    start = time.time() - 100.0
+    period = N / RATE
+    daemon = DaemonProcess(site, tmp_path)
+    pub = publisher(broker.port)
+    try:
+        wait_until(lambda: b"subscribed" in daemon.log_path.read_bytes(), 60, "the daemon")
+
+        def send(payload: bytes) -> None:
+            pub.publish("sensors/s1/accel", payload, qos=1).wait_for_publish(5)
+
+        for k in range(5):
+            send(batch(start + k * period, seed=k))
+        send(batch(start + 4 * period, seed=4))  # a redelivery
+        send(batch(start - 1e6))  # 1e6 s in the past
+        send(batch(1e300))  # far future
+        send(batch(1.79e308, rate=1e-308))  # times overflow to inf
+        send(batch(start + 7 * period, seed=7))  # batches 5 and 6 never arrived
+        wait_until(
+            lambda: metric(metrics_port, "streamlstm_samples_total") == 6 * N, 60, "six batches"
+        )
+        wait_until(
+            lambda: metric(metrics_port, "streamlstm_gap_samples_total") == 2 * N, 10, "the gap"
+        )
+        values = scrape(metrics_port)
+        refused = {
+            re.search(r'reason="(\w+)"', k).group(1): v
+            for k, v in values.items()
+            if k.startswith("streamlstm_refused_frames_total")
+        }
+        assert refused == {
+            "redelivered": 1,
+            "time_backwards": 1,
+            "time_future": 1,
+            "time_nonfinite": 1,
+        }
+        assert values["streamlstm_gaps_total"] == 1
+        assert daemon.stop() == 0
+        # Across a restart: the snapshot keeps the last stepped time per sensor.
+        daemon = DaemonProcess(site, tmp_path, "daemon-2")
+        wait_until(lambda: b"subscribed" in daemon.log_path.read_bytes(), 60, "the restart")
+        send(batch(start + 7 * period, seed=7))  # redelivered after the restart
+        send(batch(start + 8 * period, seed=8))
+        wait_until(
+            lambda: metric(metrics_port, "streamlstm_samples_total") == N, 60, "the new batch"
+        )
+        wait_until(
+            lambda: metric(metrics_port, 'streamlstm_refused_frames_total{reason="redelivered"}'),
+            10,
+            "the redelivery to be counted",
+        )
+        assert metric(metrics_port, "streamlstm_gap_samples_total") == 0
+    finally:
+        pub.disconnect()
+        daemon.stop()
+    log = (tmp_path / "daemon.log").read_text()
+    assert "redelivered" in log and "time_future" in log and "samples missing" in log
+
+
+def test_a_device_whose_clock_restarted_is_followed_after_clock_reset_s():
+    gate = TimestampGate(TimePolicy(future_s=300, redelivery_window_s=60, clock_reset_s=5))
+    sensors = {"dev": SensorState("dev", t=50_000.0, period=0.01)}
+
+    def frame(t0: float, received: float) -> Frame:
+        t = t0 + 0.01 * np.arange(N)
+        return Frame("dev", t, np.zeros((N, 3), np.float32), received)
+
+    # The device rebooted: its uptime clock starts again from 0.
+    assert gate.admit([frame(0.0, 1000.0)], sensors) == []
+    assert gate.admit([frame(2.0, 1002.0)], sensors) == []
+    followed = gate.admit([frame(5.0, 1005.0)], sensors)
+    assert len(followed) == 1 and gate.counts.clock_resets == 1
+    assert gate.counts.frames == {"time_backwards": 2}
+    assert gate.counts.gap_samples == 0
+    # Host-stamped frames carry no device time to judge.
+    stale = Frame("dev", np.array([1.0]), np.zeros((1, 3), np.float32), 1006.0, False)
+    assert gate.admit([stale], sensors) == [stale]
+
+
+def rss_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} for {pid}")
+
+
+FLOAT32_SOURCE = """
+[[sources]]
+type = "mqtt"
+name = "flood"
+topic = "raw/{sensor}/accel"
+payload = "float32"
+rate = 1000.0
+qos = 0
+"""
+QUEUE_BYTES = 32 * 2**20
+MIB = 1024
+
+
+def test_a_flood_of_maximum_size_payloads_stays_within_the_byte_bound(broker, tmp_path, model_path):
+    # Issue 12, item 6: 4096 maximum-size float32 frames took RSS from 101 MB to 5.35 GB,
+    # and it stayed there after the queue drained.
+    metrics_port = free_port()
+    site = site_config(
+        tmp_path,
+        broker_port=broker.port,
+        model=model_path,
+        metrics_port=metrics_port,
+        sources=FLOAT32_SOURCE,
+        extra_daemon=f'queue_bytes = {QUEUE_BYTES}\nbackpressure = "drop-oldest"\n',
+    )
+    site.write_text(site.read_text().replace('backpressure = "block"\n', "", 1))
+    payload = np.random.default_rng(0).normal(size=(65536, 3)).astype("<f4").tobytes()
+    daemon = DaemonProcess(site, tmp_path)
+    pid = daemon.process.pid
+    pub = publisher(broker.port)
+    try:
+        wait_until(lambda: b"subscribed" in daemon.log_path.read_bytes(), 60, "the daemon")
+        pub.publish("raw/warm/accel", payload, qos=0)
+        wait_until(
+            lambda: metric(metrics_port, "streamlstm_samples_total") == 65536, 120, "a first frame"
+        )
+        baseline = rss_kib(pid, "VmRSS")
+        flood = 400  # 315 MB of payload, ten times the bound
+        for i in range(flood):
+            pub.publish(f"raw/s{i % 8}/accel", payload, qos=0)
+        wait_until(
+            lambda: metric(metrics_port, "streamlstm_source_samples_total") == 65536 * (flood + 1),
+            120,
+            "the flood to be received",
+        )
+        wait_until(
+            lambda: metric(metrics_port, "streamlstm_queue_frames") == 0, 300, "the queue to drain"
+        )
+        peak = rss_kib(pid, "VmHWM")
+        time.sleep(1.0)
+        after = rss_kib(pid, "VmRSS")
+        dropped = metric(metrics_port, "streamlstm_dropped_frames_total")
+    finally:
+        pub.disconnect()
+        daemon.stop()
+    print(f"RSS baseline {baseline // MIB} MiB, peak {peak // MIB} MiB, after {after // MIB} MiB")
+    assert dropped > 0  # the bound was reached, so it is what held memory down
+    # The queue holds at most 32 MiB; decoding, one micro-batch and its detector buffers
+    # add tens of MB. Without the byte bound this flood peaked at baseline + 500 MB.
+    assert peak - baseline < (QUEUE_BYTES // 1024) + 150 * MIB
+    assert after - baseline < 100 * MIB  # handed back once drained
+    assert daemon.log().count("queue full") == 1  # logged, rate-limited
+
+
+def test_an_unreachable_broker_at_start_is_logged_once_and_counted(tmp_path, model_path):
+    # Issue 12, item 8: only the connected gauge said so.
+    metrics_port = free_port()
+    site = site_config(
+        tmp_path,
+        broker_port=free_port(),  # nothing listens there
+        model=model_path,
+        metrics_port=metrics_port,
+        sources=JSON_SOURCE,
+    )
+    daemon = DaemonProcess(site, tmp_path)
+    try:
+        key = 'streamlstm_connect_failures_total{component="source:plant"}'
+
+        def failures() -> float:
+            try:
+                return metric(metrics_port, key)
+            except OSError:
+                return 0.0
+
+        wait_until(lambda: failures() >= 3, 60, "three failed attempts")
+        sink_key = 'streamlstm_connect_failures_total{component="sink:mqtt"}'
+        assert metric(metrics_port, sink_key) >= 1
+    finally:
+        daemon.stop()
+    log = daemon.log()
+    assert log.count("plant: cannot reach the broker") == 1
+    assert log.count("mqtt sink: cannot reach the broker") == 1
+
+
+def test_a_thread_that_dies_of_an_exception_is_noticed():
+    watch = ThreadWatch()
+    watch.install()
+    try:
+
+        def crash() -> None:
+            raise RuntimeError("boom")
+
+        thread = threading.Thread(target=crash, name="paho-like")
+        thread.start()
+        thread.join(5)
+    finally:
+        watch.uninstall()
+    assert watch.dead == ["paho-like: RuntimeError"]
