@@ -155,10 +155,11 @@ name = "flood"
 topic = "raw/{sensor}/accel"
 payload = "float32"
 rate = 1000.0
-qos = 0
+qos = 1
 """
 QUEUE_BYTES = 32 * 2**20
 MIB = 1024
+SOURCE_SAMPLES = 'streamlstm_source_samples_total{source="flood"}'
 
 
 def test_a_flood_of_maximum_size_payloads_stays_within_the_byte_bound(broker, tmp_path, model_path):
@@ -180,16 +181,16 @@ def test_a_flood_of_maximum_size_payloads_stays_within_the_byte_bound(broker, tm
     pub = publisher(broker.port)
     try:
         wait_until(lambda: b"subscribed" in daemon.log_path.read_bytes(), 60, "the daemon")
-        pub.publish("raw/warm/accel", payload, qos=0)
+        pub.publish("raw/warm/accel", payload, qos=1)
         wait_until(
             lambda: metric(metrics_port, "streamlstm_samples_total") == 65536, 120, "a first frame"
         )
         baseline = rss_kib(pid, "VmRSS")
         flood = 400  # 315 MB of payload, ten times the bound
         for i in range(flood):
-            pub.publish(f"raw/s{i % 8}/accel", payload, qos=0)
+            pub.publish(f"raw/s{i % 8}/accel", payload, qos=1)
         wait_until(
-            lambda: metric(metrics_port, "streamlstm_source_samples_total") == 65536 * (flood + 1),
+            lambda: metric(metrics_port, SOURCE_SAMPLES) == 65536 * (flood + 1),
             120,
             "the flood to be received",
         )
