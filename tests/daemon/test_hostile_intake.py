@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import threading
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from daemon_helpers import DaemonProcess, make_model, site_config
-from mqtt_helpers import free_port, publisher, wait_until
+from mqtt_helpers import Broker, free_port, publisher, wait_until
 
 from streamlstm.daemon.intake import TimePolicy, TimestampGate
 from streamlstm.daemon.metrics import scrape
@@ -119,6 +120,71 @@ def test_redeliveries_bad_clocks_and_gaps_are_counted_not_stepped(broker, tmp_pa
         daemon.stop()
     log = (tmp_path / "daemon.log").read_text()
     assert "redelivered" in log and "time_future" in log and "samples missing" in log
+
+
+def test_samples_the_broker_drops_during_an_outage_show_as_a_gap(tmp_path, model_path):
+    # Issue 12, item 8: mosquitto logged "Outgoing messages are being dropped" while the
+    # daemon was away, and nothing in the daemon said samples were missing.
+    folder = tmp_path / "broker"
+    folder.mkdir()
+    broker = Broker(folder)
+    broker.config.write_text(
+        broker.config.read_text().replace("max_queued_messages 100000", "max_queued_messages 5")
+    )
+    broker.start()
+    metrics_port = free_port()
+    site = site_config(
+        tmp_path,
+        broker_port=broker.port,
+        model=model_path,
+        metrics_port=metrics_port,
+        sources=JSON_SOURCE,
+    )
+    start = time.time() - 100.0
+    period = N / RATE
+    daemon = DaemonProcess(site, tmp_path)
+    pub = publisher(broker.port)
+    total = 60
+    try:
+        wait_until(lambda: b"subscribed" in daemon.log_path.read_bytes(), 60, "the daemon")
+
+        def send(k: int) -> None:
+            payload = batch(start + k * period, seed=k)
+            pub.publish("sensors/s1/accel", payload, qos=1).wait_for_publish(5)
+
+        for k in range(3):
+            send(k)
+        wait_until(
+            lambda: metric(metrics_port, "streamlstm_samples_total") == 3 * N, 60, "three batches"
+        )
+        daemon.process.send_signal(signal.SIGSTOP)  # the daemon is away; the broker queues
+        try:
+            for k in range(3, total - 1):
+                send(k)
+            wait_until(
+                lambda: (
+                    b"Outgoing messages are being dropped"
+                    in (folder / "mosquitto.log").read_bytes()
+                ),
+                10,
+                "mosquitto to drop messages",
+            )
+        finally:
+            daemon.process.send_signal(signal.SIGCONT)
+        send(total - 1)
+
+        def accounted() -> bool:
+            values = scrape(metrics_port)
+            stepped = values.get("streamlstm_samples_total", 0)
+            return stepped + values.get("streamlstm_gap_samples_total", 0) == total * N
+
+        wait_until(accounted, 60, "every sample stepped or counted as missing")
+        assert metric(metrics_port, "streamlstm_gap_samples_total") > 0
+    finally:
+        pub.disconnect()
+        daemon.stop()
+        broker.stop()
+    assert "samples missing" in daemon.log()
 
 
 def test_a_device_whose_clock_restarted_is_followed_after_clock_reset_s():
