@@ -116,19 +116,24 @@ class ReplaySource:
         self._speed = config["speed"]
         self._block = config["block"]
         self._progress = config["progress"]
+        self._next = 0  # first sample not yet emitted: a restarted run() resumes there
 
     @property
     def sensors(self) -> list[str]:
         return [self.recording.sensor]
 
     def run(self, emit: Emit, stop: threading.Event) -> None:
-        """Emit every block (pacing by the recorded times when ``speed`` > 0), then return."""
+        """Emit every block (pacing by the recorded times when ``speed`` > 0), then return.
+
+        If ``emit`` raises, the exception propagates; a later call resumes with the block
+        that failed instead of replaying the recording from the start.
+        """
         rec = self.recording
         total = len(rec.t)
         self.stats.connected = True
-        start_wall, start_t = time.monotonic(), rec.t[0]
+        start_wall, start_t = time.monotonic(), rec.t[self._next % total]
         shown = 0.0
-        for begin in range(0, total, self._block):
+        for begin in range(self._next, total, self._block):
             if stop.is_set():
                 break
             end = min(begin + self._block, total)
@@ -137,6 +142,7 @@ class ReplaySource:
                 if stop.wait(max(0.0, due - time.monotonic())):
                     break
             emit([Frame(rec.sensor, rec.t[begin:end], rec.samples[begin:end], time.time())])
+            self._next = end
             self.stats.received(end - begin)
             if self._progress and (time.monotonic() - shown > 0.5 or end == total):
                 shown = time.monotonic()

@@ -323,3 +323,27 @@ def test_a_thread_that_dies_of_an_exception_is_noticed():
     finally:
         watch.uninstall()
     assert watch.dead == ["paho-like: RuntimeError"]
+
+
+def test_a_replay_restarted_after_a_failure_resumes_instead_of_replaying(tmp_path):
+    # Issue 12, item 1: the daemon restarts a source that raised; a replay restarted from
+    # its first sample would step the recording twice.
+    from streamlstm.daemon.config import validate
+    from streamlstm.sources.replay import ReplaySource
+
+    np.savez(tmp_path / "rec.npz", samples=np.zeros((95, 3), np.float32), rate=100.0)
+    table = {"type": "replay", "path": str(tmp_path / "rec.npz"), "block": 10, "progress": False}
+    source = ReplaySource(validate({"sources": [table]})["sources"][0], 3)
+    emitted: list[Frame] = []
+
+    def emit(frames: list[Frame]) -> None:
+        if len(emitted) == 3 and not getattr(emit, "failed", False):
+            emit.failed = True  # type: ignore[attr-defined]
+            raise RuntimeError("the queue failed once")
+        emitted.extend(frames)
+
+    with pytest.raises(RuntimeError):
+        source.run(emit, threading.Event())
+    source.run(emit, threading.Event())
+    starts = [round(float(f.t[0]) * 100) for f in emitted]
+    assert starts == [0, 10, 20, 30, 40, 50, 60, 70, 80, 90]  # each block once
