@@ -86,7 +86,11 @@ INTAKE_METRICS = [
         "counter",
         "failed connection attempts (broker unreachable or refusing), by component",
     ),
-    ("streamlstm_alert_refusals_total", "counter", "alerts the broker refused, by reason"),
+    (
+        "streamlstm_broker_refusals_total",
+        "counter",
+        "messages the broker refused (PUBACK reason code), by kind (alert, other) and reason",
+    ),
     ("streamlstm_publish_errors_total", "counter", "messages the MQTT client refused to send"),
     ("streamlstm_dead_threads", "gauge", "threads that died unexpectedly (must be 0)"),
 ]
@@ -579,8 +583,8 @@ class Daemon:
                 continue
             refusals, publish_errors, connect_failures = health()
             out += [
-                ("streamlstm_alert_refusals_total", (("reason", r),), n)
-                for r, n in refusals.items()
+                ("streamlstm_broker_refusals_total", (("kind", kind), ("reason", r)), n)
+                for (kind, r), n in refusals.items()
             ]
             out.append(("streamlstm_publish_errors_total", (), publish_errors))
             out.append(

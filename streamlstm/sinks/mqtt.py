@@ -71,7 +71,8 @@ class MQTTSink:
         # which paho calls before is_published() turns true. Plain dict operations only.
         self._failed_acks: dict[int, Any] = {}
         self._refused: dict[int, tuple[dict[str, Any], float]] = {}  # seq -> (record, retry at)
-        self.refusals: Counter[str] = Counter()  # "alert: Not authorized", "other: ..."
+        # ("alert" or "other", reason) -> count; "other": state, status, discovery messages
+        self.refusals: Counter[tuple[str, str]] = Counter()
         self.publish_errors = 0
         self.connect_failures = 0
         self._known_sensors: set[str] = set()
@@ -198,7 +199,7 @@ class MQTTSink:
             # Refusals of state, status or discovery messages: counted, nothing to keep.
             reason = self._failed_acks.pop(mid, None)
             if reason is not None:
-                self.refusals[f"other: {reason}"] += 1
+                self.refusals[("other", str(reason))] += 1
                 _limited(
                     logging.WARNING,
                     f"refused-other/{reason}",
@@ -208,7 +209,7 @@ class MQTTSink:
         self._retry_refused()
 
     def _refuse(self, record: dict[str, Any], reason: Any) -> None:
-        self.refusals[f"alert: {reason}"] += 1
+        self.refusals[("alert", str(reason))] += 1
         retry = self._config["refused_retry_s"]
         self._refused[record["seq"]] = (record, time.monotonic() + retry)
         _limited(
@@ -236,8 +237,8 @@ class MQTTSink:
         self._send(records)
         self._reap()
 
-    def health(self) -> tuple[dict[str, int], int, int]:
-        """``(refusals by "kind: reason", publish errors, connection failures)`` for metrics."""
+    def health(self) -> tuple[dict[tuple[str, str], int], int, int]:
+        """``(refusals by (kind, reason), publish errors, connection failures)`` for metrics."""
         return dict(self.refusals), self.publish_errors, self.connect_failures
 
     def states(self, states: Mapping[str, SensorState]) -> None:

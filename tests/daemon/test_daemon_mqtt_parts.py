@@ -446,13 +446,13 @@ def test_alert_refused_by_the_broker_acl_stays_spooled_until_allowed(tmp_path):
         wait_until(lambda: sink.connected, 10, "the sink to connect")
         sink.alerts([record(1)])
         assert not sink.flush(5)  # acknowledged, but refused
-        assert sink.refusals == {"alert: Not authorized": 1}
+        assert sink.refusals == {("alert", "Not authorized"): 1}
         assert [r["seq"] for r in sink.spool.pending()] == [1]
         time.sleep(0.5)
 
         def refused_again() -> bool:
             sink.states({})  # the compute loop calls this regularly: it retries refused alerts
-            return sink.refusals["alert: Not authorized"] >= 2
+            return sink.refusals[("alert", "Not authorized")] >= 2
 
         wait_until(refused_again, 10, "a second refusal")
         assert len(sink.spool) == 1
