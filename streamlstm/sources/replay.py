@@ -95,6 +95,8 @@ def load_recording(path: str | Path, width: int, config: dict[str, Any]) -> Reco
         t = sample_times(len(samples), start=0.0, rate=rate or 1.0, received=0.0)
     if t.shape != (len(samples),):
         raise SourceError(f"{path}: t has shape {t.shape}, expected ({len(samples)},)")
+    if not np.isfinite(t).all():
+        raise SourceError(f"{path}: t has non-finite times")
     name = config.get("sensor") or sensor or path.stem
     try:
         check_sensor_id(name)

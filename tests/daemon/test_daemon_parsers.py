@@ -194,6 +194,21 @@ def test_sensor_ids_are_checked_once_at_intake():
         assert info.value.reason == "sensor_id"
 
 
+def test_decoded_samples_never_keep_the_payload_buffer_alive():
+    # A frame viewing its message's payload would pin the whole buffer while queued.
+    payload = np.arange(12, dtype="<f4").tobytes()
+    frame_payload = encode_frame(1, np.ones((4, 3), np.float32), t=0.0, rate=1.0)[:-1]
+    for samples in [
+        decode_float32(payload, 3, max_samples=10).samples,
+        decode_frame(frame_payload, 3)[1].samples,
+        decode_json(b'{"samples": [[1,2,3]]}', 3, max_samples=10).samples,
+    ]:
+        base = samples
+        while base is not None:
+            assert not isinstance(base, (bytes, bytearray, memoryview)), type(base)
+            base = getattr(base, "base", None)
+
+
 def test_nan_and_inf_samples_pass_decoding_for_the_detector_to_reject():
     block = decode_json(b'{"samples": [[NaN, 1, 2], [Infinity, 0, 0]]}', 3, max_samples=10)
     assert np.isnan(block.samples[0, 0]) and np.isinf(block.samples[1, 0])
