@@ -292,8 +292,9 @@ def _check_sensor_naming(source: dict[str, Any], problems: _Problems) -> None:
         problems.add(f"{where}.sensor", "set 'sensor' (a fixed id) or 'sensor_column'")
     if source["type"] == "serial" and source["reopen_max_s"] < source["reopen_min_s"]:
         problems.add(f"{where}.reopen_max_s", "must be >= reopen_min_s")
-    if source["type"] == "mqtt" and source["ack"] == "after-step" and source["qos"] == 0:
-        problems.add(f"{where}.ack", "'after-step' needs qos 1 or 2 (QoS 0 has no acks)")
+    if source["type"] == "mqtt" and source["ack"] == "after-step" and source["qos"] != 1:
+        # QoS 0 has no acks; QoS 2 hands the message over at PUBREC, before the step.
+        problems.add(f"{where}.ack", "'after-step' needs qos = 1")
 
 
 def validate(raw: Mapping[str, Any], *, base: Path | None = None) -> dict[str, Any]:

@@ -9,9 +9,11 @@ reconnecting are delivered when it is back.
 
 Acknowledgement (``ack``): ``on-receive`` (default) acknowledges a message as soon as it
 is decoded and queued, so frames still queued are lost if the daemon is killed.
-``after-step`` uses paho's manual acks: each frame carries an ``ack`` that the daemon
-calls after stepping it (or after deliberately dropping it), and ``receive_maximum``
-bounds how many messages the broker lets stay unacknowledged (it holds the rest). Cost:
+``after-step`` (QoS 1 only) uses paho's manual acks: each frame carries an ``ack`` that
+the daemon calls after stepping it (or after deliberately dropping it), and
+``receive_maximum`` (MQTT 5 Receive Maximum) asks the broker to leave at most that many
+messages unacknowledged and hold the rest (mosquitto 2.0.11 honours it only until the
+first acknowledgement). Cost:
 acknowledgements wait for the queue and the step, so throughput is capped at
 ``receive_maximum`` messages per queue-plus-step latency, and after a crash up to
 ``receive_maximum`` messages come again (the daemon drops those it already stepped by

@@ -347,3 +347,19 @@ def test_a_replay_restarted_after_a_failure_resumes_instead_of_replaying(tmp_pat
     source.run(emit, threading.Event())
     starts = [round(float(f.t[0]) * 100) for f in emitted]
     assert starts == [0, 10, 20, 30, 40, 50, 60, 70, 80, 90]  # each block once
+
+
+def test_intake_keys_are_validated():
+    from streamlstm.daemon.config import validate
+    from streamlstm.errors import ConfigError
+
+    source = {"type": "mqtt", "topic": "s/{sensor}/a", "ack": "after-step"}
+    assert validate({"sources": [source]})["sources"][0]["receive_maximum"] == 1000
+    for raw, message in [
+        ({"sources": [{**source, "qos": 2}]}, "sources[0].ack: 'after-step' needs qos = 1"),
+        ({"sources": [{**source, "receive_maximum": 0}]}, "receive_maximum: must be 1..65535"),
+        ({"daemon": {"queue_bytes": 10}}, "daemon.queue_bytes: must be >= 4096"),
+        ({"daemon": {"time_future_s": -1}}, "daemon.time_future_s: must be >= 0"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            validate(raw)
