@@ -310,6 +310,8 @@ def test_an_unreachable_broker_at_start_is_logged_once_and_counted(tmp_path, mod
 
 
 def test_a_thread_that_dies_of_an_exception_is_noticed():
+    outer = threading.excepthook
+    threading.excepthook = lambda args: None  # the chained hook: keep pytest's out of it
     watch = ThreadWatch()
     watch.install()
     try:
@@ -322,6 +324,7 @@ def test_a_thread_that_dies_of_an_exception_is_noticed():
         thread.join(5)
     finally:
         watch.uninstall()
+        threading.excepthook = outer
     assert watch.dead == ["paho-like: RuntimeError"]
 
 
