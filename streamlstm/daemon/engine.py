@@ -93,6 +93,7 @@ INTAKE_METRICS = [
     ),
     ("streamlstm_publish_errors_total", "counter", "messages the MQTT client refused to send"),
     ("streamlstm_dead_threads", "gauge", "threads that died unexpectedly (must be 0)"),
+    ("streamlstm_snapshot_failures_total", "counter", "snapshots that could not be written"),
 ]
 
 
@@ -474,6 +475,7 @@ class Daemon:
             snapshot.save(path, state)
         except (OSError, snapshot.SnapshotError) as exc:
             log.error("snapshot to %s failed: %s", path, exc)
+            self.metrics.inc("streamlstm_snapshot_failures_total")
             return
         self.metrics.inc("streamlstm_snapshots_total")
 

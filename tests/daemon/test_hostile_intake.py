@@ -309,6 +309,33 @@ def test_an_unreachable_broker_at_start_is_logged_once_and_counted(tmp_path, mod
     assert log.count("mqtt sink: cannot reach the broker") == 1
 
 
+def test_a_failing_snapshot_folder_shows_in_the_metrics(broker, tmp_path, model_path):
+    # Issue 12, item 8: a failing snapshot directory logged every interval, no metric.
+    metrics_port = free_port()
+    site = site_config(
+        tmp_path,
+        broker_port=broker.port,
+        model=model_path,
+        metrics_port=metrics_port,
+        sources=JSON_SOURCE,
+        snapshot_interval_s=0.2,
+    )
+    (tmp_path / "not-a-folder").write_text("")
+    site.write_text(site.read_text().replace('"state.npz"', '"not-a-folder/state.npz"'))
+    daemon = DaemonProcess(site, tmp_path)
+    try:
+
+        def failures() -> float:
+            try:
+                return metric(metrics_port, "streamlstm_snapshot_failures_total")
+            except OSError:
+                return 0.0
+
+        wait_until(lambda: failures() >= 2, 60, "two failed snapshots")
+    finally:
+        daemon.stop()
+
+
 def test_a_thread_that_dies_of_an_exception_is_noticed():
     outer = threading.excepthook
     threading.excepthook = lambda args: None  # the chained hook: keep pytest's out of it
