@@ -17,7 +17,10 @@ Policy (``daemon.backpressure``) when either bound is reached:
 
 After a flood, once the queue has drained, freed memory is handed back to the operating
 system (``malloc_trim`` where glibc provides it): without that, glibc keeps the freed
-payload buffers of the network threads' arenas and the resident size stays at its peak.
+payload buffers of the network threads' arenas and the resident size stays at its peak
+(``benchmarks/flood_rss.py``: 1.5 GB after a 1.6 GB flood without it, back to the 176 MB
+baseline with it). The trim costs milliseconds (28 ms after 315 MB were freed), once per
+drained flood, in the compute thread while the queue is empty.
 """
 
 from __future__ import annotations

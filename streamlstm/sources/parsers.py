@@ -1,7 +1,8 @@
 """Bytes -> samples: the wire formats shared by the serial and MQTT sources.
 
 Each decoder raises :class:`ParseError` with a short, stable ``reason`` (the label of the
-``parse_errors`` metric) and never anything else, whatever the input. Supported:
+``parse_errors`` metric) and never anything else, whatever the input. Decoded samples own
+their memory: a queued frame never keeps its message's payload buffer alive. Supported:
 
 * text lines, CSV or TSV, with configured sample columns and optional device-time and
   sensor-id columns;
