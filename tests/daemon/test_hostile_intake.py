@@ -279,6 +279,33 @@ def test_a_flood_of_maximum_size_payloads_stays_within_the_byte_bound(broker, tm
     assert daemon.log().count("queue full") == 1  # logged, rate-limited
 
 
+def test_the_queue_is_bounded_in_bytes_and_acknowledges_what_it_drops():
+    from streamlstm.daemon.framequeue import FrameQueue
+
+    acked: list[int] = []
+
+    def frame(i: int, n: int = 1000) -> Frame:
+        t = np.full(n, float(i))
+        return Frame("s", t, np.zeros((n, 3), np.float32), 0.0, ack=lambda: acked.append(i))
+
+    size = frame(0).nbytes
+    queue = FrameQueue(capacity=1000, policy="drop-oldest", max_bytes=3 * size)
+    queue.put([frame(i) for i in range(10)])
+    assert len(queue) == 3 and queue.bytes == 3 * size
+    assert acked == list(range(7)) and queue.dropped_frames == 7
+    huge = frame(99, n=100_000)  # larger than the whole bound: taken once the queue is empty
+    queue.put([huge])
+    assert [f.t[0] for f in queue.take(10**9, 0.0, 0.0)] == [99.0]
+    assert queue.bytes == 0
+    blocking = FrameQueue(capacity=1000, policy="block", max_bytes=2 * size)
+    blocking.put([frame(0), frame(1)])
+    done = threading.Event()
+    threading.Thread(target=lambda: (blocking.put([frame(2)]), done.set()), daemon=True).start()
+    assert not done.wait(0.3)  # waits for room
+    assert len(blocking.take(1000, 0.0, 0.0)) == 1
+    assert done.wait(5) and len(blocking) == 2 and blocking.dropped_frames == 0
+
+
 def test_an_unreachable_broker_at_start_is_logged_once_and_counted(tmp_path, model_path):
     # Issue 12, item 8: only the connected gauge said so.
     metrics_port = free_port()
