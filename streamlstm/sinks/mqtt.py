@@ -104,7 +104,6 @@ class MQTTSink:
         if self._ever_connected:
             self.reconnects += 1
         self._ever_connected = True
-        self.connected = True
         log.info("mqtt sink: connected to %s:%s", self._broker["host"], self._broker["port"])
         try:
             client.publish(self._config["status_topic"], ONLINE, qos=1, retain=True)
@@ -115,6 +114,8 @@ class MQTTSink:
                 self._announce(sensors)
         except Exception as exc:
             self._publish_failed("status", exc)
+        # Last: "connected" means subscribed and announced (tests and states() rely on it).
+        self.connected = True
 
     def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
         self.connect_failures += 1
