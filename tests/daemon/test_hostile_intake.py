@@ -420,3 +420,46 @@ def test_intake_keys_are_validated():
     ]:
         with pytest.raises(ConfigError, match=re.escape(message)):
             validate(raw)
+
+
+def test_a_failing_source_is_restarted_and_a_dead_one_reported(tmp_path, model_path):
+    # Issue 12, item 1: a dead intake thread must be noticed (io_faults feeds the watchdog).
+    from streamlstm.daemon.config import validate
+    from streamlstm.daemon.engine import Daemon
+
+    np.savez(tmp_path / "rec.npz", samples=np.zeros((20, 3), np.float32), rate=100.0)
+    config = validate(
+        {
+            "model": {"path": str(model_path)},
+            "sources": [{"type": "replay", "path": str(tmp_path / "rec.npz"), "progress": False}],
+            "sinks": [{"type": "jsonl", "path": str(tmp_path / "alerts.jsonl")}],
+        }
+    )
+    outer = threading.excepthook
+    threading.excepthook = lambda args: None  # the chained hook: keep pytest's out of it
+    daemon = Daemon(config)
+    source = daemon.sources[0]
+    calls: list[int] = []
+
+    def flaky(emit, stop) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug in the source")
+        raise SystemExit  # not an Exception: the supervisor lets it end the thread
+
+    source.run = flaky  # type: ignore[method-assign]
+    try:
+        daemon._start_sources()
+        wait_until(lambda: len(calls) == 2, 10, "the restart")
+        wait_until(lambda: daemon.io_faults(), 10, "the dead thread to be reported")
+        assert daemon.io_faults() == [
+            f"source-{source.name}: SystemExit",  # seen by the thread watch
+            f"source {source.name}: thread ended",  # seen by the supervisor
+        ]
+        assert source.stats.parse_errors["source_failure"] == 1
+    finally:
+        daemon._stop_sources()
+        daemon.thread_watch.uninstall()
+        threading.excepthook = outer
+        for sink in daemon.sinks:
+            sink.close()
