@@ -451,7 +451,7 @@ def test_a_failing_source_is_restarted_and_a_dead_one_reported(tmp_path, model_p
     try:
         daemon._start_sources()
         wait_until(lambda: len(calls) == 2, 10, "the restart")
-        wait_until(lambda: daemon.io_faults(), 10, "the dead thread to be reported")
+        wait_until(lambda: len(daemon.io_faults()) == 2, 10, "the dead thread to be reported")
         assert daemon.io_faults() == [
             f"source-{source.name}: SystemExit",  # seen by the thread watch
             f"source {source.name}: thread ended",  # seen by the supervisor
