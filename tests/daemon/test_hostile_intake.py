@@ -171,6 +171,12 @@ def test_samples_the_broker_drops_during_an_outage_show_as_a_gap(tmp_path, model
             )
         finally:
             daemon.process.send_signal(signal.SIGCONT)
+        # The backlog the broker kept comes in; a batch sent while its queue is still full
+        # would be dropped too, so the batch revealing the gap goes once it has drained.
+        wait_until(
+            lambda: metric(metrics_port, "streamlstm_samples_total") > 3 * N, 60, "the backlog"
+        )
+        time.sleep(1.0)
         send(total - 1)
 
         def accounted() -> bool:
