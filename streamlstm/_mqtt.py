@@ -34,13 +34,20 @@ def read_password(settings: dict[str, Any]) -> str | None:
     return None
 
 
-def make_client(settings: dict[str, Any], suffix: str) -> paho.Client:
-    """A client with id ``{client_id}-{suffix}``, auth and TLS set, not yet connected."""
+def make_client(settings: dict[str, Any], suffix: str, *, manual_ack: bool = False) -> paho.Client:
+    """A client with id ``{client_id}-{suffix}``, auth and TLS set, not yet connected.
+
+    ``manual_ack``: received QoS 1/2 messages are acknowledged by ``client.ack`` only.
+    """
     client = paho.Client(
         paho.CallbackAPIVersion.VERSION2,
         client_id=f"{settings['client_id']}-{suffix}",
         protocol=paho.MQTTv5,
+        manual_ack=manual_ack,
     )
+    # Our callbacks catch everything themselves; this is the second line of defence, so
+    # that a bug in one never ends paho's network thread (and with it all traffic).
+    client.suppress_exceptions = True
     password = read_password(settings)
     if settings.get("username") is not None:
         client.username_pw_set(settings["username"], password)
@@ -57,19 +64,27 @@ def make_client(settings: dict[str, Any], suffix: str) -> paho.Client:
     return client
 
 
-def connect_properties(settings: dict[str, Any]) -> Properties:
-    """CONNECT properties keeping the session for ``session_expiry_s`` after a disconnect."""
+def connect_properties(settings: dict[str, Any], receive_maximum: int | None = None) -> Properties:
+    """CONNECT properties keeping the session for ``session_expiry_s`` after a disconnect.
+
+    ``receive_maximum``: at most this many QoS 1/2 messages unacknowledged at once; the
+    broker holds the rest (flow control for manually acknowledged intake).
+    """
     properties = Properties(PacketTypes.CONNECT)
     properties.SessionExpiryInterval = settings["session_expiry_s"]
+    if receive_maximum is not None:
+        properties.ReceiveMaximum = receive_maximum
     return properties
 
 
-def connect_async(client: paho.Client, settings: dict[str, Any]) -> None:
+def connect_async(
+    client: paho.Client, settings: dict[str, Any], receive_maximum: int | None = None
+) -> None:
     """Start connecting in the background (paho retries with backoff by itself)."""
     client.connect_async(
         settings["host"],
         settings["port"],
         keepalive=settings["keepalive_s"],
         clean_start=False,
-        properties=connect_properties(settings),
+        properties=connect_properties(settings, receive_maximum),
     )

@@ -75,7 +75,24 @@ def _state_topic(v: Any) -> str | None:
 INT, FLOAT, STR, BOOL, LIST = (int,), (int, float), (str,), (bool,), (list,)
 OPTIONAL_INT, OPTIONAL_STR = (int, type(None)), (str, type(None))
 
+# -- intake: queue bound in bytes, device-time policy (see daemon/framequeue.py, intake.py) --
+INTAKE = {
+    "queue_bytes": Field(INT, 64 * 2**20, _at_least(4096)),
+    "time_future_s": Field(FLOAT, 300.0, _at_least(0)),
+    "redelivery_window_s": Field(FLOAT, 60.0, _at_least(0)),
+    "clock_reset_s": Field(FLOAT, 10.0, _at_least(0)),
+}
+MQTT_INTAKE = {
+    "ack": Field(STR, "on-receive", _choice("on-receive", "after-step")),
+    "receive_maximum": Field(INT, 1000, lambda v: None if 1 <= v <= 65535 else "must be 1..65535"),
+}
+MQTT_SINK_DELIVERY = {
+    "refused_retry_s": Field(FLOAT, 60.0, _positive),
+}
+# ---------------------------------------------------------------------------------------------
+
 DAEMON = {
+    **INTAKE,
     "queue_frames": Field(INT, 4096, _at_least(1)),
     "backpressure": Field(STR, "drop-oldest", _choice("drop-oldest", "block")),
     "batch_samples": Field(INT, 8192, _at_least(1)),
@@ -139,6 +156,7 @@ SOURCES: dict[str, dict[str, Field]] = {
         "qos": Field(INT, 1, _choice(0, 1, 2)),  # type: ignore[arg-type]
         "rate": Field((int, float, type(None)), None),
         "max_samples": Field(INT, 65536, _at_least(1)),
+        **MQTT_INTAKE,
         **LINES,
     },
     "replay": {
@@ -169,6 +187,7 @@ SINKS: dict[str, dict[str, Field]] = {
         "spool_dir": Field(STR, "streamlstm-spool"),
         "homeassistant": Field(BOOL, False),
         "discovery_prefix": Field(STR, "homeassistant"),
+        **MQTT_SINK_DELIVERY,
     },
 }
 
@@ -281,6 +300,9 @@ def _check_sensor_naming(source: dict[str, Any], problems: _Problems) -> None:
         problems.add(f"{where}.sensor", "set 'sensor' (a fixed id) or 'sensor_column'")
     if source["type"] == "serial" and source["reopen_max_s"] < source["reopen_min_s"]:
         problems.add(f"{where}.reopen_max_s", "must be >= reopen_min_s")
+    if source["type"] == "mqtt" and source["ack"] == "after-step" and source["qos"] != 1:
+        # QoS 0 has no acks; QoS 2 hands the message over at PUBREC, before the step.
+        problems.add(f"{where}.ack", "'after-step' needs qos = 1")
 
 
 def validate(raw: Mapping[str, Any], *, base: Path | None = None) -> dict[str, Any]:

@@ -32,14 +32,15 @@ from typing import Any
 import numpy as np
 
 from .. import _mqtt
+from .._ratelimit import RateLimitedLog
 from ..errors import ConfigError, StreamLSTMError
 from ..sinks import SensorState, Sink, alert_record
 from ..sinks.spool import SeqCounter
 from ..sources import Frame, Source
 from . import config as config_module
 from . import snapshot, systemd
-from .faultlog import FaultLog
 from .framequeue import FrameQueue
+from .intake import TimePolicy, TimestampGate
 from .metrics import Metrics, MetricsServer, Sample
 from .pipeline import (
     LoadedModel,
@@ -50,8 +51,10 @@ from .pipeline import (
     sample_width,
 )
 from .plot import ReplayPlot
+from .threadwatch import ThreadWatch
 
 log = logging.getLogger("streamlstm.daemon")
+_limited = RateLimitedLog(log)
 
 STEP_BUCKETS = (1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 1.0)
 LATENCY_BUCKETS = (
@@ -90,6 +93,48 @@ FINAL_SNAPSHOT_TIMEOUT_S = 300.0
 
 #: A health check returns what is wrong, or None; the watchdog is fed only while all pass.
 HealthCheck = Callable[[], "str | None"]
+
+# -- intake and I/O health (issue 12) ------------------------------------------------------
+INTAKE_METRICS = [
+    ("streamlstm_queue_bytes", "gauge", "bytes of frames waiting for the compute loop"),
+    ("streamlstm_dropped_frames_total", "counter", "frames dropped by the full queue"),
+    (
+        "streamlstm_refused_frames_total",
+        "counter",
+        "frames dropped for their device time (redelivered, time_backwards, time_future, "
+        "time_nonfinite), by reason",
+    ),
+    ("streamlstm_refused_samples_total", "counter", "samples in those frames, by reason"),
+    ("streamlstm_clock_resets_total", "counter", "sensors whose clock restarted, followed"),
+    ("streamlstm_gaps_total", "counter", "device-time gaps: samples that never arrived"),
+    ("streamlstm_gap_samples_total", "counter", "samples missing in those gaps"),
+    (
+        "streamlstm_connect_failures_total",
+        "counter",
+        "failed connection attempts (broker unreachable or refusing), by component",
+    ),
+    (
+        "streamlstm_broker_refusals_total",
+        "counter",
+        "messages the broker refused (PUBACK reason code), by kind (alert, other) and reason",
+    ),
+    ("streamlstm_publish_errors_total", "counter", "messages the MQTT client refused to send"),
+    ("streamlstm_dead_threads", "gauge", "threads that died unexpectedly (must be 0)"),
+]
+
+
+def time_policy(settings: dict[str, Any]) -> TimePolicy:
+    """The ``[daemon]`` timestamp tolerances as a :class:`TimePolicy`."""
+    return TimePolicy(
+        settings["time_future_s"], settings["redelivery_window_s"], settings["clock_reset_s"]
+    )
+
+
+def acknowledge(frames: list[Frame]) -> None:
+    """Acknowledge manually acked frames (at-least-once MQTT intake) once handled."""
+    for frame in frames:
+        if frame.ack is not None:
+            frame.ack()
 
 
 def build_sources(config: dict[str, Any], width: int) -> list[Source]:
@@ -227,6 +272,7 @@ def _describe(metrics: Metrics) -> None:
             "alert seq numbers taken while the seq file could not be written (full disk)",
         ),
         ("streamlstm_healthy", "gauge", "1 while every daemon thread is alive (watchdog fed)"),
+        *INTAKE_METRICS,
     ]:
         metrics.describe(name, kind, text)
     # Counters exist from the start: rate() over a scrape series needs the zero.
@@ -281,7 +327,6 @@ class Daemon:
         self.config_path = config_path
         self.metrics = Metrics()
         _describe(self.metrics)
-        self._faults = FaultLog(log)
         self.loaded: LoadedModel = load_model(config["model"]["path"])
         self.pipeline: Pipeline = make_detector(self.loaded.model, config["detector"])
         self._width = sample_width(self.pipeline, self.loaded.model)
@@ -289,13 +334,20 @@ class Daemon:
         # Sensor -> monotonic time of its last frame, least recently seen first.
         self._last_seen: OrderedDict[str, float] = OrderedDict()
         self._changed: set[str] = set()
-        self.queue = FrameQueue(config["daemon"]["queue_frames"], config["daemon"]["backpressure"])
+        self.queue = FrameQueue(
+            config["daemon"]["queue_frames"],
+            config["daemon"]["backpressure"],
+            config["daemon"]["queue_bytes"],
+        )
+        self.gate = TimestampGate(time_policy(config["daemon"]))
+        self.thread_watch = ThreadWatch()
+        self.thread_watch.install()
         self._stop_requested = threading.Event()
         self._reload_requested = threading.Event()
         self.sources: list[Source] = build_sources(config, self._width)
         self._source_stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._finished_sources: set[str] = set()
+        self._finished_sources: set[str] = set()  # sources whose run() returned (input ended)
         self.sinks: list[Sink] = []
         self.seq = SeqCounter(self._seq_path(config))
         self._plots = [
@@ -321,7 +373,7 @@ class Daemon:
         )
         #: Checks run every second; the systemd watchdog is fed only while all pass.
         #: Sources and sinks with threads of their own may append theirs.
-        self.health_checks: list[HealthCheck] = [self._source_threads_alive, self._writer_alive]
+        self.health_checks: list[HealthCheck] = [self._threads_alive, self._writer_alive]
         self.metrics.collector(self._collect)
         self._server: MetricsServer | None = None
         port = config["daemon"]["metrics_port"]
@@ -369,16 +421,38 @@ class Daemon:
             self._threads.append(thread)
 
     def _run_source(self, source: Source, stop: threading.Event) -> None:
-        # A bug in one source must not take the others or the daemon down.
+        # A bug in one source must not take the others or the daemon down: it is
+        # counted, logged (rate-limited) and the source restarted.
         while not stop.is_set():
             try:
                 source.run(self.queue.put, stop)
                 self._finished_sources.add(source.name)
                 return
-            except Exception:
-                log.exception("source %s failed; restarting it in 1 s", source.name)
+            except Exception as exc:
                 source.stats.error("source_failure")
+                if _limited(
+                    logging.ERROR,
+                    f"source/{source.name}",
+                    "source %s failed (%s: %s); restarting it in 1 s",
+                    source.name,
+                    type(exc).__name__,
+                    exc,
+                ):
+                    log.debug("traceback of the above", exc_info=exc)
                 stop.wait(1.0)
+
+    def io_faults(self) -> list[str]:
+        """Threads the daemon needs that are dead (empty when healthy; for the watchdog).
+
+        A source thread that ended without its input ending, a sink's network thread
+        that stopped, and any thread that died of an exception.
+        """
+        faults = list(self.thread_watch.dead)
+        if not self._source_stop.is_set():
+            for source, thread in zip(self.sources, self._threads, strict=False):
+                if not thread.is_alive() and source.name not in self._finished_sources:
+                    faults.append(f"source {source.name}: thread ended")
+        return faults
 
     def _stop_sources(self, timeout: float = 5.0) -> None:
         self._source_stop.set()
@@ -390,15 +464,9 @@ class Daemon:
         return all(not t.is_alive() for t in self._threads)
 
     # -- health ------------------------------------------------------------------------------
-    def _source_threads_alive(self) -> str | None:
-        if self._source_stop.is_set():
-            return None
-        dead = [
-            t.name
-            for t in self._threads
-            if not t.is_alive() and t.name.removeprefix("source-") not in self._finished_sources
-        ]
-        return f"thread(s) {', '.join(dead)} died" if dead else None
+    def _threads_alive(self) -> str | None:
+        faults = self.io_faults()
+        return "; ".join(faults) if faults else None
 
     def _writer_alive(self) -> str | None:
         if self._writer is None or self._writer.alive:
@@ -416,7 +484,8 @@ class Daemon:
                 problems.append(problem)
         self.metrics.set("streamlstm_healthy", 0 if problems else 1)
         if problems:
-            self._faults.error(
+            _limited(
+                logging.ERROR,
                 "health",
                 "unhealthy: %s%s",
                 "; ".join(problems),
@@ -482,6 +551,13 @@ class Daemon:
         return 0
 
     def process(self, frames: list[Frame]) -> None:
+        """Check device times, step the admitted frames, then acknowledge all of them."""
+        admitted = self.gate.admit(frames, self.sensors)
+        if admitted:
+            self._step(admitted)
+        acknowledge(frames)
+
+    def _step(self, frames: list[Frame]) -> None:
         """Step one micro-batch through the detector and deliver its events."""
         limit = self.config["daemon"]["max_sensors"]
         if len(self.sensors) + len(frames) > limit:
@@ -547,7 +623,8 @@ class Daemon:
                 refused += len(frame.t)
         if refused:
             self.metrics.inc("streamlstm_sensor_limit_samples_total", refused)
-            self._faults.error(
+            _limited(
+                logging.ERROR,
                 "max_sensors",
                 "daemon.max_sensors (%d) reached: samples of new sensors are refused "
                 "(streamlstm_sensor_limit_samples_total)",
@@ -594,8 +671,13 @@ class Daemon:
             if what == "alerts":
                 seqs = [record["seq"] for record in argument]
                 detail = f" (alert seq {seqs[0]}..{seqs[-1]} not delivered there)"
-            self._faults.error(
-                f"sink:{name}:{what}:{reason}", "sink %s failed: %s%s", name, exc, detail
+            _limited(
+                logging.ERROR,
+                f"sink:{name}:{what}:{reason}",
+                "sink %s failed: %s%s",
+                name,
+                exc,
+                detail,
             )
 
     def _state_interval(self) -> float:
@@ -697,8 +779,12 @@ class Daemon:
 
     def _snapshot_failed(self, exc: Exception) -> None:
         self.metrics.inc("streamlstm_snapshot_failures_total")
-        self._faults.error(
-            "snapshot", "snapshot to %s failed: %s", self.config["daemon"]["snapshot_path"], exc
+        _limited(
+            logging.ERROR,
+            "snapshot",
+            "snapshot to %s failed: %s",
+            self.config["daemon"]["snapshot_path"],
+            exc,
         )
 
     def _final_snapshot(self) -> None:
@@ -804,6 +890,8 @@ class Daemon:
             self.sinks = new_sinks
         self.queue.capacity = new["daemon"]["queue_frames"]
         self.queue.policy = new["daemon"]["backpressure"]
+        self.queue.max_bytes = new["daemon"]["queue_bytes"]
+        self.gate.policy = time_policy(new["daemon"])
         self.config = new
         self.metrics.inc("streamlstm_reloads_total", labels=(("result", "ok"),))
 
@@ -832,15 +920,55 @@ class Daemon:
         self._close_sinks()
         if self._server is not None:
             self._server.close()
+        self.thread_watch.uninstall()
         log.info("stopped cleanly")
 
     # -- metrics read at scrape time -----------------------------------------------------------
+    def _collect_intake(self) -> list[Sample]:
+        counts = self.gate.counts
+        out: list[Sample] = [
+            ("streamlstm_queue_bytes", (), self.queue.bytes),
+            ("streamlstm_dropped_frames_total", (), self.queue.dropped_frames),
+            ("streamlstm_clock_resets_total", (), counts.clock_resets),
+            ("streamlstm_gaps_total", (), counts.gaps),
+            ("streamlstm_gap_samples_total", (), counts.gap_samples),
+            ("streamlstm_dead_threads", (), len(self.io_faults())),
+        ]
+        for reason, n in list(counts.frames.items()):
+            labels = (("reason", reason),)
+            out.append(("streamlstm_refused_frames_total", labels, n))
+            out.append(("streamlstm_refused_samples_total", labels, counts.samples[reason]))
+        for source in self.sources:
+            component = (("component", f"source:{source.name}"),)
+            out.append(
+                ("streamlstm_connect_failures_total", component, source.stats.connect_failures)
+            )
+        for sink in self.sinks:
+            health = getattr(sink, "health", None)
+            if health is None:
+                continue
+            refusals, publish_errors, connect_failures = health()
+            out += [
+                ("streamlstm_broker_refusals_total", (("kind", kind), ("reason", r)), n)
+                for (kind, r), n in refusals.items()
+            ]
+            out.append(("streamlstm_publish_errors_total", (), publish_errors))
+            out.append(
+                (
+                    "streamlstm_connect_failures_total",
+                    (("component", "sink:mqtt"),),
+                    connect_failures,
+                )
+            )
+        return out
+
     def _collect(self) -> list[Sample]:
         out: list[Sample] = [
             ("streamlstm_queue_frames", (), len(self.queue)),
             ("streamlstm_dropped_samples_total", (), self.queue.dropped_samples),
             ("streamlstm_sensors", (), len(self.sensors)),
             ("streamlstm_seq_unreserved_total", (), self.seq.unreserved),
+            *self._collect_intake(),
         ]
         for source in self.sources:
             errors, samples, reconnects, connected = source.stats.snapshot()

@@ -60,6 +60,7 @@ class SensorState:
     alert: bool = False
     samples: int = 0
     rejected: int = 0
+    period: float = math.nan  # last seen sample spacing (s), for gap counting; not published
 
     def record(self) -> dict[str, Any]:
         return {

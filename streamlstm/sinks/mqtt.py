@@ -11,6 +11,19 @@ Topics (templates from the config):
 * optional Home Assistant discovery: a retained ``binary_sensor`` config per sensor under
   ``{discovery_prefix}/binary_sensor/...``, re-sent when Home Assistant announces
   ``online`` on ``{discovery_prefix}/status``.
+
+Delivery failures never lose an alert and never stop the others:
+
+* the broker acknowledges an alert with a failure reason code (PUBACK >= 0x80, e.g. 135
+  "Not authorized" from an ACL, 151 "Quota exceeded"): the spool file stays, the refusal
+  is counted by reason (``refusals``) and logged (rate-limited), and the alert is sent
+  again every ``refused_retry_s`` seconds and at every start, so that it goes out once the
+  broker's configuration is fixed. Newer alerts are not held back meanwhile (the
+  broker's refusal is per message), so a retried alert may arrive after newer ones;
+  ``seq`` gives the order;
+* the client refuses to publish one record (an exception from ``publish``): it is counted
+  in ``publish_errors``, logged, kept in the spool; the other records still go out;
+* no exception from a paho callback escapes into paho's network thread.
 """
 
 from __future__ import annotations
@@ -20,16 +33,19 @@ import logging
 import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import paho.mqtt.client as paho
 
 from .. import _mqtt
+from .._ratelimit import RateLimitedLog
 from . import SensorState
 from .spool import Spool
 
 log = logging.getLogger(__name__)
+_limited = RateLimitedLog(log)
 
 ONLINE, OFFLINE = b"online", b"offline"
 
@@ -50,7 +66,15 @@ class MQTTSink:
         # Alerts handed to paho and not yet acknowledged. Polled from the compute thread
         # rather than tracked in on_publish: paho calls on_publish holding its own message
         # lock, which publish() needs too, so a lock shared with on_publish can deadlock.
-        self._in_flight: list[tuple[paho.MQTTMessageInfo, int]] = []
+        self._in_flight: list[tuple[paho.MQTTMessageInfo, dict[str, Any]]] = []
+        # mid -> failure reason code of a PUBACK; written by on_publish (network thread),
+        # which paho calls before is_published() turns true. Plain dict operations only.
+        self._failed_acks: dict[int, Any] = {}
+        self._refused: dict[int, tuple[dict[str, Any], float]] = {}  # seq -> (record, retry at)
+        # ("alert" or "other", reason) -> count; "other": state, status, discovery messages
+        self.refusals: Counter[tuple[str, str]] = Counter()
+        self.publish_errors = 0
+        self.connect_failures = 0
         self._known_sensors: set[str] = set()
         self.connected = False
         self.reconnects = 0
@@ -58,31 +82,50 @@ class MQTTSink:
         self.client = _mqtt.make_client(dict(broker), "out")
         self.client.will_set(config["status_topic"], OFFLINE, qos=1, retain=True)
         self.client.on_connect = self._on_connect
+        self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        self.client.on_publish = self._on_publish
         _mqtt.connect_async(self.client, dict(broker))
         self.client.loop_start()
         # A previous run's unacknowledged alerts go first, in order.
         self._send(self.spool.pending())
 
-    # -- paho callbacks (network thread) ---------------------------------------------------
+    # -- paho callbacks (network thread): nothing may escape from them --------------------
     def _on_connect(
         self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
         if reason.is_failure:
-            log.warning("mqtt sink: broker refused the connection: %s", reason)
+            self.connect_failures += 1
+            _limited(
+                logging.WARNING, "refused", "mqtt sink: broker refused the connection: %s", reason
+            )
             return
         if self._ever_connected:
             self.reconnects += 1
         self._ever_connected = True
-        self.connected = True
         log.info("mqtt sink: connected to %s:%s", self._broker["host"], self._broker["port"])
-        client.publish(self._config["status_topic"], ONLINE, qos=1, retain=True)
-        if self._config["homeassistant"]:
-            client.subscribe(f"{self._config['discovery_prefix']}/status", qos=1)
-            with self._lock:
-                sensors = sorted(self._known_sensors)
-            self._announce(sensors)
+        try:
+            client.publish(self._config["status_topic"], ONLINE, qos=1, retain=True)
+            if self._config["homeassistant"]:
+                client.subscribe(f"{self._config['discovery_prefix']}/status", qos=1)
+                with self._lock:
+                    sensors = sorted(self._known_sensors)
+                self._announce(sensors)
+        except Exception as exc:
+            self._publish_failed("status", exc)
+        # Last: "connected" means subscribed and announced (tests and states() rely on it).
+        self.connected = True
+
+    def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
+        self.connect_failures += 1
+        _limited(
+            logging.WARNING,
+            "unreachable",
+            "mqtt sink: cannot reach the broker at %s:%s; alerts stay spooled, retrying",
+            self._broker["host"],
+            self._broker["port"],
+        )
 
     def _on_disconnect(
         self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
@@ -92,37 +135,101 @@ class MQTTSink:
         self.connected = False
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
-        if message.payload == ONLINE:  # Home Assistant restarted: it forgot the discovery
-            with self._lock:
-                sensors = sorted(self._known_sensors)
-            self._announce(sensors)
+        try:
+            if message.payload == ONLINE:  # Home Assistant restarted: it forgot the discovery
+                with self._lock:
+                    sensors = sorted(self._known_sensors)
+                self._announce(sensors)
+        except Exception as exc:
+            self._publish_failed("discovery", exc)
+
+    def _on_publish(
+        self, client: paho.Client, userdata: Any, mid: int, reason: Any, properties: Any
+    ) -> None:
+        if getattr(reason, "is_failure", False):
+            self._failed_acks[mid] = reason
 
     # -- the daemon's calls (compute thread) ---------------------------------------------
+    def _publish_failed(self, what: str, exc: Exception) -> None:
+        self.publish_errors += 1
+        _limited(
+            logging.ERROR,
+            f"publish/{what}/{type(exc).__name__}",
+            "mqtt sink: could not publish %s (%s: %s)",
+            what,
+            type(exc).__name__,
+            exc,
+        )
+
     def _send(self, records: Sequence[dict[str, Any]]) -> None:
         for record in records:
-            topic = topic_for(self._config["alert_topic"], record["sensor"])
-            payload = json.dumps(record, separators=(",", ":"))
-            info = self.client.publish(topic, payload, qos=1)
+            try:
+                topic = topic_for(self._config["alert_topic"], record["sensor"])
+                payload = json.dumps(record, separators=(",", ":"))
+                info = self.client.publish(topic, payload, qos=1)
+            except Exception as exc:  # this record stays spooled; others go on
+                self._publish_failed(f"alert seq {record.get('seq')} (kept in the spool)", exc)
+                continue
             if info.rc == paho.MQTT_ERR_NO_CONN:
                 # paho keeps a QoS 1 message published while disconnected and sends it on
                 # reconnect; only this return code says otherwise (is_published() would raise).
                 info.rc = paho.MQTT_ERR_SUCCESS
-            self._in_flight.append((info, record["seq"]))
+            self._in_flight.append((info, record))
 
     def _reap(self) -> None:
-        """Delete the spool files of alerts the broker has acknowledged."""
+        """Delete the spool files of alerts the broker accepted; keep refused ones."""
         waiting = []
-        for info, seq in self._in_flight:
+        for info, record in self._in_flight:
+            seq = record["seq"]
             try:
                 acknowledged = info.is_published()
             except (RuntimeError, ValueError) as exc:  # paho refused it: next start resends it
                 log.error("mqtt sink: alert seq %d not sent (%s); it stays spooled", seq, exc)
                 continue
-            if acknowledged:
+            if not acknowledged:
+                waiting.append((info, record))
+                continue
+            reason = self._failed_acks.pop(info.mid, None)
+            if reason is None:
                 self.spool.done(seq)
             else:
-                waiting.append((info, seq))
+                self._refuse(record, reason)
         self._in_flight = waiting
+        in_flight = {info.mid for info, _ in waiting}
+        for mid in [m for m in list(self._failed_acks) if m not in in_flight]:
+            # Refusals of state, status or discovery messages: counted, nothing to keep.
+            reason = self._failed_acks.pop(mid, None)
+            if reason is not None:
+                self.refusals[("other", str(reason))] += 1
+                _limited(
+                    logging.WARNING,
+                    f"refused-other/{reason}",
+                    "mqtt sink: broker refused a state/status message: %s",
+                    reason,
+                )
+        self._retry_refused()
+
+    def _refuse(self, record: dict[str, Any], reason: Any) -> None:
+        self.refusals[("alert", str(reason))] += 1
+        retry = self._config["refused_retry_s"]
+        self._refused[record["seq"]] = (record, time.monotonic() + retry)
+        _limited(
+            logging.ERROR,
+            f"refused-alert/{reason}",
+            "mqtt sink: broker refused alert seq %d on %s: %s; it stays in %s and is "
+            "sent again every %g s",
+            record["seq"],
+            topic_for(self._config["alert_topic"], record["sensor"]),
+            reason,
+            self.spool.directory,
+            retry,
+        )
+
+    def _retry_refused(self) -> None:
+        now = time.monotonic()
+        due = [seq for seq, (_, at) in self._refused.items() if at <= now]
+        if due:
+            self._send([self._refused.pop(seq)[0] for seq in sorted(due)])
 
     def alerts(self, records: Sequence[dict[str, Any]]) -> None:
         """Spool (durably) then publish; the spool file goes when the broker acknowledges."""
@@ -131,18 +238,25 @@ class MQTTSink:
         self._send(records)
         self._reap()
 
+    def health(self) -> tuple[dict[tuple[str, str], int], int, int]:
+        """``(refusals by (kind, reason), publish errors, connection failures)`` for metrics."""
+        return dict(self.refusals), self.publish_errors, self.connect_failures
+
     def states(self, states: Mapping[str, SensorState]) -> None:
         """Publish retained states (and announce new sensors); also reaps acknowledged alerts."""
         self._reap()
         new = []
         for sensor, state in states.items():
             if self._config["state_topic"] is not None:
-                self.client.publish(
-                    topic_for(self._config["state_topic"], sensor),
-                    json.dumps(state.record(), separators=(",", ":")),
-                    qos=1,
-                    retain=True,
-                )
+                try:
+                    self.client.publish(
+                        topic_for(self._config["state_topic"], sensor),
+                        json.dumps(state.record(), separators=(",", ":")),
+                        qos=1,
+                        retain=True,
+                    )
+                except Exception as exc:  # one state never stops the others
+                    self._publish_failed(f"the state of {sensor[:40]!r}", exc)
             with self._lock:
                 if sensor not in self._known_sensors:
                     self._known_sensors.add(sensor)
@@ -172,9 +286,15 @@ class MQTTSink:
                     "manufacturer": "streamlstm",
                 },
             }
-            self.client.publish(
-                f"{prefix}/binary_sensor/{object_id}/config", json.dumps(config), qos=1, retain=True
-            )
+            try:
+                self.client.publish(
+                    f"{prefix}/binary_sensor/{object_id}/config",
+                    json.dumps(config),
+                    qos=1,
+                    retain=True,
+                )
+            except Exception as exc:
+                self._publish_failed(f"the discovery of {sensor[:40]!r}", exc)
 
     def flush(self, timeout: float) -> bool:
         """Wait up to ``timeout`` s for every alert to be acknowledged; True if all were."""
@@ -182,7 +302,7 @@ class MQTTSink:
         while time.monotonic() < deadline:
             self._reap()
             if not self._in_flight:
-                return True
+                return not self._refused
             time.sleep(0.01)
         return False
 
@@ -190,8 +310,9 @@ class MQTTSink:
         """Flush alerts, publish a retained ``offline``, disconnect (unsent alerts stay spooled)."""
         if not self.flush(timeout):
             log.warning(
-                "mqtt sink: %d alerts unacknowledged at exit; they stay in %s",
+                "mqtt sink: %d alerts unacknowledged and %d refused at exit; they stay in %s",
                 len(self._in_flight),
+                len(self._refused),
                 self.spool.directory,
             )
         if self.connected:

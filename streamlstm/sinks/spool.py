@@ -17,22 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .._files import atomic_write
+
 SEQ_BLOCK = 1000
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves either the old or the new file."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 class SeqCounter:
@@ -60,7 +47,7 @@ class SeqCounter:
         """
         if self._path is not None and self._next >= self._reserved:
             try:
-                write_atomically(self._path, f"{self._next + SEQ_BLOCK}\n".encode())
+                atomic_write(self._path, [f"{self._next + SEQ_BLOCK}\n".encode()])
                 self._reserved = self._next + SEQ_BLOCK
             except OSError:
                 self.unreserved += 1
@@ -81,7 +68,7 @@ class Spool:
         return self.directory / f"{seq:020d}.json"
 
     def put(self, record: dict[str, Any]) -> None:
-        write_atomically(self._file(record["seq"]), json.dumps(record).encode())
+        atomic_write(self._file(record["seq"]), [json.dumps(record).encode()])
 
     def done(self, seq: int) -> None:
         self._file(seq).unlink(missing_ok=True)

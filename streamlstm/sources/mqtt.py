@@ -6,10 +6,23 @@ message's topic. Payloads: ``json`` batches, ``csv`` text lines, or raw ``float3
 (see :mod:`.parsers`). The client keeps a persistent session (fixed client id,
 ``clean_start=False``) so that QoS 1/2 samples published while the daemon was
 reconnecting are delivered when it is back.
+
+Acknowledgement (``ack``): ``on-receive`` (default) acknowledges a message as soon as it
+is decoded and queued, so frames still queued are lost if the daemon is killed.
+``after-step`` (QoS 1 only) uses paho's manual acks: each frame carries an ``ack`` that
+the daemon calls after stepping it (or after deliberately dropping it), and
+``receive_maximum`` (MQTT 5 Receive Maximum) asks the broker to leave at most that many
+messages unacknowledged and hold the rest (mosquitto 2.0.11 honours it only until the
+first acknowledgement). Cost:
+acknowledgements wait for the queue and the step, so throughput is capped at
+``receive_maximum`` messages per queue-plus-step latency, and after a crash up to
+``receive_maximum`` messages come again (the daemon drops those it already stepped by
+their device time; messages without a ``t`` cannot be recognised and are stepped again).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import threading
@@ -19,10 +32,12 @@ from typing import Any
 import paho.mqtt.client as paho
 
 from .. import _mqtt
-from . import Emit, Frame, SourceStats, sample_times
+from .._ratelimit import RateLimitedLog
+from . import Emit, Frame, SourceStats, check_sensor_id, sample_times
 from .parsers import Block, LineFormat, ParseError, decode_csv, decode_float32, decode_json
 
 log = logging.getLogger(__name__)
+_limited = RateLimitedLog(log)
 
 
 def topic_pattern(template: str) -> tuple[str, re.Pattern[str]]:
@@ -48,6 +63,8 @@ class MQTTSource:
             self._lines = LineFormat(tuple(config["columns"]), ",", config["time_column"], None)
         self._emit: Emit | None = None
         self._ever_connected = False
+        self._manual_ack = config["ack"] == "after-step"
+        self._client: paho.Client | None = None
         # Refuse huge payloads before parsing them: 32 characters per number is generous
         # for text, and memory stays bounded whatever a publisher sends.
         self._max_bytes = config["max_samples"] * width * 32 + 1024
@@ -55,11 +72,14 @@ class MQTTSource:
     def run(self, emit: Emit, stop: threading.Event) -> None:
         """Connect, subscribe and deliver messages until ``stop``."""
         self._emit = emit
-        client = _mqtt.make_client(self._broker, f"in-{self.name}")
+        client = _mqtt.make_client(self._broker, f"in-{self.name}", manual_ack=self._manual_ack)
         client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
-        _mqtt.connect_async(client, self._broker)
+        self._client = client
+        receive_maximum = self._config["receive_maximum"] if self._manual_ack else None
+        _mqtt.connect_async(client, self._broker, receive_maximum)
         client.loop_start()
         try:
             stop.wait()
@@ -72,14 +92,36 @@ class MQTTSource:
         self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
     ) -> None:
         if reason.is_failure:
-            log.warning("%s: broker refused the connection: %s", self.name, reason)
+            self.stats.connect_failed()
+            _limited(
+                logging.WARNING,
+                f"{self.name}/refused",
+                "%s: broker refused the connection: %s",
+                self.name,
+                reason,
+            )
             return
         if self._ever_connected:
             self.stats.reconnected()
         self._ever_connected = True
         self.stats.connected = True
-        client.subscribe(self._subscription, qos=self._config["qos"])
+        try:
+            client.subscribe(self._subscription, qos=self._config["qos"])
+        except (ValueError, OSError) as exc:  # paho refused the filter: a bug, made visible
+            log.error("%s: cannot subscribe to %s: %s", self.name, self._subscription, exc)
+            return
         log.info("%s: subscribed to %s", self.name, self._subscription)
+
+    def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
+        self.stats.connect_failed()
+        _limited(
+            logging.WARNING,
+            f"{self.name}/unreachable",
+            "%s: cannot reach the broker at %s:%s; retrying with backoff",
+            self.name,
+            self._broker["host"],
+            self._broker["port"],
+        )
 
     def _on_disconnect(
         self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any
@@ -89,15 +131,21 @@ class MQTTSource:
         self.stats.connected = False
 
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        # paho's network thread serves every message: nothing may escape from here.
         received = time.time()
         try:
-            frame = self._decode(message.topic, message.payload, received)
-        except ParseError as exc:
-            self.stats.error(exc.reason)
-            return
-        self.stats.received(len(frame.t))
-        assert self._emit is not None
-        self._emit([frame])
+            frame = self._decode(message, received)
+            self.stats.received(len(frame.t))
+            assert self._emit is not None
+            self._emit([frame])
+        except Exception as exc:  # counted and logged, see SourceStats.dropped
+            self.stats.dropped(self.name, exc)
+            self._acknowledge(message)
+
+    def _acknowledge(self, message: paho.MQTTMessage) -> None:
+        """Manual ack of a message dropped here (it is handled: a redelivery would fail too)."""
+        if self._manual_ack and message.qos > 0 and self._client is not None:
+            self._client.ack(message.mid, message.qos)
 
     def decode_block(self, payload: bytes) -> Block:
         """Decode one payload according to the configured ``payload`` kind."""
@@ -108,13 +156,22 @@ class MQTTSource:
             return decode_csv(payload, self._lines, max_samples=limit)
         return decode_float32(payload, self._width, max_samples=limit)
 
-    def _decode(self, topic: str, payload: bytes, received: float) -> Frame:
+    def _decode(self, message: paho.MQTTMessage, received: float) -> Frame:
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:
+            raise ParseError("topic", "topic is not UTF-8") from None
         match = self._pattern.fullmatch(topic)
         if match is None:
             raise ParseError("topic", f"topic {topic!r} does not match the template")
+        sensor = check_sensor_id(match.group(1))
+        payload = message.payload
         if len(payload) > self._max_bytes:
             raise ParseError("oversize", f"{len(payload)} bytes")
         block = self.decode_block(payload)
         rate = block.rate or self._config["rate"]
         times = sample_times(len(block.samples), start=block.t, rate=rate, received=received)
-        return Frame(match.group(1), times, block.samples, received)
+        ack = None
+        if self._manual_ack and message.qos > 0 and self._client is not None:
+            ack = functools.partial(self._client.ack, message.mid, message.qos)
+        return Frame(sensor, times, block.samples, received, block.t is not None, ack)

@@ -1,7 +1,8 @@
 """Bytes -> samples: the wire formats shared by the serial and MQTT sources.
 
 Each decoder raises :class:`ParseError` with a short, stable ``reason`` (the label of the
-``parse_errors`` metric) and never anything else, whatever the input. Supported:
+``parse_errors`` metric) and never anything else, whatever the input. Decoded samples own
+their memory: a queued frame never keeps its message's payload buffer alive. Supported:
 
 * text lines, CSV or TSV, with configured sample columns and optional device-time and
   sensor-id columns;
@@ -67,9 +68,25 @@ def _optional_number(obj: dict, key: str) -> float | None:
     value = obj.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ParseError("schema", f"{key!r} must be a finite number")
-    return float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ParseError("schema", f"{key!r} must be a number")
+    try:
+        number = float(value)  # an integer of hundreds of digits does not fit a float
+    except OverflowError:
+        raise ParseError("number", f"{key!r} is out of range") from None
+    if not math.isfinite(number):
+        raise ParseError("number", f"{key!r} must be a finite number")
+    return number
+
+
+def _optional_sensor(obj: dict) -> str | None:
+    sensor = obj.get("sensor")
+    if sensor is None or isinstance(sensor, str):
+        return sensor
+    # Integers are accepted as ids; a huge one would make str() raise (digit limit).
+    if isinstance(sensor, int) and not isinstance(sensor, bool) and abs(sensor) < 2**63:
+        return str(sensor)
+    raise ParseError("schema", "'sensor' must be a string")
 
 
 def decode_json(payload: bytes, width: int, *, max_samples: int) -> Block:
@@ -95,16 +112,10 @@ def decode_json(payload: bytes, width: int, *, max_samples: int) -> Block:
     else:
         raise ParseError("schema", "no 'samples' or 'sample' key")
     rate = _optional_number(obj, "rate")
-    if rate is not None and rate <= 0:
+    if rate is not None and (rate <= 0 or not math.isfinite(1.0 / rate)):
         raise ParseError("schema", "'rate' must be > 0")
-    sensor = obj.get("sensor")
-    if sensor is not None and not isinstance(sensor, (str, int)):
-        raise ParseError("schema", "'sensor' must be a string")
     return Block(
-        _as_block_samples(values, width),
-        _optional_number(obj, "t"),
-        rate,
-        None if sensor is None else str(sensor),
+        _as_block_samples(values, width), _optional_number(obj, "t"), rate, _optional_sensor(obj)
     )
 
 

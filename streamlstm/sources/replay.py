@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import SourceError
-from . import Emit, Frame, SourceStats, sample_times
+from . import Emit, Frame, SourceStats, check_sensor_id, sample_times
 from .parsers import LineFormat, ParseError
 
 
@@ -95,7 +95,14 @@ def load_recording(path: str | Path, width: int, config: dict[str, Any]) -> Reco
         t = sample_times(len(samples), start=0.0, rate=rate or 1.0, received=0.0)
     if t.shape != (len(samples),):
         raise SourceError(f"{path}: t has shape {t.shape}, expected ({len(samples)},)")
-    return Recording(samples, t, config.get("sensor") or sensor or path.stem)
+    if not np.isfinite(t).all():
+        raise SourceError(f"{path}: t has non-finite times")
+    name = config.get("sensor") or sensor or path.stem
+    try:
+        check_sensor_id(name)
+    except ParseError as exc:
+        raise SourceError(f"{path}: {exc} (set 'sensor' in the source's table)") from None
+    return Recording(samples, t, name)
 
 
 class ReplaySource:
@@ -111,19 +118,24 @@ class ReplaySource:
         self._speed = config["speed"]
         self._block = config["block"]
         self._progress = config["progress"]
+        self._next = 0  # first sample not yet emitted: a restarted run() resumes there
 
     @property
     def sensors(self) -> list[str]:
         return [self.recording.sensor]
 
     def run(self, emit: Emit, stop: threading.Event) -> None:
-        """Emit every block (pacing by the recorded times when ``speed`` > 0), then return."""
+        """Emit every block (pacing by the recorded times when ``speed`` > 0), then return.
+
+        If ``emit`` raises, the exception propagates; a later call resumes with the block
+        that failed instead of replaying the recording from the start.
+        """
         rec = self.recording
         total = len(rec.t)
         self.stats.connected = True
-        start_wall, start_t = time.monotonic(), rec.t[0]
+        start_wall, start_t = time.monotonic(), rec.t[self._next % total]
         shown = 0.0
-        for begin in range(0, total, self._block):
+        for begin in range(self._next, total, self._block):
             if stop.is_set():
                 break
             end = min(begin + self._block, total)
@@ -132,6 +144,7 @@ class ReplaySource:
                 if stop.wait(max(0.0, due - time.monotonic())):
                     break
             emit([Frame(rec.sensor, rec.t[begin:end], rec.samples[begin:end], time.time())])
+            self._next = end
             self.stats.received(end - begin)
             if self._progress and (time.monotonic() - shown > 0.5 or end == total):
                 shown = time.monotonic()

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import serial
 
-from . import Emit, Frame, SourceStats, sample_times
+from . import Emit, Frame, SourceStats, check_sensor_id, sample_times
 from .parsers import Delimited, LineFormat, ParseError, decode_frame, decode_json
 
 log = logging.getLogger(__name__)
@@ -118,8 +118,8 @@ class SerialSource:
         for record in records:
             try:
                 frames.append(self._decode(record.rstrip(b"\r"), received))
-            except ParseError as exc:
-                self.stats.error(exc.reason)
+            except Exception as exc:  # one record never stops the port
+                self.stats.dropped(self.name, exc)
         self.stats.received(sum(len(f.t) for f in frames))
         return frames
 
@@ -128,7 +128,11 @@ class SerialSource:
         if self._lines is not None:
             sample, t, sensor = self._lines.parse(record)
             return Frame(
-                sensor or fixed, np.array([received if t is None else t]), sample[None, :], received
+                check_sensor_id(sensor or fixed),
+                np.array([received if t is None else t]),
+                sample[None, :],
+                received,
+                t is not None,
             )
         if self._format == "json":
             block = decode_json(record, self._width, max_samples=self._config["max_line"])
@@ -139,4 +143,4 @@ class SerialSource:
             channel, block = decode_frame(record, self._width)
             sensor = f"{fixed or self.name}-{channel}"
         times = sample_times(len(block.samples), start=block.t, rate=block.rate, received=received)
-        return Frame(sensor, times, block.samples, received)
+        return Frame(check_sensor_id(sensor), times, block.samples, received, block.t is not None)

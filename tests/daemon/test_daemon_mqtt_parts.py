@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -307,3 +309,204 @@ def test_tls_with_a_private_certificate_authority(tmp_path):
         untrusting.close(timeout=0.1)
     finally:
         broker.stop()
+
+
+# -- hostile input and broker faults (issue 12) --------------------------------------------
+def json_source(broker_port: int, name: str = "plant", **extra) -> MQTTSource:
+    table = validate(
+        {
+            "sources": [
+                {"type": "mqtt", "name": name, "topic": "sensors/{sensor}/accel", "qos": 1, **extra}
+            ]
+        }
+    )["sources"][0]
+    return MQTTSource(table, 3, mqtt_settings(broker_port, f"src-{name}"))
+
+
+def test_a_message_that_raised_in_the_callback_no_longer_stops_intake(broker):
+    # Issue 12, item 1: a 400-digit "t" raised OverflowError in paho's network thread;
+    # intake was dead from then on, with nothing counted.
+    frames, stop = [], threading.Event()
+    source = json_source(broker.port)
+
+    def emit(batch):
+        if batch[0].sensor == "boom":
+            raise RuntimeError("a bug that one message exposes")
+        frames.extend(batch)
+
+    thread = threading.Thread(target=source.run, args=(emit, stop), daemon=True)
+    thread.start()
+    wait_until(lambda: source.stats.connected, 10, "the source to connect")
+    digits = "1" + "0" * 400
+    poison = [
+        ("sensors/x/accel", f'{{"t": {digits}, "samples": [[1,2,3]]}}'.encode()),
+        ("sensors/x/accel", f'{{"rate": {digits}, "samples": [[1,2,3]]}}'.encode()),
+        ("sensors/boom/accel", b'{"samples": [[1,2,3]]}'),
+        ("sensors/" + "y" * 65_519 + "/accel", b'{"samples": [[1,2,3]]}'),
+    ]
+    pub = publisher(broker.port)
+    try:
+        for topic, payload in poison:
+            if shutil.which("mosquitto_pub") and len(topic) < 1000:  # as the issue reproduced it
+                port = str(broker.port)
+                subprocess.run(
+                    ["mosquitto_pub", "-p", port, "-q", "1", "-t", topic, "-m", payload],
+                    check=True,
+                    timeout=10,
+                )
+            else:
+                pub.publish(topic, payload, qos=1).wait_for_publish(5)
+        pub.publish("sensors/ok/accel", b'{"samples": [[4,5,6]]}', qos=1).wait_for_publish(5)
+        wait_until(lambda: frames, 10, "the good message after the poison ones")
+    finally:
+        stop.set()
+        pub.disconnect()
+        thread.join(10)
+    assert [f.sensor for f in frames] == ["ok"]
+    assert dict(source.stats.parse_errors) == {"number": 2, "internal": 1, "sensor_id": 1}
+    assert source.stats.reconnects == 0
+
+
+def test_sink_publishes_every_record_it_can_and_keeps_the_others(broker, tmp_path):
+    # Issue 12, item 2: client.publish raised for a topic-invalid id in states(),
+    # alerts() and MQTTSink.__init__ (spooled alert: a crash loop at every start).
+    unencodable, too_long = "\ud800", "y" * 65_519
+    spool = Spool(tmp_path / "spool")
+    spool.put(record(1, sensor=unencodable))
+    spool.put(record(2, sensor="s1"))
+    sub = Subscriber(broker.port, ["streamlstm/#"])
+    sink = MQTTSink(sink_config(tmp_path), mqtt_settings(broker.port))
+    try:
+        wait_until(lambda: sink.connected, 10, "the sink to connect")
+        sink.alerts([record(3, sensor=too_long), record(4, sensor="s2")])
+        sink.states({unencodable: SensorState(unencodable), "s3": SensorState("s3", samples=5)})
+        sink.flush(5)
+        wait_until(lambda: len(sub.json("/alert")) == 2, 10, "the two valid alerts")
+        wait_until(lambda: sub.json("s3/state"), 10, "the valid state")
+    finally:
+        sink.close(timeout=1)
+        sub.close()
+    assert sorted(a["seq"] for a in sub.json("/alert")) == [2, 4]
+    assert sink.publish_errors == 3
+    assert sorted(r["seq"] for r in Spool(tmp_path / "spool").pending()) == [1, 3]  # kept
+
+
+def test_every_id_the_intake_accepts_is_published_without_upsetting_the_broker(broker, tmp_path):
+    from streamlstm.sources import check_sensor_id
+    from streamlstm.sources.parsers import ParseError
+
+    candidates = [
+        "plain",
+        "with/slash",
+        "ümlaut-é",
+        "\U0001f600",
+        "\U0010fffd",
+        "x" * 256,
+        "a+b",
+        "c#",
+        "\x00",
+        "\x01",
+        "\x7f",
+        "\x9f",
+        "\ufdd0",
+        "\ufffe",
+        "\U0001ffff",
+        "\ud800",
+    ]
+    accepted = []
+    for sensor in candidates:
+        with contextlib.suppress(ParseError):
+            accepted.append(check_sensor_id(sensor))
+    assert accepted == candidates[:6]
+    sub = Subscriber(broker.port, ["streamlstm/+/state"])
+    sink = MQTTSink(sink_config(tmp_path), mqtt_settings(broker.port))
+    try:
+        wait_until(lambda: sink.connected, 10, "the sink to connect")
+        sink.states({s: SensorState(s) for s in accepted})
+        wait_until(lambda: len(sub.json("/state")) == len(accepted), 10, "every state")
+        assert sink.connected and sink.reconnects == 0 and sink.publish_errors == 0
+    finally:
+        sink.close(timeout=1)
+        sub.close()
+    assert sorted(m["sensor"] for m in sub.json("/state")) == sorted(accepted)
+
+
+def test_alert_refused_by_the_broker_acl_stays_spooled_until_allowed(tmp_path):
+    # Issue 12, item 3: a PUBACK with reason 135 (not authorised) was taken as delivery
+    # and the spool file deleted.
+    acl = tmp_path / "acl"
+    acl.write_text("topic readwrite streamlstm/status\ntopic readwrite streamlstm/+/state\n")
+    broker = Broker(tmp_path, f"allow_anonymous true\nacl_file {acl}\n")
+    broker.start()
+    try:
+        sink = MQTTSink(sink_config(tmp_path, refused_retry_s=0.3), mqtt_settings(broker.port))
+        wait_until(lambda: sink.connected, 10, "the sink to connect")
+        sink.alerts([record(1)])
+        assert not sink.flush(5)  # acknowledged, but refused
+        assert sink.refusals == {("alert", "Not authorized"): 1}
+        assert [r["seq"] for r in sink.spool.pending()] == [1]
+        time.sleep(0.5)
+
+        def refused_again() -> bool:
+            sink.states({})  # the compute loop calls this regularly: it retries refused alerts
+            return sink.refusals[("alert", "Not authorized")] >= 2
+
+        wait_until(refused_again, 10, "a second refusal")
+        assert len(sink.spool) == 1
+        # The administrator fixes the ACL; mosquitto re-reads it on SIGHUP.
+        acl.write_text(acl.read_text() + "topic readwrite streamlstm/+/alert\n")
+        sub = Subscriber(broker.port, ["streamlstm/+/alert"])
+        broker.process.send_signal(signal.SIGHUP)
+
+        def delivered() -> bool:
+            sink.states({})
+            return bool(sub.json("/alert"))
+
+        wait_until(delivered, 15, "the alert once allowed")
+        wait_until(lambda: (sink.states({}), len(sink.spool) == 0)[1], 10, "the spool to empty")
+        assert [a["seq"] for a in sub.json("/alert")] == [1]
+        sink.close(timeout=1)
+        sub.close()
+    finally:
+        broker.stop()
+
+
+def test_after_step_acks_leave_unacknowledged_messages_with_the_broker(broker):
+    # Issue 12, item 9: with ack = "after-step", a message is acknowledged only when the
+    # daemon calls frame.ack (after the step); until then the broker redelivers it.
+    def run(emit):
+        stop = threading.Event()
+        source = json_source(broker.port, ack="after-step", receive_maximum=10)
+        thread = threading.Thread(target=source.run, args=(emit, stop), daemon=True)
+        thread.start()
+        wait_until(lambda: source.stats.connected, 10, "the source to connect")
+        return stop, thread
+
+    first: list = []
+    stop, thread = run(first.extend)
+    pub = publisher(broker.port)
+    for i in range(25):
+        payload = f'{{"t": {i}, "sample": [1,2,3]}}'
+        pub.publish("sensors/s/accel", payload, qos=1).wait_for_publish(5)
+    # receive_maximum: the broker hands out 10 and holds the rest until some are acked.
+    wait_until(lambda: len(first) == 10, 10, "ten unacknowledged messages")
+    time.sleep(0.3)
+    assert len(first) == 10
+    for frame in first[:4]:
+        frame.ack()
+    wait_until(lambda: len(first) == 25, 10, "the others after some acks")
+    stop.set()  # a stop (or crash) with 10 messages handled but not acknowledged
+    thread.join(10)
+    second: list = []
+    stop, thread = run(second.extend)
+    wait_until(lambda: len(second) >= 10, 10, "the unacknowledged messages again")
+    for frame in list(second):
+        frame.ack()
+    wait_until(lambda: len(second) == 21, 10, "every unacknowledged message")
+    for frame in second[10:]:
+        frame.ack()
+    time.sleep(0.3)
+    stop.set()
+    thread.join(10)
+    pub.disconnect()
+    assert sorted(f.t[0] for f in second) == list(range(4, 25))  # nothing acked came back

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streamlstm.sources import MAX_SENSOR_ID_BYTES, check_sensor_id
 from streamlstm.sources.parsers import (
     Delimited,
     LineFormat,
@@ -92,13 +93,18 @@ def test_any_bytes_are_json_samples_or_a_parse_error(data):
     try:
         block = decode_json(data, 3, max_samples=100)
     except ParseError as exc:
-        assert exc.reason in {"encoding", "json", "schema", "width", "empty", "oversize"}
+        assert exc.reason in {"encoding", "json", "schema", "number", "width", "empty", "oversize"}
     else:
         assert block.samples.dtype == np.float32 and block.samples.shape[1] == 3
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=5),
+    st.none()
+    | st.booleans()
+    | st.floats()
+    | st.integers()
+    | st.integers(min_value=10**300, max_value=10**2000)  # no float holds these
+    | st.text(max_size=5),
     lambda inner: (
         st.lists(inner, max_size=4)
         | st.dictionaries(
@@ -142,6 +148,65 @@ def test_json_batch_fields():
         with pytest.raises(ParseError) as info:
             decode_json(payload, 3, max_samples=10)
         assert info.value.reason == reason, payload
+
+
+def test_hostile_json_values_are_parse_errors_never_other_exceptions():
+    digits400 = b"1" + b"0" * 400
+    for payload, reason in [
+        (b'{"t": ' + digits400 + b', "samples": [[1,2,3]]}', "number"),  # issue 12, item 1
+        (b'{"rate": ' + digits400 + b', "samples": [[1,2,3]]}', "number"),
+        (b'{"t": -' + digits400 + b', "samples": [[1,2,3]]}', "number"),
+        (b'{"sensor": ' + b"9" * 4000 + b', "samples": [[1,2,3]]}', "schema"),  # str() limit
+        (b'{"sensor": [1], "samples": [[1,2,3]]}', "schema"),
+        (b'{"samples": [[' + digits400 + b",2,3]]}", "schema"),
+        (b'{"samples": ' + b"[" * 100 + b"1" + b"]" * 100 + b"}", "schema"),  # deep nesting
+        (b'{"samples": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "json"),  # recursion
+        (b'{"samples": [[1,2,3]], "rate": 5e-324}', "schema"),  # 1/rate overflows
+        (b'{"samples": [[1,2,3]], "t": true}', "schema"),
+        (b'{"samples": {"a": 1}}', "schema"),
+    ]:
+        with pytest.raises(ParseError) as info:
+            decode_json(payload, 3, max_samples=10)
+        assert info.value.reason == reason, payload[:60]
+    # Sensor ids that are integers still work; the id check happens at intake.
+    assert decode_json(b'{"sensor": 17, "sample": [1,2,3]}', 3, max_samples=1).sensor == "17"
+
+
+def test_sensor_ids_are_checked_once_at_intake():
+    for good in ["s1", "pump/3", "é", "\U0001f600", "x" * MAX_SENSOR_ID_BYTES]:
+        assert check_sensor_id(good) == good
+    for bad in [
+        "",
+        "x" * (MAX_SENSOR_ID_BYTES + 1),
+        "é" * (MAX_SENSOR_ID_BYTES // 2 + 1),  # short in characters, long in UTF-8 bytes
+        "x" * 65_519,
+        "\ud800",  # a lone surrogate: not encodable as UTF-8
+        "a+b",
+        "a#",
+        "nul\x00",
+        "tab\t",
+        "\x85",
+        "\ufffe",
+        "\U0010ffff",
+    ]:
+        with pytest.raises(ParseError) as info:
+            check_sensor_id(bad)
+        assert info.value.reason == "sensor_id"
+
+
+def test_decoded_samples_never_keep_the_payload_buffer_alive():
+    # A frame viewing its message's payload would pin the whole buffer while queued.
+    payload = np.arange(12, dtype="<f4").tobytes()
+    frame_payload = encode_frame(1, np.ones((4, 3), np.float32), t=0.0, rate=1.0)[:-1]
+    for samples in [
+        decode_float32(payload, 3, max_samples=10).samples,
+        decode_frame(frame_payload, 3)[1].samples,
+        decode_json(b'{"samples": [[1,2,3]]}', 3, max_samples=10).samples,
+    ]:
+        base = samples
+        while base is not None:
+            assert not isinstance(base, (bytes, bytearray, memoryview)), type(base)
+            base = getattr(base, "base", None)
 
 
 def test_nan_and_inf_samples_pass_decoding_for_the_detector_to_reject():

@@ -196,3 +196,26 @@ def test_unplugged_device_is_reopened_and_counted(device):
         rx.close()
     assert source.stats.reconnects == 1
     assert rx.samples()[-1].tolist() == [2, 2, 2]
+
+
+def test_unusable_sensor_ids_are_refused_at_intake_and_counted(device):
+    # Issue 12, item 2: '"sensor": "\ud800"' on a serial JSON line reached the MQTT sink,
+    # whose publish raised (crash loop once spooled). Refused here, reading goes on.
+    source = SerialSource(
+        serial_config(
+            device.link, format="json", columns=None, time_column=None, sensor=None, max_line=800
+        ),
+        3,
+    )
+    rx = Collector(source)
+    try:
+        device.write(b'{"sensor": "\\ud800", "sample": [1,2,3]}\n')
+        device.write(b'{"sensor": "a+b", "sample": [1,2,3]}\n')
+        device.write(b'{"sensor": "' + b"x" * 300 + b'", "sample": [1,2,3]}\n')
+        device.write(b'{"sensor": "ok/1", "sample": [4,5,6]}\n')
+        wait_until(lambda: len(rx.frames) == 1, 5, "the good line")
+        wait_until(lambda: source.stats.parse_errors["sensor_id"] == 3, 5, "three refusals")
+    finally:
+        rx.close()
+    assert [f.sensor for f in rx.frames] == ["ok/1"]
+    assert dict(source.stats.parse_errors) == {"sensor_id": 3}
