@@ -1,0 +1,237 @@
+"""Window models on live streams: a ring of the last ``W`` samples per sensor, and every ``K``
+samples each sensor's window evaluated from the zero state, exactly as it was trained.
+
+:class:`WindowBank` takes micro-batches of ``(sensor id, sample)`` pairs like
+:class:`streamlstm.Bank`; compiled code pushes them into the rings and copies out the
+windows they complete, and all of a micro-batch's windows are evaluated together
+(:mod:`streamlstm.kernels._window`). :func:`evaluate_windows` evaluates windows you
+already hold, as a batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import numba
+import numpy as np
+
+from .._samples import as_samples
+from .._sensor_rows import SensorRows
+from ..errors import ShapeError
+from ..kernels import _window as K
+from ..kernels.layout import OK
+from ..model import Model
+from ..window_spec import WindowSpec
+from .packing import packed_windows
+
+#: Below this many windows a micro-batch is evaluated on the calling thread.
+PARALLEL_THRESHOLD = 4
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class WindowOutputs:
+    """The windows one :meth:`WindowBank.push` completed, in completion order.
+
+    ``values``: ``(N, O)`` per window, or ``(N, W, O)`` for ``output="every"``;
+    ``end_index``: each window's last sample, counted per sensor from 0;
+    ``batch_index``: where that sample was in the pushed micro-batch (for its time);
+    ``inputs``: the windows themselves ``(N, W, D)`` (``output="every"`` only, to score
+    reconstructions); ``skipped``: windows not evaluated because they held a rejected
+    (NaN/Inf) sample; ``failed``: windows whose evaluation overflowed to NaN/Inf (left out).
+    """
+
+    spec: WindowSpec
+    sensors: list[Hashable]
+    end_index: np.ndarray
+    batch_index: np.ndarray
+    values: np.ndarray
+    inputs: np.ndarray | None
+    skipped: int
+    failed: int
+
+    def __len__(self) -> int:
+        return len(self.sensors)
+
+    @property
+    def predicted(self) -> np.ndarray:
+        """Index of the largest output per window (the class of a classifier)."""
+        if self.spec.per_step:
+            raise ShapeError("predicted: output 'every' has no per-window class")
+        return np.argmax(self.values, axis=1) if len(self) else np.zeros(0, np.int64)
+
+    @property
+    def labels(self) -> list[str]:
+        """The class name of :attr:`predicted` per window (needs ``spec.classes``)."""
+        if not self.spec.classes:
+            raise ShapeError("labels: the window spec names no classes")
+        return [self.spec.classes[i] for i in self.predicted]
+
+    @property
+    def reconstruction_error(self) -> np.ndarray:
+        """``(N,)`` mean squared error of an autoencoder's output against its input window."""
+        if self.inputs is None or self.values.shape[-1] != self.inputs.shape[-1]:
+            raise ShapeError("reconstruction_error: needs output 'every' and as many outputs "
+                             "as inputs")
+        return np.mean((self.values - self.inputs) ** 2, axis=(1, 2))
+
+
+class WindowBank(SensorRows):
+    """Per-sensor rings of the last ``W`` samples of one window model; see the module doc.
+
+    ``spec`` overrides the model's :attr:`~streamlstm.Model.window` (one of the two is
+    required). Sensor ids get a ring row on first sight; the rings double when full.
+    """
+
+    def __init__(self, model: Model, capacity: int = 1024, *, spec: WindowSpec | None = None,
+                 threads: int | None = None) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be >= 1")
+        spec = spec if spec is not None else model.window
+        if spec is None:
+            raise ShapeError(f"model {model.name!r} declares no window: pass spec=WindowSpec(...)"
+                             " or convert it with --window/--hop")
+        spec.check_output_size(model.output_size)
+        self.model, self.spec = model, spec
+        self.threads = numba.get_num_threads() if threads is None else int(threads)
+        if not 1 <= self.threads <= numba.config.NUMBA_NUM_THREADS:
+            raise ValueError(f"threads must be in 1..{numba.config.NUMBA_NUM_THREADS}")
+        self._packed = packed_windows(model, spec.output)
+        self._dtype = model.dtype
+        super().__init__()
+        width = model.input_size
+        self._ring = np.zeros((capacity, spec.length, width), self._dtype)
+        self._counts = np.zeros(capacity, np.int64)
+        self._last_bad = np.full(capacity, -1, np.int64)
+        self._rejected = np.zeros(capacity, np.int64)
+        self._skipped = np.zeros(capacity, np.int64)
+        self._failed = np.zeros(capacity, np.int64)
+        self._work = np.zeros((numba.config.NUMBA_NUM_THREADS,
+                               self._packed.work_size(spec.length)), self._dtype)
+        self._room = 0
+        self._ensure_room(64)
+
+    # -- sensors and rows -------------------------------------------------------------
+    @property
+    def capacity(self) -> int:
+        return self._ring.shape[0]
+
+    def _grow(self, capacity: int) -> None:
+        old = self.capacity
+        ring = np.zeros((capacity,) + self._ring.shape[1:], self._dtype)
+        ring[:old] = self._ring
+        self._ring = ring
+        extra = capacity - old
+        self._counts = np.concatenate([self._counts, np.zeros(extra, np.int64)])
+        self._last_bad = np.concatenate([self._last_bad, np.full(extra, -1, np.int64)])
+        for name in ("_rejected", "_skipped", "_failed"):
+            setattr(self, name, np.concatenate([getattr(self, name), np.zeros(extra, np.int64)]))
+
+    def _clear_row(self, row: int) -> None:
+        self._ring[row] = 0
+        self._counts[row] = 0
+        self._last_bad[row] = -1
+        self._rejected[row] = self._skipped[row] = self._failed[row] = 0
+
+    def _ensure_room(self, windows: int) -> None:
+        """Window buffers for ``windows`` windows of one micro-batch (grown, never shrunk)."""
+        if windows <= self._room:
+            return
+        room = max(windows, 2 * self._room)
+        spec, model = self.spec, self.model
+        self._windows = np.zeros((room, spec.length, model.input_size), self._dtype)
+        self._outs = np.zeros((room, spec.length if spec.per_step else 1, model.output_size),
+                              self._dtype)
+        self._status = np.zeros(room, np.int8)
+        self._window_rows = np.zeros(room, np.int64)
+        self._window_ends = np.zeros(room, np.int64)
+        self._window_at = np.zeros(room, np.int64)
+        self._room = room
+
+    # -- pushing ----------------------------------------------------------------------
+    def push(self, sensors: Sequence[Hashable] | np.ndarray, samples: Any) -> WindowOutputs:
+        """Append a micro-batch (``samples[i]`` of ``sensors[i]``, in arrival order) and
+        return the outputs of every window it completed (:class:`WindowOutputs`)."""
+        samples = as_samples(samples, self._dtype, self.model.input_size)
+        if len(sensors) != samples.shape[0]:
+            raise ShapeError(f"sensors: {len(sensors)} ids for {samples.shape[0]} samples")
+        rows = self.rows(sensors)
+        self._ensure_room(samples.shape[0])
+        written, skipped = K.assemble_windows(
+            rows, samples, self._ring, self._counts, self._last_bad, self._rejected,
+            self._skipped, self.spec.hop, self._windows, self._window_rows, self._window_ends,
+            self._window_at)
+        windows = self._windows[:written]
+        self._evaluate(windows, self._outs[:written], self._status[:written])
+        good = self._status[:written] == OK
+        failed = int(written - np.count_nonzero(good))
+        if failed:
+            np.add.at(self._failed, self._window_rows[:written][~good], 1)
+        at = self._window_at[:written][good]
+        values = self._outs[:written][good]  # boolean indexing: copies, buffers are reused
+        return WindowOutputs(
+            spec=self.spec,
+            sensors=[sensors[i] for i in at.tolist()],
+            end_index=self._window_ends[:written][good],
+            batch_index=at,
+            values=values if self.spec.per_step else values[:, 0],
+            inputs=windows[good] if self.spec.per_step else None,
+            skipped=int(skipped), failed=failed)
+
+    def _evaluate(self, windows: np.ndarray, outs: np.ndarray, status: np.ndarray) -> None:
+        pk = self._packed
+        args = (pk.params, pk.layout, windows, outs, status, self._work)
+        if self.threads > 1 and windows.shape[0] >= PARALLEL_THRESHOLD:
+            numba.set_num_threads(self.threads)
+            K.evaluate_windows(*args)
+        else:
+            K.evaluate_windows_serial(*args)
+
+    # -- counters ---------------------------------------------------------------------
+    def sample_count(self, sensor: Hashable) -> int:
+        """Samples of ``sensor`` pushed so far (rejected ones included)."""
+        return int(self._counts[self._rows[sensor]])
+
+    def rejected(self, sensor: Hashable) -> int:
+        """Samples of ``sensor`` that held NaN/Inf."""
+        return int(self._rejected[self._rows[sensor]])
+
+    def skipped(self, sensor: Hashable) -> int:
+        """Windows of ``sensor`` skipped because they held a rejected sample."""
+        return int(self._skipped[self._rows[sensor]])
+
+    def failed(self, sensor: Hashable) -> int:
+        """Windows of ``sensor`` whose evaluation overflowed to NaN/Inf."""
+        return int(self._failed[self._rows[sensor]])
+
+
+def evaluate_windows(model: Model, windows: Any, *, output: str | None = None,
+                     threads: int | None = None) -> np.ndarray:
+    """Evaluate ``(N, T, D)`` windows (sensor units), each from the zero state, as a batch.
+
+    ``output``: a :data:`streamlstm.window_spec.OUTPUTS` mode (default: the model's
+    window spec, else ``"last"``). Returns ``(N, O)``, or ``(N, T, O)`` for ``"every"``;
+    a window holding NaN/Inf, or whose evaluation overflows, gives NaN.
+    """
+    if output is None:
+        output = model.window.output if model.window is not None else "last"
+    WindowSpec(length=1, hop=1, output=output).check_output_size(model.output_size)
+    windows = np.asarray(windows, dtype=model.dtype)
+    if windows.ndim != 3 or windows.shape[2] != model.input_size or windows.shape[1] < 1:
+        raise ShapeError(f"windows: expected shape (n, steps >= 1, {model.input_size}), "
+                         f"got {windows.shape}")
+    windows = np.ascontiguousarray(windows)
+    pk = packed_windows(model, output)
+    per_step = output == "every"
+    count, steps = windows.shape[:2]
+    outs = np.empty((count, steps if per_step else 1, model.output_size), model.dtype)
+    status = np.empty(count, np.int8)
+    work = np.zeros((numba.config.NUMBA_NUM_THREADS, pk.work_size(steps)), model.dtype)
+    threads = numba.get_num_threads() if threads is None else int(threads)
+    if threads > 1 and count >= PARALLEL_THRESHOLD:
+        numba.set_num_threads(threads)
+        K.evaluate_windows(pk.params, pk.layout, windows, outs, status, work)
+    else:
+        K.evaluate_windows_serial(pk.params, pk.layout, windows, outs, status, work)
+    return outs if per_step else outs[:, 0]

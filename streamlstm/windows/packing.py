@@ -1,0 +1,121 @@
+"""Turn a window model into the window kernel's packed ``(params, layout)``.
+
+The layout's fields are defined in :mod:`streamlstm.kernels._window`; weights are stored
+transposed, ``W^T`` as ``(in, gates)``, with the input and recurrent biases apart.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..kernels import _window as K
+from ..kernels._math import ACTIVATION_CODES
+from ..model import GATES, Model, RecurrentLayer
+
+KIND_CODES = {"lstm": K.LSTM, "gru": K.GRU, "rnn": K.RNN}
+MODE_CODES = {"last": K.MODE_LAST, "every": K.MODE_EVERY, "probabilities": K.MODE_SOFTMAX,
+              "log_probabilities": K.MODE_LOG_SOFTMAX}
+
+
+@dataclass(frozen=True, eq=False)
+class WindowPacked:
+    """The window kernel's view of a model for one output mode."""
+
+    params: np.ndarray
+    layout: np.ndarray
+
+    def work_size(self, steps: int) -> int:
+        """Work numbers one thread needs to evaluate a window of ``steps`` samples."""
+        return K.work_size(self.layout, steps)
+
+
+def pack_windows(model: Model, output: str) -> WindowPacked:
+    """Pack ``model`` for :func:`streamlstm.kernels._window.evaluate_windows`.
+
+    ``output`` is a :data:`streamlstm.window_spec.OUTPUTS` mode.
+    """
+    chunks: list[np.ndarray] = []
+    cursor = 0
+
+    def put(array: np.ndarray) -> int:
+        nonlocal cursor
+        offset = cursor
+        flat = np.ascontiguousarray(array, dtype=model.dtype).ravel()
+        chunks.append(flat)
+        cursor += flat.size
+        return offset
+
+    header = np.full(K.HEADER, -1, np.int64)
+    records: list[np.ndarray] = []
+    width, hidden, gates = model.input_size, 1, 1
+    for layer in model.layers:
+        rec = np.full(K.LAYER_RECORD, -1, np.int64)
+        directions = [layer] if layer.backward is None else [layer, layer.backward]
+        rec[K.LAYER_DIRECTIONS] = len(directions)
+        for d, direction in enumerate(directions):
+            start = 1 + d * K.DIRECTION_RECORD
+            rec[start:start + K.DIRECTION_RECORD] = _direction_record(
+                direction, put, reverse=d == 1, column=d * layer.direction_size)
+        width = max(width, layer.output_size)
+        hidden = max(hidden, layer.hidden_size)
+        gates = max(gates, GATES[layer.kind] * layer.hidden_size)
+        records.append(rec)
+    dense_width = max(1, model.output_size)
+    for dense in model.head:
+        rec = np.full(K.DENSE_RECORD, -1, np.int64)
+        rec[K.D_IN], rec[K.D_OUT] = dense.weight.shape[1], dense.weight.shape[0]
+        rec[K.D_ACT] = ACTIVATION_CODES[dense.activation]
+        rec[K.D_W] = put(dense.weight.T)
+        rec[K.D_B] = put(dense.bias)
+        dense_width = max(dense_width, dense.weight.shape[0])
+        records.append(rec)
+    for field, norm in ((K.W_IN_NORM, model.input_norm), (K.W_OUT_NORM, model.output_norm)):
+        if norm is not None:
+            header[field] = put(np.concatenate([norm.mean, norm.std]))
+    header[K.W_LAYERS] = len(model.layers)
+    header[K.W_INPUT] = model.input_size
+    header[K.W_OUTPUT] = model.output_size
+    header[K.W_DENSE] = len(model.head)
+    header[K.W_MODE] = MODE_CODES[output]
+    header[K.W_WIDTH] = width
+    header[K.W_HIDDEN] = hidden
+    header[K.W_GATES] = gates
+    header[K.W_DENSE_WIDTH] = dense_width
+    params = np.concatenate(chunks) if chunks else np.zeros(0, model.dtype)
+    return WindowPacked(params=params, layout=np.concatenate([header, *records]))
+
+
+def _direction_record(layer: RecurrentLayer, put, *, reverse: bool, column: int) -> np.ndarray:
+    rec = np.full(K.DIRECTION_RECORD, -1, np.int64)
+    rec[K.K_KIND] = KIND_CODES[layer.kind]
+    rec[K.K_IN] = layer.input_size
+    rec[K.K_HIDDEN] = layer.hidden_size
+    rec[K.K_OUT] = layer.direction_size
+    rec[K.K_WX] = put(layer.w_ih.T)
+    rec[K.K_WH] = put(layer.w_hh.T)
+    rec[K.K_BI] = put(layer.b_ih)
+    rec[K.K_BH] = put(layer.b_hh)
+    if layer.w_hr is not None:
+        rec[K.K_WR] = put(layer.w_hr.T)
+    rec[K.K_ACT] = ACTIVATION_CODES[layer.activation]
+    rec[K.K_RACT] = ACTIVATION_CODES[layer.recurrent_activation]
+    rec[K.K_RESET_AFTER] = int(layer.reset_after)
+    rec[K.K_REVERSE] = int(reverse)
+    rec[K.K_COLUMN] = column
+    return rec
+
+
+_PACKED: weakref.WeakKeyDictionary[Model, dict[str, WindowPacked]] = \
+    weakref.WeakKeyDictionary()
+
+
+def packed_windows(model: Model, output: str) -> WindowPacked:
+    """``pack_windows(model, output)``, computed once per model object and mode."""
+    per_mode = _PACKED.setdefault(model, {})
+    result = per_mode.get(output)
+    if result is None:
+        result = per_mode[output] = pack_windows(model, output)
+    return result
