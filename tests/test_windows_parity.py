@@ -11,6 +11,8 @@ pushed interleaved. Budgets relative to the output scale: 1e-5 float32, 1e-9 flo
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -120,12 +122,12 @@ def test_streamed_windows_match_torch(tmp_path, cell, layers, bidirectional, out
         indices[i] = position[s]
         position[s] += 1
     results = []
-    for start, stop in zip(*(lambda c: (c[:-1], c[1:]))(
-            np.unique(np.r_[0, rng.integers(1, order.size, 40), order.size]))):
+    cuts = np.unique(np.r_[0, rng.integers(1, order.size, 40), order.size])
+    for start, stop in itertools.pairwise(cuts):
         names = [f"s{s}" for s in order[start:stop]]
         out = bank.push(names, streams[order[start:stop], indices[start:stop]])
         assert out.skipped == 0 and out.failed == 0
-        for name, end, value in zip(out.sensors, out.end_index, out.values):
+        for name, end, value in zip(out.sensors, out.end_index, out.values, strict=True):
             results.append((int(name[1:]), int(end), value))
     assert len(results) == SENSORS * per_sensor >= MIN_WINDOWS
     windows = np.stack([streams[s, end - length + 1:end + 1] for s, end, _ in results])

@@ -6,14 +6,14 @@ A ``.pt`` may hold a bare state_dict or a checkpoint dict with a ``state_dict`` 
 ``model_state_dict`` / ``model`` entry.
 
 The recurrent module is found by its keys (``weight_ih_l{k}``, ``weight_hh_l{k}``,
-``bias_ih_l{k}``, ``bias_hh_l{k}``, ``weight_hr_l{k}``, each with a ``_reverse`` twin in
-a bidirectional module) under any prefix (``lstm.``, ``rnn.``, ``module.gru.``...); the
+``bias_ih_l{k}``, ``bias_hh_l{k}``, ``weight_hr_l{k}``, each with a ``_reverse`` twin
+in a bidirectional module) under any prefix (``lstm.``, ``rnn.``, ``module.gru.``...); the
 cell kind (``nn.LSTM``: 4 gates, ``nn.GRU``: 3, ``nn.RNN``: 1), layer count, hidden and
 projection sizes, direction count and biases are inferred from the shapes. An ``nn.RNN``'s
 nonlinearity is not in its state_dict: it needs ``kind="rnn_tanh"`` or ``"rnn_relu"``.
-Bidirectional and plain-RNN models run only on windows (:mod:`streamlstm.windows`). The head is a Linear, or several Linears (an
-``nn.Sequential``) under ``fc.``, ``head.``, ``linear.``, ``out.``, ``output.``,
-``decoder.`` or ``dense.``, next to the recurrent module. What the shapes cannot say
+Bidirectional and plain-RNN models run only on windows (:mod:`streamlstm.windows`).
+The head is a Linear, or several Linears (an ``nn.Sequential``) under ``fc.``, ``head.``,
+``linear.``, ``out.``, ``output.``, ``decoder.`` or ``dense.``, next to the recurrent module. What the shapes cannot say
 (the activation between two Linears, which of two candidate modules is meant) raises a
 :class:`~streamlstm.errors.ModelFormatError` naming the option to pass.
 """

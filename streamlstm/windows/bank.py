@@ -119,7 +119,7 @@ class WindowBank(SensorRows):
 
     def _grow(self, capacity: int) -> None:
         old = self.capacity
-        ring = np.zeros((capacity,) + self._ring.shape[1:], self._dtype)
+        ring = np.zeros((capacity, *self._ring.shape[1:]), self._dtype)
         ring[:old] = self._ring
         self._ring = ring
         extra = capacity - old
