@@ -13,8 +13,9 @@ projection sizes, direction count and biases are inferred from the shapes. An ``
 nonlinearity is not in its state_dict: it needs ``kind="rnn_tanh"`` or ``"rnn_relu"``.
 Bidirectional and plain-RNN models run only on windows (:mod:`streamlstm.windows`).
 The head is a Linear, or several Linears (an ``nn.Sequential``) under ``fc.``, ``head.``,
-``linear.``, ``out.``, ``output.``, ``decoder.`` or ``dense.``, next to the recurrent module. What the shapes cannot say
-(the activation between two Linears, which of two candidate modules is meant) raises a
+``linear.``, ``out.``, ``output.``, ``decoder.`` or ``dense.``, next to the recurrent module.
+What the shapes cannot say (the activation between two Linears, which of two candidate
+modules is meant, an ``nn.RNN``'s nonlinearity) raises a
 :class:`~streamlstm.errors.ModelFormatError` naming the option to pass.
 """
 
