@@ -9,14 +9,22 @@ then softmax / log-softmax for a classifier. Unlike the streaming kernels
 bidirectional layers; it supports LSTM (with projection), GRU (reset gate after or
 before ``W_hn``) and plain RNN (tanh / relu) layers.
 
+Each LSTM or GRU direction runs through the streaming kernels themselves: it is packed
+as a one-layer streaming model and stepped over the window from the zero state with
+:func:`._network.step_tile`, four windows in lockstep sharing each weight row (or
+:func:`._network.step` for the last one to three windows of a batch). Plain RNN
+directions, which the streaming kernels do not have, and the head run here.
+
 The model is packed (:mod:`streamlstm.windows.packing`) into ``params`` and an int64
-``layout`` table whose fields are the constants below. Weights are stored transposed,
-``W^T`` as ``(in, gates)``, and applied as row sweeps that vectorise over the gates; the
-input and recurrent biases stay separate, added in the frameworks' order.
+``layout`` table whose fields are the constants below, plus the directions' streaming
+packs: ``stream_params``, ``stream_layouts`` and ``stream_index`` (one row per direction:
+its slice of each). Here weights are stored transposed, ``W^T`` as ``(in, gates)``, and
+applied as row sweeps that vectorise over the gates; the input and recurrent biases stay
+separate, added in the frameworks' order.
 
 :func:`assemble_windows` keeps a ring of the last ``W`` samples per sensor and copies out
 every completed window of a micro-batch; :func:`evaluate_windows` then evaluates all of
-them, in parallel over windows.
+them, in parallel over groups of four windows.
 """
 
 from __future__ import annotations
@@ -24,8 +32,9 @@ from __future__ import annotations
 import numpy as np
 from numba import get_thread_id, njit, prange
 
+from . import layout as L
 from ._math import activate_all, like
-from ._network import JIT, _all_finite, _matvec_acc
+from ._network import JIT, TILE_STREAMS, _all_finite, _matvec_acc, step, step_tile
 from .layout import OK, REJECTED_RESULT, REJECTED_SAMPLE
 
 # Header fields.
@@ -40,7 +49,9 @@ W_WIDTH = 7        # widest per-step vector of the layer sequences (input or a l
 W_HIDDEN = 8       # largest hidden size
 W_GATES = 9        # largest gate count (gates * hidden)
 W_DENSE_WIDTH = 10  # widest dense output
-HEADER = 11
+W_STREAM_STATE = 11    # largest state of a direction's streaming pack
+W_STREAM_SCRATCH = 12  # largest scratch of a direction's streaming pack
+HEADER = 13
 
 # Direction record (a layer has one or two, the backward one second).
 K_KIND = 0
@@ -57,7 +68,10 @@ K_RACT = 10
 K_RESET_AFTER = 11  # GRU: 1 = reset gate after W_hn h (PyTorch), 0 = before
 K_REVERSE = 12     # 1 for a backward direction
 K_COLUMN = 13      # where this direction's h goes in the layer output: 0 or out
-DIRECTION_RECORD = 14
+K_STREAM = 14      # row of stream_index with this direction's streaming pack, or -1 (RNN)
+DIRECTION_RECORD = 15
+# stream_index columns: a streaming pack's slice of stream_params and of stream_layouts.
+S_PARAMS, S_PARAMS_END, S_LAYOUT, S_LAYOUT_END = 0, 1, 2, 3
 # Layer record: the number of directions, then two direction records (-1 if absent).
 LAYER_DIRECTIONS = 0
 LAYER_RECORD = 1 + 2 * DIRECTION_RECORD
@@ -74,10 +88,9 @@ LSTM, GRU, RNN = 0, 1, 2
 MODE_LAST, MODE_EVERY, MODE_SOFTMAX, MODE_LOG_SOFTMAX = 0, 1, 2, 3
 
 
-def work_size(layout: np.ndarray, steps: int) -> int:
-    """Numbers of work space one window of ``steps`` samples needs (per thread)."""
-    return int(2 * steps * layout[W_WIDTH] + 4 * layout[W_HIDDEN] + 2 * layout[W_GATES]
-               + 2 * layout[W_DENSE_WIDTH])
+def work_size(layout: np.ndarray) -> int:
+    """Numbers of shared work space one thread needs (plain RNN directions and the head)."""
+    return int(4 * layout[W_HIDDEN] + 2 * layout[W_GATES] + 2 * layout[W_DENSE_WIDTH])
 
 
 @njit(inline="always", **JIT)
@@ -211,82 +224,149 @@ def _softmax(values, log):
             values[j] = np.exp(values[j] - top) / total
 
 
-@njit(**JIT)
-def evaluate_window(params, layout, window, out, work):
-    """Evaluate one ``(T, D)`` window from the zero state; return a status code.
+@njit(inline="always", **JIT)
+def _failed(status, n, code):
+    """Record a rejected step of window ``n`` (its first reason is kept)."""
+    if code != OK and status[n] == OK:
+        status[n] = REJECTED_RESULT
 
-    ``out``: ``(T, O)`` for ``MODE_EVERY``, else ``(1, O)`` (NaN when rejected: a
-    non-finite sample, ``REJECTED_SAMPLE``, or a non-finite result, ``REJECTED_RESULT``);
-    ``work``: at least :func:`work_size` numbers.
+
+@njit(**JIT)
+def _stream_direction(params, layout, rec, seqs, src, states, scratch, status, first, count,
+                      steps, width):
+    """One LSTM/GRU direction over ``count`` windows' sequences with the streaming kernels.
+
+    ``params``/``layout``: the direction's one-layer streaming pack; every window starts
+    from the zero state; four windows step in lockstep through :func:`step_tile`.
     """
-    steps, n_in = window.shape[0], layout[W_INPUT]
+    n_in, n_out, column = rec[K_IN], rec[K_OUT], rec[K_COLUMN]
+    size = layout[L.H_STATE]
+    dst = 1 - src
+    for i in range(count):
+        for k in range(size):
+            states[i, k] = 0.0
+    for s in range(steps):
+        t = steps - 1 - s if rec[K_REVERSE] else s
+        a, b = t * width, t * width + column
+        if count == TILE_STREAMS:
+            c0, c1, c2, c3 = step_tile(
+                params, layout, states[0, :size], states[1, :size], states[2, :size],
+                states[3, :size], seqs[0, src, a:a + n_in], seqs[1, src, a:a + n_in],
+                seqs[2, src, a:a + n_in], seqs[3, src, a:a + n_in], seqs[0, dst, b:b + n_out],
+                seqs[1, dst, b:b + n_out], seqs[2, dst, b:b + n_out], seqs[3, dst, b:b + n_out],
+                scratch, s % 2 == 1)
+            _failed(status, first, c0)
+            _failed(status, first + 1, c1)
+            _failed(status, first + 2, c2)
+            _failed(status, first + 3, c3)
+        else:
+            for i in range(count):
+                code = step(params, layout, states[i, :size], seqs[i, src, a:a + n_in],
+                            seqs[i, dst, b:b + n_out], scratch[i])
+                _failed(status, first + i, code)
+
+
+@njit(**JIT)
+def _evaluate_group(params, layout, stream_params, stream_layouts, stream_index, windows, outs,
+                    status, first, count, seqs, states, scratch, work):
+    """Evaluate windows ``first .. first + count - 1`` (``count`` <= 4) from the zero state.
+
+    Sets ``status`` (``REJECTED_SAMPLE``: a non-finite sample; ``REJECTED_RESULT``: a
+    non-finite result) and ``outs`` (NaN when rejected); the work arrays are one thread's
+    (see :func:`evaluate_windows`).
+    """
+    steps, n_in = windows.shape[1], layout[W_INPUT]
     width, hidden, gates, dense = (layout[W_WIDTH], layout[W_HIDDEN], layout[W_GATES],
                                    layout[W_DENSE_WIDTH])
-    for t in range(steps):
-        if not _all_finite(window[t], n_in):
-            out[:, :] = np.nan
-            return REJECTED_SAMPLE
-    size = steps * width
-    seq_a, seq_b = work[:size], work[size:2 * size]
-    at = 2 * size
-    h, c, full, rh = (work[at:at + hidden], work[at + hidden:at + 2 * hidden],
-                      work[at + 2 * hidden:at + 3 * hidden], work[at + 3 * hidden:at + 4 * hidden])
-    at += 4 * hidden
+    h, c, full, rh = (work[:hidden], work[hidden:2 * hidden], work[2 * hidden:3 * hidden],
+                      work[3 * hidden:4 * hidden])
+    at = 4 * hidden
     gx, gh = work[at:at + gates], work[at + gates:at + 2 * gates]
     at += 2 * gates
     ping, pong = work[at:at + dense], work[at + dense:at + 2 * dense]
 
     norm = layout[W_IN_NORM]
-    for t in range(steps):
-        row = seq_a[t * width:t * width + n_in]
-        for k in range(n_in):
-            row[k] = window[t, k]
-            if norm >= 0:
-                row[k] = (row[k] - params[norm + k]) / params[norm + n_in + k]
-    src, dst = seq_a, seq_b
+    for i in range(count):
+        n = first + i
+        status[n] = OK
+        seq = seqs[i, 0]
+        for t in range(steps):
+            if not _all_finite(windows[n, t], n_in):
+                status[n] = REJECTED_SAMPLE
+            row = seq[t * width:t * width + n_in]
+            for k in range(n_in):
+                row[k] = windows[n, t, k]
+                if norm >= 0:
+                    row[k] = (row[k] - params[norm + k]) / params[norm + n_in + k]
+    src = 0
     top = n_in
     for index in range(layout[W_LAYERS]):
         start = HEADER + index * LAYER_RECORD
         directions = layout[start + LAYER_DIRECTIONS]
         for d in range(directions):
-            first = start + 1 + d * DIRECTION_RECORD
-            rec = layout[first:first + DIRECTION_RECORD]
-            _direction(params, rec, src, dst, steps, width, h, c, full, gx, gh, rh)
+            begin = start + 1 + d * DIRECTION_RECORD
+            rec = layout[begin:begin + DIRECTION_RECORD]
+            pack = rec[K_STREAM]
+            if pack >= 0:
+                row = stream_index[pack]
+                _stream_direction(stream_params[row[S_PARAMS]:row[S_PARAMS_END]],
+                                  stream_layouts[row[S_LAYOUT]:row[S_LAYOUT_END]], rec, seqs,
+                                  src, states, scratch, status, first, count, steps, width)
+            else:
+                for i in range(count):
+                    _direction(params, rec, seqs[i, src], seqs[i, 1 - src], steps, width, h, c,
+                               full, gx, gh, rh)
             top = directions * rec[K_OUT]
-        src, dst = dst, src
+        src = 1 - src
 
     mode = layout[W_MODE]
     n_out = layout[W_OUTPUT]
-    if mode == MODE_EVERY:
-        for t in range(steps):
-            _head(params, layout, src[t * width:t * width + top], out[t], ping, pong)
-    else:
-        last = out[0]
-        _head(params, layout, src[(steps - 1) * width:(steps - 1) * width + top], last,
-              ping, pong)
-        if mode != MODE_LAST:
-            _softmax(last[:n_out], mode == MODE_LOG_SOFTMAX)
-    rows = out.shape[0]
-    for r in range(rows):
-        if not _all_finite(out[r], n_out):
+    for i in range(count):
+        n = first + i
+        seq, out = seqs[i, src], outs[n]
+        if mode == MODE_EVERY:
+            for t in range(steps):
+                _head(params, layout, seq[t * width:t * width + top], out[t], ping, pong)
+        else:
+            last = (steps - 1) * width
+            _head(params, layout, seq[last:last + top], out[0], ping, pong)
+            if mode != MODE_LAST:
+                _softmax(out[0, :n_out], mode == MODE_LOG_SOFTMAX)
+        for r in range(out.shape[0]):
+            if not _all_finite(out[r], n_out):
+                _failed(status, n, REJECTED_RESULT)
+        if status[n] != OK:
             out[:, :] = np.nan
-            return REJECTED_RESULT
-    return OK
 
 
 @njit(parallel=True, **JIT)
-def evaluate_windows(params, layout, windows, outs, status, work):
-    """Evaluate ``(N, T, D)`` windows in parallel; ``outs`` ``(N, rows, O)``, ``status``
-    ``(N,)`` int8, ``work`` ``(threads, work_size)`` (see :func:`evaluate_window`)."""
-    for n in prange(windows.shape[0]):
-        status[n] = evaluate_window(params, layout, windows[n], outs[n], work[get_thread_id()])
+def evaluate_windows(params, layout, stream_params, stream_layouts, stream_index, windows, outs,
+                     status, seqs, states, scratch, work):
+    """Evaluate ``(N, T, D)`` windows, each from the zero state, groups of four in parallel.
+
+    ``outs``: ``(N, T, O)`` for ``MODE_EVERY``, else ``(N, 1, O)``; ``status``: ``(N,)``
+    int8 codes from :mod:`.layout` (NaN outputs where not ``OK``). Work, per thread:
+    ``seqs`` ``(threads, 4, 2, T * W_WIDTH)``, ``states`` ``(threads, 4, W_STREAM_STATE)``,
+    ``scratch`` ``(threads, 4, W_STREAM_SCRATCH)``, ``work`` ``(threads, work_size)``.
+    """
+    count = windows.shape[0]
+    for g in prange((count + TILE_STREAMS - 1) // TILE_STREAMS):
+        first = g * TILE_STREAMS
+        me = get_thread_id()
+        _evaluate_group(params, layout, stream_params, stream_layouts, stream_index, windows,
+                        outs, status, first, min(TILE_STREAMS, count - first), seqs[me],
+                        states[me], scratch[me], work[me])
 
 
 @njit(**JIT)
-def evaluate_windows_serial(params, layout, windows, outs, status, work):
-    """:func:`evaluate_windows` on the calling thread (uses ``work[0]``)."""
-    for n in range(windows.shape[0]):
-        status[n] = evaluate_window(params, layout, windows[n], outs[n], work[0])
+def evaluate_windows_serial(params, layout, stream_params, stream_layouts, stream_index, windows,
+                            outs, status, seqs, states, scratch, work):
+    """:func:`evaluate_windows` on the calling thread (uses the first thread's work)."""
+    count = windows.shape[0]
+    for first in range(0, count, TILE_STREAMS):
+        _evaluate_group(params, layout, stream_params, stream_layouts, stream_index, windows,
+                        outs, status, first, min(TILE_STREAMS, count - first), seqs[0],
+                        states[0], scratch[0], work[0])
 
 
 @njit(**JIT)

@@ -24,10 +24,7 @@ from ..kernels import _window as K
 from ..kernels.layout import OK
 from ..model import Model
 from ..window_spec import WindowSpec
-from .packing import packed_windows
-
-#: Below this many windows a micro-batch is evaluated on the calling thread.
-PARALLEL_THRESHOLD = 4
+from .packing import WindowPacked, WindowWork, packed_windows
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -107,8 +104,7 @@ class WindowBank(SensorRows):
         self._rejected = np.zeros(capacity, np.int64)
         self._skipped = np.zeros(capacity, np.int64)
         self._failed = np.zeros(capacity, np.int64)
-        self._work = np.zeros((numba.config.NUMBA_NUM_THREADS,
-                               self._packed.work_size(spec.length)), self._dtype)
+        self._work = self._packed.allocate_work(numba.config.NUMBA_NUM_THREADS, spec.length)
         self._room = 0
         self._ensure_room(64)
 
@@ -180,13 +176,7 @@ class WindowBank(SensorRows):
             skipped=int(skipped), failed=failed)
 
     def _evaluate(self, windows: np.ndarray, outs: np.ndarray, status: np.ndarray) -> None:
-        pk = self._packed
-        args = (pk.params, pk.layout, windows, outs, status, self._work)
-        if self.threads > 1 and windows.shape[0] >= PARALLEL_THRESHOLD:
-            numba.set_num_threads(self.threads)
-            K.evaluate_windows(*args)
-        else:
-            K.evaluate_windows_serial(*args)
+        _run(self._packed, windows, outs, status, self._work, self.threads)
 
     # -- counters ---------------------------------------------------------------------
     def sample_count(self, sensor: Hashable) -> int:
@@ -227,11 +217,18 @@ def evaluate_windows(model: Model, windows: Any, *, output: str | None = None,
     count, steps = windows.shape[:2]
     outs = np.empty((count, steps if per_step else 1, model.output_size), model.dtype)
     status = np.empty(count, np.int8)
-    work = np.zeros((numba.config.NUMBA_NUM_THREADS, pk.work_size(steps)), model.dtype)
-    threads = numba.get_num_threads() if threads is None else int(threads)
-    if threads > 1 and count >= PARALLEL_THRESHOLD:
-        numba.set_num_threads(threads)
-        K.evaluate_windows(pk.params, pk.layout, windows, outs, status, work)
-    else:
-        K.evaluate_windows_serial(pk.params, pk.layout, windows, outs, status, work)
+    work = pk.allocate_work(numba.config.NUMBA_NUM_THREADS, steps)
+    _run(pk, windows, outs, status, work, numba.get_num_threads() if threads is None
+         else int(threads))
     return outs if per_step else outs[:, 0]
+
+
+def _run(pk: WindowPacked, windows: np.ndarray, outs: np.ndarray, status: np.ndarray,
+         work: WindowWork, threads: int) -> None:
+    """Evaluate ``windows`` into ``outs``/``status``, in parallel if it pays."""
+    args = (*pk.model_arrays, windows, outs, status, *work)
+    if threads > 1 and windows.shape[0] > K.TILE_STREAMS:
+        numba.set_num_threads(threads)
+        K.evaluate_windows(*args)
+    else:
+        K.evaluate_windows_serial(*args)

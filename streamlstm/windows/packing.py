@@ -1,35 +1,65 @@
-"""Turn a window model into the window kernel's packed ``(params, layout)``.
+"""Turn a window model into the window kernel's packed arrays.
 
 The layout's fields are defined in :mod:`streamlstm.kernels._window`; weights are stored
-transposed, ``W^T`` as ``(in, gates)``, with the input and recurrent biases apart.
+transposed, ``W^T`` as ``(in, gates)``, with the input and recurrent biases apart. Each
+LSTM/GRU direction is also packed as a one-layer streaming model (:func:`streamlstm.
+packing.pack`), which the window kernel steps with the streaming kernels.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import weakref
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
 from ..kernels import _window as K
 from ..kernels._math import ACTIVATION_CODES
+from ..kernels.layout import H_SCRATCH, H_STATE
 from ..model import GATES, Model, RecurrentLayer
+from ..packing import PackedModel, pack
 
 KIND_CODES = {"lstm": K.LSTM, "gru": K.GRU, "rnn": K.RNN}
 MODE_CODES = {"last": K.MODE_LAST, "every": K.MODE_EVERY, "probabilities": K.MODE_SOFTMAX,
               "log_probabilities": K.MODE_LOG_SOFTMAX}
 
 
-@dataclass(frozen=True, eq=False)
+class WindowWork(NamedTuple):
+    """Per-thread work arrays of :func:`streamlstm.kernels._window.evaluate_windows`."""
+
+    seqs: np.ndarray
+    states: np.ndarray
+    scratch: np.ndarray
+    work: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
 class WindowPacked:
-    """The window kernel's view of a model for one output mode."""
+    """The window kernel's view of a model for one output mode: its own ``params`` and
+    ``layout``, and the LSTM/GRU directions' streaming packs (``stream_*``)."""
 
     params: np.ndarray
     layout: np.ndarray
+    stream_params: np.ndarray
+    stream_layouts: np.ndarray
+    stream_index: np.ndarray
 
-    def work_size(self, steps: int) -> int:
-        """Work numbers one thread needs to evaluate a window of ``steps`` samples."""
-        return K.work_size(self.layout, steps)
+    @property
+    def model_arrays(self) -> tuple[np.ndarray, ...]:
+        """The kernel's first five arguments."""
+        return (self.params, self.layout, self.stream_params, self.stream_layouts,
+                self.stream_index)
+
+    def allocate_work(self, threads: int, steps: int) -> WindowWork:
+        """Work arrays for ``threads`` threads evaluating windows of ``steps`` samples."""
+        dtype = self.params.dtype
+        lanes = K.TILE_STREAMS
+        return WindowWork(
+            seqs=np.zeros((threads, lanes, 2, steps * int(self.layout[K.W_WIDTH])), dtype),
+            states=np.zeros((threads, lanes, int(self.layout[K.W_STREAM_STATE])), dtype),
+            scratch=np.zeros((threads, lanes, int(self.layout[K.W_STREAM_SCRATCH])), dtype),
+            work=np.zeros((threads, K.work_size(self.layout)), dtype))
 
 
 def pack_windows(model: Model, output: str) -> WindowPacked:
@@ -50,6 +80,7 @@ def pack_windows(model: Model, output: str) -> WindowPacked:
 
     header = np.full(K.HEADER, -1, np.int64)
     records: list[np.ndarray] = []
+    streams: list[PackedModel] = []
     width, hidden, gates = model.input_size, 1, 1
     for layer in model.layers:
         rec = np.full(K.LAYER_RECORD, -1, np.int64)
@@ -59,6 +90,10 @@ def pack_windows(model: Model, output: str) -> WindowPacked:
             start = 1 + d * K.DIRECTION_RECORD
             rec[start:start + K.DIRECTION_RECORD] = _direction_record(
                 direction, put, reverse=d == 1, column=d * layer.direction_size)
+            if direction.kind != "rnn":
+                rec[start + K.K_STREAM] = len(streams)
+                one_layer = Model(layers=(dataclasses.replace(direction, backward=None),))
+                streams.append(pack(one_layer))
         width = max(width, layer.output_size)
         hidden = max(hidden, layer.hidden_size)
         gates = max(gates, GATES[layer.kind] * layer.hidden_size)
@@ -84,8 +119,21 @@ def pack_windows(model: Model, output: str) -> WindowPacked:
     header[K.W_HIDDEN] = hidden
     header[K.W_GATES] = gates
     header[K.W_DENSE_WIDTH] = dense_width
+    header[K.W_STREAM_STATE] = max([1] + [int(p.layout[H_STATE]) for p in streams])
+    header[K.W_STREAM_SCRATCH] = max([1] + [int(p.layout[H_SCRATCH]) for p in streams])
     params = np.concatenate(chunks) if chunks else np.zeros(0, model.dtype)
-    return WindowPacked(params=params, layout=np.concatenate([header, *records]))
+    index = np.zeros((max(1, len(streams)), 4), np.int64)
+    params_at = layout_at = 0
+    for row, stream in zip(index[:len(streams)], streams, strict=True):
+        row[:] = (params_at, params_at + stream.params.size, layout_at,
+                  layout_at + stream.layout.size)
+        params_at, layout_at = row[1], row[3]
+    return WindowPacked(
+        params=params, layout=np.concatenate([header, *records]),
+        # One spare number at the end keeps the arrays non-empty without streaming packs.
+        stream_params=np.concatenate([p.params for p in streams] + [np.zeros(1, model.dtype)]),
+        stream_layouts=np.concatenate([p.layout for p in streams] + [np.zeros(1, np.int64)]),
+        stream_index=index)
 
 
 def _direction_record(layer: RecurrentLayer, put, *, reverse: bool, column: int) -> np.ndarray:
