@@ -6,8 +6,8 @@ a bidirectional layer over the window (the backward one from its end), the direc
 outputs concatenated per step, then the dense head on the last step or on every step,
 then softmax / log-softmax for a classifier. Unlike the streaming kernels
 (:mod:`._network`) this needs the whole window at once, which is what lets it run
-bidirectional layers; it supports LSTM (with projection), GRU (reset gate after or
-before ``W_hn``) and plain RNN (tanh / relu) layers.
+bidirectional layers. Layers: LSTM (with projection), GRU (reset gate after or before
+``W_hn``) and plain RNN (tanh / relu).
 
 Each LSTM or GRU direction runs through the streaming kernels themselves: it is packed
 as a one-layer streaming model and stepped over the window from the zero state with
@@ -18,9 +18,9 @@ directions, which the streaming kernels do not have, and the head run here.
 The model is packed (:mod:`streamlstm.windows.packing`) into ``params`` and an int64
 ``layout`` table whose fields are the constants below, plus the directions' streaming
 packs: ``stream_params``, ``stream_layouts`` and ``stream_index`` (one row per direction:
-its slice of each). Here weights are stored transposed, ``W^T`` as ``(in, gates)``, and
-applied as row sweeps that vectorise over the gates; the input and recurrent biases stay
-separate, added in the frameworks' order.
+its slice of each). In ``params`` weights are stored transposed, ``W^T`` as
+``(in, out)``, and applied as row sweeps that vectorise over the outputs; an RNN's input
+and recurrent biases stay separate, added in the frameworks' order.
 
 :func:`assemble_windows` keeps a ring of the last ``W`` samples per sensor and copies out
 every completed window of a micro-batch; :func:`evaluate_windows` then evaluates all of
@@ -46,30 +46,24 @@ W_IN_NORM = 4      # offset of (mean[D], std[D]) or -1
 W_OUT_NORM = 5     # offset of (mean[O], std[O]) or -1
 W_MODE = 6         # one of the MODE_* codes
 W_WIDTH = 7        # widest per-step vector of the layer sequences (input or a layer output)
-W_HIDDEN = 8       # largest hidden size
-W_GATES = 9        # largest gate count (gates * hidden)
-W_DENSE_WIDTH = 10  # widest dense output
-W_STREAM_STATE = 11    # largest state of a direction's streaming pack
-W_STREAM_SCRATCH = 12  # largest scratch of a direction's streaming pack
-HEADER = 13
+W_RNN_HIDDEN = 8   # largest hidden size of a plain RNN layer (1 if none)
+W_DENSE_WIDTH = 9  # widest dense output
+W_STREAM_STATE = 10    # largest state of a direction's streaming pack
+W_STREAM_SCRATCH = 11  # largest scratch of a direction's streaming pack
+HEADER = 12
 
 # Direction record (a layer has one or two, the backward one second).
-K_KIND = 0
+K_STREAM = 0       # row of stream_index with an LSTM/GRU direction's pack, or -1 (RNN)
 K_IN = 1           # input width
-K_HIDDEN = 2       # H
-K_OUT = 3          # this direction's h width: proj size or H
-K_WX = 4           # W_ih^T, (in, gates)
-K_WH = 5           # W_hh^T, (out, gates)
-K_BI = 6           # b_ih (gates)
-K_BH = 7           # b_hh (gates)
-K_WR = 8           # LSTM projection W_hr^T, (H, out), or -1
-K_ACT = 9
-K_RACT = 10
-K_RESET_AFTER = 11  # GRU: 1 = reset gate after W_hn h (PyTorch), 0 = before
-K_REVERSE = 12     # 1 for a backward direction
-K_COLUMN = 13      # where this direction's h goes in the layer output: 0 or out
-K_STREAM = 14      # row of stream_index with this direction's streaming pack, or -1 (RNN)
-DIRECTION_RECORD = 15
+K_OUT = 2          # this direction's h width: proj size or H
+K_REVERSE = 3      # 1 for a backward direction
+K_COLUMN = 4       # where this direction's h goes in the layer output: 0 or out
+K_WX = 5           # RNN only: W_ih^T, (in, H)
+K_WH = 6           # RNN only: W_hh^T, (H, H)
+K_BI = 7           # RNN only: b_ih (H)
+K_BH = 8           # RNN only: b_hh (H)
+K_ACT = 9          # RNN only: activation code (tanh or relu)
+DIRECTION_RECORD = 10
 # stream_index columns: a streaming pack's slice of stream_params and of stream_layouts.
 S_PARAMS, S_PARAMS_END, S_LAYOUT, S_LAYOUT_END = 0, 1, 2, 3
 # Layer record: the number of directions, then two direction records (-1 if absent).
@@ -84,102 +78,39 @@ D_W = 3            # W^T, (in, out)
 D_B = 4
 DENSE_RECORD = 5
 
-LSTM, GRU, RNN = 0, 1, 2
 MODE_LAST, MODE_EVERY, MODE_SOFTMAX, MODE_LOG_SOFTMAX = 0, 1, 2, 3
 
 
 def work_size(layout: np.ndarray) -> int:
     """Numbers of shared work space one thread needs (plain RNN directions and the head)."""
-    return int(4 * layout[W_HIDDEN] + 2 * layout[W_GATES] + 2 * layout[W_DENSE_WIDTH])
-
-
-@njit(inline="always", **JIT)
-def _gate_count(kind, hidden):
-    if kind == LSTM:
-        return 4 * hidden
-    if kind == GRU:
-        return 3 * hidden
-    return hidden
+    return int(3 * layout[W_RNN_HIDDEN] + 2 * layout[W_DENSE_WIDTH])
 
 
 @njit(**JIT)
-def _direction(params, rec, src, dst, steps, width, h, c, full, gx, gh, rh):
-    """One direction of one layer over the window: ``src`` rows in, ``dst`` columns out.
+def _rnn_direction(params, rec, src, dst, steps, width, h, gx, gh):
+    """One plain-RNN direction over a window: ``src`` rows in, ``dst`` columns out.
 
-    ``src`` and ``dst`` are ``(steps, width)`` row-major; ``h``, ``c``, ``full``, ``rh``:
-    hidden-sized work; ``gx``, ``gh``: gate-sized work.
+    ``h' = act(W_ih x + b_ih + W_hh h + b_hh)`` from ``h = 0``; ``src`` and ``dst`` are
+    ``(steps, width)`` row-major; ``h``, ``gx``, ``gh``: hidden-sized work.
     """
-    kind, n_in, hidden, n_out = rec[K_KIND], rec[K_IN], rec[K_HIDDEN], rec[K_OUT]
-    act, ract, column = rec[K_ACT], rec[K_RACT], rec[K_COLUMN]
-    gates = _gate_count(kind, hidden)
-    H = hidden
-    h, c, full, rh = h[:n_out], c[:H], full[:H], rh[:H]
-    gx, gh = gx[:gates], gh[:gates]
-    for u in range(n_out):
+    n_in, hidden, column = rec[K_IN], rec[K_OUT], rec[K_COLUMN]
+    h, gx, gh = h[:hidden], gx[:hidden], gh[:hidden]
+    for u in range(hidden):
         h[u] = 0.0
-    for u in range(H):
-        c[u] = 0.0
-    one = like(h[0], 1)
     for s in range(steps):
         t = steps - 1 - s if rec[K_REVERSE] else s
-        for j in range(gates):
+        for j in range(hidden):
             gx[j] = params[rec[K_BI] + j]
             gh[j] = params[rec[K_BH] + j]
-        _matvec_acc(gx, params, rec[K_WX], src[t * width:t * width + n_in], gates)
-        _matvec_acc(gh, params, rec[K_WH], h, gates)
-        if kind == LSTM:
-            for j in range(gates):
-                gx[j] += gh[j]
-            activate_all(gx[:2 * H], ract)
-            activate_all(gx[2 * H:3 * H], act)
-            activate_all(gx[3 * H:], ract)
-            for u in range(H):
-                c[u] = gx[H + u] * c[u] + gx[u] * gx[2 * H + u]
-                full[u] = c[u]
-            activate_all(full, act)
-            for u in range(H):
-                full[u] *= gx[3 * H + u]
-            if rec[K_WR] >= 0:
-                for u in range(n_out):
-                    h[u] = 0.0
-                _matvec_acc(h, params, rec[K_WR], full, n_out)
-            else:
-                for u in range(H):
-                    h[u] = full[u]
-        elif kind == GRU:
-            for j in range(2 * H):
-                gx[j] += gh[j]
-            activate_all(gx[:2 * H], ract)
-            n, hn = gx[2 * H:], gh[2 * H:]
-            if not rec[K_RESET_AFTER]:
-                # hn = b_hn + W_hn (r * h): the W_hn columns of each W_hh^T row.
-                for u in range(H):
-                    rh[u] = gx[u] * h[u]
-                    hn[u] = params[rec[K_BH] + 2 * H + u]
-                row = rec[K_WH] + 2 * H
-                for k in range(H):
-                    v = rh[k]
-                    for u in range(H):
-                        hn[u] += params[row + u] * v
-                    row += gates
-                for u in range(H):
-                    n[u] += hn[u]
-            else:
-                for u in range(H):
-                    n[u] += gx[u] * hn[u]
-            activate_all(n, act)
-            for u in range(H):
-                z = gx[H + u]
-                h[u] = (one - z) * n[u] + z * h[u]
-        else:
-            for j in range(H):
-                gx[j] += gh[j]
-            activate_all(gx, act)
-            for u in range(H):
-                h[u] = gx[u]
-        out = dst[t * width + column:t * width + column + n_out]
-        for u in range(n_out):
-            out[u] = h[u]
+        _matvec_acc(gx, params, rec[K_WX], src[t * width:t * width + n_in], hidden)
+        _matvec_acc(gh, params, rec[K_WH], h, hidden)
+        for j in range(hidden):
+            gx[j] += gh[j]
+        activate_all(gx, rec[K_ACT])
+        out = dst[t * width + column:t * width + column + hidden]
+        for u in range(hidden):
+            h[u] = gx[u]
+            out[u] = gx[u]
 
 
 @njit(**JIT)
@@ -276,13 +207,9 @@ def _evaluate_group(params, layout, stream_params, stream_layouts, stream_index,
     (see :func:`evaluate_windows`).
     """
     steps, n_in = windows.shape[1], layout[W_INPUT]
-    width, hidden, gates, dense = (layout[W_WIDTH], layout[W_HIDDEN], layout[W_GATES],
-                                   layout[W_DENSE_WIDTH])
-    h, c, full, rh = (work[:hidden], work[hidden:2 * hidden], work[2 * hidden:3 * hidden],
-                      work[3 * hidden:4 * hidden])
-    at = 4 * hidden
-    gx, gh = work[at:at + gates], work[at + gates:at + 2 * gates]
-    at += 2 * gates
+    width, hidden, dense = layout[W_WIDTH], layout[W_RNN_HIDDEN], layout[W_DENSE_WIDTH]
+    h, gx, gh = work[:hidden], work[hidden:2 * hidden], work[2 * hidden:3 * hidden]
+    at = 3 * hidden
     ping, pong = work[at:at + dense], work[at + dense:at + 2 * dense]
 
     norm = layout[W_IN_NORM]
@@ -314,8 +241,8 @@ def _evaluate_group(params, layout, stream_params, stream_layouts, stream_index,
                                   src, states, scratch, status, first, count, steps, width)
             else:
                 for i in range(count):
-                    _direction(params, rec, seqs[i, src], seqs[i, 1 - src], steps, width, h, c,
-                               full, gx, gh, rh)
+                    _rnn_direction(params, rec, seqs[i, src], seqs[i, 1 - src], steps, width,
+                                   h, gx, gh)
             top = directions * rec[K_OUT]
         src = 1 - src
 

@@ -17,10 +17,9 @@ import numpy as np
 from ..kernels import _window as K
 from ..kernels._math import ACTIVATION_CODES
 from ..kernels.layout import H_SCRATCH, H_STATE
-from ..model import GATES, Model, RecurrentLayer
+from ..model import Model, RecurrentLayer
 from ..packing import PackedModel, pack
 
-KIND_CODES = {"lstm": K.LSTM, "gru": K.GRU, "rnn": K.RNN}
 MODE_CODES = {"last": K.MODE_LAST, "every": K.MODE_EVERY, "probabilities": K.MODE_SOFTMAX,
               "log_probabilities": K.MODE_LOG_SOFTMAX}
 
@@ -81,22 +80,26 @@ def pack_windows(model: Model, output: str) -> WindowPacked:
     header = np.full(K.HEADER, -1, np.int64)
     records: list[np.ndarray] = []
     streams: list[PackedModel] = []
-    width, hidden, gates = model.input_size, 1, 1
+    width, rnn_hidden = model.input_size, 1
     for layer in model.layers:
         rec = np.full(K.LAYER_RECORD, -1, np.int64)
         directions = [layer] if layer.backward is None else [layer, layer.backward]
         rec[K.LAYER_DIRECTIONS] = len(directions)
         for d, direction in enumerate(directions):
             start = 1 + d * K.DIRECTION_RECORD
-            rec[start:start + K.DIRECTION_RECORD] = _direction_record(
-                direction, put, reverse=d == 1, column=d * layer.direction_size)
-            if direction.kind != "rnn":
-                rec[start + K.K_STREAM] = len(streams)
+            record = rec[start:start + K.DIRECTION_RECORD]
+            record[K.K_IN] = layer.input_size
+            record[K.K_OUT] = layer.direction_size
+            record[K.K_REVERSE] = int(d == 1)
+            record[K.K_COLUMN] = d * layer.direction_size
+            if direction.kind == "rnn":
+                _rnn_record(direction, record, put)
+                rnn_hidden = max(rnn_hidden, layer.hidden_size)
+            else:
+                record[K.K_STREAM] = len(streams)
                 one_layer = Model(layers=(dataclasses.replace(direction, backward=None),))
                 streams.append(pack(one_layer))
         width = max(width, layer.output_size)
-        hidden = max(hidden, layer.hidden_size)
-        gates = max(gates, GATES[layer.kind] * layer.hidden_size)
         records.append(rec)
     dense_width = max(1, model.output_size)
     for dense in model.head:
@@ -116,8 +119,7 @@ def pack_windows(model: Model, output: str) -> WindowPacked:
     header[K.W_DENSE] = len(model.head)
     header[K.W_MODE] = MODE_CODES[output]
     header[K.W_WIDTH] = width
-    header[K.W_HIDDEN] = hidden
-    header[K.W_GATES] = gates
+    header[K.W_RNN_HIDDEN] = rnn_hidden
     header[K.W_DENSE_WIDTH] = dense_width
     header[K.W_STREAM_STATE] = max([1] + [int(p.layout[H_STATE]) for p in streams])
     header[K.W_STREAM_SCRATCH] = max([1] + [int(p.layout[H_SCRATCH]) for p in streams])
@@ -136,24 +138,13 @@ def pack_windows(model: Model, output: str) -> WindowPacked:
         stream_index=index)
 
 
-def _direction_record(layer: RecurrentLayer, put, *, reverse: bool, column: int) -> np.ndarray:
-    rec = np.full(K.DIRECTION_RECORD, -1, np.int64)
-    rec[K.K_KIND] = KIND_CODES[layer.kind]
-    rec[K.K_IN] = layer.input_size
-    rec[K.K_HIDDEN] = layer.hidden_size
-    rec[K.K_OUT] = layer.direction_size
-    rec[K.K_WX] = put(layer.w_ih.T)
-    rec[K.K_WH] = put(layer.w_hh.T)
-    rec[K.K_BI] = put(layer.b_ih)
-    rec[K.K_BH] = put(layer.b_hh)
-    if layer.w_hr is not None:
-        rec[K.K_WR] = put(layer.w_hr.T)
-    rec[K.K_ACT] = ACTIVATION_CODES[layer.activation]
-    rec[K.K_RACT] = ACTIVATION_CODES[layer.recurrent_activation]
-    rec[K.K_RESET_AFTER] = int(layer.reset_after)
-    rec[K.K_REVERSE] = int(reverse)
-    rec[K.K_COLUMN] = column
-    return rec
+def _rnn_record(layer: RecurrentLayer, record: np.ndarray, put) -> None:
+    """A plain RNN direction's weights (transposed) and activation, into its record."""
+    record[K.K_WX] = put(layer.w_ih.T)
+    record[K.K_WH] = put(layer.w_hh.T)
+    record[K.K_BI] = put(layer.b_ih)
+    record[K.K_BH] = put(layer.b_hh)
+    record[K.K_ACT] = ACTIVATION_CODES[layer.activation]
 
 
 _PACKED: weakref.WeakKeyDictionary[Model, dict[str, WindowPacked]] = \
