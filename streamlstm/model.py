@@ -35,6 +35,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .errors import ShapeError
+from .window_spec import METADATA_KEY as WINDOW_KEY
 from .window_spec import WindowSpec
 
 CellKind = Literal["lstm", "gru", "rnn"]
@@ -333,6 +334,13 @@ class Model:
     def replace(self, **changes: Any) -> Model:
         """A copy with some fields changed (validated again), e.g. a new ``calibration``."""
         return dataclasses.replace(self, **changes)
+
+    def with_window(self, spec: WindowSpec | None) -> Model:
+        """A copy declaring ``spec`` as its window semantics (None: a streaming model again)."""
+        metadata = {k: v for k, v in self.metadata.items() if k != WINDOW_KEY}
+        if spec is not None:
+            metadata[WINDOW_KEY] = spec.to_metadata()
+        return self.replace(metadata=metadata)
 
     def stream(self, *, on_invalid: str = "raise"):  # -> Stream (imported lazily: layering)
         """A fresh :class:`~streamlstm.stream.Stream` with zero state."""
