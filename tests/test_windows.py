@@ -117,6 +117,30 @@ def test_window_bank_counts_hops_per_sensor_and_forgets():
         bank.push(["a", "b"], np.zeros((3, 2)))
 
 
+def test_a_micro_batch_larger_than_the_window_buffer_is_evaluated_in_rounds(monkeypatch):
+    from streamlstm.windows import bank as window_bank
+
+    model = bidirectional_rnn_model()
+    rng = np.random.default_rng(8)
+    samples = rng.normal(0, 1, (400, 2))
+    samples[101] = np.inf
+    sensors = [f"s{i % 3}" for i in range(400)]
+    whole = model.windows().push(sensors, samples)
+    one_window = 8 * 2 + 3  # bytes per window / itemsize: input (8, 2) and output (1, 3)
+    monkeypatch.setattr(window_bank, "WINDOW_BUFFER_BYTES", 5 * one_window * 8)
+    calls = []
+    assemble = window_bank.K.assemble_windows
+    monkeypatch.setattr(window_bank.K, "assemble_windows",
+                        lambda *args: calls.append(1) or assemble(*args))
+    rounds = model.windows().push(sensors, samples)
+    assert len(calls) == -(-len(whole) // 5)
+    assert len(whole) == len(rounds) == 64 + 63 + 63 - 4 and rounds.skipped == whole.skipped == 4
+    assert rounds.sensors == whole.sensors
+    np.testing.assert_array_equal(rounds.batch_index, whole.batch_index)
+    np.testing.assert_array_equal(rounds.end_index, whole.end_index)
+    np.testing.assert_array_equal(rounds.values, whole.values)
+
+
 def test_autoencoder_windows_give_reconstruction_error():
     rng = np.random.default_rng(3)
     model = Model(layers=(lstm_layer(rng.normal(0, 0.3, (32, 2)), rng.normal(0, 0.3, (32, 8)),

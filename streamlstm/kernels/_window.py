@@ -297,9 +297,10 @@ def evaluate_windows_serial(params, layout, stream_params, stream_layouts, strea
 
 
 @njit(**JIT)
-def assemble_windows(rows, samples, ring, counts, last_bad, rejected, skipped, hop, windows,
-                     window_rows, window_ends, window_at):
-    """Push a micro-batch into the per-sensor rings; copy out every completed window.
+def assemble_windows(rows, samples, start, ring, counts, last_bad, rejected, skipped, hop,
+                     windows, window_rows, window_ends, window_at):
+    """Push a micro-batch, from sample ``start`` on, into the per-sensor rings; copy out
+    every completed window until ``windows`` is full.
 
     ``rows``: ``(M,)`` ring rows in arrival order; ``samples``: ``(M, D)``; ``ring``:
     ``(capacity, W, D)``; ``counts``: samples seen per row; ``last_bad``: per row, the
@@ -308,12 +309,16 @@ def assemble_windows(rows, samples, ring, counts, last_bad, rejected, skipped, h
     count reaches ``W + j * hop``; one holding a rejected sample is skipped. Completed
     windows go to ``windows[n]`` (oldest sample first) with their ring row, the count
     index of their last sample and the micro-batch position that completed them. Returns
-    ``(windows written, windows skipped)``; ``windows`` needs room for ``M``.
+    ``(next sample to push, windows written, windows skipped)``: the next sample is ``M``
+    unless ``windows`` filled up first.
     """
     steps, n_in = ring.shape[1], ring.shape[2]
     written = 0
     skipped_now = 0
-    for i in range(rows.shape[0]):
+    room = windows.shape[0]
+    for i in range(start, rows.shape[0]):
+        if written == room:
+            return i, written, skipped_now
         r = rows[i]
         t = counts[r]
         x = samples[i]
@@ -341,4 +346,4 @@ def assemble_windows(rows, samples, ring, counts, last_bad, rejected, skipped, h
         window_ends[written] = t - 1
         window_at[written] = i
         written += 1
-    return written, skipped_now
+    return rows.shape[0], written, skipped_now

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Hashable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numba
 import numpy as np
@@ -25,6 +25,10 @@ from ..kernels.layout import OK
 from ..model import Model
 from ..window_spec import WindowSpec
 from .packing import WindowPacked, WindowWork, packed_windows
+
+#: Memory for the windows of one micro-batch (copies and outputs); a larger micro-batch is
+#: evaluated in several rounds.
+WINDOW_BUFFER_BYTES = 64 << 20
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -74,6 +78,16 @@ class WindowOutputs:
         return np.mean((self.values - self.inputs) ** 2, axis=(1, 2))
 
 
+class _Round(NamedTuple):
+    """The good windows of one evaluation round of a push, copied out of the buffers."""
+
+    at: np.ndarray
+    end_index: np.ndarray
+    values: np.ndarray
+    inputs: np.ndarray | None
+    failed: int
+
+
 class WindowBank(SensorRows):
     """Per-sensor rings of the last ``W`` samples of one window model; see the module doc.
 
@@ -105,6 +119,9 @@ class WindowBank(SensorRows):
         self._skipped = np.zeros(capacity, np.int64)
         self._failed = np.zeros(capacity, np.int64)
         self._work = self._packed.allocate_work(numba.config.NUMBA_NUM_THREADS, spec.length)
+        out_rows = spec.length if spec.per_step else 1
+        window_bytes = (spec.length * width + out_rows * model.output_size) * self._dtype.itemsize
+        self._max_room = max(K.TILE_STREAMS, WINDOW_BUFFER_BYTES // window_bytes)
         self._room = 0
         self._ensure_room(64)
 
@@ -132,9 +149,9 @@ class WindowBank(SensorRows):
 
     def _ensure_room(self, windows: int) -> None:
         """Window buffers for ``windows`` windows of one micro-batch (grown, never shrunk)."""
-        if windows <= self._room:
+        if windows <= self._room or self._room == self._max_room:
             return
-        room = max(windows, 2 * self._room)
+        room = min(max(windows, 2 * self._room), self._max_room)
         spec, model = self.spec, self.model
         self._windows = np.zeros((room, spec.length, model.input_size), self._dtype)
         self._outs = np.zeros((room, spec.length if spec.per_step else 1, model.output_size),
@@ -153,30 +170,41 @@ class WindowBank(SensorRows):
         if len(sensors) != samples.shape[0]:
             raise ShapeError(f"sensors: {len(sensors)} ids for {samples.shape[0]} samples")
         rows = self.rows(sensors)
-        self._ensure_room(samples.shape[0])
-        written, skipped = K.assemble_windows(
-            rows, samples, self._ring, self._counts, self._last_bad, self._rejected,
-            self._skipped, self.spec.hop, self._windows, self._window_rows, self._window_ends,
-            self._window_at)
-        windows = self._windows[:written]
-        self._evaluate(windows, self._outs[:written], self._status[:written])
-        good = self._status[:written] == OK
-        failed = int(written - np.count_nonzero(good))
-        if failed:
-            np.add.at(self._failed, self._window_rows[:written][~good], 1)
-        at = self._window_at[:written][good]
-        values = self._outs[:written][good]  # boolean indexing: copies, buffers are reused
+        count = samples.shape[0]
+        self._ensure_room(min(count, count // self.spec.hop + len(self)))
+        rounds: list[_Round] = []
+        start = skipped = 0
+        while start < count or not rounds:
+            start, written, skipped_now = K.assemble_windows(
+                rows, samples, start, self._ring, self._counts, self._last_bad,
+                self._rejected, self._skipped, self.spec.hop, self._windows, self._window_rows,
+                self._window_ends, self._window_at)
+            skipped += skipped_now
+            rounds.append(self._evaluate(written))
+        at = np.concatenate([r.at for r in rounds])
+        values = np.concatenate([r.values for r in rounds])
         return WindowOutputs(
             spec=self.spec,
             sensors=[sensors[i] for i in at.tolist()],
-            end_index=self._window_ends[:written][good],
+            end_index=np.concatenate([r.end_index for r in rounds]),
             batch_index=at,
             values=values if self.spec.per_step else values[:, 0],
-            inputs=windows[good] if self.spec.per_step else None,
-            skipped=int(skipped), failed=failed)
+            inputs=np.concatenate([r.inputs for r in rounds]) if self.spec.per_step else None,
+            skipped=int(skipped), failed=sum(r.failed for r in rounds))
 
-    def _evaluate(self, windows: np.ndarray, outs: np.ndarray, status: np.ndarray) -> None:
+    def _evaluate(self, written: int) -> _Round:
+        """Evaluate the first ``written`` assembled windows; copy out the good ones."""
+        windows, outs = self._windows[:written], self._outs[:written]
+        status = self._status[:written]
         _run(self._packed, windows, outs, status, self._work, self.threads)
+        good = status == OK
+        failed = int(written - np.count_nonzero(good))
+        if failed:
+            np.add.at(self._failed, self._window_rows[:written][~good], 1)
+        # Boolean indexing copies: the buffers are reused by the next round and push.
+        return _Round(at=self._window_at[:written][good],
+                      end_index=self._window_ends[:written][good], values=outs[good],
+                      inputs=windows[good] if self.spec.per_step else None, failed=failed)
 
     # -- counters ---------------------------------------------------------------------
     def sample_count(self, sensor: Hashable) -> int:
