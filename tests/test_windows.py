@@ -185,6 +185,24 @@ def test_native_file_missing_a_reverse_tensor_is_refused(tmp_path):
         sl.load(tmp_path / "cut.npz")
 
 
+def test_native_file_with_a_malformed_bidirectional_flag_or_window_is_refused(tmp_path):
+    path = sl.save(bidirectional_rnn_model(), tmp_path / "bi.npz")
+    with np.load(path) as npz:
+        members = {k: npz[k] for k in npz.files}
+    meta = json.loads(members["__meta__"].tobytes())
+    for edit, words in (
+            (lambda m: m["architecture"]["layers"][0].update(bidirectional="yes"),
+             r"layers\[0\]\.bidirectional: 'yes' has the wrong type"),
+            (lambda m: m["metadata"]["window"].update(hop=0),
+             r"window\.hop: expected a positive integer")):
+        bad = json.loads(json.dumps(meta))
+        edit(bad)
+        members["__meta__"] = np.frombuffer(json.dumps(bad).encode(), np.uint8)
+        np.savez(tmp_path / "bad.npz", **members)
+        with pytest.raises(ModelFormatError, match=words):
+            sl.load(tmp_path / "bad.npz")
+
+
 # -- convert and inspect ------------------------------------------------------------------
 
 def test_convert_declares_the_window_and_inspect_shows_it(tmp_path, capsys):
