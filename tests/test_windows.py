@@ -111,6 +111,11 @@ def test_window_bank_counts_hops_per_sensor_and_forgets():
     np.testing.assert_allclose(out.values.sum(axis=1), 1.0, atol=1e-12)
     assert out.labels == [("normal", "inner", "ball")[i] for i in out.predicted]
     assert bank.sample_count("a") == 20 and len(bank) == 2 and bank.capacity >= 2
+    bank.reset("a")
+    assert bank.sample_count("a") == 0 and bank.sample_count("b") == 9
+    out = bank.push(["a"] * 9, a[:9])  # the window restarts: the first one ends 8 samples on
+    assert out.end_index.tolist() == [7] and bank.rejected("b") == 0
+    np.testing.assert_array_equal(out.values, evaluate_windows(model, a[None, :8]))
     bank.forget("a")
     assert len(bank.push(["a"] * 7, a[:7])) == 0  # a fresh ring: 8 samples before a window
     with pytest.raises(ShapeError, match="2 ids for 3 samples"):

@@ -36,7 +36,8 @@ class WindowOutputs:
     """The windows one :meth:`WindowBank.push` completed, in completion order.
 
     ``values``: ``(N, O)`` per window, or ``(N, W, O)`` for ``output="every"``;
-    ``end_index``: each window's last sample, counted per sensor from 0;
+    ``end_index``: each window's last sample, counted per sensor from 0 (since its first
+    sample or its last :meth:`WindowBank.reset`);
     ``batch_index``: where that sample was in the pushed micro-batch (for its time);
     ``inputs``: the windows themselves ``(N, W, D)`` (``output="every"`` only, to score
     reconstructions); ``skipped``: windows not evaluated because they held a rejected
@@ -205,6 +206,14 @@ class WindowBank(SensorRows):
         return _Round(at=self._window_at[:written][good],
                       end_index=self._window_ends[:written][good], values=outs[good],
                       inputs=windows[good] if self.spec.per_step else None, failed=failed)
+
+    def reset(self, sensor: Hashable | None = None) -> None:
+        """Restart one sensor's windows, or every sensor's (e.g. after a gap in the data):
+        the next window ends ``W`` samples later. The counters are kept."""
+        rows = slice(None) if sensor is None else self._rows[sensor]
+        self._ring[rows] = 0
+        self._counts[rows] = 0
+        self._last_bad[rows] = -1
 
     # -- counters ---------------------------------------------------------------------
     def sample_count(self, sensor: Hashable) -> int:
