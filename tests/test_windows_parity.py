@@ -11,10 +11,9 @@ pushed interleaved. Budgets relative to the output scale: 1e-5 float32, 1e-9 flo
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import pytest
+from window_streams import stream_windows
 
 import streamlstm as sl
 from streamlstm.formats.torch import load_torch
@@ -106,40 +105,18 @@ def test_streamed_windows_match_torch(tmp_path, cell, layers, bidirectional, out
                                       hop, dtype):
     net, model = build(tmp_path, cell, layers, bidirectional, output, dtype)
     classes = () if output == "every" else ("normal", "inner", "ball", "outer")
-    model = model.replace(metadata={**model.metadata, "window": WindowSpec(
-        length, hop, output, classes if output != "last" else ()).to_metadata()})
+    model = model.with_window(WindowSpec(length, hop, output,
+                                         classes if output != "last" else ()))
     per_sensor = -(-MIN_WINDOWS // SENSORS)
     steps = length + (per_sensor - 1) * hop
     rng = np.random.default_rng(1)
     streams = rng.normal(0, 1, (SENSORS, steps, 3)).astype(dtype)
-    bank = model.windows(capacity=2)  # grows while sensors arrive
-    # Interleave the sensors in uneven micro-batches, as a source would deliver them.
-    order = np.repeat(np.arange(SENSORS), steps)
-    rng.shuffle(order)
-    position = np.zeros(SENSORS, np.int64)
-    indices = np.empty(order.size, np.int64)
-    for i, s in enumerate(order):
-        indices[i] = position[s]
-        position[s] += 1
-    results = []
-    cuts = np.unique(np.r_[0, rng.integers(1, order.size, 40), order.size])
-    for start, stop in itertools.pairwise(cuts):
-        names = [f"s{s}" for s in order[start:stop]]
-        out = bank.push(names, streams[order[start:stop], indices[start:stop]])
-        assert out.skipped == 0 and out.failed == 0
-        for name, end, value in zip(out.sensors, out.end_index, out.values, strict=True):
-            results.append((int(name[1:]), int(end), value))
-    assert len(results) == SENSORS * per_sensor >= MIN_WINDOWS
-    windows = np.stack([streams[s, end - length + 1:end + 1] for s, end, _ in results])
-    ours = np.stack([value for _, _, value in results])
+    windows, ours = stream_windows(model, model.window, streams, rng)
+    assert len(windows) == SENSORS * per_sensor >= MIN_WINDOWS
     ref = torch_windows(net, windows)
     check_close(ours, ref, dtype)
     # The batch API gives the same numbers as the stream.
     np.testing.assert_array_equal(evaluate_windows(model, windows), ours)
-    for s in range(SENSORS):
-        assert bank.sample_count(f"s{s}") == steps
-        ends = sorted(end for sensor, end, _ in results if sensor == s)
-        assert ends == list(range(length - 1, steps, hop))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])

@@ -105,6 +105,9 @@ def loader_options(args: argparse.Namespace, path: Path) -> dict[str, Any]:
         if not path.name.endswith(".h5"):
             raise ValueError("--config: only for Keras .weights.h5 files")
         options["config"] = args.config
+    if path.suffix.lower() == ".onnx" and getattr(args, "window", None) is not None:
+        # An ONNX window model is checked against its graph on load: it needs the window.
+        options.update(window=args.window, hop=args.hop)
     return {**options, **given}
 
 
