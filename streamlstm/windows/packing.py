@@ -1,9 +1,10 @@
 """Turn a window model into the window kernel's packed arrays.
 
-The layout's fields are defined in :mod:`streamlstm.kernels._window`; weights are stored
-transposed, ``W^T`` as ``(in, gates)``, with the input and recurrent biases apart. Each
-LSTM/GRU direction is also packed as a one-layer streaming model (:func:`streamlstm.
-packing.pack`), which the window kernel steps with the streaming kernels.
+The layout's fields are defined in :mod:`streamlstm.kernels._window`. Each LSTM/GRU
+direction is packed as a one-layer streaming model (:func:`streamlstm.packing.pack`),
+which the window kernel steps with the streaming kernels; plain RNN directions and the
+dense head are stored transposed, ``W^T`` as ``(in, out)`` (an RNN's input and recurrent
+biases apart), for the window kernel's own code.
 """
 
 from __future__ import annotations
