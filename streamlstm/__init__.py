@@ -27,6 +27,8 @@ from .errors import (
 from .formats import load, save
 from .model import DenseLayer, Model, Normalization, RecurrentLayer, random_model
 from .stream import Stream
+from .window_spec import WindowSpec
+from .windows import WindowBank, WindowOutputs
 
 try:
     __version__ = version("streamlstm")
@@ -50,6 +52,9 @@ __all__ = [
     "SourceError",
     "Stream",
     "StreamLSTMError",
+    "WindowBank",
+    "WindowOutputs",
+    "WindowSpec",
     "__version__",
     "load",
     "random_model",

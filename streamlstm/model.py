@@ -15,24 +15,36 @@ Canonical conventions (PyTorch's, whatever framework trained the weights):
   ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``; with ``reset_after=False``
   (Keras ``reset_after=False``, ONNX ``linear_before_reset=0``)
   ``n = tanh(W_in x + b_in + W_hn (r * h) + b_hn)``.
+* A plain (Elman) RNN layer (``kind="rnn"``) has one gate:
+  ``h' = activation(W_ih x + b_ih + W_hh h + b_hh)`` with ``activation`` tanh or relu.
+* A bidirectional layer holds its backward direction in ``backward`` (a layer of the same
+  kind and sizes, read from the window's end); its output at step ``t`` is the forward
+  output then the backward one, concatenated, as PyTorch, Keras (``merge_mode="concat"``)
+  and ONNX order them. RNN and bidirectional layers run only on windows
+  (:mod:`streamlstm.windows`), never as a stream.
 * Missing biases are stored as zeros, so every layer has the same arrays.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
 
 from .errors import ShapeError
+from .window_spec import METADATA_KEY as WINDOW_KEY
+from .window_spec import WindowSpec
 
-CellKind = Literal["lstm", "gru"]
+CellKind = Literal["lstm", "gru", "rnn"]
 #: Activations a recurrent layer or dense layer may use. ``hard_sigmoid`` is Keras 3's:
 #: ``relu6(x + 3) / 6``.
 ACTIVATIONS = ("linear", "relu", "tanh", "sigmoid", "hard_sigmoid")
-GATES = {"lstm": 4, "gru": 3}
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+#: Activations of a plain RNN layer (``nn.RNN``'s ``nonlinearity``).
+RNN_ACTIVATIONS = ("tanh", "relu")
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -61,11 +73,13 @@ class RecurrentLayer:
     reset_after: bool = True
     activation: str = "tanh"
     recurrent_activation: str = "sigmoid"
+    backward: RecurrentLayer | None = None
 
     def __repr__(self) -> str:
-        projection = f", proj={self.output_size}" if self.w_hr is not None else ""
-        return (f"RecurrentLayer({self.kind} {self.input_size}->{self.hidden_size}{projection}, "
-                f"{self.w_ih.dtype.name})")
+        projection = f", proj={self.direction_size}" if self.w_hr is not None else ""
+        bidirectional = ", bidirectional" if self.backward is not None else ""
+        return (f"RecurrentLayer({self.kind} {self.input_size}->{self.hidden_size}{projection}"
+                f"{bidirectional}, {self.w_ih.dtype.name})")
 
     @property
     def hidden_size(self) -> int:
@@ -76,9 +90,14 @@ class RecurrentLayer:
         return self.w_ih.shape[1]
 
     @property
-    def output_size(self) -> int:
-        """Width of ``h``: ``proj_size`` for a projected LSTM, else ``hidden_size``."""
+    def direction_size(self) -> int:
+        """Width of one direction's ``h``: ``proj_size`` for a projected LSTM, else hidden."""
         return self.w_hr.shape[0] if self.w_hr is not None else self.hidden_size
+
+    @property
+    def output_size(self) -> int:
+        """Width of the layer's output: ``h``, or both directions' ``h`` if bidirectional."""
+        return self.direction_size * (2 if self.backward is not None else 1)
 
     @property
     def state_size(self) -> int:
@@ -87,8 +106,13 @@ class RecurrentLayer:
 
     def validate(self, where: str, input_size: int) -> None:
         if self.kind not in GATES:
-            raise ShapeError(f"{where}: unknown cell kind {self.kind!r} (expected 'lstm' or 'gru')")
-        for name in ("activation", "recurrent_activation"):
+            raise ShapeError(f"{where}: unknown cell kind {self.kind!r} "
+                             "(expected 'lstm', 'gru' or 'rnn')")
+        if self.kind == "rnn":
+            self._validate_rnn(where)
+        checked = (("recurrent_activation",) if self.kind == "rnn"
+                   else ("activation", "recurrent_activation"))
+        for name in checked:
             value = getattr(self, name)
             if value not in ("tanh", "sigmoid", "hard_sigmoid"):
                 raise ShapeError(f"{where}.{name}: {value!r} is not supported "
@@ -105,14 +129,36 @@ class RecurrentLayer:
                                  f"got {self.w_hr.shape}")
             _check(f"{where}.w_hr", self.w_hr, (self.w_hr.shape[0], self.hidden_size))
         _check(f"{where}.w_ih", self.w_ih, (gates, input_size))
-        _check(f"{where}.w_hh", self.w_hh, (gates, self.output_size))
+        _check(f"{where}.w_hh", self.w_hh, (gates, self.direction_size))
         _check(f"{where}.b_ih", self.b_ih, (gates,))
         _check(f"{where}.b_hh", self.b_hh, (gates,))
+        if self.backward is not None:
+            self._validate_backward(where, input_size)
+
+    def _validate_rnn(self, where: str) -> None:
+        if self.activation not in RNN_ACTIVATIONS:
+            raise ShapeError(f"{where}.activation: {self.activation!r} is not supported for a "
+                             f"plain RNN layer (one of {RNN_ACTIVATIONS})")
+        if self.w_hr is not None:
+            raise ShapeError(f"{where}: a plain RNN layer has no projection (w_hr)")
+
+    def _validate_backward(self, where: str, input_size: int) -> None:
+        back = self.backward
+        if back.backward is not None:
+            raise ShapeError(f"{where}.backward: a direction cannot itself be bidirectional")
+        same = ("kind", "hidden_size", "direction_size", "reset_after", "activation",
+                "recurrent_activation")
+        differ = [n for n in same if getattr(back, n) != getattr(self, n)]
+        if differ:
+            raise ShapeError(f"{where}.backward: differs from the forward direction in "
+                             f"{', '.join(differ)}")
+        back.validate(f"{where}.backward", input_size)
 
     def astype(self, dtype: np.dtype) -> RecurrentLayer:
         cast = {f: _as_array(getattr(self, f), dtype) for f in ("w_ih", "w_hh", "b_ih", "b_hh")}
         w_hr = None if self.w_hr is None else _as_array(self.w_hr, dtype)
-        return dataclasses.replace(self, w_hr=w_hr, **cast)
+        backward = None if self.backward is None else self.backward.astype(dtype)
+        return dataclasses.replace(self, w_hr=w_hr, backward=backward, **cast)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -202,13 +248,20 @@ class Model:
         arrays = self._arrays()
         if any(a.dtype != dtype for a in arrays):
             raise ShapeError(f"all weights must share one dtype ({dtype})")
+        if self.window is not None:
+            self.window.check_output_size(self.output_size)
+            if self.window.output.endswith("probabilities") and self.output_norm is not None:
+                raise ShapeError("output_norm: a classifier's softmax output is not "
+                                 "de-normalised; drop output_norm or use window output 'last'")
 
     def _arrays(self) -> list[np.ndarray]:
         out: list[np.ndarray] = []
         for layer in self.layers:
-            out += [layer.w_ih, layer.w_hh, layer.b_ih, layer.b_hh]
-            if layer.w_hr is not None:
-                out.append(layer.w_hr)
+            for direction in (layer, layer.backward):
+                if direction is not None:
+                    out += [direction.w_ih, direction.w_hh, direction.b_ih, direction.b_hh]
+                    if direction.w_hr is not None:
+                        out.append(direction.w_hr)
         for dense in self.head:
             out += [dense.weight, dense.bias]
         for norm in (self.input_norm, self.output_norm):
@@ -233,6 +286,34 @@ class Model:
         """Numbers of recurrent state per stream, all layers' ``h`` and ``c`` together."""
         return sum(layer.state_size for layer in self.layers)
 
+    @functools.cached_property
+    def window(self) -> WindowSpec | None:
+        """The window semantics in ``metadata["window"]`` (None for a streaming model)."""
+        return WindowSpec.from_metadata(self.metadata)
+
+    @property
+    def streaming_refusal(self) -> str | None:
+        """Why this model cannot run as a stream (None if it can): the window API's models."""
+        for index, layer in enumerate(self.layers):
+            if layer.backward is not None:
+                return (f"layers[{index}] is bidirectional: its backward direction reads each "
+                        "window from its end, i.e. future samples, so it cannot run one sample "
+                        "at a time")
+            if layer.kind == "rnn":
+                return (f"layers[{index}] is a plain RNN, supported for window models only")
+        if self.window is not None:
+            return (f"it is a window model ({self.window.describe()}): each window starts from "
+                    "the zero state, so carrying the state forever would not compute what it "
+                    "was trained to compute")
+        return None
+
+    def check_streamable(self) -> None:
+        """Raise :class:`ShapeError` if this model runs only on windows (see the window API)."""
+        reason = self.streaming_refusal
+        if reason is not None:
+            raise ShapeError(f"model {self.name!r} cannot run as a stream: {reason}; run it "
+                             "with model.windows() (streamlstm.windows, README 'Window models')")
+
     @property
     def parameter_count(self) -> int:
         return sum(a.size for a in self._arrays())
@@ -253,6 +334,13 @@ class Model:
     def replace(self, **changes: Any) -> Model:
         """A copy with some fields changed (validated again), e.g. a new ``calibration``."""
         return dataclasses.replace(self, **changes)
+
+    def with_window(self, spec: WindowSpec | None) -> Model:
+        """A copy declaring ``spec`` as its window semantics (None: a streaming model again)."""
+        metadata = {k: v for k, v in self.metadata.items() if k != WINDOW_KEY}
+        if spec is not None:
+            metadata[WINDOW_KEY] = spec.to_metadata()
+        return self.replace(metadata=metadata)
 
     def stream(self, *, on_invalid: str = "raise"):  # -> Stream (imported lazily: layering)
         """A fresh :class:`~streamlstm.stream.Stream` with zero state."""
@@ -282,6 +370,16 @@ class Model:
 
         return Bank(self, capacity=capacity, threads=threads)
 
+    def windows(self, capacity: int = 1024, *, spec: WindowSpec | None = None,
+                threads: int | None = None):  # -> WindowBank (imported lazily: layering)
+        """A :class:`~streamlstm.windows.WindowBank`: per-sensor windows evaluated as trained.
+
+        ``spec`` overrides the model's :attr:`window` (required if the model has none).
+        """
+        from .windows import WindowBank
+
+        return WindowBank(self, capacity=capacity, spec=spec, threads=threads)
+
     def __repr__(self) -> str:
         calibrated = ", calibrated" if self.calibration else ""
         return (f"Model({self.name!r}: {self.describe()}, {self.dtype.name}, "
@@ -291,12 +389,17 @@ class Model:
         """A one-line human summary of the architecture."""
         parts = []
         for layer in self.layers:
-            extra = f", proj={layer.output_size}" if layer.w_hr is not None else ""
+            extra = f", proj={layer.direction_size}" if layer.w_hr is not None else ""
             if layer.kind == "gru" and not layer.reset_after:
                 extra += ", reset_after=False"
-            parts.append(f"{layer.kind.upper()}({layer.input_size}->{layer.hidden_size}{extra})")
+            if layer.kind == "rnn":
+                extra += f", {layer.activation}"
+            name = ("Bi" if layer.backward is not None else "") + layer.kind.upper()
+            parts.append(f"{name}({layer.input_size}->{layer.hidden_size}{extra})")
         parts += [f"Dense({d.weight.shape[1]}->{d.weight.shape[0]}, {d.activation})"
                   for d in self.head]
+        if self.window is not None:
+            parts.append(f"[{self.window.describe()}]")
         return " -> ".join(parts)
 
 
@@ -310,6 +413,13 @@ def gru_layer(w_ih: Any, w_hh: Any, b_ih: Any = None, b_hh: Any = None,
               *, dtype: Any = np.float32, **options: Any) -> RecurrentLayer:
     """Build a GRU layer from PyTorch-ordered arrays; missing biases become zeros."""
     return _recurrent("gru", w_ih, w_hh, b_ih, b_hh, None, np.dtype(dtype), options)
+
+
+def rnn_layer(w_ih: Any, w_hh: Any, b_ih: Any = None, b_hh: Any = None,
+              *, activation: str = "tanh", dtype: Any = np.float32) -> RecurrentLayer:
+    """Build a plain RNN layer (``nn.RNN``: tanh or relu); missing biases become zeros."""
+    return _recurrent("rnn", w_ih, w_hh, b_ih, b_hh, None, np.dtype(dtype),
+                      {"activation": activation})
 
 
 def _recurrent(kind: CellKind, w_ih: Any, w_hh: Any, b_ih: Any, b_hh: Any, w_hr: Any,

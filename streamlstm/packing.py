@@ -102,9 +102,14 @@ def _pack_transposed(layer: RecurrentLayer, rec: np.ndarray, put) -> None:
 
 
 def pack(model: Model, target: str = CPU) -> PackedModel:
-    """Pack ``model``'s weights into one contiguous buffer in the form ``target`` reads."""
+    """Pack ``model``'s weights into one contiguous buffer in the form ``target`` reads.
+
+    Raises :class:`~streamlstm.errors.ShapeError` for a model that runs only on windows
+    (bidirectional, plain RNN, or declaring a window): streams and banks start here.
+    """
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    model.check_streamable()
     chunks: list[np.ndarray] = []
     cursor = 0
 

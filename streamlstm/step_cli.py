@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         model = load(args.model, **options)
         if args.dtype:
             model = model.astype(args.dtype)
+        model.check_streamable()
     except (StreamLSTMError, ValueError, TypeError) as exc:
         print(f"streamlstm step: {exc}", file=sys.stderr)
         return 2

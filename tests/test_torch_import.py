@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from torch_nets import make_net, reference, save_state_dict, torch
 
-from streamlstm.errors import ModelFormatError
+from streamlstm.errors import ModelFormatError, ShapeError
 from streamlstm.formats import load
 from streamlstm.formats._safetensors import write_safetensors
 
@@ -209,12 +209,14 @@ def test_head_next_to_a_nested_module(tmp_path):
 
 # -- refusals -------------------------------------------------------------------------
 
-def test_bidirectional_is_refused_with_an_explanation(tmp_path):
+def test_bidirectional_loads_for_windows_and_is_refused_as_a_stream(tmp_path):
     lstm = nn.LSTM(3, 8, bidirectional=True)
     path = tmp_path / "bi.pt"
     torch.save(lstm.state_dict(), path)
-    with pytest.raises(ModelFormatError, match=r"bidirectional .*future samples"):
-        load(path)
+    model = load(path)
+    assert model.layers[0].backward is not None and model.output_size == 16
+    with pytest.raises(ShapeError, match=r"bidirectional.*future samples.*model\.windows\(\)"):
+        model.stream()
 
 
 def test_pickle_bearing_pt_is_refused(tmp_path):
@@ -279,8 +281,10 @@ def test_kind_option_is_checked_and_bad_gate_rows_explained(tmp_path):
     assert load(path, kind="gru").layers[0].kind == "gru"
     with pytest.raises(ModelFormatError, match=r"kind='lstm' was given but .* is a GRU"):
         load(path, kind="lstm")
-    with pytest.raises(ModelFormatError, match="kind must be 'lstm' or 'gru'"):
+    with pytest.raises(ModelFormatError, match=r"kind must be one of .*'rnn_tanh'"):
         load(path, kind="rnn")
+    with pytest.raises(ModelFormatError, match=r"kind='rnn_tanh' was given but .* is a GRU"):
+        load(path, kind="rnn_tanh")
     state = numpy_state(nn.GRU(3, 8), "gru.")
     state["gru.weight_ih_l0"] = np.zeros((20, 3), np.float32)
     write_safetensors(path, state)

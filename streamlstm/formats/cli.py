@@ -3,7 +3,9 @@
 What a file cannot say is given on the command line: the architecture of a Keras
 ``.weights.h5`` (``--config``), the PyTorch module to read (``--prefix``, ``--kind``,
 ``--head-prefix``, ``--head-activation``), and what any format may lack: name, sample
-rate, channel names, input/output normalisation, dtype.
+rate, channel names, input/output normalisation, dtype, and a window model's window
+(``--window``, ``--hop``, ``--output``, ``--classes``: stored as its
+:class:`~streamlstm.window_spec.WindowSpec`).
 
 Exit codes: 0 written; 2 bad usage or a model that cannot be loaded (the reason is on
 stderr); 1 the output could not be written.
@@ -20,7 +22,9 @@ import numpy as np
 
 from ..errors import StreamLSTMError
 from ..model import Model, Normalization
+from ..window_spec import METADATA_KEY, OUTPUTS, WindowSpec
 from . import load, save
+from .torch import KINDS
 
 TORCH_SUFFIXES = (".pt", ".pth", ".safetensors")
 
@@ -37,8 +41,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE",
                         help="Keras .weights.h5 only: the architecture (the model's .keras "
                              "file or its config.json)")
-    parser.add_argument("--kind", choices=("lstm", "gru"),
-                        help="PyTorch only: the recurrent cell, checked against the shapes")
+    parser.add_argument("--kind", choices=KINDS,
+                        help="PyTorch only: the recurrent cell, checked against the shapes "
+                             "(required for nn.RNN: rnn_tanh or rnn_relu)")
     parser.add_argument("--prefix", help="PyTorch only: the recurrent module's key prefix, "
                                          "e.g. 'encoder.rnn.'")
     parser.add_argument("--head-prefix", action="append", metavar="PREFIX",
@@ -66,6 +71,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-std", type=_floats, metavar="S1,S2,..")
     parser.add_argument("--dtype", choices=("float32", "float64"),
                         help="store in this precision (default: the loader's, float32)")
+    window = parser.add_argument_group(
+        "window model", "run the model on windows of the last N samples, each from the zero "
+        "state, as it was trained (classifiers, autoencoders, bidirectional and RNN models)")
+    window.add_argument("--window", type=int, metavar="N", help="window length in samples")
+    window.add_argument("--hop", type=int, metavar="K",
+                        help="evaluate a window every K samples (default: N, no overlap)")
+    window.add_argument("--output", choices=OUTPUTS, dest="window_output",
+                        help="the last step through the head, every step (autoencoder), or "
+                             "softmax / log-softmax class probabilities (default: last)")
+    window.add_argument("--classes", metavar="A,B,C", help="class names, one per output")
     parser.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
 
 
@@ -90,6 +105,9 @@ def loader_options(args: argparse.Namespace, path: Path) -> dict[str, Any]:
         if not path.name.endswith(".h5"):
             raise ValueError("--config: only for Keras .weights.h5 files")
         options["config"] = args.config
+    if path.suffix.lower() == ".onnx" and getattr(args, "window", None) is not None:
+        # An ONNX window model is checked against its graph on load: it needs the window.
+        options.update(window=args.window, hop=args.hop)
     return {**options, **given}
 
 
@@ -120,7 +138,28 @@ def apply_overrides(model: Model, args: argparse.Namespace) -> Model:
                      model.dtype)
         if norm is not None:
             changes[f"{which}_norm"] = norm
+    spec = _window_spec(model, args)
+    if spec is not None:
+        changes["metadata"] = {**model.metadata, METADATA_KEY: spec.to_metadata()}
     return model.replace(**changes) if changes else model
+
+
+def _window_spec(model: Model, args: argparse.Namespace) -> WindowSpec | None:
+    """The window the command line declares (over the model's own), or None if it says none."""
+    given = {"length": args.window, "hop": args.hop, "output": args.window_output,
+             "classes": None if args.classes is None
+             else tuple(c.strip() for c in args.classes.split(","))}
+    given = {k: v for k, v in given.items() if v is not None}
+    if not given:
+        return None
+    current = model.window
+    if current is None:
+        if "length" not in given:
+            raise ValueError("--hop, --output and --classes describe a window: give --window "
+                             "too")
+        given.setdefault("hop", given["length"])
+        return WindowSpec(**given)
+    return WindowSpec(**{**current.to_metadata(), **given})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -146,4 +185,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"streamlstm convert: cannot write {output}: {exc}", file=sys.stderr)
         return 1
     print(f"{written}: {model.describe()}, {model.parameter_count} parameters, {model.dtype}")
+    if model.window is None and model.streaming_refusal is not None:
+        print(f"streamlstm convert: note: {model.streaming_refusal}; give it a window "
+              "(--window N --hop K) to run it", file=sys.stderr)
     return 0

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..errors import StreamLSTMError
 from ..model import Model, Normalization
+from ..window_spec import WindowSpec
 from . import load
 from ._model_build import file_sha256
 from .cli import add_model_arguments, loader_options
@@ -56,6 +57,8 @@ def describe(model: Model, path: Path) -> dict[str, Any]:
                  "recurrent_activation": layer.recurrent_activation, "shapes": shapes}
         if layer.kind == "gru":
             entry["reset_after"] = layer.reset_after
+        if layer.backward is not None:
+            entry["bidirectional"] = True
         layers.append(entry)
     head = [{"input_size": d.weight.shape[1], "output_size": d.weight.shape[0],
              "activation": d.activation,
@@ -71,6 +74,8 @@ def describe(model: Model, path: Path) -> dict[str, Any]:
         "input_norm": _norm(model.input_norm), "output_norm": _norm(model.output_norm),
         "sample_rate": model.sample_rate, "channels": list(model.channels),
         "calibration": None if model.calibration is None else dict(model.calibration),
+        "window": None if model.window is None else model.window.to_metadata(),
+        "streaming": model.streaming_refusal or "yes",
         "metadata": dict(model.metadata),
     }
 
@@ -89,6 +94,7 @@ def _text(info: dict[str, Any]) -> str:
     for index, layer in enumerate(info["layers"]):
         shapes = " ".join(f"{k}{tuple(v)}" for k, v in layer["shapes"].items())
         extra = f", reset_after={layer['reset_after']}" if "reset_after" in layer else ""
+        extra += ", bidirectional" if layer.get("bidirectional") else ""
         lines.append(f"layers[{index}]     {layer['kind']} {layer['activation']}/"
                      f"{layer['recurrent_activation']}{extra}: {shapes}")
     for index, dense in enumerate(info["head"]):
@@ -98,6 +104,11 @@ def _text(info: dict[str, Any]) -> str:
         norm = info[which]
         lines.append(f"{which:<13} " + ("none" if norm is None else
                                         f"mean {norm['mean']} std {norm['std']}"))
+    window = info["window"]
+    lines.append("window        " + ("none (a streaming model)" if window is None else
+                                     WindowSpec(**window).describe()))
+    if info["streaming"] != "yes":
+        lines.append(f"streaming     no: {info['streaming']}")
     lines.append("calibration   " + ("none" if info["calibration"] is None
                                      else json.dumps(info["calibration"], sort_keys=True)))
     lines.append("metadata      " + json.dumps(info["metadata"], sort_keys=True, default=str))

@@ -332,6 +332,17 @@ def _vars(path: Path, f: Any, group: str, expected: int) -> None:
                                f"{expected} (weights do not match the architecture)")
 
 
+#: Layers of window models (see :mod:`streamlstm.windows`) this importer does not read yet,
+#: with what they are; refused by name instead of "no LSTM or GRU layer".
+WINDOW_ONLY_LAYERS = {
+    "Bidirectional": "Bidirectional runs its backward direction from the window's end, "
+                     "reading future samples, so it needs whole windows.",
+    "SimpleRNN": "SimpleRNN is a plain RNN layer.",
+    "RepeatVector": "RepeatVector belongs to a sequence-to-sequence autoencoder.",
+    "TimeDistributed": "TimeDistributed applies a layer on every step of a window.",
+}
+
+
 def _layers_from(path: Path, f: Any, specs: list[_Spec],
                  dtype: np.dtype) -> tuple[list[RecurrentLayer], list[DenseLayer]]:
     recurrent: list[RecurrentLayer] = []
@@ -339,6 +350,12 @@ def _layers_from(path: Path, f: Any, specs: list[_Spec],
     working = [s for s in specs if s.class_name not in IDENTITY_LAYERS]
     last_recurrent = max((i for i, s in enumerate(working) if s.class_name in ("LSTM", "GRU")),
                          default=-1)
+    for spec in working:
+        if spec.class_name in WINDOW_ONLY_LAYERS:
+            raise _refuse(path, spec, WINDOW_ONLY_LAYERS[spec.class_name] + " streamlstm runs "
+                          "such models on windows (model.windows()), but this Keras importer "
+                          "does not read the layer yet, so it is not supported here; load the "
+                          "weights from a PyTorch state_dict or .safetensors instead")
     if last_recurrent < 0:
         raise ModelFormatError(f"{path}: no LSTM or GRU layer in the model")
     width: int | None = None

@@ -4,12 +4,14 @@ File layout (a plain, uncompressed NumPy ``.npz`` zip, read with ``allow_pickle=
 
 * one member per tensor, named after where it lives in the model:
   ``layers.{i}.w_ih``, ``layers.{i}.w_hh``, ``layers.{i}.b_ih``, ``layers.{i}.b_hh``,
-  ``layers.{i}.w_hr`` (projected LSTM only), ``head.{j}.weight``, ``head.{j}.bias``,
+  ``layers.{i}.w_hr`` (projected LSTM only), the backward direction of a bidirectional
+  layer as ``layers.{i}.reverse.w_ih`` etc., ``head.{j}.weight``, ``head.{j}.bias``,
   ``input_norm.mean``, ``input_norm.std``, ``output_norm.mean``, ``output_norm.std``;
   all little-endian, one dtype (float32 or float64), PyTorch gate order;
 * ``__meta__``: a uint8 array holding one UTF-8 JSON document with the format name and
   version, the architecture, every tensor's shape and dtype, the gate order, the model's
-  name, sample rate, channel names, metadata (provenance) and calibration block, and
+  name, sample rate, channel names, metadata (provenance, and a window model's
+  :class:`~streamlstm.window_spec.WindowSpec` under ``"window"``), calibration block, and
   ``sha256``, the :func:`model_sha256` of the content, verified on load.
 
 Loading is strict: an unknown format version, a missing or unexpected tensor, a wrong
@@ -20,6 +22,7 @@ an oversize member (checked from the zip directory before anything is read) all 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -40,7 +43,9 @@ from ..model import GATES, DenseLayer, Model, Normalization, RecurrentLayer
 FORMAT = "streamlstm-native"
 VERSION = 1
 META = "__meta__"
-GATE_ORDER = {"lstm": "ifgo", "gru": "rzn"}
+GATE_ORDER = {"lstm": "ifgo", "gru": "rzn", "rnn": "h"}
+#: Tensor name infix of a bidirectional layer's backward direction.
+REVERSE = "reverse."
 
 #: Largest tensor member accepted by default (declared uncompressed size): 1 GiB.
 MAX_TENSOR_BYTES = 1 << 30
@@ -124,10 +129,11 @@ def _tensors(model: Model) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     little = model.dtype.newbyteorder("<")
     for i, layer in enumerate(model.layers):
-        for field in ("w_ih", "w_hh", "b_ih", "b_hh", "w_hr"):
-            value = getattr(layer, field)
-            if value is not None:
-                out[f"layers.{i}.{field}"] = np.ascontiguousarray(value, little)
+        for infix, direction in (("", layer), (REVERSE, layer.backward)):
+            for field in ("w_ih", "w_hh", "b_ih", "b_hh", "w_hr"):
+                value = None if direction is None else getattr(direction, field)
+                if value is not None:
+                    out[f"layers.{i}.{infix}{field}"] = np.ascontiguousarray(value, little)
     for j, dense in enumerate(model.head):
         out[f"head.{j}.weight"] = np.ascontiguousarray(dense.weight, little)
         out[f"head.{j}.bias"] = np.ascontiguousarray(dense.bias, little)
@@ -145,11 +151,13 @@ def _architecture(model: Model) -> dict[str, Any]:
         "layers": [{
             "kind": layer.kind,
             "hidden_size": layer.hidden_size,
-            "proj_size": layer.output_size if layer.w_hr is not None else 0,
+            "proj_size": layer.direction_size if layer.w_hr is not None else 0,
             "reset_after": bool(layer.reset_after),
             "activation": layer.activation,
             "recurrent_activation": layer.recurrent_activation,
             "gate_order": GATE_ORDER[layer.kind],
+            # Written only when set, so unidirectional models keep their content hash.
+            **({"bidirectional": True} if layer.backward is not None else {}),
         } for layer in model.layers],
         "head": [{"out_features": int(d.weight.shape[0]), "activation": d.activation}
                  for d in model.head],
@@ -311,15 +319,20 @@ def _expected_shapes(path: Path, arch: Any) -> dict[str, tuple[int, ...]]:
         if hidden < 1 or not 0 <= proj < hidden:
             raise ModelFormatError(f"{path}: {where}: hidden_size {hidden} / proj_size {proj} "
                                    "(need hidden_size >= 1 and 0 <= proj_size < hidden_size)")
+        bidirectional = spec.get("bidirectional", False)
+        if bidirectional is not True and bidirectional is not False:
+            raise ModelFormatError(f"{path}: {where}.bidirectional: {bidirectional!r} has the "
+                                   "wrong type")
         gates = GATES[kind] * hidden
         out = proj if proj else hidden
-        shapes[f"layers.{i}.w_ih"] = (gates, width)
-        shapes[f"layers.{i}.w_hh"] = (gates, out)
-        shapes[f"layers.{i}.b_ih"] = (gates,)
-        shapes[f"layers.{i}.b_hh"] = (gates,)
-        if proj:
-            shapes[f"layers.{i}.w_hr"] = (proj, hidden)
-        width = out
+        for infix in ("", REVERSE) if bidirectional else ("",):
+            shapes[f"layers.{i}.{infix}w_ih"] = (gates, width)
+            shapes[f"layers.{i}.{infix}w_hh"] = (gates, out)
+            shapes[f"layers.{i}.{infix}b_ih"] = (gates,)
+            shapes[f"layers.{i}.{infix}b_hh"] = (gates,)
+            if proj:
+                shapes[f"layers.{i}.{infix}w_hr"] = (proj, hidden)
+        width = 2 * out if bidirectional else out
     for j, spec in enumerate(head):
         out = _field(path, spec, "out_features", int, f"architecture.head[{j}]")
         if out < 1:
@@ -386,15 +399,18 @@ def _build(path: Path, meta: Mapping[str, Any], arrays: dict[str, np.ndarray]) -
     try:
         layers = []
         for i, spec in enumerate(arch["layers"]):
-            layers.append(RecurrentLayer(
+            directions = [RecurrentLayer(
                 kind=spec["kind"],
-                w_ih=native[f"layers.{i}.w_ih"], w_hh=native[f"layers.{i}.w_hh"],
-                b_ih=native[f"layers.{i}.b_ih"], b_hh=native[f"layers.{i}.b_hh"],
-                w_hr=native.get(f"layers.{i}.w_hr"),
+                w_ih=native[f"layers.{i}.{infix}w_ih"], w_hh=native[f"layers.{i}.{infix}w_hh"],
+                b_ih=native[f"layers.{i}.{infix}b_ih"], b_hh=native[f"layers.{i}.{infix}b_hh"],
+                w_hr=native.get(f"layers.{i}.{infix}w_hr"),
                 reset_after=_field(path, spec, "reset_after", bool, f"layers[{i}]"),
                 activation=_field(path, spec, "activation", str, f"layers[{i}]"),
                 recurrent_activation=_field(path, spec, "recurrent_activation", str,
-                                            f"layers[{i}]")))
+                                            f"layers[{i}]"))
+                for infix in (("", REVERSE) if spec.get("bidirectional") else ("",))]
+            layers.append(dataclasses.replace(directions[0], backward=directions[1])
+                          if len(directions) == 2 else directions[0])
         head = tuple(DenseLayer(native[f"head.{j}.weight"], native[f"head.{j}.bias"],
                                 _field(path, spec, "activation", str, f"head[{j}]"))
                      for j, spec in enumerate(arch["head"]))

@@ -12,6 +12,12 @@ What is accepted, as ``torch.onnx.export`` emits it (both exporters) or as built
 * a head of ``Gemm`` or ``MatMul`` (+ ``Add``) layers, each optionally followed by
   ``Relu``/``Tanh``/``Sigmoid``/``HardSigmoid`` (alpha 1/6, beta 0.5).
 
+Window models (:mod:`streamlstm.windows`) too: ``bidirectional`` LSTM/GRU nodes, ``RNN``
+nodes (``Tanh`` or ``Relu``), and a head that reads the last step (a ``Gather`` of index
+-1 on the time axis, as ``out[:, -1, :]`` exports) and may end in ``Softmax`` /
+``LogSoftmax``. Such a graph needs ``window=N`` (and ``hop=K``, default N): the window
+it is evaluated on.
+
 Plumbing is judged by what it does, not by its shape: after extraction the whole graph is
 run once by ``onnx.reference`` (numpy) on a random input and must agree with the engine,
 otherwise the file is refused. ONNX gate orders are ``i, o, f, c`` (LSTM) and ``z, r, h``
@@ -27,8 +33,17 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ModelFormatError
-from ..model import DenseLayer, Model, RecurrentLayer, dense_layer, gru_layer, lstm_layer
+from ..errors import ModelFormatError, StreamLSTMError
+from ..model import (
+    DenseLayer,
+    Model,
+    RecurrentLayer,
+    dense_layer,
+    gru_layer,
+    lstm_layer,
+    rnn_layer,
+)
+from ..window_spec import WindowSpec
 from ._model_build import checked_model
 
 MAX_FILE_BYTES = 2 << 30
@@ -44,15 +59,22 @@ PLUMBING = ("Transpose", "Squeeze", "Unsqueeze", "Reshape", "Identity")
 HEAD_ACTIVATIONS = {"Relu": "relu", "Tanh": "tanh", "Sigmoid": "sigmoid",
                     "HardSigmoid": "hard_sigmoid"}
 #: ONNX gate block -> canonical (PyTorch) position: LSTM i,o,f,c -> i,f,g,o; GRU z,r,h -> r,z,n.
-GATE_ORDER = {"LSTM": (0, 2, 3, 1), "GRU": (1, 0, 2)}
-DEFAULT_ACTIVATIONS = {"LSTM": ("Sigmoid", "Tanh", "Tanh"), "GRU": ("Sigmoid", "Tanh")}
+GATE_ORDER = {"LSTM": (0, 2, 3, 1), "GRU": (1, 0, 2), "RNN": (0,)}
+DEFAULT_ACTIVATIONS = {"LSTM": ("Sigmoid", "Tanh", "Tanh"), "GRU": ("Sigmoid", "Tanh"),
+                       "RNN": ("Tanh",)}
+RECURRENT_OPS = tuple(GATE_ORDER)
+#: A head's final normalisation -> the window output mode it makes.
+CLASS_OUTPUTS = {"Softmax": "probabilities", "LogSoftmax": "log_probabilities"}
 
 
 def load_onnx(path: str | Path, *, dtype: Any = np.float32, name: str | None = None,
+              window: int | None = None, hop: int | None = None,
               **model_fields: Any) -> Model:
-    """Load an ONNX file holding a forward LSTM/GRU chain and an optional dense head.
+    """Load an ONNX file holding a chain of recurrent nodes and an optional dense head.
 
-    ``dtype``: float32 (default) or float64. ``model_fields`` (``sample_rate``,
+    ``dtype``: float32 (default) or float64. ``window``/``hop``: the window a window model
+    (module doc) is evaluated on, required for one; given for a streaming graph, it makes
+    a window model of it with every step as output. ``model_fields`` (``sample_rate``,
     ``channels``, normalisation...) go to the :class:`Model`. Anything the engine cannot
     run exactly is refused with :class:`ModelFormatError` naming the node and the reason.
     """
@@ -61,10 +83,25 @@ def load_onnx(path: str | Path, *, dtype: Any = np.float32, name: str | None = N
     path = Path(path)
     proto = _read(path, onnx)
     graph = _Graph(path, proto, onnx)
-    layers, head = graph.extract(np.dtype(dtype))
+    layers, head, output = graph.extract(np.dtype(dtype))
     model_name = name or proto.graph.name or path.stem
+    metadata: dict[str, Any] = {"onnx_producer": proto.producer_name}
+    why = ("its head reads the last step" if output != "every" else
+           "it has bidirectional or RNN layers"
+           if any(layer.backward is not None or layer.kind == "rnn" for layer in layers)
+           else None)
+    if window is None and why is not None:
+        raise ModelFormatError(f"{path}: a window model ({why}): pass window=N and hop=K, the "
+                               "window it was trained on (command line: --window N --hop K)")
+    if window is not None:
+        if hop is None:
+            hop = window
+        try:
+            metadata["window"] = WindowSpec(window, hop, output).to_metadata()
+        except StreamLSTMError as exc:
+            raise ModelFormatError(f"{path}: {exc}") from None
     model = checked_model(path, "onnx", layers=tuple(layers), head=tuple(head), name=model_name,
-                          metadata={"onnx_producer": proto.producer_name}, **model_fields)
+                          metadata=metadata, **model_fields)
     layout = _verify(path, proto, graph, model)
     return model.replace(metadata={**model.metadata, "onnx_input_layout": layout})
 
@@ -187,10 +224,13 @@ class _Graph:
         raise ModelFormatError(f"{self.path}: the graph has a cycle")
 
     # -- extraction -------------------------------------------------------------------
-    def extract(self, dtype: np.dtype) -> tuple[list[RecurrentLayer], list[DenseLayer]]:
-        recurrent = [n for n in self.nodes if n.op_type in ("LSTM", "GRU")]
+    def extract(self, dtype: np.dtype) -> tuple[list[RecurrentLayer], list[DenseLayer], str]:
+        """Recurrent layers, head, and the output mode: ``every`` step, or the window
+        modes of a head that reads the last step (see :data:`streamlstm.window_spec.OUTPUTS`)."""
+        recurrent = [n for n in self.nodes if n.op_type in RECURRENT_OPS]
         if not recurrent:
-            raise ModelFormatError(f"{self.path}: no LSTM or GRU node in the graph")
+            raise ModelFormatError(f"{self.path}: no LSTM or GRU node in the graph (nor an RNN "
+                                   "node)")
         if len(recurrent) > MAX_LAYERS:
             raise ModelFormatError(f"{self.path}: {len(recurrent)} recurrent nodes, over the "
                                    f"limit of {MAX_LAYERS}")
@@ -205,16 +245,17 @@ class _Graph:
                                 f"plumbing only ({culprit} is in the way)")
             layers.append(self.recurrent_layer(node, dtype))
             upstream = node.output[0]
-        return layers, self.head(upstream, dtype)
+        return (layers, *self.head(upstream, dtype))
 
     def recurrent_layer(self, node: Any, dtype: np.dtype) -> RecurrentLayer:
         op = node.op_type
         attributes = self.attributes(node)
         direction = attributes.get("direction", b"forward")
         direction = direction.decode() if isinstance(direction, bytes) else str(direction)
-        if direction != "forward":
-            raise self.fail(node, f"direction={direction!r}; only forward layers can run on a "
-                            "live stream (reverse needs the future)")
+        if direction not in ("forward", "bidirectional"):
+            raise self.fail(node, f"direction={direction!r}; only forward and bidirectional "
+                            "layers are supported (a reverse-only layer is not)")
+        directions = 2 if direction == "bidirectional" else 1
         if "clip" in attributes:
             raise self.fail(node, "clip is set; cell clipping is not implemented by the engine")
         if attributes.get("input_forget", 0):
@@ -222,53 +263,79 @@ class _Graph:
                             "supported")
         if attributes.get("layout", 0) not in (0, 1):
             raise self.fail(node, f"layout={attributes['layout']} (0 or 1 expected)")
-        activation, recurrent_activation = self.recurrent_activations(node, attributes)
+        activation, recurrent_activation = self.recurrent_activations(node, attributes,
+                                                                      directions)
         if len(node.input) > 4 and node.input[4]:
             raise self.fail(node, "sequence_lens is set; a stream has no fixed length")
         for index, what in ((5, "initial_h"), (6, "initial_c"), (7, "P (peepholes)")):
             name = node.input[index] if index < len(node.input) else ""
             if name in self.constants and np.any(self.constants[name]):
                 raise self.fail(node, f"{what} is non-zero; streams start from zero state")
-        gates = 4 if op == "LSTM" else 3
+        gates = len(GATE_ORDER[op])
         hidden = int(attributes.get("hidden_size", 0))
         w = self.constant(node, 1, "W")
         r = self.constant(node, 2, "R")
         b = self.constant(node, 3, "B")
         if w is None or r is None:
             raise self.fail(node, "W and R are required")
-        if w.ndim != 3 or w.shape[0] != 1 or w.shape[1] != gates * hidden:
-            raise self.fail(node, f"W has shape {w.shape}, expected (1, {gates}*{hidden}, input) "
-                            f"for {gates} gates of hidden_size={hidden}")
-        if r.shape != (1, gates * hidden, hidden):
-            raise self.fail(node, f"R has shape {r.shape}, "
-                            f"expected (1, {gates * hidden}, {hidden})")
-        if b is not None and b.shape != (1, 2 * gates * hidden):
-            raise self.fail(node, f"B has shape {b.shape}, expected (1, {2 * gates * hidden})")
-        order = np.concatenate([np.arange(k * hidden, (k + 1) * hidden)
-                                for k in GATE_ORDER[op]])
-        w_ih, w_hh = w[0][order], r[0][order]
-        b_ih = b_hh = None
-        if b is not None:
-            b_ih, b_hh = b[0, :gates * hidden][order], b[0, gates * hidden:][order]
-        options = {"activation": activation, "recurrent_activation": recurrent_activation}
-        if op == "LSTM":
-            return lstm_layer(w_ih, w_hh, b_ih, b_hh, dtype=dtype, **options)
+        if w.ndim != 3 or w.shape[0] != directions or w.shape[1] != gates * hidden:
+            raise self.fail(node, f"W has shape {w.shape}, expected ({directions}, "
+                            f"{gates}*{hidden}, input) for {gates} gates of hidden_size={hidden} "
+                            f"and direction={direction!r}")
+        if r.shape != (directions, gates * hidden, hidden):
+            raise self.fail(node, f"R has shape {r.shape}, expected ({directions}, "
+                            f"{gates * hidden}, {hidden}) for direction={direction!r}")
+        if b is not None and b.shape != (directions, 2 * gates * hidden):
+            raise self.fail(node, f"B has shape {b.shape}, expected ({directions}, "
+                            f"{2 * gates * hidden}) for direction={direction!r}")
         reset_after = attributes.get("linear_before_reset", 0)
         if reset_after not in (0, 1):
             raise self.fail(node, f"linear_before_reset={reset_after} (0 or 1 expected)")
-        return gru_layer(w_ih, w_hh, b_ih, b_hh, dtype=dtype, reset_after=bool(reset_after),
-                         **options)
+        order = np.concatenate([np.arange(k * hidden, (k + 1) * hidden)
+                                for k in GATE_ORDER[op]])
+        layers = []
+        for d in range(directions):
+            w_ih, w_hh = w[d][order], r[d][order]
+            b_ih = b_hh = None
+            if b is not None:
+                b_ih, b_hh = b[d, :gates * hidden][order], b[d, gates * hidden:][order]
+            if op == "LSTM":
+                layers.append(lstm_layer(w_ih, w_hh, b_ih, b_hh, dtype=dtype,
+                                         activation=activation,
+                                         recurrent_activation=recurrent_activation))
+            elif op == "GRU":
+                layers.append(gru_layer(w_ih, w_hh, b_ih, b_hh, dtype=dtype,
+                                        reset_after=bool(reset_after), activation=activation,
+                                        recurrent_activation=recurrent_activation))
+            else:
+                layers.append(rnn_layer(w_ih, w_hh, b_ih, b_hh, activation=activation,
+                                        dtype=dtype))
+        if directions == 2:
+            return dataclasses.replace(layers[0], backward=layers[1])
+        return layers[0]
 
-    def recurrent_activations(self, node: Any, attributes: dict[str, Any]) -> tuple[str, str]:
-        """(activation, recurrent_activation) in Keras terms from ONNX's activation list."""
+    def recurrent_activations(self, node: Any, attributes: dict[str, Any],
+                              directions: int) -> tuple[str, str]:
+        """(activation, recurrent_activation) in Keras terms from ONNX's activation list
+        (a plain RNN's recurrent_activation is unused: ``"sigmoid"``)."""
         default = DEFAULT_ACTIVATIONS[node.op_type]
         names = [a.decode() if isinstance(a, bytes) else str(a)
-                 for a in attributes.get("activations", default)]
+                 for a in attributes.get("activations", default * directions)]
         alphas = list(attributes.get("activation_alpha", []))
         betas = list(attributes.get("activation_beta", []))
-        if len(names) != len(default):
-            raise self.fail(node, f"{len(names)} activations for a forward layer, "
-                            f"expected {len(default)}")
+        if len(names) != len(default) * directions:
+            raise self.fail(node, f"{len(names)} activations for {directions} direction(s), "
+                            f"expected {len(default) * directions}")
+        if directions == 2:
+            half = len(default)
+            if names[:half] != names[half:] or alphas[:half] != alphas[half:] \
+                    or betas[:half] != betas[half:]:
+                raise self.fail(node, "the two directions use different activations")
+            names, alphas, betas = names[:half], alphas[:half], betas[:half]
+        if node.op_type == "RNN":
+            if names[0] not in ("Tanh", "Relu"):
+                raise self.fail(node, f"activation {names[0]!r} is not supported (Tanh, Relu)")
+            return names[0].lower(), "sigmoid"
         mapped = []
         for index, activation in enumerate(names):
             if activation == "HardSigmoid":
@@ -290,10 +357,13 @@ class _Graph:
                             "supported")
         return mapped[1], mapped[0]
 
-    def head(self, recurrent_output: str, dtype: np.dtype) -> list[DenseLayer]:
-        """Dense layers between the last recurrent node's ``Y`` and the graph output."""
+    def head(self, recurrent_output: str, dtype: np.dtype) -> tuple[list[DenseLayer], str]:
+        """Dense layers between the last recurrent node's ``Y`` and the graph output, and
+        the output mode: ``every`` step, or ``last`` step (a ``Gather`` of index -1 right
+        after ``Y``), then maybe ``probabilities``/``log_probabilities`` (a final softmax)."""
         ops: list[Any] = []
         name = self.output_name
+        output, last_step, softmax = "every", None, None
         for _ in range(len(self.nodes) + 1):
             name, node = self.trace_back(name)
             if name == recurrent_output:
@@ -301,9 +371,29 @@ class _Graph:
             if node is None:
                 raise ModelFormatError(f"{self.path}: the graph output does not come from the "
                                        "last recurrent node's Y output")
-            if node.op_type in ("LSTM", "GRU"):
+            if node.op_type in RECURRENT_OPS:
                 raise self.fail(node, "the head reads Y_h/Y_c (final state); only the Y output "
-                                "(every step) can be streamed")
+                                "(every step, or its last step through a Gather) is supported")
+            if last_step is not None:
+                raise self.fail(last_step, "only layout plumbing may sit between the recurrent "
+                                f"output and the last-step Gather (node {node.name!r} "
+                                f"({node.op_type}) does)")
+            if node.op_type in CLASS_OUTPUTS:
+                if ops or output != "every":
+                    raise self.fail(node, "a softmax is supported only as the graph's last node")
+                if self.attributes(node).get("axis", -1) != -1:
+                    raise self.fail(node, "only a softmax over the last axis is supported")
+                output, softmax = CLASS_OUTPUTS[node.op_type], node
+                name = node.input[0]
+                continue
+            if node.op_type == "Gather":
+                index = self.constant(node, 1, "the Gather index")
+                if index is None or index.shape != () or int(index) != -1:
+                    raise self.fail(node, "only a Gather of the last step (index -1) is "
+                                    "supported in the head")
+                last_step = node
+                name = node.input[0]
+                continue
             data_inputs = [i for i in node.input if i and i not in self.constants]
             supported = node.op_type in ("MatMul", "Add", "Gemm", *HEAD_ACTIVATIONS)
             if not supported or len(data_inputs) != 1:
@@ -313,7 +403,12 @@ class _Graph:
             name = data_inputs[0]
         else:
             raise ModelFormatError(f"{self.path}: the graph has a cycle")
-        return self.dense_layers(ops[::-1], dtype)
+        if softmax is not None and last_step is None:
+            raise self.fail(softmax, "a softmax over every step is not supported (only over "
+                            "the last step's output, after a Gather of index -1)")
+        if last_step is not None and output == "every":
+            output = "last"
+        return self.dense_layers(ops[::-1], dtype), output
 
     def dense_layers(self, ops: list[Any], dtype: np.dtype) -> list[DenseLayer]:
         layers: list[list[Any]] = []  # [weight (out, in), bias or None, activation or None]
@@ -391,7 +486,7 @@ def _verify(path: Path, proto: Any, graph: _Graph, model: Model) -> str:
             problems.append(f"{layout}: input fixed to {steps} steps, too long to check")
             continue
         xs = rng.normal(0.0, 1.0, (steps, model.input_size)).astype(np.float32)
-        expected = model.stream().run(xs.astype(model.dtype))
+        expected = _engine_output(model, xs.astype(model.dtype))
         try:
             got = evaluator.run(None, {graph.input_name: xs.reshape(shape)})[0]
         except Exception as exc:  # a layout the graph does not take fails somewhere inside
@@ -401,7 +496,7 @@ def _verify(path: Path, proto: Any, graph: _Graph, model: Model) -> str:
         if got.size != expected.size:
             problems.append(f"{layout}: output of shape {got.shape}")
             continue
-        got = got.reshape(steps, -1)  # batch of one: (1, T, O), (T, 1, O) or (T, O)
+        got = got.reshape(expected.shape)  # batch of one: (1, T, O), (T, 1, O), (T, O), (1, O)
         if np.allclose(got, expected, atol=CHECK_ATOL, rtol=CHECK_RTOL):
             return layout
         problems.append(f"{layout}: outputs differ by up to {np.max(np.abs(got - expected)):.3g}")
@@ -409,6 +504,17 @@ def _verify(path: Path, proto: Any, graph: _Graph, model: Model) -> str:
         f"{path}: the graph does not compute what its LSTM/GRU and head nodes say when run one "
         "step after another (checked against onnx.reference on a random input: "
         f"{'; '.join(problems) or 'no input layout fits'}); refused rather than run inexactly")
+
+
+def _engine_output(model: Model, xs: np.ndarray) -> np.ndarray:
+    """What the engine computes for the sequence ``xs``: ``(T, O)`` per step, or ``(1, O)``
+    for a window model whose head reads the last step."""
+    if model.window is None:
+        return model.stream().run(xs)
+    from ..windows import evaluate_windows
+
+    out = evaluate_windows(model, xs[None])[0]
+    return out if model.window.per_step else out[None]
 
 
 def _candidate_inputs(dims: list[int | None] | None,
@@ -443,11 +549,15 @@ def _with_default_activations(proto: Any, model: Model) -> tuple[Any, Model]:
     probe = type(proto)()
     probe.CopyFrom(proto)
     for node in probe.graph.node:
-        if node.op_type in ("LSTM", "GRU"):
+        if node.op_type in RECURRENT_OPS:
             keep = [a for a in node.attribute
                     if a.name not in ("activations", "activation_alpha", "activation_beta")]
             del node.attribute[:]
             node.attribute.extend(keep)
-    layers = tuple(dataclasses.replace(layer, activation="tanh", recurrent_activation="sigmoid")
-                   for layer in model.layers)
-    return probe, model.replace(layers=layers)
+    def default(layer: RecurrentLayer | None) -> RecurrentLayer | None:
+        if layer is None:
+            return None
+        return dataclasses.replace(layer, activation="tanh", recurrent_activation="sigmoid",
+                                   backward=default(layer.backward))
+
+    return probe, model.replace(layers=tuple(default(layer) for layer in model.layers))

@@ -6,17 +6,22 @@ A ``.pt`` may hold a bare state_dict or a checkpoint dict with a ``state_dict`` 
 ``model_state_dict`` / ``model`` entry.
 
 The recurrent module is found by its keys (``weight_ih_l{k}``, ``weight_hh_l{k}``,
-``bias_ih_l{k}``, ``bias_hh_l{k}``, ``weight_hr_l{k}``) under any prefix (``lstm.``,
-``rnn.``, ``module.gru.``...); the cell kind, layer count, hidden and projection sizes
-and biases are inferred from the shapes. The head is a Linear, or several Linears (an
-``nn.Sequential``) under ``fc.``, ``head.``, ``linear.``, ``out.``, ``output.``,
-``decoder.`` or ``dense.``, next to the recurrent module. What the shapes cannot say
-(the activation between two Linears, which of two candidate modules is meant) raises a
+``bias_ih_l{k}``, ``bias_hh_l{k}``, ``weight_hr_l{k}``, each with a ``_reverse`` twin
+in a bidirectional module) under any prefix (``lstm.``, ``rnn.``, ``module.gru.``...); the
+cell kind (``nn.LSTM``: 4 gates, ``nn.GRU``: 3, ``nn.RNN``: 1), layer count, hidden and
+projection sizes, direction count and biases are inferred from the shapes. An ``nn.RNN``'s
+nonlinearity is not in its state_dict: it needs ``kind="rnn_tanh"`` or ``"rnn_relu"``.
+Bidirectional and plain-RNN models run only on windows (:mod:`streamlstm.windows`).
+The head is a Linear, or several Linears (an ``nn.Sequential``) under ``fc.``, ``head.``,
+``linear.``, ``out.``, ``output.``, ``decoder.`` or ``dense.``, next to the recurrent module.
+What the shapes cannot say (the activation between two Linears, which of two candidate
+modules is meant, an ``nn.RNN``'s nonlinearity) raises a
 :class:`~streamlstm.errors.ModelFormatError` naming the option to pass.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import re
@@ -38,6 +43,7 @@ from ..model import (
     dense_layer,
     gru_layer,
     lstm_layer,
+    rnn_layer,
 )
 from ._model_build import file_sha256
 from ._safetensors import read_safetensors
@@ -48,6 +54,9 @@ HEAD_NAMES = ("fc", "head", "linear", "out", "output", "decoder", "dense")
 MAX_ARCHIVE_RECORDS = 100_000
 #: Checkpoint entries that hold the model's state_dict.
 CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model")
+
+#: ``kind=`` values: the cell, and for ``nn.RNN`` its nonlinearity.
+KINDS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 
 _RECURRENT_KEY = re.compile(r"^(?P<prefix>.*?)(?P<what>weight_ih|weight_hh|bias_ih|bias_hh|"
                             r"weight_hr)_l(?P<layer>\d+)(?P<reverse>_reverse)?$")
@@ -63,7 +72,8 @@ def load_torch(path: str | os.PathLike[str], *, prefix: str | None = None,
     """Build a :class:`~streamlstm.model.Model` from a PyTorch state_dict file.
 
     ``prefix``: the recurrent module's key prefix (e.g. ``"encoder.lstm."``), when
-    several are present. ``kind``: ``"lstm"`` or ``"gru"``, checked against the shapes.
+    several are present. ``kind``: ``"lstm"``, ``"gru"``, ``"rnn_tanh"`` or ``"rnn_relu"``,
+    checked against the shapes (required for an ``nn.RNN``, whose nonlinearity is not stored).
     ``head_prefix``: the head's prefix, a sequence of prefixes (Linears applied in order),
     or ``""`` for no head; auto-detected when ``None``. ``head_activation``: the
     activation between head Linears (one of ``linear, relu, tanh, sigmoid,
@@ -76,8 +86,8 @@ def load_torch(path: str | os.PathLike[str], *, prefix: str | None = None,
     options_dtype = np.dtype(dtype)
     if options_dtype not in SUPPORTED_DTYPES:
         raise ModelFormatError(f"{path}: dtype must be float32 or float64, got {options_dtype}")
-    if kind is not None and kind not in ("lstm", "gru"):
-        raise ModelFormatError(f"{path}: kind must be 'lstm' or 'gru', got {kind!r}")
+    if kind is not None and kind not in KINDS:
+        raise ModelFormatError(f"{path}: kind must be one of {KINDS}, got {kind!r}")
     if head_activation is not None and head_activation not in ACTIVATIONS:
         raise ModelFormatError(f"{path}: head_activation must be one of {ACTIVATIONS}, "
                                f"got {head_activation!r}")
@@ -259,11 +269,6 @@ class _Builder:
                             "choose one (stacked separate modules are not chained automatically)")
         else:
             (prefix,) = found
-        if any(k.startswith(prefix) and k.endswith("_reverse") for k in self.tensors):
-            raise self.fail(f"{prefix or 'the model'} is bidirectional (keys ending in "
-                            "'_reverse'): its backward direction reads the sequence from the "
-                            "end, i.e. future samples, so it cannot run one sample at a time. "
-                            "Train a unidirectional model for streaming.")
         return prefix
 
     def layers(self, prefix: str, kind: str | None) -> list[RecurrentLayer]:
@@ -274,33 +279,52 @@ class _Builder:
         layers: list[RecurrentLayer] = []
         width = None
         for k in indices:
-            keys = {what: f"{prefix}{what}_l{k}" for what in
-                    ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")}
-            for what in ("weight_ih", "weight_hh"):
-                if keys[what] not in self.tensors:
-                    raise self.fail(f"missing {keys[what]}")
-            has_bias = [keys[b] in self.tensors for b in ("bias_ih", "bias_hh")]
-            if any(has_bias) and not all(has_bias):
-                raise self.fail(f"layer {k}: only one of {keys['bias_ih']}, {keys['bias_hh']}")
-            w_ih, w_hh = self.take(keys["weight_ih"]), self.take(keys["weight_hh"])
-            w_hr = self.take(keys["weight_hr"]) if keys["weight_hr"] in self.tensors else None
-            biases = [self.take(keys[b]) for b in ("bias_ih", "bias_hh")] if all(has_bias) \
-                else [None, None]
-            layer_kind = self._infer_kind(keys, w_ih, w_hh, w_hr, kind)
-            if width is not None and w_ih.ndim == 2 and w_ih.shape[1] != width:
-                raise self.fail(f"{keys['weight_ih']}: expects {w_ih.shape[1]} inputs but "
-                                f"layer {k - 1} outputs {width}")
-            try:
-                if layer_kind == "lstm":
-                    layer = lstm_layer(w_ih, w_hh, *biases, w_hr, dtype=self.dtype)
-                else:
-                    layer = gru_layer(w_ih, w_hh, *biases, dtype=self.dtype)
-                layer.validate(f"{prefix}l{k}", w_ih.shape[1])
-            except ShapeError as exc:
-                raise self.fail(str(exc)) from None
+            layer = self._direction(prefix, k, "", kind, width)
+            if f"{prefix}weight_ih_l{k}_reverse" in self.tensors:
+                layer = dataclasses.replace(
+                    layer, backward=self._direction(prefix, k, "_reverse", kind, width))
+                try:
+                    layer.validate(f"{prefix}l{k}", layer.input_size)
+                except ShapeError as exc:
+                    raise self.fail(str(exc)) from None
+            elif layers and layers[-1].backward is not None:
+                raise self.fail(f"layer {k} has no {prefix}weight_ih_l{k}_reverse but layer "
+                                f"{k - 1} is bidirectional")
             layers.append(layer)
             width = layer.output_size
         return layers
+
+    def _direction(self, prefix: str, k: int, suffix: str, kind: str | None,
+                   width: int | None) -> RecurrentLayer:
+        """Layer ``k``'s forward (``suffix=""``) or backward (``"_reverse"``) direction."""
+        keys = {what: f"{prefix}{what}_l{k}{suffix}" for what in
+                ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")}
+        for what in ("weight_ih", "weight_hh"):
+            if keys[what] not in self.tensors:
+                raise self.fail(f"missing {keys[what]}")
+        has_bias = [keys[b] in self.tensors for b in ("bias_ih", "bias_hh")]
+        if any(has_bias) and not all(has_bias):
+            raise self.fail(f"layer {k}: only one of {keys['bias_ih']}, {keys['bias_hh']}")
+        w_ih, w_hh = self.take(keys["weight_ih"]), self.take(keys["weight_hh"])
+        w_hr = self.take(keys["weight_hr"]) if keys["weight_hr"] in self.tensors else None
+        biases = [self.take(keys[b]) for b in ("bias_ih", "bias_hh")] if all(has_bias) \
+            else [None, None]
+        layer_kind = self._infer_kind(keys, w_ih, w_hh, w_hr, kind)
+        if width is not None and w_ih.ndim == 2 and w_ih.shape[1] != width:
+            raise self.fail(f"{keys['weight_ih']}: expects {w_ih.shape[1]} inputs but "
+                            f"layer {k - 1} outputs {width}")
+        try:
+            if layer_kind == "lstm":
+                layer = lstm_layer(w_ih, w_hh, *biases, w_hr, dtype=self.dtype)
+            elif layer_kind == "gru":
+                layer = gru_layer(w_ih, w_hh, *biases, dtype=self.dtype)
+            else:
+                layer = rnn_layer(w_ih, w_hh, *biases, activation=layer_kind[4:],
+                                  dtype=self.dtype)
+            layer.validate(f"{prefix}l{k}{suffix}", w_ih.shape[1])
+        except ShapeError as exc:
+            raise self.fail(str(exc)) from None
+        return layer
 
     def _infer_kind(self, keys: Mapping[str, str], w_ih: np.ndarray, w_hh: np.ndarray,
                     w_hr: np.ndarray | None, kind: str | None) -> str:
@@ -316,16 +340,20 @@ class _Builder:
             inferred = "lstm" if rows == 4 * hidden else None
         else:
             hidden = w_hh.shape[1]
-            inferred = {4 * hidden: "lstm", 3 * hidden: "gru"}.get(rows)
+            inferred = {4 * hidden: "lstm", 3 * hidden: "gru", hidden: "rnn"}.get(rows)
         if inferred is None:
             raise self.fail(f"{keys['weight_ih']} has {rows} rows and the hidden size is "
-                            f"{hidden}: neither an LSTM (4*hidden rows) nor a GRU (3*hidden); "
-                            "this is not an nn.LSTM/nn.GRU state_dict")
-        if kind is not None and kind != inferred:
+                            f"{hidden}: neither an LSTM (4*hidden rows), a GRU (3*hidden) nor a "
+                            "plain RNN (hidden); this is not an nn.LSTM/nn.GRU/nn.RNN state_dict")
+        if inferred == "rnn" and kind is None:
+            raise self.fail(f"{keys['weight_ih']} {w_ih.shape} with hidden size {hidden} is a "
+                            "plain nn.RNN, whose nonlinearity is not stored in a state_dict: pass "
+                            "kind='rnn_tanh' (nn.RNN's default) or kind='rnn_relu'")
+        if kind is not None and kind.split("_")[0] != inferred:
+            what = {"lstm": "an LSTM", "gru": "a GRU", "rnn": "a plain RNN"}[inferred]
             raise self.fail(f"kind={kind!r} was given but {keys['weight_ih']} {w_ih.shape} "
-                            f"with hidden size {hidden} is "
-                            f"{'an LSTM' if inferred == 'lstm' else 'a GRU'}")
-        return inferred
+                            f"with hidden size {hidden} is {what}")
+        return kind if inferred == "rnn" else inferred
 
     # -- head -------------------------------------------------------------------------
     def head(self, rec_prefix: str, head_prefix: str | Sequence[str] | None,
