@@ -193,7 +193,7 @@ def test_watchdog_stops_when_a_daemon_thread_dies(tmp_path, monkeypatch, caplog)
     assert not runner.is_alive()
     problems = [r.getMessage() for r in caplog.records if "unhealthy" in r.getMessage()]
     assert len(problems) == 1  # logged once, not every second
-    assert "thread(s) source-dying died" in problems[0] and "watchdog" in problems[0]
+    assert "source dying: thread ended" in problems[0] and "watchdog" in problems[0]
 
 
 @pytest.fixture(autouse=True)
