@@ -87,6 +87,19 @@ def test_class_alerts_do_not_depend_on_how_sensors_are_interleaved_in_micro_batc
         for s in [name])
 
 
+def test_an_alert_holds_while_its_class_stays_the_most_probable_below_min_probability():
+    # Inner holds at about 0.95, then alternates between 0.95 and 0.85 window by window
+    # (the last sample of each window decides): one alert, not a flicker at each dip.
+    x = np.zeros((160, 3))
+    x[40:60, 1] = 0.23
+    x[60:120, 1] = np.where((np.arange(60, 120) // 4) % 2 == 0, 0.23, 0.157)
+    det = WindowDetector(channel_classifier(), min_probability=0.9, consecutive=1)
+    events = det.update(["a"] * 160, x, np.arange(160) / RATE)
+    assert [(e.kind, e.label) for e in events] == [("start", "inner"), ("end", "inner")]
+    scores = det.last_scores[np.isfinite(det.last_scores)]
+    assert scores.min() < 0.9 < scores.max()
+
+
 def test_prime_advances_the_windows_without_alerting_and_a_nan_sample_skips_its_windows():
     x = fault_sequence(np.random.default_rng(2))
     det = WindowDetector(channel_classifier(), min_probability=0.9, consecutive=2)

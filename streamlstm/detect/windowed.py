@@ -7,11 +7,13 @@ sensor every ``K`` samples, so its verdicts come once per window, not once per s
 * **classifiers** (window output ``probabilities``, ``log_probabilities``, or ``last`` with
   class names, whose logits are put through softmax): each window's verdict is the most
   probable class other than the normal one if its probability is at least
-  ``min_probability``, else normal. When the same verdict holds for ``consecutive``
-  windows in a row and differs from the sensor's alert, the alert changes: an open alert
-  ends, and one for the new class (if it is not normal) starts; events carry the class in
-  ``label``, their ``score`` is that class's probability, ``threshold`` is
-  ``min_probability``.
+  ``min_probability``; else the class of the sensor's open alert if that is still the
+  most probable class (hysteresis: an alert does not flicker while its probability
+  wavers around ``min_probability``); else normal. When the same verdict holds for
+  ``consecutive`` windows in a row and differs from the sensor's alert, the alert
+  changes: an open alert ends, and one for the new class (if it is not normal) starts;
+  events carry the class in ``label``, their ``score`` is that class's probability,
+  ``threshold`` is ``min_probability``.
 * **autoencoders** (window output ``every``, one output per input): each window's score is
   on the residual scale of :mod:`streamlstm.detect`: the root mean square over the
   window's steps and scored channels of the whitened reconstruction error ``W (x - x̂ -
@@ -256,7 +258,8 @@ class WindowDetector:
         others[:, self._normal] = -1.0
         candidate = np.argmax(others, axis=1)
         score = others[np.arange(len(candidate)), candidate]
-        verdict = np.where(score >= params.min_probability, candidate, self._normal)
+        strong = np.where(score >= params.min_probability, candidate, -1)
+        top = np.argmax(probs, axis=1)
         self.last_scores[at] = score
         ist, fst = self._istate, self._fstate
         events: list[AlertEvent] = []
@@ -264,14 +267,17 @@ class WindowDetector:
             state, floats = ist[row], fst[row]
             state[I_WINDOWS] += 1
             floats[F_SCORE] = score[i]
-            if state[I_VERDICT] == verdict[i]:
+            label = state[I_LABEL]
+            # Hysteresis: an open alert's class holds while it is the most probable one.
+            verdict = (strong[i] if strong[i] >= 0 else label if label >= 0 and top[i] == label
+                       else self._normal)
+            if state[I_VERDICT] == verdict:
                 state[I_RUN] += 1
             else:
-                state[I_VERDICT], state[I_RUN] = verdict[i], 1
-            label = state[I_LABEL]
+                state[I_VERDICT], state[I_RUN] = verdict, 1
             if label >= 0:
                 floats[F_PEAK] = max(floats[F_PEAK], probs[i, label])
-            target = -1 if verdict[i] == self._normal else int(verdict[i])
+            target = -1 if verdict == self._normal else int(verdict)
             if not alert or state[I_RUN] < params.consecutive or target == label:
                 continue
             t = float(times[i])
