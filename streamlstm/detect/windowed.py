@@ -137,53 +137,61 @@ class WindowDetector:
         self.model, self.spec = model, spec
         self.axes = model.input_size
         self.classifier = spec.output in CLASSIFIER_OUTPUTS
-        class_options = {"normal_class": normal_class, "min_probability": min_probability,
-                         "consecutive": consecutive}
+        self.classes: tuple[str, ...] = ()
         self.class_params: ClassAlertParams | None = None
         self.params: DetectorParams | None = None
         self._scoring: Scoring | None = None
+        class_options = {"normal_class": normal_class, "min_probability": min_probability,
+                         "consecutive": consecutive}
         if self.classifier:
-            if spec.output == "last" and not spec.classes:
-                raise ConfigError(f"model {model.name!r}: window output 'last' without class "
-                                  "names is a regression head; alerts need class names "
-                                  "(--classes) or output 'probabilities'")
-            if overrides:
-                raise ConfigError(f"window classifier: unknown option(s) {sorted(overrides)} "
-                                  "(known: normal_class, min_probability, consecutive)")
-            self.classes = class_names(model)
-            given = {k: v for k, v in class_options.items() if v is not None}
-            normal = given.pop("normal_class", None) or (
-                DEFAULT_NORMAL_CLASS if DEFAULT_NORMAL_CLASS in self.classes else self.classes[0])
-            if normal not in self.classes:
-                raise ConfigError(f"normal_class {normal!r} is not one of the model's classes "
-                                  f"({', '.join(self.classes)})")
-            try:
-                self.class_params = ClassAlertParams(normal, **given)
-            except TypeError as exc:
-                raise ConfigError(f"window classifier options: {exc}") from None
-            self._normal = self.classes.index(normal)
+            self._set_up_classifier(class_options, overrides)
         else:
-            given = [k for k, v in class_options.items() if v is not None]
-            if given:
-                raise ConfigError(f"{', '.join(given)}: only for window classifiers, and model "
-                                  f"{model.name!r} is an autoencoder ({spec.describe()})")
-            if model.output_size != model.input_size:
-                raise ConfigError(f"model {model.name!r}: window output 'every' is scored as a "
-                                  f"reconstruction of the input, but it has {model.output_size} "
-                                  f"outputs for {model.input_size} inputs")
-            if (model.calibration or {}).get("score") != "reconstruction":
-                raise ConfigError(f"model {model.name!r} is a window autoencoder without a "
-                                  "reconstruction calibration: run streamlstm.detect."
-                                  "calibrate_reconstruction on normal data first")
-            self.classes = ()
-            self.params = params_from(model, overrides)
-            self._scoring = scoring_from(model, model.input_size)
+            self._set_up_autoencoder(class_options, overrides)
         self.model_id = str(model.metadata.get("model_id")
                             or f"{model.name}@{model_sha256(model)[:12]}")
         self.bank = WindowBank(model, capacity, threads=threads)
         self._alloc_rows(self.bank.capacity)
         self.last_scores = np.zeros(0, np.float64)
         self.last_status = np.zeros(0, np.int8)
+
+    def _set_up_classifier(self, options: dict[str, Any], overrides: Mapping[str, Any]) -> None:
+        model, spec = self.model, self.spec
+        if spec.output == "last" and not spec.classes:
+            raise ConfigError(f"model {model.name!r}: window output 'last' without class "
+                              "names is a regression head; alerts need class names "
+                              "(--classes) or output 'probabilities'")
+        if overrides:
+            raise ConfigError(f"window classifier: unknown option(s) {sorted(overrides)} "
+                              "(known: normal_class, min_probability, consecutive)")
+        self.classes = class_names(model)
+        given = {k: v for k, v in options.items() if v is not None}
+        normal = given.pop("normal_class", None) or (
+            DEFAULT_NORMAL_CLASS if DEFAULT_NORMAL_CLASS in self.classes else self.classes[0])
+        if normal not in self.classes:
+            raise ConfigError(f"normal_class {normal!r} is not one of the model's classes "
+                              f"({', '.join(self.classes)})")
+        try:
+            self.class_params = ClassAlertParams(normal, **given)
+        except TypeError as exc:
+            raise ConfigError(f"window classifier options: {exc}") from None
+        self._normal = self.classes.index(normal)
+
+    def _set_up_autoencoder(self, options: dict[str, Any], overrides: Mapping[str, Any]) -> None:
+        model = self.model
+        given = [k for k, v in options.items() if v is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)}: only for window classifiers, and model "
+                              f"{model.name!r} is an autoencoder ({self.spec.describe()})")
+        if model.output_size != model.input_size:
+            raise ConfigError(f"model {model.name!r}: window output 'every' is scored as a "
+                              f"reconstruction of the input, but it has {model.output_size} "
+                              f"outputs for {model.input_size} inputs")
+        if (model.calibration or {}).get("score") != "reconstruction":
+            raise ConfigError(f"model {model.name!r} is a window autoencoder without a "
+                              "reconstruction calibration: run streamlstm.detect."
+                              "calibrate_reconstruction on normal data first")
+        self.params = params_from(model, overrides)
+        self._scoring = scoring_from(model, model.input_size)
 
     # -- per-row arrays -------------------------------------------------------------------
     def _alloc_rows(self, capacity: int) -> None:
