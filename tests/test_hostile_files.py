@@ -225,7 +225,7 @@ def test_corrupt_weights_h5(tmp_path, keras_archive):
     (lambda c: _layer(c, "Dense").update(dtype="mixed_float16"), ("mixed_float16",)),
     (lambda c: c["config"]["layers"].__setitem__(
         1, {"class_name": "Bidirectional", "config": {"name": "bi"}}),
-     ("Bidirectional", "not supported")),
+     ("(Bidirectional)", "malformed 'layer'")),
     (lambda c: c.update(class_name="MyModel"), ("'MyModel' is not supported",)),
     (lambda c: _layer(c, "LSTM").update(units=10**9), ("units=1000000000",)),
 ], ids=["go_backwards", "middle_return_sequences_false", "return_state", "relu_cell",

@@ -110,10 +110,23 @@ DAEMON = {
 MODEL = {
     "path": Field(OPTIONAL_STR, None),
 }
+# -- window classifiers: class alerts (see detect/windowed.py; None: the detector's default) --
+WINDOW_CLASSIFIER = {
+    "normal_class": Field(OPTIONAL_STR, None),
+    "min_probability": Field(
+        (int, float, type(None)),
+        None,
+        lambda v: None if v is None or 0 < v <= 1 else "must be in (0, 1]",
+    ),
+    "consecutive": Field(OPTIONAL_INT, None, lambda v: None if v is None else _at_least(1)(v)),
+}
+# ---------------------------------------------------------------------------------------------
+
 DETECTOR = {
     "capacity": Field(INT, 1024, _at_least(1)),
     "threads": Field(OPTIONAL_INT, None, lambda v: None if v is None else _at_least(1)(v)),
     "options": Field((dict,), {}),
+    **WINDOW_CLASSIFIER,
 }
 TLS = {
     "ca_file": Field(OPTIONAL_STR, None),

@@ -94,11 +94,31 @@ def load_model(path: str | None) -> LoadedModel:
     return LoadedModel(model, file, digest)
 
 
-def make_detector(model: Model, settings: Mapping[str, Any]) -> Pipeline:
-    """A :class:`streamlstm.Detector` for ``model`` with the ``[detector]`` settings."""
-    from ..detect import Detector
+#: ``[detector]`` keys for window classifiers only (:class:`streamlstm.detect.WindowDetector`).
+CLASS_ALERT_KEYS = ("normal_class", "min_probability", "consecutive")
 
+
+def make_detector(model: Model, settings: Mapping[str, Any]) -> Pipeline:
+    """The detector for ``model`` with the ``[detector]`` settings: a
+    :class:`streamlstm.detect.WindowDetector` if the model declares a window (a classifier
+    or an autoencoder), else a :class:`streamlstm.Detector`."""
+    from ..detect import Detector, WindowDetector
+
+    given = {key: settings.get(key) for key in CLASS_ALERT_KEYS if settings.get(key) is not None}
     try:
+        if model.window is not None:
+            return WindowDetector(
+                model,
+                capacity=settings["capacity"],
+                threads=settings["threads"],
+                **given,
+                **settings["options"],
+            )
+        if given:
+            raise ConfigError(
+                f"{', '.join(given)}: only for window classifiers, and model {model.name!r} "
+                "is a next-step predictor"
+            )
         return Detector(
             model, capacity=settings["capacity"], threads=settings["threads"], **settings["options"]
         )

@@ -18,18 +18,31 @@ Two kinds of model are supported, declared in ``model.calibration["score"]``:
   (NaN) values are never scored; see :class:`Detector`.
 * ``"direct"``: the model's head outputs an anomaly score or probability itself; only a
   threshold is calibrated.
+* ``"reconstruction"`` (a window autoencoder): the whitened reconstruction error of each
+  window, on the same residual scale (:func:`calibrate_reconstruction`).
+
+Window models (:mod:`streamlstm.windows`: classifiers and autoencoders evaluated on
+windows) are detected by :class:`WindowDetector` (:mod:`streamlstm.detect.windowed`), with
+the same events; a classifier's alerts carry the class (``AlertEvent.label``).
 
 Either score is smoothed causally (EWMA) and fed to a per-sensor alert state machine
 (debounce, hysteresis, minimum quiet time, warm-up); see :class:`Detector`. Thresholds
 come from a declared false-alarm budget (:func:`calibrate`).
 """
 
-from .calibration import CalibrationOptions, CalibrationWarning, calibrate, calibration_scores
+from .calibration import (
+    CalibrationOptions,
+    CalibrationWarning,
+    calibrate,
+    calibrate_reconstruction,
+    calibration_scores,
+)
 from .detector import Detector
 from .events import AlertEvent
 from .features import FeatureSpec, compute_features
 from .params import DetectorParams
+from .windowed import ClassAlertParams, WindowDetector
 
-__all__ = ["AlertEvent", "CalibrationOptions", "CalibrationWarning", "Detector",
-           "DetectorParams", "FeatureSpec", "calibrate", "calibration_scores",
-           "compute_features"]
+__all__ = ["AlertEvent", "CalibrationOptions", "CalibrationWarning", "ClassAlertParams",
+           "Detector", "DetectorParams", "FeatureSpec", "WindowDetector", "calibrate",
+           "calibrate_reconstruction", "calibration_scores", "compute_features"]

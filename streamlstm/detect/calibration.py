@@ -360,7 +360,7 @@ def tail_threshold(scores: np.ndarray, exceedance: float) -> TailFit:
     return TailFit(float(max(q, u)), exceedance, "gpd", n, m, float(-k), supported)
 
 
-def _exceedance(options: CalibrationOptions, model: Model, spec: FeatureSpec | None) -> float:
+def _exceedance(options: CalibrationOptions, model: Model, hop: int) -> float:
     if options.false_alarms_per_day is None:
         return 1.0 - float(options.quantile if options.quantile is not None
                            else FALLBACK_QUANTILE)
@@ -370,9 +370,9 @@ def _exceedance(options: CalibrationOptions, model: Model, spec: FeatureSpec | N
                       f"budget per day means nothing; using the {FALLBACK_QUANTILE} quantile "
                       "of the normal scores instead (set model.replace(sample_rate=...) or "
                       "`streamlstm train --sample-rate`, or pass quantile=...)",
-                      CalibrationWarning, stacklevel=4)
+                      CalibrationWarning, stacklevel=5)
         return 1.0 - FALLBACK_QUANTILE
-    step_seconds = (spec.hop if spec else 1) / float(rate)
+    step_seconds = hop / float(rate)
     return min(0.5, options.false_alarms_per_day * step_seconds / SECONDS_PER_DAY)
 
 
@@ -431,9 +431,19 @@ def calibrate_cross_fitted(model: Model, folds: Sequence[tuple[Model, Any]],
                warmup=int(opts.warmup), threshold=1.0)
     scores = np.concatenate([s for fold, recs in sets
                              for s in calibration_scores(fold.replace(calibration=cal), recs)])
+    _set_threshold(cal, opts, model, spec.hop if spec else 1, scores)
+    cal.update(samples=int(sum(r.shape[0] for _, recs in sets for r in recs)),
+               recordings=sum(len(recs) for _, recs in sets))
+    return model.replace(calibration=cal)
+
+
+def _set_threshold(cal: dict[str, Any], opts: CalibrationOptions, model: Model, hop: int,
+                   scores: np.ndarray) -> None:
+    """Put the threshold for ``opts``' false-alarm budget into ``cal``, from the normal
+    ``scores`` (one per model step of ``hop`` samples); warn if they are too few."""
     if scores.size == 0:
         raise ShapeError("calibration: no scores after warm-up; give more normal data")
-    exceedance = _exceedance(opts, model, spec)
+    exceedance = _exceedance(opts, model, hop)
     tail = tail_threshold(scores, exceedance)
     if not (np.isfinite(tail.score) and tail.score > 0):
         raise ShapeError(f"calibration: degenerate score quantile {tail.score}")
@@ -443,12 +453,71 @@ def calibrate_cross_fitted(model: Model, folds: Sequence[tuple[Model, Any]],
             f"are too few to support an exceedance probability of {exceedance:.3g} per "
             f"step{' (false_alarms_per_day budget)' if opts.false_alarms_per_day else ''}; "
             "the threshold is an extrapolation: give more normal data, or accept more false "
-            "alarms", CalibrationWarning, stacklevel=3)
+            "alarms", CalibrationWarning, stacklevel=4)
     cal.update(false_alarms_per_day=opts.false_alarms_per_day, quantile=opts.quantile,
                exceedance=exceedance, tail=tail.method, tail_supported=tail.supported,
                quantile_score=tail.score, baseline=float(np.median(scores)),
-               margin=float(opts.margin),
-               threshold=tail.score * float(opts.margin),
-               samples=int(sum(r.shape[0] for _, recs in sets for r in recs)),
-               scores=int(scores.size), recordings=sum(len(recs) for _, recs in sets))
+               margin=float(opts.margin), threshold=tail.score * float(opts.margin),
+               scores=int(scores.size))
+
+
+#: Options that mean nothing for a window autoencoder's reconstruction score.
+_PREDICTOR_OPTIONS = ("score", "target", "level", "score_index")
+
+
+def calibrate_reconstruction(model: Model, data: Any, **options: Any) -> Model:
+    """A window autoencoder (window output ``every``) with a ``"reconstruction"``
+    calibration measured on normal ``data`` (one ``(T, D)`` recording or a sequence,
+    each from a fresh sensor), for :class:`~streamlstm.detect.windowed.WindowDetector`.
+
+    As for a predictor's residuals: channels dead or constant in ``data`` are masked, the
+    per-step reconstruction errors ``x - x̂`` of every normal window give the centre and
+    whitening (``metric``), and the threshold comes from the false-alarm budget over the
+    smoothed window scores (one per hop). ``options``: :class:`CalibrationOptions` except
+    ``score``, ``target``, ``level`` and ``score_index``; ``warmup`` and ``debounce``
+    count windows. Unset ones are the built-in defaults.
+    """
+    from ..windows import WindowBank
+    from .windowed import WindowDetector
+
+    spec = model.window
+    if spec is None or not spec.per_step or model.output_size != model.input_size:
+        raise ConfigError(f"model {model.name!r}: calibrate_reconstruction needs a window "
+                          "autoencoder (window output 'every', as many outputs as inputs)")
+    wrong = sorted(set(options) & set(_PREDICTOR_OPTIONS))
+    if wrong:
+        raise ConfigError(f"calibrate_reconstruction: {', '.join(wrong)} do not apply to a "
+                          "reconstruction score")
+    opts = resolve_options(model.replace(calibration=None), options)
+    recordings = _recordings(data, model.input_size)
+    names = model.channels or tuple(f"c{k}" for k in range(model.input_size))
+    mask, fill = channel_mask(names, recordings, opts.mask)
+    errors = []
+    for index, rec in enumerate(recordings):
+        bank = WindowBank(model, 1)
+        out = bank.push([index] * rec.shape[0], cleaned(rec, mask, fill))
+        if len(out):
+            assert out.inputs is not None
+            errors.append((out.inputs.astype(np.float64) - out.values).reshape(-1, rec.shape[1]))
+    if not errors:
+        raise ShapeError(f"calibration: no complete window of {spec.length} samples in the "
+                         "normal data; give more")
+    center, whiten = _whitening(np.concatenate(errors), opts.metric, mask)
+    cal: dict[str, Any] = {
+        "version": SCHEMA_VERSION, "score": "reconstruction", "metric": opts.metric,
+        "center": center.tolist(), "whiten": whiten.tolist(), "mask": mask.tolist(),
+        "fill": fill.tolist(), "mask_names": [n for n, m in zip(names, mask, strict=True)
+                                              if m == 0.0],
+        "mask_configured": opts.mask is not None, "alpha": float(opts.alpha),
+        "hysteresis": float(opts.hysteresis), "debounce": int(opts.debounce),
+        "quiet_time": float(opts.quiet_time), "warmup": int(opts.warmup), "threshold": 1.0}
+    detector = WindowDetector(model.replace(calibration=cal), capacity=1, threshold=1e300)
+    scores = []
+    for index, rec in enumerate(recordings):
+        detector.prime([index] * rec.shape[0], rec, np.arange(rec.shape[0], dtype=np.float64))
+        window_scores = detector.last_scores[np.isfinite(detector.last_scores)]
+        scores.append(window_scores[opts.warmup:])
+        detector.forget(index)
+    _set_threshold(cal, opts, model, spec.hop, np.concatenate(scores))
+    cal.update(samples=int(sum(r.shape[0] for r in recordings)), recordings=len(recordings))
     return model.replace(calibration=cal)

@@ -104,6 +104,10 @@ class Detector:
 
     def __init__(self, model: Model, *, capacity: int = 1024, threads: int | None = None,
                  **overrides: Any) -> None:
+        if model.window is not None:
+            raise ShapeError(f"model {model.name!r} is a window model "
+                             f"({model.window.describe()}): detect with "
+                             "streamlstm.detect.WindowDetector")
         self.model = model
         self.params: DetectorParams = params_from(model, overrides)
         self.features = FeatureSpec.from_metadata(model.metadata)

@@ -17,7 +17,9 @@ class AlertEvent:
     ``score``: the smoothed score of that sample; ``threshold``: the threshold it was
     compared with (the start threshold for ``start``, the lower end threshold for
     ``end``); ``peak``: the highest smoothed score since the alert started; ``duration``:
-    seconds since the alert started (0 for ``start``); ``model_id``: which model decided.
+    seconds since the alert started (0 for ``start``); ``model_id``: which model decided;
+    ``label``: the class an alert is about (window classifiers, see
+    :class:`~streamlstm.detect.windowed.WindowDetector`; None for other detectors).
     """
 
     sensor: Hashable
@@ -28,6 +30,7 @@ class AlertEvent:
     peak: float
     duration: float
     model_id: str
+    label: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-able dict (the sensor id as given: str or int)."""

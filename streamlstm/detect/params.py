@@ -2,9 +2,12 @@
 
 ``model.calibration`` is a JSON-able dict (schema version 2)::
 
-    {"version": 2, "score": "residual" | "direct",
+    {"version": 2, "score": "residual" | "direct" | "reconstruction",
      "metric": "diagonal" | "mahalanobis",      # residual models
      "target": "level" | "delta",                # residual models: what the model predicts
+                                                 # (reconstruction: a window autoencoder,
+                                                 # scored with center/whiten/mask/fill of its
+                                                 # reconstruction error, see detect.windowed)
      "center": [D], "whiten": [[D x D]],         # residual models
      "mask": [D], "fill": [D],                   # residual models: 1 = scored channel, 0 =
                                                  # masked (fed ``fill``, never scored)
@@ -43,7 +46,7 @@ from ..errors import ConfigError
 from ..model import Model
 
 SCHEMA_VERSION = 2
-SCORE_KINDS = ("residual", "direct")
+SCORE_KINDS = ("residual", "direct", "reconstruction")
 TARGETS = ("level", "delta")
 
 # Index of each parameter in the float64 vector the kernel reads.

@@ -105,8 +105,10 @@ def loader_options(args: argparse.Namespace, path: Path) -> dict[str, Any]:
         if not path.name.endswith(".h5"):
             raise ValueError("--config: only for Keras .weights.h5 files")
         options["config"] = args.config
-    if path.suffix.lower() == ".onnx" and getattr(args, "window", None) is not None:
-        # An ONNX window model is checked against its graph on load: it needs the window.
+    window_aware = path.suffix.lower() in (".onnx", ".keras") or path.name.endswith(".h5")
+    if window_aware and getattr(args, "window", None) is not None:
+        # ONNX and Keras window models are read with their window (the output mode and the
+        # checks depend on the graph).
         options.update(window=args.window, hop=args.hop)
     return {**options, **given}
 

@@ -13,10 +13,19 @@ Dense. Kernels are ``(in, gates*H)``, i.e. transposed against PyTorch's; LSTM ga
 ``i, f, c, o`` (PyTorch's ``i, f, g, o``), GRU gates ``z, r, h`` (PyTorch ``r, z, n``).
 A GRU with ``reset_after=True`` has a ``(2, 3H)`` bias (input row, recurrent row); with
 ``reset_after=False`` one ``(3H,)`` bias, all of it on the input side.
+
+Window models (:mod:`streamlstm.windows`) too, given ``window=N`` (and ``hop=K``):
+``SimpleRNN`` (``cell/vars/0..2``, tanh or relu), ``Bidirectional`` LSTM/GRU/SimpleRNN
+with ``merge_mode="concat"`` (``forward_layer/cell/vars`` and ``backward_layer/cell/vars``)
+whose output feeds another recurrent layer or a per-step head (``return_sequences=True``),
+``TimeDistributed(Dense)``, and a final ``Dense`` with ``softmax`` / ``log_softmax``
+(window output ``probabilities`` / ``log_probabilities``). The window output is ``last``
+when the last recurrent layer has ``return_sequences=False``, else ``every``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import re
@@ -27,8 +36,17 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ModelFormatError
-from ..model import DenseLayer, Model, RecurrentLayer, dense_layer, gru_layer, lstm_layer
+from ..errors import ModelFormatError, StreamLSTMError
+from ..model import (
+    DenseLayer,
+    Model,
+    RecurrentLayer,
+    dense_layer,
+    gru_layer,
+    lstm_layer,
+    rnn_layer,
+)
+from ..window_spec import WindowSpec
 from ._model_build import checked_model
 
 #: Refuse archive members bigger than these (zip bombs) and models bigger than these.
@@ -39,6 +57,10 @@ MAX_LAYERS = 64
 MAX_UNITS = 16_384
 
 RECURRENT_ACTIVATIONS = ("tanh", "sigmoid", "hard_sigmoid")
+RNN_ACTIVATIONS = ("tanh", "relu")
+RECURRENT_LAYERS = ("LSTM", "GRU", "SimpleRNN", "Bidirectional")
+#: A final Dense layer's activation -> the window output mode it makes.
+CLASS_OUTPUTS = {"softmax": "probabilities", "log_softmax": "log_probabilities"}
 DENSE_ACTIVATIONS = ("linear", "relu", "tanh", "sigmoid", "hard_sigmoid")
 #: Layers that are the identity at inference time.
 IDENTITY_LAYERS = ("InputLayer", "Dropout")
@@ -46,12 +68,15 @@ FLOAT_POLICIES = ("float32", "float64")
 
 
 def load_keras(path: str | Path, *, config: Any = None, dtype: Any = np.float32,
-               name: str | None = None, **model_fields: Any) -> Model:
+               name: str | None = None, window: int | None = None, hop: int | None = None,
+               **model_fields: Any) -> Model:
     """Load a Keras 3 ``.keras`` archive or ``.weights.h5`` file as a :class:`Model`.
 
     ``config``: for ``.weights.h5`` only, the architecture (path to a ``.keras`` file or
     a ``config.json``, or the parsed dict). ``dtype``: float32 (default) or float64.
-    ``model_fields`` (``sample_rate``, ``channels``, ``input_norm``...) go to the Model.
+    ``window``/``hop``: the window a window model (module doc) was trained on, required
+    for one. ``model_fields`` (``sample_rate``, ``channels``, ``input_norm``...) go to
+    the Model.
     Raises :class:`ModelFormatError` for corrupt files and for anything the engine
     cannot run exactly (with the layer and the reason).
     """
@@ -72,9 +97,23 @@ def load_keras(path: str | Path, *, config: Any = None, dtype: Any = np.float32,
         weights = path
         source = "keras-weights-h5"
     specs = _layer_specs(path, architecture)
-    recurrent, head = _read_weights(path, weights, specs, np.dtype(dtype))
+    recurrent, head, output = _read_weights(path, weights, specs, np.dtype(dtype))
     model_name = name or str(architecture.get("config", {}).get("name", path.stem))
-    metadata = {"keras_version": meta.get("keras_version")} if meta.get("keras_version") else {}
+    metadata: dict[str, Any] = ({"keras_version": meta.get("keras_version")}
+                                if meta.get("keras_version") else {})
+    why = ("its head ends in a softmax" if output.endswith("probabilities") else
+           "it has bidirectional or SimpleRNN layers"
+           if any(layer.backward is not None or layer.kind == "rnn" for layer in recurrent)
+           else None)
+    if window is None and why is not None:
+        raise ModelFormatError(f"{path}: a window model ({why}): pass window=N and hop=K, the "
+                               "window it was trained on (command line: --window N --hop K)")
+    if window is not None:
+        try:
+            metadata["window"] = WindowSpec(window, window if hop is None else hop,
+                                            output).to_metadata()
+        except StreamLSTMError as exc:
+            raise ModelFormatError(f"{path}: {exc}") from None
     return checked_model(path, source, metadata=metadata, layers=tuple(recurrent),
                          head=tuple(head), name=model_name, **model_fields)
 
@@ -261,8 +300,8 @@ def _check_recurrent_flags(path: Path, spec: _Spec, last: bool) -> None:
 
 
 # -- weights ------------------------------------------------------------------------------
-def _read_weights(path: Path, weights: bytes | Path, specs: list[_Spec],
-                  dtype: np.dtype) -> tuple[list[RecurrentLayer], list[DenseLayer]]:
+def _read_weights(path: Path, weights: bytes | Path, specs: list[_Spec], dtype: np.dtype
+                  ) -> tuple[list[RecurrentLayer], list[DenseLayer], str]:
     import h5py  # optional dependency: only this format needs it
 
     source: Any = io.BytesIO(weights) if isinstance(weights, bytes) else weights
@@ -332,32 +371,44 @@ def _vars(path: Path, f: Any, group: str, expected: int) -> None:
                                f"{expected} (weights do not match the architecture)")
 
 
-#: Layers of window models (see :mod:`streamlstm.windows`) this importer does not read yet,
-#: with what they are; refused by name instead of "no LSTM or GRU layer".
-WINDOW_ONLY_LAYERS = {
-    "Bidirectional": "Bidirectional runs its backward direction from the window's end, "
-                     "reading future samples, so it needs whole windows.",
-    "SimpleRNN": "SimpleRNN is a plain RNN layer.",
-    "RepeatVector": "RepeatVector belongs to a sequence-to-sequence autoencoder.",
-    "TimeDistributed": "TimeDistributed applies a layer on every step of a window.",
+#: Layers this importer refuses by name, with the reason.
+UNSUPPORTED_LAYERS = {
+    "RepeatVector": "RepeatVector feeds the encoder's final state to every step of a decoder "
+                    "(the sequence-to-sequence autoencoder); streamlstm's layers map each step "
+                    "of a window to a step, so this shape does not map onto its model. An "
+                    "autoencoder whose layers all return sequences (LSTM(return_sequences="
+                    "True) ... TimeDistributed(Dense)) does.",
 }
 
 
-def _layers_from(path: Path, f: Any, specs: list[_Spec],
-                 dtype: np.dtype) -> tuple[list[RecurrentLayer], list[DenseLayer]]:
+def _inner(path: Path, spec: _Spec) -> _Spec:
+    """The layer a Bidirectional or TimeDistributed wraps, as a spec of its own."""
+    layer = spec.config.get("layer")
+    if not isinstance(layer, dict) or not isinstance(layer.get("config"), dict):
+        raise _refuse(path, spec, "malformed 'layer' in its config")
+    return _Spec(str(layer.get("class_name")), layer["config"], spec.group, None)
+
+
+def _returns_sequences(path: Path, spec: _Spec) -> bool:
+    config = _inner(path, spec).config if spec.class_name == "Bidirectional" else spec.config
+    return bool(config.get("return_sequences", False))
+
+
+def _layers_from(path: Path, f: Any, specs: list[_Spec], dtype: np.dtype
+                 ) -> tuple[list[RecurrentLayer], list[DenseLayer], str]:
+    """The recurrent layers, the head and the window output mode the chain computes."""
     recurrent: list[RecurrentLayer] = []
     head: list[DenseLayer] = []
     working = [s for s in specs if s.class_name not in IDENTITY_LAYERS]
-    last_recurrent = max((i for i, s in enumerate(working) if s.class_name in ("LSTM", "GRU")),
+    last_recurrent = max((i for i, s in enumerate(working) if s.class_name in RECURRENT_LAYERS),
                          default=-1)
     for spec in working:
-        if spec.class_name in WINDOW_ONLY_LAYERS:
-            raise _refuse(path, spec, WINDOW_ONLY_LAYERS[spec.class_name] + " streamlstm runs "
-                          "such models on windows (model.windows()), but this Keras importer "
-                          "does not read the layer yet, so it is not supported here; load the "
-                          "weights from a PyTorch state_dict or .safetensors instead")
+        if spec.class_name in UNSUPPORTED_LAYERS:
+            raise _refuse(path, spec, UNSUPPORTED_LAYERS[spec.class_name])
     if last_recurrent < 0:
-        raise ModelFormatError(f"{path}: no LSTM or GRU layer in the model")
+        raise ModelFormatError(f"{path}: no recurrent layer (LSTM, GRU, SimpleRNN or "
+                               "Bidirectional) in the model")
+    output = "last" if not _returns_sequences(path, working[last_recurrent]) else "every"
     width: int | None = None
     for spec in specs:
         if spec.class_name == "InputLayer":
@@ -369,25 +420,81 @@ def _layers_from(path: Path, f: Any, specs: list[_Spec],
             continue
         _check_dtype_policy(path, spec)
         index = working.index(spec)
-        if spec.class_name in ("LSTM", "GRU"):
+        if spec.class_name in RECURRENT_LAYERS:
             if head:
                 raise _refuse(path, spec, "a recurrent layer after a Dense layer; the engine "
                               "runs the recurrent layers first, then the dense head")
-            _check_recurrent_flags(path, spec, index == last_recurrent)
-            layer = _recurrent_layer(path, f, spec, width, dtype)
+            last = index == last_recurrent
+            if spec.class_name == "Bidirectional":
+                layer = _bidirectional_layer(path, f, spec, width, dtype, last)
+            else:
+                _check_recurrent_flags(path, spec, last)
+                layer = _recurrent_layer(path, f, spec, f"layers/{spec.group}", width, dtype)
             recurrent.append(layer)
-            width = layer.hidden_size
-        elif spec.class_name == "Dense":
+            width = layer.output_size
+        elif spec.class_name in ("Dense", "TimeDistributed"):
             if not recurrent:
                 raise _refuse(path, spec, "a Dense layer before the first recurrent layer is "
                               "not supported")
-            dense = _dense_layer(path, f, spec, width, dtype)
+            dense_spec, base = spec, f"layers/{spec.group}/vars"
+            if spec.class_name == "TimeDistributed":
+                dense_spec, base = _inner(path, spec), f"layers/{spec.group}/layer/vars"
+                if dense_spec.class_name != "Dense":
+                    raise _refuse(path, spec, f"TimeDistributed({dense_spec.class_name}) is not "
+                                  "supported (TimeDistributed(Dense) is)")
+            activation = dense_spec.config.get("activation")
+            if activation in CLASS_OUTPUTS:
+                if index != len(working) - 1 or output == "every":
+                    raise _refuse(path, spec, f"activation={activation!r} is supported only on "
+                                  "the final layer of a head that reads the last step "
+                                  "(return_sequences=False)")
+                output = CLASS_OUTPUTS[activation]
+                dense_spec = _Spec(dense_spec.class_name, {**dense_spec.config,
+                                                           "activation": "linear"},
+                                   dense_spec.group, None)
+            dense = _dense_layer(path, f, dense_spec, base, width, dtype)
             head.append(dense)
             width = dense.weight.shape[0]
         else:
-            raise _refuse(path, spec, "layer type not supported (LSTM, GRU, Dense, Dropout "
-                          "and InputLayer are)")
-    return recurrent, head
+            raise _refuse(path, spec, "layer type not supported (LSTM, GRU, SimpleRNN, "
+                          "Bidirectional, Dense, TimeDistributed(Dense), Dropout and InputLayer "
+                          "are)")
+    return recurrent, head, output
+
+
+def _bidirectional_layer(path: Path, f: Any, spec: _Spec, width: int | None,
+                         dtype: np.dtype, last: bool) -> RecurrentLayer:
+    """Both directions of a Bidirectional layer (forward, then backward, concatenated)."""
+    merge = spec.config.get("merge_mode", "concat")
+    if merge != "concat":
+        raise _refuse(path, spec, f"merge_mode={merge!r} is not supported (concat is)")
+    forward = _inner(path, spec)
+    if forward.class_name not in ("LSTM", "GRU", "SimpleRNN"):
+        raise _refuse(path, spec, f"a bidirectional {forward.class_name} is not supported "
+                      "(LSTM, GRU or SimpleRNN)")
+    if not forward.config.get("return_sequences", False):
+        why = ("its output is the backward direction's final state, i.e. its output at the "
+               "window's first step, next to the forward one at the last step; streamlstm "
+               "reads both directions at the same step" if last else
+               "it feeds another recurrent layer one vector per sequence")
+        raise _refuse(path, spec, f"return_sequences=False: {why}. Use return_sequences=True "
+                      "(followed by a recurrent layer or a per-step head)")
+    backward_config = spec.config.get("backward_layer")
+    backward = forward
+    if isinstance(backward_config, dict) and isinstance(backward_config.get("config"), dict):
+        backward = _Spec(str(backward_config.get("class_name")), backward_config["config"],
+                         spec.group, None)
+        if backward.class_name != forward.class_name or not backward.config.get("go_backwards"):
+            raise _refuse(path, spec, "a backward_layer that is not the forward layer's kind "
+                          "run with go_backwards=True is not supported")
+        backward = _Spec(backward.class_name, {**backward.config, "go_backwards": False},
+                         spec.group, None)
+    for direction in (forward, backward):
+        _check_recurrent_flags(path, direction, True)
+    base = f"layers/{spec.group}"
+    layer = _recurrent_layer(path, f, forward, f"{base}/forward_layer", width, dtype)
+    back = _recurrent_layer(path, f, backward, f"{base}/backward_layer", width, dtype)
+    return dataclasses.replace(layer, backward=back)
 
 
 def _input_width(path: Path, f: Any, spec: _Spec, where: str, width: int | None) -> int:
@@ -399,19 +506,24 @@ def _input_width(path: Path, f: Any, spec: _Spec, where: str, width: int | None)
     return int(dataset.shape[0])
 
 
-def _recurrent_layer(path: Path, f: Any, spec: _Spec, width: int | None,
+def _recurrent_layer(path: Path, f: Any, spec: _Spec, group: str, width: int | None,
                      dtype: np.dtype) -> RecurrentLayer:
+    """An LSTM, GRU or SimpleRNN whose ``cell/vars`` are under ``group``."""
     config = spec.config
     hidden = int(config["units"])
     lstm = spec.class_name == "LSTM"
-    gates = (4 if lstm else 3) * hidden
-    base = f"layers/{spec.group}/cell/vars"
+    gates = {"LSTM": 4, "GRU": 3, "SimpleRNN": 1}[spec.class_name] * hidden
+    base = f"{group}/cell/vars"
     use_bias = bool(config.get("use_bias", True))
     reset_after = bool(config.get("reset_after", True)) if not lstm else True
     _vars(path, f, base, 3 if use_bias else 2)
     width = _input_width(path, f, spec, f"{base}/0", width)
     kernel = _tensor(path, f, f"{base}/0", (width, gates), dtype).T
     recurrent_kernel = _tensor(path, f, f"{base}/1", (hidden, gates), dtype).T
+    if spec.class_name == "SimpleRNN":
+        bias = _tensor(path, f, f"{base}/2", (gates,), dtype) if use_bias else None
+        return rnn_layer(kernel, recurrent_kernel, bias, None, dtype=dtype,
+                         activation=_activation(path, spec, "activation", RNN_ACTIVATIONS))
     options = {"activation": _activation(path, spec, "activation", RECURRENT_ACTIVATIONS),
                "recurrent_activation": _activation(path, spec, "recurrent_activation",
                                                    RECURRENT_ACTIVATIONS)}
@@ -431,7 +543,7 @@ def _recurrent_layer(path: Path, f: Any, spec: _Spec, width: int | None,
                      dtype=dtype, reset_after=reset_after, **options)
 
 
-def _dense_layer(path: Path, f: Any, spec: _Spec, width: int | None,
+def _dense_layer(path: Path, f: Any, spec: _Spec, base: str, width: int | None,
                  dtype: np.dtype) -> DenseLayer:
     config = spec.config
     for key in ("quantization_config", "lora_rank"):
@@ -441,7 +553,6 @@ def _dense_layer(path: Path, f: Any, spec: _Spec, width: int | None,
     if not isinstance(units, int) or not 0 < units <= MAX_UNITS:
         raise _refuse(path, spec, f"units={units!r} out of range 1..{MAX_UNITS}")
     use_bias = bool(config.get("use_bias", True))
-    base = f"layers/{spec.group}/vars"
     _vars(path, f, base, 2 if use_bias else 1)
     width = _input_width(path, f, spec, f"{base}/0", width)
     kernel = _tensor(path, f, f"{base}/0", (width, units), dtype)

@@ -305,7 +305,8 @@ def assemble_windows(rows, samples, start, ring, counts, last_bad, rejected, ski
     ``rows``: ``(M,)`` ring rows in arrival order; ``samples``: ``(M, D)``; ``ring``:
     ``(capacity, W, D)``; ``counts``: samples seen per row; ``last_bad``: per row, the
     count index of its latest non-finite sample (-1: none); ``rejected``/``skipped``: per
-    row, rejected samples and skipped windows (incremented). A window ends where a row's
+    row, rejected samples and skipped windows (incremented); a rejected sample is kept in
+    the ring as zeros (its windows are skipped). A window ends where a row's
     count reaches ``W + j * hop``; one holding a rejected sample is skipped. Completed
     windows go to ``windows[n]`` (oldest sample first) with their ring row, the count
     index of their last sample and the micro-batch position that completed them. Returns
@@ -325,7 +326,9 @@ def assemble_windows(rows, samples, start, ring, counts, last_bad, rejected, ski
         slot = ring[r, t % steps]
         for k in range(n_in):
             slot[k] = x[k]
-        if not _all_finite(x, n_in):
+        if not _all_finite(x, n_in):  # never evaluated; zeros keep the ring finite
+            for k in range(n_in):
+                slot[k] = 0.0
             last_bad[r] = t
             rejected[r] += 1
         t += 1

@@ -9,7 +9,8 @@ hands the same records to every sink. Record schema ``streamlstm.alert/1``::
      "t": 1700000000.25,          # time of the deciding sample (s, device/host clock)
      "published": 1700000000.31,  # wall-clock time the daemon decided (s since epoch)
      "score": 7.3, "threshold": 4.0, "peak": 7.3, "duration": 0.0,  # duration (s): end events
-     "model": {"id": "accel-default", "sha256": "..."}}
+     "model": {"id": "accel-default", "sha256": "..."},
+     "label": "inner"}            # only for window classifiers: the class alerted on
 
 Delivery is at least once: a subscriber drops a record whose ``(daemon, seq)`` it has seen.
 """
@@ -34,7 +35,7 @@ def alert_record(
     event: Any, *, seq: int, daemon: str, model_id: str, model_sha: str, published: float
 ) -> dict[str, Any]:
     """The wire form of one detector ``AlertEvent`` (schema in the module docstring)."""
-    return {
+    record = {
         "schema": ALERT_SCHEMA,
         "seq": seq,
         "daemon": daemon,
@@ -48,6 +49,10 @@ def alert_record(
         "duration": _number(event.duration),
         "model": {"id": getattr(event, "model_id", None) or model_id, "sha256": model_sha},
     }
+    label = getattr(event, "label", None)
+    if label is not None:
+        record["label"] = str(label)
+    return record
 
 
 @dataclass

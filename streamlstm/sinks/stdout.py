@@ -22,11 +22,13 @@ def _when(seconds: float | None) -> str:
 
 
 def format_alert(record: Mapping[str, Any]) -> str:
-    """``2026-11-22T18:20:01.123Z  ALERT START  s1  score 7.31 > 4.00  (seq 42)``."""
+    """``2026-11-22T18:20:01.123Z  ALERT START  s1  score 7.31 > 4.00  (seq 42)``; a class
+    alert names its class after the sensor (``s1  class inner  score 0.97 ...``)."""
     score = record["score"]
     threshold = record["threshold"]
+    label = f"class {record['label']}  " if record.get("label") is not None else ""
     text = (
-        f"{_when(record['t'])}  ALERT {record['kind'].upper():<5}  {record['sensor']}  "
+        f"{_when(record['t'])}  ALERT {record['kind'].upper():<5}  {record['sensor']}  {label}"
         f"score {score if score is None else f'{score:.3g}'}"
         f" / threshold {threshold if threshold is None else f'{threshold:.3g}'}"
     )

@@ -11,7 +11,7 @@ already hold, as a batch.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numba
@@ -214,6 +214,36 @@ class WindowBank(SensorRows):
         self._ring[rows] = 0
         self._counts[rows] = 0
         self._last_bad[rows] = -1
+
+    # -- state for snapshots ------------------------------------------------------------
+    def row_arrays(self) -> dict[str, np.ndarray]:
+        """The live per-row arrays (ring, counters), indexed by :meth:`row`: read them
+        between pushes for a snapshot; restore with :meth:`load_rows`."""
+        return {"ring": self._ring, "counts": self._counts, "last_bad": self._last_bad,
+                "rejected": self._rejected, "skipped": self._skipped, "failed": self._failed}
+
+    def load_rows(self, sensors: Sequence[Hashable], arrays: Mapping[str, np.ndarray]
+                  ) -> np.ndarray:
+        """Restore ``sensors`` from :meth:`row_arrays` picked at their rows in a snapshot;
+        everything is checked before a row is allocated or written. Returns their rows."""
+        live = self.row_arrays()
+        checked = {}
+        for name, array in live.items():
+            value = np.asarray(arrays[name])
+            expected = (len(sensors), *array.shape[1:])
+            if value.shape != expected:
+                raise ShapeError(f"window bank state: {name} has shape {value.shape}, "
+                                 f"expected {expected}")
+            if not np.all(np.isfinite(value)):
+                raise ShapeError(f"window bank state: non-finite values in {name}")
+            checked[name] = value.astype(array.dtype)
+        if np.any(checked["counts"] < 0) or np.any(checked["last_bad"] >= checked["counts"]):
+            raise ShapeError("window bank state: inconsistent sample counts")
+        rows = self.rows(sensors)
+        live = self.row_arrays()  # allocating rows may have grown the arrays
+        for name, value in checked.items():
+            live[name][rows] = value
+        return rows
 
     # -- counters ---------------------------------------------------------------------
     def sample_count(self, sensor: Hashable) -> int:
