@@ -89,7 +89,8 @@ def test_a_compressed_snapshot_member_is_refused_before_it_is_inflated(tmp_path)
     path = tmp_path / "bomb.npz"
     compressed_bomb(path, 1 << 30)
     assert path.stat().st_size < 2 << 20
-    # In a fresh interpreter, so that the growth of the peak RSS is this load's alone.
+    # In a fresh interpreter, measuring the growth of the peak RSS over the load alone (an
+    # exec'd child starts from its parent's peak on Linux: the whole suite's, late in a run).
     script = (
         "import resource, sys\n"
         "from streamlstm.daemon import snapshot\n"
