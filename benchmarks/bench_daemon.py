@@ -153,17 +153,21 @@ def publisher(
     rng = np.random.default_rng(abs(hash(sensors[0])) % 2**32)
     bodies = [json.dumps(rng.normal(size=(batch, 3)).round(4).tolist()) for _ in range(8)]
     period = batch / rate_per_sensor
-    start = time.monotonic()
+    start, epoch = time.monotonic(), time.time()
     sent, tick = 0, 0
     infos = []
     while time.monotonic() - start < seconds:
         for index, sensor in enumerate(sensors):
             # Sensors are not synchronised: each sends at its own phase within the period.
-            delay = start + (tick + index / len(sensors)) * period - time.monotonic()
+            due = (tick + index / len(sensors)) * period
+            delay = start + due - time.monotonic()
             if not flood and delay > 0:
                 time.sleep(delay)
-            # The newest sample is "now": latency then counts from the moment it could be sent.
-            t0 = time.time() - (batch - 1) / rate_per_sensor
+            # Device time as a real sensor keeps it: consecutive batches of a sensor follow
+            # each other exactly (the daemon drops a batch that overlaps the last one as a
+            # redelivery). Its newest sample is due now, so latency counts from the moment
+            # it could have been sent, including any lateness of this publisher.
+            t0 = epoch + due - (batch - 1) / rate_per_sensor
             payload = f'{{"t": {t0:.6f}, "rate": {rate_per_sensor}, "samples": {bodies[tick % 8]}}}'
             infos.append(client.publish(f"bench/{sensor}/accel", payload, qos=1))
             sent += batch
