@@ -50,7 +50,7 @@ from .pipeline import (
     make_detector,
     sample_width,
 )
-from .plot import ReplayPlot
+from .plot import ReplayPlot, sample_channels
 from .threadwatch import ThreadWatch
 
 log = logging.getLogger("streamlstm.daemon")
@@ -351,7 +351,7 @@ class Daemon:
         self.sinks: list[Sink] = []
         self.seq = SeqCounter(self._seq_path(config))
         self._plots = [
-            ReplayPlot(s.plot_path, s.sensors)
+            ReplayPlot(s.plot_path, s.sensors, sample_channels(self.loaded.model))
             for s in self.sources
             if getattr(s, "plot_path", None)
         ]
