@@ -14,9 +14,12 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from .errors import ConfigError, StreamLSTMError
+
+if TYPE_CHECKING:
+    from .model import Model
 
 COMPILING_NOTICE = "compiling kernels (first run only)…"
 
@@ -122,7 +125,7 @@ def _dtypes(text: str | None) -> list[str]:
     return names
 
 
-def _python_api(model) -> None:  # noqa: ANN001 - a streamlstm.Model
+def _python_api(model: Model) -> None:
     """The kernels of ``Stream.step``/``Stream.run`` and ``Bank.step`` (serial, parallel)."""
     import numpy as np
 
