@@ -20,6 +20,7 @@ examples:
   streamlstm convert fan.pt fan.npz --sample-rate 200
   streamlstm inspect fan.npz
   streamlstm calibrate --model fan.npz --data normal.csv --out site.npz
+  streamlstm warmup --config site.toml         compile the kernels ahead of the first run
 
 exit codes: 0 success; 1 a runtime failure; 2 a usage error, a bad configuration or a file
 that cannot be loaded (the reason is on stderr); 130 interrupted (Ctrl-C).
@@ -35,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("streamlstm.formats.inspect_cli", "describe a weight file"),
     "calibrate": ("streamlstm.detect.cli_calibrate", "calibrate a model on normal data"),
     "train": ("streamlstm.train.cli", "train a next-step predictor (needs the torch extra)"),
+    "warmup": ("streamlstm.warmup_cli", "compile the kernels now, into the on-disk cache"),
 }
 
 

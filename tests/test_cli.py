@@ -85,3 +85,16 @@ def test_models_and_layers_print_as_a_summary():
     assert len(text) < 200 and "LSTM(3->64)" in text and "parameters" in text
     assert repr(model.layers[0]) == "RecurrentLayer(lstm 3->64, float32)"
     assert repr(model.head[0]) == "DenseLayer(32->3, linear, float32)"
+
+
+def test_every_train_option_has_help_text_and_its_default(capsys):
+    try:
+        main(["train", "--help"])
+    except SystemExit as exc:
+        assert exc.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for option, default in (("--hidden", "32"), ("--layers", "1"), ("--epochs", "40"),
+                            ("--lr", "0.003"), ("--seq-len", "32"), ("--patience", "5")):
+        after = text.split(f" {option} ", 1)[1].split(" --", 1)[0]
+        assert len(after.split("(default:")[0].split()) >= 2, (option, after)  # a help text
+        assert f"(default: {default})" in after, (option, after)

@@ -111,3 +111,21 @@ def test_calibrate_command_reports_bad_input(model, tmp_path, capsys):
     assert code == 2
     assert "NaN" in capsys.readouterr().err
     assert not (tmp_path / "x.npz").exists()
+
+
+def test_calibrate_command_hints_at_columns_for_a_wider_csv(model, tmp_path, capsys):
+    """A CSV with more columns than the model's inputs names them and points at --columns;
+    with --columns the same file calibrates."""
+    source = save(model, tmp_path / "raw.npz")
+    csv = tmp_path / "wide.csv"
+    data = np.column_stack([np.arange(600.0), sine_data(600), np.zeros((600, 5))])
+    names = ["t", "a", "b", "p", "q", "r", "s", "u"]
+    np.savetxt(csv, data, delimiter=",", header=",".join(names), comments="")
+    out = tmp_path / "cal.npz"
+    assert main(["calibrate", "--model", str(source), "--data", str(csv),
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "has 8 columns (t, a, b, p, q, r, s, u)" in err and "--columns" in err
+    assert not out.exists()
+    assert main(["calibrate", "--model", str(source), "--data", str(csv), "--out", str(out),
+                 "--columns", "a,b", "--warmup", "10"]) == 0, capsys.readouterr().err

@@ -35,7 +35,9 @@ def setup_logging(level: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..warmup_cli import compile_interruptibly
     from .engine import Daemon  # heavy imports (numba) only once arguments are fine
+    from .pipeline import compile_kernels
 
     try:
         config = config_module.load(args.config)
@@ -48,13 +50,18 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, SourceError, SinkError, OSError) as exc:
         print(f"streamlstm run: {exc}", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, lambda *_: daemon.request_stop())
-    signal.signal(signal.SIGINT, lambda *_: daemon.request_stop())
-    signal.signal(signal.SIGHUP, lambda *_: daemon.request_reload())
     if args.config is None:
         print(f"streamlstm demo: replaying the shipped fan recording (20 s normal, then 30 s "
               f"with its blade weights moved) through {daemon.loaded.model_id}; "
               "alerts follow", file=sys.stderr)
+    # Compile (or load) the kernels before taking over SIGINT: Ctrl-C still interrupts a
+    # cold compile (exit 130), and the wait is announced.
+    compile_interruptibly(
+        lambda: compile_kernels(daemon.loaded.model, daemon.config["detector"]),
+        prefix="streamlstm run")
+    signal.signal(signal.SIGTERM, lambda *_: daemon.request_stop())
+    signal.signal(signal.SIGINT, lambda *_: daemon.request_stop())
+    signal.signal(signal.SIGHUP, lambda *_: daemon.request_reload())
     code = daemon.run()
     if args.config is None:
         metrics = daemon.metrics

@@ -50,7 +50,7 @@ from .pipeline import (
     make_detector,
     sample_width,
 )
-from .plot import ReplayPlot
+from .plot import ReplayPlot, sample_channels
 from .threadwatch import ThreadWatch
 
 log = logging.getLogger("streamlstm.daemon")
@@ -137,8 +137,10 @@ def acknowledge(frames: list[Frame]) -> None:
             frame.ack()
 
 
-def build_sources(config: dict[str, Any], width: int) -> list[Source]:
-    """One source object per ``[[sources]]`` table (imports only the kinds used)."""
+def build_sources(config: dict[str, Any], width: int,
+                  model_rate: float | None = None) -> list[Source]:
+    """One source object per ``[[sources]]`` table (imports only the kinds used);
+    ``model_rate`` (samples/s) is what MQTT sources compare each message's rate with."""
     sources: list[Source] = []
     for table in config["sources"]:
         kind = table["type"]
@@ -149,7 +151,7 @@ def build_sources(config: dict[str, Any], width: int) -> list[Source]:
         elif kind == "mqtt":
             from ..sources.mqtt import MQTTSource
 
-            sources.append(MQTTSource(table, width, config["mqtt"]))
+            sources.append(MQTTSource(table, width, config["mqtt"], model_rate))
         elif kind == "replay":
             from ..sources.replay import ReplaySource
 
@@ -344,14 +346,15 @@ class Daemon:
         self.thread_watch.install()
         self._stop_requested = threading.Event()
         self._reload_requested = threading.Event()
-        self.sources: list[Source] = build_sources(config, self._width)
+        self.sources: list[Source] = build_sources(config, self._width,
+                                                   self.loaded.model.sample_rate)
         self._source_stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._finished_sources: set[str] = set()  # sources whose run() returned (input ended)
         self.sinks: list[Sink] = []
         self.seq = SeqCounter(self._seq_path(config))
         self._plots = [
-            ReplayPlot(s.plot_path, s.sensors)
+            ReplayPlot(s.plot_path, s.sensors, sample_channels(self.loaded.model))
             for s in self.sources
             if getattr(s, "plot_path", None)
         ]
@@ -867,7 +870,8 @@ class Daemon:
             )
             check_broker_settings(new)
             compile_kernels(loaded.model, new["detector"])
-            new_sources = build_sources(new, width) if sources_changed else None
+            new_sources = (build_sources(new, width, loaded.model.sample_rate)
+                           if sources_changed else None)
             new_sinks = build_sinks(new) if sinks_changed else None
         except Exception as exc:  # anything: the running configuration must survive it
             self.metrics.inc("streamlstm_reloads_total", labels=(("result", "refused"),))

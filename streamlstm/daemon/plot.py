@@ -8,22 +8,43 @@ keeping its scores costs no more than the recording itself.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..model import Model
 from ..sources import Frame
 
 log = logging.getLogger(__name__)
 
 
+def sample_channels(model: Model) -> tuple[str, ...]:
+    """Names of a raw sample's channels: a feature model's ``sample_channels`` (its own
+    channels name the features), otherwise the model's channels; () when unnamed."""
+    if "features" in model.metadata:
+        return tuple(model.metadata.get("sample_channels") or ())
+    return tuple(model.channels)
+
+
+def legend_names(channels: Sequence[str], width: int) -> list[str]:
+    """One legend entry per signal column: the given names when they fit, else x, y, z
+    for three columns (an accelerometer), else ``channel 0``, ``channel 1``, ..."""
+    if len(channels) == width:
+        return list(channels)
+    if width == 3:
+        return ["x", "y", "z"]
+    return [f"channel {k}" for k in range(width)]
+
+
 class ReplayPlot:
     """Collects ``(t, sample, score)`` of the given sensors and alert records, then draws them."""
 
-    def __init__(self, path: str, sensors: list[str]) -> None:
+    def __init__(self, path: str, sensors: list[str], channels: Sequence[str] = ()) -> None:
         self.path = Path(path)
         self.sensors = set(sensors)
+        self.channels = tuple(channels)
         self._t: list[np.ndarray] = []
         self._signal: list[np.ndarray] = []
         self._score: list[np.ndarray] = []
@@ -54,7 +75,8 @@ class ReplayPlot:
             return False
         t, signal, score = (np.concatenate(a) for a in (self._t, self._signal, self._score))
         figure, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(12, 6))
-        top.plot(t, signal, linewidth=0.5)
+        lines = top.plot(t, signal.reshape(len(t), -1), linewidth=0.5)
+        top.legend(lines, legend_names(self.channels, len(lines)), loc="upper right")
         top.set_ylabel("signal")
         bottom.plot(t, score, linewidth=0.7, color="black", label="score")
         if threshold is not None:

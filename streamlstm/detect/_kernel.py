@@ -8,8 +8,9 @@ of ``istate`` and ``F_*`` of ``fstate``); events go to per-sample slots (``ev_ki
 reads the events back in arrival order.
 
 Numba's on-disk cache of these kernels is keyed on this file alone: when
-:func:`~streamlstm.detect.features.window_features` (compiled into them) changes, edit
-this file too, or a stale cache keeps computing the old statistics.
+:func:`~streamlstm.detect.features.window_features` or the model step (compiled into
+them) changes, run ``streamlstm warmup --clear-cache``, or a stale cache keeps computing
+the old code (README, Known limitations).
 """
 
 from __future__ import annotations
@@ -211,6 +212,25 @@ def _detect_one(i, row, params, layout, states, samples, times, dparams, center,
 
 
 @njit(**JIT)
+def _detect_group(first, nxt, params, layout, states, rows, samples, times, dparams, center,
+                  whiten, level_center, level_whiten, mask, fill, codes, hop, alerts, istate,
+                  fstate, preds, rings, rejected, xin, out, err, scratch, scores, status,
+                  ev_kind, ev_peak, ev_duration):
+    """One row's samples in arrival order, from sample ``first`` along the ``nxt`` links.
+
+    The whole body of both kernels' loops, out of line: compiled once for the serial and
+    the parallel kernel, so the parallel one's loop body is a single call to type.
+    """
+    i = first
+    while i != NO_SAMPLE:
+        _detect_one(i, rows[i], params, layout, states, samples, times, dparams, center,
+                    whiten, level_center, level_whiten, mask, fill, codes, hop, alerts,
+                    istate, fstate, preds, rings, rejected, xin, out, err, scratch, scores,
+                    status, ev_kind, ev_peak, ev_duration)
+        i = nxt[i]
+
+
+@njit(**JIT)
 def detect_serial(params, layout, states, rows, samples, times, dparams, center, whiten,
                   level_center, level_whiten, mask, fill, codes, hop, alerts, istate, fstate,
                   preds, rings, rejected, xbuf, obuf, ebuf, scratch, scores, status, ev_kind,
@@ -219,13 +239,10 @@ def detect_serial(params, layout, states, rows, samples, times, dparams, center,
     row_last, heads, nxt = links[0], links[1], links[2]
     groups = _group_by_row(rows, row_last, heads, nxt)
     for g in range(groups):
-        i = heads[g]
-        while i != NO_SAMPLE:
-            _detect_one(i, rows[i], params, layout, states, samples, times, dparams, center,
-                        whiten, level_center, level_whiten, mask, fill, codes, hop, alerts,
-                        istate, fstate, preds, rings, rejected, xbuf[0], obuf[0], ebuf[0],
-                        scratch[0], scores, status, ev_kind, ev_peak, ev_duration)
-            i = nxt[i]
+        _detect_group(heads[g], nxt, params, layout, states, rows, samples, times, dparams,
+                      center, whiten, level_center, level_whiten, mask, fill, codes, hop,
+                      alerts, istate, fstate, preds, rings, rejected, xbuf[0], obuf[0],
+                      ebuf[0], scratch[0], scores, status, ev_kind, ev_peak, ev_duration)
 
 
 @njit(parallel=True, **JIT)
@@ -254,11 +271,7 @@ def detect_parallel(params, layout, states, rows, samples, times, dparams, cente
     groups = _group_by_row(rows, row_last, heads, nxt)
     for g in prange(groups):
         tid = get_thread_id()
-        i = heads[g]
-        while i != NO_SAMPLE:
-            _detect_one(i, rows[i], params, layout, states, samples, times, dparams, center,
-                        whiten, level_center, level_whiten, mask, fill, codes, hop, alerts,
-                        istate, fstate, preds, rings, rejected, xbuf[tid], obuf[tid],
-                        ebuf[tid], scratch[tid], scores, status, ev_kind, ev_peak,
-                        ev_duration)
-            i = nxt[i]
+        _detect_group(heads[g], nxt, params, layout, states, rows, samples, times, dparams,
+                      center, whiten, level_center, level_whiten, mask, fill, codes, hop,
+                      alerts, istate, fstate, preds, rings, rejected, xbuf[tid], obuf[tid],
+                      ebuf[tid], scratch[tid], scores, status, ev_kind, ev_peak, ev_duration)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import StreamLSTMError
+from ..errors import ShapeError, StreamLSTMError
 from .calibration import METRICS, CalibrationOptions, calibrate
 from .params import TARGETS
 from .recordings import read_recording
@@ -53,6 +53,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             help=f"{text} (default: the model's calibration, else {default})")
 
 
+def _columns_hint(path: str, names: list[str], width: int, wanted: list[str] | None) -> str:
+    """The error for a recording whose columns do not match the model's inputs."""
+    takes = f"{width} ({', '.join(wanted)})" if wanted else str(width)
+    return (f"{path} has {len(names)} columns ({', '.join(names)}) but the model takes "
+            f"{takes} inputs; name the {width} to use, in order, with --columns NAME,NAME,...")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..formats import load, save
 
@@ -68,11 +75,14 @@ def run(args: argparse.Namespace) -> int:
                          else model.channels)
                 columns = list(named) if named else None
             try:
-                data, _ = read_recording(path, columns=columns)
+                data, names = read_recording(path, columns=columns)
             except StreamLSTMError:
                 if args.columns or columns is None:
                     raise
-                data, _ = read_recording(path)  # the file has no such names: take all
+                data, names = read_recording(path)  # the file has no such names: take all
+            width = len(columns) if columns else model.input_size
+            if not args.columns and data.shape[1] != width:
+                raise ShapeError(_columns_hint(path, names, width, columns))
             recordings.append(data)
         options = {key: getattr(args, key) for key in
                    ("score", "metric", "target", "level", "false_alarms_per_day", "quantile",

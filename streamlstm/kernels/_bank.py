@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from numba import get_thread_id, njit, prange
 
-from ._network import JIT, TILE_STREAMS, step, step_tile
+from ._network import JIT, TILE_STREAMS, forward, step, step_tile
 
 NO_SAMPLE = -1
 
 
-@njit(inline="always", **JIT)
+@njit(**JIT)
 def _group_by_row(rows, row_last, heads, links):
     """Link each sample to the next sample of the same row; return the number of rows.
 
@@ -39,7 +39,7 @@ def _group_by_row(rows, row_last, heads, links):
     return groups
 
 
-@njit(inline="always", **JIT)
+@njit(**JIT)
 def _step_groups(params, layout, states, rows, samples, outs, status, scratch, heads, nxt,
                  first, last):
     """Step groups ``first..last-1`` (distinct rows), four at a time in lockstep.
@@ -48,9 +48,11 @@ def _step_groups(params, layout, states, rows, samples, outs, status, scratch, h
     :func:`step_tile`; rounds where fewer than four groups still have samples (and the
     remainder groups) fall back to :func:`step`. Each row's samples stay in order.
     Consecutive tiles walk the weights in opposite directions (see :mod:`.layout`).
+    Out of line (a call per chunk of groups): compiled once for the serial and the
+    parallel kernel, not typed again inside each.
     """
     g = first
-    reverse = False
+    reverse = forward(layout)
     while g + TILE_STREAMS <= last:
         i0, i1, i2, i3 = heads[g], heads[g + 1], heads[g + 2], heads[g + 3]
         while i0 != NO_SAMPLE and i1 != NO_SAMPLE and i2 != NO_SAMPLE and i3 != NO_SAMPLE:

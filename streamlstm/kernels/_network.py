@@ -487,10 +487,11 @@ def _finish(params, layout, state, out, scratch):
 
 # -- public kernels ---------------------------------------------------------------------------
 @njit(inline="always", **JIT)
-def _forward(layout):
-    """``False``, typed as a run-time bool. A literal ``False`` would make Numba compile the
-    layer kernels a second time, specialised for it, beside the run-time ``reverse`` of
-    :func:`run`: about 20 s more on a cold start."""
+def forward(layout):
+    """``False``, typed as a run-time bool, for a ``reverse`` argument. A literal ``False``
+    would make Numba compile the kernels it is passed to a second time, specialised for
+    it, beside the run-time ``reverse`` of :func:`run` or of a bank's alternating tiles:
+    20-30 s more each on a cold start."""
     return layout[L.H_LAYERS] < 0
 
 
@@ -519,7 +520,7 @@ def step(params, layout, state, x, out, scratch):
     ``scratch``: at least ``layout[H_SCRATCH]`` numbers of the model's dtype, contents
     irrelevant.
     """
-    return _step(params, layout, state, x, out, scratch, _forward(layout))
+    return _step(params, layout, state, x, out, scratch, forward(layout))
 
 
 @njit(**JIT)

@@ -48,11 +48,21 @@ def topic_pattern(template: str) -> tuple[str, re.Pattern[str]]:
     return subscription, re.compile(f"{re.escape(head)}([^/]+){re.escape(tail)}")
 
 
+#: Relative difference between a message's ``rate`` and the model's that is reported.
+RATE_TOLERANCE = 0.01
+#: Sensors warned about by name; past that, mismatches are only counted (bounded memory).
+RATE_WARNED_SENSORS = 1000
+
+
 class MQTTSource:
     """One subscription; ``config``: a validated ``[[sources]]`` table, ``broker``: ``[mqtt]``."""
 
-    def __init__(self, config: dict[str, Any], width: int, broker: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], width: int, broker: dict[str, Any],
+                 model_rate: float | None = None) -> None:
         self.name = config["name"]
+        # The model's sample rate, to compare each message's ``rate`` with (None: unknown).
+        self._model_rate = model_rate
+        self._rate_warned: set[str] = set()
         self.stats = SourceStats()
         self._config = config
         self._broker = broker
@@ -142,6 +152,18 @@ class MQTTSource:
             self.stats.dropped(self.name, exc)
             self._acknowledge(message)
 
+    def _rate_mismatch(self, sensor: str, rate: float) -> None:
+        """Count a message whose sample rate is not the model's (its samples are still
+        stepped: the sender may be right and the model wrong); warn once per sensor."""
+        self.stats.error("rate_mismatch")
+        if sensor in self._rate_warned or len(self._rate_warned) >= RATE_WARNED_SENSORS:
+            return
+        self._rate_warned.add(sensor)
+        log.warning("%s: sensor %s sends %g samples/s but the model was trained at %g; "
+                    "its scores mean little until the rates agree (counted as "
+                    "parse errors, reason rate_mismatch)", self.name, sensor, rate,
+                    self._model_rate)
+
     def _acknowledge(self, message: paho.MQTTMessage) -> None:
         """Manual ack of a message dropped here (it is handled: a redelivery would fail too)."""
         if self._manual_ack and message.qos > 0 and self._client is not None:
@@ -170,6 +192,8 @@ class MQTTSource:
             raise ParseError("oversize", f"{len(payload)} bytes")
         block = self.decode_block(payload)
         rate = block.rate or self._config["rate"]
+        if rate and self._model_rate and abs(rate - self._model_rate) > RATE_TOLERANCE * rate:
+            self._rate_mismatch(sensor, rate)
         times = sample_times(len(block.samples), start=block.t, rate=rate, received=received)
         ack = None
         if self._manual_ack and message.qos > 0 and self._client is not None:

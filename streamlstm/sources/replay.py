@@ -105,6 +105,10 @@ def load_recording(path: str | Path, width: int, config: dict[str, Any]) -> Reco
     return Recording(samples, t, name)
 
 
+#: Progress lines come at every tenth of the recording, and at least this often.
+PROGRESS_EVERY_S = 30.0
+
+
 class ReplaySource:
     """Emits a recording in blocks of ``block`` samples; ``speed`` 0 = as fast as possible."""
 
@@ -134,7 +138,7 @@ class ReplaySource:
         total = len(rec.t)
         self.stats.connected = True
         start_wall, start_t = time.monotonic(), rec.t[self._next % total]
-        shown = 0.0
+        shown, reported = time.monotonic(), 100 * self._next // total
         for begin in range(self._next, total, self._block):
             if stop.is_set():
                 break
@@ -146,10 +150,12 @@ class ReplaySource:
             emit([Frame(rec.sensor, rec.t[begin:end], rec.samples[begin:end], time.time())])
             self._next = end
             self.stats.received(end - begin)
-            if self._progress and (time.monotonic() - shown > 0.5 or end == total):
-                shown = time.monotonic()
-                sys.stderr.write(f"\r{self.name}: {end}/{total} samples ({100 * end // total}%)")
-                if end == total:
-                    sys.stderr.write("\n")
+            percent = 100 * end // total
+            if self._progress and (percent // 10 > reported // 10 or end == total
+                                   or time.monotonic() - shown > PROGRESS_EVERY_S):
+                # Whole lines: readable in a log, and an alert printed meanwhile (stdout,
+                # often the same terminal) never lands at the end of a progress line.
+                shown, reported = time.monotonic(), percent
+                sys.stderr.write(f"{self.name}: {end}/{total} samples ({percent}%)\n")
                 sys.stderr.flush()
         self.stats.connected = False

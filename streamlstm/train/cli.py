@@ -14,25 +14,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="model file to write (native .npz)")
     parser.add_argument("--columns", help="comma-separated CSV columns / NPZ arrays to use")
     parser.add_argument("--name", default=None, help="model name (default: the output stem)")
-    parser.add_argument("--sample-rate", type=float, default=None, help="samples per second")
-    parser.add_argument("--hidden", type=int, default=32)
-    parser.add_argument("--layers", type=int, default=1)
+    parser.add_argument("--sample-rate", type=float, default=None, metavar="HZ",
+                        help="samples per second, stored in the model")
+    parser.add_argument("--hidden", type=int, default=32, metavar="UNITS",
+                        help="LSTM units per layer")
+    parser.add_argument("--layers", type=int, default=1, help="stacked LSTM layers")
     parser.add_argument("--target", choices=("delta", "level"), default="delta",
                         help="predict the next change (delta) or the next value (level)")
     parser.add_argument("--folds", type=int, default=3,
                         help="k of the k-fold early stopping and calibration")
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--seq-len", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--patience", type=int, default=5)
-    parser.add_argument("--windows-per-epoch", type=int, default=256)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=40,
+                        help="most training epochs (fewer if early stopping ends it)")
+    parser.add_argument("--seq-len", type=int, default=32, metavar="STEPS",
+                        help="steps per training window (truncated backpropagation)")
+    parser.add_argument("--batch-size", type=int, default=32, help="windows per batch")
+    parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate")
+    parser.add_argument("--patience", type=int, default=5,
+                        help="early stopping: epochs without a better held-out loss")
+    parser.add_argument("--windows-per-epoch", type=int, default=256,
+                        help="training windows drawn per epoch")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (reproducible runs)")
     parser.add_argument("--features", metavar="WINDOW:HOP[:STAT,...]",
                         help="train on windowed features of the raw samples, e.g. "
                         "1024:128:log_rms,crest,kurtosis (for kHz vibration)")
-    parser.add_argument("--metric", choices=("diagonal", "mahalanobis"), default=None)
+    parser.add_argument("--metric", choices=("diagonal", "mahalanobis"), default=None,
+                        help="residual metric (see streamlstm calibrate)")
     for name, kind in (("false-alarms-per-day", float), ("quantile", float),
                        ("margin", float), ("alpha", float), ("hysteresis", float),
                        ("debounce", int), ("quiet-time", float), ("warmup", int)):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -138,3 +139,32 @@ def test_check_config_command_refuses_an_invalid_file(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "sources[0].baud: expected an integer, got 'fast'" in err
     assert "sources[0].columns: required" in err
+
+
+def _check(site: Path, *options: str) -> int:
+    parser = __import__("argparse").ArgumentParser()
+    check.add_arguments(parser)
+    return check.run(parser.parse_args([str(site), *options]))
+
+
+def test_check_config_refuses_a_serial_port_that_does_not_exist(tmp_path, capsys):
+    """The README's placeholder port fails; a real (pty) port passes; the option for a
+    daemon started before its device is plugged in turns the failure into a warning."""
+    leader, follower = os.openpty()
+    try:
+        site = tmp_path / "site.toml"
+        sources = ""
+        for port in ("/dev/serial/by-id/usb-...", os.ttyname(follower)):
+            sources += (f'[[sources]]\ntype = "serial"\nport = "{port}"\ncolumns = [1, 2, 3]\n'
+                        f'time_column = 0\nsensor = "s{len(sources)}"\n')
+        site.write_text(sources)
+        assert _check(site) == 2
+        err = capsys.readouterr().err
+        assert "error: sources[0].port: '/dev/serial/by-id/usb-...' does not exist" in err
+        assert "sources[1]" not in err and "--allow-missing-devices" in err
+        assert _check(site, "--allow-missing-devices") == 0
+        done = capsys.readouterr()
+        assert "warning: sources[0].port" in done.err and ": OK (2 source(s)" in done.out
+    finally:
+        os.close(leader)
+        os.close(follower)

@@ -510,3 +510,31 @@ def test_after_step_acks_leave_unacknowledged_messages_with_the_broker(broker):
     thread.join(10)
     pub.disconnect()
     assert sorted(f.t[0] for f in second) == list(range(4, 25))  # nothing acked came back
+
+
+def test_a_rate_other_than_the_models_is_counted_and_warned_once_per_sensor(broker, caplog):
+    """The README's example once sent rate 1000 to a 50 Hz model; nothing noticed."""
+    table = validate({"sources": [{"type": "mqtt", "name": "plant",
+                                   "topic": "sensors/{sensor}/accel", "qos": 1}]})["sources"][0]
+    source = MQTTSource(table, 3, mqtt_settings(broker.port, "src-rate"), model_rate=50.0)
+    frames, stop = [], threading.Event()
+    thread = threading.Thread(target=source.run, args=(frames.extend, stop), daemon=True)
+    thread.start()
+    wait_until(lambda: source.stats.connected, 10, "the source to connect")
+    messages = [("a", 1000), ("a", 1000), ("b", 1000), ("a", 50), ("b", 50.2)]
+    pub = publisher(broker.port)
+    try:
+        with caplog.at_level("WARNING", logger="streamlstm.sources.mqtt"):
+            for sensor, rate in messages:
+                payload = json.dumps({"rate": rate, "samples": [[0.0, 0.0, 1.0]]}).encode()
+                pub.publish(f"sensors/{sensor}/accel", payload, qos=1).wait_for_publish(5)
+            wait_until(lambda: len(frames) == len(messages), 10, "every message")
+    finally:
+        stop.set()
+        pub.disconnect()
+        thread.join(10)
+    assert len(frames) == 5  # still stepped: only reported
+    assert dict(source.stats.parse_errors) == {"rate_mismatch": 3}
+    warned = [r.getMessage() for r in caplog.records if "trained at" in r.getMessage()]
+    assert len(warned) == 2
+    assert "sensor a sends 1000 samples/s but the model was trained at 50" in warned[0]

@@ -57,6 +57,10 @@ path = "alerts.jsonl"
     logged = [json.loads(x) for x in (tmp_path / "alerts.jsonl").read_text().splitlines()]
     assert sorted((a["sensor"], a["kind"], round(a["t"], 6)) for a in logged) == expected
     assert "replay0: 1200/1200 samples (100%)" in done.stderr  # the progress line
+    # Whole lines (readable in a log), one per tenth at most, none rewritten in place.
+    progress = [line for line in done.stderr.splitlines() if line.startswith("replay0: ")]
+    assert "\r" not in done.stderr and 1 <= len(progress) <= 11
+    assert all(line.endswith("%)") for line in progress)
     if importlib.util.find_spec("matplotlib") is not None:
         assert (tmp_path / "rec.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

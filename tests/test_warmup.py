@@ -1,0 +1,108 @@
+"""Cold start as a person meets it: the compile is announced, Ctrl-C works during it, and
+``streamlstm warmup`` leaves a cache that the next run compiles nothing from."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from numba import njit
+
+from streamlstm.warmup_cli import COMPILING_NOTICE, compile_interruptibly
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cli(*args: str, cache: Path | None = None, **kwargs) -> subprocess.Popen[str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    if cache is not None:
+        env["NUMBA_CACHE_DIR"] = str(cache)
+    return subprocess.Popen([sys.executable, "-m", "streamlstm.cli", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            **kwargs)
+
+
+def test_the_notice_comes_only_when_numba_compiles():
+    @njit
+    def add_one(x):
+        return x + 1
+
+    said = io.StringIO()
+    compile_interruptibly(lambda: add_one(1), prefix="t", stream=said)
+    assert said.getvalue().startswith(f"t: {COMPILING_NOTICE}\n")
+    again = io.StringIO()
+    compile_interruptibly(lambda: add_one(2), prefix="t", stream=again)
+    assert again.getvalue() == ""  # compiled already: nothing to announce
+
+
+def test_a_failure_in_the_worker_is_raised_in_the_caller():
+    def broken() -> None:
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        compile_interruptibly(broken, stream=io.StringIO())
+
+
+def test_ctrl_c_interrupts_a_cold_compile(tmp_path):
+    """A fresh cache: the first run announces the compile; SIGINT ends it at once, 130."""
+    proc = _cli("run", cache=tmp_path / "numba")
+    try:
+        deadline = time.monotonic() + 120
+        lines = []
+        assert proc.stderr is not None
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            lines.append(line)
+            if COMPILING_NOTICE in line or not line:
+                break
+        assert COMPILING_NOTICE in lines[-1], lines
+        proc.send_signal(signal.SIGINT)
+        interrupted = time.monotonic()
+        assert proc.wait(timeout=30) == 130
+        assert time.monotonic() - interrupted < 10
+        assert "interrupted" in proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_warmup_leaves_nothing_to_compile_for_the_same_site(tmp_path):
+    site = tmp_path / "site.toml"
+    site.write_text('[[sinks]]\ntype = "stdout"\n')
+    first = _cli("warmup", "--config", str(site))
+    out, err = first.communicate(timeout=900)
+    assert first.returncode == 0, err
+    assert "kernels ready for accel-default" in out
+    second = _cli("warmup", "--config", str(site))
+    out, err = second.communicate(timeout=300)
+    assert second.returncode == 0, err
+    assert COMPILING_NOTICE not in err  # every kernel came from the cache
+    assert "kernels ready for accel-default (float32)" in out
+
+
+def test_warmup_refuses_an_unknown_dtype():
+    proc = _cli("warmup", "--dtype", "float16")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "--dtype: expected float32 and/or float64" in err
+
+
+def test_clear_cache_finds_only_this_packages_kernels_under_numba_cache_dir(tmp_path,
+                                                                          monkeypatch):
+    from numba import config
+
+    from streamlstm.warmup_cli import cached_kernel_files
+
+    ours = tmp_path / "srv" / "streamlstm" / "kernels" / "_network.step-1.py311.nbi"
+    theirs = tmp_path / "srv" / "otherlib" / "f-1.py311.nbi"
+    for path in (ours, theirs):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"")
+    monkeypatch.setattr(config, "CACHE_DIR", str(tmp_path))
+    found = cached_kernel_files()
+    assert ours in found and theirs not in found
