@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,3 +32,20 @@ def as_sample(value: Any, dtype: np.dtype, width: int) -> np.ndarray:
     if array.shape != (width,):
         raise ShapeError(f"sample: expected shape ({width},), got {array.shape}")
     return array
+
+
+def as_timed_batch(sensor_ids: Sequence[Hashable] | np.ndarray, samples: Any, timestamps: Any,
+                   dtype: np.dtype, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """A detector's micro-batch checked: ``(samples (M, width) of dtype, times (M,) float64)``,
+    with one sensor id per sample, or a :class:`ShapeError`."""
+    array = as_samples(samples, dtype, width)
+    count = array.shape[0]
+    if len(sensor_ids) != count:
+        raise ShapeError(f"sensor_ids: {len(sensor_ids)} ids for {count} samples")
+    try:
+        times = np.ascontiguousarray(timestamps, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ShapeError(f"timestamps: cannot convert to float64 ({exc})") from None
+    if times.shape != (count,):
+        raise ShapeError(f"timestamps: expected shape ({count},), got {times.shape}")
+    return array, times

@@ -8,7 +8,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from .._samples import as_samples
+from .._samples import as_timed_batch
 from ..bank import PARALLEL_THRESHOLD, Bank
 from ..errors import ConfigError, ShapeError
 from ..formats.native import model_sha256
@@ -189,16 +189,8 @@ class Detector:
         smoothed score (NaN for a rejected sample or before a sensor has any score) and
         :attr:`last_status` the kernels' status codes.
         """
-        samples = as_samples(samples, self._dtype, self.axes)
+        samples, times = as_timed_batch(sensor_ids, samples, timestamps, self._dtype, self.axes)
         count = samples.shape[0]
-        if len(sensor_ids) != count:
-            raise ShapeError(f"sensor_ids: {len(sensor_ids)} ids for {count} samples")
-        try:
-            times = np.ascontiguousarray(timestamps, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise ShapeError(f"timestamps: cannot convert to float64 ({exc})") from None
-        if times.shape != (count,):
-            raise ShapeError(f"timestamps: expected shape ({count},), got {times.shape}")
         rows = self.bank.rows(sensor_ids)
         self._sync_capacity()
         scores = np.empty(count, np.float64)

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from .._samples import as_samples
+from .._samples import as_timed_batch
 from ..errors import ConfigError, ShapeError
 from ..formats.native import model_sha256
 from ..model import Model
@@ -223,16 +223,9 @@ class WindowDetector:
                timestamps: Any, *, alert: bool = True) -> list[AlertEvent]:
         """Feed a micro-batch (``samples`` ``(M, D)`` in sensor units, ``timestamps``
         ``(M,)`` s); return the alert events the windows it completed caused."""
-        samples = as_samples(samples, self.model.dtype, self.axes)
+        samples, times = as_timed_batch(sensor_ids, samples, timestamps, self.model.dtype,
+                                        self.axes)
         count = samples.shape[0]
-        if len(sensor_ids) != count:
-            raise ShapeError(f"sensor_ids: {len(sensor_ids)} ids for {count} samples")
-        try:
-            times = np.ascontiguousarray(timestamps, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise ShapeError(f"timestamps: cannot convert to float64 ({exc})") from None
-        if times.shape != (count,):
-            raise ShapeError(f"timestamps: expected shape ({count},), got {times.shape}")
         bad = ~np.isfinite(times)
         scoring = self._scoring
         if bad.any() or (scoring is not None and scoring.masked):
