@@ -101,6 +101,27 @@ def _pack_transposed(layer: RecurrentLayer, rec: np.ndarray, put) -> None:
         rec[L.L_B2] = put(layer.b_hh)
 
 
+class FlatBuffer:
+    """Arrays laid end to end in one flat buffer of ``dtype``; :meth:`put` gives each offset."""
+
+    def __init__(self, dtype: np.dtype) -> None:
+        self.dtype = dtype
+        self._chunks: list[np.ndarray] = []
+        self._size = 0
+
+    def put(self, array: np.ndarray) -> int:
+        """Append ``array`` (flattened, C order); return where it starts."""
+        offset = self._size
+        flat = np.ascontiguousarray(array, dtype=self.dtype).ravel()
+        self._chunks.append(flat)
+        self._size += flat.size
+        return offset
+
+    def array(self) -> np.ndarray:
+        """The buffer: everything put so far, in order."""
+        return np.concatenate(self._chunks) if self._chunks else np.zeros(0, self.dtype)
+
+
 def pack(model: Model, target: str = CPU) -> PackedModel:
     """Pack ``model``'s weights into one contiguous buffer in the form ``target`` reads.
 
@@ -110,17 +131,8 @@ def pack(model: Model, target: str = CPU) -> PackedModel:
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
     model.check_streamable()
-    chunks: list[np.ndarray] = []
-    cursor = 0
-
-    def put(array: np.ndarray) -> int:
-        nonlocal cursor
-        offset = cursor
-        flat = np.ascontiguousarray(array, dtype=model.dtype).ravel()
-        chunks.append(flat)
-        cursor += flat.size
-        return offset
-
+    buffer = FlatBuffer(model.dtype)
+    put = buffer.put
     header = np.full(L.HEADER, -1, np.int64)
     records: list[np.ndarray] = []
     state_offset = 0
@@ -179,8 +191,7 @@ def pack(model: Model, target: str = CPU) -> PackedModel:
     header[L.H_SC_PONG] = header[L.H_SC_PING] + widest_dense
     header[L.H_SCRATCH] = header[L.H_SC_PONG] + widest_dense
 
-    params = np.concatenate(chunks) if chunks else np.zeros(0, model.dtype)
-    return PackedModel(params=params, layout=np.concatenate([header, *records]))
+    return PackedModel(params=buffer.array(), layout=np.concatenate([header, *records]))
 
 
 _PACKED: weakref.WeakKeyDictionary[Model, dict[str, PackedModel]] = weakref.WeakKeyDictionary()

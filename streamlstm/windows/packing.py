@@ -19,7 +19,7 @@ from ..kernels import _window as K
 from ..kernels._math import ACTIVATION_CODES
 from ..kernels.layout import H_SCRATCH, H_STATE
 from ..model import Model, RecurrentLayer
-from ..packing import PackedModel, pack
+from ..packing import FlatBuffer, PackedModel, pack
 
 MODE_CODES = {"last": K.MODE_LAST, "every": K.MODE_EVERY, "probabilities": K.MODE_SOFTMAX,
               "log_probabilities": K.MODE_LOG_SOFTMAX}
@@ -67,17 +67,8 @@ def pack_windows(model: Model, output: str) -> WindowPacked:
 
     ``output`` is a :data:`streamlstm.window_spec.OUTPUTS` mode.
     """
-    chunks: list[np.ndarray] = []
-    cursor = 0
-
-    def put(array: np.ndarray) -> int:
-        nonlocal cursor
-        offset = cursor
-        flat = np.ascontiguousarray(array, dtype=model.dtype).ravel()
-        chunks.append(flat)
-        cursor += flat.size
-        return offset
-
+    buffer = FlatBuffer(model.dtype)
+    put = buffer.put
     header = np.full(K.HEADER, -1, np.int64)
     records: list[np.ndarray] = []
     streams: list[PackedModel] = []
@@ -124,7 +115,7 @@ def pack_windows(model: Model, output: str) -> WindowPacked:
     header[K.W_DENSE_WIDTH] = dense_width
     header[K.W_STREAM_STATE] = max([1] + [int(p.layout[H_STATE]) for p in streams])
     header[K.W_STREAM_SCRATCH] = max([1] + [int(p.layout[H_SCRATCH]) for p in streams])
-    params = np.concatenate(chunks) if chunks else np.zeros(0, model.dtype)
+    params = buffer.array()
     index = np.zeros((max(1, len(streams)), 4), np.int64)
     params_at = layout_at = 0
     for row, stream in zip(index[:len(streams)], streams, strict=True):
