@@ -3,7 +3,10 @@
 One step of N streams (H=64, D=3, one LSTM layer + Linear head), N in {1, 1k, 64k, 1M}:
 
 * ``bank kernel``: the fused step kernel alone, CUDA events around the launch (samples
-  already on the device), median of ``--reps`` after ``--warmup`` steps;
+  already on the device), median of ``--reps`` after ``--warmup`` steps, for each step
+  kernel (``--kernels``: the tiled one and the thread-per-stream one, side by side);
+* ``launch floor``: an empty kernel with the same arguments, launched and timed the
+  same way: what numba-cuda's launch costs before any work;
 * ``bank e2e``: ``CudaBank.step_rows`` from Python, wall clock: samples up, kernel,
   predictions and statuses down, synchronised;
 * ``block T``: ``CudaBank.run`` with ``--block-steps`` samples per stream, per step: the
@@ -56,7 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="largest N for the block mode (host memory: N*T*(D+O+1) floats)")
     parser.add_argument("--cpu-max", type=int, default=65536, help="largest N for the CPU bank")
     parser.add_argument("--crossover-sizes", type=int, nargs="+",
-                        default=[4, 16, 64, 256, 1024, 4096])
+                        default=[256, 1024, 4096, 16384, 65536])
+    parser.add_argument("--kernels", nargs="+", default=["tiled", "per-stream"],
+                        choices=["tiled", "per-stream"], help="step kernels to compare")
     parser.add_argument("--block-size", type=int, default=None,
                         help="CudaBank threads per block (default: the bank's)")
     parser.add_argument("--max-registers", type=int, default=None,
@@ -142,15 +147,32 @@ def floors(n: int, hidden: int, inputs: int, outputs: int,
     return out
 
 
-def cuda_bank(model: Any, n: int, args: argparse.Namespace) -> Any:
+def cuda_bank(model: Any, n: int, args: argparse.Namespace, kernel: str) -> Any:
     from streamlstm.cuda import CudaBank
 
-    return CudaBank(model, n, block_size=args.block_size, max_registers=args.max_registers)
+    registers = args.max_registers if kernel == "per-stream" else None
+    return CudaBank(model, n, block_size=args.block_size, max_registers=registers, kernel=kernel)
 
 
-def bench_bank(cuda: Any, model: Any, n: int, args: argparse.Namespace,
-               simulated: bool) -> dict[str, float]:
-    bank = cuda_bank(model, n, args)
+def launch_floor(cuda: Any, args: argparse.Namespace, simulated: bool) -> float:
+    """Milliseconds of an empty kernel with the step kernel's arguments (CUDA events)."""
+
+    @cuda.jit
+    def empty(buffer, index, capacity, groups, samples, steps):
+        if groups < 0:  # never: the body must not be optimised away entirely
+            buffer[0] = index[0]
+
+    stream = cuda.stream()
+    buffer = cuda.device_array(1024, np.float32)
+    index = cuda.device_array(1024, np.int32)
+    launch = empty[1, 128, stream]
+    return event_times(cuda, stream, lambda: launch(buffer, index, 1024, 1, 1, 1),
+                       args.reps, args.warmup, simulated=simulated)
+
+
+def bench_bank(cuda: Any, model: Any, n: int, args: argparse.Namespace, simulated: bool,
+               kernel: str) -> dict[str, float]:
+    bank = cuda_bank(model, n, args, kernel)
     rows = bank.rows(range(n))
     rng = np.random.default_rng(0)
     xs = rng.normal(size=(n, args.inputs)).astype(np.float32)
@@ -255,20 +277,26 @@ def main(argv: list[str] | None = None) -> int:
     outputs = args.inputs
     model = sl.random_model(args.inputs, [args.hidden], output_size=outputs, seed=0)
     facts = device_facts(cuda, simulated)
+    facts["launch_floor_ms"] = launch_floor(cuda, args, simulated)
+    print(f"device: {facts['name']}; numba-cuda launch floor (empty kernel, same arguments): "
+          f"{facts['launch_floor_ms'] * 1e3:.1f} us")
     rows_out = []
     for n in args.sizes:
-        row: dict[str, Any] = {"n": n}
-        row.update(bench_bank(cuda, model, n, args, simulated))
+        peers: dict[str, Any] = {}
         if not simulated:
-            row.update(bench_torch(n, args, outputs))
+            peers.update(bench_torch(n, args, outputs))
         if n <= args.cpu_max:
-            row["cpu_bank_ms"] = bench_cpu(model, n, args)
-        row.update(floors(n, args.hidden, args.inputs, outputs, facts))
-        rows_out.append(row)
-        print_row(row, first=len(rows_out) == 1)
+            peers["cpu_bank_ms"] = bench_cpu(model, n, args)
+        peers.update(floors(n, args.hidden, args.inputs, outputs, facts))
+        for kernel in args.kernels:
+            row: dict[str, Any] = {"n": n, "kernel": kernel}
+            row.update(bench_bank(cuda, model, n, args, simulated, kernel))
+            row.update(peers)
+            rows_out.append(row)
+            print_row(row, first=len(rows_out) == 1)
     crossover = measure_crossover(model, cuda, args, simulated)
-    print(f"CPU/GPU crossover (smallest N where the GPU e2e step beats the CPU bank): "
-          f"{crossover['crossover_n']}")
+    print(f"CPU/GPU crossover (smallest N where the GPU e2e step beats the CPU bank, "
+          f"{args.kernels[0]} kernel): {crossover['crossover_n']}")
     record = {"benchmark": "bench_cuda", "device": facts, "hidden": args.hidden,
               "block_size": args.block_size, "max_registers": args.max_registers,
               "inputs": args.inputs, "simulated": simulated, "python": platform.python_version(),
@@ -284,7 +312,7 @@ def measure_crossover(model: Any, cuda: Any, args: argparse.Namespace,
     table = []
     found = None
     for n in args.crossover_sizes:
-        bank = cuda_bank(model, n, args)
+        bank = cuda_bank(model, n, args, args.kernels[0])
         rows = bank.rows(range(n))
         xs = np.random.default_rng(2).normal(size=(n, args.inputs)).astype(np.float32)
         gpu = wall_times(lambda bank=bank, rows=rows, xs=xs: bank.step_rows(rows, xs),
@@ -308,7 +336,8 @@ def versions() -> dict[str, str]:
     return out
 
 
-COLUMNS = [("N", "n", "{:>8d}"), ("kernel us", "bank_kernel_ms", "{:>10.1f}"),
+COLUMNS = [("N", "n", "{:>8d}"), ("step kernel", "kernel", "{:>11s}"),
+           ("kernel us", "bank_kernel_ms", "{:>10.1f}"),
            ("e2e us", "bank_e2e_ms", "{:>10.1f}"),
            ("block kern/step us", "block_kernel_ms_per_step", "{:>18.2f}"),
            ("block e2e/step us", "block_e2e_ms_per_step", "{:>17.2f}"),
@@ -317,18 +346,22 @@ COLUMNS = [("N", "n", "{:>8d}"), ("kernel us", "bank_kernel_ms", "{:>10.1f}"),
            ("CPU bank us", "cpu_bank_ms", "{:>11.1f}")]
 
 
+def sample_cell(fmt: str) -> str:
+    """A cell printed with ``fmt``, for its width."""
+    return fmt.format({"d": 0, "s": ""}.get(fmt[-2], 0.0))
+
+
 def print_row(row: dict[str, Any], *, first: bool) -> None:
     if first:
-        print(" | ".join(f"{title:>{len(fmt.format(0) if 'd' in fmt else fmt.format(0.0))}}"
-                         for title, _, fmt in COLUMNS)
+        print(" | ".join(f"{title:>{len(sample_cell(fmt))}}" for title, _, fmt in COLUMNS)
               + " | eager/kernel | graph/kernel | steps/s (kernel) | floor mem us | floor flop us"
               " | kernel/floor")
     cells = []
     for _title, key, fmt in COLUMNS:
         value = row.get(key)
         if value is None:
-            cells.append(" " * len(fmt.format(0.0 if "f" in fmt else 0)))
-        elif key == "n":
+            cells.append(" " * len(sample_cell(fmt)))
+        elif key in ("n", "kernel"):
             cells.append(fmt.format(value))
         else:
             cells.append(fmt.format(value * 1e3))

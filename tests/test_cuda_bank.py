@@ -63,6 +63,12 @@ def _model(name: str) -> Model:
 
 
 MODELS = ["lstm_proj", "gru_after", "gru_before", "lstm_gru"]
+#: Both step kernels are checked against the CPU bank wherever the kernel matters.
+KERNELS = ["tiled", "per-stream"]
+
+
+def _gpu(model: Model, capacity: int, kernel: str, **options) -> cuda_bank.CudaBank:
+    return cuda_bank.CudaBank(model, capacity, kernel=kernel, **options)
 
 
 def _assert_same_step(cpu, gpu, ids, xs) -> None:
@@ -81,11 +87,12 @@ def _assert_same_states(cpu, gpu) -> None:
         assert gpu.rejected(sensor) == cpu.rejected(sensor)
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("name", MODELS)
-def test_micro_batches_match_cpu_bank(name):
+def test_micro_batches_match_cpu_bank(name, kernel):
     """Repeated sensors per batch, NaN/Inf samples, new sensors mid-stream, bank growth."""
     model = _model(name)
-    cpu, gpu = model.bank(2), model.bank(2, device="cuda")
+    cpu, gpu = model.bank(2), _gpu(model, 2, kernel)
     rng = np.random.default_rng(7)
     pool = ["a", "b", 3]
     for batch in range(4):
@@ -103,22 +110,24 @@ def test_micro_batches_match_cpu_bank(name):
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the simulator's numpy scalars overflow
-def test_overflow_is_rejected_and_state_kept():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_overflow_is_rejected_and_state_kept(kernel):
     """A finite sample that overflows the network leaves (h, c) as it was, as on the CPU."""
     base = _model("lstm_proj")
     model = base.replace(input_norm=Normalization(np.zeros(D, np.float32),
                                                   np.full(D, 1e-30, np.float32)))
-    cpu, gpu = model.bank(4), model.bank(4, device="cuda")
+    cpu, gpu = model.bank(4), _gpu(model, 4, kernel)
     xs = np.array([[0.1, 0.2, 0.3], [1e30, -1e30, 1e30], [0.2, 0.1, 0.0]], np.float32)
     _assert_same_step(cpu, gpu, ["s", "s", "s"], xs)
     assert list(cpu.last_status) == [L.OK, L.REJECTED_RESULT, L.OK]
     _assert_same_states(cpu, gpu)
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("name", ["lstm_proj", "gru_before"])
-def test_block_mode_matches_stepping(name):
+def test_block_mode_matches_stepping(name, kernel):
     model = _model(name)
-    cpu, gpu = model.bank(4), model.bank(4, device="cuda")
+    cpu, gpu = model.bank(4), _gpu(model, 4, kernel)
     rng = np.random.default_rng(3)
     warm = rng.normal(size=(2, D)).astype(np.float32)
     _assert_same_step(cpu, gpu, ["x", "y"], warm)
@@ -177,14 +186,22 @@ def test_state_accessors_forget_and_reset():
 
 
 def test_device_choice():
+    from streamlstm.cuda import AUTO_MIN_STREAMS
+    from streamlstm.cuda._compat import simulator_enabled
+
     model = _model("lstm_proj")
-    assert type(model.bank(4096, device="auto")).__name__ == "Bank"  # simulator is not a GPU
+    big = max(4096, AUTO_MIN_STREAMS)
+    # The simulator is never chosen for speed; a real GPU is, for big enough banks.
+    want = "Bank" if simulator_enabled() else "CudaBank"
+    assert type(model.bank(big, device="auto")).__name__ == want
+    assert type(model.bank(AUTO_MIN_STREAMS - 1, device="auto")).__name__ == "Bank"
     assert type(model.bank(4, device="cuda")).__name__ == "CudaBank"
     with pytest.raises(ValueError, match="device must be one of"):
         model.bank(4, device="tpu")
 
 
-def test_benchmark_model_with_weights_in_global_memory():
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_benchmark_model_with_weights_in_global_memory(kernel):
     """H=64 weights (70 KB) exceed the 48 KB of static shared memory: the global-memory path."""
     from streamlstm.cuda.kernels import SHARED_BYTES
     from streamlstm.model import random_model
@@ -192,7 +209,7 @@ def test_benchmark_model_with_weights_in_global_memory():
     model = random_model(D, [64], output_size=D, seed=4)
     assert model.parameter_count * 4 > SHARED_BYTES
     cpu = model.bank(4)
-    gpu = cuda_bank.CudaBank(model, 4, block_size=2)  # several blocks
+    gpu = _gpu(model, 4, kernel, block_size=2 if kernel == "per-stream" else 64)
     rng = np.random.default_rng(9)
     for _ in range(2):
         _assert_same_step(cpu, gpu, [0, 1, 2, 1], rng.normal(size=(4, D)).astype(np.float32))
@@ -214,7 +231,7 @@ def test_launch_shapes_change_between_batches():
     """Batches needing 2, 1 and 2 blocks again: each launch must cover all its groups."""
     model = _model("lstm_proj")
     cpu = model.bank(2)
-    gpu = cuda_bank.CudaBank(model, 2, block_size=2)
+    gpu = _gpu(model, 2, "per-stream", block_size=2)
     rng = np.random.default_rng(8)
     for ids in ([3, 0, 4, 1, 3], [1], [2, 0, 1, 1, 0]):
         _assert_same_step(cpu, gpu, ids, rng.normal(size=(len(ids), D)).astype(np.float32))
@@ -254,13 +271,15 @@ def _random_architecture(rng: np.random.Generator) -> Model:
                  output_norm=norm(width) if rng.random() < 0.5 else None)
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("seed", range(8))
-def test_random_architectures_match_cpu_bank(seed):
+def test_random_architectures_match_cpu_bank(seed, kernel):
     """Random stacks (LSTM/proj/GRU, heads, activations, norms, dtypes) and launch shapes."""
     rng = np.random.default_rng(1000 + seed)
     model = _random_architecture(rng)
     cpu = model.bank(2)
-    gpu = cuda_bank.CudaBank(model, 2, block_size=int(rng.integers(1, 5)))
+    # Any block size works for both kernels: tiles loop over their items in block strides.
+    gpu = _gpu(model, 2, kernel, block_size=int(rng.integers(1, 5)))
     for _ in range(3):
         m = int(rng.integers(1, 9))
         ids = [int(i) for i in rng.integers(0, 6, m)]
@@ -274,3 +293,37 @@ def test_random_architectures_match_cpu_bank(seed):
     for t in range(2):
         np.testing.assert_allclose(got[:, t], cpu.step(sensors, block[:, t]), atol=TOL, rtol=0)
     _assert_same_states(cpu, gpu)
+
+
+def test_many_tiles_and_long_groups_match_cpu_bank():
+    """More sensors than one tile holds, uneven sample counts per sensor, block mode over tiles."""
+    from streamlstm.model import random_model
+
+    model = random_model(D, [9], output_size=2, seed=12)
+    cpu, gpu = model.bank(8), _gpu(model, 8, "tiled", block_size=8)
+    tile = gpu._step.tile_streams
+    rng = np.random.default_rng(13)
+    ids = [int(i) for i in rng.integers(0, tile + 5, 3 * tile)]
+    xs = rng.normal(0, 1, (len(ids), D)).astype(np.float32)
+    xs[4, 0] = np.nan
+    _assert_same_step(cpu, gpu, ids, xs)
+    sensors = sorted(set(ids))
+    block = rng.normal(0, 1, (len(sensors), 3, D)).astype(np.float32)
+    got = gpu.run(sensors, block)
+    for t in range(3):
+        np.testing.assert_allclose(got[:, t], cpu.step(sensors, block[:, t]), atol=TOL, rtol=0)
+    _assert_same_states(cpu, gpu)
+
+
+def test_kernel_choice_follows_shared_memory():
+    """``auto`` takes the tiled kernel when a tile's state fits in shared memory."""
+    from streamlstm.model import random_model
+
+    small = random_model(D, [64], output_size=D, seed=1)
+    assert _gpu(small, 2, "auto").kernel == "tiled"
+    big = random_model(D, [256, 256], output_size=D, seed=1)  # 1024 state numbers per stream
+    assert _gpu(big, 2, "auto").kernel == "per-stream"
+    with pytest.raises(ValueError, match="smallest tile"):
+        _gpu(big, 2, "tiled")
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        _gpu(small, 2, "fastest")

@@ -92,15 +92,17 @@ def test_step_kernel_compiles_for_a_real_gpu():
         from streamlstm.model import random_model
         from streamlstm.packing import CUDA, pack
         from streamlstm.cuda.kernels import step_kernel
+        from streamlstm.cuda.tiles import tile_kernel
         for kind, dtype in (("lstm", np.float32), ("gru", np.float64)):
             model = random_model(3, [8, 6], kind=kind, output_size=2, dtype=dtype)
             pk = pack(model, CUDA)
-            k = step_kernel(pk.layout, model.dtype, pk.params.size)
             T = numba.from_dtype(model.dtype)
             sig = (T[::1], numba.int32[::1], numba.int64, numba.int64, numba.int64,
                    numba.int64)
-            ptx, _ = cuda.compile_ptx(k.kernel.py_func, sig, cc=(9, 0))
-            assert ".entry" in ptx
+            for k in (step_kernel(pk.layout, model.dtype, pk.params.size),
+                      tile_kernel(pk.layout, model.dtype, pk.params.size)):
+                ptx, _ = cuda.compile_ptx(k.kernel.py_func, sig, cc=(9, 0))
+                assert ".entry" in ptx
         from streamlstm.cuda.kernels import state_kernels
         moves = state_kernels()
         F, I, i64 = numba.float32[::1], numba.int64[::1], numba.int64
@@ -129,7 +131,9 @@ def test_benchmark_runs_end_to_end_on_the_simulator(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads(out.read_text())
     assert record["simulated"] is True
-    assert [row["n"] for row in record["rows"]] == [1, 8]
+    assert [(row["n"], row["kernel"]) for row in record["rows"]] == [
+        (1, "tiled"), (1, "per-stream"), (8, "tiled"), (8, "per-stream")]
+    assert record["device"]["launch_floor_ms"] > 0
     assert all(row["bank_e2e_ms"] > 0 and row["block_e2e_ms_per_step"] > 0
                for row in record["rows"])
 

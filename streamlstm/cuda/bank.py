@@ -16,6 +16,7 @@ from ..packing import CUDA, packed
 from ..stream import join_state, split_state
 from ._compat import require_cuda, simulator_enabled
 from ._grouping import NO_GROUP, group_by_row
+from ._records import split_records
 from .kernels import (
     BLOCK_SIZE,
     SIMULATOR_BLOCK_SIZE,
@@ -25,6 +26,12 @@ from .kernels import (
     state_kernels,
     step_kernel,
 )
+from .tiles import SIMULATOR_TILE_THREADS, TILE_THREADS, tile_kernel
+
+#: Step kernels a bank can use: ``tiled`` (a block per tile of streams, :mod:`.tiles`;
+#: ``auto`` picks it whenever the model's tiles fit in shared memory) or ``per-stream``
+#: (a thread per stream, :mod:`.kernels`).
+KERNELS = ("auto", "tiled", "per-stream")
 
 
 class CudaBank(SensorRows):
@@ -41,17 +48,23 @@ class CudaBank(SensorRows):
     the device the state is stored transposed, ``[S, capacity]``, for coalesced access.
     :meth:`run` is the block mode: ``T`` samples per sensor in one launch.
 
-    ``block_size`` (threads per block, default 128) and ``max_registers`` (per thread,
-    default: the compiler's choice) are launch tunables; ``bench_cuda.py`` measures them.
-    Raises :class:`~streamlstm.errors.CudaUnavailableError` if no GPU (or simulator).
+    ``kernel`` chooses the step kernel (:data:`KERNELS`). ``block_size`` (threads per
+    block; default 256 tiled, 128 per-stream) and ``max_registers`` (per thread, default:
+    the compiler's choice; per-stream kernel only) are launch tunables that
+    ``bench_cuda.py`` measures. Raises :class:`~streamlstm.errors.CudaUnavailableError` if
+    no GPU (or simulator).
     """
 
     def __init__(self, model: Model, capacity: int = 1024, *, block_size: int | None = None,
-                 max_registers: int | None = None) -> None:
+                 max_registers: int | None = None, kernel: str = "auto") -> None:
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
         if block_size is not None and not 1 <= block_size <= 1024:
             raise ValueError("block_size must be in 1..1024")
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+        if kernel == "tiled" and max_registers is not None:
+            raise ValueError("max_registers applies to the per-stream kernel only")
         cuda = require_cuda()
         self._cuda = cuda
         self.model = model
@@ -60,14 +73,25 @@ class CudaBank(SensorRows):
         self._dtype = model.dtype
         self._n_in, self._n_out = model.input_size, model.output_size
         self._n_state = pk.state_size
-        self._step = step_kernel(pk.layout, self._dtype, pk.params.size,
-                                 max_registers=max_registers)
+        tiled = None
+        if kernel != "per-stream" and max_registers is None:
+            tiled = tile_kernel(pk.layout, self._dtype, pk.params.size)
+            if tiled is None and kernel == "tiled":
+                raise ValueError(f"{model.name}: the state of even the smallest tile of "
+                                 "streams exceeds shared memory; use kernel='per-stream'")
+        self._step = tiled or step_kernel(pk.layout, self._dtype, pk.params.size,
+                                          max_registers=max_registers)
+        #: The step kernel in use: ``"tiled"`` or ``"per-stream"``.
+        self.kernel = "tiled" if tiled is not None else "per-stream"
         self._record = self._n_in + self._step.io_width  # I/O numbers per sample
         self._moves = state_kernels()
         self._stream = cuda.stream()
         self._simulated = simulator_enabled()
         if block_size is None:
-            block_size = SIMULATOR_BLOCK_SIZE if self._simulated else BLOCK_SIZE
+            if tiled is not None:
+                block_size = SIMULATOR_TILE_THREADS if self._simulated else TILE_THREADS
+            else:
+                block_size = SIMULATOR_BLOCK_SIZE if self._simulated else BLOCK_SIZE
         self._block = block_size
         super().__init__()
         self._rejected = np.zeros(capacity, np.int64)
@@ -138,7 +162,7 @@ class CudaBank(SensorRows):
 
     def _launcher(self, groups: int) -> Any:
         """The kernel configured for ``groups`` threads, reused across calls of one size."""
-        blocks = max(1, -(-groups // self._block))
+        blocks = self._step.launch_shape(groups, self._block)
         if self._simulated:
             # The simulator's kernel[...] reconfigures and returns the kernel itself, so a
             # cached launcher would run with whatever configuration was set last.
@@ -251,11 +275,10 @@ class CudaBank(SensorRows):
         return rows
 
     def _finish(self, records: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        outs = records[:, :self._n_out].copy()
-        status = records[:, self._n_out].astype(np.int8)
-        bad = status != L.OK
-        if bad.any():
-            np.add.at(self._rejected, rows[bad], 1)
+        outs = np.empty((records.shape[0], self._n_out), self._dtype)
+        status = np.empty(records.shape[0], np.int8)
+        if split_records(records, outs, status):
+            np.add.at(self._rejected, rows[status != L.OK], 1)
         self.last_status = status
         return outs
 

@@ -72,6 +72,12 @@ class StepKernel:
     weights_in_shared: bool
     io_width: int  # numbers per output record: O predictions then the status code
     state_base: int  # offset of the state block in the float buffer
+    tile_streams: int = 0  # streams per block of the tiled kernel (.tiles); 0: one per thread
+
+    def launch_shape(self, groups: int, threads: int) -> int:
+        """Blocks covering ``groups`` streams, given ``threads`` per block."""
+        per_block = self.tile_streams or threads
+        return max(1, -(-groups // per_block))
 
 
 #: Offsets in the float buffer are aligned to this many numbers (128 bytes in float32).
@@ -95,21 +101,37 @@ def buffer_layout(n_params: int, n_state: int, capacity: int) -> tuple[int, int]
     return base, base + n_state * capacity
 
 
-def _model_constants(layout: np.ndarray) -> dict[str, int]:
+def model_constants(layout: np.ndarray) -> dict[str, int]:
+    """Sizes the kernels are specialised on: counts and widths read off a packed layout.
+
+    ``hidden``: widest layer; ``wide``: widest ``h`` or head output; ``head``: widest head
+    output (0 without a head); ``scratch``: per-stream numbers a layer parks between
+    passes (LSTM projection: the unprojected ``h``; GRU reset before ``W_hn``: ``r * h``
+    and ``x_n``).
+    """
     n_layers = int(layout[L.H_LAYERS])
     widest_hidden = 1
     widest_dense = 1
+    widest_head = 0
+    scratch = 0
     for index in range(n_layers):
         rec = layout[L.HEADER + index * L.LAYER_RECORD:][:L.LAYER_RECORD]
-        widest_hidden = max(widest_hidden, int(rec[L.L_HIDDEN]))
+        hidden = int(rec[L.L_HIDDEN])
+        widest_hidden = max(widest_hidden, hidden)
         widest_dense = max(widest_dense, int(rec[L.L_OUT]))
+        if rec[L.L_KIND] == L.LSTM and rec[L.L_WR] >= 0:
+            scratch = max(scratch, hidden)
+        elif rec[L.L_KIND] != L.LSTM and rec[L.L_RESET_AFTER] != 1:
+            scratch = max(scratch, 2 * hidden)
     dense_base = L.HEADER + n_layers * L.LAYER_RECORD
     for index in range(int(layout[L.H_DENSE])):
         rec = layout[dense_base + index * L.DENSE_RECORD:][:L.DENSE_RECORD]
         widest_dense = max(widest_dense, int(rec[L.D_OUT]))
+        widest_head = max(widest_head, int(rec[L.D_OUT]))
     return {"layers": n_layers, "inputs": int(layout[L.H_INPUT]),
             "outputs": int(layout[L.H_OUTPUT]), "dense": int(layout[L.H_DENSE]),
-            "state": int(layout[L.H_STATE]), "hidden": widest_hidden, "wide": widest_dense}
+            "state": int(layout[L.H_STATE]), "hidden": widest_hidden, "wide": widest_dense,
+            "head": widest_head, "scratch": scratch}
 
 
 @cache
@@ -132,7 +154,7 @@ def step_kernel(layout: np.ndarray, dtype: np.dtype, n_params: int, *,
 
 def _build(layout: np.ndarray, dtype: np.dtype, n_params: int,
            max_registers: int | None) -> StepKernel:
-    k = _model_constants(layout)
+    k = model_constants(layout)
     LAY = layout  # a global array of the kernel: frozen into its constant memory
     DT = numba.from_dtype(dtype)
     N_LAYERS, N_IN, N_OUT, N_DENSE = k["layers"], k["inputs"], k["outputs"], k["dense"]
