@@ -15,12 +15,13 @@ from ._compat import is_available, simulator_enabled
 if TYPE_CHECKING:
     from .bank import CudaBank
 
-#: ``device="auto"`` picks the GPU for banks of at least this many streams. An estimate
-#: until measured (``python benchmarks/bench_cuda.py`` prints the crossover): a GPU step
-#: costs a fixed ~40-60 us of launch and transfers, the CPU bank 0.33 us per H=64
-#: stream-step on one core and 0.18 on two (bench_core), so the GPU should win from
-#: 150-300 streams up; 512 leaves a margin for the estimate.
-AUTO_MIN_STREAMS = 512
+#: ``device="auto"`` picks the GPU for banks of at least this many streams. Measured
+#: (``benchmarks/bench_cuda.py``, H200, H=64, one step from Python, transfers included):
+#: the GPU's step costs 0.46-0.56 ms up to 4,096 streams (numba-cuda's launch and the
+#: transfers), so the CPU bank wins below that (0.46 ms at 4,096 on a 16-core host); at
+#: 16,384 the GPU takes 0.77 ms against 1.71 ms. The crossover lies between; a host with
+#: fewer cores than that one crosses over earlier.
+AUTO_MIN_STREAMS = 8192
 
 DEVICES = ("cpu", "cuda", "auto")
 
