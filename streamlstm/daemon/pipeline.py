@@ -6,7 +6,6 @@ The daemon depends only on the small :class:`Pipeline` protocol below, which
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -16,6 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..errors import ConfigError, StreamLSTMError
+from ..formats._model_build import file_sha256
 from ..model import Model
 
 #: Where the shipped default model is looked for, in order: inside the installed
@@ -84,7 +84,7 @@ def load_model(path: str | None) -> LoadedModel:
 
     file = Path(path) if path else default_model_path()
     try:
-        digest = hashlib.sha256(file.read_bytes()).hexdigest()
+        digest = file_sha256(file)
     except OSError as exc:
         raise ConfigError(f"model.path: cannot read {file} ({exc.strerror or exc})") from None
     try:

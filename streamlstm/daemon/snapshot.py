@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 import zipfile
@@ -32,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .._files import sync_directory
+from .._files import atomic_file
 from ..errors import ModelFormatError, StreamLSTMError
 from ..formats.native import check_npy_header, check_npz_members
 
@@ -112,18 +111,10 @@ def save(path: str | os.PathLike[str], state: dict[str, Any]) -> int:
     tree = {"format": FORMAT, "state": _split(state, arrays)}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            np.savez(file, **{TREE: np.frombuffer(json.dumps(tree).encode(), np.uint8)}, **arrays)
-            file.flush()
-            os.fsync(file.fileno())
-            size = file.tell()
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    sync_directory(path.parent)
+    # 0600: a snapshot holds every sensor's state, readable by the service user alone.
+    with atomic_file(path, mode=0o600) as file:
+        np.savez(file, **{TREE: np.frombuffer(json.dumps(tree).encode(), np.uint8)}, **arrays)
+        size = file.tell()
     return size
 
 
