@@ -4,7 +4,11 @@ A window model (see :mod:`streamlstm.window_spec`) is evaluated as its framework
 evaluates a batch of sequences: layer by layer over the whole window, each direction of
 a bidirectional layer over the window (the backward one from its end), the directions'
 outputs concatenated per step, then the dense head on the last step or on every step,
-then softmax / log-softmax for a classifier. Unlike the streaming kernels
+then softmax / log-softmax for a classifier. A layer's *final state* is its output at
+the last step, except for a bidirectional layer: its backward half comes from the first
+step, where the backward pass ends. A per-window output may read the top layer's final
+state (``W_FINAL_STATE``), and an encoder's final state may be repeated over the window
+as the next layer's input (``W_ENCODER``, Keras ``RepeatVector``). Unlike the streaming kernels
 (:mod:`._network`) this needs the whole window at once, which is what lets it run
 bidirectional layers. Layers: LSTM (with projection), GRU (reset gate after or before
 ``W_hn``) and plain RNN (tanh / relu).
@@ -50,7 +54,9 @@ W_RNN_HIDDEN = 8   # largest hidden size of a plain RNN layer (1 if none)
 W_DENSE_WIDTH = 9  # widest dense output
 W_STREAM_STATE = 10    # largest state of a direction's streaming pack
 W_STREAM_SCRATCH = 11  # largest scratch of a direction's streaming pack
-HEADER = 12
+W_FINAL_STATE = 12     # 1: a per-window output reads the top layer's final state
+W_ENCODER = 13         # n > 0: layer n's final state is fed to every step of layer n + 1
+HEADER = 14
 
 # Direction record (a layer has one or two, the backward one second).
 K_STREAM = 0       # row of stream_index with an LSTM/GRU direction's pack, or -1 (RNN)
@@ -111,6 +117,25 @@ def _rnn_direction(params, rec, src, dst, steps, width, h, gx, gh):
         for u in range(hidden):
             h[u] = gx[u]
             out[u] = gx[u]
+
+
+@njit(**JIT)
+def _gather_final_state(seq, steps, width, size, directions):
+    """Put a layer's final state in its last step's row of ``seq``: a backward direction's
+    ``size`` columns come from the first step (a forward direction's are there already)."""
+    if directions == 2:
+        last = (steps - 1) * width
+        for k in range(size, 2 * size):
+            seq[last + k] = seq[k]
+
+
+@njit(**JIT)
+def _repeat_last_row(seq, steps, width, top):
+    """Copy the last step's first ``top`` columns to every step of ``seq``."""
+    last = (steps - 1) * width
+    for t in range(steps - 1):
+        for k in range(top):
+            seq[t * width + k] = seq[last + k]
 
 
 @njit(**JIT)
@@ -245,6 +270,14 @@ def _evaluate_group(params, layout, stream_params, stream_layouts, stream_index,
                                    h, gx, gh)
             top = directions * rec[K_OUT]
         src = 1 - src
+        size = layout[start + 1 + K_OUT]
+        if index + 1 == layout[W_ENCODER]:
+            for i in range(count):
+                _gather_final_state(seqs[i, src], steps, width, size, directions)
+                _repeat_last_row(seqs[i, src], steps, width, top)
+        elif index + 1 == layout[W_LAYERS] and layout[W_FINAL_STATE]:
+            for i in range(count):
+                _gather_final_state(seqs[i, src], steps, width, size, directions)
 
     mode = layout[W_MODE]
     n_out = layout[W_OUTPUT]

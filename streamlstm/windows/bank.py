@@ -104,12 +104,12 @@ class WindowBank(SensorRows):
         if spec is None:
             raise ShapeError(f"model {model.name!r} declares no window: pass spec=WindowSpec(...)"
                              " or convert it with --window/--hop")
-        spec.check_output_size(model.output_size)
+        spec.check_model(model.output_size, len(model.layers))
         self.model, self.spec = model, spec
         self.threads = numba.get_num_threads() if threads is None else int(threads)
         if not 1 <= self.threads <= numba.config.NUMBA_NUM_THREADS:
             raise ValueError(f"threads must be in 1..{numba.config.NUMBA_NUM_THREADS}")
-        self._packed = packed_windows(model, spec.output)
+        self._packed = packed_windows(model, spec)
         self._dtype = model.dtype
         super().__init__()
         width = model.input_size
@@ -268,19 +268,21 @@ def evaluate_windows(model: Model, windows: Any, *, output: str | None = None,
     """Evaluate ``(N, T, D)`` windows (sensor units), each from the zero state, as a batch.
 
     ``output``: a :data:`streamlstm.window_spec.OUTPUTS` mode (default: the model's
-    window spec, else ``"last"``). Returns ``(N, O)``, or ``(N, T, O)`` for ``"every"``;
-    a window holding NaN/Inf, or whose evaluation overflows, gives NaN.
+    window spec, else ``"last"``); the model's final state and encoder settings apply.
+    Returns ``(N, O)``, or ``(N, T, O)`` for ``"every"``; a window holding NaN/Inf, or
+    whose evaluation overflows, gives NaN.
     """
-    if output is None:
-        output = model.window.output if model.window is not None else "last"
-    WindowSpec(length=1, hop=1, output=output).check_output_size(model.output_size)
+    declared = model.window or WindowSpec(length=1, hop=1)
+    spec = WindowSpec(length=1, hop=1, output=declared.output if output is None else output,
+                      final_state=declared.final_state, encoder_layers=declared.encoder_layers)
+    spec.check_model(model.output_size, len(model.layers))
     windows = np.asarray(windows, dtype=model.dtype)
     if windows.ndim != 3 or windows.shape[2] != model.input_size or windows.shape[1] < 1:
         raise ShapeError(f"windows: expected shape (n, steps >= 1, {model.input_size}), "
                          f"got {windows.shape}")
     windows = np.ascontiguousarray(windows)
-    pk = packed_windows(model, output)
-    per_step = output == "every"
+    pk = packed_windows(model, spec)
+    per_step = spec.per_step
     count, steps = windows.shape[:2]
     outs = np.empty((count, steps if per_step else 1, model.output_size), model.dtype)
     status = np.empty(count, np.int8)
