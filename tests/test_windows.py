@@ -310,8 +310,8 @@ def test_convert_declares_the_window_and_inspect_shows_it(tmp_path, capsys):
     assert "give it a window (--window N --hop K)" in capsys.readouterr().err
 
 
-def test_step_command_refuses_a_window_model_cleanly(tmp_path, capsys):
-    path = sl.save(bidirectional_rnn_model(), tmp_path / "bi.npz")
+def test_step_command_refuses_a_bidirectional_model_without_a_window(tmp_path, capsys):
+    path = sl.save(bidirectional_rnn_model().with_window(None), tmp_path / "bi.npz")
     assert main(["step", str(path)]) == 2
     assert "cannot run as a stream: layers[0] is bidirectional" in capsys.readouterr().err
 
