@@ -108,6 +108,8 @@ def test_final_state_reads_the_backward_direction_at_the_first_step():
     np.testing.assert_array_equal(
         evaluate_windows(unidirectional.with_window(WindowSpec(12, 4, final_state=True)),
                          windows), evaluate_windows(unidirectional, windows))
+    # Every step of a final-state model is its plain every-step output.
+    np.testing.assert_array_equal(evaluate_windows(final, windows, output="every"), every)
 
 
 def test_an_encoder_feeds_its_final_state_to_every_decoder_step():
@@ -131,6 +133,10 @@ def test_an_encoder_feeds_its_final_state_to_every_decoder_step():
     out = bank.push(["a"] * 18, windows[:2].reshape(18, 3))
     np.testing.assert_allclose(out.values, ours[:2], rtol=0, atol=1e-12)
     assert out.reconstruction_error.shape == (2,)
+    # A spec override keeps the trained structure or is refused.
+    assert model.windows(spec=dataclasses.replace(model.window, hop=3)).spec.hop == 3
+    with pytest.raises(ShapeError, match="was trained with final_state=False, encoder_layers=1"):
+        model.windows(spec=WindowSpec(9, 3, "every"))
 
 
 # -- streaming paths refuse window-only models -------------------------------------------

@@ -67,6 +67,10 @@ RECURRENT_LAYERS = ("LSTM", "GRU", "SimpleRNN", "Bidirectional")
 #: A final Dense layer's activation -> the window output mode it makes.
 CLASS_OUTPUTS = {"softmax": "probabilities", "log_softmax": "log_probabilities"}
 DENSE_ACTIVATIONS = ("linear", "relu", "tanh", "sigmoid", "hard_sigmoid")
+#: Why a layer returning one vector per window may not feed another recurrent layer directly.
+ONE_VECTOR_REFUSAL = ("return_sequences=False on a layer that feeds another recurrent layer: "
+                      "the next layer would see one vector per sequence (supported only "
+                      "through RepeatVector, as an autoencoder's encoder)")
 #: Layers that are the identity at inference time.
 IDENTITY_LAYERS = ("InputLayer", "Dropout")
 FLOAT_POLICIES = ("float32", "float64")
@@ -307,9 +311,7 @@ def _check_recurrent_flags(path: Path, spec: _Spec, one_vector: bool) -> None:
         raise _refuse(path, spec, "return_state=True makes the layer return its state as "
                       "extra outputs; only return_sequences outputs can be streamed")
     if not config.get("return_sequences", False) and not one_vector:
-        raise _refuse(path, spec, "return_sequences=False on a layer that feeds another "
-                      "recurrent layer: the next layer would see one vector per sequence "
-                      "(supported only through RepeatVector, as an autoencoder's encoder)")
+        raise _refuse(path, spec, ONE_VECTOR_REFUSAL)
     units = config.get("units")
     if not isinstance(units, int) or not 0 < units <= MAX_UNITS:
         raise _refuse(path, spec, f"units={units!r} out of range 1..{MAX_UNITS}")
@@ -529,9 +531,7 @@ def _bidirectional_layer(path: Path, f: Any, spec: _Spec, width: int | None,
         raise _refuse(path, spec, f"a bidirectional {forward.class_name} is not supported "
                       "(LSTM, GRU or SimpleRNN)")
     if not forward.config.get("return_sequences", False) and not one_vector:
-        raise _refuse(path, spec, "return_sequences=False on a layer that feeds another "
-                      "recurrent layer: the next layer would see one vector per sequence "
-                      "(supported only through RepeatVector, as an autoencoder's encoder)")
+        raise _refuse(path, spec, ONE_VECTOR_REFUSAL)
     backward_config = spec.config.get("backward_layer")
     backward = forward
     if isinstance(backward_config, dict) and isinstance(backward_config.get("config"), dict):
