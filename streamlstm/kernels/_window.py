@@ -8,7 +8,9 @@ then softmax / log-softmax for a classifier. A layer's *final state* is its outp
 the last step, except for a bidirectional layer: its backward half comes from the first
 step, where the backward pass ends. A per-window output may read the top layer's final
 state (``W_FINAL_STATE``), and an encoder's final state may be repeated over the window
-as the next layer's input (``W_ENCODER``, Keras ``RepeatVector``). Unlike the streaming kernels
+as the next layer's input (``W_ENCODER``, Keras ``RepeatVector``). An output that reads
+the top layer at the last step runs that layer's backward direction for one step only:
+it starts at the last step, and its other steps are never read. Unlike the streaming kernels
 (:mod:`._network`) this needs the whole window at once, which is what lets it run
 bidirectional layers. Layers: LSTM (with projection), GRU (reset gate after or before
 ``W_hn``) and plain RNN (tanh / relu).
@@ -93,8 +95,9 @@ def work_size(layout: np.ndarray) -> int:
 
 
 @njit(**JIT)
-def _rnn_direction(params, rec, src, dst, steps, width, h, gx, gh):
-    """One plain-RNN direction over a window: ``src`` rows in, ``dst`` columns out.
+def _rnn_direction(params, rec, src, dst, steps, run, width, h, gx, gh):
+    """One plain-RNN direction over the first ``run`` of a window's ``steps`` (in its own
+    order): ``src`` rows in, ``dst`` columns out.
 
     ``h' = act(W_ih x + b_ih + W_hh h + b_hh)`` from ``h = 0``; ``src`` and ``dst`` are
     ``(steps, width)`` row-major; ``h``, ``gx``, ``gh``: hidden-sized work.
@@ -103,7 +106,7 @@ def _rnn_direction(params, rec, src, dst, steps, width, h, gx, gh):
     h, gx, gh = h[:hidden], gx[:hidden], gh[:hidden]
     for u in range(hidden):
         h[u] = 0.0
-    for s in range(steps):
+    for s in range(run):
         t = steps - 1 - s if rec[K_REVERSE] else s
         for j in range(hidden):
             gx[j] = params[rec[K_BI] + j]
@@ -189,8 +192,9 @@ def _failed(status, n, code):
 
 @njit(**JIT)
 def _stream_direction(params, layout, rec, seqs, src, states, scratch, status, first, count,
-                      steps, width):
-    """One LSTM/GRU direction over ``count`` windows' sequences with the streaming kernels.
+                      steps, run, width):
+    """One LSTM/GRU direction over the first ``run`` of ``steps`` (in its own order) of
+    ``count`` windows' sequences with the streaming kernels.
 
     ``params``/``layout``: the direction's one-layer streaming pack; every window starts
     from the zero state; four windows step in lockstep through :func:`step_tile`.
@@ -201,7 +205,7 @@ def _stream_direction(params, layout, rec, seqs, src, states, scratch, status, f
     for i in range(count):
         for k in range(size):
             states[i, k] = 0.0
-    for s in range(steps):
+    for s in range(run):
         t = steps - 1 - s if rec[K_REVERSE] else s
         a, b = t * width, t * width + column
         if count == TILE_STREAMS:
@@ -252,22 +256,30 @@ def _evaluate_group(params, layout, stream_params, stream_layouts, stream_index,
                     row[k] = (row[k] - params[norm + k]) / params[norm + n_in + k]
     src = 0
     top = n_in
+    mode = layout[W_MODE]
+    # A per-window output reads the top layer at the last step only, where its backward
+    # direction starts: one backward step gives it (exact; the other steps are never read).
+    last_only = mode != MODE_EVERY and not layout[W_FINAL_STATE]
     for index in range(layout[W_LAYERS]):
         start = HEADER + index * LAYER_RECORD
         directions = layout[start + LAYER_DIRECTIONS]
         for d in range(directions):
             begin = start + 1 + d * DIRECTION_RECORD
             rec = layout[begin:begin + DIRECTION_RECORD]
+            run = steps
+            if rec[K_REVERSE] and last_only and index + 1 == layout[W_LAYERS]:
+                run = 1
             pack = rec[K_STREAM]
             if pack >= 0:
                 row = stream_index[pack]
                 _stream_direction(stream_params[row[S_PARAMS]:row[S_PARAMS_END]],
                                   stream_layouts[row[S_LAYOUT]:row[S_LAYOUT_END]], rec, seqs,
-                                  src, states, scratch, status, first, count, steps, width)
+                                  src, states, scratch, status, first, count, steps, run,
+                                  width)
             else:
                 for i in range(count):
-                    _rnn_direction(params, rec, seqs[i, src], seqs[i, 1 - src], steps, width,
-                                   h, gx, gh)
+                    _rnn_direction(params, rec, seqs[i, src], seqs[i, 1 - src], steps, run,
+                                   width, h, gx, gh)
             top = directions * rec[K_OUT]
         src = 1 - src
         size = layout[start + 1 + K_OUT]
@@ -279,7 +291,6 @@ def _evaluate_group(params, layout, stream_params, stream_layouts, stream_index,
             for i in range(count):
                 _gather_final_state(seqs[i, src], steps, width, size, directions)
 
-    mode = layout[W_MODE]
     n_out = layout[W_OUTPUT]
     for i in range(count):
         n = first + i
