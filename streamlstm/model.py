@@ -249,7 +249,7 @@ class Model:
         if any(a.dtype != dtype for a in arrays):
             raise ShapeError(f"all weights must share one dtype ({dtype})")
         if self.window is not None:
-            self.window.check_output_size(self.output_size)
+            self.window.check_model(self.output_size, len(self.layers))
             if self.window.output.endswith("probabilities") and self.output_norm is not None:
                 raise ShapeError("output_norm: a classifier's softmax output is not "
                                  "de-normalised; drop output_norm or use window output 'last'")

@@ -242,3 +242,53 @@ def test_the_alert_record_carries_the_label_only_for_class_alerts():
     plain = alert_record(event.__class__(**{**event.as_dict(), "label": None}), seq=2,
                          daemon="d", model_id="m", model_sha="x", published=0.0)
     assert "label" not in plain
+
+
+def test_the_calibrate_command_calibrates_a_window_autoencoder_as_the_python_api_does(
+        tmp_path, capsys):
+    from streamlstm.cli import main
+    rng = np.random.default_rng(8)
+    normal = rng.normal(size=(3000, 2))
+    csv = tmp_path / "normal.csv"
+    np.savetxt(csv, normal, delimiter=",", header="a,b", comments="")
+    source = sl.save(autoencoder(), tmp_path / "ae.npz")
+    out = tmp_path / "calibrated.npz"
+    assert main(["calibrate", "--model", str(source), "--data", str(csv), "--out", str(out),
+                 "--quantile", "0.99", "--warmup", "3", "--alpha", "0.5"]) == 0
+    printed = capsys.readouterr().out
+    assert "window reconstruction scores" in printed
+    cal = sl.load(out).calibration
+    expected = calibrate_reconstruction(autoencoder(), normal, quantile=0.99, warmup=3,
+                                        alpha=0.5).calibration
+    assert cal["score"] == "reconstruction"
+    assert cal["threshold"] == pytest.approx(expected["threshold"], rel=1e-12)
+    assert cal["scores"] == expected["scores"] == (3000 - 16) // 4 + 1 - 3
+    assert WindowDetector(sl.load(out)).params.alpha == 0.5
+    # Recalibrating keeps the stored options unless told otherwise, as for predictors.
+    again = tmp_path / "again.npz"
+    assert main(["calibrate", "--model", str(out), "--data", str(csv), "--out", str(again),
+                 "--margin", "2"]) == 0
+    cal = sl.load(again).calibration
+    assert (cal["alpha"], cal["warmup"], cal["quantile"], cal["margin"]) == (0.5, 3, 0.99, 2.0)
+    # Predictor-only options and window classifiers are refused with the reason.
+    assert main(["calibrate", "--model", str(source), "--data", str(csv), "--out",
+                 str(tmp_path / "x.npz"), "--score", "direct", "--level"]) == 2
+    assert ("--score, --level: only for next-step predictors; model 'random' is a window "
+            "autoencoder") in capsys.readouterr().err
+    classifier = sl.save(channel_classifier(), tmp_path / "classifier.npz")
+    three = tmp_path / "three.csv"
+    np.savetxt(three, rng.normal(size=(100, 3)), delimiter=",")
+    assert main(["calibrate", "--model", str(classifier), "--data", str(three), "--out",
+                 str(tmp_path / "x.npz")]) == 2
+    assert "is a window classifier" in capsys.readouterr().err
+    assert not (tmp_path / "x.npz").exists()
+
+
+def test_the_calibrate_command_help_describes_window_autoencoders(capsys):
+    from streamlstm.cli import main
+    with pytest.raises(SystemExit):
+        main(["calibrate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "A window autoencoder (a window model with output 'every') is scored once per" in text
+    assert "(windows, for a window autoencoder)" in text
+    assert "(default: the model's calibration, else 50)" in text

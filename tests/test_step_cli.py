@@ -102,3 +102,56 @@ def test_pipe_through_the_console_command(model_file):
     rows = result.stdout.splitlines()
     assert len(rows) == 3 and rows[1] == "nan,nan"  # the bad line keeps its place
     assert result.stderr.strip() == "line 2: expected 3 values, got 2; skipped"
+
+
+# -- window models: one line per completed window ------------------------------------------
+
+def window_model(output: str) -> sl.Model:
+    """A float64 GRU window model, W=6, K=2: 2 class probabilities, or 3 outputs per step."""
+    model = sl.random_model(3, [5], kind="gru", output_size=2 if output != "every" else 3,
+                            seed=7, dtype=np.float64)
+    return model.with_window(sl.WindowSpec(6, 2, output))
+
+
+@pytest.mark.parametrize("output", ["probabilities", "every"])
+def test_a_window_model_prints_each_completed_window_with_its_end_index(tmp_path, capsys,
+                                                                        output):
+    model = window_model(output)
+    path = save(model, tmp_path / "w.npz")
+    xs = np.random.default_rng(2).normal(0, 1, (15, 3))
+    csv = tmp_path / "in.csv"
+    csv.write_text("# a,b,c\n" + "\n".join(",".join(repr(float(v)) for v in x) for x in xs))
+    assert main(["step", str(path), "--input", str(csv)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    rows = parse(captured.out)
+    ends = np.arange(5, 15, 2)
+    np.testing.assert_array_equal(rows[:, 0], ends)
+    windows = np.stack([xs[e - 5:e + 1] for e in ends])
+    want = sl.windows.evaluate_windows(model, windows).reshape(len(ends), -1)
+    np.testing.assert_array_equal(rows[:, 1:], want)     # .17g round-trips float64
+
+
+def test_a_window_holding_a_bad_line_is_skipped_and_counted(tmp_path, monkeypatch, capsys):
+    model = window_model("probabilities")
+    path = save(model, tmp_path / "w.npz")
+    xs = np.random.default_rng(3).normal(0, 1, (16, 3))
+    lines = [",".join(repr(float(v)) for v in x) for x in xs]
+    lines[3] = "1,2"                 # sample 3: wrong field count
+    lines[12] = "1,nan,3"            # sample 12: NaN
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(["", *lines]) + "\n"))
+    assert main(["step", str(path)]) == 0
+    captured = capsys.readouterr()
+    errors = captured.err.splitlines()
+    assert errors[0] == "line 5: expected 3 values, got 2; skipped, and the windows that hold it"
+    assert errors[1] == ("line 14: sample holds NaN or Inf; skipped, and the windows that "
+                         "hold it")
+    # Windows end at 5, 7, 9, 11, 13, 15; those holding sample 3 or 12 are skipped.
+    kept = [e for e in range(5, 16, 2) if not (e - 5 <= 3 <= e or e - 5 <= 12 <= e)]
+    assert kept == [9, 11]
+    assert errors[2] == ("streamlstm step: 4 window(s) skipped (they held a rejected sample), "
+                         "0 left out (evaluation overflowed to NaN/Inf)")
+    rows = parse(captured.out)
+    np.testing.assert_array_equal(rows[:, 0], kept)
+    windows = np.stack([xs[e - 5:e + 1] for e in kept])
+    np.testing.assert_array_equal(rows[:, 1:], sl.windows.evaluate_windows(model, windows))

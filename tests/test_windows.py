@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 
 import numpy as np
 import pytest
@@ -46,6 +45,10 @@ def bidirectional_rnn_model(dtype=np.float64, seed=0) -> Model:
     ({"length": 8, "hop": 2, "output": "every", "classes": ("a", "b")}, "per-window output"),
     ({"length": 8, "hop": 2, "classes": ("a", "a")}, "names repeat"),
     ({"length": 1 << 20, "hop": 2}, "over the limit"),
+    ({"length": 8, "hop": 2, "output": "every", "final_state": True},
+     "a final state is one vector per window"),
+    ({"length": 8, "hop": 2, "final_state": "yes"}, "window.final_state: expected true or false"),
+    ({"length": 8, "hop": 2, "encoder_layers": -1}, "window.encoder_layers: expected an integer"),
 ])
 def test_window_spec_refuses_bad_fields(fields, words):
     with pytest.raises(ShapeError, match=words):
@@ -64,6 +67,76 @@ def test_window_spec_round_trips_through_metadata_and_is_checked_against_the_mod
     with pytest.raises(ShapeError, match="needs at least 2 outputs"):
         sl.random_model(3, [8], output_size=1).replace(
             metadata={"window": {"length": 4, "hop": 1, "output": "probabilities"}})
+    # The final state and the encoder are stored only when set, and checked against the layers.
+    assert "final_state" not in spec.to_metadata()
+    reading = WindowSpec(16, 4, "every", encoder_layers=1)
+    assert WindowSpec.from_metadata({"window": reading.to_metadata()}) == reading
+    final = WindowSpec(16, 4, final_state=True)
+    assert WindowSpec.from_metadata({"window": final.to_metadata()}) == final
+    with pytest.raises(ShapeError, match=r"1 encoder layer\(s\) leave no decoder layer"):
+        sl.random_model(3, [8]).with_window(reading)
+
+
+# -- the final state and the encoder (Keras return_sequences=False, RepeatVector) ---------
+
+def bidirectional_lstm(width: int, hidden: int, rng: np.random.Generator):
+    def direction():
+        return lstm_layer(rng.normal(0, 0.4, (4 * hidden, width)),
+                          rng.normal(0, 0.4, (4 * hidden, hidden)), rng.normal(0, 0.1, 4 * hidden),
+                          rng.normal(0, 0.1, 4 * hidden), dtype=np.float64)
+    return dataclasses.replace(direction(), backward=direction())
+
+
+def test_final_state_reads_the_backward_direction_at_the_first_step():
+    """A bidirectional top layer's final state: forward output at the last step, backward at
+    the first; the same head then reads it. Without a bidirectional top it is the last step."""
+    rng = np.random.default_rng(3)
+    layers = (bidirectional_lstm(2, 5, rng), bidirectional_lstm(10, 4, rng))
+    head = (dense_layer(rng.normal(0, 0.4, (3, 8)), rng.normal(0, 0.1, 3), dtype=np.float64),)
+    bare, headed = Model(layers=layers), Model(layers=layers, head=head)
+    windows = rng.normal(0, 1, (7, 12, 2))
+    every = evaluate_windows(bare, windows, output="every")
+    state = np.concatenate([every[:, -1, :4], every[:, 0, 4:]], axis=1)
+    final = bare.with_window(WindowSpec(12, 4, final_state=True))
+    np.testing.assert_allclose(evaluate_windows(final, windows), state, rtol=0, atol=1e-12)
+    assert np.max(np.abs(state - every[:, -1])) > 1e-3      # the two readings differ
+    logits = headed.with_window(WindowSpec(12, 4, "log_probabilities", final_state=True))
+    expected = state @ head[0].weight.T + head[0].bias
+    expected -= np.log(np.exp(expected).sum(axis=1, keepdims=True))
+    np.testing.assert_allclose(evaluate_windows(logits, windows), expected, rtol=0, atol=1e-12)
+    unidirectional = sl.random_model(2, [6], output_size=2, dtype=np.float64)
+    np.testing.assert_array_equal(
+        evaluate_windows(unidirectional.with_window(WindowSpec(12, 4, final_state=True)),
+                         windows), evaluate_windows(unidirectional, windows))
+    # Every step of a final-state model is its plain every-step output.
+    np.testing.assert_array_equal(evaluate_windows(final, windows, output="every"), every)
+
+
+def test_an_encoder_feeds_its_final_state_to_every_decoder_step():
+    """encoder_layers=n: layers n+1.. run on the n-th layer's final state repeated over the
+    window, exactly as the decoder alone would run on that repeated input."""
+    rng = np.random.default_rng(4)
+    encoder = (bidirectional_lstm(3, 5, rng),)
+    decoder = (lstm_layer(rng.normal(0, 0.4, (24, 10)), rng.normal(0, 0.4, (24, 6)),
+                          dtype=np.float64), bidirectional_lstm(6, 4, rng))
+    head = (dense_layer(rng.normal(0, 0.4, (3, 8)), rng.normal(0, 0.1, 3), dtype=np.float64),)
+    model = Model(layers=encoder + decoder, head=head).with_window(
+        WindowSpec(9, 9, "every", encoder_layers=1))
+    windows = rng.normal(0, 1, (6, 9, 3))
+    states = evaluate_windows(Model(layers=encoder).with_window(
+        WindowSpec(9, 3, final_state=True)), windows)
+    expected = evaluate_windows(Model(layers=decoder, head=head),
+                                np.repeat(states[:, None], 9, axis=1), output="every")
+    ours = evaluate_windows(model, windows)
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-12)
+    bank = model.windows()
+    out = bank.push(["a"] * 18, windows[:2].reshape(18, 3))
+    np.testing.assert_allclose(out.values, ours[:2], rtol=0, atol=1e-12)
+    assert out.reconstruction_error.shape == (2,)
+    # A spec override keeps the trained structure or is refused.
+    assert model.windows(spec=dataclasses.replace(model.window, hop=3)).spec.hop == 3
+    with pytest.raises(ShapeError, match="was trained with final_state=False, encoder_layers=1"):
+        model.windows(spec=WindowSpec(9, 3, "every"))
 
 
 # -- streaming paths refuse window-only models -------------------------------------------
@@ -243,23 +316,10 @@ def test_convert_declares_the_window_and_inspect_shows_it(tmp_path, capsys):
     assert "give it a window (--window N --hop K)" in capsys.readouterr().err
 
 
-def test_step_command_refuses_a_window_model_cleanly(tmp_path, capsys):
-    path = sl.save(bidirectional_rnn_model(), tmp_path / "bi.npz")
+def test_step_command_refuses_a_bidirectional_model_without_a_window(tmp_path, capsys):
+    path = sl.save(bidirectional_rnn_model().with_window(None), tmp_path / "bi.npz")
     assert main(["step", str(path)]) == 2
     assert "cannot run as a stream: layers[0] is bidirectional" in capsys.readouterr().err
-
-
-def test_keras_bidirectional_is_refused_by_name_and_reason(tmp_path):
-    os.environ["KERAS_BACKEND"] = "torch"  # before keras is first imported
-    keras = pytest.importorskip("keras")
-    model = keras.Sequential([keras.Input((16, 3)),
-                              keras.layers.Bidirectional(keras.layers.LSTM(4), name="bi"),
-                              keras.layers.Dense(2, activation="softmax")])
-    path = tmp_path / "bi.keras"
-    model.save(path)
-    with pytest.raises(ModelFormatError, match=r"layer 'bi' \(Bidirectional\): return_sequences="
-                                               r"False: its output is the backward direction"):
-        sl.load(path, window=16, hop=4)
 
 
 def test_gru_reset_before_window_equals_stream():

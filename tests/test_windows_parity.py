@@ -4,7 +4,9 @@ state, equals torch evaluating the same windows as one batch.
 Networks: ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` (tanh, relu), 1-2 layers, bidirectional or
 not, ``batch_first``, with random weights (torch's own initialisation), read back through the
 state_dict importer. Heads: the ``SimpleLSTM`` shape (``out[:, -1, :]`` -> Linear ->
-softmax / log-softmax, or raw), and an every-step autoencoder (Linear on every step).
+softmax / log-softmax, or raw), the same on the final state ``h_n`` (window
+``final_state``: a bidirectional net's backward half is its output at the first step), and
+an every-step autoencoder (Linear on every step).
 Windows: W in {16, 128}, K in {1, W/4, W}, at least 200 windows per case from 4 sensors
 pushed interleaved. Budgets relative to the output scale: 1e-5 float32, 1e-9 float64.
 """
@@ -33,8 +35,10 @@ class WindowNet(nn.Module):
     """A recurrent module (batch_first) and a Linear head on the last step or every step."""
 
     def __init__(self, cell: str, layers: int, bidirectional: bool, output: str,
-                 input_size: int = 3, hidden: int = 20, classes: int = 4) -> None:
+                 input_size: int = 3, hidden: int = 20, classes: int = 4,
+                 final_state: bool = False) -> None:
         super().__init__()
+        self.final_state = final_state
         extra = {"nonlinearity": cell[4:]} if cell.startswith("rnn") else {}
         self.rnn = CELLS[cell](input_size, hidden, layers, batch_first=True,
                                bidirectional=bidirectional, **extra)
@@ -43,10 +47,16 @@ class WindowNet(nn.Module):
         self.output = output
 
     def forward(self, x):
-        out, _ = self.rnn(x)
+        out, h_n = self.rnn(x)
         if self.output == "every":
             return self.fc(out)
-        y = self.fc(out[:, -1, :])
+        if self.final_state:     # the top layer's h_n: forward, then backward if present
+            h_n = h_n[0] if isinstance(h_n, tuple) else h_n
+            top = (torch.cat([h_n[-2], h_n[-1]], dim=1) if self.rnn.bidirectional
+                   else h_n[-1])
+            y = self.fc(top)
+        else:
+            y = self.fc(out[:, -1, :])
         if self.output == "probabilities":
             return torch.softmax(y, dim=-1)
         if self.output == "log_probabilities":
@@ -117,6 +127,39 @@ def test_streamed_windows_match_torch(tmp_path, cell, layers, bidirectional, out
     check_close(ours, ref, dtype)
     # The batch API gives the same numbers as the stream.
     np.testing.assert_array_equal(evaluate_windows(model, windows), ours)
+
+
+FINAL_STATE_CASES = [
+    # cell, layers, output, W, K (all bidirectional: the final state differs from the last step)
+    ("lstm", 2, "probabilities", 128, 32),
+    ("gru", 1, "last", 16, 4),
+    ("rnn_relu", 2, "log_probabilities", 16, 1),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("cell,layers,output,length,hop", FINAL_STATE_CASES,
+                         ids=["-".join(map(str, c)) for c in FINAL_STATE_CASES])
+def test_a_head_on_the_final_state_h_n_matches_torch(tmp_path, cell, layers, output, length,
+                                                     hop, dtype):
+    from streamlstm.cli import main
+    torch.manual_seed(7)
+    net = WindowNet(cell, layers, True, output, final_state=True)
+    net = net.double() if dtype == np.float64 else net.float()
+    source, target = tmp_path / "net.pt", tmp_path / "net.npz"
+    torch.save(net.state_dict(), source)
+    kind = ["--kind", cell] if cell.startswith("rnn") else []
+    assert main(["convert", str(source), str(target), *kind, "--window", str(length), "--hop",
+                 str(hop), "--output", output, "--final-state",
+                 "--dtype", np.dtype(dtype).name]) == 0
+    model = sl.load(target)
+    assert model.window == WindowSpec(length, hop, output, final_state=True)
+    per_sensor = -(-MIN_WINDOWS // SENSORS)
+    rng = np.random.default_rng(8)
+    streams = rng.normal(0, 1, (SENSORS, length + (per_sensor - 1) * hop, 3)).astype(dtype)
+    windows, ours = stream_windows(model, model.window, streams, rng)
+    assert len(windows) >= MIN_WINDOWS
+    check_close(ours, torch_windows(net, windows), dtype)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])

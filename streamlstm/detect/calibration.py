@@ -462,7 +462,7 @@ def _set_threshold(cal: dict[str, Any], opts: CalibrationOptions, model: Model, 
 
 
 #: Options that mean nothing for a window autoencoder's reconstruction score.
-_PREDICTOR_OPTIONS = ("score", "target", "level", "score_index")
+PREDICTOR_OPTIONS = ("score", "target", "level", "score_index")
 
 
 def calibrate_reconstruction(model: Model, data: Any, **options: Any) -> Model:
@@ -475,7 +475,8 @@ def calibrate_reconstruction(model: Model, data: Any, **options: Any) -> Model:
     whitening (``metric``), and the threshold comes from the false-alarm budget over the
     smoothed window scores (one per hop). ``options``: :class:`CalibrationOptions` except
     ``score``, ``target``, ``level`` and ``score_index``; ``warmup`` and ``debounce``
-    count windows. Unset ones are the built-in defaults.
+    count windows. Unset ones come from the model's previous reconstruction calibration,
+    else the built-in defaults (as :func:`calibrate` does for predictors).
     """
     from ..windows import WindowBank
     from .windowed import WindowDetector
@@ -484,11 +485,14 @@ def calibrate_reconstruction(model: Model, data: Any, **options: Any) -> Model:
     if spec is None or not spec.per_step or model.output_size != model.input_size:
         raise ConfigError(f"model {model.name!r}: calibrate_reconstruction needs a window "
                           "autoencoder (window output 'every', as many outputs as inputs)")
-    wrong = sorted(set(options) & set(_PREDICTOR_OPTIONS))
+    wrong = sorted(set(options) & set(PREDICTOR_OPTIONS))
     if wrong:
         raise ConfigError(f"calibrate_reconstruction: {', '.join(wrong)} do not apply to a "
                           "reconstruction score")
-    opts = resolve_options(model.replace(calibration=None), options)
+    previous = dict(model.calibration or {})
+    stored = ({k: v for k, v in previous.items() if k != "score"}
+              if previous.get("score") == "reconstruction" else None)
+    opts = resolve_options(model.replace(calibration=stored), options)
     recordings = _recordings(data, model.input_size)
     names = model.channels or tuple(f"c{k}" for k in range(model.input_size))
     mask, fill = channel_mask(names, recordings, opts.mask)

@@ -1,19 +1,43 @@
-"""``streamlstm calibrate``: store residual statistics and a threshold measured on normal data."""
+"""``streamlstm calibrate``: store residual statistics and a threshold measured on normal data.
+
+A next-step predictor is scored by its residuals (or, ``--score direct``, by one of its
+outputs); a window autoencoder (window output ``every``) by the reconstruction error of
+each window (:func:`~streamlstm.detect.calibration.calibrate_reconstruction`). A window
+classifier needs no calibration: its alerts come from its class probabilities.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from ..errors import ShapeError, StreamLSTMError
-from .calibration import METRICS, CalibrationOptions, calibrate
+from ..errors import ConfigError, ShapeError, StreamLSTMError
+from ..model import Model
+from .calibration import (
+    METRICS,
+    PREDICTOR_OPTIONS,
+    CalibrationOptions,
+    calibrate,
+    calibrate_reconstruction,
+)
 from .params import TARGETS
 from .recordings import read_recording
 
 _DEFAULTS = CalibrationOptions()
 
+DESCRIPTION = """\
+calibrate a model on normal data: the score's centre and whitening, the channels never
+scored, and the threshold for a false-alarm budget, stored in the model's calibration.
+
+A next-step predictor is scored by its residuals (or --score direct: by one output). A
+window autoencoder (a window model with output 'every') is scored once per window by the
+whitened reconstruction error of the window; --warmup and --debounce then count windows,
+and the predictor-only options (--score, --target, --level, --score-index) do not apply.
+A window classifier needs no calibration (its alerts come from its class probabilities)."""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = DESCRIPTION
     parser.add_argument("--model", required=True, help="weight file (any supported format)")
     parser.add_argument("--data", required=True, nargs="+",
                         help="normal recording(s), .csv or .npz; each is run from a fresh state")
@@ -44,9 +68,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             ("margin", float, "threshold = budget score x margin (residual scale)"),
             ("alpha", float, "EWMA weight of the newest score (1 = no smoothing)"),
             ("hysteresis", float, "alerts end below hysteresis x threshold"),
-            ("debounce", int, "consecutive scores above threshold to start an alert"),
+            ("debounce", int, "consecutive scores (windows, for a window autoencoder) above "
+             "threshold to start an alert"),
             ("quiet-time", float, "seconds below the end threshold to end an alert"),
-            ("warmup", int, "model steps after a reset during which nothing alerts"),
+            ("warmup", int, "model steps (windows, for a window autoencoder) after a reset "
+             "during which nothing alerts"),
             ("score-index", int, "direct models: which output is the score")):
         default = getattr(_DEFAULTS, name.replace("-", "_"))
         parser.add_argument(f"--{name}", type=kind, default=None,
@@ -90,7 +116,10 @@ def run(args: argparse.Namespace) -> int:
                     "score_index")}
         if args.mask is not None:
             options["mask"] = tuple(args.mask.split(",")) if args.mask else ()
-        calibrated = calibrate(model, recordings, **options)
+        if model.window is None:
+            calibrated = calibrate(model, recordings, **options)
+        else:
+            calibrated = _calibrate_window_model(model, recordings, options)
         path = save(calibrated, args.out)
     except StreamLSTMError as exc:
         print(f"streamlstm calibrate: {exc}", file=sys.stderr)
@@ -99,6 +128,27 @@ def run(args: argparse.Namespace) -> int:
     budget = (f"{cal['false_alarms_per_day']:g} false alarms/day"
               if cal.get("false_alarms_per_day") else f"quantile {cal['quantile']}")
     masked = f", masked: {', '.join(cal['mask_names'])}" if cal.get("mask_names") else ""
+    scores = "window reconstruction" if cal["score"] == "reconstruction" else "normal"
     print(f"{path}: threshold {cal['threshold']:.6g} ({budget}: score {cal['quantile_score']:.6g}"
-          f" from {cal['scores']} normal scores, {cal['tail']} tail, x {cal['margin']}{masked})")
+          f" from {cal['scores']} {scores} scores, {cal['tail']} tail, x {cal['margin']}"
+          f"{masked})")
     return 0
+
+
+def _calibrate_window_model(model: Model, recordings: list, options: dict) -> Model:
+    """A window autoencoder's reconstruction calibration; a clear error for anything else."""
+    spec = model.window
+    assert spec is not None
+    if not spec.per_step:
+        raise ConfigError(f"model {model.name!r} is a window classifier ({spec.describe()}): "
+                          "its alerts come from its class probabilities (normal_class, "
+                          "min_probability, consecutive in the site config), so there is "
+                          "nothing to calibrate")
+    given = [name for name in PREDICTOR_OPTIONS if options.get(name) is not None]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise ConfigError(f"{flags}: only for next-step predictors; model {model.name!r} is a "
+                          f"window autoencoder ({spec.describe()}), scored by its "
+                          "reconstruction error")
+    return calibrate_reconstruction(model, recordings, **{
+        k: v for k, v in options.items() if k not in PREDICTOR_OPTIONS})

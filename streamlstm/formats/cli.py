@@ -4,7 +4,7 @@ What a file cannot say is given on the command line: the architecture of a Keras
 ``.weights.h5`` (``--config``), the PyTorch module to read (``--prefix``, ``--kind``,
 ``--head-prefix``, ``--head-activation``), and what any format may lack: name, sample
 rate, channel names, input/output normalisation, dtype, and a window model's window
-(``--window``, ``--hop``, ``--output``, ``--classes``: stored as its
+(``--window``, ``--hop``, ``--output``, ``--classes``, ``--final-state``: stored as its
 :class:`~streamlstm.window_spec.WindowSpec`).
 
 Exit codes: 0 written; 2 bad usage or a model that cannot be loaded (the reason is on
@@ -81,6 +81,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the last step through the head, every step (autoencoder), or "
                              "softmax / log-softmax class probabilities (default: last)")
     window.add_argument("--classes", metavar="A,B,C", help="class names, one per output")
+    window.add_argument("--final-state", action="store_true", default=None,
+                        help="a per-window output reads the top layer's final state: for a "
+                             "bidirectional layer the backward direction at the window's "
+                             "first step (PyTorch h_n, Keras return_sequences=False), not "
+                             "at its last")
     parser.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
 
 
@@ -150,15 +155,16 @@ def _window_spec(model: Model, args: argparse.Namespace) -> WindowSpec | None:
     """The window the command line declares (over the model's own), or None if it says none."""
     given = {"length": args.window, "hop": args.hop, "output": args.window_output,
              "classes": None if args.classes is None
-             else tuple(c.strip() for c in args.classes.split(","))}
+             else tuple(c.strip() for c in args.classes.split(",")),
+             "final_state": getattr(args, "final_state", None)}
     given = {k: v for k, v in given.items() if v is not None}
     if not given:
         return None
     current = model.window
     if current is None:
         if "length" not in given:
-            raise ValueError("--hop, --output and --classes describe a window: give --window "
-                             "too")
+            raise ValueError("--hop, --output, --classes and --final-state describe a window: "
+                             "give --window too")
         given.setdefault("hop", given["length"])
         return WindowSpec(**given)
     return WindowSpec(**{**current.to_metadata(), **given})

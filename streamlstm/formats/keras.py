@@ -16,11 +16,16 @@ A GRU with ``reset_after=True`` has a ``(2, 3H)`` bias (input row, recurrent row
 
 Window models (:mod:`streamlstm.windows`) too, given ``window=N`` (and ``hop=K``):
 ``SimpleRNN`` (``cell/vars/0..2``, tanh or relu), ``Bidirectional`` LSTM/GRU/SimpleRNN
-with ``merge_mode="concat"`` (``forward_layer/cell/vars`` and ``backward_layer/cell/vars``)
-whose output feeds another recurrent layer or a per-step head (``return_sequences=True``),
+with ``merge_mode="concat"`` (``forward_layer/cell/vars`` and ``backward_layer/cell/vars``),
 ``TimeDistributed(Dense)``, and a final ``Dense`` with ``softmax`` / ``log_softmax``
 (window output ``probabilities`` / ``log_probabilities``). The window output is ``last``
-when the last recurrent layer has ``return_sequences=False``, else ``every``.
+when the last recurrent layer has ``return_sequences=False``, else ``every``. A
+``Bidirectional`` last layer with ``return_sequences=False`` returns its final state
+(the backward direction's output at the window's first step; window ``final_state``).
+The LSTM autoencoder ``LSTM(return_sequences=False) -> RepeatVector(W) -> LSTM(...,
+return_sequences=True) -> TimeDistributed(Dense)`` feeds its encoder's final state to
+every decoder step (window ``encoder_layers``); ``RepeatVector``'s ``n`` must be the
+window length.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ from ..model import (
     lstm_layer,
     rnn_layer,
 )
-from ..window_spec import WindowSpec
+from ..window_spec import MAX_LENGTH, WindowSpec
 from ._model_build import checked_model
 
 #: Refuse archive members bigger than these (zip bombs) and models bigger than these.
@@ -62,6 +67,10 @@ RECURRENT_LAYERS = ("LSTM", "GRU", "SimpleRNN", "Bidirectional")
 #: A final Dense layer's activation -> the window output mode it makes.
 CLASS_OUTPUTS = {"softmax": "probabilities", "log_softmax": "log_probabilities"}
 DENSE_ACTIVATIONS = ("linear", "relu", "tanh", "sigmoid", "hard_sigmoid")
+#: Why a layer returning one vector per window may not feed another recurrent layer directly.
+ONE_VECTOR_REFUSAL = ("return_sequences=False on a layer that feeds another recurrent layer: "
+                      "the next layer would see one vector per sequence (supported only "
+                      "through RepeatVector, as an autoencoder's encoder)")
 #: Layers that are the identity at inference time.
 IDENTITY_LAYERS = ("InputLayer", "Dropout")
 FLOAT_POLICIES = ("float32", "float64")
@@ -97,25 +106,33 @@ def load_keras(path: str | Path, *, config: Any = None, dtype: Any = np.float32,
         weights = path
         source = "keras-weights-h5"
     specs = _layer_specs(path, architecture)
-    recurrent, head, output = _read_weights(path, weights, specs, np.dtype(dtype))
+    chain = _read_weights(path, weights, specs, np.dtype(dtype))
     model_name = name or str(architecture.get("config", {}).get("name", path.stem))
     metadata: dict[str, Any] = ({"keras_version": meta.get("keras_version")}
                                 if meta.get("keras_version") else {})
-    why = ("its head ends in a softmax" if output.endswith("probabilities") else
+    why = ("its head ends in a softmax" if chain.output.endswith("probabilities") else
+           "it repeats its encoder's final state over the window (RepeatVector)"
+           if chain.repeat is not None else
            "it has bidirectional or SimpleRNN layers"
-           if any(layer.backward is not None or layer.kind == "rnn" for layer in recurrent)
+           if any(layer.backward is not None or layer.kind == "rnn" for layer in chain.recurrent)
            else None)
     if window is None and why is not None:
         raise ModelFormatError(f"{path}: a window model ({why}): pass window=N and hop=K, the "
                                "window it was trained on (command line: --window N --hop K)")
     if window is not None:
+        if chain.repeat is not None and chain.repeat_steps != window:
+            raise _refuse(path, chain.repeat, f"n={chain.repeat_steps} decoder steps for a "
+                          f"window of {window} samples: the decoder runs over the window, so "
+                          "n must be the window length")
         try:
-            metadata["window"] = WindowSpec(window, window if hop is None else hop,
-                                            output).to_metadata()
+            metadata["window"] = WindowSpec(
+                window, window if hop is None else hop, chain.output,
+                final_state=chain.final_state,
+                encoder_layers=chain.encoder_layers).to_metadata()
         except StreamLSTMError as exc:
             raise ModelFormatError(f"{path}: {exc}") from None
-    return checked_model(path, source, metadata=metadata, layers=tuple(recurrent),
-                         head=tuple(head), name=model_name, **model_fields)
+    return checked_model(path, source, metadata=metadata, layers=tuple(chain.recurrent),
+                         head=tuple(chain.head), name=model_name, **model_fields)
 
 
 # -- files --------------------------------------------------------------------------------
@@ -283,7 +300,9 @@ def _activation(path: Path, spec: _Spec, key: str, allowed: tuple[str, ...]) -> 
     return value
 
 
-def _check_recurrent_flags(path: Path, spec: _Spec, last: bool) -> None:
+def _check_recurrent_flags(path: Path, spec: _Spec, one_vector: bool) -> None:
+    """Refuse flags the engine cannot run; ``one_vector``: the layer may return one vector
+    per window (it is the last recurrent layer, or an encoder feeding RepeatVector)."""
     config = spec.config
     if config.get("go_backwards"):
         raise _refuse(path, spec, "go_backwards=True reads the sequence end first; a live "
@@ -291,17 +310,29 @@ def _check_recurrent_flags(path: Path, spec: _Spec, last: bool) -> None:
     if config.get("return_state"):
         raise _refuse(path, spec, "return_state=True makes the layer return its state as "
                       "extra outputs; only return_sequences outputs can be streamed")
-    if not config.get("return_sequences", False) and not last:
-        raise _refuse(path, spec, "return_sequences=False on a layer that feeds another "
-                      "recurrent layer: the next layer would see one vector per sequence")
+    if not config.get("return_sequences", False) and not one_vector:
+        raise _refuse(path, spec, ONE_VECTOR_REFUSAL)
     units = config.get("units")
     if not isinstance(units, int) or not 0 < units <= MAX_UNITS:
         raise _refuse(path, spec, f"units={units!r} out of range 1..{MAX_UNITS}")
 
 
 # -- weights ------------------------------------------------------------------------------
+@dataclasses.dataclass
+class _Chain:
+    """What a layer chain computes: its layers and head, and how a window reads it."""
+
+    recurrent: list[RecurrentLayer] = dataclasses.field(default_factory=list)
+    head: list[DenseLayer] = dataclasses.field(default_factory=list)
+    output: str = "last"
+    final_state: bool = False
+    encoder_layers: int = 0
+    repeat: _Spec | None = None   # the RepeatVector layer, if any
+    repeat_steps: int = 0         # its n
+
+
 def _read_weights(path: Path, weights: bytes | Path, specs: list[_Spec], dtype: np.dtype
-                  ) -> tuple[list[RecurrentLayer], list[DenseLayer], str]:
+                  ) -> _Chain:
     import h5py  # optional dependency: only this format needs it
 
     source: Any = io.BytesIO(weights) if isinstance(weights, bytes) else weights
@@ -371,16 +402,6 @@ def _vars(path: Path, f: Any, group: str, expected: int) -> None:
                                f"{expected} (weights do not match the architecture)")
 
 
-#: Layers this importer refuses by name, with the reason.
-UNSUPPORTED_LAYERS = {
-    "RepeatVector": "RepeatVector feeds the encoder's final state to every step of a decoder "
-                    "(the sequence-to-sequence autoencoder); streamlstm's layers map each step "
-                    "of a window to a step, so this shape does not map onto its model. An "
-                    "autoencoder whose layers all return sequences (LSTM(return_sequences="
-                    "True) ... TimeDistributed(Dense)) does.",
-}
-
-
 def _inner(path: Path, spec: _Spec) -> _Spec:
     """The layer a Bidirectional or TimeDistributed wraps, as a spec of its own."""
     layer = spec.config.get("layer")
@@ -394,17 +415,13 @@ def _returns_sequences(path: Path, spec: _Spec) -> bool:
     return bool(config.get("return_sequences", False))
 
 
-def _layers_from(path: Path, f: Any, specs: list[_Spec], dtype: np.dtype
-                 ) -> tuple[list[RecurrentLayer], list[DenseLayer], str]:
-    """The recurrent layers, the head and the window output mode the chain computes."""
-    recurrent: list[RecurrentLayer] = []
-    head: list[DenseLayer] = []
+def _layers_from(path: Path, f: Any, specs: list[_Spec], dtype: np.dtype) -> _Chain:
+    """The recurrent layers, the head and how a window reads the chain."""
+    chain = _Chain()
+    recurrent, head = chain.recurrent, chain.head
     working = [s for s in specs if s.class_name not in IDENTITY_LAYERS]
     last_recurrent = max((i for i, s in enumerate(working) if s.class_name in RECURRENT_LAYERS),
                          default=-1)
-    for spec in working:
-        if spec.class_name in UNSUPPORTED_LAYERS:
-            raise _refuse(path, spec, UNSUPPORTED_LAYERS[spec.class_name])
     if last_recurrent < 0:
         raise ModelFormatError(f"{path}: no recurrent layer (LSTM, GRU, SimpleRNN or "
                                "Bidirectional) in the model")
@@ -425,13 +442,17 @@ def _layers_from(path: Path, f: Any, specs: list[_Spec], dtype: np.dtype
                 raise _refuse(path, spec, "a recurrent layer after a Dense layer; the engine "
                               "runs the recurrent layers first, then the dense head")
             last = index == last_recurrent
+            encoder = _feeds_repeat_vector(working, index)
             if spec.class_name == "Bidirectional":
-                layer = _bidirectional_layer(path, f, spec, width, dtype, last)
+                layer = _bidirectional_layer(path, f, spec, width, dtype, last or encoder)
+                chain.final_state = last and not _returns_sequences(path, spec)
             else:
-                _check_recurrent_flags(path, spec, last)
+                _check_recurrent_flags(path, spec, last or encoder)
                 layer = _recurrent_layer(path, f, spec, f"layers/{spec.group}", width, dtype)
             recurrent.append(layer)
             width = layer.output_size
+        elif spec.class_name == "RepeatVector":
+            _repeat_vector(path, spec, working, index, chain)
         elif spec.class_name in ("Dense", "TimeDistributed"):
             if not recurrent:
                 raise _refuse(path, spec, "a Dense layer before the first recurrent layer is "
@@ -457,14 +478,51 @@ def _layers_from(path: Path, f: Any, specs: list[_Spec], dtype: np.dtype
             width = dense.weight.shape[0]
         else:
             raise _refuse(path, spec, "layer type not supported (LSTM, GRU, SimpleRNN, "
-                          "Bidirectional, Dense, TimeDistributed(Dense), Dropout and InputLayer "
-                          "are)")
-    return recurrent, head, output
+                          "Bidirectional, Dense, TimeDistributed(Dense), RepeatVector, Dropout "
+                          "and InputLayer are)")
+    chain.output = output
+    return chain
+
+
+def _feeds_repeat_vector(working: list[_Spec], index: int) -> bool:
+    """Whether a RepeatVector comes after layer ``index`` before the next recurrent layer."""
+    for spec in working[index + 1:]:
+        if spec.class_name == "RepeatVector":
+            return True
+        if spec.class_name in RECURRENT_LAYERS:
+            return False
+    return False
+
+
+def _repeat_vector(path: Path, spec: _Spec, working: list[_Spec], index: int,
+                   chain: _Chain) -> None:
+    """Check a RepeatVector between an encoder and a decoder; note it in ``chain``."""
+    previous = working[index - 1] if index > 0 else None
+    following = working[index + 1] if index + 1 < len(working) else None
+    if chain.head:
+        raise _refuse(path, spec, "a Dense layer between the encoder and RepeatVector is not "
+                      "supported: the engine runs dense layers only after all recurrent layers")
+    if (previous is None or previous.class_name not in RECURRENT_LAYERS
+            or _returns_sequences(path, previous)):
+        raise _refuse(path, spec, "supported only right after a recurrent layer with "
+                      "return_sequences=False (the encoder of an LSTM autoencoder)")
+    if chain.repeat is not None:
+        raise _refuse(path, spec, f"a second RepeatVector (after {chain.repeat.name!r}) is not "
+                      "supported; one encoder feeds one decoder")
+    if following is None or following.class_name not in RECURRENT_LAYERS:
+        raise _refuse(path, spec, "supported only when a recurrent decoder layer follows it "
+                      "(LSTM, GRU, SimpleRNN or Bidirectional)")
+    steps = spec.config.get("n")
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 0 < steps <= MAX_LENGTH:
+        raise _refuse(path, spec, f"n={steps!r} out of range 1..{MAX_LENGTH}")
+    chain.repeat, chain.repeat_steps = spec, steps
+    chain.encoder_layers = len(chain.recurrent)
 
 
 def _bidirectional_layer(path: Path, f: Any, spec: _Spec, width: int | None,
-                         dtype: np.dtype, last: bool) -> RecurrentLayer:
-    """Both directions of a Bidirectional layer (forward, then backward, concatenated)."""
+                         dtype: np.dtype, one_vector: bool) -> RecurrentLayer:
+    """Both directions of a Bidirectional layer (forward, then backward, concatenated);
+    ``one_vector``: it may return its final state (``return_sequences=False``)."""
     merge = spec.config.get("merge_mode", "concat")
     if merge != "concat":
         raise _refuse(path, spec, f"merge_mode={merge!r} is not supported (concat is)")
@@ -472,13 +530,8 @@ def _bidirectional_layer(path: Path, f: Any, spec: _Spec, width: int | None,
     if forward.class_name not in ("LSTM", "GRU", "SimpleRNN"):
         raise _refuse(path, spec, f"a bidirectional {forward.class_name} is not supported "
                       "(LSTM, GRU or SimpleRNN)")
-    if not forward.config.get("return_sequences", False):
-        why = ("its output is the backward direction's final state, i.e. its output at the "
-               "window's first step, next to the forward one at the last step; streamlstm "
-               "reads both directions at the same step" if last else
-               "it feeds another recurrent layer one vector per sequence")
-        raise _refuse(path, spec, f"return_sequences=False: {why}. Use return_sequences=True "
-                      "(followed by a recurrent layer or a per-step head)")
+    if not forward.config.get("return_sequences", False) and not one_vector:
+        raise _refuse(path, spec, ONE_VECTOR_REFUSAL)
     backward_config = spec.config.get("backward_layer")
     backward = forward
     if isinstance(backward_config, dict) and isinstance(backward_config.get("config"), dict):

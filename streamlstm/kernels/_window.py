@@ -4,7 +4,13 @@ A window model (see :mod:`streamlstm.window_spec`) is evaluated as its framework
 evaluates a batch of sequences: layer by layer over the whole window, each direction of
 a bidirectional layer over the window (the backward one from its end), the directions'
 outputs concatenated per step, then the dense head on the last step or on every step,
-then softmax / log-softmax for a classifier. Unlike the streaming kernels
+then softmax / log-softmax for a classifier. A layer's *final state* is its output at
+the last step, except for a bidirectional layer: its backward half comes from the first
+step, where the backward pass ends. A per-window output may read the top layer's final
+state (``W_FINAL_STATE``), and an encoder's final state may be repeated over the window
+as the next layer's input (``W_ENCODER``, Keras ``RepeatVector``). An output that reads
+the top layer at the last step runs that layer's backward direction for one step only:
+it starts at the last step, and its other steps are never read. Unlike the streaming kernels
 (:mod:`._network`) this needs the whole window at once, which is what lets it run
 bidirectional layers. Layers: LSTM (with projection), GRU (reset gate after or before
 ``W_hn``) and plain RNN (tanh / relu).
@@ -50,7 +56,9 @@ W_RNN_HIDDEN = 8   # largest hidden size of a plain RNN layer (1 if none)
 W_DENSE_WIDTH = 9  # widest dense output
 W_STREAM_STATE = 10    # largest state of a direction's streaming pack
 W_STREAM_SCRATCH = 11  # largest scratch of a direction's streaming pack
-HEADER = 12
+W_FINAL_STATE = 12     # 1: a per-window output reads the top layer's final state
+W_ENCODER = 13         # n > 0: layer n's final state is fed to every step of layer n + 1
+HEADER = 14
 
 # Direction record (a layer has one or two, the backward one second).
 K_STREAM = 0       # row of stream_index with an LSTM/GRU direction's pack, or -1 (RNN)
@@ -87,8 +95,9 @@ def work_size(layout: np.ndarray) -> int:
 
 
 @njit(**JIT)
-def _rnn_direction(params, rec, src, dst, steps, width, h, gx, gh):
-    """One plain-RNN direction over a window: ``src`` rows in, ``dst`` columns out.
+def _rnn_direction(params, rec, src, dst, steps, run, width, h, gx, gh):
+    """One plain-RNN direction over the first ``run`` of a window's ``steps`` (in its own
+    order): ``src`` rows in, ``dst`` columns out.
 
     ``h' = act(W_ih x + b_ih + W_hh h + b_hh)`` from ``h = 0``; ``src`` and ``dst`` are
     ``(steps, width)`` row-major; ``h``, ``gx``, ``gh``: hidden-sized work.
@@ -97,7 +106,7 @@ def _rnn_direction(params, rec, src, dst, steps, width, h, gx, gh):
     h, gx, gh = h[:hidden], gx[:hidden], gh[:hidden]
     for u in range(hidden):
         h[u] = 0.0
-    for s in range(steps):
+    for s in range(run):
         t = steps - 1 - s if rec[K_REVERSE] else s
         for j in range(hidden):
             gx[j] = params[rec[K_BI] + j]
@@ -111,6 +120,25 @@ def _rnn_direction(params, rec, src, dst, steps, width, h, gx, gh):
         for u in range(hidden):
             h[u] = gx[u]
             out[u] = gx[u]
+
+
+@njit(**JIT)
+def _gather_final_state(seq, steps, width, size, directions):
+    """Put a layer's final state in its last step's row of ``seq``: a backward direction's
+    ``size`` columns come from the first step (a forward direction's are there already)."""
+    if directions == 2:
+        last = (steps - 1) * width
+        for k in range(size, 2 * size):
+            seq[last + k] = seq[k]
+
+
+@njit(**JIT)
+def _repeat_last_row(seq, steps, width, top):
+    """Copy the last step's first ``top`` columns to every step of ``seq``."""
+    last = (steps - 1) * width
+    for t in range(steps - 1):
+        for k in range(top):
+            seq[t * width + k] = seq[last + k]
 
 
 @njit(**JIT)
@@ -164,8 +192,9 @@ def _failed(status, n, code):
 
 @njit(**JIT)
 def _stream_direction(params, layout, rec, seqs, src, states, scratch, status, first, count,
-                      steps, width):
-    """One LSTM/GRU direction over ``count`` windows' sequences with the streaming kernels.
+                      steps, run, width):
+    """One LSTM/GRU direction over the first ``run`` of ``steps`` (in its own order) of
+    ``count`` windows' sequences with the streaming kernels.
 
     ``params``/``layout``: the direction's one-layer streaming pack; every window starts
     from the zero state; four windows step in lockstep through :func:`step_tile`.
@@ -176,7 +205,7 @@ def _stream_direction(params, layout, rec, seqs, src, states, scratch, status, f
     for i in range(count):
         for k in range(size):
             states[i, k] = 0.0
-    for s in range(steps):
+    for s in range(run):
         t = steps - 1 - s if rec[K_REVERSE] else s
         a, b = t * width, t * width + column
         if count == TILE_STREAMS:
@@ -227,26 +256,41 @@ def _evaluate_group(params, layout, stream_params, stream_layouts, stream_index,
                     row[k] = (row[k] - params[norm + k]) / params[norm + n_in + k]
     src = 0
     top = n_in
+    mode = layout[W_MODE]
+    # A per-window output reads the top layer at the last step only, where its backward
+    # direction starts: one backward step gives it (exact; the other steps are never read).
+    last_only = mode != MODE_EVERY and not layout[W_FINAL_STATE]
     for index in range(layout[W_LAYERS]):
         start = HEADER + index * LAYER_RECORD
         directions = layout[start + LAYER_DIRECTIONS]
         for d in range(directions):
             begin = start + 1 + d * DIRECTION_RECORD
             rec = layout[begin:begin + DIRECTION_RECORD]
+            run = steps
+            if rec[K_REVERSE] and last_only and index + 1 == layout[W_LAYERS]:
+                run = 1
             pack = rec[K_STREAM]
             if pack >= 0:
                 row = stream_index[pack]
                 _stream_direction(stream_params[row[S_PARAMS]:row[S_PARAMS_END]],
                                   stream_layouts[row[S_LAYOUT]:row[S_LAYOUT_END]], rec, seqs,
-                                  src, states, scratch, status, first, count, steps, width)
+                                  src, states, scratch, status, first, count, steps, run,
+                                  width)
             else:
                 for i in range(count):
-                    _rnn_direction(params, rec, seqs[i, src], seqs[i, 1 - src], steps, width,
-                                   h, gx, gh)
+                    _rnn_direction(params, rec, seqs[i, src], seqs[i, 1 - src], steps, run,
+                                   width, h, gx, gh)
             top = directions * rec[K_OUT]
         src = 1 - src
+        size = layout[start + 1 + K_OUT]
+        if index + 1 == layout[W_ENCODER]:
+            for i in range(count):
+                _gather_final_state(seqs[i, src], steps, width, size, directions)
+                _repeat_last_row(seqs[i, src], steps, width, top)
+        elif index + 1 == layout[W_LAYERS] and layout[W_FINAL_STATE]:
+            for i in range(count):
+                _gather_final_state(seqs[i, src], steps, width, size, directions)
 
-    mode = layout[W_MODE]
     n_out = layout[W_OUTPUT]
     for i in range(count):
         n = first + i

@@ -100,16 +100,24 @@ class WindowBank(SensorRows):
                  threads: int | None = None) -> None:
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
-        spec = spec if spec is not None else model.window
+        declared = model.window
+        spec = spec if spec is not None else declared
         if spec is None:
             raise ShapeError(f"model {model.name!r} declares no window: pass spec=WindowSpec(...)"
                              " or convert it with --window/--hop")
-        spec.check_output_size(model.output_size)
+        if declared is not None and ((spec.final_state, spec.encoder_layers)
+                                     != (declared.final_state, declared.encoder_layers)):
+            raise ShapeError(f"spec: final_state={spec.final_state}, encoder_layers="
+                             f"{spec.encoder_layers}, but model {model.name!r} was trained with "
+                             f"final_state={declared.final_state}, encoder_layers="
+                             f"{declared.encoder_layers}; keep them (dataclasses.replace(model."
+                             "window, ...) changes only what you name)")
+        spec.check_model(model.output_size, len(model.layers))
         self.model, self.spec = model, spec
         self.threads = numba.get_num_threads() if threads is None else int(threads)
         if not 1 <= self.threads <= numba.config.NUMBA_NUM_THREADS:
             raise ValueError(f"threads must be in 1..{numba.config.NUMBA_NUM_THREADS}")
-        self._packed = packed_windows(model, spec.output)
+        self._packed = packed_windows(model, spec)
         self._dtype = model.dtype
         super().__init__()
         width = model.input_size
@@ -268,19 +276,24 @@ def evaluate_windows(model: Model, windows: Any, *, output: str | None = None,
     """Evaluate ``(N, T, D)`` windows (sensor units), each from the zero state, as a batch.
 
     ``output``: a :data:`streamlstm.window_spec.OUTPUTS` mode (default: the model's
-    window spec, else ``"last"``). Returns ``(N, O)``, or ``(N, T, O)`` for ``"every"``;
-    a window holding NaN/Inf, or whose evaluation overflows, gives NaN.
+    window spec, else ``"last"``); the model's encoder applies, and its final state to a
+    per-window output.
+    Returns ``(N, O)``, or ``(N, T, O)`` for ``"every"``; a window holding NaN/Inf, or
+    whose evaluation overflows, gives NaN.
     """
-    if output is None:
-        output = model.window.output if model.window is not None else "last"
-    WindowSpec(length=1, hop=1, output=output).check_output_size(model.output_size)
+    declared = model.window or WindowSpec(length=1, hop=1)
+    output = declared.output if output is None else output
+    spec = WindowSpec(length=1, hop=1, output=output,
+                      final_state=declared.final_state and output != "every",
+                      encoder_layers=declared.encoder_layers)
+    spec.check_model(model.output_size, len(model.layers))
     windows = np.asarray(windows, dtype=model.dtype)
     if windows.ndim != 3 or windows.shape[2] != model.input_size or windows.shape[1] < 1:
         raise ShapeError(f"windows: expected shape (n, steps >= 1, {model.input_size}), "
                          f"got {windows.shape}")
     windows = np.ascontiguousarray(windows)
-    pk = packed_windows(model, output)
-    per_step = output == "every"
+    pk = packed_windows(model, spec)
+    per_step = spec.per_step
     count, steps = windows.shape[:2]
     outs = np.empty((count, steps if per_step else 1, model.output_size), model.dtype)
     status = np.empty(count, np.int8)

@@ -20,6 +20,7 @@ from ..kernels._math import ACTIVATION_CODES
 from ..kernels.layout import H_SCRATCH, H_STATE
 from ..model import Model, RecurrentLayer
 from ..packing import FlatBuffer, PackedModel, pack
+from ..window_spec import WindowSpec
 
 MODE_CODES = {"last": K.MODE_LAST, "every": K.MODE_EVERY, "probabilities": K.MODE_SOFTMAX,
               "log_probabilities": K.MODE_LOG_SOFTMAX}
@@ -62,10 +63,9 @@ class WindowPacked:
             work=np.zeros((threads, K.work_size(self.layout)), dtype))
 
 
-def pack_windows(model: Model, output: str) -> WindowPacked:
-    """Pack ``model`` for :func:`streamlstm.kernels._window.evaluate_windows`.
-
-    ``output`` is a :data:`streamlstm.window_spec.OUTPUTS` mode.
+def pack_windows(model: Model, spec: WindowSpec) -> WindowPacked:
+    """Pack ``model`` for :func:`streamlstm.kernels._window.evaluate_windows` as ``spec``
+    reads it: its output mode, final state and encoder (its length and hop do not matter).
     """
     buffer = FlatBuffer(model.dtype)
     put = buffer.put
@@ -109,7 +109,9 @@ def pack_windows(model: Model, output: str) -> WindowPacked:
     header[K.W_INPUT] = model.input_size
     header[K.W_OUTPUT] = model.output_size
     header[K.W_DENSE] = len(model.head)
-    header[K.W_MODE] = MODE_CODES[output]
+    header[K.W_MODE] = MODE_CODES[spec.output]
+    header[K.W_FINAL_STATE] = int(spec.final_state)
+    header[K.W_ENCODER] = spec.encoder_layers
     header[K.W_WIDTH] = width
     header[K.W_RNN_HIDDEN] = rnn_hidden
     header[K.W_DENSE_WIDTH] = dense_width
@@ -139,14 +141,15 @@ def _rnn_record(layer: RecurrentLayer, record: np.ndarray, put) -> None:
     record[K.K_ACT] = ACTIVATION_CODES[layer.activation]
 
 
-_PACKED: weakref.WeakKeyDictionary[Model, dict[str, WindowPacked]] = \
+_PACKED: weakref.WeakKeyDictionary[Model, dict[tuple[str, bool, int], WindowPacked]] = \
     weakref.WeakKeyDictionary()
 
 
-def packed_windows(model: Model, output: str) -> WindowPacked:
-    """``pack_windows(model, output)``, computed once per model object and mode."""
-    per_mode = _PACKED.setdefault(model, {})
-    result = per_mode.get(output)
+def packed_windows(model: Model, spec: WindowSpec) -> WindowPacked:
+    """``pack_windows(model, spec)``, computed once per model object and way of reading."""
+    per_reading = _PACKED.setdefault(model, {})
+    key = (spec.output, spec.final_state, spec.encoder_layers)
+    result = per_reading.get(key)
     if result is None:
-        result = per_mode[output] = pack_windows(model, output)
+        result = per_reading[key] = pack_windows(model, spec)
     return result
