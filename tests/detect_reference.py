@@ -68,6 +68,9 @@ class ReferenceDetector:
 
     def __init__(self, model, **overrides):
         cal = dict(model.calibration)
+        # Durations given with their stored unit, under the stored keys.
+        renamed = {"warmup_steps": "warmup", "debounce_steps": "debounce", "quiet_s": "quiet_time"}
+        overrides = {renamed.get(k, k): v for k, v in overrides.items()}
         if "margin" in overrides:
             cal["threshold"] = cal["quantile_score"] * overrides.pop("margin")
         cal.update(overrides)
@@ -126,8 +129,12 @@ class ReferenceDetector:
             if "level_whiten" in cal:
                 level = np.where(usable, x - np.asarray(cal["level_center"]), 0.0)
                 z = np.concatenate([z, np.asarray(cal["level_whiten"]) @ level])
-            # Residual scale: root mean square over the channels scored for this sample.
-            raw = math.sqrt(float(z @ z) / int(usable.sum()))
+            if cal.get("pool", "rms") == "max":
+                # The largest whitened component, level term included.
+                raw = float(np.max(np.abs(z)))
+            else:
+                # Residual scale: root mean square over the channels scored for this sample.
+                raw = math.sqrt(float(z @ z) / int(usable.sum()))
         s["state"], out = model_step(self.model, s["state"], x)
         s["steps"] += 1
         if cal["score"] == "direct":

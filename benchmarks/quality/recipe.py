@@ -28,6 +28,12 @@ DESIGNS: dict[str, dict] = {
     "delta-level": {"target": "delta", "calibration": {"level": True}},
     "delta-level-maha": {"target": "delta",
                          "calibration": {"level": True, "metric": "mahalanobis"}},
+    # Added with amendment 5 (after the fourth test run; see protocol.py): pooling by the
+    # largest whitened component, and the residuals' T² alone.
+    "delta-max": {"target": "delta", "calibration": {"level": False, "pool": "max"}},
+    "delta-level-max": {"target": "delta", "calibration": {"level": True, "pool": "max"}},
+    "delta-maha": {"target": "delta",
+                   "calibration": {"level": False, "metric": "mahalanobis"}},
 }
 
 
@@ -36,7 +42,7 @@ class LstmMethod:
 
     def __init__(self, fit: Sequence[np.ndarray], period_s: float, design: str) -> None:
         keywords = dict(DESIGNS[design])
-        calibration = {"false_alarms_per_day": BUDGET_PER_DAY, "warmup": WARMUP,
+        calibration = {"false_alarms_per_day": BUDGET_PER_DAY, "warmup_steps": WARMUP,
                        **keywords.pop("calibration", {})}
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

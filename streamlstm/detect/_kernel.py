@@ -166,12 +166,15 @@ def _detect_one(i, row, params, layout, states, samples, times, dparams, center,
                 err[k] = np.float64(xin[k]) - np.float64(pred[k]) - center[k]
             else:
                 err[k] = 0.0
+        # Pooled over the whitened components: their mean square (P_POOL 0) or their
+        # largest square (1: one channel far out is not diluted by the others).
+        pool_max = dparams[P.P_POOL] == 1.0
         raw = 0.0
         for a in range(n):
             z = 0.0
             for k in range(n):
                 z += whiten[a, k] * err[k]
-            raw += z * z
+            raw = max(raw, z * z) if pool_max else raw + z * z
         # Optional level term: how far the input itself is from the calibrated normal
         # one (a next-step predictor absorbs a shift present from the start).
         for a in range(level_whiten.shape[0]):
@@ -179,9 +182,9 @@ def _detect_one(i, row, params, layout, states, samples, times, dparams, center,
             for k in range(n):
                 if _usable(x, k, raw_input, mask):
                     z += level_whiten[a, k] * (np.float64(xin[k]) - level_center[k])
-            raw += z * z
+            raw = max(raw, z * z) if pool_max else raw + z * z
         scored = n if not raw_input else usable
-        raw = np.sqrt(raw / scored)
+        raw = np.sqrt(raw) if pool_max else np.sqrt(raw / scored)
     code = step(params, layout, states[row], xin, out, scratch)
     if code != L.OK:
         status[i] = code

@@ -9,6 +9,7 @@
                                                  # scored with center/whiten/mask/fill of its
                                                  # reconstruction error, see detect.windowed)
      "center": [D], "whiten": [[D x D]],         # residual models
+     "pool": "rms" | "max",                      # residual models (default "rms")
      "mask": [D], "fill": [D],                   # residual models: 1 = scored channel, 0 =
                                                  # masked (fed ``fill``, never scored)
      "level_center": [D], "level_whiten": [[D x D]],  # optional level term
@@ -18,9 +19,12 @@
      "debounce": ..., "hysteresis": ..., "quiet_time": ..., "warmup": ...,
      "samples": ..., "scores": ..., "recordings": ...}
 
-A residual score is on the residual scale: the root mean square of the whitened
-residuals ``W (e - center)`` over the channels scored for that sample (a score of 2 is
-twice the typical normal error, whatever the channel count). ``target``: a ``"level"``
+A residual score is on the residual scale: with ``pool="rms"`` the root mean square of
+the whitened residuals ``W (e - center)`` over the channels scored for that sample (a
+score of 2 is twice the typical normal error, whatever the channel count); with
+``pool="max"`` the largest absolute whitened component (level term included), so a
+fault that shows in one channel of many is not diluted by the quiet ones (normal scores
+then sit near the typical maximum of that many components, not near 1). ``target``: a ``"level"``
 model predicts ``x[t+1]`` itself; a ``"delta"`` model predicts ``x[t+1] - x[t]``, and the
 detector adds ``x[t]`` back, so the prediction never chases an absolute level.
 
@@ -44,10 +48,12 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..model import Model
+from .durations import UNIT_NAMES, resolve_durations, step_seconds
 
 SCHEMA_VERSION = 2
 SCORE_KINDS = ("residual", "direct", "reconstruction")
 TARGETS = ("level", "delta")
+POOLS = ("rms", "max")
 
 # Index of each parameter in the float64 vector the kernel reads.
 P_ALPHA = 0
@@ -59,7 +65,8 @@ P_WARMUP = 5
 P_DIRECT = 6
 P_SCORE_INDEX = 7
 P_DELTA = 8       # 1: the model predicts x[t+1] - x[t]
-N_PARAMS = 9
+P_POOL = 9        # 0: mean square of the whitened components, 1: their largest square
+N_PARAMS = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,8 +117,11 @@ class DetectorParams:
         return baseline + self.hysteresis * (self.threshold - baseline)
 
 
-#: Parameter names a caller may override (plus ``margin``, which rescales the threshold).
+#: Parameters a caller may override, by their stored names (plus ``margin``, which
+#: rescales the threshold); durations are given with their unit (:data:`OPTION_NAMES`).
 OVERRIDABLE = ("threshold", "margin", "alpha", "hysteresis", "debounce", "quiet_time", "warmup")
+#: The override names a caller uses: durations with their unit (:mod:`.durations`).
+OPTION_NAMES = ("threshold", "margin", "alpha", "hysteresis", *UNIT_NAMES)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -129,6 +139,7 @@ class Scoring:
     mask: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
     fill: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
     delta: bool = False
+    pool_max: bool = False      # the largest whitened component instead of the RMS
 
     @property
     def masked(self) -> int:
@@ -152,11 +163,13 @@ def require_calibration(model: Model) -> Mapping[str, Any]:
 
 
 def params_from(model: Model, overrides: Mapping[str, Any]) -> DetectorParams:
-    """Detector parameters from ``model.calibration``, with ``overrides`` applied."""
-    unknown = set(overrides) - set(OVERRIDABLE)
+    """Detector parameters from ``model.calibration``, with ``overrides`` applied
+    (durations by :func:`~streamlstm.detect.durations.resolve_durations`)."""
+    unknown = set(overrides) - set(OVERRIDABLE) - set(OPTION_NAMES)
     if unknown:
         raise ConfigError(f"unknown detector parameter(s): {sorted(unknown)} "
-                          f"(known: {', '.join(OVERRIDABLE)})")
+                          f"(known: {', '.join(OPTION_NAMES)})")
+    overrides = resolve_durations(overrides, step_seconds(model), stacklevel=3)
     cal = require_calibration(model)
     values: dict[str, Any] = {f.name: cal[f.name] for f in dataclasses.fields(DetectorParams)
                               if f.name in cal}
@@ -195,9 +208,12 @@ def scoring_from(model: Model, width: int) -> Scoring:
     target = cal.get("target", "level")
     if target not in TARGETS:
         raise ConfigError(f"model calibration: target must be one of {TARGETS}, got {target!r}")
+    pool = cal.get("pool", "rms")
+    if pool not in POOLS:
+        raise ConfigError(f"model calibration: pool must be one of {POOLS}, got {pool!r}")
     return Scoring(False, np.ascontiguousarray(center), np.ascontiguousarray(whiten), 0,
                    np.ascontiguousarray(level_center), np.ascontiguousarray(level_whiten),
-                   mask, fill, target == "delta")
+                   mask, fill, target == "delta", pool == "max")
 
 
 def require_next_step(model: Model, width: int) -> None:
@@ -251,4 +267,5 @@ def pack_params(params: DetectorParams, scoring: Scoring) -> np.ndarray:
     vector[P_DIRECT] = 1.0 if scoring.direct else 0.0
     vector[P_SCORE_INDEX] = scoring.score_index
     vector[P_DELTA] = 1.0 if scoring.delta else 0.0
+    vector[P_POOL] = 1.0 if scoring.pool_max else 0.0
     return vector
