@@ -71,8 +71,10 @@ class Detector:
 
     ``Detector(model, capacity=1024, threads=None, **overrides)`` reads its parameters
     from ``model.calibration`` (see :mod:`streamlstm.detect.params`); any of
-    ``threshold, margin, alpha, hysteresis, debounce, quiet_time, warmup`` may be
-    overridden. Events carry ``model_id``: ``model.metadata["model_id"]`` if set, else
+    ``threshold, margin, alpha, hysteresis`` and the durations ``warmup_steps``,
+    ``debounce_steps``, ``quiet_steps`` (or their seconds forms ``warmup_s``,
+    ``debounce_s``, ``quiet_s``; :mod:`streamlstm.detect.durations`) may be overridden.
+    Events carry ``model_id``: ``model.metadata["model_id"]`` if set, else
     the model's name and the start of its weights' sha256. A model whose metadata declares
     ``features`` is fed windowed features computed from the raw samples
     (:mod:`streamlstm.detect.features`).
@@ -95,7 +97,7 @@ class Detector:
     >>> rng = np.random.default_rng(0)
     >>> model = calibrate(sl.random_model(2, [8], output_size=2), rng.normal(size=(500, 2)),
     ...                   quantile=0.999)
-    >>> det = sl.Detector(model, warmup=5)
+    >>> det = sl.Detector(model, warmup_steps=5)
     >>> det.update(["a", "a"], [[0.0, 0.1], [50.0, -50.0]], [0.0, 0.02])
     []
     >>> det.last_scores.shape
