@@ -129,3 +129,9 @@ def test_the_commands_take_durations_with_units(model, tmp_path, capsys):
     python = calibrate(model, sine(800, seed=1), warmup_s=0.2, debounce_steps=2,
                        quiet_steps=4).calibration
     assert cal["threshold"] == pytest.approx(python["threshold"], rel=1e-12)
+    # A deprecated flag still works, with a notice on stderr.
+    with pytest.warns(DeprecationWarning):
+        assert main(["calibrate", "--model", str(source), "--data", str(csv), "--out",
+                     str(out), "--warmup", "10"]) == 0
+    assert "--warmup is deprecated, use --warmup-steps" in capsys.readouterr().err
+    assert load(out).calibration["warmup"] == 10

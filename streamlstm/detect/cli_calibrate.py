@@ -47,7 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "the normal scores"),
             ("margin", float, "threshold = budget score x margin (residual scale)"),
             ("alpha", float, "EWMA weight of the newest score (1 = no smoothing)"),
-            ("hysteresis", float, "alerts end below hysteresis x threshold"),
+            ("hysteresis", float, "alerts end below baseline + hysteresis x (threshold - "
+             "baseline), baseline = the median normal score"),
             ("score-index", int, "direct models: which output is the score")):
         default = getattr(_DEFAULTS, name.replace("-", "_"))
         parser.add_argument(f"--{name}", type=kind, default=None,
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         options = {key: getattr(args, key) for key in
                    ("score", "metric", "pool", "target", "level", "false_alarms_per_day",
                     "quantile", "margin", "alpha", "hysteresis", "score_index")}
-        options.update(duration_arguments(args))
+        options.update(duration_arguments(args, "streamlstm calibrate"))
         if args.mask is not None:
             options["mask"] = tuple(args.mask.split(",")) if args.mask else ()
         calibrated = calibrate(model, recordings, **options)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -146,7 +147,12 @@ def add_duration_arguments(parser: argparse.ArgumentParser, defaults: Any) -> No
                             help=f"deprecated: use --{new.replace('_', '-')}")
 
 
-def duration_arguments(args: argparse.Namespace) -> dict[str, Any]:
-    """The durations given on a command line built by :func:`add_duration_arguments`."""
+def duration_arguments(args: argparse.Namespace, command: str) -> dict[str, Any]:
+    """The durations given on a command line built by :func:`add_duration_arguments`; a
+    deprecated flag gets a one-line notice on stderr (``command`` names the command)."""
     names = (*UNIT_NAMES, *DEPRECATED)
-    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    given = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+    for old in set(given) & set(DEPRECATED):
+        print(f"{command}: --{old.replace('_', '-')} is deprecated, use "
+              f"--{DEPRECATED[old].replace('_', '-')}", file=sys.stderr)
+    return given

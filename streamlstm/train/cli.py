@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         calibration = {key: getattr(args, key) for key in
                        ("metric", "pool", "false_alarms_per_day", "quantile", "margin", "alpha",
                         "hysteresis") if getattr(args, key) is not None}
-        calibration.update(duration_arguments(args))
+        calibration.update(duration_arguments(args, "streamlstm train"))
         result = train(recordings, hidden=args.hidden, layers=args.layers, target=args.target,
                        folds=args.folds, epochs=args.epochs, seq_len=args.seq_len,
                        batch_size=args.batch_size, lr=args.lr, patience=args.patience,
