@@ -375,3 +375,92 @@ def test_an_unknown_pool_is_refused(calibrated):
     broken = dict(calibrated["diagonal"].calibration, pool="median")
     with pytest.raises(ConfigError, match="pool"):
         sl.Detector(calibrated["diagonal"].replace(calibration=broken))
+
+
+# -- guarded drift adaptation of the level term ----------------------------------------------
+def drifting(count, width, *, drift, seed=2):
+    """Normal data whose level moves by ``drift`` per sample in every channel."""
+    return normal_data(count, width, seed) + drift * np.arange(count)[:, None]
+
+
+@pytest.fixture(scope="module")
+def adaptive():
+    normal = normal_data(800, 3)
+    normal[:, 2] = 4.0  # frozen: masked, never adapted
+    return calibrate(predictor(seed=10), normal, level=True, level_alpha=0.02,
+                     level_bound=4.0, pool="max", target="delta", warmup_steps=10,
+                     quiet_s=0.1, quantile=0.99)
+
+
+@pytest.mark.parametrize("threads,batches", [(1, 5), (2, 2)])
+def test_fused_path_equals_reference_with_drift_adaptation(adaptive, threads, batches):
+    assert adaptive.calibration["level_alpha"] == 0.02
+    assert adaptive.calibration["level_scale"][2] == 0.0
+    ids, samples, times = interleaved_batch(["a", "b"], 400, 3, burst=slice(250, 320))
+    samples[:, :2] += 0.004 * np.repeat(np.arange(400), 2)[:, None]   # a slow drift
+    rng = np.random.default_rng(6)
+    samples[rng.random(samples.shape) < 0.04] = np.nan
+    samples[:, 2] = rng.normal(0, 50, len(samples))
+    events = compare(adaptive, ids, samples, times, batches, threads=threads)
+    assert any(e[1] == "start" for e in events)
+
+
+def test_adaptation_follows_slow_drift_within_its_bound_and_freezes_while_alerting(adaptive):
+    # A slow drift (1.2 units over the run, within the bound): the centre follows it with
+    # the EWMA's lag, drift x (1 - alpha) / alpha; the masked channel never moves.
+    slow = drifting(600, 3, drift=0.002, seed=3)
+    slow[:, 2] = 4.0
+    times = np.arange(600) * 0.02
+    det = sl.Detector(adaptive, threshold=1e9)
+    det.prime(["s"] * 600, slow, times)
+    offset = det.export_state()["levels"][0]
+    center = np.asarray(adaptive.calibration["level_center"])
+    recent = slow[-100:, :2].mean(axis=0) - center[:2]
+    np.testing.assert_allclose(offset[:2], recent, atol=0.15)
+    assert offset[2] == 0.0 and np.all(offset[:2] > 0.8)
+    # A step held after the alert starts: the centre is frozen, so the alert stays open.
+    step = normal_data(600, 3, seed=4)
+    step[300:, 0] += 2.5
+    step[:, 2] = 4.0
+    det = sl.Detector(adaptive)
+    events = det.update(["s"] * 600, step, times)
+    assert [e.kind for e in events] == ["start"] and det.alerting("s")
+    before = det.export_state()["levels"][0].copy()
+    det.update(["s"] * 50, step[-50:], times[-1] + 0.02 * np.arange(1, 51))
+    np.testing.assert_array_equal(det.export_state()["levels"][0], before)
+    # The offset never leaves the bound, whatever the drift.
+    far = drifting(1500, 3, drift=0.02)
+    far[:, 2] = 4.0
+    det = sl.Detector(adaptive, threshold=1e9)
+    det.prime(["s"] * 1500, far, np.arange(1500) * 0.02)
+    limit = 4.0 * np.asarray(adaptive.calibration["level_scale"])
+    offset = det.export_state()["levels"][0]
+    assert np.all(np.abs(offset) <= limit + 1e-12) and offset[0] == pytest.approx(limit[0])
+
+
+def test_snapshots_carry_the_adapted_level_and_old_ones_still_load(adaptive):
+    ids, samples, times = interleaved_batch(["a", "b"], 300, 3)
+    samples[:, :2] += 0.003 * np.repeat(np.arange(300), 2)[:, None]
+    one = sl.Detector(adaptive)
+    one.update(ids[:400], samples[:400], times[:400])
+    snapshot = one.export_state()
+    assert np.any(snapshot["levels"] != 0)
+    two = sl.Detector(adaptive)
+    two.import_state(snapshot)
+    one.update(ids[400:], samples[400:], times[400:])
+    two.update(ids[400:], samples[400:], times[400:])
+    np.testing.assert_array_equal(one.last_scores, two.last_scores)
+    older = {k: v for k, v in snapshot.items() if k != "levels"}   # before adaptation existed
+    three = sl.Detector(adaptive)
+    three.import_state(older)
+    np.testing.assert_array_equal(three.export_state()["levels"], 0.0)
+
+
+def test_bad_adaptation_settings_are_refused(calibrated):
+    data = normal_data(300, 3)
+    with pytest.raises(ConfigError, match="needs level=True"):
+        calibrate(calibrated["diagonal"], data, level_alpha=0.1)
+    with pytest.raises(ConfigError, match="level_alpha"):
+        calibrate(calibrated["diagonal"], data, level=True, level_alpha=1.5)
+    with pytest.raises(ConfigError, match="level_bound"):
+        calibrate(calibrated["diagonal"], data, level=True, level_alpha=0.1, level_bound=0)

@@ -67,6 +67,14 @@ Amendments, in order, with what had been seen (never a test result):
     whitened component instead of the RMS) and ``delta-maha`` (the residuals' T²
     alone). The choice rule is unchanged. Seen before this amendment was written, on the
     new 3W validation part only: ``level`` in alarm on 70 % of its normal rows.
+* Amendment 6, after the fifth run (validation chose ``delta-max``; every level-term
+  design failed the false-alarm rule on the cross-occasion cases): one more design,
+  ``delta-level-max-adapt``, the level term with the library's guarded drift adaptation
+  (centre follows the input with EWMA weight 0.01 per step while no alert is open and
+  the score is below the threshold, within 3 normal standard deviations; both set a
+  priori). Expected before its run: it cannot pass the cross-occasion cases (their
+  offset is there from the first row, so the guard freezes the centre), and it may
+  lower the same-occasion drift false alarms. The rule is unchanged.
 """
 
 from __future__ import annotations

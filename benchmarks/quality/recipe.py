@@ -34,6 +34,11 @@ DESIGNS: dict[str, dict] = {
     "delta-level-max": {"target": "delta", "calibration": {"level": True, "pool": "max"}},
     "delta-maha": {"target": "delta",
                    "calibration": {"level": False, "metric": "mahalanobis"}},
+    # Amendment 6: the level term with guarded drift adaptation (a priori: time constant
+    # 100 model steps, at most 3 normal standard deviations).
+    "delta-level-max-adapt": {"target": "delta",
+                              "calibration": {"level": True, "pool": "max",
+                                              "level_alpha": 0.01, "level_bound": 3.0}},
 }
 
 

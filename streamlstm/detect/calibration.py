@@ -30,7 +30,14 @@ from ..model import Model
 from .detector import Detector
 from .durations import STORED_UNIT, UNIT_NAMES, resolve_durations, step_seconds
 from .features import FeatureSpec, compute_features
-from .params import POOLS, SCHEMA_VERSION, TARGETS, DetectorParams, require_next_step
+from .params import (
+    POOLS,
+    SCHEMA_VERSION,
+    TARGETS,
+    DetectorParams,
+    check_level_adaptation,
+    require_next_step,
+)
 
 METRICS = ("diagonal", "mahalanobis")
 #: Residual spreads below this fraction of the largest are floored to it, so a channel
@@ -71,7 +78,10 @@ class CalibrationOptions:
     often than the budget says). ``mask``: channels (names or indices) never
     scored; ``None`` learns them (missing in more than 10 % of the normal rows, or
     constant). ``level``: add the input's distance from its normal distribution to the
-    score. The rest are the alert
+    score. ``level_alpha`` (default 0: off) and ``level_bound``: guarded drift adaptation
+    of the level term (:mod:`~streamlstm.detect.params`; its centre follows the input
+    with this EWMA weight per step while no alert is open and the score is below the
+    threshold, at most ``level_bound`` normal standard deviations). The rest are the alert
     parameters (:class:`~streamlstm.detect.params.DetectorParams`).
     """
 
@@ -89,6 +99,8 @@ class CalibrationOptions:
     warmup: int = 50
     score_index: int = 0
     level: bool = False
+    level_alpha: float = 0.0
+    level_bound: float = 3.0
     mask: tuple[str | int, ...] | None = None
 
     def __post_init__(self) -> None:
@@ -107,6 +119,9 @@ class CalibrationOptions:
                               f"{self.false_alarms_per_day}")
         if not self.margin > 0:
             raise ConfigError(f"margin must be > 0, got {self.margin}")
+        check_level_adaptation(self.level_alpha, self.level_bound)
+        if self.level_alpha and not self.level:
+            raise ConfigError("level_alpha adapts the level term: it needs level=True")
         DetectorParams(threshold=1.0, alpha=self.alpha, hysteresis=self.hysteresis,
                        debounce=self.debounce, quiet_time=self.quiet_time,
                        warmup=self.warmup)  # validates them early
@@ -434,6 +449,13 @@ def calibrate_cross_fitted(model: Model, folds: Sequence[tuple[Model, Any]],
         if opts.level:
             level_center, level_whiten = _whitening(inputs, opts.metric, mask)
             cal.update(level_center=level_center.tolist(), level_whiten=level_whiten.tolist())
+            if opts.level_alpha:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)   # an all-NaN channel
+                    spread = np.nan_to_num(np.nanstd(inputs, axis=0))
+                scale = np.where(mask == 0.0, 0.0, spread)
+                cal.update(level_alpha=float(opts.level_alpha),
+                           level_bound=float(opts.level_bound), level_scale=scale.tolist())
     else:
         cal["score_index"] = int(opts.score_index)
     cal.update(alpha=float(opts.alpha), hysteresis=float(opts.hysteresis),
@@ -472,7 +494,8 @@ def _set_threshold(cal: dict[str, Any], opts: CalibrationOptions, model: Model, 
 
 
 #: Options that mean nothing for a window autoencoder's reconstruction score.
-_PREDICTOR_OPTIONS = ("score", "target", "level", "score_index", "pool")
+_PREDICTOR_OPTIONS = ("score", "target", "level", "score_index", "pool", "level_alpha",
+                      "level_bound")
 
 
 def calibrate_reconstruction(model: Model, data: Any, **options: Any) -> Model:
@@ -484,7 +507,8 @@ def calibrate_reconstruction(model: Model, data: Any, **options: Any) -> Model:
     per-step reconstruction errors ``x - x̂`` of every normal window give the centre and
     whitening (``metric``), and the threshold comes from the false-alarm budget over the
     smoothed window scores (one per hop). ``options``: :class:`CalibrationOptions` except
-    ``score``, ``target``, ``level``, ``score_index`` and ``pool``; ``warmup`` and ``debounce``
+    ``score``, ``target``, ``level``, ``level_alpha``, ``level_bound``, ``score_index`` and
+    ``pool``; ``warmup`` and ``debounce``
     count windows. Unset ones are the built-in defaults.
     """
     from ..windows import WindowBank

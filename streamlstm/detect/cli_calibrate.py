@@ -49,6 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             ("alpha", float, "EWMA weight of the newest score (1 = no smoothing)"),
             ("hysteresis", float, "alerts end below baseline + hysteresis x (threshold - "
              "baseline), baseline = the median normal score"),
+            ("level-alpha", float, "with --level: EWMA weight per step with which the level "
+             "centre follows the input while no alert is open (0: no drift adaptation)"),
+            ("level-bound", float, "with --level-alpha: how far the level centre may move, "
+             "in normal standard deviations"),
             ("score-index", int, "direct models: which output is the score")):
         default = getattr(_DEFAULTS, name.replace("-", "_"))
         parser.add_argument(f"--{name}", type=kind, default=None,
@@ -89,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
             recordings.append(data)
         options = {key: getattr(args, key) for key in
                    ("score", "metric", "pool", "target", "level", "false_alarms_per_day",
-                    "quantile", "margin", "alpha", "hysteresis", "score_index")}
+                    "quantile", "margin", "alpha", "hysteresis", "level_alpha",
+                    "level_bound", "score_index")}
         options.update(duration_arguments(args, "streamlstm calibrate"))
         if args.mask is not None:
             options["mask"] = tuple(args.mask.split(",")) if args.mask else ()
