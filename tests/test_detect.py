@@ -456,8 +456,12 @@ def test_snapshots_carry_the_adapted_level_and_old_ones_still_load(adaptive):
     np.testing.assert_array_equal(three.export_state()["levels"], 0.0)
 
 
-def test_bad_adaptation_settings_are_refused(calibrated):
+def test_bad_adaptation_settings_are_refused(calibrated, adaptive):
     data = normal_data(300, 3)
+    # Recalibrating keeps a stored adaptation; turning the level term off drops it.
+    assert calibrate(adaptive, normal_data(800, 3)).calibration["level_alpha"] == 0.02
+    plain = calibrate(adaptive, normal_data(800, 3), level=False).calibration
+    assert "level_center" not in plain and "level_alpha" not in plain
     with pytest.raises(ConfigError, match="needs level=True"):
         calibrate(calibrated["diagonal"], data, level_alpha=0.1)
     with pytest.raises(ConfigError, match="level_alpha"):

@@ -67,8 +67,9 @@ Amendments, in order, with what had been seen (never a test result):
     whitened component instead of the RMS) and ``delta-maha`` (the residuals' T²
     alone). The choice rule is unchanged. Seen before this amendment was written, on the
     new 3W validation part only: ``level`` in alarm on 70 % of its normal rows.
-* Amendment 6, after the fifth run (validation chose ``delta-max``; every level-term
-  design failed the false-alarm rule on the cross-occasion cases): one more design,
+* Amendment 6, after the fifth run, validation and test parts both seen (validation
+  chose ``delta-max``; every level-term design failed the false-alarm rule on the
+  cross-occasion cases; the item was on the list before that run): one more design,
   ``delta-level-max-adapt``, the level term with the library's guarded drift adaptation
   (centre follows the input with EWMA weight 0.01 per step while no alert is open and
   the score is below the threshold, within 3 normal standard deviations; both set a

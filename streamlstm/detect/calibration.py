@@ -159,6 +159,9 @@ def resolve_options(model: Model, given: Mapping[str, Any], *,
         given.setdefault("false_alarms_per_day", None)
     elif "false_alarms_per_day" in given:
         stored.pop("quantile", None)
+    if given.get("level") is False:
+        # Turning the level term off also turns off a stored adaptation of it.
+        stored.pop("level_alpha", None)
     values = {**stored, **given}
     if values.get("mask") is not None:
         values["mask"] = tuple(values["mask"])

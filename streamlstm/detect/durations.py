@@ -29,6 +29,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..model import Model
+from .features import FeatureSpec
 
 #: Option name with its unit -> (stored key, unit): the stored keys are the schema's.
 UNIT_NAMES: dict[str, tuple[str, str]] = {
@@ -48,12 +49,9 @@ def step_seconds(model: Model) -> float | None:
     the model's feature front end or window."""
     if not model.sample_rate:
         return None
-    hop = 1
-    features = model.metadata.get("features") if isinstance(model.metadata, Mapping) else None
-    if isinstance(features, Mapping) and "hop" in features:
-        hop = int(features["hop"])
-    if model.window is not None:
-        hop = model.window.hop
+    features = FeatureSpec.from_metadata(model.metadata)
+    hop = (model.window.hop if model.window is not None
+           else features.hop if features is not None else 1)
     return hop / float(model.sample_rate)
 
 
