@@ -32,8 +32,9 @@ sensor's level centre starts at ``level_center`` and, after a scored step with n
 open and the smoothed score at or below the threshold, moves ``level_alpha`` of the way
 towards that step's input, never further than ``level_bound`` normal standard deviations
 (``level_scale``, per channel) from ``level_center``. Frozen while alerting, so a fault
-does not become normal; the risk is a fault that grows more slowly than the adaptation
-(up to the bound), which is learnt instead of alerted. ``target``: a ``"level"``
+does not become normal. Risks: a fault that grows more slowly than the adaptation (up to
+the bound) is learnt instead of alerted; a centre that moved just before an alert stays
+there, so the alert can stay open after the level returns. ``target``: a ``"level"``
 model predicts ``x[t+1]`` itself; a ``"delta"`` model predicts ``x[t+1] - x[t]``, and the
 detector adds ``x[t]`` back, so the prediction never chases an absolute level.
 
