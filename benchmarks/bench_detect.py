@@ -61,7 +61,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
     model = calibrate(sl.random_model(3, [32], output_size=3, seed=0),
-                      rng.normal(size=(600, 3)), warmup=5)
+                      rng.normal(size=(600, 3)), warmup_steps=5)
     cal = model.calibration
     simple = {"center": np.asarray(cal["center"], np.float32),
               "scale": np.diag(np.asarray(cal["whiten"])).astype(np.float32),

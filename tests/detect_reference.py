@@ -68,6 +68,9 @@ class ReferenceDetector:
 
     def __init__(self, model, **overrides):
         cal = dict(model.calibration)
+        # Durations given with their stored unit, under the stored keys.
+        renamed = {"warmup_steps": "warmup", "debounce_steps": "debounce", "quiet_s": "quiet_time"}
+        overrides = {renamed.get(k, k): v for k, v in overrides.items()}
         if "margin" in overrides:
             cal["threshold"] = cal["quantile_score"] * overrides.pop("margin")
         cal.update(overrides)
@@ -79,7 +82,7 @@ class ReferenceDetector:
         state = [(np.zeros(l.output_size), np.zeros(l.hidden_size)) for l in self.model.layers]
         return {"state": state, "pred": None, "score": None, "steps": 0, "above": 0,
                 "alert": False, "peak": 0.0, "start": 0.0, "below": None, "window": [],
-                "since": 0, "rejected": 0, "filled": 0}
+                "since": 0, "rejected": 0, "filled": 0, "offset": 0.0}
 
     def update(self, sensors, samples, times, alert=True):
         scores, events = [], []
@@ -124,10 +127,16 @@ class ReferenceDetector:
             err = np.where(usable, x - s["pred"] - np.asarray(cal["center"]), 0.0)
             z = np.asarray(cal["whiten"]) @ err
             if "level_whiten" in cal:
-                level = np.where(usable, x - np.asarray(cal["level_center"]), 0.0)
+                # The level centre, moved by the sensor's adapted offset (drift adaptation).
+                level = np.where(usable, x - np.asarray(cal["level_center"]) - s["offset"],
+                                 0.0)
                 z = np.concatenate([z, np.asarray(cal["level_whiten"]) @ level])
-            # Residual scale: root mean square over the channels scored for this sample.
-            raw = math.sqrt(float(z @ z) / int(usable.sum()))
+            if cal.get("pool", "rms") == "max":
+                # The largest whitened component, level term included.
+                raw = float(np.max(np.abs(z)))
+            else:
+                # Residual scale: root mean square over the channels scored for this sample.
+                raw = math.sqrt(float(z @ z) / int(usable.sum()))
         s["state"], out = model_step(self.model, s["state"], x)
         s["steps"] += 1
         if cal["score"] == "direct":
@@ -142,6 +151,13 @@ class ReferenceDetector:
             s["score"] = raw if s["score"] is None else a * raw + (1 - a) * s["score"]
             if alert:
                 self._machine(s, sensor, s["score"], t, events)
+            alpha = cal.get("level_alpha", 0.0) if "level_center" in cal else 0.0
+            if alpha and not s["alert"] and s["score"] <= cal["threshold"]:
+                # Guarded drift adaptation: towards the input, within the bound.
+                limit = cal["level_bound"] * np.asarray(cal["level_scale"])
+                target = x - np.asarray(cal["level_center"])
+                moved = s["offset"] + alpha * (target - s["offset"])
+                s["offset"] = np.where(usable, np.clip(moved, -limit, limit), s["offset"])
         return current()
 
     def _machine(self, s, sensor, score, t, events):

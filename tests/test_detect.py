@@ -114,7 +114,7 @@ CASES = {
 @pytest.fixture(scope="module")
 def calibrated():
     model = predictor()
-    return {name: calibrate(model, normal_data(600, 3), warmup=10, quiet_time=0.1, **kw)
+    return {name: calibrate(model, normal_data(600, 3), warmup_steps=10, quiet_s=0.1, **kw)
             for name, kw in CASES.items()}
 
 
@@ -152,14 +152,14 @@ def test_fused_path_equals_reference(calibrated, case, threads, batches):
 def test_fused_path_equals_reference_with_overrides(calibrated):
     ids, samples, times = interleaved_batch(["x", "y"], 300, 3, burst=slice(100, 200))
     compare(calibrated["diagonal"], ids, samples, times, 3, margin=0.8, alpha=0.3,
-            debounce=2, hysteresis=0.9, quiet_time=0.0, warmup=3)
+            debounce_steps=2, hysteresis=0.9, quiet_s=0.0, warmup_steps=3)
 
 
 def test_fused_path_equals_reference_for_a_direct_score_model():
     model = sl.random_model(2, [6], output_size=1, seed=4, dtype=np.float64)
     model = model.replace(sample_rate=50.0)
-    model = calibrate(model, normal_data(300, 2), score="direct", warmup=5, quantile=0.9,
-                      margin=1.0, quiet_time=0.0)
+    model = calibrate(model, normal_data(300, 2), score="direct", warmup_steps=5, quantile=0.9,
+                      margin=1.0, quiet_s=0.0)
     ids, samples, times = interleaved_batch(["p", "q"], 200, 2, nan_every=11,
                                             burst=slice(50, 120))
     compare(model, ids, samples, times, 4)
@@ -170,8 +170,8 @@ def test_fused_path_equals_reference_with_the_feature_front_end():
             "stats": ["rms", "peak", "crest", "kurtosis", "log_rms", "log_std", "acf1",
                       "corr_next"]}
     model = predictor(width=2 * 8, seed=3, norms=False).replace(metadata={"features": spec})
-    model = calibrate(model, [normal_data(800, 2, seed=s) for s in range(3)], warmup=4,
-                      quiet_time=0.0)
+    model = calibrate(model, [normal_data(800, 2, seed=s) for s in range(3)], warmup_steps=4,
+                      quiet_s=0.0)
     ids, samples, times = interleaved_batch(["u", "v"], 500, 2, nan_every=17,
                                             burst=slice(250, 400))
     compare(model, ids, samples, times, 5)
@@ -179,7 +179,7 @@ def test_fused_path_equals_reference_with_the_feature_front_end():
 
 # -- NaN safety, snapshots, sensors ------------------------------------------------------------
 def test_nan_sample_neither_alerts_nor_touches_state(calibrated):
-    det = sl.Detector(calibrated["diagonal"], warmup=0, debounce=1)
+    det = sl.Detector(calibrated["diagonal"], warmup_steps=0, debounce_steps=1)
     det.update(["s"] * 50, normal_data(50, 3), np.arange(50) * 0.02)
     before = det.export_state()
     # No usable channel, an infinite value, or no usable timestamp: rejected whole.
@@ -199,7 +199,7 @@ def test_nan_sample_neither_alerts_nor_touches_state(calibrated):
 
 
 def test_a_missing_channel_is_filled_counted_and_left_out_of_the_score(calibrated):
-    det = sl.Detector(calibrated["diagonal"], warmup=0)
+    det = sl.Detector(calibrated["diagonal"], warmup_steps=0)
     data = normal_data(60, 3)
     data[30:40, 1] = np.nan
     det.update(["s"] * 60, data, np.arange(60) * 0.02)
@@ -253,7 +253,7 @@ def test_sensors_forget_reset_and_growth(calibrated):
 def test_parameters_come_from_calibration_and_can_be_overridden(calibrated):
     model = calibrated["diagonal"]
     cal = model.calibration
-    det = sl.Detector(model, margin=2.0, debounce=5)
+    det = sl.Detector(model, margin=2.0, debounce_steps=5)
     assert det.params.threshold == pytest.approx(cal["quantile_score"] * 2.0)
     assert det.params.debounce == 5 and det.params.alpha == cal["alpha"]
     # Alerts end part-way between the normal (median) score and the threshold.
@@ -282,8 +282,8 @@ def test_bad_batches_get_clear_errors(calibrated):
 def test_fused_path_equals_reference_with_a_level_term():
     spec = {"window": 12, "hop": 3, "stats": ["log_std", "acf1", "corr_next"]}
     model = predictor(width=2 * 3, seed=5, norms=False).replace(metadata={"features": spec})
-    model = calibrate(model, [normal_data(600, 2, seed=s) for s in range(2)], warmup=4,
-                      quiet_time=0.0, level=True)
+    model = calibrate(model, [normal_data(600, 2, seed=s) for s in range(2)], warmup_steps=4,
+                      quiet_s=0.0, level=True)
     assert len(model.calibration["level_center"]) == 6
     ids, samples, times = interleaved_batch(["u", "v"], 400, 2, nan_every=13,
                                             burst=slice(200, 320))
@@ -294,7 +294,7 @@ def test_fused_path_equals_reference_with_a_level_term():
 def test_level_term_is_stored_only_when_asked_and_checked_on_load(calibrated):
     data = normal_data(600, 3)
     assert "level_center" not in calibrated["diagonal"].calibration
-    level = calibrate(calibrated["diagonal"], data, warmup=10, level=True)
+    level = calibrate(calibrated["diagonal"], data, warmup_steps=10, level=True)
     assert np.shape(level.calibration["level_whiten"]) == (3, 3)
     broken = dict(level.calibration, level_center=[0.0, 1.0])
     with pytest.raises(ConfigError, match="level_center"):
@@ -303,8 +303,8 @@ def test_level_term_is_stored_only_when_asked_and_checked_on_load(calibrated):
 
 # -- recipe v2 score paths: delta target, masked channels, missing values, priming -----------
 def test_fused_path_equals_reference_for_a_delta_target_model():
-    model = calibrate(predictor(seed=6), normal_data(600, 3), target="delta", warmup=10,
-                      quiet_time=0.1)
+    model = calibrate(predictor(seed=6), normal_data(600, 3), target="delta", warmup_steps=10,
+                      quiet_s=0.1)
     assert model.calibration["target"] == "delta"
     ids, samples, times = interleaved_batch(["a", "b"], 300, 3, nan_every=19,
                                             burst=slice(120, 200))
@@ -315,7 +315,7 @@ def test_fused_path_equals_reference_for_a_delta_target_model():
 def test_fused_path_equals_reference_with_a_masked_channel_and_missing_values(metric):
     normal = normal_data(600, 3)
     normal[:, 2] = 7.0  # frozen: learned as masked
-    model = calibrate(predictor(seed=7), normal, metric=metric, warmup=10, quiet_time=0.1)
+    model = calibrate(predictor(seed=7), normal, metric=metric, warmup_steps=10, quiet_s=0.1)
     assert model.calibration["mask"] == [1.0, 1.0, 0.0]
     ids, samples, times = interleaved_batch(["a", "b"], 300, 3, burst=slice(120, 200))
     rng = np.random.default_rng(3)
@@ -328,8 +328,143 @@ def test_fused_path_equals_reference_with_a_masked_channel_and_missing_values(me
 def test_fused_path_equals_reference_when_priming(calibrated):
     model = calibrated["diagonal"]
     ids, samples, times = interleaved_batch(["a", "b"], 200, 3, burst=slice(20, 120))
-    det, ref = sl.Detector(model, warmup=5), ReferenceDetector(model, warmup=5)
+    det, ref = sl.Detector(model, warmup_steps=5), ReferenceDetector(model, warmup_steps=5)
     det.prime(ids, samples, times)
     ref_scores, ref_events = ref.update(ids, samples, times, alert=False)
     assert ref_events == [] and not det.alerting("a")
     np.testing.assert_allclose(det.last_scores, ref_scores, rtol=1e-9, atol=1e-12)
+
+
+# -- pool="max": the largest whitened component instead of the RMS ---------------------------
+@pytest.mark.parametrize("metric", ["diagonal", "mahalanobis"])
+def test_fused_path_equals_reference_with_max_pooling_a_level_term_and_gaps(metric):
+    normal = normal_data(600, 3)
+    normal[:, 1] = 2.0  # frozen: learned as masked
+    model = calibrate(predictor(seed=8), normal, metric=metric, pool="max", level=True,
+                      target="delta", warmup_steps=10, quiet_s=0.1)
+    assert model.calibration["pool"] == "max"
+    ids, samples, times = interleaved_batch(["a", "b"], 300, 3, burst=slice(120, 200))
+    rng = np.random.default_rng(4)
+    samples[rng.random(samples.shape) < 0.05] = np.nan
+    samples[:, 1] = rng.normal(0, 100, len(samples))
+    events = compare(model, ids, samples, times, 5, threads=2)
+    assert any(e[1] == "start" for e in events)
+
+
+def test_max_pooling_is_not_diluted_by_quiet_channels():
+    """A shift in one channel of twelve: the max-pooled score rises with the whole shift,
+    the RMS by a fraction of it (each against its own normal scores)."""
+    width = 12
+    normal = normal_data(800, width, seed=3)
+    rise = {}
+    for pool in ("rms", "max"):
+        model = calibrate(predictor(width=width, seed=9), normal, pool=pool, level=True,
+                          warmup_steps=10, quantile=0.99)
+        det = sl.Detector(model, alpha=1.0)
+        shifted = normal_data(400, width, seed=5)
+        shifted[200:, 4] += 3.0  # 30 normal standard deviations of the noise, one channel
+        det.prime(["s"] * 400, shifted, np.arange(400) * 0.02)
+        scores = det.last_scores
+        rise[pool] = float(np.median(scores[250:]) / np.median(scores[50:200]))
+    assert rise["max"] > 1.5 * rise["rms"]
+
+
+def test_an_unknown_pool_is_refused(calibrated):
+    with pytest.raises(ConfigError, match="pool"):
+        calibrate(calibrated["diagonal"], normal_data(300, 3), pool="mean")
+    broken = dict(calibrated["diagonal"].calibration, pool="median")
+    with pytest.raises(ConfigError, match="pool"):
+        sl.Detector(calibrated["diagonal"].replace(calibration=broken))
+
+
+# -- guarded drift adaptation of the level term ----------------------------------------------
+def drifting(count, width, *, drift, seed=2):
+    """Normal data whose level moves by ``drift`` per sample in every channel."""
+    return normal_data(count, width, seed) + drift * np.arange(count)[:, None]
+
+
+@pytest.fixture(scope="module")
+def adaptive():
+    normal = normal_data(800, 3)
+    normal[:, 2] = 4.0  # frozen: masked, never adapted
+    return calibrate(predictor(seed=10), normal, level=True, level_alpha=0.02,
+                     level_bound=4.0, pool="max", target="delta", warmup_steps=10,
+                     quiet_s=0.1, quantile=0.99)
+
+
+@pytest.mark.parametrize("threads,batches", [(1, 5), (2, 2)])
+def test_fused_path_equals_reference_with_drift_adaptation(adaptive, threads, batches):
+    assert adaptive.calibration["level_alpha"] == 0.02
+    assert adaptive.calibration["level_scale"][2] == 0.0
+    ids, samples, times = interleaved_batch(["a", "b"], 400, 3, burst=slice(250, 320))
+    samples[:, :2] += 0.004 * np.repeat(np.arange(400), 2)[:, None]   # a slow drift
+    rng = np.random.default_rng(6)
+    samples[rng.random(samples.shape) < 0.04] = np.nan
+    samples[:, 2] = rng.normal(0, 50, len(samples))
+    events = compare(adaptive, ids, samples, times, batches, threads=threads)
+    assert any(e[1] == "start" for e in events)
+
+
+def test_adaptation_follows_slow_drift_within_its_bound_and_freezes_while_alerting(adaptive):
+    # A slow drift (1.2 units over the run, within the bound): the centre follows it with
+    # the EWMA's lag, drift x (1 - alpha) / alpha; the masked channel never moves.
+    slow = drifting(600, 3, drift=0.002, seed=3)
+    slow[:, 2] = 4.0
+    times = np.arange(600) * 0.02
+    det = sl.Detector(adaptive, threshold=1e9)
+    det.prime(["s"] * 600, slow, times)
+    offset = det.export_state()["levels"][0]
+    center = np.asarray(adaptive.calibration["level_center"])
+    recent = slow[-100:, :2].mean(axis=0) - center[:2]
+    np.testing.assert_allclose(offset[:2], recent, atol=0.15)
+    assert offset[2] == 0.0 and np.all(offset[:2] > 0.8)
+    # A step held after the alert starts: the centre is frozen, so the alert stays open.
+    step = normal_data(600, 3, seed=4)
+    step[300:, 0] += 2.5
+    step[:, 2] = 4.0
+    det = sl.Detector(adaptive)
+    events = det.update(["s"] * 600, step, times)
+    assert [e.kind for e in events] == ["start"] and det.alerting("s")
+    before = det.export_state()["levels"][0].copy()
+    det.update(["s"] * 50, step[-50:], times[-1] + 0.02 * np.arange(1, 51))
+    np.testing.assert_array_equal(det.export_state()["levels"][0], before)
+    # The offset never leaves the bound, whatever the drift.
+    far = drifting(1500, 3, drift=0.02)
+    far[:, 2] = 4.0
+    det = sl.Detector(adaptive, threshold=1e9)
+    det.prime(["s"] * 1500, far, np.arange(1500) * 0.02)
+    limit = 4.0 * np.asarray(adaptive.calibration["level_scale"])
+    offset = det.export_state()["levels"][0]
+    assert np.all(np.abs(offset) <= limit + 1e-12) and offset[0] == pytest.approx(limit[0])
+
+
+def test_snapshots_carry_the_adapted_level_and_old_ones_still_load(adaptive):
+    ids, samples, times = interleaved_batch(["a", "b"], 300, 3)
+    samples[:, :2] += 0.003 * np.repeat(np.arange(300), 2)[:, None]
+    one = sl.Detector(adaptive)
+    one.update(ids[:400], samples[:400], times[:400])
+    snapshot = one.export_state()
+    assert np.any(snapshot["levels"] != 0)
+    two = sl.Detector(adaptive)
+    two.import_state(snapshot)
+    one.update(ids[400:], samples[400:], times[400:])
+    two.update(ids[400:], samples[400:], times[400:])
+    np.testing.assert_array_equal(one.last_scores, two.last_scores)
+    older = {k: v for k, v in snapshot.items() if k != "levels"}   # before adaptation existed
+    three = sl.Detector(adaptive)
+    three.import_state(older)
+    np.testing.assert_array_equal(three.export_state()["levels"], 0.0)
+
+
+def test_bad_adaptation_settings_are_refused(calibrated, adaptive):
+    data = normal_data(300, 3)
+    # Recalibrating keeps a stored adaptation; turning the level term off drops it.
+    assert calibrate(adaptive, normal_data(800, 3)).calibration["level_alpha"] == 0.02
+    plain = calibrate(adaptive, normal_data(800, 3), level=False).calibration
+    assert "level_center" not in plain and "level_alpha" not in plain
+    with pytest.raises(ConfigError, match="needs level=True"):
+        calibrate(calibrated["diagonal"], data, level_alpha=0.1)
+    with pytest.raises(ConfigError, match="level_alpha"):
+        calibrate(calibrated["diagonal"], data, level=True, level_alpha=1.5)
+    with pytest.raises(ConfigError, match="level_bound"):
+        calibrate(calibrated["diagonal"], data, level=True, level_alpha=0.1, level_bound=0)

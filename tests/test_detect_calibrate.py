@@ -30,7 +30,7 @@ def model():
 
 def test_threshold_is_the_quantile_of_normal_scores_times_the_margin(model):
     data = [sine_data(400, seed=s) for s in range(3)]
-    cal = calibrate(model, data, quantile=0.99, margin=2.0, warmup=20).calibration
+    cal = calibrate(model, data, quantile=0.99, margin=2.0, warmup_steps=20).calibration
     scores = np.concatenate(calibration_scores(model.replace(calibration=cal), data))
     assert scores.size == 3 * (400 - 20)  # the first step has no prediction to compare
     assert cal["quantile_score"] == pytest.approx(np.quantile(scores, 0.99))
@@ -40,7 +40,7 @@ def test_threshold_is_the_quantile_of_normal_scores_times_the_margin(model):
 
 
 def test_calibration_survives_the_native_file_and_detects_the_same(model, tmp_path):
-    calibrated = calibrate(model, sine_data(500), metric="mahalanobis", warmup=10)
+    calibrated = calibrate(model, sine_data(500), metric="mahalanobis", warmup_steps=10)
     path = save(calibrated, tmp_path / "m.npz")
     loaded = load(path)
     assert loaded.calibration == calibrated.calibration
@@ -57,7 +57,7 @@ def test_feature_model_calibrates_on_raw_samples(model):
     feat_model = sl.random_model(4, [6], output_size=4, seed=2).replace(
         metadata={"features": spec}, sample_rate=1000.0)
     raw = sine_data(2000, width=2)
-    cal = calibrate(feat_model, raw, warmup=5).calibration
+    cal = calibrate(feat_model, raw, warmup_steps=5).calibration
     assert len(cal["center"]) == 4
     assert compute_features(raw, spec).shape == ((2000 - 20) // 5 + 1, 4)
 
@@ -68,7 +68,7 @@ def test_calibration_refuses_bad_data(model):
     with pytest.raises(ShapeError, match="expected shape"):
         calibrate(model, np.zeros((100, 3)))
     with pytest.raises(ShapeError, match="warm-up"):
-        calibrate(model, sine_data(30), warmup=50)
+        calibrate(model, sine_data(30), warmup_steps=50)
     with pytest.raises(ConfigError, match="metric"):
         calibrate(model, sine_data(300), metric="euclid")
 
@@ -79,7 +79,7 @@ def test_calibrate_command(model, tmp_path, capsys):
     np.savetxt(csv, sine_data(600), delimiter=",", header="a,b", comments="")
     out = tmp_path / "cal.npz"
     code = main(["calibrate", "--model", str(source), "--data", str(csv), "--out", str(out),
-                 "--margin", "2", "--warmup", "10", "--metric", "mahalanobis"])
+                 "--margin", "2", "--warmup-steps", "10", "--metric", "mahalanobis"])
     assert code == 0, capsys.readouterr().err
     cal = load(out).calibration
     assert cal["margin"] == 2 and cal["warmup"] == 10 and cal["metric"] == "mahalanobis"
@@ -128,4 +128,4 @@ def test_calibrate_command_hints_at_columns_for_a_wider_csv(model, tmp_path, cap
     assert "has 8 columns (t, a, b, p, q, r, s, u)" in err and "--columns" in err
     assert not out.exists()
     assert main(["calibrate", "--model", str(source), "--data", str(csv), "--out", str(out),
-                 "--columns", "a,b", "--warmup", "10"]) == 0, capsys.readouterr().err
+                 "--columns", "a,b", "--warmup-steps", "10"]) == 0, capsys.readouterr().err

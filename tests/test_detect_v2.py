@@ -29,12 +29,12 @@ def model_at(rate=1.0, width=3, outputs=None):
 def test_calibration_with_too_little_data_for_the_budget_warns():
     # 1 false alarm/day at 1 Hz is 1.2e-5 per step: 450 scores cannot show it.
     with pytest.warns(CalibrationWarning, match="too few"):
-        model = calibrate(model_at(1.0), sine(500), warmup=50)
+        model = calibrate(model_at(1.0), sine(500), warmup_steps=50)
     assert model.calibration["tail_supported"] is False
     # A budget the data do support: no warning, the empirical quantile.
     with warnings.catch_warnings():
         warnings.simplefilter("error", CalibrationWarning)
-        model = calibrate(model_at(1.0), sine(3000), warmup=50, false_alarms_per_day=2000)
+        model = calibrate(model_at(1.0), sine(3000), warmup_steps=50, false_alarms_per_day=2000)
     assert model.calibration["tail"] == "empirical"
 
 
@@ -51,7 +51,7 @@ def test_masked_channels_are_learned_excluded_and_counted():
     normal = sine(600)
     normal[:, 1] = 3.0          # frozen
     normal[::3, 2] = np.nan     # missing in a third of the rows
-    model = calibrate(model_at(50.0), normal, warmup=10, quantile=0.99)
+    model = calibrate(model_at(50.0), normal, warmup_steps=10, quantile=0.99)
     cal = model.calibration
     assert cal["mask"] == [1.0, 0.0, 0.0] and cal["mask_names"] == ["c1", "c2"]
     det = sl.Detector(model)
@@ -74,7 +74,7 @@ def test_masked_channels_are_learned_excluded_and_counted():
 
 
 def test_configured_mask_is_kept_when_recalibrating():
-    model = calibrate(model_at(50.0), sine(600), warmup=10, quantile=0.99, mask=("c0",))
+    model = calibrate(model_at(50.0), sine(600), warmup_steps=10, quantile=0.99, mask=("c0",))
     assert model.calibration["mask"] == [0.0, 1.0, 1.0]
     again = calibrate(model, sine(600, seed=3))
     assert again.calibration["mask"] == [0.0, 1.0, 1.0]
@@ -83,7 +83,7 @@ def test_configured_mask_is_kept_when_recalibrating():
 
 
 def test_priming_raises_no_alert_and_counts_towards_the_warmup():
-    model = calibrate(model_at(50.0), sine(600), warmup=10, quantile=0.99, debounce=1)
+    model = calibrate(model_at(50.0), sine(600), warmup_steps=10, quantile=0.99, debounce_steps=1)
     broken = sine(100, seed=4) + np.r_[np.zeros(50), np.full(50, 8.0)][:, None]
     det = sl.Detector(model)
     det.prime(["s"] * 100, broken, np.arange(100) / 50)
@@ -97,7 +97,7 @@ def test_priming_raises_no_alert_and_counts_towards_the_warmup():
 
 
 def test_python_and_cli_calibration_agree(tmp_path, capsys):
-    source = save(calibrate(model_at(50.0), sine(600), warmup=7, alpha=0.3, margin=1.2,
+    source = save(calibrate(model_at(50.0), sine(600), warmup_steps=7, alpha=0.3, margin=1.2,
                             false_alarms_per_day=5000), tmp_path / "m.npz")
     csv = tmp_path / "normal.csv"
     np.savetxt(csv, sine(800, seed=1), delimiter=",", header="c0,c1,c2", comments="")
@@ -133,7 +133,7 @@ def test_a_budget_without_a_sample_rate_warns_and_falls_back_to_a_quantile():
 def test_an_alert_ends_when_the_score_returns_to_its_normal_level():
     # Residual-scale scores sit near 1: with hysteresis 0.5 and margin 1.5 an end
     # threshold of hysteresis x threshold (0.75 x normal) would never be met.
-    model = calibrate(model_at(50.0), sine(3000), warmup=10, quantile=0.999, margin=1.5,
+    model = calibrate(model_at(50.0), sine(3000), warmup_steps=10, quantile=0.999, margin=1.5,
                       hysteresis=0.5)
     cal = model.calibration
     assert cal["hysteresis"] * cal["threshold"] < cal["baseline"] < cal["threshold"]

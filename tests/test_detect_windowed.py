@@ -143,7 +143,7 @@ def calibrated_predictor() -> Model:
     from streamlstm.detect import calibrate
     rng = np.random.default_rng(0)
     return calibrate(sl.random_model(3, [4], output_size=3), rng.normal(size=(400, 3)),
-                     quantile=0.99, warmup=5)
+                     quantile=0.99, warmup_steps=5)
 
 
 def test_window_models_are_refused_where_they_do_not_fit():
@@ -189,7 +189,8 @@ def autoencoder(seed: int = 0) -> Model:
 def test_reconstruction_scores_are_the_whitened_error_of_each_window_on_the_residual_scale():
     rng = np.random.default_rng(5)
     normal = rng.normal(size=(4000, 2))
-    model = calibrate_reconstruction(autoencoder(), normal, quantile=0.99, warmup=3, alpha=1.0)
+    model = calibrate_reconstruction(autoencoder(), normal, quantile=0.99, warmup_steps=3,
+                                     alpha=1.0)
     cal = model.calibration
     assert cal["score"] == "reconstruction" and cal["scores"] == (4000 - 16) // 4 + 1 - 3
     assert 0.5 < cal["baseline"] < 1.5            # the residual scale: about 1 when normal
@@ -208,7 +209,7 @@ def test_reconstruction_scores_are_the_whitened_error_of_each_window_on_the_resi
 def test_an_autoencoder_alerts_on_a_burst_and_the_alert_ends_after_it():
     rng = np.random.default_rng(6)
     model = calibrate_reconstruction(autoencoder(), rng.normal(size=(4000, 2)), quantile=0.999,
-                                     warmup=3, debounce=2, quiet_time=0.0)
+                                     warmup_steps=3, debounce_steps=2, quiet_s=0.0)
     det = WindowDetector(model)
     x = rng.normal(size=(600, 2))
     x[300:340] *= 30
@@ -224,7 +225,7 @@ def test_a_masked_channel_is_fed_its_normal_fill_and_never_scored():
     rng = np.random.default_rng(7)
     normal = rng.normal(size=(2000, 2))
     normal[:, 1] = 5.0                                  # constant: masked at calibration
-    model = calibrate_reconstruction(autoencoder(), normal, quantile=0.99, warmup=3)
+    model = calibrate_reconstruction(autoencoder(), normal, quantile=0.99, warmup_steps=3)
     assert model.calibration["mask"] == [1.0, 0.0]
     det = WindowDetector(model)
     x = rng.normal(size=(100, 2))

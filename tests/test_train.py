@@ -14,7 +14,7 @@ from streamlstm.train import recipe, train  # noqa: E402
 
 TINY = dict(hidden=8, epochs=3, seq_len=16, windows_per_epoch=64, batch_size=16,
             progress=False, sample_rate=50.0,
-            calibration={"warmup": 5, "false_alarms_per_day": 5000})
+            calibration={"warmup_steps": 5, "false_alarms_per_day": 5000})
 pytestmark = pytest.mark.filterwarnings(
     "ignore::streamlstm.detect.calibration.CalibrationWarning")
 
@@ -130,7 +130,7 @@ def test_train_command(tmp_path, capsys):
     np.savetxt(csv, two_units(300), delimiter=",", header="big,small", comments="")
     out = tmp_path / "model.npz"
     code = main(["train", "--data", str(csv), "--out", str(out), "--hidden", "8", "--epochs",
-                 "2", "--seq-len", "16", "--windows-per-epoch", "32", "--warmup", "5",
+                 "2", "--seq-len", "16", "--windows-per-epoch", "32", "--warmup-steps", "5",
                  "--false-alarms-per-day", "5000", "--quiet", "--sample-rate", "50"])
     assert code == 0, capsys.readouterr().err
     assert capsys.readouterr().err == ""   # --quiet (and not a terminal): no progress
@@ -160,8 +160,23 @@ def test_train_command_saves_the_best_model_so_far_on_ctrl_c(tmp_path, capsys, m
     np.savetxt(csv, two_units(400), delimiter=",", header="big,small", comments="")
     out = tmp_path / "model.npz"
     code = main(["train", "--data", str(csv), "--out", str(out), "--hidden", "8", "--seq-len",
-                 "16", "--windows-per-epoch", "32", "--warmup", "5", "--quantile", "0.99",
+                 "16", "--windows-per-epoch", "32", "--warmup-steps", "5", "--quantile", "0.99",
                  "--quiet", "--sample-rate", "50"])
     assert code == 0, capsys.readouterr().err
     assert "interrupted: best model so far" in capsys.readouterr().out
     assert load(out).metadata["training"]["best_epochs"] == [2]
+
+
+def test_recipe_defaults_and_durations_named_with_their_unit():
+    """The defaults chosen on validation (max-pooled residual, no level term); a duration
+    under its old name is resolved once, with a DeprecationWarning at the caller's line."""
+    old_names = {**TINY, "calibration": {"warmup": 5, "false_alarms_per_day": 5000}}
+    with pytest.warns(DeprecationWarning, match="'warmup' is deprecated") as caught:
+        cal = train(two_units(300), **old_names).model.calibration
+    deprecations = [w for w in caught if w.category is DeprecationWarning]
+    assert len(deprecations) == 1 and deprecations[0].filename == __file__
+    assert cal["pool"] == "max" and "level_center" not in cal and cal["warmup"] == 5
+    level = {**TINY, "calibration": {"warmup_s": 0.1, "level": True, "pool": "rms",
+                                     "false_alarms_per_day": 5000}}
+    cal = train(two_units(300), **level).model.calibration
+    assert cal["pool"] == "rms" and len(cal["level_center"]) == 2 and cal["warmup"] == 5

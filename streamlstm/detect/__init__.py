@@ -14,8 +14,10 @@ Two kinds of model are supported, declared in ``model.calibration["score"]``:
   the prediction made at ``t - 1`` over the ``n`` channels scored for that sample, where
   ``W`` and ``centre`` come from calibration (per-channel standardisation or
   Mahalanobis). An optional level term adds the input's own whitened distance from its
-  calibration distribution inside the root. Channels masked at calibration and missing
-  (NaN) values are never scored; see :class:`Detector`.
+  calibration distribution inside the root. With ``pool="max"`` (the training recipe's
+  default) the score is instead the largest absolute whitened component, level term
+  included. Channels masked at calibration and missing (NaN) values are never scored;
+  see :class:`Detector`.
 * ``"direct"``: the model's head outputs an anomaly score or probability itself; only a
   threshold is calibrated.
 * ``"reconstruction"`` (a window autoencoder): the whitened reconstruction error of each
@@ -26,8 +28,9 @@ windows) are detected by :class:`WindowDetector` (:mod:`streamlstm.detect.window
 the same events; a classifier's alerts carry the class (``AlertEvent.label``).
 
 Either score is smoothed causally (EWMA) and fed to a per-sensor alert state machine
-(debounce, hysteresis, minimum quiet time, warm-up); see :class:`Detector`. Thresholds
-come from a declared false-alarm budget (:func:`calibrate`).
+(debounce, hysteresis, minimum quiet time, warm-up; durations named with their unit,
+:mod:`streamlstm.detect.durations`); see :class:`Detector`. Thresholds come from a
+declared false-alarm budget (:func:`calibrate`).
 """
 
 from .calibration import (

@@ -84,6 +84,23 @@ def _alert_machine(dparams, ist, fst, score, t, i, ev_kind, ev_peak, ev_duration
         fst[F_BELOW] = np.nan
 
 
+@njit(inline="always", **JIT)
+def _adapt_level(dparams, ist, fst, x, xin, raw_input, mask, level_center, level_scale,
+                 level):
+    """Guarded drift adaptation: move the level term's offset ``level`` towards this
+    step's input while no alert is open and the smoothed score is at or below the
+    threshold, within ``P_LEVEL_BOUND`` normal standard deviations of the centre."""
+    alpha = dparams[P.P_LEVEL_ALPHA]
+    if alpha == 0.0 or ist[I_ALERT] == 1 or fst[F_SCORE] > dparams[P.P_THRESHOLD]:
+        return
+    bound = dparams[P.P_LEVEL_BOUND]
+    for k in range(level.shape[0]):
+        if _usable(x, k, raw_input, mask):
+            moved = level[k] + alpha * (np.float64(xin[k]) - level_center[k] - level[k])
+            limit = bound * level_scale[k]
+            level[k] = min(max(moved, -limit), limit)
+
+
 @njit(**JIT)
 def _usable(x, k, raw_input, mask):
     """Whether raw input channel ``k`` of sample ``x`` is scored (unmasked and finite)."""
@@ -92,9 +109,9 @@ def _usable(x, k, raw_input, mask):
 
 @njit(**JIT)
 def _detect_one(i, row, params, layout, states, samples, times, dparams, center, whiten,
-                level_center, level_whiten, mask, fill, codes, hop, alerts, istate, fstate,
-                preds, rings, rejected, xin, out, err, scratch, scores, status, ev_kind,
-                ev_peak, ev_duration):
+                level_center, level_whiten, level_scale, mask, fill, codes, hop, alerts,
+                istate, fstate, preds, levels, rings, rejected, xin, out, err, scratch, scores,
+                status, ev_kind, ev_peak, ev_duration):
     x = samples[i]
     t = times[i]
     ist = istate[row]
@@ -166,22 +183,28 @@ def _detect_one(i, row, params, layout, states, samples, times, dparams, center,
                 err[k] = np.float64(xin[k]) - np.float64(pred[k]) - center[k]
             else:
                 err[k] = 0.0
+        # Pooled over the whitened components: their mean square (P_POOL 0) or their
+        # largest square (1: one channel far out is not diluted by the others).
+        pool_max = dparams[P.P_POOL] == 1.0
         raw = 0.0
         for a in range(n):
             z = 0.0
             for k in range(n):
                 z += whiten[a, k] * err[k]
-            raw += z * z
+            raw = max(raw, z * z) if pool_max else raw + z * z
         # Optional level term: how far the input itself is from the calibrated normal
-        # one (a next-step predictor absorbs a shift present from the start).
+        # one (a next-step predictor absorbs a shift present from the start), less the
+        # sensor's adapted offset ``levels[row]`` (0 without drift adaptation).
+        level = levels[row]
         for a in range(level_whiten.shape[0]):
             z = 0.0
             for k in range(n):
                 if _usable(x, k, raw_input, mask):
-                    z += level_whiten[a, k] * (np.float64(xin[k]) - level_center[k])
-            raw += z * z
+                    z += level_whiten[a, k] * (np.float64(xin[k]) - level_center[k]
+                                               - level[k])
+            raw = max(raw, z * z) if pool_max else raw + z * z
         scored = n if not raw_input else usable
-        raw = np.sqrt(raw / scored)
+        raw = np.sqrt(raw) if pool_max else np.sqrt(raw / scored)
     code = step(params, layout, states[row], xin, out, scratch)
     if code != L.OK:
         status[i] = code
@@ -208,14 +231,16 @@ def _detect_one(i, row, params, layout, states, samples, times, dparams, center,
         if alerts:
             _alert_machine(dparams, ist, fst, fst[F_SCORE], t, i, ev_kind, ev_peak,
                            ev_duration)
+        _adapt_level(dparams, ist, fst, x, xin, raw_input, mask, level_center, level_scale,
+                     levels[row])
     scores[i] = fst[F_SCORE] if ist[I_HAS_SCORE] == 1 else np.nan
 
 
 @njit(**JIT)
 def _detect_group(first, nxt, params, layout, states, rows, samples, times, dparams, center,
-                  whiten, level_center, level_whiten, mask, fill, codes, hop, alerts, istate,
-                  fstate, preds, rings, rejected, xin, out, err, scratch, scores, status,
-                  ev_kind, ev_peak, ev_duration):
+                  whiten, level_center, level_whiten, level_scale, mask, fill, codes, hop,
+                  alerts, istate, fstate, preds, levels, rings, rejected, xin, out, err,
+                  scratch, scores, status, ev_kind, ev_peak, ev_duration):
     """One row's samples in arrival order, from sample ``first`` along the ``nxt`` links.
 
     The whole body of both kernels' loops, out of line: compiled once for the serial and
@@ -224,37 +249,41 @@ def _detect_group(first, nxt, params, layout, states, rows, samples, times, dpar
     i = first
     while i != NO_SAMPLE:
         _detect_one(i, rows[i], params, layout, states, samples, times, dparams, center,
-                    whiten, level_center, level_whiten, mask, fill, codes, hop, alerts,
-                    istate, fstate, preds, rings, rejected, xin, out, err, scratch, scores,
-                    status, ev_kind, ev_peak, ev_duration)
+                    whiten, level_center, level_whiten, level_scale, mask, fill, codes, hop,
+                    alerts, istate, fstate, preds, levels, rings, rejected, xin, out, err,
+                    scratch, scores, status, ev_kind, ev_peak, ev_duration)
         i = nxt[i]
 
 
 @njit(**JIT)
 def detect_serial(params, layout, states, rows, samples, times, dparams, center, whiten,
-                  level_center, level_whiten, mask, fill, codes, hop, alerts, istate, fstate,
-                  preds, rings, rejected, xbuf, obuf, ebuf, scratch, scores, status, ev_kind,
-                  ev_peak, ev_duration, links):
+                  level_center, level_whiten, level_scale, mask, fill, codes, hop, alerts,
+                  istate, fstate, preds, levels, rings, rejected, xbuf, obuf, ebuf, scratch,
+                  scores, status, ev_kind, ev_peak, ev_duration, links):
     """:func:`detect_parallel` on the calling thread."""
     row_last, heads, nxt = links[0], links[1], links[2]
     groups = _group_by_row(rows, row_last, heads, nxt)
     for g in range(groups):
         _detect_group(heads[g], nxt, params, layout, states, rows, samples, times, dparams,
-                      center, whiten, level_center, level_whiten, mask, fill, codes, hop,
-                      alerts, istate, fstate, preds, rings, rejected, xbuf[0], obuf[0],
-                      ebuf[0], scratch[0], scores, status, ev_kind, ev_peak, ev_duration)
+                      center, whiten, level_center, level_whiten, level_scale, mask, fill,
+                      codes, hop, alerts, istate, fstate, preds, levels, rings, rejected,
+                      xbuf[0], obuf[0], ebuf[0], scratch[0], scores, status, ev_kind, ev_peak,
+                      ev_duration)
 
 
 @njit(parallel=True, **JIT)
 def detect_parallel(params, layout, states, rows, samples, times, dparams, center, whiten,
-                    level_center, level_whiten, mask, fill, codes, hop, alerts, istate, fstate,
-                    preds, rings, rejected, xbuf, obuf, ebuf, scratch, scores, status, ev_kind,
-                    ev_peak, ev_duration, links):
+                    level_center, level_whiten, level_scale, mask, fill, codes, hop, alerts,
+                    istate, fstate, preds, levels, rings, rejected, xbuf, obuf, ebuf, scratch,
+                    scores, status, ev_kind, ev_peak, ev_duration, links):
     """Run a micro-batch of ``M`` samples through model and detector, rows in parallel.
 
     ``samples``: ``(M, A)`` in sensor units; ``times``: ``(M,)`` seconds; ``rows``: state
     rows; ``center``/``whiten``: residual scoring (``(D,)``, ``(D, D)``);
     ``level_center``/``level_whiten``: the optional level term (``(0,)``/``(0, 0)``: none);
+    ``level_scale``: its channels' normal standard deviations (the adaptation bound's
+    unit; ``(0,)`` without adaptation); ``levels``: ``(capacity, D)`` float64 per-row
+    adapted offsets of the level centre (zeros without adaptation);
     ``mask``/``fill``: per input channel, 1 = scored / 0 = masked, and the value fed to
     the model for a masked channel (a missing value in a scored channel is fed the
     model's previous prediction of it, and left out of that sample's score);
@@ -272,6 +301,7 @@ def detect_parallel(params, layout, states, rows, samples, times, dparams, cente
     for g in prange(groups):
         tid = get_thread_id()
         _detect_group(heads[g], nxt, params, layout, states, rows, samples, times, dparams,
-                      center, whiten, level_center, level_whiten, mask, fill, codes, hop,
-                      alerts, istate, fstate, preds, rings, rejected, xbuf[tid], obuf[tid],
-                      ebuf[tid], scratch[tid], scores, status, ev_kind, ev_peak, ev_duration)
+                      center, whiten, level_center, level_whiten, level_scale, mask, fill,
+                      codes, hop, alerts, istate, fstate, preds, levels, rings, rejected,
+                      xbuf[tid], obuf[tid], ebuf[tid], scratch[tid], scores, status, ev_kind,
+                      ev_peak, ev_duration)

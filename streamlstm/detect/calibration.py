@@ -28,8 +28,16 @@ import numpy as np
 from ..errors import ConfigError, ShapeError
 from ..model import Model
 from .detector import Detector
+from .durations import STORED_UNIT, UNIT_NAMES, resolve_durations, step_seconds
 from .features import FeatureSpec, compute_features
-from .params import SCHEMA_VERSION, TARGETS, DetectorParams, require_next_step
+from .params import (
+    POOLS,
+    SCHEMA_VERSION,
+    TARGETS,
+    DetectorParams,
+    check_level_adaptation,
+    require_next_step,
+)
 
 METRICS = ("diagonal", "mahalanobis")
 #: Residual spreads below this fraction of the largest are floored to it, so a channel
@@ -58,7 +66,9 @@ class CalibrationOptions:
 
     ``score``: ``"residual"`` (next-step predictor) or ``"direct"`` (the output at
     ``score_index`` is an anomaly score). ``metric``: ``"diagonal"`` or
-    ``"mahalanobis"`` whitening of the residuals. ``target``: ``"level"`` (the model
+    ``"mahalanobis"`` whitening of the residuals. ``pool``: ``"rms"`` (the root mean
+    square of the whitened components) or ``"max"`` (the largest one: a fault in one
+    channel of many is not averaged away). ``target``: ``"level"`` (the model
     predicts the next input) or ``"delta"`` (the next input minus the current one).
     ``false_alarms_per_day``: the budget the threshold is set for (needs the model's
     ``sample_rate``; without one, a warning and the 0.999 quantile); or ``quantile``
@@ -68,12 +78,16 @@ class CalibrationOptions:
     often than the budget says). ``mask``: channels (names or indices) never
     scored; ``None`` learns them (missing in more than 10 % of the normal rows, or
     constant). ``level``: add the input's distance from its normal distribution to the
-    score. The rest are the alert
+    score. ``level_alpha`` (default 0: off) and ``level_bound``: guarded drift adaptation
+    of the level term (:mod:`~streamlstm.detect.params`; its centre follows the input
+    with this EWMA weight per step while no alert is open and the score is below the
+    threshold, at most ``level_bound`` normal standard deviations). The rest are the alert
     parameters (:class:`~streamlstm.detect.params.DetectorParams`).
     """
 
     score: str = "residual"
     metric: str = "diagonal"
+    pool: str = "rms"
     target: str = "level"
     false_alarms_per_day: float | None = 1.0
     quantile: float | None = None
@@ -85,6 +99,8 @@ class CalibrationOptions:
     warmup: int = 50
     score_index: int = 0
     level: bool = False
+    level_alpha: float = 0.0
+    level_bound: float = 3.0
     mask: tuple[str | int, ...] | None = None
 
     def __post_init__(self) -> None:
@@ -92,6 +108,8 @@ class CalibrationOptions:
             raise ConfigError(f"score must be 'residual' or 'direct', got {self.score!r}")
         if self.metric not in METRICS:
             raise ConfigError(f"metric must be one of {METRICS}, got {self.metric!r}")
+        if self.pool not in POOLS:
+            raise ConfigError(f"pool must be one of {POOLS}, got {self.pool!r}")
         if self.target not in TARGETS:
             raise ConfigError(f"target must be one of {TARGETS}, got {self.target!r}")
         if self.quantile is not None and not 0.5 <= self.quantile < 1:
@@ -101,6 +119,9 @@ class CalibrationOptions:
                               f"{self.false_alarms_per_day}")
         if not self.margin > 0:
             raise ConfigError(f"margin must be > 0, got {self.margin}")
+        check_level_adaptation(self.level_alpha, self.level_bound)
+        if self.level_alpha and not self.level:
+            raise ConfigError("level_alpha adapts the level term: it needs level=True")
         DetectorParams(threshold=1.0, alpha=self.alpha, hysteresis=self.hysteresis,
                        debounce=self.debounce, quiet_time=self.quiet_time,
                        warmup=self.warmup)  # validates them early
@@ -109,14 +130,18 @@ class CalibrationOptions:
 OPTION_NAMES = tuple(f.name for f in dataclasses.fields(CalibrationOptions))
 
 
-def resolve_options(model: Model, given: Mapping[str, Any]) -> CalibrationOptions:
+def resolve_options(model: Model, given: Mapping[str, Any], *,
+                    stacklevel: int = 2) -> CalibrationOptions:
     """Options for ``model``: ``given`` ones (``None`` = not given), else the model's
     previous calibration's, else the built-in defaults. Setting ``quantile`` or
-    ``false_alarms_per_day`` replaces a stored value of the other."""
-    unknown = set(given) - set(OPTION_NAMES)
+    ``false_alarms_per_day`` replaces a stored value of the other. Durations are given
+    with their unit (``warmup_steps``/``warmup_s``, ..., see :mod:`.durations`)."""
+    unknown = set(given) - set(OPTION_NAMES) - set(UNIT_NAMES)
     if unknown:
+        public = [n for n in OPTION_NAMES if n not in STORED_UNIT] + list(UNIT_NAMES)
         raise ConfigError(f"unknown calibration option(s): {sorted(unknown)} "
-                          f"(known: {', '.join(OPTION_NAMES)})")
+                          f"(known: {', '.join(public)})")
+    given = resolve_durations(given, step_seconds(model), stacklevel=stacklevel + 1)
     given = {k: v for k, v in given.items() if v is not None}
     previous = dict(model.calibration or {})
     stored: dict[str, Any] = {}
@@ -134,6 +159,9 @@ def resolve_options(model: Model, given: Mapping[str, Any]) -> CalibrationOption
         given.setdefault("false_alarms_per_day", None)
     elif "false_alarms_per_day" in given:
         stored.pop("quantile", None)
+    if given.get("level") is False:
+        # Turning the level term off also turns off a stored adaptation of it.
+        stored.pop("level_alpha", None)
     values = {**stored, **given}
     if values.get("mask") is not None:
         values["mask"] = tuple(values["mask"])
@@ -281,17 +309,16 @@ def _whitening(values: np.ndarray, metric: str, mask: np.ndarray
 
 
 # -- scores and the threshold -------------------------------------------------------------
-def calibration_scores(model: Model, data: Any, *, warmup: int | None = None,
-                       **overrides: Any) -> list[np.ndarray]:
+def calibration_scores(model: Model, data: Any, **overrides: Any) -> list[np.ndarray]:
     """The detector's smoothed scores on each recording (each a fresh sensor), warm-up cut.
 
     ``model`` must already carry a calibration (e.g. from :func:`calibrate`); use this to
-    look at a score distribution or evaluate a model. Returns one array per recording.
+    look at a score distribution or evaluate a model. ``overrides``: as for
+    :class:`Detector` (e.g. ``warmup_steps``). Returns one array per recording.
     """
     axes, spec = _axes(model)
     recordings = _recordings(data, axes)
-    det = Detector(model, threshold=1e300, **overrides,
-                   **({} if warmup is None else {"warmup": warmup}))
+    det = Detector(model, threshold=1e300, **overrides)
     rate = model.sample_rate or 1.0
     out = []
     for index, rec in enumerate(recordings):
@@ -397,7 +424,7 @@ def calibrate_cross_fitted(model: Model, folds: Sequence[tuple[Model, Any]],
     out-of-sample scores of all the data (k-fold cross-fitting); the fold models must
     share ``model``'s architecture, channels and target.
     """
-    opts = resolve_options(model, options)
+    opts = resolve_options(model, options, stacklevel=3)
     axes, spec = _axes(model)
     sets = [(fold, _recordings(data, axes)) for fold, data in folds]
     if not sets:
@@ -417,13 +444,21 @@ def calibrate_cross_fitted(model: Model, folds: Sequence[tuple[Model, Any]],
         inputs = np.concatenate([p[1] for p in parts])
         center, whiten = _whitening(residuals, opts.metric, mask)
         names = model.channels or tuple(f"c{k}" for k in range(model.input_size))
-        cal.update(metric=opts.metric, target=opts.target, center=center.tolist(),
+        cal.update(metric=opts.metric, pool=opts.pool, target=opts.target,
+                   center=center.tolist(),
                    whiten=whiten.tolist(), mask=mask.tolist(), fill=fill.tolist(),
                    mask_names=[n for n, m in zip(names, mask, strict=True) if m == 0.0],
                    mask_configured=opts.mask is not None)
         if opts.level:
             level_center, level_whiten = _whitening(inputs, opts.metric, mask)
             cal.update(level_center=level_center.tolist(), level_whiten=level_whiten.tolist())
+            if opts.level_alpha:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)   # an all-NaN channel
+                    spread = np.nan_to_num(np.nanstd(inputs, axis=0))
+                scale = np.where(mask == 0.0, 0.0, spread)
+                cal.update(level_alpha=float(opts.level_alpha),
+                           level_bound=float(opts.level_bound), level_scale=scale.tolist())
     else:
         cal["score_index"] = int(opts.score_index)
     cal.update(alpha=float(opts.alpha), hysteresis=float(opts.hysteresis),
@@ -462,7 +497,8 @@ def _set_threshold(cal: dict[str, Any], opts: CalibrationOptions, model: Model, 
 
 
 #: Options that mean nothing for a window autoencoder's reconstruction score.
-PREDICTOR_OPTIONS = ("score", "target", "level", "score_index")
+PREDICTOR_OPTIONS = ("score", "target", "level", "score_index", "pool", "level_alpha",
+                     "level_bound")
 
 
 def calibrate_reconstruction(model: Model, data: Any, **options: Any) -> Model:
@@ -474,9 +510,10 @@ def calibrate_reconstruction(model: Model, data: Any, **options: Any) -> Model:
     per-step reconstruction errors ``x - x̂`` of every normal window give the centre and
     whitening (``metric``), and the threshold comes from the false-alarm budget over the
     smoothed window scores (one per hop). ``options``: :class:`CalibrationOptions` except
-    ``score``, ``target``, ``level`` and ``score_index``; ``warmup`` and ``debounce``
-    count windows. Unset ones come from the model's previous reconstruction calibration,
-    else the built-in defaults (as :func:`calibrate` does for predictors).
+    ``score``, ``target``, ``level``, ``level_alpha``, ``level_bound``, ``score_index`` and
+    ``pool``; ``warmup`` and ``debounce`` count windows. Unset ones come from the model's
+    previous reconstruction calibration, else the built-in defaults (as :func:`calibrate`
+    does for predictors).
     """
     from ..windows import WindowBank
     from .windowed import WindowDetector

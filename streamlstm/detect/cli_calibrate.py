@@ -20,7 +20,8 @@ from .calibration import (
     calibrate,
     calibrate_reconstruction,
 )
-from .params import TARGETS
+from .durations import add_duration_arguments, duration_arguments
+from .params import POOLS, TARGETS
 from .recordings import read_recording
 
 _DEFAULTS = CalibrationOptions()
@@ -52,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         f"output is an anomaly score (default: {_DEFAULTS.score})")
     parser.add_argument("--metric", choices=METRICS, default=None,
                         help=f"residual metric (default: {_DEFAULTS.metric})")
+    parser.add_argument("--pool", choices=POOLS, default=None,
+                        help="pool the whitened components by their root mean square or "
+                        f"their largest one (default: {_DEFAULTS.pool})")
     parser.add_argument("--target", choices=TARGETS, default=None,
                         help="what a residual model predicts: the next input (level) or its "
                         f"change (delta) (default: as trained, else {_DEFAULTS.target})")
@@ -67,16 +71,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "the normal scores"),
             ("margin", float, "threshold = budget score x margin (residual scale)"),
             ("alpha", float, "EWMA weight of the newest score (1 = no smoothing)"),
-            ("hysteresis", float, "alerts end below hysteresis x threshold"),
-            ("debounce", int, "consecutive scores (windows, for a window autoencoder) above "
-             "threshold to start an alert"),
-            ("quiet-time", float, "seconds below the end threshold to end an alert"),
-            ("warmup", int, "model steps (windows, for a window autoencoder) after a reset "
-             "during which nothing alerts"),
+            ("hysteresis", float, "alerts end below baseline + hysteresis x (threshold - "
+             "baseline), baseline = the median normal score"),
+            ("level-alpha", float, "with --level: EWMA weight per step with which the level "
+             "centre follows the input while no alert is open (0: no drift adaptation)"),
+            ("level-bound", float, "with --level-alpha: how far the level centre may move, "
+             "in normal standard deviations"),
             ("score-index", int, "direct models: which output is the score")):
         default = getattr(_DEFAULTS, name.replace("-", "_"))
         parser.add_argument(f"--{name}", type=kind, default=None,
                             help=f"{text} (default: the model's calibration, else {default})")
+    add_duration_arguments(parser, _DEFAULTS)
 
 
 def _columns_hint(path: str, names: list[str], width: int, wanted: list[str] | None) -> str:
@@ -111,9 +116,10 @@ def run(args: argparse.Namespace) -> int:
                 raise ShapeError(_columns_hint(path, names, width, columns))
             recordings.append(data)
         options = {key: getattr(args, key) for key in
-                   ("score", "metric", "target", "level", "false_alarms_per_day", "quantile",
-                    "margin", "alpha", "hysteresis", "debounce", "quiet_time", "warmup",
-                    "score_index")}
+                   ("score", "metric", "pool", "target", "level", "false_alarms_per_day",
+                    "quantile", "margin", "alpha", "hysteresis", "level_alpha",
+                    "level_bound", "score_index")}
+        options.update(duration_arguments(args, "streamlstm calibrate"))
         if args.mask is not None:
             options["mask"] = tuple(args.mask.split(",")) if args.mask else ()
         if model.window is None:

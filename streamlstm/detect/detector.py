@@ -71,8 +71,10 @@ class Detector:
 
     ``Detector(model, capacity=1024, threads=None, **overrides)`` reads its parameters
     from ``model.calibration`` (see :mod:`streamlstm.detect.params`); any of
-    ``threshold, margin, alpha, hysteresis, debounce, quiet_time, warmup`` may be
-    overridden. Events carry ``model_id``: ``model.metadata["model_id"]`` if set, else
+    ``threshold, margin, alpha, hysteresis`` and the durations ``warmup_steps``,
+    ``debounce_steps``, ``quiet_steps`` (or their seconds forms ``warmup_s``,
+    ``debounce_s``, ``quiet_s``; :mod:`streamlstm.detect.durations`) may be overridden.
+    Events carry ``model_id``: ``model.metadata["model_id"]`` if set, else
     the model's name and the start of its weights' sha256. A model whose metadata declares
     ``features`` is fed windowed features computed from the raw samples
     (:mod:`streamlstm.detect.features`).
@@ -95,7 +97,7 @@ class Detector:
     >>> rng = np.random.default_rng(0)
     >>> model = calibrate(sl.random_model(2, [8], output_size=2), rng.normal(size=(500, 2)),
     ...                   quantile=0.999)
-    >>> det = sl.Detector(model, warmup=5)
+    >>> det = sl.Detector(model, warmup_steps=5)
     >>> det.update(["a", "a"], [[0.0, 0.1], [50.0, -50.0]], [0.0, 0.02])
     []
     >>> det.last_scores.shape
@@ -145,6 +147,7 @@ class Detector:
         self._fstate = np.zeros((capacity, K.N_FLOAT), np.float64)
         self._fstate[:, K.F_BELOW] = np.nan
         self._preds = np.zeros((capacity, self.model.output_size), self._dtype)
+        self._levels = np.zeros((capacity, self.model.input_size), np.float64)
         self._rings = np.zeros((capacity, *self._ring_shape), np.float64)
 
     def _sync_capacity(self) -> None:
@@ -152,10 +155,10 @@ class Detector:
         old = self._istate.shape[0]
         if capacity == old:
             return
-        arrays = (self._istate, self._fstate, self._preds, self._rings)
+        arrays = (self._istate, self._fstate, self._preds, self._levels, self._rings)
         self._alloc_rows(capacity)
-        for new, prev in zip((self._istate, self._fstate, self._preds, self._rings), arrays,
-                             strict=True):
+        for new, prev in zip((self._istate, self._fstate, self._preds, self._levels,
+                              self._rings), arrays, strict=True):
             new[:old] = prev
 
     def _clear_row(self, row: int | np.ndarray) -> None:
@@ -163,6 +166,7 @@ class Detector:
         self._fstate[row] = 0.0
         self._fstate[row, K.F_BELOW] = np.nan
         self._preds[row] = 0
+        self._levels[row] = 0.0
         self._rings[row] = 0.0
 
     # -- stepping -------------------------------------------------------------------------
@@ -202,9 +206,10 @@ class Detector:
         bank._ensure_links(count)
         args = (bank._params, bank._layout, bank._states, rows, samples, times, self._dparams,
                 self._scoring.center, self._scoring.whiten, self._scoring.level_center,
-                self._scoring.level_whiten, self._scoring.mask, self._scoring.fill,
-                self._codes, self._hop, 1 if alert else 0,
-                self._istate, self._fstate, self._preds, self._rings, bank._rejected,
+                self._scoring.level_whiten, self._scoring.level_scale, self._scoring.mask,
+                self._scoring.fill, self._codes, self._hop, 1 if alert else 0,
+                self._istate, self._fstate, self._preds, self._levels, self._rings,
+                bank._rejected,
                 self._xbuf, self._obuf, self._ebuf, self._scratch, scores, status, ev_kind,
                 ev_peak, ev_duration, bank._links)
         if bank.threads > 1 and count >= PARALLEL_THRESHOLD:
@@ -298,7 +303,7 @@ class Detector:
     def _row_arrays(self) -> dict[str, np.ndarray]:
         return {"states": self.bank._states, "rejected": self.bank._rejected,
                 "istate": self._istate, "fstate": self._fstate, "preds": self._preds,
-                "rings": self._rings}
+                "levels": self._levels, "rings": self._rings}
 
     def import_state(self, snapshot: Mapping[str, Any]) -> None:
         """Restore sensors from :meth:`export_state` output (sensors not in it are kept)."""
@@ -307,6 +312,10 @@ class Detector:
             sensors = list(snapshot["sensors"])
             arrays = {name: np.asarray(snapshot[name]) for name in
                       ("states", "rejected", "istate", "fstate", "preds", "rings")}
+            # Adapted level offsets: absent from snapshots written before drift adaptation
+            # existed, which never adapted (all zero).
+            arrays["levels"] = np.asarray(snapshot.get("levels", np.zeros(
+                (len(sensors), self.model.input_size))))
         except (KeyError, TypeError, ValueError) as exc:
             raise ShapeError(f"detector snapshot: missing or malformed field ({exc})") from None
         if version != SNAPSHOT_VERSION:
@@ -318,13 +327,14 @@ class Detector:
             "istate": (n, K.N_INT),
             "fstate": (n, K.N_FLOAT),
             "preds": (n, self.model.output_size),
+            "levels": (n, self.model.input_size),
             "rings": (n, *self._ring_shape),
         }
         for name, shape in expected.items():
             if arrays[name].shape != shape:
                 raise ShapeError(f"detector snapshot: {name} has shape {arrays[name].shape}, "
                                  f"expected {shape} (a different model?)")
-        for name in ("states", "preds", "rings"):
+        for name in ("states", "preds", "levels", "rings"):
             if not np.all(np.isfinite(arrays[name])):
                 raise ShapeError(f"detector snapshot: non-finite values in {name}")
         rows = self.bank.rows(sensors)
@@ -334,4 +344,5 @@ class Detector:
         self._istate[rows] = arrays["istate"].astype(np.int64)
         self._fstate[rows] = arrays["fstate"].astype(np.float64)
         self._preds[rows] = arrays["preds"].astype(self._dtype)
+        self._levels[rows] = arrays["levels"].astype(np.float64)
         self._rings[rows] = arrays["rings"].astype(np.float64)

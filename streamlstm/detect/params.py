@@ -9,18 +9,32 @@
                                                  # scored with center/whiten/mask/fill of its
                                                  # reconstruction error, see detect.windowed)
      "center": [D], "whiten": [[D x D]],         # residual models
+     "pool": "rms" | "max",                      # residual models (default "rms")
      "mask": [D], "fill": [D],                   # residual models: 1 = scored channel, 0 =
                                                  # masked (fed ``fill``, never scored)
      "level_center": [D], "level_whiten": [[D x D]],  # optional level term
+     "level_alpha": 0.0, "level_bound": 3.0, "level_scale": [D],  # its drift adaptation
      "score_index": 0,                           # direct models: which output is the score
      "alpha": ..., "false_alarms_per_day": ..., "exceedance": ..., "tail": ...,
      "quantile_score": ..., "margin": ..., "threshold": ..., "baseline": ...,
      "debounce": ..., "hysteresis": ..., "quiet_time": ..., "warmup": ...,
      "samples": ..., "scores": ..., "recordings": ...}
 
-A residual score is on the residual scale: the root mean square of the whitened
-residuals ``W (e - center)`` over the channels scored for that sample (a score of 2 is
-twice the typical normal error, whatever the channel count). ``target``: a ``"level"``
+A residual score is on the residual scale: with ``pool="rms"`` the root mean square of
+the whitened residuals ``W (e - center)`` over the channels scored for that sample (a
+score of 2 is twice the typical normal error, whatever the channel count); with
+``pool="max"`` the largest absolute whitened component (level term included), so a
+fault that shows in one channel of many is not diluted by the quiet ones (normal scores
+then sit near the typical maximum of that many components, not near 1).
+
+``level_alpha`` > 0 (with a level term) adapts the level term to drift, guarded: each
+sensor's level centre starts at ``level_center`` and, after a scored step with no alert
+open and the smoothed score at or below the threshold, moves ``level_alpha`` of the way
+towards that step's input, never further than ``level_bound`` normal standard deviations
+(``level_scale``, per channel) from ``level_center``. Frozen while alerting, so a fault
+does not become normal. Risks: a fault that grows more slowly than the adaptation (up to
+the bound) is learnt instead of alerted; a centre that moved just before an alert stays
+there, so the alert can stay open after the level returns. ``target``: a ``"level"``
 model predicts ``x[t+1]`` itself; a ``"delta"`` model predicts ``x[t+1] - x[t]``, and the
 detector adds ``x[t]`` back, so the prediction never chases an absolute level.
 
@@ -44,10 +58,12 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..model import Model
+from .durations import UNIT_NAMES, resolve_durations, step_seconds
 
 SCHEMA_VERSION = 2
 SCORE_KINDS = ("residual", "direct", "reconstruction")
 TARGETS = ("level", "delta")
+POOLS = ("rms", "max")
 
 # Index of each parameter in the float64 vector the kernel reads.
 P_ALPHA = 0
@@ -59,7 +75,10 @@ P_WARMUP = 5
 P_DIRECT = 6
 P_SCORE_INDEX = 7
 P_DELTA = 8       # 1: the model predicts x[t+1] - x[t]
-N_PARAMS = 9
+P_POOL = 9        # 0: mean square of the whitened components, 1: their largest square
+P_LEVEL_ALPHA = 10  # level term: EWMA weight with which its centre follows the input (0: off)
+P_LEVEL_BOUND = 11  # level term: how far the centre may move, in normal standard deviations
+N_PARAMS = 12
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,8 +129,11 @@ class DetectorParams:
         return baseline + self.hysteresis * (self.threshold - baseline)
 
 
-#: Parameter names a caller may override (plus ``margin``, which rescales the threshold).
+#: Parameters a caller may override, by their stored names (plus ``margin``, which
+#: rescales the threshold); durations are given with their unit (:data:`OPTION_NAMES`).
 OVERRIDABLE = ("threshold", "margin", "alpha", "hysteresis", "debounce", "quiet_time", "warmup")
+#: The override names a caller uses: durations with their unit (:mod:`.durations`).
+OPTION_NAMES = ("threshold", "margin", "alpha", "hysteresis", *UNIT_NAMES)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -129,6 +151,12 @@ class Scoring:
     mask: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
     fill: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
     delta: bool = False
+    pool_max: bool = False      # the largest whitened component instead of the RMS
+    # Guarded drift adaptation of the level term's centre (see DetectorParams' module doc):
+    # EWMA weight per scored step (0: off), bound in units of level_scale (D,).
+    level_alpha: float = 0.0
+    level_bound: float = 0.0
+    level_scale: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
 
     @property
     def masked(self) -> int:
@@ -152,11 +180,13 @@ def require_calibration(model: Model) -> Mapping[str, Any]:
 
 
 def params_from(model: Model, overrides: Mapping[str, Any]) -> DetectorParams:
-    """Detector parameters from ``model.calibration``, with ``overrides`` applied."""
-    unknown = set(overrides) - set(OVERRIDABLE)
+    """Detector parameters from ``model.calibration``, with ``overrides`` applied
+    (durations by :func:`~streamlstm.detect.durations.resolve_durations`)."""
+    unknown = set(overrides) - set(OVERRIDABLE) - set(OPTION_NAMES)
     if unknown:
         raise ConfigError(f"unknown detector parameter(s): {sorted(unknown)} "
-                          f"(known: {', '.join(OVERRIDABLE)})")
+                          f"(known: {', '.join(OPTION_NAMES)})")
+    overrides = resolve_durations(overrides, step_seconds(model), stacklevel=3)
     cal = require_calibration(model)
     values: dict[str, Any] = {f.name: cal[f.name] for f in dataclasses.fields(DetectorParams)
                               if f.name in cal}
@@ -195,9 +225,29 @@ def scoring_from(model: Model, width: int) -> Scoring:
     target = cal.get("target", "level")
     if target not in TARGETS:
         raise ConfigError(f"model calibration: target must be one of {TARGETS}, got {target!r}")
+    pool = cal.get("pool", "rms")
+    if pool not in POOLS:
+        raise ConfigError(f"model calibration: pool must be one of {POOLS}, got {pool!r}")
+    level_alpha, level_bound, level_scale = 0.0, 0.0, np.zeros(0)
+    if level_center.size and float(cal.get("level_alpha", 0.0)) != 0.0:
+        level_alpha, level_bound = float(cal["level_alpha"]), float(cal.get("level_bound", 0.0))
+        check_level_adaptation(level_alpha, level_bound, "model calibration: ")
+        level_scale = _vector(cal, "level_scale", width, np.zeros(0))
+        if level_scale.size == 0 or np.any(level_scale < 0):
+            raise ConfigError("model calibration: level_alpha needs level_scale, "
+                              f"{width} numbers >= 0")
     return Scoring(False, np.ascontiguousarray(center), np.ascontiguousarray(whiten), 0,
                    np.ascontiguousarray(level_center), np.ascontiguousarray(level_whiten),
-                   mask, fill, target == "delta")
+                   mask, fill, target == "delta", pool == "max", level_alpha, level_bound,
+                   level_scale)
+
+
+def check_level_adaptation(alpha: float, bound: float, prefix: str = "") -> None:
+    """A clear error for an adaptation weight outside [0, 1) or a bound that is not > 0."""
+    if not (math.isfinite(alpha) and 0 <= alpha < 1):
+        raise ConfigError(f"{prefix}level_alpha must be in [0, 1), got {alpha}")
+    if alpha and not (math.isfinite(bound) and bound > 0):
+        raise ConfigError(f"{prefix}level_bound must be a finite number > 0, got {bound}")
 
 
 def require_next_step(model: Model, width: int) -> None:
@@ -251,4 +301,7 @@ def pack_params(params: DetectorParams, scoring: Scoring) -> np.ndarray:
     vector[P_DIRECT] = 1.0 if scoring.direct else 0.0
     vector[P_SCORE_INDEX] = scoring.score_index
     vector[P_DELTA] = 1.0 if scoring.delta else 0.0
+    vector[P_POOL] = 1.0 if scoring.pool_max else 0.0
+    vector[P_LEVEL_ALPHA] = scoring.level_alpha
+    vector[P_LEVEL_BOUND] = scoring.level_bound
     return vector

@@ -117,8 +117,9 @@ class WindowDetector:
     ``WindowDetector(model, capacity=1024, threads=None, normal_class=None,
     min_probability=None, consecutive=None, **overrides)``: the three class options are
     for classifiers (defaults: ``"normal"`` if the model has that class, else its first;
-    0.9; 3); ``overrides`` (``threshold, margin, alpha, hysteresis, debounce, quiet_time,
-    warmup``, warm-up and debounce counted in windows) for autoencoders, whose
+    0.9; 3); ``overrides`` (``threshold, margin, alpha, hysteresis`` and durations with
+    their unit, ``warmup_steps``, ``debounce_steps``, ``quiet_steps`` or ``*_s``, a step
+    being one window hop: :mod:`streamlstm.detect.durations`) for autoencoders, whose
     ``model.calibration`` comes from
     :func:`~streamlstm.detect.calibration.calibrate_reconstruction`.
 

@@ -9,6 +9,10 @@ from ..errors import StreamLSTMError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..detect.calibration import CalibrationOptions
+    from ..detect.durations import add_duration_arguments
+    from ..detect.params import POOLS
+
     parser.add_argument("--data", required=True, nargs="+",
                         help="normal recording(s), .csv or .npz; never spliced together")
     parser.add_argument("--out", required=True, help="model file to write (native .npz)")
@@ -40,11 +44,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "1024:128:log_rms,crest,kurtosis (for kHz vibration)")
     parser.add_argument("--metric", choices=("diagonal", "mahalanobis"), default=None,
                         help="residual metric (see streamlstm calibrate)")
+    parser.add_argument("--pool", choices=POOLS, default=None,
+                        help="pool the whitened components by their RMS or their largest "
+                        "one (see streamlstm calibrate)")
     for name, kind in (("false-alarms-per-day", float), ("quantile", float),
-                       ("margin", float), ("alpha", float), ("hysteresis", float),
-                       ("debounce", int), ("quiet-time", float), ("warmup", int)):
+                       ("margin", float), ("alpha", float), ("hysteresis", float)):
         parser.add_argument(f"--{name}", type=kind, default=None,
                             help="calibration/alert parameter (see streamlstm calibrate)")
+    add_duration_arguments(parser, CalibrationOptions())
     parser.add_argument("--quiet", action="store_true",
                         help="no progress on stderr (default: progress when it is a terminal)")
 
@@ -68,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         print("streamlstm train: needs PyTorch; install the extra: "
               "pip install 'streamlstm[train]'", file=sys.stderr)
         return 2
+    from ..detect.durations import duration_arguments
     from ..detect.recordings import read_recording
     from ..formats import save
     from .recipe import train
@@ -79,9 +87,9 @@ def run(args: argparse.Namespace) -> int:
             data, names = read_recording(path, columns=columns)
             recordings.append(data)
         calibration = {key: getattr(args, key) for key in
-                       ("metric", "false_alarms_per_day", "quantile", "margin", "alpha",
-                        "hysteresis", "debounce", "quiet_time", "warmup")
-                       if getattr(args, key) is not None}
+                       ("metric", "pool", "false_alarms_per_day", "quantile", "margin", "alpha",
+                        "hysteresis") if getattr(args, key) is not None}
+        calibration.update(duration_arguments(args, "streamlstm train"))
         result = train(recordings, hidden=args.hidden, layers=args.layers, target=args.target,
                        folds=args.folds, epochs=args.epochs, seq_len=args.seq_len,
                        batch_size=args.batch_size, lr=args.lr, patience=args.patience,

@@ -11,11 +11,16 @@ The recipe (v2):
   ``x[t+1] - x[t]``, normalised by the changes' spread, and the detector adds ``x[t]``
   back), so a level never seen in training moves the prediction with it instead of being
   pulled back to a remembered one; ``target="level"`` predicts ``x[t+1]`` itself.
-* The score adds the detector's level term (the input's distance from its normal
-  distribution, ``calibrate(..., level=True)``) to the residual: a delta predictor sees a
-  persistent shift only at its onset. Both defaults (``delta`` and the level term) were
-  chosen on the validation parts of ``benchmarks/bench_quality.py`` (five datasets);
-  pass ``calibration={"level": False}`` to score the residual alone.
+* The score is the largest whitened residual component (``pool="max"``): a fault that
+  shows in one channel of many is not averaged away by the others. No level term by
+  default: the input's distance from its calibrated normal distribution
+  (``calibration={"level": True}``) latches on any level the calibration never saw, a
+  new occasion of the same well or drift, while a delta predictor sees a persistent
+  shift only at its onset. Pass ``level=True`` when the absolute level is the anomaly and
+  the normal level does not move (one machine at one operating point; a fault already
+  present at a sensor's first sample is seen only this way). These defaults were chosen
+  on the validation parts of ``benchmarks/bench_quality.py`` (five datasets, 3W's
+  cross-occasion cases included; the delta target and the level term in earlier runs).
 * k-fold cross-fitting (``folds``, default 3): every recording is cut into ``folds``
   contiguous blocks; fold ``k``'s model trains on the other blocks (each piece its own
   recording, never spliced), stops early on block ``k`` (keeping its best epoch; a
@@ -47,7 +52,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..detect.calibration import calibrate_cross_fitted, channel_mask, cleaned
+from ..detect.calibration import CalibrationOptions, calibrate_cross_fitted, channel_mask, cleaned
+from ..detect.durations import resolve_durations, with_units
 from ..detect.features import FeatureSpec, compute_features, feature_names
 from ..errors import ConfigError, ShapeError
 from ..model import Model, Normalization, dense_layer, lstm_layer
@@ -56,6 +62,9 @@ from .progress import Progress, bar
 #: A held-out block's first steps start from a zero state; leave them out of its loss.
 VAL_BURN_IN = 10
 TARGETS = ("delta", "level")
+#: The recipe's calibration defaults, chosen on validation data (see the module doc);
+#: ``calibration=`` entries override them.
+DEFAULT_CALIBRATION = {"level": False, "pool": "max"}
 
 
 class TrainingWarning(UserWarning):
@@ -259,7 +268,8 @@ def train(data: Any, *, hidden: int = 32, layers: int = 1, features: Any = None,
     dict (window, hop, stats) to train on windowed features of raw high-rate samples.
     ``target``: ``"delta"`` or ``"level"``. ``folds``: k of the k-fold calibration (>= 2).
     ``calibration``: options for :func:`streamlstm.detect.calibrate` (false_alarms_per_day,
-    margin, alpha, debounce, mask, ...); a false-alarm budget needs ``sample_rate``.
+    margin, alpha, pool, debounce_steps, quiet_s, mask, ...; durations named with their unit,
+    see :mod:`streamlstm.detect.durations`); a false-alarm budget needs ``sample_rate``.
     ``progress``: progress lines on stderr (default: only when stderr is a terminal).
     Returns a :class:`TrainResult`; save its ``model`` with :func:`streamlstm.formats.save`.
     """
@@ -280,7 +290,11 @@ def train(data: Any, *, hidden: int = 32, layers: int = 1, features: Any = None,
     if channels and len(channels) != axes:
         raise ConfigError(f"train: {len(channels)} channel names for {axes} channels")
     input_channels = tuple(channels) or tuple(f"c{k}" for k in range(axes))
-    options = {"level": True, **(calibration or {})}
+    # Durations resolved once (a deprecated name warns here, at the caller), then passed
+    # on with their units.
+    period = (spec.hop if spec else 1) / sample_rate if sample_rate else None
+    options = with_units(resolve_durations({**DEFAULT_CALIBRATION, **(calibration or {})},
+                                           period, stacklevel=2))
     options["target"] = target
     if spec is None:
         # The same rule calibration applies, on the same data: the same channels.
@@ -289,7 +303,7 @@ def train(data: Any, *, hidden: int = 32, layers: int = 1, features: Any = None,
         raise ShapeError("train: a feature model needs complete raw data (it holds NaN)")
     else:
         mask, fill = np.ones(axes), np.zeros(axes)
-    warmup = int(options.get("warmup", 50))
+    warmup = int(options.get("warmup_steps", CalibrationOptions.warmup))
     minimum = max((spec.window + 2 * spec.hop) if spec else 4,
                   (spec.window + (warmup + 10) * spec.hop) if spec else warmup + 10)
     blocks = [_blocks(rec, folds, minimum, i) for i, rec in enumerate(raw)]

@@ -15,7 +15,7 @@ from streamlstm import formats
 from streamlstm.detect import calibrate
 
 REPO = Path(__file__).resolve().parents[2]
-DETECTOR_OPTIONS = {"warmup": 10, "debounce": 2, "quiet_time": 0.0}
+DETECTOR_OPTIONS = {"warmup_steps": 10, "debounce_steps": 2, "quiet_s": 0.0}
 
 
 def make_model(path: Path) -> Path:

@@ -34,7 +34,7 @@ def test_csv_replay_prints_the_expected_alerts_and_plots(tmp_path):
 [model]
 path = "{model}"
 [detector]
-options = {{ warmup = 10, debounce = 2, quiet_time = 0.0 }}
+options = {{ warmup_steps = 10, debounce_steps = 2, quiet_s = 0.0 }}
 [[sources]]
 type = "replay"
 path = "rec.csv"
