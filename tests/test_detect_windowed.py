@@ -292,4 +292,4 @@ def test_the_calibrate_command_help_describes_window_autoencoders(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "A window autoencoder (a window model with output 'every') is scored once per" in text
     assert "(windows, for a window autoencoder)" in text
-    assert "(default: the model's calibration, else 50)" in text
+    assert "(default: the model's calibration, else 50 steps)" in text

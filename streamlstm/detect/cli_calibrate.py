@@ -81,7 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default = getattr(_DEFAULTS, name.replace("-", "_"))
         parser.add_argument(f"--{name}", type=kind, default=None,
                             help=f"{text} (default: the model's calibration, else {default})")
-    add_duration_arguments(parser, _DEFAULTS)
+    add_duration_arguments(parser, _DEFAULTS, step_note=" (windows, for a window autoencoder)")
 
 
 def _columns_hint(path: str, names: list[str], width: int, wanted: list[str] | None) -> str:

@@ -126,10 +126,12 @@ _HELP = {"warmup": "after a sensor's first sample or a reset, nothing alerts for
          "quiet_time": "an alert ends after the score is below the end threshold for"}
 
 
-def add_duration_arguments(parser: argparse.ArgumentParser, defaults: Any) -> None:
+def add_duration_arguments(parser: argparse.ArgumentParser, defaults: Any, *,
+                           step_note: str = "") -> None:
     """``--warmup-steps``/``--warmup-s`` and the others on a command line (``defaults``:
     an object with the stored ``warmup``, ``debounce`` and ``quiet_time`` defaults), plus
-    the deprecated ``--warmup``, ``--debounce`` and ``--quiet-time``."""
+    the deprecated ``--warmup``, ``--debounce`` and ``--quiet-time``. ``step_note`` follows
+    "model steps" in the help (what a step is for the command's other models)."""
     for name, (key, unit) in UNIT_NAMES.items():
         default = getattr(defaults, key)
         shown = f"{default} {'steps' if STORED_UNIT[key] == 'steps' else 's'}"
@@ -137,7 +139,7 @@ def add_duration_arguments(parser: argparse.ArgumentParser, defaults: Any) -> No
         parser.add_argument(f"--{name.replace('_', '-')}", type=int if steps else float,
                             default=None, metavar="N" if steps else "S",
                             help=f"{_HELP[key]} this many "
-                            f"{'model steps' if steps else 'seconds'} "
+                            f"{'model steps' + step_note if steps else 'seconds'} "
                             f"(default: the model's calibration, else {shown})")
     for old, new in DEPRECATED.items():
         parser.add_argument(f"--{old.replace('_', '-')}", type=int if STORED_UNIT[old] == "steps"
