@@ -127,11 +127,12 @@ _HELP = {"warmup": "after a sensor's first sample or a reset, nothing alerts for
 
 
 def add_duration_arguments(parser: argparse.ArgumentParser, defaults: Any, *,
-                           step_note: str = "") -> None:
+                           step_note: str = "", from_model: bool = True) -> None:
     """``--warmup-steps``/``--warmup-s`` and the others on a command line (``defaults``:
     an object with the stored ``warmup``, ``debounce`` and ``quiet_time`` defaults), plus
     the deprecated ``--warmup``, ``--debounce`` and ``--quiet-time``. ``step_note`` follows
-    "model steps" in the help (what a step is for the command's other models)."""
+    "model steps" in the help (what a step is for the command's other models);
+    ``from_model``: whether an unset duration comes from the model's calibration."""
     for name, (key, unit) in UNIT_NAMES.items():
         default = getattr(defaults, key)
         shown = f"{default} {'steps' if STORED_UNIT[key] == 'steps' else 's'}"
@@ -140,7 +141,8 @@ def add_duration_arguments(parser: argparse.ArgumentParser, defaults: Any, *,
                             default=None, metavar="N" if steps else "S",
                             help=f"{_HELP[key]} this many "
                             f"{'model steps' + step_note if steps else 'seconds'} "
-                            f"(default: the model's calibration, else {shown})")
+                            + (f"(default: the model's calibration, else {shown})"
+                               if from_model else f"(default: {shown})"))
     for old, new in DEPRECATED.items():
         parser.add_argument(f"--{old.replace('_', '-')}", type=int if STORED_UNIT[old] == "steps"
                             else float, default=None,

@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        ("margin", float), ("alpha", float), ("hysteresis", float)):
         parser.add_argument(f"--{name}", type=kind, default=None,
                             help="calibration/alert parameter (see streamlstm calibrate)")
-    add_duration_arguments(parser, CalibrationOptions())
+    add_duration_arguments(parser, CalibrationOptions(), from_model=False)
     parser.add_argument("--quiet", action="store_true",
                         help="no progress on stderr (default: progress when it is a terminal)")
 
