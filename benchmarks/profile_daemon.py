@@ -15,7 +15,8 @@ apart, in one process, so each stage's cost per sample can be read off:
    detector step, per-frame bookkeeping, acknowledgements) over the queued frames.
 
 Stages 2 and 3 run twice: timed alone, then under cProfile, whose top functions by own
-time are printed. Timings are thread CPU time (``time.thread_time``), so a shared
+time are printed; stage 2 is also timed with the standard library's JSON parser in place
+of the optional ``orjson``. Timings are thread CPU time (``time.thread_time``), so a shared
 machine's other load inflates them less than wall time would.
 """
 
@@ -42,6 +43,7 @@ from bench_daemon import bench_model, start_broker
 from streamlstm.daemon.config import validate
 from streamlstm.daemon.engine import Daemon
 from streamlstm.daemon.pipeline import compile_kernels
+from streamlstm.sources import parsers
 
 
 def payloads(sensors: int, batch: int, messages: int, rate: float,
@@ -176,11 +178,11 @@ def main(argv: list[str] | None = None) -> int:
         count = max(args.sensors, args.samples // args.batch)
         rate = 1000.0 * args.sensors
         span = count * args.batch / rate
-        # Three sets (warm-up, timed, profiled) with device times one after the other and
-        # all in the past, so the timestamp gate admits every frame.
-        first = time.time() - 3 * span - 1
+        # Four sets (warm-up, timed, timed with the standard JSON parser, profiled) with
+        # device times one after the other and all in the past, so the gate admits them all.
+        first = time.time() - 4 * span - 1
         sets = [payloads(args.sensors, args.batch, count, rate, first + k * span)
-                for k in range(3)]
+                for k in range(4)]
         samples = count * args.batch
         print(f"{count} messages of {args.batch} samples, {args.sensors} sensors, model "
               f"{'shipped default' if not args.hidden else f'LSTM H={args.hidden}'}")
@@ -197,12 +199,19 @@ def main(argv: list[str] | None = None) -> int:
         seconds_intake = thread_seconds(lambda: intake(daemon, messages))
         seconds_compute = thread_seconds(lambda: compute(daemon, batch_samples))
         messages = messages_of(sets[2])
+        installed, parsers.orjson = parsers.orjson, None
+        seconds_stdlib = thread_seconds(lambda: intake(daemon, messages))
+        parsers.orjson = installed
+        compute(daemon, batch_samples)
+        messages = messages_of(sets[3])
         print(profiled(lambda: intake(daemon, messages), args.top))
         print(profiled(lambda: compute(daemon, batch_samples), args.top))
         stepped = daemon.metrics.value("streamlstm_samples_total")
-        if stepped != 3 * samples:
-            sys.exit(f"only {stepped:.0f} of {3 * samples} samples were stepped")
-        print(f"2. intake: {seconds_intake / samples * 1e6:.3f} us/sample")
+        if stepped != 4 * samples:
+            sys.exit(f"only {stepped:.0f} of {4 * samples} samples were stepped")
+        print(f"2. intake: {seconds_intake / samples * 1e6:.3f} us/sample "
+              f"({'orjson' if installed else 'json'}; with the standard library's json: "
+              f"{seconds_stdlib / samples * 1e6:.3f})")
         print(f"3. compute: {seconds_compute / samples * 1e6:.3f} us/sample")
         daemon.shutdown()
     return 0
