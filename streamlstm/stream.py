@@ -28,7 +28,7 @@ class KernelArgs(NamedTuple):
     scratch: np.ndarray
 
 
-def compiled_entry(dispatcher: Any, args: tuple[Any, ...]) -> Callable[..., Any]:
+def _compiled_entry(dispatcher: Any, args: tuple[Any, ...]) -> Callable[..., Any]:
     """The compiled function ``dispatcher`` runs for arguments typed like ``args``: callable
     with such arguments without the dispatcher's type resolution. The dispatcher itself if
     that specialisation cannot be found (it is compiled already when this is called)."""
@@ -126,7 +126,7 @@ class Stream:
         same type as here, so the dispatcher's per-call type resolution (a fifth of a step)
         can be skipped."""
         code = kernels.step(*args)
-        self._kernel = compiled_entry(kernels.step, args)
+        self._kernel = _compiled_entry(kernels.step, args)
         return code
 
     def run(self, xs: Any) -> np.ndarray:

@@ -12,9 +12,9 @@ their memory: a queued frame never keeps its message's payload buffer alive. Sup
 
   where ``sensor``, ``t`` (seconds, time of the first sample) and ``rate`` (Hz) are
   optional, and a single ``"sample": [x, y, z]`` may replace ``samples``. With the optional
-  ``orjson`` installed (``pip install streamlstm[fast]``) it parses them, about 6x faster
-  than the standard library; whatever it refuses (or might read differently) goes to the
-  standard parser, so the outcome is the same with or without it;
+  ``orjson`` installed (``pip install streamlstm[fast]``) it parses them (about 6x faster
+  than the standard library's parser); whatever it refuses or might read differently goes
+  to the standard parser, so the outcome is the same with or without it;
 * raw little-endian float32, ``n * D`` values per message;
 * binary frames (serial): COBS-encoded, ``0x00``-terminated, with a CRC-32, laid out as
   in :func:`encode_frame`. A torn or corrupted frame costs only itself: decoding resumes
