@@ -3,7 +3,9 @@
     python benchmarks/bench_core.py [--quick] [--json benchmarks/results/core.json]
 
 Three parts, all in one run on one machine, medians of repeated timings after warm-up,
-every library on 1 thread unless a row says otherwise:
+every library on 1 thread unless a row says otherwise, then a table of how far each of
+our kernels is from the machine's limit: its FMA rate as a share of the peak measured in
+the same run (:mod:`fma_peak`), with the FMAs and the bytes each stream-step moves:
 
 1. single-stream latency per sample (D=3, Linear head), called from Python with the state
    carried between calls: ``Stream.step`` vs torch ``nn.LSTM`` (seq_len 1,
@@ -14,6 +16,12 @@ every library on 1 thread unless a row says otherwise:
    batched, stream-steps per second, 1 and 2 threads.
 
 Every peer runs the same weights; outputs are cross-checked before timing.
+
+FMAs per step are the multiply-adds of the matrix products (one per weight; the
+activations' few dozen are left out). Bytes per step are what the kernel reads and
+writes between core and cache: the packed weights (read once per step by one stream,
+once per tile of ``TILE_STREAMS`` streams by a bank), the state row read and written,
+the sample and the prediction.
 """
 
 from __future__ import annotations
@@ -33,7 +41,13 @@ import numba
 import numpy as np
 
 import streamlstm as sl
+from streamlstm.kernels import TILE_STREAMS
 from streamlstm.model import Model, dense_layer, lstm_layer
+from streamlstm.packing import packed
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fma_peak import peak_fmas_per_second
 
 D = 3
 
@@ -225,6 +239,11 @@ def _check_onnx(session, model: Model, feeds: dict[str, np.ndarray]) -> None:
             sys.exit(f"onnx peer disagrees with streamlstm: {y[0]} vs {mine}")
 
 
+def bench_model() -> Model:
+    """The H=64, D=3, one-layer model of parts 2 and 3 (for counting FMAs and bytes)."""
+    return model_from_torch(*torch_net(64, 1, seed=7))
+
+
 def bench_run(quick: bool) -> dict[str, float]:
     import torch
 
@@ -302,6 +321,35 @@ def _bench_bank_size(model: Model, lstm, head, cell, n: int, threads: int,
             for name, fn in result.items()}
 
 
+# -- distance from the machine's limit ------------------------------------------------------
+def fmas_per_step(model: Model) -> int:
+    """Multiply-adds of one stream-step's matrix products: one per weight."""
+    total = sum(layer.w_ih.size + layer.w_hh.size
+                + (0 if layer.w_hr is None else layer.w_hr.size) for layer in model.layers)
+    return total + sum(dense.weight.size for dense in model.head)
+
+
+def bytes_per_step(model: Model, streams_per_weight_pass: int) -> int:
+    """Bytes a stream-step moves between core and cache (see the module docstring)."""
+    pk = packed(model)
+    item = pk.params.itemsize
+    return (pk.params.nbytes // streams_per_weight_pass + 2 * pk.state_size * item
+            + (model.input_size + model.output_size) * item)
+
+
+def limit_rows(model: Model, peak: float, rates: dict[str, tuple[float, int, int]]
+               ) -> list[dict[str, Any]]:
+    """One row per kernel: ``rates[name] = (steps/s, cores, streams per weight pass)``."""
+    fmas = fmas_per_step(model)
+    rows = []
+    for name, (steps, cores, sharing) in rates.items():
+        rows.append({"kernel": name, "M steps/s": steps / 1e6, "cores": cores,
+                     "G FMA/s": steps * fmas / 1e9,
+                     "share of peak": steps * fmas / (peak * cores),
+                     "FMAs/step": fmas, "bytes/step": bytes_per_step(model, sharing)})
+    return rows
+
+
 # -- report ---------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -313,7 +361,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    report: dict[str, Any] = {
+    peak = peak_fmas_per_second()
+    print(f"0. peak of this machine: {peak / 1e9:.1f} G FMA/s per core "
+          f"({2 * peak / 1e9:.0f} GFLOP/s float32; benchmarks/fma_peak.py)\n")
+    report: dict[str, Any] = {"peak_gfma_per_core": peak / 1e9,
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "python": platform.python_version(), "numba": numba.__version__,
                     "numpy": np.__version__, "torch": torch.__version__,
@@ -338,6 +389,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, seconds in run.items():
         print(f"   {name:34} {seconds * 1e9:8.0f} {seconds / ours:9.1f}x")
     report["run"] = {k: v * 1e9 for k, v in run.items()}
+    h64 = next(r for r in report["single"] if r["H"] == 64 and r["layers"] == 1)
+    rates = {"Stream.step (from Python)": (1e6 / h64["streamlstm Stream.step"], 1, 1),
+             "Stream.step(out=)": (1e6 / h64["streamlstm Stream.step(out=)"], 1, 1),
+             "Stream.run": (1 / ours, 1, 1)}
 
     print("\n3. bank of N sensors x 1 sample, H=64 (M stream-steps/s; ours/peer)")
     sizes = [16, 256, 4096] if args.quick else [16, 256, 4096, 65536]
@@ -351,6 +406,23 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"N={n:<6} {name:34} {row[name] / 1e6:8.3f} "
                       f"{row[key] / row[name]:9.1f}x")
         report["bank"].append({"N": n, **{k: v / 1e6 for k, v in row.items()}})
+        for threads in (1, 2):
+            key = f"streamlstm Bank.step_rows {threads}t"
+            if key in row:
+                rates[f"Bank.step_rows N={n} {threads}t"] = (row[key], threads, TILE_STREAMS)
+
+    # Measured again at the end, the best kept: on a shared machine a neighbour's burst can
+    # only make the peak look lower.
+    peak = max(peak, peak_fmas_per_second())
+    report["peak_gfma_per_core"] = peak / 1e9
+    print(f"\n4. distance from the limit, H=64, D=3 (peak {peak / 1e9:.1f} G FMA/s per core)")
+    print(f"   {'kernel':30} {'M steps/s':>9} {'G FMA/s':>8} {'of peak':>8} "
+          f"{'FMAs/step':>9} {'bytes/step':>10}")
+    limits = limit_rows(bench_model(), peak, rates)
+    for r in limits:
+        print(f"   {r['kernel']:30} {r['M steps/s']:9.3f} {r['G FMA/s']:8.1f} "
+              f"{r['share of peak']:8.0%} {r['FMAs/step']:9d} {r['bytes/step']:10d}")
+    report["limits"] = limits
 
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))

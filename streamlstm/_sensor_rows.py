@@ -6,6 +6,8 @@ from collections.abc import Hashable, Iterable
 
 import numpy as np
 
+from ._id_table import EMPTY, IdTable, table_key
+
 
 class SensorRows:
     """Hands out one state row per sensor id (str or int) on first sight, reuses forgotten ones.
@@ -14,12 +16,18 @@ class SensorRows:
     ``_grow(capacity)`` (called with twice the capacity when every row is taken) and
     ``_clear_row(row)`` (called when a sensor is forgotten); it may override
     ``_clear_rows(rows)`` to clear many rows at once.
+
+    The dict ``_rows`` is the source of truth. Integer ids are mirrored in an
+    :class:`~streamlstm._id_table.IdTable`, so that :meth:`rows` of an integer array is one
+    compiled pass; other ids (str) are looked up by the dict at C speed.
     """
 
     def __init__(self) -> None:
         self._rows: dict[Hashable, int] = {}
         self._free: list[int] = []  # rows released by forget(), reused first
         self._next_row = 0          # rows from here on were never handed out
+        self._int_ids = IdTable()
+        self._int_id_of_row: dict[int, int] = {}  # the table's entries, by row
 
     @property
     def capacity(self) -> int:
@@ -59,16 +67,30 @@ class SensorRows:
         return row
 
     def rows(self, sensors: Iterable[Hashable]) -> np.ndarray:
-        """State rows for a sequence of sensor ids, allocating new ones as needed."""
-        lookup = self._rows.get
-        rows = [lookup(s) for s in sensors]
-        if None in rows:
-            rows = [self.row(s) for s in sensors]
-        return np.asarray(rows, np.int64)
+        """State rows for a sequence of sensor ids, allocating new ones as needed.
+
+        New sensors get rows in order of first appearance. An integer NumPy array is looked
+        up by compiled code (a few ns per id); any other sequence by the dict.
+        """
+        if isinstance(sensors, np.ndarray) and sensors.ndim == 1 and sensors.dtype.kind in "iu":
+            ids = _as_int64(sensors)
+            if ids is not None:
+                rows = self._int_ids.lookup(ids)
+                missing = np.flatnonzero(rows == EMPTY)
+                for i in missing.tolist():
+                    rows[i] = self.row(sensors[i])
+                return rows
+        if not isinstance(sensors, (list, tuple, np.ndarray)):
+            sensors = list(sensors)
+        try:
+            return np.fromiter(map(self._rows.__getitem__, sensors), np.int64, len(sensors))
+        except KeyError:  # new sensors
+            return np.fromiter(map(self.row, sensors), np.int64, len(sensors))
 
     def forget(self, sensor: Hashable) -> None:
         """Drop ``sensor``: its row is cleared and reused by the next new sensor."""
         row = self._rows.pop(sensor)
+        self._unmirror(row)
         self._clear_row(row)
         self._free.append(row)
 
@@ -76,9 +98,17 @@ class SensorRows:
         """Drop several sensors at once (unknown ids are ignored); returns their freed rows."""
         pop = self._rows.pop
         rows = np.fromiter((r for r in (pop(s, -1) for s in sensors) if r >= 0), np.int64)
+        if self._int_id_of_row:
+            for row in rows.tolist():
+                self._unmirror(row)
         self._clear_rows(rows)
         self._free += rows.tolist()
         return rows
+
+    def _unmirror(self, row: int) -> None:
+        key = self._int_id_of_row.pop(row, None)
+        if key is not None:
+            self._int_ids.delete(key)
 
     def _allocate(self, sensor: Hashable) -> int:
         if self._free:
@@ -89,4 +119,15 @@ class SensorRows:
             row = self._next_row
             self._next_row += 1
         self._rows[sensor] = row
+        key = table_key(sensor)
+        if key is not None:
+            self._int_ids.insert(key, row)
+            self._int_id_of_row[row] = key
         return row
+
+
+def _as_int64(ids: np.ndarray) -> np.ndarray | None:
+    """An integer id array as contiguous int64, or None if some id does not fit int64."""
+    if ids.dtype == np.uint64 and ids.size and ids.max() > np.iinfo(np.int64).max:
+        return None
+    return np.ascontiguousarray(ids, dtype=np.int64)

