@@ -9,7 +9,12 @@ the CUDA simulator (see conftest.py) with tiny sizes and 8-thread blocks, or on 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import subprocess
+import sys
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -180,3 +185,20 @@ def test_a_model_too_large_for_the_tiles_is_refused_by_name():
         model.windows(device="tpu")
     with pytest.raises(ValueError, match="block_size"):
         window_bank.CudaWindowBank(model, block_size=0)
+
+
+def test_benchmark_runs_on_the_simulator(tmp_path):
+    """``bench_windows.py --device cuda --simulate`` walks the GPU benchmark's code path."""
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "windows.json"
+    result = subprocess.run([sys.executable, str(root / "benchmarks" / "bench_windows.py"),
+                             "--device", "cuda", "--simulate", "--json", str(out)],
+                            env={**os.environ, "PYTHONPATH": str(root)}, cwd=root,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads(out.read_text())
+    assert record["simulated"] is True
+    assert [(row["bidirectional"], row["sensors"]) for row in record["rows"]] == [
+        (False, 1), (False, 8), (True, 1), (True, 8)]
+    assert all(row["gpu_windows_per_s"] > 0 and row["cpu_windows_per_s"] > 0
+               for row in record["rows"])
