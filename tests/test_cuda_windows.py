@@ -18,8 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from window_streams import stream_windows
 
 from streamlstm.errors import ShapeError
+from streamlstm.formats.torch import load_torch
 from streamlstm.model import Model, Normalization, dense_layer, gru_layer, lstm_layer, rnn_layer
 from streamlstm.window_spec import WindowSpec
 
@@ -202,3 +204,24 @@ def test_benchmark_runs_on_the_simulator(tmp_path):
         (False, 1), (False, 8), (True, 1), (True, 8)]
     assert all(row["gpu_windows_per_s"] > 0 and row["cpu_windows_per_s"] > 0
                for row in record["rows"])
+
+
+@pytest.mark.parametrize("cell,output", [("gru", "probabilities"), ("rnn_relu", "every")])
+def test_streamed_windows_match_torch(tmp_path, cell, output):
+    """The GPU window bank against torch itself (a bidirectional net, float64, W=16, K=4,
+    200 windows of 4 sensors), as tests/test_windows_parity.py does for the CPU bank."""
+    torch = pytest.importorskip("torch")
+    # Here, not at the top: test_windows_parity skips its whole module without torch.
+    from test_windows_parity import WindowNet, check_close, torch_windows
+
+    torch.manual_seed(0)
+    net = WindowNet(cell, 1, True, output, hidden=4).double()
+    torch.save(net.state_dict(), tmp_path / "net.pt")
+    model = load_torch(tmp_path / "net.pt", kind=cell if cell.startswith("rnn") else None,
+                       dtype=np.float64)
+    spec = WindowSpec(16, 4, output)
+    rng = np.random.default_rng(6)
+    streams = rng.normal(0, 1, (4, 16 + 49 * 4, 3))
+    windows, ours = stream_windows(model, spec, streams, rng, device="cuda", batches=6)
+    assert len(windows) == 200
+    check_close(ours, torch_windows(net, windows), np.float64)
