@@ -22,12 +22,15 @@ from window_streams import stream_windows
 
 from streamlstm.errors import ShapeError
 from streamlstm.formats.torch import load_torch
+from streamlstm.kernels.layout import OK, REJECTED_SAMPLE
 from streamlstm.model import Model, Normalization, dense_layer, gru_layer, lstm_layer, rnn_layer
 from streamlstm.window_spec import WindowSpec
+from streamlstm.windows import evaluate_windows
 
 window_bank = pytest.importorskip("streamlstm.cuda.window_bank",
                                   reason="numba-cuda not installed")
 from streamlstm.cuda import is_available  # noqa: E402
+from streamlstm.cuda.window_tiles import window_kernel  # noqa: E402
 
 if not is_available():
     pytest.skip("no CUDA GPU and the simulator is off (NUMBA_ENABLE_CUDASIM=0)",
@@ -225,3 +228,27 @@ def test_streamed_windows_match_torch(tmp_path, cell, output):
     windows, ours = stream_windows(model, spec, streams, rng, device="cuda", batches=6)
     assert len(windows) == 200
     check_close(ours, torch_windows(net, windows), np.float64)
+
+
+def test_the_kernel_rejects_a_window_holding_a_non_finite_sample():
+    """The bank never uploads such a window (it skips it), but the kernel's contract holds:
+    ``REJECTED_SAMPLE`` and NaN outputs for it, the other windows untouched."""
+    from numba import cuda  # after the module's skips: the simulator or a GPU is there
+
+    model = _model("bi_lstm_softmax")
+    spec = model.window
+    k = window_kernel(model, spec)
+    windows = np.random.default_rng(7).normal(0, 1, (3, spec.length, D))
+    windows[1, 2, 0] = np.nan
+    cap = k.streams
+    outs = cuda.device_array(3 * k.rows * model.output_size, model.dtype)
+    status = cuda.device_array(3, np.int32)
+    k.kernel[k.launch_shape(3), BLOCK](cuda.to_device(k.weights), cuda.to_device(windows.ravel()),
+                                       cuda.device_array(k.seq_size(cap, spec.length),
+                                                         model.dtype),
+                                       outs, status, 3, cap)
+    got = outs.copy_to_host().reshape(3, model.output_size)
+    assert status.copy_to_host().tolist() == [OK, REJECTED_SAMPLE, OK]
+    assert np.isnan(got[1]).all()
+    want = evaluate_windows(model, windows[[0, 2]])
+    np.testing.assert_allclose(got[[0, 2]], want, rtol=0, atol=_tolerance(model, want))
