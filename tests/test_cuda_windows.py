@@ -105,7 +105,8 @@ def _tolerance(model: Model, values: np.ndarray) -> float:
     return budget * max(1.0, float(np.max(np.abs(values))) if values.size else 1.0)
 
 
-def _assert_same_push(cpu, gpu, ids, xs) -> None:
+def _assert_same_push(cpu, gpu, ids, xs) -> int:
+    """Push the same micro-batch to both banks, compare; return how many windows completed."""
     want, got = cpu.push(ids, xs), gpu.push(ids, xs)
     assert got.sensors == want.sensors
     np.testing.assert_array_equal(got.end_index, want.end_index)
@@ -116,6 +117,7 @@ def _assert_same_push(cpu, gpu, ids, xs) -> None:
                                atol=_tolerance(cpu.model, want.values))
     if want.inputs is not None:
         np.testing.assert_array_equal(got.inputs, want.inputs)
+    return len(got)
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -125,9 +127,11 @@ def test_pushes_match_the_cpu_window_bank(name):
     gpu = window_bank.CudaWindowBank(model, capacity=2, block_size=BLOCK)
     rng = np.random.default_rng(1)
     sensors = ["a", "b", "c"]
+    completed = 0
     for size in (7, 4, 9):  # uneven micro-batches, sensors interleaved, rings wrap
         ids = [sensors[i] for i in rng.integers(0, len(sensors), size)]
-        _assert_same_push(cpu, gpu, ids, rng.normal(0, 1.5, (size, D)))
+        completed += _assert_same_push(cpu, gpu, ids, rng.normal(0, 1.5, (size, D)))
+    assert completed >= 4
     for sensor in sensors:
         assert gpu.sample_count(sensor) == cpu.sample_count(sensor)
     assert gpu.launches >= 1
@@ -161,6 +165,21 @@ def test_the_windows_of_many_sensors_run_in_one_launch():
     assert (gpu.launches, gpu.last_launch) == (1, 40)
     _assert_same_push(cpu, gpu, sensors * 2, rng.normal(0, 1, (80, D)))
     assert (gpu.launches, gpu.last_launch) == (2, 40)
+
+
+def test_rings_move_between_cpu_and_gpu_window_banks():
+    """The rings are host state in the CPU bank's layout: a snapshot taken from one bank
+    continues in the other, window for window."""
+    model = _model("bi_rnn_final_state")
+    cpu = model.windows(capacity=2)
+    rng = np.random.default_rng(8)
+    cpu.push(["p", "q", "p", "q", "p"], rng.normal(0, 1, (5, D)))
+    rows = [cpu.row(s) for s in ("p", "q")]
+    snapshot = {name: array[rows] for name, array in cpu.row_arrays().items()}
+    gpu = window_bank.CudaWindowBank(model, capacity=2, block_size=BLOCK)
+    gpu.load_rows(["p", "q"], snapshot)
+    assert _assert_same_push(cpu, gpu, ["q", "p"] * 4, rng.normal(0, 1, (8, D))) == 3
+    assert gpu.sample_count("p") == cpu.sample_count("p") == 7
 
 
 @pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning",
