@@ -21,7 +21,7 @@ The model is the CPU window pack (:func:`streamlstm.windows.packing.pack_windows
 its LSTM/GRU directions in the transposed CUDA form; :func:`direction_records` turns it
 into one record per direction in the step kernels' layer-record format
 (:mod:`streamlstm.kernels.layout`, state at offset 0), plus :data:`RNN` as a kind and
-three fields of its own. A window holding a non-finite sample is ``REJECTED_SAMPLE``; one
+four fields of its own (``X_*``). A window holding a non-finite sample is ``REJECTED_SAMPLE``; one
 whose state or outputs overflow is ``REJECTED_RESULT``; both get NaN outputs, as in
 :func:`streamlstm.kernels._window.evaluate_windows`.
 """
@@ -122,7 +122,7 @@ def direction_records(pk: WindowPacked, steps: int) -> tuple[np.ndarray, np.ndar
             top_backward = k_rec[K.K_REVERSE] and index + 1 == n_layers
             rec[X_RUN] = 1 if top_backward and last_only else steps
             records.append(rec)
-    weights = np.concatenate([pk.params, pk.stream_params]).astype(pk.params.dtype)
+    weights = np.concatenate([pk.params, pk.stream_params])
     return np.stack(records), weights
 
 
