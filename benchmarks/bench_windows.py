@@ -1,6 +1,8 @@
 """Window-model benchmark: windows per second, streamlstm vs torch and onnxruntime.
 
     python benchmarks/bench_windows.py [--quick] [--json benchmarks/results/windows.json]
+    python benchmarks/bench_windows.py --device cuda [--json ...]   # on a GPU machine
+    python benchmarks/bench_windows.py --device cuda --simulate     # anywhere, proves the path
 
 The model: LSTM H=64 over D=3 inputs, unidirectional and bidirectional, ``out[:, -1, :]``
 -> Linear(4) -> softmax (the ``SimpleLSTM`` classifier); windows of W=128 samples every
@@ -12,12 +14,21 @@ node, ``direction`` forward or bidirectional). Everything on 1 thread. For the
 unidirectional model the streaming cost of the same network (``Bank.step``, N sensors x 1
 sample) is printed too: the issue's target is a per-sample window cost of at most
 (W/K) x that + 20 %. Outputs are cross-checked before timing. Medians of repeats.
+
+``--device cuda``: the same classifiers through the GPU window bank
+(``model.windows(device="cuda")``) for N = 1, 1,000 and 10,000 sensors: one round of K
+samples per sensor, wall clock from Python (ring push on the host, upload, the one kernel
+launch, download), against the CPU window bank (1 thread) and, when torch sees the GPU,
+torch ``nn.LSTM`` on it (the windows already on the device). Without a CUDA GPU it prints
+``skipped: no CUDA GPU`` and exits 0; ``--simulate`` runs a tiny case (H=4, W=8, K=4) on
+numba-cuda's simulator to exercise the path (its timings are meaningless).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -48,12 +59,13 @@ def median_time(fn: Callable[[], Any], *, repeats: int) -> float:
 class Classifier:
     """The torch network: ``nn.LSTM`` (batch_first), last step, Linear, softmax."""
 
-    def __init__(self, bidirectional: bool, seed: int = 0) -> None:
+    def __init__(self, bidirectional: bool, seed: int = 0, hidden: int = H) -> None:
         import torch
 
         torch.manual_seed(seed)
-        self.lstm = torch.nn.LSTM(D, H, batch_first=True, bidirectional=bidirectional).eval()
-        self.fc = torch.nn.Linear(H * (2 if bidirectional else 1), CLASSES).eval()
+        self.lstm = torch.nn.LSTM(D, hidden, batch_first=True,
+                                  bidirectional=bidirectional).eval()
+        self.fc = torch.nn.Linear(hidden * (2 if bidirectional else 1), CLASSES).eval()
 
     def __call__(self, windows: np.ndarray) -> np.ndarray:
         import torch
@@ -159,11 +171,108 @@ def bench_case(bidirectional: bool, sensors: int, repeats: int, tmp: Path) -> di
     return row
 
 
+def bench_gpu_case(bidirectional: bool, sensors: int, repeats: int, tmp: Path, *,
+                   hidden: int, length: int, hop: int) -> dict[str, Any]:
+    """Windows per second of the GPU window bank, cross-checked against the CPU one."""
+    import torch
+
+    net = Classifier(bidirectional, hidden=hidden)
+    path = tmp / f"gpu-net-{int(bidirectional)}.pt"
+    torch.save(net.state_dict(), path)
+    model = load_torch(path)
+    spec = WindowSpec(length, hop, "probabilities")
+    gpu = model.windows(capacity=sensors, spec=spec, device="cuda")
+    cpu = model.windows(capacity=sensors, spec=spec, threads=1)
+    rng = np.random.default_rng(0)
+    names = np.arange(sensors)
+    history = rng.normal(0, 1, (length - hop, sensors, D)).astype(np.float32)
+    ids_history = np.tile(names, length - hop)
+    for bank in (gpu, cpu):  # fill the rings up to one round before the first window
+        bank.push(ids_history, history.reshape(-1, D))
+    batch = rng.normal(0, 1, (hop * sensors, D)).astype(np.float32)
+    ids = np.tile(names, hop)
+    got, want = gpu.push(ids, batch), cpu.push(ids, batch)
+    assert len(got) == sensors and got.sensors == want.sensors
+    error = float(np.max(np.abs(got.values - want.values)))
+    assert error < 1e-5, f"cross-check against the CPU window bank failed: {error}"
+    numba.set_num_threads(1)
+    launches = gpu.launches
+    ours = median_time(lambda: gpu.push(ids, batch), repeats=repeats)
+    assert gpu.launches - launches == repeats + 1  # one launch per push
+    row: dict[str, Any] = {
+        "bidirectional": bidirectional, "sensors": sensors, "hidden": hidden, "W": length,
+        "K": hop, "gpu_windows_per_s": sensors / ours,
+        "cpu_windows_per_s": sensors / median_time(lambda: cpu.push(ids, batch),
+                                                   repeats=repeats)}
+    if torch.cuda.is_available():
+        windows = torch.from_numpy(np.ascontiguousarray(
+            np.concatenate([history.transpose(1, 0, 2),
+                            batch.reshape(hop, sensors, D).transpose(1, 0, 2)], axis=1))).cuda()
+        lstm, fc = net.lstm.cuda(), net.fc.cuda()
+
+        def torch_gpu() -> None:
+            with torch.inference_mode():
+                out, _ = lstm(windows)
+                torch.softmax(fc(out[:, -1, :]), dim=-1)
+            torch.cuda.synchronize()
+
+        row["torch_gpu_windows_per_s"] = sensors / median_time(torch_gpu, repeats=repeats)
+    return row
+
+
+def main_gpu(args: argparse.Namespace) -> int:
+    """The ``--device cuda`` run (see the module doc)."""
+    if args.simulate:
+        # numba reads this with its config (already loaded: streamlstm imports numba), and
+        # numba-cuda picks its mode at its first import, which comes below.
+        os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+        numba.config.reload_config()
+    from streamlstm.cuda import is_available
+
+    if not is_available():
+        print("skipped: no CUDA GPU (numba.cuda.is_available() is False); "
+              "run with --simulate to exercise the code path on the simulator")
+        return 0
+    import tempfile
+
+    if args.simulate:
+        sizes, repeats, shape = (1, 8), 1, {"hidden": 4, "length": 8, "hop": 4}
+    else:
+        sizes, repeats, shape = (1, 1000, 10000), (3 if args.quick else 15), {
+            "hidden": H, "length": W, "hop": K}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for bidirectional in (False, True):
+            for sensors in sizes:
+                row = bench_gpu_case(bidirectional, sensors, repeats, Path(tmp), **shape)
+                rows.append(row)
+                torch_part = (f", torch GPU {row['torch_gpu_windows_per_s']:10.0f}"
+                              if "torch_gpu_windows_per_s" in row else "")
+                print(f"{'bi ' if bidirectional else 'uni'} N={sensors:5d}: GPU window bank "
+                      f"{row['gpu_windows_per_s']:10.0f} windows/s, CPU window bank "
+                      f"{row['cpu_windows_per_s']:10.0f}{torch_part}"
+                      f"{' (simulator: timings meaningless)' if args.simulate else ''}",
+                      flush=True)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"device": "cuda", "simulated": args.simulate,
+                                         "rows": rows}, indent=2))
+    return 0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="cuda: the GPU window bank (see the module doc)")
+    parser.add_argument("--simulate", action="store_true",
+                        help="with --device cuda: a tiny run on the CUDA simulator")
     args = parser.parse_args()
+    if args.simulate and args.device != "cuda":
+        parser.error("--simulate needs --device cuda")
+    if args.device == "cuda":
+        raise SystemExit(main_gpu(args))
     import tempfile
 
     repeats = 3 if args.quick else 15

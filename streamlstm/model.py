@@ -371,11 +371,22 @@ class Model:
         return Bank(self, capacity=capacity, threads=threads)
 
     def windows(self, capacity: int = 1024, *, spec: WindowSpec | None = None,
-                threads: int | None = None):  # -> WindowBank (imported lazily: layering)
+                threads: int | None = None, device: str = "cpu"):  # -> WindowBank (lazy)
         """A :class:`~streamlstm.windows.WindowBank`: per-sensor windows evaluated as trained.
 
         ``spec`` overrides the model's :attr:`window` (required if the model has none).
+        ``device="cuda"`` evaluates the windows on the GPU (a
+        :class:`~streamlstm.cuda.CudaWindowBank`, same API and results; raises
+        :class:`~streamlstm.errors.CudaUnavailableError` without one).
         """
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        if device == "cuda":
+            if threads is not None:
+                raise ValueError("threads applies to device='cpu' only")
+            from .cuda.window_bank import CudaWindowBank
+
+            return CudaWindowBank(self, capacity=capacity, spec=spec)
         from .windows import WindowBank
 
         return WindowBank(self, capacity=capacity, spec=spec, threads=threads)

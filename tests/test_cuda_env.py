@@ -123,6 +123,51 @@ def test_step_kernel_compiles_for_a_real_gpu():
     assert result.stdout.strip() == "compiled"
 
 
+def test_window_kernel_compiles_for_a_real_gpu():
+    """The GPU window kernel to sm_90 PTX (no GPU needed), as the step kernels above: a
+    unidirectional LSTM classifier in float32, and in float64 a bidirectional GRU encoder
+    feeding a plain-RNN decoder, every step out, and a bidirectional RNN read from its
+    final state."""
+    result = _python("""
+        import dataclasses
+        import numpy as np, numba
+        from streamlstm.cuda._compat import import_cuda
+        cuda = import_cuda()
+        import numba.cuda.dispatcher as dispatcher
+        class Hopper:
+            compute_capability = (9, 0)
+        dispatcher.get_current_device = lambda: Hopper()
+        from streamlstm.model import Model, dense_layer, random_model, rnn_layer
+        from streamlstm.window_spec import WindowSpec
+        from streamlstm.cuda.window_tiles import window_kernel
+        rng = np.random.default_rng(0)
+        def rnn(width, activation):
+            return rnn_layer(rng.normal(0, 0.3, (5, width)), rng.normal(0, 0.3, (5, 5)),
+                             activation=activation, dtype=np.float64)
+        gru = random_model(3, [4], kind="gru", dtype=np.float64).layers[0]
+        bi_gru = dataclasses.replace(gru, backward=gru)
+        cases = [
+            (random_model(3, [16], output_size=4), WindowSpec(32, 8, "probabilities")),
+            (Model(layers=(bi_gru, rnn(8, "tanh"))), WindowSpec(16, 4, "every",
+                                                               encoder_layers=1)),
+            (Model(layers=(dataclasses.replace(rnn(3, "relu"), backward=rnn(3, "relu")),),
+                   head=(dense_layer(rng.normal(0, 0.3, (2, 10)), dtype=np.float64),)),
+             WindowSpec(8, 8, "log_probabilities", final_state=True)),
+        ]
+        for model, spec in cases:
+            k = window_kernel(model, spec)
+            T = numba.from_dtype(model.dtype)[::1]
+            sig = (T, T, T, T, numba.int32[::1], numba.int64, numba.int64)
+            ptx, _ = cuda.compile_ptx(k.kernel.py_func, sig, cc=(9, 0))
+            assert ".entry" in ptx
+        print("compiled")
+    """)
+    if "libnvrtc" in result.stderr or "libnvvm" in result.stderr.lower():
+        pytest.skip("NVRTC/libNVVM not installed: cannot compile for a real GPU here")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "compiled"
+
+
 def test_benchmark_runs_end_to_end_on_the_simulator(tmp_path):
     """``bench_cuda.py --simulate`` walks every code path the GPU run takes, tiny and slow."""
     out = tmp_path / "bench.json"

@@ -7,17 +7,18 @@ import itertools
 import numpy as np
 
 
-def stream_windows(model, spec, streams: np.ndarray, rng: np.random.Generator
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Push ``streams`` ``(sensors, steps, D)`` through ``model.windows(spec=spec)``, sensors
-    interleaved at random in about 40 micro-batches; return every completed window's
-    samples ``(N, W, D)`` (cut from ``streams``) and output, in completion order.
+def stream_windows(model, spec, streams: np.ndarray, rng: np.random.Generator, *,
+                   device: str = "cpu", batches: int = 40) -> tuple[np.ndarray, np.ndarray]:
+    """Push ``streams`` ``(sensors, steps, D)`` through ``model.windows(spec=spec,
+    device=device)``, sensors interleaved at random in about ``batches`` micro-batches;
+    return every completed window's samples ``(N, W, D)`` (cut from ``streams``) and
+    output, in completion order.
 
     Checks on the way that nothing was skipped or failed and that each sensor's windows
     end exactly every ``hop`` samples from its ``length``-th.
     """
     sensors, steps = streams.shape[:2]
-    bank = model.windows(capacity=2, spec=spec)  # grows while sensors arrive
+    bank = model.windows(capacity=2, spec=spec, device=device)  # grows as sensors arrive
     order = np.repeat(np.arange(sensors), steps)
     rng.shuffle(order)
     position = np.zeros(sensors, np.int64)
@@ -26,7 +27,7 @@ def stream_windows(model, spec, streams: np.ndarray, rng: np.random.Generator
         indices[i] = position[s]
         position[s] += 1
     results = []
-    cuts = np.unique(np.r_[0, rng.integers(1, order.size, 40), order.size])
+    cuts = np.unique(np.r_[0, rng.integers(1, order.size, batches), order.size])
     for start, stop in itertools.pairwise(cuts):
         names = [f"s{s}" for s in order[start:stop]]
         out = bank.push(names, streams[order[start:stop], indices[start:stop]])

@@ -1,6 +1,7 @@
 """The CUDA bank: many streams stepped on a GPU with numba.cuda (extra ``streamlstm[cuda]``).
 
-Importing this package never needs CUDA; :class:`CudaBank` loads numba-cuda (with the
+Importing this package never needs CUDA; :class:`CudaBank` (and
+:class:`CudaWindowBank`, window models) loads numba-cuda (with the
 numpy compatibility shim of :mod:`._compat`) when first used, and raises
 :class:`~streamlstm.errors.CudaUnavailableError` without a GPU. Set
 ``NUMBA_ENABLE_CUDASIM=1`` before the first import to run it on the CUDA simulator.
@@ -14,6 +15,7 @@ from ._compat import is_available, simulator_enabled
 
 if TYPE_CHECKING:
     from .bank import CudaBank
+    from .window_bank import CudaWindowBank
 
 #: ``device="auto"`` picks the GPU for banks of at least this many streams. Measured
 #: (``benchmarks/bench_cuda.py``, H200, H=64, one step from Python, transfers included):
@@ -41,7 +43,12 @@ def __getattr__(name: str) -> Any:
         from .bank import CudaBank
 
         return CudaBank
+    if name == "CudaWindowBank":
+        from .window_bank import CudaWindowBank
+
+        return CudaWindowBank
     raise AttributeError(name)
 
 
-__all__ = ["AUTO_MIN_STREAMS", "DEVICES", "CudaBank", "choose_device", "is_available"]
+__all__ = ["AUTO_MIN_STREAMS", "DEVICES", "CudaBank", "CudaWindowBank", "choose_device",
+           "is_available"]

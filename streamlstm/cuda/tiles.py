@@ -25,7 +25,9 @@ kernel (:func:`tile_streams` returns 0).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 import numba
 import numpy as np
@@ -78,32 +80,35 @@ def tile_kernel(layout: np.ndarray, dtype: np.dtype, n_params: int) -> StepKerne
                      int(n_params), streams)
 
 
-def _build(layout: np.ndarray, dtype: np.dtype, n_params: int, streams: int) -> StepKernel:
-    k = model_constants(layout)
+@dataclass(frozen=True)
+class TileLayers:
+    """Device functions that compute one recurrent layer for a tile of streams.
+
+    ``lstm(W, base, src, src_row, old, new, spare, good)`` and ``gru(...)`` read the layer
+    record at ``layout[base:]`` (:mod:`streamlstm.kernels.layout`, transposed form) and the
+    tile's input rows ``src[(src_row + q) * (streams + 1) + s]`` (shared), its state from
+    ``old`` and write ``new`` (``[S][streams + 1]`` tiles), park per-layer work in ``spare``
+    and clear ``good[s]`` for a stream with a non-finite result; each ends with a block
+    barrier. ``activate(x, code)`` applies an activation code.
+    """
+
+    activate: Any
+    lstm: Any
+    gru: Any
+
+
+def tile_layers(layout: np.ndarray, dtype: np.dtype, streams: int) -> TileLayers:
+    """The per-layer device functions over tiles of ``streams`` streams; ``layout`` is
+    frozen into them as a constant array (the step kernel's and the window kernel's)."""
     LAY = layout
     DT = numba.from_dtype(dtype)
-    I64, I32 = numba.int64, numba.int32
-    N_LAYERS, N_IN, N_OUT, N_DENSE = k["layers"], k["inputs"], k["outputs"], k["dense"]
-    N_STATE = k["state"]
-    SCRATCH = max(1, k["scratch"])
-    HEAD = max(1, k["head"])
-    IO_WIDTH = N_OUT + 1
     TS = streams
-    TSP = streams + 1  # row stride of every shared tile
+    TSP = streams + 1
     SPT = STREAMS_PER_THREAD
-    # Shared array shapes must be constants of the kernel, not expressions in it.
-    STATE_TILE, INPUT_TILE = N_STATE * TSP, N_IN * TSP
-    SCRATCH_TILE, HEAD_TILE = SCRATCH * TSP, HEAD * TSP
     LSTM_SUMS, GRU_SUMS = 4 * SPT, 6 * SPT  # gate sums one thread keeps (registers)
     GROUPS_OF_STREAMS = TS // SPT
-    IN_NORM, OUT_NORM = int(layout[L.H_IN_NORM]), int(layout[L.H_OUT_NORM])
-    DENSE_BASE = L.HEADER + N_LAYERS * L.LAYER_RECORD
-    STATE_BASE = state_base(n_params)
     ZERO, HALF, ONE, SIXTH = (dtype.type(v) for v in (0.0, 0.5, 1.0, 1.0 / 6.0))
     IX = numba.uint64  # unsigned indices: no negative-index wraparound code
-    NAN = dtype.type(np.nan)
-    OK, BAD_SAMPLE, BAD_RESULT = (dtype.type(v) for v in (L.OK, L.REJECTED_SAMPLE,
-                                                          L.REJECTED_RESULT))
 
     @cuda.jit(device=True)
     def activate(x, code):
@@ -251,6 +256,36 @@ def _build(layout: np.ndarray, dtype: np.dtype, n_params: int, streams: int) -> 
                 if not math.isfinite(h):
                     good[s] = 0
             cuda.syncthreads()
+
+    return TileLayers(activate=activate, lstm=lstm_tile, gru=gru_tile)
+
+
+def _build(layout: np.ndarray, dtype: np.dtype, n_params: int, streams: int) -> StepKernel:
+    k = model_constants(layout)
+    LAY = layout
+    DT = numba.from_dtype(dtype)
+    I64, I32 = numba.int64, numba.int32
+    N_LAYERS, N_IN, N_OUT, N_DENSE = k["layers"], k["inputs"], k["outputs"], k["dense"]
+    N_STATE = k["state"]
+    SCRATCH = max(1, k["scratch"])
+    HEAD = max(1, k["head"])
+    IO_WIDTH = N_OUT + 1
+    TS = streams
+    TSP = streams + 1  # row stride of every shared tile
+    # Shared array shapes must be constants of the kernel, not expressions in it.
+    STATE_TILE, INPUT_TILE = N_STATE * TSP, N_IN * TSP
+    SCRATCH_TILE, HEAD_TILE = SCRATCH * TSP, HEAD * TSP
+    IN_NORM, OUT_NORM = int(layout[L.H_IN_NORM]), int(layout[L.H_OUT_NORM])
+    DENSE_BASE = L.HEADER + N_LAYERS * L.LAYER_RECORD
+    STATE_BASE = state_base(n_params)
+    ZERO = dtype.type(0.0)
+    IX = numba.uint64  # unsigned indices: no negative-index wraparound code
+    NAN = dtype.type(np.nan)
+    OK, BAD_SAMPLE, BAD_RESULT = (dtype.type(v) for v in (L.OK, L.REJECTED_SAMPLE,
+                                                          L.REJECTED_RESULT))
+
+    layers = tile_layers(layout, dtype, streams)
+    activate, lstm_tile, gru_tile = layers.activate, layers.lstm, layers.gru
 
     @cuda.jit(device=True)
     def sample_index(index, groups, steps, g, first, t):

@@ -127,7 +127,7 @@ class WindowBank(SensorRows):
         self._rejected = np.zeros(capacity, np.int64)
         self._skipped = np.zeros(capacity, np.int64)
         self._failed = np.zeros(capacity, np.int64)
-        self._work = self._packed.allocate_work(numba.config.NUMBA_NUM_THREADS, spec.length)
+        self._work: WindowWork | None = None  # allocated on the first CPU evaluation
         out_rows = spec.length if spec.per_step else 1
         window_bytes = (spec.length * width + out_rows * model.output_size) * self._dtype.itemsize
         self._max_room = max(K.TILE_STREAMS, WINDOW_BUFFER_BYTES // window_bytes)
@@ -205,7 +205,7 @@ class WindowBank(SensorRows):
         """Evaluate the first ``written`` assembled windows; copy out the good ones."""
         windows, outs = self._windows[:written], self._outs[:written]
         status = self._status[:written]
-        _run(self._packed, windows, outs, status, self._work, self.threads)
+        self._evaluate_batch(windows, outs, status)
         good = status == OK
         failed = int(written - np.count_nonzero(good))
         if failed:
@@ -214,6 +214,15 @@ class WindowBank(SensorRows):
         return _Round(at=self._window_at[:written][good],
                       end_index=self._window_ends[:written][good], values=outs[good],
                       inputs=windows[good] if self.spec.per_step else None, failed=failed)
+
+    def _evaluate_batch(self, windows: np.ndarray, outs: np.ndarray,
+                        status: np.ndarray) -> None:
+        """Evaluate assembled ``windows`` into ``outs``/``status`` with the CPU kernels (the
+        GPU window bank, :class:`streamlstm.cuda.CudaWindowBank`, overrides this)."""
+        if self._work is None:
+            self._work = self._packed.allocate_work(numba.config.NUMBA_NUM_THREADS,
+                                                    self.spec.length)
+        _run(self._packed, windows, outs, status, self._work, self.threads)
 
     def reset(self, sensor: Hashable | None = None) -> None:
         """Restart one sensor's windows, or every sensor's (e.g. after a gap in the data):

@@ -19,7 +19,7 @@ from ..kernels import _window as K
 from ..kernels._math import ACTIVATION_CODES
 from ..kernels.layout import H_SCRATCH, H_STATE
 from ..model import Model, RecurrentLayer
-from ..packing import FlatBuffer, PackedModel, pack
+from ..packing import CPU, FlatBuffer, PackedModel, pack
 from ..window_spec import WindowSpec
 
 MODE_CODES = {"last": K.MODE_LAST, "every": K.MODE_EVERY, "probabilities": K.MODE_SOFTMAX,
@@ -63,9 +63,12 @@ class WindowPacked:
             work=np.zeros((threads, K.work_size(self.layout)), dtype))
 
 
-def pack_windows(model: Model, spec: WindowSpec) -> WindowPacked:
+def pack_windows(model: Model, spec: WindowSpec, target: str = CPU) -> WindowPacked:
     """Pack ``model`` for :func:`streamlstm.kernels._window.evaluate_windows` as ``spec``
     reads it: its output mode, final state and encoder (its length and hop do not matter).
+
+    ``target``: the form of the LSTM/GRU directions' streaming packs (:data:`streamlstm.
+    packing.TARGETS`; the CUDA window kernel reads the transposed ``CUDA`` form).
     """
     buffer = FlatBuffer(model.dtype)
     put = buffer.put
@@ -90,7 +93,7 @@ def pack_windows(model: Model, spec: WindowSpec) -> WindowPacked:
             else:
                 record[K.K_STREAM] = len(streams)
                 one_layer = Model(layers=(dataclasses.replace(direction, backward=None),))
-                streams.append(pack(one_layer))
+                streams.append(pack(one_layer, target))
         width = max(width, layer.output_size)
         records.append(rec)
     dense_width = max(1, model.output_size)
@@ -141,15 +144,16 @@ def _rnn_record(layer: RecurrentLayer, record: np.ndarray, put) -> None:
     record[K.K_ACT] = ACTIVATION_CODES[layer.activation]
 
 
-_PACKED: weakref.WeakKeyDictionary[Model, dict[tuple[str, bool, int], WindowPacked]] = \
+_PACKED: weakref.WeakKeyDictionary[Model, dict[tuple[str, bool, int, str], WindowPacked]] = \
     weakref.WeakKeyDictionary()
 
 
-def packed_windows(model: Model, spec: WindowSpec) -> WindowPacked:
-    """``pack_windows(model, spec)``, computed once per model object and way of reading."""
+def packed_windows(model: Model, spec: WindowSpec, target: str = CPU) -> WindowPacked:
+    """``pack_windows(model, spec, target)``, computed once per model object, way of
+    reading and target."""
     per_reading = _PACKED.setdefault(model, {})
-    key = (spec.output, spec.final_state, spec.encoder_layers)
+    key = (spec.output, spec.final_state, spec.encoder_layers, target)
     result = per_reading.get(key)
     if result is None:
-        result = per_reading[key] = pack_windows(model, spec)
+        result = per_reading[key] = pack_windows(model, spec, target)
     return result
