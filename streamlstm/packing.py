@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,7 +43,7 @@ CPU, CUDA = "cpu", "cuda"
 TARGETS = (CPU, CUDA)
 
 
-def _unit_blocks(gates: list[np.ndarray | None], hidden: int, rows: int) -> np.ndarray:
+def _unit_blocks(gates: Sequence[np.ndarray | None], hidden: int, rows: int) -> np.ndarray:
     """``(ceil(hidden / UNITS), rows, len(gates) * UNITS)``: for each block of units, every
     gate's ``(hidden, rows)`` weights (``None``: zeros) transposed side by side, zero-padded
     past the last unit."""
@@ -77,8 +78,9 @@ def _pack_unit_blocks(layer: RecurrentLayer, rec: np.ndarray, put) -> None:
     (w_ir, w_iz, w_in), (w_hr, w_hz, w_hn) = gates_of(layer.w_ih), gates_of(layer.w_hh)
     (b_ir, b_iz, b_in), (b_hr, b_hz, b_hn) = gates_of(layer.b_ih), gates_of(layer.b_hh)
     no_x, no_h = np.zeros_like(w_in), np.zeros_like(w_hn)
-    gates = [np.concatenate([w_ir, w_hr], axis=1), np.concatenate([w_iz, w_hz], axis=1),
-             np.concatenate([w_in, no_h], axis=1)]
+    first = np.concatenate([w_ir, w_hr], axis=1)
+    gates: list[np.ndarray | None] = [first, np.concatenate([w_iz, w_hz], axis=1),
+                                      np.concatenate([w_in, no_h], axis=1)]
     if layer.reset_after:
         gates.append(np.concatenate([no_x, w_hn], axis=1))
         biases = [b_ir + b_hr, b_iz + b_hz, b_in, b_hn]
@@ -86,7 +88,7 @@ def _pack_unit_blocks(layer: RecurrentLayer, rec: np.ndarray, put) -> None:
         gates.append(None)
         biases = [b_ir + b_hr, b_iz + b_hz, b_in + b_hn, np.zeros_like(b_in)]
         rec[L.L_BLOCKS_HN] = put(_unit_blocks([w_hn], hidden, hidden))
-    rec[L.L_BLOCKS] = put(_unit_blocks(gates, hidden, gates[0].shape[1]))
+    rec[L.L_BLOCKS] = put(_unit_blocks(gates, hidden, first.shape[1]))
     rec[L.L_BLOCK_BIAS] = put(_unit_block_bias(biases, hidden))
 
 

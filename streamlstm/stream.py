@@ -107,7 +107,8 @@ class Stream:
         # _first_step); a caller's ``out`` is typed by Numba's dispatcher.
         if not (type(x) is np.ndarray and x.dtype is self._dtype and x.shape == self._in_shape
                 and x.flags.carray):
-            x = np.require(as_sample(x, self._dtype, self._in_shape[0]), requirements="CAW")
+            x = np.require(as_sample(x, self._dtype, self._in_shape[0]),
+                           requirements=["C", "A", "W"])
         if out is None:
             code = self._kernel(self._params, self._layout, self._state, x, self._out,
                                 self._scratch)

@@ -101,7 +101,10 @@ class CudaBank(SensorRows):
         self._views: dict[tuple[int, int], tuple[Any, Any, Any]] = {}
         self._buffer: Any = None
         self._capacity = self._io_slots = self._io_base = 0
-        self._index_host = self._index_dev = self._io_host = None
+        # Host (pinned) and device buffers, allocated by _reserve_index/_allocate_buffer.
+        self._index_host: Any = None
+        self._index_dev: Any = None
+        self._io_host: Any = None
         self._allocate_buffer(capacity, 64)
         self._reserve_index(129)
         self.last_status = np.zeros(0, np.int8)

@@ -202,7 +202,7 @@ def _mask_indices(names: Sequence[str], wanted: Sequence[str | int]) -> list[int
         if isinstance(item, int | np.integer) and 0 <= int(item) < len(names):
             out.append(int(item))
         elif item in names:
-            out.append(list(names).index(item))
+            out.append(list(names).index(str(item)))
         else:
             raise ConfigError(f"mask: no channel {item!r} (channels: {', '.join(names)})")
     return out

@@ -131,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"streamlstm calibrate: {exc}", file=sys.stderr)
         return 2
     cal = calibrated.calibration
+    assert cal is not None  # calibrate and calibrate_reconstruction always set one
     budget = (f"{cal['false_alarms_per_day']:g} false alarms/day"
               if cal.get("false_alarms_per_day") else f"quantile {cal['quantile']}")
     masked = f", masked: {', '.join(cal['mask_names'])}" if cal.get("mask_names") else ""

@@ -187,7 +187,9 @@ def compute_features(signal: Any, spec: FeatureSpec | Mapping[str, Any]) -> np.n
     detector computes online, so a model trained on this output sees identical inputs.
     """
     if not isinstance(spec, FeatureSpec):
-        spec = FeatureSpec.from_metadata({"features": spec})
+        parsed = FeatureSpec.from_metadata({"features": spec})
+        assert parsed is not None  # from_metadata returns None only without "features"
+        spec = parsed
     array = np.ascontiguousarray(signal, dtype=np.float64)
     if array.ndim == 1:
         array = array[:, None]

@@ -198,8 +198,9 @@ def params_from(model: Model, overrides: Mapping[str, Any]) -> DetectorParams:
     if "threshold" not in values:
         raise ConfigError("model calibration has no threshold")
     try:
-        return DetectorParams(**{k: (int(v) if k in ("debounce", "warmup") else float(v))
-                                 for k, v in values.items()})
+        typed: dict[str, Any] = {k: (int(v) if k in ("debounce", "warmup") else float(v))
+                                 for k, v in values.items()}
+        return DetectorParams(**typed)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"detector parameters: {exc}") from None
 

@@ -91,6 +91,7 @@ def load_keras(path: str | Path, *, config: Any = None, dtype: Any = np.float32,
     """
     path = Path(path)
     meta: dict[str, Any] = {}
+    weights: bytes | Path
     if path.suffix.lower() == ".keras":
         if config is not None:
             raise ModelFormatError(f"{path}: config= is for .weights.h5 files; a .keras "

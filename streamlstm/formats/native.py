@@ -104,7 +104,8 @@ def save_native(model: Model, path: str | os.PathLike[str]) -> Path:
         raise ModelFormatError(f"{path}: metadata or calibration is not JSON-able "
                                f"({exc})") from None
     buffer = io.BytesIO()
-    np.savez(buffer, **{META: np.frombuffer(text, np.uint8)}, **tensors)
+    members: dict[str, Any] = {META: np.frombuffer(text, np.uint8), **tensors}
+    np.savez(buffer, **members)
     atomic_write(path, [buffer.getvalue()])
     return path
 

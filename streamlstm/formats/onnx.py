@@ -488,7 +488,9 @@ def _verify(path: Path, proto: Any, graph: _Graph, model: Model) -> str:
         xs = rng.normal(0.0, 1.0, (steps, model.input_size)).astype(np.float32)
         expected = _engine_output(model, xs.astype(model.dtype))
         try:
-            got = evaluator.run(None, {graph.input_name: xs.reshape(shape)})[0]
+            outputs = evaluator.run(None, {graph.input_name: xs.reshape(shape)})
+            assert isinstance(outputs, list)  # run(None, ...) returns every output, in order
+            got = outputs[0]
         except Exception as exc:  # a layout the graph does not take fails somewhere inside
             problems.append(f"{layout}: {type(exc).__name__}")
             continue

@@ -95,8 +95,9 @@ def load_torch(path: str | os.PathLike[str], *, prefix: str | None = None,
                                         and np.isfinite(sample_rate) and sample_rate > 0):
         raise ModelFormatError(f"{path}: sample_rate must be a positive number in Hz, "
                                f"got {sample_rate!r}")
-    norms = {"input_norm": _norm(path, input_mean, input_std, "input", options_dtype),
-             "output_norm": _norm(path, output_mean, output_std, "output", options_dtype)}
+    norms: dict[str, Any] = {
+        "input_norm": _norm(path, input_mean, input_std, "input", options_dtype),
+        "output_norm": _norm(path, output_mean, output_std, "output", options_dtype)}
     tensors, source, file_metadata = read_state_dict(path)
     builder = _Builder(path, tensors, options_dtype)
     rec_prefix = builder.recurrent_prefix(prefix)
@@ -109,8 +110,9 @@ def load_torch(path: str | os.PathLike[str], *, prefix: str | None = None,
                                f"({rec_prefix or 'no prefix'}) nor its head: {listed}; pass "
                                "head_prefix= if one of them is the head, or strict=False to "
                                "ignore them")
-    provenance = {"source": source, "file": path.name, "file_sha256": file_sha256(path),
-                  "prefix": rec_prefix, "head_prefixes": builder.head_prefixes}
+    provenance: dict[str, Any] = {
+        "source": source, "file": path.name, "file_sha256": file_sha256(path),
+        "prefix": rec_prefix, "head_prefixes": builder.head_prefixes}
     if file_metadata:
         provenance["file_metadata"] = file_metadata
     provenance.update(metadata or {})
@@ -307,19 +309,19 @@ class _Builder:
             raise self.fail(f"layer {k}: only one of {keys['bias_ih']}, {keys['bias_hh']}")
         w_ih, w_hh = self.take(keys["weight_ih"]), self.take(keys["weight_hh"])
         w_hr = self.take(keys["weight_hr"]) if keys["weight_hr"] in self.tensors else None
-        biases = [self.take(keys[b]) for b in ("bias_ih", "bias_hh")] if all(has_bias) \
-            else [None, None]
+        b_ih, b_hh = ((self.take(keys["bias_ih"]), self.take(keys["bias_hh"])) if all(has_bias)
+                      else (None, None))
         layer_kind = self._infer_kind(keys, w_ih, w_hh, w_hr, kind)
         if width is not None and w_ih.ndim == 2 and w_ih.shape[1] != width:
             raise self.fail(f"{keys['weight_ih']}: expects {w_ih.shape[1]} inputs but "
                             f"layer {k - 1} outputs {width}")
         try:
             if layer_kind == "lstm":
-                layer = lstm_layer(w_ih, w_hh, *biases, w_hr, dtype=self.dtype)
+                layer = lstm_layer(w_ih, w_hh, b_ih, b_hh, w_hr, dtype=self.dtype)
             elif layer_kind == "gru":
-                layer = gru_layer(w_ih, w_hh, *biases, dtype=self.dtype)
+                layer = gru_layer(w_ih, w_hh, b_ih, b_hh, dtype=self.dtype)
             else:
-                layer = rnn_layer(w_ih, w_hh, *biases, activation=layer_kind[4:],
+                layer = rnn_layer(w_ih, w_hh, b_ih, b_hh, activation=layer_kind[4:],
                                   dtype=self.dtype)
             layer.validate(f"{prefix}l{k}{suffix}", w_ih.shape[1])
         except ShapeError as exc:
@@ -353,7 +355,10 @@ class _Builder:
             what = {"lstm": "an LSTM", "gru": "a GRU", "rnn": "a plain RNN"}[inferred]
             raise self.fail(f"kind={kind!r} was given but {keys['weight_ih']} {w_ih.shape} "
                             f"with hidden size {hidden} is {what}")
-        return kind if inferred == "rnn" else inferred
+        if inferred == "rnn":
+            assert kind is not None  # refused above without a kind
+            return kind
+        return inferred
 
     # -- head -------------------------------------------------------------------------
     def head(self, rec_prefix: str, head_prefix: str | Sequence[str] | None,

@@ -34,7 +34,7 @@ import numpy as np
 try:
     import orjson
 except ImportError:  # an optional extra: the standard parser does it all
-    orjson = None
+    orjson = None  # type: ignore[assignment]
 
 
 class ParseError(ValueError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from ..errors import StreamLSTMError
 
@@ -82,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         columns = args.columns.split(",") if args.columns else None
-        recordings, names = [], []
+        recordings: list[Any] = []
+        names: list[str] = []
         for path in args.data:
             data, names = read_recording(path, columns=columns)
             recordings.append(data)
@@ -107,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 130
     cal = result.model.calibration
+    assert cal is not None  # train() always calibrates
     stopped = " (interrupted: best model so far)" if result.interrupted else ""
     print(f"{path}: {result.model.describe()}, {result.epochs} epochs (folds' best "
           f"{result.best_epochs}), threshold {cal['threshold']:.6g}, "

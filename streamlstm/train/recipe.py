@@ -190,14 +190,16 @@ def _fit(train: _Data, held_out: _Data | None, width: int, hidden: int, layers: 
     history: list[tuple[int, float, float]] = []
     best_state = {k: v.clone() for k, v in net.state_dict().items()}
     best, interrupted = 1, False
+    starts = train.starts
+    assert starts is not None  # the caller fits only on data that has windows
     try:
         for epoch in range(1, epochs + 1):
             net.train()
-            count_starts = len(train.starts)
+            count_starts = len(starts)
             passes = -(-windows_per_epoch // count_starts)
             picks = torch.cat([torch.randperm(count_starts, generator=generator)
                                for _ in range(passes)])[:windows_per_epoch]
-            order = train.starts[picks]
+            order = starts[picks]
             total, count = 0.0, 0
             for first in range(0, len(order), batch_size):
                 index = order[first:first + batch_size, None] + span
