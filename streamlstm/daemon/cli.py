@@ -45,6 +45,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"streamlstm run: {exc}", file=sys.stderr)
         return 2
     setup_logging(args.log_level or (config["daemon"]["log_level"] if args.config else "warning"))
+    if config["fleet"] is not None:  # one worker of a fleet on NATS JetStream
+        from ..fleet.worker import run_worker
+
+        return run_worker(config)
     try:
         daemon = Daemon(config, config_path=args.config)
     except (ConfigError, SourceError, SinkError, OSError) as exc:
