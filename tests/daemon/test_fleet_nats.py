@@ -9,6 +9,7 @@ uninterrupted detector, alerts identical after dedupe by ``(daemon, seq)``."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import signal
 import time
@@ -146,6 +147,7 @@ def check_contract(fleet: Fleet, partitions: dict[int, list[int]], *, planned: b
     applied = applied_sequences(events, partitions)
     starts = {(e.partition, e.epoch): e.fields["from_seq"] for e in events
               if e.kind == "acquired"}
+    handed_off = {(e.partition, e.epoch) for e in events if e.kind == "released"}
     duplicates = 0
     for partition, pairs in applied.items():
         per_epoch = Counter(pairs)
@@ -154,9 +156,12 @@ def check_contract(fleet: Fleet, partitions: dict[int, list[int]], *, planned: b
         for seq, epoch in pairs:
             epochs_of[seq].append(epoch)
         for seq, epochs in epochs_of.items():
-            for later in sorted(epochs)[1:]:
+            ordered = sorted(epochs)
+            for earlier, later in itertools.pairwise(ordered):
                 duplicates += 1
-                # A replay: the later epoch started from a snapshot before this sequence.
+                # A replay: the earlier epoch ended without a handoff (crash, lost lease)
+                # and the later one started from a snapshot before this sequence.
+                assert (partition, earlier) not in handed_off, (partition, seq)
                 assert starts[(partition, later)] < seq
     if planned:
         assert duplicates == 0
@@ -313,13 +318,15 @@ def test_workers_ride_out_a_nats_server_restart(fleet, signals):
     f.wait_owned({"w1": PARTITIONS // 2, "w2": PARTITIONS // 2})
     publisher = Publisher(f.server.mqtt_port)
 
-    def restart() -> None:
-        f.server.stop()
-        time.sleep(1.0)
+    def restart() -> None:  # down past the TTL: every lease expires meanwhile
+        f.server.stop(signal.SIGKILL)
+        time.sleep(TTL + 1.0)
         f.server.start()
 
     publish_all(publisher, signals, ROUNDS // 2, restart)
     partitions = wait_all_applied(f, publisher.acked)
+    lost = [e for e in journal_events(f.folder) if e.kind == "lost"]
+    assert sorted(e.partition for e in lost) == list(range(PARTITIONS))  # and taken again
     check_contract(f, partitions, planned=False)
     stop_all(f)
     check_final_state(f, signals)
