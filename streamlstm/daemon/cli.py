@@ -46,7 +46,14 @@ def run(args: argparse.Namespace) -> int:
         return 2
     setup_logging(args.log_level or (config["daemon"]["log_level"] if args.config else "warning"))
     if config["fleet"] is not None:  # one worker of a fleet on NATS JetStream
-        from ..fleet.worker import run_worker
+        try:
+            from ..fleet.worker import run_worker
+        except ModuleNotFoundError as exc:
+            if exc.name != "nats":
+                raise
+            print("streamlstm run: [fleet] needs nats-py (pip install 'streamlstm[fleet]')",
+                  file=sys.stderr)
+            return 2
 
         return run_worker(config)
     try:

@@ -86,6 +86,11 @@ class SnapshotStore:
         record, inline = decode_record(entry.value or b"")
         return record, entry.revision or 0, await self._state(record, inline)
 
+    async def read_record(self, partition: int) -> tuple[SnapshotRecord, int]:
+        """The record and its revision, without the state; KeyNotFoundError if none."""
+        entry = await self._kv.get(f"{STATE_PREFIX}{partition}")
+        return decode_record(entry.value or b"")[0], entry.revision or 0
+
     async def _state(self, record: SnapshotRecord, inline: bytes) -> dict[str, Any] | None:
         if record.object is not None:
             data = (await self._objects.get(record.object)).data or b""

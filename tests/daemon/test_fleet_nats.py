@@ -11,7 +11,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -19,8 +22,8 @@ from pathlib import Path
 import nats
 import numpy as np
 import pytest
-from daemon_helpers import DaemonProcess, make_model, recording
-from mqtt_helpers import wait_until
+from daemon_helpers import REPO, DaemonProcess, make_model, recording
+from mqtt_helpers import free_port, wait_until
 from nats_helpers import (
     NatsServer,
     Publisher,
@@ -35,6 +38,7 @@ from nats_helpers import (
 )
 
 from streamlstm.daemon.config import load
+from streamlstm.daemon.metrics import scrape
 from streamlstm.daemon.pipeline import make_detector
 from streamlstm.fleet.connection import open_stores
 from streamlstm.fleet.leases import LeaseRefused, Leases
@@ -73,11 +77,27 @@ class Fleet:
         self.site = site
         self.workers: dict[str, DaemonProcess] = {}
         self.sites: dict[str, Path] = {}
+        self.metrics_ports: dict[str, int] = {}
 
     def start(self, name: str) -> None:
+        self.metrics_ports[name] = free_port()
         self.sites[name] = worker_site(self.folder, name, self.server, self.model,
-                                       partitions=PARTITIONS, lease_ttl_s=TTL, **self.site)
+                                       partitions=PARTITIONS, lease_ttl_s=TTL,
+                                       metrics_port=self.metrics_ports[name], **self.site)
         self.workers[name] = DaemonProcess(self.sites[name], self.folder, name)
+
+    def scrape(self, name: str) -> dict[str, float]:
+        return scrape(self.metrics_ports[name])
+
+    def status(self) -> dict:
+        """``streamlstm fleet status --json`` as a subprocess."""
+        site = next(iter(self.sites.values()))
+        done = subprocess.run(
+            [sys.executable, "-m", "streamlstm.cli", "fleet", "status", "--config", str(site),
+             "--json"], capture_output=True, text=True, timeout=60,
+            env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
 
     def owned(self) -> dict[str, set[int]]:
         return owned_by(journal_events(self.folder))
@@ -273,6 +293,26 @@ def test_a_joining_worker_takes_its_share_without_duplicates(fleet, signals):
     f.wait_owned({"w1": PARTITIONS // 2, "w2": PARTITIONS // 2})
     partitions = wait_all_applied(f, publisher.acked)
     check_contract(f, partitions, planned=True)
+    half = PARTITIONS // 2
+    for name, moved in (("w1", "out"), ("w2", "in")):
+        metrics = f.scrape(name)
+        assert metrics["streamlstm_fleet_owned_partitions"] == half
+        assert metrics[f'streamlstm_fleet_handoffs_total{{direction="{moved}"}}'] == half
+        assert metrics["streamlstm_fleet_lease_losses_total"] == 0
+        lags = [v for k, v in metrics.items() if k.startswith("streamlstm_fleet_consumer_lag")]
+        assert lags == [0] * half
+    applied = sum(f.scrape(n)["streamlstm_fleet_messages_total"] for n in ("w1", "w2"))
+    assert applied == publisher.acked  # each message once: planned handoffs replay nothing
+    wait_until(lambda: all(p["lag"] == 0 for p in f.status()["partitions"]), 30,
+               "fleet status to show no lag")
+    status = f.status()
+    assert status["workers"] == 2 and status["stream_messages"] == publisher.acked
+    owned = f.owned()
+    for row in status["partitions"]:
+        assert row["owner"] in owned and row["partition"] in owned[row["owner"]]
+        assert row["epoch"] == (2 if row["owner"] == "w2" else 1)
+        assert row["acked_seq"] == partitions[row["partition"]][-1]
+        assert row["snapshot_store"] == "inline" and row["snapshot_age_s"] < 60
     stop_all(f)
     check_final_state(f, signals)
 
@@ -306,6 +346,10 @@ def test_a_paused_worker_is_fenced_off_when_it_resumes(fleet, signals):
     assert late == []
     taken = takeover_times(f, "w1", stopped[0])
     assert max(taken) <= TTL + 2.0, taken
+    zombie = f.scrape("w1")
+    assert zombie["streamlstm_fleet_lease_losses_total"] == PARTITIONS // 2
+    assert zombie['streamlstm_fleet_refused_writes_total{kind="lease"}'] >= 1
+    assert zombie["streamlstm_fleet_owned_partitions"] == 0
     stop_all(f)
     check_final_state(f, signals)
 
