@@ -9,6 +9,7 @@ uninterrupted detector, alerts identical after dedupe by ``(daemon, seq)``."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 import os
@@ -40,7 +41,7 @@ from nats_helpers import (
 from streamlstm.daemon.config import load
 from streamlstm.daemon.metrics import scrape
 from streamlstm.daemon.pipeline import make_detector
-from streamlstm.fleet.connection import open_stores
+from streamlstm.fleet.connection import FleetError, check_partitions, open_stores
 from streamlstm.fleet.leases import LeaseRefused, Leases
 from streamlstm.fleet.snapshots import SnapshotStore, WriteRefused
 from streamlstm.sources import sample_times
@@ -410,6 +411,11 @@ def test_a_deposed_owners_writes_are_refused(tmp_path, model_path):
                 np.testing.assert_array_equal(state["x"], np.arange(3))
                 await store.write(new, 30, 3, {"x": np.arange(5)})
                 await leases.renew(new_lease)
+                # The partition count is fixed for the fleet's life.
+                await check_partitions(stores.state, settings)
+                other = dataclasses.replace(settings, partitions=PARTITIONS * 2)
+                with pytest.raises(FleetError, match="created with 4 partitions"):
+                    await check_partitions(stores.state, other)
             finally:
                 await nc.close()
 
