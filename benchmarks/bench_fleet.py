@@ -45,6 +45,7 @@ from streamlstm.daemon.metrics import scrape
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 TICKS = os.sysconf("SC_CLK_TCK")
+RATE = 50.0  # the shipped default model's sample rate
 NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
 
 
@@ -146,7 +147,7 @@ def messages(args) -> list[tuple[str, bytes]]:
     for index in range(per_sensor):
         for sensor in range(args.sensors):
             block = rng.normal(size=(args.per_message, 3)).astype(np.float32)
-            body = {"t": index * args.per_message / 100.0, "rate": 100.0,
+            body = {"t": index * args.per_message / RATE, "rate": RATE,
                     "samples": block.round(4).tolist()}
             out.append((f"s{sensor}", json.dumps(body).encode()))
     return out
@@ -219,7 +220,7 @@ def in_process(batch, args) -> dict:
         blocks = [decode_json(body, width, max_samples=65536) for _, body in chunk]
         sensors = [s for (s, _), b in zip(chunk, blocks, strict=True) for _ in b.samples]
         samples = np.concatenate([b.samples for b in blocks])
-        times = np.concatenate([b.t + np.arange(len(b.samples)) / 100.0 for b in blocks])
+        times = np.concatenate([b.t + np.arange(len(b.samples)) / RATE for b in blocks])
         detector.update(sensors, samples, times)
     elapsed = time.perf_counter() - started
     samples = len(batch) * args.per_message

@@ -172,8 +172,11 @@ class FleetWorker:
             for task in loops:
                 task.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
-            for ownership in sorted(self.owned.values(), key=lambda o: o.partition):
-                await self._hand_off(ownership)
+            # Stop every partition's consumption first (nothing competes with the handoff
+            # requests then), and hand them all off at once.
+            owned = list(self.owned.values())
+            await asyncio.gather(*(self._stop_task(o) for o in owned))
+            await asyncio.gather(*(self._hand_off(o) for o in owned))
             with contextlib.suppress(*RETRYABLE):
                 await self._leases.leave()
         finally:
@@ -208,16 +211,20 @@ class FleetWorker:
         assert self._leases is not None
         with contextlib.suppress(*RETRYABLE):
             await self._leases.heartbeat()
-        for ownership in list(self.owned.values()):
-            try:
-                await self._leases.renew(ownership.lease)
-            except LeaseRefused:
+        # All renewals in flight at once: one round trip, however many partitions.
+        owned = list(self.owned.values())
+        outcomes = await asyncio.gather(*(self._leases.renew(o.lease) for o in owned),
+                                        return_exceptions=True)
+        for ownership, outcome in zip(owned, outcomes, strict=True):
+            if isinstance(outcome, LeaseRefused):
                 self.metrics.inc("streamlstm_fleet_refused_writes_total",
                                  labels=(("kind", "lease"),))
                 self._lose(ownership, "lease_refused")
-            except RETRYABLE as exc:
+            elif isinstance(outcome, RETRYABLE):
                 _limited(logging.WARNING, "renew", "lease renewal failed (%s); retrying",
-                         type(exc).__name__)
+                         type(outcome).__name__)
+            elif isinstance(outcome, BaseException):
+                raise outcome
         try:
             workers = await self._leases.live_workers()
         except RETRYABLE:
@@ -326,14 +333,16 @@ class FleetWorker:
 
     # -- giving partitions up --------------------------------------------------------------
     async def _stop_task(self, ownership: Ownership) -> None:
+        """Stop consuming the partition (idempotent)."""
         ownership.active = False
-        task = ownership.task
+        task, ownership.task = ownership.task, None
         if task is not None and task is not asyncio.current_task():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-        if ownership.subscription is not None:
+        subscription, ownership.subscription = ownership.subscription, None
+        if subscription is not None:
             with contextlib.suppress(Exception):
-                await ownership.subscription.unsubscribe()
+                await subscription.unsubscribe()
 
     async def _hand_off(self, ownership: Ownership) -> None:
         """Planned handoff: final snapshot, delete our consumer, release the lease."""

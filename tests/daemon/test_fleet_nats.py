@@ -364,7 +364,7 @@ def test_workers_ride_out_a_nats_server_restart(fleet, signals):
     publisher = Publisher(f.server.mqtt_port)
 
     def restart() -> None:  # down past the TTL: every lease expires meanwhile
-        f.server.stop(signal.SIGKILL)
+        f.server.stop(signal.SIGTERM)
         time.sleep(TTL + 1.0)
         f.server.start()
 
