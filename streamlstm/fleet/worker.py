@@ -60,6 +60,10 @@ _limited = RateLimitedLog(log)
 
 #: Consumers of a deposed owner nobody deleted disappear after this many lease TTLs.
 CONSUMER_INACTIVE_TTLS = 20
+#: Longest wait for a cancelled task at shutdown (Python 3.11's wait_for can swallow a
+#: cancellation, so loops also check a flag), and for all final handoffs together.
+STOP_TASK_TIMEOUT_S = 5.0
+HANDOFF_TIMEOUT_S = 60.0
 FLEET_METRICS = [
     ("streamlstm_fleet_owned_partitions", "gauge", "partitions this worker owns"),
     ("streamlstm_fleet_consumer_lag", "gauge",
@@ -153,6 +157,9 @@ class FleetWorker:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: log.warning(
+            "SIGHUP ignored: a fleet worker does not reload; restart it (SIGTERM hands its "
+            "partitions off first)"))
         settings = self.settings
         nc = await connect(settings, name=f"streamlstm-{settings.worker_id}")
         try:
@@ -171,17 +178,24 @@ class FleetWorker:
             self._stopping = True
             for task in loops:
                 task.cancel()
-            await asyncio.gather(*loops, return_exceptions=True)
+            await asyncio.wait(loops, timeout=STOP_TASK_TIMEOUT_S)
             # Stop every partition's consumption first (nothing competes with the handoff
             # requests then), and hand them all off at once.
             owned = list(self.owned.values())
             await asyncio.gather(*(self._stop_task(o) for o in owned))
-            await asyncio.gather(*(self._hand_off(o) for o in owned))
+            try:
+                await asyncio.wait_for(asyncio.gather(*(self._hand_off(o) for o in owned)),
+                                       HANDOFF_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                log.error("final handoffs unfinished after %g s; the next owners replay from "
+                          "the last snapshots", HANDOFF_TIMEOUT_S)
             with contextlib.suppress(*RETRYABLE):
                 await self._leases.leave()
         finally:
             with contextlib.suppress(Exception):
-                await nc.drain()
+                await asyncio.wait_for(nc.drain(), STOP_TASK_TIMEOUT_S)
+            with contextlib.suppress(Exception):
+                await nc.close()
         log.info("stopped cleanly")
 
     def _close(self) -> None:
@@ -197,7 +211,7 @@ class FleetWorker:
 
     # -- leases and fair share -------------------------------------------------------------
     async def _lease_loop(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await self._tend()
             except asyncio.CancelledError:
@@ -338,7 +352,7 @@ class FleetWorker:
         task, ownership.task = ownership.task, None
         if task is not None and task is not asyncio.current_task():
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await asyncio.wait({task}, timeout=STOP_TASK_TIMEOUT_S)
         subscription, ownership.subscription = ownership.subscription, None
         if subscription is not None:
             with contextlib.suppress(Exception):
@@ -450,14 +464,14 @@ class FleetWorker:
     async def _states_loop(self) -> None:
         interval = next((float(t["state_interval_s"]) for t in self.config["sinks"]
                          if t["type"] == "mqtt"), DEFAULT_STATE_INTERVAL_S)
-        while True:
+        while not self._stopping:
             await asyncio.sleep(interval)
             self._publish_states()
 
     # -- snapshots -------------------------------------------------------------------------
     async def _snapshot_loop(self) -> None:
         assert self._leases is not None
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.settings.snapshot_interval_s)
             for ownership in list(self.owned.values()):
                 if ownership.active and not self._leases.overdue(ownership.lease):
