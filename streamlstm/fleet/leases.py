@@ -87,14 +87,15 @@ class Leases:
 
     async def live_workers(self) -> int:
         """Workers whose heartbeat has not expired (ourselves included)."""
-        return len([key for key in await _keys(self._kv) if key.startswith(WORKER_PREFIX)])
+        return len({key for key in await _keys(self._kv) if key.startswith(WORKER_PREFIX)})
 
 
-async def _keys(kv: KeyValue) -> list[str]:
+async def _keys(kv: KeyValue) -> set[str]:
+    """The bucket's keys (a set: nats-py lists a key twice when it is written meanwhile)."""
     try:
-        return await kv.keys()
+        return set(await kv.keys())
     except nats.js.errors.NoKeysError:
-        return []
+        return set()
 
 
 async def owners(kv: KeyValue) -> dict[int, str]:
