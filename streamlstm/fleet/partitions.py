@@ -22,6 +22,7 @@ from ..daemon.pipeline import LoadedModel, Pipeline
 from ..sinks import SensorState, alert_record
 from ..sources import Frame
 from ..sources.mqtt import MQTTSource
+from ..sources.parsers import ParseError
 from .config import FleetSettings
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class Applied:
     samples: int
     replayed: int  # messages at or below the previous owner's ack floor (crash replay)
     skipped: int  # redelivered within this epoch (seq already applied): not applied again
+    refused: int = 0  # samples of new sensors refused: the partition holds max_sensors
     records: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -56,7 +58,8 @@ class OwnedPartition:
 
     def __init__(self, partition: int, epoch: int, settings: FleetSettings,
                  loaded: LoadedModel, pipeline: Pipeline, decoder: MQTTSource,
-                 gate: TimestampGate, *, seq: int, alert_seq: int, replay_until: int) -> None:
+                 gate: TimestampGate, *, seq: int, alert_seq: int, replay_until: int,
+                 max_sensors: int) -> None:
         self.partition = partition
         self.epoch = epoch
         self.settings = settings
@@ -67,6 +70,7 @@ class OwnedPartition:
         self.applied_seq = seq  # last stream sequence applied to the state
         self.alert_seq = alert_seq
         self.replay_until = replay_until  # the deposed owner's ack floor (0: none known)
+        self.max_sensors = max_sensors
         self.sensors: dict[str, SensorState] = {}
         self.changed: set[str] = set()
         self.lag = 0
@@ -102,20 +106,48 @@ class OwnedPartition:
                 continue
             first = first or message.seq
             last = message.seq
-            replayed += message.seq <= self.replay_until
+            if message.seq <= self.replay_until:
+                replayed += 1
             self.lag = message.pending
             try:
-                _, topic = self.settings.topic_of(message.subject)
-                frames.append(self.decoder.decode(topic, message.data, received))
+                frames.append(self._decode(message, received))
             except Exception as exc:  # one bad message is counted, never fatal
                 self.decoder.stats.dropped(self.decoder.name, exc)
         applied = Applied(first, last, len(messages) - skipped, 0, replayed, skipped)
         if last:
             self.applied_seq = last
-        frames = self.gate.admit(frames, self.sensors)
+        frames = self._within_sensor_limit(self.gate.admit(frames, self.sensors), applied)
         if frames:
             self._step(frames, applied)
         return applied
+
+    def _decode(self, message: StreamMessage, received: float) -> Frame:
+        try:
+            _, topic = self.settings.topic_of(message.subject)
+        except ValueError as exc:
+            raise ParseError("topic", str(exc)) from None
+        return self.decoder.decode(topic, message.data, received)
+
+    def _within_sensor_limit(self, frames: list[Frame], applied: Applied) -> list[Frame]:
+        """Frames of known sensors, and of new ones while fewer than ``max_sensors`` are
+        known (in stream order, so a replay refuses the same ones)."""
+        if len(self.sensors) + len(frames) <= self.max_sensors:
+            return frames
+        kept: list[Frame] = []
+        new: set[str] = set()
+        for frame in frames:
+            if frame.sensor in self.sensors or frame.sensor in new:
+                kept.append(frame)
+            elif len(self.sensors) + len(new) < self.max_sensors:
+                new.add(frame.sensor)
+                kept.append(frame)
+            else:
+                applied.refused += len(frame.t)
+        if applied.refused:
+            _limited(logging.ERROR, "max_sensors", "partition %d holds daemon.max_sensors "
+                     "(%d) sensors: samples of new sensors are refused", self.partition,
+                     self.max_sensors)
+        return kept
 
     def _step(self, frames: list[Frame], applied: Applied) -> None:
         sensors: list[str] = []

@@ -87,6 +87,8 @@ FLEET_METRICS = [
      "snapshots found unusable on takeover (the partition starts fresh), by reason"),
     ("streamlstm_sink_errors_total", "counter", "failed sink calls, by sink and reason"),
     ("streamlstm_parse_errors_total", "counter", "malformed messages dropped, by reason"),
+    ("streamlstm_sensor_limit_samples_total", "counter",
+     "samples of new sensors refused: their partition holds daemon.max_sensors sensors"),
     ("streamlstm_refused_frames_total", "counter",
      "frames dropped for their device time, by reason"),
 ]
@@ -296,7 +298,8 @@ class FleetWorker:
         compute = OwnedPartition(
             record.partition, record.epoch, self.settings, self.loaded,
             make_detector(self.loaded.model, self.config["detector"]), self.decoder,
-            self.gate, seq=record.seq, alert_seq=record.alert_seq, replay_until=replay_until)
+            self.gate, seq=record.seq, alert_seq=record.alert_seq, replay_until=replay_until,
+            max_sensors=self.config["daemon"]["max_sensors"])
         problem = claim.problem
         if claim.state is not None:
             try:
@@ -434,6 +437,8 @@ class FleetWorker:
         self.metrics.inc("streamlstm_fleet_messages_total", applied.messages)
         self.metrics.inc("streamlstm_fleet_replayed_messages_total", applied.replayed)
         self.metrics.inc("streamlstm_samples_total", applied.samples)
+        if applied.refused:
+            self.metrics.inc("streamlstm_sensor_limit_samples_total", applied.refused)
         if applied.records:
             for record in applied.records:
                 self.metrics.inc("streamlstm_alerts_total", labels=(("kind", record["kind"]),))
