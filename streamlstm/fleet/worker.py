@@ -78,6 +78,8 @@ FLEET_METRICS = [
      "messages applied again after a crash (after the snapshot point, up to the deposed "
      "owner's ack floor)"),
     ("streamlstm_fleet_messages_total", "counter", "stream messages applied"),
+    ("streamlstm_fleet_partition_failures_total", "counter",
+     "partitions given up after an unexpected error in their processing (logged)"),
     ("streamlstm_samples_total", "counter", "samples stepped through the detector"),
     ("streamlstm_alerts_total", "counter", "alert events by kind"),
     ("streamlstm_snapshots_total", "counter", "partition snapshots written"),
@@ -388,7 +390,8 @@ class FleetWorker:
         del self.owned[ownership.partition]
         ownership.active = False
         asyncio.get_running_loop().create_task(self._stop_task(ownership))
-        self.metrics.inc("streamlstm_fleet_lease_losses_total")
+        if reason != "failure":
+            self.metrics.inc("streamlstm_fleet_lease_losses_total")
         compute = ownership.compute
         self.journal.write("lost", ownership.partition, compute.epoch, reason=reason,
                            seq=compute.applied_seq)
@@ -397,6 +400,21 @@ class FleetWorker:
 
     # -- consuming -------------------------------------------------------------------------
     async def _consume(self, ownership: Ownership) -> None:
+        """Consume until the partition is given up; a failure (a bug) gives it up too, so
+        that it is taken again from its last snapshot instead of silently stalling."""
+        try:
+            await self._consume_batches(ownership)
+        except Exception as exc:
+            self.metrics.inc("streamlstm_fleet_partition_failures_total")
+            log.error("partition %d failed (%s: %s); releasing it to be taken again from its "
+                      "last snapshot", ownership.partition, type(exc).__name__, exc,
+                      exc_info=exc)
+            self._lose(ownership, "failure")
+            assert self._leases is not None
+            with contextlib.suppress(*RETRYABLE):
+                await self._leases.release(ownership.lease)
+
+    async def _consume_batches(self, ownership: Ownership) -> None:
         subscription = ownership.subscription
         while ownership.active:
             try:

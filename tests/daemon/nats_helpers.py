@@ -137,8 +137,7 @@ class Publisher:
                                   protocol=paho.MQTTv311, clean_session=False)
         self.client.on_publish = self._on_publish
         self.client.reconnect_delay_set(0.1, 0.5)
-        # One message in flight: a sensor's messages stay in order across a broker crash
-        # (with more, paho may resend older ones after newer ones on reconnecting).
+        # One message in flight: a sensor's messages stay in order across a broker crash.
         self.client.max_inflight_messages_set(1)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
