@@ -6,9 +6,9 @@ partitions (the same mapping the MQTT path uses; ``intake = "nats"`` skips the M
 listener so that the publisher is not the bottleneck). Workers are ``streamlstm run``
 subprocesses with a ``[fleet]`` section, measured from their Prometheus endpoints:
 
-1. drain rate with 1, 2, ... workers: a backlog published while the workers idle (their
-   partitions already owned), then the time until every message is applied; samples/s
-   and per worker CPU core;
+1. drain rate with 1, 2, ... workers: a backlog published while the workers are paused
+   (SIGSTOP, their partitions already owned, a lease TTL longer than the pause), then the
+   time from resuming them until every message is applied; samples/s and per CPU second;
 2. the same messages decoded and stepped in one process without NATS (the daemon's
    compute path: parse, Detector.update): the fleet path's overhead against it;
 3. SIGKILL of one of two workers mid-drain: takeover time (kill to the survivor owning
@@ -98,7 +98,7 @@ class Server:
 
 
 class Worker:
-    def __init__(self, folder: Path, name: str, server: Server, args) -> None:
+    def __init__(self, folder: Path, name: str, server: Server, args, ttl: float) -> None:
         self.name, self.port = name, free_port()
         site = folder / f"{name}.toml"
         site.write_text(f"""
@@ -117,7 +117,7 @@ path = "{name}-alerts.jsonl"
 servers = ["nats://127.0.0.1:{server.port}"]
 partitions = {args.partitions}
 intake = "nats"
-lease_ttl_s = {args.ttl}
+lease_ttl_s = {ttl}
 snapshot_interval_s = {args.snapshot_interval}
 journal_path = "{name}.journal"
 """)
@@ -183,20 +183,29 @@ def drain(count: int, args, batch, folder: Path) -> dict:
     workers = []
     try:
         for index in range(count):
-            workers.append(Worker(folder, f"w{index}", server, args))
+            workers.append(Worker(folder, f"w{index}", server, args, args.drain_ttl))
+        share = -(-args.partitions // count)
         wait_for(lambda: owned(workers) == args.partitions
-                 and all(w.metric("streamlstm_fleet_owned_partitions") > 0 for w in workers),
-                 300, "partitions spread over the workers")
-        cpu0 = [cpu_seconds(w.process.pid) for w in workers]
-        started = time.perf_counter()
+                 and all(w.metric("streamlstm_fleet_owned_partitions") >= share - 1
+                         for w in workers), 300, "partitions spread over the workers")
+        for worker in workers:
+            worker.process.send_signal(signal.SIGSTOP)
         publish_s = asyncio.run(publish(server.port, batch))
+        if publish_s > args.drain_ttl / 3:
+            raise RuntimeError("publishing took too long for --drain-ttl: raise it")
+        cpu0 = [cpu_seconds(w.process.pid) for w in workers]
+        server0 = cpu_seconds(server.process.pid)
+        started = time.perf_counter()
+        for worker in workers:
+            worker.process.send_signal(signal.SIGCONT)
         wait_for(lambda: applied(workers) >= len(batch), 600, "the backlog applied")
         elapsed = time.perf_counter() - started
         cores = sum(cpu_seconds(w.process.pid) - c for w, c in zip(workers, cpu0, strict=True))
+        server_cores = (cpu_seconds(server.process.pid) - server0) / elapsed
         samples = len(batch) * args.per_message
         return {"workers": count, "messages": len(batch), "samples": samples,
                 "publish_s": publish_s, "elapsed_s": elapsed, "samples_per_s": samples / elapsed,
-                "worker_cpu_cores": cores / elapsed,
+                "worker_cpu_cores": cores / elapsed, "server_cpu_cores": server_cores,
                 "samples_per_cpu_s": samples / cores if cores else None}
     finally:
         for worker in workers:
@@ -230,10 +239,10 @@ def in_process(batch, args) -> dict:
 def kill_one(args, batch, folder: Path) -> dict:
     """Two workers; one SIGKILLed mid-drain: takeover and replay."""
     server = Server(folder, args.partitions)
-    workers = [Worker(folder, "a", server, args)]
+    workers = [Worker(folder, "a", server, args, args.ttl)]
     try:
         wait_for(lambda: owned(workers) == args.partitions, 300, "worker a owning all")
-        workers.append(Worker(folder, "b", server, args))
+        workers.append(Worker(folder, "b", server, args, args.ttl))
         wait_for(lambda: workers[1].metric("streamlstm_fleet_owned_partitions")
                  == args.partitions // 2 and owned(workers) == args.partitions, 300,
                  "a balanced fleet")
@@ -277,7 +286,9 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--per-message", type=int, default=10)
     parser.add_argument("--fetch", type=int, default=1000, help="messages per step in process")
-    parser.add_argument("--ttl", type=float, default=3.0)
+    parser.add_argument("--ttl", type=float, default=3.0, help="lease TTL for the SIGKILL run")
+    parser.add_argument("--drain-ttl", type=float, default=60.0,
+                        help="lease TTL for the drain runs (outlasts the paused publishing)")
     parser.add_argument("--snapshot-interval", type=float, default=1.0)
     args = parser.parse_args()
     if not Path(NATS_SERVER).exists():
@@ -291,9 +302,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as folder:
             row = drain(count, args, batch, Path(folder))
         results["drain"].append(row)
-        print(f"{count} worker(s): {row['samples_per_s']:,.0f} samples/s, "
-              f"{row['worker_cpu_cores']:.2f} cores, {row['samples_per_cpu_s'] or 0:,.0f} "
-              f"samples per CPU second (publish took {row['publish_s']:.1f} s)")
+        print(f"{count} worker(s): {row['samples_per_s']:,.0f} samples/s, workers "
+              f"{row['worker_cpu_cores']:.2f} cores ({row['samples_per_cpu_s'] or 0:,.0f} "
+              f"samples per CPU second), nats-server {row['server_cpu_cores']:.2f} cores")
     with tempfile.TemporaryDirectory() as folder:
         results["sigkill"] = kill_one(args, batch, Path(folder))
     kill = results["sigkill"]
