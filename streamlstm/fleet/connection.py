@@ -36,10 +36,12 @@ from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from .. import _mqtt
+from .._ratelimit import RateLimitedLog
 from ..errors import StreamLSTMError
 from .config import MQTT_MSGS_STREAM, FleetSettings
 
 log = logging.getLogger(__name__)
+_limited = RateLimitedLog(log)
 
 #: Errors a leader election or a restarting server causes for a moment: try again later.
 RETRYABLE: tuple[type[BaseException], ...] = (
@@ -74,19 +76,21 @@ class FleetStores:
     objects: ObjectStore
 
 
-async def connect(settings: FleetSettings, *, name: str) -> NATS:
-    """A connection that reconnects forever (a restarting server is an outage, not an end)."""
+async def connect(settings: FleetSettings, *, name: str, persistent: bool = True) -> NATS:
+    """A connection; ``persistent``: it waits for the servers and reconnects forever (a
+    restarting server is an outage, not an end), else one attempt per server."""
 
     async def error_cb(exc: Exception) -> None:
-        log.debug("nats: %s", exc)
+        _limited(logging.WARNING, "nats", "nats: %s%s", exc or type(exc).__name__,
+                 " (retrying)" if persistent else "")
 
     return await nats.connect(
         list(settings.servers),
         name=name,
-        max_reconnect_attempts=-1,
+        max_reconnect_attempts=-1 if persistent else 1,  # 0 would mean forever too
         reconnect_time_wait=0.5,
         connect_timeout=5,
-        allow_reconnect=True,
+        allow_reconnect=persistent,
         error_cb=error_cb,
     )
 

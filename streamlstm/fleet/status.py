@@ -88,7 +88,7 @@ async def read_status(settings: Any) -> FleetStatus:
     from .leases import Leases, owners
     from .snapshots import SnapshotStore
 
-    nc = await connect(settings, name="streamlstm-fleet-status")
+    nc = await connect(settings, name="streamlstm-fleet-status", persistent=False)
     try:
         stores = await open_stores(nc, settings, create=False)
         lease_owners = await owners(stores.leases)

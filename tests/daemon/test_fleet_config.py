@@ -3,13 +3,16 @@ subjects derived from it, and the shipped worker and cluster examples."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from mqtt_helpers import require_tool
+from daemon_helpers import REPO
+from mqtt_helpers import free_port, require_tool
 
 from streamlstm.daemon.config import FLEET, load, validate
 from streamlstm.errors import ConfigError
@@ -89,3 +92,23 @@ def test_the_cluster_example_is_accepted_by_nats_server(tmp_path):
             env={"SENSORS_PASSWORD": "s", "WORKERS_PASSWORD": "w", "PATH": "/usr/bin:/bin"})
         assert done.returncode == 0, done.stderr
         assert "partition(16,1)" in (CONTRIB / f"nats-{node}.conf").read_text()
+
+
+def fleet_status(site: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "streamlstm.cli", "fleet", "status", "--config", str(site)],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def test_fleet_status_says_plainly_when_it_cannot_answer(tmp_path):
+    site = tmp_path / "site.toml"
+    site.write_text('[mqtt]\nclient_id = "w"\n[[sources]]\ntype = "mqtt"\n'
+                    'topic = "sensors/{sensor}/accel"\n[fleet]\npartitions = 4\n'
+                    f'servers = ["nats://127.0.0.1:{free_port()}"]\n')
+    done = fleet_status(site)  # nothing listens there: one attempt, then a clear error
+    assert done.returncode == 1 and done.stdout == ""
+    assert "cannot read the fleet's state (NoServersError" in done.stderr
+    plain = tmp_path / "plain.toml"
+    plain.write_text("[daemon]\n")
+    done = fleet_status(plain)
+    assert done.returncode == 2 and "has no [fleet] section" in done.stderr
