@@ -165,7 +165,16 @@ class FleetWorker:
             "SIGHUP ignored: a fleet worker does not reload; restart it (SIGTERM hands its "
             "partitions off first)"))
         settings = self.settings
-        nc = await connect(settings, name=f"streamlstm-{settings.worker_id}")
+        # Connecting waits for the servers: a SIGTERM meanwhile must still stop us.
+        starting = asyncio.create_task(connect(settings, name=f"streamlstm-{settings.worker_id}"))
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            starting.cancel()
+            log.info("stopped before any NATS server answered")
+            return
+        stopping.cancel()
+        nc = starting.result()
         try:
             stores = self._stores = await open_stores(nc, settings, create=True)
             await check_partitions(stores.state, settings)

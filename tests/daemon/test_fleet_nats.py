@@ -430,3 +430,27 @@ def test_a_deposed_owners_writes_are_refused(tmp_path, model_path):
         asyncio.run(scenario())
     finally:
         server.stop()
+
+
+def test_a_worker_stops_while_waiting_for_nats_and_refuses_another_partition_count(
+        tmp_path, model_path):
+    server = NatsServer(tmp_path / "nats", PARTITIONS)
+    try:
+        # No server yet: the worker waits for one, and SIGTERM still stops it.
+        site = worker_site(tmp_path, "early", server, model_path, partitions=PARTITIONS)
+        early = DaemonProcess(site, tmp_path, "early")
+        wait_until(lambda: "Connect call failed" in early.log(), 120, "a connection attempt")
+        assert early.stop(signal.SIGTERM, timeout=30) == 0, early.log()
+        assert "stopped before any NATS server answered" in early.log()
+        # A fleet made with 4 partitions refuses a worker configured for 8.
+        server.start()
+        first = DaemonProcess(site, tmp_path, "first")
+        wait_until(lambda: "fleet worker early: 4 partitions" in first.log(), 120,
+                   "the fleet to be created")
+        other = worker_site(tmp_path, "other", server, model_path, partitions=2 * PARTITIONS)
+        refused = DaemonProcess(other, tmp_path, "other")
+        assert refused.process.wait(120) == 2
+        assert "this fleet was created with 4 partitions" in refused.log()
+        assert first.stop(signal.SIGTERM, timeout=60) == 0, first.log()
+    finally:
+        server.stop()
