@@ -106,8 +106,10 @@ async def open_stores(nc: NATS, settings: FleetSettings, *, create: bool) -> Fle
         except nats.js.errors.BucketNotFoundError:
             if not create:
                 raise FleetError(f"bucket {name!r} does not exist (no worker ran yet)") from None
+        # direct=False: reads go to the stream leader. A direct get may be answered by a
+        # replica that lags behind, and a stale record would make claims fail for nothing.
         config = KeyValueConfig(bucket=name, history=1, ttl=ttl, storage=storage,
-                                replicas=replicas)
+                                replicas=replicas, direct=False)
         return await js.create_key_value(config)
 
     leases = await bucket(settings.leases_bucket, settings.lease_ttl_s)

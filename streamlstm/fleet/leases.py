@@ -10,7 +10,6 @@ share.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -21,6 +20,8 @@ from nats.js.kv import KeyValue
 from .config import FleetSettings
 
 LEASE_PREFIX = "p."
+#: JetStream's error code for a failed revision check.
+WRONG_LAST_SEQUENCE = 10071
 WORKER_PREFIX = "w."
 
 
@@ -73,10 +74,14 @@ class Leases:
 
     async def release(self, lease: Lease) -> None:
         """Give the partition up (revision-checked: never deletes another worker's lease)."""
-        # Already expired or taken: nothing of ours to release.
-        with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError,
-                                 nats.js.errors.KeyNotFoundError):
+        try:
             await self._kv.delete(f"{LEASE_PREFIX}{lease.partition}", last=lease.revision)
+        except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyNotFoundError):
+            pass  # already expired or taken: nothing of ours to release
+        except nats.js.errors.BadRequestError as exc:
+            # nats-py's delete passes the server's "wrong last sequence" on unconverted.
+            if exc.err_code != WRONG_LAST_SEQUENCE:
+                raise
 
     async def heartbeat(self) -> None:
         await self._kv.put(f"{WORKER_PREFIX}{self._settings.worker_id}", self._value)

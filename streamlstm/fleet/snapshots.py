@@ -11,6 +11,7 @@ deposed owner's late write fails its revision check however the two interleave.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -26,6 +27,7 @@ from ..daemon import snapshot
 from .config import FleetSettings
 
 RECORD_FORMAT = "streamlstm.fleet-partition/1"
+OBJECT_READ_ATTEMPTS = 5
 STATE_PREFIX = "p."
 
 
@@ -93,7 +95,7 @@ class SnapshotStore:
 
     async def _state(self, record: SnapshotRecord, inline: bytes) -> dict[str, Any] | None:
         if record.object is not None:
-            data = (await self._objects.get(record.object)).data or b""
+            data = await self._object(record.object)
         elif inline:
             data = inline
         else:
@@ -102,6 +104,15 @@ class SnapshotStore:
             raise snapshot.SnapshotError(f"partition {record.partition}: snapshot checksum "
                                          "does not match its record")
         return snapshot.decode(data, f"partition {record.partition} snapshot")
+
+    async def _object(self, name: str) -> bytes:
+        """An object's bytes. The object store answers from any replica, and one that lags
+        may not have a just-written object yet: look again a few times before giving up."""
+        for _ in range(OBJECT_READ_ATTEMPTS - 1):
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                return (await self._objects.get(name)).data or b""
+            await asyncio.sleep(0.2)
+        return (await self._objects.get(name)).data or b""
 
     async def claim(self, partition: int) -> Claim:
         """Start the next epoch of ``partition`` for this worker (revision-checked);

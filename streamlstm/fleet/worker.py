@@ -176,16 +176,17 @@ class FleetWorker:
         stopping.cancel()
         nc = starting.result()
         try:
-            stores = self._stores = await open_stores(nc, settings, create=True)
-            await check_partitions(stores.state, settings)
-            await ensure_stream(stores.js, settings, self.config)
-            self._leases = Leases(stores.leases, settings)
-            self._snapshots = SnapshotStore(stores.state, stores.objects, settings)
+            if not await self._set_up(nc, stop):
+                return
             log.info("fleet worker %s: %d partitions, lease TTL %g s, stream %s",
                      settings.worker_id, settings.partitions, settings.lease_ttl_s,
                      settings.stream)
-            loops = [asyncio.create_task(coro) for coro in
-                     (self._lease_loop(), self._snapshot_loop(), self._states_loop())]
+            interval = settings.renew_interval_s
+            loops = [asyncio.create_task(coro) for coro in (
+                self._every(interval, "lease renewal", self._renew),
+                self._every(interval, "rebalancing", self._balance),
+                self._every(settings.snapshot_interval_s, "snapshots", self._snapshot_all),
+                self._states_loop())]
             await stop.wait()
             log.info("stopping: handing off %d partition(s)", len(self.owned))
             self._stopping = True
@@ -211,6 +212,25 @@ class FleetWorker:
                 await nc.close()
         log.info("stopped cleanly")
 
+    async def _set_up(self, nc: Any, stop: asyncio.Event) -> bool:
+        """Find or create the stream and buckets, retrying while JetStream is not ready (a
+        cluster electing its leaders); False if stopped meanwhile."""
+        settings = self.settings
+        while not stop.is_set():
+            try:
+                stores = self._stores = await open_stores(nc, settings, create=True)
+                await check_partitions(stores.state, settings)
+                await ensure_stream(stores.js, settings, self.config)
+            except RETRYABLE as exc:
+                _limited(logging.WARNING, "setup", "JetStream not ready (%s); retrying",
+                         type(exc).__name__)
+                await asyncio.sleep(1.0)
+                continue
+            self._leases = Leases(stores.leases, settings)
+            self._snapshots = SnapshotStore(stores.state, stores.objects, settings)
+            return True
+        return False
+
     def _close(self) -> None:
         self._publish_states()
         for sink in self.sinks:
@@ -223,18 +243,21 @@ class FleetWorker:
         self.journal.close()
 
     # -- leases and fair share -------------------------------------------------------------
-    async def _lease_loop(self) -> None:
+    async def _every(self, seconds: float, what: str, step: Any) -> None:
+        """Run ``step()`` every ``seconds`` until stopping; a failure never ends the loop."""
         while not self._stopping:
             try:
-                await self._tend()
+                await step()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # the loop must outlive any one failure
-                _limited(logging.ERROR, "tend", "lease upkeep failed (%s: %s)",
-                         type(exc).__name__, exc)
-            await asyncio.sleep(self.settings.renew_interval_s)
+            except Exception as exc:
+                _limited(logging.ERROR, what, "%s failed (%s: %s)", what, type(exc).__name__,
+                         exc)
+            await asyncio.sleep(seconds)
 
-    async def _tend(self) -> None:
+    async def _renew(self) -> None:
+        """Heartbeat and renew every lease: its own loop, so that slow takeovers and
+        handoffs never delay a renewal."""
         assert self._leases is not None
         with contextlib.suppress(*RETRYABLE):
             await self._leases.heartbeat()
@@ -252,6 +275,10 @@ class FleetWorker:
                          type(outcome).__name__)
             elif isinstance(outcome, BaseException):
                 raise outcome
+
+    async def _balance(self) -> None:
+        """Keep our fair share: hand off surplus partitions, take free ones when short."""
+        assert self._leases is not None
         try:
             workers = await self._leases.live_workers()
         except RETRYABLE:
@@ -384,9 +411,9 @@ class FleetWorker:
             with contextlib.suppress(nats.js.errors.NotFoundError):
                 await self._stores.js.delete_consumer(self.settings.stream, ownership.consumer)
             await self._leases.release(ownership.lease)
-        except RETRYABLE as exc:
-            log.error("partition %d: handoff incomplete (%s); the next owner replays from the "
-                      "last snapshot", partition, type(exc).__name__)
+        except Exception as exc:  # the partition is dropped all the same
+            log.error("partition %d: handoff incomplete (%s: %s); the next owner replays from "
+                      "the last snapshot", partition, type(exc).__name__, exc)
             return
         self.metrics.inc("streamlstm_fleet_handoffs_total", labels=(("direction", "out"),))
         self.journal.write("released", partition, compute.epoch, seq=compute.applied_seq)
@@ -501,13 +528,11 @@ class FleetWorker:
             self._publish_states()
 
     # -- snapshots -------------------------------------------------------------------------
-    async def _snapshot_loop(self) -> None:
+    async def _snapshot_all(self) -> None:
         assert self._leases is not None
-        while not self._stopping:
-            await asyncio.sleep(self.settings.snapshot_interval_s)
-            for ownership in list(self.owned.values()):
-                if ownership.active and not self._leases.overdue(ownership.lease):
-                    await self._snapshot(ownership)
+        for ownership in list(self.owned.values()):
+            if ownership.active and not self._leases.overdue(ownership.lease):
+                await self._snapshot(ownership)
 
     async def _snapshot(self, ownership: Ownership) -> bool:
         """Write the partition's state if it moved on; False if the write was refused."""
@@ -526,10 +551,10 @@ class FleetWorker:
                 self.journal.write("refused", compute.partition, compute.epoch, seq=seq)
                 self._lose(ownership, "snapshot_refused")
                 return False
-            except RETRYABLE as exc:
+            except Exception as exc:  # a timeout, an election, a full store: try again later
                 self.metrics.inc("streamlstm_snapshot_failures_total")
-                _limited(logging.WARNING, "snapshot", "partition %d: snapshot failed (%s)",
-                         compute.partition, type(exc).__name__)
+                _limited(logging.WARNING, "snapshot", "partition %d: snapshot failed (%s: %s)",
+                         compute.partition, type(exc).__name__, exc)
                 return True
         self.metrics.inc("streamlstm_snapshots_total")
         self.metrics.set("streamlstm_snapshot_bytes", size,

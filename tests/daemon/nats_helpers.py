@@ -25,7 +25,7 @@ from mqtt_helpers import free_port, require_tool, wait_until
 
 from streamlstm.daemon.config import load
 from streamlstm.fleet.config import FleetSettings
-from streamlstm.fleet.connection import open_stores
+from streamlstm.fleet.connection import RETRYABLE, open_stores
 from streamlstm.fleet.snapshots import SnapshotStore
 
 NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
@@ -34,19 +34,27 @@ TOPIC = "sensors/{sensor}/accel"
 
 class NatsServer:
     """nats-server on 127.0.0.1 (client and MQTT ports free), JetStream stored in ``folder``,
-    MQTT topics ``sensors/<id>/accel`` mapped to ``part.<partition(P)>.sensors.<id>.accel``."""
+    MQTT topics ``sensors/<id>/accel`` mapped to ``part.<partition(P)>.sensors.<id>.accel``.
+    ``cluster``: this node's cluster port and all nodes' cluster ports (a cluster member)."""
 
-    def __init__(self, folder: Path, partitions: int) -> None:
+    def __init__(self, folder: Path, partitions: int,
+                 cluster: tuple[int, list[int]] | None = None) -> None:
         require_tool(NATS_SERVER, "nats-server")
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
         self.port, self.mqtt_port = free_port(), free_port()
         self.config = folder / "nats.conf"
         mapping = f"part.{{{{partition({partitions},1)}}}}.sensors.{{{{wildcard(1)}}}}.accel"
+        routes = ""
+        if cluster is not None:
+            own, ports = cluster
+            routes = (f"cluster {{ name: test, listen: 127.0.0.1:{own}, routes: ["
+                      + ", ".join(f"nats-route://127.0.0.1:{p}" for p in ports) + "] }\n")
+        replicas = "stream_replicas: 3, " if cluster is not None else ""
         self.config.write_text(
             f"listen: 127.0.0.1:{self.port}\nserver_name: test-{self.port}\n"
-            f'jetstream {{ store_dir: "{folder}/js" }}\n'
-            f"mqtt {{ listen: 127.0.0.1:{self.mqtt_port} }}\n"
+            f'jetstream {{ store_dir: "{folder}/js" }}\n{routes}'
+            f"mqtt {{ {replicas}listen: 127.0.0.1:{self.mqtt_port} }}\n"
             "accounts { FLEET { jetstream: enabled, users: [{user: fleet, password: fleet}],\n"
             f'  mappings: {{ "sensors.*.accel": "{mapping}" }} }} }}\n'
             "no_auth_user: fleet\n"
@@ -83,10 +91,19 @@ class NatsServer:
         return self._log.read_text(errors="replace")
 
 
+def cluster(folder: Path, partitions: int, nodes: int = 3) -> list[NatsServer]:
+    """``nodes`` nats-servers routed into one JetStream cluster (not started)."""
+    ports = [free_port() for _ in range(nodes)]
+    return [NatsServer(folder / f"node{i}", partitions, (ports[i], ports))
+            for i in range(nodes)]
+
+
 def worker_site(folder: Path, name: str, server: NatsServer, model: Path, *, partitions: int,
                 lease_ttl_s: float = 2.0, snapshot_interval_s: float = 0.5,
-                inline_snapshot_bytes: int = 262144, metrics_port: int | None = None) -> Path:
-    """A worker's site.toml: JSONL alerts, journal ``<name>.journal`` in ``folder``."""
+                inline_snapshot_bytes: int = 262144, metrics_port: int | None = None,
+                servers: list[str] | None = None, replicas: int = 1) -> Path:
+    """A worker's site.toml: JSONL alerts, journal ``<name>.journal`` in ``folder``;
+    ``servers`` (default: ``server``'s URL) for a cluster."""
     options = ", ".join(f"{k} = {v}" for k, v in DETECTOR_OPTIONS.items())
     metrics = f"metrics_port = {metrics_port}\n" if metrics_port else ""
     text = f"""
@@ -113,7 +130,8 @@ type = "jsonl"
 path = "{name}-alerts.jsonl"
 
 [fleet]
-servers = ["{server.url}"]
+servers = {json.dumps(servers or [server.url])}
+replicas = {replicas}
 partitions = {partitions}
 lease_ttl_s = {lease_ttl_s}
 snapshot_interval_s = {snapshot_interval_s}
@@ -168,7 +186,7 @@ def fleet_settings(site: Path) -> FleetSettings:
 async def _stream_subjects(settings: FleetSettings) -> dict[int, str]:
     nc = await nats.connect(list(settings.servers))
     try:
-        js = nc.jetstream()
+        js = nc.jetstream(timeout=5)
         info = await js.stream_info(settings.stream)
         sub = await js.pull_subscribe(">", stream=settings.stream)
         out: dict[int, str] = {}
@@ -186,10 +204,35 @@ async def _stream_subjects(settings: FleetSettings) -> dict[int, str]:
         await nc.close()
 
 
+def _retrying(read: Any, settings: FleetSettings) -> Any:
+    """``asyncio.run(read(settings))``, again while a cluster elects leaders (up to 60 s)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return asyncio.run(read(settings))
+        except RETRYABLE:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+async def _stream_count(settings: FleetSettings) -> int:
+    nc = await nats.connect(list(settings.servers))
+    try:
+        return int((await nc.jetstream(timeout=5).stream_info(settings.stream)).state.messages)
+    finally:
+        await nc.close()
+
+
+def stream_count(settings: FleetSettings) -> int:
+    """Messages in the samples stream now."""
+    return _retrying(_stream_count, settings)
+
+
 def stream_partitions(settings: FleetSettings) -> dict[int, list[int]]:
     """Partition -> its stream sequences, in order (reads the whole stream)."""
     by_partition: dict[int, list[int]] = defaultdict(list)
-    for seq, subject in sorted(asyncio.run(_stream_subjects(settings)).items()):
+    for seq, subject in sorted(_retrying(_stream_subjects, settings).items()):
         by_partition[settings.topic_of(subject)[0]].append(seq)
     return dict(by_partition)
 
@@ -213,7 +256,7 @@ async def _partition_states(settings: FleetSettings) -> dict[int, tuple[Any, dic
 
 def partition_states(settings: FleetSettings) -> dict[int, tuple[Any, dict | None]]:
     """Partition -> (its snapshot record, decoded state) as the fleet left them."""
-    return asyncio.run(_partition_states(settings))
+    return _retrying(_partition_states, settings)
 
 
 @dataclass(frozen=True)
