@@ -9,6 +9,6 @@ snapshots that state with the stream sequence it covers. A new owner restores th
 snapshot and replays from the next sequence. Modules: :mod:`.config` (settings and
 subject names), :mod:`.connection` (connecting, the stream and buckets), :mod:`.leases`,
 :mod:`.snapshots`, :mod:`.partitions` (one owned partition's compute), :mod:`.journal`
-(the audit trail), :mod:`.worker` (the asyncio loop tying them together) and
-:mod:`.status` (``streamlstm fleet status``).
+(the audit trail), :mod:`.metrics`, :mod:`.worker` (the asyncio loop tying them
+together) and :mod:`.status` (``streamlstm fleet status``).
 """

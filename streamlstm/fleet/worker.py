@@ -35,7 +35,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from .._ratelimit import RateLimitedLog
 from ..daemon.engine import DEFAULT_STATE_INTERVAL_S, build_sinks, time_policy
 from ..daemon.intake import TimestampGate
-from ..daemon.metrics import Metrics, MetricsServer, Sample
+from ..daemon.metrics import MetricsServer, Sample
 from ..daemon.pipeline import compile_kernels, load_model, make_detector, sample_width
 from ..errors import StreamLSTMError
 from ..sinks import Sink
@@ -52,6 +52,7 @@ from .connection import (
 )
 from .journal import Journal
 from .leases import Lease, LeaseRefused, Leases
+from .metrics import fleet_metrics
 from .partitions import Applied, OwnedPartition, StreamMessage
 from .snapshots import Claim, SnapshotStore, WriteRefused
 
@@ -64,36 +65,6 @@ CONSUMER_INACTIVE_TTLS = 20
 #: cancellation, so loops also check a flag), and for all final handoffs together.
 STOP_TASK_TIMEOUT_S = 5.0
 HANDOFF_TIMEOUT_S = 60.0
-FLEET_METRICS = [
-    ("streamlstm_fleet_owned_partitions", "gauge", "partitions this worker owns"),
-    ("streamlstm_fleet_consumer_lag", "gauge",
-     "messages waiting in an owned partition's consumer, by partition"),
-    ("streamlstm_fleet_handoffs_total", "counter",
-     "partitions taken over (direction=in) or handed off (direction=out)"),
-    ("streamlstm_fleet_lease_losses_total", "counter",
-     "partitions lost because the lease or a snapshot write was refused"),
-    ("streamlstm_fleet_refused_writes_total", "counter",
-     "lease renewals or snapshot writes refused by their revision check, by kind"),
-    ("streamlstm_fleet_replayed_messages_total", "counter",
-     "messages applied again after a crash (after the snapshot point, up to the deposed "
-     "owner's ack floor)"),
-    ("streamlstm_fleet_messages_total", "counter", "stream messages applied"),
-    ("streamlstm_fleet_partition_failures_total", "counter",
-     "partitions given up after an unexpected error in their processing (logged)"),
-    ("streamlstm_samples_total", "counter", "samples stepped through the detector"),
-    ("streamlstm_alerts_total", "counter", "alert events by kind"),
-    ("streamlstm_snapshots_total", "counter", "partition snapshots written"),
-    ("streamlstm_snapshot_failures_total", "counter", "partition snapshots not written"),
-    ("streamlstm_snapshot_bytes", "gauge", "size of the last snapshot, by partition"),
-    ("streamlstm_snapshot_restore_failures_total", "counter",
-     "snapshots found unusable on takeover (the partition starts fresh), by reason"),
-    ("streamlstm_sink_errors_total", "counter", "failed sink calls, by sink and reason"),
-    ("streamlstm_parse_errors_total", "counter", "malformed messages dropped, by reason"),
-    ("streamlstm_sensor_limit_samples_total", "counter",
-     "samples of new sensors refused: their partition holds daemon.max_sensors sensors"),
-    ("streamlstm_refused_frames_total", "counter",
-     "frames dropped for their device time, by reason"),
-]
 
 
 @dataclass
@@ -120,12 +91,7 @@ class FleetWorker:
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
         self.settings = FleetSettings.from_config(config)
-        self.metrics = Metrics()
-        for name, kind, text in FLEET_METRICS:
-            self.metrics.describe(name, kind, text)
-        for name in ("streamlstm_fleet_handoffs_total", "streamlstm_fleet_lease_losses_total",
-                     "streamlstm_fleet_messages_total", "streamlstm_samples_total"):
-            self.metrics.inc(name, 0)
+        self.metrics = fleet_metrics()
         self.loaded = load_model(config["model"]["path"])
         probe = make_detector(self.loaded.model, config["detector"])
         width = sample_width(probe, self.loaded.model)
