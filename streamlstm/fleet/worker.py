@@ -25,11 +25,13 @@ import contextlib
 import logging
 import signal
 import zlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import nats.errors
 import nats.js.errors
+from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from .._ratelimit import RateLimitedLog
@@ -61,6 +63,8 @@ _limited = RateLimitedLog(log)
 
 #: Consumers of a deposed owner nobody deleted disappear after this many lease TTLs.
 CONSUMER_INACTIVE_TTLS = 20
+#: Why taking a partition may fail for now (then its lease is released, tried again later).
+TAKEOVER_FAILURES: tuple[type[BaseException], ...] = (WriteRefused, *RETRYABLE)
 #: Longest wait for a cancelled task at shutdown (Python 3.11's wait_for can swallow a
 #: cancellation, so loops also check a flag), and for all final handoffs together.
 STOP_TASK_TIMEOUT_S = 5.0
@@ -75,7 +79,7 @@ class Ownership:
     claim: Claim
     consumer: str
     compute: OwnedPartition
-    subscription: Any = None
+    subscription: JetStreamContext.PullSubscription | None = None
     task: asyncio.Task[None] | None = None
     active: bool = True
     write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -169,8 +173,9 @@ class FleetWorker:
             except asyncio.TimeoutError:
                 log.error("final handoffs unfinished after %g s; the next owners replay from "
                           "the last snapshots", HANDOFF_TIMEOUT_S)
-            with contextlib.suppress(*RETRYABLE):
-                await self._leases.leave()
+            if self._leases is not None:
+                with contextlib.suppress(*RETRYABLE):
+                    await self._leases.leave()
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(nc.drain(), STOP_TASK_TIMEOUT_S)
@@ -209,7 +214,8 @@ class FleetWorker:
         self.journal.close()
 
     # -- leases and fair share -------------------------------------------------------------
-    async def _every(self, seconds: float, what: str, step: Any) -> None:
+    async def _every(self, seconds: float, what: str,
+                     step: Callable[[], Awaitable[None]]) -> None:
         """Run ``step()`` every ``seconds`` until stopping; a failure never ends the loop."""
         while not self._stopping:
             try:
@@ -281,7 +287,7 @@ class FleetWorker:
             replay_until = await self._retire_consumer(partition, claim.previous_epoch)
             ownership = self._own(lease, claim, replay_until)
             await self._subscribe(ownership)
-        except (WriteRefused, *RETRYABLE) as exc:
+        except TAKEOVER_FAILURES as exc:
             log.warning("could not take partition %d (%s: %s)", partition,
                         type(exc).__name__, exc)
             with contextlib.suppress(*RETRYABLE):
@@ -418,6 +424,7 @@ class FleetWorker:
 
     async def _consume_batches(self, ownership: Ownership) -> None:
         subscription = ownership.subscription
+        assert subscription is not None
         while ownership.active:
             try:
                 messages = await subscription.fetch(self.settings.fetch_batch,
