@@ -223,7 +223,7 @@ def in_process(batch, args) -> dict:
     compile_kernels(loaded.model, settings)
     detector = make_detector(loaded.model, settings)
     width = int(getattr(detector, "axes", loaded.model.input_size))
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for begin in range(0, len(batch), args.fetch):
         chunk = batch[begin:begin + args.fetch]
         blocks = [decode_json(body, width, max_samples=65536) for _, body in chunk]
@@ -231,9 +231,10 @@ def in_process(batch, args) -> dict:
         samples = np.concatenate([b.samples for b in blocks])
         times = np.concatenate([b.t + np.arange(len(b.samples)) / RATE for b in blocks])
         detector.update(sensors, samples, times)
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     samples = len(batch) * args.per_message
-    return {"samples": samples, "elapsed_s": elapsed, "samples_per_s": samples / elapsed}
+    return {"samples": samples, "elapsed_s": elapsed, "samples_per_s": samples / elapsed,
+            "cpu_cores": cpu / elapsed, "samples_per_cpu_s": samples / cpu}
 
 
 def kill_one(args, batch, folder: Path) -> dict:
@@ -296,7 +297,9 @@ def main() -> None:
     batch = messages(args)
     results: dict = {"machine": platform.node(), "cpus": os.cpu_count(), "args": vars(args)}
     results["in_process"] = in_process(batch, args)
-    print(f"in process (no NATS): {results['in_process']['samples_per_s']:,.0f} samples/s")
+    bare = results["in_process"]
+    print(f"in process (no NATS): {bare['samples_per_s']:,.0f} samples/s, "
+          f"{bare['cpu_cores']:.2f} cores ({bare['samples_per_cpu_s']:,.0f} per CPU second)")
     results["drain"] = []
     for count in map(int, args.workers.split(",")):
         with tempfile.TemporaryDirectory() as folder:
