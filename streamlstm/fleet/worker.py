@@ -35,6 +35,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from .._ratelimit import RateLimitedLog
+from ..daemon import systemd
 from ..daemon.engine import DEFAULT_STATE_INTERVAL_S, build_sinks, time_policy
 from ..daemon.intake import TimestampGate
 from ..daemon.metrics import MetricsServer, Sample
@@ -152,12 +153,20 @@ class FleetWorker:
                      settings.worker_id, settings.partitions, settings.lease_ttl_s,
                      settings.stream)
             interval = settings.renew_interval_s
-            loops = [asyncio.create_task(coro) for coro in (
+            steps = [
                 self._every(interval, "lease renewal", self._renew),
                 self._every(interval, "rebalancing", self._balance),
                 self._every(settings.snapshot_interval_s, "snapshots", self._snapshot_all),
-                self._states_loop())]
+                self._states_loop(),
+            ]
+            watchdog = systemd.watchdog_interval()
+            if watchdog is not None:  # fed while the event loop turns
+                steps.append(self._every(min(watchdog, 1.0), "watchdog", _feed_watchdog))
+            loops = [asyncio.create_task(step) for step in steps]
+            systemd.notify("READY=1")
+            systemd.notify(f"STATUS=fleet worker {settings.worker_id}")
             await stop.wait()
+            systemd.notify("STOPPING=1")
             log.info("stopping: handing off %d partition(s)", len(self.owned))
             self._stopping = True
             for task in loops:
@@ -547,6 +556,10 @@ class FleetWorker:
         out += [("streamlstm_refused_frames_total", (("reason", r),), n)
                 for r, n in list(self.gate.counts.frames.items())]
         return out
+
+
+async def _feed_watchdog() -> None:
+    systemd.notify("WATCHDOG=1")
 
 
 def run_worker(config: dict[str, Any]) -> int:

@@ -39,6 +39,7 @@ from nats_helpers import (
     stream_partitions,
     worker_site,
 )
+from systemd_helpers import NotifySocket
 
 from streamlstm.daemon.config import load
 from streamlstm.daemon.metrics import scrape
@@ -468,15 +469,21 @@ def test_a_worker_stops_while_waiting_for_nats_and_refuses_another_partition_cou
         wait_until(lambda: "Connect call failed" in early.log(), 120, "a connection attempt")
         assert early.stop(signal.SIGTERM, timeout=30) == 0, early.log()
         assert "stopped before any NATS server answered" in early.log()
-        # A fleet made with 4 partitions refuses a worker configured for 8.
+        # Under systemd: READY once the fleet's stores are set up, the watchdog fed.
         server.start()
-        first = DaemonProcess(site, tmp_path, "first")
-        wait_until(lambda: "fleet worker early: 4 partitions" in first.log(), 120,
-                   "the fleet to be created")
+        notify = NotifySocket(tmp_path / "notify.sock")
+        first = DaemonProcess(site, tmp_path, "first", env={
+            "NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "1000000"})
+        wait_until(lambda: len(notify.times("WATCHDOG=1")) >= 3, 120, "watchdog pings")
+        assert "fleet worker early: 4 partitions" in first.log()
+        assert notify.times("READY=1")[0] <= notify.times("WATCHDOG=1")[0]
+        # A fleet made with 4 partitions refuses a worker configured for 8.
         other = worker_site(tmp_path, "other", server, model_path, partitions=2 * PARTITIONS)
         refused = DaemonProcess(other, tmp_path, "other")
         assert refused.process.wait(120) == 2
         assert "this fleet was created with 4 partitions" in refused.log()
         assert first.stop(signal.SIGTERM, timeout=60) == 0, first.log()
+        assert "STOPPING=1" in notify.texts()
+        notify.close()
     finally:
         server.stop()
