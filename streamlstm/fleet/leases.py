@@ -73,15 +73,31 @@ class Leases:
         return now - lease.renewed_at >= self._settings.overdue_s
 
     async def release(self, lease: Lease) -> None:
-        """Give the partition up (revision-checked: never deletes another worker's lease)."""
+        """Give the partition up (revision-checked: never deletes another worker's lease).
+        A renewal that crossed this call moved the revision on: then the key is looked up
+        once more and deleted if it still holds our lease."""
+        key = f"{LEASE_PREFIX}{lease.partition}"
+        if await self._delete(key, lease.revision):
+            return
         try:
-            await self._kv.delete(f"{LEASE_PREFIX}{lease.partition}", last=lease.revision)
+            entry = await self._kv.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            return  # expired: nothing of ours to release
+        if entry.value == self._value and entry.revision is not None:
+            await self._delete(key, entry.revision)
+
+    async def _delete(self, key: str, revision: int) -> bool:
+        """Delete ``key`` if its revision is still ``revision``; False if it moved on."""
+        try:
+            await self._kv.delete(key, last=revision)
         except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyNotFoundError):
-            pass  # already expired or taken: nothing of ours to release
+            return False
         except nats.js.errors.BadRequestError as exc:
             # nats-py's delete passes the server's "wrong last sequence" on unconverted.
             if exc.err_code != WRONG_LAST_SEQUENCE:
                 raise
+            return False
+        return True
 
     async def heartbeat(self) -> None:
         await self._kv.put(f"{WORKER_PREFIX}{self._settings.worker_id}", self._value)

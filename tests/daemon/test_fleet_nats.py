@@ -445,7 +445,17 @@ def test_a_deposed_owners_writes_are_refused(tmp_path, model_path):
                 assert (record.epoch, record.seq) == (new.record.epoch, 10)
                 np.testing.assert_array_equal(state["x"], np.arange(3))
                 await store.write(new, 30, 3, {"x": np.arange(5)})
+                # A release that crossed a renewal still releases our lease...
+                crossed = dataclasses.replace(new_lease)
                 await leases.renew(new_lease)
+                await leases.release(crossed)
+                assert await leases.acquire(2) is not None
+                # ...and never another worker's.
+                others = Leases(stores.leases, dataclasses.replace(settings, worker_id="x"))
+                theirs = await others.acquire(3)
+                assert theirs is not None
+                await leases.release(dataclasses.replace(theirs, revision=theirs.revision - 1))
+                assert await leases.acquire(3) is None
                 # The partition count is fixed for the fleet's life.
                 await check_partitions(stores.state, settings)
                 other = dataclasses.replace(settings, partitions=PARTITIONS * 2)
