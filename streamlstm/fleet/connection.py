@@ -54,6 +54,7 @@ RETRYABLE: tuple[type[BaseException], ...] = (
     nats.errors.StaleConnectionError,
     nats.js.errors.ServiceUnavailableError,
     nats.js.errors.ServerError,
+    nats.js.errors.NoStreamResponseError,  # a JetStream publish met no responders
 )
 #: Key in the state bucket recording the fleet's fixed partition count.
 FLEET_KEY = "fleet"

@@ -34,27 +34,19 @@ TOPIC = "sensors/{sensor}/accel"
 
 class NatsServer:
     """nats-server on 127.0.0.1 (client and MQTT ports free), JetStream stored in ``folder``,
-    MQTT topics ``sensors/<id>/accel`` mapped to ``part.<partition(P)>.sensors.<id>.accel``.
-    ``cluster``: this node's cluster port and all nodes' cluster ports (a cluster member)."""
+    MQTT topics ``sensors/<id>/accel`` mapped to ``part.<partition(P)>.sensors.<id>.accel``."""
 
-    def __init__(self, folder: Path, partitions: int,
-                 cluster: tuple[int, list[int]] | None = None) -> None:
+    def __init__(self, folder: Path, partitions: int) -> None:
         require_tool(NATS_SERVER, "nats-server")
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
         self.port, self.mqtt_port = free_port(), free_port()
         self.config = folder / "nats.conf"
         mapping = f"part.{{{{partition({partitions},1)}}}}.sensors.{{{{wildcard(1)}}}}.accel"
-        routes = ""
-        if cluster is not None:
-            own, ports = cluster
-            routes = (f"cluster {{ name: test, listen: 127.0.0.1:{own}, routes: ["
-                      + ", ".join(f"nats-route://127.0.0.1:{p}" for p in ports) + "] }\n")
-        replicas = "stream_replicas: 3, " if cluster is not None else ""
         self.config.write_text(
             f"listen: 127.0.0.1:{self.port}\nserver_name: test-{self.port}\n"
-            f'jetstream {{ store_dir: "{folder}/js" }}\n{routes}'
-            f"mqtt {{ {replicas}listen: 127.0.0.1:{self.mqtt_port} }}\n"
+            f'jetstream {{ store_dir: "{folder}/js" }}\n'
+            f"mqtt {{ listen: 127.0.0.1:{self.mqtt_port} }}\n"
             "accounts { FLEET { jetstream: enabled, users: [{user: fleet, password: fleet}],\n"
             f'  mappings: {{ "sensors.*.accel": "{mapping}" }} }} }}\n'
             "no_auth_user: fleet\n"
@@ -91,19 +83,10 @@ class NatsServer:
         return self._log.read_text(errors="replace")
 
 
-def cluster(folder: Path, partitions: int, nodes: int = 3) -> list[NatsServer]:
-    """``nodes`` nats-servers routed into one JetStream cluster (not started)."""
-    ports = [free_port() for _ in range(nodes)]
-    return [NatsServer(folder / f"node{i}", partitions, (ports[i], ports))
-            for i in range(nodes)]
-
-
 def worker_site(folder: Path, name: str, server: NatsServer, model: Path, *, partitions: int,
                 lease_ttl_s: float = 2.0, snapshot_interval_s: float = 0.5,
-                inline_snapshot_bytes: int = 262144, metrics_port: int | None = None,
-                servers: list[str] | None = None, replicas: int = 1) -> Path:
-    """A worker's site.toml: JSONL alerts, journal ``<name>.journal`` in ``folder``;
-    ``servers`` (default: ``server``'s URL) for a cluster."""
+                inline_snapshot_bytes: int = 262144, metrics_port: int | None = None) -> Path:
+    """A worker's site.toml: JSONL alerts, journal ``<name>.journal`` in ``folder``."""
     options = ", ".join(f"{k} = {v}" for k, v in DETECTOR_OPTIONS.items())
     metrics = f"metrics_port = {metrics_port}\n" if metrics_port else ""
     text = f"""
@@ -130,8 +113,7 @@ type = "jsonl"
 path = "{name}-alerts.jsonl"
 
 [fleet]
-servers = {json.dumps(servers or [server.url])}
-replicas = {replicas}
+servers = ["{server.url}"]
 partitions = {partitions}
 lease_ttl_s = {lease_ttl_s}
 snapshot_interval_s = {snapshot_interval_s}
@@ -205,7 +187,7 @@ async def _stream_subjects(settings: FleetSettings) -> dict[int, str]:
 
 
 def _retrying(read: Any, settings: FleetSettings) -> Any:
-    """``asyncio.run(read(settings))``, again while a cluster elects leaders (up to 60 s)."""
+    """``asyncio.run(read(settings))``, again while JetStream is not ready (up to 60 s)."""
     deadline = time.monotonic() + 60
     while True:
         try:

@@ -29,7 +29,6 @@ from nats_helpers import (
     NatsServer,
     Publisher,
     applied_sequences,
-    cluster,
     fleet_settings,
     journal_events,
     owned_by,
@@ -73,16 +72,11 @@ def signals():
 class Fleet:
     """A nats-server and named worker processes in one folder."""
 
-    def __init__(self, folder: Path, model: Path, nodes: int = 1, **site: object) -> None:
+    def __init__(self, folder: Path, model: Path, **site: object) -> None:
         self.folder = folder
         self.model = model
-        self.nodes = (cluster(folder, PARTITIONS, nodes) if nodes > 1
-                      else [NatsServer(folder / "nats", PARTITIONS)])
-        for node in self.nodes:
-            node.start()
-        self.server = self.nodes[0]
-        if nodes > 1:
-            site = {"servers": [n.url for n in self.nodes], "replicas": nodes, **site}
+        self.server = NatsServer(folder / "nats", PARTITIONS)
+        self.server.start()
         self.site = site
         self.workers: dict[str, DaemonProcess] = {}
         self.sites: dict[str, Path] = {}
@@ -125,16 +119,15 @@ class Fleet:
             if process.process.poll() is None:
                 process.process.kill()
                 process.process.wait(10)
-        for node in self.nodes:
-            node.stop()
+        self.server.stop()
 
 
 @pytest.fixture
 def fleet(tmp_path, model_path):
     made: list[Fleet] = []
 
-    def make(nodes: int = 1, **site: object) -> Fleet:
-        made.append(Fleet(tmp_path, model_path, nodes, **site))
+    def make(**site: object) -> Fleet:
+        made.append(Fleet(tmp_path, model_path, **site))
         return made[-1]
 
     yield make
@@ -157,7 +150,7 @@ def publish_all(publisher: Publisher, signals, action_at: int | None = None,
 def wait_all_applied(fleet: Fleet, expected_messages: int) -> dict[int, list[int]]:
     """Wait until the journals cover every stream sequence; returns the partitions' seqs."""
     settings = fleet_settings(next(iter(fleet.sites.values())))
-    # The stream sources $MQTT_msgs: after a node dies the source catches up a while later.
+    # The stream sources $MQTT_msgs: it may lag behind the PUBACKs for a moment.
     wait_until(lambda: stream_count(settings) >= expected_messages, 60,
                "the stream to hold every acknowledged message")
     partitions = stream_partitions(settings)
@@ -392,21 +385,6 @@ def test_workers_ride_out_a_nats_server_restart(fleet, signals):
     partitions = wait_all_applied(f, publisher.acked)
     lost = [e for e in journal_events(f.folder) if e.kind == "lost"]
     assert sorted(e.partition for e in lost) == list(range(PARTITIONS))  # and taken again
-    check_contract(f, partitions, planned=False)
-    stop_all(f)
-    check_final_state(f, signals)
-
-
-def test_a_three_node_cluster_loses_nothing_when_a_node_is_killed(fleet, signals):
-    """Stream and buckets with 3 replicas; sensors publish to node 0; node 2 dies."""
-    f = fleet(nodes=3)
-    f.start("w1")
-    f.wait_owned({"w1": PARTITIONS})
-    f.start("w2")
-    f.wait_owned({"w1": PARTITIONS // 2, "w2": PARTITIONS // 2})
-    publisher = Publisher(f.server.mqtt_port)
-    publish_all(publisher, signals, ROUNDS // 2, lambda: f.nodes[2].stop(signal.SIGKILL))
-    partitions = wait_all_applied(f, publisher.acked)
     check_contract(f, partitions, planned=False)
     stop_all(f)
     check_final_state(f, signals)
