@@ -360,6 +360,11 @@ def _check_fleet(config: dict[str, Any], problems: _Problems) -> None:
                      "topic template and payload describe the messages in the stream)")
     elif config["sources"][0]["ack"] != "on-receive":
         problems.add("sources[0].ack", "the fleet acknowledges the stream itself: leave 'ack' out")
+    for sink in config["sinks"]:
+        if sink["type"] == "mqtt":
+            problems.add(f"{sink['path_in_config']}.type",
+                         "a [fleet] worker's [mqtt] is nats-server's MQTT listener, which speaks "
+                         "MQTT 3.1.1, and the mqtt sink needs MQTT 5: use a jsonl or stdout sink")
 
 
 def validate(raw: Mapping[str, Any], *, base: Path | None = None) -> dict[str, Any]:

@@ -80,6 +80,8 @@ def test_a_worker_reads_exactly_one_mqtt_source_and_acks_itself():
         validate({"fleet": {"partitions": 4}})  # the demo source
     with pytest.raises(ConfigError, match=r"sources\[0\].ack: the fleet acknowledges"):
         validate({"sources": [{**SOURCE, "ack": "after-step"}], "fleet": {"partitions": 4}})
+    with pytest.raises(ConfigError, match=r"sinks\[0\].type: .* the mqtt sink needs MQTT 5"):
+        validate({"sources": [SOURCE], "sinks": [{"type": "mqtt"}], "fleet": {"partitions": 4}})
 
 
 def test_the_cluster_example_is_accepted_by_nats_server(tmp_path):
