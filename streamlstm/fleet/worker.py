@@ -157,7 +157,7 @@ class FleetWorker:
                 self._every(interval, "lease renewal", self._renew),
                 self._every(interval, "rebalancing", self._balance),
                 self._every(settings.snapshot_interval_s, "snapshots", self._snapshot_all),
-                self._states_loop(),
+                self._every(DEFAULT_STATE_INTERVAL_S, "sensor states", self._publish_all_states),
             ]
             watchdog = systemd.watchdog_interval()
             if watchdog is not None:  # fed while the event loop turns
@@ -492,6 +492,9 @@ class FleetWorker:
                                  labels=(("sink", name), ("reason", type(exc).__name__)))
                 _limited(logging.ERROR, f"sink:{name}:{what}", "sink %s failed: %s", name, exc)
 
+    async def _publish_all_states(self) -> None:
+        self._publish_states()
+
     def _publish_states(self, only: set[str] | None = None) -> None:
         states = {}
         for ownership in self.owned.values():
@@ -501,13 +504,6 @@ class FleetWorker:
             compute.changed -= names
         if states:
             self._call_sinks("states", states)
-
-    async def _states_loop(self) -> None:
-        interval = next((float(t["state_interval_s"]) for t in self.config["sinks"]
-                         if t["type"] == "mqtt"), DEFAULT_STATE_INTERVAL_S)
-        while not self._stopping:
-            await asyncio.sleep(interval)
-            self._publish_states()
 
     # -- snapshots -------------------------------------------------------------------------
     async def _snapshot_all(self) -> None:
