@@ -34,15 +34,17 @@ def read_password(settings: dict[str, Any]) -> str | None:
     return None
 
 
-def make_client(settings: dict[str, Any], suffix: str, *, manual_ack: bool = False) -> paho.Client:
+def make_client(settings: dict[str, Any], suffix: str, *, manual_ack: bool = False,
+                protocol: int = paho.MQTTv5) -> paho.Client:
     """A client with id ``{client_id}-{suffix}``, auth and TLS set, not yet connected.
 
     ``manual_ack``: received QoS 1/2 messages are acknowledged by ``client.ack`` only.
+    ``protocol``: MQTT 5 unless a broker only speaks 3.1.1 (nats-server's MQTT listener).
     """
     client = paho.Client(
         paho.CallbackAPIVersion.VERSION2,
         client_id=f"{settings['client_id']}-{suffix}",
-        protocol=paho.MQTTv5,
+        protocol=protocol,
         manual_ack=manual_ack,
     )
     # Our callbacks catch everything themselves; this is the second line of defence, so

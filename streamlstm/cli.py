@@ -37,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "calibrate": ("streamlstm.detect.cli_calibrate", "calibrate a model on normal data"),
     "train": ("streamlstm.train.cli", "train a next-step predictor (needs the torch extra)"),
     "warmup": ("streamlstm.warmup_cli", "compile the kernels now, into the on-disk cache"),
+    "fleet": ("streamlstm.fleet.status", "inspect a fleet of workers on NATS (fleet status)"),
 }
 
 

@@ -45,6 +45,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"streamlstm run: {exc}", file=sys.stderr)
         return 2
     setup_logging(args.log_level or (config["daemon"]["log_level"] if args.config else "warning"))
+    if config["fleet"] is not None:  # one worker of a fleet on NATS JetStream
+        try:
+            from ..fleet.worker import run_worker
+        except ModuleNotFoundError as exc:
+            if exc.name != "nats":
+                raise
+            print("streamlstm run: [fleet] needs nats-py (pip install 'streamlstm[fleet]')",
+                  file=sys.stderr)
+            return 2
+
+        return run_worker(config)
     try:
         daemon = Daemon(config, config_path=args.config)
     except (ConfigError, SourceError, SinkError, OSError) as exc:

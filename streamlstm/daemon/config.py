@@ -122,6 +122,40 @@ WINDOW_CLASSIFIER = {
 }
 # ---------------------------------------------------------------------------------------------
 
+# -- [fleet]: one worker of a fleet sharing partitions over NATS JetStream (streamlstm/fleet) --
+def _servers(v: Any) -> str | None:
+    ok = v and all(isinstance(s, str) and s.startswith(("nats://", "tls://")) for s in v)
+    return None if ok else "must be a non-empty list of nats:// or tls:// URLs"
+
+
+def _name(v: Any) -> str | None:
+    if not v or any(c in v for c in " .*>/\\\t") or v.startswith("$"):
+        return "must be a non-empty name without spaces, '.', '*', '>', '/' or a leading '$'"
+    return None
+
+
+FLEET = {
+    "servers": Field(LIST, ["nats://127.0.0.1:4222"], _servers),
+    "partitions": Field(INT, check=lambda v: None if 1 <= v <= 4096 else "must be 1..4096"),
+    "intake": Field(STR, "mqtt", _choice("mqtt", "nats")),
+    "partition_prefix": Field(STR, "part", _name),
+    "name": Field(STR, "streamlstm", _name),
+    "worker_id": Field(OPTIONAL_STR, None, lambda v: None if v is None else _name(v)),
+    "stream": Field(STR, "STREAMLSTM_SAMPLES", _name),
+    "stream_max_age_s": Field(FLOAT, 7 * 86400.0, _positive),
+    "replicas": Field(INT, 1, lambda v: None if 1 <= v <= 5 else "must be 1..5"),
+    "leases_bucket": Field(STR, "streamlstm_leases", _name),
+    "state_bucket": Field(STR, "streamlstm_state", _name),
+    "objects_bucket": Field(STR, "streamlstm_snapshots", _name),
+    "inline_snapshot_bytes": Field(INT, 256 * 1024, lambda v: None if 0 <= v <= 900 * 1024
+                                   else "must be 0..921600 (the KV value limit is 1 MB)"),
+    "lease_ttl_s": Field(FLOAT, 10.0, _at_least(1.0)),
+    "snapshot_interval_s": Field(FLOAT, 5.0, _positive),
+    "fetch_batch": Field(INT, 1000, _at_least(1)),
+    "journal_path": Field(OPTIONAL_STR, None),
+}
+# ---------------------------------------------------------------------------------------------
+
 DETECTOR = {
     "capacity": Field(INT, 1024, _at_least(1)),
     "threads": Field(OPTIONAL_INT, None, lambda v: None if v is None else _at_least(1)(v)),
@@ -318,6 +352,21 @@ def _check_sensor_naming(source: dict[str, Any], problems: _Problems) -> None:
         problems.add(f"{where}.ack", "'after-step' needs qos = 1")
 
 
+def _check_fleet(config: dict[str, Any], problems: _Problems) -> None:
+    """A fleet worker reads samples from the stream, decoded as its one mqtt source says."""
+    kinds = [source["type"] for source in config["sources"]]
+    if kinds != ["mqtt"]:
+        problems.add("sources", "a [fleet] worker needs exactly one source, of type 'mqtt' (its "
+                     "topic template and payload describe the messages in the stream)")
+    elif config["sources"][0]["ack"] != "on-receive":
+        problems.add("sources[0].ack", "the fleet acknowledges the stream itself: leave 'ack' out")
+    for sink in config["sinks"]:
+        if sink["type"] == "mqtt":
+            problems.add(f"{sink['path_in_config']}.type",
+                         "a [fleet] worker's [mqtt] is nats-server's MQTT listener, which speaks "
+                         "MQTT 3.1.1, and the mqtt sink needs MQTT 5: use a jsonl or stdout sink")
+
+
 def validate(raw: Mapping[str, Any], *, base: Path | None = None) -> dict[str, Any]:
     """A parsed TOML document -> a complete config (defaults filled), or :class:`ConfigError`.
 
@@ -325,14 +374,14 @@ def validate(raw: Mapping[str, Any], *, base: Path | None = None) -> dict[str, A
     """
     problems = _Problems()
     sections = {"daemon": DAEMON, "model": MODEL, "detector": DETECTOR, "mqtt": MQTT}
+    optional = ("sources", "sinks", "fleet")
     for key in raw:
-        if key not in (*sections, "sources", "sinks"):
-            problems.add(
-                key, f"unknown section (known: {', '.join([*sections, 'sources', 'sinks'])})"
-            )
+        if key not in (*sections, *optional):
+            problems.add(key, f"unknown section (known: {', '.join([*sections, *optional])})")
     config: dict[str, Any] = {
         name: _table(raw.get(name, {}), spec, name, problems) for name, spec in sections.items()
     }
+    config["fleet"] = _table(raw["fleet"], FLEET, "fleet", problems) if "fleet" in raw else None
     if config["mqtt"].get("tls") is not None:
         config["mqtt"]["tls"] = _table(config["mqtt"]["tls"], TLS, "mqtt.tls", problems)
     if config["mqtt"].get("password_file") and config["mqtt"].get("password_env"):
@@ -360,6 +409,8 @@ def validate(raw: Mapping[str, Any], *, base: Path | None = None) -> dict[str, A
                 )
     if sum(s["type"] == "mqtt" for s in config["sinks"]) > 1:
         problems.add("sinks", "at most one mqtt sink")
+    if config["fleet"] is not None:
+        _check_fleet(config, problems)
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
     if base is not None:
@@ -373,6 +424,8 @@ def _resolve_paths(config: dict[str, Any], base: Path) -> None:
             table[key] = str((base / os.path.expanduser(table[key])).resolve())
 
     resolve(config["daemon"], "snapshot_path")
+    if config["fleet"] is not None:
+        resolve(config["fleet"], "journal_path")
     resolve(config["model"], "path")
     resolve(config["mqtt"], "password_file")
     for key in TLS:

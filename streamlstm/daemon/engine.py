@@ -289,7 +289,7 @@ def _describe(metrics: Metrics) -> None:
         metrics.inc(name, 0)
 
 
-def _sensor_columns(records: Sequence[SensorState]) -> dict[str, Any]:
+def sensor_columns(records: Sequence[SensorState]) -> dict[str, Any]:
     """The daemon's per-sensor records as columns (arrays), for a compact snapshot."""
     return {
         "names": [r.sensor for r in records],
@@ -301,8 +301,8 @@ def _sensor_columns(records: Sequence[SensorState]) -> dict[str, Any]:
     }
 
 
-def _sensor_records(stored: Any) -> dict[str, SensorState]:
-    """:func:`_sensor_columns` output (or the older ``{name: [t, score, ...]}``) -> records."""
+def sensor_records(stored: Any) -> dict[str, SensorState]:
+    """:func:`sensor_columns` output (or the older ``{name: [t, score, ...]}``) -> records."""
     if isinstance(stored, dict) and "names" in stored:
         columns = [stored[key] for key in ("t", "score", "alert", "samples", "rejected")]
         rows = zip(stored["names"], *(np.asarray(c).tolist() for c in columns), strict=True)
@@ -766,7 +766,7 @@ class Daemon:
             return {
                 "model_sha256": sha,
                 "detector": copy.state(),
-                "sensors": _sensor_columns(records),
+                "sensors": sensor_columns(records),
             }
 
         return build
@@ -818,7 +818,7 @@ class Daemon:
             self._set_aside(path, "unreadable", str(exc))
             return
         try:
-            records = _sensor_records(state.get("sensors", {}))
+            records = sensor_records(state.get("sensors", {}))
             self.pipeline.import_state(state["detector"])
         except (StreamLSTMError, AttributeError, KeyError, TypeError, ValueError) as exc:
             self._set_aside(path, "mismatch", f"does not fit this model ({exc})")

@@ -19,6 +19,7 @@ copying the state, not for encoding it or for the disk.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -102,38 +103,57 @@ def _strings(lengths: np.ndarray, blob: np.ndarray) -> list[str]:
     return [data[a:b].decode("utf-8", "surrogatepass") for a, b in zip(starts, ends, strict=True)]
 
 
+def _write_npz(file: Any, state: dict[str, Any]) -> None:
+    arrays: dict[str, Any] = {}
+    tree = {"format": FORMAT, "state": _split(state, arrays)}
+    np.savez(file, **{TREE: np.frombuffer(json.dumps(tree).encode(), np.uint8), **arrays})
+
+
 def save(path: str | os.PathLike[str], state: dict[str, Any]) -> int:
     """Write ``state`` to ``path`` atomically (temp file, fsync, rename); return its size.
 
     Arrays are streamed into the file, not assembled in memory first.
     """
-    arrays: dict[str, np.ndarray] = {}
-    tree = {"format": FORMAT, "state": _split(state, arrays)}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # 0600: a snapshot holds every sensor's state, readable by the service user alone.
     with atomic_file(path, mode=0o600) as file:
-        np.savez(file, **{TREE: np.frombuffer(json.dumps(tree).encode(), np.uint8)}, **arrays)
+        _write_npz(file, state)
         size = file.tell()
     return size
+
+
+def encode(state: dict[str, Any]) -> bytes:
+    """``state`` in the file format of :func:`save`, as bytes (for a network store)."""
+    buffer = io.BytesIO()
+    _write_npz(buffer, state)
+    return buffer.getvalue()
 
 
 def load(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a snapshot written by :func:`save`; :class:`SnapshotError` if it is not one."""
     path = Path(path)
+    return _checked(lambda: _load(path, path, path.stat().st_size), path)
+
+
+def decode(data: bytes, label: str = "snapshot") -> dict[str, Any]:
+    """Read bytes made by :func:`encode`, with every check :func:`load` makes."""
+    return _checked(lambda: _load(io.BytesIO(data), Path(label), len(data)), label)
+
+
+def _checked(read: Callable[[], dict[str, Any]], label: Any) -> dict[str, Any]:
     try:
-        return _load(path)
+        return read()
     except SnapshotError:
         raise
     except ModelFormatError as exc:
         raise SnapshotError(f"unreadable snapshot: {exc}") from None
     except Exception as exc:  # zipfile/zlib/NumPy/json raise many types on damaged input
-        raise SnapshotError(f"{path}: unreadable snapshot ({type(exc).__name__}: {exc})") from None
+        raise SnapshotError(f"{label}: unreadable snapshot ({type(exc).__name__}: {exc})") from None
 
 
-def _load(path: Path) -> dict[str, Any]:
-    size = path.stat().st_size
-    with zipfile.ZipFile(path) as archive:
+def _load(source: Any, path: Path, size: int) -> dict[str, Any]:
+    with zipfile.ZipFile(source) as archive:
         names = check_npz_members(
             path,
             archive,

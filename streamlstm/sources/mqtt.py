@@ -22,6 +22,7 @@ their device time; messages without a ``t`` cannot be recognised and are stepped
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import re
@@ -183,11 +184,19 @@ class MQTTSource:
             topic = message.topic
         except UnicodeDecodeError:
             raise ParseError("topic", "topic is not UTF-8") from None
+        frame = self.decode(topic, message.payload, received)
+        if self._manual_ack and message.qos > 0 and self._client is not None:
+            ack = functools.partial(self._client.ack, message.mid, message.qos)
+            frame = dataclasses.replace(frame, ack=ack)
+        return frame
+
+    def decode(self, topic: str, payload: bytes, received: float) -> Frame:
+        """One message -> a frame of the sensor the topic names (:class:`ParseError` if
+        the topic does not match the template or the payload is bad)."""
         match = self._pattern.fullmatch(topic)
         if match is None:
             raise ParseError("topic", f"topic {topic!r} does not match the template")
         sensor = check_sensor_id(match.group(1))
-        payload = message.payload
         if len(payload) > self._max_bytes:
             raise ParseError("oversize", f"{len(payload)} bytes")
         block = self.decode_block(payload)
@@ -195,7 +204,4 @@ class MQTTSource:
         if rate and self._model_rate and abs(rate - self._model_rate) > RATE_TOLERANCE * rate:
             self._rate_mismatch(sensor, rate)
         times = sample_times(len(block.samples), start=block.t, rate=rate, received=received)
-        ack = None
-        if self._manual_ack and message.qos > 0 and self._client is not None:
-            ack = functools.partial(self._client.ack, message.mid, message.qos)
-        return Frame(sensor, times, block.samples, received, block.t is not None, ack)
+        return Frame(sensor, times, block.samples, received, block.t is not None)

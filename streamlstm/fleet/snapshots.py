@@ -1,0 +1,172 @@
+"""Per-partition state snapshots with the stream sequence they cover, fenced by epochs.
+
+One key per partition (``p.<p>``) in the state bucket holds a record: the ownership
+*epoch*, the owner, the last stream sequence applied (``seq``), the next alert sequence,
+and the state itself (npz bytes in the format of :mod:`streamlstm.daemon.snapshot`):
+inline after the record's JSON line when small, else in the object store under a name of
+its own. Every write is an ``update`` checked against the revision the writer last saw.
+A new owner first *claims* the partition (rewrites the record with the next epoch), so a
+deposed owner's late write fails its revision check however the two interleave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import nats.js.errors
+from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
+
+from ..daemon import snapshot
+from .config import FleetSettings
+
+RECORD_FORMAT = "streamlstm.fleet-partition/1"
+OBJECT_READ_ATTEMPTS = 5
+STATE_PREFIX = "p."
+
+
+class WriteRefused(Exception):
+    """A snapshot write failed its revision check: another worker claimed the partition."""
+
+
+@dataclass(frozen=True)
+class SnapshotRecord:
+    """The JSON head of a partition's record (the state travels beside it)."""
+
+    partition: int
+    epoch: int
+    owner: str
+    seq: int = 0  # last stream sequence the state covers (0: none)
+    alert_seq: int = 0  # alert seq numbers taken so far in this partition
+    written: float = 0.0  # wall-clock time of the state write
+    object: str | None = None  # object-store name, None when inline (or no state)
+    bytes: int = 0
+    sha256: str = ""
+
+
+@dataclass
+class Claim:
+    """A partition claimed for one epoch: what to restore and the revision to write on."""
+
+    record: SnapshotRecord
+    revision: int
+    previous_epoch: int | None  # None: the partition was never owned
+    state: dict[str, Any] | None = field(default=None, repr=False)
+    problem: str | None = None  # why a stored state could not be read (then state is None)
+
+
+def _encode(record: SnapshotRecord, inline: bytes = b"") -> bytes:
+    return json.dumps({"format": RECORD_FORMAT, **record.__dict__}).encode() + b"\n" + inline
+
+
+def decode_record(value: bytes) -> tuple[SnapshotRecord, bytes]:
+    """A stored value -> its record and inline state bytes (ValueError if malformed)."""
+    head, _, inline = value.partition(b"\n")
+    fields = json.loads(head)
+    if not isinstance(fields, dict) or fields.pop("format", None) != RECORD_FORMAT:
+        raise ValueError(f"not a {RECORD_FORMAT} record")
+    return SnapshotRecord(**fields), inline
+
+
+class SnapshotStore:
+    """Claims, reads and writes the partitions' snapshots."""
+
+    def __init__(self, kv: KeyValue, objects: ObjectStore, settings: FleetSettings) -> None:
+        self._kv = kv
+        self._objects = objects
+        self._settings = settings
+
+    async def read(self, partition: int) -> tuple[SnapshotRecord, int, dict[str, Any] | None]:
+        """The record, its revision and the decoded state; KeyNotFoundError if none."""
+        entry = await self._kv.get(f"{STATE_PREFIX}{partition}")
+        record, inline = decode_record(entry.value or b"")
+        return record, entry.revision or 0, await self._state(record, inline)
+
+    async def read_record(self, partition: int) -> tuple[SnapshotRecord, int]:
+        """The record and its revision, without the state; KeyNotFoundError if none."""
+        entry = await self._kv.get(f"{STATE_PREFIX}{partition}")
+        return decode_record(entry.value or b"")[0], entry.revision or 0
+
+    async def _state(self, record: SnapshotRecord, inline: bytes) -> dict[str, Any] | None:
+        if record.object is not None:
+            data = await self._object(record.object)
+        elif inline:
+            data = inline
+        else:
+            return None
+        if hashlib.sha256(data).hexdigest() != record.sha256:
+            raise snapshot.SnapshotError(f"partition {record.partition}: snapshot checksum "
+                                         "does not match its record")
+        return snapshot.decode(data, f"partition {record.partition} snapshot")
+
+    async def _object(self, name: str) -> bytes:
+        """An object's bytes. The object store answers from any replica, and one that lags
+        may not have a just-written object yet: look again a few times before giving up."""
+        for _ in range(OBJECT_READ_ATTEMPTS - 1):
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                return (await self._objects.get(name)).data or b""
+            await asyncio.sleep(0.2)
+        return (await self._objects.get(name)).data or b""
+
+    async def claim(self, partition: int) -> Claim:
+        """Start the next epoch of ``partition`` for this worker (revision-checked);
+        :class:`WriteRefused` if another worker claimed it meanwhile."""
+        key = f"{STATE_PREFIX}{partition}"
+        owner = self._settings.worker_id
+        try:
+            entry = await self._kv.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            record = SnapshotRecord(partition, 1, owner)
+            try:
+                revision = await self._kv.create(key, _encode(record))
+            except nats.js.errors.KeyWrongLastSequenceError:
+                raise WriteRefused(f"partition {partition}: claimed by another worker") from None
+            return Claim(record, revision, None)
+        old, inline = decode_record(entry.value or b"")
+        state, problem = None, None
+        try:
+            state = await self._state(old, inline)
+        except (snapshot.SnapshotError, nats.js.errors.NotFoundError) as exc:
+            problem = str(exc)
+        record = replace(old, epoch=old.epoch + 1, owner=owner)
+        try:
+            revision = await self._kv.update(key, _encode(record, inline), last=entry.revision)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            raise WriteRefused(f"partition {partition}: claimed by another worker") from None
+        return Claim(record, revision, old.epoch, state, problem)
+
+    async def write(self, claim: Claim, seq: int, alert_seq: int,
+                    state: dict[str, Any]) -> int:
+        """Store ``state`` (covering stream sequences up to ``seq``) for the claimed epoch;
+        returns its size. :class:`WriteRefused` if the claim is stale (a zombie's write)."""
+        data = snapshot.encode(state)
+        partition, epoch = claim.record.partition, claim.record.epoch
+        name = None
+        if len(data) > self._settings.inline_snapshot_bytes:
+            name = f"p{partition}-e{epoch}-s{seq}"
+            await self._objects.put(name, data)
+        record = replace(claim.record, seq=seq, alert_seq=alert_seq, written=time.time(),
+                         object=name, bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+        try:
+            revision = await self._kv.update(
+                f"{STATE_PREFIX}{partition}", _encode(record, b"" if name else data),
+                last=claim.revision)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            if name is not None:
+                await self._delete_object(name)
+            raise WriteRefused(f"partition {partition} epoch {epoch}: superseded") from None
+        previous = claim.record.object
+        claim.record, claim.revision = record, revision
+        if previous is not None and previous != name:
+            await self._delete_object(previous)
+        return len(data)
+
+    async def _delete_object(self, name: str) -> None:
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await self._objects.delete(name)

@@ -1,0 +1,477 @@
+"""Issue 14: ``streamlstm run`` as a fleet worker on NATS JetStream. A real nats-server
+(JetStream, MQTT listener, partition mapping) per test, workers as real subprocesses,
+sensors publishing MQTT QoS 1. Each scenario checks the delivery contract from the
+stream, the workers' journals and the final snapshots: MQTT-acknowledged == in stream,
+every sequence applied, nothing applied twice in one epoch, every duplicate a replay
+after the later epoch's snapshot point, final per-sensor state bit-exact against one
+uninterrupted detector, alerts identical after dedupe by ``(daemon, seq)``."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import nats
+import numpy as np
+import pytest
+from daemon_helpers import REPO, DaemonProcess, make_model, recording
+from mqtt_helpers import free_port, wait_until
+from nats_helpers import (
+    NatsServer,
+    Publisher,
+    applied_sequences,
+    fleet_settings,
+    journal_events,
+    owned_by,
+    partition_states,
+    payload,
+    stream_count,
+    stream_partitions,
+    worker_site,
+)
+from systemd_helpers import NotifySocket
+
+from streamlstm.daemon.config import load
+from streamlstm.daemon.metrics import scrape
+from streamlstm.daemon.pipeline import make_detector
+from streamlstm.fleet.connection import FleetError, check_partitions, open_stores
+from streamlstm.fleet.leases import LeaseRefused, Leases
+from streamlstm.fleet.snapshots import SnapshotStore, WriteRefused
+from streamlstm.sources import sample_times
+
+PARTITIONS = 4
+SENSORS = [f"s{i}" for i in range(8)]
+ROUNDS = 50  # messages per sensor
+PER_MESSAGE = 8  # samples per message
+RATE = 100.0
+TTL = 3.0  # seconds; short for fast tests, long enough for a loaded CI machine
+ROUND_PAUSE_S = 0.06
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    return make_model(tmp_path_factory.mktemp("model") / "model.npz")
+
+
+@pytest.fixture(scope="module")
+def signals():
+    """Each sensor's samples: noise with a burst (so alerts happen), one seed per sensor."""
+    seconds = ROUNDS * PER_MESSAGE / RATE
+    return {s: recording(seconds, RATE, [(1.5, 2.0)], seed=i) for i, s in enumerate(SENSORS)}
+
+
+class Fleet:
+    """A nats-server and named worker processes in one folder."""
+
+    def __init__(self, folder: Path, model: Path, **site: object) -> None:
+        self.folder = folder
+        self.model = model
+        self.server = NatsServer(folder / "nats", PARTITIONS)
+        self.server.start()
+        self.site = site
+        self.workers: dict[str, DaemonProcess] = {}
+        self.sites: dict[str, Path] = {}
+        self.metrics_ports: dict[str, int] = {}
+
+    def start(self, name: str) -> None:
+        self.metrics_ports[name] = free_port()
+        self.sites[name] = worker_site(self.folder, name, self.server, self.model,
+                                       partitions=PARTITIONS, lease_ttl_s=TTL,
+                                       metrics_port=self.metrics_ports[name], **self.site)
+        self.workers[name] = DaemonProcess(self.sites[name], self.folder, name)
+
+    def scrape(self, name: str) -> dict[str, float]:
+        return scrape(self.metrics_ports[name])
+
+    def status(self) -> dict:
+        """``streamlstm fleet status --json`` as a subprocess."""
+        site = next(iter(self.sites.values()))
+        done = subprocess.run(
+            [sys.executable, "-m", "streamlstm.cli", "fleet", "status", "--config", str(site),
+             "--json"], capture_output=True, text=True, timeout=60,
+            env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    def owned(self) -> dict[str, set[int]]:
+        return owned_by(journal_events(self.folder))
+
+    def wait_owned(self, expected: dict[str, int], timeout: float = 120) -> None:
+        def done() -> bool:
+            for name, process in self.workers.items():
+                assert process.process.poll() is None or name not in expected, process.log()
+            owned = self.owned()
+            return all(len(owned.get(n, ())) == k for n, k in expected.items())
+
+        wait_until(done, timeout, f"partitions owned as {expected}")
+
+    def close(self) -> None:
+        for process in self.workers.values():
+            if process.process.poll() is None:
+                process.process.kill()
+                process.process.wait(10)
+        self.server.stop()
+
+
+@pytest.fixture
+def fleet(tmp_path, model_path):
+    made: list[Fleet] = []
+
+    def make(**site: object) -> Fleet:
+        made.append(Fleet(tmp_path, model_path, **site))
+        return made[-1]
+
+    yield make
+    for one in made:
+        one.close()
+
+
+def publish_all(publisher: Publisher, signals, action_at: int | None = None,
+                action=None) -> None:
+    for round_ in range(ROUNDS):
+        if round_ == action_at:
+            action()
+        for sensor in SENSORS:
+            block = signals[sensor][round_ * PER_MESSAGE:(round_ + 1) * PER_MESSAGE]
+            publisher.publish(sensor, payload(round_ * PER_MESSAGE / RATE, RATE, block))
+        time.sleep(ROUND_PAUSE_S)
+    wait_until(lambda: publisher.acked >= publisher.published, 60, "every PUBACK")
+
+
+def wait_all_applied(fleet: Fleet, expected_messages: int) -> dict[int, list[int]]:
+    """Wait until the journals cover every stream sequence; returns the partitions' seqs."""
+    settings = fleet_settings(next(iter(fleet.sites.values())))
+    # The stream sources $MQTT_msgs: it may lag behind the PUBACKs for a moment.
+    wait_until(lambda: stream_count(settings) >= expected_messages, 60,
+               "the stream to hold every acknowledged message")
+    partitions = stream_partitions(settings)
+    stored = sum(map(len, partitions.values()))
+    assert stored == expected_messages, f"{stored} in stream, {expected_messages} acknowledged"
+
+    def covered() -> bool:
+        applied = applied_sequences(journal_events(fleet.folder), partitions)
+        return all({s for s, _ in applied.get(p, [])} == set(seqs)
+                   for p, seqs in partitions.items())
+
+    wait_until(covered, 90, "every stream sequence applied")
+    return partitions
+
+
+def check_contract(fleet: Fleet, partitions: dict[int, list[int]], *, planned: bool) -> int:
+    """Nothing applied twice in an epoch; duplicates only as replays after a snapshot point
+    (none at all if ``planned``). Returns the number of duplicate applications."""
+    events = journal_events(fleet.folder)
+    applied = applied_sequences(events, partitions)
+    starts = {(e.partition, e.epoch): e.fields["from_seq"] for e in events
+              if e.kind == "acquired"}
+    handed_off = {(e.partition, e.epoch) for e in events if e.kind == "released"}
+    duplicates = 0
+    for partition, pairs in applied.items():
+        per_epoch = Counter(pairs)
+        assert max(per_epoch.values()) == 1, f"partition {partition}: twice in one epoch"
+        epochs_of: dict[int, list[int]] = defaultdict(list)
+        for seq, epoch in pairs:
+            epochs_of[seq].append(epoch)
+        for seq, epochs in epochs_of.items():
+            ordered = sorted(epochs)
+            for earlier, later in itertools.pairwise(ordered):
+                duplicates += 1
+                # A replay: the earlier epoch ended without a handoff (crash, lost lease)
+                # and the later one started from a snapshot before this sequence.
+                assert (partition, earlier) not in handed_off, (partition, seq)
+                assert starts[(partition, later)] < seq
+    if planned:
+        assert duplicates == 0
+    return duplicates
+
+
+def stop_all(fleet: Fleet) -> None:
+    for process in fleet.workers.values():
+        if process.process.poll() is None:
+            assert process.stop(signal.SIGTERM, timeout=60) == 0, process.log()
+
+
+def check_final_state(fleet: Fleet, signals) -> None:
+    """Every sensor's final snapshot equals one detector fed its whole signal, and the
+    alerts (deduplicated by (daemon, seq)) are exactly that detector's."""
+    config = load(next(iter(fleet.sites.values())))
+    settings = fleet_settings(next(iter(fleet.sites.values())))
+    from streamlstm import formats
+
+    reference = make_detector(formats.load(fleet.model), config["detector"])
+    expected_events = []
+    for sensor in SENSORS:
+        x = signals[sensor]
+        t = np.concatenate([sample_times(PER_MESSAGE, start=r * PER_MESSAGE / RATE, rate=RATE,
+                                         received=0.0) for r in range(ROUNDS)])
+        expected_events += [(sensor, e.kind, round(e.t, 6))
+                            for e in reference.update([sensor] * len(x), x, t)]
+    want = reference.export_state()
+    found = {}
+    for _record, state in partition_states(settings).values():
+        assert state is not None
+        got = state["detector"]
+        samples = dict(zip(state["sensors"]["names"], state["sensors"]["samples"], strict=True))
+        for index, sensor in enumerate(got["sensors"]):
+            found[sensor] = (got, index, samples[sensor])
+    assert sorted(found) == sorted(SENSORS)
+    for sensor in SENSORS:
+        got, index, samples = found[sensor]
+        row = want["sensors"].index(sensor)
+        assert samples == ROUNDS * PER_MESSAGE
+        for name in ("states", "istate", "fstate", "preds", "rings", "rejected"):
+            np.testing.assert_array_equal(np.asarray(got[name])[index], want[name][row],
+                                          err_msg=f"{sensor} {name}")
+    records: dict[tuple[str, int], tuple] = {}
+    for path in fleet.folder.glob("*-alerts.jsonl"):
+        for line in path.read_text().splitlines():
+            r = json.loads(line)
+            key, value = (r["daemon"], r["seq"]), (r["sensor"], r["kind"], round(r["t"], 6))
+            assert records.setdefault(key, value) == value, "one (daemon, seq), two alerts"
+    assert sorted(records.values()) == sorted(expected_events)
+
+
+def takeover_times(fleet: Fleet, victim: str, since: float) -> list[float]:
+    """Seconds from ``since`` to each acquisition of a partition ``victim`` held."""
+    events = journal_events(fleet.folder)
+    held = {e.partition for e in events if e.kind == "acquired" and e.worker == victim}
+    return [e.fields["time"] - since for e in events
+            if e.kind == "acquired" and e.worker != victim and e.partition in held
+            and e.fields["time"] > since]
+
+
+def test_sigkill_of_one_of_two_workers_loses_nothing_and_replays_after_the_snapshot(
+        fleet, signals):
+    f = fleet()
+    f.start("w1")
+    f.wait_owned({"w1": PARTITIONS})
+    f.start("w2")
+    f.wait_owned({"w1": PARTITIONS // 2, "w2": PARTITIONS // 2})
+    publisher = Publisher(f.server.mqtt_port)
+    killed: list[float] = []
+
+    def kill() -> None:
+        killed.append(time.time())
+        f.workers["w1"].process.kill()
+
+    publish_all(publisher, signals, ROUNDS // 2, kill)
+    partitions = wait_all_applied(f, publisher.acked)
+    duplicates = check_contract(f, partitions, planned=False)
+    taken = takeover_times(f, "w1", killed[0])
+    assert len(taken) == PARTITIONS // 2 and max(taken) <= TTL + 2.0, taken
+    stop_all(f)
+    check_final_state(f, signals)
+    print(f"duplicates replayed: {duplicates}, takeover {max(taken):.2f} s")
+
+
+def test_sigterm_hands_off_with_zero_duplicates(fleet, signals):
+    f = fleet(inline_snapshot_bytes=0)  # snapshots through the object store
+    f.start("w1")
+    f.wait_owned({"w1": PARTITIONS})
+    f.start("w2")
+    f.wait_owned({"w1": PARTITIONS // 2, "w2": PARTITIONS // 2})
+    publisher = Publisher(f.server.mqtt_port)
+    codes: list[int] = []
+    publish_all(publisher, signals, ROUNDS // 2,
+                lambda: codes.append(f.workers["w1"].stop(signal.SIGTERM, timeout=60)))
+    assert codes == [0]
+    partitions = wait_all_applied(f, publisher.acked)
+    check_contract(f, partitions, planned=True)
+    stop_all(f)
+    check_final_state(f, signals)
+
+
+def test_a_joining_worker_takes_its_share_without_duplicates(fleet, signals):
+    f = fleet()
+    f.start("w1")
+    f.wait_owned({"w1": PARTITIONS})
+    publisher = Publisher(f.server.mqtt_port)
+
+    def join() -> None:  # publishing resumes once the fleet has rebalanced
+        f.start("w2")
+        f.wait_owned({"w1": PARTITIONS // 2, "w2": PARTITIONS // 2})
+
+    publish_all(publisher, signals, ROUNDS // 3, join)
+    partitions = wait_all_applied(f, publisher.acked)
+    check_contract(f, partitions, planned=True)
+    half = PARTITIONS // 2
+    for name, moved in (("w1", "out"), ("w2", "in")):
+        metrics = f.scrape(name)
+        assert metrics["streamlstm_fleet_owned_partitions"] == half
+        assert metrics[f'streamlstm_fleet_handoffs_total{{direction="{moved}"}}'] == half
+        assert metrics["streamlstm_fleet_lease_losses_total"] == 0
+        lags = [v for k, v in metrics.items() if k.startswith("streamlstm_fleet_consumer_lag")]
+        assert lags == [0] * half
+    applied = sum(f.scrape(n)["streamlstm_fleet_messages_total"] for n in ("w1", "w2"))
+    assert applied == publisher.acked  # each message once: planned handoffs replay nothing
+    wait_until(lambda: all(p["lag"] == 0 for p in f.status()["partitions"]), 30,
+               "fleet status to show no lag")
+    status = f.status()
+    assert status["workers"] == 2 and status["stream_messages"] == publisher.acked
+    owned = f.owned()
+    for row in status["partitions"]:
+        assert row["owner"] in owned and row["partition"] in owned[row["owner"]]
+        assert row["epoch"] == (2 if row["owner"] == "w2" else 1)
+        last = partitions[row["partition"]][-1]  # covered by the consumer or the snapshot
+        assert row["acked_seq"] == last or row["snapshot_seq"] == last
+        assert row["snapshot_store"] == "inline" and row["snapshot_age_s"] < 60
+    stop_all(f)
+    check_final_state(f, signals)
+
+
+def test_a_paused_worker_is_fenced_off_when_it_resumes(fleet, signals):
+    f = fleet()
+    f.start("w1")
+    f.wait_owned({"w1": PARTITIONS})
+    f.start("w2")
+    f.wait_owned({"w1": PARTITIONS // 2, "w2": PARTITIONS // 2})
+    publisher = Publisher(f.server.mqtt_port)
+    stopped: list[float] = []
+
+    def pause() -> None:
+        stopped.append(time.time())
+        f.workers["w1"].process.send_signal(signal.SIGSTOP)
+
+    publish_all(publisher, signals, ROUNDS // 2, pause)
+    f.wait_owned({"w2": PARTITIONS}, timeout=30)
+    resumed = time.time()
+    f.workers["w1"].process.send_signal(signal.SIGCONT)
+    wait_until(lambda: len([e for e in journal_events(f.folder)
+                            if e.worker == "w1" and e.kind == "lost"]) == PARTITIONS // 2,
+               30, "the zombie to notice its leases are gone")
+    partitions = wait_all_applied(f, publisher.acked)
+    check_contract(f, partitions, planned=False)
+    events = journal_events(f.folder)
+    # The zombie applied and wrote nothing after it resumed.
+    late = [e for e in events if e.worker == "w1" and e.fields["time"] > resumed
+            and e.kind in ("applied", "snapshot")]
+    assert late == []
+    taken = takeover_times(f, "w1", stopped[0])
+    assert max(taken) <= TTL + 2.0, taken
+    zombie = f.scrape("w1")
+    assert zombie["streamlstm_fleet_lease_losses_total"] == PARTITIONS // 2
+    assert zombie['streamlstm_fleet_refused_writes_total{kind="lease"}'] >= 1
+    assert zombie["streamlstm_fleet_owned_partitions"] == 0
+    stop_all(f)
+    check_final_state(f, signals)
+
+
+def test_workers_ride_out_a_nats_server_restart(fleet, signals):
+    f = fleet()
+    f.start("w1")
+    f.wait_owned({"w1": PARTITIONS})
+    f.start("w2")
+    f.wait_owned({"w1": PARTITIONS // 2, "w2": PARTITIONS // 2})
+    publisher = Publisher(f.server.mqtt_port)
+
+    def restart() -> None:  # a crash, down past the TTL: every lease expires meanwhile
+        f.server.stop(signal.SIGKILL)
+        time.sleep(TTL + 1.0)
+        f.server.start()
+        # Publish only once reconnected: paho sends what was published while disconnected
+        # after newer messages (a sensor's own reordering, not the fleet's).
+        wait_until(publisher.client.is_connected, 30, "the sensors to reconnect")
+
+    publish_all(publisher, signals, ROUNDS // 2, restart)
+    partitions = wait_all_applied(f, publisher.acked)
+    lost = [e for e in journal_events(f.folder) if e.kind == "lost"]
+    assert sorted(e.partition for e in lost) == list(range(PARTITIONS))  # and taken again
+    check_contract(f, partitions, planned=False)
+    stop_all(f)
+    check_final_state(f, signals)
+
+
+def test_a_deposed_owners_writes_are_refused(tmp_path, model_path):
+    """The revision checks themselves: after a new claim and a new lease, the old owner's
+    snapshot write and lease renewal fail (what protects the state from a zombie)."""
+    server = NatsServer(tmp_path / "nats", PARTITIONS)
+    server.start()
+    try:
+        site = worker_site(tmp_path, "w", server, model_path, partitions=PARTITIONS,
+                           lease_ttl_s=1.0)
+        settings = fleet_settings(site)
+
+        async def scenario() -> None:
+            nc = await nats.connect(server.url)
+            try:
+                stores = await open_stores(nc, settings, create=True)
+                store = SnapshotStore(stores.state, stores.objects, settings)
+                leases = Leases(stores.leases, settings)
+                old_lease = await leases.acquire(2)
+                assert old_lease is not None and await leases.acquire(2) is None
+                old = await store.claim(2)
+                await store.write(old, 10, 1, {"x": np.arange(3)})
+                await asyncio.sleep(1.5)  # the old owner stalls past the TTL
+                new_lease = await leases.acquire(2)
+                assert new_lease is not None
+                new = await store.claim(2)
+                assert new.record.epoch == old.record.epoch + 1 and new.record.seq == 10
+                with pytest.raises(WriteRefused):
+                    await store.write(old, 20, 2, {"x": np.arange(4)})
+                with pytest.raises(LeaseRefused):
+                    await leases.renew(old_lease)
+                record, _, state = await store.read(2)
+                assert (record.epoch, record.seq) == (new.record.epoch, 10)
+                np.testing.assert_array_equal(state["x"], np.arange(3))
+                await store.write(new, 30, 3, {"x": np.arange(5)})
+                # A release that crossed a renewal still releases our lease...
+                crossed = dataclasses.replace(new_lease)
+                await leases.renew(new_lease)
+                await leases.release(crossed)
+                assert await leases.acquire(2) is not None
+                # ...and never another worker's.
+                others = Leases(stores.leases, dataclasses.replace(settings, worker_id="x"))
+                theirs = await others.acquire(3)
+                assert theirs is not None
+                await leases.release(dataclasses.replace(theirs, revision=theirs.revision - 1))
+                assert await leases.acquire(3) is None
+                # The partition count is fixed for the fleet's life.
+                await check_partitions(stores.state, settings)
+                other = dataclasses.replace(settings, partitions=PARTITIONS * 2)
+                with pytest.raises(FleetError, match="created with 4 partitions"):
+                    await check_partitions(stores.state, other)
+            finally:
+                await nc.close()
+
+        asyncio.run(scenario())
+    finally:
+        server.stop()
+
+
+def test_a_worker_stops_while_waiting_for_nats_and_refuses_another_partition_count(
+        tmp_path, model_path):
+    server = NatsServer(tmp_path / "nats", PARTITIONS)
+    try:
+        # No server yet: the worker waits for one, and SIGTERM still stops it.
+        site = worker_site(tmp_path, "early", server, model_path, partitions=PARTITIONS)
+        early = DaemonProcess(site, tmp_path, "early")
+        wait_until(lambda: "Connect call failed" in early.log(), 120, "a connection attempt")
+        assert early.stop(signal.SIGTERM, timeout=30) == 0, early.log()
+        assert "stopped before any NATS server answered" in early.log()
+        # Under systemd: READY once the fleet's stores are set up, the watchdog fed.
+        server.start()
+        notify = NotifySocket(tmp_path / "notify.sock")
+        first = DaemonProcess(site, tmp_path, "first", env={
+            "NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "1000000"})
+        wait_until(lambda: len(notify.times("WATCHDOG=1")) >= 3, 120, "watchdog pings")
+        assert "fleet worker early: 4 partitions" in first.log()
+        assert notify.times("READY=1")[0] <= notify.times("WATCHDOG=1")[0]
+        # A fleet made with 4 partitions refuses a worker configured for 8.
+        other = worker_site(tmp_path, "other", server, model_path, partitions=2 * PARTITIONS)
+        refused = DaemonProcess(other, tmp_path, "other")
+        assert refused.process.wait(120) == 2
+        assert "this fleet was created with 4 partitions" in refused.log()
+        assert first.stop(signal.SIGTERM, timeout=60) == 0, first.log()
+        assert "STOPPING=1" in notify.texts()
+        notify.close()
+    finally:
+        server.stop()
