@@ -35,7 +35,7 @@ def read_password(settings: dict[str, Any]) -> str | None:
 
 
 def make_client(settings: dict[str, Any], suffix: str, *, manual_ack: bool = False,
-                protocol: int = paho.MQTTv5) -> paho.Client:
+                protocol: paho.MQTTProtocolVersion = paho.MQTTv5) -> paho.Client:
     """A client with id ``{client_id}-{suffix}``, auth and TLS set, not yet connected.
 
     ``manual_ack``: received QoS 1/2 messages are acknowledged by ``client.ack`` only.

@@ -302,7 +302,7 @@ def _typed_list(
     for index, entry in enumerate(raw):
         where = f"{path}[{index}]"
         kind = entry.get("type") if isinstance(entry, dict) else None
-        if kind not in kinds:
+        if not isinstance(kind, str) or kind not in kinds:
             problems.add(
                 f"{where}.type", f"must be one of {', '.join(map(repr, kinds))}, got {kind!r}"
             )

@@ -205,7 +205,7 @@ def check_broker_settings(config: dict[str, Any]) -> None:
 
 def _reason(exc: BaseException) -> str:
     """A short metric label for an exception: the errno name (``ENOSPC``) or the class."""
-    if isinstance(exc, OSError) and exc.errno in errno.errorcode:
+    if isinstance(exc, OSError) and exc.errno is not None and exc.errno in errno.errorcode:
         return errno.errorcode[exc.errno]
     return type(exc).__name__
 
@@ -305,7 +305,8 @@ def sensor_records(stored: Any) -> dict[str, SensorState]:
     """:func:`sensor_columns` output (or the older ``{name: [t, score, ...]}``) -> records."""
     if isinstance(stored, dict) and "names" in stored:
         columns = [stored[key] for key in ("t", "score", "alert", "samples", "rejected")]
-        rows = zip(stored["names"], *(np.asarray(c).tolist() for c in columns), strict=True)
+        rows: Iterable[tuple[Any, ...]] = zip(
+            stored["names"], *(np.asarray(c).tolist() for c in columns), strict=True)
     else:
         rows = ((name, *fields) for name, fields in stored.items())
     records = {}
@@ -353,10 +354,12 @@ class Daemon:
         self._finished_sources: set[str] = set()  # sources whose run() returned (input ended)
         self.sinks: list[Sink] = []
         self.seq = SeqCounter(self._seq_path(config))
+        from ..sources.replay import ReplaySource
+
         self._plots = [
             ReplayPlot(s.plot_path, s.sensors, sample_channels(self.loaded.model))
             for s in self.sources
-            if getattr(s, "plot_path", None)
+            if isinstance(s, ReplaySource) and s.plot_path
         ]
         self._stall_hist = self.metrics.histogram(
             "streamlstm_snapshot_stall_seconds", SNAPSHOT_BUCKETS
@@ -756,6 +759,7 @@ class Daemon:
         self._stall_hist.observe(time.perf_counter() - started)
         if done:
             self._copy, self._copy_records = None, []
+            assert self._writer is not None  # copies start only while a writer runs
             self._writer.submit(self._snapshot_job(copy, records))
         return True
 
@@ -990,11 +994,12 @@ class Daemon:
                 ),
                 ("streamlstm_connected", (("component", f"source:{source.name}"),), int(connected)),
             ]
+        from ..sinks.mqtt import MQTTSink
+
         for sink in self.sinks:
-            spool = getattr(sink, "spool", None)
-            if spool is not None:
+            if isinstance(sink, MQTTSink):
                 out += [
-                    ("streamlstm_spooled_alerts", (), len(spool)),
+                    ("streamlstm_spooled_alerts", (), len(sink.spool)),
                     ("streamlstm_reconnects_total", (("component", "sink:mqtt"),), sink.reconnects),
                     ("streamlstm_connected", (("component", "sink:mqtt"),), int(sink.connected)),
                 ]

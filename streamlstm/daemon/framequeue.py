@@ -30,6 +30,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
 from .._ratelimit import RateLimitedLog
 from ..sources import Frame
@@ -41,7 +42,7 @@ _limited = RateLimitedLog(log)
 TRIM_AFTER_BYTES = 32 * 2**20
 
 
-def _find_malloc_trim() -> ctypes._CFuncPtr | None:
+def _find_malloc_trim() -> Callable[[int], int] | None:
     try:
         return ctypes.CDLL(None).malloc_trim  # the C library the interpreter runs on
     except (OSError, AttributeError):  # musl, macOS: no malloc_trim

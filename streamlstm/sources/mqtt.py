@@ -170,7 +170,7 @@ class MQTTSource:
         if self._manual_ack and message.qos > 0 and self._client is not None:
             self._client.ack(message.mid, message.qos)
 
-    def decode_block(self, payload: bytes) -> Block:
+    def decode_block(self, payload: bytes | bytearray) -> Block:
         """Decode one payload according to the configured ``payload`` kind."""
         limit = self._config["max_samples"]
         if self._config["payload"] == "json":
@@ -190,7 +190,7 @@ class MQTTSource:
             frame = dataclasses.replace(frame, ack=ack)
         return frame
 
-    def decode(self, topic: str, payload: bytes, received: float) -> Frame:
+    def decode(self, topic: str, payload: bytes | bytearray, received: float) -> Frame:
         """One message -> a frame of the sensor the topic names (:class:`ParseError` if
         the topic does not match the template or the payload is bad)."""
         match = self._pattern.fullmatch(topic)

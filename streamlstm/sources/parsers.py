@@ -109,7 +109,7 @@ _LONG_DIGITS = b"0" * 19
 _SHALLOW = 512
 
 
-def _load_json(payload: bytes) -> object:
+def _load_json(payload: bytes | bytearray) -> object:
     """The JSON document in ``payload``, or :class:`ParseError` ``encoding``/``json``.
 
     ``orjson`` (if installed) parses what it accepts exactly as ``json.loads`` would. What
@@ -133,7 +133,7 @@ def _load_json(payload: bytes) -> object:
         raise ParseError("json", "not valid JSON") from None
 
 
-def decode_json(payload: bytes, width: int, *, max_samples: int) -> Block:
+def decode_json(payload: bytes | bytearray, width: int, *, max_samples: int) -> Block:
     """One JSON batch object -> :class:`Block` (schema in the module docstring)."""
     if not payload.strip():
         raise ParseError("empty", "empty payload")
@@ -156,7 +156,7 @@ def decode_json(payload: bytes, width: int, *, max_samples: int) -> Block:
     )
 
 
-def decode_float32(payload: bytes, width: int, *, max_samples: int) -> Block:
+def decode_float32(payload: bytes | bytearray, width: int, *, max_samples: int) -> Block:
     """Raw little-endian float32, ``n * width`` values -> :class:`Block`."""
     if not payload:
         raise ParseError("empty", "empty payload")
@@ -181,7 +181,7 @@ class LineFormat:
         used = [*self.columns, self.time_column or 0, self.sensor_column or 0]
         return max(used) + 1
 
-    def parse(self, line: bytes) -> tuple[np.ndarray, float | None, str | None]:
+    def parse(self, line: bytes | bytearray) -> tuple[np.ndarray, float | None, str | None]:
         """One line -> ``(sample (D,) float32, device time or None, sensor id or None)``."""
         try:
             text = line.decode("utf-8").strip()
@@ -205,7 +205,7 @@ class LineFormat:
         return sample, t, sensor
 
 
-def decode_csv(payload: bytes, fmt: LineFormat, *, max_samples: int) -> Block:
+def decode_csv(payload: bytes | bytearray, fmt: LineFormat, *, max_samples: int) -> Block:
     """Several CSV/TSV lines in one message -> :class:`Block` (device time of the first line)."""
     lines = [line for line in payload.splitlines() if line.strip()]
     if not lines:
