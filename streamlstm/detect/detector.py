@@ -11,7 +11,6 @@ import numpy as np
 from .._samples import as_timed_batch
 from ..bank import PARALLEL_THRESHOLD, Bank
 from ..errors import ConfigError, ShapeError
-from ..formats.native import model_sha256
 from ..model import Model
 from ..packing import packed
 from . import _kernel as K
@@ -131,7 +130,7 @@ class Detector:
         self._dparams = pack_params(self.params, self._scoring)
         # Name plus weight digest: tells apart two models relabelled with the same name.
         self.model_id = str(model.metadata.get("model_id")
-                            or f"{model.name}@{model_sha256(model)[:12]}")
+                            or f"{model.name}@{model.sha256[:12]}")
         self.bank = Bank(model, capacity, threads=threads)
         self._dtype = model.dtype
         slots = numba.config.NUMBA_NUM_THREADS
