@@ -99,7 +99,8 @@ class Bank(SensorRows):
         Allocating a sensor's row (:meth:`row`, :meth:`rows`, :meth:`step`) may grow the
         bank and replace these arrays: call this again after that.
         """
-        self._reserve_links(batch_size)
+        if batch_size > self._args.links.shape[1]:
+            self._reserve_links(batch_size)
         return self._args
 
     # -- stepping ---------------------------------------------------------------------
