@@ -87,7 +87,8 @@ class Detector:
     :meth:`update` takes a micro-batch in arrival order and returns the alert events it
     caused, in the same order; :meth:`prime` feeds known-normal data without raising
     alerts (a warm-up). Each sensor has a recurrent state row (a
-    :class:`~streamlstm.bank.Bank` row) and detector state next to it, read with
+    :class:`~streamlstm.bank.Bank` row) and detector state next to it (arrays in the
+    bank's :attr:`~streamlstm.bank.Bank.row_table`), read with
     :meth:`score` (smoothed score, residual scale), :meth:`alerting`, :meth:`rejected`
     and :meth:`filled`. Channels masked at calibration (dead or frozen in the normal
     data, or named by the user) are fed their calibration fill value and never scored
