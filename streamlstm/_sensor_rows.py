@@ -66,6 +66,14 @@ class SensorRows:
             row = self._allocate(sensor)
         return row
 
+    def known_row(self, sensor: Hashable) -> int:
+        """The state row of a known ``sensor``; :class:`KeyError` if unknown (never allocates)."""
+        return self._rows[sensor]
+
+    def assigned_rows(self) -> tuple[list[Hashable], np.ndarray]:
+        """Known sensor ids in row-allocation order (:attr:`sensors`) and their rows."""
+        return list(self._rows), np.fromiter(self._rows.values(), np.int64, len(self._rows))
+
     def rows(self, sensors: Iterable[Hashable]) -> np.ndarray:
         """State rows for a sequence of sensor ids, allocating new ones as needed.
 

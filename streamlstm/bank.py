@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numba
 import numpy as np
@@ -15,7 +15,20 @@ from .errors import ShapeError
 from .kernels import layout as L
 from .model import Model
 from .packing import packed
+from .row_table import RowTable
 from .stream import join_state, split_state
+
+
+class BankKernelArgs(NamedTuple):
+    """The arrays :func:`streamlstm.kernels.bank_step` takes besides the micro-batch
+    (``rows``, ``samples``, ``outs``, ``status``), for use from your own ``@njit`` code."""
+
+    params: np.ndarray
+    layout: np.ndarray
+    states: np.ndarray
+    scratch: np.ndarray
+    links: np.ndarray
+
 
 #: Below this many samples a micro-batch is stepped on the calling thread: waking the
 #: thread pool costs about a microsecond, more than a handful of steps.
@@ -37,43 +50,58 @@ class Bank(SensorRows):
             raise ValueError("capacity must be >= 1")
         self.model = model
         pk = packed(model)
-        self._params, self._layout = pk.params, pk.layout
         self._dtype = model.dtype
         self.threads = numba.get_num_threads() if threads is None else int(threads)
         if not 1 <= self.threads <= numba.config.NUMBA_NUM_THREADS:
             raise ValueError(f"threads must be in 1..{numba.config.NUMBA_NUM_THREADS}")
         super().__init__()
-        self._states = np.zeros((capacity, pk.state_size), self._dtype)
-        self._rejected = np.zeros(capacity, np.int64)
-        self._scratch = np.zeros((numba.config.NUMBA_NUM_THREADS, kernels.TILE_STREAMS,
-                                  pk.scratch_size), self._dtype)
-        self._links = np.full((3, capacity), -1, np.int64)
-        self.last_status = np.zeros(0, np.int8)
+        #: Every per-sensor array, row ``r`` of each belonging to the sensor of :meth:`row`
+        #: ``r``: the bank's ``"states"`` (``(capacity, S)``, the model's dtype) and
+        #: ``"rejected"`` (int64 counts), and whatever a detector or your code registers.
+        self.row_table = RowTable(capacity)
+        self.row_table.register("states", (pk.state_size,), self._dtype)
+        self.row_table.register("rejected", (), np.int64)
+        scratch = np.zeros((numba.config.NUMBA_NUM_THREADS, kernels.TILE_STREAMS,
+                            pk.scratch_size), self._dtype)
+        # Rebuilt whenever the states or the link buffer are replaced (grown).
+        self._args = BankKernelArgs(pk.params, pk.layout, self.row_table["states"], scratch,
+                                    np.full((3, capacity), -1, np.int64))
+        self.last_status: np.ndarray = np.zeros(0, np.int8)
 
     # -- sensors and rows -------------------------------------------------------------
     @property
     def capacity(self) -> int:
-        return self._states.shape[0]
+        return self.row_table.capacity
 
     def _grow(self, capacity: int) -> None:
-        old = self.capacity
-        states = np.zeros((capacity, self._states.shape[1]), self._dtype)
-        states[:old] = self._states
-        self._states = states
-        self._rejected = np.concatenate([self._rejected, np.zeros(capacity - old, np.int64)])
-        self._ensure_links(capacity)
+        self.row_table.grow(capacity)
+        self._args = self._args._replace(states=self.row_table["states"])
+        self._reserve_links(capacity)
 
-    def _ensure_links(self, size: int) -> None:
-        if self._links.shape[1] < size:
-            self._links = np.full((3, max(size, 2 * self._links.shape[1])), -1, np.int64)
+    def _reserve_links(self, size: int) -> None:
+        """Links for ``size`` rows or samples (the first of the three is indexed by row)."""
+        links = self._args.links
+        if links.shape[1] < size:
+            self._args = self._args._replace(
+                links=np.full((3, max(size, 2 * links.shape[1])), -1, np.int64))
 
     def _clear_row(self, row: int) -> None:
-        self._states[row] = 0
-        self._rejected[row] = 0
+        self.row_table.clear(row)
 
     def _clear_rows(self, rows: np.ndarray) -> None:
-        self._states[rows] = 0
-        self._rejected[rows] = 0
+        self.row_table.clear(rows)
+
+    def kernel_args(self, batch_size: int = 0) -> BankKernelArgs:
+        """The live arrays behind this bank, for :func:`streamlstm.kernels.bank_step` (and
+        :func:`~streamlstm.kernels.group_by_row`) in ``@njit`` code, with a ``links`` work
+        buffer for micro-batches of up to ``batch_size`` samples.
+
+        Allocating a sensor's row (:meth:`row`, :meth:`rows`, :meth:`step`) may grow the
+        bank and replace these arrays: call this again after that.
+        """
+        if batch_size > self._args.links.shape[1]:
+            self._reserve_links(batch_size)
+        return self._args
 
     # -- stepping ---------------------------------------------------------------------
     def step(self, sensors: Sequence[Hashable] | np.ndarray, samples: Any) -> np.ndarray:
@@ -93,9 +121,10 @@ class Bank(SensorRows):
             raise ShapeError("rows: out of range for this bank")
         outs = np.empty((samples.shape[0], self.model.output_size), self._dtype)
         status = np.empty(samples.shape[0], np.int8)
-        self._ensure_links(samples.shape[0])
-        args = (self._params, self._layout, self._states, rows, samples, outs, status,
-                self._scratch, self._links)
+        if samples.shape[0] > self._args.links.shape[1]:
+            self._reserve_links(samples.shape[0])
+        params, layout, states, scratch, links = self._args
+        args = (params, layout, states, rows, samples, outs, status, scratch, links)
         if self.threads > 1 and samples.shape[0] >= PARALLEL_THRESHOLD:
             numba.set_num_threads(self.threads)
             kernels.bank_step(*args)
@@ -103,59 +132,81 @@ class Bank(SensorRows):
             kernels.bank_step_serial(*args)
         bad = status != L.OK
         if bad.any():
-            np.add.at(self._rejected, rows[bad], 1)
+            np.add.at(self.row_table["rejected"], rows[bad], 1)
         self.last_status = status
         return outs
+
+    def run(self, sensors: Sequence[Hashable] | np.ndarray, samples: Any) -> np.ndarray:
+        """Block mode: ``T`` samples for each of ``N`` distinct sensors in one compiled call.
+
+        ``samples``: ``(N, T, D)``, each sensor's samples in time order. Returns ``(N, T, O)``
+        predictions; :attr:`last_status` is ``(N, T)``. Equivalent to ``T`` calls of
+        :meth:`step` (bit for bit), as :meth:`streamlstm.cuda.CudaBank.run`.
+        """
+        try:
+            values = np.asarray(samples, dtype=self._dtype)
+        except (TypeError, ValueError) as exc:
+            raise ShapeError(f"samples: cannot convert to {self._dtype} ({exc})") from None
+        n_in = self.model.input_size
+        if values.ndim != 3 or values.shape[0] != len(sensors) or values.shape[2] != n_in:
+            raise ShapeError(f"samples: expected shape ({len(sensors)}, T, {n_in}), "
+                             f"got {values.shape}")
+        rows = self.rows(sensors)
+        if np.unique(rows).size != rows.size:
+            raise ShapeError("run: sensors must be distinct (use step for repeated sensors)")
+        n, steps = values.shape[0], values.shape[1]
+        # Sensor-major: each sensor's T samples follow one another, in time order, so the
+        # bank's grouping steps each row's samples in that order.
+        outs = self.step_rows(np.repeat(rows, steps), values.reshape(n * steps, n_in))
+        self.last_status = self.last_status.reshape(n, steps)
+        return outs.reshape(n, steps, self.model.output_size)
 
     # -- state access -----------------------------------------------------------------
     def rejected(self, sensor: Hashable) -> int:
         """How many samples of ``sensor`` were rejected (NaN/Inf or overflow)."""
-        return int(self._rejected[self._rows[sensor]])
+        return int(self.row_table["rejected"][self.known_row(sensor)])
 
     def state(self, sensor: Hashable) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
         """Per-layer copies of ``(h, c)`` for ``sensor`` (see :attr:`Stream.state`)."""
-        return split_state(self.model, self._states[self._rows[sensor]].copy())
+        return split_state(self.model, self.state_vector(sensor))
 
     def set_state(self, sensor: Hashable, h: Any, c: Any) -> None:
         """Overwrite ``sensor``'s state (allocating its row if new)."""
         vector = join_state(self.model, h, c)
-        row = self.row(sensor)  # may grow (replace) self._states: look it up first
-        self._states[row] = vector
+        row = self.row(sensor)  # may grow (replace) the states: look it up first
+        self.row_table["states"][row] = vector
 
     def reset(self, sensor: Hashable | None = None) -> None:
-        """Zero one sensor's state, or every sensor's."""
-        if sensor is None:
-            self._states[:] = 0
-        else:
-            self._states[self._rows[sensor]] = 0
+        """Zero one sensor's state, or every sensor's (the rejected counts are kept)."""
+        rows = slice(None) if sensor is None else self.known_row(sensor)
+        self.row_table.clear(rows, ("states",))
 
     def export_state(self) -> dict[str, Any]:
         """A snapshot of every sensor's state: ``{"sensors": [...], "states": (n, S) array}``."""
-        sensors = list(self._rows)
-        rows = np.asarray([self._rows[s] for s in sensors], np.int64)
-        return {"sensors": sensors, "states": self._states[rows].copy(),
-                "state_size": self._states.shape[1]}
+        sensors, rows = self.assigned_rows()
+        states = self.row_table["states"]
+        return {"sensors": sensors, "states": states[rows], "state_size": states.shape[1]}
 
     def import_state(self, snapshot: Mapping[str, Any]) -> None:
         """Restore sensors from :meth:`export_state` output (other sensors are kept)."""
         sensors = list(snapshot["sensors"])
-        states = as_samples(snapshot["states"], self._dtype, self._states.shape[1],
+        states = as_samples(snapshot["states"], self._dtype, self.row_table["states"].shape[1],
                             what="snapshot states")
         if len(sensors) != states.shape[0]:
             raise ShapeError(f"snapshot: {len(sensors)} sensors for {states.shape[0]} states")
         if not np.all(np.isfinite(states)):
             raise ShapeError("snapshot: non-finite state values")
-        rows = self.rows(sensors)  # may grow (replace) self._states: look them up first
-        self._states[rows] = states
+        rows = self.rows(sensors)  # may grow (replace) the states: look them up first
+        self.row_table["states"][rows] = states
 
     def state_vector(self, sensor: Hashable) -> np.ndarray:
         """A copy of ``sensor``'s flat ``(S,)`` state row."""
-        return self._states[self._rows[sensor]].copy()
+        return self.row_table["states"][self.known_row(sensor)].copy()
 
     def set_state_vector(self, sensor: Hashable, vector: Any) -> None:
         """Overwrite ``sensor``'s flat state row."""
-        vector = as_sample(vector, self._dtype, self._states.shape[1])
+        vector = as_sample(vector, self._dtype, self.row_table["states"].shape[1])
         if not np.all(np.isfinite(vector)):
             raise ShapeError("state: non-finite values")
-        row = self.row(sensor)  # may grow (replace) self._states: look it up first
-        self._states[row] = vector
+        row = self.row(sensor)  # may grow (replace) the states: look it up first
+        self.row_table["states"][row] = vector

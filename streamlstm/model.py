@@ -342,6 +342,15 @@ class Model:
             metadata[WINDOW_KEY] = spec.to_metadata()
         return self.replace(metadata=metadata)
 
+    @property
+    def sha256(self) -> str:
+        """Hex sha256 naming the network: architecture, dtype and every weight (computed
+        once per model). ``name``, ``sample_rate``, ``channels``, ``metadata`` and
+        ``calibration`` do not change it; see :func:`streamlstm.formats.model_sha256`."""
+        from .formats.native import model_sha256  # imported lazily: formats imports this module
+
+        return model_sha256(self)
+
     def stream(self, *, on_invalid: str = "raise"):  # -> Stream (imported lazily: layering)
         """A fresh :class:`~streamlstm.stream.Stream` with zero state."""
         from .stream import Stream

@@ -111,6 +111,12 @@ def test_sha_ignores_labels_but_not_weights():
     assert model_sha256(model) != model_sha256(model.astype(np.float64))
 
 
+def test_model_sha256_property_is_the_native_digest(tmp_path):
+    model = full_model()
+    assert model.sha256 == model_sha256(model) == load(save(model, tmp_path / "m.npz")).sha256
+    assert model.sha256 != model.astype(np.float64).sha256
+
+
 # -- bad files ------------------------------------------------------------------------
 
 def members(path) -> dict[str, np.ndarray]:

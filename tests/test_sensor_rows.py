@@ -91,3 +91,17 @@ def test_ids_from_a_generator_and_unhashable_ids():
         bank.rows([["not", "hashable"]])
     with pytest.raises(TypeError):
         bank.rows(np.zeros((2, 2), np.int64))
+
+
+def test_known_row_never_allocates_and_assigned_rows_pairs_ids_with_rows():
+    bank = MODEL.bank(2)
+    with pytest.raises(KeyError):
+        bank.known_row("a")
+    assert len(bank) == 0
+    bank.rows(["a", 5, "b"])
+    bank.forget(5)
+    bank.row("c")  # reuses 5's row
+    assert bank.known_row("c") == 1
+    sensors, rows = bank.assigned_rows()
+    assert sensors == bank.sensors == ["a", "b", "c"]
+    assert rows.dtype == np.int64 and rows.tolist() == [0, 2, 1] == bank.rows(sensors).tolist()

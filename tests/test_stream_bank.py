@@ -277,3 +277,40 @@ def test_step_takes_any_layout_of_sample_and_returns_independent_results(model):
         np.testing.assert_array_equal(have, want)
     assert len({id(g) for g in got}) == len(got)
     np.testing.assert_array_equal(other.state_vector, plain.state_vector)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_bank_run_equals_stepping_bit_exact(model, threads):
+    """Block mode: (N, T, D) for distinct sensors gives what T calls of step give, with
+    (N, T) statuses and the same rejected counts; sensors not in the block are untouched."""
+    n, steps = 70, 5  # 350 samples: past the parallel threshold with 2 threads
+    block = np.random.default_rng(8).normal(0, 1, (n, steps, model.input_size)).astype(model.dtype)
+    block[3, 2, 0] = np.nan
+    sensors = [f"s{i}" for i in range(n)]
+    ran, stepped = model.bank(capacity=4, threads=threads), model.bank(capacity=4,
+                                                                       threads=threads)
+    for bank in (ran, stepped):
+        bank.step(["other"], samples(model, 1))
+    got = ran.run(sensors, block)
+    want = np.stack([stepped.step(sensors, block[:, t]) for t in range(steps)], axis=1)
+    assert got.shape == (n, steps, model.output_size)
+    np.testing.assert_array_equal(got, want)
+    assert ran.last_status.shape == (n, steps)
+    assert np.argwhere(ran.last_status != L.OK).tolist() == [[3, 2]]
+    assert ran.rejected("s3") == stepped.rejected("s3") == 1
+    for s in ran.sensors:
+        np.testing.assert_array_equal(ran.state_vector(s), stepped.state_vector(s))
+
+
+def test_bank_run_refuses_bad_blocks_before_touching_sensors(model):
+    bank = model.bank()
+    with pytest.raises(ShapeError, match=r"expected shape \(2, T, 3\)"):
+        bank.run(["a", "b"], np.zeros((2, 4, 2)))
+    with pytest.raises(ShapeError, match=r"expected shape \(2, T, 3\)"):
+        bank.run(["a", "b"], np.zeros((4, 3)))
+    with pytest.raises(ShapeError, match="cannot convert"):
+        bank.run(["a"], [[["x", "y", "z"]]])
+    assert len(bank) == 0
+    with pytest.raises(ShapeError, match="distinct"):
+        bank.run(["a", "a"], np.zeros((2, 4, 3)))
+    assert bank.run(["a"], np.zeros((1, 0, 3))).shape == (1, 0, model.output_size)

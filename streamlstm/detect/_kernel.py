@@ -1,8 +1,8 @@
 """The fused per-sample loop: model step, residual, score, smoothing, alert state machine.
 
-One compiled call handles a whole micro-batch. Samples are grouped by state row like
-:mod:`streamlstm.kernels._bank` (rows in parallel with ``prange``, each row's samples in
-arrival order). Every per-sensor quantity lives in the caller's arrays (columns ``I_*``
+One compiled call handles a whole micro-batch. Samples are grouped by state row with
+:func:`streamlstm.kernels.group_by_row` (rows in parallel with ``prange``, each row's
+samples in arrival order). Every per-sensor quantity lives in the caller's arrays (columns ``I_*``
 of ``istate`` and ``F_*`` of ``fstate``); events go to per-sample slots (``ev_kind``,
 ``ev_peak``, ``ev_duration``), so no two threads ever write the same place and Python
 reads the events back in arrival order.
@@ -18,9 +18,8 @@ from __future__ import annotations
 import numpy as np
 from numba import get_thread_id, njit, prange
 
+from ..kernels import NO_SAMPLE, group_by_row, step
 from ..kernels import layout as L
-from ..kernels import step
-from ..kernels._bank import NO_SAMPLE, _group_by_row
 from . import params as P
 from .features import window_features
 
@@ -262,7 +261,7 @@ def detect_serial(params, layout, states, rows, samples, times, dparams, center,
                   scores, status, ev_kind, ev_peak, ev_duration, links):
     """:func:`detect_parallel` on the calling thread."""
     row_last, heads, nxt = links[0], links[1], links[2]
-    groups = _group_by_row(rows, row_last, heads, nxt)
+    groups = group_by_row(rows, row_last, heads, nxt)
     for g in range(groups):
         _detect_group(heads[g], nxt, params, layout, states, rows, samples, times, dparams,
                       center, whiten, level_center, level_whiten, level_scale, mask, fill,
@@ -297,7 +296,7 @@ def detect_parallel(params, layout, states, rows, samples, times, dparams, cente
     ``status`` and the event slots are ``(M,)``.
     """
     row_last, heads, nxt = links[0], links[1], links[2]
-    groups = _group_by_row(rows, row_last, heads, nxt)
+    groups = group_by_row(rows, row_last, heads, nxt)
     for g in prange(groups):
         tid = get_thread_id()
         _detect_group(heads[g], nxt, params, layout, states, rows, samples, times, dparams,

@@ -11,7 +11,6 @@ import numpy as np
 from .._samples import as_timed_batch
 from ..bank import PARALLEL_THRESHOLD, Bank
 from ..errors import ConfigError, ShapeError
-from ..formats.native import model_sha256
 from ..model import Model
 from ..packing import packed
 from . import _kernel as K
@@ -20,6 +19,12 @@ from .features import FeatureSpec
 from .params import DetectorParams, pack_params, params_from, scoring_from
 
 SNAPSHOT_VERSION = 2
+#: The detector's arrays in its bank's row table (next to the bank's ``states``, ``rejected``).
+_DETECTOR_ROWS = ("istate", "fstate", "preds", "levels", "rings")
+#: Every per-sensor array a snapshot holds, in snapshot order.
+ROW_ARRAYS = ("states", "rejected", *_DETECTOR_ROWS)
+#: The row arrays the fused kernel takes, in its argument order.
+_KERNEL_ROWS = (*_DETECTOR_ROWS, "rejected")
 _KINDS = {K.EVENT_START: "start", K.EVENT_END: "end"}
 
 
@@ -82,7 +87,8 @@ class Detector:
     :meth:`update` takes a micro-batch in arrival order and returns the alert events it
     caused, in the same order; :meth:`prime` feeds known-normal data without raising
     alerts (a warm-up). Each sensor has a recurrent state row (a
-    :class:`~streamlstm.bank.Bank` row) and detector state next to it, read with
+    :class:`~streamlstm.bank.Bank` row) and detector state next to it (arrays in the
+    bank's :attr:`~streamlstm.bank.Bank.row_table`), read with
     :meth:`score` (smoothed score, residual scale), :meth:`alerting`, :meth:`rejected`
     and :meth:`filled`. Channels masked at calibration (dead or frozen in the normal
     data, or named by the user) are fed their calibration fill value and never scored
@@ -125,7 +131,7 @@ class Detector:
         self._dparams = pack_params(self.params, self._scoring)
         # Name plus weight digest: tells apart two models relabelled with the same name.
         self.model_id = str(model.metadata.get("model_id")
-                            or f"{model.name}@{model_sha256(model)[:12]}")
+                            or f"{model.name}@{model.sha256[:12]}")
         self.bank = Bank(model, capacity, threads=threads)
         self._dtype = model.dtype
         slots = numba.config.NUMBA_NUM_THREADS
@@ -137,37 +143,33 @@ class Detector:
         self._hop = 1 if self.features is None else self.features.hop
         self._ring_shape = ((1, 1) if self.features is None
                             else (self.features.window, self.axes))
-        self._alloc_rows(capacity)
+        self._register_rows()
         self.last_scores = np.zeros(0, np.float64)
         self.last_status = np.zeros(0, np.int8)
 
     # -- per-row arrays -------------------------------------------------------------------
-    def _alloc_rows(self, capacity: int) -> None:
-        self._istate = np.zeros((capacity, K.N_INT), np.int64)
-        self._fstate = np.zeros((capacity, K.N_FLOAT), np.float64)
-        self._fstate[:, K.F_BELOW] = np.nan
-        self._preds = np.zeros((capacity, self.model.output_size), self._dtype)
-        self._levels = np.zeros((capacity, self.model.input_size), np.float64)
-        self._rings = np.zeros((capacity, *self._ring_shape), np.float64)
+    def _register_rows(self) -> None:
+        """Add the detector's per-sensor arrays (:data:`_DETECTOR_ROWS`) to the bank's row
+        table: grown with the bank's states, cleared with them when a sensor is forgotten."""
+        table = self.bank.row_table
+        fresh_fstate = np.zeros(K.N_FLOAT)
+        fresh_fstate[K.F_BELOW] = np.nan
+        table.register("istate", (K.N_INT,), np.int64)
+        table.register("fstate", (K.N_FLOAT,), np.float64, fill=fresh_fstate)
+        table.register("preds", (self.model.output_size,), self._dtype)
+        table.register("levels", (self.model.input_size,), np.float64)
+        table.register("rings", self._ring_shape, np.float64)
+        self._kernel_rows_at = 0  # the capacity _kernel_rows_cache was read at (0: not yet)
+        self._kernel_rows_cache: tuple[np.ndarray, ...] = ()
 
-    def _sync_capacity(self) -> None:
-        capacity = self.bank.capacity
-        old = self._istate.shape[0]
-        if capacity == old:
-            return
-        arrays = (self._istate, self._fstate, self._preds, self._levels, self._rings)
-        self._alloc_rows(capacity)
-        for new, prev in zip((self._istate, self._fstate, self._preds, self._levels,
-                              self._rings), arrays, strict=True):
-            new[:old] = prev
-
-    def _clear_row(self, row: int | np.ndarray) -> None:
-        self._istate[row] = 0
-        self._fstate[row] = 0.0
-        self._fstate[row, K.F_BELOW] = np.nan
-        self._preds[row] = 0
-        self._levels[row] = 0.0
-        self._rings[row] = 0.0
+    def _kernel_rows(self) -> tuple[np.ndarray, ...]:
+        """The row arrays the fused kernel takes (:data:`_KERNEL_ROWS`), read from the row
+        table again only when it has grown (which replaces them)."""
+        table = self.bank.row_table
+        if self._kernel_rows_at != table.capacity:
+            self._kernel_rows_cache = tuple(table.arrays(_KERNEL_ROWS).values())
+            self._kernel_rows_at = table.capacity
+        return self._kernel_rows_cache
 
     # -- stepping -------------------------------------------------------------------------
     @property
@@ -195,23 +197,21 @@ class Detector:
         """
         samples, times = as_timed_batch(sensor_ids, samples, timestamps, self._dtype, self.axes)
         count = samples.shape[0]
-        rows = self.bank.rows(sensor_ids)
-        self._sync_capacity()
+        bank = self.bank
+        rows = bank.rows(sensor_ids)  # may grow the bank: its arrays are read after this
         scores = np.empty(count, np.float64)
         status = np.empty(count, np.int8)
         ev_kind = np.empty(count, np.int8)
         ev_peak = np.empty(count, np.float64)
         ev_duration = np.empty(count, np.float64)
-        bank = self.bank
-        bank._ensure_links(count)
-        args = (bank._params, bank._layout, bank._states, rows, samples, times, self._dparams,
+        params, layout, states, _, links = bank.kernel_args(count)
+        istate, fstate, preds, levels, rings, rejected = self._kernel_rows()
+        args = (params, layout, states, rows, samples, times, self._dparams,
                 self._scoring.center, self._scoring.whiten, self._scoring.level_center,
                 self._scoring.level_whiten, self._scoring.level_scale, self._scoring.mask,
                 self._scoring.fill, self._codes, self._hop, 1 if alert else 0,
-                self._istate, self._fstate, self._preds, self._levels, self._rings,
-                bank._rejected,
-                self._xbuf, self._obuf, self._ebuf, self._scratch, scores, status, ev_kind,
-                ev_peak, ev_duration, bank._links)
+                istate, fstate, preds, levels, rings, rejected, self._xbuf, self._obuf,
+                self._ebuf, self._scratch, scores, status, ev_kind, ev_peak, ev_duration, links)
         if bank.threads > 1 and count >= PARALLEL_THRESHOLD:
             numba.set_num_threads(bank.threads)
             K.detect_parallel(*args)
@@ -246,23 +246,23 @@ class Detector:
 
     def filled(self, sensor: Hashable) -> int:
         """How many of ``sensor``'s samples had a missing (NaN) channel filled in."""
-        return int(self._istate[self.bank._rows[sensor], K.I_FILLED])
+        return int(self.bank.row_table["istate"][self.bank.known_row(sensor), K.I_FILLED])
 
     def alerting(self, sensor: Hashable) -> bool:
         """Whether ``sensor`` has an open alert."""
-        return bool(self._istate[self.bank._rows[sensor], K.I_ALERT])
+        return bool(self.bank.row_table["istate"][self.bank.known_row(sensor), K.I_ALERT])
 
     def score(self, sensor: Hashable) -> float:
         """``sensor``'s current smoothed score (NaN before its first score); residual models
         score on the residual scale (about 1 on normal data), see :mod:`streamlstm.detect`."""
-        row = self.bank._rows[sensor]
-        return float(self._fstate[row, K.F_SCORE]) if self._istate[row, K.I_HAS_SCORE] else np.nan
+        row = self.bank.known_row(sensor)
+        table = self.bank.row_table
+        return (float(table["fstate"][row, K.F_SCORE]) if table["istate"][row, K.I_HAS_SCORE]
+                else np.nan)
 
     def forget(self, sensor: Hashable) -> None:
         """Drop ``sensor`` (its open alert, if any, is dropped without an end event)."""
-        row = self.bank._rows[sensor]
-        self.bank.forget(sensor)
-        self._clear_row(row)
+        self.bank.forget(sensor)  # clears the sensor's row of every row array
 
     def evict(self, sensors: Sequence[Hashable]) -> int:
         """Drop many sensors at once (ids not known are ignored); returns how many went.
@@ -270,19 +270,13 @@ class Detector:
         Like :meth:`forget` for each, in one vectorised pass (an open alert is dropped
         without an end event); their rows are reused by new sensors.
         """
-        rows = self.bank.forget_many(sensors)
-        self._clear_row(rows)
-        return int(rows.size)
+        return int(self.bank.forget_many(sensors).size)
 
     def reset(self, sensor: Hashable | None = None) -> None:
         """Back to a fresh state (warm-up again) for one sensor, or all of them."""
-        if sensor is None:
-            self.bank.reset()
-            for row in self.bank._rows.values():
-                self._clear_row(row)
-        else:
-            self.bank.reset(sensor)
-            self._clear_row(self.bank._rows[sensor])
+        rows = slice(None) if sensor is None else self.bank.known_row(sensor)
+        self.bank.reset(sensor)
+        self.bank.row_table.clear(rows, _DETECTOR_ROWS)
 
     # -- snapshots ------------------------------------------------------------------------
     def export_state(self) -> dict[str, Any]:
@@ -295,15 +289,12 @@ class Detector:
     def copy_rows(self) -> RowCopy:
         """Begin a :class:`RowCopy`: :meth:`export_state` in slices, so that a daemon with a
         million sensors can snapshot them without stopping its compute loop for the copy."""
-        rows = self.bank._rows
-        return RowCopy({"version": SNAPSHOT_VERSION, "model_id": self.model_id}, list(rows),
-                       np.fromiter(rows.values(), np.int64, len(rows)), self.bank.row_bound,
-                       self._row_arrays)
+        sensors, rows = self.bank.assigned_rows()
+        return RowCopy({"version": SNAPSHOT_VERSION, "model_id": self.model_id}, sensors, rows,
+                       self.bank.row_bound, self._row_arrays)
 
     def _row_arrays(self) -> dict[str, np.ndarray]:
-        return {"states": self.bank._states, "rejected": self.bank._rejected,
-                "istate": self._istate, "fstate": self._fstate, "preds": self._preds,
-                "levels": self._levels, "rings": self._rings}
+        return self.bank.row_table.arrays(ROW_ARRAYS)
 
     def import_state(self, snapshot: Mapping[str, Any]) -> None:
         """Restore sensors from :meth:`export_state` output (sensors not in it are kept)."""
@@ -321,15 +312,7 @@ class Detector:
         if version != SNAPSHOT_VERSION:
             raise ShapeError(f"detector snapshot: unsupported version {version}")
         n = len(sensors)
-        expected = {
-            "states": (n, self.bank._states.shape[1]),
-            "rejected": (n,),
-            "istate": (n, K.N_INT),
-            "fstate": (n, K.N_FLOAT),
-            "preds": (n, self.model.output_size),
-            "levels": (n, self.model.input_size),
-            "rings": (n, *self._ring_shape),
-        }
+        expected = {name: (n, *array.shape[1:]) for name, array in self._row_arrays().items()}
         for name, shape in expected.items():
             if arrays[name].shape != shape:
                 raise ShapeError(f"detector snapshot: {name} has shape {arrays[name].shape}, "
@@ -337,12 +320,6 @@ class Detector:
         for name in ("states", "preds", "levels", "rings"):
             if not np.all(np.isfinite(arrays[name])):
                 raise ShapeError(f"detector snapshot: non-finite values in {name}")
-        rows = self.bank.rows(sensors)
-        self._sync_capacity()
-        self.bank._states[rows] = arrays["states"].astype(self._dtype)
-        self.bank._rejected[rows] = arrays["rejected"].astype(np.int64)
-        self._istate[rows] = arrays["istate"].astype(np.int64)
-        self._fstate[rows] = arrays["fstate"].astype(np.float64)
-        self._preds[rows] = arrays["preds"].astype(self._dtype)
-        self._levels[rows] = arrays["levels"].astype(np.float64)
-        self._rings[rows] = arrays["rings"].astype(np.float64)
+        rows = self.bank.rows(sensors)  # may grow the bank: its arrays are read after this
+        for name, array in self._row_arrays().items():
+            array[rows] = arrays[name].astype(array.dtype)

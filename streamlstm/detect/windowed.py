@@ -37,7 +37,6 @@ import numpy as np
 
 from .._samples import as_timed_batch
 from ..errors import ConfigError, ShapeError
-from ..formats.native import model_sha256
 from ..model import Model
 from ..windows import WindowBank, WindowOutputs
 from .detector import RowCopy
@@ -149,7 +148,7 @@ class WindowDetector:
         else:
             self._set_up_autoencoder(class_options, overrides)
         self.model_id = str(model.metadata.get("model_id")
-                            or f"{model.name}@{model_sha256(model)[:12]}")
+                            or f"{model.name}@{model.sha256[:12]}")
         self.bank = WindowBank(model, capacity, threads=threads)
         self._alloc_rows(self.bank.capacity)
         self.last_scores = np.zeros(0, np.float64)

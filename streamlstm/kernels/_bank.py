@@ -12,16 +12,21 @@ from numba import get_thread_id, njit, prange
 
 from ._network import JIT, TILE_STREAMS, forward, step, step_tile
 
+#: Ends a row's chain of samples in the links :func:`group_by_row` writes.
 NO_SAMPLE = -1
 
 
 @njit(**JIT)
-def _group_by_row(rows, row_last, heads, links):
-    """Link each sample to the next sample of the same row; return the number of rows.
+def group_by_row(rows, row_last, heads, links):
+    """Group a micro-batch by state row: link each sample to the next sample of its row.
 
+    Returns the number of groups ``G`` (distinct rows, in order of first sight).
     ``heads[g]`` is the first sample of group ``g`` and ``links[i]`` the next sample of
-    sample ``i``'s row (or -1). ``row_last`` (one entry per bank row, all -1 on entry)
-    is left all -1 again.
+    sample ``i``'s row (or :data:`NO_SAMPLE`), so walking a group from its head visits
+    its samples in arrival order. ``row_last`` (one entry per bank row, all -1 on entry)
+    is left all -1 again. One O(M) pass, no sort, no allocation: ``row_last``, ``heads``
+    and ``links`` are the three rows of the ``links`` buffer of
+    :meth:`streamlstm.Bank.kernel_args`.
     """
     groups = 0
     for i in range(rows.shape[0]):
@@ -79,7 +84,7 @@ def _step_groups(params, layout, states, rows, samples, outs, status, scratch, h
 def bank_step_serial(params, layout, states, rows, samples, outs, status, scratch, links):
     """Step a micro-batch on the calling thread; arguments as :func:`bank_step`."""
     row_last, heads, nxt = links[0], links[1], links[2]
-    groups = _group_by_row(rows, row_last, heads, nxt)
+    groups = group_by_row(rows, row_last, heads, nxt)
     _step_groups(params, layout, states, rows, samples, outs, status, scratch[0], heads, nxt,
                  0, groups)
 
@@ -99,7 +104,7 @@ def bank_step(params, layout, states, rows, samples, outs, status, scratch, link
     buffer ``(3, max(capacity, M))`` whose first row is all -1.
     """
     row_last, heads, nxt = links[0], links[1], links[2]
-    groups = _group_by_row(rows, row_last, heads, nxt)
+    groups = group_by_row(rows, row_last, heads, nxt)
     for chunk in prange((groups + _CHUNK - 1) // _CHUNK):
         first = chunk * _CHUNK
         _step_groups(params, layout, states, rows, samples, outs, status,
