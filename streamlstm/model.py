@@ -144,6 +144,7 @@ class RecurrentLayer:
 
     def _validate_backward(self, where: str, input_size: int) -> None:
         back = self.backward
+        assert back is not None  # called only for bidirectional layers
         if back.backward is not None:
             raise ShapeError(f"{where}.backward: a direction cannot itself be bidirectional")
         same = ("kind", "hidden_size", "direction_size", "reset_after", "activation",
@@ -155,7 +156,8 @@ class RecurrentLayer:
         back.validate(f"{where}.backward", input_size)
 
     def astype(self, dtype: np.dtype) -> RecurrentLayer:
-        cast = {f: _as_array(getattr(self, f), dtype) for f in ("w_ih", "w_hh", "b_ih", "b_hh")}
+        cast: dict[str, Any] = {f: _as_array(getattr(self, f), dtype)
+                                for f in ("w_ih", "w_hh", "b_ih", "b_hh")}
         w_hr = None if self.w_hr is None else _as_array(self.w_hr, dtype)
         backward = None if self.backward is None else self.backward.astype(dtype)
         return dataclasses.replace(self, w_hr=w_hr, backward=backward, **cast)
@@ -481,7 +483,7 @@ def random_model(input_size: int, hidden_sizes: Sequence[int], *, kind: CellKind
                            rng.normal(0, scale, (gates, hidden)),
                            rng.normal(0, scale, gates), rng.normal(0, scale, gates), dtype=dtype))
         width = hidden
-    head = ()
+    head: tuple[DenseLayer, ...] = ()
     if output_size is not None:
         head = (dense_layer(rng.normal(0, scale, (output_size, width)),
                             rng.normal(0, scale, output_size), dtype=dtype),)

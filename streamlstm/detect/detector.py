@@ -14,7 +14,7 @@ from ..errors import ConfigError, ShapeError
 from ..model import Model
 from ..packing import packed
 from . import _kernel as K
-from .events import AlertEvent
+from .events import AlertEvent, EventKind
 from .features import FeatureSpec
 from .params import DetectorParams, pack_params, params_from, scoring_from
 
@@ -25,7 +25,7 @@ _DETECTOR_ROWS = ("istate", "fstate", "preds", "levels", "rings")
 ROW_ARRAYS = ("states", "rejected", *_DETECTOR_ROWS)
 #: The row arrays the fused kernel takes, in its argument order.
 _KERNEL_ROWS = (*_DETECTOR_ROWS, "rejected")
-_KINDS = {K.EVENT_START: "start", K.EVENT_END: "end"}
+_KINDS: dict[int, EventKind] = {K.EVENT_START: "start", K.EVENT_END: "end"}
 
 
 class RowCopy:
@@ -222,7 +222,7 @@ class Detector:
         hits = np.flatnonzero(ev_kind)
         if hits.size == 0:
             return []
-        return [self._event(sensor_ids[i], int(ev_kind[i]), float(times[i]), float(scores[i]),
+        return [self._event(sensor_ids[int(i)], int(ev_kind[i]), float(times[i]), float(scores[i]),
                             float(ev_peak[i]), float(ev_duration[i])) for i in hits]
 
     def _event(self, sensor: Hashable, kind: int, t: float, score: float, peak: float,

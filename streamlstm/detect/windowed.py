@@ -40,7 +40,7 @@ from ..errors import ConfigError, ShapeError
 from ..model import Model
 from ..windows import WindowBank, WindowOutputs
 from .detector import RowCopy
-from .events import AlertEvent
+from .events import AlertEvent, EventKind
 from .params import DetectorParams, Scoring, params_from, scoring_from
 
 SNAPSHOT_VERSION = 1
@@ -331,7 +331,7 @@ class WindowDetector:
                                           t - floats[F_START]))
         return events
 
-    def _event(self, sensor: Hashable, kind: str, t: float, score: float, peak: float,
+    def _event(self, sensor: Hashable, kind: EventKind, t: float, score: float, peak: float,
                duration: float, label: str | None = None) -> AlertEvent:
         if isinstance(sensor, np.generic):
             sensor = sensor.item()
@@ -341,7 +341,7 @@ class WindowDetector:
             assert self.params is not None
             threshold = self.params.threshold if kind == "start" else self.params.end_threshold
         return AlertEvent(sensor, kind, t, float(score), threshold, float(peak), float(duration),
-                          self.model_id, label)  # type: ignore[arg-type]
+                          self.model_id, label)
 
     # -- sensors --------------------------------------------------------------------------
     @property
