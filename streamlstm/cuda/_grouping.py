@@ -13,7 +13,7 @@ NO_GROUP = -1
 
 
 @njit(cache=True, nogil=True)
-def group_by_row(rows: np.ndarray, row_group: np.ndarray, index: np.ndarray,
+def group_csr(rows: np.ndarray, row_group: np.ndarray, index: np.ndarray,
                  scratch: np.ndarray) -> int:
     """Write the CSR grouping of ``rows`` into ``index``; return the number of groups ``G``.
 

@@ -15,7 +15,7 @@ from ..model import Model
 from ..packing import CUDA, packed
 from ..stream import join_state, split_state
 from ._compat import require_cuda, simulator_enabled
-from ._grouping import NO_GROUP, group_by_row
+from ._grouping import NO_GROUP, group_csr
 from ._records import split_records
 from .kernels import (
     BLOCK_SIZE,
@@ -228,7 +228,7 @@ class CudaBank(SensorRows):
         self._reserve(2 * m + 1, m)
         if self._group_scratch.shape[1] < m + 1:
             self._group_scratch = np.zeros((2, 2 * m + 1), np.int64)
-        groups = group_by_row(rows, self._row_group, self._index_host, self._group_scratch)
+        groups = group_csr(rows, self._row_group, self._index_host, self._group_scratch)
         self._io_host[:m * self._n_in] = samples.ravel()
         if groups == m:  # every sensor once: a one-step block, no offsets or order to send
             records = self._launch(groups, m, 1, m)
