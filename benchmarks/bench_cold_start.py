@@ -99,9 +99,13 @@ def first_run() -> dict[str, float]:
     """Seconds until the demo's first ALERT line, and until it exits."""
     with tempfile.TemporaryDirectory() as cache:
         begin = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "streamlstm.cli", "run"],
-                                env=_fresh_env(cache), stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlstm.cli", "run"],
+            env=_fresh_env(cache),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         alert = None
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -123,31 +127,46 @@ def readme_example() -> dict[str, float]:
         script = Path(work, "example.py")
         script.write_text(code)
         begin = time.perf_counter()
-        subprocess.run([sys.executable, str(script)], cwd=work, env=_fresh_env(cache),
-                       check=True, stdout=subprocess.DEVNULL, timeout=900)
+        subprocess.run(
+            [sys.executable, str(script)],
+            cwd=work,
+            env=_fresh_env(cache),
+            check=True,
+            stdout=subprocess.DEVNULL,
+            timeout=900,
+        )
         return {"exit_s": time.perf_counter() - begin}
 
 
 def kernel_compiles() -> dict:
     """Numba's compile events for the common calls, in a fresh interpreter and cache."""
     with tempfile.TemporaryDirectory() as cache:
-        done = subprocess.run([sys.executable, "-c", KERNEL_PROBE], env=_fresh_env(cache),
-                              check=True, capture_output=True, text=True, timeout=1800)
+        done = subprocess.run(
+            [sys.executable, "-c", KERNEL_PROBE],
+            env=_fresh_env(cache),
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
     return json.loads(done.stdout)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", default="run,readme,kernels",
-                        help="comma-separated parts: run, readme, kernels")
+    parser.add_argument(
+        "--only", default="run,readme,kernels", help="comma-separated parts: run, readme, kernels"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     parts = set(args.only.split(","))
     results: dict = {"python": sys.version.split()[0], "cpus": os.cpu_count()}
     if "run" in parts:
         results["run"] = first_run()
-        print(f"first `streamlstm run`: alert after {results['run']['first_alert_s']:.1f} s, "
-              f"exit after {results['run']['exit_s']:.1f} s")
+        print(
+            f"first `streamlstm run`: alert after {results['run']['first_alert_s']:.1f} s, "
+            f"exit after {results['run']['exit_s']:.1f} s"
+        )
     if "readme" in parts:
         results["readme"] = readme_example()
         print(f"README Python example: {results['readme']['exit_s']:.1f} s")
@@ -160,8 +179,10 @@ def main() -> int:
         print("compiled functions (s inclusive / exclusive of nested compiles):")
         for name, sig, took, own in sorted(probe["compiles"], key=lambda r: -r[3]):
             print(f"  {took:7.1f} {own:7.1f}  {name}{sig[:70]}")
-        print(f"  {len(probe['compiles'])} compiles, "
-              f"{sum(r[3] for r in probe['compiles']):.1f} s in all")
+        print(
+            f"  {len(probe['compiles'])} compiles, "
+            f"{sum(r[3] for r in probe['compiles']):.1f} s in all"
+        )
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0

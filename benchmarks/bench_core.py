@@ -79,10 +79,13 @@ def model_from_torch(lstm, head) -> Model:
     def get(name: str, layer: int) -> np.ndarray:
         return getattr(lstm, f"{name}_l{layer}").detach().numpy()
 
-    layers = tuple(lstm_layer(get("weight_ih", k), get("weight_hh", k), get("bias_ih", k),
-                              get("bias_hh", k)) for k in range(lstm.num_layers))
-    return Model(layers=layers, head=(dense_layer(head.weight.detach().numpy(),
-                                                  head.bias.detach().numpy()),))
+    layers = tuple(
+        lstm_layer(get("weight_ih", k), get("weight_hh", k), get("bias_ih", k), get("bias_hh", k))
+        for k in range(lstm.num_layers)
+    )
+    return Model(
+        layers=layers, head=(dense_layer(head.weight.detach().numpy(), head.bias.detach().numpy()),)
+    )
 
 
 def onnx_session(lstm, head, threads: int):
@@ -103,23 +106,36 @@ def onnx_session(lstm, head, threads: int):
     for k in range(layers):
         w = reorder(getattr(lstm, f"weight_ih_l{k}").detach().numpy())[None]
         r = reorder(getattr(lstm, f"weight_hh_l{k}").detach().numpy())[None]
-        b = np.concatenate([reorder(getattr(lstm, f"bias_ih_l{k}").detach().numpy()),
-                            reorder(getattr(lstm, f"bias_hh_l{k}").detach().numpy())])[None]
-        inits += [numpy_helper.from_array(w, f"W{k}"), numpy_helper.from_array(r, f"R{k}"),
-                  numpy_helper.from_array(b, f"B{k}"),
-                  numpy_helper.from_array(np.array([k], np.int64), f"idx{k}")]
+        b = np.concatenate(
+            [
+                reorder(getattr(lstm, f"bias_ih_l{k}").detach().numpy()),
+                reorder(getattr(lstm, f"bias_hh_l{k}").detach().numpy()),
+            ]
+        )[None]
+        inits += [
+            numpy_helper.from_array(w, f"W{k}"),
+            numpy_helper.from_array(r, f"R{k}"),
+            numpy_helper.from_array(b, f"B{k}"),
+            numpy_helper.from_array(np.array([k], np.int64), f"idx{k}"),
+        ]
         nodes += [
             helper.make_node("Gather", ["h0", f"idx{k}"], [f"h0_{k}"], axis=0),
             helper.make_node("Gather", ["c0", f"idx{k}"], [f"c0_{k}"], axis=0),
-            helper.make_node("LSTM", [x_name, f"W{k}", f"R{k}", f"B{k}", "", f"h0_{k}", f"c0_{k}"],
-                             [f"Y{k}", f"hn{k}", f"cn{k}"], hidden_size=hidden),
+            helper.make_node(
+                "LSTM",
+                [x_name, f"W{k}", f"R{k}", f"B{k}", "", f"h0_{k}", f"c0_{k}"],
+                [f"Y{k}", f"hn{k}", f"cn{k}"],
+                hidden_size=hidden,
+            ),
             helper.make_node("Squeeze", [f"Y{k}", "axis1"], [f"Ys{k}"]),
         ]
         x_name = f"Ys{k}"
-    inits += [numpy_helper.from_array(np.array([1], np.int64), "axis1"),
-              numpy_helper.from_array(np.array([0], np.int64), "axis0"),
-              numpy_helper.from_array(head.weight.detach().numpy(), "Wlin"),
-              numpy_helper.from_array(head.bias.detach().numpy(), "blin")]
+    inits += [
+        numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+        numpy_helper.from_array(np.array([0], np.int64), "axis0"),
+        numpy_helper.from_array(head.weight.detach().numpy(), "Wlin"),
+        numpy_helper.from_array(head.bias.detach().numpy(), "blin"),
+    ]
     nodes += [
         helper.make_node("Concat", [f"hn{k}" for k in range(layers)], ["hn"], axis=0),
         helper.make_node("Concat", [f"cn{k}" for k in range(layers)], ["cn"], axis=0),
@@ -128,21 +144,28 @@ def onnx_session(lstm, head, threads: int):
     ]
     f32 = TensorProto.FLOAT
     graph = helper.make_graph(
-        nodes, "lstm_step",
-        [helper.make_tensor_value_info("x", f32, [1, "n", D]),
-         helper.make_tensor_value_info("h0", f32, [layers, "n", hidden]),
-         helper.make_tensor_value_info("c0", f32, [layers, "n", hidden])],
-        [helper.make_tensor_value_info("y", f32, ["n", D]),
-         helper.make_tensor_value_info("hn", f32, [layers, "n", hidden]),
-         helper.make_tensor_value_info("cn", f32, [layers, "n", hidden])],
-        inits)
+        nodes,
+        "lstm_step",
+        [
+            helper.make_tensor_value_info("x", f32, [1, "n", D]),
+            helper.make_tensor_value_info("h0", f32, [layers, "n", hidden]),
+            helper.make_tensor_value_info("c0", f32, [layers, "n", hidden]),
+        ],
+        [
+            helper.make_tensor_value_info("y", f32, ["n", D]),
+            helper.make_tensor_value_info("hn", f32, [layers, "n", hidden]),
+            helper.make_tensor_value_info("cn", f32, [layers, "n", hidden]),
+        ],
+        inits,
+    )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.checker.check_model(proto)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    return ort.InferenceSession(proto.SerializeToString(), options,
-                                providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        proto.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
 
 
 class NumpyStream:
@@ -177,11 +200,13 @@ def bench_single(hidden: int, layers: int, quick: bool) -> dict[str, float]:
     results: dict[str, float] = {}
 
     stream = model.stream()
-    results["streamlstm Stream.step"] = median_time(lambda: stream.step(x), inner=inner,
-                                                   repeats=repeats)
+    results["streamlstm Stream.step"] = median_time(
+        lambda: stream.step(x), inner=inner, repeats=repeats
+    )
     out = np.empty(D, np.float32)
-    results["streamlstm Stream.step(out=)"] = median_time(lambda: stream.step(x, out=out),
-                                                         inner=inner, repeats=repeats)
+    results["streamlstm Stream.step(out=)"] = median_time(
+        lambda: stream.step(x, out=out), inner=inner, repeats=repeats
+    )
 
     state = [None]
     x3 = xt.view(1, 1, D)
@@ -191,8 +216,9 @@ def bench_single(hidden: int, layers: int, quick: bool) -> dict[str, float]:
             y, state[0] = lstm(x3, state[0])
             head(y[0, 0])
 
-    results["torch nn.LSTM (seq_len 1)"] = median_time(torch_lstm, inner=inner // 4,
-                                                       repeats=repeats)
+    results["torch nn.LSTM (seq_len 1)"] = median_time(
+        torch_lstm, inner=inner // 4, repeats=repeats
+    )
     if layers == 1:
         cell = torch.nn.LSTMCell(D, hidden).eval()
         with torch.no_grad():
@@ -206,22 +232,24 @@ def bench_single(hidden: int, layers: int, quick: bool) -> dict[str, float]:
                 hc[0] = cell(x2, hc[0])
                 head(hc[0][0])
 
-        results["torch nn.LSTMCell"] = median_time(torch_cell, inner=inner // 4,
-                                                   repeats=repeats)
+        results["torch nn.LSTMCell"] = median_time(torch_cell, inner=inner // 4, repeats=repeats)
 
     session = onnx_session(lstm, head, threads=1)
-    feeds = {"x": x.reshape(1, 1, D), "h0": np.zeros((layers, 1, hidden), np.float32),
-             "c0": np.zeros((layers, 1, hidden), np.float32)}
+    feeds = {
+        "x": x.reshape(1, 1, D),
+        "h0": np.zeros((layers, 1, hidden), np.float32),
+        "c0": np.zeros((layers, 1, hidden), np.float32),
+    }
     _check_onnx(session, model, feeds)
 
     def onnx_step() -> None:
         _, feeds["h0"], feeds["c0"] = session.run(None, feeds)
 
-    results["onnxruntime (state fed back)"] = median_time(onnx_step, inner=inner // 4,
-                                                          repeats=repeats)
+    results["onnxruntime (state fed back)"] = median_time(
+        onnx_step, inner=inner // 4, repeats=repeats
+    )
     numpy_stream = NumpyStream(model)
-    results["NumPy"] = median_time(lambda: numpy_stream.step(x), inner=inner // 4,
-                                   repeats=repeats)
+    results["NumPy"] = median_time(lambda: numpy_stream.step(x), inner=inner // 4, repeats=repeats)
     return results
 
 
@@ -259,9 +287,11 @@ def bench_run(quick: bool) -> dict[str, float]:
         with torch.inference_mode():
             head(lstm(xt)[0])
 
-    return {"streamlstm Stream.run": ours,
-            "torch nn.LSTM (whole sequence)": median_time(torch_seq, inner=1,
-                                                          repeats=repeats) / len(xs)}
+    return {
+        "streamlstm Stream.run": ours,
+        "torch nn.LSTM (whole sequence)": median_time(torch_seq, inner=1, repeats=repeats)
+        / len(xs),
+    }
 
 
 def bench_bank(sizes: list[int], quick: bool) -> list[dict[str, Any]]:
@@ -284,8 +314,9 @@ def bench_bank(sizes: list[int], quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
-def _bench_bank_size(model: Model, lstm, head, cell, n: int, threads: int,
-                     quick: bool) -> dict[str, float]:
+def _bench_bank_size(
+    model: Model, lstm, head, cell, n: int, threads: int, quick: bool
+) -> dict[str, float]:
     """Stream-steps per second of every bank-like peer for N sensors x 1 sample."""
     import torch
 
@@ -309,23 +340,27 @@ def _bench_bank_size(model: Model, lstm, head, cell, n: int, threads: int,
             head(hc[0][0])
 
     session = onnx_session(lstm, head, threads=threads)
-    feeds = {"x": samples.reshape(1, n, D), "h0": np.zeros((1, n, 64), np.float32),
-             "c0": np.zeros((1, n, 64), np.float32)}
+    feeds = {
+        "x": samples.reshape(1, n, D),
+        "h0": np.zeros((1, n, 64), np.float32),
+        "c0": np.zeros((1, n, 64), np.float32),
+    }
 
     def onnx_batch() -> None:
         _, feeds["h0"], feeds["c0"] = session.run(None, feeds)
 
     result[f"torch LSTMCell batched {threads}t"] = torch_cell
     result[f"onnxruntime batched {threads}t"] = onnx_batch
-    return {name: n / median_time(fn, inner=inner, repeats=repeats)
-            for name, fn in result.items()}
+    return {name: n / median_time(fn, inner=inner, repeats=repeats) for name, fn in result.items()}
 
 
 # -- distance from the machine's limit ------------------------------------------------------
 def fmas_per_step(model: Model) -> int:
     """Multiply-adds of one stream-step's matrix products: one per weight."""
-    total = sum(layer.w_ih.size + layer.w_hh.size
-                + (0 if layer.w_hr is None else layer.w_hr.size) for layer in model.layers)
+    total = sum(
+        layer.w_ih.size + layer.w_hh.size + (0 if layer.w_hr is None else layer.w_hr.size)
+        for layer in model.layers
+    )
     return total + sum(dense.weight.size for dense in model.head)
 
 
@@ -333,20 +368,31 @@ def bytes_per_step(model: Model, streams_per_weight_pass: int) -> int:
     """Bytes a stream-step moves between core and cache (see the module docstring)."""
     pk = packed(model)
     item = pk.params.itemsize
-    return (pk.params.nbytes // streams_per_weight_pass + 2 * pk.state_size * item
-            + (model.input_size + model.output_size) * item)
+    return (
+        pk.params.nbytes // streams_per_weight_pass
+        + 2 * pk.state_size * item
+        + (model.input_size + model.output_size) * item
+    )
 
 
-def limit_rows(model: Model, peak: float, rates: dict[str, tuple[float, int, int]]
-               ) -> list[dict[str, Any]]:
+def limit_rows(
+    model: Model, peak: float, rates: dict[str, tuple[float, int, int]]
+) -> list[dict[str, Any]]:
     """One row per kernel: ``rates[name] = (steps/s, cores, streams per weight pass)``."""
     fmas = fmas_per_step(model)
     rows = []
     for name, (steps, cores, sharing) in rates.items():
-        rows.append({"kernel": name, "M steps/s": steps / 1e6, "cores": cores,
-                     "G FMA/s": steps * fmas / 1e9,
-                     "share of peak": steps * fmas / (peak * cores),
-                     "FMAs/step": fmas, "bytes/step": bytes_per_step(model, sharing)})
+        rows.append(
+            {
+                "kernel": name,
+                "M steps/s": steps / 1e6,
+                "cores": cores,
+                "G FMA/s": steps * fmas / 1e9,
+                "share of peak": steps * fmas / (peak * cores),
+                "FMAs/step": fmas,
+                "bytes/step": bytes_per_step(model, sharing),
+            }
+        )
     return rows
 
 
@@ -354,22 +400,33 @@ def limit_rows(model: Model, peak: float, rates: dict[str, tuple[float, int, int
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats (a smoke run)")
-    parser.add_argument("--json", type=Path,
-                        default=Path(__file__).parent / "results" / "core.json")
+    parser.add_argument(
+        "--json", type=Path, default=Path(__file__).parent / "results" / "core.json"
+    )
     args = parser.parse_args(argv)
 
     import torch
 
     torch.set_num_threads(1)
     peak = peak_fmas_per_second()
-    print(f"0. peak of this machine: {peak / 1e9:.1f} G FMA/s per core "
-          f"({2 * peak / 1e9:.0f} GFLOP/s float32; benchmarks/fma_peak.py)\n")
-    report: dict[str, Any] = {"peak_gfma_per_core": peak / 1e9,
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "python": platform.python_version(), "numba": numba.__version__,
-                    "numpy": np.__version__, "torch": torch.__version__,
-                    "streamlstm": sl.__version__},
-        "single": [], "run": {}, "bank": [],
+    print(
+        f"0. peak of this machine: {peak / 1e9:.1f} G FMA/s per core "
+        f"({2 * peak / 1e9:.0f} GFLOP/s float32; benchmarks/fma_peak.py)\n"
+    )
+    report: dict[str, Any] = {
+        "peak_gfma_per_core": peak / 1e9,
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "numba": numba.__version__,
+            "numpy": np.__version__,
+            "torch": torch.__version__,
+            "streamlstm": sl.__version__,
+        },
+        "single": [],
+        "run": {},
+        "bank": [],
     }
     print("1. single stream, per-sample latency from Python (us), D=3, Linear head, 1 thread")
     print(f"{'H':>4} {'layers':>6}  {'peer':34} {'us':>8} {'peer/ours':>10}")
@@ -378,10 +435,13 @@ def main(argv: list[str] | None = None) -> int:
             results = bench_single(hidden, layers, args.quick)
             ours = results["streamlstm Stream.step"]
             for name, seconds in results.items():
-                print(f"{hidden:>4} {layers:>6}  {name:34} {seconds * 1e6:8.2f} "
-                      f"{seconds / ours:9.1f}x")
-            report["single"].append({"H": hidden, "layers": layers,
-                                     **{k: v * 1e6 for k, v in results.items()}})
+                print(
+                    f"{hidden:>4} {layers:>6}  {name:34} {seconds * 1e6:8.2f} "
+                    f"{seconds / ours:9.1f}x"
+                )
+            report["single"].append(
+                {"H": hidden, "layers": layers, **{k: v * 1e6 for k, v in results.items()}}
+            )
 
     print("\n2. block of 10,000 samples, one stream, H=64 (ns per sample)")
     run = bench_run(args.quick)
@@ -390,9 +450,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"   {name:34} {seconds * 1e9:8.0f} {seconds / ours:9.1f}x")
     report["run"] = {k: v * 1e9 for k, v in run.items()}
     h64 = next(r for r in report["single"] if r["H"] == 64 and r["layers"] == 1)
-    rates = {"Stream.step (from Python)": (1e6 / h64["streamlstm Stream.step"], 1, 1),
-             "Stream.step(out=)": (1e6 / h64["streamlstm Stream.step(out=)"], 1, 1),
-             "Stream.run": (1 / ours, 1, 1)}
+    rates = {
+        "Stream.step (from Python)": (1e6 / h64["streamlstm Stream.step"], 1, 1),
+        "Stream.step(out=)": (1e6 / h64["streamlstm Stream.step(out=)"], 1, 1),
+        "Stream.run": (1 / ours, 1, 1),
+    }
 
     print("\n3. bank of N sensors x 1 sample, H=64 (M stream-steps/s; ours/peer)")
     sizes = [16, 256, 4096] if args.quick else [16, 256, 4096, 65536]
@@ -403,8 +465,7 @@ def main(argv: list[str] | None = None) -> int:
             if key not in row:
                 continue
             for name in [k for k in row if k.endswith(threads)]:
-                print(f"N={n:<6} {name:34} {row[name] / 1e6:8.3f} "
-                      f"{row[key] / row[name]:9.1f}x")
+                print(f"N={n:<6} {name:34} {row[name] / 1e6:8.3f} {row[key] / row[name]:9.1f}x")
         report["bank"].append({"N": n, **{k: v / 1e6 for k, v in row.items()}})
         for threads in (1, 2):
             key = f"streamlstm Bank.step_rows {threads}t"
@@ -416,12 +477,16 @@ def main(argv: list[str] | None = None) -> int:
     peak = max(peak, peak_fmas_per_second())
     report["peak_gfma_per_core"] = peak / 1e9
     print(f"\n4. distance from the limit, H=64, D=3 (peak {peak / 1e9:.1f} G FMA/s per core)")
-    print(f"   {'kernel':30} {'M steps/s':>9} {'G FMA/s':>8} {'of peak':>8} "
-          f"{'FMAs/step':>9} {'bytes/step':>10}")
+    print(
+        f"   {'kernel':30} {'M steps/s':>9} {'G FMA/s':>8} {'of peak':>8} "
+        f"{'FMAs/step':>9} {'bytes/step':>10}"
+    )
     limits = limit_rows(bench_model(), peak, rates)
     for r in limits:
-        print(f"   {r['kernel']:30} {r['M steps/s']:9.3f} {r['G FMA/s']:8.1f} "
-              f"{r['share of peak']:8.0%} {r['FMAs/step']:9d} {r['bytes/step']:10d}")
+        print(
+            f"   {r['kernel']:30} {r['M steps/s']:9.3f} {r['G FMA/s']:8.1f} "
+            f"{r['share of peak']:8.0%} {r['FMAs/step']:9d} {r['bytes/step']:10d}"
+        )
     report["limits"] = limits
 
     args.json.parent.mkdir(parents=True, exist_ok=True)

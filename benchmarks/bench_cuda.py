@@ -43,8 +43,17 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "bench_cuda.json"
 #: FP32 lanes per SM by compute capability major.minor (CUDA programming guide tables).
-FP32_LANES = {(7, 0): 64, (7, 5): 64, (8, 0): 64, (8, 6): 128, (8, 7): 128, (8, 9): 128,
-              (9, 0): 128, (10, 0): 128, (12, 0): 128}
+FP32_LANES = {
+    (7, 0): 64,
+    (7, 5): 64,
+    (8, 0): 64,
+    (8, 6): 128,
+    (8, 7): 128,
+    (8, 9): 128,
+    (9, 0): 128,
+    (10, 0): 128,
+    (12, 0): 128,
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,20 +64,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, default=50, help="timed steps per figure")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--block-steps", type=int, default=100, help="T of the block mode")
-    parser.add_argument("--block-max", type=int, default=65536,
-                        help="largest N for the block mode (host memory: N*T*(D+O+1) floats)")
+    parser.add_argument(
+        "--block-max",
+        type=int,
+        default=65536,
+        help="largest N for the block mode (host memory: N*T*(D+O+1) floats)",
+    )
     parser.add_argument("--cpu-max", type=int, default=65536, help="largest N for the CPU bank")
-    parser.add_argument("--crossover-sizes", type=int, nargs="+",
-                        default=[256, 1024, 4096, 16384, 65536])
-    parser.add_argument("--kernels", nargs="+", default=["tiled", "per-stream"],
-                        choices=["tiled", "per-stream"], help="step kernels to compare")
-    parser.add_argument("--block-size", type=int, default=None,
-                        help="CudaBank threads per block (default: the bank's)")
-    parser.add_argument("--max-registers", type=int, default=None,
-                        help="CudaBank register cap per thread (default: the compiler's)")
+    parser.add_argument(
+        "--crossover-sizes", type=int, nargs="+", default=[256, 1024, 4096, 16384, 65536]
+    )
+    parser.add_argument(
+        "--kernels",
+        nargs="+",
+        default=["tiled", "per-stream"],
+        choices=["tiled", "per-stream"],
+        help="step kernels to compare",
+    )
+    parser.add_argument(
+        "--block-size",
+        type=int,
+        default=None,
+        help="CudaBank threads per block (default: the bank's)",
+    )
+    parser.add_argument(
+        "--max-registers",
+        type=int,
+        default=None,
+        help="CudaBank register cap per thread (default: the compiler's)",
+    )
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
-    parser.add_argument("--simulate", action="store_true",
-                        help="tiny run on the CUDA simulator (checks the code path only)")
+    parser.add_argument(
+        "--simulate",
+        action="store_true",
+        help="tiny run on the CUDA simulator (checks the code path only)",
+    )
     args = parser.parse_args(argv)
     if args.simulate:
         args.sizes, args.hidden, args.reps, args.warmup = [1, 8], 4, 2, 1
@@ -80,8 +110,9 @@ def median_ms(samples: list[float]) -> float:
     return float(statistics.median(samples))
 
 
-def event_times(cuda: Any, stream: Any, fn: Callable[[], None], reps: int, warmup: int,
-                *, simulated: bool) -> float:
+def event_times(
+    cuda: Any, stream: Any, fn: Callable[[], None], reps: int, warmup: int, *, simulated: bool
+) -> float:
     """Median milliseconds of ``fn`` between two CUDA events on ``stream``."""
     for _ in range(warmup):
         fn()
@@ -95,8 +126,7 @@ def event_times(cuda: Any, stream: Any, fn: Callable[[], None], reps: int, warmu
         stop.record(stream=stream)
         stop.synchronize()
         # The simulator's events carry no time; fall back to the wall clock there.
-        times.append((time.perf_counter() - tic) * 1e3 if simulated
-                     else start.elapsed_time(stop))
+        times.append((time.perf_counter() - tic) * 1e3 if simulated else start.elapsed_time(stop))
     return median_ms(times)
 
 
@@ -125,22 +155,31 @@ def device_facts(cuda: Any, simulated: bool) -> dict[str, Any]:
     src = cuda.device_array(size, np.float32)
     dst = cuda.device_array(size, np.float32)
     stream = cuda.stream()
-    copy_ms = event_times(cuda, stream, lambda: dst.copy_to_device(src, stream=stream), 5, 2,
-                          simulated=False)
+    copy_ms = event_times(
+        cuda, stream, lambda: dst.copy_to_device(src, stream=stream), 5, 2, simulated=False
+    )
     name = device.name.decode() if isinstance(device.name, bytes) else str(device.name)
-    return {"name": name, "compute_capability": cc, "sms": sms, "clock_hz": clock_hz,
-            "fp32_flops": 2.0 * lanes * sms * clock_hz,  # one FMA = 2 FLOPs per lane per clock
-            "copy_bytes_s": 2 * size * 4 / (copy_ms * 1e-3)}  # read + write
+    return {
+        "name": name,
+        "compute_capability": cc,
+        "sms": sms,
+        "clock_hz": clock_hz,
+        "fp32_flops": 2.0 * lanes * sms * clock_hz,  # one FMA = 2 FLOPs per lane per clock
+        "copy_bytes_s": 2 * size * 4 / (copy_ms * 1e-3),
+    }  # read + write
 
 
-def floors(n: int, hidden: int, inputs: int, outputs: int,
-           facts: dict[str, Any]) -> dict[str, Any]:
+def floors(n: int, hidden: int, inputs: int, outputs: int, facts: dict[str, Any]) -> dict[str, Any]:
     """Lower bounds in microseconds for one step of ``n`` streams."""
-    state_bytes = n * 2 * hidden * 4 * 2            # (h, c) read and written
-    io_bytes = n * (inputs + outputs + 1) * 4      # samples in, outputs + status out
+    state_bytes = n * 2 * hidden * 4 * 2  # (h, c) read and written
+    io_bytes = n * (inputs + outputs + 1) * 4  # samples in, outputs + status out
     flops = n * (2 * 4 * hidden * (inputs + hidden) + 2 * hidden * outputs + 12 * hidden)
-    out: dict[str, Any] = {"flops": flops, "bytes": state_bytes + io_bytes,
-                           "memory_us": None, "compute_us": None}
+    out: dict[str, Any] = {
+        "flops": flops,
+        "bytes": state_bytes + io_bytes,
+        "memory_us": None,
+        "compute_us": None,
+    }
     if facts["copy_bytes_s"] and facts["fp32_flops"]:  # None on the simulator
         out["memory_us"] = (state_bytes + io_bytes) / facts["copy_bytes_s"] * 1e6
         out["compute_us"] = flops / facts["fp32_flops"] * 1e6
@@ -166,12 +205,19 @@ def launch_floor(cuda: Any, args: argparse.Namespace, simulated: bool) -> float:
     buffer = cuda.device_array(1024, np.float32)
     index = cuda.device_array(1024, np.int32)
     launch = empty[1, 128, stream]
-    return event_times(cuda, stream, lambda: launch(buffer, index, 1024, 1, 1, 1),
-                       args.reps, args.warmup, simulated=simulated)
+    return event_times(
+        cuda,
+        stream,
+        lambda: launch(buffer, index, 1024, 1, 1, 1),
+        args.reps,
+        args.warmup,
+        simulated=simulated,
+    )
 
 
-def bench_bank(cuda: Any, model: Any, n: int, args: argparse.Namespace, simulated: bool,
-               kernel: str) -> dict[str, float]:
+def bench_bank(
+    cuda: Any, model: Any, n: int, args: argparse.Namespace, simulated: bool, kernel: str
+) -> dict[str, float]:
     bank = cuda_bank(model, n, args, kernel)
     rows = bank.rows(range(n))
     rng = np.random.default_rng(0)
@@ -182,8 +228,14 @@ def bench_bank(cuda: Any, model: Any, n: int, args: argparse.Namespace, simulate
     launch = bank._launcher(groups)
     kernel_args = (bank._buffer, bank._index_dev, bank._capacity, *bank.last_launch)
     result = {
-        "bank_kernel_ms": event_times(cuda, bank._stream, lambda: launch(*kernel_args),
-                                      args.reps, args.warmup, simulated=simulated),
+        "bank_kernel_ms": event_times(
+            cuda,
+            bank._stream,
+            lambda: launch(*kernel_args),
+            args.reps,
+            args.warmup,
+            simulated=simulated,
+        ),
         "bank_e2e_ms": wall_times(lambda: bank.step_rows(rows, xs), args.reps, args.warmup),
     }
     if n <= args.block_max:
@@ -193,11 +245,15 @@ def bench_bank(cuda: Any, model: Any, n: int, args: argparse.Namespace, simulate
         block_args = (bank._buffer, bank._index_dev, bank._capacity, *bank.last_launch)
         block_launch = bank._launcher(bank.last_launch[0])
         reps = max(3, args.reps // 10)
-        result["block_kernel_ms_per_step"] = event_times(
-            cuda, bank._stream, lambda: block_launch(*block_args), reps, 1,
-            simulated=simulated) / args.block_steps
-        result["block_e2e_ms_per_step"] = wall_times(
-            lambda: bank.run(sensors, block), reps, 1) / args.block_steps
+        result["block_kernel_ms_per_step"] = (
+            event_times(
+                cuda, bank._stream, lambda: block_launch(*block_args), reps, 1, simulated=simulated
+            )
+            / args.block_steps
+        )
+        result["block_e2e_ms_per_step"] = (
+            wall_times(lambda: bank.run(sensors, block), reps, 1) / args.block_steps
+        )
     return result
 
 
@@ -269,8 +325,10 @@ def main(argv: list[str] | None = None) -> int:
     from streamlstm.cuda._compat import import_cuda
 
     if not is_available():
-        print("skipped: no CUDA GPU (numba.cuda.is_available() is False); "
-              "run with --simulate to exercise the code path on the simulator")
+        print(
+            "skipped: no CUDA GPU (numba.cuda.is_available() is False); "
+            "run with --simulate to exercise the code path on the simulator"
+        )
         return 0
     cuda = import_cuda()
     simulated = args.simulate
@@ -278,8 +336,10 @@ def main(argv: list[str] | None = None) -> int:
     model = sl.random_model(args.inputs, [args.hidden], output_size=outputs, seed=0)
     facts = device_facts(cuda, simulated)
     facts["launch_floor_ms"] = launch_floor(cuda, args, simulated)
-    print(f"device: {facts['name']}; numba-cuda launch floor (empty kernel, same arguments): "
-          f"{facts['launch_floor_ms'] * 1e3:.1f} us")
+    print(
+        f"device: {facts['name']}; numba-cuda launch floor (empty kernel, same arguments): "
+        f"{facts['launch_floor_ms'] * 1e3:.1f} us"
+    )
     rows_out = []
     for n in args.sizes:
         peers: dict[str, Any] = {}
@@ -295,28 +355,41 @@ def main(argv: list[str] | None = None) -> int:
             rows_out.append(row)
             print_row(row, first=len(rows_out) == 1)
     crossover = measure_crossover(model, cuda, args, simulated)
-    print(f"CPU/GPU crossover (smallest N where the GPU e2e step beats the CPU bank, "
-          f"{args.kernels[0]} kernel): {crossover['crossover_n']}")
-    record = {"benchmark": "bench_cuda", "device": facts, "hidden": args.hidden,
-              "block_size": args.block_size, "max_registers": args.max_registers,
-              "inputs": args.inputs, "simulated": simulated, "python": platform.python_version(),
-              "versions": versions(), "rows": rows_out, "crossover": crossover}
+    print(
+        f"CPU/GPU crossover (smallest N where the GPU e2e step beats the CPU bank, "
+        f"{args.kernels[0]} kernel): {crossover['crossover_n']}"
+    )
+    record = {
+        "benchmark": "bench_cuda",
+        "device": facts,
+        "hidden": args.hidden,
+        "block_size": args.block_size,
+        "max_registers": args.max_registers,
+        "inputs": args.inputs,
+        "simulated": simulated,
+        "python": platform.python_version(),
+        "versions": versions(),
+        "rows": rows_out,
+        "crossover": crossover,
+    }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(record, indent=2, default=str))
     print(f"wrote {args.json}")
     return 0
 
 
-def measure_crossover(model: Any, cuda: Any, args: argparse.Namespace,
-                      simulated: bool) -> dict[str, Any]:
+def measure_crossover(
+    model: Any, cuda: Any, args: argparse.Namespace, simulated: bool
+) -> dict[str, Any]:
     table = []
     found = None
     for n in args.crossover_sizes:
         bank = cuda_bank(model, n, args, args.kernels[0])
         rows = bank.rows(range(n))
         xs = np.random.default_rng(2).normal(size=(n, args.inputs)).astype(np.float32)
-        gpu = wall_times(lambda bank=bank, rows=rows, xs=xs: bank.step_rows(rows, xs),
-                         args.reps, args.warmup)
+        gpu = wall_times(
+            lambda bank=bank, rows=rows, xs=xs: bank.step_rows(rows, xs), args.reps, args.warmup
+        )
         cpu = bench_cpu(model, n, args)
         table.append({"n": n, "gpu_e2e_ms": gpu, "cpu_ms": cpu})
         if found is None and gpu < cpu:
@@ -336,14 +409,17 @@ def versions() -> dict[str, str]:
     return out
 
 
-COLUMNS = [("N", "n", "{:>8d}"), ("step kernel", "kernel", "{:>11s}"),
-           ("kernel us", "bank_kernel_ms", "{:>10.1f}"),
-           ("e2e us", "bank_e2e_ms", "{:>10.1f}"),
-           ("block kern/step us", "block_kernel_ms_per_step", "{:>18.2f}"),
-           ("block e2e/step us", "block_e2e_ms_per_step", "{:>17.2f}"),
-           ("torch eager us", "torch_eager_ms", "{:>14.1f}"),
-           ("torch graph us", "torch_graph_ms", "{:>14.1f}"),
-           ("CPU bank us", "cpu_bank_ms", "{:>11.1f}")]
+COLUMNS = [
+    ("N", "n", "{:>8d}"),
+    ("step kernel", "kernel", "{:>11s}"),
+    ("kernel us", "bank_kernel_ms", "{:>10.1f}"),
+    ("e2e us", "bank_e2e_ms", "{:>10.1f}"),
+    ("block kern/step us", "block_kernel_ms_per_step", "{:>18.2f}"),
+    ("block e2e/step us", "block_e2e_ms_per_step", "{:>17.2f}"),
+    ("torch eager us", "torch_eager_ms", "{:>14.1f}"),
+    ("torch graph us", "torch_graph_ms", "{:>14.1f}"),
+    ("CPU bank us", "cpu_bank_ms", "{:>11.1f}"),
+]
 
 
 def sample_cell(fmt: str) -> str:
@@ -353,9 +429,11 @@ def sample_cell(fmt: str) -> str:
 
 def print_row(row: dict[str, Any], *, first: bool) -> None:
     if first:
-        print(" | ".join(f"{title:>{len(sample_cell(fmt))}}" for title, _, fmt in COLUMNS)
-              + " | eager/kernel | graph/kernel | steps/s (kernel) | floor mem us | floor flop us"
-              " | kernel/floor")
+        print(
+            " | ".join(f"{title:>{len(sample_cell(fmt))}}" for title, _, fmt in COLUMNS)
+            + " | eager/kernel | graph/kernel | steps/s (kernel) | floor mem us | floor flop us"
+            " | kernel/floor"
+        )
     cells = []
     for _title, key, fmt in COLUMNS:
         value = row.get(key)
@@ -375,10 +453,14 @@ def print_row(row: dict[str, Any], *, first: bool) -> None:
         bounds = f"{'-':>12} | {'-':>13} | {'-':>13}"
     else:
         floor_us = max(row["memory_us"], row["compute_us"])
-        bounds = (f"{row['memory_us']:>12.2f} | {row['compute_us']:>13.2f} | "
-                  f"{kernel * 1e3 / floor_us:>13.1f}")
-    print(" | ".join(cells) + f" | {ratio('torch_eager_ms')} | {ratio('torch_graph_ms')} | "
-          f"{rate:>16.3g} | {bounds}")
+        bounds = (
+            f"{row['memory_us']:>12.2f} | {row['compute_us']:>13.2f} | "
+            f"{kernel * 1e3 / floor_us:>13.1f}"
+        )
+    print(
+        " | ".join(cells) + f" | {ratio('torch_eager_ms')} | {ratio('torch_graph_ms')} | "
+        f"{rate:>16.3g} | {bounds}"
+    )
 
 
 if __name__ == "__main__":

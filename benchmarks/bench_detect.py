@@ -60,12 +60,17 @@ def main(argv=None):
     parser.add_argument("--repeat", type=int, default=20)
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
-    model = calibrate(sl.random_model(3, [32], output_size=3, seed=0),
-                      rng.normal(size=(600, 3)), warmup_steps=5)
+    model = calibrate(
+        sl.random_model(3, [32], output_size=3, seed=0), rng.normal(size=(600, 3)), warmup_steps=5
+    )
     cal = model.calibration
-    simple = {"center": np.asarray(cal["center"], np.float32),
-              "scale": np.diag(np.asarray(cal["whiten"])).astype(np.float32),
-              "alpha": cal["alpha"], "threshold": cal["threshold"], "debounce": cal["debounce"]}
+    simple = {
+        "center": np.asarray(cal["center"], np.float32),
+        "scale": np.diag(np.asarray(cal["whiten"])).astype(np.float32),
+        "alpha": cal["alpha"],
+        "threshold": cal["threshold"],
+        "debounce": cal["debounce"],
+    }
     rows_out = []
     for sensors in (1, 100, 1000, 10000):
         ids = np.arange(sensors)
@@ -74,19 +79,30 @@ def main(argv=None):
         det = sl.Detector(model, capacity=sensors, threads=1)
         bank = model.bank(capacity=sensors, threads=1)
         rows = bank.rows(ids)
-        state = {"pred": np.zeros((sensors, 3), np.float32), "score": np.zeros(sensors),
-                 "above": np.zeros(sensors, np.int64)}
-        fused = measure(lambda d=det, i=ids, s=samples, t=times: d.update(i, s, t),
-                        args.repeat)
-        plain = measure(lambda b=bank, r=rows, st=state, s=samples:
-                        unfused_update(b, r, st, simple, s), args.repeat)
-        rows_out.append({"sensors": sensors, "fused_us_per_sample": fused / sensors * 1e6,
-                         "unfused_us_per_sample": plain / sensors * 1e6,
-                         "speedup": plain / fused})
+        state = {
+            "pred": np.zeros((sensors, 3), np.float32),
+            "score": np.zeros(sensors),
+            "above": np.zeros(sensors, np.int64),
+        }
+        fused = measure(lambda d=det, i=ids, s=samples, t=times: d.update(i, s, t), args.repeat)
+        plain = measure(
+            lambda b=bank, r=rows, st=state, s=samples: unfused_update(b, r, st, simple, s),
+            args.repeat,
+        )
+        rows_out.append(
+            {
+                "sensors": sensors,
+                "fused_us_per_sample": fused / sensors * 1e6,
+                "unfused_us_per_sample": plain / sensors * 1e6,
+                "speedup": plain / fused,
+            }
+        )
     print(f"{'sensors':>8} {'fused us/sample':>16} {'unfused us/sample':>18} {'speedup':>8}")
     for r in rows_out:
-        print(f"{r['sensors']:>8} {r['fused_us_per_sample']:>16.3f} "
-              f"{r['unfused_us_per_sample']:>18.3f} {r['speedup']:>7.1f}x")
+        print(
+            f"{r['sensors']:>8} {r['fused_us_per_sample']:>16.3f} "
+            f"{r['unfused_us_per_sample']:>18.3f} {r['speedup']:>7.1f}x"
+        )
     args.json.write_text(json.dumps({"model": model.describe(), "results": rows_out}, indent=1))
     print(f"wrote {args.json}")
 

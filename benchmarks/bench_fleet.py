@@ -79,9 +79,11 @@ class Server:
             f"listen: 127.0.0.1:{self.port}\nserver_name: bench\n"
             f'jetstream {{ store_dir: "{folder}/js" }}\n'
             "accounts { B { jetstream: enabled, users: [{user: b, password: b}],\n"
-            f'  mappings: {{ "sensors.*.accel": "{mapping}" }} }} }}\nno_auth_user: b\n')
-        self.process = subprocess.Popen([NATS_SERVER, "-c", str(config)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            f'  mappings: {{ "sensors.*.accel": "{mapping}" }} }} }}\nno_auth_user: b\n'
+        )
+        self.process = subprocess.Popen(
+            [NATS_SERVER, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
 
         def accepts() -> bool:
             try:
@@ -124,8 +126,10 @@ journal_path = "{name}.journal"
         self.log = open(folder / f"{name}.log", "wb")  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "-m", "streamlstm.cli", "run", "--config", str(site)],
-            env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=self.log,
-            stderr=subprocess.STDOUT)
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
 
     def metric(self, name: str) -> float:
         try:
@@ -147,8 +151,11 @@ def messages(args) -> list[tuple[str, bytes]]:
     for index in range(per_sensor):
         for sensor in range(args.sensors):
             block = rng.normal(size=(args.per_message, 3)).astype(np.float32)
-            body = {"t": index * args.per_message / RATE, "rate": RATE,
-                    "samples": block.round(4).tolist()}
+            body = {
+                "t": index * args.per_message / RATE,
+                "rate": RATE,
+                "samples": block.round(4).tolist(),
+            }
             out.append((f"s{sensor}", json.dumps(body).encode()))
     return out
 
@@ -161,8 +168,9 @@ async def publish(port: int, batch: list[tuple[str, bytes]]) -> float:
     started = time.perf_counter()
     window = 500
     for begin in range(0, len(batch), window):
-        await asyncio.gather(*(js.publish(f"sensors.{s}.accel", body)
-                               for s, body in batch[begin:begin + window]))
+        await asyncio.gather(
+            *(js.publish(f"sensors.{s}.accel", body) for s, body in batch[begin : begin + window])
+        )
     elapsed = time.perf_counter() - started
     await nc.close()
     return elapsed
@@ -173,8 +181,9 @@ def applied(workers: list[Worker]) -> float:
 
 
 def owned(workers: list[Worker]) -> float:
-    return sum(w.metric("streamlstm_fleet_owned_partitions") for w in workers
-               if w.process.poll() is None)
+    return sum(
+        w.metric("streamlstm_fleet_owned_partitions") for w in workers if w.process.poll() is None
+    )
 
 
 def drain(count: int, args, batch, folder: Path) -> dict:
@@ -185,9 +194,14 @@ def drain(count: int, args, batch, folder: Path) -> dict:
         for index in range(count):
             workers.append(Worker(folder, f"w{index}", server, args, args.drain_ttl))
         share = -(-args.partitions // count)
-        wait_for(lambda: owned(workers) == args.partitions
-                 and all(w.metric("streamlstm_fleet_owned_partitions") >= share - 1
-                         for w in workers), 300, "partitions spread over the workers")
+        wait_for(
+            lambda: (
+                owned(workers) == args.partitions
+                and all(w.metric("streamlstm_fleet_owned_partitions") >= share - 1 for w in workers)
+            ),
+            300,
+            "partitions spread over the workers",
+        )
         for worker in workers:
             worker.process.send_signal(signal.SIGSTOP)
         publish_s = asyncio.run(publish(server.port, batch))
@@ -203,10 +217,17 @@ def drain(count: int, args, batch, folder: Path) -> dict:
         cores = sum(cpu_seconds(w.process.pid) - c for w, c in zip(workers, cpu0, strict=True))
         server_cores = (cpu_seconds(server.process.pid) - server0) / elapsed
         samples = len(batch) * args.per_message
-        return {"workers": count, "messages": len(batch), "samples": samples,
-                "publish_s": publish_s, "elapsed_s": elapsed, "samples_per_s": samples / elapsed,
-                "worker_cpu_cores": cores / elapsed, "server_cpu_cores": server_cores,
-                "samples_per_cpu_s": samples / cores if cores else None}
+        return {
+            "workers": count,
+            "messages": len(batch),
+            "samples": samples,
+            "publish_s": publish_s,
+            "elapsed_s": elapsed,
+            "samples_per_s": samples / elapsed,
+            "worker_cpu_cores": cores / elapsed,
+            "server_cpu_cores": server_cores,
+            "samples_per_cpu_s": samples / cores if cores else None,
+        }
     finally:
         for worker in workers:
             worker.stop()
@@ -225,7 +246,7 @@ def in_process(batch, args) -> dict:
     width = int(getattr(detector, "axes", loaded.model.input_size))
     started, cpu = time.perf_counter(), time.process_time()
     for begin in range(0, len(batch), args.fetch):
-        chunk = batch[begin:begin + args.fetch]
+        chunk = batch[begin : begin + args.fetch]
         blocks = [decode_json(body, width, max_samples=65536) for _, body in chunk]
         sensors = [s for (s, _), b in zip(chunk, blocks, strict=True) for _ in b.samples]
         samples = np.concatenate([b.samples for b in blocks])
@@ -233,8 +254,13 @@ def in_process(batch, args) -> dict:
         detector.update(sensors, samples, times)
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     samples = len(batch) * args.per_message
-    return {"samples": samples, "elapsed_s": elapsed, "samples_per_s": samples / elapsed,
-            "cpu_cores": cpu / elapsed, "samples_per_cpu_s": samples / cpu}
+    return {
+        "samples": samples,
+        "elapsed_s": elapsed,
+        "samples_per_s": samples / elapsed,
+        "cpu_cores": cpu / elapsed,
+        "samples_per_cpu_s": samples / cpu,
+    }
 
 
 def kill_one(args, batch, folder: Path) -> dict:
@@ -244,16 +270,24 @@ def kill_one(args, batch, folder: Path) -> dict:
     try:
         wait_for(lambda: owned(workers) == args.partitions, 300, "worker a owning all")
         workers.append(Worker(folder, "b", server, args, args.ttl))
-        wait_for(lambda: workers[1].metric("streamlstm_fleet_owned_partitions")
-                 == args.partitions // 2 and owned(workers) == args.partitions, 300,
-                 "a balanced fleet")
+        wait_for(
+            lambda: (
+                workers[1].metric("streamlstm_fleet_owned_partitions") == args.partitions // 2
+                and owned(workers) == args.partitions
+            ),
+            300,
+            "a balanced fleet",
+        )
         asyncio.run(publish(server.port, batch))
         wait_for(lambda: applied(workers) >= len(batch) / 3, 600, "a third applied")
         killed = time.time()
         workers[0].process.kill()
         survivor = workers[1]
-        wait_for(lambda: survivor.metric("streamlstm_fleet_owned_partitions")
-                 == args.partitions, 120, "the survivor owning every partition")
+        wait_for(
+            lambda: survivor.metric("streamlstm_fleet_owned_partitions") == args.partitions,
+            120,
+            "the survivor owning every partition",
+        )
         takeover = time.time() - killed
         journal = folder / "b.journal"
 
@@ -261,18 +295,25 @@ def kill_one(args, batch, folder: Path) -> dict:
             events = [json.loads(line) for line in journal.read_text().splitlines()]
             done = []
             for event in (e for e in events if e["event"] == "acquired" and e["time"] > killed):
-                passed = [e["time"] for e in events if e["event"] == "applied"
-                          and (e["partition"], e["epoch"]) == (event["partition"], event["epoch"])
-                          and e["last"] >= event["replay_until"]]
+                passed = [
+                    e["time"]
+                    for e in events
+                    if e["event"] == "applied"
+                    and (e["partition"], e["epoch"]) == (event["partition"], event["epoch"])
+                    and e["last"] >= event["replay_until"]
+                ]
                 if not passed:
                     return None
                 done.append(min(passed) - event["time"])
             return done
 
         replay_done = wait_for(replays_done, 300, "the replays to finish")
-        return {"takeover_s": takeover, "ttl_s": args.ttl,
-                "replayed_messages": survivor.metric("streamlstm_fleet_replayed_messages_total"),
-                "replay_s_max": max(replay_done) if replay_done else None}
+        return {
+            "takeover_s": takeover,
+            "ttl_s": args.ttl,
+            "replayed_messages": survivor.metric("streamlstm_fleet_replayed_messages_total"),
+            "replay_s_max": max(replay_done) if replay_done else None,
+        }
     finally:
         for worker in workers:
             worker.stop(signal.SIGKILL if worker is workers[0] else signal.SIGTERM)
@@ -288,8 +329,12 @@ def main() -> None:
     parser.add_argument("--per-message", type=int, default=10)
     parser.add_argument("--fetch", type=int, default=1000, help="messages per step in process")
     parser.add_argument("--ttl", type=float, default=3.0, help="lease TTL for the SIGKILL run")
-    parser.add_argument("--drain-ttl", type=float, default=60.0,
-                        help="lease TTL for the drain runs (outlasts the paused publishing)")
+    parser.add_argument(
+        "--drain-ttl",
+        type=float,
+        default=60.0,
+        help="lease TTL for the drain runs (outlasts the paused publishing)",
+    )
     parser.add_argument("--snapshot-interval", type=float, default=1.0)
     args = parser.parse_args()
     if not Path(NATS_SERVER).exists():
@@ -298,22 +343,28 @@ def main() -> None:
     results: dict = {"machine": platform.node(), "cpus": os.cpu_count(), "args": vars(args)}
     results["in_process"] = in_process(batch, args)
     bare = results["in_process"]
-    print(f"in process (no NATS): {bare['samples_per_s']:,.0f} samples/s, "
-          f"{bare['cpu_cores']:.2f} cores ({bare['samples_per_cpu_s']:,.0f} per CPU second)")
+    print(
+        f"in process (no NATS): {bare['samples_per_s']:,.0f} samples/s, "
+        f"{bare['cpu_cores']:.2f} cores ({bare['samples_per_cpu_s']:,.0f} per CPU second)"
+    )
     results["drain"] = []
     for count in map(int, args.workers.split(",")):
         with tempfile.TemporaryDirectory() as folder:
             row = drain(count, args, batch, Path(folder))
         results["drain"].append(row)
-        print(f"{count} worker(s): {row['samples_per_s']:,.0f} samples/s, workers "
-              f"{row['worker_cpu_cores']:.2f} cores ({row['samples_per_cpu_s'] or 0:,.0f} "
-              f"samples per CPU second), nats-server {row['server_cpu_cores']:.2f} cores")
+        print(
+            f"{count} worker(s): {row['samples_per_s']:,.0f} samples/s, workers "
+            f"{row['worker_cpu_cores']:.2f} cores ({row['samples_per_cpu_s'] or 0:,.0f} "
+            f"samples per CPU second), nats-server {row['server_cpu_cores']:.2f} cores"
+        )
     with tempfile.TemporaryDirectory() as folder:
         results["sigkill"] = kill_one(args, batch, Path(folder))
     kill = results["sigkill"]
-    print(f"SIGKILL: takeover {kill['takeover_s']:.2f} s (TTL {args.ttl:g} s), "
-          f"{kill['replayed_messages']:.0f} messages replayed, replay done within "
-          f"{kill['replay_s_max'] or 0:.2f} s of the takeover")
+    print(
+        f"SIGKILL: takeover {kill['takeover_s']:.2f} s (TTL {args.ttl:g} s), "
+        f"{kill['replayed_messages']:.0f} messages replayed, replay done within "
+        f"{kill['replay_s_max'] or 0:.2f} s of the takeover"
+    )
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "bench_fleet.json").write_text(json.dumps(results, indent=2))
 

@@ -28,8 +28,13 @@ sys.path.insert(0, str(HERE))
 
 from quality import baselines, metrics, nab, protocol, recipe, tep, threew, vibration  # noqa: E402
 
-LOADERS = {"3w": threew.load, "tep": tep.load, "nab": nab.load, "fan": vibration.load_fan,
-           "cwru": vibration.load_cwru}
+LOADERS = {
+    "3w": threew.load,
+    "tep": tep.load,
+    "nab": nab.load,
+    "fan": vibration.load_fan,
+    "cwru": vibration.load_cwru,
+}
 
 
 def run_method(make, dataset, part: str) -> dict[str, Any]:
@@ -40,14 +45,20 @@ def run_method(make, dataset, part: str) -> dict[str, Any]:
         method = make(case.fit, dataset.period_s)
         notes.update(getattr(method, "warnings", ()))
         for stream in case.streams:
-            alarm = (method.alarm(stream.x) if hasattr(method, "alarm")
-                     else baselines.baseline_alarm(method, stream.x))
+            alarm = (
+                method.alarm(stream.x)
+                if hasattr(method, "alarm")
+                else baselines.baseline_alarm(method, stream.x)
+            )
             result = metrics.score_stream(stream, alarm)
             results.append(result)
-            streams[f"{case.name}/{stream.name}"] = metrics.per_stream(result,
-                                                                       dataset.period_s)
-    return {**metrics.summarise(results, dataset.period_s), "seconds":
-            time.monotonic() - started, "warnings": sorted(notes), "streams": streams}
+            streams[f"{case.name}/{stream.name}"] = metrics.per_stream(result, dataset.period_s)
+    return {
+        **metrics.summarise(results, dataset.period_s),
+        "seconds": time.monotonic() - started,
+        "warnings": sorted(notes),
+        "streams": streams,
+    }
 
 
 def run(datasets: list[str], designs: list[str], part: str) -> dict[str, Any]:
@@ -57,14 +68,14 @@ def run(datasets: list[str], designs: list[str], part: str) -> dict[str, Any]:
         methods: dict[str, Any] = {}
         for design in designs:
             methods[f"lstm-{design}"] = run_method(
-                lambda fit, period, d=design: recipe.LstmMethod(fit, period, d), dataset, part)
+                lambda fit, period, d=design: recipe.LstmMethod(fit, period, d), dataset, part
+            )
             print(f"{name} lstm-{design}: {_brief(methods[f'lstm-{design}'])}", file=sys.stderr)
         for kind in baselines.BASELINES:
             methods[kind.name] = run_method(lambda fit, period, k=kind: k(fit), dataset, part)
         report["datasets"][name] = methods
     if part == "validation" and len(designs) > 1:
-        by_design = {d: {n: report["datasets"][n][f"lstm-{d}"] for n in datasets}
-                     for d in designs}
+        by_design = {d: {n: report["datasets"][n][f"lstm-{d}"] for n in datasets} for d in designs}
         report["chosen"], report["reason"] = protocol.choose(by_design)
     return report
 
@@ -76,14 +87,18 @@ def _fmt(value: Any, pattern: str) -> str:
 
 
 def _brief(s: dict[str, Any]) -> str:
-    return (f"NAB {_fmt(s['nab_standard'], '.1f')} FAR {_fmt(s['false_alarm_rate'], '.3f')} "
-            f"missed {s['missed']}/{s['events']} F1 {_fmt(s['f1'], '.2f')}")
+    return (
+        f"NAB {_fmt(s['nab_standard'], '.1f')} FAR {_fmt(s['false_alarm_rate'], '.3f')} "
+        f"missed {s['missed']}/{s['events']} F1 {_fmt(s['f1'], '.2f')}"
+    )
 
 
 def table(report: dict[str, Any]) -> str:
-    lines = [f"part: {report['part']}",
-             "dataset method                 NAB std  low-FP  low-FN   FAR    false  missed  "
-             "delay med(s)     F1"]
+    lines = [
+        f"part: {report['part']}",
+        "dataset method                 NAB std  low-FP  low-FN   FAR    false  missed  "
+        "delay med(s)     F1",
+    ]
     for name, methods in report["datasets"].items():
         for method, s in methods.items():
             lines.append(
@@ -91,7 +106,8 @@ def table(report: dict[str, Any]) -> str:
                 f"{_fmt(s['nab_low_fp'], '7.1f')} {_fmt(s['nab_low_fn'], '7.1f')} "
                 f"{_fmt(s['false_alarm_rate'], '6.3f')} {s['false_alerts']:6d} "
                 f"{s['missed']:3d}/{s['events']:<3d} {_fmt(s['delay_median_s'], '12.0f')} "
-                f"{_fmt(s['f1'], '6.2f')}")
+                f"{_fmt(s['f1'], '6.2f')}"
+            )
     if "chosen" in report:
         lines.append(f"chosen: {report['chosen']} ({report['reason']})")
     return "\n".join(lines)
@@ -101,10 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=("validation", "test"), default="validation")
     parser.add_argument("--datasets", nargs="+", choices=list(LOADERS), default=list(LOADERS))
-    parser.add_argument("--designs", nargs="+", choices=list(recipe.DESIGNS),
-                        default=list(recipe.DESIGNS))
-    parser.add_argument("--json", type=Path, default=None,
-                        help="default: benchmarks/quality/results-<part>.json")
+    parser.add_argument(
+        "--designs", nargs="+", choices=list(recipe.DESIGNS), default=list(recipe.DESIGNS)
+    )
+    parser.add_argument(
+        "--json", type=Path, default=None, help="default: benchmarks/quality/results-<part>.json"
+    )
     args = parser.parse_args(argv)
     report = run(args.datasets, args.designs, args.part)
     print(table(report))

@@ -22,7 +22,8 @@ def rows(count: int = 400, width: int = 8, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     t = np.arange(count)[:, None]
     return np.sin(2 * np.pi * t / (20 + 7 * np.arange(width))) + 0.1 * rng.normal(
-        size=(count, width))
+        size=(count, width)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,12 +36,14 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.repeat + 1):
         started = time.perf_counter()
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")   # 400 rows cannot support 1 false alarm/day
+            warnings.simplefilter("ignore")  # 400 rows cannot support 1 false alarm/day
             result = train(data, sample_rate=1.0, threads=args.threads, progress=False)
         times.append(time.perf_counter() - started)
-    print(f"train() on 400 x 8: best {min(times[1:]):.2f} s, runs "
-          f"{', '.join(f'{t:.2f}' for t in times)} s (first compiles); epochs "
-          f"{result.epochs}, folds' best {result.best_epochs}")
+    print(
+        f"train() on 400 x 8: best {min(times[1:]):.2f} s, runs "
+        f"{', '.join(f'{t:.2f}' for t in times)} s (first compiles); epochs "
+        f"{result.epochs}, folds' best {result.best_epochs}"
+    )
     return 0
 
 

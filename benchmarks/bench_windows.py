@@ -63,8 +63,7 @@ class Classifier:
         import torch
 
         torch.manual_seed(seed)
-        self.lstm = torch.nn.LSTM(D, hidden, batch_first=True,
-                                  bidirectional=bidirectional).eval()
+        self.lstm = torch.nn.LSTM(D, hidden, batch_first=True, bidirectional=bidirectional).eval()
         self.fc = torch.nn.Linear(hidden * (2 if bidirectional else 1), CLASSES).eval()
 
     def __call__(self, windows: np.ndarray) -> np.ndarray:
@@ -75,8 +74,10 @@ class Classifier:
             return torch.softmax(self.fc(out[:, -1, :]), dim=-1).numpy()
 
     def state_dict(self) -> dict[str, Any]:
-        return {**{f"lstm.{k}": v for k, v in self.lstm.state_dict().items()},
-                **{f"fc.{k}": v for k, v in self.fc.state_dict().items()}}
+        return {
+            **{f"lstm.{k}": v for k, v in self.lstm.state_dict().items()},
+            **{f"fc.{k}": v for k, v in self.fc.state_dict().items()},
+        }
 
 
 def onnx_session(net: Classifier):
@@ -98,17 +99,24 @@ def onnx_session(net: Classifier):
         return np.stack([gates(getattr(lstm, name + s).detach().numpy()) for s in suffixes])
 
     bias = np.concatenate([weight("bias_ih"), weight("bias_hh")], axis=1)
-    inits = [numpy_helper.from_array(weight("weight_ih"), "W"),
-             numpy_helper.from_array(weight("weight_hh"), "R"),
-             numpy_helper.from_array(bias, "B"),
-             numpy_helper.from_array(np.array(W - 1, np.int64), "last"),
-             numpy_helper.from_array(np.array([0, directions * H], np.int64), "shape"),
-             numpy_helper.from_array(net.fc.weight.detach().numpy(), "Wfc"),
-             numpy_helper.from_array(net.fc.bias.detach().numpy(), "bfc")]
+    inits = [
+        numpy_helper.from_array(weight("weight_ih"), "W"),
+        numpy_helper.from_array(weight("weight_hh"), "R"),
+        numpy_helper.from_array(bias, "B"),
+        numpy_helper.from_array(np.array(W - 1, np.int64), "last"),
+        numpy_helper.from_array(np.array([0, directions * H], np.int64), "shape"),
+        numpy_helper.from_array(net.fc.weight.detach().numpy(), "Wfc"),
+        numpy_helper.from_array(net.fc.bias.detach().numpy(), "bfc"),
+    ]
     nodes = [
         helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2]),
-        helper.make_node("LSTM", ["xt", "W", "R", "B"], ["Y"], hidden_size=H,
-                         direction="bidirectional" if directions == 2 else "forward"),
+        helper.make_node(
+            "LSTM",
+            ["xt", "W", "R", "B"],
+            ["Y"],
+            hidden_size=H,
+            direction="bidirectional" if directions == 2 else "forward",
+        ),
         helper.make_node("Gather", ["Y", "last"], ["y_last"], axis=0),  # (dirs, N, H)
         helper.make_node("Transpose", ["y_last"], ["y_t"], perm=[1, 0, 2]),
         helper.make_node("Reshape", ["y_t", "shape"], ["features"]),
@@ -116,15 +124,20 @@ def onnx_session(net: Classifier):
         helper.make_node("Softmax", ["logits"], ["p"], axis=-1),
     ]
     f32 = TensorProto.FLOAT
-    graph = helper.make_graph(nodes, "window_classifier",
-                              [helper.make_tensor_value_info("x", f32, ["n", W, D])],
-                              [helper.make_tensor_value_info("p", f32, ["n", CLASSES])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "window_classifier",
+        [helper.make_tensor_value_info("x", f32, ["n", W, D])],
+        [helper.make_tensor_value_info("p", f32, ["n", CLASSES])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     options = ort.SessionOptions()
     options.intra_op_num_threads = options.inter_op_num_threads = 1
     onnx.checker.check_model(model)
-    session = ort.InferenceSession(model.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
     return lambda windows: session.run(["p"], {"x": windows})[0]
 
 
@@ -155,12 +168,15 @@ def bench_case(bidirectional: bool, sensors: int, repeats: int, tmp: Path) -> di
     numba.set_num_threads(1)
     torch.set_num_threads(1)
     ours = median_time(lambda: bank.push(ids, batch), repeats=repeats)
-    row = {"bidirectional": bidirectional, "sensors": sensors,
-           "streamlstm_windows_per_s": sensors / ours,
-           "torch_windows_per_s": sensors / median_time(lambda: net(windows), repeats=repeats),
-           "onnxruntime_windows_per_s": sensors / median_time(lambda: onnx_run(windows),
-                                                              repeats=repeats),
-           "streamlstm_ns_per_sample": ours / (sensors * K) * 1e9}
+    row = {
+        "bidirectional": bidirectional,
+        "sensors": sensors,
+        "streamlstm_windows_per_s": sensors / ours,
+        "torch_windows_per_s": sensors / median_time(lambda: net(windows), repeats=repeats),
+        "onnxruntime_windows_per_s": sensors
+        / median_time(lambda: onnx_run(windows), repeats=repeats),
+        "streamlstm_ns_per_sample": ours / (sensors * K) * 1e9,
+    }
     if not bidirectional:
         stream_model = sl.load(path)
         stream_bank = stream_model.bank(capacity=sensors, threads=1)
@@ -171,8 +187,16 @@ def bench_case(bidirectional: bool, sensors: int, repeats: int, tmp: Path) -> di
     return row
 
 
-def bench_gpu_case(bidirectional: bool, sensors: int, repeats: int, tmp: Path, *,
-                   hidden: int, length: int, hop: int) -> dict[str, Any]:
+def bench_gpu_case(
+    bidirectional: bool,
+    sensors: int,
+    repeats: int,
+    tmp: Path,
+    *,
+    hidden: int,
+    length: int,
+    hop: int,
+) -> dict[str, Any]:
     """Windows per second of the GPU window bank, cross-checked against the CPU one."""
     import torch
 
@@ -200,14 +224,23 @@ def bench_gpu_case(bidirectional: bool, sensors: int, repeats: int, tmp: Path, *
     ours = median_time(lambda: gpu.push(ids, batch), repeats=repeats)
     assert gpu.launches - launches == repeats + 1  # one launch per push
     row: dict[str, Any] = {
-        "bidirectional": bidirectional, "sensors": sensors, "hidden": hidden, "W": length,
-        "K": hop, "gpu_windows_per_s": sensors / ours,
-        "cpu_windows_per_s": sensors / median_time(lambda: cpu.push(ids, batch),
-                                                   repeats=repeats)}
+        "bidirectional": bidirectional,
+        "sensors": sensors,
+        "hidden": hidden,
+        "W": length,
+        "K": hop,
+        "gpu_windows_per_s": sensors / ours,
+        "cpu_windows_per_s": sensors / median_time(lambda: cpu.push(ids, batch), repeats=repeats),
+    }
     if torch.cuda.is_available():
-        windows = torch.from_numpy(np.ascontiguousarray(
-            np.concatenate([history.transpose(1, 0, 2),
-                            batch.reshape(hop, sensors, D).transpose(1, 0, 2)], axis=1))).cuda()
+        windows = torch.from_numpy(
+            np.ascontiguousarray(
+                np.concatenate(
+                    [history.transpose(1, 0, 2), batch.reshape(hop, sensors, D).transpose(1, 0, 2)],
+                    axis=1,
+                )
+            )
+        ).cuda()
         lstm, fc = net.lstm.cuda(), net.fc.cuda()
 
         def torch_gpu() -> None:
@@ -230,33 +263,44 @@ def main_gpu(args: argparse.Namespace) -> int:
     from streamlstm.cuda import is_available
 
     if not is_available():
-        print("skipped: no CUDA GPU (numba.cuda.is_available() is False); "
-              "run with --simulate to exercise the code path on the simulator")
+        print(
+            "skipped: no CUDA GPU (numba.cuda.is_available() is False); "
+            "run with --simulate to exercise the code path on the simulator"
+        )
         return 0
     import tempfile
 
     if args.simulate:
         sizes, repeats, shape = (1, 8), 1, {"hidden": 4, "length": 8, "hop": 4}
     else:
-        sizes, repeats, shape = (1, 1000, 10000), (3 if args.quick else 15), {
-            "hidden": H, "length": W, "hop": K}
+        sizes, repeats, shape = (
+            (1, 1000, 10000),
+            (3 if args.quick else 15),
+            {"hidden": H, "length": W, "hop": K},
+        )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for bidirectional in (False, True):
             for sensors in sizes:
                 row = bench_gpu_case(bidirectional, sensors, repeats, Path(tmp), **shape)
                 rows.append(row)
-                torch_part = (f", torch GPU {row['torch_gpu_windows_per_s']:10.0f}"
-                              if "torch_gpu_windows_per_s" in row else "")
-                print(f"{'bi ' if bidirectional else 'uni'} N={sensors:5d}: GPU window bank "
-                      f"{row['gpu_windows_per_s']:10.0f} windows/s, CPU window bank "
-                      f"{row['cpu_windows_per_s']:10.0f}{torch_part}"
-                      f"{' (simulator: timings meaningless)' if args.simulate else ''}",
-                      flush=True)
+                torch_part = (
+                    f", torch GPU {row['torch_gpu_windows_per_s']:10.0f}"
+                    if "torch_gpu_windows_per_s" in row
+                    else ""
+                )
+                print(
+                    f"{'bi ' if bidirectional else 'uni'} N={sensors:5d}: GPU window bank "
+                    f"{row['gpu_windows_per_s']:10.0f} windows/s, CPU window bank "
+                    f"{row['cpu_windows_per_s']:10.0f}{torch_part}"
+                    f"{' (simulator: timings meaningless)' if args.simulate else ''}",
+                    flush=True,
+                )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"device": "cuda", "simulated": args.simulate,
-                                         "rows": rows}, indent=2))
+        args.json.write_text(
+            json.dumps({"device": "cuda", "simulated": args.simulate, "rows": rows}, indent=2)
+        )
     return 0
 
 
@@ -264,10 +308,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     parser.add_argument("--json", type=Path, help="also write the results here")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
-                        help="cuda: the GPU window bank (see the module doc)")
-    parser.add_argument("--simulate", action="store_true",
-                        help="with --device cuda: a tiny run on the CUDA simulator")
+    parser.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="cuda: the GPU window bank (see the module doc)",
+    )
+    parser.add_argument(
+        "--simulate",
+        action="store_true",
+        help="with --device cuda: a tiny run on the CUDA simulator",
+    )
     args = parser.parse_args()
     if args.simulate and args.device != "cuda":
         parser.error("--simulate needs --device cuda")
@@ -283,19 +334,33 @@ def main() -> None:
                 row = bench_case(bidirectional, sensors, repeats, Path(tmp))
                 rows.append(row)
                 ratio = row["streamlstm_windows_per_s"] / row["onnxruntime_windows_per_s"]
-                line = (f"{'bi ' if bidirectional else 'uni'} N={sensors:5d}: streamlstm "
-                        f"{row['streamlstm_windows_per_s']:10.0f} windows/s, torch "
-                        f"{row['torch_windows_per_s']:10.0f}, onnxruntime "
-                        f"{row['onnxruntime_windows_per_s']:10.0f} ({ratio:.2f}x ort); "
-                        f"{row['streamlstm_ns_per_sample']:.0f} ns/sample")
+                line = (
+                    f"{'bi ' if bidirectional else 'uni'} N={sensors:5d}: streamlstm "
+                    f"{row['streamlstm_windows_per_s']:10.0f} windows/s, torch "
+                    f"{row['torch_windows_per_s']:10.0f}, onnxruntime "
+                    f"{row['onnxruntime_windows_per_s']:10.0f} ({ratio:.2f}x ort); "
+                    f"{row['streamlstm_ns_per_sample']:.0f} ns/sample"
+                )
                 if "stream_step_ns_per_sample" in row:
-                    line += (f" (stream step {row['stream_step_ns_per_sample']:.0f} ns, "
-                             f"target <= {row['target_ns_per_sample']:.0f} ns)")
+                    line += (
+                        f" (stream step {row['stream_step_ns_per_sample']:.0f} ns, "
+                        f"target <= {row['target_ns_per_sample']:.0f} ns)"
+                    )
                 print(line, flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"machine": platform.processor() or platform.machine(),
-                                         "W": W, "K": K, "H": H, "rows": rows}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "machine": platform.processor() or platform.machine(),
+                    "W": W,
+                    "K": K,
+                    "H": H,
+                    "rows": rows,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

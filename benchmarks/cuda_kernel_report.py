@@ -31,10 +31,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--kind", choices=["lstm", "gru"], default="lstm")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--arch", default="sm_90", help="ptxas target, e.g. sm_80, sm_90")
-    parser.add_argument("--kernel", choices=["tiled", "per-stream"], default="tiled",
-                        help="which step kernel to report (see CudaBank(kernel=))")
-    parser.add_argument("--max-registers", type=int, default=None,
-                        help="pass -maxrregcount to ptxas (what CudaBank(max_registers=) does)")
+    parser.add_argument(
+        "--kernel",
+        choices=["tiled", "per-stream"],
+        default="tiled",
+        help="which step kernel to report (see CudaBank(kernel=))",
+    )
+    parser.add_argument(
+        "--max-registers",
+        type=int,
+        default=None,
+        help="pass -maxrregcount to ptxas (what CudaBank(max_registers=) does)",
+    )
     return parser.parse_args(argv)
 
 
@@ -61,27 +69,37 @@ def main(argv: list[str] | None = None) -> int:
         compute_capability = (major, minor)
 
     dispatcher.get_current_device = lambda: TargetDevice()
-    ptxas = shutil.which("ptxas") or str(Path(os.environ.get("CUDA_HOME", "/usr/local/cuda"))
-                                         / "bin" / "ptxas")
-    model = random_model(args.inputs, args.hidden, kind=args.kind, output_size=args.outputs,
-                         dtype=np.dtype(args.dtype))
+    ptxas = shutil.which("ptxas") or str(
+        Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "bin" / "ptxas"
+    )
+    model = random_model(
+        args.inputs,
+        args.hidden,
+        kind=args.kind,
+        output_size=args.outputs,
+        dtype=np.dtype(args.dtype),
+    )
     pk = pack(model, CUDA)
-    kernel = (tile_kernel(pk.layout, model.dtype, pk.params.size) if args.kernel == "tiled"
-              else None) or step_kernel(pk.layout, model.dtype, pk.params.size)
+    kernel = (
+        tile_kernel(pk.layout, model.dtype, pk.params.size) if args.kernel == "tiled" else None
+    ) or step_kernel(pk.layout, model.dtype, pk.params.size)
     real = numba.from_dtype(model.dtype)
-    signature = (real[::1], numba.int32[::1], numba.int64, numba.int64, numba.int64,
-                 numba.int64)
+    signature = (real[::1], numba.int32[::1], numba.int64, numba.int64, numba.int64, numba.int64)
     try:
         ptx, _ = cuda.compile_ptx(kernel.kernel.py_func, signature, cc=(major, minor))
     except Exception as exc:  # missing NVRTC/libNVVM is the usual cause
         print(f"skipped: cannot compile to PTX here ({type(exc).__name__}: {exc})")
         return 0
-    shape = (f"tiled, {kernel.tile_streams} streams per block" if kernel.tile_streams
-             else "per-stream")
-    print(f"model: {model.describe()} ({model.dtype}), {pk.params.size} weights, "
-          f"weights in {'shared' if kernel.weights_in_shared else 'global'} memory; {shape}")
-    mix = Counter(m.group(1) for m in re.finditer(r"^\s+((?:ld|st|fma|bra)[.\w]*)", ptx,
-                                                  re.MULTILINE))
+    shape = (
+        f"tiled, {kernel.tile_streams} streams per block" if kernel.tile_streams else "per-stream"
+    )
+    print(
+        f"model: {model.describe()} ({model.dtype}), {pk.params.size} weights, "
+        f"weights in {'shared' if kernel.weights_in_shared else 'global'} memory; {shape}"
+    )
+    mix = Counter(
+        m.group(1) for m in re.finditer(r"^\s+((?:ld|st|fma|bra)[.\w]*)", ptx, re.MULTILINE)
+    )
     print("PTX instruction mix:", ", ".join(f"{k} {v}" for k, v in mix.most_common(8)))
     if not Path(ptxas).exists():
         print("ptxas not found: set CUDA_HOME or put ptxas on PATH for register figures")
@@ -93,12 +111,20 @@ def main(argv: list[str] | None = None) -> int:
         if args.max_registers:
             command.insert(1, f"-maxrregcount={args.max_registers}")
         result = subprocess.run(command, capture_output=True, text=True, check=False)
-        older = re.search(r"Unsupported \.version \S+; current version is '([\d.]+)'",
-                          result.stderr)
+        older = re.search(
+            r"Unsupported \.version \S+; current version is '([\d.]+)'", result.stderr
+        )
         if older:  # libNVVM newer than ptxas: the kernels use nothing the older ISA lacks
             print(f"note: PTX ISA lowered to {older.group(1)} for this ptxas")
-            source.write_text(re.sub(r"^\.version \S+", f".version {older.group(1)}", ptx,
-                                     count=1, flags=re.MULTILINE))
+            source.write_text(
+                re.sub(
+                    r"^\.version \S+",
+                    f".version {older.group(1)}",
+                    ptx,
+                    count=1,
+                    flags=re.MULTILINE,
+                )
+            )
             result = subprocess.run(command, capture_output=True, text=True, check=False)
     for line in result.stderr.splitlines():
         if "registers" in line or "spill" in line or "error" in line.lower():

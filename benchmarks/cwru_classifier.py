@@ -30,8 +30,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "cwru-bearing-12k-subset"
 CLASSES = ("normal", "inner", "ball", "outer")
-FILES = {"normal": "normal.npz", "inner": "ir_007.npz", "ball": "ball_007.npz",
-         "outer": "or6_007.npz"}
+FILES = {
+    "normal": "normal.npz",
+    "inner": "ir_007.npz",
+    "ball": "ball_007.npz",
+    "outer": "or6_007.npz",
+}
 RATE = 12_000.0
 WINDOW, HOP, TRAIN_HOP = 128, 32, 64
 
@@ -51,7 +55,7 @@ def splits(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def windows(x: np.ndarray, hop: int) -> np.ndarray:
     starts = np.arange(0, len(x) - WINDOW + 1, hop)
-    return np.stack([x[s:s + WINDOW] for s in starts])
+    return np.stack([x[s : s + WINDOW] for s in starts])
 
 
 def labelled(parts: dict[str, np.ndarray], hop: int) -> tuple[np.ndarray, np.ndarray]:
@@ -66,15 +70,16 @@ def labelled(parts: dict[str, np.ndarray], hop: int) -> tuple[np.ndarray, np.nda
 def features(w: np.ndarray) -> np.ndarray:
     """Per window and channel: RMS and kurtosis (the classic bearing features)."""
     centred = w - w.mean(axis=1, keepdims=True)
-    var = (centred ** 2).mean(axis=1)
-    kurt = (centred ** 4).mean(axis=1) / np.maximum(var, 1e-12) ** 2
+    var = (centred**2).mean(axis=1)
+    kurt = (centred**4).mean(axis=1) / np.maximum(var, 1e-12) ** 2
     return np.concatenate([np.sqrt(var), kurt], axis=1)
 
 
 def recalls(guess: np.ndarray, truth: np.ndarray) -> str:
     """Accuracy, then the share of each class's test windows classified as that class."""
-    per_class = ", ".join(f"{name} {np.mean(guess[truth == k] == k):.3f}"
-                          for k, name in enumerate(CLASSES))
+    per_class = ", ".join(
+        f"{name} {np.mean(guess[truth == k] == k):.3f}" for k, name in enumerate(CLASSES)
+    )
     return f"{np.mean(guess == truth):.3f} ({per_class})"
 
 
@@ -86,8 +91,15 @@ def centroid_baseline(train: tuple, test: tuple) -> np.ndarray:
     return np.argmin(((f_test[:, None] - centroids[None]) ** 2).sum(axis=2), axis=1)
 
 
-def train(train_set: tuple, valid_set: tuple, mean: np.ndarray, std: np.ndarray,
-          epochs: int, hidden: int, seed: int):
+def train(
+    train_set: tuple,
+    valid_set: tuple,
+    mean: np.ndarray,
+    std: np.ndarray,
+    epochs: int,
+    hidden: int,
+    seed: int,
+):
     import torch
     from torch import nn
 
@@ -151,21 +163,41 @@ def main(argv: list[str] | None = None) -> int:
     train_set, valid_set, test_set = (labelled(p, TRAIN_HOP) for p in parts)
     mean = train_set[0].reshape(-1, 2).mean(axis=0)
     std = train_set[0].reshape(-1, 2).std(axis=0)
-    print(f"windows: {len(train_set[1])} train, {len(valid_set[1])} validation, "
-          f"{len(test_set[1])} test (W={WINDOW}, 2 channels, 12 kHz)")
+    print(
+        f"windows: {len(train_set[1])} train, {len(valid_set[1])} validation, "
+        f"{len(test_set[1])} test (W={WINDOW}, 2 channels, 12 kHz)"
+    )
     started = time.perf_counter()
-    net, valid_accuracy = train(train_set, valid_set, mean, std, args.epochs, args.hidden,
-                                args.seed)
-    print(f"trained in {time.perf_counter() - started:.0f} s (torch, 1 thread); best "
-          f"validation accuracy {valid_accuracy:.3f}")
+    net, valid_accuracy = train(
+        train_set, valid_set, mean, std, args.epochs, args.hidden, args.seed
+    )
+    print(
+        f"trained in {time.perf_counter() - started:.0f} s (torch, 1 thread); best "
+        f"validation accuracy {valid_accuracy:.3f}"
+    )
 
     with tempfile.TemporaryDirectory() as folder:
         weights, native = Path(folder) / "bearing.pt", Path(folder) / "bearing.npz"
         torch.save(net.state_dict(), weights)
-        command = ["convert", str(weights), str(native), "--window", str(WINDOW), "--hop",
-                   str(HOP), "--output", "probabilities", "--classes", ",".join(CLASSES),
-                   "--input-mean", ",".join(map(str, mean)), "--input-std",
-                   ",".join(map(str, std)), "--sample-rate", str(RATE)]
+        command = [
+            "convert",
+            str(weights),
+            str(native),
+            "--window",
+            str(WINDOW),
+            "--hop",
+            str(HOP),
+            "--output",
+            "probabilities",
+            "--classes",
+            ",".join(CLASSES),
+            "--input-mean",
+            ",".join(map(str, mean)),
+            "--input-std",
+            ",".join(map(str, std)),
+            "--sample-rate",
+            str(RATE),
+        ]
         print("streamlstm " + " ".join(c if "/" not in c else Path(c).name for c in command))
         if cli(command) != 0:
             return 1
@@ -173,9 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model: {model.window.describe()}")
 
     ours = streamlstm.windows.evaluate_windows(model, test_set[0]).argmax(axis=1)
-    print(f"test windows, accuracy (recall per class):\n  SimpleLSTM       "
-          f"{recalls(ours, test_set[1])}\n  RMS+kurtosis NC  "
-          f"{recalls(centroid_baseline(train_set, test_set), test_set[1])}")
+    print(
+        f"test windows, accuracy (recall per class):\n  SimpleLSTM       "
+        f"{recalls(ours, test_set[1])}\n  RMS+kurtosis NC  "
+        f"{recalls(centroid_baseline(train_set, test_set), test_set[1])}"
+    )
 
     # The held-out splice, streamed as one sensor in 10 ms micro-batches.
     order = ["normal", "inner", "normal", "ball", "outer"]
@@ -188,24 +222,39 @@ def main(argv: list[str] | None = None) -> int:
     boundaries = np.cumsum([0] + [len(p) for p in stream]) / RATE
     samples = np.concatenate(stream)
     times = np.arange(len(samples)) / RATE
-    print("splice: " + ", ".join(f"{name} {a:.2f}-{b:.2f} s" for name, a, b
-                                 in zip(order, boundaries[:-1], boundaries[1:], strict=True)))
-    detector = WindowDetector(model, normal_class="normal",
-                              min_probability=args.min_probability,
-                              consecutive=args.consecutive)
+    print(
+        "splice: "
+        + ", ".join(
+            f"{name} {a:.2f}-{b:.2f} s"
+            for name, a, b in zip(order, boundaries[:-1], boundaries[1:], strict=True)
+        )
+    )
+    detector = WindowDetector(
+        model,
+        normal_class="normal",
+        min_probability=args.min_probability,
+        consecutive=args.consecutive,
+    )
     events = []
     for start in range(0, len(samples), 120):
-        events += detector.update(["bearing"] * len(samples[start:start + 120]),
-                                  samples[start:start + 120], times[start:start + 120])
+        events += detector.update(
+            ["bearing"] * len(samples[start : start + 120]),
+            samples[start : start + 120],
+            times[start : start + 120],
+        )
     for e in events:
         print(f"  t={e.t:6.3f} s  {e.kind:<5}  {e.label:<6}  p={e.score:.3f}")
-    normal_spans = [(boundaries[i], boundaries[i + 1]) for i, n in enumerate(order)
-                    if n == "normal"]
-    false_alarms = sum(1 for e in events if e.kind == "start"
-                       and any(a <= e.t < b for a, b in normal_spans))
+    normal_spans = [
+        (boundaries[i], boundaries[i + 1]) for i, n in enumerate(order) if n == "normal"
+    ]
+    false_alarms = sum(
+        1 for e in events if e.kind == "start" and any(a <= e.t < b for a, b in normal_spans)
+    )
     normal_seconds = sum(b - a for a, b in normal_spans)
-    print(f"false alarms on the normal stretches: {false_alarms} in {normal_seconds:.2f} s "
-          f"(min_probability {args.min_probability}, consecutive {args.consecutive})")
+    print(
+        f"false alarms on the normal stretches: {false_alarms} in {normal_seconds:.2f} s "
+        f"(min_probability {args.min_probability}, consecutive {args.consecutive})"
+    )
     return 0
 
 

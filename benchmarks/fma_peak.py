@@ -42,14 +42,16 @@ def _fma_chains(typingctx, rounds, start):
         n, x0 = args
         f32 = ir.FloatType()
         vec = ir.VectorType(f32, LANES)
-        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
-                                             f"llvm.fma.v{LANES}f32")
+        fma = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vec, [vec] * 3), f"llvm.fma.v{LANES}f32"
+        )
 
         def splat(value):
             undef = ir.Constant(vec, ir.Undefined)
             one = builder.insert_element(undef, value, ir.Constant(ir.IntType(32), 0))
-            return builder.shuffle_vector(one, undef, ir.Constant(ir.VectorType(
-                ir.IntType(32), LANES), [0] * LANES))
+            return builder.shuffle_vector(
+                one, undef, ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES)
+            )
 
         # m just below 1 and a small c: every chain converges to c / (1 - m), no overflow,
         # no denormals, whatever ``rounds`` is.
@@ -69,8 +71,9 @@ def _fma_chains(typingctx, rounds, start):
             total = builder.fadd(total, builder.load(slot))
         result = builder.extract_element(total, ir.Constant(ir.IntType(32), 0))
         for lane in range(1, LANES):
-            result = builder.fadd(result, builder.extract_element(
-                total, ir.Constant(ir.IntType(32), lane)))
+            result = builder.fadd(
+                result, builder.extract_element(total, ir.Constant(ir.IntType(32), lane))
+            )
         return result
 
     return signature(types.float32, rounds, start), codegen
@@ -121,9 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--asm", action="store_true", help="print the loop's FMA instructions")
     args = parser.parse_args(argv)
     rates = [peak_fmas_per_second() for _ in range(3)]
-    print(f"peak: {max(rates) / 1e9:.1f} G FMA/s = {2 * max(rates) / 1e9:.1f} GFLOP/s per core "
-          f"(float32; runs {', '.join(f'{r / 1e9:.1f}' for r in rates)}; "
-          f"median {statistics.median(rates) / 1e9:.1f})")
+    print(
+        f"peak: {max(rates) / 1e9:.1f} G FMA/s = {2 * max(rates) / 1e9:.1f} GFLOP/s per core "
+        f"(float32; runs {', '.join(f'{r / 1e9:.1f}' for r in rates)}; "
+        f"median {statistics.median(rates) / 1e9:.1f})"
+    )
     if args.asm:
         print(loop_asm())
     return 0

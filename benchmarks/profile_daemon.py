@@ -46,8 +46,9 @@ from streamlstm.daemon.pipeline import compile_kernels
 from streamlstm.sources import parsers
 
 
-def payloads(sensors: int, batch: int, messages: int, rate: float,
-             start: float) -> list[tuple[str, bytes]]:
+def payloads(
+    sensors: int, batch: int, messages: int, rate: float, start: float
+) -> list[tuple[str, bytes]]:
     """``messages`` (topic, payload) pairs as bench_daemon's publishers send them, device
     times from ``start`` on (``rate``: samples/s of all sensors together)."""
     rng = np.random.default_rng(0)
@@ -64,12 +65,17 @@ def payloads(sensors: int, batch: int, messages: int, rate: float,
 def make_daemon(folder: Path, model: Path, batch_samples: int) -> Daemon:
     config = validate(
         {
-            "daemon": {"backpressure": "block", "queue_frames": 10**6,
-                       "batch_samples": batch_samples, "log_level": "warning"},
+            "daemon": {
+                "backpressure": "block",
+                "queue_frames": 10**6,
+                "batch_samples": batch_samples,
+                "log_level": "warning",
+            },
             "model": {"path": str(model)},
             "mqtt": {"host": "127.0.0.1", "port": 1},  # never connected here
-            "sources": [{"type": "mqtt", "topic": "bench/{sensor}/accel", "payload": "json",
-                         "qos": 1}],
+            "sources": [
+                {"type": "mqtt", "topic": "bench/{sensor}/accel", "payload": "json", "qos": 1}
+            ],
             "sinks": [{"type": "jsonl", "path": "alerts.jsonl"}],
         },
         base=folder,
@@ -109,8 +115,11 @@ def profiled(fn, top: int) -> str:
     profile.disable()
     text = io.StringIO()
     pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(top)
-    return "\n".join(line for line in text.getvalue().splitlines()
-                     if line.strip() and not line.startswith(("   Ordered", "Ordered")))
+    return "\n".join(
+        line
+        for line in text.getvalue().splitlines()
+        if line.strip() and not line.startswith(("   Ordered", "Ordered"))
+    )
 
 
 def thread_seconds(fn) -> float:
@@ -135,15 +144,17 @@ def paho_cost(pairs: list[tuple[str, bytes]], folder: Path) -> float:
                 cpu[1] = time.thread_time()
                 got.set()
 
-        sub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="prof-sub",
-                          protocol=paho.MQTTv5)
+        sub = paho.Client(
+            paho.CallbackAPIVersion.VERSION2, client_id="prof-sub", protocol=paho.MQTTv5
+        )
         sub.on_message = on_message
         sub.connect("127.0.0.1", port)
         sub.subscribe("bench/+/accel", qos=1)
         sub.loop_start()
         time.sleep(0.5)
-        pub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="prof-pub",
-                          protocol=paho.MQTTv5)
+        pub = paho.Client(
+            paho.CallbackAPIVersion.VERSION2, client_id="prof-pub", protocol=paho.MQTTv5
+        )
         pub.max_inflight_messages_set(1000)
         pub.connect("127.0.0.1", port)
         pub.loop_start()
@@ -163,8 +174,12 @@ def paho_cost(pairs: list[tuple[str, bytes]], folder: Path) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hidden", type=int, default=64,
-                        help="raw-sample LSTM of this size (0: the shipped default model)")
+    parser.add_argument(
+        "--hidden",
+        type=int,
+        default=64,
+        help="raw-sample LSTM of this size (0: the shipped default model)",
+    )
     parser.add_argument("--batch", type=int, default=50, help="samples per message")
     parser.add_argument("--sensors", type=int, default=100)
     parser.add_argument("--samples", type=int, default=200_000, help="samples per stage")
@@ -185,15 +200,18 @@ def main(argv: list[str] | None = None) -> int:
         # Four sets (warm-up, timed, timed with the standard JSON parser, profiled) with
         # device times one after the other and all in the past, so the gate admits them all.
         first = time.time() - 4 * span - 1
-        sets = [payloads(args.sensors, args.batch, count, rate, first + k * span)
-                for k in range(4)]
+        sets = [payloads(args.sensors, args.batch, count, rate, first + k * span) for k in range(4)]
         samples = count * args.batch
-        print(f"{count} messages of {args.batch} samples, {args.sensors} sensors, model "
-              f"{'shipped default' if not args.hidden else f'LSTM H={args.hidden}'}")
+        print(
+            f"{count} messages of {args.batch} samples, {args.sensors} sensors, model "
+            f"{'shipped default' if not args.hidden else f'LSTM H={args.hidden}'}"
+        )
         if not args.no_broker:
             per_message = paho_cost(sets[0], folder)
-            print(f"1. paho network thread, no-op callback: {per_message * 1e6:.1f} us/message "
-                  f"= {per_message / args.batch * 1e6:.3f} us/sample")
+            print(
+                f"1. paho network thread, no-op callback: {per_message * 1e6:.1f} us/message "
+                f"= {per_message / args.batch * 1e6:.3f} us/sample"
+            )
         intake(daemon, messages_of(sets[0]))
         compute(daemon, batch_samples)
         messages = messages_of(sets[1])
@@ -210,9 +228,11 @@ def main(argv: list[str] | None = None) -> int:
         stepped = daemon.metrics.value("streamlstm_samples_total")
         if stepped != 4 * samples:
             sys.exit(f"only {stepped:.0f} of {4 * samples} samples were stepped")
-        print(f"2. intake: {seconds_intake / samples * 1e6:.3f} us/sample "
-              f"({'orjson' if installed else 'json'}; with the standard library's json: "
-              f"{seconds_stdlib / samples * 1e6:.3f})")
+        print(
+            f"2. intake: {seconds_intake / samples * 1e6:.3f} us/sample "
+            f"({'orjson' if installed else 'json'}; with the standard library's json: "
+            f"{seconds_stdlib / samples * 1e6:.3f})"
+        )
         print(f"3. compute: {seconds_compute / samples * 1e6:.3f} us/sample")
         daemon.shutdown()
     return 0

@@ -34,8 +34,13 @@ def read_password(settings: dict[str, Any]) -> str | None:
     return None
 
 
-def make_client(settings: dict[str, Any], suffix: str, *, manual_ack: bool = False,
-                protocol: paho.MQTTProtocolVersion = paho.MQTTv5) -> paho.Client:
+def make_client(
+    settings: dict[str, Any],
+    suffix: str,
+    *,
+    manual_ack: bool = False,
+    protocol: paho.MQTTProtocolVersion = paho.MQTTv5,
+) -> paho.Client:
     """A client with id ``{client_id}-{suffix}``, auth and TLS set, not yet connected.
 
     ``manual_ack``: received QoS 1/2 messages are acknowledged by ``client.ack`` only.

@@ -34,8 +34,13 @@ def as_sample(value: Any, dtype: np.dtype, width: int) -> np.ndarray:
     return array
 
 
-def as_timed_batch(sensor_ids: Sequence[Hashable] | np.ndarray, samples: Any, timestamps: Any,
-                   dtype: np.dtype, width: int) -> tuple[np.ndarray, np.ndarray]:
+def as_timed_batch(
+    sensor_ids: Sequence[Hashable] | np.ndarray,
+    samples: Any,
+    timestamps: Any,
+    dtype: np.dtype,
+    width: int,
+) -> tuple[np.ndarray, np.ndarray]:
     """A detector's micro-batch checked: ``(samples (M, width) of dtype, times (M,) float64)``,
     with one sensor id per sample, or a :class:`ShapeError`."""
     array = as_samples(samples, dtype, width)

@@ -25,7 +25,7 @@ class SensorRows:
     def __init__(self) -> None:
         self._rows: dict[Hashable, int] = {}
         self._free: list[int] = []  # rows released by forget(), reused first
-        self._next_row = 0          # rows from here on were never handed out
+        self._next_row = 0  # rows from here on were never handed out
         self._int_ids = IdTable()
         self._int_id_of_row: dict[int, int] = {}  # the table's entries, by row
 

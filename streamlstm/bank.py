@@ -61,11 +61,17 @@ class Bank(SensorRows):
         self.row_table = RowTable(capacity)
         self.row_table.register("states", (pk.state_size,), self._dtype)
         self.row_table.register("rejected", (), np.int64)
-        scratch = np.zeros((numba.config.NUMBA_NUM_THREADS, kernels.TILE_STREAMS,
-                            pk.scratch_size), self._dtype)
+        scratch = np.zeros(
+            (numba.config.NUMBA_NUM_THREADS, kernels.TILE_STREAMS, pk.scratch_size), self._dtype
+        )
         # Rebuilt whenever the states or the link buffer are replaced (grown).
-        self._args = BankKernelArgs(pk.params, pk.layout, self.row_table["states"], scratch,
-                                    np.full((3, capacity), -1, np.int64))
+        self._args = BankKernelArgs(
+            pk.params,
+            pk.layout,
+            self.row_table["states"],
+            scratch,
+            np.full((3, capacity), -1, np.int64),
+        )
         self.last_status: np.ndarray = np.zeros(0, np.int8)
 
     # -- sensors and rows -------------------------------------------------------------
@@ -83,7 +89,8 @@ class Bank(SensorRows):
         links = self._args.links
         if links.shape[1] < size:
             self._args = self._args._replace(
-                links=np.full((3, max(size, 2 * links.shape[1])), -1, np.int64))
+                links=np.full((3, max(size, 2 * links.shape[1])), -1, np.int64)
+            )
 
     def _clear_row(self, row: int) -> None:
         self.row_table.clear(row)
@@ -149,8 +156,9 @@ class Bank(SensorRows):
             raise ShapeError(f"samples: cannot convert to {self._dtype} ({exc})") from None
         n_in = self.model.input_size
         if values.ndim != 3 or values.shape[0] != len(sensors) or values.shape[2] != n_in:
-            raise ShapeError(f"samples: expected shape ({len(sensors)}, T, {n_in}), "
-                             f"got {values.shape}")
+            raise ShapeError(
+                f"samples: expected shape ({len(sensors)}, T, {n_in}), got {values.shape}"
+            )
         rows = self.rows(sensors)
         if np.unique(rows).size != rows.size:
             raise ShapeError("run: sensors must be distinct (use step for repeated sensors)")
@@ -190,8 +198,12 @@ class Bank(SensorRows):
     def import_state(self, snapshot: Mapping[str, Any]) -> None:
         """Restore sensors from :meth:`export_state` output (other sensors are kept)."""
         sensors = list(snapshot["sensors"])
-        states = as_samples(snapshot["states"], self._dtype, self.row_table["states"].shape[1],
-                            what="snapshot states")
+        states = as_samples(
+            snapshot["states"],
+            self._dtype,
+            self.row_table["states"].shape[1],
+            what="snapshot states",
+        )
         if len(sensors) != states.shape[0]:
             raise ShapeError(f"snapshot: {len(sensors)} sensors for {states.shape[0]} states")
         if not np.all(np.isfinite(states)):

@@ -45,8 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser = argparse.ArgumentParser(
-        prog="streamlstm", description=DESCRIPTION, epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog="streamlstm",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"streamlstm {__version__}")
     return parser
 
@@ -57,8 +60,12 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
         default = action.default
-        if (default in (None, False, argparse.SUPPRESS) or "default" in text
-                or action.option_strings == [] or (isinstance(default, list) and not default)):
+        if (
+            default in (None, False, argparse.SUPPRESS)
+            or "default" in text
+            or action.option_strings == []
+            or (isinstance(default, list) and not default)
+        ):
             return text
         return f"{text} (default: %(default)s)".lstrip()
 
@@ -72,8 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = ["run", *argv]
     wanted = argv[0] if argv else None
     for name, (module_name, help_text) in COMMANDS.items():
-        sub = commands.add_parser(name, help=help_text, description=help_text,
-                                  formatter_class=_HelpFormatter)
+        sub = commands.add_parser(
+            name, help=help_text, description=help_text, formatter_class=_HelpFormatter
+        )
         if name == wanted:
             try:
                 module = importlib.import_module(module_name)

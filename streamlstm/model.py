@@ -78,8 +78,10 @@ class RecurrentLayer:
     def __repr__(self) -> str:
         projection = f", proj={self.direction_size}" if self.w_hr is not None else ""
         bidirectional = ", bidirectional" if self.backward is not None else ""
-        return (f"RecurrentLayer({self.kind} {self.input_size}->{self.hidden_size}{projection}"
-                f"{bidirectional}, {self.w_ih.dtype.name})")
+        return (
+            f"RecurrentLayer({self.kind} {self.input_size}->{self.hidden_size}{projection}"
+            f"{bidirectional}, {self.w_ih.dtype.name})"
+        )
 
     @property
     def hidden_size(self) -> int:
@@ -106,27 +108,35 @@ class RecurrentLayer:
 
     def validate(self, where: str, input_size: int) -> None:
         if self.kind not in GATES:
-            raise ShapeError(f"{where}: unknown cell kind {self.kind!r} "
-                             "(expected 'lstm', 'gru' or 'rnn')")
+            raise ShapeError(
+                f"{where}: unknown cell kind {self.kind!r} (expected 'lstm', 'gru' or 'rnn')"
+            )
         if self.kind == "rnn":
             self._validate_rnn(where)
-        checked = (("recurrent_activation",) if self.kind == "rnn"
-                   else ("activation", "recurrent_activation"))
+        checked = (
+            ("recurrent_activation",)
+            if self.kind == "rnn"
+            else ("activation", "recurrent_activation")
+        )
         for name in checked:
             value = getattr(self, name)
             if value not in ("tanh", "sigmoid", "hard_sigmoid"):
-                raise ShapeError(f"{where}.{name}: {value!r} is not supported "
-                                 "(tanh, sigmoid or hard_sigmoid)")
+                raise ShapeError(
+                    f"{where}.{name}: {value!r} is not supported (tanh, sigmoid or hard_sigmoid)"
+                )
         if self.w_ih.ndim != 2 or self.w_ih.shape[0] % GATES[self.kind]:
-            raise ShapeError(f"{where}.w_ih: expected ({GATES[self.kind]}*hidden, {input_size}), "
-                             f"got {self.w_ih.shape}")
+            raise ShapeError(
+                f"{where}.w_ih: expected ({GATES[self.kind]}*hidden, {input_size}), "
+                f"got {self.w_ih.shape}"
+            )
         gates = GATES[self.kind] * self.hidden_size
         if self.kind == "gru" and self.w_hr is not None:
             raise ShapeError(f"{where}: a GRU layer has no projection (w_hr)")
         if self.w_hr is not None:
             if self.w_hr.ndim != 2:
-                raise ShapeError(f"{where}.w_hr: expected 2-D (proj, hidden), "
-                                 f"got {self.w_hr.shape}")
+                raise ShapeError(
+                    f"{where}.w_hr: expected 2-D (proj, hidden), got {self.w_hr.shape}"
+                )
             _check(f"{where}.w_hr", self.w_hr, (self.w_hr.shape[0], self.hidden_size))
         _check(f"{where}.w_ih", self.w_ih, (gates, input_size))
         _check(f"{where}.w_hh", self.w_hh, (gates, self.direction_size))
@@ -137,8 +147,10 @@ class RecurrentLayer:
 
     def _validate_rnn(self, where: str) -> None:
         if self.activation not in RNN_ACTIVATIONS:
-            raise ShapeError(f"{where}.activation: {self.activation!r} is not supported for a "
-                             f"plain RNN layer (one of {RNN_ACTIVATIONS})")
+            raise ShapeError(
+                f"{where}.activation: {self.activation!r} is not supported for a "
+                f"plain RNN layer (one of {RNN_ACTIVATIONS})"
+            )
         if self.w_hr is not None:
             raise ShapeError(f"{where}: a plain RNN layer has no projection (w_hr)")
 
@@ -147,17 +159,25 @@ class RecurrentLayer:
         assert back is not None  # called only for bidirectional layers
         if back.backward is not None:
             raise ShapeError(f"{where}.backward: a direction cannot itself be bidirectional")
-        same = ("kind", "hidden_size", "direction_size", "reset_after", "activation",
-                "recurrent_activation")
+        same = (
+            "kind",
+            "hidden_size",
+            "direction_size",
+            "reset_after",
+            "activation",
+            "recurrent_activation",
+        )
         differ = [n for n in same if getattr(back, n) != getattr(self, n)]
         if differ:
-            raise ShapeError(f"{where}.backward: differs from the forward direction in "
-                             f"{', '.join(differ)}")
+            raise ShapeError(
+                f"{where}.backward: differs from the forward direction in {', '.join(differ)}"
+            )
         back.validate(f"{where}.backward", input_size)
 
     def astype(self, dtype: np.dtype) -> RecurrentLayer:
-        cast: dict[str, Any] = {f: _as_array(getattr(self, f), dtype)
-                                for f in ("w_ih", "w_hh", "b_ih", "b_hh")}
+        cast: dict[str, Any] = {
+            f: _as_array(getattr(self, f), dtype) for f in ("w_ih", "w_hh", "b_ih", "b_hh")
+        }
         w_hr = None if self.w_hr is None else _as_array(self.w_hr, dtype)
         backward = None if self.backward is None else self.backward.astype(dtype)
         return dataclasses.replace(self, w_hr=w_hr, backward=backward, **cast)
@@ -179,14 +199,16 @@ class DenseLayer:
         if self.activation not in ACTIVATIONS:
             raise ShapeError(f"{where}.activation: {self.activation!r} is not one of {ACTIVATIONS}")
         if self.weight.ndim != 2:
-            raise ShapeError(f"{where}.weight: expected 2-D (out, {input_size}), "
-                             f"got {self.weight.shape}")
+            raise ShapeError(
+                f"{where}.weight: expected 2-D (out, {input_size}), got {self.weight.shape}"
+            )
         _check(f"{where}.weight", self.weight, (self.weight.shape[0], input_size))
         _check(f"{where}.bias", self.bias, (self.weight.shape[0],))
 
     def astype(self, dtype: np.dtype) -> DenseLayer:
-        return dataclasses.replace(self, weight=_as_array(self.weight, dtype),
-                                   bias=_as_array(self.bias, dtype))
+        return dataclasses.replace(
+            self, weight=_as_array(self.weight, dtype), bias=_as_array(self.bias, dtype)
+        )
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -253,8 +275,10 @@ class Model:
         if self.window is not None:
             self.window.check_model(self.output_size, len(self.layers))
             if self.window.output.endswith("probabilities") and self.output_norm is not None:
-                raise ShapeError("output_norm: a classifier's softmax output is not "
-                                 "de-normalised; drop output_norm or use window output 'last'")
+                raise ShapeError(
+                    "output_norm: a classifier's softmax output is not "
+                    "de-normalised; drop output_norm or use window output 'last'"
+                )
 
     def _arrays(self) -> list[np.ndarray]:
         out: list[np.ndarray] = []
@@ -298,23 +322,29 @@ class Model:
         """Why this model cannot run as a stream (None if it can): the window API's models."""
         for index, layer in enumerate(self.layers):
             if layer.backward is not None:
-                return (f"layers[{index}] is bidirectional: its backward direction reads each "
-                        "window from its end, i.e. future samples, so it cannot run one sample "
-                        "at a time")
+                return (
+                    f"layers[{index}] is bidirectional: its backward direction reads each "
+                    "window from its end, i.e. future samples, so it cannot run one sample "
+                    "at a time"
+                )
             if layer.kind == "rnn":
-                return (f"layers[{index}] is a plain RNN, supported for window models only")
+                return f"layers[{index}] is a plain RNN, supported for window models only"
         if self.window is not None:
-            return (f"it is a window model ({self.window.describe()}): each window starts from "
-                    "the zero state, so carrying the state forever would not compute what it "
-                    "was trained to compute")
+            return (
+                f"it is a window model ({self.window.describe()}): each window starts from "
+                "the zero state, so carrying the state forever would not compute what it "
+                "was trained to compute"
+            )
         return None
 
     def check_streamable(self) -> None:
         """Raise :class:`ShapeError` if this model runs only on windows (see the window API)."""
         reason = self.streaming_refusal
         if reason is not None:
-            raise ShapeError(f"model {self.name!r} cannot run as a stream: {reason}; run it "
-                             "with model.windows() (streamlstm.windows, README 'Window models')")
+            raise ShapeError(
+                f"model {self.name!r} cannot run as a stream: {reason}; run it "
+                "with model.windows() (streamlstm.windows, README 'Window models')"
+            )
 
     @property
     def parameter_count(self) -> int:
@@ -381,8 +411,14 @@ class Model:
 
         return Bank(self, capacity=capacity, threads=threads)
 
-    def windows(self, capacity: int = 1024, *, spec: WindowSpec | None = None,
-                threads: int | None = None, device: str = "cpu"):  # -> WindowBank (lazy)
+    def windows(
+        self,
+        capacity: int = 1024,
+        *,
+        spec: WindowSpec | None = None,
+        threads: int | None = None,
+        device: str = "cpu",
+    ):  # -> WindowBank (lazy)
         """A :class:`~streamlstm.windows.WindowBank`: per-sensor windows evaluated as trained.
 
         ``spec`` overrides the model's :attr:`window` (required if the model has none).
@@ -404,8 +440,10 @@ class Model:
 
     def __repr__(self) -> str:
         calibrated = ", calibrated" if self.calibration else ""
-        return (f"Model({self.name!r}: {self.describe()}, {self.dtype.name}, "
-                f"{self.parameter_count:,} parameters{calibrated})")
+        return (
+            f"Model({self.name!r}: {self.describe()}, {self.dtype.name}, "
+            f"{self.parameter_count:,} parameters{calibrated})"
+        )
 
     def describe(self) -> str:
         """A one-line human summary of the architecture."""
@@ -418,34 +456,66 @@ class Model:
                 extra += f", {layer.activation}"
             name = ("Bi" if layer.backward is not None else "") + layer.kind.upper()
             parts.append(f"{name}({layer.input_size}->{layer.hidden_size}{extra})")
-        parts += [f"Dense({d.weight.shape[1]}->{d.weight.shape[0]}, {d.activation})"
-                  for d in self.head]
+        parts += [
+            f"Dense({d.weight.shape[1]}->{d.weight.shape[0]}, {d.activation})" for d in self.head
+        ]
         if self.window is not None:
             parts.append(f"[{self.window.describe()}]")
         return " -> ".join(parts)
 
 
-def lstm_layer(w_ih: Any, w_hh: Any, b_ih: Any = None, b_hh: Any = None, w_hr: Any = None,
-               *, dtype: Any = np.float32, **options: Any) -> RecurrentLayer:
+def lstm_layer(
+    w_ih: Any,
+    w_hh: Any,
+    b_ih: Any = None,
+    b_hh: Any = None,
+    w_hr: Any = None,
+    *,
+    dtype: Any = np.float32,
+    **options: Any,
+) -> RecurrentLayer:
     """Build an LSTM layer from PyTorch-ordered arrays; missing biases become zeros."""
     return _recurrent("lstm", w_ih, w_hh, b_ih, b_hh, w_hr, np.dtype(dtype), options)
 
 
-def gru_layer(w_ih: Any, w_hh: Any, b_ih: Any = None, b_hh: Any = None,
-              *, dtype: Any = np.float32, **options: Any) -> RecurrentLayer:
+def gru_layer(
+    w_ih: Any,
+    w_hh: Any,
+    b_ih: Any = None,
+    b_hh: Any = None,
+    *,
+    dtype: Any = np.float32,
+    **options: Any,
+) -> RecurrentLayer:
     """Build a GRU layer from PyTorch-ordered arrays; missing biases become zeros."""
     return _recurrent("gru", w_ih, w_hh, b_ih, b_hh, None, np.dtype(dtype), options)
 
 
-def rnn_layer(w_ih: Any, w_hh: Any, b_ih: Any = None, b_hh: Any = None,
-              *, activation: str = "tanh", dtype: Any = np.float32) -> RecurrentLayer:
+def rnn_layer(
+    w_ih: Any,
+    w_hh: Any,
+    b_ih: Any = None,
+    b_hh: Any = None,
+    *,
+    activation: str = "tanh",
+    dtype: Any = np.float32,
+) -> RecurrentLayer:
     """Build a plain RNN layer (``nn.RNN``: tanh or relu); missing biases become zeros."""
-    return _recurrent("rnn", w_ih, w_hh, b_ih, b_hh, None, np.dtype(dtype),
-                      {"activation": activation})
+    return _recurrent(
+        "rnn", w_ih, w_hh, b_ih, b_hh, None, np.dtype(dtype), {"activation": activation}
+    )
 
 
-def _recurrent(kind: CellKind, w_ih: Any, w_hh: Any, b_ih: Any, b_hh: Any, w_hr: Any,
-               dtype: np.dtype, options: Mapping[str, Any]) -> RecurrentLayer:
+def _recurrent(
+    kind: CellKind,
+    w_ih: Any,
+    w_hh: Any,
+    b_ih: Any,
+    b_hh: Any,
+    w_hr: Any,
+    dtype: np.dtype,
+    options: Mapping[str, Any],
+) -> RecurrentLayer:
     w_ih = _as_array(w_ih, dtype)
     gates = w_ih.shape[0] if w_ih.ndim == 2 else 0
     zeros = np.zeros(gates, dtype)
@@ -460,8 +530,9 @@ def _recurrent(kind: CellKind, w_ih: Any, w_hh: Any, b_ih: Any, b_hh: Any, w_hr:
     )
 
 
-def dense_layer(weight: Any, bias: Any = None, activation: str = "linear",
-                *, dtype: Any = np.float32) -> DenseLayer:
+def dense_layer(
+    weight: Any, bias: Any = None, activation: str = "linear", *, dtype: Any = np.float32
+) -> DenseLayer:
     """Build a dense head layer; ``weight`` is ``(out, in)`` as in ``torch.nn.Linear``."""
     weight = _as_array(weight, np.dtype(dtype))
     rows = weight.shape[0] if weight.ndim == 2 else 0
@@ -469,9 +540,16 @@ def dense_layer(weight: Any, bias: Any = None, activation: str = "linear",
     return DenseLayer(weight, bias, activation)
 
 
-def random_model(input_size: int, hidden_sizes: Sequence[int], *, kind: CellKind = "lstm",
-                 output_size: int | None = None, seed: int = 0, dtype: Any = np.float32,
-                 scale: float = 0.3) -> Model:
+def random_model(
+    input_size: int,
+    hidden_sizes: Sequence[int],
+    *,
+    kind: CellKind = "lstm",
+    output_size: int | None = None,
+    seed: int = 0,
+    dtype: Any = np.float32,
+    scale: float = 0.3,
+) -> Model:
     """A model with random weights, for tests, benchmarks and trying the API out."""
     rng = np.random.default_rng(seed)
     layers = []
@@ -479,12 +557,23 @@ def random_model(input_size: int, hidden_sizes: Sequence[int], *, kind: CellKind
     for hidden in hidden_sizes:
         gates = GATES[kind] * hidden
         make = lstm_layer if kind == "lstm" else gru_layer
-        layers.append(make(rng.normal(0, scale, (gates, width)),
-                           rng.normal(0, scale, (gates, hidden)),
-                           rng.normal(0, scale, gates), rng.normal(0, scale, gates), dtype=dtype))
+        layers.append(
+            make(
+                rng.normal(0, scale, (gates, width)),
+                rng.normal(0, scale, (gates, hidden)),
+                rng.normal(0, scale, gates),
+                rng.normal(0, scale, gates),
+                dtype=dtype,
+            )
+        )
         width = hidden
     head: tuple[DenseLayer, ...] = ()
     if output_size is not None:
-        head = (dense_layer(rng.normal(0, scale, (output_size, width)),
-                            rng.normal(0, scale, output_size), dtype=dtype),)
+        head = (
+            dense_layer(
+                rng.normal(0, scale, (output_size, width)),
+                rng.normal(0, scale, output_size),
+                dtype=dtype,
+            ),
+        )
     return Model(layers=tuple(layers), head=head, name="random")

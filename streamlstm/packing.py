@@ -54,7 +54,7 @@ def _unit_blocks(gates: Sequence[np.ndarray | None], hidden: int, rows: int) -> 
         n = units.stop - units.start
         for g, weights in enumerate(gates):
             if weights is not None:
-                blocks[b, :, g * L.UNITS:g * L.UNITS + n] = weights[units].T
+                blocks[b, :, g * L.UNITS : g * L.UNITS + n] = weights[units].T
     return blocks
 
 
@@ -79,8 +79,11 @@ def _pack_unit_blocks(layer: RecurrentLayer, rec: np.ndarray, put) -> None:
     (b_ir, b_iz, b_in), (b_hr, b_hz, b_hn) = gates_of(layer.b_ih), gates_of(layer.b_hh)
     no_x, no_h = np.zeros_like(w_in), np.zeros_like(w_hn)
     first = np.concatenate([w_ir, w_hr], axis=1)
-    gates: list[np.ndarray | None] = [first, np.concatenate([w_iz, w_hz], axis=1),
-                                      np.concatenate([w_in, no_h], axis=1)]
+    gates: list[np.ndarray | None] = [
+        first,
+        np.concatenate([w_iz, w_hz], axis=1),
+        np.concatenate([w_in, no_h], axis=1),
+    ]
     if layer.reset_after:
         gates.append(np.concatenate([no_x, w_hn], axis=1))
         biases = [b_ir + b_hr, b_iz + b_hz, b_in, b_hn]
@@ -178,8 +181,7 @@ def pack(model: Model, target: str = CPU) -> PackedModel:
     if model.input_norm is not None:
         header[L.H_IN_NORM] = put(np.concatenate([model.input_norm.mean, model.input_norm.std]))
     if model.output_norm is not None:
-        header[L.H_OUT_NORM] = put(np.concatenate([model.output_norm.mean,
-                                                   model.output_norm.std]))
+        header[L.H_OUT_NORM] = put(np.concatenate([model.output_norm.mean, model.output_norm.std]))
 
     header[L.H_LAYERS] = len(model.layers)
     header[L.H_INPUT] = model.input_size

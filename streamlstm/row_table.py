@@ -52,8 +52,7 @@ class RowTable:
         """Rows in every array."""
         return self._capacity
 
-    def register(self, name: str, row_shape: tuple[int, ...], dtype: Any, *,
-                 fill: Any = 0) -> None:
+    def register(self, name: str, row_shape: tuple[int, ...], dtype: Any, *, fill: Any = 0) -> None:
         """Add a ``(capacity, *row_shape)`` array of ``dtype`` whose rows start as ``fill``
         (a scalar, or an array of ``row_shape`` for a different value per column)."""
         if name in self._specs:

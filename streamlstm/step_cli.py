@@ -40,13 +40,23 @@ A window model prints one line per completed window instead: the index (from 0) 
 last sample line, then its outputs (output 'every': W x O values, step by step); the
 windows holding a bad line are skipped and counted on stderr."""
     parser.add_argument("model", help="weight file (.npz, .safetensors, .pt, .pth, ...)")
-    parser.add_argument("--input", "-i", metavar="FILE.csv",
-                        help="samples, one per line (default: stdin)")
-    parser.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
-                        help="loader option, e.g. head_activation=relu or input_mean=[0,0,1] "
-                             "(VALUE is JSON if it parses as JSON, else a string); repeatable")
-    parser.add_argument("--dtype", choices=("float32", "float64"),
-                        help="run in this precision (default: the file's)")
+    parser.add_argument(
+        "--input", "-i", metavar="FILE.csv", help="samples, one per line (default: stdin)"
+    )
+    parser.add_argument(
+        "--option",
+        "-o",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="loader option, e.g. head_activation=relu or input_mean=[0,0,1] "
+        "(VALUE is JSON if it parses as JSON, else a string); repeatable",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "float64"),
+        help="run in this precision (default: the file's)",
+    )
 
 
 def parse_options(items: Iterable[str]) -> dict[str, Any]:
@@ -87,9 +97,12 @@ def run(args: argparse.Namespace) -> int:
             else:
                 counts = window_lines(model, source, sys.stdout, sys.stderr)
                 if counts.skipped or counts.failed:
-                    print(f"streamlstm step: {counts.skipped} window(s) skipped (they held a "
-                          f"rejected sample), {counts.failed} left out (evaluation overflowed "
-                          "to NaN/Inf)", file=sys.stderr)
+                    print(
+                        f"streamlstm step: {counts.skipped} window(s) skipped (they held a "
+                        f"rejected sample), {counts.failed} left out (evaluation overflowed "
+                        "to NaN/Inf)",
+                        file=sys.stderr,
+                    )
     except BrokenPipeError:
         # The reader went away (e.g. `| head`): stop quietly, as other filters do.
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - absorbs the interpreter's final flush
@@ -112,8 +125,7 @@ def step_lines(model: Any, lines: Iterable[str], out: TextIO, err: TextIO) -> tu
             continue
         fields = text.split(",")
         if len(fields) != width:
-            print(f"line {number}: expected {width} values, got {len(fields)}; skipped",
-                  file=err)
+            print(f"line {number}: expected {width} values, got {len(fields)}; skipped", file=err)
             rejected += 1
             out.write(rejected_row)
             continue
@@ -170,20 +182,19 @@ def window_lines(model: Any, lines: Iterable[str], out: TextIO, err: TextIO) -> 
                 if not np.isfinite(sample).all():
                     reason = "sample holds NaN or Inf"
         if reason is not None:
-            print(f"line {number}: {reason}; skipped, and the windows that hold it",
-                  file=err)
-            sample[0] = np.nan   # still a sample: later windows keep their place
+            print(f"line {number}: {reason}; skipped, and the windows that hold it", file=err)
+            sample[0] = np.nan  # still a sample: later windows keep their place
             counts.rejected += 1
         result = bank.push(sensor, sample)
         counts.samples += 1
         counts.skipped += result.skipped
         counts.failed += result.failed
         if result.failed:
-            print(f"line {number}: the window ending here overflowed to NaN/Inf; left out",
-                  file=err)
+            print(
+                f"line {number}: the window ending here overflowed to NaN/Inf; left out", file=err
+            )
         for end, values in zip(result.end_index.tolist(), result.values, strict=True):
-            out.write(f"{end}," + ",".join(format(v, spec) for v in values.ravel().tolist())
-                      + "\n")
+            out.write(f"{end}," + ",".join(format(v, spec) for v in values.ravel().tolist()) + "\n")
             counts.windows += 1
         if len(result):
             out.flush()

@@ -38,16 +38,17 @@ def _compiled_entry(dispatcher: Any, args: tuple[Any, ...]) -> Callable[..., Any
         return dispatcher
 
 
-def split_state(model: Model, vector: np.ndarray) -> tuple[tuple[np.ndarray, ...],
-                                                           tuple[np.ndarray, ...]]:
+def split_state(
+    model: Model, vector: np.ndarray
+) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
     """Per-layer ``(h, c)`` views of a flat state vector; ``c`` is empty for a GRU layer."""
     hs, cs = [], []
     offset = 0
     for layer in model.layers:
-        hs.append(vector[offset:offset + layer.output_size])
+        hs.append(vector[offset : offset + layer.output_size])
         offset += layer.output_size
         c_size = layer.hidden_size if layer.kind == "lstm" else 0
-        cs.append(vector[offset:offset + c_size])
+        cs.append(vector[offset : offset + c_size])
         offset += c_size
     return tuple(hs), tuple(cs)
 
@@ -55,8 +56,9 @@ def split_state(model: Model, vector: np.ndarray) -> tuple[tuple[np.ndarray, ...
 def join_state(model: Model, h: Any, c: Any) -> np.ndarray:
     """The flat state vector for per-layer ``h`` and ``c`` (``c`` ignored for GRU layers)."""
     if len(h) != len(model.layers) or len(c) != len(model.layers):
-        raise ShapeError(f"state: expected h and c for {len(model.layers)} layer(s), "
-                         f"got {len(h)} and {len(c)}")
+        raise ShapeError(
+            f"state: expected h and c for {len(model.layers)} layer(s), got {len(h)} and {len(c)}"
+        )
     parts = []
     for index, layer in enumerate(model.layers):
         parts.append(as_sample(h[index], model.dtype, layer.output_size))
@@ -105,13 +107,19 @@ class Stream:
         # model's dtype, costs four cheap tests; any other ``x`` is converted to one. With
         # its own output buffer the call then goes straight to the compiled code (see
         # _first_step); a caller's ``out`` is typed by Numba's dispatcher.
-        if not (type(x) is np.ndarray and x.dtype is self._dtype and x.shape == self._in_shape
-                and x.flags.carray):
-            x = np.require(as_sample(x, self._dtype, self._in_shape[0]),
-                           requirements=["C", "A", "W"])
+        if not (
+            type(x) is np.ndarray
+            and x.dtype is self._dtype
+            and x.shape == self._in_shape
+            and x.flags.carray
+        ):
+            x = np.require(
+                as_sample(x, self._dtype, self._in_shape[0]), requirements=["C", "A", "W"]
+            )
         if out is None:
-            code = self._kernel(self._params, self._layout, self._state, x, self._out,
-                                self._scratch)
+            code = self._kernel(
+                self._params, self._layout, self._state, x, self._out, self._scratch
+            )
             if code != OK:
                 self._rejected(1, code)
             return self._out.copy()
@@ -140,8 +148,9 @@ class Stream:
         xs = as_samples(xs, self._dtype, self._in_shape[0])
         outs = np.empty((xs.shape[0], self.model.output_size), self._dtype)
         status = np.empty(xs.shape[0], np.int8)
-        rejected = kernels.run(self._params, self._layout, self._state, xs, outs, status,
-                               self._scratch)
+        rejected = kernels.run(
+            self._params, self._layout, self._state, xs, outs, status, self._scratch
+        )
         if rejected:
             self._rejected(rejected, int(status[status != L.OK][0]))
         return outs
@@ -149,8 +158,11 @@ class Stream:
     def _rejected(self, count: int, code: int) -> None:
         self.rejected += count
         if self.on_invalid == "raise":
-            reason = ("sample holds NaN or Inf" if code == L.REJECTED_SAMPLE
-                      else "step overflowed to NaN/Inf")
+            reason = (
+                "sample holds NaN or Inf"
+                if code == L.REJECTED_SAMPLE
+                else "step overflowed to NaN/Inf"
+            )
             raise InvalidSampleError(f"{count} sample(s) rejected: {reason}; state unchanged")
 
     def reset(self) -> None:

@@ -24,8 +24,9 @@ if TYPE_CHECKING:
 COMPILING_NOTICE = "compiling kernels (first run only)…"
 
 
-def compile_interruptibly(work: Callable[[], None], *, prefix: str = "streamlstm",
-                          stream: IO[str] | None = None) -> float:
+def compile_interruptibly(
+    work: Callable[[], None], *, prefix: str = "streamlstm", stream: IO[str] | None = None
+) -> float:
     """Run ``work`` (calls that compile kernels) in a worker thread; return its seconds.
 
     Prints :data:`COMPILING_NOTICE` once, as soon as Numba starts compiling anything (a
@@ -69,8 +70,11 @@ def compile_interruptibly(work: Callable[[], None], *, prefix: str = "streamlstm
         raise failure[0]
     took = time.monotonic() - started
     if said.is_set():
-        print(f"{prefix}: kernels compiled in {took:.1f} s (cached for the next run)",
-              file=out, flush=True)
+        print(
+            f"{prefix}: kernels compiled in {took:.1f} s (cached for the next run)",
+            file=out,
+            flush=True,
+        )
     return took
 
 
@@ -86,16 +90,27 @@ Kernels are cached per user: run it as the user (and with the NUMBA_CACHE_DIR) t
 run the daemon. Nothing is recompiled when the cache is warm.
 """
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--config", "-c", metavar="SITE.toml",
-                       help="compile what this site's daemon uses (its model and detector)")
-    where.add_argument("--model", metavar="FILE",
-                       help="weight file (default: the shipped default model)")
-    parser.add_argument("--dtype", default=None, metavar="DTYPES",
-                        help="comma-separated float32/float64 variants to compile "
-                             "(default: the model's own)")
-    parser.add_argument("--clear-cache", action="store_true",
-                        help="first delete this package's cached kernels (after editing "
-                             "kernel sources: see README, Known limitations)")
+    where.add_argument(
+        "--config",
+        "-c",
+        metavar="SITE.toml",
+        help="compile what this site's daemon uses (its model and detector)",
+    )
+    where.add_argument(
+        "--model", metavar="FILE", help="weight file (default: the shipped default model)"
+    )
+    parser.add_argument(
+        "--dtype",
+        default=None,
+        metavar="DTYPES",
+        help="comma-separated float32/float64 variants to compile (default: the model's own)",
+    )
+    parser.add_argument(
+        "--clear-cache",
+        action="store_true",
+        help="first delete this package's cached kernels (after editing "
+        "kernel sources: see README, Known limitations)",
+    )
 
 
 def cached_kernel_files() -> list[Path]:
@@ -110,8 +125,11 @@ def cached_kernel_files() -> list[Path]:
     found = []
     for root in roots:
         for suffix in ("*.nbi", "*.nbc"):
-            found += [path for path in root.rglob(suffix)
-                      if root == package or "streamlstm" in path.relative_to(root).parts]
+            found += [
+                path
+                for path in root.rglob(suffix)
+                if root == package or "streamlstm" in path.relative_to(root).parts
+            ]
     return sorted(found)
 
 
@@ -165,6 +183,8 @@ def run(args: argparse.Namespace) -> int:
                 _python_api(model)
 
     took = compile_interruptibly(work, prefix="streamlstm warmup")
-    print(f"streamlstm warmup: kernels ready for {loaded.model_id} "
-          f"({', '.join(dtypes)}) in {took:.1f} s")
+    print(
+        f"streamlstm warmup: kernels ready for {loaded.model_id} "
+        f"({', '.join(dtypes)}) in {took:.1f} s"
+    )
     return 0

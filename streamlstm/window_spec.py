@@ -65,22 +65,29 @@ class WindowSpec:
         if self.output not in OUTPUTS:
             raise ShapeError(f"window.output: {self.output!r} is not one of {OUTPUTS}")
         if self.initial_state not in INITIAL_STATES:
-            raise ShapeError(f"window.initial_state: {self.initial_state!r} is not supported "
-                             f"(one of {INITIAL_STATES}: each window starts from the zero "
-                             "state, as in training)")
+            raise ShapeError(
+                f"window.initial_state: {self.initial_state!r} is not supported "
+                f"(one of {INITIAL_STATES}: each window starts from the zero "
+                "state, as in training)"
+            )
         if not all(isinstance(c, str) and c.strip() for c in self.classes):
             raise ShapeError(f"window.classes: expected non-empty names, got {self.classes!r}")
         if len(set(self.classes)) != len(self.classes):
             raise ShapeError(f"window.classes: names repeat in {self.classes!r}")
         if self.classes and self.output == "every":
-            raise ShapeError("window.classes: class names need a per-window output "
-                             "(last, probabilities or log_probabilities), not 'every'")
+            raise ShapeError(
+                "window.classes: class names need a per-window output "
+                "(last, probabilities or log_probabilities), not 'every'"
+            )
         if not isinstance(self.final_state, bool):
-            raise ShapeError(f"window.final_state: expected true or false, got "
-                             f"{self.final_state!r}")
+            raise ShapeError(
+                f"window.final_state: expected true or false, got {self.final_state!r}"
+            )
         if self.final_state and self.per_step:
-            raise ShapeError("window.final_state: a final state is one vector per window; "
-                             "output 'every' reads every step")
+            raise ShapeError(
+                "window.final_state: a final state is one vector per window; "
+                "output 'every' reads every step"
+            )
         encoder = self.encoder_layers
         if isinstance(encoder, bool) or not isinstance(encoder, int) or encoder < 0:
             raise ShapeError(f"window.encoder_layers: expected an integer >= 0, got {encoder!r}")
@@ -94,22 +101,31 @@ class WindowSpec:
         """Raise :class:`ShapeError` unless the spec fits a model of ``output_size`` outputs
         and ``layer_count`` recurrent layers (class names, classes, the encoder)."""
         if self.encoder_layers >= layer_count:
-            raise ShapeError(f"window.encoder_layers: {self.encoder_layers} encoder layer(s) "
-                             f"leave no decoder layer in a model of {layer_count}")
+            raise ShapeError(
+                f"window.encoder_layers: {self.encoder_layers} encoder layer(s) "
+                f"leave no decoder layer in a model of {layer_count}"
+            )
         if self.classes and len(self.classes) != output_size:
-            raise ShapeError(f"window.classes: {len(self.classes)} names for a model with "
-                             f"{output_size} outputs")
+            raise ShapeError(
+                f"window.classes: {len(self.classes)} names for a model with {output_size} outputs"
+            )
         if self.output in ("probabilities", "log_probabilities") and output_size < 2:
-            raise ShapeError(f"window.output={self.output!r} needs at least 2 outputs (classes), "
-                             f"the model has {output_size}")
+            raise ShapeError(
+                f"window.output={self.output!r} needs at least 2 outputs (classes), "
+                f"the model has {output_size}"
+            )
 
     def to_metadata(self) -> dict[str, Any]:
         """The JSON object stored under ``metadata["window"]``; ``final_state`` and
         ``encoder_layers`` only when set, so files without them read as before (and a
         reader that does not know them refuses the file rather than misreading it)."""
-        out: dict[str, Any] = {"length": self.length, "hop": self.hop, "output": self.output,
-                               "classes": list(self.classes),
-                               "initial_state": self.initial_state}
+        out: dict[str, Any] = {
+            "length": self.length,
+            "hop": self.hop,
+            "output": self.output,
+            "classes": list(self.classes),
+            "initial_state": self.initial_state,
+        }
         if self.final_state:
             out["final_state"] = True
         if self.encoder_layers:
@@ -133,17 +149,26 @@ class WindowSpec:
         classes = raw.get("classes", [])
         if not isinstance(classes, (list, tuple)):
             raise ShapeError(f"metadata.window.classes: expected a list, got {classes!r}")
-        return cls(length=raw["length"], hop=raw["hop"], output=raw.get("output", "last"),
-                   classes=tuple(classes), initial_state=raw.get("initial_state", "zero"),
-                   final_state=raw.get("final_state", False),
-                   encoder_layers=raw.get("encoder_layers", 0))
+        return cls(
+            length=raw["length"],
+            hop=raw["hop"],
+            output=raw.get("output", "last"),
+            classes=tuple(classes),
+            initial_state=raw.get("initial_state", "zero"),
+            final_state=raw.get("final_state", False),
+            encoder_layers=raw.get("encoder_layers", 0),
+        )
 
     def describe(self) -> str:
         """One line, e.g. ``window 128, hop 32, zero state, probabilities (normal, ball)``."""
         classes = f" ({', '.join(self.classes)})" if self.classes else ""
         extra = ", read from the final state" if self.final_state else ""
         if self.encoder_layers:
-            extra += (f", encoder of {self.encoder_layers} layer(s) whose final state feeds "
-                      "every decoder step")
-        return (f"window {self.length}, hop {self.hop}, {self.initial_state} state, "
-                f"{self.output}{classes}{extra}")
+            extra += (
+                f", encoder of {self.encoder_layers} layer(s) whose final state feeds "
+                "every decoder step"
+            )
+        return (
+            f"window {self.length}, hop {self.hop}, {self.initial_state} state, "
+            f"{self.output}{classes}{extra}"
+        )

@@ -109,8 +109,8 @@ class CudaBankRunner(BankRunner):
         self._bank = model.bank(capacity=2, device="cuda")
 
     def run(self, xs: np.ndarray) -> np.ndarray:
-        head = [self.step(x) for x in xs[:self.STEPWISE]]
-        rest = xs[self.STEPWISE:]
+        head = [self.step(x) for x in xs[: self.STEPWISE]]
+        rest = xs[self.STEPWISE :]
         if not len(rest):
             return np.stack(head)
         decoys = self._rng.normal(0.0, 1.0, (2, len(rest), self._width)).astype(xs.dtype)

@@ -25,8 +25,8 @@ def model_step(model, state, x):
     for layer, (h, c) in zip(model.layers, state, strict=True):
         gates = layer.w_ih @ xin + layer.b_ih + layer.w_hh @ h + layer.b_hh
         hidden = layer.hidden_size
-        i, f = _sigmoid(gates[:hidden]), _sigmoid(gates[hidden:2 * hidden])
-        g, o = np.tanh(gates[2 * hidden:3 * hidden]), _sigmoid(gates[3 * hidden:])
+        i, f = _sigmoid(gates[:hidden]), _sigmoid(gates[hidden : 2 * hidden])
+        g, o = np.tanh(gates[2 * hidden : 3 * hidden]), _sigmoid(gates[3 * hidden :])
         c = f * c + i * g
         h = o * np.tanh(c)
         new_state.append((h, c))
@@ -47,18 +47,23 @@ def window_stats(window, stats):
         v = window[:, a]
         mean = v.mean()
         var = ((v - mean) ** 2).mean()
-        rms = math.sqrt((v ** 2).mean())
+        rms = math.sqrt((v**2).mean())
         peak = np.abs(v).max()
         d = v - mean
         w = window[:, (a + 1) % axes] - window[:, (a + 1) % axes].mean()
         both = (d @ d) * (w @ w)
-        table = {"mean": mean, "std": math.sqrt(var), "rms": rms, "peak": peak,
-                 "crest": peak / rms if rms > 0 else 0.0,
-                 "kurtosis": ((v - mean) ** 4).mean() / var ** 2 if var > 0 else 0.0,
-                 "log_rms": math.log10(rms + 1e-12),
-                 "log_std": math.log10(math.sqrt(var) + 1e-12),
-                 "acf1": (d[1:] @ d[:-1]) / (d @ d) if var > 0 else 0.0,
-                 "corr_next": (d @ w) / math.sqrt(both) if both > 0 else 0.0}
+        table = {
+            "mean": mean,
+            "std": math.sqrt(var),
+            "rms": rms,
+            "peak": peak,
+            "crest": peak / rms if rms > 0 else 0.0,
+            "kurtosis": ((v - mean) ** 4).mean() / var**2 if var > 0 else 0.0,
+            "log_rms": math.log10(rms + 1e-12),
+            "log_std": math.log10(math.sqrt(var) + 1e-12),
+            "acf1": (d[1:] @ d[:-1]) / (d @ d) if var > 0 else 0.0,
+            "corr_next": (d @ w) / math.sqrt(both) if both > 0 else 0.0,
+        }
         out += [table[s] for s in stats]
     return np.asarray(out)
 
@@ -80,9 +85,22 @@ class ReferenceDetector:
 
     def _fresh(self):
         state = [(np.zeros(l.output_size), np.zeros(l.hidden_size)) for l in self.model.layers]
-        return {"state": state, "pred": None, "score": None, "steps": 0, "above": 0,
-                "alert": False, "peak": 0.0, "start": 0.0, "below": None, "window": [],
-                "since": 0, "rejected": 0, "filled": 0, "offset": 0.0}
+        return {
+            "state": state,
+            "pred": None,
+            "score": None,
+            "steps": 0,
+            "above": 0,
+            "alert": False,
+            "peak": 0.0,
+            "start": 0.0,
+            "below": None,
+            "window": [],
+            "since": 0,
+            "rejected": 0,
+            "filled": 0,
+            "offset": 0.0,
+        }
 
     def update(self, sensors, samples, times, alert=True):
         scores, events = [], []
@@ -99,8 +117,11 @@ class ReferenceDetector:
         per_channel = not self.features and cal["score"] == "residual"
         mask = np.asarray(cal.get("mask", np.ones(len(x))), np.float64)
         usable = (mask != 0) & np.isfinite(x) if per_channel else np.ones(len(x), bool)
-        complete = (usable.any() and not np.isinf(x[mask != 0]).any() if per_channel
-                    else np.all(np.isfinite(x)))
+        complete = (
+            usable.any() and not np.isinf(x[mask != 0]).any()
+            if per_channel
+            else np.all(np.isfinite(x))
+        )
         if not (complete and math.isfinite(t)):
             s["rejected"] += 1
             s["pred"] = None
@@ -114,7 +135,7 @@ class ReferenceDetector:
         x = x.astype(dtype).astype(np.float64)
         if self.features:
             spec = self.features
-            s["window"] = (s["window"] + [x])[-spec["window"]:]
+            s["window"] = (s["window"] + [x])[-spec["window"] :]
             s["since"] += 1
             if len(s["window"]) < spec["window"] or s["since"] < spec["hop"]:
                 return current()
@@ -128,8 +149,7 @@ class ReferenceDetector:
             z = np.asarray(cal["whiten"]) @ err
             if "level_whiten" in cal:
                 # The level centre, moved by the sensor's adapted offset (drift adaptation).
-                level = np.where(usable, x - np.asarray(cal["level_center"]) - s["offset"],
-                                 0.0)
+                level = np.where(usable, x - np.asarray(cal["level_center"]) - s["offset"], 0.0)
                 z = np.concatenate([z, np.asarray(cal["level_whiten"]) @ level])
             if cal.get("pool", "rms") == "max":
                 # The largest whitened component, level term included.

@@ -34,16 +34,20 @@ def _mismatches(cls: type, instance: object) -> list[str]:
     whose parameters (names, kinds, defaults) differ, a property that is not one."""
     attributes, methods, properties = _members()
     problems = [f"attribute {a}" for a in sorted(attributes) if not hasattr(instance, a)]
-    problems += [f"property {p}" for p in sorted(properties)
-                 if not isinstance(inspect.getattr_static(cls, p, None), property)]
+    problems += [
+        f"property {p}"
+        for p in sorted(properties)
+        if not isinstance(inspect.getattr_static(cls, p, None), property)
+    ]
     for name, want in methods.items():
         have = inspect.getattr_static(cls, name, None)
         if not inspect.isfunction(have):
             problems.append(f"method {name}")
             continue
         shape = [(p.name, p.kind, p.default) for p in want.parameters.values()]
-        if [(p.name, p.kind, p.default)
-                for p in inspect.signature(have).parameters.values()] != shape:
+        if [
+            (p.name, p.kind, p.default) for p in inspect.signature(have).parameters.values()
+        ] != shape:
             problems.append(f"signature of {name}")
     return problems
 
@@ -51,9 +55,23 @@ def _mismatches(cls: type, instance: object) -> list[str]:
 def test_protocol_lists_the_shared_api():
     attributes, methods, properties = _members()
     assert {"model", "last_status"} <= attributes
-    assert {"step", "step_rows", "run", "rows", "row", "forget", "reset", "state",
-            "state_vector", "set_state", "set_state_vector", "export_state", "import_state",
-            "rejected", *SPECIAL} <= set(methods)
+    assert {
+        "step",
+        "step_rows",
+        "run",
+        "rows",
+        "row",
+        "forget",
+        "reset",
+        "state",
+        "state_vector",
+        "set_state",
+        "set_state_vector",
+        "export_state",
+        "import_state",
+        "rejected",
+        *SPECIAL,
+    } <= set(methods)
     assert {"capacity", "sensors"} <= properties
 
 
@@ -68,7 +86,8 @@ def test_a_stream_does_not():
     stream = MODEL.stream()
     assert not isinstance(stream, StreamBank)
     assert {"method state", "method rejected", "signature of run", "method rows"} <= set(
-        _mismatches(sl.Stream, stream))
+        _mismatches(sl.Stream, stream)
+    )
 
 
 @pytest.mark.cuda

@@ -17,8 +17,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_cli(*args: str, input_text: str | None = None) -> subprocess.CompletedProcess[str]:
     environment = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "streamlstm.cli", *args], input=input_text,
-                          capture_output=True, text=True, env=environment, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "streamlstm.cli", *args],
+        input=input_text,
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=120,
+    )
 
 
 def test_bare_command_prints_help_with_every_subcommand(capsys):
@@ -41,12 +47,17 @@ def test_subcommand_help_shows_defaults(capsys):
 def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
     model = save(sl.random_model(3, [8], output_size=3, seed=1), tmp_path / "m.npz")
     lines = "\n".join("1,2,3" for _ in range(20_000)) + "\n"
-    reader = subprocess.Popen(["head", "-n", "1"], stdin=subprocess.PIPE,
-                              stdout=subprocess.DEVNULL)
+    reader = subprocess.Popen(["head", "-n", "1"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
     environment = dict(os.environ, PYTHONPATH=str(ROOT))
-    writer = subprocess.run([sys.executable, "-m", "streamlstm.cli", "step", str(model)],
-                            input=lines, stdout=reader.stdin, stderr=subprocess.PIPE,
-                            text=True, env=environment, timeout=120)
+    writer = subprocess.run(
+        [sys.executable, "-m", "streamlstm.cli", "step", str(model)],
+        input=lines,
+        stdout=reader.stdin,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
+        timeout=120,
+    )
     reader.stdin.close()
     reader.wait(10)
     assert writer.returncode == 0
@@ -57,8 +68,12 @@ def test_inspect_into_head_has_no_traceback(tmp_path):
     model = save(sl.random_model(3, [8], output_size=3, seed=1), tmp_path / "m.npz")
     done = subprocess.run(
         f"{sys.executable} -m streamlstm.cli inspect {model} | head -c 10",
-        shell=True, capture_output=True, text=True, timeout=120,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
     assert "Traceback" not in done.stderr
 
 
@@ -93,8 +108,14 @@ def test_every_train_option_has_help_text_and_its_default(capsys):
     except SystemExit as exc:
         assert exc.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    for option, default in (("--hidden", "32"), ("--layers", "1"), ("--epochs", "40"),
-                            ("--lr", "0.003"), ("--seq-len", "32"), ("--patience", "5")):
+    for option, default in (
+        ("--hidden", "32"),
+        ("--layers", "1"),
+        ("--epochs", "40"),
+        ("--lr", "0.003"),
+        ("--seq-len", "32"),
+        ("--patience", "5"),
+    ):
         after = text.split(f" {option} ", 1)[1].split(" --", 1)[0]
         assert len(after.split("(default:")[0].split()) >= 2, (option, after)  # a help text
         assert f"(default: {default})" in after, (option, after)

@@ -49,7 +49,7 @@ class Case:
 
     path: Path
     options: dict[str, Any]
-    xs: np.ndarray        # (STEPS, D) float32
+    xs: np.ndarray  # (STEPS, D) float32
     expected: np.ndarray  # (STEPS, O)
 
 
@@ -109,11 +109,26 @@ def _export_onnx(torch: Any, net: Any, xs: np.ndarray, path: Path, *, dynamo: bo
             except ImportError:
                 return False
             steps = torch.export.Dim("steps", min=2)
-            torch.onnx.export(net, example, str(path), dynamo=True, input_names=["x"],
-                              output_names=["y"], dynamic_shapes=({1: steps},), verbose=False)
+            torch.onnx.export(
+                net,
+                example,
+                str(path),
+                dynamo=True,
+                input_names=["x"],
+                output_names=["y"],
+                dynamic_shapes=({1: steps},),
+                verbose=False,
+            )
         else:
-            torch.onnx.export(net, example, str(path), dynamo=False, input_names=["x"],
-                              output_names=["y"], dynamic_axes={"x": {1: "steps"}})
+            torch.onnx.export(
+                net,
+                example,
+                str(path),
+                dynamo=False,
+                input_names=["x"],
+                output_names=["y"],
+                dynamic_axes={"x": {1: "steps"}},
+            )
     return True
 
 
@@ -125,15 +140,22 @@ KERAS_ARCHS = ("lstm", "gru-reset-after", "gru-reset-before")
 def _keras_model(keras: Any, arch: str, rng: np.random.Generator) -> Any:
     layers = keras.layers
     stack = {
-        "lstm": [layers.LSTM(8, return_sequences=True),
-                 layers.LSTM(6, return_sequences=True, recurrent_activation="hard_sigmoid"),
-                 layers.Dense(5, activation="relu"), layers.Dense(3, use_bias=False)],
-        "gru-reset-after": [layers.GRU(8, return_sequences=True),
-                            layers.Dense(3, activation="tanh")],
-        "gru-reset-before": [layers.GRU(8, return_sequences=True, reset_after=False),
-                             layers.GRU(6, return_sequences=True, reset_after=False,
-                                        use_bias=False),
-                             layers.Dense(4, activation="relu"), layers.Dense(2)],
+        "lstm": [
+            layers.LSTM(8, return_sequences=True),
+            layers.LSTM(6, return_sequences=True, recurrent_activation="hard_sigmoid"),
+            layers.Dense(5, activation="relu"),
+            layers.Dense(3, use_bias=False),
+        ],
+        "gru-reset-after": [
+            layers.GRU(8, return_sequences=True),
+            layers.Dense(3, activation="tanh"),
+        ],
+        "gru-reset-before": [
+            layers.GRU(8, return_sequences=True, reset_after=False),
+            layers.GRU(6, return_sequences=True, reset_after=False, use_bias=False),
+            layers.Dense(4, activation="relu"),
+            layers.Dense(2),
+        ],
     }[arch]
     if arch == "gru-reset-after":  # the functional API, with an inference-time no-op
         inputs = keras.Input((None, INPUT_SIZE))
@@ -207,28 +229,36 @@ def _keras_to_onnx(model: Any, path: Path, *, layout: int, gemm_head: bool) -> b
         hidden = recurrent_kernel.shape[0]
 
         def blocks(a: np.ndarray, order: tuple[int, ...], hidden: int = hidden) -> np.ndarray:
-            return np.concatenate([a[..., k * hidden:(k + 1) * hidden] for k in order], axis=-1)
+            return np.concatenate([a[..., k * hidden : (k + 1) * hidden] for k in order], axis=-1)
 
         if layer.__class__.__name__ == "LSTM":  # Keras i,f,c,o -> ONNX i,o,f,c
             order = (0, 3, 1, 2)
             b = np.concatenate([blocks(bias[0], order), np.zeros(4 * hidden)]) if bias else None
             extra: dict[str, Any] = {"activations": ["Sigmoid", "Tanh", "Tanh"]}
             if layer.recurrent_activation.__name__ == "hard_sigmoid":
-                extra = {"activations": ["HardSigmoid", "Tanh", "Tanh"],
-                         "activation_alpha": [1 / 6, 1.0, 1.0],
-                         "activation_beta": [0.5, 0.0, 0.0]}
+                extra = {
+                    "activations": ["HardSigmoid", "Tanh", "Tanh"],
+                    "activation_alpha": [1 / 6, 1.0, 1.0],
+                    "activation_beta": [0.5, 0.0, 0.0],
+                }
         else:  # Keras z,r,h is ONNX z,r,h; Keras' (2, 3H) bias is ONNX's Wb then Rb
             order = (0, 1, 2)
             b = None  # use_bias=False: the B input is left out
             if bias:
-                b = (bias[0].reshape(-1) if layer.reset_after
-                     else np.concatenate([bias[0], np.zeros(3 * hidden)]))
+                b = (
+                    bias[0].reshape(-1)
+                    if layer.reset_after
+                    else np.concatenate([bias[0], np.zeros(3 * hidden)])
+                )
             extra = {"linear_before_reset": int(layer.reset_after)}
-        weights = [constant(f"W{index}", blocks(kernel, order).T[None]),
-                   constant(f"R{index}", blocks(recurrent_kernel, order).T[None]),
-                   "" if b is None else constant(f"B{index}", b[None])]
-        data = node(layer.__class__.__name__, [data, *weights], hidden_size=hidden,
-                    layout=layout, **extra)
+        weights = [
+            constant(f"W{index}", blocks(kernel, order).T[None]),
+            constant(f"R{index}", blocks(recurrent_kernel, order).T[None]),
+            "" if b is None else constant(f"B{index}", b[None]),
+        ]
+        data = node(
+            layer.__class__.__name__, [data, *weights], hidden_size=hidden, layout=layout, **extra
+        )
         # Y is (T, 1, B, H) with layout 0 and (B, T, 1, H) with layout 1: drop num_directions.
         data = node("Squeeze", [data, constant(f"axes{index}", [1 + layout], np.int64)])
     if layout == 0 and not time_first:
@@ -241,8 +271,9 @@ def _keras_to_onnx(model: Any, path: Path, *, layout: int, gemm_head: bool) -> b
         bias_input = [constant(f"b{index}", bias[0])] if bias else []
         if gemm_head:  # alternate transB to cover both forms
             stored = kernel.T if index % 2 == 0 else kernel
-            data = node("Gemm", [data, constant(f"K{index}", stored), *bias_input],
-                        transB=1 - index % 2)
+            data = node(
+                "Gemm", [data, constant(f"K{index}", stored), *bias_input], transB=1 - index % 2
+            )
         else:
             data = node("MatMul", [data, constant(f"K{index}", kernel)])
             if bias_input:
@@ -254,9 +285,12 @@ def _keras_to_onnx(model: Any, path: Path, *, layout: int, gemm_head: bool) -> b
     x_shape = ["steps", 1, INPUT_SIZE] if time_first else [1, "steps", INPUT_SIZE]
     y_shape = [None] * (2 if gemm_head else 3)
     graph = helper.make_graph(
-        nodes, "keras-equivalent",
+        nodes,
+        "keras-equivalent",
         [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, x_shape)],
-        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, y_shape)], initializers)
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, y_shape)],
+        initializers,
+    )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))
@@ -264,8 +298,9 @@ def _keras_to_onnx(model: Any, path: Path, *, layout: int, gemm_head: bool) -> b
 
 
 # -- the checks ----------------------------------------------------------------------------
-SOURCE_IDS = ([f"{s}/{a}" for s in TORCH_SOURCES for a in TORCH_ARCHS]
-              + [f"{s}/{a}" for s in KERAS_SOURCES for a in KERAS_ARCHS])
+SOURCE_IDS = [f"{s}/{a}" for s in TORCH_SOURCES for a in TORCH_ARCHS] + [
+    f"{s}/{a}" for s in KERAS_SOURCES for a in KERAS_ARCHS
+]
 
 
 @pytest.fixture(params=SOURCE_IDS)
@@ -273,8 +308,9 @@ def case(request) -> Case:
     source = request.param.split("/")[0]
     cases = request.getfixturevalue("keras_cases" if source in KERAS_SOURCES else "torch_cases")
     if request.param not in cases:
-        pytest.skip(f"{request.param}: exporter not available here (the dynamo exporter "
-                    "needs onnxscript)")
+        pytest.skip(
+            f"{request.param}: exporter not available here (the dynamo exporter needs onnxscript)"
+        )
     return cases[request.param]
 
 
@@ -336,8 +372,9 @@ def test_keras_last_layer_without_sequences_streams_its_final_output(keras_cases
     sequence; the stream gives one per step, the last of which is Keras' vector."""
     import keras
 
-    model = keras.Sequential([keras.Input((None, INPUT_SIZE)), keras.layers.LSTM(6),
-                              keras.layers.Dense(2)])
+    model = keras.Sequential(
+        [keras.Input((None, INPUT_SIZE)), keras.layers.LSTM(6), keras.layers.Dense(2)]
+    )
     for weight in model.weights:
         weight.assign(np.random.default_rng(5).normal(0.0, 0.4, weight.shape).astype(np.float32))
     xs = _inputs(5)[:200]

@@ -19,8 +19,9 @@ cuda_bank = pytest.importorskip("streamlstm.cuda.bank", reason="numba-cuda not i
 from streamlstm.cuda import is_available  # noqa: E402
 
 if not is_available():
-    pytest.skip("no CUDA GPU and the simulator is off (NUMBA_ENABLE_CUDASIM=0)",
-                allow_module_level=True)
+    pytest.skip(
+        "no CUDA GPU and the simulator is off (NUMBA_ENABLE_CUDASIM=0)", allow_module_level=True
+    )
 
 TOL = 1e-5
 D = 3
@@ -29,35 +30,45 @@ D = 3
 def _rng_layer(rng, kind, width, hidden, proj=None, **options):
     gates = (4 if kind == "lstm" else 3) * hidden
     recurrent = proj or hidden
-    args = [rng.normal(0, 0.4, (gates, width)), rng.normal(0, 0.4, (gates, recurrent)),
-            rng.normal(0, 0.2, gates), rng.normal(0, 0.2, gates)]
+    args = [
+        rng.normal(0, 0.4, (gates, width)),
+        rng.normal(0, 0.4, (gates, recurrent)),
+        rng.normal(0, 0.2, gates),
+        rng.normal(0, 0.2, gates),
+    ]
     if kind == "lstm":
-        return lstm_layer(*args, w_hr=None if proj is None else rng.normal(0, 0.4, (proj, hidden)),
-                          **options)
+        return lstm_layer(
+            *args, w_hr=None if proj is None else rng.normal(0, 0.4, (proj, hidden)), **options
+        )
     return gru_layer(*args, **options)
 
 
 def _model(name: str) -> Model:
     rng = np.random.default_rng(zlib.crc32(name.encode()))
-    norm_in = Normalization(rng.normal(0, 1, D).astype(np.float32),
-                            rng.uniform(0.5, 2, D).astype(np.float32))
+    norm_in = Normalization(
+        rng.normal(0, 1, D).astype(np.float32), rng.uniform(0.5, 2, D).astype(np.float32)
+    )
     if name == "lstm_proj":
         layers = (_rng_layer(rng, "lstm", D, 6, proj=4), _rng_layer(rng, "lstm", 4, 5))
         width = 5
     elif name == "gru_after":
-        layers = (_rng_layer(rng, "gru", D, 6, reset_after=True),
-                  _rng_layer(rng, "gru", 6, 4, reset_after=True))
+        layers = (
+            _rng_layer(rng, "gru", D, 6, reset_after=True),
+            _rng_layer(rng, "gru", 6, 4, reset_after=True),
+        )
         width = 4
     elif name == "gru_before":
-        layers = (_rng_layer(rng, "gru", D, 6, reset_after=False,
-                             recurrent_activation="hard_sigmoid"),)
+        layers = (
+            _rng_layer(rng, "gru", D, 6, reset_after=False, recurrent_activation="hard_sigmoid"),
+        )
         width = 6
     else:  # lstm + gru stack, no projection, hidden sizes past one tile of 8 units
-        layers = (_rng_layer(rng, "lstm", D, 11),
-                  _rng_layer(rng, "gru", 11, 10, reset_after=False))
+        layers = (_rng_layer(rng, "lstm", D, 11), _rng_layer(rng, "gru", 11, 10, reset_after=False))
         width = 10
-    head = (dense_layer(rng.normal(0, 0.4, (5, width)), rng.normal(0, 0.1, 5), "relu"),
-            dense_layer(rng.normal(0, 0.4, (2, 5)), rng.normal(0, 0.1, 2)))
+    head = (
+        dense_layer(rng.normal(0, 0.4, (5, width)), rng.normal(0, 0.1, 5), "relu"),
+        dense_layer(rng.normal(0, 0.4, (2, 5)), rng.normal(0, 0.1, 2)),
+    )
     norm_out = Normalization(np.array([0.5, -1.0], np.float32), np.array([2.0, 0.5], np.float32))
     return Model(layers=layers, head=head, input_norm=norm_in, output_norm=norm_out, name=name)
 
@@ -114,8 +125,9 @@ def test_micro_batches_match_cpu_bank(name, kernel):
 def test_overflow_is_rejected_and_state_kept(kernel):
     """A finite sample that overflows the network leaves (h, c) as it was, as on the CPU."""
     base = _model("lstm_proj")
-    model = base.replace(input_norm=Normalization(np.zeros(D, np.float32),
-                                                  np.full(D, 1e-30, np.float32)))
+    model = base.replace(
+        input_norm=Normalization(np.zeros(D, np.float32), np.full(D, 1e-30, np.float32))
+    )
     cpu, gpu = model.bank(4), _gpu(model, 4, kernel)
     xs = np.array([[0.1, 0.2, 0.3], [1e30, -1e30, 1e30], [0.2, 0.1, 0.0]], np.float32)
     _assert_same_step(cpu, gpu, ["s", "s", "s"], xs)
@@ -246,9 +258,11 @@ def _random_architecture(rng: np.random.Generator) -> Model:
         kind = "lstm" if rng.random() < 0.5 else "gru"
         hidden = int(rng.integers(1, 11))
         proj = int(rng.integers(1, hidden + 1)) if kind == "lstm" and rng.random() < 0.4 else None
-        options = {"activation": str(rng.choice(["tanh", "sigmoid", "hard_sigmoid"])),
-                   "recurrent_activation": str(rng.choice(["sigmoid", "hard_sigmoid", "tanh"])),
-                   "dtype": dtype}
+        options = {
+            "activation": str(rng.choice(["tanh", "sigmoid", "hard_sigmoid"])),
+            "recurrent_activation": str(rng.choice(["sigmoid", "hard_sigmoid", "tanh"])),
+            "dtype": dtype,
+        }
         if kind == "gru":
             options["reset_after"] = bool(rng.random() < 0.5)
         layer = _rng_layer(rng, kind, width, hidden, proj=proj, **options)
@@ -257,18 +271,27 @@ def _random_architecture(rng: np.random.Generator) -> Model:
     head = []
     for _ in range(int(rng.integers(0, 3))):
         out = int(rng.integers(1, 5))
-        head.append(dense_layer(rng.normal(0, 0.5, (out, width)), rng.normal(0, 0.2, out),
-                                str(rng.choice(["linear", "relu", "tanh", "sigmoid",
-                                                "hard_sigmoid"])), dtype=dtype))
+        head.append(
+            dense_layer(
+                rng.normal(0, 0.5, (out, width)),
+                rng.normal(0, 0.2, out),
+                str(rng.choice(["linear", "relu", "tanh", "sigmoid", "hard_sigmoid"])),
+                dtype=dtype,
+            )
+        )
         width = out
 
     def norm(size):
-        return Normalization(rng.normal(0, 1, size).astype(dtype),
-                             rng.uniform(0.5, 2, size).astype(dtype))
+        return Normalization(
+            rng.normal(0, 1, size).astype(dtype), rng.uniform(0.5, 2, size).astype(dtype)
+        )
 
-    return Model(layers=tuple(layers), head=tuple(head),
-                 input_norm=norm(n_in) if rng.random() < 0.5 else None,
-                 output_norm=norm(width) if rng.random() < 0.5 else None)
+    return Model(
+        layers=tuple(layers),
+        head=tuple(head),
+        input_norm=norm(n_in) if rng.random() < 0.5 else None,
+        output_norm=norm(width) if rng.random() < 0.5 else None,
+    )
 
 
 @pytest.mark.parametrize("kernel", KERNELS)

@@ -22,8 +22,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _python(code: str, *, simulator: bool = False) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "NUMBA_ENABLE_CUDASIM": "1" if simulator else "0"}
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def _has_gpu() -> bool:
@@ -171,18 +177,33 @@ def test_window_kernel_compiles_for_a_real_gpu():
 def test_benchmark_runs_end_to_end_on_the_simulator(tmp_path):
     """``bench_cuda.py --simulate`` walks every code path the GPU run takes, tiny and slow."""
     out = tmp_path / "bench.json"
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_cuda.py"),
-                             "--simulate", "--json", str(out)],
-                            env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench_cuda.py"),
+            "--simulate",
+            "--json",
+            str(out),
+        ],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads(out.read_text())
     assert record["simulated"] is True
     assert [(row["n"], row["kernel"]) for row in record["rows"]] == [
-        (1, "tiled"), (1, "per-stream"), (8, "tiled"), (8, "per-stream")]
+        (1, "tiled"),
+        (1, "per-stream"),
+        (8, "tiled"),
+        (8, "per-stream"),
+    ]
     assert record["device"]["launch_floor_ms"] > 0
-    assert all(row["bank_e2e_ms"] > 0 and row["block_e2e_ms_per_step"] > 0
-               for row in record["rows"])
+    assert all(
+        row["bank_e2e_ms"] > 0 and row["block_e2e_ms_per_step"] > 0 for row in record["rows"]
+    )
 
 
 def test_without_numba_cuda_installed_import_still_works():

@@ -27,14 +27,14 @@ from streamlstm.model import Model, Normalization, dense_layer, gru_layer, lstm_
 from streamlstm.window_spec import WindowSpec
 from streamlstm.windows import evaluate_windows
 
-window_bank = pytest.importorskip("streamlstm.cuda.window_bank",
-                                  reason="numba-cuda not installed")
+window_bank = pytest.importorskip("streamlstm.cuda.window_bank", reason="numba-cuda not installed")
 from streamlstm.cuda import is_available  # noqa: E402
 from streamlstm.cuda.window_tiles import window_kernel  # noqa: E402
 
 if not is_available():
-    pytest.skip("no CUDA GPU and the simulator is off (NUMBA_ENABLE_CUDASIM=0)",
-                allow_module_level=True)
+    pytest.skip(
+        "no CUDA GPU and the simulator is off (NUMBA_ENABLE_CUDASIM=0)", allow_module_level=True
+    )
 
 D = 3
 BLOCK = 8  # threads per block: the simulator runs a Python thread per CUDA thread
@@ -42,13 +42,22 @@ BLOCK = 8  # threads per block: the simulator runs a Python thread per CUDA thre
 
 def _direction(rng, kind, width, hidden, dtype, **options):
     if kind == "rnn":
-        return rnn_layer(rng.normal(0, 0.4, (hidden, width)), rng.normal(0, 0.4, (hidden, hidden)),
-                         rng.normal(0, 0.2, hidden), rng.normal(0, 0.2, hidden), dtype=dtype,
-                         **options)
+        return rnn_layer(
+            rng.normal(0, 0.4, (hidden, width)),
+            rng.normal(0, 0.4, (hidden, hidden)),
+            rng.normal(0, 0.2, hidden),
+            rng.normal(0, 0.2, hidden),
+            dtype=dtype,
+            **options,
+        )
     gates = (4 if kind == "lstm" else 3) * hidden
     proj = options.pop("proj", None)
-    args = [rng.normal(0, 0.4, (gates, width)), rng.normal(0, 0.4, (gates, proj or hidden)),
-            rng.normal(0, 0.2, gates), rng.normal(0, 0.2, gates)]
+    args = [
+        rng.normal(0, 0.4, (gates, width)),
+        rng.normal(0, 0.4, (gates, proj or hidden)),
+        rng.normal(0, 0.2, gates),
+        rng.normal(0, 0.2, gates),
+    ]
     if kind == "lstm":
         w_hr = None if proj is None else rng.normal(0, 0.4, (proj, hidden))
         return lstm_layer(*args, w_hr=w_hr, dtype=dtype, **options)
@@ -59,26 +68,51 @@ def _layer(rng, kind, width, hidden, dtype, bidirectional=False, **options):
     forward = _direction(rng, kind, width, hidden, dtype, **dict(options))
     if not bidirectional:
         return forward
-    return dataclasses.replace(forward, backward=_direction(rng, kind, width, hidden, dtype,
-                                                            **dict(options)))
+    return dataclasses.replace(
+        forward, backward=_direction(rng, kind, width, hidden, dtype, **dict(options))
+    )
 
 
 # name: (layers as (kind, hidden, bidirectional, options), outputs, spec fields, dtype)
 CASES = {
-    "lstm_last": ([("lstm", 5, False, {}), ("lstm", 4, False, {"proj": 3})], 2,
-                  {"output": "last"}, np.float64),
-    "gru_softmax": ([("gru", 5, False, {"reset_after": False})], 3,
-                    {"output": "probabilities"}, np.float64),
-    "rnn_log_softmax": ([("rnn", 6, False, {"activation": "tanh"})], 3,
-                        {"output": "log_probabilities"}, np.float64),
+    "lstm_last": (
+        [("lstm", 5, False, {}), ("lstm", 4, False, {"proj": 3})],
+        2,
+        {"output": "last"},
+        np.float64,
+    ),
+    "gru_softmax": (
+        [("gru", 5, False, {"reset_after": False})],
+        3,
+        {"output": "probabilities"},
+        np.float64,
+    ),
+    "rnn_log_softmax": (
+        [("rnn", 6, False, {"activation": "tanh"})],
+        3,
+        {"output": "log_probabilities"},
+        np.float64,
+    ),
     "lstm_every_f32": ([("lstm", 6, False, {})], D, {"output": "every"}, np.float32),
-    "bi_lstm_softmax": ([("lstm", 4, True, {}), ("gru", 3, True, {})], 3,
-                        {"output": "probabilities"}, np.float64),
-    "bi_rnn_final_state": ([("rnn", 4, True, {"activation": "relu"})], 2,
-                           {"output": "last", "final_state": True}, np.float64),
+    "bi_lstm_softmax": (
+        [("lstm", 4, True, {}), ("gru", 3, True, {})],
+        3,
+        {"output": "probabilities"},
+        np.float64,
+    ),
+    "bi_rnn_final_state": (
+        [("rnn", 4, True, {"activation": "relu"})],
+        2,
+        {"output": "last", "final_state": True},
+        np.float64,
+    ),
     "bi_gru_every": ([("gru", 4, True, {})], D, {"output": "every"}, np.float64),
-    "encoder_decoder": ([("lstm", 4, True, {}), ("lstm", 5, False, {})], D,
-                        {"output": "every", "encoder_layers": 1}, np.float64),
+    "encoder_decoder": (
+        [("lstm", 4, True, {}), ("lstm", 5, False, {})],
+        D,
+        {"output": "every", "encoder_layers": 1},
+        np.float64,
+    ),
 }
 
 
@@ -90,14 +124,19 @@ def _model(name: str) -> Model:
         layer = _layer(rng, kind, width, hidden, dtype, bidirectional, **options)
         layers.append(layer)
         width = layer.output_size
-    head = (dense_layer(rng.normal(0, 0.4, (5, width)), rng.normal(0, 0.1, 5), "relu",
-                        dtype=dtype),
-            dense_layer(rng.normal(0, 0.4, (outputs, 5)), rng.normal(0, 0.1, outputs),
-                        dtype=dtype))
+    head = (
+        dense_layer(rng.normal(0, 0.4, (5, width)), rng.normal(0, 0.1, 5), "relu", dtype=dtype),
+        dense_layer(rng.normal(0, 0.4, (outputs, 5)), rng.normal(0, 0.1, outputs), dtype=dtype),
+    )
     norm_in = Normalization(rng.normal(0, 1, D).astype(dtype), rng.uniform(0.5, 2, D).astype(dtype))
     spec = WindowSpec(length=5, hop=2, **fields)
-    return Model(layers=tuple(layers), head=head, input_norm=norm_in, name=name,
-                 metadata={"window": spec.to_metadata()})
+    return Model(
+        layers=tuple(layers),
+        head=head,
+        input_norm=norm_in,
+        name=name,
+        metadata={"window": spec.to_metadata()},
+    )
 
 
 def _tolerance(model: Model, values: np.ndarray) -> float:
@@ -113,8 +152,9 @@ def _assert_same_push(cpu, gpu, ids, xs) -> int:
     np.testing.assert_array_equal(got.batch_index, want.batch_index)
     assert (got.skipped, got.failed) == (want.skipped, want.failed)
     assert got.values.shape == want.values.shape
-    np.testing.assert_allclose(got.values, want.values, rtol=0,
-                               atol=_tolerance(cpu.model, want.values))
+    np.testing.assert_allclose(
+        got.values, want.values, rtol=0, atol=_tolerance(cpu.model, want.values)
+    )
     if want.inputs is not None:
         np.testing.assert_array_equal(got.inputs, want.inputs)
     return len(got)
@@ -144,8 +184,8 @@ def test_windows_holding_a_rejected_sample_are_skipped_and_counted():
     assert isinstance(gpu, window_bank.CudaWindowBank)
     rng = np.random.default_rng(2)
     xs = rng.normal(0, 1, (16, D))
-    xs[5, 1] = np.nan   # sensor "a": its windows ending at samples 4..6 hold it
-    xs[8, 0] = np.inf   # sensor "b"
+    xs[5, 1] = np.nan  # sensor "a": its windows ending at samples 4..6 hold it
+    xs[8, 0] = np.inf  # sensor "b"
     ids = ["a", "b"] * 8
     _assert_same_push(cpu, gpu, ids, xs)
     _assert_same_push(cpu, gpu, ids, rng.normal(0, 1, (16, D)))
@@ -182,13 +222,15 @@ def test_rings_move_between_cpu_and_gpu_window_banks():
     assert gpu.sample_count("p") == cpu.sample_count("p") == 7
 
 
-@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning",
-                            "ignore:invalid value:RuntimeWarning")  # the simulator's numpy
+@pytest.mark.filterwarnings(
+    "ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning"
+)  # the simulator's numpy
 def test_overflowing_windows_fail_as_on_the_cpu():
     model = _model("rnn_log_softmax")
     layer = model.layers[0]
-    huge = dataclasses.replace(layer, activation="relu", w_hh=layer.w_hh * 0 + 1e170,
-                               w_ih=np.abs(layer.w_ih) * 1e170)
+    huge = dataclasses.replace(
+        layer, activation="relu", w_hh=layer.w_hh * 0 + 1e170, w_ih=np.abs(layer.w_ih) * 1e170
+    )
     model = model.replace(layers=(huge,))
     cpu = model.windows()
     gpu = window_bank.CudaWindowBank(model, block_size=BLOCK)
@@ -201,8 +243,12 @@ def test_overflowing_windows_fail_as_on_the_cpu():
 def test_a_model_too_large_for_the_tiles_is_refused_by_name():
     rng = np.random.default_rng(5)
     big = _layer(rng, "lstm", D, 400, np.float32, bidirectional=True)
-    model = Model(layers=(big,), head=(dense_layer(rng.normal(0, 0.1, (2, 800))),), name="wide",
-                  metadata={"window": WindowSpec(4, 1).to_metadata()})
+    model = Model(
+        layers=(big,),
+        head=(dense_layer(rng.normal(0, 0.1, (2, 800))),),
+        name="wide",
+        metadata={"window": WindowSpec(4, 1).to_metadata()},
+    )
     with pytest.raises(ShapeError, match=r"wide: too large for the GPU window kernel.*'cpu'"):
         window_bank.CudaWindowBank(model)
     with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda'"):
@@ -215,17 +261,34 @@ def test_benchmark_runs_on_the_simulator(tmp_path):
     """``bench_windows.py --device cuda --simulate`` walks the GPU benchmark's code path."""
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "windows.json"
-    result = subprocess.run([sys.executable, str(root / "benchmarks" / "bench_windows.py"),
-                             "--device", "cuda", "--simulate", "--json", str(out)],
-                            env={**os.environ, "PYTHONPATH": str(root)}, cwd=root,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(root / "benchmarks" / "bench_windows.py"),
+            "--device",
+            "cuda",
+            "--simulate",
+            "--json",
+            str(out),
+        ],
+        env={**os.environ, "PYTHONPATH": str(root)},
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads(out.read_text())
     assert record["simulated"] is True
     assert [(row["bidirectional"], row["sensors"]) for row in record["rows"]] == [
-        (False, 1), (False, 8), (True, 1), (True, 8)]
-    assert all(row["gpu_windows_per_s"] > 0 and row["cpu_windows_per_s"] > 0
-               for row in record["rows"])
+        (False, 1),
+        (False, 8),
+        (True, 1),
+        (True, 8),
+    ]
+    assert all(
+        row["gpu_windows_per_s"] > 0 and row["cpu_windows_per_s"] > 0 for row in record["rows"]
+    )
 
 
 @pytest.mark.parametrize("cell,output", [("gru", "probabilities"), ("rnn_relu", "every")])
@@ -239,8 +302,9 @@ def test_streamed_windows_match_torch(tmp_path, cell, output):
     torch.manual_seed(0)
     net = WindowNet(cell, 1, True, output, hidden=4).double()
     torch.save(net.state_dict(), tmp_path / "net.pt")
-    model = load_torch(tmp_path / "net.pt", kind=cell if cell.startswith("rnn") else None,
-                       dtype=np.float64)
+    model = load_torch(
+        tmp_path / "net.pt", kind=cell if cell.startswith("rnn") else None, dtype=np.float64
+    )
     spec = WindowSpec(16, 4, output)
     rng = np.random.default_rng(6)
     streams = rng.normal(0, 1, (4, 16 + 49 * 4, 3))
@@ -262,10 +326,15 @@ def test_the_kernel_rejects_a_window_holding_a_non_finite_sample():
     cap = k.streams
     outs = cuda.device_array(3 * k.rows * model.output_size, model.dtype)
     status = cuda.device_array(3, np.int32)
-    k.kernel[k.launch_shape(3), BLOCK](cuda.to_device(k.weights), cuda.to_device(windows.ravel()),
-                                       cuda.device_array(k.seq_size(cap, spec.length),
-                                                         model.dtype),
-                                       outs, status, 3, cap)
+    k.kernel[k.launch_shape(3), BLOCK](
+        cuda.to_device(k.weights),
+        cuda.to_device(windows.ravel()),
+        cuda.device_array(k.seq_size(cap, spec.length), model.dtype),
+        outs,
+        status,
+        3,
+        cap,
+    )
     got = outs.copy_to_host().reshape(3, model.output_size)
     assert status.copy_to_host().tolist() == [OK, REJECTED_SAMPLE, OK]
     assert np.isnan(got[1]).all()

@@ -17,17 +17,21 @@ from streamlstm.model import Normalization
 
 # Small synthetic sets cannot support the default budget (1 false alarm/day at 50 Hz);
 # test_detect_v2.py checks that warning itself.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore::streamlstm.detect.calibration.CalibrationWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::streamlstm.detect.calibration.CalibrationWarning")
 
 
 # -- the alert state machine on constructed score sequences --------------------------------
-def run_machine(scores, times=None, *, threshold=1.0, hysteresis=0.5, debounce=3,
-                quiet_time=0.0, warmup=0):
+def run_machine(
+    scores, times=None, *, threshold=1.0, hysteresis=0.5, debounce=3, quiet_time=0.0, warmup=0
+):
     """Drive the compiled state machine with a score sequence; return (kind, t, peak, dur)."""
-    params = DetectorParams = P.DetectorParams(threshold=threshold, hysteresis=hysteresis,
-                                               debounce=debounce, quiet_time=quiet_time,
-                                               warmup=warmup)
+    params = DetectorParams = P.DetectorParams(
+        threshold=threshold,
+        hysteresis=hysteresis,
+        debounce=debounce,
+        quiet_time=quiet_time,
+        warmup=warmup,
+    )
     del DetectorParams
     scoring = P.Scoring(True, np.zeros(0), np.zeros((0, 0)), 0)
     dparams = P.pack_params(params, scoring)
@@ -74,15 +78,19 @@ def test_warmup_raises_nothing_and_debounce_restarts_after_it():
 
 # -- models for the fused path ---------------------------------------------------------------
 def predictor(width=3, hidden=(8,), seed=1, dtype=np.float64, norms=True):
-    model = sl.random_model(width, list(hidden), output_size=width, seed=seed,
-                            dtype=dtype).replace(sample_rate=50.0)
+    model = sl.random_model(width, list(hidden), output_size=width, seed=seed, dtype=dtype).replace(
+        sample_rate=50.0
+    )
     if norms:
         rng = np.random.default_rng(seed)
         model = model.replace(
-            input_norm=Normalization(rng.normal(0, 1, width).astype(dtype),
-                                     rng.uniform(0.5, 3, width).astype(dtype)),
-            output_norm=Normalization(rng.normal(0, 1, width).astype(dtype),
-                                      rng.uniform(0.5, 3, width).astype(dtype)))
+            input_norm=Normalization(
+                rng.normal(0, 1, width).astype(dtype), rng.uniform(0.5, 3, width).astype(dtype)
+            ),
+            output_norm=Normalization(
+                rng.normal(0, 1, width).astype(dtype), rng.uniform(0.5, 3, width).astype(dtype)
+            ),
+        )
     return model
 
 
@@ -101,7 +109,7 @@ def interleaved_batch(sensors, count, width, *, seed=2, nan_every=0, burst=None)
     samples = data.reshape(-1, width)
     times = np.repeat(np.arange(count) * 0.02, len(sensors))
     if nan_every:
-        samples[nan_every::nan_every * 7 + 1] = np.nan
+        samples[nan_every :: nan_every * 7 + 1] = np.nan
     return ids, samples, times
 
 
@@ -114,8 +122,10 @@ CASES = {
 @pytest.fixture(scope="module")
 def calibrated():
     model = predictor()
-    return {name: calibrate(model, normal_data(600, 3), warmup_steps=10, quiet_s=0.1, **kw)
-            for name, kw in CASES.items()}
+    return {
+        name: calibrate(model, normal_data(600, 3), warmup_steps=10, quiet_s=0.1, **kw)
+        for name, kw in CASES.items()
+    }
 
 
 def compare(model, ids, samples, times, batches, threads=1, **overrides):
@@ -124,8 +134,10 @@ def compare(model, ids, samples, times, batches, threads=1, **overrides):
     fast_scores, fast_events = [], []
     for part in np.array_split(np.arange(len(ids)), batches):
         batch_ids = [ids[i] for i in part]
-        fast_events += [(e.sensor, e.kind, e.t, e.peak, e.duration)
-                        for e in det.update(batch_ids, samples[part], times[part])]
+        fast_events += [
+            (e.sensor, e.kind, e.t, e.peak, e.duration)
+            for e in det.update(batch_ids, samples[part], times[part])
+        ]
         fast_scores.append(det.last_scores)
     ref_scores, ref_events = ref.update(ids, samples, times)
     fast_scores = np.concatenate(fast_scores)
@@ -133,8 +145,9 @@ def compare(model, ids, samples, times, batches, threads=1, **overrides):
     ok = ~np.isnan(ref_scores)
     np.testing.assert_allclose(fast_scores[ok], ref_scores[ok], rtol=1e-9, atol=1e-12)
     assert [e[:3] for e in fast_events] == [e[:3] for e in ref_events]
-    np.testing.assert_allclose([e[3:] for e in fast_events], [e[3:] for e in ref_events],
-                               rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(
+        [e[3:] for e in fast_events], [e[3:] for e in ref_events], rtol=1e-9, atol=1e-12
+    )
     for sensor, state in ref.sensors.items():
         assert det.rejected(sensor) == state["rejected"]
     return fast_events
@@ -143,37 +156,57 @@ def compare(model, ids, samples, times, batches, threads=1, **overrides):
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("threads,batches", [(1, 7), (2, 2)])
 def test_fused_path_equals_reference(calibrated, case, threads, batches):
-    ids, samples, times = interleaved_batch(["a", 7, "c"], 400, 3, nan_every=13,
-                                            burst=slice(150, 260))
+    ids, samples, times = interleaved_batch(
+        ["a", 7, "c"], 400, 3, nan_every=13, burst=slice(150, 260)
+    )
     events = compare(calibrated[case], ids, samples, times, batches, threads=threads)
     assert any(e[1] == "start" and e[0] == "a" for e in events)  # the burst is caught
 
 
 def test_fused_path_equals_reference_with_overrides(calibrated):
     ids, samples, times = interleaved_batch(["x", "y"], 300, 3, burst=slice(100, 200))
-    compare(calibrated["diagonal"], ids, samples, times, 3, margin=0.8, alpha=0.3,
-            debounce_steps=2, hysteresis=0.9, quiet_s=0.0, warmup_steps=3)
+    compare(
+        calibrated["diagonal"],
+        ids,
+        samples,
+        times,
+        3,
+        margin=0.8,
+        alpha=0.3,
+        debounce_steps=2,
+        hysteresis=0.9,
+        quiet_s=0.0,
+        warmup_steps=3,
+    )
 
 
 def test_fused_path_equals_reference_for_a_direct_score_model():
     model = sl.random_model(2, [6], output_size=1, seed=4, dtype=np.float64)
     model = model.replace(sample_rate=50.0)
-    model = calibrate(model, normal_data(300, 2), score="direct", warmup_steps=5, quantile=0.9,
-                      margin=1.0, quiet_s=0.0)
-    ids, samples, times = interleaved_batch(["p", "q"], 200, 2, nan_every=11,
-                                            burst=slice(50, 120))
+    model = calibrate(
+        model,
+        normal_data(300, 2),
+        score="direct",
+        warmup_steps=5,
+        quantile=0.9,
+        margin=1.0,
+        quiet_s=0.0,
+    )
+    ids, samples, times = interleaved_batch(["p", "q"], 200, 2, nan_every=11, burst=slice(50, 120))
     compare(model, ids, samples, times, 4)
 
 
 def test_fused_path_equals_reference_with_the_feature_front_end():
-    spec = {"window": 16, "hop": 4,
-            "stats": ["rms", "peak", "crest", "kurtosis", "log_rms", "log_std", "acf1",
-                      "corr_next"]}
+    spec = {
+        "window": 16,
+        "hop": 4,
+        "stats": ["rms", "peak", "crest", "kurtosis", "log_rms", "log_std", "acf1", "corr_next"],
+    }
     model = predictor(width=2 * 8, seed=3, norms=False).replace(metadata={"features": spec})
-    model = calibrate(model, [normal_data(800, 2, seed=s) for s in range(3)], warmup_steps=4,
-                      quiet_s=0.0)
-    ids, samples, times = interleaved_batch(["u", "v"], 500, 2, nan_every=17,
-                                            burst=slice(250, 400))
+    model = calibrate(
+        model, [normal_data(800, 2, seed=s) for s in range(3)], warmup_steps=4, quiet_s=0.0
+    )
+    ids, samples, times = interleaved_batch(["u", "v"], 500, 2, nan_every=17, burst=slice(250, 400))
     compare(model, ids, samples, times, 5)
 
 
@@ -216,8 +249,10 @@ def test_snapshot_round_trip_is_bit_exact(calibrated):
     one.update(ids[first], samples[first], times[first])
     snapshot = one.export_state()
     # Through JSON and back, as a daemon may store it.
-    text = json.dumps({k: (v.tolist() if isinstance(v, np.ndarray) else v)
-                       for k, v in snapshot.items()}, allow_nan=True)
+    text = json.dumps(
+        {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in snapshot.items()},
+        allow_nan=True,
+    )
     two = sl.Detector(model)
     two.import_state(json.loads(text))
     for name in ("states", "istate", "fstate", "preds", "rings", "rejected"):
@@ -259,7 +294,8 @@ def test_parameters_come_from_calibration_and_can_be_overridden(calibrated):
     # Alerts end part-way between the normal (median) score and the threshold.
     assert 0.5 < cal["baseline"] < cal["threshold"]
     assert sl.Detector(model, threshold=3.0).params.end_threshold == pytest.approx(
-        cal["baseline"] + cal["hysteresis"] * (3.0 - cal["baseline"]))
+        cal["baseline"] + cal["hysteresis"] * (3.0 - cal["baseline"])
+    )
     with pytest.raises(ConfigError, match="unknown detector parameter"):
         sl.Detector(model, treshold=1.0)
     with pytest.raises(ConfigError, match="hysteresis"):
@@ -282,13 +318,16 @@ def test_bad_batches_get_clear_errors(calibrated):
 def test_fused_path_equals_reference_with_a_level_term():
     spec = {"window": 12, "hop": 3, "stats": ["log_std", "acf1", "corr_next"]}
     model = predictor(width=2 * 3, seed=5, norms=False).replace(metadata={"features": spec})
-    model = calibrate(model, [normal_data(600, 2, seed=s) for s in range(2)], warmup_steps=4,
-                      quiet_s=0.0, level=True)
+    model = calibrate(
+        model,
+        [normal_data(600, 2, seed=s) for s in range(2)],
+        warmup_steps=4,
+        quiet_s=0.0,
+        level=True,
+    )
     assert len(model.calibration["level_center"]) == 6
-    ids, samples, times = interleaved_batch(["u", "v"], 400, 2, nan_every=13,
-                                            burst=slice(200, 320))
+    ids, samples, times = interleaved_batch(["u", "v"], 400, 2, nan_every=13, burst=slice(200, 320))
     compare(model, ids, samples, times, 5)
-
 
 
 def test_level_term_is_stored_only_when_asked_and_checked_on_load(calibrated):
@@ -303,11 +342,11 @@ def test_level_term_is_stored_only_when_asked_and_checked_on_load(calibrated):
 
 # -- recipe v2 score paths: delta target, masked channels, missing values, priming -----------
 def test_fused_path_equals_reference_for_a_delta_target_model():
-    model = calibrate(predictor(seed=6), normal_data(600, 3), target="delta", warmup_steps=10,
-                      quiet_s=0.1)
+    model = calibrate(
+        predictor(seed=6), normal_data(600, 3), target="delta", warmup_steps=10, quiet_s=0.1
+    )
     assert model.calibration["target"] == "delta"
-    ids, samples, times = interleaved_batch(["a", "b"], 300, 3, nan_every=19,
-                                            burst=slice(120, 200))
+    ids, samples, times = interleaved_batch(["a", "b"], 300, 3, nan_every=19, burst=slice(120, 200))
     compare(model, ids, samples, times, 4)
 
 
@@ -319,9 +358,9 @@ def test_fused_path_equals_reference_with_a_masked_channel_and_missing_values(me
     assert model.calibration["mask"] == [1.0, 1.0, 0.0]
     ids, samples, times = interleaved_batch(["a", "b"], 300, 3, burst=slice(120, 200))
     rng = np.random.default_rng(3)
-    samples[rng.random(samples.shape) < 0.05] = np.nan   # scattered missing values
-    samples[::37] = np.nan                               # and a few empty samples
-    samples[:, 2] = rng.normal(0, 100, len(samples))     # the masked channel: anything
+    samples[rng.random(samples.shape) < 0.05] = np.nan  # scattered missing values
+    samples[::37] = np.nan  # and a few empty samples
+    samples[:, 2] = rng.normal(0, 100, len(samples))  # the masked channel: anything
     compare(model, ids, samples, times, 3)
 
 
@@ -340,8 +379,16 @@ def test_fused_path_equals_reference_when_priming(calibrated):
 def test_fused_path_equals_reference_with_max_pooling_a_level_term_and_gaps(metric):
     normal = normal_data(600, 3)
     normal[:, 1] = 2.0  # frozen: learned as masked
-    model = calibrate(predictor(seed=8), normal, metric=metric, pool="max", level=True,
-                      target="delta", warmup_steps=10, quiet_s=0.1)
+    model = calibrate(
+        predictor(seed=8),
+        normal,
+        metric=metric,
+        pool="max",
+        level=True,
+        target="delta",
+        warmup_steps=10,
+        quiet_s=0.1,
+    )
     assert model.calibration["pool"] == "max"
     ids, samples, times = interleaved_batch(["a", "b"], 300, 3, burst=slice(120, 200))
     rng = np.random.default_rng(4)
@@ -358,8 +405,14 @@ def test_max_pooling_is_not_diluted_by_quiet_channels():
     normal = normal_data(800, width, seed=3)
     rise = {}
     for pool in ("rms", "max"):
-        model = calibrate(predictor(width=width, seed=9), normal, pool=pool, level=True,
-                          warmup_steps=10, quantile=0.99)
+        model = calibrate(
+            predictor(width=width, seed=9),
+            normal,
+            pool=pool,
+            level=True,
+            warmup_steps=10,
+            quantile=0.99,
+        )
         det = sl.Detector(model, alpha=1.0)
         shifted = normal_data(400, width, seed=5)
         shifted[200:, 4] += 3.0  # 30 normal standard deviations of the noise, one channel
@@ -387,9 +440,18 @@ def drifting(count, width, *, drift, seed=2):
 def adaptive():
     normal = normal_data(800, 3)
     normal[:, 2] = 4.0  # frozen: masked, never adapted
-    return calibrate(predictor(seed=10), normal, level=True, level_alpha=0.02,
-                     level_bound=4.0, pool="max", target="delta", warmup_steps=10,
-                     quiet_s=0.1, quantile=0.99)
+    return calibrate(
+        predictor(seed=10),
+        normal,
+        level=True,
+        level_alpha=0.02,
+        level_bound=4.0,
+        pool="max",
+        target="delta",
+        warmup_steps=10,
+        quiet_s=0.1,
+        quantile=0.99,
+    )
 
 
 @pytest.mark.parametrize("threads,batches", [(1, 5), (2, 2)])
@@ -397,7 +459,7 @@ def test_fused_path_equals_reference_with_drift_adaptation(adaptive, threads, ba
     assert adaptive.calibration["level_alpha"] == 0.02
     assert adaptive.calibration["level_scale"][2] == 0.0
     ids, samples, times = interleaved_batch(["a", "b"], 400, 3, burst=slice(250, 320))
-    samples[:, :2] += 0.004 * np.repeat(np.arange(400), 2)[:, None]   # a slow drift
+    samples[:, :2] += 0.004 * np.repeat(np.arange(400), 2)[:, None]  # a slow drift
     rng = np.random.default_rng(6)
     samples[rng.random(samples.shape) < 0.04] = np.nan
     samples[:, 2] = rng.normal(0, 50, len(samples))
@@ -450,7 +512,7 @@ def test_snapshots_carry_the_adapted_level_and_old_ones_still_load(adaptive):
     one.update(ids[400:], samples[400:], times[400:])
     two.update(ids[400:], samples[400:], times[400:])
     np.testing.assert_array_equal(one.last_scores, two.last_scores)
-    older = {k: v for k, v in snapshot.items() if k != "levels"}   # before adaptation existed
+    older = {k: v for k, v in snapshot.items() if k != "levels"}  # before adaptation existed
     three = sl.Detector(adaptive)
     three.import_state(older)
     np.testing.assert_array_equal(three.export_state()["levels"], 0.0)

@@ -13,8 +13,7 @@ from streamlstm.formats import load, save
 
 # Small synthetic sets cannot support the default budget (1 false alarm/day at 50 Hz);
 # test_detect_v2.py checks that warning itself.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore::streamlstm.detect.calibration.CalibrationWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::streamlstm.detect.calibration.CalibrationWarning")
 
 
 def sine_data(count, width=2, seed=0):
@@ -55,7 +54,8 @@ def test_calibration_survives_the_native_file_and_detects_the_same(model, tmp_pa
 def test_feature_model_calibrates_on_raw_samples(model):
     spec = {"window": 20, "hop": 5, "stats": ["rms", "kurtosis"]}
     feat_model = sl.random_model(4, [6], output_size=4, seed=2).replace(
-        metadata={"features": spec}, sample_rate=1000.0)
+        metadata={"features": spec}, sample_rate=1000.0
+    )
     raw = sine_data(2000, width=2)
     cal = calibrate(feat_model, raw, warmup_steps=5).calibration
     assert len(cal["center"]) == 4
@@ -78,8 +78,23 @@ def test_calibrate_command(model, tmp_path, capsys):
     csv = tmp_path / "normal.csv"
     np.savetxt(csv, sine_data(600), delimiter=",", header="a,b", comments="")
     out = tmp_path / "cal.npz"
-    code = main(["calibrate", "--model", str(source), "--data", str(csv), "--out", str(out),
-                 "--margin", "2", "--warmup-steps", "10", "--metric", "mahalanobis"])
+    code = main(
+        [
+            "calibrate",
+            "--model",
+            str(source),
+            "--data",
+            str(csv),
+            "--out",
+            str(out),
+            "--margin",
+            "2",
+            "--warmup-steps",
+            "10",
+            "--metric",
+            "mahalanobis",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     cal = load(out).calibration
     assert cal["margin"] == 2 and cal["warmup"] == 10 and cal["metric"] == "mahalanobis"
@@ -91,14 +106,28 @@ def test_calibrate_command(model, tmp_path, capsys):
     assert "level_center" not in load(again).calibration
     # --level adds the level term; a later recalibration keeps it unless --no-level.
     level = tmp_path / "level.npz"
-    assert main(["calibrate", "--model", str(out), "--data", str(csv), "--out", str(level),
-                 "--level"]) == 0
+    assert (
+        main(["calibrate", "--model", str(out), "--data", str(csv), "--out", str(level), "--level"])
+        == 0
+    )
     assert len(load(level).calibration["level_center"]) == 2
-    assert main(["calibrate", "--model", str(level), "--data", str(csv), "--out",
-                 str(again)]) == 0
+    assert main(["calibrate", "--model", str(level), "--data", str(csv), "--out", str(again)]) == 0
     assert "level_center" in load(again).calibration
-    assert main(["calibrate", "--model", str(level), "--data", str(csv), "--out",
-                 str(again), "--no-level"]) == 0
+    assert (
+        main(
+            [
+                "calibrate",
+                "--model",
+                str(level),
+                "--data",
+                str(csv),
+                "--out",
+                str(again),
+                "--no-level",
+            ]
+        )
+        == 0
+    )
     assert "level_center" not in load(again).calibration
 
 
@@ -106,8 +135,9 @@ def test_calibrate_command_reports_bad_input(model, tmp_path, capsys):
     source = save(model, tmp_path / "raw.npz")
     bad = tmp_path / "bad.csv"
     bad.write_text("a,b\n1,2\n3,nan\n")
-    code = main(["calibrate", "--model", str(source), "--data", str(bad),
-                 "--out", str(tmp_path / "x.npz")])
+    code = main(
+        ["calibrate", "--model", str(source), "--data", str(bad), "--out", str(tmp_path / "x.npz")]
+    )
     assert code == 2
     assert "NaN" in capsys.readouterr().err
     assert not (tmp_path / "x.npz").exists()
@@ -122,10 +152,25 @@ def test_calibrate_command_hints_at_columns_for_a_wider_csv(model, tmp_path, cap
     names = ["t", "a", "b", "p", "q", "r", "s", "u"]
     np.savetxt(csv, data, delimiter=",", header=",".join(names), comments="")
     out = tmp_path / "cal.npz"
-    assert main(["calibrate", "--model", str(source), "--data", str(csv),
-                 "--out", str(out)]) == 2
+    assert main(["calibrate", "--model", str(source), "--data", str(csv), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "has 8 columns (t, a, b, p, q, r, s, u)" in err and "--columns" in err
     assert not out.exists()
-    assert main(["calibrate", "--model", str(source), "--data", str(csv), "--out", str(out),
-                 "--columns", "a,b", "--warmup-steps", "10"]) == 0, capsys.readouterr().err
+    assert (
+        main(
+            [
+                "calibrate",
+                "--model",
+                str(source),
+                "--data",
+                str(csv),
+                "--out",
+                str(out),
+                "--columns",
+                "a,b",
+                "--warmup-steps",
+                "10",
+            ]
+        )
+        == 0
+    ), capsys.readouterr().err

@@ -15,8 +15,7 @@ from streamlstm.detect.durations import resolve_durations, step_seconds
 from streamlstm.errors import ConfigError
 from streamlstm.formats import load, save
 
-pytestmark = pytest.mark.filterwarnings(
-    "ignore::streamlstm.detect.calibration.CalibrationWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::streamlstm.detect.calibration.CalibrationWarning")
 
 
 def sine(count, width=2, seed=0):
@@ -50,8 +49,15 @@ def test_quiet_steps_end_the_alert_on_that_step():
     """Drive a detector to an alert, then below the end threshold: with quiet_steps=3 the
     alert ends on the third sample after the first one below, whatever the jitter."""
     raw = sl.random_model(1, [4], output_size=1, seed=1).replace(sample_rate=10.0)
-    model = calibrate(raw, sine(400, width=1), quantile=0.99, level=True,
-                      warmup_steps=5, alpha=1.0, hysteresis=1.0)
+    model = calibrate(
+        raw,
+        sine(400, width=1),
+        quantile=0.99,
+        level=True,
+        warmup_steps=5,
+        alpha=1.0,
+        hysteresis=1.0,
+    )
     det = sl.Detector(model, quiet_steps=3, debounce_steps=1, warmup_steps=0)
     rng = np.random.default_rng(0)
     x = np.r_[sine(40, width=1)[:, 0], np.full(5, 50.0), sine(40, width=1, seed=2)[:, 0]]
@@ -66,9 +72,12 @@ def test_quiet_steps_end_the_alert_on_that_step():
 def test_old_names_still_work_with_a_deprecation_warning(model, tmp_path):
     with pytest.warns(DeprecationWarning) as caught:
         old = sl.Detector(model, warmup=25, debounce=4, quiet_time=0.19).params
-    assert sorted(str(w.message).split(" is deprecated: use ")[1].split()[0]
-                  for w in caught) == ["'debounce_steps'", "'quiet_s'", "'warmup_steps'"]
-    assert all(w.filename == __file__ for w in caught)   # points at the caller's line
+    assert sorted(str(w.message).split(" is deprecated: use ")[1].split()[0] for w in caught) == [
+        "'debounce_steps'",
+        "'quiet_s'",
+        "'warmup_steps'",
+    ]
+    assert all(w.filename == __file__ for w in caught)  # points at the caller's line
     assert old == sl.Detector(model, warmup_steps=25, debounce_steps=4, quiet_s=0.19).params
     with pytest.warns(DeprecationWarning, match="quiet_time"):
         calibrated = calibrate(model, sine(600), quiet_time=0.3, quantile=0.99)
@@ -82,8 +91,9 @@ def test_old_names_still_work_with_a_deprecation_warning(model, tmp_path):
 
 
 def test_calibration_stores_converted_durations(model):
-    cal = calibrate(model, sine(600), warmup_s=0.3, debounce_steps=2, quiet_steps=5,
-                    quantile=0.99).calibration
+    cal = calibrate(
+        model, sine(600), warmup_s=0.3, debounce_steps=2, quiet_steps=5, quantile=0.99
+    ).calibration
     assert (cal["warmup"], cal["debounce"]) == (15, 2)
     assert cal["quiet_time"] == pytest.approx(4.5 * 0.02)
 
@@ -91,8 +101,10 @@ def test_calibration_stores_converted_durations(model):
 def test_bad_durations_get_clear_errors(model):
     with pytest.raises(ConfigError, match="'warmup_steps' and 'warmup_s'"):
         sl.Detector(model, warmup_steps=3, warmup_s=1.0)
-    with (pytest.raises(ConfigError, match="'warmup' and 'warmup_steps'"),
-          pytest.warns(DeprecationWarning)):
+    with (
+        pytest.raises(ConfigError, match="'warmup' and 'warmup_steps'"),
+        pytest.warns(DeprecationWarning),
+    ):
         sl.Detector(model, warmup=3, warmup_steps=3)
     with pytest.raises(ConfigError, match="whole number"):
         sl.Detector(model, debounce_steps=2.5)
@@ -103,13 +115,14 @@ def test_bad_durations_get_clear_errors(model):
     no_rate = model.replace(sample_rate=None)
     with pytest.raises(ConfigError, match="sample rate"):
         sl.Detector(no_rate, warmup_s=1.0)
-    assert sl.Detector(no_rate, warmup_steps=4).params.warmup == 4   # same unit: no rate needed
+    assert sl.Detector(no_rate, warmup_steps=4).params.warmup == 4  # same unit: no rate needed
 
 
 def test_a_step_is_a_hop_for_feature_and_window_models():
     base = sl.random_model(6, [4], output_size=6, seed=1).replace(sample_rate=1000.0)
-    features = base.replace(metadata={"features": {"window": 64, "hop": 16,
-                                                   "stats": ["rms", "std", "kurtosis"]}})
+    features = base.replace(
+        metadata={"features": {"window": 64, "hop": 16, "stats": ["rms", "std", "kurtosis"]}}
+    )
     assert step_seconds(base) == pytest.approx(0.001)
     assert step_seconds(features) == pytest.approx(0.016)
     assert resolve_durations({"warmup_s": 0.16}, step_seconds(features)) == {"warmup": 10}
@@ -120,20 +133,63 @@ def test_the_command_takes_durations_with_units_pool_and_adaptation(model, tmp_p
     csv = tmp_path / "normal.csv"
     np.savetxt(csv, sine(800, seed=1), delimiter=",", header="c0,c1", comments="")
     out = tmp_path / "cli.npz"
-    assert main(["calibrate", "--model", str(source), "--data", str(csv), "--out", str(out),
-                 "--warmup-s", "0.2", "--debounce-steps", "2", "--quiet-steps", "4",
-                 "--pool", "max", "--level", "--level-alpha", "0.05"]) == 0, \
-        capsys.readouterr().err
+    assert (
+        main(
+            [
+                "calibrate",
+                "--model",
+                str(source),
+                "--data",
+                str(csv),
+                "--out",
+                str(out),
+                "--warmup-s",
+                "0.2",
+                "--debounce-steps",
+                "2",
+                "--quiet-steps",
+                "4",
+                "--pool",
+                "max",
+                "--level",
+                "--level-alpha",
+                "0.05",
+            ]
+        )
+        == 0
+    ), capsys.readouterr().err
     cal = load(out).calibration
     assert (cal["warmup"], cal["debounce"], cal["pool"]) == (10, 2, "max")
     assert (cal["level_alpha"], cal["level_bound"]) == (0.05, 3.0)
     assert cal["quiet_time"] == pytest.approx(3.5 * 0.02)
-    python = calibrate(model, sine(800, seed=1), warmup_s=0.2, debounce_steps=2,
-                       quiet_steps=4, pool="max", level=True, level_alpha=0.05).calibration
+    python = calibrate(
+        model,
+        sine(800, seed=1),
+        warmup_s=0.2,
+        debounce_steps=2,
+        quiet_steps=4,
+        pool="max",
+        level=True,
+        level_alpha=0.05,
+    ).calibration
     assert cal["threshold"] == pytest.approx(python["threshold"], rel=1e-12)
     # A deprecated flag still works, with a notice on stderr.
     with pytest.warns(DeprecationWarning):
-        assert main(["calibrate", "--model", str(source), "--data", str(csv), "--out",
-                     str(out), "--warmup", "10"]) == 0
+        assert (
+            main(
+                [
+                    "calibrate",
+                    "--model",
+                    str(source),
+                    "--data",
+                    str(csv),
+                    "--out",
+                    str(out),
+                    "--warmup",
+                    "10",
+                ]
+            )
+            == 0
+        )
     assert "--warmup is deprecated, use --warmup-steps" in capsys.readouterr().err
     assert load(out).calibration["warmup"] == 10

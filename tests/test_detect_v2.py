@@ -23,7 +23,8 @@ def sine(count, width=3, seed=0):
 
 def model_at(rate=1.0, width=3, outputs=None):
     return sl.random_model(width, [8], output_size=outputs or width, seed=5).replace(
-        sample_rate=rate)
+        sample_rate=rate
+    )
 
 
 def test_calibration_with_too_little_data_for_the_budget_warns():
@@ -41,16 +42,16 @@ def test_calibration_with_too_little_data_for_the_budget_warns():
 def test_tail_fit_extrapolates_an_exponential_tail():
     rng = np.random.default_rng(0)
     scores = rng.exponential(size=20000)
-    fit = tail_threshold(scores, 1e-5)   # 0.2 expected exceedances: beyond the data
+    fit = tail_threshold(scores, 1e-5)  # 0.2 expected exceedances: beyond the data
     assert fit.method == "gpd" and fit.supported
-    assert fit.score == pytest.approx(-np.log(1e-5), rel=0.1)   # 11.5
+    assert fit.score == pytest.approx(-np.log(1e-5), rel=0.1)  # 11.5
     assert abs(fit.shape) < 0.1
 
 
 def test_masked_channels_are_learned_excluded_and_counted():
     normal = sine(600)
-    normal[:, 1] = 3.0          # frozen
-    normal[::3, 2] = np.nan     # missing in a third of the rows
+    normal[:, 1] = 3.0  # frozen
+    normal[::3, 2] = np.nan  # missing in a third of the rows
     model = calibrate(model_at(50.0), normal, warmup_steps=10, quantile=0.99)
     cal = model.calibration
     assert cal["mask"] == [1.0, 0.0, 0.0] and cal["mask_names"] == ["c1", "c2"]
@@ -70,7 +71,7 @@ def test_masked_channels_are_learned_excluded_and_counted():
     gap = stream.copy()
     gap[100:110, 0] = np.nan
     det.update(["c"] * 200, gap, np.arange(200) / 50)
-    assert det.filled("c") == 0 and det.rejected("c") == 10   # c0 is the only scored one
+    assert det.filled("c") == 0 and det.rejected("c") == 10  # c0 is the only scored one
 
 
 def test_configured_mask_is_kept_when_recalibrating():
@@ -97,22 +98,46 @@ def test_priming_raises_no_alert_and_counts_towards_the_warmup():
 
 
 def test_python_and_cli_calibration_agree(tmp_path, capsys):
-    source = save(calibrate(model_at(50.0), sine(600), warmup_steps=7, alpha=0.3, margin=1.2,
-                            false_alarms_per_day=5000), tmp_path / "m.npz")
+    source = save(
+        calibrate(
+            model_at(50.0),
+            sine(600),
+            warmup_steps=7,
+            alpha=0.3,
+            margin=1.2,
+            false_alarms_per_day=5000,
+        ),
+        tmp_path / "m.npz",
+    )
     csv = tmp_path / "normal.csv"
     np.savetxt(csv, sine(800, seed=1), delimiter=",", header="c0,c1,c2", comments="")
     out = tmp_path / "cli.npz"
-    assert main(["calibrate", "--model", str(source), "--data", str(csv), "--out",
-                 str(out)]) == 0, capsys.readouterr().err
+    assert (
+        main(["calibrate", "--model", str(source), "--data", str(csv), "--out", str(out)]) == 0
+    ), capsys.readouterr().err
     python = calibrate(load(source), sine(800, seed=1)).calibration
     cli = load(out).calibration
     assert cli["threshold"] == pytest.approx(python["threshold"], rel=1e-12)
     for key in ("warmup", "alpha", "margin", "false_alarms_per_day"):
         assert cli[key] == python[key]
-    assert python["warmup"] == 7 and python["margin"] == 1.2   # the stored settings
+    assert python["warmup"] == 7 and python["margin"] == 1.2  # the stored settings
     # And with an explicit option on both sides.
-    assert main(["calibrate", "--model", str(source), "--data", str(csv), "--out", str(out),
-                 "--quantile", "0.99"]) == 0
+    assert (
+        main(
+            [
+                "calibrate",
+                "--model",
+                str(source),
+                "--data",
+                str(csv),
+                "--out",
+                str(out),
+                "--quantile",
+                "0.99",
+            ]
+        )
+        == 0
+    )
     python = calibrate(load(source), sine(800, seed=1), quantile=0.99).calibration
     assert load(out).calibration["threshold"] == pytest.approx(python["threshold"])
 
@@ -133,8 +158,9 @@ def test_a_budget_without_a_sample_rate_warns_and_falls_back_to_a_quantile():
 def test_an_alert_ends_when_the_score_returns_to_its_normal_level():
     # Residual-scale scores sit near 1: with hysteresis 0.5 and margin 1.5 an end
     # threshold of hysteresis x threshold (0.75 x normal) would never be met.
-    model = calibrate(model_at(50.0), sine(3000), warmup_steps=10, quantile=0.999, margin=1.5,
-                      hysteresis=0.5)
+    model = calibrate(
+        model_at(50.0), sine(3000), warmup_steps=10, quantile=0.999, margin=1.5, hysteresis=0.5
+    )
     cal = model.calibration
     assert cal["hysteresis"] * cal["threshold"] < cal["baseline"] < cal["threshold"]
     stream = sine(1500, seed=6)

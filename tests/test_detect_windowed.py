@@ -22,13 +22,21 @@ def channel_classifier(length: int = 8, hop: int = 4, output: str = "probabiliti
     """A classifier whose class is the input channel that is on at the window's last step:
     channel 1 -> inner, channel 2 -> ball (p > 0.999), neither -> normal (p(normal) ~0.6).
     A tanh RNN without recurrence, so the expected windows are plain to compute."""
-    rnn = rnn_layer(2.0 * np.eye(3), np.zeros((3, 3)), np.zeros(3), np.zeros(3),
-                    activation="tanh", dtype=np.float64)
-    head = dense_layer(np.array([[0, 0, 0], [0, 10.0, 0], [0, 0, 10.0]]),
-                       np.array([1.0, 0, 0]), dtype=np.float64)
+    rnn = rnn_layer(
+        2.0 * np.eye(3),
+        np.zeros((3, 3)),
+        np.zeros(3),
+        np.zeros(3),
+        activation="tanh",
+        dtype=np.float64,
+    )
+    head = dense_layer(
+        np.array([[0, 0, 0], [0, 10.0, 0], [0, 0, 10.0]]), np.array([1.0, 0, 0]), dtype=np.float64
+    )
     spec = WindowSpec(length, hop, output, CLASSES)
-    return Model(layers=(rnn,), head=(head,), name="channels",
-                 metadata={"window": spec.to_metadata()})
+    return Model(
+        layers=(rnn,), head=(head,), name="channels", metadata={"window": spec.to_metadata()}
+    )
 
 
 def fault_sequence(rng: np.random.Generator) -> np.ndarray:
@@ -43,8 +51,12 @@ def summary(events):
     return [(e.sensor, e.kind, e.label, round(e.t, 6)) for e in events]
 
 
-EXPECTED = [("a", "start", "inner", 0.47), ("a", "end", "inner", 0.87),
-            ("a", "start", "ball", 0.87), ("a", "end", "ball", 1.27)]
+EXPECTED = [
+    ("a", "start", "inner", 0.47),
+    ("a", "end", "inner", 0.87),
+    ("a", "start", "ball", 0.87),
+    ("a", "end", "ball", 1.27),
+]
 
 
 @pytest.mark.parametrize("output", ["probabilities", "log_probabilities", "last"])
@@ -59,7 +71,7 @@ def test_a_class_that_holds_for_n_windows_starts_an_alert_carrying_its_label(out
     assert start.threshold == end.threshold == 0.9
     assert start.score > 0.999 and start.duration == 0.0
     assert end.duration == pytest.approx(0.4) and end.peak >= start.score
-    assert end.score < 0.01   # inner's probability in the window that ended it
+    assert end.score < 0.01  # inner's probability in the window that ended it
     assert not det.alerting("a") and det.label("a") is None
     assert np.count_nonzero(np.isfinite(det.last_scores)) == (160 - 8) // 4 + 1
 
@@ -83,8 +95,8 @@ def test_class_alerts_do_not_depend_on_how_sensors_are_interleaved_in_micro_batc
     for cut in np.array_split(np.arange(len(names)), 17):
         events += det.update(list(names[cut]), samples[cut], times[cut])
     assert sorted(summary(events)) == sorted(
-        (s, k, label, t) for name in sensors for (_, k, label, t) in EXPECTED
-        for s in [name])
+        (s, k, label, t) for name in sensors for (_, k, label, t) in EXPECTED for s in [name]
+    )
 
 
 def test_an_alert_holds_while_its_class_stays_the_most_probable_below_min_probability():
@@ -104,14 +116,14 @@ def test_prime_advances_the_windows_without_alerting_and_a_nan_sample_skips_its_
     x = fault_sequence(np.random.default_rng(2))
     det = WindowDetector(channel_classifier(), min_probability=0.9, consecutive=2)
     det.prime(["a"] * 60, x[:60], np.arange(60) / RATE)
-    assert not det.alerting("a") and det.score("a") > 0.999   # inner holds, not alerted
+    assert not det.alerting("a") and det.score("a") > 0.999  # inner holds, not alerted
     # The next inner window makes a third in a row: now it alerts.
     events = det.update(["a"] * 4, x[60:64], np.arange(60, 64) / RATE)
     assert summary(events) == [("a", "start", "inner", 0.63)]
     y = x[64:].copy()
-    y[3] = np.nan                      # sample 67: windows ending at 67 and 71 are skipped
+    y[3] = np.nan  # sample 67: windows ending at 67 and 71 are skipped
     times = np.arange(64, 160) / RATE
-    times[10] = np.inf                 # sample 74 rejected by its timestamp: 75, 79 skipped
+    times[10] = np.inf  # sample 74 rejected by its timestamp: 75, 79 skipped
     det.update(["a"] * len(y), y, times)
     assert det.last_status[3] == 1 and det.last_status[10] == 1
     assert det.last_status.sum() == 2 and det.rejected("a") == 2
@@ -124,7 +136,7 @@ def test_a_snapshot_restores_windows_and_alerts_bit_for_bit():
     whole = WindowDetector(channel_classifier(), min_probability=0.9, consecutive=2)
     expected = whole.update(["a"] * 160, x, times)
     first = WindowDetector(channel_classifier(), min_probability=0.9, consecutive=2)
-    events = first.update(["a"] * 85, x[:85], times[:85])   # mid-alert, mid-window
+    events = first.update(["a"] * 85, x[:85], times[:85])  # mid-alert, mid-window
     state = first.export_state()
     second = WindowDetector(channel_classifier(), min_probability=0.9, consecutive=2)
     second.update(["other"], x[:1], times[:1])
@@ -141,9 +153,14 @@ def test_a_snapshot_restores_windows_and_alerts_bit_for_bit():
 
 def calibrated_predictor() -> Model:
     from streamlstm.detect import calibrate
+
     rng = np.random.default_rng(0)
-    return calibrate(sl.random_model(3, [4], output_size=3), rng.normal(size=(400, 3)),
-                     quantile=0.99, warmup_steps=5)
+    return calibrate(
+        sl.random_model(3, [4], output_size=3),
+        rng.normal(size=(400, 3)),
+        quantile=0.99,
+        warmup_steps=5,
+    )
 
 
 def test_window_models_are_refused_where_they_do_not_fit():
@@ -156,8 +173,11 @@ def test_window_models_are_refused_where_they_do_not_fit():
     with pytest.raises(ConfigError, match="unknown option"):
         WindowDetector(channel_classifier(), threshold=3.0)
     with pytest.raises(ConfigError, match="regression head"):
-        WindowDetector(channel_classifier().replace(metadata={"window": {
-            "length": 8, "hop": 4, "output": "last"}}))
+        WindowDetector(
+            channel_classifier().replace(
+                metadata={"window": {"length": 8, "hop": 4, "output": "last"}}
+            )
+        )
     with pytest.raises(ConfigError, match="calibrate_reconstruction"):
         WindowDetector(autoencoder())
     with pytest.raises(ConfigError, match="only for window classifiers"):
@@ -167,18 +187,23 @@ def test_window_models_are_refused_where_they_do_not_fit():
 def test_the_normal_class_defaults_to_normal_else_the_first_and_may_be_named():
     det = WindowDetector(channel_classifier())
     assert det.class_params.normal_class == "normal"
-    renamed = channel_classifier().replace(metadata={"window": WindowSpec(
-        8, 4, "probabilities", ("ok", "inner", "ball")).to_metadata()})
+    renamed = channel_classifier().replace(
+        metadata={
+            "window": WindowSpec(8, 4, "probabilities", ("ok", "inner", "ball")).to_metadata()
+        }
+    )
     assert WindowDetector(renamed).class_params.normal_class == "ok"
     # "inner" as the normal class: channel 0 and 2 windows are the anomalies now.
     x = fault_sequence(np.random.default_rng(4))
-    det = WindowDetector(channel_classifier(), normal_class="inner", min_probability=0.9,
-                         consecutive=2)
+    det = WindowDetector(
+        channel_classifier(), normal_class="inner", min_probability=0.9, consecutive=2
+    )
     labels = [e.label for e in det.update(["a"] * 160, x, np.arange(160) / RATE)]
-    assert labels == ["ball", "ball"]      # plain normal never reaches p >= 0.9
+    assert labels == ["ball", "ball"]  # plain normal never reaches p >= 0.9
 
 
 # -- autoencoders ---------------------------------------------------------------------------
+
 
 def autoencoder(seed: int = 0) -> Model:
     """A random GRU -> dense 'autoencoder' (output every step) of 2 channels, W=16, K=4."""
@@ -189,27 +214,34 @@ def autoencoder(seed: int = 0) -> Model:
 def test_reconstruction_scores_are_the_whitened_error_of_each_window_on_the_residual_scale():
     rng = np.random.default_rng(5)
     normal = rng.normal(size=(4000, 2))
-    model = calibrate_reconstruction(autoencoder(), normal, quantile=0.99, warmup_steps=3,
-                                     alpha=1.0)
+    model = calibrate_reconstruction(
+        autoencoder(), normal, quantile=0.99, warmup_steps=3, alpha=1.0
+    )
     cal = model.calibration
     assert cal["score"] == "reconstruction" and cal["scores"] == (4000 - 16) // 4 + 1 - 3
-    assert 0.5 < cal["baseline"] < 1.5            # the residual scale: about 1 when normal
+    assert 0.5 < cal["baseline"] < 1.5  # the residual scale: about 1 when normal
     det = WindowDetector(model)
     x = rng.normal(size=(200, 2))
     det.update(["s"] * 200, x, np.arange(200) / RATE)
     ends = np.arange(15, 200, 4)
-    windows = np.stack([x[e - 15:e + 1] for e in ends])
+    windows = np.stack([x[e - 15 : e + 1] for e in ends])
     recon = evaluate_windows(model, windows)
     z = (windows - recon - np.array(cal["center"])) @ np.array(cal["whiten"]).T
-    reference = np.sqrt(np.mean(z ** 2, axis=(1, 2)))
+    reference = np.sqrt(np.mean(z**2, axis=(1, 2)))
     np.testing.assert_allclose(det.last_scores[ends], reference, rtol=1e-9)
     assert np.isnan(np.delete(det.last_scores, ends)).all()
 
 
 def test_an_autoencoder_alerts_on_a_burst_and_the_alert_ends_after_it():
     rng = np.random.default_rng(6)
-    model = calibrate_reconstruction(autoencoder(), rng.normal(size=(4000, 2)), quantile=0.999,
-                                     warmup_steps=3, debounce_steps=2, quiet_s=0.0)
+    model = calibrate_reconstruction(
+        autoencoder(),
+        rng.normal(size=(4000, 2)),
+        quantile=0.999,
+        warmup_steps=3,
+        debounce_steps=2,
+        quiet_s=0.0,
+    )
     det = WindowDetector(model)
     x = rng.normal(size=(600, 2))
     x[300:340] *= 30
@@ -224,12 +256,12 @@ def test_an_autoencoder_alerts_on_a_burst_and_the_alert_ends_after_it():
 def test_a_masked_channel_is_fed_its_normal_fill_and_never_scored():
     rng = np.random.default_rng(7)
     normal = rng.normal(size=(2000, 2))
-    normal[:, 1] = 5.0                                  # constant: masked at calibration
+    normal[:, 1] = 5.0  # constant: masked at calibration
     model = calibrate_reconstruction(autoencoder(), normal, quantile=0.99, warmup_steps=3)
     assert model.calibration["mask"] == [1.0, 0.0]
     det = WindowDetector(model)
     x = rng.normal(size=(100, 2))
-    x[:, 1] = np.nan                                    # dead live: filled, not rejected
+    x[:, 1] = np.nan  # dead live: filled, not rejected
     det.update(["s"] * 100, x, np.arange(100) / RATE)
     assert det.rejected("s") == 0 and np.isfinite(det.score("s"))
 
@@ -240,53 +272,123 @@ def test_the_alert_record_carries_the_label_only_for_class_alerts():
     event = det.update(["a"] * 160, x, np.arange(160) / RATE)[0]
     record = alert_record(event, seq=1, daemon="d", model_id="m", model_sha="x", published=0.0)
     assert record["label"] == "inner" and record["kind"] == "start"
-    plain = alert_record(event.__class__(**{**event.as_dict(), "label": None}), seq=2,
-                         daemon="d", model_id="m", model_sha="x", published=0.0)
+    plain = alert_record(
+        event.__class__(**{**event.as_dict(), "label": None}),
+        seq=2,
+        daemon="d",
+        model_id="m",
+        model_sha="x",
+        published=0.0,
+    )
     assert "label" not in plain
 
 
 def test_the_calibrate_command_calibrates_a_window_autoencoder_as_the_python_api_does(
-        tmp_path, capsys):
+    tmp_path, capsys
+):
     from streamlstm.cli import main
+
     rng = np.random.default_rng(8)
     normal = rng.normal(size=(3000, 2))
     csv = tmp_path / "normal.csv"
     np.savetxt(csv, normal, delimiter=",", header="a,b", comments="")
     source = sl.save(autoencoder(), tmp_path / "ae.npz")
     out = tmp_path / "calibrated.npz"
-    assert main(["calibrate", "--model", str(source), "--data", str(csv), "--out", str(out),
-                 "--quantile", "0.99", "--warmup", "3", "--alpha", "0.5"]) == 0
+    assert (
+        main(
+            [
+                "calibrate",
+                "--model",
+                str(source),
+                "--data",
+                str(csv),
+                "--out",
+                str(out),
+                "--quantile",
+                "0.99",
+                "--warmup",
+                "3",
+                "--alpha",
+                "0.5",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "window reconstruction scores" in printed
     cal = sl.load(out).calibration
-    expected = calibrate_reconstruction(autoencoder(), normal, quantile=0.99, warmup=3,
-                                        alpha=0.5).calibration
+    expected = calibrate_reconstruction(
+        autoencoder(), normal, quantile=0.99, warmup=3, alpha=0.5
+    ).calibration
     assert cal["score"] == "reconstruction"
     assert cal["threshold"] == pytest.approx(expected["threshold"], rel=1e-12)
     assert cal["scores"] == expected["scores"] == (3000 - 16) // 4 + 1 - 3
     assert WindowDetector(sl.load(out)).params.alpha == 0.5
     # Recalibrating keeps the stored options unless told otherwise, as for predictors.
     again = tmp_path / "again.npz"
-    assert main(["calibrate", "--model", str(out), "--data", str(csv), "--out", str(again),
-                 "--margin", "2"]) == 0
+    assert (
+        main(
+            [
+                "calibrate",
+                "--model",
+                str(out),
+                "--data",
+                str(csv),
+                "--out",
+                str(again),
+                "--margin",
+                "2",
+            ]
+        )
+        == 0
+    )
     cal = sl.load(again).calibration
     assert (cal["alpha"], cal["warmup"], cal["quantile"], cal["margin"]) == (0.5, 3, 0.99, 2.0)
     # Predictor-only options and window classifiers are refused with the reason.
-    assert main(["calibrate", "--model", str(source), "--data", str(csv), "--out",
-                 str(tmp_path / "x.npz"), "--score", "direct", "--level"]) == 2
-    assert ("--score, --level: only for next-step predictors; model 'random' is a window "
-            "autoencoder") in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "calibrate",
+                "--model",
+                str(source),
+                "--data",
+                str(csv),
+                "--out",
+                str(tmp_path / "x.npz"),
+                "--score",
+                "direct",
+                "--level",
+            ]
+        )
+        == 2
+    )
+    assert (
+        "--score, --level: only for next-step predictors; model 'random' is a window autoencoder"
+    ) in capsys.readouterr().err
     classifier = sl.save(channel_classifier(), tmp_path / "classifier.npz")
     three = tmp_path / "three.csv"
     np.savetxt(three, rng.normal(size=(100, 3)), delimiter=",")
-    assert main(["calibrate", "--model", str(classifier), "--data", str(three), "--out",
-                 str(tmp_path / "x.npz")]) == 2
+    assert (
+        main(
+            [
+                "calibrate",
+                "--model",
+                str(classifier),
+                "--data",
+                str(three),
+                "--out",
+                str(tmp_path / "x.npz"),
+            ]
+        )
+        == 2
+    )
     assert "is a window classifier" in capsys.readouterr().err
     assert not (tmp_path / "x.npz").exists()
 
 
 def test_the_calibrate_command_help_describes_window_autoencoders(capsys):
     from streamlstm.cli import main
+
     with pytest.raises(SystemExit):
         main(["calibrate", "--help"])
     text = " ".join(capsys.readouterr().out.split())

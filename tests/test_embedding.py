@@ -38,8 +38,9 @@ def test_user_njit_function_matches_stream_step_exactly():
     np.testing.assert_array_equal(embedded.state_vector, reference.state_vector)
     assert rejected == 1 == reference.rejected
     good = np.flatnonzero(np.isfinite(want[:-1]).all(axis=1) & np.isfinite(xs[1:]).all(axis=1))
-    np.testing.assert_allclose(errors[good], ((want[:-1] - xs[1:]) ** 2).sum(axis=1)[good],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        errors[good], ((want[:-1] - xs[1:]) ** 2).sum(axis=1)[good], rtol=1e-6
+    )
     # The stream object saw the embedded steps: it carries on from the same state.
     np.testing.assert_array_equal(embedded.step(xs[0]), reference.step(xs[0]))
 

@@ -16,8 +16,12 @@ def numpy_stat(window: np.ndarray, axis: int, stat: str) -> float:
         return float(np.sum(d[1:] * d[:-1]) / np.sum(d * d))
     if stat == "corr_next":
         return float(np.corrcoef(v, window[:, (axis + 1) % window.shape[1]])[0, 1])
-    table = {"mean": v.mean(), "std": v.std(), "rms": np.sqrt(np.mean(v ** 2)),
-             "peak": np.abs(v).max()}
+    table = {
+        "mean": v.mean(),
+        "std": v.std(),
+        "rms": np.sqrt(np.mean(v**2)),
+        "peak": np.abs(v).max(),
+    }
     table["crest"] = table["peak"] / table["rms"]
     table["kurtosis"] = np.mean((v - v.mean()) ** 4) / v.var() ** 2
     table["log_rms"] = np.log10(table["rms"] + 1e-12)
@@ -32,7 +36,7 @@ def test_offline_features_match_numpy_definitions():
     features = compute_features(signal, spec)
     assert features.shape == ((300 - 40) // 13 + 1, 3 * len(STATS))
     for n in range(features.shape[0]):
-        window = signal[n * 13:n * 13 + 40]
+        window = signal[n * 13 : n * 13 + 40]
         expected = [numpy_stat(window, a, s) for a in range(3) for s in STATS]
         np.testing.assert_allclose(features[n], expected, rtol=1e-10, atol=1e-12)
 
@@ -54,10 +58,15 @@ def test_ring_buffer_features_equal_offline_ones_at_every_rotation():
 def test_shape_statistics_track_frequency_and_phase():
     fs, f = 50.0, 6.0
     t = np.arange(500) / fs
-    tone = np.stack([np.sin(2 * np.pi * f * t), np.sin(2 * np.pi * f * t + np.pi / 2),
-                     -np.sin(2 * np.pi * f * t)], axis=1)
-    features = compute_features(tone, {"window": 100, "hop": 50, "stats": ["acf1",
-                                                                           "corr_next"]})
+    tone = np.stack(
+        [
+            np.sin(2 * np.pi * f * t),
+            np.sin(2 * np.pi * f * t + np.pi / 2),
+            -np.sin(2 * np.pi * f * t),
+        ],
+        axis=1,
+    )
+    features = compute_features(tone, {"window": 100, "hop": 50, "stats": ["acf1", "corr_next"]})
     acf1, corr = features[:, 0::2], features[:, 1::2]
     # A tone's lag-1 autocorrelation is cos(2 pi f / fs) up to an O(1/window) edge term.
     np.testing.assert_allclose(acf1, np.cos(2 * np.pi * f / fs), atol=0.02)
@@ -68,8 +77,7 @@ def test_shape_statistics_track_frequency_and_phase():
 @pytest.mark.parametrize("axes", [1, 2])
 def test_constant_windows_give_zero_shape_statistics(axes):
     signal = np.full((30, axes), 2.5)
-    features = compute_features(signal, {"window": 10, "hop": 10, "stats": ["acf1",
-                                                                          "corr_next"]})
+    features = compute_features(signal, {"window": 10, "hop": 10, "stats": ["acf1", "corr_next"]})
     np.testing.assert_array_equal(features, 0.0)
 
 

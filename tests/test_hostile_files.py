@@ -42,10 +42,14 @@ def keras_archive(tmp_path_factory) -> Path:
     """A real Keras 3 model: LSTM(4) -> GRU(4, reset_after=False) -> Dense(2)."""
     os.environ["KERAS_BACKEND"] = "torch"
     keras = pytest.importorskip("keras")
-    model = keras.Sequential([keras.Input((None, 3)),
-                              keras.layers.LSTM(4, return_sequences=True),
-                              keras.layers.GRU(4, return_sequences=True, reset_after=False),
-                              keras.layers.Dense(2)])
+    model = keras.Sequential(
+        [
+            keras.Input((None, 3)),
+            keras.layers.LSTM(4, return_sequences=True),
+            keras.layers.GRU(4, return_sequences=True, reset_after=False),
+            keras.layers.Dense(2),
+        ]
+    )
     path = tmp_path_factory.mktemp("keras-hostile") / "base.keras"
     model.save(path)
     return path
@@ -145,8 +149,8 @@ def test_keras_bomb_that_lies_about_its_size(keras_archive, tmp_path, monkeypatc
             archive.writestr(name, data)
     raw = bytearray(path.read_bytes())
     central = raw.find(b"model.weights.h5", raw.find(b"PK\x01\x02")) - 46
-    assert raw[central:central + 4] == b"PK\x01\x02"
-    raw[central + 24:central + 28] = (10).to_bytes(4, "little")  # uncompressed size
+    assert raw[central : central + 4] == b"PK\x01\x02"
+    raw[central + 24 : central + 28] = (10).to_bytes(4, "little")  # uncompressed size
     path.write_bytes(bytes(raw))
     _refused(path, "model.weights.h5")
 
@@ -155,15 +159,24 @@ def test_keras_wrong_tensor_shape(keras_archive, tmp_path):
     def edit(f):
         del f["layers/lstm/cell/vars/1"]
         f["layers/lstm/cell/vars/1"] = np.zeros((4, 12), np.float32)
-    _refused(_with_weights(keras_archive, tmp_path / "shape.keras", edit),
-             "layers/lstm/cell/vars/1", "(4, 12)", "expected (4, 16)")
+
+    _refused(
+        _with_weights(keras_archive, tmp_path / "shape.keras", edit),
+        "layers/lstm/cell/vars/1",
+        "(4, 12)",
+        "expected (4, 16)",
+    )
 
 
 def test_keras_missing_tensor(keras_archive, tmp_path):
     def edit(f):
         del f["layers/gru/cell/vars/2"]
-    _refused(_with_weights(keras_archive, tmp_path / "missing.keras", edit),
-             "layers/gru/cell/vars", "holds 2 tensor(s), expected 3")
+
+    _refused(
+        _with_weights(keras_archive, tmp_path / "missing.keras", edit),
+        "layers/gru/cell/vars",
+        "holds 2 tensor(s), expected 3",
+    )
 
 
 def test_keras_nan_weight(keras_archive, tmp_path):
@@ -172,6 +185,7 @@ def test_keras_nan_weight(keras_archive, tmp_path):
         values = kernel[()]
         values[1, 0] = np.nan
         kernel[...] = values
+
     _refused(_with_weights(keras_archive, tmp_path / "nan.keras", edit), "non-finite")
 
 
@@ -181,8 +195,13 @@ def test_keras_gate_count_mismatch(keras_archive, tmp_path):
         for index, shape in enumerate([(3, 12), (4, 12), (12,)]):
             del f[f"layers/lstm/cell/vars/{index}"]
             f[f"layers/lstm/cell/vars/{index}"] = np.zeros(shape, np.float32)
-    _refused(_with_weights(keras_archive, tmp_path / "gates.keras", edit),
-             "layers/lstm/cell/vars/0", "(3, 12)", "expected (3, 16)")
+
+    _refused(
+        _with_weights(keras_archive, tmp_path / "gates.keras", edit),
+        "layers/lstm/cell/vars/0",
+        "(3, 12)",
+        "expected (3, 16)",
+    )
 
 
 def test_keras_config_not_json(keras_archive, tmp_path):
@@ -196,9 +215,14 @@ def test_legacy_keras2_h5_refused(tmp_path):
     with h5py.File(path, "w") as f:
         f.attrs["model_config"] = "{}"
         f.create_group("model_weights")
-    _refused(path, "legacy Keras 2", config={"class_name": "Sequential",
-                                             "config": {"layers": [{"class_name": "LSTM",
-                                                                    "config": {"units": 2}}]}})
+    _refused(
+        path,
+        "legacy Keras 2",
+        config={
+            "class_name": "Sequential",
+            "config": {"layers": [{"class_name": "LSTM", "config": {"units": 2}}]},
+        },
+    )
 
 
 def test_weights_h5_needs_config(keras_archive, tmp_path):
@@ -214,23 +238,41 @@ def test_corrupt_weights_h5(tmp_path, keras_archive):
     _refused(path, "unreadable weights", config=keras_archive)
 
 
-@pytest.mark.parametrize(("edit", "words"), [
-    (lambda c: _layer(c, "LSTM").update(go_backwards=True), ("(LSTM)", "go_backwards")),
-    (lambda c: _layer(c, "LSTM").update(return_sequences=False), ("return_sequences=False",)),
-    (lambda c: _layer(c, "LSTM").update(return_state=True), ("return_state",)),
-    (lambda c: _layer(c, "GRU").update(activation="relu"), ("activation='relu'",)),
-    (lambda c: _layer(c, "GRU").update(recurrent_activation="softsign"),
-     ("recurrent_activation='softsign'",)),
-    (lambda c: _layer(c, "Dense").update(activation="softmax"), ("activation='softmax'",)),
-    (lambda c: _layer(c, "Dense").update(dtype="mixed_float16"), ("mixed_float16",)),
-    (lambda c: c["config"]["layers"].__setitem__(
-        1, {"class_name": "Bidirectional", "config": {"name": "bi"}}),
-     ("(Bidirectional)", "malformed 'layer'")),
-    (lambda c: c.update(class_name="MyModel"), ("'MyModel' is not supported",)),
-    (lambda c: _layer(c, "LSTM").update(units=10**9), ("units=1000000000",)),
-], ids=["go_backwards", "middle_return_sequences_false", "return_state", "relu_cell",
-        "softsign_gate", "softmax_head", "mixed_precision", "bidirectional", "subclassed",
-        "huge_units"])
+@pytest.mark.parametrize(
+    ("edit", "words"),
+    [
+        (lambda c: _layer(c, "LSTM").update(go_backwards=True), ("(LSTM)", "go_backwards")),
+        (lambda c: _layer(c, "LSTM").update(return_sequences=False), ("return_sequences=False",)),
+        (lambda c: _layer(c, "LSTM").update(return_state=True), ("return_state",)),
+        (lambda c: _layer(c, "GRU").update(activation="relu"), ("activation='relu'",)),
+        (
+            lambda c: _layer(c, "GRU").update(recurrent_activation="softsign"),
+            ("recurrent_activation='softsign'",),
+        ),
+        (lambda c: _layer(c, "Dense").update(activation="softmax"), ("activation='softmax'",)),
+        (lambda c: _layer(c, "Dense").update(dtype="mixed_float16"), ("mixed_float16",)),
+        (
+            lambda c: c["config"]["layers"].__setitem__(
+                1, {"class_name": "Bidirectional", "config": {"name": "bi"}}
+            ),
+            ("(Bidirectional)", "malformed 'layer'"),
+        ),
+        (lambda c: c.update(class_name="MyModel"), ("'MyModel' is not supported",)),
+        (lambda c: _layer(c, "LSTM").update(units=10**9), ("units=1000000000",)),
+    ],
+    ids=[
+        "go_backwards",
+        "middle_return_sequences_false",
+        "return_state",
+        "relu_cell",
+        "softsign_gate",
+        "softmax_head",
+        "mixed_precision",
+        "bidirectional",
+        "subclassed",
+        "huge_units",
+    ],
+)
 def test_keras_architectures_refused(keras_archive, tmp_path, edit, words):
     _refused(_with_config(keras_archive, tmp_path / "variant.keras", edit), *words)
 
@@ -239,6 +281,7 @@ def test_keras_too_many_layers(keras_archive, tmp_path):
     def edit(config):
         dropout = {"class_name": "Dropout", "config": {"name": "d", "rate": 0.1}}
         config["config"]["layers"][2:2] = [dropout] * keras_format.MAX_LAYERS
+
     _refused(_with_config(keras_archive, tmp_path / "long.keras", edit), "over the limit")
 
 
@@ -362,8 +405,13 @@ def test_pt_with_a_deflated_record_is_refused_before_anything_is_inflated(tmp_pa
         "print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n"
     )
     repo = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True,
-                         text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(repo)})
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+    )
     assert "refused:" in out.stdout, out.stdout + out.stderr
     assert "record 'archive/data/0' is compressed" in out.stdout
     growth_mb = int(out.stdout.split("maxrss_kb")[1]) / 1024
@@ -398,8 +446,11 @@ def test_minimal_onnx_graph_loads_and_matches_onnxruntime(tmp_path):
     assert model.metadata["onnx_input_layout"] == "time_first"
 
 
-@pytest.mark.parametrize("shape", [[7, 1, WIDTH], [WIDTH, 1, WIDTH], None],
-                         ids=["fixed_length", "length_equals_width", "no_shape"])
+@pytest.mark.parametrize(
+    "shape",
+    [[7, 1, WIDTH], [WIDTH, 1, WIDTH], None],
+    ids=["fixed_length", "length_equals_width", "no_shape"],
+)
 def test_onnx_input_shapes_accepted(tmp_path, shape):
     proto = lstm_graph()
     declared = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, shape)
@@ -414,8 +465,10 @@ def test_onnx_weights_from_constant_nodes(tmp_path):
     kept = [t for t in proto.graph.initializer if t.name not in weights]
     del proto.graph.initializer[:]
     proto.graph.initializer.extend(kept)
-    constants = [helper.make_node("Constant", [], [name], name=f"const_{name}", value=tensor)
-                 for name, tensor in weights.items()]
+    constants = [
+        helper.make_node("Constant", [], [name], name=f"const_{name}", value=tensor)
+        for name, tensor in weights.items()
+    ]
     nodes = constants + list(proto.graph.node)
     del proto.graph.node[:]
     proto.graph.node.extend(nodes)
@@ -453,7 +506,7 @@ def test_onnx_external_data_inside_folder_loads(tmp_path):
     w = np.random.default_rng(5).normal(0, 0.5, (1, 4 * HIDDEN, WIDTH)).astype(np.float32)
     (tmp_path / "w.bin").write_bytes(w.tobytes())
     model = load(_save(lstm_graph(external={"W": "w.bin"}), tmp_path / "ext.onnx"))
-    reordered = np.concatenate([w[0][k * HIDDEN:(k + 1) * HIDDEN] for k in (0, 2, 3, 1)])
+    reordered = np.concatenate([w[0][k * HIDDEN : (k + 1) * HIDDEN] for k in (0, 2, 3, 1)])
     np.testing.assert_array_equal(model.layers[0].w_ih, reordered)
 
 
@@ -469,8 +522,12 @@ def test_onnx_nan_weight(tmp_path):
 
 def test_onnx_gate_count_mismatch(tmp_path):
     w = np.zeros((1, 3 * HIDDEN, WIDTH))  # a GRU's three gates in an LSTM node
-    _refused(_save(lstm_graph(w=w), tmp_path / "gates.onnx"), "lstm0", "W has shape (1, 12, 3)",
-             "4 gates")
+    _refused(
+        _save(lstm_graph(w=w), tmp_path / "gates.onnx"),
+        "lstm0",
+        "W has shape (1, 12, 3)",
+        "4 gates",
+    )
 
 
 def test_onnx_missing_weight_tensor(tmp_path):
@@ -482,19 +539,29 @@ def test_onnx_missing_weight_tensor(tmp_path):
     _refused(_save(proto, tmp_path / "noR.onnx"), "expected one graph input")
 
 
-@pytest.mark.parametrize(("attributes", "words"), [
-    ({"direction": "reverse"}, ("direction='reverse'",)),
-    ({"direction": "bidirectional"}, ("direction='bidirectional'",)),
-    ({"clip": 3.0}, ("clip",)),
-    ({"input_forget": 1}, ("input_forget=1",)),
-    ({"activations": ["HardSigmoid", "Tanh", "Tanh"]}, ("alpha=0.2",)),
-    ({"activations": ["Relu", "Tanh", "Tanh"]}, ("'Relu'",)),
-    ({"activations": ["Sigmoid", "Tanh", "Sigmoid"]}, ("g != h",)),
-], ids=["reverse", "bidirectional", "clip", "input_forget", "hard_sigmoid_default_alpha",
-        "relu_gate", "mixed_cell_activations"])
+@pytest.mark.parametrize(
+    ("attributes", "words"),
+    [
+        ({"direction": "reverse"}, ("direction='reverse'",)),
+        ({"direction": "bidirectional"}, ("direction='bidirectional'",)),
+        ({"clip": 3.0}, ("clip",)),
+        ({"input_forget": 1}, ("input_forget=1",)),
+        ({"activations": ["HardSigmoid", "Tanh", "Tanh"]}, ("alpha=0.2",)),
+        ({"activations": ["Relu", "Tanh", "Tanh"]}, ("'Relu'",)),
+        ({"activations": ["Sigmoid", "Tanh", "Sigmoid"]}, ("g != h",)),
+    ],
+    ids=[
+        "reverse",
+        "bidirectional",
+        "clip",
+        "input_forget",
+        "hard_sigmoid_default_alpha",
+        "relu_gate",
+        "mixed_cell_activations",
+    ],
+)
 def test_onnx_recurrent_attributes_refused(tmp_path, attributes, words):
-    _refused(_save(lstm_graph(lstm_attributes=attributes), tmp_path / "attr.onnx"),
-             "lstm0", *words)
+    _refused(_save(lstm_graph(lstm_attributes=attributes), tmp_path / "attr.onnx"), "lstm0", *words)
 
 
 def test_onnx_sequence_lens_refused(tmp_path):
@@ -505,21 +572,26 @@ def test_onnx_sequence_lens_refused(tmp_path):
 
 def test_onnx_nonzero_initial_state_refused(tmp_path):
     proto = lstm_graph(extra_inputs=("", "h0"))
-    proto.graph.initializer.append(numpy_helper.from_array(np.ones((1, 1, HIDDEN), np.float32),
-                                                           "h0"))
+    proto.graph.initializer.append(
+        numpy_helper.from_array(np.ones((1, 1, HIDDEN), np.float32), "h0")
+    )
     _refused(_save(proto, tmp_path / "h0.onnx"), "initial_h is non-zero")
 
 
 def test_onnx_computed_initial_state_caught_by_the_check(tmp_path):
     # initial_h = zeros + 0.5, computed in the graph: only running the graph reveals it.
-    before = [helper.make_node("ConstantOfShape", ["h0_shape"], ["zeros"], name="zeros"),
-              helper.make_node("Add", ["zeros", "half"], ["h0"], name="sneaky_add")]
+    before = [
+        helper.make_node("ConstantOfShape", ["h0_shape"], ["zeros"], name="zeros"),
+        helper.make_node("Add", ["zeros", "half"], ["h0"], name="sneaky_add"),
+    ]
     proto = lstm_graph(extra_inputs=("", "h0"), before=before)
-    proto.graph.initializer.extend([
-        numpy_helper.from_array(np.array([1, 1, HIDDEN], np.int64), "h0_shape"),
-        numpy_helper.from_array(np.array(0.5, np.float32), "half")])
-    _refused(_save(proto, tmp_path / "computed.onnx"), "does not compute what",
-             "onnx.reference")
+    proto.graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array([1, 1, HIDDEN], np.int64), "h0_shape"),
+            numpy_helper.from_array(np.array(0.5, np.float32), "half"),
+        ]
+    )
+    _refused(_save(proto, tmp_path / "computed.onnx"), "does not compute what", "onnx.reference")
 
 
 def test_onnx_arithmetic_before_the_lstm_refused(tmp_path):
@@ -529,17 +601,29 @@ def test_onnx_arithmetic_before_the_lstm_refused(tmp_path):
     _refused(_save(proto, tmp_path / "mul.onnx"), "lstm0", "'scale_input' (Mul)")
 
 
-@pytest.mark.parametrize(("head", "words"), [
-    ([helper.make_node("Softmax", ["h"], ["y"], name="probs")], ("'probs'", "Softmax")),
-    ([helper.make_node("Relu", ["h"], ["y"], name="bare_relu")],
-     ("'bare_relu'", "does not follow a dense layer")),
-    ([helper.make_node("Gemm", ["h", "K", "b"], ["y"], name="scaled", alpha=2.0)],
-     ("'scaled'", "alpha=1")),
-    ([helper.make_node("MatMul", ["h", "K"], ["m"], name="mm"),
-      helper.make_node("Add", ["m", "b"], ["a"], name="add"),
-      helper.make_node("Add", ["a", "b"], ["y"], name="second_bias")],
-     ("'second_bias'", "not the bias of a MatMul")),
-], ids=["softmax", "activation_without_dense", "gemm_alpha", "double_bias"])
+@pytest.mark.parametrize(
+    ("head", "words"),
+    [
+        ([helper.make_node("Softmax", ["h"], ["y"], name="probs")], ("'probs'", "Softmax")),
+        (
+            [helper.make_node("Relu", ["h"], ["y"], name="bare_relu")],
+            ("'bare_relu'", "does not follow a dense layer"),
+        ),
+        (
+            [helper.make_node("Gemm", ["h", "K", "b"], ["y"], name="scaled", alpha=2.0)],
+            ("'scaled'", "alpha=1"),
+        ),
+        (
+            [
+                helper.make_node("MatMul", ["h", "K"], ["m"], name="mm"),
+                helper.make_node("Add", ["m", "b"], ["a"], name="add"),
+                helper.make_node("Add", ["a", "b"], ["y"], name="second_bias"),
+            ],
+            ("'second_bias'", "not the bias of a MatMul"),
+        ),
+    ],
+    ids=["softmax", "activation_without_dense", "gemm_alpha", "double_bias"],
+)
 def test_onnx_heads_refused(tmp_path, head, words):
     _refused(_save(lstm_graph(head=head), tmp_path / "head.onnx"), *words)
 
@@ -552,7 +636,9 @@ def test_onnx_head_reading_final_state_refused(tmp_path):
 
 def test_onnx_without_recurrent_node(tmp_path):
     graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"], name="id")], "plain",
+        [helper.make_node("Identity", ["x"], ["y"], name="id")],
+        "plain",
         [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
-        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+    )
     _refused(_save(helper.make_model(graph), tmp_path / "plain.onnx"), "no LSTM or GRU node")

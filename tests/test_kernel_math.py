@@ -47,8 +47,7 @@ def test_float32_tanh_is_within_its_documented_error_everywhere():
 def test_float64_tanh_and_sigmoid_are_libm_exact():
     xs = np.linspace(-30, 30, 10_001)
     np.testing.assert_allclose(_apply(_tanh_all, xs), np.tanh(xs), rtol=0, atol=1e-15)
-    np.testing.assert_allclose(_apply(_sigmoid_all, xs), 1 / (1 + np.exp(-xs)), rtol=0,
-                               atol=1e-15)
+    np.testing.assert_allclose(_apply(_sigmoid_all, xs), 1 / (1 + np.exp(-xs)), rtol=0, atol=1e-15)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -69,11 +68,11 @@ def test_float32_sigmoid_accuracy():
 def test_fma_rounds_once():
     # (1 + 2^-23)(1 - 2^-23) = 1 - 2^-46: a float32 multiply rounds the product to 1, so
     # product-then-add gives 0 where the fused operation keeps the -2^-46.
-    e = np.float32(2.0 ** -23)
+    e = np.float32(2.0**-23)
     a = np.array([1 + e], np.float32)
     b = np.array([1 - e], np.float32)
     c = np.array([-1], np.float32)
     out = np.empty(1, np.float32)
     _fma_all(a, b, c, out)
-    assert out[0] == np.float32(-(2.0 ** -46))
+    assert out[0] == np.float32(-(2.0**-46))
     assert a[0] * b[0] + c[0] == 0

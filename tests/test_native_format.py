@@ -22,27 +22,45 @@ def full_model(dtype=np.float32) -> Model:
     rng = np.random.default_rng(7)
     base = sl.random_model(3, [12, 10], output_size=4, dtype=dtype, seed=3)
     first = base.layers[0]
-    projected = sl.model.lstm_layer(first.w_ih, rng.normal(0, 0.3, (48, 5)), first.b_ih,
-                                    first.b_hh, rng.normal(0, 0.3, (5, 12)), dtype=dtype)
-    second = sl.model.lstm_layer(rng.normal(0, 0.3, (40, 5)), base.layers[1].w_hh,
-                                 dtype=dtype)
-    head = (DenseLayer(rng.normal(0, 0.3, (6, 10)).astype(dtype), rng.normal(0, 1, 6).astype(dtype),
-                       "relu"),
-            DenseLayer(rng.normal(0, 0.3, (2, 6)).astype(dtype), np.zeros(2, dtype)))
-    return Model(layers=(projected, second), head=head,
-                 input_norm=Normalization(np.array([0.1, -2, 3], dtype),
-                                          np.array([1, 2, .5], dtype)),
-                 output_norm=Normalization(np.array([5, 6], dtype), np.array([0.25, 4], dtype)),
-                 name="pump-7 accel", sample_rate=1600.0, channels=("x", "y", "z"),
-                 metadata={"source": "test", "epochs": 12, "nested": {"a": [1, 2]}},
-                 calibration={"threshold": 3.5, "window": 64, "quantiles": [0.5, 0.99]})
+    projected = sl.model.lstm_layer(
+        first.w_ih,
+        rng.normal(0, 0.3, (48, 5)),
+        first.b_ih,
+        first.b_hh,
+        rng.normal(0, 0.3, (5, 12)),
+        dtype=dtype,
+    )
+    second = sl.model.lstm_layer(rng.normal(0, 0.3, (40, 5)), base.layers[1].w_hh, dtype=dtype)
+    head = (
+        DenseLayer(
+            rng.normal(0, 0.3, (6, 10)).astype(dtype), rng.normal(0, 1, 6).astype(dtype), "relu"
+        ),
+        DenseLayer(rng.normal(0, 0.3, (2, 6)).astype(dtype), np.zeros(2, dtype)),
+    )
+    return Model(
+        layers=(projected, second),
+        head=head,
+        input_norm=Normalization(np.array([0.1, -2, 3], dtype), np.array([1, 2, 0.5], dtype)),
+        output_norm=Normalization(np.array([5, 6], dtype), np.array([0.25, 4], dtype)),
+        name="pump-7 accel",
+        sample_rate=1600.0,
+        channels=("x", "y", "z"),
+        metadata={"source": "test", "epochs": 12, "nested": {"a": [1, 2]}},
+        calibration={"threshold": 3.5, "window": 64, "quantiles": [0.5, 0.99]},
+    )
 
 
 def gru_model(dtype=np.float64) -> Model:
     rng = np.random.default_rng(1)
-    layer = gru_layer(rng.normal(0, .4, (24, 2)), rng.normal(0, .4, (24, 8)),
-                      rng.normal(0, .4, 24), None, dtype=dtype, reset_after=False,
-                      recurrent_activation="hard_sigmoid")
+    layer = gru_layer(
+        rng.normal(0, 0.4, (24, 2)),
+        rng.normal(0, 0.4, (24, 8)),
+        rng.normal(0, 0.4, 24),
+        None,
+        dtype=dtype,
+        reset_after=False,
+        recurrent_activation="hard_sigmoid",
+    )
     return Model(layers=(layer,), name="gru")
 
 
@@ -55,8 +73,11 @@ def assert_same_model(a: Model, b: Model) -> None:
     for field in ("name", "sample_rate", "channels", "metadata", "calibration"):
         assert getattr(a, field) == getattr(b, field), field
     for la, lb in zip(a.layers, b.layers, strict=True):
-        assert (la.reset_after, la.activation, la.recurrent_activation) == \
-               (lb.reset_after, lb.activation, lb.recurrent_activation)
+        assert (la.reset_after, la.activation, la.recurrent_activation) == (
+            lb.reset_after,
+            lb.activation,
+            lb.recurrent_activation,
+        )
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -92,10 +113,13 @@ def test_failed_save_leaves_existing_file_intact(tmp_path):
 
 
 def test_numpy_values_in_calibration_become_json(tmp_path):
-    model = gru_model().replace(calibration={"threshold": np.float32(2.5),
-                                             "per_channel": np.array([1.0, 2.0])})
-    assert load(save(model, tmp_path / "m.npz")).calibration == {"threshold": 2.5,
-                                                                  "per_channel": [1.0, 2.0]}
+    model = gru_model().replace(
+        calibration={"threshold": np.float32(2.5), "per_channel": np.array([1.0, 2.0])}
+    )
+    assert load(save(model, tmp_path / "m.npz")).calibration == {
+        "threshold": 2.5,
+        "per_channel": [1.0, 2.0],
+    }
 
 
 def test_sha_ignores_labels_but_not_weights():
@@ -118,6 +142,7 @@ def test_model_sha256_property_is_the_native_digest(tmp_path):
 
 
 # -- bad files ------------------------------------------------------------------------
+
 
 def members(path) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as npz:
@@ -161,7 +186,7 @@ def test_random_bytes_are_refused(tmp_path):
 @pytest.mark.parametrize("keep", [0.1, 0.5, 0.9, 0.999])
 def test_truncated_file_is_refused(saved, keep):
     data = saved.read_bytes()
-    saved.write_bytes(data[:int(len(data) * keep)])
+    saved.write_bytes(data[: int(len(data) * keep)])
     expect_error(saved, "corrupt or truncated")
 
 
@@ -246,8 +271,10 @@ def test_unknown_version_is_refused(saved, version):
     meta = read_meta(arrays)
     meta["version"] = version
     write_members(saved, with_meta(arrays, meta))
-    expect_error(saved, re.escape(f"unknown native format version {version!r} "
-                                  "(this streamlstm reads version 1)"))
+    expect_error(
+        saved,
+        re.escape(f"unknown native format version {version!r} (this streamlstm reads version 1)"),
+    )
 
 
 def test_other_format_name_is_refused(saved):
@@ -281,8 +308,11 @@ def test_pickled_object_array_is_never_loaded(saved):
 
 
 def test_oversize_member_refused_from_zip_directory(saved):
-    expect_error(saved, r"member 'layers\.0\.w_ih' declares \d+ bytes, over the 100-byte limit",
-                 max_tensor_bytes=100)
+    expect_error(
+        saved,
+        r"member 'layers\.0\.w_ih' declares \d+ bytes, over the 100-byte limit",
+        max_tensor_bytes=100,
+    )
 
 
 def test_zip_bomb_member_refused_before_reading(tmp_path):
@@ -307,8 +337,10 @@ def test_model_validation_errors_are_wrapped(saved):
     arrays["input_norm.std"][1] = -1.0
     meta = read_meta(arrays)
     from streamlstm.formats.native import _content_sha256  # re-sign so only validation fails
-    meta["sha256"] = _content_sha256(meta["architecture"],
-                                     {k: v for k, v in arrays.items() if k != META})
+
+    meta["sha256"] = _content_sha256(
+        meta["architecture"], {k: v for k, v in arrays.items() if k != META}
+    )
     write_members(saved, with_meta(arrays, meta))
     expect_error(saved, r"input_norm\.std: every entry must be > 0")
 
@@ -332,7 +364,8 @@ def test_npy_header_claiming_more_data_than_the_member_holds(saved):
     arrays = members(saved)
     buffer = io.BytesIO()
     np.lib.format.write_array_header_1_0(
-        buffer, {"descr": "<f4", "fortran_order": False, "shape": (10**12,)})
+        buffer, {"descr": "<f4", "fortran_order": False, "shape": (10**12,)}
+    )
     body = buffer.getvalue() + arrays["head.0.bias"].tobytes()
     with zipfile.ZipFile(saved, "w") as archive:
         for name, array in arrays.items():
@@ -342,8 +375,11 @@ def test_npy_header_claiming_more_data_than_the_member_holds(saved):
                 item = io.BytesIO()
                 np.save(item, array)
                 archive.writestr(name + ".npy", item.getvalue())
-    expect_error(saved, r"member 'head\.0\.bias': header claims shape \(1000000000000,\) "
-                        r"\(4000000000000 bytes\) but the member holds \d+ bytes")
+    expect_error(
+        saved,
+        r"member 'head\.0\.bias': header claims shape \(1000000000000,\) "
+        r"\(4000000000000 bytes\) but the member holds \d+ bytes",
+    )
 
 
 def test_random_damage_gives_model_format_error_or_an_identical_model(saved):

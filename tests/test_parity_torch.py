@@ -26,14 +26,17 @@ def _cases():
         for layers in (1, 2, 3):
             for hidden in (8, 64):
                 for bias in (True, False):
-                    for proj in ((0, hidden // 2) if kind == "lstm" else (0,)):
+                    for proj in (0, hidden // 2) if kind == "lstm" else (0,):
                         for dtype in (np.float32, np.float64):
                             head = HEADS[index % len(HEADS)]
                             index += 1
-                            name = (f"{kind}-L{layers}-H{hidden}-{'bias' if bias else 'nobias'}"
-                                    f"-P{proj}-{head}-{np.dtype(dtype).name}")
-                            yield pytest.param(kind, layers, hidden, bias, proj, head, dtype,
-                                               id=name)
+                            name = (
+                                f"{kind}-L{layers}-H{hidden}-{'bias' if bias else 'nobias'}"
+                                f"-P{proj}-{head}-{np.dtype(dtype).name}"
+                            )
+                            yield pytest.param(
+                                kind, layers, hidden, bias, proj, head, dtype, id=name
+                            )
 
 
 def assert_close(got: np.ndarray, want: np.ndarray, dtype) -> None:
@@ -53,15 +56,17 @@ def _interleaved_batches(lengths: list[int], batch_size: int, rng) -> list[tuple
     for sensor in order:
         pairs.append((int(sensor), cursor[sensor]))
         cursor[sensor] += 1
-    return [pairs[i:i + batch_size] for i in range(0, len(pairs), batch_size)]
+    return [pairs[i : i + batch_size] for i in range(0, len(pairs), batch_size)]
 
 
-@pytest.mark.parametrize(("kind", "layers", "hidden", "bias", "proj", "head", "dtype"),
-                         list(_cases()))
+@pytest.mark.parametrize(
+    ("kind", "layers", "hidden", "bias", "proj", "head", "dtype"), list(_cases())
+)
 def test_parity_with_torch(tmp_path, kind, layers, hidden, bias, proj, head, dtype):
     rng = np.random.default_rng(layers * 100 + hidden)
-    net = make_net(kind, layers, hidden, bias=bias, proj=proj, head=head, dtype=dtype,
-                   seed=layers + hidden)
+    net = make_net(
+        kind, layers, hidden, bias=bias, proj=proj, head=head, dtype=dtype, seed=layers + hidden
+    )
     pt, st = save_state_dict(net, tmp_path)
     model = load(pt, dtype=dtype, **load_options(head))
     from_safetensors = load(st, dtype=dtype, **load_options(head))

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from quality import baselines, metrics
 from quality.cases import ANOMALOUS, IGNORED, NORMAL, Stream
 
-SIGMA_AT_ONSET = 2 / (1 + math.exp(-5)) - 1   # 0.98661...
+SIGMA_AT_ONSET = 2 / (1 + math.exp(-5)) - 1  # 0.98661...
 
 
 def stream_with_one_event(rows=40, onset=10, window=10):
@@ -44,13 +44,17 @@ def test_nab_score_on_hand_computed_cases():
     # window before it: -A_FP) and a missed event.
     early = metrics.score_stream(s, alarm_from(40, 2))
     assert early.false_alerts == 1 and early.detected == 0
-    for profile, (tp, fp, fn) in {"standard": (1, 0.11, 1), "low_fp": (1, 0.22, 1),
-                                  "low_fn": (1, 0.055, 2)}.items():
+    for profile, (tp, fp, fn) in {
+        "standard": (1, 0.11, 1),
+        "low_fp": (1, 0.22, 1),
+        "low_fn": (1, 0.055, 2),
+    }.items():
         score, null, perfect = early.nab[profile]
         assert (score, null) == pytest.approx((-fp - fn, -fn))
         assert perfect == pytest.approx(tp * SIGMA_AT_ONSET)
     assert metrics.nab_normalised([early], "standard") == pytest.approx(
-        100 * (-0.11) / (SIGMA_AT_ONSET + 1))
+        100 * (-0.11) / (SIGMA_AT_ONSET + 1)
+    )
 
 
 def test_false_positive_right_after_a_window_costs_less_than_a_late_one():
@@ -80,8 +84,7 @@ def slow_nab(stream, alarm, profile):
             k = inside[0]
             if not hit[k]:
                 hit[k] = True
-                total += tp * (2 / (1 + math.exp(5 * -(windows[k][1] - row) / stream.window))
-                               - 1)
+                total += tp * (2 / (1 + math.exp(5 * -(windows[k][1] - row) / stream.window)) - 1)
         elif stream.labels[row] == NORMAL:
             ended = [b for a, b in windows if b <= row]
             if ended:
@@ -100,7 +103,7 @@ def test_nab_score_equals_the_slow_oracle_on_random_streams(seed):
     onsets = tuple(sorted(rng.choice(np.arange(20, rows - 5), size=3, replace=False)))
     labels = np.zeros(rows, np.int8)
     for onset in onsets:
-        labels[onset:onset + 25] = ANOMALOUS
+        labels[onset : onset + 25] = ANOMALOUS
     labels[rng.random(rows) < 0.05] = IGNORED
     s = Stream("r", np.zeros((rows, 1)), labels, onsets, 30)
     alarm = rng.random(rows) < 0.2

@@ -60,23 +60,42 @@ def raw_file(path, header: dict, data: bytes = b"", length: int | None = None) -
     path.write_bytes(struct.pack("<Q", len(text) if length is None else length) + text + data)
 
 
-@pytest.mark.parametrize(("header", "data", "message"), [
-    ({"t": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 4,
-     r"data_offsets \[0, 8\] outside the 4-byte data buffer"),
-    ({"t": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, b"\0" * 8,
-     r"8 bytes of data for shape \(3,\) F32 \(expected 12\)"),
-    ({"t": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
-      "u": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, b"\0" * 12,
-     "tensors 't' and 'u' overlap"),
-    ({"t": {"dtype": "C64", "shape": [1], "data_offsets": [0, 8]}}, b"\0" * 8,
-     "unsupported dtype 'C64'"),
-    ({"t": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 0]}}, b"",
-     "shape must be a list of non-negative integers"),
-    ({"t": {"dtype": "F32", "shape": [1], "data_offsets": [4, 0]}}, b"\0" * 4,
-     "outside the"),
-    ({"t": {"dtype": "F32", "shape": [1]}}, b"\0" * 4, "expected keys dtype, shape"),
-    ({"__metadata__": {"a": 1}}, b"", "__metadata__ must map strings to strings"),
-])
+@pytest.mark.parametrize(
+    ("header", "data", "message"),
+    [
+        (
+            {"t": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}},
+            b"\0" * 4,
+            r"data_offsets \[0, 8\] outside the 4-byte data buffer",
+        ),
+        (
+            {"t": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}},
+            b"\0" * 8,
+            r"8 bytes of data for shape \(3,\) F32 \(expected 12\)",
+        ),
+        (
+            {
+                "t": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                "u": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
+            },
+            b"\0" * 12,
+            "tensors 't' and 'u' overlap",
+        ),
+        (
+            {"t": {"dtype": "C64", "shape": [1], "data_offsets": [0, 8]}},
+            b"\0" * 8,
+            "unsupported dtype 'C64'",
+        ),
+        (
+            {"t": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 0]}},
+            b"",
+            "shape must be a list of non-negative integers",
+        ),
+        ({"t": {"dtype": "F32", "shape": [1], "data_offsets": [4, 0]}}, b"\0" * 4, "outside the"),
+        ({"t": {"dtype": "F32", "shape": [1]}}, b"\0" * 4, "expected keys dtype, shape"),
+        ({"__metadata__": {"a": 1}}, b"", "__metadata__ must map strings to strings"),
+    ],
+)
 def test_malformed_headers(tmp_path, header, data, message):
     path = tmp_path / "bad.safetensors"
     raw_file(path, header, data)
@@ -123,6 +142,7 @@ def test_random_damage_gives_model_format_error_or_well_formed_arrays(tmp_path):
         except ModelFormatError:
             refused += 1
             continue
+
         # Flipped data (or name) bytes read as other numbers (or names); every shape and
         # dtype must still be intact.
         def layout(named):

@@ -60,8 +60,12 @@ def test_ids_outside_int64_and_mixed_kinds_fall_back_to_the_dict():
     # Equal keys of other types share the row, whichever form is seen first.
     row = bank.row(7.0)
     assert bank.rows(np.array([7])).tolist() == [row]
-    assert bank.rows(["a", 7, np.int64(7), "a"]).tolist() == [bank.row("a"), row, row,
-                                                              bank.row("a")]
+    assert bank.rows(["a", 7, np.int64(7), "a"]).tolist() == [
+        bank.row("a"),
+        row,
+        row,
+        bank.row("a"),
+    ]
     bank.forget(np.int64(7))  # forgets the 7.0 sensor
     assert 7 not in bank
     fresh = bank.rows(np.array([7]))[0]

@@ -60,18 +60,36 @@ def test_loader_options_and_dtype(tmp_path, monkeypatch, capsys):
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
     head = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 1))
-    state = {**{f"lstm.{k}": v for k, v in torch.nn.LSTM(2, 4).state_dict().items()},
-             **{f"head.{k}": v for k, v in head.state_dict().items()}}
+    state = {
+        **{f"lstm.{k}": v for k, v in torch.nn.LSTM(2, 4).state_dict().items()},
+        **{f"head.{k}": v for k, v in head.state_dict().items()},
+    }
     path = tmp_path / "w.pt"
     torch.save(state, path)
     monkeypatch.setattr(sys, "stdin", io.StringIO("1,2\n3,4\n"))
     assert main(["step", str(path)]) == 2
     assert "pass head_activation=" in capsys.readouterr().err
     monkeypatch.setattr(sys, "stdin", io.StringIO("1,2\n3,4\n"))
-    assert main(["step", str(path), "-o", "head_activation=relu", "-o", "input_mean=[1,2]",
-                 "-o", "input_std=[2,2]", "--dtype", "float64"]) == 0
-    model = sl.formats.load(path, head_activation="relu", input_mean=[1, 2], input_std=[2, 2],
-                            dtype=np.float64)
+    assert (
+        main(
+            [
+                "step",
+                str(path),
+                "-o",
+                "head_activation=relu",
+                "-o",
+                "input_mean=[1,2]",
+                "-o",
+                "input_std=[2,2]",
+                "--dtype",
+                "float64",
+            ]
+        )
+        == 0
+    )
+    model = sl.formats.load(
+        path, head_activation="relu", input_mean=[1, 2], input_std=[2, 2], dtype=np.float64
+    )
     want = model.stream().run(np.array([[1, 2], [3, 4]], np.float64))
     np.testing.assert_array_equal(parse(capsys.readouterr().out), want)
 
@@ -95,9 +113,15 @@ def test_model_errors_exit_2(tmp_path, capsys):
 
 def test_pipe_through_the_console_command(model_file):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    result = subprocess.run([sys.executable, "-m", "streamlstm.cli", "step", str(model_file)],
-                            input="1,2,3\n4,5\n4,5,6\n", capture_output=True, text=True,
-                            env=env, timeout=120, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "streamlstm.cli", "step", str(model_file)],
+        input="1,2,3\n4,5\n4,5,6\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     rows = result.stdout.splitlines()
     assert len(rows) == 3 and rows[1] == "nan,nan"  # the bad line keeps its place
@@ -106,16 +130,17 @@ def test_pipe_through_the_console_command(model_file):
 
 # -- window models: one line per completed window ------------------------------------------
 
+
 def window_model(output: str) -> sl.Model:
     """A float64 GRU window model, W=6, K=2: 2 class probabilities, or 3 outputs per step."""
-    model = sl.random_model(3, [5], kind="gru", output_size=2 if output != "every" else 3,
-                            seed=7, dtype=np.float64)
+    model = sl.random_model(
+        3, [5], kind="gru", output_size=2 if output != "every" else 3, seed=7, dtype=np.float64
+    )
     return model.with_window(sl.WindowSpec(6, 2, output))
 
 
 @pytest.mark.parametrize("output", ["probabilities", "every"])
-def test_a_window_model_prints_each_completed_window_with_its_end_index(tmp_path, capsys,
-                                                                        output):
+def test_a_window_model_prints_each_completed_window_with_its_end_index(tmp_path, capsys, output):
     model = window_model(output)
     path = save(model, tmp_path / "w.npz")
     xs = np.random.default_rng(2).normal(0, 1, (15, 3))
@@ -127,9 +152,9 @@ def test_a_window_model_prints_each_completed_window_with_its_end_index(tmp_path
     rows = parse(captured.out)
     ends = np.arange(5, 15, 2)
     np.testing.assert_array_equal(rows[:, 0], ends)
-    windows = np.stack([xs[e - 5:e + 1] for e in ends])
+    windows = np.stack([xs[e - 5 : e + 1] for e in ends])
     want = sl.windows.evaluate_windows(model, windows).reshape(len(ends), -1)
-    np.testing.assert_array_equal(rows[:, 1:], want)     # .17g round-trips float64
+    np.testing.assert_array_equal(rows[:, 1:], want)  # .17g round-trips float64
 
 
 def test_a_window_holding_a_bad_line_is_skipped_and_counted(tmp_path, monkeypatch, capsys):
@@ -137,21 +162,22 @@ def test_a_window_holding_a_bad_line_is_skipped_and_counted(tmp_path, monkeypatc
     path = save(model, tmp_path / "w.npz")
     xs = np.random.default_rng(3).normal(0, 1, (16, 3))
     lines = [",".join(repr(float(v)) for v in x) for x in xs]
-    lines[3] = "1,2"                 # sample 3: wrong field count
-    lines[12] = "1,nan,3"            # sample 12: NaN
+    lines[3] = "1,2"  # sample 3: wrong field count
+    lines[12] = "1,nan,3"  # sample 12: NaN
     monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(["", *lines]) + "\n"))
     assert main(["step", str(path)]) == 0
     captured = capsys.readouterr()
     errors = captured.err.splitlines()
     assert errors[0] == "line 5: expected 3 values, got 2; skipped, and the windows that hold it"
-    assert errors[1] == ("line 14: sample holds NaN or Inf; skipped, and the windows that "
-                         "hold it")
+    assert errors[1] == ("line 14: sample holds NaN or Inf; skipped, and the windows that hold it")
     # Windows end at 5, 7, 9, 11, 13, 15; those holding sample 3 or 12 are skipped.
     kept = [e for e in range(5, 16, 2) if not (e - 5 <= 3 <= e or e - 5 <= 12 <= e)]
     assert kept == [9, 11]
-    assert errors[2] == ("streamlstm step: 4 window(s) skipped (they held a rejected sample), "
-                         "0 left out (evaluation overflowed to NaN/Inf)")
+    assert errors[2] == (
+        "streamlstm step: 4 window(s) skipped (they held a rejected sample), "
+        "0 left out (evaluation overflowed to NaN/Inf)"
+    )
     rows = parse(captured.out)
     np.testing.assert_array_equal(rows[:, 0], kept)
-    windows = np.stack([xs[e - 5:e + 1] for e in kept])
+    windows = np.stack([xs[e - 5 : e + 1] for e in kept])
     np.testing.assert_array_equal(rows[:, 1:], sl.windows.evaluate_windows(model, windows))

@@ -11,8 +11,9 @@ from streamlstm.kernels import layout as L
 
 MODELS = {
     "lstm-f32": lambda: sl.random_model(3, [16, 8], output_size=2, seed=1),
-    "gru-f64": lambda: sl.random_model(3, [12], kind="gru", output_size=3, seed=2,
-                                       dtype=np.float64),
+    "gru-f64": lambda: sl.random_model(
+        3, [12], kind="gru", output_size=3, seed=2, dtype=np.float64
+    ),
 }
 
 
@@ -198,8 +199,12 @@ def test_bank_bad_sample_counted_and_skipped_others_unaffected(model, threads):
 def test_overflow_never_reaches_state():
     model = sl.random_model(2, [4], output_size=1, scale=1.0)
     # The head's second layer computes 3e38 * 1 + 3e38, past float32's 3.4e38.
-    huge = model.replace(head=(sl.model.dense_layer(np.zeros((1, 4)), np.ones(1)),
-                               sl.model.dense_layer(np.full((1, 1), 3e38), np.full(1, 3e38))))
+    huge = model.replace(
+        head=(
+            sl.model.dense_layer(np.zeros((1, 4)), np.ones(1)),
+            sl.model.dense_layer(np.full((1, 1), 3e38), np.full(1, 3e38)),
+        )
+    )
     stream = huge.stream(on_invalid="skip")
     assert np.isnan(stream.step(np.ones(2, np.float32))).all()
     assert stream.rejected == 1
@@ -228,8 +233,9 @@ def test_wrong_shapes_and_dtypes(model):
     with pytest.raises(ShapeError, match="non-finite"):
         stream.state_vector = np.full(model.state_size, np.nan)
     # A sample of another float dtype is converted, not refused.
-    np.testing.assert_array_equal(stream.step(np.ones(3, np.float16)),
-                                  model.stream().step(np.ones(3, model.dtype)))
+    np.testing.assert_array_equal(
+        stream.step(np.ones(3, np.float16)), model.stream().step(np.ones(3, model.dtype))
+    )
 
 
 def test_out_argument_avoids_allocation(model):
@@ -287,8 +293,7 @@ def test_bank_run_equals_stepping_bit_exact(model, threads):
     block = np.random.default_rng(8).normal(0, 1, (n, steps, model.input_size)).astype(model.dtype)
     block[3, 2, 0] = np.nan
     sensors = [f"s{i}" for i in range(n)]
-    ran, stepped = model.bank(capacity=4, threads=threads), model.bank(capacity=4,
-                                                                       threads=threads)
+    ran, stepped = model.bank(capacity=4, threads=threads), model.bank(capacity=4, threads=threads)
     for bank in (ran, stepped):
         bank.step(["other"], samples(model, 1))
     got = ran.run(sensors, block)

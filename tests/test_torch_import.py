@@ -34,8 +34,9 @@ def torch_lstm_outputs(lstm, xs, head=None) -> np.ndarray:
 XS = np.random.default_rng(5).normal(0, 1, (50, 3)).astype(np.float32)
 
 
-@pytest.mark.parametrize("prefix", ["", "lstm.", "rnn.", "gru.", "module.", "module.lstm.",
-                                    "encoder.cell."])
+@pytest.mark.parametrize(
+    "prefix", ["", "lstm.", "rnn.", "gru.", "module.", "module.lstm.", "encoder.cell."]
+)
 def test_prefixes_are_detected(tmp_path, prefix):
     torch.manual_seed(0)
     lstm = nn.LSTM(3, 8, 2, batch_first=True)
@@ -52,8 +53,11 @@ def test_explicit_prefix_chooses_among_several(tmp_path):
     a, b = nn.LSTM(3, 8, batch_first=True), nn.GRU(3, 6, batch_first=True)
     path = tmp_path / "two.safetensors"
     write_safetensors(path, {**numpy_state(a, "enc."), **numpy_state(b, "aux.")})
-    with pytest.raises(ModelFormatError, match=r"several recurrent modules found \('aux\.', "
-                                               r"'enc\.'\); pass prefix="):
+    with pytest.raises(
+        ModelFormatError,
+        match=r"several recurrent modules found \('aux\.', "
+        r"'enc\.'\); pass prefix=",
+    ):
         load(path)
     with pytest.raises(ModelFormatError, match="neither the recurrent module"):
         load(path, prefix="enc")  # aux.* is left over
@@ -76,8 +80,7 @@ def test_checkpoint_dicts(tmp_path, key):
 def test_bare_state_dict_pt_with_head_and_metadata_options(tmp_path):
     net = make_net("lstm", 1, 16, proj=4, head="fc")
     pt, _ = save_state_dict(net, tmp_path)
-    model = load(pt, name="pump", sample_rate=400, channels=["x", "y", "z"],
-                 metadata={"run": "r7"})
+    model = load(pt, name="pump", sample_rate=400, channels=["x", "y", "z"], metadata={"run": "r7"})
     assert (model.name, model.sample_rate, model.channels) == ("pump", 400, ("x", "y", "z"))
     assert model.metadata["run"] == "r7" and model.metadata["source"] == "pytorch"
     assert re.fullmatch(r"[0-9a-f]{64}", model.metadata["file_sha256"])
@@ -118,8 +121,9 @@ def test_float64_and_half_precision_sources(tmp_path):
     np.testing.assert_allclose(outputs(model, xs), reference(net, xs), atol=1e-12)
     write_safetensors(path, {k: v.astype(np.float16) for k, v in state.items()})
     half = load(path)
-    np.testing.assert_array_equal(half.layers[0].w_ih,
-                                  state["rnn.weight_ih_l0"].astype(np.float16).astype(np.float32))
+    np.testing.assert_array_equal(
+        half.layers[0].w_ih, state["rnn.weight_ih_l0"].astype(np.float16).astype(np.float32)
+    )
     with pytest.raises(ModelFormatError, match="dtype must be float32 or float64"):
         load(path, dtype=np.float16)
 
@@ -146,11 +150,15 @@ def test_no_bias(tmp_path):
 
 # -- heads ----------------------------------------------------------------------------
 
+
 def test_sequential_head_needs_head_activation(tmp_path):
     net = make_net("lstm", 1, 8, head="mlp")
     pt, _ = save_state_dict(net, tmp_path)
-    with pytest.raises(ModelFormatError, match=r"the head has 2 Linear layers \(head\.0\., "
-                                               r"head\.2\.\).*pass head_activation="):
+    with pytest.raises(
+        ModelFormatError,
+        match=r"the head has 2 Linear layers \(head\.0\., "
+        r"head\.2\.\).*pass head_activation=",
+    ):
         load(pt)
     with pytest.raises(ModelFormatError, match="head_activation must be one of"):
         load(pt, head_activation="gelu")
@@ -163,18 +171,23 @@ def test_adjacent_sequential_linears_need_no_activation(tmp_path):
     lstm, head = nn.LSTM(3, 8, batch_first=True), nn.Sequential(nn.Linear(8, 5), nn.Linear(5, 2))
     path = tmp_path / "w.safetensors"
     write_safetensors(path, {**numpy_state(lstm, "lstm."), **numpy_state(head, "head.")})
-    np.testing.assert_allclose(outputs(load(path), XS), torch_lstm_outputs(lstm, XS, head),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        outputs(load(path), XS), torch_lstm_outputs(lstm, XS, head), atol=1e-6
+    )
 
 
 def test_head_prefix_list_and_ambiguous_heads(tmp_path):
     torch.manual_seed(0)
     lstm, fc1, fc2 = nn.LSTM(3, 8, batch_first=True), nn.Linear(8, 6), nn.Linear(6, 2)
     path = tmp_path / "w.safetensors"
-    write_safetensors(path, {**numpy_state(lstm, "lstm."), **numpy_state(fc1, "fc."),
-                             **numpy_state(fc2, "out.")})
-    with pytest.raises(ModelFormatError, match=r"several possible heads \('fc\.', 'out\.'\); "
-                                               "pass head_prefix="):
+    write_safetensors(
+        path, {**numpy_state(lstm, "lstm."), **numpy_state(fc1, "fc."), **numpy_state(fc2, "out.")}
+    )
+    with pytest.raises(
+        ModelFormatError,
+        match=r"several possible heads \('fc\.', 'out\.'\); "
+        "pass head_prefix=",
+    ):
         load(path)
     with pytest.raises(ModelFormatError, match="pass head_activation="):
         load(path, head_prefix=["fc", "out"])
@@ -192,8 +205,11 @@ def test_head_shape_mismatch(tmp_path):
     lstm, fc = nn.LSTM(3, 8, batch_first=True), nn.Linear(7, 2)
     path = tmp_path / "w.safetensors"
     write_safetensors(path, {**numpy_state(lstm, "lstm."), **numpy_state(fc, "fc.")})
-    with pytest.raises(ModelFormatError, match=r"fc\.weight: expected shape \(out, 8\) .* "
-                                               r"got \(2, 7\)"):
+    with pytest.raises(
+        ModelFormatError,
+        match=r"fc\.weight: expected shape \(out, 8\) .* "
+        r"got \(2, 7\)",
+    ):
         load(path)
 
 
@@ -209,6 +225,7 @@ def test_head_next_to_a_nested_module(tmp_path):
 
 # -- refusals -------------------------------------------------------------------------
 
+
 def test_bidirectional_loads_for_windows_and_is_refused_as_a_stream(tmp_path):
     lstm = nn.LSTM(3, 8, bidirectional=True)
     path = tmp_path / "bi.pt"
@@ -222,9 +239,12 @@ def test_bidirectional_loads_for_windows_and_is_refused_as_a_stream(tmp_path):
 def test_pickle_bearing_pt_is_refused(tmp_path):
     path = tmp_path / "whole_module.pt"
     torch.save(make_net("lstm", 1, 8), path)  # the whole nn.Module: needs unpickling code
-    with pytest.raises(ModelFormatError, match=r"refused: the file holds pickled Python objects "
-                                               r"besides tensors \(it names "
-                                               r"torch_nets\.RecurrentNet\).*weights_only"):
+    with pytest.raises(
+        ModelFormatError,
+        match=r"refused: the file holds pickled Python objects "
+        r"besides tensors \(it names "
+        r"torch_nets\.RecurrentNet\).*weights_only",
+    ):
         load(path)
 
 
@@ -263,7 +283,7 @@ def test_corrupt_files_are_refused(tmp_path, suffix):
     pt, st = save_state_dict(net, tmp_path)
     path = pt if suffix == ".pt" else st
     data = path.read_bytes()
-    path.write_bytes(data[:len(data) // 2])
+    path.write_bytes(data[: len(data) // 2])
     with pytest.raises(ModelFormatError, match=re.escape(str(path))):
         load(path)
 
@@ -327,11 +347,17 @@ def test_non_finite_weights_are_named(tmp_path):
 
 
 def test_leftover_keys_are_listed_unless_not_strict(tmp_path):
-    state = {**numpy_state(nn.LSTM(3, 8), "lstm."), "embedding.weight": np.zeros((4, 3)),
-             "bn.running_mean": np.zeros(3)}
+    state = {
+        **numpy_state(nn.LSTM(3, 8), "lstm."),
+        "embedding.weight": np.zeros((4, 3)),
+        "bn.running_mean": np.zeros(3),
+    }
     path = tmp_path / "w.safetensors"
     write_safetensors(path, state)
-    with pytest.raises(ModelFormatError, match=r"neither the recurrent module \(lstm\.\) nor "
-                                               r"its head: bn\.running_mean, embedding\.weight"):
+    with pytest.raises(
+        ModelFormatError,
+        match=r"neither the recurrent module \(lstm\.\) nor "
+        r"its head: bn\.running_mean, embedding\.weight",
+    ):
         load(path)
     assert load(path, strict=False).input_size == 3

@@ -12,11 +12,17 @@ from streamlstm.cli import main  # noqa: E402
 from streamlstm.formats import load, save  # noqa: E402
 from streamlstm.train import recipe, train  # noqa: E402
 
-TINY = dict(hidden=8, epochs=3, seq_len=16, windows_per_epoch=64, batch_size=16,
-            progress=False, sample_rate=50.0,
-            calibration={"warmup_steps": 5, "false_alarms_per_day": 5000})
-pytestmark = pytest.mark.filterwarnings(
-    "ignore::streamlstm.detect.calibration.CalibrationWarning")
+TINY = dict(
+    hidden=8,
+    epochs=3,
+    seq_len=16,
+    windows_per_epoch=64,
+    batch_size=16,
+    progress=False,
+    sample_rate=50.0,
+    calibration={"warmup_steps": 5, "false_alarms_per_day": 5000},
+)
+pytestmark = pytest.mark.filterwarnings("ignore::streamlstm.detect.calibration.CalibrationWarning")
 
 
 def two_units(count, seed=0):
@@ -24,7 +30,8 @@ def two_units(count, seed=0):
     rng = np.random.default_rng(seed)
     t = np.arange(count)
     return np.stack([1000 + 50 * np.sin(0.3 * t), 1e-3 * np.cos(0.3 * t)], axis=1) * (
-        1 + 0.02 * rng.normal(size=(count, 2)))
+        1 + 0.02 * rng.normal(size=(count, 2))
+    )
 
 
 @pytest.mark.parametrize("target", ["delta", "level"])
@@ -53,8 +60,9 @@ def test_training_is_reproducible_and_the_model_loads_and_runs(tmp_path, target)
 def test_training_on_features(tmp_path):
     rng = np.random.default_rng(0)
     raw = rng.normal(size=(3000, 2)) * [1.0, 0.01]
-    result = train(raw, features={"window": 32, "hop": 16, "stats": ["log_rms", "kurtosis"]},
-                   **TINY)
+    result = train(
+        raw, features={"window": 32, "hop": 16, "stats": ["log_rms", "kurtosis"]}, **TINY
+    )
     model = result.model
     assert model.input_size == 4 and model.metadata["features"]["hop"] == 16
     assert model.channels == ("c0.log_rms", "c0.kurtosis", "c1.log_rms", "c1.kurtosis")
@@ -77,17 +85,17 @@ def test_dead_and_frozen_channels_are_masked_in_training_and_calibration():
 def test_early_stopping_keeps_the_best_epoch_of_a_constructed_loss_curve(monkeypatch):
     assert recipe.best_epoch([1.0, 0.8, 0.7, 0.75, 0.9], patience=2) == (3, True)
     assert recipe.best_epoch([1.0, 0.8, 0.7, 0.75], patience=2) == (3, False)
-    assert recipe.best_epoch([0.5, 0.5, 0.6], patience=5) == (1, False)   # ties: earliest
+    assert recipe.best_epoch([0.5, 0.5, 0.6], patience=5) == (1, False)  # ties: earliest
     curve = iter([3.0, 2.0, 1.0, 1.5, 2.5] * 3)
     monkeypatch.setattr(recipe, "_held_out_loss", lambda net, held_out: next(curve))
     result = train(two_units(400), **{**TINY, "epochs": 10, "patience": 2})
     assert result.best_epochs == [3, 3, 3] and result.epochs == 3
-    assert [len(h) for h in result.histories] == [5, 5, 5]   # stopped 2 epochs after best
+    assert [len(h) for h in result.histories] == [5, 5, 5]  # stopped 2 epochs after best
     assert [h[2] for h in result.histories[0]] == [3.0, 2.0, 1.0, 1.5, 2.5]
 
 
 def test_stopping_at_the_first_epoch_warns(monkeypatch):
-    curve = iter(range(1, 100))   # the held-out loss only ever grows
+    curve = iter(range(1, 100))  # the held-out loss only ever grows
     monkeypatch.setattr(recipe, "_held_out_loss", lambda net, held_out: float(next(curve)))
     with pytest.warns(recipe.TrainingWarning, match="first epoch"):
         result = train(two_units(400), **{**TINY, "epochs": 10, "patience": 2})
@@ -129,11 +137,32 @@ def test_train_command(tmp_path, capsys):
     csv = tmp_path / "normal.csv"
     np.savetxt(csv, two_units(300), delimiter=",", header="big,small", comments="")
     out = tmp_path / "model.npz"
-    code = main(["train", "--data", str(csv), "--out", str(out), "--hidden", "8", "--epochs",
-                 "2", "--seq-len", "16", "--windows-per-epoch", "32", "--warmup-steps", "5",
-                 "--false-alarms-per-day", "5000", "--quiet", "--sample-rate", "50"])
+    code = main(
+        [
+            "train",
+            "--data",
+            str(csv),
+            "--out",
+            str(out),
+            "--hidden",
+            "8",
+            "--epochs",
+            "2",
+            "--seq-len",
+            "16",
+            "--windows-per-epoch",
+            "32",
+            "--warmup-steps",
+            "5",
+            "--false-alarms-per-day",
+            "5000",
+            "--quiet",
+            "--sample-rate",
+            "50",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
-    assert capsys.readouterr().err == ""   # --quiet (and not a terminal): no progress
+    assert capsys.readouterr().err == ""  # --quiet (and not a terminal): no progress
     model = load(out)
     assert model.channels == ("big", "small") and model.sample_rate == 50
     assert model.calibration["warmup"] == 5 and model.name == "model"
@@ -159,9 +188,28 @@ def test_train_command_saves_the_best_model_so_far_on_ctrl_c(tmp_path, capsys, m
     csv = tmp_path / "normal.csv"
     np.savetxt(csv, two_units(400), delimiter=",", header="big,small", comments="")
     out = tmp_path / "model.npz"
-    code = main(["train", "--data", str(csv), "--out", str(out), "--hidden", "8", "--seq-len",
-                 "16", "--windows-per-epoch", "32", "--warmup-steps", "5", "--quantile", "0.99",
-                 "--quiet", "--sample-rate", "50"])
+    code = main(
+        [
+            "train",
+            "--data",
+            str(csv),
+            "--out",
+            str(out),
+            "--hidden",
+            "8",
+            "--seq-len",
+            "16",
+            "--windows-per-epoch",
+            "32",
+            "--warmup-steps",
+            "5",
+            "--quantile",
+            "0.99",
+            "--quiet",
+            "--sample-rate",
+            "50",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     assert "interrupted: best model so far" in capsys.readouterr().out
     assert load(out).metadata["training"]["best_epochs"] == [2]
@@ -176,7 +224,14 @@ def test_recipe_defaults_and_durations_named_with_their_unit():
     deprecations = [w for w in caught if w.category is DeprecationWarning]
     assert len(deprecations) == 1 and deprecations[0].filename == __file__
     assert cal["pool"] == "max" and "level_center" not in cal and cal["warmup"] == 5
-    level = {**TINY, "calibration": {"warmup_s": 0.1, "level": True, "pool": "rms",
-                                     "false_alarms_per_day": 5000}}
+    level = {
+        **TINY,
+        "calibration": {
+            "warmup_s": 0.1,
+            "level": True,
+            "pool": "rms",
+            "false_alarms_per_day": 5000,
+        },
+    }
     cal = train(two_units(300), **level).model.calibration
     assert cal["pool"] == "rms" and len(cal["level_center"]) == 2 and cal["warmup"] == 5

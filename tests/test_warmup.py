@@ -23,9 +23,14 @@ def _cli(*args: str, cache: Path | None = None, **kwargs) -> subprocess.Popen[st
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     if cache is not None:
         env["NUMBA_CACHE_DIR"] = str(cache)
-    return subprocess.Popen([sys.executable, "-m", "streamlstm.cli", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "streamlstm.cli", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
 
 
 def test_the_notice_comes_only_when_numba_compiles():
@@ -92,8 +97,7 @@ def test_warmup_refuses_an_unknown_dtype():
     assert proc.returncode == 2 and "--dtype: expected float32 and/or float64" in err
 
 
-def test_clear_cache_finds_only_this_packages_kernels_under_numba_cache_dir(tmp_path,
-                                                                          monkeypatch):
+def test_clear_cache_finds_only_this_packages_kernels_under_numba_cache_dir(tmp_path, monkeypatch):
     from numba import config
 
     from streamlstm.warmup_cli import cached_kernel_files

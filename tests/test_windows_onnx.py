@@ -26,8 +26,9 @@ class WindowNet(nn.Module):
     def __init__(self, cell: str, layers: int, bidirectional: bool, output: str) -> None:
         super().__init__()
         extra = {"nonlinearity": cell[4:]} if cell.startswith("rnn") else {}
-        self.rnn = CELLS[cell](3, 12, layers, batch_first=True, bidirectional=bidirectional,
-                               **extra)
+        self.rnn = CELLS[cell](
+            3, 12, layers, batch_first=True, bidirectional=bidirectional, **extra
+        )
         self.fc = nn.Linear(24 if bidirectional else 12, 3 if output == "every" else 4)
         self.output = output
 
@@ -46,8 +47,14 @@ class WindowNet(nn.Module):
 def export(net: nn.Module, path, steps: int = 16) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(net.eval(), (torch.zeros(1, steps, 3),), str(path), input_names=["x"],
-                          dynamo=False, dynamic_axes={"x": {0: "batch", 1: "steps"}})
+        torch.onnx.export(
+            net.eval(),
+            (torch.zeros(1, steps, 3),),
+            str(path),
+            input_names=["x"],
+            dynamo=False,
+            dynamic_axes={"x": {0: "batch", 1: "steps"}},
+        )
 
 
 CASES = [
@@ -60,10 +67,12 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("cell,layers,bidirectional,output,length,hop", CASES,
-                         ids=["-".join(map(str, c)) for c in CASES])
-def test_exported_window_models_match_onnxruntime(tmp_path, cell, layers, bidirectional, output,
-                                                  length, hop):
+@pytest.mark.parametrize(
+    "cell,layers,bidirectional,output,length,hop", CASES, ids=["-".join(map(str, c)) for c in CASES]
+)
+def test_exported_window_models_match_onnxruntime(
+    tmp_path, cell, layers, bidirectional, output, length, hop
+):
     torch.manual_seed(0)
     path = tmp_path / "net.onnx"
     export(WindowNet(cell, layers, bidirectional, output), path)
@@ -111,10 +120,16 @@ def test_softmax_over_every_step_and_other_gathers_are_refused(tmp_path):
     with pytest.raises(ModelFormatError, match="softmax over every step is not supported"):
         sl.load(path, window=8)
     first = numpy_helper.from_array(np.array(0, np.int64), "first")
-    path = save(lambda y: [helper.make_node("Gather", [y, "first"], ["g"], name="pick", axis=1)],
-                "g", [first])
-    with pytest.raises(ModelFormatError, match=r"'pick' \(Gather\): only a Gather of the last "
-                                               r"step \(index -1\)"):
+    path = save(
+        lambda y: [helper.make_node("Gather", [y, "first"], ["g"], name="pick", axis=1)],
+        "g",
+        [first],
+    )
+    with pytest.raises(
+        ModelFormatError,
+        match=r"'pick' \(Gather\): only a Gather of the last "
+        r"step \(index -1\)",
+    ):
         sl.load(path, window=8)
 
 
@@ -126,6 +141,20 @@ def test_convert_passes_the_window_to_the_onnx_importer(tmp_path, capsys):
     target = tmp_path / "net.npz"
     assert main(["convert", str(path), str(target)]) == 2
     assert "pass window=N and hop=K" in capsys.readouterr().err
-    assert main(["convert", str(path), str(target), "--window", "64", "--hop", "8",
-                 "--classes", "a,b,c,d"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                str(path),
+                str(target),
+                "--window",
+                "64",
+                "--hop",
+                "8",
+                "--classes",
+                "a,b,c,d",
+            ]
+        )
+        == 0
+    )
     assert sl.load(target).window == sl.WindowSpec(64, 8, "probabilities", ("a", "b", "c", "d"))

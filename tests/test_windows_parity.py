@@ -34,14 +34,23 @@ CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn_tanh": nn.RNN, "rnn_relu": nn.RNN}
 class WindowNet(nn.Module):
     """A recurrent module (batch_first) and a Linear head on the last step or every step."""
 
-    def __init__(self, cell: str, layers: int, bidirectional: bool, output: str,
-                 input_size: int = 3, hidden: int = 20, classes: int = 4,
-                 final_state: bool = False) -> None:
+    def __init__(
+        self,
+        cell: str,
+        layers: int,
+        bidirectional: bool,
+        output: str,
+        input_size: int = 3,
+        hidden: int = 20,
+        classes: int = 4,
+        final_state: bool = False,
+    ) -> None:
         super().__init__()
         self.final_state = final_state
         extra = {"nonlinearity": cell[4:]} if cell.startswith("rnn") else {}
-        self.rnn = CELLS[cell](input_size, hidden, layers, batch_first=True,
-                               bidirectional=bidirectional, **extra)
+        self.rnn = CELLS[cell](
+            input_size, hidden, layers, batch_first=True, bidirectional=bidirectional, **extra
+        )
         width = hidden * (2 if bidirectional else 1)
         self.fc = nn.Linear(width, input_size if output == "every" else classes)
         self.output = output
@@ -50,10 +59,9 @@ class WindowNet(nn.Module):
         out, h_n = self.rnn(x)
         if self.output == "every":
             return self.fc(out)
-        if self.final_state:     # the top layer's h_n: forward, then backward if present
+        if self.final_state:  # the top layer's h_n: forward, then backward if present
             h_n = h_n[0] if isinstance(h_n, tuple) else h_n
-            top = (torch.cat([h_n[-2], h_n[-1]], dim=1) if self.rnn.bidirectional
-                   else h_n[-1])
+            top = torch.cat([h_n[-2], h_n[-1]], dim=1) if self.rnn.bidirectional else h_n[-1]
             y = self.fc(top)
         else:
             y = self.fc(out[:, -1, :])
@@ -109,14 +117,15 @@ CASES = [
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("cell,layers,bidirectional,output,length,hop", CASES,
-                         ids=["-".join(map(str, c)) for c in CASES])
-def test_streamed_windows_match_torch(tmp_path, cell, layers, bidirectional, output, length,
-                                      hop, dtype):
+@pytest.mark.parametrize(
+    "cell,layers,bidirectional,output,length,hop", CASES, ids=["-".join(map(str, c)) for c in CASES]
+)
+def test_streamed_windows_match_torch(
+    tmp_path, cell, layers, bidirectional, output, length, hop, dtype
+):
     net, model = build(tmp_path, cell, layers, bidirectional, output, dtype)
     classes = () if output == "every" else ("normal", "inner", "ball", "outer")
-    model = model.with_window(WindowSpec(length, hop, output,
-                                         classes if output != "last" else ()))
+    model = model.with_window(WindowSpec(length, hop, output, classes if output != "last" else ()))
     per_sensor = -(-MIN_WINDOWS // SENSORS)
     steps = length + (per_sensor - 1) * hop
     rng = np.random.default_rng(1)
@@ -138,20 +147,42 @@ FINAL_STATE_CASES = [
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("cell,layers,output,length,hop", FINAL_STATE_CASES,
-                         ids=["-".join(map(str, c)) for c in FINAL_STATE_CASES])
-def test_a_head_on_the_final_state_h_n_matches_torch(tmp_path, cell, layers, output, length,
-                                                     hop, dtype):
+@pytest.mark.parametrize(
+    "cell,layers,output,length,hop",
+    FINAL_STATE_CASES,
+    ids=["-".join(map(str, c)) for c in FINAL_STATE_CASES],
+)
+def test_a_head_on_the_final_state_h_n_matches_torch(
+    tmp_path, cell, layers, output, length, hop, dtype
+):
     from streamlstm.cli import main
+
     torch.manual_seed(7)
     net = WindowNet(cell, layers, True, output, final_state=True)
     net = net.double() if dtype == np.float64 else net.float()
     source, target = tmp_path / "net.pt", tmp_path / "net.npz"
     torch.save(net.state_dict(), source)
     kind = ["--kind", cell] if cell.startswith("rnn") else []
-    assert main(["convert", str(source), str(target), *kind, "--window", str(length), "--hop",
-                 str(hop), "--output", output, "--final-state",
-                 "--dtype", np.dtype(dtype).name]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                str(source),
+                str(target),
+                *kind,
+                "--window",
+                str(length),
+                "--hop",
+                str(hop),
+                "--output",
+                output,
+                "--final-state",
+                "--dtype",
+                np.dtype(dtype).name,
+            ]
+        )
+        == 0
+    )
     model = sl.load(target)
     assert model.window == WindowSpec(length, hop, output, final_state=True)
     per_sensor = -(-MIN_WINDOWS // SENSORS)
@@ -186,8 +217,11 @@ def test_safetensors_bidirectional_gru_matches_torch(tmp_path):
     model = sl.load(path)
     assert model.layers[0].backward is not None and model.layers[1].input_size == 40
     windows = np.random.default_rng(5).normal(0, 1, (200, 16, 3)).astype(np.float32)
-    check_close(evaluate_windows(model, windows, output="probabilities"),
-                torch_windows(net, windows), np.float32)
+    check_close(
+        evaluate_windows(model, windows, output="probabilities"),
+        torch_windows(net, windows),
+        np.float32,
+    )
 
 
 def test_windows_with_a_rejected_sample_are_skipped_and_counted(tmp_path):
@@ -202,6 +236,6 @@ def test_windows_with_a_rejected_sample_are_skipped_and_counted(tmp_path):
     expected_ends = [e for e in range(15, 100, 4) if not e - 15 <= 50 <= e]
     assert out.end_index.tolist() == expected_ends
     assert out.skipped == 4 and bank.skipped("a") == 4 and bank.rejected("a") == 1
-    windows = np.stack([stream[e - 15:e + 1] for e in expected_ends])
+    windows = np.stack([stream[e - 15 : e + 1] for e in expected_ends])
     check_close(out.values, torch_windows(net, windows), np.float32)
     assert np.isnan(evaluate_windows(model, stream[40:56][None], output="probabilities")).all()

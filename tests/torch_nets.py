@@ -14,8 +14,18 @@ nn = torch.nn
 class RecurrentNet(nn.Module):
     """``nn.LSTM``/``nn.GRU`` (batch_first) followed by an optional head, like a user's model."""
 
-    def __init__(self, kind: str, input_size: int, hidden: int, layers: int, *, bias: bool = True,
-                 proj_size: int = 0, head: str = "none", out: int = 3) -> None:
+    def __init__(
+        self,
+        kind: str,
+        input_size: int,
+        hidden: int,
+        layers: int,
+        *,
+        bias: bool = True,
+        proj_size: int = 0,
+        head: str = "none",
+        out: int = 3,
+    ) -> None:
         super().__init__()
         extra = {"proj_size": proj_size} if kind == "lstm" else {}
         cell = nn.LSTM if kind == "lstm" else nn.GRU
@@ -36,8 +46,18 @@ class RecurrentNet(nn.Module):
         return y
 
 
-def make_net(kind: str, layers: int, hidden: int, *, bias: bool = True, proj: int = 0,
-             head: str = "none", dtype=np.float32, seed: int = 0, input_size: int = 3):
+def make_net(
+    kind: str,
+    layers: int,
+    hidden: int,
+    *,
+    bias: bool = True,
+    proj: int = 0,
+    head: str = "none",
+    dtype=np.float32,
+    seed: int = 0,
+    input_size: int = 3,
+):
     torch.manual_seed(seed)
     net = RecurrentNet(kind, input_size, hidden, layers, bias=bias, proj_size=proj, head=head)
     return net.double() if dtype == np.float64 else net.float()

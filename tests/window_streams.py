@@ -7,8 +7,15 @@ import itertools
 import numpy as np
 
 
-def stream_windows(model, spec, streams: np.ndarray, rng: np.random.Generator, *,
-                   device: str = "cpu", batches: int = 40) -> tuple[np.ndarray, np.ndarray]:
+def stream_windows(
+    model,
+    spec,
+    streams: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    device: str = "cpu",
+    batches: int = 40,
+) -> tuple[np.ndarray, np.ndarray]:
     """Push ``streams`` ``(sensors, steps, D)`` through ``model.windows(spec=spec,
     device=device)``, sensors interleaved at random in about ``batches`` micro-batches;
     return every completed window's samples ``(N, W, D)`` (cut from ``streams``) and
@@ -38,5 +45,5 @@ def stream_windows(model, spec, streams: np.ndarray, rng: np.random.Generator, *
         assert bank.sample_count(f"s{s}") == steps
         ends = sorted(end for sensor, end, _ in results if sensor == s)
         assert ends == list(range(spec.length - 1, steps, spec.hop))
-    windows = np.stack([streams[s, end - spec.length + 1:end + 1] for s, end, _ in results])
+    windows = np.stack([streams[s, end - spec.length + 1 : end + 1] for s, end, _ in results])
     return windows, np.stack([value for _, _, value in results])

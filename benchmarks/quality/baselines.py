@@ -88,15 +88,15 @@ class PcaT2Spe:
         z = np.concatenate([self._z(f) for f in fit])
         n, p = z.shape
         _, s, vt = np.linalg.svd(z, full_matrices=False)
-        eig = s ** 2 / (n - 1)
+        eig = s**2 / (n - 1)
         k = int(np.searchsorted(np.cumsum(eig) / eig.sum(), PCA_VARIANCE) + 1)
         k = min(k, max(p - 1, 1))
         self.loadings, self.eig = vt[:k].T, eig[:k]
         self.t2_limit = _f_limit(k, n)
         rest = eig[k:]
         if rest.size and rest.sum() > 0:
-            theta1, theta2 = rest.sum(), (rest ** 2).sum()
-            self.spe_limit = theta2 / theta1 * stats.chi2.ppf(1 - ALPHA, theta1 ** 2 / theta2)
+            theta1, theta2 = rest.sum(), (rest**2).sum()
+            self.spe_limit = theta2 / theta1 * stats.chi2.ppf(1 - ALPHA, theta1**2 / theta2)
         else:
             self.spe_limit = np.inf
 
@@ -106,7 +106,7 @@ class PcaT2Spe:
     def flags(self, x: np.ndarray) -> np.ndarray:
         z = self._z(x)
         scores = z @ self.loadings
-        t2 = np.sum(scores ** 2 / self.eig, axis=1)
+        t2 = np.sum(scores**2 / self.eig, axis=1)
         spe = np.sum((z - scores @ self.loadings.T) ** 2, axis=1)
         return (t2 > self.t2_limit) | (spe > self.spe_limit)
 
@@ -119,8 +119,8 @@ def rolling_z(x: np.ndarray, rows: int = ROLLING_ROWS) -> np.ndarray:
     out = np.zeros(x.shape[0])
     if x.shape[0] <= rows:
         return out
-    mean = (cum[rows:-1] - cum[:-rows - 1]) / rows
-    var = np.maximum((cum2[rows:-1] - cum2[:-rows - 1]) / rows - mean ** 2, 0.0)
+    mean = (cum[rows:-1] - cum[: -rows - 1]) / rows
+    var = np.maximum((cum2[rows:-1] - cum2[: -rows - 1]) / rows - mean**2, 0.0)
     std = np.sqrt(var)
     scale = np.maximum(np.abs(mean), 1.0)
     live = std > 1e-9 * scale

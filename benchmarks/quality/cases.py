@@ -52,7 +52,7 @@ class Dataset:
     """A dataset's validation part (design choices) and test part (reported as it came)."""
 
     name: str
-    period_s: float            # seconds between rows (after any feature front end)
+    period_s: float  # seconds between rows (after any feature front end)
     validation: tuple[Case, ...]
     test: tuple[Case, ...]
 

@@ -38,8 +38,11 @@ class Profile:
     fn: float
 
 
-PROFILES = {"standard": Profile(1.0, 0.11, 1.0), "low_fp": Profile(1.0, 0.22, 1.0),
-            "low_fn": Profile(1.0, 0.055, 2.0)}
+PROFILES = {
+    "standard": Profile(1.0, 0.11, 1.0),
+    "low_fp": Profile(1.0, 0.22, 1.0),
+    "low_fn": Profile(1.0, 0.055, 2.0),
+}
 
 
 def sigma(position: float) -> float:
@@ -55,9 +58,8 @@ def alert_starts(alarm: np.ndarray) -> np.ndarray:
 
 def event_windows(stream: Stream) -> list[tuple[int, int]]:
     """``[(start, end), ...]``: each event's window, cut at the next onset and the end."""
-    ends = [*stream.onsets[1:], stream.x.shape[0]][:len(stream.onsets)]
-    return [(o, min(o + stream.window, nxt)) for o, nxt in zip(stream.onsets, ends,
-                                                               strict=True)]
+    ends = [*stream.onsets[1:], stream.x.shape[0]][: len(stream.onsets)]
+    return [(o, min(o + stream.window, nxt)) for o, nxt in zip(stream.onsets, ends, strict=True)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,13 +67,13 @@ class StreamResult:
     """What one method did on one stream (all row-level counts leave ignored rows out)."""
 
     name: str
-    nab: dict[str, tuple[float, float, float]]   # profile -> (score, null, perfect)
+    nab: dict[str, tuple[float, float, float]]  # profile -> (score, null, perfect)
     events: int
     detected: int
     delays_rows: tuple[int, ...]
-    false_alerts: int          # alert starts on normal rows outside every window
+    false_alerts: int  # alert starts on normal rows outside every window
     normal_rows: int
-    alarm_normal_rows: int     # normal rows with an alert open
+    alarm_normal_rows: int  # normal rows with an alert open
     anomalous_rows: int
     alarm_anomalous_rows: int  # anomalous rows with an alert open (true positives)
 
@@ -95,23 +97,30 @@ def score_stream(stream: Stream, alarm: np.ndarray) -> StreamResult:
                 first[k] = int(row)
         elif stream.labels[row] == NORMAL:
             before = [w for w in windows if w[1] <= row]
-            false_positions.append(None if not before else
-                                   (row - before[-1][1] + 1) / stream.window)
+            false_positions.append(
+                None if not before else (row - before[-1][1] + 1) / stream.window
+            )
     nab = {}
     for name, w in PROFILES.items():
         score = 0.0
         for (_, b), hit in zip(windows, first, strict=True):
-            score += (w.tp * sigma(-(b - hit) / stream.window) if hit is not None
-                      else -w.fn)
+            score += w.tp * sigma(-(b - hit) / stream.window) if hit is not None else -w.fn
         score += sum(-w.fp if p is None else w.fp * sigma(p) for p in false_positions)
         nab[name] = (score, -w.fn * len(windows), w.tp * sigma(-1.0) * len(windows))
     normal = stream.labels == NORMAL
     anomalous = stream.labels == ANOMALOUS
     return StreamResult(
-        stream.name, nab, len(windows), sum(h is not None for h in first),
+        stream.name,
+        nab,
+        len(windows),
+        sum(h is not None for h in first),
         tuple(h - a for (a, _), h in zip(windows, first, strict=True) if h is not None),
-        len(false_positions), int(normal.sum()), int((alarm & normal).sum()),
-        int(anomalous.sum()), int((alarm & anomalous).sum()))
+        len(false_positions),
+        int(normal.sum()),
+        int((alarm & normal).sum()),
+        int(anomalous.sum()),
+        int((alarm & anomalous).sum()),
+    )
 
 
 def nab_normalised(results: Sequence[StreamResult], profile: str) -> float | None:
@@ -138,13 +147,15 @@ def summarise(results: Sequence[StreamResult], period_s: float) -> dict:
         **{f"nab_{p}": nab_normalised(results, p) for p in PROFILES},
         "false_alarm_rate": alarm_normal / normal if normal else None,
         "false_alerts": sum(r.false_alerts for r in results),
-        "false_alerts_per_day": (sum(r.false_alerts for r in results) / hours * 24
-                                 if hours else None),
+        "false_alerts_per_day": (
+            sum(r.false_alerts for r in results) / hours * 24 if hours else None
+        ),
         "events": sum(r.events for r in results),
         "missed": sum(r.events - r.detected for r in results),
         "delay_median_s": float(np.median(delays)) if delays else None,
         "delay_max_s": float(np.max(delays)) if delays else None,
-        "precision": precision, "recall": recall,
+        "precision": precision,
+        "recall": recall,
         "f1": 2 * precision * recall / (precision + recall) if tp else 0.0,
     }
 
@@ -152,12 +163,14 @@ def summarise(results: Sequence[StreamResult], period_s: float) -> dict:
 def per_stream(result: StreamResult, period_s: float) -> dict:
     """One stream's figures (TEP's per-fault detection rate is its row recall)."""
     return {
-        "detected": result.detected, "events": result.events,
+        "detected": result.detected,
+        "events": result.events,
         "delay_s": result.delays_rows[0] * period_s if result.delays_rows else None,
         "false_alerts": result.false_alerts,
-        "false_alarm_rate": (result.alarm_normal_rows / result.normal_rows
-                             if result.normal_rows else None),
-        "detection_rate": (result.alarm_anomalous_rows / result.anomalous_rows
-                           if result.anomalous_rows else None),
+        "false_alarm_rate": (
+            result.alarm_normal_rows / result.normal_rows if result.normal_rows else None
+        ),
+        "detection_rate": (
+            result.alarm_anomalous_rows / result.anomalous_rows if result.anomalous_rows else None
+        ),
     }
-

@@ -19,8 +19,9 @@ SPLIT_ROW = 10000
 def _stream(name: str, x: np.ndarray, label: np.ndarray) -> Stream:
     starts = np.flatnonzero(np.diff(np.r_[0, label]) == 1)
     lengths = [int(np.argmin(label[s:] == 1)) or len(label) - s for s in starts]
-    return Stream(name, x[:, None], label.astype(np.int8), tuple(int(s) for s in starts),
-                  min(lengths))
+    return Stream(
+        name, x[:, None], label.astype(np.int8), tuple(int(s) for s in starts), min(lengths)
+    )
 
 
 def load() -> Dataset:
@@ -30,5 +31,9 @@ def load() -> Dataset:
     fit = (value[:fit_rows, None],)
     validation = _stream("windows-0-1", value[fit_rows:SPLIT_ROW], label[fit_rows:SPLIT_ROW])
     test = _stream("windows-2-3", value[SPLIT_ROW:], label[SPLIT_ROW:])
-    return Dataset("nab", period, (Case("nab-validation", fit, (validation,)),),
-                   (Case("nab-test", fit, (test,)),))
+    return Dataset(
+        "nab",
+        period,
+        (Case("nab-validation", fit, (validation,)),),
+        (Case("nab-test", fit, (test,)),),
+    )

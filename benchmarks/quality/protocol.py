@@ -87,20 +87,26 @@ PRIOR = "delta"
 
 def choose(validation: dict[str, dict[str, dict]]) -> tuple[str, str]:
     """``(design, reason)`` from ``{design: {dataset: summary}}`` of the validation runs."""
+
     def mean_nab(design: str) -> float:
-        scores = [s["nab_standard"] for s in validation[design].values()
-                  if s["nab_standard"] is not None]
+        scores = [
+            s["nab_standard"] for s in validation[design].values() if s["nab_standard"] is not None
+        ]
         return sum(scores) / len(scores)
 
     def passes(design: str) -> bool:
-        return all((s["false_alarm_rate"] or 0.0) <= MAX_FALSE_ALARM_RATE
-                   for s in validation[design].values())
+        return all(
+            (s["false_alarm_rate"] or 0.0) <= MAX_FALSE_ALARM_RATE
+            for s in validation[design].values()
+        )
 
     pool = [d for d in validation if passes(d)] or list(validation)
     best = max(pool, key=mean_nab)
     if PRIOR in pool and mean_nab(best) - mean_nab(PRIOR) <= TIE_POINTS:
         best = PRIOR
-    reason = (f"mean validation NAB standard {mean_nab(best):.1f}; "
-              + ("passes" if passes(best) else "NO design passes")
-              + f" the false-alarm rule (<= {MAX_FALSE_ALARM_RATE:.0%} on every part)")
+    reason = (
+        f"mean validation NAB standard {mean_nab(best):.1f}; "
+        + ("passes" if passes(best) else "NO design passes")
+        + f" the false-alarm rule (<= {MAX_FALSE_ALARM_RATE:.0%} on every part)"
+    )
     return best, reason

@@ -28,20 +28,24 @@ DESIGNS: dict[str, dict] = {
     "delta": {"target": "delta", "calibration": {"level": False, "pool": "rms"}},
     # Added after the first validation run (validation results only; see protocol.py).
     "delta-level": {"target": "delta", "calibration": {"level": True, "pool": "rms"}},
-    "delta-level-maha": {"target": "delta",
-                         "calibration": {"level": True, "metric": "mahalanobis",
-                                         "pool": "rms"}},
+    "delta-level-maha": {
+        "target": "delta",
+        "calibration": {"level": True, "metric": "mahalanobis", "pool": "rms"},
+    },
     # Added with amendment 5 (after the fourth test run; see protocol.py): pooling by the
     # largest whitened component, and the residuals' T² alone.
     "delta-max": {"target": "delta", "calibration": {"level": False, "pool": "max"}},
     "delta-level-max": {"target": "delta", "calibration": {"level": True, "pool": "max"}},
-    "delta-maha": {"target": "delta",
-                   "calibration": {"level": False, "metric": "mahalanobis", "pool": "rms"}},
+    "delta-maha": {
+        "target": "delta",
+        "calibration": {"level": False, "metric": "mahalanobis", "pool": "rms"},
+    },
     # Amendment 6: the level term with guarded drift adaptation (a priori: time constant
     # 100 model steps, at most 3 normal standard deviations).
-    "delta-level-max-adapt": {"target": "delta",
-                              "calibration": {"level": True, "pool": "max",
-                                              "level_alpha": 0.01, "level_bound": 3.0}},
+    "delta-level-max-adapt": {
+        "target": "delta",
+        "calibration": {"level": True, "pool": "max", "level_alpha": 0.01, "level_bound": 3.0},
+    },
 }
 
 
@@ -50,12 +54,21 @@ class LstmMethod:
 
     def __init__(self, fit: Sequence[np.ndarray], period_s: float, design: str) -> None:
         keywords = dict(DESIGNS[design])
-        calibration = {"false_alarms_per_day": BUDGET_PER_DAY, "warmup_steps": WARMUP,
-                       **keywords.pop("calibration", {})}
+        calibration = {
+            "false_alarms_per_day": BUDGET_PER_DAY,
+            "warmup_steps": WARMUP,
+            **keywords.pop("calibration", {}),
+        }
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = train(list(fit), sample_rate=1.0 / period_s, progress=False, threads=1,
-                           calibration=calibration, **keywords)
+            result = train(
+                list(fit),
+                sample_rate=1.0 / period_s,
+                progress=False,
+                threads=1,
+                calibration=calibration,
+                **keywords,
+            )
         self.warnings = sorted({type(w.message).__name__ for w in caught})
         self.model = result.model
         self.period_s = period_s

@@ -26,16 +26,31 @@ def load() -> Dataset:
         test, test_label = f["test"].astype(np.float64), f["test_label"]
         fault_ids, onset = f["test_fault_id"], int(f["test_onset"])
         period = float(f["sample_period_s"])
-    streams = [Stream("normal-tail", normal[VALIDATION_FIT_ROWS:],
-                      np.zeros(len(normal) - VALIDATION_FIT_ROWS, np.int8), (), 1)]
+    streams = [
+        Stream(
+            "normal-tail",
+            normal[VALIDATION_FIT_ROWS:],
+            np.zeros(len(normal) - VALIDATION_FIT_ROWS, np.int8),
+            (),
+            1,
+        )
+    ]
     for k, run in enumerate(train_fault, start=1):
-        streams.append(Stream(f"fault{k:02d}", run, np.full(len(run), ANOMALOUS, np.int8),
-                              (0,), nab_window(len(run), 1)))
+        streams.append(
+            Stream(
+                f"fault{k:02d}",
+                run,
+                np.full(len(run), ANOMALOUS, np.int8),
+                (0,),
+                nab_window(len(run), 1),
+            )
+        )
     validation = Case("tep-validation", (normal[:VALIDATION_FIT_ROWS],), tuple(streams))
     tests = []
     for run, label, fault in zip(test, test_label, fault_ids, strict=True):
         labels = np.where(label > 0, ANOMALOUS, NORMAL).astype(np.int8)
         events = (onset,) if fault else ()
-        tests.append(Stream(f"fault{int(fault):02d}", run, labels, events,
-                            nab_window(len(run), len(events))))
+        tests.append(
+            Stream(f"fault{int(fault):02d}", run, labels, events, nab_window(len(run), len(events)))
+        )
     return Dataset("tep", period, (validation,), (Case("tep-test", (normal,), tuple(tests)),))

@@ -39,15 +39,17 @@ def _read(path: Path) -> tuple[np.ndarray, np.ndarray, int, int]:
 
 
 def _stream(name: str, x: np.ndarray, labels: np.ndarray, start: int, onset: int) -> Stream:
-    return Stream(name, x[start:], labels[start:], (onset - start,),
-                  nab_window(x.shape[0] - start, 1))
+    return Stream(
+        name, x[start:], labels[start:], (onset - start,), nab_window(x.shape[0] - start, 1)
+    )
 
 
 def _case(path: Path) -> Case:
     x, labels, first_valid, normal_end = _read(path)
     fit_end = first_valid + int(FIT_FRACTION * (normal_end - first_valid))
-    return Case(path.stem, (x[first_valid:fit_end],),
-                (_stream(path.stem, x, labels, fit_end, normal_end),))
+    return Case(
+        path.stem, (x[first_valid:fit_end],), (_stream(path.stem, x, labels, fit_end, normal_end),)
+    )
 
 
 def _cross_case(earlier: Path, later: Path) -> Case:
@@ -55,8 +57,9 @@ def _cross_case(earlier: Path, later: Path) -> Case:
     x_fit, _, fit_start, fit_end = _read(earlier)
     x, labels, first_valid, normal_end = _read(later)
     name = f"cross:{earlier.stem}->{later.stem}"
-    return Case(name, (x_fit[fit_start:fit_end],),
-                (_stream(name, x, labels, first_valid, normal_end),))
+    return Case(
+        name, (x_fit[fit_start:fit_end],), (_stream(name, x, labels, first_valid, normal_end),)
+    )
 
 
 def _well(path: Path) -> str:
@@ -67,7 +70,9 @@ def load() -> Dataset:
     paths = sorted(FOLDER.glob("c*_WELL-*.npz"))
     cases = [_case(p) for p in paths]
     validation_paths = paths[0::3]
-    cross = [_cross_case(a, b) for a, b in itertools.pairwise(validation_paths)
-             if _well(a) == _well(b)]
-    return Dataset("3w", 1.0, tuple(cases[0::3]) + tuple(cross),
-                   tuple(c for i, c in enumerate(cases) if i % 3))
+    cross = [
+        _cross_case(a, b) for a, b in itertools.pairwise(validation_paths) if _well(a) == _well(b)
+    ]
+    return Dataset(
+        "3w", 1.0, tuple(cases[0::3]) + tuple(cross), tuple(c for i, c in enumerate(cases) if i % 3)
+    )

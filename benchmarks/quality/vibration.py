@@ -25,8 +25,9 @@ from .cases import ANOMALOUS, NORMAL, SHARED_DATA, Case, Dataset, Stream, nab_wi
 
 FAN_FEATURES = FeatureSpec(50, 10, ("log_std", "acf1", "corr_next"))
 CWRU_FEATURES = FeatureSpec(1024, 128, ("log_rms", "crest", "kurtosis", "acf1"))
-CWRU_FAULTS = tuple(f"{fault}_{size}" for fault in ("ir", "ball", "or6")
-                    for size in ("007", "014", "021"))
+CWRU_FAULTS = tuple(
+    f"{fault}_{size}" for fault in ("ir", "ball", "or6") for size in ("007", "014", "021")
+)
 
 
 def _stream(name: str, rows: np.ndarray, label: int) -> Stream:
@@ -43,12 +44,15 @@ def load_fan() -> Dataset:
         return compute_features(acc[(config == cfg) & (speed == pct)][part], FAN_FEATURES)
 
     speeds = [int(p) for p in np.unique(speed)]
-    validation = Case("fan-validation", tuple(rows(1, p, slice(0, 1600)) for p in speeds),
-                      tuple(_stream(f"normal-{p}%", rows(1, p, slice(1600, 2000)), 0)
-                            for p in speeds))
+    validation = Case(
+        "fan-validation",
+        tuple(rows(1, p, slice(0, 1600)) for p in speeds),
+        tuple(_stream(f"normal-{p}%", rows(1, p, slice(1600, 2000)), 0) for p in speeds),
+    )
     tests = [_stream(f"normal-{p}%", rows(1, p, slice(2000, 3000)), 0) for p in speeds]
-    tests += [_stream(f"config{c}-{p}%", rows(c, p, slice(None)), 1)
-              for c in (2, 3) for p in speeds]
+    tests += [
+        _stream(f"config{c}-{p}%", rows(c, p, slice(None)), 1) for c in (2, 3) for p in speeds
+    ]
     test = Case("fan-test", tuple(rows(1, p, slice(0, 2000)) for p in speeds), tuple(tests))
     return Dataset("fan", FAN_FEATURES.hop / fs, (validation,), (test,))
 
@@ -67,8 +71,11 @@ def load_cwru() -> Dataset:
         return compute_features(raw, CWRU_FEATURES)
 
     cut45, cut60 = int(0.45 * n), int(0.6 * n)
-    validation = Case("cwru-validation", (rows(normal[:cut45]),),
-                      (_stream("normal-45-60%", rows(normal[cut45:cut60]), 0),))
+    validation = Case(
+        "cwru-validation",
+        (rows(normal[:cut45]),),
+        (_stream("normal-45-60%", rows(normal[cut45:cut60]), 0),),
+    )
     tests = [_stream("normal-tail", rows(normal[cut60:]), 0)]
     tests += [_stream(name, rows(_cwru(name)), 1) for name in CWRU_FAULTS]
     test = Case("cwru-test", (rows(normal[:cut60]),), tuple(tests))

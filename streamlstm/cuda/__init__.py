@@ -50,5 +50,11 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-__all__ = ["AUTO_MIN_STREAMS", "DEVICES", "CudaBank", "CudaWindowBank", "choose_device",
-           "is_available"]
+__all__ = [
+    "AUTO_MIN_STREAMS",
+    "DEVICES",
+    "CudaBank",
+    "CudaWindowBank",
+    "choose_device",
+    "is_available",
+]

@@ -13,8 +13,9 @@ NO_GROUP = -1
 
 
 @njit(cache=True, nogil=True)
-def group_csr(rows: np.ndarray, row_group: np.ndarray, index: np.ndarray,
-                 scratch: np.ndarray) -> int:
+def group_csr(
+    rows: np.ndarray, row_group: np.ndarray, index: np.ndarray, scratch: np.ndarray
+) -> int:
     """Write the CSR grouping of ``rows`` into ``index``; return the number of groups ``G``.
 
     ``rows``: ``(M,)`` int64 state rows in arrival order; ``row_group``: ``(capacity,)``

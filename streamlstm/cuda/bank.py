@@ -55,8 +55,15 @@ class CudaBank(SensorRows):
     no GPU (or simulator).
     """
 
-    def __init__(self, model: Model, capacity: int = 1024, *, block_size: int | None = None,
-                 max_registers: int | None = None, kernel: str = "auto") -> None:
+    def __init__(
+        self,
+        model: Model,
+        capacity: int = 1024,
+        *,
+        block_size: int | None = None,
+        max_registers: int | None = None,
+        kernel: str = "auto",
+    ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
         if block_size is not None and not 1 <= block_size <= 1024:
@@ -77,10 +84,13 @@ class CudaBank(SensorRows):
         if kernel != "per-stream" and max_registers is None:
             tiled = tile_kernel(pk.layout, self._dtype, pk.params.size)
             if tiled is None and kernel == "tiled":
-                raise ValueError(f"{model.name}: the state of even the smallest tile of "
-                                 "streams exceeds shared memory; use kernel='per-stream'")
-        self._step = tiled or step_kernel(pk.layout, self._dtype, pk.params.size,
-                                          max_registers=max_registers)
+                raise ValueError(
+                    f"{model.name}: the state of even the smallest tile of "
+                    "streams exceeds shared memory; use kernel='per-stream'"
+                )
+        self._step = tiled or step_kernel(
+            pk.layout, self._dtype, pk.params.size, max_registers=max_registers
+        )
         #: The step kernel in use: ``"tiled"`` or ``"per-stream"``.
         self.kernel = "tiled" if tiled is not None else "per-stream"
         self._record = self._n_in + self._step.io_width  # I/O numbers per sample
@@ -121,16 +131,27 @@ class CudaBank(SensorRows):
         base, io_base = buffer_layout(self._params.size, self._n_state, capacity)
         buffer = cuda.device_array(io_base + io_slots * self._record, self._dtype, stream=stream)
         if self._params.size:
-            buffer[:self._params.size].copy_to_device(self._params, stream=stream)
+            buffer[: self._params.size].copy_to_device(self._params, stream=stream)
         blocks, threads = grid_1d(io_base - base)
         self._moves.fill[blocks, threads, stream](buffer, base, io_base, 0)
         if self._buffer is not None and self._capacity:
             blocks2, threads2 = grid_2d(self._capacity, self._n_state)
             self._moves.copy_states[blocks2, threads2, stream](
-                self._buffer, base, self._capacity, buffer, base, capacity, self._n_state,
-                self._capacity)
-        self._buffer, self._capacity, self._io_slots, self._io_base = (buffer, capacity,
-                                                                     io_slots, io_base)
+                self._buffer,
+                base,
+                self._capacity,
+                buffer,
+                base,
+                capacity,
+                self._n_state,
+                self._capacity,
+            )
+        self._buffer, self._capacity, self._io_slots, self._io_base = (
+            buffer,
+            capacity,
+            io_slots,
+            io_base,
+        )
         if self._io_host is None or self._io_host.size < io_slots * self._record:
             self._io_host = cuda.pinned_array(io_slots * self._record, self._dtype)
         self._views.clear()
@@ -159,8 +180,10 @@ class CudaBank(SensorRows):
             n_x = samples * self._n_in
             at = self._io_base
             views = self._views[key] = (
-                self._index_dev[:index_size], self._buffer[at:at + n_x],
-                self._buffer[at + n_x:at + samples * self._record])
+                self._index_dev[:index_size],
+                self._buffer[at : at + n_x],
+                self._buffer[at + n_x : at + samples * self._record],
+            )
         return views
 
     def _launcher(self, groups: int) -> Any:
@@ -174,8 +197,9 @@ class CudaBank(SensorRows):
         if launcher is None:
             if len(self._launchers) > 64:
                 self._launchers.clear()
-            launcher = self._launchers[blocks] = self._step.kernel[blocks, self._block,
-                                                                    self._stream]
+            launcher = self._launchers[blocks] = self._step.kernel[
+                blocks, self._block, self._stream
+            ]
         return launcher
 
     def _launch(self, groups: int, samples: int, steps: int, index_size: int) -> np.ndarray:
@@ -187,8 +211,9 @@ class CudaBank(SensorRows):
         index_dev.copy_to_device(self._index_host[:index_size], stream=stream)
         x_dev.copy_to_device(self._io_host[:n_x], stream=stream)
         self.last_launch = (groups, samples, steps)
-        self._launcher(groups)(self._buffer, self._index_dev, self._capacity, groups, samples,
-                               steps)
+        self._launcher(groups)(
+            self._buffer, self._index_dev, self._capacity, groups, samples, steps
+        )
         y_dev.copy_to_host(self._io_host[n_x:n_end], stream=stream)
         stream.synchronize()
         return self._io_host[n_x:n_end].reshape(samples, self._step.io_width)
@@ -202,8 +227,9 @@ class CudaBank(SensorRows):
         old = self._capacity
         self._allocate_buffer(capacity, self._io_slots)
         self._rejected = np.concatenate([self._rejected, np.zeros(capacity - old, np.int64)])
-        self._row_group = np.concatenate([self._row_group,
-                                          np.full(capacity - old, NO_GROUP, np.int64)])
+        self._row_group = np.concatenate(
+            [self._row_group, np.full(capacity - old, NO_GROUP, np.int64)]
+        )
 
     def _clear_row(self, row: int) -> None:
         self._zero_rows(np.asarray([row], np.int64))
@@ -229,7 +255,7 @@ class CudaBank(SensorRows):
         if self._group_scratch.shape[1] < m + 1:
             self._group_scratch = np.zeros((2, 2 * m + 1), np.int64)
         groups = group_csr(rows, self._row_group, self._index_host, self._group_scratch)
-        self._io_host[:m * self._n_in] = samples.ravel()
+        self._io_host[: m * self._n_in] = samples.ravel()
         if groups == m:  # every sensor once: a one-step block, no offsets or order to send
             records = self._launch(groups, m, 1, m)
         else:
@@ -246,8 +272,9 @@ class CudaBank(SensorRows):
         rows = self.rows(sensors)
         values = np.asarray(samples, dtype=self._dtype)
         if values.ndim != 3 or values.shape[0] != rows.size or values.shape[2] != self._n_in:
-            raise ShapeError(f"samples: expected shape ({rows.size}, T, {self._n_in}), "
-                             f"got {values.shape}")
+            raise ShapeError(
+                f"samples: expected shape ({rows.size}, T, {self._n_in}), got {values.shape}"
+            )
         if np.unique(rows).size != rows.size:
             raise ShapeError("run: sensors must be distinct (use step for repeated sensors)")
         n, steps = values.shape[0], values.shape[1]
@@ -258,10 +285,10 @@ class CudaBank(SensorRows):
         self._reserve(n, m)
         self._index_host[:n] = rows
         # Time-major on the device: thread g reads sample (t, g), neighbours adjacent.
-        self._io_host[:m * self._n_in].reshape(steps, n, self._n_in)[:] = values.transpose(1, 0, 2)
+        self._io_host[: m * self._n_in].reshape(steps, n, self._n_in)[:] = values.transpose(1, 0, 2)
         records = self._launch(n, m, steps, n)
         by_time = records.reshape(steps, n, self._step.io_width).transpose(1, 0, 2)
-        outs = np.ascontiguousarray(by_time[:, :, :self._n_out])
+        outs = np.ascontiguousarray(by_time[:, :, : self._n_out])
         status = by_time[:, :, self._n_out].astype(np.int8)
         bad = status != L.OK
         if bad.any():
@@ -298,8 +325,9 @@ class CudaBank(SensorRows):
         rows_dev = cuda.to_device(rows, stream=self._stream)
         out_dev = cuda.device_array(out.shape, self._dtype, stream=self._stream)
         blocks, threads = grid_2d(rows.size, self._n_state)
-        self._moves.gather[blocks, threads, self._stream](self._buffer, self._step.state_base,
-                                                          self._capacity, rows_dev, out_dev)
+        self._moves.gather[blocks, threads, self._stream](
+            self._buffer, self._step.state_base, self._capacity, rows_dev, out_dev
+        )
         out_dev.copy_to_host(out, stream=self._stream)
         self._stream.synchronize()
         return out
@@ -311,15 +339,17 @@ class CudaBank(SensorRows):
         rows_dev = cuda.to_device(rows, stream=self._stream)
         values_dev = cuda.to_device(np.ascontiguousarray(values), stream=self._stream)
         blocks, threads = grid_2d(rows.size, self._n_state)
-        self._moves.scatter[blocks, threads, self._stream](self._buffer, self._step.state_base,
-                                                           self._capacity, rows_dev, values_dev)
+        self._moves.scatter[blocks, threads, self._stream](
+            self._buffer, self._step.state_base, self._capacity, rows_dev, values_dev
+        )
         self._stream.synchronize()
 
     def _zero_rows(self, rows: np.ndarray) -> None:
         rows_dev = self._cuda.to_device(rows, stream=self._stream)
         blocks, threads = grid_2d(rows.size, self._n_state)
         self._moves.zero_rows[blocks, threads, self._stream](
-            self._buffer, self._step.state_base, self._capacity, self._n_state, rows_dev)
+            self._buffer, self._step.state_base, self._capacity, self._n_state, rows_dev
+        )
         self._stream.synchronize()
 
     def rejected(self, sensor: Hashable) -> int:
@@ -357,8 +387,7 @@ class CudaBank(SensorRows):
     def import_state(self, snapshot: Mapping[str, Any]) -> None:
         """Restore sensors from :meth:`export_state` output (other sensors are kept)."""
         sensors = list(snapshot["sensors"])
-        states = as_samples(snapshot["states"], self._dtype, self._n_state,
-                            what="snapshot states")
+        states = as_samples(snapshot["states"], self._dtype, self._n_state, what="snapshot states")
         if len(sensors) != states.shape[0]:
             raise ShapeError(f"snapshot: {len(sensors)} sensors for {states.shape[0]} states")
         if not np.all(np.isfinite(states)):

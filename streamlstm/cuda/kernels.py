@@ -115,7 +115,7 @@ def model_constants(layout: np.ndarray) -> dict[str, int]:
     widest_head = 0
     scratch = 0
     for index in range(n_layers):
-        rec = layout[L.HEADER + index * L.LAYER_RECORD:][:L.LAYER_RECORD]
+        rec = layout[L.HEADER + index * L.LAYER_RECORD :][: L.LAYER_RECORD]
         hidden = int(rec[L.L_HIDDEN])
         widest_hidden = max(widest_hidden, hidden)
         widest_dense = max(widest_dense, int(rec[L.L_OUT]))
@@ -125,35 +125,50 @@ def model_constants(layout: np.ndarray) -> dict[str, int]:
             scratch = max(scratch, 2 * hidden)
     dense_base = L.HEADER + n_layers * L.LAYER_RECORD
     for index in range(int(layout[L.H_DENSE])):
-        rec = layout[dense_base + index * L.DENSE_RECORD:][:L.DENSE_RECORD]
+        rec = layout[dense_base + index * L.DENSE_RECORD :][: L.DENSE_RECORD]
         widest_dense = max(widest_dense, int(rec[L.D_OUT]))
         widest_head = max(widest_head, int(rec[L.D_OUT]))
-    return {"layers": n_layers, "inputs": int(layout[L.H_INPUT]),
-            "outputs": int(layout[L.H_OUTPUT]), "dense": int(layout[L.H_DENSE]),
-            "state": int(layout[L.H_STATE]), "hidden": widest_hidden, "wide": widest_dense,
-            "head": widest_head, "scratch": scratch}
+    return {
+        "layers": n_layers,
+        "inputs": int(layout[L.H_INPUT]),
+        "outputs": int(layout[L.H_OUTPUT]),
+        "dense": int(layout[L.H_DENSE]),
+        "state": int(layout[L.H_STATE]),
+        "hidden": widest_hidden,
+        "wide": widest_dense,
+        "head": widest_head,
+        "scratch": scratch,
+    }
 
 
 @cache
-def _compiled(layout_bytes: bytes, dtype_str: str, n_params: int,
-              max_registers: int | None) -> StepKernel:
-    return _build(np.frombuffer(layout_bytes, np.int64).copy(), np.dtype(dtype_str), n_params,
-                  max_registers)
+def _compiled(
+    layout_bytes: bytes, dtype_str: str, n_params: int, max_registers: int | None
+) -> StepKernel:
+    return _build(
+        np.frombuffer(layout_bytes, np.int64).copy(), np.dtype(dtype_str), n_params, max_registers
+    )
 
 
-def step_kernel(layout: np.ndarray, dtype: np.dtype, n_params: int, *,
-                max_registers: int | None = None) -> StepKernel:
+def step_kernel(
+    layout: np.ndarray, dtype: np.dtype, n_params: int, *, max_registers: int | None = None
+) -> StepKernel:
     """The step kernel for a packed model, built once per distinct (layout, dtype, size).
 
     ``max_registers`` caps registers per thread (more resident warps, more spills); the
     default leaves the choice to the compiler. Tune it with ``bench_cuda.py --max-registers``.
     """
-    return _compiled(np.ascontiguousarray(layout, np.int64).tobytes(), np.dtype(dtype).str,
-                     int(n_params), max_registers)
+    return _compiled(
+        np.ascontiguousarray(layout, np.int64).tobytes(),
+        np.dtype(dtype).str,
+        int(n_params),
+        max_registers,
+    )
 
 
-def _build(layout: np.ndarray, dtype: np.dtype, n_params: int,
-           max_registers: int | None) -> StepKernel:
+def _build(
+    layout: np.ndarray, dtype: np.dtype, n_params: int, max_registers: int | None
+) -> StepKernel:
     k = model_constants(layout)
     LAY = layout  # a global array of the kernel: frozen into its constant memory
     DT = numba.from_dtype(dtype)
@@ -173,8 +188,9 @@ def _build(layout: np.ndarray, dtype: np.dtype, n_params: int,
     # which otherwise costs four integer instructions per load in the inner loops.
     IX = numba.uint64
     NAN = dtype.type(np.nan)
-    OK, BAD_SAMPLE, BAD_RESULT = (dtype.type(v) for v in (L.OK, L.REJECTED_SAMPLE,
-                                                          L.REJECTED_RESULT))
+    OK, BAD_SAMPLE, BAD_RESULT = (
+        dtype.type(v) for v in (L.OK, L.REJECTED_SAMPLE, L.REJECTED_RESULT)
+    )
 
     @cuda.jit(device=True)
     def activate(x, code):
@@ -216,8 +232,9 @@ def _build(layout: np.ndarray, dtype: np.dtype, n_params: int,
             for u in range(TILE):
                 j = j0 + u
                 if j < hidden:
-                    c = (activate(acc[TILE + u], ract) * state[IX(so + n_out + j)]
-                         + activate(acc[u], ract) * activate(acc[2 * TILE + u], act))
+                    c = activate(acc[TILE + u], ract) * state[IX(so + n_out + j)] + activate(
+                        acc[u], ract
+                    ) * activate(acc[2 * TILE + u], act)
                     new[IX(so + n_out + j)] = c
                     h = activate(acc[3 * TILE + u], ract) * activate(c, act)
                     if wr < 0:
@@ -399,8 +416,9 @@ def _build(layout: np.ndarray, dtype: np.dtype, n_params: int,
         else:
             run_group(buffer, buffer, index, capacity, groups, samples, steps, g)
 
-    return StepKernel(kernel=kernel, weights_in_shared=IN_SHARED, io_width=IO_WIDTH,
-                      state_base=STATE_BASE)
+    return StepKernel(
+        kernel=kernel, weights_in_shared=IN_SHARED, io_width=IO_WIDTH, state_base=STATE_BASE
+    )
 
 
 @dataclass(frozen=True)
@@ -411,10 +429,10 @@ class StateKernels:
     ``buffer[base + q * capacity + r]``.
     """
 
-    gather: Any       # (buffer, base, capacity, rows (n,), out (n, S))
-    scatter: Any      # (buffer, base, capacity, rows (n,), values (n, S))
-    zero_rows: Any    # (buffer, base, capacity, n_state, rows (n,))
-    fill: Any         # (buffer, start, stop, value): buffer[start:stop] = value
+    gather: Any  # (buffer, base, capacity, rows (n,), out (n, S))
+    scatter: Any  # (buffer, base, capacity, rows (n,), values (n, S))
+    zero_rows: Any  # (buffer, base, capacity, n_state, rows (n,))
+    fill: Any  # (buffer, start, stop, value): buffer[start:stop] = value
     copy_states: Any  # (src, src_base, src_capacity, dst, dst_base, dst_capacity, n_state, rows)
 
 

@@ -51,8 +51,9 @@ SIMULATOR_TILE_THREADS = 16
 
 def _shared_numbers(consts: dict[str, int], streams: int) -> int:
     padded = streams + 1
-    return padded * (2 * consts["state"] + consts["inputs"] + consts["scratch"]
-                     + 2 * consts["head"])
+    return padded * (
+        2 * consts["state"] + consts["inputs"] + consts["scratch"] + 2 * consts["head"]
+    )
 
 
 def tile_streams(layout: np.ndarray, dtype: np.dtype) -> int:
@@ -67,8 +68,9 @@ def tile_streams(layout: np.ndarray, dtype: np.dtype) -> int:
 
 @cache
 def _compiled(layout_bytes: bytes, dtype_str: str, n_params: int, streams: int) -> StepKernel:
-    return _build(np.frombuffer(layout_bytes, np.int64).copy(), np.dtype(dtype_str), n_params,
-                  streams)
+    return _build(
+        np.frombuffer(layout_bytes, np.int64).copy(), np.dtype(dtype_str), n_params, streams
+    )
 
 
 def tile_kernel(layout: np.ndarray, dtype: np.dtype, n_params: int) -> StepKernel | None:
@@ -76,8 +78,12 @@ def tile_kernel(layout: np.ndarray, dtype: np.dtype, n_params: int) -> StepKerne
     streams = tile_streams(layout, np.dtype(dtype))
     if streams == 0:
         return None
-    return _compiled(np.ascontiguousarray(layout, np.int64).tobytes(), np.dtype(dtype).str,
-                     int(n_params), streams)
+    return _compiled(
+        np.ascontiguousarray(layout, np.int64).tobytes(),
+        np.dtype(dtype).str,
+        int(n_params),
+        streams,
+    )
 
 
 @dataclass(frozen=True)
@@ -162,8 +168,9 @@ def tile_layers(layout: np.ndarray, dtype: np.dtype, streams: int) -> TileLayers
                     acc[3 * SPT + i] += w3 * v
             c_row = (so + n_out + j) * TSP + first
             for i in range(SPT):
-                c = (activate(acc[SPT + i], ract) * old[IX(c_row + i)]
-                     + activate(acc[i], ract) * activate(acc[2 * SPT + i], act))
+                c = activate(acc[SPT + i], ract) * old[IX(c_row + i)] + activate(
+                    acc[i], ract
+                ) * activate(acc[2 * SPT + i], act)
                 h = activate(acc[3 * SPT + i], ract) * activate(c, act)
                 new[IX(c_row + i)] = c
                 if wr < 0:
@@ -281,8 +288,9 @@ def _build(layout: np.ndarray, dtype: np.dtype, n_params: int, streams: int) -> 
     ZERO = dtype.type(0.0)
     IX = numba.uint64  # unsigned indices: no negative-index wraparound code
     NAN = dtype.type(np.nan)
-    OK, BAD_SAMPLE, BAD_RESULT = (dtype.type(v) for v in (L.OK, L.REJECTED_SAMPLE,
-                                                          L.REJECTED_RESULT))
+    OK, BAD_SAMPLE, BAD_RESULT = (
+        dtype.type(v) for v in (L.OK, L.REJECTED_SAMPLE, L.REJECTED_RESULT)
+    )
 
     layers = tile_layers(layout, dtype, streams)
     activate, lstm_tile, gru_tile = layers.activate, layers.lstm, layers.gru
@@ -304,7 +312,7 @@ def _build(layout: np.ndarray, dtype: np.dtype, n_params: int, streams: int) -> 
         rows = cuda.shared.array(TS, I64)
         counts = cuda.shared.array(TS, I64)
         firsts = cuda.shared.array(TS, I64)
-        good = cuda.shared.array(TS, I32)      # this step may commit
+        good = cuda.shared.array(TS, I32)  # this step may commit
         finite_in = cuda.shared.array(TS, I32)  # this step's sample is finite
         changed = cuda.shared.array(TS, I32)
         tid, threads = cuda.threadIdx.x, cuda.blockDim.x
@@ -425,5 +433,10 @@ def _build(layout: np.ndarray, dtype: np.dtype, n_params: int, streams: int) -> 
             if changed[s] == 1:
                 buffer[IX(STATE_BASE + q * capacity + rows[s])] = old[IX(q * TSP + s)]
 
-    return StepKernel(kernel=kernel, weights_in_shared=False, io_width=IO_WIDTH,
-                      state_base=STATE_BASE, tile_streams=TS)
+    return StepKernel(
+        kernel=kernel,
+        weights_in_shared=False,
+        io_width=IO_WIDTH,
+        state_base=STATE_BASE,
+        tile_streams=TS,
+    )

@@ -35,8 +35,14 @@ class CudaWindowBank(WindowBank):
     shared-memory tiles.
     """
 
-    def __init__(self, model: Model, capacity: int = 1024, *, spec: WindowSpec | None = None,
-                 block_size: int | None = None) -> None:
+    def __init__(
+        self,
+        model: Model,
+        capacity: int = 1024,
+        *,
+        spec: WindowSpec | None = None,
+        block_size: int | None = None,
+    ) -> None:
         if block_size is not None and not 1 <= block_size <= 1024:
             raise ValueError("block_size must be in 1..1024")
         cuda = require_cuda()
@@ -69,13 +75,13 @@ class CudaWindowBank(WindowBank):
             cuda.device_array(room * steps * n_in, self._dtype, stream=stream),
             cuda.device_array(k.seq_size(room, steps), self._dtype, stream=stream),
             cuda.device_array(room * k.rows * n_out, self._dtype, stream=stream),
-            cuda.device_array(room, np.int32, stream=stream))
+            cuda.device_array(room, np.int32, stream=stream),
+        )
         self._status_host = np.zeros(room, np.int32)
         self._device_room = room
         return self._device
 
-    def _evaluate_batch(self, windows: np.ndarray, outs: np.ndarray,
-                        status: np.ndarray) -> None:
+    def _evaluate_batch(self, windows: np.ndarray, outs: np.ndarray, status: np.ndarray) -> None:
         """Upload ``windows``, evaluate them in one launch, download ``outs`` and ``status``."""
         count = windows.shape[0]
         if count == 0:
@@ -85,8 +91,7 @@ class CudaWindowBank(WindowBank):
         n_x, n_y = windows.size, outs.size
         windows_dev[:n_x].copy_to_device(windows.reshape(-1), stream=stream)
         launch = k.kernel[k.launch_shape(count), self._block, stream]
-        launch(self._weights, windows_dev, seqs_dev, outs_dev, status_dev, count,
-               self._device_room)
+        launch(self._weights, windows_dev, seqs_dev, outs_dev, status_dev, count, self._device_room)
         outs_dev[:n_y].copy_to_host(outs.reshape(-1), stream=stream)
         status_dev[:count].copy_to_host(self._status_host[:count], stream=stream)
         stream.synchronize()

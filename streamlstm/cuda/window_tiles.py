@@ -52,10 +52,10 @@ cuda = import_cuda()  # a module global: the simulator swaps a kernel's global `
 #: Direction kind of a plain RNN (the step kernels' kinds are ``layout.LSTM``/``GRU``).
 RNN = 2
 # Fields after a direction's layer record.
-X_REVERSE = L.LAYER_RECORD      # 1: the backward direction, from the window's end
-X_COLUMN = L.LAYER_RECORD + 1   # where its h goes in the layer's output row
-X_RUN = L.LAYER_RECORD + 2      # steps it runs (1: only the last step is read)
-X_STATE = L.LAYER_RECORD + 3    # state numbers (LSTM h and c, else h)
+X_REVERSE = L.LAYER_RECORD  # 1: the backward direction, from the window's end
+X_COLUMN = L.LAYER_RECORD + 1  # where its h goes in the layer's output row
+X_RUN = L.LAYER_RECORD + 2  # steps it runs (1: only the last step is read)
+X_STATE = L.LAYER_RECORD + 3  # state numbers (LSTM h and c, else h)
 DIRECTION = L.LAYER_RECORD + 4
 
 
@@ -72,8 +72,8 @@ class WindowKernel:
     kernel: Any
     weights: np.ndarray
     streams: int  # windows per block
-    width: int    # numbers per step of a sequence buffer
-    rows: int     # output rows per window: W for output "every", else 1
+    width: int  # numbers per step of a sequence buffer
+    rows: int  # output rows per window: W for output "every", else 1
 
     def launch_shape(self, count: int) -> int:
         """Blocks covering ``count`` windows."""
@@ -97,12 +97,12 @@ def direction_records(pk: WindowPacked, steps: int) -> tuple[np.ndarray, np.ndar
         start = K.HEADER + index * K.LAYER_RECORD
         for d in range(int(layout[start + K.LAYER_DIRECTIONS])):
             begin = start + 1 + d * K.DIRECTION_RECORD
-            k_rec = layout[begin:begin + K.DIRECTION_RECORD]
+            k_rec = layout[begin : begin + K.DIRECTION_RECORD]
             rec = np.full(DIRECTION, -1, np.int64)
             if k_rec[K.K_STREAM] >= 0:
                 row = pk.stream_index[k_rec[K.K_STREAM]]
-                stream_layout = pk.stream_layouts[row[K.S_LAYOUT]:row[K.S_LAYOUT_END]]
-                rec[:L.LAYER_RECORD] = stream_layout[L.HEADER:L.HEADER + L.LAYER_RECORD]
+                stream_layout = pk.stream_layouts[row[K.S_LAYOUT] : row[K.S_LAYOUT_END]]
+                rec[: L.LAYER_RECORD] = stream_layout[L.HEADER : L.HEADER + L.LAYER_RECORD]
                 shift = pk.params.size + int(row[K.S_PARAMS])
                 for field in (L.L_WX, L.L_WH, L.L_B, L.L_B2, L.L_WR):
                     if rec[field] >= 0:
@@ -165,23 +165,31 @@ def window_kernel(model: Model, spec: WindowSpec) -> WindowKernel:
             f"{model.name}: too large for the GPU window kernel: a tile of "
             f"{TILE_CHOICES[-1]} windows needs (2 x {state} state + {width} input + {scratch} "
             f"scratch + 2 x {head} head) numbers per window in shared memory, over "
-            f"{SHARED_BYTES} bytes; evaluate it on the CPU (device='cpu')")
+            f"{SHARED_BYTES} bytes; evaluate it on the CPU (device='cpu')"
+        )
     kernel = _compiled(records.tobytes(), pk.layout.tobytes(), dtype.str, spec.length, streams)
-    return WindowKernel(kernel=kernel, weights=weights, streams=streams,
-                        width=int(pk.layout[K.W_WIDTH]),
-                        rows=spec.length if spec.per_step else 1)
+    return WindowKernel(
+        kernel=kernel,
+        weights=weights,
+        streams=streams,
+        width=int(pk.layout[K.W_WIDTH]),
+        rows=spec.length if spec.per_step else 1,
+    )
 
 
 @cache
-def _compiled(records_bytes: bytes, layout_bytes: bytes, dtype_str: str, steps: int,
-              streams: int) -> Any:
+def _compiled(
+    records_bytes: bytes, layout_bytes: bytes, dtype_str: str, steps: int, streams: int
+) -> Any:
     records = np.frombuffer(records_bytes, np.int64).reshape(-1, DIRECTION).copy()
-    return _build(records, np.frombuffer(layout_bytes, np.int64).copy(), np.dtype(dtype_str),
-                  steps, streams)
+    return _build(
+        records, np.frombuffer(layout_bytes, np.int64).copy(), np.dtype(dtype_str), steps, streams
+    )
 
 
-def _build(records: np.ndarray, layout: np.ndarray, dtype: np.dtype, steps: int,
-           streams: int) -> Any:
+def _build(
+    records: np.ndarray, layout: np.ndarray, dtype: np.dtype, steps: int, streams: int
+) -> Any:
     LAY = records.ravel()  # frozen into the kernel's constant memory, as WL below
     WL = layout
     DT = numba.from_dtype(dtype)
@@ -192,8 +200,9 @@ def _build(records: np.ndarray, layout: np.ndarray, dtype: np.dtype, steps: int,
     WIDTH = int(layout[K.W_WIDTH])
     IN_NORM, OUT_NORM = int(layout[K.W_IN_NORM]), int(layout[K.W_OUT_NORM])
     DENSE_BASE = K.HEADER + N_LAYERS * K.LAYER_RECORD
-    counts = [int(layout[K.HEADER + i * K.LAYER_RECORD + K.LAYER_DIRECTIONS])
-              for i in range(N_LAYERS)]
+    counts = [
+        int(layout[K.HEADER + i * K.LAYER_RECORD + K.LAYER_DIRECTIONS]) for i in range(N_LAYERS)
+    ]
     LAYER_FIRST = np.cumsum([0, *counts[:-1]]).astype(np.int64)
     LAYER_COUNT = np.asarray(counts, np.int64)
     # Each layer's direction size (the final state's split) and output width.
@@ -253,8 +262,7 @@ def _build(records: np.ndarray, layout: np.ndarray, dtype: np.dtype, steps: int,
             rest = item // TS
             k = rest % width
             t = rest // width
-            seqs[IX(at + (t * WIDTH + k) * cap + g0 + s)] = seqs[IX(at + (last + k) * cap
-                                                                    + g0 + s)]
+            seqs[IX(at + (t * WIDTH + k) * cap + g0 + s)] = seqs[IX(at + (last + k) * cap + g0 + s)]
         cuda.syncthreads()
 
     @cuda.jit
@@ -265,7 +273,7 @@ def _build(records: np.ndarray, layout: np.ndarray, dtype: np.dtype, steps: int,
         spare = cuda.shared.array(SCRATCH_TILE, DT)
         ping = cuda.shared.array(HEAD_TILE, DT)
         pong = cuda.shared.array(HEAD_TILE, DT)
-        good = cuda.shared.array(TS, I32)       # no overflow so far
+        good = cuda.shared.array(TS, I32)  # no overflow so far
         finite_in = cuda.shared.array(TS, I32)  # every sample finite
         tid, threads = cuda.threadIdx.x, cuda.blockDim.x
         g0 = cuda.blockIdx.x * TS
@@ -326,8 +334,7 @@ def _build(records: np.ndarray, layout: np.ndarray, dtype: np.dtype, steps: int,
             if layer + 1 == ENCODER:
                 if LAYER_COUNT[layer] == 2:
                     gather_final_state(seqs, src * half, cap, g0, LAYER_SIZE[layer])
-                repeat_last_row(seqs, src * half, cap, g0,
-                                LAYER_COUNT[layer] * LAYER_SIZE[layer])
+                repeat_last_row(seqs, src * half, cap, g0, LAYER_COUNT[layer] * LAYER_SIZE[layer])
             elif layer + 1 == N_LAYERS and FINAL_STATE == 1 and LAYER_COUNT[layer] == 2:
                 gather_final_state(seqs, src * half, cap, g0, LAYER_SIZE[layer])
         # The head on the output rows, then normalisation and softmax.

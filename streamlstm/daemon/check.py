@@ -15,18 +15,22 @@ from . import config as config_module
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", metavar="SITE.toml", help="the site configuration to check")
     parser.add_argument(
-        "--allow-missing-devices", action="store_true",
+        "--allow-missing-devices",
+        action="store_true",
         help="a serial port that does not exist yet is a warning, not an error (for a "
-             "daemon started before its USB device is plugged in: it keeps reopening the "
-             "port, reopen_min_s..reopen_max_s apart)")
+        "daemon started before its USB device is plugged in: it keeps reopening the "
+        "port, reopen_min_s..reopen_max_s apart)",
+    )
 
 
 def missing_serial_ports(sources: Sequence[Mapping[str, Any]]) -> list[str]:
     """One message per serial source whose ``port`` names no existing device file."""
-    return [f"sources[{index}].port: {source['port']!r} does not exist (no such device: "
-            "fix the path, e.g. one from `ls /dev/serial/by-id/`, or plug the device in)"
-            for index, source in enumerate(sources)
-            if source["type"] == "serial" and not os.path.exists(source["port"])]
+    return [
+        f"sources[{index}].port: {source['port']!r} does not exist (no such device: "
+        "fix the path, e.g. one from `ls /dev/serial/by-id/`, or plug the device in)"
+        for index, source in enumerate(sources)
+        if source["type"] == "serial" and not os.path.exists(source["port"])
+    ]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,9 +52,11 @@ def run(args: argparse.Namespace) -> int:
         prefix = "warning" if args.allow_missing_devices else "error"
         print(f"{args.config}: {prefix}: {problem}", file=sys.stderr)
     if missing and not args.allow_missing_devices:
-        print(f"{args.config}: {len(missing)} serial port(s) missing; pass "
-              "--allow-missing-devices if the daemon should start without them",
-              file=sys.stderr)
+        print(
+            f"{args.config}: {len(missing)} serial port(s) missing; pass "
+            "--allow-missing-devices if the daemon should start without them",
+            file=sys.stderr,
+        )
         return 2
     print(
         f"{args.config}: OK ({len(config['sources'])} source(s), {len(config['sinks'])} sink(s), "

@@ -51,8 +51,10 @@ def run(args: argparse.Namespace) -> int:
         except ModuleNotFoundError as exc:
             if exc.name != "nats":
                 raise
-            print("streamlstm run: [fleet] needs nats-py (pip install 'streamlstm[fleet]')",
-                  file=sys.stderr)
+            print(
+                "streamlstm run: [fleet] needs nats-py (pip install 'streamlstm[fleet]')",
+                file=sys.stderr,
+            )
             return 2
 
         return run_worker(config)
@@ -62,14 +64,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"streamlstm run: {exc}", file=sys.stderr)
         return 2
     if args.config is None:
-        print(f"streamlstm demo: replaying the shipped fan recording (20 s normal, then 30 s "
-              f"with its blade weights moved) through {daemon.loaded.model_id}; "
-              "alerts follow", file=sys.stderr)
+        print(
+            f"streamlstm demo: replaying the shipped fan recording (20 s normal, then 30 s "
+            f"with its blade weights moved) through {daemon.loaded.model_id}; "
+            "alerts follow",
+            file=sys.stderr,
+        )
     # Compile (or load) the kernels before taking over SIGINT: Ctrl-C still interrupts a
     # cold compile (exit 130), and the wait is announced.
     compile_interruptibly(
         lambda: compile_kernels(daemon.loaded.model, daemon.config["detector"]),
-        prefix="streamlstm run")
+        prefix="streamlstm run",
+    )
     signal.signal(signal.SIGTERM, lambda *_: daemon.request_stop())
     signal.signal(signal.SIGINT, lambda *_: daemon.request_stop())
     signal.signal(signal.SIGHUP, lambda *_: daemon.request_reload())
@@ -77,7 +83,9 @@ def run(args: argparse.Namespace) -> int:
     if args.config is None:
         metrics = daemon.metrics
         starts = metrics.value("streamlstm_alerts_total", (("kind", "start"),))
-        print(f"streamlstm demo: {metrics.value('streamlstm_samples_total'):.0f} samples, "
-              f"{starts:.0f} alert(s); run with --config SITE.toml for your own sensors",
-              file=sys.stderr)
+        print(
+            f"streamlstm demo: {metrics.value('streamlstm_samples_total'):.0f} samples, "
+            f"{starts:.0f} alert(s); run with --config SITE.toml for your own sensors",
+            file=sys.stderr,
+        )
     return code

@@ -122,6 +122,7 @@ WINDOW_CLASSIFIER = {
 }
 # ---------------------------------------------------------------------------------------------
 
+
 # -- [fleet]: one worker of a fleet sharing partitions over NATS JetStream (streamlstm/fleet) --
 def _servers(v: Any) -> str | None:
     ok = v and all(isinstance(s, str) and s.startswith(("nats://", "tls://")) for s in v)
@@ -147,8 +148,13 @@ FLEET = {
     "leases_bucket": Field(STR, "streamlstm_leases", _name),
     "state_bucket": Field(STR, "streamlstm_state", _name),
     "objects_bucket": Field(STR, "streamlstm_snapshots", _name),
-    "inline_snapshot_bytes": Field(INT, 256 * 1024, lambda v: None if 0 <= v <= 900 * 1024
-                                   else "must be 0..921600 (the KV value limit is 1 MB)"),
+    "inline_snapshot_bytes": Field(
+        INT,
+        256 * 1024,
+        lambda v: (
+            None if 0 <= v <= 900 * 1024 else "must be 0..921600 (the KV value limit is 1 MB)"
+        ),
+    ),
     "lease_ttl_s": Field(FLOAT, 10.0, _at_least(1.0)),
     "snapshot_interval_s": Field(FLOAT, 5.0, _positive),
     "fetch_batch": Field(INT, 1000, _at_least(1)),
@@ -356,15 +362,20 @@ def _check_fleet(config: dict[str, Any], problems: _Problems) -> None:
     """A fleet worker reads samples from the stream, decoded as its one mqtt source says."""
     kinds = [source["type"] for source in config["sources"]]
     if kinds != ["mqtt"]:
-        problems.add("sources", "a [fleet] worker needs exactly one source, of type 'mqtt' (its "
-                     "topic template and payload describe the messages in the stream)")
+        problems.add(
+            "sources",
+            "a [fleet] worker needs exactly one source, of type 'mqtt' (its "
+            "topic template and payload describe the messages in the stream)",
+        )
     elif config["sources"][0]["ack"] != "on-receive":
         problems.add("sources[0].ack", "the fleet acknowledges the stream itself: leave 'ack' out")
     for sink in config["sinks"]:
         if sink["type"] == "mqtt":
-            problems.add(f"{sink['path_in_config']}.type",
-                         "a [fleet] worker's [mqtt] is nats-server's MQTT listener, which speaks "
-                         "MQTT 3.1.1, and the mqtt sink needs MQTT 5: use a jsonl or stdout sink")
+            problems.add(
+                f"{sink['path_in_config']}.type",
+                "a [fleet] worker's [mqtt] is nats-server's MQTT listener, which speaks "
+                "MQTT 3.1.1, and the mqtt sink needs MQTT 5: use a jsonl or stdout sink",
+            )
 
 
 def validate(raw: Mapping[str, Any], *, base: Path | None = None) -> dict[str, Any]:

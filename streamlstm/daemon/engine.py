@@ -137,8 +137,9 @@ def acknowledge(frames: list[Frame]) -> None:
             frame.ack()
 
 
-def build_sources(config: dict[str, Any], width: int,
-                  model_rate: float | None = None) -> list[Source]:
+def build_sources(
+    config: dict[str, Any], width: int, model_rate: float | None = None
+) -> list[Source]:
     """One source object per ``[[sources]]`` table (imports only the kinds used);
     ``model_rate`` (samples/s) is what MQTT sources compare each message's rate with."""
     sources: list[Source] = []
@@ -306,7 +307,8 @@ def sensor_records(stored: Any) -> dict[str, SensorState]:
     if isinstance(stored, dict) and "names" in stored:
         columns = [stored[key] for key in ("t", "score", "alert", "samples", "rejected")]
         rows: Iterable[tuple[Any, ...]] = zip(
-            stored["names"], *(np.asarray(c).tolist() for c in columns), strict=True)
+            stored["names"], *(np.asarray(c).tolist() for c in columns), strict=True
+        )
     else:
         rows = ((name, *fields) for name, fields in stored.items())
     records = {}
@@ -347,8 +349,9 @@ class Daemon:
         self.thread_watch.install()
         self._stop_requested = threading.Event()
         self._reload_requested = threading.Event()
-        self.sources: list[Source] = build_sources(config, self._width,
-                                                   self.loaded.model.sample_rate)
+        self.sources: list[Source] = build_sources(
+            config, self._width, self.loaded.model.sample_rate
+        )
         self._source_stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._finished_sources: set[str] = set()  # sources whose run() returned (input ended)
@@ -874,8 +877,9 @@ class Daemon:
             )
             check_broker_settings(new)
             compile_kernels(loaded.model, new["detector"])
-            new_sources = (build_sources(new, width, loaded.model.sample_rate)
-                           if sources_changed else None)
+            new_sources = (
+                build_sources(new, width, loaded.model.sample_rate) if sources_changed else None
+            )
             new_sinks = build_sinks(new) if sinks_changed else None
         except Exception as exc:  # anything: the running configuration must survive it
             self.metrics.inc("streamlstm_reloads_total", labels=(("result", "refused"),))

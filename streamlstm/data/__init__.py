@@ -20,9 +20,9 @@ DEFAULT_MODEL_PATH = Path(__file__).with_name("accel-default.npz")
 
 
 class DemoRecording(NamedTuple):
-    samples: np.ndarray   # (T, 3) float32, g
-    t: np.ndarray         # (T,) float64, seconds from the start
-    label: np.ndarray     # (T,) int8, 0 normal / 1 anomalous
+    samples: np.ndarray  # (T, 3) float32, g
+    t: np.ndarray  # (T,) float64, seconds from the start
+    label: np.ndarray  # (T,) int8, 0 normal / 1 anomalous
     fs_hz: float
     channels: tuple[str, ...]
 
@@ -30,5 +30,10 @@ class DemoRecording(NamedTuple):
 def load_demo() -> DemoRecording:
     """The shipped demo recording (read without pickle)."""
     with np.load(DEMO_PATH, allow_pickle=False) as f:
-        return DemoRecording(f["samples"], f["t"], f["label"], float(f["fs_hz"]),
-                             tuple(str(c) for c in f["channels"]))
+        return DemoRecording(
+            f["samples"],
+            f["t"],
+            f["label"],
+            float(f["fs_hz"]),
+            tuple(str(c) for c in f["channels"]),
+        )

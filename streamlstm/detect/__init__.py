@@ -46,6 +46,17 @@ from .features import FeatureSpec, compute_features
 from .params import DetectorParams
 from .windowed import ClassAlertParams, WindowDetector
 
-__all__ = ["AlertEvent", "CalibrationOptions", "CalibrationWarning", "ClassAlertParams",
-           "Detector", "DetectorParams", "FeatureSpec", "WindowDetector", "calibrate",
-           "calibrate_reconstruction", "calibration_scores", "compute_features"]
+__all__ = [
+    "AlertEvent",
+    "CalibrationOptions",
+    "CalibrationWarning",
+    "ClassAlertParams",
+    "Detector",
+    "DetectorParams",
+    "FeatureSpec",
+    "WindowDetector",
+    "calibrate",
+    "calibrate_reconstruction",
+    "calibration_scores",
+    "compute_features",
+]

@@ -24,22 +24,22 @@ from . import params as P
 from .features import window_features
 
 # Integer state per sensor (istate columns).
-I_STEPS = 0       # model steps since the sensor's first sample or reset
-I_ABOVE = 1       # consecutive scored samples above the threshold (debounce counter)
-I_ALERT = 2       # 1 while an alert is open
-I_HAS_PRED = 3    # 1 when preds[row] holds a prediction for the next input
-I_HAS_SCORE = 4   # 1 once the smoothed score has a value
-I_FILL = 5        # feature front end: samples in the window so far (<= window)
-I_POS = 6         # feature front end: next ring slot to write (= the oldest sample)
-I_SINCE = 7       # feature front end: samples since the last feature vector
-I_FILLED = 8      # samples scored with one or more missing (NaN) channels filled in
+I_STEPS = 0  # model steps since the sensor's first sample or reset
+I_ABOVE = 1  # consecutive scored samples above the threshold (debounce counter)
+I_ALERT = 2  # 1 while an alert is open
+I_HAS_PRED = 3  # 1 when preds[row] holds a prediction for the next input
+I_HAS_SCORE = 4  # 1 once the smoothed score has a value
+I_FILL = 5  # feature front end: samples in the window so far (<= window)
+I_POS = 6  # feature front end: next ring slot to write (= the oldest sample)
+I_SINCE = 7  # feature front end: samples since the last feature vector
+I_FILLED = 8  # samples scored with one or more missing (NaN) channels filled in
 N_INT = 9
 
 # Float state per sensor (fstate columns).
-F_SCORE = 0       # smoothed score
-F_PEAK = 1        # highest smoothed score of the open alert
-F_START = 2       # timestamp the open alert started
-F_BELOW = 3       # timestamp the score went below the end threshold (NaN: not below)
+F_SCORE = 0  # smoothed score
+F_PEAK = 1  # highest smoothed score of the open alert
+F_START = 2  # timestamp the open alert started
+F_BELOW = 3  # timestamp the score went below the end threshold (NaN: not below)
 N_FLOAT = 4
 
 EVENT_NONE, EVENT_START, EVENT_END = 0, 1, 2
@@ -84,8 +84,7 @@ def _alert_machine(dparams, ist, fst, score, t, i, ev_kind, ev_peak, ev_duration
 
 
 @njit(inline="always", **JIT)
-def _adapt_level(dparams, ist, fst, x, xin, raw_input, mask, level_center, level_scale,
-                 level):
+def _adapt_level(dparams, ist, fst, x, xin, raw_input, mask, level_center, level_scale, level):
     """Guarded drift adaptation: move the level term's offset ``level`` towards this
     step's input while no alert is open and the smoothed score is at or below the
     threshold, within ``P_LEVEL_BOUND`` normal standard deviations of the centre."""
@@ -107,10 +106,41 @@ def _usable(x, k, raw_input, mask):
 
 
 @njit(**JIT)
-def _detect_one(i, row, params, layout, states, samples, times, dparams, center, whiten,
-                level_center, level_whiten, level_scale, mask, fill, codes, hop, alerts,
-                istate, fstate, preds, levels, rings, rejected, xin, out, err, scratch, scores,
-                status, ev_kind, ev_peak, ev_duration):
+def _detect_one(
+    i,
+    row,
+    params,
+    layout,
+    states,
+    samples,
+    times,
+    dparams,
+    center,
+    whiten,
+    level_center,
+    level_whiten,
+    level_scale,
+    mask,
+    fill,
+    codes,
+    hop,
+    alerts,
+    istate,
+    fstate,
+    preds,
+    levels,
+    rings,
+    rejected,
+    xin,
+    out,
+    err,
+    scratch,
+    scores,
+    status,
+    ev_kind,
+    ev_peak,
+    ev_duration,
+):
     x = samples[i]
     t = times[i]
     ist = istate[row]
@@ -199,8 +229,7 @@ def _detect_one(i, row, params, layout, states, samples, times, dparams, center,
             z = 0.0
             for k in range(n):
                 if _usable(x, k, raw_input, mask):
-                    z += level_whiten[a, k] * (np.float64(xin[k]) - level_center[k]
-                                               - level[k])
+                    z += level_whiten[a, k] * (np.float64(xin[k]) - level_center[k] - level[k])
             raw = max(raw, z * z) if pool_max else raw + z * z
         scored = n if not raw_input else usable
         raw = np.sqrt(raw) if pool_max else np.sqrt(raw / scored)
@@ -228,18 +257,50 @@ def _detect_one(i, row, params, layout, states, samples, times, dparams, center,
             fst[F_SCORE] = raw
             ist[I_HAS_SCORE] = 1
         if alerts:
-            _alert_machine(dparams, ist, fst, fst[F_SCORE], t, i, ev_kind, ev_peak,
-                           ev_duration)
-        _adapt_level(dparams, ist, fst, x, xin, raw_input, mask, level_center, level_scale,
-                     levels[row])
+            _alert_machine(dparams, ist, fst, fst[F_SCORE], t, i, ev_kind, ev_peak, ev_duration)
+        _adapt_level(
+            dparams, ist, fst, x, xin, raw_input, mask, level_center, level_scale, levels[row]
+        )
     scores[i] = fst[F_SCORE] if ist[I_HAS_SCORE] == 1 else np.nan
 
 
 @njit(**JIT)
-def _detect_group(first, nxt, params, layout, states, rows, samples, times, dparams, center,
-                  whiten, level_center, level_whiten, level_scale, mask, fill, codes, hop,
-                  alerts, istate, fstate, preds, levels, rings, rejected, xin, out, err,
-                  scratch, scores, status, ev_kind, ev_peak, ev_duration):
+def _detect_group(
+    first,
+    nxt,
+    params,
+    layout,
+    states,
+    rows,
+    samples,
+    times,
+    dparams,
+    center,
+    whiten,
+    level_center,
+    level_whiten,
+    level_scale,
+    mask,
+    fill,
+    codes,
+    hop,
+    alerts,
+    istate,
+    fstate,
+    preds,
+    levels,
+    rings,
+    rejected,
+    xin,
+    out,
+    err,
+    scratch,
+    scores,
+    status,
+    ev_kind,
+    ev_peak,
+    ev_duration,
+):
     """One row's samples in arrival order, from sample ``first`` along the ``nxt`` links.
 
     The whole body of both kernels' loops, out of line: compiled once for the serial and
@@ -247,34 +308,158 @@ def _detect_group(first, nxt, params, layout, states, rows, samples, times, dpar
     """
     i = first
     while i != NO_SAMPLE:
-        _detect_one(i, rows[i], params, layout, states, samples, times, dparams, center,
-                    whiten, level_center, level_whiten, level_scale, mask, fill, codes, hop,
-                    alerts, istate, fstate, preds, levels, rings, rejected, xin, out, err,
-                    scratch, scores, status, ev_kind, ev_peak, ev_duration)
+        _detect_one(
+            i,
+            rows[i],
+            params,
+            layout,
+            states,
+            samples,
+            times,
+            dparams,
+            center,
+            whiten,
+            level_center,
+            level_whiten,
+            level_scale,
+            mask,
+            fill,
+            codes,
+            hop,
+            alerts,
+            istate,
+            fstate,
+            preds,
+            levels,
+            rings,
+            rejected,
+            xin,
+            out,
+            err,
+            scratch,
+            scores,
+            status,
+            ev_kind,
+            ev_peak,
+            ev_duration,
+        )
         i = nxt[i]
 
 
 @njit(**JIT)
-def detect_serial(params, layout, states, rows, samples, times, dparams, center, whiten,
-                  level_center, level_whiten, level_scale, mask, fill, codes, hop, alerts,
-                  istate, fstate, preds, levels, rings, rejected, xbuf, obuf, ebuf, scratch,
-                  scores, status, ev_kind, ev_peak, ev_duration, links):
+def detect_serial(
+    params,
+    layout,
+    states,
+    rows,
+    samples,
+    times,
+    dparams,
+    center,
+    whiten,
+    level_center,
+    level_whiten,
+    level_scale,
+    mask,
+    fill,
+    codes,
+    hop,
+    alerts,
+    istate,
+    fstate,
+    preds,
+    levels,
+    rings,
+    rejected,
+    xbuf,
+    obuf,
+    ebuf,
+    scratch,
+    scores,
+    status,
+    ev_kind,
+    ev_peak,
+    ev_duration,
+    links,
+):
     """:func:`detect_parallel` on the calling thread."""
     row_last, heads, nxt = links[0], links[1], links[2]
     groups = group_by_row(rows, row_last, heads, nxt)
     for g in range(groups):
-        _detect_group(heads[g], nxt, params, layout, states, rows, samples, times, dparams,
-                      center, whiten, level_center, level_whiten, level_scale, mask, fill,
-                      codes, hop, alerts, istate, fstate, preds, levels, rings, rejected,
-                      xbuf[0], obuf[0], ebuf[0], scratch[0], scores, status, ev_kind, ev_peak,
-                      ev_duration)
+        _detect_group(
+            heads[g],
+            nxt,
+            params,
+            layout,
+            states,
+            rows,
+            samples,
+            times,
+            dparams,
+            center,
+            whiten,
+            level_center,
+            level_whiten,
+            level_scale,
+            mask,
+            fill,
+            codes,
+            hop,
+            alerts,
+            istate,
+            fstate,
+            preds,
+            levels,
+            rings,
+            rejected,
+            xbuf[0],
+            obuf[0],
+            ebuf[0],
+            scratch[0],
+            scores,
+            status,
+            ev_kind,
+            ev_peak,
+            ev_duration,
+        )
 
 
 @njit(parallel=True, **JIT)
-def detect_parallel(params, layout, states, rows, samples, times, dparams, center, whiten,
-                    level_center, level_whiten, level_scale, mask, fill, codes, hop, alerts,
-                    istate, fstate, preds, levels, rings, rejected, xbuf, obuf, ebuf, scratch,
-                    scores, status, ev_kind, ev_peak, ev_duration, links):
+def detect_parallel(
+    params,
+    layout,
+    states,
+    rows,
+    samples,
+    times,
+    dparams,
+    center,
+    whiten,
+    level_center,
+    level_whiten,
+    level_scale,
+    mask,
+    fill,
+    codes,
+    hop,
+    alerts,
+    istate,
+    fstate,
+    preds,
+    levels,
+    rings,
+    rejected,
+    xbuf,
+    obuf,
+    ebuf,
+    scratch,
+    scores,
+    status,
+    ev_kind,
+    ev_peak,
+    ev_duration,
+    links,
+):
     """Run a micro-batch of ``M`` samples through model and detector, rows in parallel.
 
     ``samples``: ``(M, A)`` in sensor units; ``times``: ``(M,)`` seconds; ``rows``: state
@@ -299,8 +484,39 @@ def detect_parallel(params, layout, states, rows, samples, times, dparams, cente
     groups = group_by_row(rows, row_last, heads, nxt)
     for g in prange(groups):
         tid = get_thread_id()
-        _detect_group(heads[g], nxt, params, layout, states, rows, samples, times, dparams,
-                      center, whiten, level_center, level_whiten, level_scale, mask, fill,
-                      codes, hop, alerts, istate, fstate, preds, levels, rings, rejected,
-                      xbuf[tid], obuf[tid], ebuf[tid], scratch[tid], scores, status, ev_kind,
-                      ev_peak, ev_duration)
+        _detect_group(
+            heads[g],
+            nxt,
+            params,
+            layout,
+            states,
+            rows,
+            samples,
+            times,
+            dparams,
+            center,
+            whiten,
+            level_center,
+            level_whiten,
+            level_scale,
+            mask,
+            fill,
+            codes,
+            hop,
+            alerts,
+            istate,
+            fstate,
+            preds,
+            levels,
+            rings,
+            rejected,
+            xbuf[tid],
+            obuf[tid],
+            ebuf[tid],
+            scratch[tid],
+            scores,
+            status,
+            ev_kind,
+            ev_peak,
+            ev_duration,
+        )

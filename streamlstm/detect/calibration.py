@@ -115,23 +115,28 @@ class CalibrationOptions:
         if self.quantile is not None and not 0.5 <= self.quantile < 1:
             raise ConfigError(f"quantile must be in [0.5, 1), got {self.quantile}")
         if self.false_alarms_per_day is not None and not self.false_alarms_per_day > 0:
-            raise ConfigError(f"false_alarms_per_day must be > 0, got "
-                              f"{self.false_alarms_per_day}")
+            raise ConfigError(f"false_alarms_per_day must be > 0, got {self.false_alarms_per_day}")
         if not self.margin > 0:
             raise ConfigError(f"margin must be > 0, got {self.margin}")
         check_level_adaptation(self.level_alpha, self.level_bound)
         if self.level_alpha and not self.level:
             raise ConfigError("level_alpha adapts the level term: it needs level=True")
-        DetectorParams(threshold=1.0, alpha=self.alpha, hysteresis=self.hysteresis,
-                       debounce=self.debounce, quiet_time=self.quiet_time,
-                       warmup=self.warmup)  # validates them early
+        DetectorParams(
+            threshold=1.0,
+            alpha=self.alpha,
+            hysteresis=self.hysteresis,
+            debounce=self.debounce,
+            quiet_time=self.quiet_time,
+            warmup=self.warmup,
+        )  # validates them early
 
 
 OPTION_NAMES = tuple(f.name for f in dataclasses.fields(CalibrationOptions))
 
 
-def resolve_options(model: Model, given: Mapping[str, Any], *,
-                    stacklevel: int = 2) -> CalibrationOptions:
+def resolve_options(
+    model: Model, given: Mapping[str, Any], *, stacklevel: int = 2
+) -> CalibrationOptions:
     """Options for ``model``: ``given`` ones (``None`` = not given), else the model's
     previous calibration's, else the built-in defaults. Setting ``quantile`` or
     ``false_alarms_per_day`` replaces a stored value of the other. Durations are given
@@ -139,8 +144,9 @@ def resolve_options(model: Model, given: Mapping[str, Any], *,
     unknown = set(given) - set(OPTION_NAMES) - set(UNIT_NAMES)
     if unknown:
         public = [n for n in OPTION_NAMES if n not in STORED_UNIT] + list(UNIT_NAMES)
-        raise ConfigError(f"unknown calibration option(s): {sorted(unknown)} "
-                          f"(known: {', '.join(public)})")
+        raise ConfigError(
+            f"unknown calibration option(s): {sorted(unknown)} (known: {', '.join(public)})"
+        )
     given = resolve_durations(given, step_seconds(model), stacklevel=stacklevel + 1)
     given = {k: v for k, v in given.items() if v is not None}
     previous = dict(model.calibration or {})
@@ -208,8 +214,9 @@ def _mask_indices(names: Sequence[str], wanted: Sequence[str | int]) -> list[int
     return out
 
 
-def channel_mask(names: Sequence[str], recordings: Sequence[np.ndarray],
-                 wanted: Sequence[str | int] | None) -> tuple[np.ndarray, np.ndarray]:
+def channel_mask(
+    names: Sequence[str], recordings: Sequence[np.ndarray], wanted: Sequence[str | int] | None
+) -> tuple[np.ndarray, np.ndarray]:
     """``(mask, fill)`` per input channel: 0 for a channel never scored (``wanted``, or if
     ``None`` one missing in more than :data:`MAX_MISSING` of the rows or constant), and
     the value fed in its place (its normal mean; 0 when it has none)."""
@@ -217,7 +224,7 @@ def channel_mask(names: Sequence[str], recordings: Sequence[np.ndarray],
     width = rows.shape[1]
     finite = np.isfinite(rows)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)   # an all-NaN channel
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN channel
         fill = np.nan_to_num(np.nanmean(rows, axis=0))
         spread = np.nan_to_num(np.nanstd(rows, axis=0))
     mask = np.ones(width)
@@ -227,8 +234,10 @@ def channel_mask(names: Sequence[str], recordings: Sequence[np.ndarray],
     else:
         mask[_mask_indices(names, wanted)] = 0.0
     if not mask.any():
-        raise ShapeError("calibration: every channel is masked (missing or constant in the "
-                         "normal data); nothing is left to score")
+        raise ShapeError(
+            "calibration: every channel is masked (missing or constant in the "
+            "normal data); nothing is left to score"
+        )
     return mask, fill
 
 
@@ -246,14 +255,20 @@ def cleaned(recording: np.ndarray, mask: np.ndarray, fill: np.ndarray) -> np.nda
             continue
         index = np.maximum.accumulate(np.where(np.isnan(column), 0, np.arange(len(column))))
         column[:] = column[index]
-        column[:valid[0]] = fill[k]
+        column[: valid[0]] = fill[k]
     return out
 
 
 # -- residual statistics ------------------------------------------------------------------
-def _residuals(model: Model, recordings: list[np.ndarray], spec: FeatureSpec | None,
-               warmup: int, delta: bool, mask: np.ndarray, fill: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray]:
+def _residuals(
+    model: Model,
+    recordings: list[np.ndarray],
+    spec: FeatureSpec | None,
+    warmup: int,
+    delta: bool,
+    mask: np.ndarray,
+    fill: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
     """Residuals ``input[t] - prediction[t-1]`` after ``warmup`` steps, all recordings
     (NaN where a value was missing), and the inputs ``input[t]`` they belong to."""
     parts, levels = [], []
@@ -262,8 +277,10 @@ def _residuals(model: Model, recordings: list[np.ndarray], spec: FeatureSpec | N
             inputs, missing = cleaned(rec, mask, fill), np.isnan(rec)
         else:
             if np.isnan(rec).any():
-                raise ShapeError("calibration: a feature model needs complete raw data "
-                                 "(this recording holds NaN)")
+                raise ShapeError(
+                    "calibration: a feature model needs complete raw data "
+                    "(this recording holds NaN)"
+                )
             inputs = compute_features(rec, spec)
             missing = np.zeros(inputs.shape, bool)
         stream = model.stream(on_invalid="raise")
@@ -278,8 +295,7 @@ def _residuals(model: Model, recordings: list[np.ndarray], spec: FeatureSpec | N
     return np.concatenate(parts), np.concatenate(levels)
 
 
-def _whitening(values: np.ndarray, metric: str, mask: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray]:
+def _whitening(values: np.ndarray, metric: str, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Centre and whitening matrix over the scored channels (zero rows/columns for masked
     ones); rows with a missing value are left out."""
     width = values.shape[1]
@@ -287,8 +303,10 @@ def _whitening(values: np.ndarray, metric: str, mask: np.ndarray
     part = values[:, keep]
     part = part[np.isfinite(part).all(axis=1)]
     if part.shape[0] < 2 * keep.size + 2:
-        raise ShapeError(f"calibration: only {part.shape[0]} complete residuals after "
-                         f"warm-up for {keep.size} channels; give more normal data")
+        raise ShapeError(
+            f"calibration: only {part.shape[0]} complete residuals after "
+            f"warm-up for {keep.size} channels; give more normal data"
+        )
     center = np.zeros(width)
     whiten = np.zeros((width, width))
     mean = part.mean(axis=0)
@@ -327,9 +345,12 @@ def calibration_scores(model: Model, data: Any, **overrides: Any) -> list[np.nda
         det.prime([sensor] * rec.shape[0], rec, times)
         # One score per model step (a feature model holds its score between hops); the
         # alert machine ignores steps 1..warmup, so they are left out here too.
-        stepped = (np.arange(rec.shape[0]) if spec is None
-                   else np.arange(spec.window - 1, rec.shape[0], spec.hop))
-        scores = det.last_scores[stepped][det.params.warmup:]
+        stepped = (
+            np.arange(rec.shape[0])
+            if spec is None
+            else np.arange(spec.window - 1, rec.shape[0], spec.hop)
+        )
+        scores = det.last_scores[stepped][det.params.warmup :]
         out.append(scores[~np.isnan(scores)])
         det.forget(sensor)
     return out
@@ -381,23 +402,24 @@ def tail_threshold(scores: np.ndarray, exceedance: float) -> TailFit:
     a1 = float(np.mean(excess * (m - 1 - np.arange(m)) / (m - 1)))
     k = a0 / (a0 - 2 * a1) - 2
     sigma = 2 * a0 * a1 / (a0 - 2 * a1)
-    ratio = exceedance * n / m   # P(score > x) / P(score > u)
-    q = (u + sigma * math.log(1 / ratio) if abs(k) < 1e-6
-         else u + sigma / k * (1 - ratio ** k))
+    ratio = exceedance * n / m  # P(score > x) / P(score > u)
+    q = u + sigma * math.log(1 / ratio) if abs(k) < 1e-6 else u + sigma / k * (1 - ratio**k)
     return TailFit(float(max(q, u)), exceedance, "gpd", n, m, float(-k), supported)
 
 
 def _exceedance(options: CalibrationOptions, model: Model, hop: int) -> float:
     if options.false_alarms_per_day is None:
-        return 1.0 - float(options.quantile if options.quantile is not None
-                           else FALLBACK_QUANTILE)
+        return 1.0 - float(options.quantile if options.quantile is not None else FALLBACK_QUANTILE)
     rate = model.sample_rate
     if not rate:
-        warnings.warn(f"calibration: model {model.name!r} has no sample rate, so a false-alarm "
-                      f"budget per day means nothing; using the {FALLBACK_QUANTILE} quantile "
-                      "of the normal scores instead (set model.replace(sample_rate=...) or "
-                      "`streamlstm train --sample-rate`, or pass quantile=...)",
-                      CalibrationWarning, stacklevel=5)
+        warnings.warn(
+            f"calibration: model {model.name!r} has no sample rate, so a false-alarm "
+            f"budget per day means nothing; using the {FALLBACK_QUANTILE} quantile "
+            "of the normal scores instead (set model.replace(sample_rate=...) or "
+            "`streamlstm train --sample-rate`, or pass quantile=...)",
+            CalibrationWarning,
+            stacklevel=5,
+        )
         return 1.0 - FALLBACK_QUANTILE
     step_seconds = hop / float(rate)
     return min(0.5, options.false_alarms_per_day * step_seconds / SECONDS_PER_DAY)
@@ -416,8 +438,9 @@ def calibrate(model: Model, data: Any, **options: Any) -> Model:
     return calibrate_cross_fitted(model, [(model, data)], **options)
 
 
-def calibrate_cross_fitted(model: Model, folds: Sequence[tuple[Model, Any]],
-                           **options: Any) -> Model:
+def calibrate_cross_fitted(
+    model: Model, folds: Sequence[tuple[Model, Any]], **options: Any
+) -> Model:
     """Calibrate ``model`` from ``folds``: ``(fold_model, normal data it never saw)``.
 
     Residual statistics and scores of every fold are pooled, so the threshold rests on
@@ -438,42 +461,61 @@ def calibrate_cross_fitted(model: Model, folds: Sequence[tuple[Model, Any]],
         else:
             mask, fill = np.ones(model.input_size), np.zeros(model.input_size)
         delta = opts.target == "delta"
-        parts = [_residuals(fold, recs, spec, opts.warmup, delta, mask, fill)
-                 for fold, recs in sets]
+        parts = [
+            _residuals(fold, recs, spec, opts.warmup, delta, mask, fill) for fold, recs in sets
+        ]
         residuals = np.concatenate([p[0] for p in parts])
         inputs = np.concatenate([p[1] for p in parts])
         center, whiten = _whitening(residuals, opts.metric, mask)
         names = model.channels or tuple(f"c{k}" for k in range(model.input_size))
-        cal.update(metric=opts.metric, pool=opts.pool, target=opts.target,
-                   center=center.tolist(),
-                   whiten=whiten.tolist(), mask=mask.tolist(), fill=fill.tolist(),
-                   mask_names=[n for n, m in zip(names, mask, strict=True) if m == 0.0],
-                   mask_configured=opts.mask is not None)
+        cal.update(
+            metric=opts.metric,
+            pool=opts.pool,
+            target=opts.target,
+            center=center.tolist(),
+            whiten=whiten.tolist(),
+            mask=mask.tolist(),
+            fill=fill.tolist(),
+            mask_names=[n for n, m in zip(names, mask, strict=True) if m == 0.0],
+            mask_configured=opts.mask is not None,
+        )
         if opts.level:
             level_center, level_whiten = _whitening(inputs, opts.metric, mask)
             cal.update(level_center=level_center.tolist(), level_whiten=level_whiten.tolist())
             if opts.level_alpha:
                 with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)   # an all-NaN channel
+                    warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN channel
                     spread = np.nan_to_num(np.nanstd(inputs, axis=0))
                 scale = np.where(mask == 0.0, 0.0, spread)
-                cal.update(level_alpha=float(opts.level_alpha),
-                           level_bound=float(opts.level_bound), level_scale=scale.tolist())
+                cal.update(
+                    level_alpha=float(opts.level_alpha),
+                    level_bound=float(opts.level_bound),
+                    level_scale=scale.tolist(),
+                )
     else:
         cal["score_index"] = int(opts.score_index)
-    cal.update(alpha=float(opts.alpha), hysteresis=float(opts.hysteresis),
-               debounce=int(opts.debounce), quiet_time=float(opts.quiet_time),
-               warmup=int(opts.warmup), threshold=1.0)
-    scores = np.concatenate([s for fold, recs in sets
-                             for s in calibration_scores(fold.replace(calibration=cal), recs)])
+    cal.update(
+        alpha=float(opts.alpha),
+        hysteresis=float(opts.hysteresis),
+        debounce=int(opts.debounce),
+        quiet_time=float(opts.quiet_time),
+        warmup=int(opts.warmup),
+        threshold=1.0,
+    )
+    scores = np.concatenate(
+        [s for fold, recs in sets for s in calibration_scores(fold.replace(calibration=cal), recs)]
+    )
     _set_threshold(cal, opts, model, spec.hop if spec else 1, scores)
-    cal.update(samples=int(sum(r.shape[0] for _, recs in sets for r in recs)),
-               recordings=sum(len(recs) for _, recs in sets))
+    cal.update(
+        samples=int(sum(r.shape[0] for _, recs in sets for r in recs)),
+        recordings=sum(len(recs) for _, recs in sets),
+    )
     return model.replace(calibration=cal)
 
 
-def _set_threshold(cal: dict[str, Any], opts: CalibrationOptions, model: Model, hop: int,
-                   scores: np.ndarray) -> None:
+def _set_threshold(
+    cal: dict[str, Any], opts: CalibrationOptions, model: Model, hop: int, scores: np.ndarray
+) -> None:
     """Put the threshold for ``opts``' false-alarm budget into ``cal``, from the normal
     ``scores`` (one per model step of ``hop`` samples); warn if they are too few."""
     if scores.size == 0:
@@ -488,17 +530,34 @@ def _set_threshold(cal: dict[str, Any], opts: CalibrationOptions, model: Model, 
             f"are too few to support an exceedance probability of {exceedance:.3g} per "
             f"step{' (false_alarms_per_day budget)' if opts.false_alarms_per_day else ''}; "
             "the threshold is an extrapolation: give more normal data, or accept more false "
-            "alarms", CalibrationWarning, stacklevel=4)
-    cal.update(false_alarms_per_day=opts.false_alarms_per_day, quantile=opts.quantile,
-               exceedance=exceedance, tail=tail.method, tail_supported=tail.supported,
-               quantile_score=tail.score, baseline=float(np.median(scores)),
-               margin=float(opts.margin), threshold=tail.score * float(opts.margin),
-               scores=int(scores.size))
+            "alarms",
+            CalibrationWarning,
+            stacklevel=4,
+        )
+    cal.update(
+        false_alarms_per_day=opts.false_alarms_per_day,
+        quantile=opts.quantile,
+        exceedance=exceedance,
+        tail=tail.method,
+        tail_supported=tail.supported,
+        quantile_score=tail.score,
+        baseline=float(np.median(scores)),
+        margin=float(opts.margin),
+        threshold=tail.score * float(opts.margin),
+        scores=int(scores.size),
+    )
 
 
 #: Options that mean nothing for a window autoencoder's reconstruction score.
-PREDICTOR_OPTIONS = ("score", "target", "level", "score_index", "pool", "level_alpha",
-                     "level_bound")
+PREDICTOR_OPTIONS = (
+    "score",
+    "target",
+    "level",
+    "score_index",
+    "pool",
+    "level_alpha",
+    "level_bound",
+)
 
 
 def calibrate_reconstruction(model: Model, data: Any, **options: Any) -> Model:
@@ -520,15 +579,21 @@ def calibrate_reconstruction(model: Model, data: Any, **options: Any) -> Model:
 
     spec = model.window
     if spec is None or not spec.per_step or model.output_size != model.input_size:
-        raise ConfigError(f"model {model.name!r}: calibrate_reconstruction needs a window "
-                          "autoencoder (window output 'every', as many outputs as inputs)")
+        raise ConfigError(
+            f"model {model.name!r}: calibrate_reconstruction needs a window "
+            "autoencoder (window output 'every', as many outputs as inputs)"
+        )
     wrong = sorted(set(options) & set(PREDICTOR_OPTIONS))
     if wrong:
-        raise ConfigError(f"calibrate_reconstruction: {', '.join(wrong)} do not apply to a "
-                          "reconstruction score")
+        raise ConfigError(
+            f"calibrate_reconstruction: {', '.join(wrong)} do not apply to a reconstruction score"
+        )
     previous = dict(model.calibration or {})
-    stored = ({k: v for k, v in previous.items() if k != "score"}
-              if previous.get("score") == "reconstruction" else None)
+    stored = (
+        {k: v for k, v in previous.items() if k != "score"}
+        if previous.get("score") == "reconstruction"
+        else None
+    )
     opts = resolve_options(model.replace(calibration=stored), options)
     recordings = _recordings(data, model.input_size)
     names = model.channels or tuple(f"c{k}" for k in range(model.input_size))
@@ -541,23 +606,34 @@ def calibrate_reconstruction(model: Model, data: Any, **options: Any) -> Model:
             assert out.inputs is not None
             errors.append((out.inputs.astype(np.float64) - out.values).reshape(-1, rec.shape[1]))
     if not errors:
-        raise ShapeError(f"calibration: no complete window of {spec.length} samples in the "
-                         "normal data; give more")
+        raise ShapeError(
+            f"calibration: no complete window of {spec.length} samples in the "
+            "normal data; give more"
+        )
     center, whiten = _whitening(np.concatenate(errors), opts.metric, mask)
     cal: dict[str, Any] = {
-        "version": SCHEMA_VERSION, "score": "reconstruction", "metric": opts.metric,
-        "center": center.tolist(), "whiten": whiten.tolist(), "mask": mask.tolist(),
-        "fill": fill.tolist(), "mask_names": [n for n, m in zip(names, mask, strict=True)
-                                              if m == 0.0],
-        "mask_configured": opts.mask is not None, "alpha": float(opts.alpha),
-        "hysteresis": float(opts.hysteresis), "debounce": int(opts.debounce),
-        "quiet_time": float(opts.quiet_time), "warmup": int(opts.warmup), "threshold": 1.0}
+        "version": SCHEMA_VERSION,
+        "score": "reconstruction",
+        "metric": opts.metric,
+        "center": center.tolist(),
+        "whiten": whiten.tolist(),
+        "mask": mask.tolist(),
+        "fill": fill.tolist(),
+        "mask_names": [n for n, m in zip(names, mask, strict=True) if m == 0.0],
+        "mask_configured": opts.mask is not None,
+        "alpha": float(opts.alpha),
+        "hysteresis": float(opts.hysteresis),
+        "debounce": int(opts.debounce),
+        "quiet_time": float(opts.quiet_time),
+        "warmup": int(opts.warmup),
+        "threshold": 1.0,
+    }
     detector = WindowDetector(model.replace(calibration=cal), capacity=1, threshold=1e300)
     scores = []
     for index, rec in enumerate(recordings):
         detector.prime([index] * rec.shape[0], rec, np.arange(rec.shape[0], dtype=np.float64))
         window_scores = detector.last_scores[np.isfinite(detector.last_scores)]
-        scores.append(window_scores[opts.warmup:])
+        scores.append(window_scores[opts.warmup :])
         detector.forget(index)
     _set_threshold(cal, opts, model, spec.hop, np.concatenate(scores))
     cal.update(samples=int(sum(r.shape[0] for r in recordings)), recordings=len(recordings))

@@ -39,12 +39,19 @@ class RowCopy:
     no :meth:`Detector.forget` or :meth:`Detector.evict` until the copy is done.
     """
 
-    def __init__(self, header: dict[str, Any], sensors: list[Hashable], rows: np.ndarray,
-                 bound: int, live: Callable[[], dict[str, np.ndarray]]) -> None:
+    def __init__(
+        self,
+        header: dict[str, Any],
+        sensors: list[Hashable],
+        rows: np.ndarray,
+        bound: int,
+        live: Callable[[], dict[str, np.ndarray]],
+    ) -> None:
         self.header, self.sensors, self.rows, self.bound = header, sensors, rows, bound
         self._live = live  # the arrays themselves are replaced when the detector grows
-        self.arrays = {name: np.empty((bound, *array.shape[1:]), array.dtype)
-                       for name, array in live().items()}
+        self.arrays = {
+            name: np.empty((bound, *array.shape[1:]), array.dtype) for name, array in live().items()
+        }
         self.copied = 0
 
     @property
@@ -55,7 +62,7 @@ class RowCopy:
         """Copy up to ``max_rows`` more rows; True once every row is copied."""
         stop = min(self.bound, self.copied + max_rows)
         for name, array in self._live().items():
-            self.arrays[name][self.copied:stop] = array[self.copied:stop]
+            self.arrays[name][self.copied : stop] = array[self.copied : stop]
         self.copied = stop
         return self.done
 
@@ -110,12 +117,15 @@ class Detector:
     (2,)
     """
 
-    def __init__(self, model: Model, *, capacity: int = 1024, threads: int | None = None,
-                 **overrides: Any) -> None:
+    def __init__(
+        self, model: Model, *, capacity: int = 1024, threads: int | None = None, **overrides: Any
+    ) -> None:
         if model.window is not None:
-            raise ShapeError(f"model {model.name!r} is a window model "
-                             f"({model.window.describe()}): detect with "
-                             "streamlstm.detect.WindowDetector")
+            raise ShapeError(
+                f"model {model.name!r} is a window model "
+                f"({model.window.describe()}): detect with "
+                "streamlstm.detect.WindowDetector"
+            )
         self.model = model
         self.params: DetectorParams = params_from(model, overrides)
         self.features = FeatureSpec.from_metadata(model.metadata)
@@ -124,14 +134,15 @@ class Detector:
         else:
             n_stats = len(self.features.stats)
             if model.input_size % n_stats:
-                raise ConfigError(f"model input width {model.input_size} is not a multiple of "
-                                  f"its {n_stats} declared feature statistics")
+                raise ConfigError(
+                    f"model input width {model.input_size} is not a multiple of "
+                    f"its {n_stats} declared feature statistics"
+                )
             self.axes = model.input_size // n_stats
         self._scoring = scoring_from(model, model.input_size)
         self._dparams = pack_params(self.params, self._scoring)
         # Name plus weight digest: tells apart two models relabelled with the same name.
-        self.model_id = str(model.metadata.get("model_id")
-                            or f"{model.name}@{model.sha256[:12]}")
+        self.model_id = str(model.metadata.get("model_id") or f"{model.name}@{model.sha256[:12]}")
         self.bank = Bank(model, capacity, threads=threads)
         self._dtype = model.dtype
         slots = numba.config.NUMBA_NUM_THREADS
@@ -139,10 +150,9 @@ class Detector:
         self._obuf = np.zeros((slots, model.output_size), self._dtype)
         self._ebuf = np.zeros((slots, model.input_size), np.float64)
         self._scratch = np.zeros((slots, packed(model).scratch_size), self._dtype)
-        self._codes = (np.zeros(0, np.int64) if self.features is None else self.features.codes)
+        self._codes = np.zeros(0, np.int64) if self.features is None else self.features.codes
         self._hop = 1 if self.features is None else self.features.hop
-        self._ring_shape = ((1, 1) if self.features is None
-                            else (self.features.window, self.axes))
+        self._ring_shape = (1, 1) if self.features is None else (self.features.window, self.axes)
         self._register_rows()
         self.last_scores = np.zeros(0, np.float64)
         self.last_status = np.zeros(0, np.int8)
@@ -178,14 +188,21 @@ class Detector:
         names = self.model.channels or tuple(f"c{k}" for k in range(self.model.input_size))
         return tuple(n for n, m in zip(names, self._scoring.mask, strict=False) if m == 0.0)
 
-    def prime(self, sensor_ids: Sequence[Hashable] | np.ndarray, samples: Any,
-              timestamps: Any) -> None:
+    def prime(
+        self, sensor_ids: Sequence[Hashable] | np.ndarray, samples: Any, timestamps: Any
+    ) -> None:
         """Feed known-normal samples to warm sensors up: scores and recurrent state advance
         (and count towards ``warmup``), no alert starts or ends."""
         self.update(sensor_ids, samples, timestamps, alert=False)
 
-    def update(self, sensor_ids: Sequence[Hashable] | np.ndarray, samples: Any,
-               timestamps: Any, *, alert: bool = True) -> list[AlertEvent]:
+    def update(
+        self,
+        sensor_ids: Sequence[Hashable] | np.ndarray,
+        samples: Any,
+        timestamps: Any,
+        *,
+        alert: bool = True,
+    ) -> list[AlertEvent]:
         """Feed a micro-batch; return the alert events it caused, in arrival order
         (``alert=False``: see :meth:`prime`).
 
@@ -206,12 +223,41 @@ class Detector:
         ev_duration = np.empty(count, np.float64)
         params, layout, states, _, links = bank.kernel_args(count)
         istate, fstate, preds, levels, rings, rejected = self._kernel_rows()
-        args = (params, layout, states, rows, samples, times, self._dparams,
-                self._scoring.center, self._scoring.whiten, self._scoring.level_center,
-                self._scoring.level_whiten, self._scoring.level_scale, self._scoring.mask,
-                self._scoring.fill, self._codes, self._hop, 1 if alert else 0,
-                istate, fstate, preds, levels, rings, rejected, self._xbuf, self._obuf,
-                self._ebuf, self._scratch, scores, status, ev_kind, ev_peak, ev_duration, links)
+        args = (
+            params,
+            layout,
+            states,
+            rows,
+            samples,
+            times,
+            self._dparams,
+            self._scoring.center,
+            self._scoring.whiten,
+            self._scoring.level_center,
+            self._scoring.level_whiten,
+            self._scoring.level_scale,
+            self._scoring.mask,
+            self._scoring.fill,
+            self._codes,
+            self._hop,
+            1 if alert else 0,
+            istate,
+            fstate,
+            preds,
+            levels,
+            rings,
+            rejected,
+            self._xbuf,
+            self._obuf,
+            self._ebuf,
+            self._scratch,
+            scores,
+            status,
+            ev_kind,
+            ev_peak,
+            ev_duration,
+            links,
+        )
         if bank.threads > 1 and count >= PARALLEL_THRESHOLD:
             numba.set_num_threads(bank.threads)
             K.detect_parallel(*args)
@@ -222,17 +268,25 @@ class Detector:
         hits = np.flatnonzero(ev_kind)
         if hits.size == 0:
             return []
-        return [self._event(sensor_ids[int(i)], int(ev_kind[i]), float(times[i]), float(scores[i]),
-                            float(ev_peak[i]), float(ev_duration[i])) for i in hits]
+        return [
+            self._event(
+                sensor_ids[int(i)],
+                int(ev_kind[i]),
+                float(times[i]),
+                float(scores[i]),
+                float(ev_peak[i]),
+                float(ev_duration[i]),
+            )
+            for i in hits
+        ]
 
-    def _event(self, sensor: Hashable, kind: int, t: float, score: float, peak: float,
-               duration: float) -> AlertEvent:
+    def _event(
+        self, sensor: Hashable, kind: int, t: float, score: float, peak: float, duration: float
+    ) -> AlertEvent:
         if isinstance(sensor, np.generic):
             sensor = sensor.item()
-        threshold = (self.params.threshold if kind == K.EVENT_START
-                     else self.params.end_threshold)
-        return AlertEvent(sensor, _KINDS[kind], t, score, threshold, peak, duration,
-                          self.model_id)
+        threshold = self.params.threshold if kind == K.EVENT_START else self.params.end_threshold
+        return AlertEvent(sensor, _KINDS[kind], t, score, threshold, peak, duration, self.model_id)
 
     # -- sensors --------------------------------------------------------------------------
     @property
@@ -257,8 +311,11 @@ class Detector:
         score on the residual scale (about 1 on normal data), see :mod:`streamlstm.detect`."""
         row = self.bank.known_row(sensor)
         table = self.bank.row_table
-        return (float(table["fstate"][row, K.F_SCORE]) if table["istate"][row, K.I_HAS_SCORE]
-                else np.nan)
+        return (
+            float(table["fstate"][row, K.F_SCORE])
+            if table["istate"][row, K.I_HAS_SCORE]
+            else np.nan
+        )
 
     def forget(self, sensor: Hashable) -> None:
         """Drop ``sensor`` (its open alert, if any, is dropped without an end event)."""
@@ -290,8 +347,13 @@ class Detector:
         """Begin a :class:`RowCopy`: :meth:`export_state` in slices, so that a daemon with a
         million sensors can snapshot them without stopping its compute loop for the copy."""
         sensors, rows = self.bank.assigned_rows()
-        return RowCopy({"version": SNAPSHOT_VERSION, "model_id": self.model_id}, sensors, rows,
-                       self.bank.row_bound, self._row_arrays)
+        return RowCopy(
+            {"version": SNAPSHOT_VERSION, "model_id": self.model_id},
+            sensors,
+            rows,
+            self.bank.row_bound,
+            self._row_arrays,
+        )
 
     def _row_arrays(self) -> dict[str, np.ndarray]:
         return self.bank.row_table.arrays(ROW_ARRAYS)
@@ -301,12 +363,15 @@ class Detector:
         try:
             version = int(snapshot["version"])
             sensors = list(snapshot["sensors"])
-            arrays = {name: np.asarray(snapshot[name]) for name in
-                      ("states", "rejected", "istate", "fstate", "preds", "rings")}
+            arrays = {
+                name: np.asarray(snapshot[name])
+                for name in ("states", "rejected", "istate", "fstate", "preds", "rings")
+            }
             # Adapted level offsets: absent from snapshots written before drift adaptation
             # existed, which never adapted (all zero).
-            arrays["levels"] = np.asarray(snapshot.get("levels", np.zeros(
-                (len(sensors), self.model.input_size))))
+            arrays["levels"] = np.asarray(
+                snapshot.get("levels", np.zeros((len(sensors), self.model.input_size)))
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise ShapeError(f"detector snapshot: missing or malformed field ({exc})") from None
         if version != SNAPSHOT_VERSION:
@@ -315,8 +380,10 @@ class Detector:
         expected = {name: (n, *array.shape[1:]) for name, array in self._row_arrays().items()}
         for name, shape in expected.items():
             if arrays[name].shape != shape:
-                raise ShapeError(f"detector snapshot: {name} has shape {arrays[name].shape}, "
-                                 f"expected {shape} (a different model?)")
+                raise ShapeError(
+                    f"detector snapshot: {name} has shape {arrays[name].shape}, "
+                    f"expected {shape} (a different model?)"
+                )
         for name in ("states", "preds", "levels", "rings"):
             if not np.all(np.isfinite(arrays[name])):
                 raise ShapeError(f"detector snapshot: non-finite values in {name}")

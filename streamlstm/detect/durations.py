@@ -33,13 +33,19 @@ from .features import FeatureSpec
 
 #: Option name with its unit -> (stored key, unit): the stored keys are the schema's.
 UNIT_NAMES: dict[str, tuple[str, str]] = {
-    "warmup_steps": ("warmup", "steps"), "warmup_s": ("warmup", "s"),
-    "debounce_steps": ("debounce", "steps"), "debounce_s": ("debounce", "s"),
-    "quiet_steps": ("quiet_time", "steps"), "quiet_s": ("quiet_time", "s"),
+    "warmup_steps": ("warmup", "steps"),
+    "warmup_s": ("warmup", "s"),
+    "debounce_steps": ("debounce", "steps"),
+    "debounce_s": ("debounce", "s"),
+    "quiet_steps": ("quiet_time", "steps"),
+    "quiet_s": ("quiet_time", "s"),
 }
 #: Deprecated option name -> its replacement (same unit as before).
-DEPRECATED: dict[str, str] = {"warmup": "warmup_steps", "debounce": "debounce_steps",
-                              "quiet_time": "quiet_s"}
+DEPRECATED: dict[str, str] = {
+    "warmup": "warmup_steps",
+    "debounce": "debounce_steps",
+    "quiet_time": "quiet_s",
+}
 #: The stored keys, with the unit each is stored in.
 STORED_UNIT = {"warmup": "steps", "debounce": "steps", "quiet_time": "s"}
 
@@ -50,8 +56,13 @@ def step_seconds(model: Model) -> float | None:
     if not model.sample_rate:
         return None
     features = FeatureSpec.from_metadata(model.metadata)
-    hop = (model.window.hop if model.window is not None
-           else features.hop if features is not None else 1)
+    hop = (
+        model.window.hop
+        if model.window is not None
+        else features.hop
+        if features is not None
+        else 1
+    )
     return hop / float(model.sample_rate)
 
 
@@ -67,9 +78,11 @@ def _stored_value(key: str, value: Any, unit: str, period: float | None, name: s
     if unit == STORED_UNIT[key]:
         return int(number) if unit == "steps" else number
     if period is None:
-        raise ConfigError(f"{name} is converted through the model's sample rate, and the "
-                          "model has none (set model.replace(sample_rate=...), or give the "
-                          f"duration in {'seconds' if unit == 's' else 'steps'} instead)")
+        raise ConfigError(
+            f"{name} is converted through the model's sample rate, and the "
+            "model has none (set model.replace(sample_rate=...), or give the "
+            f"duration in {'seconds' if unit == 's' else 'steps'} instead)"
+        )
     if key == "quiet_time":
         # k steps below: the k-th step after the first sample below ends the alert; half a
         # step of slack so that jitter in the timestamps cannot add a step.
@@ -78,8 +91,9 @@ def _stored_value(key: str, value: Any, unit: str, period: float | None, name: s
     return math.ceil(number / period - 1e-9)
 
 
-def resolve_durations(given: Mapping[str, Any], period: float | None, *,
-                      stacklevel: int = 2) -> dict[str, Any]:
+def resolve_durations(
+    given: Mapping[str, Any], period: float | None, *, stacklevel: int = 2
+) -> dict[str, Any]:
     """``given`` options with every duration under its stored key, in its stored unit;
     other options pass through. ``period``: seconds per model step (:func:`step_seconds`;
     ``None``: no sample rate, so no conversion). Deprecated names warn; two names for one
@@ -92,23 +106,26 @@ def resolve_durations(given: Mapping[str, Any], period: float | None, *,
     for name, value in given.items():
         if name in DEPRECATED:
             if value is not None:
-                warnings.warn(f"option {name!r} is deprecated: use {DEPRECATED[name]!r} (or "
-                              f"its {'seconds' if name != 'quiet_time' else 'steps'} form); "
-                              "every duration now names its unit", DeprecationWarning,
-                              stacklevel=stacklevel + 1)
+                warnings.warn(
+                    f"option {name!r} is deprecated: use {DEPRECATED[name]!r} (or "
+                    f"its {'seconds' if name != 'quiet_time' else 'steps'} form); "
+                    "every duration now names its unit",
+                    DeprecationWarning,
+                    stacklevel=stacklevel + 1,
+                )
             key, converted = name, value
         elif name in UNIT_NAMES:
             key, unit = UNIT_NAMES[name]
-            converted = (None if value is None
-                         else _stored_value(key, value, unit, period, name))
+            converted = None if value is None else _stored_value(key, value, unit, period, name)
         else:
             out[name] = value
             continue
         if value is None:
             continue
         if key in source:
-            raise ConfigError(f"options {source[key]!r} and {name!r} give the same duration; "
-                              "give one")
+            raise ConfigError(
+                f"options {source[key]!r} and {name!r} give the same duration; give one"
+            )
         source[key] = name
         out[key] = converted
     return out
@@ -121,13 +138,16 @@ def with_units(resolved: Mapping[str, Any]) -> dict[str, Any]:
     return {DEPRECATED.get(k, k): v for k, v in resolved.items()}
 
 
-_HELP = {"warmup": "after a sensor's first sample or a reset, nothing alerts for",
-         "debounce": "an alert starts after the score is above the threshold for",
-         "quiet_time": "an alert ends after the score is below the end threshold for"}
+_HELP = {
+    "warmup": "after a sensor's first sample or a reset, nothing alerts for",
+    "debounce": "an alert starts after the score is above the threshold for",
+    "quiet_time": "an alert ends after the score is below the end threshold for",
+}
 
 
-def add_duration_arguments(parser: argparse.ArgumentParser, defaults: Any, *,
-                           step_note: str = "", from_model: bool = True) -> None:
+def add_duration_arguments(
+    parser: argparse.ArgumentParser, defaults: Any, *, step_note: str = "", from_model: bool = True
+) -> None:
     """``--warmup-steps``/``--warmup-s`` and the others on a command line (``defaults``:
     an object with the stored ``warmup``, ``debounce`` and ``quiet_time`` defaults), plus
     the deprecated ``--warmup``, ``--debounce`` and ``--quiet-time``. ``step_note`` follows
@@ -137,16 +157,26 @@ def add_duration_arguments(parser: argparse.ArgumentParser, defaults: Any, *,
         default = getattr(defaults, key)
         shown = f"{default} {'steps' if STORED_UNIT[key] == 'steps' else 's'}"
         steps = unit == "steps"
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int if steps else float,
-                            default=None, metavar="N" if steps else "S",
-                            help=f"{_HELP[key]} this many "
-                            f"{'model steps' + step_note if steps else 'seconds'} "
-                            + (f"(default: the model's calibration, else {shown})"
-                               if from_model else f"(default: {shown})"))
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=int if steps else float,
+            default=None,
+            metavar="N" if steps else "S",
+            help=f"{_HELP[key]} this many "
+            f"{'model steps' + step_note if steps else 'seconds'} "
+            + (
+                f"(default: the model's calibration, else {shown})"
+                if from_model
+                else f"(default: {shown})"
+            ),
+        )
     for old, new in DEPRECATED.items():
-        parser.add_argument(f"--{old.replace('_', '-')}", type=int if STORED_UNIT[old] == "steps"
-                            else float, default=None,
-                            help=f"deprecated: use --{new.replace('_', '-')}")
+        parser.add_argument(
+            f"--{old.replace('_', '-')}",
+            type=int if STORED_UNIT[old] == "steps" else float,
+            default=None,
+            help=f"deprecated: use --{new.replace('_', '-')}",
+        )
 
 
 def duration_arguments(args: argparse.Namespace, command: str) -> dict[str, Any]:
@@ -155,6 +185,9 @@ def duration_arguments(args: argparse.Namespace, command: str) -> dict[str, Any]
     names = (*UNIT_NAMES, *DEPRECATED)
     given = {n: getattr(args, n) for n in names if getattr(args, n) is not None}
     for old in set(given) & set(DEPRECATED):
-        print(f"{command}: --{old.replace('_', '-')} is deprecated, use "
-              f"--{DEPRECATED[old].replace('_', '-')}", file=sys.stderr)
+        print(
+            f"{command}: --{old.replace('_', '-')} is deprecated, use "
+            f"--{DEPRECATED[old].replace('_', '-')}",
+            file=sys.stderr,
+        )
     return given

@@ -37,8 +37,18 @@ from numba import njit
 
 from ..errors import ConfigError
 
-STATS = ("mean", "std", "rms", "peak", "crest", "kurtosis", "log_rms", "log_std", "acf1",
-         "corr_next")
+STATS = (
+    "mean",
+    "std",
+    "rms",
+    "peak",
+    "crest",
+    "kurtosis",
+    "log_rms",
+    "log_std",
+    "acf1",
+    "corr_next",
+)
 STAT_CODES = {name: code for code, name in enumerate(STATS)}
 
 
@@ -67,8 +77,11 @@ class FeatureSpec:
         if spec is None:
             return None
         try:
-            return cls(window=int(spec["window"]), hop=int(spec["hop"]),
-                       stats=tuple(spec.get("stats", cls.stats)))
+            return cls(
+                window=int(spec["window"]),
+                hop=int(spec["hop"]),
+                stats=tuple(spec.get("stats", cls.stats)),
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"model metadata 'features' is malformed: {exc}") from None
 
@@ -177,7 +190,7 @@ def window_features(ring, start, codes, out):
 @njit(cache=True, nogil=True)
 def _all_windows(signal, window, hop, codes, out):
     for n in range(out.shape[0]):
-        window_features(signal[n * hop:n * hop + window], 0, codes, out[n])
+        window_features(signal[n * hop : n * hop + window], 0, codes, out[n])
 
 
 def compute_features(signal: Any, spec: FeatureSpec | Mapping[str, Any]) -> np.ndarray:

@@ -74,8 +74,8 @@ P_QUIET_TIME = 4
 P_WARMUP = 5
 P_DIRECT = 6
 P_SCORE_INDEX = 7
-P_DELTA = 8       # 1: the model predicts x[t+1] - x[t]
-P_POOL = 9        # 0: mean square of the whitened components, 1: their largest square
+P_DELTA = 8  # 1: the model predicts x[t+1] - x[t]
+P_POOL = 9  # 0: mean square of the whitened components, 1: their largest square
 P_LEVEL_ALPHA = 10  # level term: EWMA weight with which its centre follows the input (0: off)
 P_LEVEL_BOUND = 11  # level term: how far the centre may move, in normal standard deviations
 N_PARAMS = 12
@@ -141,8 +141,8 @@ class Scoring:
     """How a model's output becomes a raw score, as arrays for the kernel."""
 
     direct: bool
-    center: np.ndarray          # (D,) float64, residual models only (else empty)
-    whiten: np.ndarray          # (D, D) float64, residual models only (else (0, 0))
+    center: np.ndarray  # (D,) float64, residual models only (else empty)
+    whiten: np.ndarray  # (D, D) float64, residual models only (else (0, 0))
     score_index: int
     level_center: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
     level_whiten: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros((0, 0)))
@@ -151,7 +151,7 @@ class Scoring:
     mask: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
     fill: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
     delta: bool = False
-    pool_max: bool = False      # the largest whitened component instead of the RMS
+    pool_max: bool = False  # the largest whitened component instead of the RMS
     # Guarded drift adaptation of the level term's centre (see DetectorParams' module doc):
     # EWMA weight per scored step (0: off), bound in units of level_scale (D,).
     level_alpha: float = 0.0
@@ -167,15 +167,20 @@ class Scoring:
 def require_calibration(model: Model) -> Mapping[str, Any]:
     cal = model.calibration
     if not cal:
-        raise ConfigError(f"model {model.name!r} has no calibration: run `streamlstm calibrate` "
-                          "(or streamlstm.detect.calibrate) on normal data first")
+        raise ConfigError(
+            f"model {model.name!r} has no calibration: run `streamlstm calibrate` "
+            "(or streamlstm.detect.calibrate) on normal data first"
+        )
     if cal.get("version") != SCHEMA_VERSION:
-        raise ConfigError(f"model calibration: unsupported version {cal.get('version')!r} "
-                          f"(this release reads version {SCHEMA_VERSION}: run `streamlstm "
-                          "calibrate` on normal data again)")
+        raise ConfigError(
+            f"model calibration: unsupported version {cal.get('version')!r} "
+            f"(this release reads version {SCHEMA_VERSION}: run `streamlstm "
+            "calibrate` on normal data again)"
+        )
     if cal.get("score") not in SCORE_KINDS:
-        raise ConfigError(f"model calibration: score must be one of {SCORE_KINDS}, "
-                          f"got {cal.get('score')!r}")
+        raise ConfigError(
+            f"model calibration: score must be one of {SCORE_KINDS}, got {cal.get('score')!r}"
+        )
     return cal
 
 
@@ -184,12 +189,14 @@ def params_from(model: Model, overrides: Mapping[str, Any]) -> DetectorParams:
     (durations by :func:`~streamlstm.detect.durations.resolve_durations`)."""
     unknown = set(overrides) - set(OVERRIDABLE) - set(OPTION_NAMES)
     if unknown:
-        raise ConfigError(f"unknown detector parameter(s): {sorted(unknown)} "
-                          f"(known: {', '.join(OPTION_NAMES)})")
+        raise ConfigError(
+            f"unknown detector parameter(s): {sorted(unknown)} (known: {', '.join(OPTION_NAMES)})"
+        )
     overrides = resolve_durations(overrides, step_seconds(model), stacklevel=3)
     cal = require_calibration(model)
-    values: dict[str, Any] = {f.name: cal[f.name] for f in dataclasses.fields(DetectorParams)
-                              if f.name in cal}
+    values: dict[str, Any] = {
+        f.name: cal[f.name] for f in dataclasses.fields(DetectorParams) if f.name in cal
+    }
     if "margin" in overrides:
         if "quantile_score" not in cal:
             raise ConfigError("margin override needs calibration['quantile_score']")
@@ -198,8 +205,9 @@ def params_from(model: Model, overrides: Mapping[str, Any]) -> DetectorParams:
     if "threshold" not in values:
         raise ConfigError("model calibration has no threshold")
     try:
-        typed: dict[str, Any] = {k: (int(v) if k in ("debounce", "warmup") else float(v))
-                                 for k, v in values.items()}
+        typed: dict[str, Any] = {
+            k: (int(v) if k in ("debounce", "warmup") else float(v)) for k, v in values.items()
+        }
         return DetectorParams(**typed)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"detector parameters: {exc}") from None
@@ -211,8 +219,10 @@ def scoring_from(model: Model, width: int) -> Scoring:
     if cal["score"] == "direct":
         index = int(cal.get("score_index", 0))
         if not 0 <= index < model.output_size:
-            raise ConfigError(f"calibration score_index {index} out of range "
-                              f"(model has {model.output_size} outputs)")
+            raise ConfigError(
+                f"calibration score_index {index} out of range "
+                f"(model has {model.output_size} outputs)"
+            )
         return Scoring(True, np.zeros(0), np.zeros((0, 0)), index)
     require_next_step(model, width)
     center, whiten = _affine_pair(cal, "center", "whiten", width)
@@ -235,12 +245,24 @@ def scoring_from(model: Model, width: int) -> Scoring:
         check_level_adaptation(level_alpha, level_bound, "model calibration: ")
         level_scale = _vector(cal, "level_scale", width, np.zeros(0))
         if level_scale.size == 0 or np.any(level_scale < 0):
-            raise ConfigError("model calibration: level_alpha needs level_scale, "
-                              f"{width} numbers >= 0")
-    return Scoring(False, np.ascontiguousarray(center), np.ascontiguousarray(whiten), 0,
-                   np.ascontiguousarray(level_center), np.ascontiguousarray(level_whiten),
-                   mask, fill, target == "delta", pool == "max", level_alpha, level_bound,
-                   level_scale)
+            raise ConfigError(
+                f"model calibration: level_alpha needs level_scale, {width} numbers >= 0"
+            )
+    return Scoring(
+        False,
+        np.ascontiguousarray(center),
+        np.ascontiguousarray(whiten),
+        0,
+        np.ascontiguousarray(level_center),
+        np.ascontiguousarray(level_whiten),
+        mask,
+        fill,
+        target == "delta",
+        pool == "max",
+        level_alpha,
+        level_bound,
+        level_scale,
+    )
 
 
 def check_level_adaptation(alpha: float, bound: float, prefix: str = "") -> None:
@@ -259,7 +281,8 @@ def require_next_step(model: Model, width: int) -> None:
             f"outputs for {width} inputs, and a residual score needs one prediction per "
             "input. If its output is an anomaly score or probability, use direct-score mode "
             "(calibrate(..., score='direct', score_index=k) or `streamlstm calibrate --score "
-            "direct`)")
+            "direct`)"
+        )
 
 
 def _vector(cal: Mapping[str, Any], key: str, width: int, default: np.ndarray) -> np.ndarray:
@@ -274,8 +297,9 @@ def _vector(cal: Mapping[str, Any], key: str, width: int, default: np.ndarray) -
     return np.ascontiguousarray(value)
 
 
-def _affine_pair(cal: Mapping[str, Any], center_key: str, whiten_key: str,
-                 width: int) -> tuple[np.ndarray, np.ndarray]:
+def _affine_pair(
+    cal: Mapping[str, Any], center_key: str, whiten_key: str, width: int
+) -> tuple[np.ndarray, np.ndarray]:
     """A validated ``(width,)`` centre and ``(width, width)`` whitening matrix from ``cal``."""
     try:
         center = np.asarray(cal[center_key], np.float64)
@@ -283,8 +307,10 @@ def _affine_pair(cal: Mapping[str, Any], center_key: str, whiten_key: str,
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"model calibration: bad {center_key}/{whiten_key} ({exc})") from None
     if center.shape != (width,) or whiten.shape != (width, width):
-        raise ConfigError(f"model calibration: {center_key} {center.shape} / {whiten_key} "
-                          f"{whiten.shape} do not match width {width}")
+        raise ConfigError(
+            f"model calibration: {center_key} {center.shape} / {whiten_key} "
+            f"{whiten.shape} do not match width {width}"
+        )
     if not (np.all(np.isfinite(center)) and np.all(np.isfinite(whiten))):
         raise ConfigError(f"model calibration: non-finite {center_key}/{whiten_key}")
     return center, whiten

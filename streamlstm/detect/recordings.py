@@ -13,8 +13,11 @@ import numpy as np
 from ..errors import ConfigError, ShapeError
 
 
-def read_recording(path: str | os.PathLike[str], *, columns: Sequence[str] | None = None,
-                   ) -> tuple[np.ndarray, list[str]]:
+def read_recording(
+    path: str | os.PathLike[str],
+    *,
+    columns: Sequence[str] | None = None,
+) -> tuple[np.ndarray, list[str]]:
     """A ``(T, D)`` float64 recording and its channel names from ``.csv`` or ``.npz``.
 
     CSV: a header row of names (or none: columns are named ``c0, c1, ...``), one sample
@@ -35,13 +38,16 @@ def read_recording(path: str | os.PathLike[str], *, columns: Sequence[str] | Non
     else:
         raise ConfigError(f"{path}: expected a .csv or .npz recording")
     if data.ndim != 2 or data.shape[0] == 0 or data.shape[1] == 0:
-        raise ShapeError(f"{path}: expected a non-empty (samples, channels) table, "
-                         f"got shape {data.shape}")
+        raise ShapeError(
+            f"{path}: expected a non-empty (samples, channels) table, got shape {data.shape}"
+        )
     bad = ~np.isfinite(data)
     if bad.any():
         row = int(np.argwhere(bad)[0, 0])
-        raise ShapeError(f"{path}: {int(bad.sum())} NaN/Inf value(s), first in sample {row}; "
-                         "normal data for calibration or training must be clean")
+        raise ShapeError(
+            f"{path}: {int(bad.sum())} NaN/Inf value(s), first in sample {row}; "
+            "normal data for calibration or training must be clean"
+        )
     return data, names
 
 
@@ -64,8 +70,9 @@ def _read_csv(path: Path, columns: Sequence[str] | None) -> tuple[np.ndarray, li
     data = np.empty((len(rows), len(picks)), np.float64)
     for line, row in enumerate(rows):
         if len(row) != len(names):
-            raise ShapeError(f"{path}: data row {line + 1} has {len(row)} fields, "
-                             f"header has {len(names)}")
+            raise ShapeError(
+                f"{path}: data row {line + 1} has {len(row)} fields, header has {len(names)}"
+            )
         try:
             data[line] = [float(row[k]) for k in picks]
         except ValueError as exc:
@@ -93,8 +100,10 @@ def _read_npz(path: Path, columns: Sequence[str] | None) -> tuple[np.ndarray, li
             longest = max((v.shape[0] for v in numeric.values() if v.ndim == 1), default=0)
             chosen = [k for k, v in numeric.items() if v.ndim == 1 and v.shape[0] == longest > 1]
         if not chosen:
-            raise ConfigError(f"{path}: cannot tell which arrays hold the samples; "
-                              f"name them with --columns (have {sorted(arrays)})")
+            raise ConfigError(
+                f"{path}: cannot tell which arrays hold the samples; "
+                f"name them with --columns (have {sorted(arrays)})"
+            )
     parts, names = [], []
     for name in chosen:
         array = np.asarray(arrays[name], np.float64)

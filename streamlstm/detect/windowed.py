@@ -49,19 +49,19 @@ CLASSIFIER_OUTPUTS = ("probabilities", "log_probabilities", "last")
 DEFAULT_NORMAL_CLASS = "normal"
 
 # Integer state per sensor (istate columns).
-I_WINDOWS = 0     # windows scored since the sensor's first sample or reset
-I_ALERT = 1       # 1 while an alert is open
-I_LABEL = 2       # classifiers: the open alert's class (-1: none)
-I_VERDICT = 3     # classifiers: the last window's verdict (-1: none yet)
-I_RUN = 4         # windows in a row with that verdict / above the threshold (debounce)
-I_HAS_SCORE = 5   # autoencoders: 1 once the smoothed score has a value
+I_WINDOWS = 0  # windows scored since the sensor's first sample or reset
+I_ALERT = 1  # 1 while an alert is open
+I_LABEL = 2  # classifiers: the open alert's class (-1: none)
+I_VERDICT = 3  # classifiers: the last window's verdict (-1: none yet)
+I_RUN = 4  # windows in a row with that verdict / above the threshold (debounce)
+I_HAS_SCORE = 5  # autoencoders: 1 once the smoothed score has a value
 N_INT = 6
 
 # Float state per sensor (fstate columns).
-F_SCORE = 0       # autoencoders: smoothed score; classifiers: the last window's score
-F_PEAK = 1        # highest score of the open alert
-F_START = 2       # timestamp the open alert started
-F_BELOW = 3       # autoencoders: when the score went below the end threshold (NaN: not)
+F_SCORE = 0  # autoencoders: smoothed score; classifiers: the last window's score
+F_PEAK = 1  # highest score of the open alert
+F_START = 2  # timestamp the open alert started
+F_BELOW = 3  # autoencoders: when the score went below the end threshold (NaN: not)
 N_FLOAT = 4
 
 
@@ -94,10 +94,11 @@ def window_probabilities(spec_output: str, values: np.ndarray) -> np.ndarray:
     values = values.astype(np.float64)
     if spec_output == "probabilities":
         return values
-    if spec_output == "last":   # logits
+    if spec_output == "last":  # logits
         values = values - values.max(axis=1, keepdims=True)
-    return np.exp(values) / (1.0 if spec_output == "log_probabilities"
-                             else np.exp(values).sum(axis=1, keepdims=True))
+    return np.exp(values) / (
+        1.0 if spec_output == "log_probabilities" else np.exp(values).sum(axis=1, keepdims=True)
+    )
 
 
 def reconstruction_scores(out: WindowOutputs, scoring: Scoring) -> np.ndarray:
@@ -128,9 +129,17 @@ class WindowDetector:
     :attr:`last_status` 1 for a rejected sample (NaN/Inf value or timestamp), else 0.
     """
 
-    def __init__(self, model: Model, *, capacity: int = 1024, threads: int | None = None,
-                 normal_class: str | None = None, min_probability: float | None = None,
-                 consecutive: int | None = None, **overrides: Any) -> None:
+    def __init__(
+        self,
+        model: Model,
+        *,
+        capacity: int = 1024,
+        threads: int | None = None,
+        normal_class: str | None = None,
+        min_probability: float | None = None,
+        consecutive: int | None = None,
+        **overrides: Any,
+    ) -> None:
         spec = model.window
         if spec is None:
             raise ShapeError(f"model {model.name!r} declares no window: use streamlstm.Detector")
@@ -141,14 +150,16 @@ class WindowDetector:
         self.class_params: ClassAlertParams | None = None
         self.params: DetectorParams | None = None
         self._scoring: Scoring | None = None
-        class_options = {"normal_class": normal_class, "min_probability": min_probability,
-                         "consecutive": consecutive}
+        class_options = {
+            "normal_class": normal_class,
+            "min_probability": min_probability,
+            "consecutive": consecutive,
+        }
         if self.classifier:
             self._set_up_classifier(class_options, overrides)
         else:
             self._set_up_autoencoder(class_options, overrides)
-        self.model_id = str(model.metadata.get("model_id")
-                            or f"{model.name}@{model.sha256[:12]}")
+        self.model_id = str(model.metadata.get("model_id") or f"{model.name}@{model.sha256[:12]}")
         self.bank = WindowBank(model, capacity, threads=threads)
         self._alloc_rows(self.bank.capacity)
         self.last_scores = np.zeros(0, np.float64)
@@ -157,19 +168,26 @@ class WindowDetector:
     def _set_up_classifier(self, options: dict[str, Any], overrides: Mapping[str, Any]) -> None:
         model, spec = self.model, self.spec
         if spec.output == "last" and not spec.classes:
-            raise ConfigError(f"model {model.name!r}: window output 'last' without class "
-                              "names is a regression head; alerts need class names "
-                              "(--classes) or output 'probabilities'")
+            raise ConfigError(
+                f"model {model.name!r}: window output 'last' without class "
+                "names is a regression head; alerts need class names "
+                "(--classes) or output 'probabilities'"
+            )
         if overrides:
-            raise ConfigError(f"window classifier: unknown option(s) {sorted(overrides)} "
-                              "(known: normal_class, min_probability, consecutive)")
+            raise ConfigError(
+                f"window classifier: unknown option(s) {sorted(overrides)} "
+                "(known: normal_class, min_probability, consecutive)"
+            )
         self.classes = class_names(model)
         given = {k: v for k, v in options.items() if v is not None}
         normal = given.pop("normal_class", None) or (
-            DEFAULT_NORMAL_CLASS if DEFAULT_NORMAL_CLASS in self.classes else self.classes[0])
+            DEFAULT_NORMAL_CLASS if DEFAULT_NORMAL_CLASS in self.classes else self.classes[0]
+        )
         if normal not in self.classes:
-            raise ConfigError(f"normal_class {normal!r} is not one of the model's classes "
-                              f"({', '.join(self.classes)})")
+            raise ConfigError(
+                f"normal_class {normal!r} is not one of the model's classes "
+                f"({', '.join(self.classes)})"
+            )
         try:
             self.class_params = ClassAlertParams(normal, **given)
         except TypeError as exc:
@@ -180,16 +198,22 @@ class WindowDetector:
         model = self.model
         given = [k for k, v in options.items() if v is not None]
         if given:
-            raise ConfigError(f"{', '.join(given)}: only for window classifiers, and model "
-                              f"{model.name!r} is an autoencoder ({self.spec.describe()})")
+            raise ConfigError(
+                f"{', '.join(given)}: only for window classifiers, and model "
+                f"{model.name!r} is an autoencoder ({self.spec.describe()})"
+            )
         if model.output_size != model.input_size:
-            raise ConfigError(f"model {model.name!r}: window output 'every' is scored as a "
-                              f"reconstruction of the input, but it has {model.output_size} "
-                              f"outputs for {model.input_size} inputs")
+            raise ConfigError(
+                f"model {model.name!r}: window output 'every' is scored as a "
+                f"reconstruction of the input, but it has {model.output_size} "
+                f"outputs for {model.input_size} inputs"
+            )
         if (model.calibration or {}).get("score") != "reconstruction":
-            raise ConfigError(f"model {model.name!r} is a window autoencoder without a "
-                              "reconstruction calibration: run streamlstm.detect."
-                              "calibrate_reconstruction on normal data first")
+            raise ConfigError(
+                f"model {model.name!r} is a window autoencoder without a "
+                "reconstruction calibration: run streamlstm.detect."
+                "calibrate_reconstruction on normal data first"
+            )
         self.params = params_from(model, overrides)
         self._scoring = scoring_from(model, model.input_size)
 
@@ -213,24 +237,32 @@ class WindowDetector:
         self._fstate[row, F_BELOW] = np.nan
 
     # -- stepping -------------------------------------------------------------------------
-    def prime(self, sensor_ids: Sequence[Hashable] | np.ndarray, samples: Any,
-              timestamps: Any) -> None:
+    def prime(
+        self, sensor_ids: Sequence[Hashable] | np.ndarray, samples: Any, timestamps: Any
+    ) -> None:
         """Feed known-normal samples: windows are scored and counted (towards ``warmup``),
         no alert starts or ends."""
         self.update(sensor_ids, samples, timestamps, alert=False)
 
-    def update(self, sensor_ids: Sequence[Hashable] | np.ndarray, samples: Any,
-               timestamps: Any, *, alert: bool = True) -> list[AlertEvent]:
+    def update(
+        self,
+        sensor_ids: Sequence[Hashable] | np.ndarray,
+        samples: Any,
+        timestamps: Any,
+        *,
+        alert: bool = True,
+    ) -> list[AlertEvent]:
         """Feed a micro-batch (``samples`` ``(M, D)`` in sensor units, ``timestamps``
         ``(M,)`` s); return the alert events the windows it completed caused."""
-        samples, times = as_timed_batch(sensor_ids, samples, timestamps, self.model.dtype,
-                                        self.axes)
+        samples, times = as_timed_batch(
+            sensor_ids, samples, timestamps, self.model.dtype, self.axes
+        )
         count = samples.shape[0]
         bad = ~np.isfinite(times)
         scoring = self._scoring
         if bad.any() or (scoring is not None and scoring.masked):
             samples = samples.copy()
-            samples[bad] = np.nan   # a bad timestamp rejects its sample, as when streaming
+            samples[bad] = np.nan  # a bad timestamp rejects its sample, as when streaming
             if scoring is not None and scoring.masked:  # masked channels: their normal fill
                 masked = scoring.mask == 0.0
                 samples[:, masked] = scoring.fill[masked]
@@ -247,11 +279,19 @@ class WindowDetector:
             probs = window_probabilities(self.spec.output, out.values)
             return self._classify(out.sensors, rows, probs, times[at], at, alert)
         assert self._scoring is not None
-        return self._score(out.sensors, rows, reconstruction_scores(out, self._scoring),
-                           times[at], at, alert)
+        return self._score(
+            out.sensors, rows, reconstruction_scores(out, self._scoring), times[at], at, alert
+        )
 
-    def _classify(self, sensors: list[Hashable], rows: np.ndarray, probs: np.ndarray,
-                  times: np.ndarray, at: np.ndarray, alert: bool) -> list[AlertEvent]:
+    def _classify(
+        self,
+        sensors: list[Hashable],
+        rows: np.ndarray,
+        probs: np.ndarray,
+        times: np.ndarray,
+        at: np.ndarray,
+        alert: bool,
+    ) -> list[AlertEvent]:
         """The class alert machine over the windows of one push, in completion order."""
         params = self.class_params
         assert params is not None
@@ -270,8 +310,13 @@ class WindowDetector:
             floats[F_SCORE] = score[i]
             label = state[I_LABEL]
             # Hysteresis: an open alert's class holds while it is the most probable one.
-            verdict = (strong[i] if strong[i] >= 0 else label if label >= 0 and top[i] == label
-                       else self._normal)
+            verdict = (
+                strong[i]
+                if strong[i] >= 0
+                else label
+                if label >= 0 and top[i] == label
+                else self._normal
+            )
             if state[I_VERDICT] == verdict:
                 state[I_RUN] += 1
             else:
@@ -283,18 +328,42 @@ class WindowDetector:
                 continue
             t = float(times[i])
             if label >= 0:
-                events.append(self._event(sensors[i], "end", t, float(probs[i, label]),
-                                          float(floats[F_PEAK]), t - floats[F_START],
-                                          self.classes[label]))
+                events.append(
+                    self._event(
+                        sensors[i],
+                        "end",
+                        t,
+                        float(probs[i, label]),
+                        float(floats[F_PEAK]),
+                        t - floats[F_START],
+                        self.classes[label],
+                    )
+                )
             if target >= 0:
                 floats[F_PEAK], floats[F_START] = probs[i, target], t
-                events.append(self._event(sensors[i], "start", t, float(probs[i, target]),
-                                          float(probs[i, target]), 0.0, self.classes[target]))
+                events.append(
+                    self._event(
+                        sensors[i],
+                        "start",
+                        t,
+                        float(probs[i, target]),
+                        float(probs[i, target]),
+                        0.0,
+                        self.classes[target],
+                    )
+                )
             state[I_LABEL], state[I_ALERT] = target, int(target >= 0)
         return events
 
-    def _score(self, sensors: list[Hashable], rows: np.ndarray, raw: np.ndarray,
-               times: np.ndarray, at: np.ndarray, alert: bool) -> list[AlertEvent]:
+    def _score(
+        self,
+        sensors: list[Hashable],
+        rows: np.ndarray,
+        raw: np.ndarray,
+        times: np.ndarray,
+        at: np.ndarray,
+        alert: bool,
+    ) -> list[AlertEvent]:
         """The autoencoder's smoothing and alert machine over the windows of one push."""
         params = self.params
         assert params is not None
@@ -303,8 +372,11 @@ class WindowDetector:
         for i, row in enumerate(rows.tolist()):
             state, floats = ist[row], fst[row]
             state[I_WINDOWS] += 1
-            smoothed = (raw[i] if not state[I_HAS_SCORE]
-                        else params.alpha * raw[i] + (1 - params.alpha) * floats[F_SCORE])
+            smoothed = (
+                raw[i]
+                if not state[I_HAS_SCORE]
+                else params.alpha * raw[i] + (1 - params.alpha) * floats[F_SCORE]
+            )
             floats[F_SCORE], state[I_HAS_SCORE] = smoothed, 1
             self.last_scores[at[i]] = smoothed
             if state[I_WINDOWS] <= params.warmup:
@@ -327,12 +399,23 @@ class WindowDetector:
             if t - floats[F_BELOW] >= params.quiet_time and alert:
                 state[I_ALERT] = state[I_RUN] = 0
                 floats[F_BELOW] = np.nan
-                events.append(self._event(sensors[i], "end", t, smoothed, float(floats[F_PEAK]),
-                                          t - floats[F_START]))
+                events.append(
+                    self._event(
+                        sensors[i], "end", t, smoothed, float(floats[F_PEAK]), t - floats[F_START]
+                    )
+                )
         return events
 
-    def _event(self, sensor: Hashable, kind: EventKind, t: float, score: float, peak: float,
-               duration: float, label: str | None = None) -> AlertEvent:
+    def _event(
+        self,
+        sensor: Hashable,
+        kind: EventKind,
+        t: float,
+        score: float,
+        peak: float,
+        duration: float,
+        label: str | None = None,
+    ) -> AlertEvent:
         if isinstance(sensor, np.generic):
             sensor = sensor.item()
         if self.class_params is not None:
@@ -340,8 +423,17 @@ class WindowDetector:
         else:
             assert self.params is not None
             threshold = self.params.threshold if kind == "start" else self.params.end_threshold
-        return AlertEvent(sensor, kind, t, float(score), threshold, float(peak), float(duration),
-                          self.model_id, label)
+        return AlertEvent(
+            sensor,
+            kind,
+            t,
+            float(score),
+            threshold,
+            float(peak),
+            float(duration),
+            self.model_id,
+            label,
+        )
 
     # -- sensors --------------------------------------------------------------------------
     @property
@@ -400,9 +492,13 @@ class WindowDetector:
     def copy_rows(self) -> RowCopy:
         """:meth:`export_state` in slices (see :class:`~streamlstm.detect.detector.RowCopy`)."""
         sensors = self.bank.sensors
-        return RowCopy({"version": SNAPSHOT_VERSION, "model_id": self.model_id,
-                        "kind": "window"}, sensors, self.bank.rows(sensors),
-                       self.bank.row_bound, self._row_arrays)
+        return RowCopy(
+            {"version": SNAPSHOT_VERSION, "model_id": self.model_id, "kind": "window"},
+            sensors,
+            self.bank.rows(sensors),
+            self.bank.row_bound,
+            self._row_arrays,
+        )
 
     def _row_arrays(self) -> dict[str, np.ndarray]:
         return {**self.bank.row_arrays(), "istate": self._istate, "fstate": self._fstate}
@@ -411,28 +507,34 @@ class WindowDetector:
         """Restore sensors from :meth:`export_state` output (sensors not in it are kept)."""
         kind, version = snapshot.get("kind"), snapshot.get("version")
         if kind != "window" or version != SNAPSHOT_VERSION:
-            raise ShapeError(f"window detector snapshot: unsupported kind {kind!r} / version "
-                             f"{version!r} (a snapshot of another kind of detector?)")
+            raise ShapeError(
+                f"window detector snapshot: unsupported kind {kind!r} / version "
+                f"{version!r} (a snapshot of another kind of detector?)"
+            )
         try:
             sensors = list(snapshot["sensors"])
             arrays = {name: np.asarray(snapshot[name]) for name in self._row_arrays()}
         except (KeyError, TypeError, ValueError) as exc:
-            raise ShapeError(f"window detector snapshot: missing or malformed field "
-                             f"({exc})") from None
+            raise ShapeError(
+                f"window detector snapshot: missing or malformed field ({exc})"
+            ) from None
         n = len(sensors)
         for name, live in self._row_arrays().items():
             if arrays[name].shape != (n, *live.shape[1:]):
-                raise ShapeError(f"window detector snapshot: {name} has shape "
-                                 f"{arrays[name].shape}, expected {(n, *live.shape[1:])} "
-                                 "(a different model?)")
+                raise ShapeError(
+                    f"window detector snapshot: {name} has shape "
+                    f"{arrays[name].shape}, expected {(n, *live.shape[1:])} "
+                    "(a different model?)"
+                )
         labels = arrays["istate"][:, I_LABEL]
         if np.any((labels < -1) | (labels >= max(len(self.classes), 1))):
             raise ShapeError("window detector snapshot: class index out of range")
         floats = np.delete(arrays["fstate"], F_BELOW, axis=1)
         if not np.all(np.isfinite(floats)):
             raise ShapeError("window detector snapshot: non-finite values in fstate")
-        rows = self.bank.load_rows(sensors, {k: v for k, v in arrays.items()
-                                             if k not in ("istate", "fstate")})
+        rows = self.bank.load_rows(
+            sensors, {k: v for k, v in arrays.items() if k not in ("istate", "fstate")}
+        )
         self._sync_capacity()
         self._istate[rows] = arrays["istate"].astype(np.int64)
         self._fstate[rows] = arrays["fstate"].astype(np.float64)

@@ -56,7 +56,7 @@ class FleetSettings:
         root = self.subject_root + "."
         if not subject.startswith(root):
             raise ValueError(f"subject {subject!r} is not under {root}")
-        partition, _, rest = subject[len(root):].partition(".")
+        partition, _, rest = subject[len(root) :].partition(".")
         return int(partition), rest.replace(".", "/")
 
     @property

@@ -82,8 +82,13 @@ async def connect(settings: FleetSettings, *, name: str, persistent: bool = True
     restarting server is an outage, not an end), else one attempt per server."""
 
     async def error_cb(exc: Exception) -> None:
-        _limited(logging.WARNING, "nats", "nats: %s%s", exc or type(exc).__name__,
-                 " (retrying)" if persistent else "")
+        _limited(
+            logging.WARNING,
+            "nats",
+            "nats: %s%s",
+            exc or type(exc).__name__,
+            " (retrying)" if persistent else "",
+        )
 
     return await nats.connect(
         list(settings.servers),
@@ -109,8 +114,9 @@ async def open_stores(nc: NATS, settings: FleetSettings, *, create: bool) -> Fle
                 raise FleetError(f"bucket {name!r} does not exist (no worker ran yet)") from None
         # direct=False: reads go to the stream leader. A direct get may be answered by a
         # replica that lags behind, and a stale record would make claims fail for nothing.
-        config = KeyValueConfig(bucket=name, history=1, ttl=ttl, storage=storage,
-                                replicas=replicas, direct=False)
+        config = KeyValueConfig(
+            bucket=name, history=1, ttl=ttl, storage=storage, replicas=replicas, direct=False
+        )
         return await js.create_key_value(config)
 
     leases = await bucket(settings.leases_bucket, settings.lease_ttl_s)
@@ -123,8 +129,10 @@ async def open_stores(nc: NATS, settings: FleetSettings, *, create: bool) -> Fle
         # nats-py 2.16 overwrites config.bucket with its ``bucket`` argument: pass both.
         objects = await js.create_object_store(
             settings.objects_bucket,
-            config=ObjectStoreConfig(bucket=settings.objects_bucket, storage=storage,
-                                     replicas=replicas))
+            config=ObjectStoreConfig(
+                bucket=settings.objects_bucket, storage=storage, replicas=replicas
+            ),
+        )
     return FleetStores(nc, js, leases, state, objects)
 
 
@@ -139,12 +147,15 @@ async def check_partitions(state: KeyValue, settings: FleetSettings) -> None:
     entry = await state.get(FLEET_KEY)
     fixed = json.loads(entry.value or b"{}").get("partitions")
     if fixed != settings.partitions:
-        raise FleetError(f"fleet.partitions = {settings.partitions}, but this fleet was "
-                         f"created with {fixed} partitions (fixed for the fleet's life)")
+        raise FleetError(
+            f"fleet.partitions = {settings.partitions}, but this fleet was "
+            f"created with {fixed} partitions (fixed for the fleet's life)"
+        )
 
 
-async def ensure_stream(js: JetStreamContext, settings: FleetSettings,
-                        config: dict[str, Any]) -> None:
+async def ensure_stream(
+    js: JetStreamContext, settings: FleetSettings, config: dict[str, Any]
+) -> None:
     """Create the samples stream if missing (sourcing ``$MQTT_msgs`` for MQTT intake)."""
     try:
         await js.stream_info(settings.stream)
@@ -158,7 +169,7 @@ async def ensure_stream(js: JetStreamContext, settings: FleetSettings,
         storage=StorageType.FILE,
         num_replicas=settings.replicas,
         description=f"streamlstm fleet {settings.name}: samples in "
-                    f"{settings.partitions} partitions",
+        f"{settings.partitions} partitions",
     )
     if settings.intake == "nats":
         await js.add_stream(StreamConfig(subjects=[f"{settings.subject_root}.>"], **common))
@@ -170,8 +181,12 @@ async def ensure_stream(js: JetStreamContext, settings: FleetSettings,
         await js.add_stream(StreamConfig(sources=[source], **common))
     except nats.js.errors.BadRequestError:  # another worker created it meanwhile
         await js.stream_info(settings.stream)
-    log.info("created stream %s sourcing %s (%s.>)", settings.stream, MQTT_MSGS_STREAM,
-             settings.subject_root)
+    log.info(
+        "created stream %s sourcing %s (%s.>)",
+        settings.stream,
+        MQTT_MSGS_STREAM,
+        settings.subject_root,
+    )
 
 
 async def _wait_for_mqtt_streams(js: JetStreamContext, config: dict[str, Any]) -> None:
@@ -190,7 +205,8 @@ async def _wait_for_mqtt_streams(js: JetStreamContext, config: dict[str, Any]) -
             raise FleetError(
                 f"nats-server has no {MQTT_MSGS_STREAM} stream after "
                 f"{MQTT_STREAMS_WAIT_S:g} s: is its MQTT listener enabled at "
-                f"{config['mqtt']['host']}:{config['mqtt']['port']} ([mqtt] host/port)?")
+                f"{config['mqtt']['host']}:{config['mqtt']['port']} ([mqtt] host/port)?"
+            )
         await asyncio.sleep(0.1)
 
 
@@ -202,7 +218,8 @@ def _touch_mqtt_listener(settings: dict[str, Any]) -> bool:
         client.loop(timeout=1.0)
         client.disconnect()
     except OSError as exc:
-        log.warning("cannot reach the MQTT listener at %s:%d (%s)", settings["host"],
-                    settings["port"], exc)
+        log.warning(
+            "cannot reach the MQTT listener at %s:%d (%s)", settings["host"], settings["port"], exc
+        )
         return False
     return True

@@ -23,8 +23,14 @@ class Journal:
     def write(self, event: str, partition: int, epoch: int, **fields: Any) -> None:
         if self._file is None:
             return
-        line = {"event": event, "worker": self._worker, "partition": partition,
-                "epoch": epoch, "time": time.time(), **fields}
+        line = {
+            "event": event,
+            "worker": self._worker,
+            "partition": partition,
+            "epoch": epoch,
+            "time": time.time(),
+            **fields,
+        }
         self._file.write(json.dumps(line) + "\n")
         self._file.flush()
 

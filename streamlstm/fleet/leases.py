@@ -62,7 +62,8 @@ class Leases:
         sent = time.monotonic()
         try:
             lease.revision = await self._kv.update(
-                f"{LEASE_PREFIX}{lease.partition}", self._value, last=lease.revision)
+                f"{LEASE_PREFIX}{lease.partition}", self._value, last=lease.revision
+            )
         except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyNotFoundError):
             raise LeaseRefused(f"partition {lease.partition}") from None
         lease.renewed_at = sent
@@ -128,5 +129,5 @@ async def owners(kv: KeyValue) -> dict[int, str]:
                 entry = await kv.get(key)
             except nats.js.errors.KeyNotFoundError:
                 continue
-            out[int(key[len(LEASE_PREFIX):])] = json.loads(entry.value or b"{}").get("owner", "?")
+            out[int(key[len(LEASE_PREFIX) :])] = json.loads(entry.value or b"{}").get("owner", "?")
     return out

@@ -56,10 +56,21 @@ class Applied:
 class OwnedPartition:
     """The compute state of one partition for one ownership epoch."""
 
-    def __init__(self, partition: int, epoch: int, settings: FleetSettings,
-                 loaded: LoadedModel, pipeline: Pipeline, decoder: MQTTSource,
-                 gate: TimestampGate, *, seq: int, alert_seq: int, replay_until: int,
-                 max_sensors: int) -> None:
+    def __init__(
+        self,
+        partition: int,
+        epoch: int,
+        settings: FleetSettings,
+        loaded: LoadedModel,
+        pipeline: Pipeline,
+        decoder: MQTTSource,
+        gate: TimestampGate,
+        *,
+        seq: int,
+        alert_seq: int,
+        replay_until: int,
+        max_sensors: int,
+    ) -> None:
         self.partition = partition
         self.epoch = epoch
         self.settings = settings
@@ -144,9 +155,14 @@ class OwnedPartition:
             else:
                 applied.refused += len(frame.t)
         if applied.refused:
-            _limited(logging.ERROR, "max_sensors", "partition %d holds daemon.max_sensors "
-                     "(%d) sensors: samples of new sensors are refused", self.partition,
-                     self.max_sensors)
+            _limited(
+                logging.ERROR,
+                "max_sensors",
+                "partition %d holds daemon.max_sensors "
+                "(%d) sensors: samples of new sensors are refused",
+                self.partition,
+                self.max_sensors,
+            )
         return kept
 
     def _step(self, frames: list[Frame], applied: Applied) -> None:
@@ -177,8 +193,15 @@ class OwnedPartition:
         decided = time.time()
         for event in events:
             self.alert_seq += 1
-            applied.records.append(alert_record(
-                event, seq=self.alert_seq, daemon=self.daemon_name,
-                model_id=self.loaded.model_id, model_sha=self.loaded.sha256, published=decided))
+            applied.records.append(
+                alert_record(
+                    event,
+                    seq=self.alert_seq,
+                    daemon=self.daemon_name,
+                    model_id=self.loaded.model_id,
+                    model_sha=self.loaded.sha256,
+                    published=decided,
+                )
+            )
             sensor = self.sensors.setdefault(str(event.sensor), SensorState(str(event.sensor)))
             sensor.alert = event.kind == "start"

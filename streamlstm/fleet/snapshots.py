@@ -101,8 +101,9 @@ class SnapshotStore:
         else:
             return None
         if hashlib.sha256(data).hexdigest() != record.sha256:
-            raise snapshot.SnapshotError(f"partition {record.partition}: snapshot checksum "
-                                         "does not match its record")
+            raise snapshot.SnapshotError(
+                f"partition {record.partition}: snapshot checksum does not match its record"
+            )
         return snapshot.decode(data, f"partition {record.partition} snapshot")
 
     async def _object(self, name: str) -> bytes:
@@ -141,8 +142,7 @@ class SnapshotStore:
             raise WriteRefused(f"partition {partition}: claimed by another worker") from None
         return Claim(record, revision, old.epoch, state, problem)
 
-    async def write(self, claim: Claim, seq: int, alert_seq: int,
-                    state: dict[str, Any]) -> int:
+    async def write(self, claim: Claim, seq: int, alert_seq: int, state: dict[str, Any]) -> int:
         """Store ``state`` (covering stream sequences up to ``seq``) for the claimed epoch;
         returns its size. :class:`WriteRefused` if the claim is stale (a zombie's write)."""
         data = snapshot.encode(state)
@@ -151,12 +151,21 @@ class SnapshotStore:
         if len(data) > self._settings.inline_snapshot_bytes:
             name = f"p{partition}-e{epoch}-s{seq}"
             await self._objects.put(name, data)
-        record = replace(claim.record, seq=seq, alert_seq=alert_seq, written=time.time(),
-                         object=name, bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+        record = replace(
+            claim.record,
+            seq=seq,
+            alert_seq=alert_seq,
+            written=time.time(),
+            object=name,
+            bytes=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+        )
         try:
             revision = await self._kv.update(
-                f"{STATE_PREFIX}{partition}", _encode(record, b"" if name else data),
-                last=claim.revision)
+                f"{STATE_PREFIX}{partition}",
+                _encode(record, b"" if name else data),
+                last=claim.revision,
+            )
         except nats.js.errors.KeyWrongLastSequenceError:
             if name is not None:
                 await self._delete_object(name)

@@ -41,8 +41,13 @@ class FleetStatus:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     commands = parser.add_subparsers(dest="fleet_command", metavar="COMMAND", required=True)
     status = commands.add_parser("status", help="owners, lag and last snapshot per partition")
-    status.add_argument("--config", "-c", metavar="SITE.toml", required=True,
-                        help="a worker's site configuration (its [fleet] section)")
+    status.add_argument(
+        "--config",
+        "-c",
+        metavar="SITE.toml",
+        required=True,
+        help="a worker's site configuration (its [fleet] section)",
+    )
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -58,8 +63,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         import nats  # noqa: F401
     except ModuleNotFoundError:
-        print("streamlstm fleet: needs nats-py (pip install 'streamlstm[fleet]')",
-              file=sys.stderr)
+        print("streamlstm fleet: needs nats-py (pip install 'streamlstm[fleet]')", file=sys.stderr)
         return 2
     from .config import FleetSettings
     from .connection import FleetError
@@ -70,8 +74,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"streamlstm fleet: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:  # no server, timeouts: say so plainly
-        print(f"streamlstm fleet: cannot read the fleet's state ({type(exc).__name__}: {exc})",
-              file=sys.stderr)
+        print(
+            f"streamlstm fleet: cannot read the fleet's state ({type(exc).__name__}: {exc})",
+            file=sys.stderr,
+        )
         return 1
     if args.json:
         print(json.dumps(asdict(status), indent=2))
@@ -112,29 +118,39 @@ async def read_status(settings: Any) -> FleetStatus:
                 except nats.js.errors.NotFoundError:
                     pass
             written = record.written if record is not None and record.written else None
-            rows.append(PartitionStatus(
-                partition, lease_owners.get(partition),
-                record.epoch if record else 0, record.seq if record else 0,
-                None if written is None else max(0.0, now - written),
-                record.bytes if record else 0,
-                "none" if record is None or not record.bytes
-                else ("object" if record.object else "inline"),
-                lag, acked))
+            rows.append(
+                PartitionStatus(
+                    partition,
+                    lease_owners.get(partition),
+                    record.epoch if record else 0,
+                    record.seq if record else 0,
+                    None if written is None else max(0.0, now - written),
+                    record.bytes if record else 0,
+                    "none"
+                    if record is None or not record.bytes
+                    else ("object" if record.object else "inline"),
+                    lag,
+                    acked,
+                )
+            )
         return FleetStatus(int(info.state.messages), int(info.state.last_seq), workers, rows)
     finally:
         await nc.close()
 
 
 def format_status(status: FleetStatus) -> str:
-    lines = [f"stream: {status.stream_messages} messages, last sequence "
-             f"{status.stream_last_seq}; {status.workers} live worker(s)",
-             f"{'part':>4}  {'owner':<20} {'epoch':>5} {'lag':>8} {'acked':>10} "
-             f"{'snapshot':>10} {'age':>8} {'bytes':>9}  store"]
+    lines = [
+        f"stream: {status.stream_messages} messages, last sequence "
+        f"{status.stream_last_seq}; {status.workers} live worker(s)",
+        f"{'part':>4}  {'owner':<20} {'epoch':>5} {'lag':>8} {'acked':>10} "
+        f"{'snapshot':>10} {'age':>8} {'bytes':>9}  store",
+    ]
     for row in status.partitions:
         age = "-" if row.snapshot_age_s is None else f"{row.snapshot_age_s:.1f}s"
         lines.append(
             f"{row.partition:>4}  {row.owner or '(free)':<20} {row.epoch:>5} "
             f"{'-' if row.lag is None else row.lag:>8} "
             f"{'-' if row.acked_seq is None else row.acked_seq:>10} {row.snapshot_seq:>10} "
-            f"{age:>8} {row.snapshot_bytes:>9}  {row.snapshot_store}")
+            f"{age:>8} {row.snapshot_bytes:>9}  {row.snapshot_store}"
+        )
     return "\n".join(lines)

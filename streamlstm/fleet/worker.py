@@ -100,8 +100,9 @@ class FleetWorker:
         self.loaded = load_model(config["model"]["path"])
         probe = make_detector(self.loaded.model, config["detector"])
         width = sample_width(probe, self.loaded.model)
-        self.decoder = MQTTSource(config["sources"][0], width, config["mqtt"],
-                                  self.loaded.model.sample_rate)
+        self.decoder = MQTTSource(
+            config["sources"][0], width, config["mqtt"], self.loaded.model.sample_rate
+        )
         self.gate = TimestampGate(time_policy(config["daemon"]))
         self.journal = Journal(self.settings.journal_path, self.settings.worker_id)
         self.owned: dict[int, Ownership] = {}
@@ -132,9 +133,13 @@ class FleetWorker:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: log.warning(
-            "SIGHUP ignored: a fleet worker does not reload; restart it (SIGTERM hands its "
-            "partitions off first)"))
+        loop.add_signal_handler(
+            signal.SIGHUP,
+            lambda: log.warning(
+                "SIGHUP ignored: a fleet worker does not reload; restart it (SIGTERM hands its "
+                "partitions off first)"
+            ),
+        )
         settings = self.settings
         # Connecting waits for the servers: a SIGTERM meanwhile must still stop us.
         starting = asyncio.create_task(connect(settings, name=f"streamlstm-{settings.worker_id}"))
@@ -149,9 +154,13 @@ class FleetWorker:
         try:
             if not await self._set_up(nc, stop):
                 return
-            log.info("fleet worker %s: %d partitions, lease TTL %g s, stream %s",
-                     settings.worker_id, settings.partitions, settings.lease_ttl_s,
-                     settings.stream)
+            log.info(
+                "fleet worker %s: %d partitions, lease TTL %g s, stream %s",
+                settings.worker_id,
+                settings.partitions,
+                settings.lease_ttl_s,
+                settings.stream,
+            )
             interval = settings.renew_interval_s
             steps = [
                 self._every(interval, "lease renewal", self._renew),
@@ -177,11 +186,15 @@ class FleetWorker:
             owned = list(self.owned.values())
             await asyncio.gather(*(self._stop_task(o) for o in owned))
             try:
-                await asyncio.wait_for(asyncio.gather(*(self._hand_off(o) for o in owned)),
-                                       HANDOFF_TIMEOUT_S)
+                await asyncio.wait_for(
+                    asyncio.gather(*(self._hand_off(o) for o in owned)), HANDOFF_TIMEOUT_S
+                )
             except asyncio.TimeoutError:
-                log.error("final handoffs unfinished after %g s; the next owners replay from "
-                          "the last snapshots", HANDOFF_TIMEOUT_S)
+                log.error(
+                    "final handoffs unfinished after %g s; the next owners replay from "
+                    "the last snapshots",
+                    HANDOFF_TIMEOUT_S,
+                )
             if self._leases is not None:
                 with contextlib.suppress(*RETRYABLE):
                     await self._leases.leave()
@@ -202,8 +215,12 @@ class FleetWorker:
                 await check_partitions(stores.state, settings)
                 await ensure_stream(stores.js, settings, self.config)
             except RETRYABLE as exc:
-                _limited(logging.WARNING, "setup", "JetStream not ready (%s); retrying",
-                         type(exc).__name__)
+                _limited(
+                    logging.WARNING,
+                    "setup",
+                    "JetStream not ready (%s); retrying",
+                    type(exc).__name__,
+                )
                 await asyncio.sleep(1.0)
                 continue
             self._leases = Leases(stores.leases, settings)
@@ -223,8 +240,7 @@ class FleetWorker:
         self.journal.close()
 
     # -- leases and fair share -------------------------------------------------------------
-    async def _every(self, seconds: float, what: str,
-                     step: Callable[[], Awaitable[None]]) -> None:
+    async def _every(self, seconds: float, what: str, step: Callable[[], Awaitable[None]]) -> None:
         """Run ``step()`` every ``seconds`` until stopping; a failure never ends the loop."""
         while not self._stopping:
             try:
@@ -232,8 +248,7 @@ class FleetWorker:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                _limited(logging.ERROR, what, "%s failed (%s: %s)", what, type(exc).__name__,
-                         exc)
+                _limited(logging.ERROR, what, "%s failed (%s: %s)", what, type(exc).__name__, exc)
             await asyncio.sleep(seconds)
 
     async def _renew(self) -> None:
@@ -244,16 +259,22 @@ class FleetWorker:
             await self._leases.heartbeat()
         # All renewals in flight at once: one round trip, however many partitions.
         owned = list(self.owned.values())
-        outcomes = await asyncio.gather(*(self._leases.renew(o.lease) for o in owned),
-                                        return_exceptions=True)
+        outcomes = await asyncio.gather(
+            *(self._leases.renew(o.lease) for o in owned), return_exceptions=True
+        )
         for ownership, outcome in zip(owned, outcomes, strict=True):
             if isinstance(outcome, LeaseRefused):
-                self.metrics.inc("streamlstm_fleet_refused_writes_total",
-                                 labels=(("kind", "lease"),))
+                self.metrics.inc(
+                    "streamlstm_fleet_refused_writes_total", labels=(("kind", "lease"),)
+                )
                 self._lose(ownership, "lease_refused")
             elif isinstance(outcome, RETRYABLE):
-                _limited(logging.WARNING, "renew", "lease renewal failed (%s); retrying",
-                         type(outcome).__name__)
+                _limited(
+                    logging.WARNING,
+                    "renew",
+                    "lease renewal failed (%s); retrying",
+                    type(outcome).__name__,
+                )
             elif isinstance(outcome, BaseException):
                 raise outcome
 
@@ -270,8 +291,9 @@ class FleetWorker:
         surplus = len(self.owned) - share
         if surplus > 0:
             for ownership in sorted(self.owned.values(), key=lambda o: -o.partition)[:surplus]:
-                log.info("rebalance: %d workers, handing off partition %d", workers,
-                         ownership.partition)
+                log.info(
+                    "rebalance: %d workers, handing off partition %d", workers, ownership.partition
+                )
                 await self._hand_off(ownership)
         elif surplus < 0:
             await self._acquire_some(-surplus)
@@ -297,28 +319,46 @@ class FleetWorker:
             ownership = self._own(lease, claim, replay_until)
             await self._subscribe(ownership)
         except TAKEOVER_FAILURES as exc:
-            log.warning("could not take partition %d (%s: %s)", partition,
-                        type(exc).__name__, exc)
+            log.warning("could not take partition %d (%s: %s)", partition, type(exc).__name__, exc)
             with contextlib.suppress(*RETRYABLE):
                 await self._leases.release(lease)
             return False
         self.owned[partition] = ownership
         record = claim.record
         self.metrics.inc("streamlstm_fleet_handoffs_total", labels=(("direction", "in"),))
-        self.journal.write("acquired", partition, record.epoch, from_seq=record.seq,
-                           replay_until=replay_until, previous_epoch=claim.previous_epoch)
-        log.info("took partition %d (epoch %d) from sequence %d%s", partition, record.epoch,
-                 record.seq + 1, f"; replaying up to {replay_until}" if replay_until else "")
+        self.journal.write(
+            "acquired",
+            partition,
+            record.epoch,
+            from_seq=record.seq,
+            replay_until=replay_until,
+            previous_epoch=claim.previous_epoch,
+        )
+        log.info(
+            "took partition %d (epoch %d) from sequence %d%s",
+            partition,
+            record.epoch,
+            record.seq + 1,
+            f"; replaying up to {replay_until}" if replay_until else "",
+        )
         ownership.task = asyncio.create_task(self._consume(ownership))
         return True
 
     def _own(self, lease: Lease, claim: Claim, replay_until: int) -> Ownership:
         record = claim.record
         compute = OwnedPartition(
-            record.partition, record.epoch, self.settings, self.loaded,
-            make_detector(self.loaded.model, self.config["detector"]), self.decoder,
-            self.gate, seq=record.seq, alert_seq=record.alert_seq, replay_until=replay_until,
-            max_sensors=self.config["daemon"]["max_sensors"])
+            record.partition,
+            record.epoch,
+            self.settings,
+            self.loaded,
+            make_detector(self.loaded.model, self.config["detector"]),
+            self.decoder,
+            self.gate,
+            seq=record.seq,
+            alert_seq=record.alert_seq,
+            replay_until=replay_until,
+            max_sensors=self.config["daemon"]["max_sensors"],
+        )
         problem = claim.problem
         if claim.state is not None:
             try:
@@ -326,10 +366,15 @@ class FleetWorker:
             except (StreamLSTMError, AttributeError, KeyError, TypeError, ValueError) as exc:
                 problem = f"does not fit this model ({exc})"
         if problem is not None:
-            self.metrics.inc("streamlstm_snapshot_restore_failures_total",
-                             labels=(("reason", "unusable"),))
-            log.error("partition %d: snapshot unusable (%s); its sensors start fresh from "
-                      "sequence %d", record.partition, problem, record.seq + 1)
+            self.metrics.inc(
+                "streamlstm_snapshot_restore_failures_total", labels=(("reason", "unusable"),)
+            )
+            log.error(
+                "partition %d: snapshot unusable (%s); its sensors start fresh from sequence %d",
+                record.partition,
+                problem,
+                record.seq + 1,
+            )
         name = f"{self.settings.name}-p{record.partition}-e{record.epoch}"
         return Ownership(lease, claim, name, compute)
 
@@ -365,7 +410,8 @@ class FleetWorker:
         )
         await self._stores.js.add_consumer(settings.stream, config)
         ownership.subscription = await self._stores.js.pull_subscribe_bind(
-            ownership.consumer, stream=settings.stream)
+            ownership.consumer, stream=settings.stream
+        )
 
     # -- giving partitions up --------------------------------------------------------------
     async def _stop_task(self, ownership: Ownership) -> None:
@@ -393,8 +439,13 @@ class FleetWorker:
                 await self._stores.js.delete_consumer(self.settings.stream, ownership.consumer)
             await self._leases.release(ownership.lease)
         except Exception as exc:  # the partition is dropped all the same
-            log.error("partition %d: handoff incomplete (%s: %s); the next owner replays from "
-                      "the last snapshot", partition, type(exc).__name__, exc)
+            log.error(
+                "partition %d: handoff incomplete (%s: %s); the next owner replays from "
+                "the last snapshot",
+                partition,
+                type(exc).__name__,
+                exc,
+            )
             return
         self.metrics.inc("streamlstm_fleet_handoffs_total", labels=(("direction", "out"),))
         self.journal.write("released", partition, compute.epoch, seq=compute.applied_seq)
@@ -410,10 +461,15 @@ class FleetWorker:
         if reason != "failure":
             self.metrics.inc("streamlstm_fleet_lease_losses_total")
         compute = ownership.compute
-        self.journal.write("lost", ownership.partition, compute.epoch, reason=reason,
-                           seq=compute.applied_seq)
-        log.warning("lost partition %d (%s) at sequence %d", ownership.partition, reason,
-                    compute.applied_seq)
+        self.journal.write(
+            "lost", ownership.partition, compute.epoch, reason=reason, seq=compute.applied_seq
+        )
+        log.warning(
+            "lost partition %d (%s) at sequence %d",
+            ownership.partition,
+            reason,
+            compute.applied_seq,
+        )
 
     # -- consuming -------------------------------------------------------------------------
     async def _consume(self, ownership: Ownership) -> None:
@@ -423,9 +479,14 @@ class FleetWorker:
             await self._consume_batches(ownership)
         except Exception as exc:
             self.metrics.inc("streamlstm_fleet_partition_failures_total")
-            log.error("partition %d failed (%s: %s); releasing it to be taken again from its "
-                      "last snapshot", ownership.partition, type(exc).__name__, exc,
-                      exc_info=exc)
+            log.error(
+                "partition %d failed (%s: %s); releasing it to be taken again from its "
+                "last snapshot",
+                ownership.partition,
+                type(exc).__name__,
+                exc,
+                exc_info=exc,
+            )
             self._lose(ownership, "failure")
             assert self._leases is not None
             with contextlib.suppress(*RETRYABLE):
@@ -436,23 +497,31 @@ class FleetWorker:
         assert subscription is not None
         while ownership.active:
             try:
-                messages = await subscription.fetch(self.settings.fetch_batch,
-                                                    timeout=self._fetch_wait)
+                messages = await subscription.fetch(
+                    self.settings.fetch_batch, timeout=self._fetch_wait
+                )
             except (asyncio.TimeoutError, nats.errors.TimeoutError):
                 continue  # nothing new (fetch may raise either)
             except RETRYABLE:
                 await asyncio.sleep(0.2)
                 continue
             except Exception as exc:
-                _limited(logging.ERROR, f"fetch{ownership.partition}",
-                         "partition %d: fetch failed (%s: %s)", ownership.partition,
-                         type(exc).__name__, exc)
+                _limited(
+                    logging.ERROR,
+                    f"fetch{ownership.partition}",
+                    "partition %d: fetch failed (%s: %s)",
+                    ownership.partition,
+                    type(exc).__name__,
+                    exc,
+                )
                 await asyncio.sleep(0.5)
                 continue
             if not messages or not await self._lease_current(ownership):
                 continue
-            batch = [StreamMessage(m.subject, m.data, m.metadata.sequence.stream,
-                                   m.metadata.num_pending) for m in messages]
+            batch = [
+                StreamMessage(m.subject, m.data, m.metadata.sequence.stream, m.metadata.num_pending)
+                for m in messages
+            ]
             self._applied(ownership, ownership.compute.apply(batch))
             with contextlib.suppress(*RETRYABLE):
                 await messages[-1].ack()  # AckPolicy.ALL: covers the whole batch
@@ -467,9 +536,15 @@ class FleetWorker:
     def _applied(self, ownership: Ownership, applied: Applied) -> None:
         compute = ownership.compute
         if applied.messages:
-            self.journal.write("applied", compute.partition, compute.epoch,
-                               first=applied.first_seq, last=applied.last_seq,
-                               count=applied.messages, replayed=applied.replayed)
+            self.journal.write(
+                "applied",
+                compute.partition,
+                compute.epoch,
+                first=applied.first_seq,
+                last=applied.last_seq,
+                count=applied.messages,
+                replayed=applied.replayed,
+            )
         self.metrics.inc("streamlstm_fleet_messages_total", applied.messages)
         self.metrics.inc("streamlstm_fleet_replayed_messages_total", applied.replayed)
         self.metrics.inc("streamlstm_samples_total", applied.samples)
@@ -488,8 +563,10 @@ class FleetWorker:
                 getattr(sink, what)(argument)
             except Exception as exc:  # one sink's failure never stops the others
                 name = self.config["sinks"][index]["name"]
-                self.metrics.inc("streamlstm_sink_errors_total",
-                                 labels=(("sink", name), ("reason", type(exc).__name__)))
+                self.metrics.inc(
+                    "streamlstm_sink_errors_total",
+                    labels=(("sink", name), ("reason", type(exc).__name__)),
+                )
                 _limited(logging.ERROR, f"sink:{name}:{what}", "sink %s failed: %s", name, exc)
 
     async def _publish_all_states(self) -> None:
@@ -524,19 +601,27 @@ class FleetWorker:
             try:
                 size = await self._snapshots.write(claim, seq, compute.alert_seq, state)
             except WriteRefused:
-                self.metrics.inc("streamlstm_fleet_refused_writes_total",
-                                 labels=(("kind", "snapshot"),))
+                self.metrics.inc(
+                    "streamlstm_fleet_refused_writes_total", labels=(("kind", "snapshot"),)
+                )
                 self.journal.write("refused", compute.partition, compute.epoch, seq=seq)
                 self._lose(ownership, "snapshot_refused")
                 return False
             except Exception as exc:  # a timeout, an election, a full store: try again later
                 self.metrics.inc("streamlstm_snapshot_failures_total")
-                _limited(logging.WARNING, "snapshot", "partition %d: snapshot failed (%s: %s)",
-                         compute.partition, type(exc).__name__, exc)
+                _limited(
+                    logging.WARNING,
+                    "snapshot",
+                    "partition %d: snapshot failed (%s: %s)",
+                    compute.partition,
+                    type(exc).__name__,
+                    exc,
+                )
                 return True
         self.metrics.inc("streamlstm_snapshots_total")
-        self.metrics.set("streamlstm_snapshot_bytes", size,
-                         (("partition", str(compute.partition)),))
+        self.metrics.set(
+            "streamlstm_snapshot_bytes", size, (("partition", str(compute.partition)),)
+        )
         self.journal.write("snapshot", compute.partition, compute.epoch, seq=seq, bytes=size)
         return True
 
@@ -544,13 +629,16 @@ class FleetWorker:
     def _collect(self) -> list[Sample]:
         owned = list(self.owned.values())
         out: list[Sample] = [("streamlstm_fleet_owned_partitions", (), len(owned))]
-        out += [("streamlstm_fleet_consumer_lag", (("partition", str(o.partition)),),
-                 o.compute.lag) for o in owned]
+        out += [
+            ("streamlstm_fleet_consumer_lag", (("partition", str(o.partition)),), o.compute.lag)
+            for o in owned
+        ]
         errors, _, _, _ = self.decoder.stats.snapshot()
-        out += [("streamlstm_parse_errors_total", (("reason", r),), n)
-                for r, n in errors.items()]
-        out += [("streamlstm_refused_frames_total", (("reason", r),), n)
-                for r, n in list(self.gate.counts.frames.items())]
+        out += [("streamlstm_parse_errors_total", (("reason", r),), n) for r, n in errors.items()]
+        out += [
+            ("streamlstm_refused_frames_total", (("reason", r),), n)
+            for r, n in list(self.gate.counts.frames.items())
+        ]
         return out
 
 

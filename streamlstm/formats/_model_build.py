@@ -19,8 +19,9 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def checked_model(path: Path, source_format: str, *, metadata: dict[str, Any] | None = None,
-                  **fields: Any) -> Model:
+def checked_model(
+    path: Path, source_format: str, *, metadata: dict[str, Any] | None = None, **fields: Any
+) -> Model:
     """``Model(**fields)`` with source provenance in its metadata.
 
     Validation failures (shapes, NaN/Inf weights) become :class:`ModelFormatError` naming

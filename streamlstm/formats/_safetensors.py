@@ -96,13 +96,15 @@ def _read_header(path: Path, f: Any, size: int) -> tuple[dict[str, Any], int]:
 
 def _metadata(path: Path, metadata: Any) -> dict[str, str]:
     if not isinstance(metadata, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
         raise _fail(path, "__metadata__ must map strings to strings")
     return dict(metadata)
 
 
-def _entries(path: Path, header: Mapping[str, Any],
-             buffer_size: int) -> dict[str, tuple[str, tuple[int, ...], int, int]]:
+def _entries(
+    path: Path, header: Mapping[str, Any], buffer_size: int
+) -> dict[str, tuple[str, tuple[int, ...], int, int]]:
     entries = {}
     for name, info in header.items():
         where = f"tensor {name!r}"
@@ -110,25 +112,33 @@ def _entries(path: Path, header: Mapping[str, Any],
             raise _fail(path, f"{where}: expected keys dtype, shape, data_offsets")
         tag, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
         if tag not in _DTYPES:
-            raise _fail(path, f"{where}: unsupported dtype {tag!r} "
-                              f"(supported: {', '.join(_DTYPES)})")
-        if not isinstance(shape, list) or not all(
-                type(d) is int and d >= 0 for d in shape):
+            raise _fail(
+                path, f"{where}: unsupported dtype {tag!r} (supported: {', '.join(_DTYPES)})"
+            )
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
             raise _fail(path, f"{where}: shape must be a list of non-negative integers")
-        if not (isinstance(offsets, list) and len(offsets) == 2
-                and all(type(o) is int for o in offsets)):
+        if not (
+            isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
+        ):
             raise _fail(path, f"{where}: data_offsets must be two integers")
         begin, end = offsets
         if not 0 <= begin <= end <= buffer_size:
-            raise _fail(path, f"{where}: data_offsets [{begin}, {end}] outside the "
-                              f"{buffer_size}-byte data buffer")
+            raise _fail(
+                path,
+                f"{where}: data_offsets [{begin}, {end}] outside the "
+                f"{buffer_size}-byte data buffer",
+            )
         expected = math.prod(shape) * _DTYPES[tag].itemsize
         if end - begin != expected:
-            raise _fail(path, f"{where}: {end - begin} bytes of data for shape {tuple(shape)} "
-                              f"{tag} (expected {expected})")
+            raise _fail(
+                path,
+                f"{where}: {end - begin} bytes of data for shape {tuple(shape)} "
+                f"{tag} (expected {expected})",
+            )
         entries[name] = (tag, tuple(shape), begin, end)
-    spans = sorted((begin, end, name) for name, (_, _, begin, end) in entries.items()
-                   if end > begin)
+    spans = sorted(
+        (begin, end, name) for name, (_, _, begin, end) in entries.items() if end > begin
+    )
     for (_, end_a, name_a), (begin_b, _, name_b) in itertools.pairwise(spans):
         if begin_b < end_a:
             raise _fail(path, f"tensors {name_a!r} and {name_b!r} overlap")
@@ -142,8 +152,11 @@ def _decode(raw: bytes, tag: str, shape: tuple[int, ...]) -> np.ndarray:
     return array.astype(array.dtype.newbyteorder("="))  # a writable, native-order copy
 
 
-def write_safetensors(path: str | os.PathLike[str], tensors: Mapping[str, np.ndarray],
-                      metadata: Mapping[str, str] | None = None) -> Path:
+def write_safetensors(
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, np.ndarray],
+    metadata: Mapping[str, str] | None = None,
+) -> Path:
     """Write ``tensors`` (numpy arrays, any supported dtype but BF16) atomically; return the path.
 
     The file is written to a temporary name, flushed to disk, then renamed over ``path``.
@@ -159,11 +172,15 @@ def write_safetensors(path: str | os.PathLike[str], tensors: Mapping[str, np.nda
         stored = array.dtype.newbyteorder("<") if array.dtype.itemsize > 1 else array.dtype
         tag = _TAGS.get(np.dtype(stored))
         if tag is None:
-            raise ModelFormatError(f"{path}: tensor {name!r}: dtype {array.dtype} "
-                                   "cannot be written as safetensors")
+            raise ModelFormatError(
+                f"{path}: tensor {name!r}: dtype {array.dtype} cannot be written as safetensors"
+            )
         blob = np.ascontiguousarray(array, dtype=stored).tobytes()
-        header[name] = {"dtype": tag, "shape": list(array.shape),
-                        "data_offsets": [offset, offset + len(blob)]}
+        header[name] = {
+            "dtype": tag,
+            "shape": list(array.shape),
+            "data_offsets": [offset, offset + len(blob)],
+        }
         blobs.append(blob)
         offset += len(blob)
     text = json.dumps(header, separators=(",", ":")).encode("utf-8")

@@ -38,54 +38,99 @@ def _floats(text: str) -> list[float]:
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Options that shape how a weight file is read; shared by ``convert`` and ``inspect``."""
-    parser.add_argument("--config", metavar="FILE",
-                        help="Keras .weights.h5 only: the architecture (the model's .keras "
-                             "file or its config.json)")
-    parser.add_argument("--kind", choices=KINDS,
-                        help="PyTorch only: the recurrent cell, checked against the shapes "
-                             "(required for nn.RNN: rnn_tanh or rnn_relu)")
-    parser.add_argument("--prefix", help="PyTorch only: the recurrent module's key prefix, "
-                                         "e.g. 'encoder.rnn.'")
-    parser.add_argument("--head-prefix", action="append", metavar="PREFIX",
-                        help="PyTorch only: a Linear of the head (repeat, in order); '' for none")
-    parser.add_argument("--head-activation",
-                        choices=("linear", "relu", "tanh", "sigmoid", "hard_sigmoid"),
-                        help="PyTorch only: activation between the head's Linear layers")
-    parser.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
-                        help="any other loader option (VALUE is JSON if it parses); repeatable")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="Keras .weights.h5 only: the architecture (the model's .keras "
+        "file or its config.json)",
+    )
+    parser.add_argument(
+        "--kind",
+        choices=KINDS,
+        help="PyTorch only: the recurrent cell, checked against the shapes "
+        "(required for nn.RNN: rnn_tanh or rnn_relu)",
+    )
+    parser.add_argument(
+        "--prefix", help="PyTorch only: the recurrent module's key prefix, e.g. 'encoder.rnn.'"
+    )
+    parser.add_argument(
+        "--head-prefix",
+        action="append",
+        metavar="PREFIX",
+        help="PyTorch only: a Linear of the head (repeat, in order); '' for none",
+    )
+    parser.add_argument(
+        "--head-activation",
+        choices=("linear", "relu", "tanh", "sigmoid", "hard_sigmoid"),
+        help="PyTorch only: activation between the head's Linear layers",
+    )
+    parser.add_argument(
+        "--option",
+        "-o",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other loader option (VALUE is JSON if it parses); repeatable",
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", help="weight file: .npz .pt .pth .safetensors .keras "
-                                      ".weights.h5 .onnx")
+    parser.add_argument(
+        "input", help="weight file: .npz .pt .pth .safetensors .keras .weights.h5 .onnx"
+    )
     parser.add_argument("output", help="native file to write (.npz)")
     add_model_arguments(parser)
     parser.add_argument("--name", help="model name (default: from the file)")
     parser.add_argument("--sample-rate", type=float, metavar="HZ", help="samples per second")
     parser.add_argument("--channels", metavar="A,B,C", help="input channel names")
-    parser.add_argument("--input-mean", type=_floats, metavar="M1,M2,..",
-                        help="input normalisation (x - mean) / std; with --input-std")
+    parser.add_argument(
+        "--input-mean",
+        type=_floats,
+        metavar="M1,M2,..",
+        help="input normalisation (x - mean) / std; with --input-std",
+    )
     parser.add_argument("--input-std", type=_floats, metavar="S1,S2,..")
-    parser.add_argument("--output-mean", type=_floats, metavar="M1,M2,..",
-                        help="output de-normalisation y * std + mean; with --output-std")
+    parser.add_argument(
+        "--output-mean",
+        type=_floats,
+        metavar="M1,M2,..",
+        help="output de-normalisation y * std + mean; with --output-std",
+    )
     parser.add_argument("--output-std", type=_floats, metavar="S1,S2,..")
-    parser.add_argument("--dtype", choices=("float32", "float64"),
-                        help="store in this precision (default: the loader's, float32)")
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "float64"),
+        help="store in this precision (default: the loader's, float32)",
+    )
     window = parser.add_argument_group(
-        "window model", "run the model on windows of the last N samples, each from the zero "
-        "state, as it was trained (classifiers, autoencoders, bidirectional and RNN models)")
+        "window model",
+        "run the model on windows of the last N samples, each from the zero "
+        "state, as it was trained (classifiers, autoencoders, bidirectional and RNN models)",
+    )
     window.add_argument("--window", type=int, metavar="N", help="window length in samples")
-    window.add_argument("--hop", type=int, metavar="K",
-                        help="evaluate a window every K samples (default: N, no overlap)")
-    window.add_argument("--output", choices=OUTPUTS, dest="window_output",
-                        help="the last step through the head, every step (autoencoder), or "
-                             "softmax / log-softmax class probabilities (default: last)")
+    window.add_argument(
+        "--hop",
+        type=int,
+        metavar="K",
+        help="evaluate a window every K samples (default: N, no overlap)",
+    )
+    window.add_argument(
+        "--output",
+        choices=OUTPUTS,
+        dest="window_output",
+        help="the last step through the head, every step (autoencoder), or "
+        "softmax / log-softmax class probabilities (default: last)",
+    )
     window.add_argument("--classes", metavar="A,B,C", help="class names, one per output")
-    window.add_argument("--final-state", action="store_true", default=None,
-                        help="a per-window output reads the top layer's final state: for a "
-                             "bidirectional layer the backward direction at the window's "
-                             "first step (PyTorch h_n, Keras return_sequences=False), not "
-                             "at its last")
+    window.add_argument(
+        "--final-state",
+        action="store_true",
+        default=None,
+        help="a per-window output reads the top layer's final state: for a "
+        "bidirectional layer the backward direction at the window's "
+        "first step (PyTorch h_n, Keras return_sequences=False), not "
+        "at its last",
+    )
     parser.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
 
 
@@ -97,8 +142,12 @@ def loader_options(args: argparse.Namespace, path: Path) -> dict[str, Any]:
     from ..step_cli import parse_options
 
     options = parse_options(args.option)
-    torch_only = {"kind": args.kind, "prefix": args.prefix, "head_prefix": args.head_prefix,
-                  "head_activation": args.head_activation}
+    torch_only = {
+        "kind": args.kind,
+        "prefix": args.prefix,
+        "head_prefix": args.head_prefix,
+        "head_activation": args.head_activation,
+    }
     given = {k: v for k, v in torch_only.items() if v is not None}
     if given and path.suffix.lower() not in TORCH_SUFFIXES:
         flags = ", ".join("--" + k.replace("_", "-") for k in given)
@@ -118,8 +167,9 @@ def loader_options(args: argparse.Namespace, path: Path) -> dict[str, Any]:
     return {**options, **given}
 
 
-def _norm(mean: list[float] | None, std: list[float] | None, which: str,
-          dtype: np.dtype) -> Normalization | None:
+def _norm(
+    mean: list[float] | None, std: list[float] | None, which: str, dtype: np.dtype
+) -> Normalization | None:
     if mean is None and std is None:
         return None
     if mean is None or std is None:
@@ -141,8 +191,9 @@ def apply_overrides(model: Model, args: argparse.Namespace) -> Model:
     if args.channels:
         changes["channels"] = tuple(c.strip() for c in args.channels.split(","))
     for which in ("input", "output"):
-        norm = _norm(getattr(args, f"{which}_mean"), getattr(args, f"{which}_std"), which,
-                     model.dtype)
+        norm = _norm(
+            getattr(args, f"{which}_mean"), getattr(args, f"{which}_std"), which, model.dtype
+        )
         if norm is not None:
             changes[f"{which}_norm"] = norm
     spec = _window_spec(model, args)
@@ -153,18 +204,24 @@ def apply_overrides(model: Model, args: argparse.Namespace) -> Model:
 
 def _window_spec(model: Model, args: argparse.Namespace) -> WindowSpec | None:
     """The window the command line declares (over the model's own), or None if it says none."""
-    given = {"length": args.window, "hop": args.hop, "output": args.window_output,
-             "classes": None if args.classes is None
-             else tuple(c.strip() for c in args.classes.split(",")),
-             "final_state": getattr(args, "final_state", None)}
+    given = {
+        "length": args.window,
+        "hop": args.hop,
+        "output": args.window_output,
+        "classes": None
+        if args.classes is None
+        else tuple(c.strip() for c in args.classes.split(",")),
+        "final_state": getattr(args, "final_state", None),
+    }
     given = {k: v for k, v in given.items() if v is not None}
     if not given:
         return None
     current = model.window
     if current is None:
         if "length" not in given:
-            raise ValueError("--hop, --output, --classes and --final-state describe a window: "
-                             "give --window too")
+            raise ValueError(
+                "--hop, --output, --classes and --final-state describe a window: give --window too"
+            )
         given.setdefault("hop", given["length"])
         return WindowSpec(**given)
     return WindowSpec(**{**current.to_metadata(), **given})
@@ -194,6 +251,9 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(f"{written}: {model.describe()}, {model.parameter_count} parameters, {model.dtype}")
     if model.window is None and model.streaming_refusal is not None:
-        print(f"streamlstm convert: note: {model.streaming_refusal}; give it a window "
-              "(--window N --hop K) to run it", file=sys.stderr)
+        print(
+            f"streamlstm convert: note: {model.streaming_refusal}; give it a window "
+            "(--window N --hop K) to run it",
+            file=sys.stderr,
+        )
     return 0

@@ -68,17 +68,26 @@ RECURRENT_LAYERS = ("LSTM", "GRU", "SimpleRNN", "Bidirectional")
 CLASS_OUTPUTS = {"softmax": "probabilities", "log_softmax": "log_probabilities"}
 DENSE_ACTIVATIONS = ("linear", "relu", "tanh", "sigmoid", "hard_sigmoid")
 #: Why a layer returning one vector per window may not feed another recurrent layer directly.
-ONE_VECTOR_REFUSAL = ("return_sequences=False on a layer that feeds another recurrent layer: "
-                      "the next layer would see one vector per sequence (supported only "
-                      "through RepeatVector, as an autoencoder's encoder)")
+ONE_VECTOR_REFUSAL = (
+    "return_sequences=False on a layer that feeds another recurrent layer: "
+    "the next layer would see one vector per sequence (supported only "
+    "through RepeatVector, as an autoencoder's encoder)"
+)
 #: Layers that are the identity at inference time.
 IDENTITY_LAYERS = ("InputLayer", "Dropout")
 FLOAT_POLICIES = ("float32", "float64")
 
 
-def load_keras(path: str | Path, *, config: Any = None, dtype: Any = np.float32,
-               name: str | None = None, window: int | None = None, hop: int | None = None,
-               **model_fields: Any) -> Model:
+def load_keras(
+    path: str | Path,
+    *,
+    config: Any = None,
+    dtype: Any = np.float32,
+    name: str | None = None,
+    window: int | None = None,
+    hop: int | None = None,
+    **model_fields: Any,
+) -> Model:
     """Load a Keras 3 ``.keras`` archive or ``.weights.h5`` file as a :class:`Model`.
 
     ``config``: for ``.weights.h5`` only, the architecture (path to a ``.keras`` file or
@@ -94,46 +103,69 @@ def load_keras(path: str | Path, *, config: Any = None, dtype: Any = np.float32,
     weights: bytes | Path
     if path.suffix.lower() == ".keras":
         if config is not None:
-            raise ModelFormatError(f"{path}: config= is for .weights.h5 files; a .keras "
-                                   "archive carries its own architecture")
+            raise ModelFormatError(
+                f"{path}: config= is for .weights.h5 files; a .keras "
+                "archive carries its own architecture"
+            )
         architecture, weights, meta = _read_archive(path)
         source = "keras"
     else:
         if config is None:
             raise ModelFormatError(
                 f"{path}: a .weights.h5 file holds no architecture; pass config= (the "
-                "model's .keras file or its config.json), or --config on the command line")
+                "model's .keras file or its config.json), or --config on the command line"
+            )
         architecture = _config_from(config)
         weights = path
         source = "keras-weights-h5"
     specs = _layer_specs(path, architecture)
     chain = _read_weights(path, weights, specs, np.dtype(dtype))
     model_name = name or str(architecture.get("config", {}).get("name", path.stem))
-    metadata: dict[str, Any] = ({"keras_version": meta.get("keras_version")}
-                                if meta.get("keras_version") else {})
-    why = ("its head ends in a softmax" if chain.output.endswith("probabilities") else
-           "it repeats its encoder's final state over the window (RepeatVector)"
-           if chain.repeat is not None else
-           "it has bidirectional or SimpleRNN layers"
-           if any(layer.backward is not None or layer.kind == "rnn" for layer in chain.recurrent)
-           else None)
+    metadata: dict[str, Any] = (
+        {"keras_version": meta.get("keras_version")} if meta.get("keras_version") else {}
+    )
+    why = (
+        "its head ends in a softmax"
+        if chain.output.endswith("probabilities")
+        else "it repeats its encoder's final state over the window (RepeatVector)"
+        if chain.repeat is not None
+        else "it has bidirectional or SimpleRNN layers"
+        if any(layer.backward is not None or layer.kind == "rnn" for layer in chain.recurrent)
+        else None
+    )
     if window is None and why is not None:
-        raise ModelFormatError(f"{path}: a window model ({why}): pass window=N and hop=K, the "
-                               "window it was trained on (command line: --window N --hop K)")
+        raise ModelFormatError(
+            f"{path}: a window model ({why}): pass window=N and hop=K, the "
+            "window it was trained on (command line: --window N --hop K)"
+        )
     if window is not None:
         if chain.repeat is not None and chain.repeat_steps != window:
-            raise _refuse(path, chain.repeat, f"n={chain.repeat_steps} decoder steps for a "
-                          f"window of {window} samples: the decoder runs over the window, so "
-                          "n must be the window length")
+            raise _refuse(
+                path,
+                chain.repeat,
+                f"n={chain.repeat_steps} decoder steps for a "
+                f"window of {window} samples: the decoder runs over the window, so "
+                "n must be the window length",
+            )
         try:
             metadata["window"] = WindowSpec(
-                window, window if hop is None else hop, chain.output,
+                window,
+                window if hop is None else hop,
+                chain.output,
                 final_state=chain.final_state,
-                encoder_layers=chain.encoder_layers).to_metadata()
+                encoder_layers=chain.encoder_layers,
+            ).to_metadata()
         except StreamLSTMError as exc:
             raise ModelFormatError(f"{path}: {exc}") from None
-    return checked_model(path, source, metadata=metadata, layers=tuple(chain.recurrent),
-                         head=tuple(chain.head), name=model_name, **model_fields)
+    return checked_model(
+        path,
+        source,
+        metadata=metadata,
+        layers=tuple(chain.recurrent),
+        head=tuple(chain.head),
+        name=model_name,
+        **model_fields,
+    )
 
 
 # -- files --------------------------------------------------------------------------------
@@ -152,8 +184,11 @@ def _read_archive(path: Path) -> tuple[dict[str, Any], bytes, dict[str, Any]]:
             weights = _read_member(path, archive, names["model.weights.h5"], MAX_WEIGHTS_BYTES)
             meta: dict[str, Any] = {}
             if "metadata.json" in names:
-                found = _parse_json(path, "metadata.json", _read_member(
-                    path, archive, names["metadata.json"], MAX_CONFIG_BYTES))
+                found = _parse_json(
+                    path,
+                    "metadata.json",
+                    _read_member(path, archive, names["metadata.json"], MAX_CONFIG_BYTES),
+                )
                 meta = found if isinstance(found, dict) else {}
     except (zipfile.BadZipFile, EOFError, OSError, zipfile.LargeZipFile) as exc:
         raise ModelFormatError(f"{path}: unreadable .keras archive ({exc})") from exc
@@ -163,8 +198,9 @@ def _read_archive(path: Path) -> tuple[dict[str, Any], bytes, dict[str, Any]]:
 def _read_member(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo, cap: int) -> bytes:
     # The declared size can lie, so the read itself is bounded too.
     if info.file_size > cap:
-        raise ModelFormatError(f"{path}: {info.filename} declares {info.file_size} bytes, "
-                               f"over the {cap}-byte limit")
+        raise ModelFormatError(
+            f"{path}: {info.filename} declares {info.file_size} bytes, over the {cap}-byte limit"
+        )
     with archive.open(info) as member:
         data = member.read(cap + 1)
     if len(data) > cap:
@@ -208,8 +244,7 @@ def _snake_case(class_name: str) -> str:
 class _Spec:
     """One layer of the chain: its class, its config and its weight group in the h5 file."""
 
-    def __init__(self, class_name: str, config: dict[str, Any], group: str,
-                 inbound: Any) -> None:
+    def __init__(self, class_name: str, config: dict[str, Any], group: str, inbound: Any) -> None:
         self.class_name, self.config, self.group = class_name, config, group
         self.inbound = inbound
         self.name = str(config.get("name", group))
@@ -223,7 +258,8 @@ def _layer_specs(path: Path, architecture: Any) -> list[_Spec]:
     if kind not in ("Sequential", "Functional") or not isinstance(body, dict):
         raise ModelFormatError(
             f"{path}: model class {kind!r} is not supported: only Sequential and simple "
-            "functional models (a chain of layers) can be read without running Python code")
+            "functional models (a chain of layers) can be read without running Python code"
+        )
     entries = body.get("layers")
     if not isinstance(entries, list) or not entries:
         raise ModelFormatError(f"{path}: config holds no layers")
@@ -248,6 +284,7 @@ def _layer_specs(path: Path, architecture: Any) -> list[_Spec]:
 
 def _check_chain(path: Path, body: dict[str, Any], specs: list[_Spec]) -> None:
     """A functional model must be one chain from one input to one output, in list order."""
+
     def single(ref: Any, what: str) -> str:
         if isinstance(ref, list) and len(ref) == 1 and isinstance(ref[0], list):
             ref = ref[0]
@@ -271,7 +308,8 @@ def _check_chain(path: Path, body: dict[str, Any], specs: list[_Spec]) -> None:
             if history != [previous, 0, 0]:
                 raise ModelFormatError(
                     f"{path}: layer {spec.name!r} is not fed by the layer before it only; "
-                    "branching, merging or shared layers are not supported")
+                    "branching, merging or shared layers are not supported"
+                )
             if nodes[0].get("kwargs", {}).get("mask") is not None:
                 raise ModelFormatError(f"{path}: layer {spec.name!r} uses a mask (not supported)")
         previous = spec.name
@@ -288,8 +326,12 @@ def _check_dtype_policy(path: Path, spec: _Spec) -> None:
     if isinstance(policy, dict):
         policy = policy.get("config", {}).get("name")
     if policy is not None and policy not in FLOAT_POLICIES:
-        raise _refuse(path, spec, f"dtype policy {policy!r} computes in another precision than "
-                      "the engine (float32/float64), so results would differ")
+        raise _refuse(
+            path,
+            spec,
+            f"dtype policy {policy!r} computes in another precision than "
+            "the engine (float32/float64), so results would differ",
+        )
 
 
 def _activation(path: Path, spec: _Spec, key: str, allowed: tuple[str, ...]) -> str:
@@ -306,11 +348,19 @@ def _check_recurrent_flags(path: Path, spec: _Spec, one_vector: bool) -> None:
     per window (it is the last recurrent layer, or an encoder feeding RepeatVector)."""
     config = spec.config
     if config.get("go_backwards"):
-        raise _refuse(path, spec, "go_backwards=True reads the sequence end first; a live "
-                      "stream has no end to start from")
+        raise _refuse(
+            path,
+            spec,
+            "go_backwards=True reads the sequence end first; a live "
+            "stream has no end to start from",
+        )
     if config.get("return_state"):
-        raise _refuse(path, spec, "return_state=True makes the layer return its state as "
-                      "extra outputs; only return_sequences outputs can be streamed")
+        raise _refuse(
+            path,
+            spec,
+            "return_state=True makes the layer return its state as "
+            "extra outputs; only return_sequences outputs can be streamed",
+        )
     if not config.get("return_sequences", False) and not one_vector:
         raise _refuse(path, spec, ONE_VECTOR_REFUSAL)
     units = config.get("units")
@@ -328,20 +378,21 @@ class _Chain:
     output: str = "last"
     final_state: bool = False
     encoder_layers: int = 0
-    repeat: _Spec | None = None   # the RepeatVector layer, if any
-    repeat_steps: int = 0         # its n
+    repeat: _Spec | None = None  # the RepeatVector layer, if any
+    repeat_steps: int = 0  # its n
 
 
-def _read_weights(path: Path, weights: bytes | Path, specs: list[_Spec], dtype: np.dtype
-                  ) -> _Chain:
+def _read_weights(path: Path, weights: bytes | Path, specs: list[_Spec], dtype: np.dtype) -> _Chain:
     import h5py  # optional dependency: only this format needs it
 
     source: Any = io.BytesIO(weights) if isinstance(weights, bytes) else weights
     try:
         with h5py.File(source, "r") as f:
             if "model_config" in f.attrs or "model_weights" in f:
-                raise ModelFormatError(f"{path}: a legacy Keras 2 HDF5 file; re-save the model "
-                                       "with Keras 3 (model.save('model.keras'))")
+                raise ModelFormatError(
+                    f"{path}: a legacy Keras 2 HDF5 file; re-save the model "
+                    "with Keras 3 (model.save('model.keras'))"
+                )
             return _layers_from(path, f, specs, dtype)
     except ModelFormatError:
         raise
@@ -370,16 +421,22 @@ def _node(path: Path, f: Any, where: str) -> Any:
             return None
         if not isinstance(link, h5py.HardLink):
             kind = "an external link" if isinstance(link, h5py.ExternalLink) else "a soft link"
-            raise ModelFormatError(f"{path}: {walked} is {kind}; weight files must hold their "
-                                   "data themselves (links are not followed)")
+            raise ModelFormatError(
+                f"{path}: {walked} is {kind}; weight files must hold their "
+                "data themselves (links are not followed)"
+            )
         node = node[part]
     if isinstance(node, h5py.Dataset):
         if node.external:
-            raise ModelFormatError(f"{path}: dataset {where} keeps its data in external files "
-                                   f"({node.external[0][0]!r}...); refused, nothing was read")
+            raise ModelFormatError(
+                f"{path}: dataset {where} keeps its data in external files "
+                f"({node.external[0][0]!r}...); refused, nothing was read"
+            )
         if node.is_virtual:
-            raise ModelFormatError(f"{path}: dataset {where} is a virtual dataset mapping "
-                                   "other files; refused, nothing was read")
+            raise ModelFormatError(
+                f"{path}: dataset {where} is a virtual dataset mapping "
+                "other files; refused, nothing was read"
+            )
     return node
 
 
@@ -388,8 +445,9 @@ def _tensor(path: Path, f: Any, where: str, shape: tuple[int, ...], dtype: np.dt
     if dataset is None or not hasattr(dataset, "shape"):
         raise ModelFormatError(f"{path}: missing tensor {where} (expected shape {shape})")
     if tuple(dataset.shape) != shape:  # checked before reading: a huge dataset is never loaded
-        raise ModelFormatError(f"{path}: tensor {where} has shape {tuple(dataset.shape)}, "
-                               f"expected {shape}")
+        raise ModelFormatError(
+            f"{path}: tensor {where} has shape {tuple(dataset.shape)}, expected {shape}"
+        )
     if dataset.dtype.kind != "f":
         raise ModelFormatError(f"{path}: tensor {where} has dtype {dataset.dtype}, expected float")
     return np.asarray(dataset[()], dtype=dtype)
@@ -399,8 +457,10 @@ def _vars(path: Path, f: Any, group: str, expected: int) -> None:
     node = _node(path, f, group)
     found = sorted(node.keys()) if node is not None and hasattr(node, "keys") else []
     if len(found) != expected:
-        raise ModelFormatError(f"{path}: {group} holds {len(found)} tensor(s), expected "
-                               f"{expected} (weights do not match the architecture)")
+        raise ModelFormatError(
+            f"{path}: {group} holds {len(found)} tensor(s), expected "
+            f"{expected} (weights do not match the architecture)"
+        )
 
 
 def _inner(path: Path, spec: _Spec) -> _Spec:
@@ -421,11 +481,13 @@ def _layers_from(path: Path, f: Any, specs: list[_Spec], dtype: np.dtype) -> _Ch
     chain = _Chain()
     recurrent, head = chain.recurrent, chain.head
     working = [s for s in specs if s.class_name not in IDENTITY_LAYERS]
-    last_recurrent = max((i for i, s in enumerate(working) if s.class_name in RECURRENT_LAYERS),
-                         default=-1)
+    last_recurrent = max(
+        (i for i, s in enumerate(working) if s.class_name in RECURRENT_LAYERS), default=-1
+    )
     if last_recurrent < 0:
-        raise ModelFormatError(f"{path}: no recurrent layer (LSTM, GRU, SimpleRNN or "
-                               "Bidirectional) in the model")
+        raise ModelFormatError(
+            f"{path}: no recurrent layer (LSTM, GRU, SimpleRNN or Bidirectional) in the model"
+        )
     output = "last" if not _returns_sequences(path, working[last_recurrent]) else "every"
     width: int | None = None
     for spec in specs:
@@ -440,8 +502,12 @@ def _layers_from(path: Path, f: Any, specs: list[_Spec], dtype: np.dtype) -> _Ch
         index = working.index(spec)
         if spec.class_name in RECURRENT_LAYERS:
             if head:
-                raise _refuse(path, spec, "a recurrent layer after a Dense layer; the engine "
-                              "runs the recurrent layers first, then the dense head")
+                raise _refuse(
+                    path,
+                    spec,
+                    "a recurrent layer after a Dense layer; the engine "
+                    "runs the recurrent layers first, then the dense head",
+                )
             last = index == last_recurrent
             encoder = _feeds_repeat_vector(working, index)
             if spec.class_name == "Bidirectional":
@@ -456,38 +522,54 @@ def _layers_from(path: Path, f: Any, specs: list[_Spec], dtype: np.dtype) -> _Ch
             _repeat_vector(path, spec, working, index, chain)
         elif spec.class_name in ("Dense", "TimeDistributed"):
             if not recurrent:
-                raise _refuse(path, spec, "a Dense layer before the first recurrent layer is "
-                              "not supported")
+                raise _refuse(
+                    path, spec, "a Dense layer before the first recurrent layer is not supported"
+                )
             dense_spec, base = spec, f"layers/{spec.group}/vars"
             if spec.class_name == "TimeDistributed":
                 dense_spec, base = _inner(path, spec), f"layers/{spec.group}/layer/vars"
                 if dense_spec.class_name != "Dense":
-                    raise _refuse(path, spec, f"TimeDistributed({dense_spec.class_name}) is not "
-                                  "supported (TimeDistributed(Dense) is)")
+                    raise _refuse(
+                        path,
+                        spec,
+                        f"TimeDistributed({dense_spec.class_name}) is not "
+                        "supported (TimeDistributed(Dense) is)",
+                    )
             activation = dense_spec.config.get("activation")
             if activation in CLASS_OUTPUTS:
                 if index != len(working) - 1 or output == "every":
-                    raise _refuse(path, spec, f"activation={activation!r} is supported only on "
-                                  "the final layer of a head that reads the last step "
-                                  "(return_sequences=False)")
+                    raise _refuse(
+                        path,
+                        spec,
+                        f"activation={activation!r} is supported only on "
+                        "the final layer of a head that reads the last step "
+                        "(return_sequences=False)",
+                    )
                 output = CLASS_OUTPUTS[activation]
-                dense_spec = _Spec(dense_spec.class_name, {**dense_spec.config,
-                                                           "activation": "linear"},
-                                   dense_spec.group, None)
+                dense_spec = _Spec(
+                    dense_spec.class_name,
+                    {**dense_spec.config, "activation": "linear"},
+                    dense_spec.group,
+                    None,
+                )
             dense = _dense_layer(path, f, dense_spec, base, width, dtype)
             head.append(dense)
             width = dense.weight.shape[0]
         else:
-            raise _refuse(path, spec, "layer type not supported (LSTM, GRU, SimpleRNN, "
-                          "Bidirectional, Dense, TimeDistributed(Dense), RepeatVector, Dropout "
-                          "and InputLayer are)")
+            raise _refuse(
+                path,
+                spec,
+                "layer type not supported (LSTM, GRU, SimpleRNN, "
+                "Bidirectional, Dense, TimeDistributed(Dense), RepeatVector, Dropout "
+                "and InputLayer are)",
+            )
     chain.output = output
     return chain
 
 
 def _feeds_repeat_vector(working: list[_Spec], index: int) -> bool:
     """Whether a RepeatVector comes after layer ``index`` before the next recurrent layer."""
-    for spec in working[index + 1:]:
+    for spec in working[index + 1 :]:
         if spec.class_name == "RepeatVector":
             return True
         if spec.class_name in RECURRENT_LAYERS:
@@ -495,24 +577,44 @@ def _feeds_repeat_vector(working: list[_Spec], index: int) -> bool:
     return False
 
 
-def _repeat_vector(path: Path, spec: _Spec, working: list[_Spec], index: int,
-                   chain: _Chain) -> None:
+def _repeat_vector(
+    path: Path, spec: _Spec, working: list[_Spec], index: int, chain: _Chain
+) -> None:
     """Check a RepeatVector between an encoder and a decoder; note it in ``chain``."""
     previous = working[index - 1] if index > 0 else None
     following = working[index + 1] if index + 1 < len(working) else None
     if chain.head:
-        raise _refuse(path, spec, "a Dense layer between the encoder and RepeatVector is not "
-                      "supported: the engine runs dense layers only after all recurrent layers")
-    if (previous is None or previous.class_name not in RECURRENT_LAYERS
-            or _returns_sequences(path, previous)):
-        raise _refuse(path, spec, "supported only right after a recurrent layer with "
-                      "return_sequences=False (the encoder of an LSTM autoencoder)")
+        raise _refuse(
+            path,
+            spec,
+            "a Dense layer between the encoder and RepeatVector is not "
+            "supported: the engine runs dense layers only after all recurrent layers",
+        )
+    if (
+        previous is None
+        or previous.class_name not in RECURRENT_LAYERS
+        or _returns_sequences(path, previous)
+    ):
+        raise _refuse(
+            path,
+            spec,
+            "supported only right after a recurrent layer with "
+            "return_sequences=False (the encoder of an LSTM autoencoder)",
+        )
     if chain.repeat is not None:
-        raise _refuse(path, spec, f"a second RepeatVector (after {chain.repeat.name!r}) is not "
-                      "supported; one encoder feeds one decoder")
+        raise _refuse(
+            path,
+            spec,
+            f"a second RepeatVector (after {chain.repeat.name!r}) is not "
+            "supported; one encoder feeds one decoder",
+        )
     if following is None or following.class_name not in RECURRENT_LAYERS:
-        raise _refuse(path, spec, "supported only when a recurrent decoder layer follows it "
-                      "(LSTM, GRU, SimpleRNN or Bidirectional)")
+        raise _refuse(
+            path,
+            spec,
+            "supported only when a recurrent decoder layer follows it "
+            "(LSTM, GRU, SimpleRNN or Bidirectional)",
+        )
     steps = spec.config.get("n")
     if isinstance(steps, bool) or not isinstance(steps, int) or not 0 < steps <= MAX_LENGTH:
         raise _refuse(path, spec, f"n={steps!r} out of range 1..{MAX_LENGTH}")
@@ -520,8 +622,9 @@ def _repeat_vector(path: Path, spec: _Spec, working: list[_Spec], index: int,
     chain.encoder_layers = len(chain.recurrent)
 
 
-def _bidirectional_layer(path: Path, f: Any, spec: _Spec, width: int | None,
-                         dtype: np.dtype, one_vector: bool) -> RecurrentLayer:
+def _bidirectional_layer(
+    path: Path, f: Any, spec: _Spec, width: int | None, dtype: np.dtype, one_vector: bool
+) -> RecurrentLayer:
     """Both directions of a Bidirectional layer (forward, then backward, concatenated);
     ``one_vector``: it may return its final state (``return_sequences=False``)."""
     merge = spec.config.get("merge_mode", "concat")
@@ -529,20 +632,29 @@ def _bidirectional_layer(path: Path, f: Any, spec: _Spec, width: int | None,
         raise _refuse(path, spec, f"merge_mode={merge!r} is not supported (concat is)")
     forward = _inner(path, spec)
     if forward.class_name not in ("LSTM", "GRU", "SimpleRNN"):
-        raise _refuse(path, spec, f"a bidirectional {forward.class_name} is not supported "
-                      "(LSTM, GRU or SimpleRNN)")
+        raise _refuse(
+            path,
+            spec,
+            f"a bidirectional {forward.class_name} is not supported (LSTM, GRU or SimpleRNN)",
+        )
     if not forward.config.get("return_sequences", False) and not one_vector:
         raise _refuse(path, spec, ONE_VECTOR_REFUSAL)
     backward_config = spec.config.get("backward_layer")
     backward = forward
     if isinstance(backward_config, dict) and isinstance(backward_config.get("config"), dict):
-        backward = _Spec(str(backward_config.get("class_name")), backward_config["config"],
-                         spec.group, None)
+        backward = _Spec(
+            str(backward_config.get("class_name")), backward_config["config"], spec.group, None
+        )
         if backward.class_name != forward.class_name or not backward.config.get("go_backwards"):
-            raise _refuse(path, spec, "a backward_layer that is not the forward layer's kind "
-                          "run with go_backwards=True is not supported")
-        backward = _Spec(backward.class_name, {**backward.config, "go_backwards": False},
-                         spec.group, None)
+            raise _refuse(
+                path,
+                spec,
+                "a backward_layer that is not the forward layer's kind "
+                "run with go_backwards=True is not supported",
+            )
+        backward = _Spec(
+            backward.class_name, {**backward.config, "go_backwards": False}, spec.group, None
+        )
     for direction in (forward, backward):
         _check_recurrent_flags(path, direction, True)
     base = f"layers/{spec.group}"
@@ -560,8 +672,9 @@ def _input_width(path: Path, f: Any, spec: _Spec, where: str, width: int | None)
     return int(dataset.shape[0])
 
 
-def _recurrent_layer(path: Path, f: Any, spec: _Spec, group: str, width: int | None,
-                     dtype: np.dtype) -> RecurrentLayer:
+def _recurrent_layer(
+    path: Path, f: Any, spec: _Spec, group: str, width: int | None, dtype: np.dtype
+) -> RecurrentLayer:
     """An LSTM, GRU or SimpleRNN whose ``cell/vars`` are under ``group``."""
     config = spec.config
     hidden = int(config["units"])
@@ -576,11 +689,20 @@ def _recurrent_layer(path: Path, f: Any, spec: _Spec, group: str, width: int | N
     recurrent_kernel = _tensor(path, f, f"{base}/1", (hidden, gates), dtype).T
     if spec.class_name == "SimpleRNN":
         bias = _tensor(path, f, f"{base}/2", (gates,), dtype) if use_bias else None
-        return rnn_layer(kernel, recurrent_kernel, bias, None, dtype=dtype,
-                         activation=_activation(path, spec, "activation", RNN_ACTIVATIONS))
-    options = {"activation": _activation(path, spec, "activation", RECURRENT_ACTIVATIONS),
-               "recurrent_activation": _activation(path, spec, "recurrent_activation",
-                                                   RECURRENT_ACTIVATIONS)}
+        return rnn_layer(
+            kernel,
+            recurrent_kernel,
+            bias,
+            None,
+            dtype=dtype,
+            activation=_activation(path, spec, "activation", RNN_ACTIVATIONS),
+        )
+    options = {
+        "activation": _activation(path, spec, "activation", RECURRENT_ACTIVATIONS),
+        "recurrent_activation": _activation(
+            path, spec, "recurrent_activation", RECURRENT_ACTIVATIONS
+        ),
+    }
     if lstm:  # Keras i, f, c, o is PyTorch's i, f, g, o: only the transpose differs
         bias = _tensor(path, f, f"{base}/2", (gates,), dtype) if use_bias else None
         return lstm_layer(kernel, recurrent_kernel, bias, None, dtype=dtype, **options)
@@ -591,14 +713,21 @@ def _recurrent_layer(path: Path, f: Any, spec: _Spec, group: str, width: int | N
             b_ih, b_hh = both[0], both[1]
         else:
             b_ih = _tensor(path, f, f"{base}/2", (gates,), dtype)
-    order = np.r_[hidden:2 * hidden, 0:hidden, 2 * hidden:gates]  # z, r, h -> r, z, n
-    return gru_layer(kernel[order], recurrent_kernel[order],
-                     None if b_ih is None else b_ih[order], None if b_hh is None else b_hh[order],
-                     dtype=dtype, reset_after=reset_after, **options)
+    order = np.r_[hidden : 2 * hidden, 0:hidden, 2 * hidden : gates]  # z, r, h -> r, z, n
+    return gru_layer(
+        kernel[order],
+        recurrent_kernel[order],
+        None if b_ih is None else b_ih[order],
+        None if b_hh is None else b_hh[order],
+        dtype=dtype,
+        reset_after=reset_after,
+        **options,
+    )
 
 
-def _dense_layer(path: Path, f: Any, spec: _Spec, base: str, width: int | None,
-                 dtype: np.dtype) -> DenseLayer:
+def _dense_layer(
+    path: Path, f: Any, spec: _Spec, base: str, width: int | None, dtype: np.dtype
+) -> DenseLayer:
     config = spec.config
     for key in ("quantization_config", "lora_rank"):
         if config.get(key):
@@ -611,5 +740,6 @@ def _dense_layer(path: Path, f: Any, spec: _Spec, base: str, width: int | None,
     width = _input_width(path, f, spec, f"{base}/0", width)
     kernel = _tensor(path, f, f"{base}/0", (width, units), dtype)
     bias = _tensor(path, f, f"{base}/1", (units,), dtype) if use_bias else None
-    return dense_layer(kernel.T, bias, _activation(path, spec, "activation", DENSE_ACTIVATIONS),
-                       dtype=dtype)
+    return dense_layer(
+        kernel.T, bias, _activation(path, spec, "activation", DENSE_ACTIVATIONS), dtype=dtype
+    )

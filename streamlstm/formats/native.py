@@ -89,8 +89,9 @@ def save_native(model: Model, path: str | os.PathLike[str]) -> Path:
         "version": VERSION,
         "dtype": model.dtype.name,
         "architecture": architecture,
-        "tensors": {name: {"shape": list(a.shape), "dtype": a.dtype.name}
-                    for name, a in tensors.items()},
+        "tensors": {
+            name: {"shape": list(a.shape), "dtype": a.dtype.name} for name, a in tensors.items()
+        },
         "name": model.name,
         "sample_rate": model.sample_rate,
         "channels": list(model.channels),
@@ -101,8 +102,9 @@ def save_native(model: Model, path: str | os.PathLike[str]) -> Path:
     try:
         text = json.dumps(meta, default=_json_default, sort_keys=True).encode("utf-8")
     except (TypeError, ValueError) as exc:
-        raise ModelFormatError(f"{path}: metadata or calibration is not JSON-able "
-                               f"({exc})") from None
+        raise ModelFormatError(
+            f"{path}: metadata or calibration is not JSON-able ({exc})"
+        ) from None
     buffer = io.BytesIO()
     members: dict[str, Any] = {META: np.frombuffer(text, np.uint8), **tensors}
     np.savez(buffer, **members)
@@ -110,8 +112,7 @@ def save_native(model: Model, path: str | os.PathLike[str]) -> Path:
     return path
 
 
-def load_native(path: str | os.PathLike[str], *,
-                max_tensor_bytes: int = MAX_TENSOR_BYTES) -> Model:
+def load_native(path: str | os.PathLike[str], *, max_tensor_bytes: int = MAX_TENSOR_BYTES) -> Model:
     """Read a native ``.npz`` written by :func:`save_native`; every check is strict (module doc)."""
     path = Path(path)
     try:
@@ -119,12 +120,14 @@ def load_native(path: str | os.PathLike[str], *,
     except ModelFormatError:
         raise
     except Exception as exc:  # zipfile/zlib/NumPy raise many types on damaged input
-        raise ModelFormatError(f"{path}: corrupt or truncated native file "
-                               f"({type(exc).__name__}: {exc})") from None
+        raise ModelFormatError(
+            f"{path}: corrupt or truncated native file ({type(exc).__name__}: {exc})"
+        ) from None
     return _build(path, meta, arrays)
 
 
 # -- writing helpers ------------------------------------------------------------------
+
 
 def _tensors(model: Model) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
@@ -149,19 +152,23 @@ def _tensors(model: Model) -> dict[str, np.ndarray]:
 def _architecture(model: Model) -> dict[str, Any]:
     return {
         "input_size": model.input_size,
-        "layers": [{
-            "kind": layer.kind,
-            "hidden_size": layer.hidden_size,
-            "proj_size": layer.direction_size if layer.w_hr is not None else 0,
-            "reset_after": bool(layer.reset_after),
-            "activation": layer.activation,
-            "recurrent_activation": layer.recurrent_activation,
-            "gate_order": GATE_ORDER[layer.kind],
-            # Written only when set, so unidirectional models keep their content hash.
-            **({"bidirectional": True} if layer.backward is not None else {}),
-        } for layer in model.layers],
-        "head": [{"out_features": int(d.weight.shape[0]), "activation": d.activation}
-                 for d in model.head],
+        "layers": [
+            {
+                "kind": layer.kind,
+                "hidden_size": layer.hidden_size,
+                "proj_size": layer.direction_size if layer.w_hr is not None else 0,
+                "reset_after": bool(layer.reset_after),
+                "activation": layer.activation,
+                "recurrent_activation": layer.recurrent_activation,
+                "gate_order": GATE_ORDER[layer.kind],
+                # Written only when set, so unidirectional models keep their content hash.
+                **({"bidirectional": True} if layer.backward is not None else {}),
+            }
+            for layer in model.layers
+        ],
+        "head": [
+            {"out_features": int(d.weight.shape[0]), "activation": d.activation} for d in model.head
+        ],
         "input_norm": model.input_norm is not None,
         "output_norm": model.output_norm is not None,
     }
@@ -190,13 +197,17 @@ def _json_default(value: Any) -> Any:
 
 # -- reading --------------------------------------------------------------------------
 
+
 def _read(path: Path, max_tensor_bytes: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     if not path.is_file():
         raise ModelFormatError(f"{path}: no such file")
     with zipfile.ZipFile(path) as archive:
         members = check_npz_members(
-            path, archive, lambda name: MAX_META_BYTES if name == META else max_tensor_bytes,
-            max_members=MAX_MEMBERS)
+            path,
+            archive,
+            lambda name: MAX_META_BYTES if name == META else max_tensor_bytes,
+            max_members=MAX_MEMBERS,
+        )
         if META not in members:
             raise ModelFormatError(f"{path}: no {META} entry: not a streamlstm native file")
         bad = archive.testzip()
@@ -221,8 +232,14 @@ def _read(path: Path, max_tensor_bytes: int) -> tuple[dict[str, Any], dict[str, 
     return meta, arrays
 
 
-def check_npz_members(path: Path, archive: zipfile.ZipFile, limit: Callable[[str], int], *,
-                      max_members: int, stored_only: bool = False) -> set[str]:
+def check_npz_members(
+    path: Path,
+    archive: zipfile.ZipFile,
+    limit: Callable[[str], int],
+    *,
+    max_members: int,
+    stored_only: bool = False,
+) -> set[str]:
     """Names of an ``.npz`` archive's ``.npy`` members, checked from the zip directory only.
 
     Refuses more than ``max_members`` members, a member that is not ``.npy``, encrypted,
@@ -240,15 +257,19 @@ def check_npz_members(path: Path, archive: zipfile.ZipFile, limit: Callable[[str
             raise ModelFormatError(f"{path}: unexpected member {info.filename!r} (not .npy)")
         name = info.filename[:-4]
         if info.compress_type not in allowed or info.flag_bits & 0x1:
-            raise ModelFormatError(f"{path}: member {name!r} is encrypted or uses compression "
-                                   f"method {info.compress_type} (only "
-                                   f"{'stored' if stored_only else 'stored or deflated'})")
+            raise ModelFormatError(
+                f"{path}: member {name!r} is encrypted or uses compression "
+                f"method {info.compress_type} (only "
+                f"{'stored' if stored_only else 'stored or deflated'})"
+            )
         if name in names:
             raise ModelFormatError(f"{path}: member {name!r} appears twice")
         names.add(name)
         if info.file_size > limit(name):
-            raise ModelFormatError(f"{path}: member {name!r} declares {info.file_size} bytes, "
-                                   f"over the {limit(name)}-byte limit")
+            raise ModelFormatError(
+                f"{path}: member {name!r} declares {info.file_size} bytes, "
+                f"over the {limit(name)}-byte limit"
+            )
     return names
 
 
@@ -263,16 +284,23 @@ def check_npy_header(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo
         version = np.lib.format.read_magic(member)
         if version not in ((1, 0), (2, 0)):
             raise ModelFormatError(f"{path}: member {name!r}: unsupported .npy version {version}")
-        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                       else np.lib.format.read_array_header_2_0)
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
         shape, _, dtype = read_header(member)
     if dtype.hasobject:
-        raise ModelFormatError(f"{path}: member {name!r} holds Python objects (dtype {dtype}); "
-                               "native files hold numbers only and nothing is unpickled")
+        raise ModelFormatError(
+            f"{path}: member {name!r} holds Python objects (dtype {dtype}); "
+            "native files hold numbers only and nothing is unpickled"
+        )
     claimed = math.prod(shape) * dtype.itemsize
     if claimed > info.file_size:
-        raise ModelFormatError(f"{path}: member {name!r}: header claims shape {shape} "
-                               f"({claimed} bytes) but the member holds {info.file_size} bytes")
+        raise ModelFormatError(
+            f"{path}: member {name!r}: header claims shape {shape} "
+            f"({claimed} bytes) but the member holds {info.file_size} bytes"
+        )
 
 
 def _check_version(path: Path, meta: Mapping[str, Any]) -> None:
@@ -280,8 +308,10 @@ def _check_version(path: Path, meta: Mapping[str, Any]) -> None:
         raise ModelFormatError(f"{path}: format is {meta.get('format')!r}, expected {FORMAT!r}")
     version = meta.get("version")
     if version != VERSION:
-        raise ModelFormatError(f"{path}: unknown native format version {version!r} "
-                               f"(this streamlstm reads version {VERSION})")
+        raise ModelFormatError(
+            f"{path}: unknown native format version {version!r} "
+            f"(this streamlstm reads version {VERSION})"
+        )
 
 
 def _field(path: Path, mapping: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -313,17 +343,22 @@ def _expected_shapes(path: Path, arch: Any) -> dict[str, tuple[int, ...]]:
             raise ModelFormatError(f"{path}: {where}.kind: unknown cell kind {kind!r}")
         gate_order = _field(path, spec, "gate_order", str, where)
         if gate_order != GATE_ORDER[kind]:
-            raise ModelFormatError(f"{path}: {where}.gate_order: {gate_order!r} "
-                                   f"(a {kind} layer here is stored as {GATE_ORDER[kind]!r})")
+            raise ModelFormatError(
+                f"{path}: {where}.gate_order: {gate_order!r} "
+                f"(a {kind} layer here is stored as {GATE_ORDER[kind]!r})"
+            )
         hidden = _field(path, spec, "hidden_size", int, where)
         proj = _field(path, spec, "proj_size", int, where)
         if hidden < 1 or not 0 <= proj < hidden:
-            raise ModelFormatError(f"{path}: {where}: hidden_size {hidden} / proj_size {proj} "
-                                   "(need hidden_size >= 1 and 0 <= proj_size < hidden_size)")
+            raise ModelFormatError(
+                f"{path}: {where}: hidden_size {hidden} / proj_size {proj} "
+                "(need hidden_size >= 1 and 0 <= proj_size < hidden_size)"
+            )
         bidirectional = spec.get("bidirectional", False)
         if bidirectional is not True and bidirectional is not False:
-            raise ModelFormatError(f"{path}: {where}.bidirectional: {bidirectional!r} has the "
-                                   "wrong type")
+            raise ModelFormatError(
+                f"{path}: {where}.bidirectional: {bidirectional!r} has the wrong type"
+            )
         gates = GATES[kind] * hidden
         out = proj if proj else hidden
         for infix in ("", REVERSE) if bidirectional else ("",):
@@ -357,31 +392,42 @@ def _check_names(path: Path, expected: Mapping[str, Any], present: set[str]) -> 
         raise ModelFormatError(f"{path}: unexpected tensor(s): {', '.join(extra)}")
 
 
-def _check_tensors(path: Path, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
-                   dtype: np.dtype) -> None:
+def _check_tensors(
+    path: Path, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray], dtype: np.dtype
+) -> None:
     expected = _expected_shapes(path, meta.get("architecture"))
     described = _field(path, meta, "tensors", dict, META)
     _check_names(path, expected, set(arrays))
     if set(described) != set(expected):
-        raise ModelFormatError(f"{path}: {META}.tensors lists "
-                               f"{sorted(set(described) ^ set(expected))} inconsistently")
+        raise ModelFormatError(
+            f"{path}: {META}.tensors lists {sorted(set(described) ^ set(expected))} inconsistently"
+        )
     for name, shape in expected.items():
         array = arrays[name]
         if array.shape != shape:
-            raise ModelFormatError(f"{path}: tensor {name}: expected shape {shape}, "
-                                   f"got {array.shape}")
+            raise ModelFormatError(
+                f"{path}: tensor {name}: expected shape {shape}, got {array.shape}"
+            )
         info = described[name]
-        if not isinstance(info, dict) or tuple(info.get("shape", ())) != shape \
-                or info.get("dtype") != dtype.name:
-            raise ModelFormatError(f"{path}: {META}.tensors[{name!r}] = {info!r} does not "
-                                   f"match the architecture ({shape}, {dtype.name})")
+        if (
+            not isinstance(info, dict)
+            or tuple(info.get("shape", ())) != shape
+            or info.get("dtype") != dtype.name
+        ):
+            raise ModelFormatError(
+                f"{path}: {META}.tensors[{name!r}] = {info!r} does not "
+                f"match the architecture ({shape}, {dtype.name})"
+            )
         if array.dtype != dtype.newbyteorder("<"):
-            raise ModelFormatError(f"{path}: tensor {name}: expected dtype {dtype.str}, "
-                                   f"got {array.dtype.str}")
+            raise ModelFormatError(
+                f"{path}: tensor {name}: expected dtype {dtype.str}, got {array.dtype.str}"
+            )
         finite = np.isfinite(array)
         if not finite.all():
-            raise ModelFormatError(f"{path}: tensor {name}: {int(finite.size - finite.sum())} "
-                                   "non-finite value(s) (NaN or Inf)")
+            raise ModelFormatError(
+                f"{path}: tensor {name}: {int(finite.size - finite.sum())} "
+                "non-finite value(s) (NaN or Inf)"
+            )
 
 
 def _build(path: Path, meta: Mapping[str, Any], arrays: dict[str, np.ndarray]) -> Model:
@@ -394,33 +440,53 @@ def _build(path: Path, meta: Mapping[str, Any], arrays: dict[str, np.ndarray]) -
     digest = _field(path, meta, "sha256", str, META)
     actual = _content_sha256(arch, arrays)
     if actual != digest:
-        raise ModelFormatError(f"{path}: sha256 mismatch: the file says {digest}, its content "
-                               f"hashes to {actual} (tampered or damaged)")
+        raise ModelFormatError(
+            f"{path}: sha256 mismatch: the file says {digest}, its content "
+            f"hashes to {actual} (tampered or damaged)"
+        )
     native = {name: np.ascontiguousarray(a, dtype) for name, a in arrays.items()}
     try:
         layers = []
         for i, spec in enumerate(arch["layers"]):
-            directions = [RecurrentLayer(
-                kind=spec["kind"],
-                w_ih=native[f"layers.{i}.{infix}w_ih"], w_hh=native[f"layers.{i}.{infix}w_hh"],
-                b_ih=native[f"layers.{i}.{infix}b_ih"], b_hh=native[f"layers.{i}.{infix}b_hh"],
-                w_hr=native.get(f"layers.{i}.{infix}w_hr"),
-                reset_after=_field(path, spec, "reset_after", bool, f"layers[{i}]"),
-                activation=_field(path, spec, "activation", str, f"layers[{i}]"),
-                recurrent_activation=_field(path, spec, "recurrent_activation", str,
-                                            f"layers[{i}]"))
-                for infix in (("", REVERSE) if spec.get("bidirectional") else ("",))]
-            layers.append(dataclasses.replace(directions[0], backward=directions[1])
-                          if len(directions) == 2 else directions[0])
-        head = tuple(DenseLayer(native[f"head.{j}.weight"], native[f"head.{j}.bias"],
-                                _field(path, spec, "activation", str, f"head[{j}]"))
-                     for j, spec in enumerate(arch["head"]))
-        norms = {key: Normalization(native[f"{key}.mean"], native[f"{key}.std"])
-                 if arch[key] else None for key in ("input_norm", "output_norm")}
+            directions = [
+                RecurrentLayer(
+                    kind=spec["kind"],
+                    w_ih=native[f"layers.{i}.{infix}w_ih"],
+                    w_hh=native[f"layers.{i}.{infix}w_hh"],
+                    b_ih=native[f"layers.{i}.{infix}b_ih"],
+                    b_hh=native[f"layers.{i}.{infix}b_hh"],
+                    w_hr=native.get(f"layers.{i}.{infix}w_hr"),
+                    reset_after=_field(path, spec, "reset_after", bool, f"layers[{i}]"),
+                    activation=_field(path, spec, "activation", str, f"layers[{i}]"),
+                    recurrent_activation=_field(
+                        path, spec, "recurrent_activation", str, f"layers[{i}]"
+                    ),
+                )
+                for infix in (("", REVERSE) if spec.get("bidirectional") else ("",))
+            ]
+            layers.append(
+                dataclasses.replace(directions[0], backward=directions[1])
+                if len(directions) == 2
+                else directions[0]
+            )
+        head = tuple(
+            DenseLayer(
+                native[f"head.{j}.weight"],
+                native[f"head.{j}.bias"],
+                _field(path, spec, "activation", str, f"head[{j}]"),
+            )
+            for j, spec in enumerate(arch["head"])
+        )
+        norms = {
+            key: Normalization(native[f"{key}.mean"], native[f"{key}.std"]) if arch[key] else None
+            for key in ("input_norm", "output_norm")
+        }
         sample_rate = meta.get("sample_rate")
-        if sample_rate is not None and (isinstance(sample_rate, bool)
-                                        or not isinstance(sample_rate, (int, float))
-                                        or not math.isfinite(sample_rate)):
+        if sample_rate is not None and (
+            isinstance(sample_rate, bool)
+            or not isinstance(sample_rate, (int, float))
+            or not math.isfinite(sample_rate)
+        ):
             raise ModelFormatError(f"{path}: sample_rate {sample_rate!r} is not a number")
         channels = meta.get("channels", [])
         if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
@@ -429,9 +495,15 @@ def _build(path: Path, meta: Mapping[str, Any], arrays: dict[str, np.ndarray]) -
         calibration = meta.get("calibration")
         if not isinstance(metadata, dict) or not isinstance(calibration, (dict, type(None))):
             raise ModelFormatError(f"{path}: metadata and calibration must be JSON objects")
-        return Model(layers=tuple(layers), head=head, name=str(meta.get("name", path.stem)),
-                     sample_rate=None if sample_rate is None else float(sample_rate),
-                     channels=tuple(channels), metadata=metadata, calibration=calibration,
-                     **norms)
+        return Model(
+            layers=tuple(layers),
+            head=head,
+            name=str(meta.get("name", path.stem)),
+            sample_rate=None if sample_rate is None else float(sample_rate),
+            channels=tuple(channels),
+            metadata=metadata,
+            calibration=calibration,
+            **norms,
+        )
     except ShapeError as exc:
         raise ModelFormatError(f"{path}: {exc}") from None

@@ -56,20 +56,33 @@ MAX_CHECK_STEPS = 4096
 CHECK_ATOL, CHECK_RTOL = 1e-4, 1e-3
 
 PLUMBING = ("Transpose", "Squeeze", "Unsqueeze", "Reshape", "Identity")
-HEAD_ACTIVATIONS = {"Relu": "relu", "Tanh": "tanh", "Sigmoid": "sigmoid",
-                    "HardSigmoid": "hard_sigmoid"}
+HEAD_ACTIVATIONS = {
+    "Relu": "relu",
+    "Tanh": "tanh",
+    "Sigmoid": "sigmoid",
+    "HardSigmoid": "hard_sigmoid",
+}
 #: ONNX gate block -> canonical (PyTorch) position: LSTM i,o,f,c -> i,f,g,o; GRU z,r,h -> r,z,n.
 GATE_ORDER = {"LSTM": (0, 2, 3, 1), "GRU": (1, 0, 2), "RNN": (0,)}
-DEFAULT_ACTIVATIONS = {"LSTM": ("Sigmoid", "Tanh", "Tanh"), "GRU": ("Sigmoid", "Tanh"),
-                       "RNN": ("Tanh",)}
+DEFAULT_ACTIVATIONS = {
+    "LSTM": ("Sigmoid", "Tanh", "Tanh"),
+    "GRU": ("Sigmoid", "Tanh"),
+    "RNN": ("Tanh",),
+}
 RECURRENT_OPS = tuple(GATE_ORDER)
 #: A head's final normalisation -> the window output mode it makes.
 CLASS_OUTPUTS = {"Softmax": "probabilities", "LogSoftmax": "log_probabilities"}
 
 
-def load_onnx(path: str | Path, *, dtype: Any = np.float32, name: str | None = None,
-              window: int | None = None, hop: int | None = None,
-              **model_fields: Any) -> Model:
+def load_onnx(
+    path: str | Path,
+    *,
+    dtype: Any = np.float32,
+    name: str | None = None,
+    window: int | None = None,
+    hop: int | None = None,
+    **model_fields: Any,
+) -> Model:
     """Load an ONNX file holding a chain of recurrent nodes and an optional dense head.
 
     ``dtype``: float32 (default) or float64. ``window``/``hop``: the window a window model
@@ -86,13 +99,18 @@ def load_onnx(path: str | Path, *, dtype: Any = np.float32, name: str | None = N
     layers, head, output = graph.extract(np.dtype(dtype))
     model_name = name or proto.graph.name or path.stem
     metadata: dict[str, Any] = {"onnx_producer": proto.producer_name}
-    why = ("its head reads the last step" if output != "every" else
-           "it has bidirectional or RNN layers"
-           if any(layer.backward is not None or layer.kind == "rnn" for layer in layers)
-           else None)
+    why = (
+        "its head reads the last step"
+        if output != "every"
+        else "it has bidirectional or RNN layers"
+        if any(layer.backward is not None or layer.kind == "rnn" for layer in layers)
+        else None
+    )
     if window is None and why is not None:
-        raise ModelFormatError(f"{path}: a window model ({why}): pass window=N and hop=K, the "
-                               "window it was trained on (command line: --window N --hop K)")
+        raise ModelFormatError(
+            f"{path}: a window model ({why}): pass window=N and hop=K, the "
+            "window it was trained on (command line: --window N --hop K)"
+        )
     if window is not None:
         if hop is None:
             hop = window
@@ -100,8 +118,15 @@ def load_onnx(path: str | Path, *, dtype: Any = np.float32, name: str | None = N
             metadata["window"] = WindowSpec(window, hop, output).to_metadata()
         except StreamLSTMError as exc:
             raise ModelFormatError(f"{path}: {exc}") from None
-    model = checked_model(path, "onnx", layers=tuple(layers), head=tuple(head), name=model_name,
-                          metadata=metadata, **model_fields)
+    model = checked_model(
+        path,
+        "onnx",
+        layers=tuple(layers),
+        head=tuple(head),
+        name=model_name,
+        metadata=metadata,
+        **model_fields,
+    )
     layout = _verify(path, proto, graph, model)
     return model.replace(metadata={**model.metadata, "onnx_input_layout": layout})
 
@@ -140,10 +165,12 @@ def _check_external_data(path: Path, proto: Any, onnx: Any) -> None:
         if not location or os.path.isabs(location) or not target.is_relative_to(folder):
             raise ModelFormatError(
                 f"{path}: tensor {tensor.name!r} points to external data {location!r} outside "
-                "the model's folder; refused (a model file must not read other files)")
+                "the model's folder; refused (a model file must not read other files)"
+            )
         if not target.is_file():
-            raise ModelFormatError(f"{path}: tensor {tensor.name!r}: external data file "
-                                   f"{location!r} is missing")
+            raise ModelFormatError(
+                f"{path}: tensor {tensor.name!r}: external data file {location!r} is missing"
+            )
 
 
 def _all_tensors(graph: Any, onnx: Any) -> Any:
@@ -179,8 +206,10 @@ class _Graph:
                     self.constants[node.output[0]] = value
         inputs = [i.name for i in graph.input if i.name not in self.constants]
         if len(inputs) != 1 or len(graph.output) != 1:
-            raise ModelFormatError(f"{path}: expected one graph input and one output, got "
-                                   f"{len(inputs)} and {len(graph.output)}")
+            raise ModelFormatError(
+                f"{path}: expected one graph input and one output, got "
+                f"{len(inputs)} and {len(graph.output)}"
+            )
         self.input_name, self.output_name = inputs[0], graph.output[0].name
 
     def _array(self, tensor: Any, where: str) -> np.ndarray:
@@ -198,8 +227,9 @@ class _Graph:
         return None
 
     def fail(self, node: Any, reason: str) -> ModelFormatError:
-        return ModelFormatError(f"{self.path}: node {node.name or '(unnamed)'!r} "
-                                f"({node.op_type}): {reason}")
+        return ModelFormatError(
+            f"{self.path}: node {node.name or '(unnamed)'!r} ({node.op_type}): {reason}"
+        )
 
     def attributes(self, node: Any) -> dict[str, Any]:
         return {a.name: self.onnx.helper.get_attribute_value(a) for a in node.attribute}
@@ -210,8 +240,11 @@ class _Graph:
             return None
         name = node.input[index]
         if name not in self.constants:
-            raise self.fail(node, f"{what} ({name!r}) is computed in the graph; only "
-                            "initializers or Constant nodes are supported")
+            raise self.fail(
+                node,
+                f"{what} ({name!r}) is computed in the graph; only "
+                "initializers or Constant nodes are supported",
+            )
         return self.constants[name]
 
     def trace_back(self, name: str) -> tuple[str, Any]:
@@ -229,11 +262,13 @@ class _Graph:
         modes of a head that reads the last step (see :data:`streamlstm.window_spec.OUTPUTS`)."""
         recurrent = [n for n in self.nodes if n.op_type in RECURRENT_OPS]
         if not recurrent:
-            raise ModelFormatError(f"{self.path}: no LSTM or GRU node in the graph (nor an RNN "
-                                   "node)")
+            raise ModelFormatError(
+                f"{self.path}: no LSTM or GRU node in the graph (nor an RNN node)"
+            )
         if len(recurrent) > MAX_LAYERS:
-            raise ModelFormatError(f"{self.path}: {len(recurrent)} recurrent nodes, over the "
-                                   f"limit of {MAX_LAYERS}")
+            raise ModelFormatError(
+                f"{self.path}: {len(recurrent)} recurrent nodes, over the limit of {MAX_LAYERS}"
+            )
         upstream = self.input_name
         layers = []
         for node in recurrent:
@@ -241,8 +276,11 @@ class _Graph:
             if source != upstream:
                 where = "the graph input" if upstream == self.input_name else "the previous layer"
                 culprit = f"node {producer.name!r} ({producer.op_type})" if producer else source
-                raise self.fail(node, f"its input does not come from {where} through layout "
-                                f"plumbing only ({culprit} is in the way)")
+                raise self.fail(
+                    node,
+                    f"its input does not come from {where} through layout "
+                    f"plumbing only ({culprit} is in the way)",
+                )
             layers.append(self.recurrent_layer(node, dtype))
             upstream = node.output[0]
         return (layers, *self.head(upstream, dtype))
@@ -253,18 +291,21 @@ class _Graph:
         direction = attributes.get("direction", b"forward")
         direction = direction.decode() if isinstance(direction, bytes) else str(direction)
         if direction not in ("forward", "bidirectional"):
-            raise self.fail(node, f"direction={direction!r}; only forward and bidirectional "
-                            "layers are supported (a reverse-only layer is not)")
+            raise self.fail(
+                node,
+                f"direction={direction!r}; only forward and bidirectional "
+                "layers are supported (a reverse-only layer is not)",
+            )
         directions = 2 if direction == "bidirectional" else 1
         if "clip" in attributes:
             raise self.fail(node, "clip is set; cell clipping is not implemented by the engine")
         if attributes.get("input_forget", 0):
-            raise self.fail(node, "input_forget=1 (coupled input and forget gates) is not "
-                            "supported")
+            raise self.fail(
+                node, "input_forget=1 (coupled input and forget gates) is not supported"
+            )
         if attributes.get("layout", 0) not in (0, 1):
             raise self.fail(node, f"layout={attributes['layout']} (0 or 1 expected)")
-        activation, recurrent_activation = self.recurrent_activations(node, attributes,
-                                                                      directions)
+        activation, recurrent_activation = self.recurrent_activations(node, attributes, directions)
         if len(node.input) > 4 and node.input[4]:
             raise self.fail(node, "sequence_lens is set; a stream has no fixed length")
         for index, what in ((5, "initial_h"), (6, "initial_c"), (7, "P (peepholes)")):
@@ -279,57 +320,90 @@ class _Graph:
         if w is None or r is None:
             raise self.fail(node, "W and R are required")
         if w.ndim != 3 or w.shape[0] != directions or w.shape[1] != gates * hidden:
-            raise self.fail(node, f"W has shape {w.shape}, expected ({directions}, "
-                            f"{gates}*{hidden}, input) for {gates} gates of hidden_size={hidden} "
-                            f"and direction={direction!r}")
+            raise self.fail(
+                node,
+                f"W has shape {w.shape}, expected ({directions}, "
+                f"{gates}*{hidden}, input) for {gates} gates of hidden_size={hidden} "
+                f"and direction={direction!r}",
+            )
         if r.shape != (directions, gates * hidden, hidden):
-            raise self.fail(node, f"R has shape {r.shape}, expected ({directions}, "
-                            f"{gates * hidden}, {hidden}) for direction={direction!r}")
+            raise self.fail(
+                node,
+                f"R has shape {r.shape}, expected ({directions}, "
+                f"{gates * hidden}, {hidden}) for direction={direction!r}",
+            )
         if b is not None and b.shape != (directions, 2 * gates * hidden):
-            raise self.fail(node, f"B has shape {b.shape}, expected ({directions}, "
-                            f"{2 * gates * hidden}) for direction={direction!r}")
+            raise self.fail(
+                node,
+                f"B has shape {b.shape}, expected ({directions}, "
+                f"{2 * gates * hidden}) for direction={direction!r}",
+            )
         reset_after = attributes.get("linear_before_reset", 0)
         if reset_after not in (0, 1):
             raise self.fail(node, f"linear_before_reset={reset_after} (0 or 1 expected)")
-        order = np.concatenate([np.arange(k * hidden, (k + 1) * hidden)
-                                for k in GATE_ORDER[op]])
+        order = np.concatenate([np.arange(k * hidden, (k + 1) * hidden) for k in GATE_ORDER[op]])
         layers = []
         for d in range(directions):
             w_ih, w_hh = w[d][order], r[d][order]
             b_ih = b_hh = None
             if b is not None:
-                b_ih, b_hh = b[d, :gates * hidden][order], b[d, gates * hidden:][order]
+                b_ih, b_hh = b[d, : gates * hidden][order], b[d, gates * hidden :][order]
             if op == "LSTM":
-                layers.append(lstm_layer(w_ih, w_hh, b_ih, b_hh, dtype=dtype,
-                                         activation=activation,
-                                         recurrent_activation=recurrent_activation))
+                layers.append(
+                    lstm_layer(
+                        w_ih,
+                        w_hh,
+                        b_ih,
+                        b_hh,
+                        dtype=dtype,
+                        activation=activation,
+                        recurrent_activation=recurrent_activation,
+                    )
+                )
             elif op == "GRU":
-                layers.append(gru_layer(w_ih, w_hh, b_ih, b_hh, dtype=dtype,
-                                        reset_after=bool(reset_after), activation=activation,
-                                        recurrent_activation=recurrent_activation))
+                layers.append(
+                    gru_layer(
+                        w_ih,
+                        w_hh,
+                        b_ih,
+                        b_hh,
+                        dtype=dtype,
+                        reset_after=bool(reset_after),
+                        activation=activation,
+                        recurrent_activation=recurrent_activation,
+                    )
+                )
             else:
-                layers.append(rnn_layer(w_ih, w_hh, b_ih, b_hh, activation=activation,
-                                        dtype=dtype))
+                layers.append(rnn_layer(w_ih, w_hh, b_ih, b_hh, activation=activation, dtype=dtype))
         if directions == 2:
             return dataclasses.replace(layers[0], backward=layers[1])
         return layers[0]
 
-    def recurrent_activations(self, node: Any, attributes: dict[str, Any],
-                              directions: int) -> tuple[str, str]:
+    def recurrent_activations(
+        self, node: Any, attributes: dict[str, Any], directions: int
+    ) -> tuple[str, str]:
         """(activation, recurrent_activation) in Keras terms from ONNX's activation list
         (a plain RNN's recurrent_activation is unused: ``"sigmoid"``)."""
         default = DEFAULT_ACTIVATIONS[node.op_type]
-        names = [a.decode() if isinstance(a, bytes) else str(a)
-                 for a in attributes.get("activations", default * directions)]
+        names = [
+            a.decode() if isinstance(a, bytes) else str(a)
+            for a in attributes.get("activations", default * directions)
+        ]
         alphas = list(attributes.get("activation_alpha", []))
         betas = list(attributes.get("activation_beta", []))
         if len(names) != len(default) * directions:
-            raise self.fail(node, f"{len(names)} activations for {directions} direction(s), "
-                            f"expected {len(default) * directions}")
+            raise self.fail(
+                node,
+                f"{len(names)} activations for {directions} direction(s), "
+                f"expected {len(default) * directions}",
+            )
         if directions == 2:
             half = len(default)
-            if names[:half] != names[half:] or alphas[:half] != alphas[half:] \
-                    or betas[:half] != betas[half:]:
+            if (
+                names[:half] != names[half:]
+                or alphas[:half] != alphas[half:]
+                or betas[:half] != betas[half:]
+            ):
                 raise self.fail(node, "the two directions use different activations")
             names, alphas, betas = names[:half], alphas[:half], betas[:half]
         if node.op_type == "RNN":
@@ -340,21 +414,29 @@ class _Graph:
         for index, activation in enumerate(names):
             if activation == "HardSigmoid":
                 if len(alphas) != len(names) or len(betas) != len(names):
-                    raise self.fail(node, "HardSigmoid needs explicit alpha=1/6, beta=0.5 for "
-                                    "every activation (ONNX's default alpha=0.2 is not "
-                                    "Keras 3's hard_sigmoid)")
+                    raise self.fail(
+                        node,
+                        "HardSigmoid needs explicit alpha=1/6, beta=0.5 for "
+                        "every activation (ONNX's default alpha=0.2 is not "
+                        "Keras 3's hard_sigmoid)",
+                    )
                 if abs(alphas[index] - 1 / 6) > 1e-7 or abs(betas[index] - 0.5) > 1e-7:
-                    raise self.fail(node, f"HardSigmoid alpha={alphas[index]}, "
-                                    f"beta={betas[index]}; only alpha=1/6, beta=0.5 is supported")
+                    raise self.fail(
+                        node,
+                        f"HardSigmoid alpha={alphas[index]}, "
+                        f"beta={betas[index]}; only alpha=1/6, beta=0.5 is supported",
+                    )
                 mapped.append("hard_sigmoid")
             elif activation in ("Sigmoid", "Tanh"):
                 mapped.append(activation.lower())
             else:
-                raise self.fail(node, f"activation {activation!r} is not supported "
-                                "(Sigmoid, Tanh, HardSigmoid)")
+                raise self.fail(
+                    node, f"activation {activation!r} is not supported (Sigmoid, Tanh, HardSigmoid)"
+                )
         if node.op_type == "LSTM" and mapped[1] != mapped[2]:
-            raise self.fail(node, "different cell and output activations (g != h) are not "
-                            "supported")
+            raise self.fail(
+                node, "different cell and output activations (g != h) are not supported"
+            )
         return mapped[1], mapped[0]
 
     def head(self, recurrent_output: str, dtype: np.dtype) -> tuple[list[DenseLayer], str]:
@@ -369,15 +451,23 @@ class _Graph:
             if name == recurrent_output:
                 break
             if node is None:
-                raise ModelFormatError(f"{self.path}: the graph output does not come from the "
-                                       "last recurrent node's Y output")
+                raise ModelFormatError(
+                    f"{self.path}: the graph output does not come from the "
+                    "last recurrent node's Y output"
+                )
             if node.op_type in RECURRENT_OPS:
-                raise self.fail(node, "the head reads Y_h/Y_c (final state); only the Y output "
-                                "(every step, or its last step through a Gather) is supported")
+                raise self.fail(
+                    node,
+                    "the head reads Y_h/Y_c (final state); only the Y output "
+                    "(every step, or its last step through a Gather) is supported",
+                )
             if last_step is not None:
-                raise self.fail(last_step, "only layout plumbing may sit between the recurrent "
-                                f"output and the last-step Gather (node {node.name!r} "
-                                f"({node.op_type}) does)")
+                raise self.fail(
+                    last_step,
+                    "only layout plumbing may sit between the recurrent "
+                    f"output and the last-step Gather (node {node.name!r} "
+                    f"({node.op_type}) does)",
+                )
             if node.op_type in CLASS_OUTPUTS:
                 if ops or output != "every":
                     raise self.fail(node, "a softmax is supported only as the graph's last node")
@@ -389,23 +479,30 @@ class _Graph:
             if node.op_type == "Gather":
                 index = self.constant(node, 1, "the Gather index")
                 if index is None or index.shape != () or int(index) != -1:
-                    raise self.fail(node, "only a Gather of the last step (index -1) is "
-                                    "supported in the head")
+                    raise self.fail(
+                        node, "only a Gather of the last step (index -1) is supported in the head"
+                    )
                 last_step = node
                 name = node.input[0]
                 continue
             data_inputs = [i for i in node.input if i and i not in self.constants]
             supported = node.op_type in ("MatMul", "Add", "Gemm", *HEAD_ACTIVATIONS)
             if not supported or len(data_inputs) != 1:
-                raise self.fail(node, "not supported in the head (Gemm, MatMul, Add and "
-                                f"{', '.join(HEAD_ACTIVATIONS)} are)")
+                raise self.fail(
+                    node,
+                    "not supported in the head (Gemm, MatMul, Add and "
+                    f"{', '.join(HEAD_ACTIVATIONS)} are)",
+                )
             ops.append(node)
             name = data_inputs[0]
         else:
             raise ModelFormatError(f"{self.path}: the graph has a cycle")
         if softmax is not None and last_step is None:
-            raise self.fail(softmax, "a softmax over every step is not supported (only over "
-                            "the last step's output, after a Gather of index -1)")
+            raise self.fail(
+                softmax,
+                "a softmax over every step is not supported (only over "
+                "the last step's output, after a Gather of index -1)",
+            )
         if last_step is not None and output == "every":
             output = "last"
         return self.dense_layers(ops[::-1], dtype), output
@@ -434,17 +531,22 @@ class _Graph:
                     raise self.fail(node, "an activation that does not follow a dense layer")
                 attributes = self.attributes(node)
                 if node.op_type == "HardSigmoid" and (
-                        abs(attributes.get("alpha", 0.2) - 1 / 6) > 1e-7
-                        or abs(attributes.get("beta", 0.5) - 0.5) > 1e-7):
-                    raise self.fail(node, "only alpha=1/6, beta=0.5 (Keras 3's hard_sigmoid) "
-                                    "is supported")
+                    abs(attributes.get("alpha", 0.2) - 1 / 6) > 1e-7
+                    or abs(attributes.get("beta", 0.5) - 0.5) > 1e-7
+                ):
+                    raise self.fail(
+                        node, "only alpha=1/6, beta=0.5 (Keras 3's hard_sigmoid) is supported"
+                    )
                 layers[-1][2] = HEAD_ACTIVATIONS[node.op_type]
         return [dense_layer(w, b, a or "linear", dtype=dtype) for w, b, a in layers]
 
     def gemm(self, node: Any) -> list[Any]:
         attributes = self.attributes(node)
-        if attributes.get("transA", 0) or attributes.get("alpha", 1.0) != 1.0 \
-                or attributes.get("beta", 1.0) != 1.0:
+        if (
+            attributes.get("transA", 0)
+            or attributes.get("alpha", 1.0) != 1.0
+            or attributes.get("beta", 1.0) != 1.0
+        ):
             raise self.fail(node, "only Gemm with transA=0, alpha=1, beta=1 is supported")
         if len(node.input) < 2 or node.input[1] not in self.constants:
             raise self.fail(node, "B must be a constant")
@@ -472,13 +574,17 @@ def _verify(path: Path, proto: Any, graph: _Graph, model: Model) -> str:
     proto, model = _with_default_activations(proto, model)
     declared = next(i for i in proto.graph.input if i.name == graph.input_name)
     tensor_type = declared.type.tensor_type
-    dims = ([d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
-            if tensor_type.HasField("shape") else None)  # None: any rank, any size
+    dims = (
+        [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
+        if tensor_type.HasField("shape")
+        else None
+    )  # None: any rank, any size
     try:
         evaluator = ReferenceEvaluator(proto)
     except Exception as exc:  # the reference implementation raises many kinds
-        raise ModelFormatError(f"{path}: the graph cannot be checked by onnx.reference "
-                               f"({exc})") from exc
+        raise ModelFormatError(
+            f"{path}: the graph cannot be checked by onnx.reference ({exc})"
+        ) from exc
     rng = np.random.default_rng(0)  # fixed: a file is accepted or refused the same each time
     problems = []
     for layout, steps, shape in _candidate_inputs(dims, model.input_size):
@@ -505,7 +611,8 @@ def _verify(path: Path, proto: Any, graph: _Graph, model: Model) -> str:
     raise ModelFormatError(
         f"{path}: the graph does not compute what its LSTM/GRU and head nodes say when run one "
         "step after another (checked against onnx.reference on a random input: "
-        f"{'; '.join(problems) or 'no input layout fits'}); refused rather than run inexactly")
+        f"{'; '.join(problems) or 'no input layout fits'}); refused rather than run inexactly"
+    )
 
 
 def _engine_output(model: Model, xs: np.ndarray) -> np.ndarray:
@@ -519,8 +626,9 @@ def _engine_output(model: Model, xs: np.ndarray) -> np.ndarray:
     return out if model.window.per_step else out[None]
 
 
-def _candidate_inputs(dims: list[int | None] | None,
-                      width: int) -> list[tuple[str, int, list[int]]]:
+def _candidate_inputs(
+    dims: list[int | None] | None, width: int
+) -> list[tuple[str, int, list[int]]]:
     """(layout, steps, input shape) for each input layout the declared ``dims`` allow.
 
     A batch axis holds 1. A fixed time axis keeps its length; one fixed to 1 step cannot
@@ -552,14 +660,22 @@ def _with_default_activations(proto: Any, model: Model) -> tuple[Any, Model]:
     probe.CopyFrom(proto)
     for node in probe.graph.node:
         if node.op_type in RECURRENT_OPS:
-            keep = [a for a in node.attribute
-                    if a.name not in ("activations", "activation_alpha", "activation_beta")]
+            keep = [
+                a
+                for a in node.attribute
+                if a.name not in ("activations", "activation_alpha", "activation_beta")
+            ]
             del node.attribute[:]
             node.attribute.extend(keep)
+
     def default(layer: RecurrentLayer | None) -> RecurrentLayer | None:
         if layer is None:
             return None
-        return dataclasses.replace(layer, activation="tanh", recurrent_activation="sigmoid",
-                                   backward=default(layer.backward))
+        return dataclasses.replace(
+            layer,
+            activation="tanh",
+            recurrent_activation="sigmoid",
+            backward=default(layer.backward),
+        )
 
     return probe, model.replace(layers=tuple(default(layer) for layer in model.layers))

@@ -13,5 +13,17 @@ from ._math import tanh
 from ._network import TILE_STREAMS, run, step, step_tile
 from .layout import OK, REJECTED_RESULT, REJECTED_SAMPLE
 
-__all__ = ["NO_SAMPLE", "OK", "REJECTED_RESULT", "REJECTED_SAMPLE", "TILE_STREAMS",
-           "bank_step", "bank_step_serial", "group_by_row", "run", "step", "step_tile", "tanh"]
+__all__ = [
+    "NO_SAMPLE",
+    "OK",
+    "REJECTED_RESULT",
+    "REJECTED_SAMPLE",
+    "TILE_STREAMS",
+    "bank_step",
+    "bank_step_serial",
+    "group_by_row",
+    "run",
+    "step",
+    "step_tile",
+    "tanh",
+]

@@ -45,8 +45,9 @@ def group_by_row(rows, row_last, heads, links):
 
 
 @njit(**JIT)
-def _step_groups(params, layout, states, rows, samples, outs, status, scratch, heads, nxt,
-                 first, last):
+def _step_groups(
+    params, layout, states, rows, samples, outs, status, scratch, heads, nxt, first, last
+):
     """Step groups ``first..last-1`` (distinct rows), four at a time in lockstep.
 
     Four groups advance together through their chains, one sample each per round, via
@@ -62,15 +63,28 @@ def _step_groups(params, layout, states, rows, samples, outs, status, scratch, h
         i0, i1, i2, i3 = heads[g], heads[g + 1], heads[g + 2], heads[g + 3]
         while i0 != NO_SAMPLE and i1 != NO_SAMPLE and i2 != NO_SAMPLE and i3 != NO_SAMPLE:
             status[i0], status[i1], status[i2], status[i3] = step_tile(
-                params, layout, states[rows[i0]], states[rows[i1]], states[rows[i2]],
-                states[rows[i3]], samples[i0], samples[i1], samples[i2], samples[i3],
-                outs[i0], outs[i1], outs[i2], outs[i3], scratch, reverse)
+                params,
+                layout,
+                states[rows[i0]],
+                states[rows[i1]],
+                states[rows[i2]],
+                states[rows[i3]],
+                samples[i0],
+                samples[i1],
+                samples[i2],
+                samples[i3],
+                outs[i0],
+                outs[i1],
+                outs[i2],
+                outs[i3],
+                scratch,
+                reverse,
+            )
             reverse = not reverse
             i0, i1, i2, i3 = nxt[i0], nxt[i1], nxt[i2], nxt[i3]
         for i in (i0, i1, i2, i3):
             while i != NO_SAMPLE:
-                status[i] = step(params, layout, states[rows[i]], samples[i], outs[i],
-                                 scratch[0])
+                status[i] = step(params, layout, states[rows[i]], samples[i], outs[i], scratch[0])
                 i = nxt[i]
         g += TILE_STREAMS
     for h in range(g, last):
@@ -85,8 +99,9 @@ def bank_step_serial(params, layout, states, rows, samples, outs, status, scratc
     """Step a micro-batch on the calling thread; arguments as :func:`bank_step`."""
     row_last, heads, nxt = links[0], links[1], links[2]
     groups = group_by_row(rows, row_last, heads, nxt)
-    _step_groups(params, layout, states, rows, samples, outs, status, scratch[0], heads, nxt,
-                 0, groups)
+    _step_groups(
+        params, layout, states, rows, samples, outs, status, scratch[0], heads, nxt, 0, groups
+    )
 
 
 #: Groups one parallel task takes: a multiple of the tile, large enough to amortise the
@@ -107,5 +122,17 @@ def bank_step(params, layout, states, rows, samples, outs, status, scratch, link
     groups = group_by_row(rows, row_last, heads, nxt)
     for chunk in prange((groups + _CHUNK - 1) // _CHUNK):
         first = chunk * _CHUNK
-        _step_groups(params, layout, states, rows, samples, outs, status,
-                     scratch[get_thread_id()], heads, nxt, first, min(first + _CHUNK, groups))
+        _step_groups(
+            params,
+            layout,
+            states,
+            rows,
+            samples,
+            outs,
+            status,
+            scratch[get_thread_id()],
+            heads,
+            nxt,
+            first,
+            min(first + _CHUNK, groups),
+        )

@@ -28,8 +28,13 @@ from numba.np.numpy_support import as_dtype
 
 # Activation codes shared by the packer and the kernels.
 LINEAR, RELU, TANH, SIGMOID, HARD_SIGMOID = 0, 1, 2, 3, 4
-ACTIVATION_CODES = {"linear": LINEAR, "relu": RELU, "tanh": TANH, "sigmoid": SIGMOID,
-                    "hard_sigmoid": HARD_SIGMOID}
+ACTIVATION_CODES = {
+    "linear": LINEAR,
+    "relu": RELU,
+    "tanh": TANH,
+    "sigmoid": SIGMOID,
+    "hard_sigmoid": HARD_SIGMOID,
+}
 
 _P = (9.99999910e-01, 1.33715821e-01, 3.48473408e-03, 2.04447526e-05, 1.31534697e-08)
 _Q = (1.0, 4.67048782e-01, 2.58347580e-02, 3.26850240e-04, 7.68862879e-07)

@@ -44,8 +44,7 @@ from .layout import BLOCK_WIDTH, UNITS
 
 FASTMATH = set(FAST_FLAGS)
 #: No reference counting (``_nrt``): nothing here allocates, and see the module docstring.
-JIT = {"cache": True, "fastmath": FASTMATH, "error_model": "numpy", "nogil": True,
-       "_nrt": False}
+JIT = {"cache": True, "fastmath": FASTMATH, "error_model": "numpy", "nogil": True, "_nrt": False}
 
 #: Streams stepped together by :func:`step_tile`.
 TILE_STREAMS = 4
@@ -70,8 +69,14 @@ def _stack_array(typingctx, size, dtype):
         data.align = 64  # whole cache lines, wherever the thread's stack happens to be
         array = context.make_array(array_type)(context, builder)
         itemsize = cgutils.intp_t(context.get_abi_sizeof(element))
-        context.populate_array(array, data=data, shape=[cgutils.intp_t(count)],
-                               strides=[itemsize], itemsize=itemsize, meminfo=None)
+        context.populate_array(
+            array,
+            data=data,
+            shape=[cgutils.intp_t(count)],
+            strides=[itemsize],
+            itemsize=itemsize,
+            meminfo=None,
+        )
         return array._getvalue()
 
     return array_type(size, dtype), codegen
@@ -83,7 +88,7 @@ def _matvec_acc(acc, params, offset, x, n_out):
     sweeps that vectorise. Rows are sliced from the flat buffer: a reshaped view would go
     through a runtime helper call on every step."""
     for k in range(x.shape[0]):
-        row, v = params[offset:offset + n_out], x[k]
+        row, v = params[offset : offset + n_out], x[k]
         for j in range(n_out):
             acc[j] += row[j] * v
         offset += n_out
@@ -105,19 +110,19 @@ def _all_finite(values, n):
 # -- scratch views ----------------------------------------------------------------------------
 @njit(inline="always", **JIT)
 def _new_state(layout, scratch):
-    return scratch[:layout[L.H_STATE]]
+    return scratch[: layout[L.H_STATE]]
 
 
 @njit(inline="always", **JIT)
 def _work(layout, scratch):
     """Per-layer work space (see :func:`_layer_views`, :func:`_gru_reset_before`)."""
-    return scratch[layout[L.H_SC_WORK]:layout[L.H_SC_SPARE]]
+    return scratch[layout[L.H_SC_WORK] : layout[L.H_SC_SPARE]]
 
 
 @njit(inline="always", **JIT)
 def _spare(layout, scratch):
     """Block sums in memory, for the paths that index them at run time."""
-    return scratch[layout[L.H_SC_SPARE]:layout[L.H_SC_INPUT]]
+    return scratch[layout[L.H_SC_SPARE] : layout[L.H_SC_INPUT]]
 
 
 @njit(inline="always", **JIT)
@@ -125,16 +130,16 @@ def _layer_input(layout, rec, index, scratch):
     """Layer ``index``'s input: the normalised sample, or the previous layer's new h."""
     if index == 0:
         start = layout[L.H_SC_INPUT]
-        return scratch[start:start + layout[L.H_INPUT]]
-    prev = layout[L.HEADER + (index - 1) * L.LAYER_RECORD:L.HEADER + index * L.LAYER_RECORD]
+        return scratch[start : start + layout[L.H_INPUT]]
+    prev = layout[L.HEADER + (index - 1) * L.LAYER_RECORD : L.HEADER + index * L.LAYER_RECORD]
     so = prev[L.L_STATE]
-    return scratch[so:so + prev[L.L_OUT]]
+    return scratch[so : so + prev[L.L_OUT]]
 
 
 @njit(inline="always", **JIT)
 def _record(layout, index):
     start = L.HEADER + index * L.LAYER_RECORD
-    return layout[start:start + L.LAYER_RECORD]
+    return layout[start : start + L.LAYER_RECORD]
 
 
 # -- stages -----------------------------------------------------------------------------------
@@ -145,7 +150,7 @@ def _prepare(params, layout, x, scratch):
     if not _all_finite(x, n_in):
         return False
     start = layout[L.H_SC_INPUT]
-    xin = scratch[start:start + n_in]
+    xin = scratch[start : start + n_in]
     norm = layout[L.H_IN_NORM]
     if norm >= 0:
         for k in range(n_in):
@@ -176,7 +181,7 @@ def _block_start(rec, b):
 @njit(inline="always", **JIT)
 def _block_bias(params, rec, b):
     start = rec[L.L_BLOCK_BIAS] + b * BLOCK_WIDTH
-    return params[start:start + BLOCK_WIDTH]
+    return params[start : start + BLOCK_WIDTH]
 
 
 # The block sums index ``params`` with constant-length slices rather than through a reshaped
@@ -186,7 +191,7 @@ def _block_bias(params, rec, b):
 @njit(inline="always", **JIT)
 def _add_rows(acc, params, row, values):
     for k in range(values.shape[0]):
-        w, v = params[row:row + BLOCK_WIDTH], values[k]
+        w, v = params[row : row + BLOCK_WIDTH], values[k]
         for t in range(BLOCK_WIDTH):
             acc[t] += w[t] * v
         row += BLOCK_WIDTH
@@ -196,7 +201,7 @@ def _add_rows(acc, params, row, values):
 @njit(inline="always", **JIT)
 def _add_rows_pair(a0, a1, params, row, gap, values):
     for k in range(values.shape[0]):
-        w0, w1 = params[row:row + BLOCK_WIDTH], params[row + gap:row + gap + BLOCK_WIDTH]
+        w0, w1 = params[row : row + BLOCK_WIDTH], params[row + gap : row + gap + BLOCK_WIDTH]
         v = values[k]
         for t in range(BLOCK_WIDTH):
             a0[t] += w0[t] * v
@@ -208,7 +213,7 @@ def _add_rows_pair(a0, a1, params, row, gap, values):
 @njit(inline="always", **JIT)
 def _add_rows_tile(a0, a1, a2, a3, params, row, v0, v1, v2, v3):
     for k in range(v0.shape[0]):
-        w, s0, s1, s2, s3 = params[row:row + BLOCK_WIDTH], v0[k], v1[k], v2[k], v3[k]
+        w, s0, s1, s2, s3 = params[row : row + BLOCK_WIDTH], v0[k], v1[k], v2[k], v3[k]
         for t in range(BLOCK_WIDTH):
             a0[t] += w[t] * s0
             a1[t] += w[t] * s1
@@ -255,10 +260,10 @@ def _block_sums_tile(a0, a1, a2, a3, params, rec, b, x0, x1, x2, x3, h0, h1, h2,
 def _lstm_units(acc, act, ract, c_prev, h_out, c_new, m):
     """Finish ``m`` units from their block sums ``acc = [i | f | g | o]``."""
     U = UNITS
-    activate_all(acc[:2 * U], ract)
-    activate_all(acc[2 * U:3 * U], act)
-    activate_all(acc[3 * U:], ract)
-    cell = acc[2 * U:3 * U]  # g is consumed into c, then holds act(c)
+    activate_all(acc[: 2 * U], ract)
+    activate_all(acc[2 * U : 3 * U], act)
+    activate_all(acc[3 * U :], ract)
+    cell = acc[2 * U : 3 * U]  # g is consumed into c, then holds act(c)
     for t in range(m):
         c = fma(acc[U + t], c_prev[t], acc[t] * cell[t])
         c_new[t] = c
@@ -272,8 +277,8 @@ def _lstm_units(acc, act, ract, c_prev, h_out, c_new, m):
 def _gru_units(acc, act, ract, h_prev, h_out, m):
     """Finish ``m`` units from their block sums ``acc = [r | z | n_x | n_h]``."""
     U = UNITS
-    activate_all(acc[:2 * U], ract)
-    n = acc[2 * U:3 * U]
+    activate_all(acc[: 2 * U], ract)
+    n = acc[2 * U : 3 * U]
     for t in range(U):
         n[t] += acc[t] * acc[3 * U + t]
     activate_all(n, act)
@@ -306,15 +311,15 @@ def _finish_units(rec, acc, spare, h_prev, c_prev, h_out, c_new, u0):
     end = u0 + m
     if m == UNITS and rec[L.L_ACT] == TANH and rec[L.L_RACT] == SIGMOID:
         if rec[L.L_KIND] == L.LSTM:
-            _lstm_units(acc, TANH, SIGMOID, c_prev[u0:end], h_out[u0:end], c_new[u0:end],
-                        UNITS)
+            _lstm_units(acc, TANH, SIGMOID, c_prev[u0:end], h_out[u0:end], c_new[u0:end], UNITS)
         else:
             _gru_units(acc, TANH, SIGMOID, h_prev[u0:end], h_out[u0:end], UNITS)
     else:
         for t in range(BLOCK_WIDTH):
             spare[t] = acc[t]
-        _finish_units_generic(rec, spare, h_prev[u0:end], c_prev[u0:end], h_out[u0:end],
-                              c_new[u0:end], m)
+        _finish_units_generic(
+            rec, spare, h_prev[u0:end], c_prev[u0:end], h_out[u0:end], c_new[u0:end], m
+        )
 
 
 @njit(inline="always", **JIT)
@@ -323,16 +328,20 @@ def _layer_views(rec, state, new_state, work):
     write h: the new state, or for a projected LSTM the work space (projected later)."""
     so, n_h, hidden = rec[L.L_STATE], rec[L.L_OUT], rec[L.L_HIDDEN]
     c_size = hidden if rec[L.L_KIND] == L.LSTM else 0
-    h_out = work[:hidden] if rec[L.L_WR] >= 0 else new_state[so:so + n_h]
-    return (state[so:so + n_h], state[so + n_h:so + n_h + c_size], h_out,
-            new_state[so + n_h:so + n_h + c_size])
+    h_out = work[:hidden] if rec[L.L_WR] >= 0 else new_state[so : so + n_h]
+    return (
+        state[so : so + n_h],
+        state[so + n_h : so + n_h + c_size],
+        h_out,
+        new_state[so + n_h : so + n_h + c_size],
+    )
 
 
 @njit(inline="always", **JIT)
 def _project(params, rec, new_state, work):
     """A projected LSTM's ``h = W_hr h_full`` (``h_full`` in the work space)."""
     so, hidden, n_h = rec[L.L_STATE], rec[L.L_HIDDEN], rec[L.L_OUT]
-    h_new = new_state[so:so + n_h]
+    h_new = new_state[so : so + n_h]
     for j in range(n_h):
         h_new[j] = 0.0
     _matvec_acc(h_new, params, rec[L.L_WR], work[:hidden], n_h)
@@ -347,12 +356,12 @@ def _gru_reset_before(params, rec, x, state, new_state, work, acc, reverse):
     U = UNITS
     count = _block_count(rec)
     so, hidden = rec[L.L_STATE], rec[L.L_HIDDEN]
-    h_prev, h_new = state[so:so + hidden], new_state[so:so + hidden]
-    z_all, nx_all, rh = work[:hidden], work[hidden:2 * hidden], work[2 * hidden:3 * hidden]
+    h_prev, h_new = state[so : so + hidden], new_state[so : so + hidden]
+    z_all, nx_all, rh = work[:hidden], work[hidden : 2 * hidden], work[2 * hidden : 3 * hidden]
     for q in range(count):
         b = count - 1 - q if reverse else q
         _block_sums(acc, params, rec, b, x, h_prev)
-        activate_all(acc[:2 * U], rec[L.L_RACT])
+        activate_all(acc[: 2 * U], rec[L.L_RACT])
         for t in range(min(U, hidden - b * U)):
             u = b * U + t
             rh[u] = acc[t] * h_prev[u]
@@ -366,7 +375,7 @@ def _gru_reset_before(params, rec, x, state, new_state, work, acc, reverse):
         for t in range(U):
             n[t] = 0.0
         for k in range(hidden):
-            w, v = params[row:row + U], rh[k]
+            w, v = params[row : row + U], rh[k]
             for t in range(U):
                 n[t] += w[t] * v
             row += U
@@ -409,18 +418,22 @@ def _layer(params, rec, x, state, new_state, work, spare, reverse):
 
 
 @njit(**JIT)
-def _layer_tile(params, rec, x0, x1, x2, x3, s0, s1, s2, s3, n0, n1, n2, n3, w0, w1, w2, w3,
-                spare, reverse):
+def _layer_tile(
+    params, rec, x0, x1, x2, x3, s0, s1, s2, s3, n0, n1, n2, n3, w0, w1, w2, w3, spare, reverse
+):
     """:func:`_layer` for four streams (``x``: inputs, ``s``: states, ``n``: new states,
     ``w``: work spaces) sharing each weight row."""
     if rec[L.L_BLOCKS_HN] >= 0:
-        for x, s, n, w in ((x0, s0, n0, w0), (x1, s1, n1, w1), (x2, s2, n2, w2),
-                           (x3, s3, n3, w3)):
+        for x, s, n, w in ((x0, s0, n0, w0), (x1, s1, n1, w1), (x2, s2, n2, w2), (x3, s3, n3, w3)):
             _gru_reset_before(params, rec, x, s, n, w, spare, reverse)
         return
     dtype = x0.dtype
-    a0, a1, a2, a3 = (_accumulators(dtype), _accumulators(dtype), _accumulators(dtype),
-                      _accumulators(dtype))
+    a0, a1, a2, a3 = (
+        _accumulators(dtype),
+        _accumulators(dtype),
+        _accumulators(dtype),
+        _accumulators(dtype),
+    )
     h0, c0, o0, k0 = _layer_views(rec, s0, n0, w0)
     h1, c1, o1, k1 = _layer_views(rec, s1, n1, w1)
     h2, c2, o2, k2 = _layer_views(rec, s2, n2, w2)
@@ -445,19 +458,19 @@ def _finish(params, layout, state, out, scratch):
     n_layers = layout[L.H_LAYERS]
     last = _record(layout, n_layers - 1)
     new_state = _new_state(layout, scratch)
-    layer_in = new_state[last[L.L_STATE]:last[L.L_STATE] + last[L.L_OUT]]
-    ping = scratch[layout[L.H_SC_PING]:layout[L.H_SC_PONG]]
-    pong = scratch[layout[L.H_SC_PONG]:layout[L.H_SCRATCH]]
+    layer_in = new_state[last[L.L_STATE] : last[L.L_STATE] + last[L.L_OUT]]
+    ping = scratch[layout[L.H_SC_PING] : layout[L.H_SC_PONG]]
+    pong = scratch[layout[L.H_SC_PONG] : layout[L.H_SCRATCH]]
     dense_base = L.HEADER + n_layers * L.LAYER_RECORD
     for index in range(layout[L.H_DENSE]):
         start = dense_base + index * L.DENSE_RECORD
-        rec = layout[start:start + L.DENSE_RECORD]
+        rec = layout[start : start + L.DENSE_RECORD]
         d_in, d_out = rec[L.D_IN], rec[L.D_OUT]
         dst = ping if index % 2 == 0 else pong
-        bias = params[rec[L.D_B]:rec[L.D_B] + d_out]
+        bias = params[rec[L.D_B] : rec[L.D_B] + d_out]
         if rec[L.D_FORM] == L.DENSE_DOT:
             for j in range(d_out):
-                row = params[rec[L.D_W] + j * d_in:rec[L.D_W] + (j + 1) * d_in]
+                row = params[rec[L.D_W] + j * d_in : rec[L.D_W] + (j + 1) * d_in]
                 total = bias[j]
                 for k in range(d_in):
                     total += row[k] * layer_in[k]
@@ -499,14 +512,22 @@ def forward(layout):
 def _step(params, layout, state, x, out, scratch, reverse):
     """:func:`step`, walking the unit blocks backwards if ``reverse`` (see :mod:`.layout`)."""
     if not _prepare(params, layout, x, scratch):
-        out[:layout[L.H_OUTPUT]] = np.nan
+        out[: layout[L.H_OUTPUT]] = np.nan
         return L.REJECTED_SAMPLE
     new_state = _new_state(layout, scratch)
     work = _work(layout, scratch)
     for index in range(layout[L.H_LAYERS]):
         rec = _record(layout, index)
-        _layer(params, rec, _layer_input(layout, rec, index, scratch), state, new_state, work,
-               _spare(layout, scratch), reverse)
+        _layer(
+            params,
+            rec,
+            _layer_input(layout, rec, index, scratch),
+            state,
+            new_state,
+            work,
+            _spare(layout, scratch),
+            reverse,
+        )
     return _finish(params, layout, state, out, scratch)
 
 
@@ -524,8 +545,9 @@ def step(params, layout, state, x, out, scratch):
 
 
 @njit(**JIT)
-def step_tile(params, layout, s0, s1, s2, s3, x0, x1, x2, x3, o0, o1, o2, o3, scratch,
-              reverse=False):
+def step_tile(
+    params, layout, s0, s1, s2, s3, x0, x1, x2, x3, o0, o1, o2, o3, scratch, reverse=False
+):
     """Advance four *different* streams by one sample each; statuses as a 4-tuple.
 
     Same arguments as :func:`step`, four of each, and ``scratch`` of shape
@@ -534,22 +556,48 @@ def step_tile(params, layout, s0, s1, s2, s3, x0, x1, x2, x3, o0, o1, o2, o3, sc
     ``reverse`` walks the weight blocks backwards (same results; see :mod:`.layout`).
     """
     c0, c1, c2, c3 = scratch[0], scratch[1], scratch[2], scratch[3]
-    if not (_prepare(params, layout, x0, c0) and _prepare(params, layout, x1, c1)
-            and _prepare(params, layout, x2, c2) and _prepare(params, layout, x3, c3)):
-        return (step(params, layout, s0, x0, o0, c0), step(params, layout, s1, x1, o1, c1),
-                step(params, layout, s2, x2, o2, c2), step(params, layout, s3, x3, o3, c3))
+    if not (
+        _prepare(params, layout, x0, c0)
+        and _prepare(params, layout, x1, c1)
+        and _prepare(params, layout, x2, c2)
+        and _prepare(params, layout, x3, c3)
+    ):
+        return (
+            step(params, layout, s0, x0, o0, c0),
+            step(params, layout, s1, x1, o1, c1),
+            step(params, layout, s2, x2, o2, c2),
+            step(params, layout, s3, x3, o3, c3),
+        )
     for index in range(layout[L.H_LAYERS]):
         rec = _record(layout, index)
-        _layer_tile(params, rec,
-                    _layer_input(layout, rec, index, c0), _layer_input(layout, rec, index, c1),
-                    _layer_input(layout, rec, index, c2), _layer_input(layout, rec, index, c3),
-                    s0, s1, s2, s3,
-                    _new_state(layout, c0), _new_state(layout, c1), _new_state(layout, c2),
-                    _new_state(layout, c3),
-                    _work(layout, c0), _work(layout, c1), _work(layout, c2), _work(layout, c3),
-                    _spare(layout, c0), reverse)
-    return (_finish(params, layout, s0, o0, c0), _finish(params, layout, s1, o1, c1),
-            _finish(params, layout, s2, o2, c2), _finish(params, layout, s3, o3, c3))
+        _layer_tile(
+            params,
+            rec,
+            _layer_input(layout, rec, index, c0),
+            _layer_input(layout, rec, index, c1),
+            _layer_input(layout, rec, index, c2),
+            _layer_input(layout, rec, index, c3),
+            s0,
+            s1,
+            s2,
+            s3,
+            _new_state(layout, c0),
+            _new_state(layout, c1),
+            _new_state(layout, c2),
+            _new_state(layout, c3),
+            _work(layout, c0),
+            _work(layout, c1),
+            _work(layout, c2),
+            _work(layout, c3),
+            _spare(layout, c0),
+            reverse,
+        )
+    return (
+        _finish(params, layout, s0, o0, c0),
+        _finish(params, layout, s1, o1, c1),
+        _finish(params, layout, s2, o2, c2),
+        _finish(params, layout, s3, o3, c3),
+    )
 
 
 @njit(**JIT)

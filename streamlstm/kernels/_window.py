@@ -44,33 +44,33 @@ from ._network import JIT, TILE_STREAMS, _all_finite, _matvec_acc, step, step_ti
 from .layout import OK, REJECTED_RESULT, REJECTED_SAMPLE
 
 # Header fields.
-W_LAYERS = 0       # number of recurrent layers
-W_INPUT = 1        # D
-W_OUTPUT = 2       # O
-W_DENSE = 3        # number of dense head layers
-W_IN_NORM = 4      # offset of (mean[D], std[D]) or -1
-W_OUT_NORM = 5     # offset of (mean[O], std[O]) or -1
-W_MODE = 6         # one of the MODE_* codes
-W_WIDTH = 7        # widest per-step vector of the layer sequences (input or a layer output)
-W_RNN_HIDDEN = 8   # largest hidden size of a plain RNN layer (1 if none)
+W_LAYERS = 0  # number of recurrent layers
+W_INPUT = 1  # D
+W_OUTPUT = 2  # O
+W_DENSE = 3  # number of dense head layers
+W_IN_NORM = 4  # offset of (mean[D], std[D]) or -1
+W_OUT_NORM = 5  # offset of (mean[O], std[O]) or -1
+W_MODE = 6  # one of the MODE_* codes
+W_WIDTH = 7  # widest per-step vector of the layer sequences (input or a layer output)
+W_RNN_HIDDEN = 8  # largest hidden size of a plain RNN layer (1 if none)
 W_DENSE_WIDTH = 9  # widest dense output
-W_STREAM_STATE = 10    # largest state of a direction's streaming pack
+W_STREAM_STATE = 10  # largest state of a direction's streaming pack
 W_STREAM_SCRATCH = 11  # largest scratch of a direction's streaming pack
-W_FINAL_STATE = 12     # 1: a per-window output reads the top layer's final state
-W_ENCODER = 13         # n > 0: layer n's final state is fed to every step of layer n + 1
+W_FINAL_STATE = 12  # 1: a per-window output reads the top layer's final state
+W_ENCODER = 13  # n > 0: layer n's final state is fed to every step of layer n + 1
 HEADER = 14
 
 # Direction record (a layer has one or two, the backward one second).
-K_STREAM = 0       # row of stream_index with an LSTM/GRU direction's pack, or -1 (RNN)
-K_IN = 1           # input width
-K_OUT = 2          # this direction's h width: proj size or H
-K_REVERSE = 3      # 1 for a backward direction
-K_COLUMN = 4       # where this direction's h goes in the layer output: 0 or out
-K_WX = 5           # RNN only: W_ih^T, (in, H)
-K_WH = 6           # RNN only: W_hh^T, (H, H)
-K_BI = 7           # RNN only: b_ih (H)
-K_BH = 8           # RNN only: b_hh (H)
-K_ACT = 9          # RNN only: activation code (tanh or relu)
+K_STREAM = 0  # row of stream_index with an LSTM/GRU direction's pack, or -1 (RNN)
+K_IN = 1  # input width
+K_OUT = 2  # this direction's h width: proj size or H
+K_REVERSE = 3  # 1 for a backward direction
+K_COLUMN = 4  # where this direction's h goes in the layer output: 0 or out
+K_WX = 5  # RNN only: W_ih^T, (in, H)
+K_WH = 6  # RNN only: W_hh^T, (H, H)
+K_BI = 7  # RNN only: b_ih (H)
+K_BH = 8  # RNN only: b_hh (H)
+K_ACT = 9  # RNN only: activation code (tanh or relu)
 DIRECTION_RECORD = 10
 # stream_index columns: a streaming pack's slice of stream_params and of stream_layouts.
 S_PARAMS, S_PARAMS_END, S_LAYOUT, S_LAYOUT_END = 0, 1, 2, 3
@@ -82,7 +82,7 @@ LAYER_RECORD = 1 + 2 * DIRECTION_RECORD
 D_IN = 0
 D_OUT = 1
 D_ACT = 2
-D_W = 3            # W^T, (in, out)
+D_W = 3  # W^T, (in, out)
 D_B = 4
 DENSE_RECORD = 5
 
@@ -111,12 +111,12 @@ def _rnn_direction(params, rec, src, dst, steps, run, width, h, gx, gh):
         for j in range(hidden):
             gx[j] = params[rec[K_BI] + j]
             gh[j] = params[rec[K_BH] + j]
-        _matvec_acc(gx, params, rec[K_WX], src[t * width:t * width + n_in], hidden)
+        _matvec_acc(gx, params, rec[K_WX], src[t * width : t * width + n_in], hidden)
         _matvec_acc(gh, params, rec[K_WH], h, hidden)
         for j in range(hidden):
             gx[j] += gh[j]
         activate_all(gx, rec[K_ACT])
-        out = dst[t * width + column:t * width + column + hidden]
+        out = dst[t * width + column : t * width + column + hidden]
         for u in range(hidden):
             h[u] = gx[u]
             out[u] = gx[u]
@@ -148,7 +148,7 @@ def _head(params, layout, vector, out, ping, pong):
     base = HEADER + n_layers * LAYER_RECORD
     layer_in = vector
     for index in range(layout[W_DENSE]):
-        rec = layout[base + index * DENSE_RECORD:base + (index + 1) * DENSE_RECORD]
+        rec = layout[base + index * DENSE_RECORD : base + (index + 1) * DENSE_RECORD]
         d_out = rec[D_OUT]
         dst = ping[:d_out] if index % 2 == 0 else pong[:d_out]
         for j in range(d_out):
@@ -191,8 +191,9 @@ def _failed(status, n, code):
 
 
 @njit(**JIT)
-def _stream_direction(params, layout, rec, seqs, src, states, scratch, status, first, count,
-                      steps, run, width):
+def _stream_direction(
+    params, layout, rec, seqs, src, states, scratch, status, first, count, steps, run, width
+):
     """One LSTM/GRU direction over the first ``run`` of ``steps`` (in its own order) of
     ``count`` windows' sequences with the streaming kernels.
 
@@ -210,25 +211,57 @@ def _stream_direction(params, layout, rec, seqs, src, states, scratch, status, f
         a, b = t * width, t * width + column
         if count == TILE_STREAMS:
             c0, c1, c2, c3 = step_tile(
-                params, layout, states[0, :size], states[1, :size], states[2, :size],
-                states[3, :size], seqs[0, src, a:a + n_in], seqs[1, src, a:a + n_in],
-                seqs[2, src, a:a + n_in], seqs[3, src, a:a + n_in], seqs[0, dst, b:b + n_out],
-                seqs[1, dst, b:b + n_out], seqs[2, dst, b:b + n_out], seqs[3, dst, b:b + n_out],
-                scratch, s % 2 == 1)
+                params,
+                layout,
+                states[0, :size],
+                states[1, :size],
+                states[2, :size],
+                states[3, :size],
+                seqs[0, src, a : a + n_in],
+                seqs[1, src, a : a + n_in],
+                seqs[2, src, a : a + n_in],
+                seqs[3, src, a : a + n_in],
+                seqs[0, dst, b : b + n_out],
+                seqs[1, dst, b : b + n_out],
+                seqs[2, dst, b : b + n_out],
+                seqs[3, dst, b : b + n_out],
+                scratch,
+                s % 2 == 1,
+            )
             _failed(status, first, c0)
             _failed(status, first + 1, c1)
             _failed(status, first + 2, c2)
             _failed(status, first + 3, c3)
         else:
             for i in range(count):
-                code = step(params, layout, states[i, :size], seqs[i, src, a:a + n_in],
-                            seqs[i, dst, b:b + n_out], scratch[i])
+                code = step(
+                    params,
+                    layout,
+                    states[i, :size],
+                    seqs[i, src, a : a + n_in],
+                    seqs[i, dst, b : b + n_out],
+                    scratch[i],
+                )
                 _failed(status, first + i, code)
 
 
 @njit(**JIT)
-def _evaluate_group(params, layout, stream_params, stream_layouts, stream_index, windows, outs,
-                    status, first, count, seqs, states, scratch, work):
+def _evaluate_group(
+    params,
+    layout,
+    stream_params,
+    stream_layouts,
+    stream_index,
+    windows,
+    outs,
+    status,
+    first,
+    count,
+    seqs,
+    states,
+    scratch,
+    work,
+):
     """Evaluate windows ``first .. first + count - 1`` (``count`` <= 4) from the zero state.
 
     Sets ``status`` (``REJECTED_SAMPLE``: a non-finite sample; ``REJECTED_RESULT``: a
@@ -237,9 +270,9 @@ def _evaluate_group(params, layout, stream_params, stream_layouts, stream_index,
     """
     steps, n_in = windows.shape[1], layout[W_INPUT]
     width, hidden, dense = layout[W_WIDTH], layout[W_RNN_HIDDEN], layout[W_DENSE_WIDTH]
-    h, gx, gh = work[:hidden], work[hidden:2 * hidden], work[2 * hidden:3 * hidden]
+    h, gx, gh = work[:hidden], work[hidden : 2 * hidden], work[2 * hidden : 3 * hidden]
     at = 3 * hidden
-    ping, pong = work[at:at + dense], work[at + dense:at + 2 * dense]
+    ping, pong = work[at : at + dense], work[at + dense : at + 2 * dense]
 
     norm = layout[W_IN_NORM]
     for i in range(count):
@@ -249,7 +282,7 @@ def _evaluate_group(params, layout, stream_params, stream_layouts, stream_index,
         for t in range(steps):
             if not _all_finite(windows[n, t], n_in):
                 status[n] = REJECTED_SAMPLE
-            row = seq[t * width:t * width + n_in]
+            row = seq[t * width : t * width + n_in]
             for k in range(n_in):
                 row[k] = windows[n, t, k]
                 if norm >= 0:
@@ -265,21 +298,33 @@ def _evaluate_group(params, layout, stream_params, stream_layouts, stream_index,
         directions = layout[start + LAYER_DIRECTIONS]
         for d in range(directions):
             begin = start + 1 + d * DIRECTION_RECORD
-            rec = layout[begin:begin + DIRECTION_RECORD]
+            rec = layout[begin : begin + DIRECTION_RECORD]
             run = steps
             if rec[K_REVERSE] and last_only and index + 1 == layout[W_LAYERS]:
                 run = 1
             pack = rec[K_STREAM]
             if pack >= 0:
                 row = stream_index[pack]
-                _stream_direction(stream_params[row[S_PARAMS]:row[S_PARAMS_END]],
-                                  stream_layouts[row[S_LAYOUT]:row[S_LAYOUT_END]], rec, seqs,
-                                  src, states, scratch, status, first, count, steps, run,
-                                  width)
+                _stream_direction(
+                    stream_params[row[S_PARAMS] : row[S_PARAMS_END]],
+                    stream_layouts[row[S_LAYOUT] : row[S_LAYOUT_END]],
+                    rec,
+                    seqs,
+                    src,
+                    states,
+                    scratch,
+                    status,
+                    first,
+                    count,
+                    steps,
+                    run,
+                    width,
+                )
             else:
                 for i in range(count):
-                    _rnn_direction(params, rec, seqs[i, src], seqs[i, 1 - src], steps, run,
-                                   width, h, gx, gh)
+                    _rnn_direction(
+                        params, rec, seqs[i, src], seqs[i, 1 - src], steps, run, width, h, gx, gh
+                    )
             top = directions * rec[K_OUT]
         src = 1 - src
         size = layout[start + 1 + K_OUT]
@@ -297,10 +342,10 @@ def _evaluate_group(params, layout, stream_params, stream_layouts, stream_index,
         seq, out = seqs[i, src], outs[n]
         if mode == MODE_EVERY:
             for t in range(steps):
-                _head(params, layout, seq[t * width:t * width + top], out[t], ping, pong)
+                _head(params, layout, seq[t * width : t * width + top], out[t], ping, pong)
         else:
             last = (steps - 1) * width
-            _head(params, layout, seq[last:last + top], out[0], ping, pong)
+            _head(params, layout, seq[last : last + top], out[0], ping, pong)
             if mode != MODE_LAST:
                 _softmax(out[0, :n_out], mode == MODE_LOG_SOFTMAX)
         for r in range(out.shape[0]):
@@ -311,8 +356,20 @@ def _evaluate_group(params, layout, stream_params, stream_layouts, stream_index,
 
 
 @njit(parallel=True, **JIT)
-def evaluate_windows(params, layout, stream_params, stream_layouts, stream_index, windows, outs,
-                     status, seqs, states, scratch, work):
+def evaluate_windows(
+    params,
+    layout,
+    stream_params,
+    stream_layouts,
+    stream_index,
+    windows,
+    outs,
+    status,
+    seqs,
+    states,
+    scratch,
+    work,
+):
     """Evaluate ``(N, T, D)`` windows, each from the zero state, groups of four in parallel.
 
     ``outs``: ``(N, T, O)`` for ``MODE_EVERY``, else ``(N, 1, O)``; ``status``: ``(N,)``
@@ -324,25 +381,76 @@ def evaluate_windows(params, layout, stream_params, stream_layouts, stream_index
     for g in prange((count + TILE_STREAMS - 1) // TILE_STREAMS):
         first = g * TILE_STREAMS
         me = get_thread_id()
-        _evaluate_group(params, layout, stream_params, stream_layouts, stream_index, windows,
-                        outs, status, first, min(TILE_STREAMS, count - first), seqs[me],
-                        states[me], scratch[me], work[me])
+        _evaluate_group(
+            params,
+            layout,
+            stream_params,
+            stream_layouts,
+            stream_index,
+            windows,
+            outs,
+            status,
+            first,
+            min(TILE_STREAMS, count - first),
+            seqs[me],
+            states[me],
+            scratch[me],
+            work[me],
+        )
 
 
 @njit(**JIT)
-def evaluate_windows_serial(params, layout, stream_params, stream_layouts, stream_index, windows,
-                            outs, status, seqs, states, scratch, work):
+def evaluate_windows_serial(
+    params,
+    layout,
+    stream_params,
+    stream_layouts,
+    stream_index,
+    windows,
+    outs,
+    status,
+    seqs,
+    states,
+    scratch,
+    work,
+):
     """:func:`evaluate_windows` on the calling thread (uses the first thread's work)."""
     count = windows.shape[0]
     for first in range(0, count, TILE_STREAMS):
-        _evaluate_group(params, layout, stream_params, stream_layouts, stream_index, windows,
-                        outs, status, first, min(TILE_STREAMS, count - first), seqs[0],
-                        states[0], scratch[0], work[0])
+        _evaluate_group(
+            params,
+            layout,
+            stream_params,
+            stream_layouts,
+            stream_index,
+            windows,
+            outs,
+            status,
+            first,
+            min(TILE_STREAMS, count - first),
+            seqs[0],
+            states[0],
+            scratch[0],
+            work[0],
+        )
 
 
 @njit(**JIT)
-def assemble_windows(rows, samples, start, ring, counts, last_bad, rejected, skipped, hop,
-                     windows, window_rows, window_ends, window_at):
+def assemble_windows(
+    rows,
+    samples,
+    start,
+    ring,
+    counts,
+    last_bad,
+    rejected,
+    skipped,
+    hop,
+    windows,
+    window_rows,
+    window_ends,
+    window_at,
+):
     """Push a micro-batch, from sample ``start`` on, into the per-sensor rings; copy out
     every completed window until ``windows`` is full.
 

@@ -58,8 +58,13 @@ RATE_WARNED_SENSORS = 1000
 class MQTTSource:
     """One subscription; ``config``: a validated ``[[sources]]`` table, ``broker``: ``[mqtt]``."""
 
-    def __init__(self, config: dict[str, Any], width: int, broker: dict[str, Any],
-                 model_rate: float | None = None) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        width: int,
+        broker: dict[str, Any],
+        model_rate: float | None = None,
+    ) -> None:
         self.name = config["name"]
         # The model's sample rate, to compare each message's ``rate`` with (None: unknown).
         self._model_rate = model_rate
@@ -160,10 +165,15 @@ class MQTTSource:
         if sensor in self._rate_warned or len(self._rate_warned) >= RATE_WARNED_SENSORS:
             return
         self._rate_warned.add(sensor)
-        log.warning("%s: sensor %s sends %g samples/s but the model was trained at %g; "
-                    "its scores mean little until the rates agree (counted as "
-                    "parse errors, reason rate_mismatch)", self.name, sensor, rate,
-                    self._model_rate)
+        log.warning(
+            "%s: sensor %s sends %g samples/s but the model was trained at %g; "
+            "its scores mean little until the rates agree (counted as "
+            "parse errors, reason rate_mismatch)",
+            self.name,
+            sensor,
+            rate,
+            self._model_rate,
+        )
 
     def _acknowledge(self, message: paho.MQTTMessage) -> None:
         """Manual ack of a message dropped here (it is handled: a redelivery would fail too)."""

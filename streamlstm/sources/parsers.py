@@ -117,8 +117,11 @@ def _load_json(payload: bytes | bytearray) -> object:
     what it might read differently (integers past 64 bits, deep nesting: see above), the
     standard parser accepts or refuses as it always did.
     """
-    if (orjson is not None and payload.count(b"[") + payload.count(b"{") < _SHALLOW
-            and _LONG_DIGITS not in payload.translate(_DIGITS_AS_ZEROS)):
+    if (
+        orjson is not None
+        and payload.count(b"[") + payload.count(b"{") < _SHALLOW
+        and _LONG_DIGITS not in payload.translate(_DIGITS_AS_ZEROS)
+    ):
         try:
             return orjson.loads(payload)
         except (ValueError, RecursionError):

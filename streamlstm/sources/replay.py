@@ -151,8 +151,11 @@ class ReplaySource:
             self._next = end
             self.stats.received(end - begin)
             percent = 100 * end // total
-            if self._progress and (percent // 10 > reported // 10 or end == total
-                                   or time.monotonic() - shown > PROGRESS_EVERY_S):
+            if self._progress and (
+                percent // 10 > reported // 10
+                or end == total
+                or time.monotonic() - shown > PROGRESS_EVERY_S
+            ):
                 # Whole lines: readable in a log, and an alert printed meanwhile (stdout,
                 # often the same terminal) never lands at the end of a progress line.
                 shown, reported = time.monotonic(), percent

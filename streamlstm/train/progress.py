@@ -11,8 +11,9 @@ class Progress:
     """Redraws one status line at most ``rate`` times a second on a terminal; elsewhere
     (a log file, CI) it prints only the line :meth:`done` finishes with."""
 
-    def __init__(self, *, stream: TextIO | None = None, enabled: bool = True,
-                 rate: float = 5.0) -> None:
+    def __init__(
+        self, *, stream: TextIO | None = None, enabled: bool = True, rate: float = 5.0
+    ) -> None:
         self.stream = sys.stderr if stream is None else stream
         self.enabled = enabled
         self.live = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()

@@ -109,8 +109,12 @@ class _Predictor(torch.nn.Module):
 def torch_state(threads: int, seed: int) -> Iterator[torch.Generator]:
     """Seeded, deterministic, ``threads``-thread torch inside; the caller's global torch
     settings (threads, deterministic algorithms, random state) restored after."""
-    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
-             torch.is_deterministic_algorithms_warn_only_enabled(), torch.get_rng_state())
+    saved = (
+        torch.get_num_threads(),
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.get_rng_state(),
+    )
     try:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(True)
@@ -149,18 +153,27 @@ def _as_recordings(data: Any) -> list[np.ndarray]:
 def _blocks(rec: np.ndarray, folds: int, minimum: int, index: int) -> list[np.ndarray]:
     edges = np.linspace(0, rec.shape[0], folds + 1).round().astype(int)
     if np.min(np.diff(edges)) < minimum:
-        raise ShapeError(f"recording {index}: {rec.shape[0]} samples is too short to cut "
-                         f"into {folds} folds of >= {minimum} samples (give more data or "
-                         "fewer folds)")
+        raise ShapeError(
+            f"recording {index}: {rec.shape[0]} samples is too short to cut "
+            f"into {folds} folds of >= {minimum} samples (give more data or "
+            "fewer folds)"
+        )
     return [rec[a:b] for a, b in itertools.pairwise(edges)]
 
 
 class _Data:
     """Normalised training tensors for one set of recordings (never spliced)."""
 
-    def __init__(self, parts: list[np.ndarray], mean: np.ndarray, std: np.ndarray,
-                 target_mean: np.ndarray, target_std: np.ndarray, delta: bool,
-                 window: int) -> None:
+    def __init__(
+        self,
+        parts: list[np.ndarray],
+        mean: np.ndarray,
+        std: np.ndarray,
+        target_mean: np.ndarray,
+        target_std: np.ndarray,
+        delta: bool,
+        window: int,
+    ) -> None:
         inputs, targets, starts, offset = [], [], [], 0
         for part in parts:
             x = (part - mean) / std
@@ -175,15 +188,37 @@ class _Data:
         self.x = torch.from_numpy(np.concatenate(inputs).astype(np.float32))
         self.y = torch.from_numpy(np.concatenate(targets).astype(np.float32))
         self.starts = torch.from_numpy(np.concatenate(starts)) if starts else None
-        self.pieces = [(torch.from_numpy(((p[:-1] - mean) / std).astype(np.float32))[None],
-                        torch.from_numpy(((np.diff(p, axis=0) - target_mean) / target_std
-                                          if delta else (p[1:] - mean) / std)
-                                         .astype(np.float32))[None]) for p in parts]
+        self.pieces = [
+            (
+                torch.from_numpy(((p[:-1] - mean) / std).astype(np.float32))[None],
+                torch.from_numpy(
+                    (
+                        (np.diff(p, axis=0) - target_mean) / target_std
+                        if delta
+                        else (p[1:] - mean) / std
+                    ).astype(np.float32)
+                )[None],
+            )
+            for p in parts
+        ]
 
 
-def _fit(train: _Data, held_out: _Data | None, width: int, hidden: int, layers: int,
-         epochs: int, patience: int, lr: float, batch_size: int, windows_per_epoch: int,
-         window: int, generator: torch.Generator, show: Progress, label: str) -> _Fit:
+def _fit(
+    train: _Data,
+    held_out: _Data | None,
+    width: int,
+    hidden: int,
+    layers: int,
+    epochs: int,
+    patience: int,
+    lr: float,
+    batch_size: int,
+    windows_per_epoch: int,
+    window: int,
+    generator: torch.Generator,
+    show: Progress,
+    label: str,
+) -> _Fit:
     net = _Predictor(width, hidden, layers)
     optimiser = torch.optim.Adam(net.parameters(), lr=lr)
     span = torch.arange(window)
@@ -197,24 +232,29 @@ def _fit(train: _Data, held_out: _Data | None, width: int, hidden: int, layers: 
             net.train()
             count_starts = len(starts)
             passes = -(-windows_per_epoch // count_starts)
-            picks = torch.cat([torch.randperm(count_starts, generator=generator)
-                               for _ in range(passes)])[:windows_per_epoch]
+            picks = torch.cat(
+                [torch.randperm(count_starts, generator=generator) for _ in range(passes)]
+            )[:windows_per_epoch]
             order = starts[picks]
             total, count = 0.0, 0
             for first in range(0, len(order), batch_size):
-                index = order[first:first + batch_size, None] + span
+                index = order[first : first + batch_size, None] + span
                 loss = torch.nn.functional.mse_loss(net(train.x[index]), train.y[index])
                 optimiser.zero_grad()
                 loss.backward()
                 optimiser.step()
                 total += float(loss.detach()) * index.shape[0]
                 count += index.shape[0]
-                show.update(f"{label} epoch {epoch}/{epochs} {bar(count, len(order))} "
-                            f"loss {total / count:.4f}")
+                show.update(
+                    f"{label} epoch {epoch}/{epochs} {bar(count, len(order))} "
+                    f"loss {total / count:.4f}"
+                )
             held = total / count if held_out is None else _held_out_loss(net, held_out)
             history.append((epoch, total / count, held))
-            show.done(f"{label} epoch {epoch}/{epochs}: train {total / count:.4f}"
-                      + ("" if held_out is None else f"  held-out {held:.4f}"))
+            show.done(
+                f"{label} epoch {epoch}/{epochs}: train {total / count:.4f}"
+                + ("" if held_out is None else f"  held-out {held:.4f}")
+            )
             if held_out is None:
                 best = epoch
                 best_state = {k: v.clone() for k, v in net.state_dict().items()}
@@ -235,20 +275,37 @@ def _held_out_loss(net: _Predictor, held_out: _Data) -> float:
     with torch.no_grad():
         for x, y in held_out.pieces:
             burn = min(VAL_BURN_IN, x.shape[1] // 4)
-            total += float(torch.nn.functional.mse_loss(net(x)[:, burn:], y[:, burn:],
-                                                        reduction="sum"))
+            total += float(
+                torch.nn.functional.mse_loss(net(x)[:, burn:], y[:, burn:], reduction="sum")
+            )
             count += (x.shape[1] - burn) * x.shape[2]
     return total / max(count, 1)
 
 
-def _export(state: Mapping[str, torch.Tensor], layers: int, norm_in: Normalization,
-            norm_out: Normalization, **fields: Any) -> Model:
+def _export(
+    state: Mapping[str, torch.Tensor],
+    layers: int,
+    norm_in: Normalization,
+    norm_out: Normalization,
+    **fields: Any,
+) -> Model:
     sd = {k: v.detach().cpu().numpy() for k, v in state.items()}
-    recurrent = tuple(lstm_layer(sd[f"lstm.weight_ih_l{k}"], sd[f"lstm.weight_hh_l{k}"],
-                                 sd[f"lstm.bias_ih_l{k}"], sd[f"lstm.bias_hh_l{k}"])
-                      for k in range(layers))
-    return Model(layers=recurrent, head=(dense_layer(sd["head.weight"], sd["head.bias"]),),
-                 input_norm=norm_in, output_norm=norm_out, **fields)
+    recurrent = tuple(
+        lstm_layer(
+            sd[f"lstm.weight_ih_l{k}"],
+            sd[f"lstm.weight_hh_l{k}"],
+            sd[f"lstm.bias_ih_l{k}"],
+            sd[f"lstm.bias_hh_l{k}"],
+        )
+        for k in range(layers)
+    )
+    return Model(
+        layers=recurrent,
+        head=(dense_layer(sd["head.weight"], sd["head.bias"]),),
+        input_norm=norm_in,
+        output_norm=norm_out,
+        **fields,
+    )
 
 
 def _spread(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -257,12 +314,28 @@ def _spread(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.where(std > 1e-12 * np.maximum(np.abs(mean), 1.0), std, 1.0)
 
 
-def train(data: Any, *, hidden: int = 32, layers: int = 1, features: Any = None,
-          target: str = "delta", folds: int = 3, seq_len: int = 32, batch_size: int = 32,
-          epochs: int = 40, lr: float = 3e-3, patience: int = 5, windows_per_epoch: int = 256,
-          threads: int = 1, seed: int = 0, name: str = "model", channels: Sequence[str] = (),
-          sample_rate: float | None = None, calibration: Mapping[str, Any] | None = None,
-          progress: bool | None = None) -> TrainResult:
+def train(
+    data: Any,
+    *,
+    hidden: int = 32,
+    layers: int = 1,
+    features: Any = None,
+    target: str = "delta",
+    folds: int = 3,
+    seq_len: int = 32,
+    batch_size: int = 32,
+    epochs: int = 40,
+    lr: float = 3e-3,
+    patience: int = 5,
+    windows_per_epoch: int = 256,
+    threads: int = 1,
+    seed: int = 0,
+    name: str = "model",
+    channels: Sequence[str] = (),
+    sample_rate: float | None = None,
+    calibration: Mapping[str, Any] | None = None,
+    progress: bool | None = None,
+) -> TrainResult:
     """Train and calibrate a next-step predictor on normal ``data`` (see the module doc).
 
     ``data``: a ``(T, D)`` array in sensor units (NaN = missing), or a sequence of them
@@ -275,18 +348,32 @@ def train(data: Any, *, hidden: int = 32, layers: int = 1, features: Any = None,
     ``progress``: progress lines on stderr (default: only when stderr is a terminal).
     Returns a :class:`TrainResult`; save its ``model`` with :func:`streamlstm.formats.save`.
     """
-    if not (hidden >= 1 and layers >= 1 and seq_len >= 2 and batch_size >= 1 and epochs >= 1
-            and patience >= 1 and windows_per_epoch >= 1 and folds >= 2 and lr > 0
-            and threads >= 1):
-        raise ConfigError("train: hidden, layers, batch_size, epochs, patience, threads and "
-                          "windows_per_epoch must be >= 1, seq_len and folds >= 2, lr > 0")
+    if not (
+        hidden >= 1
+        and layers >= 1
+        and seq_len >= 2
+        and batch_size >= 1
+        and epochs >= 1
+        and patience >= 1
+        and windows_per_epoch >= 1
+        and folds >= 2
+        and lr > 0
+        and threads >= 1
+    ):
+        raise ConfigError(
+            "train: hidden, layers, batch_size, epochs, patience, threads and "
+            "windows_per_epoch must be >= 1, seq_len and folds >= 2, lr > 0"
+        )
     if target not in TARGETS:
         raise ConfigError(f"train: target must be one of {TARGETS}, got {target!r}")
     started = time.monotonic()
     spec = None
     if features is not None:
-        spec = features if isinstance(features, FeatureSpec) else FeatureSpec.from_metadata(
-            {"features": features})
+        spec = (
+            features
+            if isinstance(features, FeatureSpec)
+            else FeatureSpec.from_metadata({"features": features})
+        )
     raw = _as_recordings(data)
     axes = raw[0].shape[1]
     if channels and len(channels) != axes:
@@ -295,8 +382,9 @@ def train(data: Any, *, hidden: int = 32, layers: int = 1, features: Any = None,
     # Durations resolved once (a deprecated name warns here, at the caller), then passed
     # on with their units.
     period = (spec.hop if spec else 1) / sample_rate if sample_rate else None
-    options = with_units(resolve_durations({**DEFAULT_CALIBRATION, **(calibration or {})},
-                                           period, stacklevel=2))
+    options = with_units(
+        resolve_durations({**DEFAULT_CALIBRATION, **(calibration or {})}, period, stacklevel=2)
+    )
     options["target"] = target
     if spec is None:
         # The same rule calibration applies, on the same data: the same channels.
@@ -306,18 +394,23 @@ def train(data: Any, *, hidden: int = 32, layers: int = 1, features: Any = None,
     else:
         mask, fill = np.ones(axes), np.zeros(axes)
     warmup = int(options.get("warmup_steps", CalibrationOptions.warmup))
-    minimum = max((spec.window + 2 * spec.hop) if spec else 4,
-                  (spec.window + (warmup + 10) * spec.hop) if spec else warmup + 10)
+    minimum = max(
+        (spec.window + 2 * spec.hop) if spec else 4,
+        (spec.window + (warmup + 10) * spec.hop) if spec else warmup + 10,
+    )
     blocks = [_blocks(rec, folds, minimum, i) for i, rec in enumerate(raw)]
-    to_inputs = ((lambda r: cleaned(r, mask, fill)) if spec is None
-                 else (lambda r: compute_features(r, spec)))
+    to_inputs = (
+        (lambda r: cleaned(r, mask, fill))
+        if spec is None
+        else (lambda r: compute_features(r, spec))
+    )
     inputs = [[to_inputs(b) for b in rec_blocks] for rec_blocks in blocks]
     whole = [to_inputs(r) for r in raw]
     stacked = np.concatenate(whole)
     mean, std = _spread(stacked)
     delta = target == "delta"
     changes = np.concatenate([np.diff(w, axis=0) for w in whole])
-    target_mean, target_std = (_spread(changes) if delta else (mean, std))
+    target_mean, target_std = _spread(changes) if delta else (mean, std)
     window = min(seq_len, min(b.shape[0] for rec in inputs for b in rec) - 1)
     width = stacked.shape[1]
 
@@ -326,19 +419,35 @@ def train(data: Any, *, hidden: int = 32, layers: int = 1, features: Any = None,
 
     show = Progress(enabled=progress if progress is not None else _stderr_is_terminal())
     fold_fits: list[tuple[_Fit, int]] = []
-    common = dict(width=width, hidden=hidden, layers=layers, patience=patience, lr=lr,
-                  batch_size=batch_size, windows_per_epoch=windows_per_epoch, window=window,
-                  show=show)
+    common = dict(
+        width=width,
+        hidden=hidden,
+        layers=layers,
+        patience=patience,
+        lr=lr,
+        batch_size=batch_size,
+        windows_per_epoch=windows_per_epoch,
+        window=window,
+        show=show,
+    )
     with torch_state(threads, seed) as generator:
         for k in range(folds):
             # Pieces before and after the held-out block stay separate recordings; each is
             # contiguous raw data, so its features and gap filling are computed whole.
-            pieces = [part for rec in blocks for part in (rec[:k], rec[k + 1:]) if part]
-            train_parts = [p for p in (to_inputs(np.concatenate(part)) for part in pieces)
-                           if p.shape[0] > window]
-            fit = _fit(data_of(train_parts), data_of([rec[k] for rec in inputs]),
-                       epochs=epochs, generator=generator, label=f"fold {k + 1}/{folds}",
-                       **common)
+            pieces = [part for rec in blocks for part in (rec[:k], rec[k + 1 :]) if part]
+            train_parts = [
+                p
+                for p in (to_inputs(np.concatenate(part)) for part in pieces)
+                if p.shape[0] > window
+            ]
+            fit = _fit(
+                data_of(train_parts),
+                data_of([rec[k] for rec in inputs]),
+                epochs=epochs,
+                generator=generator,
+                label=f"fold {k + 1}/{folds}",
+                **common,
+            )
             if fit.history:
                 fold_fits.append((fit, k))
             if fit.interrupted:
@@ -348,28 +457,48 @@ def train(data: Any, *, hidden: int = 32, layers: int = 1, features: Any = None,
         interrupted = len(fold_fits) < folds or fold_fits[-1][0].interrupted
         best_epochs = [f.best_epoch for f, _ in fold_fits]
         if all(b == 1 for b in best_epochs) and not interrupted:
-            warnings.warn("train: the held-out loss was lowest after the first epoch in every "
-                          "fold: the model learnt nothing it could carry to new data (too "
-                          "little data, too high a learning rate, or nothing predictable)",
-                          TrainingWarning, stacklevel=2)
+            warnings.warn(
+                "train: the held-out loss was lowest after the first epoch in every "
+                "fold: the model learnt nothing it could carry to new data (too "
+                "little data, too high a learning rate, or nothing predictable)",
+                TrainingWarning,
+                stacklevel=2,
+            )
         final_epochs = max(1, round(statistics.median(best_epochs)))
         final = None
         if not interrupted:
-            final = _fit(data_of(whole), None, epochs=final_epochs, generator=generator,
-                         label="all data", **common)
+            final = _fit(
+                data_of(whole),
+                None,
+                epochs=final_epochs,
+                generator=generator,
+                label="all data",
+                **common,
+            )
             interrupted = final.interrupted
     norm_in = Normalization(mean.astype(np.float32), std.astype(np.float32))
     norm_out = Normalization(target_mean.astype(np.float32), target_std.astype(np.float32))
-    metadata: dict[str, Any] = {"training": {
-        "recipe": "streamlstm.train v2: next-step LSTM, k-fold calibration",
-        "torch": torch.__version__, "seed": seed, "hidden": hidden, "layers": layers,
-        "target": target, "folds": folds, "seq_len": window, "batch_size": batch_size,
-        "lr": lr, "windows_per_epoch": windows_per_epoch, "best_epochs": best_epochs,
-        "epochs": final_epochs, "held_out_mse": [f.history[f.best_epoch - 1][2]
-                                                 for f, _ in fold_fits],
-        "recordings": len(raw), "samples": int(sum(r.shape[0] for r in raw)),
-        "interrupted": interrupted,
-    }}
+    metadata: dict[str, Any] = {
+        "training": {
+            "recipe": "streamlstm.train v2: next-step LSTM, k-fold calibration",
+            "torch": torch.__version__,
+            "seed": seed,
+            "hidden": hidden,
+            "layers": layers,
+            "target": target,
+            "folds": folds,
+            "seq_len": window,
+            "batch_size": batch_size,
+            "lr": lr,
+            "windows_per_epoch": windows_per_epoch,
+            "best_epochs": best_epochs,
+            "epochs": final_epochs,
+            "held_out_mse": [f.history[f.best_epoch - 1][2] for f, _ in fold_fits],
+            "recordings": len(raw),
+            "samples": int(sum(r.shape[0] for r in raw)),
+            "interrupted": interrupted,
+        }
+    }
     model_channels = input_channels
     if spec is not None:
         metadata["features"] = spec.as_metadata()
@@ -377,14 +506,28 @@ def train(data: Any, *, hidden: int = 32, layers: int = 1, features: Any = None,
         model_channels = tuple(feature_names(input_channels, spec))
 
     def export(state: Mapping[str, torch.Tensor]) -> Model:
-        return _export(state, layers, norm_in, norm_out, name=name, channels=model_channels,
-                       sample_rate=sample_rate, metadata=metadata)
+        return _export(
+            state,
+            layers,
+            norm_in,
+            norm_out,
+            name=name,
+            channels=model_channels,
+            sample_rate=sample_rate,
+            metadata=metadata,
+        )
 
     cross = [(export(f.state), [blocks[i][k] for i in range(len(raw))]) for f, k in fold_fits]
     model = export(final.state) if final is not None and not final.interrupted else cross[-1][0]
     model = calibrate_cross_fitted(model, cross, **options)
-    return TrainResult(model, [f.history for f, _ in fold_fits], best_epochs, final_epochs,
-                       time.monotonic() - started, interrupted)
+    return TrainResult(
+        model,
+        [f.history for f, _ in fold_fits],
+        best_epochs,
+        final_epochs,
+        time.monotonic() - started,
+        interrupted,
+    )
 
 
 def _stderr_is_terminal() -> bool:

@@ -74,8 +74,9 @@ class WindowOutputs:
     def reconstruction_error(self) -> np.ndarray:
         """``(N,)`` mean squared error of an autoencoder's output against its input window."""
         if self.inputs is None or self.values.shape[-1] != self.inputs.shape[-1]:
-            raise ShapeError("reconstruction_error: needs output 'every' and as many outputs "
-                             "as inputs")
+            raise ShapeError(
+                "reconstruction_error: needs output 'every' and as many outputs as inputs"
+            )
         return np.mean((self.values - self.inputs) ** 2, axis=(1, 2))
 
 
@@ -96,22 +97,34 @@ class WindowBank(SensorRows):
     required). Sensor ids get a ring row on first sight; the rings double when full.
     """
 
-    def __init__(self, model: Model, capacity: int = 1024, *, spec: WindowSpec | None = None,
-                 threads: int | None = None) -> None:
+    def __init__(
+        self,
+        model: Model,
+        capacity: int = 1024,
+        *,
+        spec: WindowSpec | None = None,
+        threads: int | None = None,
+    ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
         declared = model.window
         spec = spec if spec is not None else declared
         if spec is None:
-            raise ShapeError(f"model {model.name!r} declares no window: pass spec=WindowSpec(...)"
-                             " or convert it with --window/--hop")
-        if declared is not None and ((spec.final_state, spec.encoder_layers)
-                                     != (declared.final_state, declared.encoder_layers)):
-            raise ShapeError(f"spec: final_state={spec.final_state}, encoder_layers="
-                             f"{spec.encoder_layers}, but model {model.name!r} was trained with "
-                             f"final_state={declared.final_state}, encoder_layers="
-                             f"{declared.encoder_layers}; keep them (dataclasses.replace(model."
-                             "window, ...) changes only what you name)")
+            raise ShapeError(
+                f"model {model.name!r} declares no window: pass spec=WindowSpec(...)"
+                " or convert it with --window/--hop"
+            )
+        if declared is not None and (
+            (spec.final_state, spec.encoder_layers)
+            != (declared.final_state, declared.encoder_layers)
+        ):
+            raise ShapeError(
+                f"spec: final_state={spec.final_state}, encoder_layers="
+                f"{spec.encoder_layers}, but model {model.name!r} was trained with "
+                f"final_state={declared.final_state}, encoder_layers="
+                f"{declared.encoder_layers}; keep them (dataclasses.replace(model."
+                "window, ...) changes only what you name)"
+            )
         spec.check_model(model.output_size, len(model.layers))
         self.model, self.spec = model, spec
         self.threads = numba.get_num_threads() if threads is None else int(threads)
@@ -163,8 +176,9 @@ class WindowBank(SensorRows):
         room = min(max(windows, 2 * self._room), self._max_room)
         spec, model = self.spec, self.model
         self._windows = np.zeros((room, spec.length, model.input_size), self._dtype)
-        self._outs = np.zeros((room, spec.length if spec.per_step else 1, model.output_size),
-                              self._dtype)
+        self._outs = np.zeros(
+            (room, spec.length if spec.per_step else 1, model.output_size), self._dtype
+        )
         self._status = np.zeros(room, np.int8)
         self._window_rows = np.zeros(room, np.int64)
         self._window_ends = np.zeros(room, np.int64)
@@ -185,9 +199,20 @@ class WindowBank(SensorRows):
         start = skipped = 0
         while start < count or not rounds:
             start, written, skipped_now = K.assemble_windows(
-                rows, samples, start, self._ring, self._counts, self._last_bad,
-                self._rejected, self._skipped, self.spec.hop, self._windows, self._window_rows,
-                self._window_ends, self._window_at)
+                rows,
+                samples,
+                start,
+                self._ring,
+                self._counts,
+                self._last_bad,
+                self._rejected,
+                self._skipped,
+                self.spec.hop,
+                self._windows,
+                self._window_rows,
+                self._window_ends,
+                self._window_at,
+            )
             skipped += skipped_now
             rounds.append(self._evaluate(written))
         at = np.concatenate([r.at for r in rounds])
@@ -199,7 +224,9 @@ class WindowBank(SensorRows):
             batch_index=at,
             values=values if self.spec.per_step else values[:, 0],
             inputs=np.concatenate([r.inputs for r in rounds]) if self.spec.per_step else None,
-            skipped=int(skipped), failed=sum(r.failed for r in rounds))
+            skipped=int(skipped),
+            failed=sum(r.failed for r in rounds),
+        )
 
     def _evaluate(self, written: int) -> _Round:
         """Evaluate the first ``written`` assembled windows; copy out the good ones."""
@@ -211,17 +238,21 @@ class WindowBank(SensorRows):
         if failed:
             np.add.at(self._failed, self._window_rows[:written][~good], 1)
         # Boolean indexing copies: the buffers are reused by the next round and push.
-        return _Round(at=self._window_at[:written][good],
-                      end_index=self._window_ends[:written][good], values=outs[good],
-                      inputs=windows[good] if self.spec.per_step else None, failed=failed)
+        return _Round(
+            at=self._window_at[:written][good],
+            end_index=self._window_ends[:written][good],
+            values=outs[good],
+            inputs=windows[good] if self.spec.per_step else None,
+            failed=failed,
+        )
 
-    def _evaluate_batch(self, windows: np.ndarray, outs: np.ndarray,
-                        status: np.ndarray) -> None:
+    def _evaluate_batch(self, windows: np.ndarray, outs: np.ndarray, status: np.ndarray) -> None:
         """Evaluate assembled ``windows`` into ``outs``/``status`` with the CPU kernels (the
         GPU window bank, :class:`streamlstm.cuda.CudaWindowBank`, overrides this)."""
         if self._work is None:
-            self._work = self._packed.allocate_work(numba.config.NUMBA_NUM_THREADS,
-                                                    self.spec.length)
+            self._work = self._packed.allocate_work(
+                numba.config.NUMBA_NUM_THREADS, self.spec.length
+            )
         _run(self._packed, windows, outs, status, self._work, self.threads)
 
     def reset(self, sensor: Hashable | None = None) -> None:
@@ -236,11 +267,18 @@ class WindowBank(SensorRows):
     def row_arrays(self) -> dict[str, np.ndarray]:
         """The live per-row arrays (ring, counters), indexed by :meth:`row`: read them
         between pushes for a snapshot; restore with :meth:`load_rows`."""
-        return {"ring": self._ring, "counts": self._counts, "last_bad": self._last_bad,
-                "rejected": self._rejected, "skipped": self._skipped, "failed": self._failed}
+        return {
+            "ring": self._ring,
+            "counts": self._counts,
+            "last_bad": self._last_bad,
+            "rejected": self._rejected,
+            "skipped": self._skipped,
+            "failed": self._failed,
+        }
 
-    def load_rows(self, sensors: Sequence[Hashable], arrays: Mapping[str, np.ndarray]
-                  ) -> np.ndarray:
+    def load_rows(
+        self, sensors: Sequence[Hashable], arrays: Mapping[str, np.ndarray]
+    ) -> np.ndarray:
         """Restore ``sensors`` from :meth:`row_arrays` picked at their rows in a snapshot;
         everything is checked before a row is allocated or written. Returns their rows."""
         live = self.row_arrays()
@@ -249,8 +287,9 @@ class WindowBank(SensorRows):
             value = np.asarray(arrays[name])
             expected = (len(sensors), *array.shape[1:])
             if value.shape != expected:
-                raise ShapeError(f"window bank state: {name} has shape {value.shape}, "
-                                 f"expected {expected}")
+                raise ShapeError(
+                    f"window bank state: {name} has shape {value.shape}, expected {expected}"
+                )
             if not np.all(np.isfinite(value)):
                 raise ShapeError(f"window bank state: non-finite values in {name}")
             checked[name] = value.astype(array.dtype)
@@ -280,8 +319,9 @@ class WindowBank(SensorRows):
         return int(self._failed[self._rows[sensor]])
 
 
-def evaluate_windows(model: Model, windows: Any, *, output: str | None = None,
-                     threads: int | None = None) -> np.ndarray:
+def evaluate_windows(
+    model: Model, windows: Any, *, output: str | None = None, threads: int | None = None
+) -> np.ndarray:
     """Evaluate ``(N, T, D)`` windows (sensor units), each from the zero state, as a batch.
 
     ``output``: a :data:`streamlstm.window_spec.OUTPUTS` mode (default: the model's
@@ -292,14 +332,19 @@ def evaluate_windows(model: Model, windows: Any, *, output: str | None = None,
     """
     declared = model.window or WindowSpec(length=1, hop=1)
     output = declared.output if output is None else output
-    spec = WindowSpec(length=1, hop=1, output=output,
-                      final_state=declared.final_state and output != "every",
-                      encoder_layers=declared.encoder_layers)
+    spec = WindowSpec(
+        length=1,
+        hop=1,
+        output=output,
+        final_state=declared.final_state and output != "every",
+        encoder_layers=declared.encoder_layers,
+    )
     spec.check_model(model.output_size, len(model.layers))
     windows = np.asarray(windows, dtype=model.dtype)
     if windows.ndim != 3 or windows.shape[2] != model.input_size or windows.shape[1] < 1:
-        raise ShapeError(f"windows: expected shape (n, steps >= 1, {model.input_size}), "
-                         f"got {windows.shape}")
+        raise ShapeError(
+            f"windows: expected shape (n, steps >= 1, {model.input_size}), got {windows.shape}"
+        )
     windows = np.ascontiguousarray(windows)
     pk = packed_windows(model, spec)
     per_step = spec.per_step
@@ -307,13 +352,25 @@ def evaluate_windows(model: Model, windows: Any, *, output: str | None = None,
     outs = np.empty((count, steps if per_step else 1, model.output_size), model.dtype)
     status = np.empty(count, np.int8)
     work = pk.allocate_work(numba.config.NUMBA_NUM_THREADS, steps)
-    _run(pk, windows, outs, status, work, numba.get_num_threads() if threads is None
-         else int(threads))
+    _run(
+        pk,
+        windows,
+        outs,
+        status,
+        work,
+        numba.get_num_threads() if threads is None else int(threads),
+    )
     return outs if per_step else outs[:, 0]
 
 
-def _run(pk: WindowPacked, windows: np.ndarray, outs: np.ndarray, status: np.ndarray,
-         work: WindowWork, threads: int) -> None:
+def _run(
+    pk: WindowPacked,
+    windows: np.ndarray,
+    outs: np.ndarray,
+    status: np.ndarray,
+    work: WindowWork,
+    threads: int,
+) -> None:
     """Evaluate ``windows`` into ``outs``/``status``, in parallel if it pays."""
     args = (*pk.model_arrays, windows, outs, status, *work)
     if threads > 1 and windows.shape[0] > K.TILE_STREAMS:

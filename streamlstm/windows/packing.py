@@ -22,8 +22,12 @@ from ..model import Model, RecurrentLayer
 from ..packing import CPU, FlatBuffer, PackedModel, pack
 from ..window_spec import WindowSpec
 
-MODE_CODES = {"last": K.MODE_LAST, "every": K.MODE_EVERY, "probabilities": K.MODE_SOFTMAX,
-              "log_probabilities": K.MODE_LOG_SOFTMAX}
+MODE_CODES = {
+    "last": K.MODE_LAST,
+    "every": K.MODE_EVERY,
+    "probabilities": K.MODE_SOFTMAX,
+    "log_probabilities": K.MODE_LOG_SOFTMAX,
+}
 
 
 class WindowWork(NamedTuple):
@@ -49,8 +53,13 @@ class WindowPacked:
     @property
     def model_arrays(self) -> tuple[np.ndarray, ...]:
         """The kernel's first five arguments."""
-        return (self.params, self.layout, self.stream_params, self.stream_layouts,
-                self.stream_index)
+        return (
+            self.params,
+            self.layout,
+            self.stream_params,
+            self.stream_layouts,
+            self.stream_index,
+        )
 
     def allocate_work(self, threads: int, steps: int) -> WindowWork:
         """Work arrays for ``threads`` threads evaluating windows of ``steps`` samples."""
@@ -60,7 +69,8 @@ class WindowPacked:
             seqs=np.zeros((threads, lanes, 2, steps * int(self.layout[K.W_WIDTH])), dtype),
             states=np.zeros((threads, lanes, int(self.layout[K.W_STREAM_STATE])), dtype),
             scratch=np.zeros((threads, lanes, int(self.layout[K.W_STREAM_SCRATCH])), dtype),
-            work=np.zeros((threads, K.work_size(self.layout)), dtype))
+            work=np.zeros((threads, K.work_size(self.layout)), dtype),
+        )
 
 
 def pack_windows(model: Model, spec: WindowSpec, target: str = CPU) -> WindowPacked:
@@ -82,7 +92,7 @@ def pack_windows(model: Model, spec: WindowSpec, target: str = CPU) -> WindowPac
         rec[K.LAYER_DIRECTIONS] = len(directions)
         for d, direction in enumerate(directions):
             start = 1 + d * K.DIRECTION_RECORD
-            record = rec[start:start + K.DIRECTION_RECORD]
+            record = rec[start : start + K.DIRECTION_RECORD]
             record[K.K_IN] = layer.input_size
             record[K.K_OUT] = layer.direction_size
             record[K.K_REVERSE] = int(d == 1)
@@ -123,16 +133,22 @@ def pack_windows(model: Model, spec: WindowSpec, target: str = CPU) -> WindowPac
     params = buffer.array()
     index = np.zeros((max(1, len(streams)), 4), np.int64)
     params_at = layout_at = 0
-    for row, stream in zip(index[:len(streams)], streams, strict=True):
-        row[:] = (params_at, params_at + stream.params.size, layout_at,
-                  layout_at + stream.layout.size)
+    for row, stream in zip(index[: len(streams)], streams, strict=True):
+        row[:] = (
+            params_at,
+            params_at + stream.params.size,
+            layout_at,
+            layout_at + stream.layout.size,
+        )
         params_at, layout_at = row[1], row[3]
     return WindowPacked(
-        params=params, layout=np.concatenate([header, *records]),
+        params=params,
+        layout=np.concatenate([header, *records]),
         # One spare number at the end keeps the arrays non-empty without streaming packs.
         stream_params=np.concatenate([p.params for p in streams] + [np.zeros(1, model.dtype)]),
         stream_layouts=np.concatenate([p.layout for p in streams] + [np.zeros(1, np.int64)]),
-        stream_index=index)
+        stream_index=index,
+    )
 
 
 def _rnn_record(layer: RecurrentLayer, record: np.ndarray, put) -> None:
@@ -144,8 +160,9 @@ def _rnn_record(layer: RecurrentLayer, record: np.ndarray, put) -> None:
     record[K.K_ACT] = ACTIVATION_CODES[layer.activation]
 
 
-_PACKED: weakref.WeakKeyDictionary[Model, dict[tuple[str, bool, int, str], WindowPacked]] = \
+_PACKED: weakref.WeakKeyDictionary[Model, dict[tuple[str, bool, int, str], WindowPacked]] = (
     weakref.WeakKeyDictionary()
+)
 
 
 def packed_windows(model: Model, spec: WindowSpec, target: str = CPU) -> WindowPacked:

@@ -57,8 +57,9 @@ def expected_events(
 class DaemonProcess:
     """``python -m streamlstm.cli run --config <site>``, output in ``<folder>/daemon-N.log``."""
 
-    def __init__(self, site: Path, folder: Path, name: str = "daemon",
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, site: Path, folder: Path, name: str = "daemon", env: dict[str, str] | None = None
+    ) -> None:
         self.log_path = folder / f"{name}.log"
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(

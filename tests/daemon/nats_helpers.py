@@ -60,10 +60,14 @@ class NatsServer:
 
     def start(self) -> None:
         with open(self._log, "ab") as log:
-            self.process = subprocess.Popen([NATS_SERVER, "-c", str(self.config)],
-                                            stdout=log, stderr=subprocess.STDOUT)
-        wait_until(lambda: self._accepts(self.port) and self._accepts(self.mqtt_port), 15,
-                   "nats-server to listen")
+            self.process = subprocess.Popen(
+                [NATS_SERVER, "-c", str(self.config)], stdout=log, stderr=subprocess.STDOUT
+            )
+        wait_until(
+            lambda: self._accepts(self.port) and self._accepts(self.mqtt_port),
+            15,
+            "nats-server to listen",
+        )
 
     @staticmethod
     def _accepts(port: int) -> bool:
@@ -83,9 +87,18 @@ class NatsServer:
         return self._log.read_text(errors="replace")
 
 
-def worker_site(folder: Path, name: str, server: NatsServer, model: Path, *, partitions: int,
-                lease_ttl_s: float = 2.0, snapshot_interval_s: float = 0.5,
-                inline_snapshot_bytes: int = 262144, metrics_port: int | None = None) -> Path:
+def worker_site(
+    folder: Path,
+    name: str,
+    server: NatsServer,
+    model: Path,
+    *,
+    partitions: int,
+    lease_ttl_s: float = 2.0,
+    snapshot_interval_s: float = 0.5,
+    inline_snapshot_bytes: int = 262144,
+    metrics_port: int | None = None,
+) -> Path:
     """A worker's site.toml: JSONL alerts, journal ``<name>.journal`` in ``folder``."""
     options = ", ".join(f"{k} = {v}" for k, v in DETECTOR_OPTIONS.items())
     metrics = f"metrics_port = {metrics_port}\n" if metrics_port else ""
@@ -133,8 +146,12 @@ class Publisher:
         self.acked = 0
         self.published = 0
         self._lock = threading.Lock()
-        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  protocol=paho.MQTTv311, clean_session=False)
+        self.client = paho.Client(
+            paho.CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=paho.MQTTv311,
+            clean_session=False,
+        )
         self.client.on_publish = self._on_publish
         self.client.reconnect_delay_set(0.1, 0.5)
         # One message in flight: a sensor's messages stay in order across a broker crash.
@@ -157,8 +174,9 @@ class Publisher:
 
 def payload(t0: float, rate: float, samples: np.ndarray) -> bytes:
     """A JSON batch whose float32 values decode back bit for bit."""
-    return json.dumps({"t": t0, "rate": rate,
-                       "samples": [[float(v) for v in row] for row in samples]}).encode()
+    return json.dumps(
+        {"t": t0, "rate": rate, "samples": [[float(v) for v in row] for row in samples]}
+    ).encode()
 
 
 def fleet_settings(site: Path) -> FleetSettings:
@@ -257,21 +275,32 @@ def journal_events(folder: Path) -> list[Event]:
         for line in path.read_text().splitlines():
             if line.strip():
                 data = json.loads(line)
-                events.append(Event(data.pop("event"), data.pop("worker"),
-                                    data.pop("partition"), data.pop("epoch"), data))
+                events.append(
+                    Event(
+                        data.pop("event"),
+                        data.pop("worker"),
+                        data.pop("partition"),
+                        data.pop("epoch"),
+                        data,
+                    )
+                )
     return sorted(events, key=lambda e: e.fields["time"])
 
 
-def applied_sequences(events: list[Event], partitions: dict[int, list[int]]
-                      ) -> dict[int, list[tuple[int, int]]]:
+def applied_sequences(
+    events: list[Event], partitions: dict[int, list[int]]
+) -> dict[int, list[tuple[int, int]]]:
     """Partition -> [(stream seq, epoch)] for every application, checking each journal
     range against the stream (a range holds exactly the partition's sequences in it)."""
     out: dict[int, list[tuple[int, int]]] = defaultdict(list)
     for event in events:
         if event.kind != "applied":
             continue
-        seqs = [s for s in partitions.get(event.partition, [])
-                if event.fields["first"] <= s <= event.fields["last"]]
+        seqs = [
+            s
+            for s in partitions.get(event.partition, [])
+            if event.fields["first"] <= s <= event.fields["last"]
+        ]
         assert len(seqs) == event.fields["count"], (event, len(seqs))
         out[event.partition] += [(s, event.epoch) for s in seqs]
     return dict(out)

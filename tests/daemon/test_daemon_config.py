@@ -155,8 +155,10 @@ def test_check_config_refuses_a_serial_port_that_does_not_exist(tmp_path, capsys
         site = tmp_path / "site.toml"
         sources = ""
         for port in ("/dev/serial/by-id/usb-...", os.ttyname(follower)):
-            sources += (f'[[sources]]\ntype = "serial"\nport = "{port}"\ncolumns = [1, 2, 3]\n'
-                        f'time_column = 0\nsensor = "s{len(sources)}"\n')
+            sources += (
+                f'[[sources]]\ntype = "serial"\nport = "{port}"\ncolumns = [1, 2, 3]\n'
+                f'time_column = 0\nsensor = "s{len(sources)}"\n'
+            )
         site.write_text(sources)
         assert _check(site) == 2
         err = capsys.readouterr().err

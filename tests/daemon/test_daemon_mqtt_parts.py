@@ -514,8 +514,13 @@ def test_after_step_acks_leave_unacknowledged_messages_with_the_broker(broker):
 
 def test_a_rate_other_than_the_models_is_counted_and_warned_once_per_sensor(broker, caplog):
     """The README's example once sent rate 1000 to a 50 Hz model; nothing noticed."""
-    table = validate({"sources": [{"type": "mqtt", "name": "plant",
-                                   "topic": "sensors/{sensor}/accel", "qos": 1}]})["sources"][0]
+    table = validate(
+        {
+            "sources": [
+                {"type": "mqtt", "name": "plant", "topic": "sensors/{sensor}/accel", "qos": 1}
+            ]
+        }
+    )["sources"][0]
     source = MQTTSource(table, 3, mqtt_settings(broker.port, "src-rate"), model_rate=50.0)
     frames, stop = [], threading.Event()
     thread = threading.Thread(target=source.run, args=(frames.extend, stop), daemon=True)

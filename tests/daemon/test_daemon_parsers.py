@@ -220,8 +220,9 @@ def test_orjson_and_the_standard_parser_decode_alike():
     rng = np.random.default_rng(5)
     for scale in (1e-30, 1e-3, 1.0, 1e6, 1e30):
         values = (rng.standard_normal((4, 3)) * scale).tolist()
-        payload = json.dumps({"t": float(rng.random() * 2e9), "rate": 100, "samples": values,
-                              "sensor": "s1"}).encode()
+        payload = json.dumps(
+            {"t": float(rng.random() * 2e9), "rate": 100, "samples": values, "sensor": "s1"}
+        ).encode()
         with_it, without = _with_and_without_orjson(payload)
         assert with_it == without and with_it[0] != "error"
 

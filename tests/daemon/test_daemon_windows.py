@@ -30,12 +30,20 @@ CLASSES = ("normal", "inner", "ball")
 
 def classifier(path: Path, width: int = 3) -> Path:
     """Channel 1 on at a window's last step -> inner, channel 2 -> ball, else normal."""
-    rnn = rnn_layer(2.0 * np.eye(3, width), np.zeros((3, 3)), np.zeros(3), np.zeros(3),
-                    activation="tanh")
+    rnn = rnn_layer(
+        2.0 * np.eye(3, width), np.zeros((3, 3)), np.zeros(3), np.zeros(3), activation="tanh"
+    )
     head = dense_layer(np.diag([0.0, 10.0, 10.0]), np.array([1.0, 0, 0]))
     spec = WindowSpec(8, 4, "probabilities", CLASSES)
-    formats.save(Model(layers=(rnn,), head=(head,), name="bearing-classes",
-                       metadata={"window": spec.to_metadata()}), path)
+    formats.save(
+        Model(
+            layers=(rnn,),
+            head=(head,),
+            name="bearing-classes",
+            metadata={"window": spec.to_metadata()},
+        ),
+        path,
+    )
     return path
 
 
@@ -48,8 +56,9 @@ def faults(seed: int) -> np.ndarray:
 
 
 def write_csv(path: Path, t: np.ndarray, x: np.ndarray) -> None:
-    rows = "\n".join(f"{ti:.2f},{a:.6f},{b:.6f},{c:.6f}"
-                     for ti, (a, b, c) in zip(t, x, strict=True))
+    rows = "\n".join(
+        f"{ti:.2f},{a:.6f},{b:.6f},{c:.6f}" for ti, (a, b, c) in zip(t, x, strict=True)
+    )
     path.write_text("time,x,y,z\n" + rows + "\n")
 
 
@@ -80,19 +89,25 @@ type = "stdout"
 
 
 def run_daemon(config: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "streamlstm.cli", "run", "--config", str(config)],
-                          capture_output=True, text=True, timeout=240,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    return subprocess.run(
+        [sys.executable, "-m", "streamlstm.cli", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
 
 
 def test_class_change_alerts_reach_the_jsonl_sink_with_their_class_across_a_restart(tmp_path):
     model = classifier(tmp_path / "classes.npz")
     x = faults(0)
     t = np.round(1000.0 + np.arange(len(x)) / RATE, 2)
-    detector = WindowDetector(formats.load(model), normal_class="normal", min_probability=0.9,
-                              consecutive=2)
-    expected = [(e.kind, e.label, round(e.t, 6))
-                for e in detector.update(["bearing"] * len(x), x, t)]
+    detector = WindowDetector(
+        formats.load(model), normal_class="normal", min_probability=0.9, consecutive=2
+    )
+    expected = [
+        (e.kind, e.label, round(e.t, 6)) for e in detector.update(["bearing"] * len(x), x, t)
+    ]
     assert [k for k, _, _ in expected] == ["start", "end", "start", "end"]
     # First run: up to the middle of the ball fault (its alert open, a window half full).
     write_csv(tmp_path / "part1.csv", t[:250], x[:250])
@@ -112,8 +127,14 @@ def test_class_change_alerts_reach_the_jsonl_sink_with_their_class_across_a_rest
 
 
 def settings(**given) -> dict:
-    table = {"capacity": 8, "threads": None, "options": {}, "normal_class": None,
-             "min_probability": None, "consecutive": None}
+    table = {
+        "capacity": 8,
+        "threads": None,
+        "options": {},
+        "normal_class": None,
+        "min_probability": None,
+        "consecutive": None,
+    }
     return {**table, **given}
 
 
@@ -123,6 +144,7 @@ def test_class_keys_are_validated_and_refused_for_a_predictor(tmp_path):
     with pytest.raises(ConfigError, match=r"detector\.consecutive: must be >= 1"):
         config_module.validate({"detector": {"consecutive": 0}})
     from daemon_helpers import make_model
+
     predictor = formats.load(make_model(tmp_path / "predictor.npz"))
     with pytest.raises(ConfigError, match="normal_class: only for window classifiers"):
         make_detector(predictor, settings(normal_class="normal"))
@@ -154,13 +176,20 @@ def test_a_reload_checks_a_window_models_width_and_keeps_or_resets_state(tmp_pat
     assert daemon.pipeline is not running and "sensor state kept" in caplog.text
     assert daemon.pipeline.alerting("bearing") and daemon.pipeline.label("bearing") == "inner"
     events = daemon.pipeline.update(["bearing"] * 250, x[150:], np.arange(150, 400) / RATE)
-    assert [(e.kind, e.label) for e in events] == [("end", "inner"), ("start", "ball"),
-                                                   ("end", "ball")]
+    assert [(e.kind, e.label) for e in events] == [
+        ("end", "inner"),
+        ("start", "ball"),
+        ("end", "ball"),
+    ]
     # A next-step predictor of the same width: accepted, sensor state reset (another kind).
     from daemon_helpers import make_model
+
     make_model(tmp_path / "predictor.npz")
-    config.write_text(config.read_text().replace("classes.npz", "predictor.npz").replace(
-        'normal_class = "normal"\nmin_probability = 0.9\nconsecutive = 2\n', ""))
+    config.write_text(
+        config.read_text()
+        .replace("classes.npz", "predictor.npz")
+        .replace('normal_class = "normal"\nmin_probability = 0.9\nconsecutive = 2\n', "")
+    )
     daemon.reload()
     assert "sensor state reset by the reload" in caplog.text
     assert daemon.metrics.value("streamlstm_reloads_total", (("result", "ok"),)) == 2

@@ -23,8 +23,9 @@ SOURCE = {"type": "mqtt", "topic": "sensors/{sensor}/accel"}
 
 
 def fleet_config(**fleet: object) -> dict:
-    return validate({"mqtt": {"client_id": "w1"}, "sources": [SOURCE],
-                     "fleet": {"partitions": 16, **fleet}})
+    return validate(
+        {"mqtt": {"client_id": "w1"}, "sources": [SOURCE], "fleet": {"partitions": 16, **fleet}}
+    )
 
 
 def test_the_worker_example_is_valid_and_names_every_key():
@@ -54,15 +55,18 @@ def test_defaults_and_derived_subjects():
     assert settings.overdue_s < settings.lease_ttl_s
 
 
-@pytest.mark.parametrize("fleet, error", [
-    ({"partitions": 0}, "fleet.partitions: must be 1..4096"),
-    ({"servers": ["localhost:4222"]}, "fleet.servers: must be a non-empty list"),
-    ({"stream": "a.b"}, "fleet.stream: must be a non-empty name"),
-    ({"intake": "kafka"}, "fleet.intake: must be one of"),
-    ({"lease_ttl_s": 0.5}, "fleet.lease_ttl_s: must be >= 1.0"),
-    ({"inline_snapshot_bytes": 2_000_000}, "the KV value limit is 1 MB"),
-    ({"partitons": 4}, "did you mean 'partitions'?"),
-])
+@pytest.mark.parametrize(
+    "fleet, error",
+    [
+        ({"partitions": 0}, "fleet.partitions: must be 1..4096"),
+        ({"servers": ["localhost:4222"]}, "fleet.servers: must be a non-empty list"),
+        ({"stream": "a.b"}, "fleet.stream: must be a non-empty name"),
+        ({"intake": "kafka"}, "fleet.intake: must be one of"),
+        ({"lease_ttl_s": 0.5}, "fleet.lease_ttl_s: must be >= 1.0"),
+        ({"inline_snapshot_bytes": 2_000_000}, "the KV value limit is 1 MB"),
+        ({"partitons": 4}, "did you mean 'partitions'?"),
+    ],
+)
 def test_bad_fleet_settings_are_reported(fleet, error):
     with pytest.raises(ConfigError, match=re.escape(error)):
         validate({"sources": [SOURCE], "fleet": {"partitions": 4, **fleet}})
@@ -85,13 +89,15 @@ def test_a_worker_reads_exactly_one_mqtt_source_and_acks_itself():
 
 
 def test_the_cluster_example_is_accepted_by_nats_server(tmp_path):
-    server = require_tool(shutil.which("nats-server") or "/usr/sbin/nats-server",
-                          "nats-server")
+    server = require_tool(shutil.which("nats-server") or "/usr/sbin/nats-server", "nats-server")
     for node in (1, 2, 3):
         done = subprocess.run(
-            [server, "-t", "-c", str(CONTRIB / f"nats-{node}.conf")], capture_output=True,
-            text=True, timeout=30,
-            env={"SENSORS_PASSWORD": "s", "WORKERS_PASSWORD": "w", "PATH": "/usr/bin:/bin"})
+            [server, "-t", "-c", str(CONTRIB / f"nats-{node}.conf")],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={"SENSORS_PASSWORD": "s", "WORKERS_PASSWORD": "w", "PATH": "/usr/bin:/bin"},
+        )
         assert done.returncode == 0, done.stderr
         assert "partition(16,1)" in (CONTRIB / f"nats-{node}.conf").read_text()
 
@@ -99,14 +105,20 @@ def test_the_cluster_example_is_accepted_by_nats_server(tmp_path):
 def fleet_status(site: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "streamlstm.cli", "fleet", "status", "--config", str(site)],
-        capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
 
 
 def test_fleet_status_says_plainly_when_it_cannot_answer(tmp_path):
     site = tmp_path / "site.toml"
-    site.write_text('[mqtt]\nclient_id = "w"\n[[sources]]\ntype = "mqtt"\n'
-                    'topic = "sensors/{sensor}/accel"\n[fleet]\npartitions = 4\n'
-                    f'servers = ["nats://127.0.0.1:{free_port()}"]\n')
+    site.write_text(
+        '[mqtt]\nclient_id = "w"\n[[sources]]\ntype = "mqtt"\n'
+        'topic = "sensors/{sensor}/accel"\n[fleet]\npartitions = 4\n'
+        f'servers = ["nats://127.0.0.1:{free_port()}"]\n'
+    )
     done = fleet_status(site)  # nothing listens there: one attempt, then a clear error
     assert done.returncode == 1 and done.stdout == ""
     assert "cannot read the fleet's state (NoServersError" in done.stderr

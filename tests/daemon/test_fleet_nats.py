@@ -84,9 +84,16 @@ class Fleet:
 
     def start(self, name: str) -> None:
         self.metrics_ports[name] = free_port()
-        self.sites[name] = worker_site(self.folder, name, self.server, self.model,
-                                       partitions=PARTITIONS, lease_ttl_s=TTL,
-                                       metrics_port=self.metrics_ports[name], **self.site)
+        self.sites[name] = worker_site(
+            self.folder,
+            name,
+            self.server,
+            self.model,
+            partitions=PARTITIONS,
+            lease_ttl_s=TTL,
+            metrics_port=self.metrics_ports[name],
+            **self.site,
+        )
         self.workers[name] = DaemonProcess(self.sites[name], self.folder, name)
 
     def scrape(self, name: str) -> dict[str, float]:
@@ -96,9 +103,21 @@ class Fleet:
         """``streamlstm fleet status --json`` as a subprocess."""
         site = next(iter(self.sites.values()))
         done = subprocess.run(
-            [sys.executable, "-m", "streamlstm.cli", "fleet", "status", "--config", str(site),
-             "--json"], capture_output=True, text=True, timeout=60,
-            env={**os.environ, "PYTHONPATH": str(REPO)})
+            [
+                sys.executable,
+                "-m",
+                "streamlstm.cli",
+                "fleet",
+                "status",
+                "--config",
+                str(site),
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)
 
@@ -135,13 +154,12 @@ def fleet(tmp_path, model_path):
         one.close()
 
 
-def publish_all(publisher: Publisher, signals, action_at: int | None = None,
-                action=None) -> None:
+def publish_all(publisher: Publisher, signals, action_at: int | None = None, action=None) -> None:
     for round_ in range(ROUNDS):
         if round_ == action_at:
             action()
         for sensor in SENSORS:
-            block = signals[sensor][round_ * PER_MESSAGE:(round_ + 1) * PER_MESSAGE]
+            block = signals[sensor][round_ * PER_MESSAGE : (round_ + 1) * PER_MESSAGE]
             publisher.publish(sensor, payload(round_ * PER_MESSAGE / RATE, RATE, block))
         time.sleep(ROUND_PAUSE_S)
     wait_until(lambda: publisher.acked >= publisher.published, 60, "every PUBACK")
@@ -151,16 +169,20 @@ def wait_all_applied(fleet: Fleet, expected_messages: int) -> dict[int, list[int
     """Wait until the journals cover every stream sequence; returns the partitions' seqs."""
     settings = fleet_settings(next(iter(fleet.sites.values())))
     # The stream sources $MQTT_msgs: it may lag behind the PUBACKs for a moment.
-    wait_until(lambda: stream_count(settings) >= expected_messages, 60,
-               "the stream to hold every acknowledged message")
+    wait_until(
+        lambda: stream_count(settings) >= expected_messages,
+        60,
+        "the stream to hold every acknowledged message",
+    )
     partitions = stream_partitions(settings)
     stored = sum(map(len, partitions.values()))
     assert stored == expected_messages, f"{stored} in stream, {expected_messages} acknowledged"
 
     def covered() -> bool:
         applied = applied_sequences(journal_events(fleet.folder), partitions)
-        return all({s for s, _ in applied.get(p, [])} == set(seqs)
-                   for p, seqs in partitions.items())
+        return all(
+            {s for s, _ in applied.get(p, [])} == set(seqs) for p, seqs in partitions.items()
+        )
 
     wait_until(covered, 90, "every stream sequence applied")
     return partitions
@@ -171,8 +193,7 @@ def check_contract(fleet: Fleet, partitions: dict[int, list[int]], *, planned: b
     (none at all if ``planned``). Returns the number of duplicate applications."""
     events = journal_events(fleet.folder)
     applied = applied_sequences(events, partitions)
-    starts = {(e.partition, e.epoch): e.fields["from_seq"] for e in events
-              if e.kind == "acquired"}
+    starts = {(e.partition, e.epoch): e.fields["from_seq"] for e in events if e.kind == "acquired"}
     handed_off = {(e.partition, e.epoch) for e in events if e.kind == "released"}
     duplicates = 0
     for partition, pairs in applied.items():
@@ -211,10 +232,15 @@ def check_final_state(fleet: Fleet, signals) -> None:
     expected_events = []
     for sensor in SENSORS:
         x = signals[sensor]
-        t = np.concatenate([sample_times(PER_MESSAGE, start=r * PER_MESSAGE / RATE, rate=RATE,
-                                         received=0.0) for r in range(ROUNDS)])
-        expected_events += [(sensor, e.kind, round(e.t, 6))
-                            for e in reference.update([sensor] * len(x), x, t)]
+        t = np.concatenate(
+            [
+                sample_times(PER_MESSAGE, start=r * PER_MESSAGE / RATE, rate=RATE, received=0.0)
+                for r in range(ROUNDS)
+            ]
+        )
+        expected_events += [
+            (sensor, e.kind, round(e.t, 6)) for e in reference.update([sensor] * len(x), x, t)
+        ]
     want = reference.export_state()
     found = {}
     for _record, state in partition_states(settings).values():
@@ -229,8 +255,9 @@ def check_final_state(fleet: Fleet, signals) -> None:
         row = want["sensors"].index(sensor)
         assert samples == ROUNDS * PER_MESSAGE
         for name in ("states", "istate", "fstate", "preds", "rings", "rejected"):
-            np.testing.assert_array_equal(np.asarray(got[name])[index], want[name][row],
-                                          err_msg=f"{sensor} {name}")
+            np.testing.assert_array_equal(
+                np.asarray(got[name])[index], want[name][row], err_msg=f"{sensor} {name}"
+            )
     records: dict[tuple[str, int], tuple] = {}
     for path in fleet.folder.glob("*-alerts.jsonl"):
         for line in path.read_text().splitlines():
@@ -244,13 +271,17 @@ def takeover_times(fleet: Fleet, victim: str, since: float) -> list[float]:
     """Seconds from ``since`` to each acquisition of a partition ``victim`` held."""
     events = journal_events(fleet.folder)
     held = {e.partition for e in events if e.kind == "acquired" and e.worker == victim}
-    return [e.fields["time"] - since for e in events
-            if e.kind == "acquired" and e.worker != victim and e.partition in held
-            and e.fields["time"] > since]
+    return [
+        e.fields["time"] - since
+        for e in events
+        if e.kind == "acquired"
+        and e.worker != victim
+        and e.partition in held
+        and e.fields["time"] > since
+    ]
 
 
-def test_sigkill_of_one_of_two_workers_loses_nothing_and_replays_after_the_snapshot(
-        fleet, signals):
+def test_sigkill_of_one_of_two_workers_loses_nothing_and_replays_after_the_snapshot(fleet, signals):
     f = fleet()
     f.start("w1")
     f.wait_owned({"w1": PARTITIONS})
@@ -281,8 +312,12 @@ def test_sigterm_hands_off_with_zero_duplicates(fleet, signals):
     f.wait_owned({"w1": PARTITIONS // 2, "w2": PARTITIONS // 2})
     publisher = Publisher(f.server.mqtt_port)
     codes: list[int] = []
-    publish_all(publisher, signals, ROUNDS // 2,
-                lambda: codes.append(f.workers["w1"].stop(signal.SIGTERM, timeout=60)))
+    publish_all(
+        publisher,
+        signals,
+        ROUNDS // 2,
+        lambda: codes.append(f.workers["w1"].stop(signal.SIGTERM, timeout=60)),
+    )
     assert codes == [0]
     partitions = wait_all_applied(f, publisher.acked)
     check_contract(f, partitions, planned=True)
@@ -313,8 +348,11 @@ def test_a_joining_worker_takes_its_share_without_duplicates(fleet, signals):
         assert lags == [0] * half
     applied = sum(f.scrape(n)["streamlstm_fleet_messages_total"] for n in ("w1", "w2"))
     assert applied == publisher.acked  # each message once: planned handoffs replay nothing
-    wait_until(lambda: all(p["lag"] == 0 for p in f.status()["partitions"]), 30,
-               "fleet status to show no lag")
+    wait_until(
+        lambda: all(p["lag"] == 0 for p in f.status()["partitions"]),
+        30,
+        "fleet status to show no lag",
+    )
     status = f.status()
     assert status["workers"] == 2 and status["stream_messages"] == publisher.acked
     owned = f.owned()
@@ -345,15 +383,23 @@ def test_a_paused_worker_is_fenced_off_when_it_resumes(fleet, signals):
     f.wait_owned({"w2": PARTITIONS}, timeout=30)
     resumed = time.time()
     f.workers["w1"].process.send_signal(signal.SIGCONT)
-    wait_until(lambda: len([e for e in journal_events(f.folder)
-                            if e.worker == "w1" and e.kind == "lost"]) == PARTITIONS // 2,
-               30, "the zombie to notice its leases are gone")
+    wait_until(
+        lambda: (
+            len([e for e in journal_events(f.folder) if e.worker == "w1" and e.kind == "lost"])
+            == PARTITIONS // 2
+        ),
+        30,
+        "the zombie to notice its leases are gone",
+    )
     partitions = wait_all_applied(f, publisher.acked)
     check_contract(f, partitions, planned=False)
     events = journal_events(f.folder)
     # The zombie applied and wrote nothing after it resumed.
-    late = [e for e in events if e.worker == "w1" and e.fields["time"] > resumed
-            and e.kind in ("applied", "snapshot")]
+    late = [
+        e
+        for e in events
+        if e.worker == "w1" and e.fields["time"] > resumed and e.kind in ("applied", "snapshot")
+    ]
     assert late == []
     taken = takeover_times(f, "w1", stopped[0])
     assert max(taken) <= TTL + 2.0, taken
@@ -396,8 +442,9 @@ def test_a_deposed_owners_writes_are_refused(tmp_path, model_path):
     server = NatsServer(tmp_path / "nats", PARTITIONS)
     server.start()
     try:
-        site = worker_site(tmp_path, "w", server, model_path, partitions=PARTITIONS,
-                           lease_ttl_s=1.0)
+        site = worker_site(
+            tmp_path, "w", server, model_path, partitions=PARTITIONS, lease_ttl_s=1.0
+        )
         settings = fleet_settings(site)
 
         async def scenario() -> None:
@@ -448,7 +495,8 @@ def test_a_deposed_owners_writes_are_refused(tmp_path, model_path):
 
 
 def test_a_worker_stops_while_waiting_for_nats_and_refuses_another_partition_count(
-        tmp_path, model_path):
+    tmp_path, model_path
+):
     server = NatsServer(tmp_path / "nats", PARTITIONS)
     try:
         # No server yet: the worker waits for one, and SIGTERM still stops it.
@@ -460,8 +508,12 @@ def test_a_worker_stops_while_waiting_for_nats_and_refuses_another_partition_cou
         # Under systemd: READY once the fleet's stores are set up, the watchdog fed.
         server.start()
         notify = NotifySocket(tmp_path / "notify.sock")
-        first = DaemonProcess(site, tmp_path, "first", env={
-            "NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "1000000"})
+        first = DaemonProcess(
+            site,
+            tmp_path,
+            "first",
+            env={"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "1000000"},
+        )
         wait_until(lambda: len(notify.times("WATCHDOG=1")) >= 3, 120, "watchdog pings")
         assert "fleet worker early: 4 partitions" in first.log()
         assert notify.times("READY=1")[0] <= notify.times("WATCHDOG=1")[0]

@@ -27,21 +27,36 @@ def model_path(tmp_path_factory):
 
 
 def partition(model_path, *, seq=0, alert_seq=0, max_sensors=100) -> OwnedPartition:
-    config = validate({"model": {"path": str(model_path)},
-                       "sources": [{"type": "mqtt", "topic": "sensors/{sensor}/accel"}],
-                       "fleet": {"partitions": 4}})
+    config = validate(
+        {
+            "model": {"path": str(model_path)},
+            "sources": [{"type": "mqtt", "topic": "sensors/{sensor}/accel"}],
+            "fleet": {"partitions": 4},
+        }
+    )
     loaded = load_model(config["model"]["path"])
     detector = make_detector(loaded.model, config["detector"])
     decoder = MQTTSource(config["sources"][0], 3, config["mqtt"], None)
-    return OwnedPartition(1, 1, FleetSettings.from_config(config), loaded, detector, decoder,
-                          TimestampGate(time_policy(config["daemon"])), seq=seq,
-                          alert_seq=alert_seq, replay_until=0, max_sensors=max_sensors)
+    return OwnedPartition(
+        1,
+        1,
+        FleetSettings.from_config(config),
+        loaded,
+        detector,
+        decoder,
+        TimestampGate(time_policy(config["daemon"])),
+        seq=seq,
+        alert_seq=alert_seq,
+        replay_until=0,
+        max_sensors=max_sensors,
+    )
 
 
 def message(seq: int, sensor: str, t0: float, samples: np.ndarray) -> StreamMessage:
     body = {"t": t0, "rate": RATE, "samples": [[float(v) for v in row] for row in samples]}
-    return StreamMessage(f"$MQTT.msgs.part.1.sensors.{sensor}.accel",
-                         json.dumps(body).encode(), seq, 0)
+    return StreamMessage(
+        f"$MQTT.msgs.part.1.sensors.{sensor}.accel", json.dumps(body).encode(), seq, 0
+    )
 
 
 def test_bad_messages_are_counted_and_the_batch_goes_on(model_path):
@@ -79,12 +94,14 @@ def test_new_sensors_beyond_the_cap_are_refused_in_stream_order(model_path):
 
 def test_a_partition_restored_from_its_export_continues_bit_for_bit(model_path):
     x = recording(4.0, RATE, [(2.0, 2.5)], seed=3)
-    messages = [message(i + 1, s, k * 0.1, x[k * 10:(k + 1) * 10])
-                for i, (k, s) in enumerate((k, s) for k in range(40) for s in ("a", "b"))]
+    messages = [
+        message(i + 1, s, k * 0.1, x[k * 10 : (k + 1) * 10])
+        for i, (k, s) in enumerate((k, s) for k in range(40) for s in ("a", "b"))
+    ]
     whole = partition(model_path)
     records = []
     for start in range(0, len(messages), 7):
-        records += whole.apply(messages[start:start + 7]).records
+        records += whole.apply(messages[start : start + 7]).records
     first = partition(model_path)
     split = 33
     records_split = first.apply(messages[:split]).records
@@ -95,7 +112,8 @@ def test_a_partition_restored_from_its_export_continues_bit_for_bit(model_path):
     for name in ("states", "istate", "fstate", "preds", "rings", "rejected"):
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
     strip = [{k: v for k, v in r.items() if k != "published"} for r in records]
-    assert strip and strip == [{k: v for k, v in r.items() if k != "published"}
-                               for r in records_split]
+    assert strip and strip == [
+        {k: v for k, v in r.items() if k != "published"} for r in records_split
+    ]
     assert {r["daemon"] for r in records} == {"streamlstm/p1"}
     assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
