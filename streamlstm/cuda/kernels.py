@@ -166,6 +166,27 @@ def step_kernel(
     )
 
 
+@cache
+def activation(dtype: np.dtype) -> Any:
+    """The device function ``activate(x, code)`` for ``dtype``: the activation codes of
+    :mod:`streamlstm.kernels._math`, shared by the step kernels (built once per dtype)."""
+    ZERO, HALF, ONE, SIXTH = (dtype.type(v) for v in (0.0, 0.5, 1.0, 1.0 / 6.0))
+
+    @cuda.jit(device=True)
+    def activate(x, code):
+        if code == SIGMOID:
+            return HALF + HALF * math.tanh(HALF * x)
+        if code == TANH:
+            return math.tanh(x)
+        if code == HARD_SIGMOID:
+            return min(max(x * SIXTH + HALF, ZERO), ONE)
+        if code == RELU:
+            return max(x, ZERO)
+        return x
+
+    return activate
+
+
 def _build(
     layout: np.ndarray, dtype: np.dtype, n_params: int, max_registers: int | None
 ) -> StepKernel:
@@ -183,7 +204,7 @@ def _build(
     SHARED_SIZE = n_params + TILE if IN_SHARED else 1  # padding: see state_base
     N_PARAMS = n_params
     STATE_BASE = state_base(n_params)
-    ZERO, HALF, ONE, SIXTH = (dtype.type(v) for v in (0.0, 0.5, 1.0, 1.0 / 6.0))
+    ZERO, ONE = dtype.type(0.0), dtype.type(1.0)
     # Indices are non-negative: as unsigned they skip numba's negative-index wraparound,
     # which otherwise costs four integer instructions per load in the inner loops.
     IX = numba.uint64
@@ -192,17 +213,7 @@ def _build(
         dtype.type(v) for v in (L.OK, L.REJECTED_SAMPLE, L.REJECTED_RESULT)
     )
 
-    @cuda.jit(device=True)
-    def activate(x, code):
-        if code == SIGMOID:
-            return HALF + HALF * math.tanh(HALF * x)
-        if code == TANH:
-            return math.tanh(x)
-        if code == HARD_SIGMOID:
-            return min(max(x * SIXTH + HALF, ZERO), ONE)
-        if code == RELU:
-            return max(x, ZERO)
-        return x
+    activate = activation(dtype)
 
     @cuda.jit(device=True)
     def lstm_layer(W, base, src, src_at, state, new, h_full, acc):

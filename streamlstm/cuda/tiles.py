@@ -33,9 +33,8 @@ import numba
 import numpy as np
 
 from ..kernels import layout as L
-from ..kernels._math import HARD_SIGMOID, RELU, SIGMOID, TANH
 from ._compat import import_cuda
-from .kernels import SHARED_BYTES, StepKernel, model_constants, state_base
+from .kernels import SHARED_BYTES, StepKernel, activation, model_constants, state_base
 
 cuda = import_cuda()  # a module global: the simulator swaps a kernel's global ``cuda``
 
@@ -113,20 +112,10 @@ def tile_layers(layout: np.ndarray, dtype: np.dtype, streams: int) -> TileLayers
     SPT = STREAMS_PER_THREAD
     LSTM_SUMS, GRU_SUMS = 4 * SPT, 6 * SPT  # gate sums one thread keeps (registers)
     GROUPS_OF_STREAMS = TS // SPT
-    ZERO, HALF, ONE, SIXTH = (dtype.type(v) for v in (0.0, 0.5, 1.0, 1.0 / 6.0))
+    ZERO, ONE = dtype.type(0.0), dtype.type(1.0)
     IX = numba.uint64  # unsigned indices: no negative-index wraparound code
 
-    @cuda.jit(device=True)
-    def activate(x, code):
-        if code == SIGMOID:
-            return HALF + HALF * math.tanh(HALF * x)
-        if code == TANH:
-            return math.tanh(x)
-        if code == HARD_SIGMOID:
-            return min(max(x * SIXTH + HALF, ZERO), ONE)
-        if code == RELU:
-            return max(x, ZERO)
-        return x
+    activate = activation(dtype)
 
     @cuda.jit(device=True)
     def lstm_tile(W, base, src, src_row, old, new, spare, good):
