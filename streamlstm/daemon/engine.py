@@ -237,6 +237,11 @@ def _describe(metrics: Metrics) -> None:
             "malformed input dropped, by source and reason",
         ),
         ("streamlstm_source_samples_total", "counter", "samples decoded, by source"),
+        (
+            "streamlstm_rate_mismatches_total",
+            "counter",
+            "messages whose sample rate is not the model's (stepped all the same), by source",
+        ),
         ("streamlstm_reconnects_total", "counter", "reconnections, by component"),
         ("streamlstm_connected", "gauge", "1 while the component is connected"),
         ("streamlstm_queue_frames", "gauge", "frames waiting for the compute loop"),
@@ -870,7 +875,10 @@ class Daemon:
                     f"{self._width}: restart the daemon to change the sample width"
                 )
             sources_changed = (
-                new["sources"] != self.config["sources"] or new["mqtt"] != self.config["mqtt"]
+                new["sources"] != self.config["sources"]
+                or new["mqtt"] != self.config["mqtt"]
+                # MQTT sources compare each message's rate with the model's
+                or loaded.model.sample_rate != self.loaded.model.sample_rate
             )
             sinks_changed = (
                 new["sinks"] != self.config["sinks"] or new["mqtt"] != self.config["mqtt"]
@@ -983,20 +991,18 @@ class Daemon:
             *self._collect_intake(),
         ]
         for source in self.sources:
-            errors, samples, reconnects, connected = source.stats.snapshot()
+            counts = source.stats.snapshot()
             label = ("source", source.name)
+            component = ("component", f"source:{source.name}")
             out += [
                 ("streamlstm_parse_errors_total", (label, ("reason", r)), n)
-                for r, n in errors.items()
+                for r, n in counts.parse_errors.items()
             ]
             out += [
-                ("streamlstm_source_samples_total", (label,), samples),
-                (
-                    "streamlstm_reconnects_total",
-                    (("component", f"source:{source.name}"),),
-                    reconnects,
-                ),
-                ("streamlstm_connected", (("component", f"source:{source.name}"),), int(connected)),
+                ("streamlstm_source_samples_total", (label,), counts.samples),
+                ("streamlstm_rate_mismatches_total", (label,), counts.rate_mismatches),
+                ("streamlstm_reconnects_total", (component,), counts.reconnects),
+                ("streamlstm_connected", (component,), int(counts.connected)),
             ]
         from ..sinks.mqtt import MQTTSink
 

@@ -51,6 +51,11 @@ FLEET_METRICS = [
     ("streamlstm_sink_errors_total", "counter", "failed sink calls, by sink and reason"),
     ("streamlstm_parse_errors_total", "counter", "malformed messages dropped, by reason"),
     (
+        "streamlstm_rate_mismatches_total",
+        "counter",
+        "messages whose sample rate is not the model's (stepped all the same)",
+    ),
+    (
         "streamlstm_sensor_limit_samples_total",
         "counter",
         "samples of new sensors refused: their partition holds daemon.max_sensors sensors",

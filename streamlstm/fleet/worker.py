@@ -633,8 +633,12 @@ class FleetWorker:
             ("streamlstm_fleet_consumer_lag", (("partition", str(o.partition)),), o.compute.lag)
             for o in owned
         ]
-        errors, _, _, _ = self.decoder.stats.snapshot()
-        out += [("streamlstm_parse_errors_total", (("reason", r),), n) for r, n in errors.items()]
+        counts = self.decoder.stats.snapshot()
+        out += [
+            ("streamlstm_parse_errors_total", (("reason", r),), n)
+            for r, n in counts.parse_errors.items()
+        ]
+        out.append(("streamlstm_rate_mismatches_total", (), counts.rate_mismatches))
         out += [
             ("streamlstm_refused_frames_total", (("reason", r),), n)
             for r, n in list(self.gate.counts.frames.items())

@@ -94,12 +94,25 @@ class Frame:
 Emit = Callable[[list[Frame]], None]
 
 
+@dataclass(frozen=True)
+class SourceCounts:
+    """A consistent copy of one source's counters, taken for a metrics scrape."""
+
+    parse_errors: dict[str, int]
+    samples: int
+    reconnects: int
+    connected: bool
+    rate_mismatches: int
+
+
 @dataclass
 class SourceStats:
     """Counters one source keeps; read by the metrics endpoint from another thread."""
 
     parse_errors: Counter[str] = field(default_factory=Counter)
     samples: int = 0
+    # Messages whose sample rate is not the model's: stepped all the same, so not errors.
+    rate_mismatches: int = 0
     reconnects: int = 0
     connect_failures: int = 0
     connected: bool = False
@@ -144,9 +157,19 @@ class SourceStats:
         with self._lock:
             self.connect_failures += 1
 
-    def snapshot(self) -> tuple[dict[str, int], int, int, bool]:
+    def rate_mismatch(self) -> None:
         with self._lock:
-            return dict(self.parse_errors), self.samples, self.reconnects, self.connected
+            self.rate_mismatches += 1
+
+    def snapshot(self) -> SourceCounts:
+        with self._lock:
+            return SourceCounts(
+                dict(self.parse_errors),
+                self.samples,
+                self.reconnects,
+                self.connected,
+                self.rate_mismatches,
+            )
 
 
 class Source(Protocol):

@@ -161,14 +161,14 @@ class MQTTSource:
     def _rate_mismatch(self, sensor: str, rate: float) -> None:
         """Count a message whose sample rate is not the model's (its samples are still
         stepped: the sender may be right and the model wrong); warn once per sensor."""
-        self.stats.error("rate_mismatch")
+        self.stats.rate_mismatch()
         if sensor in self._rate_warned or len(self._rate_warned) >= RATE_WARNED_SENSORS:
             return
         self._rate_warned.add(sensor)
         log.warning(
             "%s: sensor %s sends %g samples/s but the model was trained at %g; "
-            "its scores mean little until the rates agree (counted as "
-            "parse errors, reason rate_mismatch)",
+            "its scores mean little until the rates agree (counted in "
+            "streamlstm_rate_mismatches_total)",
             self.name,
             sensor,
             rate,

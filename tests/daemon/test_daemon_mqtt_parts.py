@@ -539,7 +539,47 @@ def test_a_rate_other_than_the_models_is_counted_and_warned_once_per_sensor(brok
         pub.disconnect()
         thread.join(10)
     assert len(frames) == 5  # still stepped: only reported
-    assert dict(source.stats.parse_errors) == {"rate_mismatch": 3}
+    counts = source.stats.snapshot()
+    assert counts.rate_mismatches == 3
+    assert counts.parse_errors == {}  # stepped, so not a parse error
     warned = [r.getMessage() for r in caplog.records if "trained at" in r.getMessage()]
     assert len(warned) == 2
     assert "sensor a sends 1000 samples/s but the model was trained at 50" in warned[0]
+
+
+def test_a_reload_to_a_model_of_another_rate_checks_messages_against_the_new_rate(broker, tmp_path):
+    from daemon_helpers import make_model
+
+    from streamlstm import formats
+    from streamlstm.daemon import config as config_module
+    from streamlstm.daemon.engine import Daemon
+
+    calibrated = formats.load(make_model(tmp_path / "model.npz"))
+    for name, rate in (("fast.npz", 1000.0), ("slow.npz", 50.0)):
+        formats.save(calibrated.replace(sample_rate=rate), tmp_path / name)
+    site = tmp_path / "site.toml"
+    site.write_text(f"""
+[model]
+path = "{tmp_path / "fast.npz"}"
+[mqtt]
+host = "127.0.0.1"
+port = {broker.port}
+[[sources]]
+type = "mqtt"
+name = "plant"
+topic = "sensors/{{sensor}}/accel"
+[[sinks]]
+type = "stdout"
+""")
+    daemon = Daemon(config_module.load(site), config_path=str(site))
+    try:
+        message = json.dumps({"rate": 50, "samples": [[0.0, 0.0, 1.0]]}).encode()
+        daemon.sources[0].decode("sensors/a/accel", message, time.time())
+        assert daemon.sources[0].stats.snapshot().rate_mismatches == 1
+        site.write_text(site.read_text().replace("fast.npz", "slow.npz"))
+        daemon.reload()
+        assert daemon.metrics.value("streamlstm_reloads_total", (("result", "ok"),)) == 1
+        daemon.sources[0].decode("sensors/a/accel", message, time.time())
+        assert daemon.sources[0].stats.snapshot().rate_mismatches == 0  # 50 is now right
+    finally:
+        daemon.shutdown()

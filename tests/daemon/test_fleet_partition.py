@@ -73,7 +73,7 @@ def test_bad_messages_are_counted_and_the_batch_goes_on(model_path):
     applied = owned.apply(batch)
     assert (applied.first_seq, applied.last_seq, applied.messages) == (1, 6, 6)
     assert owned.applied_seq == 6
-    errors, _, _, _ = owned.decoder.stats.snapshot()
+    errors = owned.decoder.stats.snapshot().parse_errors
     assert errors["json"] == 1 and errors["topic"] == 2
     assert owned.sensors["a"].samples == 20 and owned.sensors["a"].rejected == 10
     assert owned.sensors["b"].samples == 10
