@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from numba import njit
 
-from streamlstm.warmup_cli import COMPILING_NOTICE, compile_interruptibly
+from streamlstm.cli.warmup import COMPILING_NOTICE, compile_interruptibly
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,7 +100,7 @@ def test_warmup_refuses_an_unknown_dtype():
 def test_clear_cache_finds_only_this_packages_kernels_under_numba_cache_dir(tmp_path, monkeypatch):
     from numba import config
 
-    from streamlstm.warmup_cli import cached_kernel_files
+    from streamlstm.cli.warmup import cached_kernel_files
 
     ours = tmp_path / "srv" / "streamlstm" / "kernels" / "_network.step-1.py311.nbi"
     theirs = tmp_path / "srv" / "otherlib" / "f-1.py311.nbi"

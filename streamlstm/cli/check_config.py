@@ -8,8 +8,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..daemon import config as config_module
 from ..errors import ConfigError, SourceError
-from . import config as config_module
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,8 +34,8 @@ def missing_serial_ports(sources: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .engine import build_sources
-    from .pipeline import load_model, make_detector, sample_width
+    from ..daemon.engine import build_sources
+    from ..daemon.pipeline import load_model, make_detector, sample_width
 
     try:
         config = config_module.load(args.config)

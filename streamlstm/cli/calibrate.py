@@ -11,18 +11,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import ConfigError, ShapeError, StreamLSTMError
-from ..model import Model
-from .calibration import (
+from ..detect.calibration import (
     METRICS,
     PREDICTOR_OPTIONS,
     CalibrationOptions,
     calibrate,
     calibrate_reconstruction,
 )
-from .durations import add_duration_arguments, duration_arguments
-from .params import POOLS, TARGETS
-from .recordings import read_recording
+from ..detect.durations import add_duration_arguments, duration_arguments
+from ..detect.params import POOLS, TARGETS
+from ..detect.recordings import read_recording
+from ..errors import ConfigError, ShapeError, StreamLSTMError
+from ..model import Model
 
 _DEFAULTS = CalibrationOptions()
 

@@ -8,8 +8,8 @@ import logging
 import signal
 import sys
 
+from ..daemon import config as config_module
 from ..errors import ConfigError, SinkError, SourceError
-from . import config as config_module
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,9 +35,9 @@ def setup_logging(level: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..warmup_cli import compile_interruptibly
-    from .engine import Daemon  # heavy imports (numba) only once arguments are fine
-    from .pipeline import compile_kernels
+    from ..daemon.engine import Daemon  # heavy imports (numba) only once arguments are fine
+    from ..daemon.pipeline import compile_kernels
+    from .warmup import compile_interruptibly
 
     try:
         config = config_module.load(args.config)

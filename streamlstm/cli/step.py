@@ -29,8 +29,8 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from .errors import InvalidSampleError, StreamLSTMError
-from .formats import load
+from ..errors import InvalidSampleError, StreamLSTMError
+from ..formats import load
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

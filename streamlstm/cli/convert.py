@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import StreamLSTMError
+from ..formats import load, save
+from ..formats.torch import KINDS
 from ..model import Model, Normalization
 from ..window_spec import METADATA_KEY, OUTPUTS, WindowSpec
-from . import load, save
-from .torch import KINDS
 
 TORCH_SUFFIXES = (".pt", ".pth", ".safetensors")
 
@@ -139,7 +139,7 @@ def loader_options(args: argparse.Namespace, path: Path) -> dict[str, Any]:
 
     Raises ``ValueError`` for an option that does not apply to the file's format.
     """
-    from ..step_cli import parse_options
+    from .step import parse_options
 
     options = parse_options(args.option)
     torch_only = {

@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     from ..detect.durations import duration_arguments
     from ..detect.recordings import read_recording
     from ..formats import save
-    from .recipe import train
+    from ..train.recipe import train
 
     try:
         columns = args.columns.split(",") if args.columns else None

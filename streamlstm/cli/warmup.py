@@ -16,10 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from .errors import ConfigError, StreamLSTMError
+from ..errors import ConfigError, StreamLSTMError
 
 if TYPE_CHECKING:
-    from .model import Model
+    from ..model import Model
 
 COMPILING_NOTICE = "compiling kernels (first run only)…"
 
@@ -147,7 +147,7 @@ def _python_api(model: Model) -> None:
     """The kernels of ``Stream.step``/``Stream.run`` and ``Bank.step`` (serial, parallel)."""
     import numpy as np
 
-    from .bank import PARALLEL_THRESHOLD
+    from ..bank import PARALLEL_THRESHOLD
 
     stream = model.stream(on_invalid="skip")
     sample = np.zeros((2, model.input_size), model.dtype)
@@ -159,8 +159,8 @@ def _python_api(model: Model) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .daemon import config as config_module
-    from .daemon.pipeline import compile_kernels, load_model
+    from ..daemon import config as config_module
+    from ..daemon.pipeline import compile_kernels, load_model
 
     try:
         config = config_module.load(args.config)

@@ -1,4 +1,5 @@
-"""The ``streamlstm`` command line; each subcommand's module is imported only when used."""
+"""The ``streamlstm`` command line: one module of this package per subcommand, each imported
+only when its subcommand runs (``fleet status`` lives with the fleet)."""
 
 from __future__ import annotations
 
@@ -29,20 +30,20 @@ that cannot be loaded (the reason is on stderr); 130 interrupted (Ctrl-C).
 #: subcommand -> (module that implements it, one-line help). Each module provides
 #: ``add_arguments(parser)`` and ``run(args) -> int`` (the exit code).
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("streamlstm.daemon.cli", "run the daemon (no config: the built-in demo)"),
-    "check-config": ("streamlstm.daemon.check", "validate a site config and exit"),
-    "step": ("streamlstm.step_cli", "load a model and step samples from a CSV or stdin"),
-    "convert": ("streamlstm.formats.cli", "convert any supported weight file to native .npz"),
-    "inspect": ("streamlstm.formats.inspect_cli", "describe a weight file"),
-    "calibrate": ("streamlstm.detect.cli_calibrate", "calibrate a model on normal data"),
-    "train": ("streamlstm.train.cli", "train a next-step predictor (needs the torch extra)"),
-    "warmup": ("streamlstm.warmup_cli", "compile the kernels now, into the on-disk cache"),
+    "run": ("streamlstm.cli.run", "run the daemon (no config: the built-in demo)"),
+    "check-config": ("streamlstm.cli.check_config", "validate a site config and exit"),
+    "step": ("streamlstm.cli.step", "load a model and step samples from a CSV or stdin"),
+    "convert": ("streamlstm.cli.convert", "convert any supported weight file to native .npz"),
+    "inspect": ("streamlstm.cli.inspect", "describe a weight file"),
+    "calibrate": ("streamlstm.cli.calibrate", "calibrate a model on normal data"),
+    "train": ("streamlstm.cli.train", "train a next-step predictor (needs the torch extra)"),
+    "warmup": ("streamlstm.cli.warmup", "compile the kernels now, into the on-disk cache"),
     "fleet": ("streamlstm.fleet.status", "inspect a fleet of workers on NATS (fleet status)"),
 }
 
 
 def _parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .. import __version__
 
     parser = argparse.ArgumentParser(
         prog="streamlstm",
@@ -105,7 +106,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"streamlstm {wanted}: interrupted", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StreamLSTMError
+from ..formats import load
+from ..formats._model_build import file_sha256
 from ..model import Model, Normalization
 from ..window_spec import WindowSpec
-from . import load
-from ._model_build import file_sha256
-from .cli import add_model_arguments, loader_options
+from .convert import add_model_arguments, loader_options
 
 #: How a suffix's format is named in the report.
 FORMAT_NAMES = {
@@ -49,7 +49,7 @@ def _norm(norm: Normalization | None) -> dict[str, list[float]] | None:
 
 def describe(model: Model, path: Path) -> dict[str, Any]:
     """A JSON-able description of ``model``, loaded from ``path``."""
-    from .native import model_sha256
+    from ..formats.native import model_sha256
 
     suffix = ".h5" if path.name.endswith(".h5") else path.suffix.lower()
     layers = []
