@@ -28,19 +28,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numba
 import numpy as np
 
-import streamlstm as sl
 from streamlstm.kernels import TILE_STREAMS
 from streamlstm.model import Model, dense_layer, lstm_layer
 from streamlstm.packing import packed
@@ -48,21 +42,9 @@ from streamlstm.packing import packed
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fma_peak import peak_fmas_per_second
+from harness import machine_facts, median_time
 
 D = 3
-
-
-def median_time(fn: Callable[[], Any], *, inner: int, repeats: int) -> float:
-    """Median over ``repeats`` of the mean wall time of ``inner`` calls, in seconds."""
-    for _ in range(max(1, inner // 10)):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        samples.append((time.perf_counter() - start) / inner)
-    return statistics.median(samples)
 
 
 # -- the same network in every library ----------------------------------------------------
@@ -415,15 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     report: dict[str, Any] = {
         "peak_gfma_per_core": peak / 1e9,
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-            "numba": numba.__version__,
-            "numpy": np.__version__,
-            "torch": torch.__version__,
-            "streamlstm": sl.__version__,
-        },
+        "machine": machine_facts("numba", "numpy", "torch", "onnxruntime", "streamlstm"),
         "single": [],
         "run": {},
         "bank": [],

@@ -31,10 +31,8 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,66 +41,16 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import cpu_seconds, free_port, machine_facts, rss_mb, start_broker, wait_for
+
 from streamlstm.daemon.metrics import scrape
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 # -- infrastructure -------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise TimeoutError(f"timed out waiting for {what}")
-
-
-def start_broker(folder: Path) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    config = folder / "mosquitto.conf"
-    config.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-        "max_queued_messages 0\nmax_inflight_messages 0\n"
-    )
-    broker = subprocess.Popen(
-        [shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-    def accepts() -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return True
-        except OSError:
-            return False
-
-    wait_for(accepts, 10, "mosquitto")
-    return broker, port
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def histogram(metrics: dict[str, float], name: str) -> tuple[list[float], list[float]]:
     buckets = sorted(
         (
@@ -291,9 +239,11 @@ def run_step(
 
         done = threading.Event()
 
-        def sample() -> None:
+        def sample() -> None:  # at the start, every rss_every s, and at the end
+            rss.append((time.monotonic() - wall0, rss_mb(daemon.pid)))
             while not done.wait(args.rss_every):
                 rss.append((time.monotonic() - wall0, rss_mb(daemon.pid)))
+            rss.append((time.monotonic() - wall0, rss_mb(daemon.pid)))
 
         thread = threading.Thread(target=sample, daemon=True)
         thread.start()
@@ -313,6 +263,7 @@ def run_step(
     wall = time.monotonic() - wall0
     if sample_rss:
         done.set()
+        thread.join(5)
     after = scrape(metrics_port)
     processed = after["streamlstm_samples_total"] - before["streamlstm_samples_total"]
     bounds, c0 = histogram(before, "streamlstm_sample_age_seconds")
@@ -486,11 +437,7 @@ def run_all(args: argparse.Namespace, folder: Path, broker_port: int) -> int:
     metrics_port = free_port()
     daemon = start_daemon(folder, broker_port, model, metrics_port, args.threads)
     report: dict = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
+        "machine": machine_facts("numba", "numpy", "paho-mqtt"),
         "config": vars(args),
         "capacity": [],
         "soak": None,

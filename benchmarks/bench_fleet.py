@@ -28,10 +28,8 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,34 +38,15 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import accepts, cpu_seconds, free_port, machine_facts, wait_for
+
 from streamlstm.daemon.metrics import scrape
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-TICKS = os.sysconf("SC_CLK_TCK")
 RATE = 50.0  # the shipped default model's sample rate
 NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise TimeoutError(f"timed out waiting for {what}")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 class Server:
@@ -84,15 +63,7 @@ class Server:
         self.process = subprocess.Popen(
             [NATS_SERVER, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-
-        def accepts() -> bool:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return True
-            except OSError:
-                return False
-
-        wait_for(accepts, 15, "nats-server")
+        wait_for(lambda: accepts(self.port), 15, "nats-server")
 
     def close(self) -> None:
         self.process.terminate()
@@ -340,7 +311,7 @@ def main() -> None:
     if not Path(NATS_SERVER).exists():
         sys.exit("bench_fleet: nats-server is not installed (apt-get install nats-server)")
     batch = messages(args)
-    results: dict = {"machine": platform.node(), "cpus": os.cpu_count(), "args": vars(args)}
+    results: dict = {"machine": machine_facts("numba", "nats-py"), "args": vars(args)}
     results["in_process"] = in_process(batch, args)
     bare = results["in_process"]
     print(

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -35,6 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import machine_facts, rss_mb
+
 from streamlstm.daemon.config import validate
 from streamlstm.daemon.engine import Daemon
 from streamlstm.sources import Frame
@@ -42,14 +44,6 @@ from streamlstm.sources import Frame
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 CHUNK = 20_000  # frames per populating micro-batch
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def make_daemon(folder: Path, sensors: int) -> Daemon:
@@ -201,7 +195,7 @@ def main() -> int:
     parser.add_argument("--folder", help="where snapshots go (default: a temporary folder)")
     args = parser.parse_args()
     results = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "machine": machine_facts("numba", "numpy"),
         "runs": [],
     }
     for sensors in args.sensors:

@@ -30,7 +30,7 @@ import numpy as np
 import paho.mqtt.client as paho
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_daemon import free_port, start_broker, wait_for
+from harness import free_port, start_broker, wait_for
 
 from streamlstm.daemon.metrics import scrape
 
