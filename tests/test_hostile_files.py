@@ -628,10 +628,18 @@ def test_onnx_heads_refused(tmp_path, head, words):
     _refused(_save(lstm_graph(head=head), tmp_path / "head.onnx"), *words)
 
 
-def test_onnx_head_reading_final_state_refused(tmp_path):
+def test_onnx_head_reading_the_cell_state_refused(tmp_path):
+    proto = lstm_graph(head=[helper.make_node("Identity", ["Y_c"], ["y"], name="cell")])
+    proto.graph.node[0].output.extend(["Y_h", "Y_c"])
+    _refused(_save(proto, tmp_path / "yc.onnx"), "Y_c (the cell state)", window=8)
+
+
+def test_onnx_head_reading_the_final_hidden_state_is_a_last_step_window_model(tmp_path):
     proto = lstm_graph(head=[helper.make_node("Identity", ["Y_h"], ["y"], name="last")])
     proto.graph.node[0].output.append("Y_h")
-    _refused(_save(proto, tmp_path / "yh.onnx"), "Y_h")
+    path = _save(proto, tmp_path / "yh.onnx")
+    _refused(path, "its head reads the last step): pass window=N")
+    assert load(path, window=8).window.output == "last"  # checked against onnx.reference
 
 
 def test_onnx_without_recurrent_node(tmp_path):

@@ -23,8 +23,14 @@ CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn_tanh": nn.RNN, "rnn_relu": nn.RNN}
 
 
 class WindowNet(nn.Module):
-    def __init__(self, cell: str, layers: int, bidirectional: bool, output: str) -> None:
+    """``reads``: ``"out"`` (the output sequence) or ``"h_n"`` (the top layer's final state:
+    ``h_n[-1]``, or ``cat((h_n[-2], h_n[-1]), 1)`` when bidirectional)."""
+
+    def __init__(
+        self, cell: str, layers: int, bidirectional: bool, output: str, reads: str = "out"
+    ) -> None:
         super().__init__()
+        self.reads, self.bidirectional = reads, bidirectional
         extra = {"nonlinearity": cell[4:]} if cell.startswith("rnn") else {}
         self.rnn = CELLS[cell](
             3, 12, layers, batch_first=True, bidirectional=bidirectional, **extra
@@ -33,10 +39,15 @@ class WindowNet(nn.Module):
         self.output = output
 
     def forward(self, x):
-        out, _ = self.rnn(x)
+        out, state = self.rnn(x)
         if self.output == "every":
             return self.fc(out)
-        y = self.fc(out[:, -1, :])
+        if self.reads == "h_n":
+            h_n = state[0] if isinstance(state, tuple) else state
+            top = torch.cat((h_n[-2], h_n[-1]), 1) if self.bidirectional else h_n[-1]
+            y = self.fc(top)
+        else:
+            y = self.fc(out[:, -1, :])
         if self.output == "probabilities":
             return torch.softmax(y, dim=-1)
         if self.output == "log_probabilities":
@@ -58,26 +69,32 @@ def export(net: nn.Module, path, steps: int = 16) -> None:
 
 
 CASES = [
-    # cell, layers, bidirectional, output, W, K
-    ("lstm", 1, False, "probabilities", 128, 32),
-    ("lstm", 2, True, "probabilities", 16, 4),
-    ("gru", 1, True, "last", 16, 1),
-    ("rnn_relu", 2, True, "every", 16, 16),
-    ("rnn_tanh", 1, False, "log_probabilities", 128, 128),
+    # cell, layers, bidirectional, output, W, K, what the head reads
+    ("lstm", 1, False, "probabilities", 128, 32, "out"),
+    ("lstm", 2, True, "probabilities", 16, 4, "out"),
+    ("gru", 1, True, "last", 16, 1, "out"),
+    ("rnn_relu", 2, True, "every", 16, 16, "out"),
+    ("rnn_tanh", 1, False, "log_probabilities", 128, 128, "out"),
+    ("lstm", 2, True, "probabilities", 128, 32, "h_n"),
+    ("gru", 2, False, "last", 16, 4, "h_n"),
+    ("rnn_tanh", 1, True, "log_probabilities", 16, 16, "h_n"),
 ]
 
 
 @pytest.mark.parametrize(
-    "cell,layers,bidirectional,output,length,hop", CASES, ids=["-".join(map(str, c)) for c in CASES]
+    "cell,layers,bidirectional,output,length,hop,reads",
+    CASES,
+    ids=["-".join(map(str, c)) for c in CASES],
 )
 def test_exported_window_models_match_onnxruntime(
-    tmp_path, cell, layers, bidirectional, output, length, hop
+    tmp_path, cell, layers, bidirectional, output, length, hop, reads
 ):
     torch.manual_seed(0)
     path = tmp_path / "net.onnx"
-    export(WindowNet(cell, layers, bidirectional, output), path)
+    export(WindowNet(cell, layers, bidirectional, output, reads), path)
     model = sl.load(path, window=length, hop=hop)
-    assert model.window == sl.WindowSpec(length, hop, output)
+    final_state = reads == "h_n" and bidirectional  # uni: h_n[-1] is the last step's output
+    assert model.window == sl.WindowSpec(length, hop, output, final_state=final_state)
     assert [layer.backward is not None for layer in model.layers] == [bidirectional] * layers
     rng = np.random.default_rng(1)
     per_sensor = 50
@@ -98,6 +115,37 @@ def test_window_graph_without_a_window_is_refused_with_the_option_to_pass(tmp_pa
     export(WindowNet("gru", 1, True, "every"), path)
     with pytest.raises(ModelFormatError, match="it has bidirectional or RNN layers"):
         sl.load(path)
+
+
+class StateHead(nn.Module):
+    """Heads on final states the engine cannot give: a lower layer's, one direction of a
+    bidirectional layer, or the LSTM cell state."""
+
+    def __init__(self, reads: str) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(3, 12, 2, batch_first=True, bidirectional=reads == "backward")
+        self.fc = nn.Linear(12, 4)
+        self.reads = reads
+
+    def forward(self, x):
+        _, (h_n, c_n) = self.rnn(x)
+        picked = {"lower": h_n[0], "backward": h_n[-1], "cell": c_n[-1]}[self.reads]
+        return self.fc(picked)
+
+
+@pytest.mark.parametrize(
+    "reads,message",
+    [
+        ("lower", "reads the final state of .* direction 0; only the top layer's"),
+        ("backward", "reads the final state of .* direction 1; only the top layer's"),
+        ("cell", "reads Y_c"),
+    ],
+)
+def test_heads_on_other_final_states_are_refused_by_name(tmp_path, reads, message):
+    path = tmp_path / "net.onnx"
+    export(StateHead(reads), path)
+    with pytest.raises(ModelFormatError, match=message):
+        sl.load(path, window=16)
 
 
 def test_softmax_over_every_step_and_other_gathers_are_refused(tmp_path):

@@ -14,8 +14,9 @@ What is accepted, as ``torch.onnx.export`` emits it (both exporters) or as built
 
 Window models (:mod:`streamlstm.windows`) too: ``bidirectional`` LSTM/GRU nodes, ``RNN``
 nodes (``Tanh`` or ``Relu``), and a head that reads the last step (a ``Gather`` of index
--1 on the time axis, as ``out[:, -1, :]`` exports) and may end in ``Softmax`` /
-``LogSoftmax``. Such a graph needs ``window=N`` (and ``hop=K``, default N): the window
+-1 on the time axis, as ``out[:, -1, :]`` exports) or the top node's final hidden state
+``Y_h`` (as ``h_n[-1]`` and, bidirectional, ``cat((h_n[-2], h_n[-1]), 1)`` export) and
+may end in ``Softmax`` / ``LogSoftmax``. Such a graph needs ``window=N`` (and ``hop=K``, default N): the window
 it is evaluated on.
 
 Plumbing is judged by what it does, not by its shape: after extraction the whole graph is
@@ -96,11 +97,13 @@ def load_onnx(
     path = Path(path)
     proto = _read(path, onnx)
     graph = _Graph(path, proto, onnx)
-    layers, head, output = graph.extract(np.dtype(dtype))
+    layers, head, output, final_state = graph.extract(np.dtype(dtype))
     model_name = name or proto.graph.name or path.stem
     metadata: dict[str, Any] = {"onnx_producer": proto.producer_name}
     why = (
-        "its head reads the last step"
+        "its head reads the final state"
+        if final_state
+        else "its head reads the last step"
         if output != "every"
         else "it has bidirectional or RNN layers"
         if any(layer.backward is not None or layer.kind == "rnn" for layer in layers)
@@ -115,7 +118,8 @@ def load_onnx(
         if hop is None:
             hop = window
         try:
-            metadata["window"] = WindowSpec(window, hop, output).to_metadata()
+            spec = WindowSpec(window, hop, output, final_state=final_state)
+            metadata["window"] = spec.to_metadata()
         except StreamLSTMError as exc:
             raise ModelFormatError(f"{path}: {exc}") from None
     model = checked_model(
@@ -234,6 +238,14 @@ class _Graph:
     def attributes(self, node: Any) -> dict[str, Any]:
         return {a.name: self.onnx.helper.get_attribute_value(a) for a in node.attribute}
 
+    def directions(self, node: Any) -> int:
+        """2 for a bidirectional recurrent node, else 1."""
+        return (
+            2
+            if self.attributes(node).get("direction") in (b"bidirectional", "bidirectional")
+            else 1
+        )
+
     def constant(self, node: Any, index: int, what: str) -> np.ndarray | None:
         """Input ``index`` of ``node`` as a constant array; None when the input is omitted."""
         if index >= len(node.input) or not node.input[index]:
@@ -257,9 +269,10 @@ class _Graph:
         raise ModelFormatError(f"{self.path}: the graph has a cycle")
 
     # -- extraction -------------------------------------------------------------------
-    def extract(self, dtype: np.dtype) -> tuple[list[RecurrentLayer], list[DenseLayer], str]:
-        """Recurrent layers, head, and the output mode: ``every`` step, or the window
-        modes of a head that reads the last step (see :data:`streamlstm.window_spec.OUTPUTS`)."""
+    def extract(self, dtype: np.dtype) -> tuple[list[RecurrentLayer], list[DenseLayer], str, bool]:
+        """Recurrent layers, head, the output mode (``every`` step, or the window modes of a
+        head that reads the last step, see :data:`streamlstm.window_spec.OUTPUTS`), and
+        whether the head reads a bidirectional top layer's final state (``Y_h``)."""
         recurrent = [n for n in self.nodes if n.op_type in RECURRENT_OPS]
         if not recurrent:
             raise ModelFormatError(
@@ -439,13 +452,16 @@ class _Graph:
             )
         return mapped[1], mapped[0]
 
-    def head(self, recurrent_output: str, dtype: np.dtype) -> tuple[list[DenseLayer], str]:
-        """Dense layers between the last recurrent node's ``Y`` and the graph output, and
-        the output mode: ``every`` step, or ``last`` step (a ``Gather`` of index -1 right
-        after ``Y``), then maybe ``probabilities``/``log_probabilities`` (a final softmax)."""
+    def head(self, recurrent_output: str, dtype: np.dtype) -> tuple[list[DenseLayer], str, bool]:
+        """Dense layers between the last recurrent node and the graph output, the output
+        mode and whether the head reads a bidirectional final state. The head reads ``Y``
+        (``every`` step), its ``last`` step (a ``Gather`` of index -1 right after ``Y``), or
+        the top layer's final hidden state ``Y_h`` (torch's ``h_n[-1]``, or
+        ``cat((h_n[-2], h_n[-1]), 1)`` for a bidirectional layer); then maybe
+        ``probabilities``/``log_probabilities`` (a final softmax)."""
         ops: list[Any] = []
         name = self.output_name
-        output, last_step, softmax = "every", None, None
+        output, last_step, softmax, final_state = "every", None, None, False
         for _ in range(len(self.nodes) + 1):
             name, node = self.trace_back(name)
             if name == recurrent_output:
@@ -453,13 +469,18 @@ class _Graph:
             if node is None:
                 raise ModelFormatError(
                     f"{self.path}: the graph output does not come from the "
-                    "last recurrent node's Y output"
+                    "last recurrent node's Y or Y_h output"
                 )
+            reads = self.final_state_read(name, node)
+            if reads is not None:
+                final_state = self.check_final_state(node, reads, recurrent_output)
+                last_step = node
+                break
             if node.op_type in RECURRENT_OPS:
                 raise self.fail(
                     node,
-                    "the head reads Y_h/Y_c (final state); only the Y output "
-                    "(every step, or its last step through a Gather) is supported",
+                    "the head reads a stacked Y_h; only Y (every step, or its last step "
+                    "through a Gather) and the top layer's final hidden state are supported",
                 )
             if last_step is not None:
                 raise self.fail(
@@ -505,7 +526,76 @@ class _Graph:
             )
         if last_step is not None and output == "every":
             output = "last"
-        return self.dense_layers(ops[::-1], dtype), output
+        return self.dense_layers(ops[::-1], dtype), output, final_state
+
+    def final_state_entries(self, name: str) -> list[tuple[Any, int]] | None:
+        """The (recurrent node, direction) pairs a stacked final-state tensor holds along
+        its first axis: one node's ``Y_h``, or a ``Concat`` over axis 0 of such tensors
+        (torch's ``h_n``); None if ``name`` is no such tensor."""
+        name, node = self.trace_back(name)
+        if node is None:
+            return None
+        if node.op_type in RECURRENT_OPS:
+            if len(node.output) > 2 and name == node.output[2]:
+                raise self.fail(
+                    node, "the head reads Y_c (the cell state); only Y and Y_h are supported"
+                )
+            if len(node.output) < 2 or name != node.output[1]:
+                return None
+            return [(node, d) for d in range(self.directions(node))]
+        if node.op_type == "Concat" and self.attributes(node).get("axis") == 0:
+            entries: list[tuple[Any, int]] = []
+            for part in node.input:
+                held = self.final_state_entries(part)
+                if held is None:
+                    return None
+                entries += held
+            return entries
+        return None
+
+    def final_state_read(self, name: str, node: Any) -> list[tuple[Any, int]] | None:
+        """The final states head node ``node`` (producing ``name``) reads, in order: a
+        ``Gather`` over axis 0 of a stacked final-state tensor reads one; a ``Concat`` over
+        the last axis of such reads reads several; a single-direction ``Y_h`` itself (with
+        its first axis squeezed away) reads its one. None: not a final-state read."""
+        if node.op_type in RECURRENT_OPS:
+            held = self.final_state_entries(name)
+            return held if held is not None and len(held) == 1 else None
+        if node.op_type == "Gather" and self.attributes(node).get("axis", 0) == 0:
+            held = self.final_state_entries(node.input[0])
+            if held is None:
+                return None
+            index = self.constant(node, 1, "the Gather index")
+            if index is None or index.shape != () or not -len(held) <= int(index) < len(held):
+                raise self.fail(node, "a Gather of final states needs a constant index in range")
+            return [held[int(index)]]
+        if node.op_type == "Concat" and self.attributes(node).get("axis") in (1, -1):
+            reads: list[tuple[Any, int]] = []
+            for part in node.input:
+                part_name, producer = self.trace_back(part)
+                read = None if producer is None else self.final_state_read(part_name, producer)
+                if read is None:
+                    return None
+                reads += read
+            return reads
+        return None
+
+    def check_final_state(
+        self, node: Any, reads: list[tuple[Any, int]], recurrent_output: str
+    ) -> bool:
+        """Refuse final-state reads the engine cannot give; True when they are a
+        bidirectional top layer's (forward, backward) final state, False for a
+        unidirectional top layer's (which is its output at the last step)."""
+        top = self.producer[recurrent_output]
+        wanted = [(top, d) for d in range(self.directions(top))]
+        if [(id(n), d) for n, d in reads] != [(id(n), d) for n, d in wanted]:
+            read = ", ".join(f"{n.name or n.op_type} direction {d}" for n, d in reads)
+            raise self.fail(
+                node,
+                f"the head reads the final state of {read}; only the top layer's final "
+                "state is supported (forward then backward for a bidirectional layer)",
+            )
+        return len(wanted) == 2
 
     def dense_layers(self, ops: list[Any], dtype: np.dtype) -> list[DenseLayer]:
         layers: list[list[Any]] = []  # [weight (out, in), bias or None, activation or None]
