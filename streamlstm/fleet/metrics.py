@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..daemon.engine import CONNECTION_METRICS
 from ..daemon.metrics import Metrics
 
 FLEET_METRICS = [
@@ -60,6 +61,7 @@ FLEET_METRICS = [
         "counter",
         "frames dropped for their device time, by reason",
     ),
+    *CONNECTION_METRICS,
 ]
 
 
