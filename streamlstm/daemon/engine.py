@@ -24,7 +24,6 @@ import logging
 import math
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from . import config as config_module
 from . import snapshot, systemd
 from .framequeue import FrameQueue
 from .intake import TimePolicy, TimestampGate
+from .lastseen import LastSeen
 from .metrics import Metrics, MetricsServer, Sample
 from .pipeline import (
     LoadedModel,
@@ -366,7 +366,7 @@ class Daemon:
         self._width = sample_width(self.pipeline, self.loaded.model)
         self.sensors: dict[str, SensorState] = {}
         # Sensor -> monotonic time of its last frame, least recently seen first.
-        self._last_seen: OrderedDict[str, float] = OrderedDict()
+        self._last_seen = LastSeen()
         self._changed: set[str] = set()
         self.queue = FrameQueue(
             config["daemon"]["queue_frames"],
@@ -629,8 +629,7 @@ class Daemon:
             state = self.sensors.get(frame.sensor)
             if state is None:
                 state = self.sensors[frame.sensor] = SensorState(frame.sensor)
-            last_seen[frame.sensor] = seen_at
-            last_seen.move_to_end(frame.sensor)
+            last_seen.seen(frame.sensor, seen_at)
             state.samples += end - begin
             bad = int(np.count_nonzero(status[begin:end]))
             state.rejected += bad
@@ -745,16 +744,10 @@ class Daemon:
         idle = self.config["daemon"]["sensor_idle_s"]
         if not idle or self._copy is not None:  # rows must not change hands mid-copy
             return 0
-        horizon = now - idle
-        expired = []
-        for name, seen in self._last_seen.items():  # least recently seen first
-            if seen > horizon:
-                break
-            expired.append(name)
+        expired = self._last_seen.expire(now - idle)
         if not expired:
             return 0
         for name in expired:
-            del self._last_seen[name]
             self.sensors.pop(name, None)
             self._changed.discard(name)
         self.pipeline.evict(expired)
@@ -861,7 +854,7 @@ class Daemon:
             return
         self.sensors = records
         now = time.monotonic()
-        self._last_seen = OrderedDict((name, now) for name in records)
+        self._last_seen = LastSeen((name, now) for name in records)
         log.info("restored %d sensors from %s", len(self.sensors), path)
 
     def _set_aside(self, path: str, reason: str, detail: str) -> None:

@@ -370,6 +370,7 @@ class FleetWorker:
             alert_seq=record.alert_seq,
             replay_until=replay_until,
             max_sensors=self.config["daemon"]["max_sensors"],
+            sensor_idle_s=self.config["daemon"]["sensor_idle_s"],
         )
         problem = claim.problem
         if claim.state is not None:
@@ -568,7 +569,13 @@ class FleetWorker:
             if not messages or not await self._lease_current(ownership):
                 continue
             batch = [
-                StreamMessage(m.subject, m.data, m.metadata.sequence.stream, m.metadata.num_pending)
+                StreamMessage(
+                    m.subject,
+                    m.data,
+                    m.metadata.sequence.stream,
+                    m.metadata.num_pending,
+                    m.metadata.timestamp.timestamp(),
+                )
                 for m in messages
             ]
             self._applied(ownership, ownership.compute.apply(batch))
@@ -599,6 +606,14 @@ class FleetWorker:
         self.metrics.inc("streamlstm_samples_total", applied.samples)
         if applied.refused:
             self.metrics.inc("streamlstm_sensor_limit_samples_total", applied.refused)
+        if applied.expired:
+            self.metrics.inc("streamlstm_expired_sensors_total", applied.expired)
+            log.info(
+                "partition %d: %d sensor(s) idle for %g s expired",
+                compute.partition,
+                applied.expired,
+                self.config["daemon"]["sensor_idle_s"],
+            )
         if applied.records:
             for record in applied.records:
                 self.metrics.inc("streamlstm_alerts_total", labels=(("kind", record["kind"]),))
