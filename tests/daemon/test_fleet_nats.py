@@ -19,7 +19,10 @@ import pytest
 from daemon_helpers import DaemonProcess
 from fleet_helpers import (
     PARTITIONS,
+    PER_MESSAGE,
+    RATE,
     ROUNDS,
+    SENSORS,
     TTL,
     check_contract,
     check_final_state,
@@ -29,7 +32,15 @@ from fleet_helpers import (
     wait_all_applied,
 )
 from mqtt_helpers import wait_until
-from nats_helpers import NatsServer, Publisher, fleet_settings, journal_events, worker_site
+from nats_helpers import (
+    NatsServer,
+    Publisher,
+    fleet_settings,
+    journal_events,
+    partition_states,
+    payload,
+    worker_site,
+)
 from systemd_helpers import NotifySocket
 
 from streamlstm.fleet.connection import FleetError, check_partitions, open_stores
@@ -190,6 +201,44 @@ def test_workers_ride_out_a_nats_server_restart(fleet, signals):
     check_contract(f, partitions, planned=False)
     stop_all(f)
     check_final_state(f, signals)
+
+
+def test_a_worker_evicts_idle_sensors_on_the_streams_clock(fleet, signals):
+    """sensor_idle_s in a worker: a sensor silent for longer goes before the next message
+    stored after that (the stream's timestamps, not the worker's clock), and the
+    snapshot no longer holds it."""
+    f = fleet(daemon="sensor_idle_s = 1.5\n")
+    f.start("w1")
+    f.wait_owned({"w1": PARTITIONS})
+    settings = fleet_settings(f.sites["w1"])
+    publisher = Publisher(f.server.mqtt_port)
+    block = signals["s0"][:PER_MESSAGE]
+    for sensor in SENSORS:
+        publisher.publish(sensor, payload(0.0, RATE, block))
+    wait_until(lambda: publisher.acked >= publisher.published, 30, "every PUBACK")
+    time.sleep(2.0)  # every sensor idle for longer than sensor_idle_s
+    assert f.scrape("w1")["streamlstm_expired_sensors_total"] == 0  # no message: no clock
+    publisher.publish("s1", payload(1.0, RATE, block))  # s1's partition moves its clock on
+    wait_until(lambda: f.scrape("w1")["streamlstm_expired_sensors_total"] >= 1, 30, "an eviction")
+
+    def evicted_in_snapshots() -> dict[str, int] | None:
+        """Sensor -> samples over every partition's snapshot, once s1's shows the
+        eviction (s1 itself was idle too: it came back fresh)."""
+        samples = {}
+        for _record, state in partition_states(settings).values():
+            assert state is not None
+            names = state["sensors"]["names"]
+            samples.update(zip(names, state["sensors"]["samples"], strict=True))
+            if "s1" in names and state["last_seen"]["names"] != ["s1"]:
+                return None
+        return samples if samples.get("s1") == PER_MESSAGE else None
+
+    samples = wait_until(evicted_in_snapshots, 30, "a snapshot after the eviction")
+    expired = f.scrape("w1")["streamlstm_expired_sensors_total"]
+    # Only s1's partition had a message, so only its sensors went (s1 included).
+    assert len(samples) == len(SENSORS) - expired + 1 and expired < len(SENSORS)
+    assert all(n == PER_MESSAGE for n in samples.values())
+    stop_all(f)
 
 
 def test_a_deposed_owners_writes_are_refused(tmp_path, model_path):
