@@ -64,7 +64,7 @@ class Fleet:
         self.sites: dict[str, Path] = {}
         self.metrics_ports: dict[str, int] = {}
 
-    def start(self, name: str) -> None:
+    def start(self, name: str, prelude: str = "") -> None:
         self.metrics_ports[name] = free_port()
         self.sites[name] = worker_site(
             self.folder,
@@ -76,7 +76,7 @@ class Fleet:
             metrics_port=self.metrics_ports[name],
             **self.site,
         )
-        self.workers[name] = DaemonProcess(self.sites[name], self.folder, name)
+        self.workers[name] = DaemonProcess(self.sites[name], self.folder, name, prelude=prelude)
 
     def scrape(self, name: str) -> dict[str, float]:
         return scrape(self.metrics_ports[name])

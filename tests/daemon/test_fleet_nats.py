@@ -241,6 +241,48 @@ def test_a_worker_evicts_idle_sensors_on_the_streams_clock(fleet, signals):
     stop_all(f)
 
 
+#: Makes the 15th batch a worker steps raise, as a bug in processing would.
+FAULT_ON_15TH_STEP = """
+from streamlstm.fleet import partitions
+_step, _calls = partitions.OwnedPartition._step, []
+def _faulty(self, frames, applied):
+    _calls.append(self.partition)
+    if len(_calls) == 15:
+        raise RuntimeError(f"injected fault in partition {self.partition}")
+    return _step(self, frames, applied)
+partitions.OwnedPartition._step = _faulty
+"""
+
+
+def test_a_partition_whose_processing_raises_is_released_and_taken_again(fleet, signals):
+    f = fleet()
+    f.start("w1", prelude=FAULT_ON_15TH_STEP)
+    f.wait_owned({"w1": PARTITIONS})
+    publisher = Publisher(f.server.mqtt_port)
+    publish_all(publisher, signals)
+    partitions = wait_all_applied(f, publisher.acked)
+    events = journal_events(f.folder)
+    failed = [e for e in events if e.kind == "lost" and e.fields["reason"] == "failure"]
+    assert len(failed) == 1, failed
+    partition, epoch = failed[0].partition, failed[0].epoch
+    # Released (not left to expire): taken again at once, by the next epoch, from the
+    # last snapshot; the other partitions never noticed.
+    again = [
+        e
+        for e in events
+        if e.kind == "acquired" and e.partition == partition and e.epoch == epoch + 1
+    ]
+    assert len(again) == 1 and again[0].fields["time"] - failed[0].fields["time"] < TTL
+    assert [e for e in events if e.kind == "lost" and e.partition != partition] == []
+    metrics = f.scrape("w1")
+    assert metrics["streamlstm_fleet_partition_failures_total"] == 1
+    assert metrics["streamlstm_fleet_lease_losses_total"] == 0
+    assert f"injected fault in partition {partition}" in f.workers["w1"].log()
+    check_contract(f, partitions, planned=False)
+    stop_all(f)
+    check_final_state(f, signals)
+
+
 def test_a_deposed_owners_writes_are_refused(tmp_path, model_path):
     """The revision checks themselves: after a new claim and a new lease, the old owner's
     snapshot write and lease renewal fail (what protects the state from a zombie)."""
