@@ -341,6 +341,48 @@ def test_a_deposed_owners_writes_are_refused(tmp_path, model_path):
         server.stop()
 
 
+def test_claiming_a_partition_deletes_objects_a_crash_orphaned(tmp_path, model_path):
+    """A crash between an object's write and its record's update (or before the previous
+    object's deletion) leaves objects no record names: the next claim deletes that
+    partition's, of earlier epochs only, and keeps the one its record names."""
+    server = NatsServer(tmp_path / "nats", PARTITIONS)
+    server.start()
+    try:
+        site = worker_site(
+            tmp_path, "w", server, model_path, partitions=PARTITIONS, inline_snapshot_bytes=0
+        )
+        settings = fleet_settings(site)
+
+        async def names(stores) -> set[str]:
+            return {i.name for i in await stores.objects.list(ignore_deletes=True)}
+
+        async def scenario() -> None:
+            nc = await nats.connect(server.url)
+            try:
+                stores = await open_stores(nc, settings, create=True)
+                store = SnapshotStore(stores.state, stores.objects, settings)
+                first = await store.claim(1)
+                await store.write(first, 10, 0, {"x": np.arange(3)})
+                # What crashed writers of partition 1 (epoch 1) left behind, and objects
+                # of another partition and of a later epoch, which are not to be touched.
+                for stray in ("p1-e1-s20", "p1-e1-s30", "p12-e1-s5", "p1-e9-s1"):
+                    await stores.objects.put(stray, b"orphan")
+                second = await store.claim(1)
+                assert second.record.epoch == 2
+                np.testing.assert_array_equal(second.state["x"], np.arange(3))
+                assert await names(stores) == {"p1-e1-s10", "p12-e1-s5", "p1-e9-s1"}
+                await store.write(second, 40, 0, {"x": np.arange(4)})  # replaces p1-e1-s10
+                assert await names(stores) == {"p1-e2-s40", "p12-e1-s5", "p1-e9-s1"}
+                _, _, state = await store.read(1)
+                np.testing.assert_array_equal(state["x"], np.arange(4))
+            finally:
+                await nc.close()
+
+        asyncio.run(scenario())
+    finally:
+        server.stop()
+
+
 def test_a_worker_stops_while_waiting_for_nats_and_refuses_another_partition_count(
     tmp_path, model_path
 ):
