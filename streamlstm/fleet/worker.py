@@ -76,8 +76,9 @@ TAKEOVER_FAILURES: tuple[type[BaseException], ...] = (WriteRefused, *RETRYABLE)
 #: cancellation, so loops also check a flag), and for all final handoffs together.
 STOP_TASK_TIMEOUT_S = 5.0
 HANDOFF_TIMEOUT_S = 60.0
-#: How long a handoff waits for the broker to acknowledge the partition's alerts (those
-#: still unacknowledged then travel in the final snapshot and may arrive twice).
+#: How long a handoff waits at most for the broker to acknowledge the partition's alerts
+#: (those still unacknowledged then travel in the final snapshot and may arrive twice);
+#: never above a quarter of the TTL, since the lease is not renewed meanwhile.
 HANDOFF_ALERTS_WAIT_S = 2.0
 
 
@@ -476,7 +477,7 @@ class FleetWorker:
         await self._stop_task(ownership)
         self.owned.pop(partition, None)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + HANDOFF_ALERTS_WAIT_S
+        deadline = loop.time() + min(HANDOFF_ALERTS_WAIT_S, self.settings.lease_ttl_s / 4)
         while loop.time() < deadline:
             with contextlib.suppress(Exception):  # unreadable: the snapshot write says so
                 if not self._unacknowledged(compute.daemon_name):
