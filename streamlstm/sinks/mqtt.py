@@ -251,7 +251,10 @@ class MQTTSink:
     def _refuse(self, record: dict[str, Any], reason: Any) -> None:
         self.refusals[("alert", str(reason))] += 1
         retry = self._config["refused_retry_s"]
-        self._refused[(record["daemon"], record["seq"])] = (record, time.monotonic() + retry)
+        self._refused[(str(record.get("daemon")), record["seq"])] = (
+            record,
+            time.monotonic() + retry,
+        )
         _limited(
             logging.ERROR,
             f"refused-alert/{reason}",
