@@ -155,11 +155,12 @@ def test_alerts_a_killed_worker_could_not_deliver_come_from_its_partitions_next_
 
 
 def test_alerts_over_nats_mqtt_listener_arrive_once_after_dedupe_across_a_sigkill(fleet, signals):
-    """The sink speaks MQTT 3.1.1 to nats-server itself; w1 is killed mid-stream: its
-    partitions are replayed from their snapshots by w2, the alerts re-derived with the
-    same (daemon, seq), and its Last Will says it is offline."""
+    """The sink speaks MQTT 3.1.1 to nats-server itself; w1 is killed mid-stream, before
+    it ever snapshots (a long snapshot interval): w2 replays its partitions from the
+    start and decides w1's alerts again with the same (daemon, seq), so some arrive twice
+    and dedupe leaves each once; w1's Last Will says it is offline."""
     sink = '[[sinks]]\ntype = "mqtt"\nprotocol = "3.1.1"\nspool_dir = "{name}-spool"\n'
-    f = fleet()
+    f = fleet(snapshot_interval_s=300.0)
     sub = Subscriber(
         f.server.mqtt_port, ["streamlstm/#"], client_id="alerts", protocol=paho.MQTTv311
     )
@@ -190,6 +191,7 @@ def test_alerts_over_nats_mqtt_listener_arrive_once_after_dedupe_across_a_sigkil
     stop_all(f)
     time.sleep(0.5)
     duplicates = check_alerts(sub.json("/alert"), expected)
+    assert duplicates > 0, "w1 delivered no alert before it died: no replay was checked"
     assert sub.payloads(f"{status}w2")[-1:] == [b"offline"]  # said on its clean exit
     check_contract(f, partitions, planned=False)
     sub.close()
