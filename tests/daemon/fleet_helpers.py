@@ -64,7 +64,9 @@ class Fleet:
         self.sites: dict[str, Path] = {}
         self.metrics_ports: dict[str, int] = {}
 
-    def start(self, name: str, prelude: str = "") -> None:
+    def start(self, name: str, prelude: str = "", **site: object) -> None:
+        """Start worker ``name`` (``site``: its own worker_site options over the fleet's;
+        ``prelude``: see DaemonProcess)."""
         self.metrics_ports[name] = free_port()
         self.sites[name] = worker_site(
             self.folder,
@@ -74,7 +76,7 @@ class Fleet:
             partitions=PARTITIONS,
             lease_ttl_s=TTL,
             metrics_port=self.metrics_ports[name],
-            **self.site,
+            **{**self.site, **site},
         )
         self.workers[name] = DaemonProcess(self.sites[name], self.folder, name, prelude=prelude)
 

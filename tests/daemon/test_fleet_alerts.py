@@ -116,9 +116,7 @@ def test_alerts_a_killed_worker_could_not_deliver_come_from_its_partitions_next_
     f = fleet()
     spools = {}
     for name in ("w1", "w2"):
-        sink = mosquitto_sink(broker).replace("{name}", name)
-        f.site["sinks"] = sink
-        f.start(name)
+        f.start(name, sinks=mosquitto_sink(broker).replace("{name}", name))
         spools[name] = f.folder / f"{name}-spool"
         f.wait_owned({"w1": PARTITIONS} if name == "w1" else {"w1": 2, "w2": 2})
     wait_until(
@@ -165,8 +163,7 @@ def test_alerts_over_nats_mqtt_listener_arrive_once_after_dedupe_across_a_sigkil
         f.server.mqtt_port, ["streamlstm/#"], client_id="alerts", protocol=paho.MQTTv311
     )
     for name in ("w1", "w2"):
-        f.site["sinks"] = sink.replace("{name}", name)
-        f.start(name)
+        f.start(name, sinks=sink.replace("{name}", name))
         f.wait_owned({"w1": PARTITIONS} if name == "w1" else {"w1": 2, "w2": 2})
     status = "streamlstm/status/"
     wait_until(
