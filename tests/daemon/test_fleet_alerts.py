@@ -137,6 +137,9 @@ def test_alerts_a_killed_worker_could_not_deliver_come_from_its_partitions_next_
     wait_until(snapshots_cover_all, 60, "snapshots covering every message")
     stranded = sorted(p.name for p in spools["w1"].iterdir() if any(p.glob("*.json")))
     assert stranded, "w1 decided no alert: the scenario proves nothing"
+    metrics = f.scrape("w1")
+    assert metrics["streamlstm_spooled_alerts"] == len(list(spools["w1"].rglob("*.json")))
+    assert metrics['streamlstm_connected{component="sink:mqtt"}'] == 0
     f.workers["w1"].process.kill()
     f.wait_owned({"w2": PARTITIONS}, timeout=60)
     broker.start()
