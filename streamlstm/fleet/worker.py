@@ -17,10 +17,10 @@ restore the snapshot -> a fresh consumer from the snapshot's sequence + 1. Handi
 off (rebalance, SIGTERM): stop its task -> final snapshot -> delete the consumer ->
 release the lease: the next owner starts exactly after our last applied sequence.
 
-Alerts: each partition numbers its own (``daemon`` = ``<fleet>/p<partition>``), the MQTT
-sink spools them per partition, and every snapshot carries the partition's alerts the
-broker has not acknowledged yet: the next owner sends those again, and re-derives the
-ones after the snapshot point by replaying, so a worker's death loses no alert.
+Alerts: each partition numbers its own (``daemon`` = ``<fleet>/p<partition>``), and every
+snapshot carries the partition's alerts the broker has not acknowledged yet
+(:class:`~.alerts.WorkerSinks`): the next owner sends those again, and decides the ones
+after the snapshot point again by replaying, so a worker's death loses no alert.
 """
 
 from __future__ import annotations
@@ -41,14 +41,13 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from .._ratelimit import RateLimitedLog
 from ..daemon import systemd
-from ..daemon.engine import DEFAULT_STATE_INTERVAL_S, build_sinks, sink_samples, time_policy
+from ..daemon.engine import DEFAULT_STATE_INTERVAL_S, time_policy
 from ..daemon.intake import TimestampGate
 from ..daemon.metrics import MetricsServer, Sample
 from ..daemon.pipeline import compile_kernels, load_model, make_detector, sample_width
 from ..errors import StreamLSTMError
-from ..sinks import Sink
-from ..sinks.mqtt import MQTTSink
 from ..sources.mqtt import MQTTSource
+from .alerts import WorkerSinks
 from .config import FleetSettings
 from .connection import (
     RETRYABLE,
@@ -116,9 +115,7 @@ class FleetWorker:
         self.gate = TimestampGate(time_policy(config["daemon"]))
         self.journal = Journal(self.settings.journal_path, self.settings.worker_id)
         self.owned: dict[int, Ownership] = {}
-        self.sinks: list[Sink] = build_sinks(
-            worker_sinks_config(config, self.settings.worker_id), spool_by_daemon=True
-        )
+        self.sinks = WorkerSinks(config, self.settings.worker_id, self.metrics)
         self.metrics.collector(self._collect)
         self._server: MetricsServer | None = None
         port = config["daemon"]["metrics_port"]
@@ -242,11 +239,7 @@ class FleetWorker:
 
     def _close(self) -> None:
         self._publish_states()
-        for sink in self.sinks:
-            try:
-                sink.close()
-            except Exception as exc:
-                log.error("closing a sink failed: %s", exc)
+        self.sinks.close()
         if self._server is not None:
             self._server.close()
         self.journal.close()
@@ -336,7 +329,15 @@ class FleetWorker:
                 await self._leases.release(lease)
             return False
         self.owned[partition] = ownership
-        self._resend_alerts(ownership)
+        sent = self.sinks.resend(
+            ownership.compute.daemon_name, (ownership.claim.state or {}).get("alerts")
+        )
+        if sent:
+            log.info(
+                "partition %d: sent %d alert(s) its previous owner had not delivered",
+                partition,
+                sent,
+            )
         record = claim.record
         self.metrics.inc("streamlstm_fleet_handoffs_total", labels=(("direction", "in"),))
         self.journal.write(
@@ -391,36 +392,6 @@ class FleetWorker:
             )
         name = f"{self.settings.name}-p{record.partition}-e{record.epoch}"
         return Ownership(lease, claim, name, compute)
-
-    def _resend_alerts(self, ownership: Ownership) -> None:
-        """Send the alerts the previous owner's snapshot says were never acknowledged."""
-        state = ownership.claim.state or {}
-        daemon = ownership.compute.daemon_name
-        records = [
-            r
-            for r in state.get("alerts", [])
-            if isinstance(r, dict) and r.get("daemon") == daemon and isinstance(r.get("seq"), int)
-        ]
-        if records:
-            log.info(
-                "partition %d: sending %d alert(s) its previous owner had not delivered",
-                ownership.partition,
-                len(records),
-            )
-            self._call_sinks("alerts", records, only=self._spooling_sinks())
-
-    def _spooling_sinks(self) -> list[int]:
-        return [i for i, sink in enumerate(self.sinks) if isinstance(sink, MQTTSink)]
-
-    def _unacknowledged(self, daemon: str) -> list[dict[str, Any]]:
-        """The alerts of ``daemon`` some sink still holds for the broker (raises if they
-        cannot be read: a snapshot without them could lose them)."""
-        records: dict[int, dict[str, Any]] = {}
-        for index in self._spooling_sinks():
-            sink = self.sinks[index]
-            assert isinstance(sink, MQTTSink)
-            records.update((r["seq"], r) for r in sink.pending(daemon))
-        return [records[seq] for seq in sorted(records)]
 
     async def _retire_consumer(self, partition: int, epoch: int | None) -> int:
         """Delete the previous epoch's consumer; its ack floor (what the deposed owner had
@@ -480,7 +451,7 @@ class FleetWorker:
         deadline = loop.time() + min(HANDOFF_ALERTS_WAIT_S, self.settings.lease_ttl_s / 4)
         while loop.time() < deadline:
             with contextlib.suppress(Exception):  # unreadable: the snapshot write says so
-                if not self._unacknowledged(compute.daemon_name):
+                if not self.sinks.unacknowledged(compute.daemon_name):
                     break
             await asyncio.sleep(0.05)
         try:
@@ -618,24 +589,10 @@ class FleetWorker:
         if applied.records:
             for record in applied.records:
                 self.metrics.inc("streamlstm_alerts_total", labels=(("kind", record["kind"]),))
-            self._call_sinks("alerts", applied.records)
+            self.sinks.alerts(applied.records)
             self._publish_states({r["sensor"] for r in applied.records})
 
     # -- sinks -----------------------------------------------------------------------------
-    def _call_sinks(self, what: str, argument: Any, only: list[int] | None = None) -> None:
-        for index, sink in enumerate(self.sinks):
-            if only is not None and index not in only:
-                continue
-            try:
-                getattr(sink, what)(argument)
-            except Exception as exc:  # one sink's failure never stops the others
-                name = self.config["sinks"][index]["name"]
-                self.metrics.inc(
-                    "streamlstm_sink_errors_total",
-                    labels=(("sink", name), ("reason", type(exc).__name__)),
-                )
-                _limited(logging.ERROR, f"sink:{name}:{what}", "sink %s failed: %s", name, exc)
-
     async def _publish_all_states(self) -> None:
         self._publish_states()
 
@@ -647,7 +604,7 @@ class FleetWorker:
             states.update({n: compute.sensors[n] for n in names if n in compute.sensors})
             compute.changed -= names
         if states:
-            self._call_sinks("states", states)
+            self.sinks.states(states)
 
     # -- snapshots -------------------------------------------------------------------------
     async def _snapshot_all(self) -> None:
@@ -666,7 +623,7 @@ class FleetWorker:
                 return True
             try:
                 state = compute.export()  # synchronous: consistent with seq
-                state["alerts"] = self._unacknowledged(compute.daemon_name)
+                state["alerts"] = self.sinks.unacknowledged(compute.daemon_name)
                 size = await self._snapshots.write(claim, seq, compute.alert_seq, state)
             except WriteRefused:
                 self.metrics.inc(
@@ -707,19 +664,7 @@ class FleetWorker:
             ("streamlstm_refused_frames_total", (("reason", r),), n)
             for r, n in list(self.gate.counts.frames.items())
         ]
-        return out + sink_samples(self.sinks)
-
-
-def worker_sinks_config(config: dict[str, Any], worker_id: str) -> dict[str, Any]:
-    """The sinks as one worker runs them: its MQTT client id is the worker id, and its
-    status topic (retained ``online``, Last Will ``offline``) is ``<status_topic>/<worker>``."""
-    sinks = [
-        {**table, "status_topic": f"{table['status_topic']}/{worker_id}"}
-        if table["type"] == "mqtt"
-        else table
-        for table in config["sinks"]
-    ]
-    return {**config, "sinks": sinks, "mqtt": {**config["mqtt"], "client_id": worker_id}}
+        return out + self.sinks.samples()
 
 
 async def _feed_watchdog() -> None:
