@@ -40,15 +40,20 @@ def make_client(
     *,
     manual_ack: bool = False,
     protocol: paho.MQTTProtocolVersion = paho.MQTTv5,
+    keep_session: bool = True,
 ) -> paho.Client:
     """A client with id ``{client_id}-{suffix}``, auth and TLS set, not yet connected.
 
     ``manual_ack``: received QoS 1/2 messages are acknowledged by ``client.ack`` only.
     ``protocol``: MQTT 5 unless a broker only speaks 3.1.1 (nats-server's MQTT listener).
+    ``keep_session``: an MQTT 3.1.1 client asks the broker to keep its session
+    (``clean_session`` false); a one-off connection says False.
     """
     client = paho.Client(
         paho.CallbackAPIVersion.VERSION2,
         client_id=f"{settings['client_id']}-{suffix}",
+        # MQTT 3.1.1 keeps the session with clean_session=False (MQTT 5: clean_start).
+        clean_session=None if protocol == paho.MQTTv5 else not keep_session,
         protocol=protocol,
         manual_ack=manual_ack,
     )
@@ -87,7 +92,14 @@ def connect_properties(settings: dict[str, Any], receive_maximum: int | None = N
 def connect_async(
     client: paho.Client, settings: dict[str, Any], receive_maximum: int | None = None
 ) -> None:
-    """Start connecting in the background (paho retries with backoff by itself)."""
+    """Start connecting in the background (paho retries with backoff by itself).
+
+    An MQTT 3.1.1 client sends no CONNECT properties: no session expiry (the broker keeps
+    its session) and no receive maximum.
+    """
+    if client.protocol != paho.MQTTv5:
+        client.connect_async(settings["host"], settings["port"], keepalive=settings["keepalive_s"])
+        return
     client.connect_async(
         settings["host"],
         settings["port"],

@@ -240,6 +240,11 @@ SINKS: dict[str, dict[str, Field]] = {
         "spool_dir": Field(STR, "streamlstm-spool"),
         "homeassistant": Field(BOOL, False),
         "discovery_prefix": Field(STR, "homeassistant"),
+        # The broker alerts go to: [mqtt]'s unless host/port are given (e.g. a fleet's
+        # mosquitto next to nats-server); "3.1.1" for a broker without MQTT 5.
+        "host": Field(OPTIONAL_STR, None),
+        "port": Field(OPTIONAL_INT, None, lambda v: None if v is None else _port(v)),
+        "protocol": Field(STR, "5", _choice("5", "3.1.1")),
         **MQTT_SINK_DELIVERY,
     },
 }
@@ -370,11 +375,20 @@ def _check_fleet(config: dict[str, Any], problems: _Problems) -> None:
     elif config["sources"][0]["ack"] != "on-receive":
         problems.add("sources[0].ack", "the fleet acknowledges the stream itself: leave 'ack' out")
     for sink in config["sinks"]:
-        if sink["type"] == "mqtt":
+        if sink["type"] != "mqtt":
+            continue
+        where = sink["path_in_config"]
+        on_nats = sink["host"] is None and sink["port"] is None
+        if on_nats and sink["protocol"] != "3.1.1":
             problems.add(
-                f"{sink['path_in_config']}.type",
+                f"{where}.protocol",
                 "a [fleet] worker's [mqtt] is nats-server's MQTT listener, which speaks "
-                "MQTT 3.1.1, and the mqtt sink needs MQTT 5: use a jsonl or stdout sink",
+                'MQTT 3.1.1: set protocol = "3.1.1", or host/port of an MQTT 5 broker',
+            )
+        if sink["homeassistant"]:
+            problems.add(
+                f"{where}.homeassistant",
+                "not in a fleet: sensors move between workers, and discovery is per daemon",
             )
 
 

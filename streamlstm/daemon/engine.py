@@ -24,7 +24,6 @@ import logging
 import math
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from . import config as config_module
 from . import snapshot, systemd
 from .framequeue import FrameQueue
 from .intake import TimePolicy, TimestampGate
+from .lastseen import LastSeen
 from .metrics import Metrics, MetricsServer, Sample
 from .pipeline import (
     LoadedModel,
@@ -108,18 +108,24 @@ INTAKE_METRICS = [
     ("streamlstm_clock_resets_total", "counter", "sensors whose clock restarted, followed"),
     ("streamlstm_gaps_total", "counter", "device-time gaps: samples that never arrived"),
     ("streamlstm_gap_samples_total", "counter", "samples missing in those gaps"),
+    ("streamlstm_dead_threads", "gauge", "threads that died unexpectedly (must be 0)"),
+]
+#: Connections and the MQTT sink's delivery (:func:`sink_samples`; fleet workers too).
+CONNECTION_METRICS = [
     (
         "streamlstm_connect_failures_total",
         "counter",
         "failed connection attempts (broker unreachable or refusing), by component",
     ),
+    ("streamlstm_reconnects_total", "counter", "reconnections, by component"),
+    ("streamlstm_connected", "gauge", "1 while the component is connected"),
     (
         "streamlstm_broker_refusals_total",
         "counter",
         "messages the broker refused (PUBACK reason code), by kind (alert, other) and reason",
     ),
     ("streamlstm_publish_errors_total", "counter", "messages the MQTT client refused to send"),
-    ("streamlstm_dead_threads", "gauge", "threads that died unexpectedly (must be 0)"),
+    ("streamlstm_spooled_alerts", "gauge", "alerts not yet acknowledged by the broker"),
 ]
 
 
@@ -164,18 +170,19 @@ def build_sources(
     return sources
 
 
-def build_sinks(config: dict[str, Any]) -> list[Sink]:
+def build_sinks(config: dict[str, Any], *, spool_by_daemon: bool = False) -> list[Sink]:
     """One sink object per ``[[sinks]]`` table, all or none.
 
     The MQTT sink (which connects as it is built) is built last, so that another sink
     failing to build never leaves an extra MQTT connection behind; sinks built before a
-    failure are closed again and the error is raised.
+    failure are closed again and the error is raised. ``spool_by_daemon``: see
+    :class:`~streamlstm.sinks.mqtt.MQTTSink` (a fleet worker's alerts of many partitions).
     """
     tables = config["sinks"]
     built: dict[int, Sink] = {}
     try:
         for index in sorted(range(len(tables)), key=lambda i: tables[i]["type"] == "mqtt"):
-            built[index] = _build_sink(tables[index], config["mqtt"])
+            built[index] = _build_sink(tables[index], config["mqtt"], spool_by_daemon)
     except BaseException:
         for sink in built.values():
             sink.close()
@@ -183,7 +190,7 @@ def build_sinks(config: dict[str, Any]) -> list[Sink]:
     return [built[index] for index in range(len(tables))]
 
 
-def _build_sink(table: dict[str, Any], broker: dict[str, Any]) -> Sink:
+def _build_sink(table: dict[str, Any], broker: dict[str, Any], spool_by_daemon: bool) -> Sink:
     if table["type"] == "stdout":
         from ..sinks.stdout import StdoutSink
 
@@ -194,7 +201,7 @@ def _build_sink(table: dict[str, Any], broker: dict[str, Any]) -> Sink:
         return JSONLSink(table)
     from ..sinks.mqtt import MQTTSink
 
-    return MQTTSink(table, broker)
+    return MQTTSink(table, broker, spool_by_daemon=spool_by_daemon)
 
 
 def check_broker_settings(config: dict[str, Any]) -> None:
@@ -202,6 +209,30 @@ def check_broker_settings(config: dict[str, Any]) -> None:
     reload fails as a whole instead of leaving a source that cannot connect."""
     if any(table["type"] == "mqtt" for table in (*config["sources"], *config["sinks"])):
         _mqtt.make_client(config["mqtt"], "check")
+
+
+def sink_samples(sinks: Sequence[Sink]) -> list[Sample]:
+    """The MQTT sink's delivery health, read at scrape time (:data:`CONNECTION_METRICS`)."""
+    from ..sinks.mqtt import MQTTSink
+
+    out: list[Sample] = []
+    component = (("component", "sink:mqtt"),)
+    for sink in sinks:
+        if not isinstance(sink, MQTTSink):
+            continue
+        refusals, publish_errors, connect_failures = sink.health()
+        out += [
+            ("streamlstm_broker_refusals_total", (("kind", kind), ("reason", r)), n)
+            for (kind, r), n in refusals.items()
+        ]
+        out += [
+            ("streamlstm_publish_errors_total", (), publish_errors),
+            ("streamlstm_connect_failures_total", component, connect_failures),
+            ("streamlstm_spooled_alerts", (), sink.spooled()),
+            ("streamlstm_reconnects_total", component, sink.reconnects),
+            ("streamlstm_connected", component, int(sink.connected)),
+        ]
+    return out
 
 
 def _reason(exc: BaseException) -> str:
@@ -242,11 +273,8 @@ def _describe(metrics: Metrics) -> None:
             "counter",
             "messages whose sample rate is not the model's (stepped all the same), by source",
         ),
-        ("streamlstm_reconnects_total", "counter", "reconnections, by component"),
-        ("streamlstm_connected", "gauge", "1 while the component is connected"),
         ("streamlstm_queue_frames", "gauge", "frames waiting for the compute loop"),
         ("streamlstm_dropped_samples_total", "counter", "samples dropped by the full queue"),
-        ("streamlstm_spooled_alerts", "gauge", "alerts not yet acknowledged by the broker"),
         ("streamlstm_sensors", "gauge", "sensors known"),
         ("streamlstm_snapshots_total", "counter", "snapshots written"),
         ("streamlstm_snapshot_failures_total", "counter", "snapshots that could not be written"),
@@ -281,6 +309,7 @@ def _describe(metrics: Metrics) -> None:
         ),
         ("streamlstm_healthy", "gauge", "1 while every daemon thread is alive (watchdog fed)"),
         *INTAKE_METRICS,
+        *CONNECTION_METRICS,
     ]:
         metrics.describe(name, kind, text)
     # Counters exist from the start: rate() over a scrape series needs the zero.
@@ -342,7 +371,7 @@ class Daemon:
         self._width = sample_width(self.pipeline, self.loaded.model)
         self.sensors: dict[str, SensorState] = {}
         # Sensor -> monotonic time of its last frame, least recently seen first.
-        self._last_seen: OrderedDict[str, float] = OrderedDict()
+        self._last_seen = LastSeen()
         self._changed: set[str] = set()
         self.queue = FrameQueue(
             config["daemon"]["queue_frames"],
@@ -605,8 +634,7 @@ class Daemon:
             state = self.sensors.get(frame.sensor)
             if state is None:
                 state = self.sensors[frame.sensor] = SensorState(frame.sensor)
-            last_seen[frame.sensor] = seen_at
-            last_seen.move_to_end(frame.sensor)
+            last_seen.seen(frame.sensor, seen_at)
             state.samples += end - begin
             bad = int(np.count_nonzero(status[begin:end]))
             state.rejected += bad
@@ -721,16 +749,10 @@ class Daemon:
         idle = self.config["daemon"]["sensor_idle_s"]
         if not idle or self._copy is not None:  # rows must not change hands mid-copy
             return 0
-        horizon = now - idle
-        expired = []
-        for name, seen in self._last_seen.items():  # least recently seen first
-            if seen > horizon:
-                break
-            expired.append(name)
+        expired = self._last_seen.expire(now - idle)
         if not expired:
             return 0
         for name in expired:
-            del self._last_seen[name]
             self.sensors.pop(name, None)
             self._changed.discard(name)
         self.pipeline.evict(expired)
@@ -837,7 +859,7 @@ class Daemon:
             return
         self.sensors = records
         now = time.monotonic()
-        self._last_seen = OrderedDict((name, now) for name in records)
+        self._last_seen = LastSeen((name, now) for name in records)
         log.info("restored %d sensors from %s", len(self.sensors), path)
 
     def _set_aside(self, path: str, reason: str, detail: str) -> None:
@@ -963,24 +985,7 @@ class Daemon:
             out.append(
                 ("streamlstm_connect_failures_total", component, source.stats.connect_failures)
             )
-        for sink in self.sinks:
-            health = getattr(sink, "health", None)
-            if health is None:
-                continue
-            refusals, publish_errors, connect_failures = health()
-            out += [
-                ("streamlstm_broker_refusals_total", (("kind", kind), ("reason", r)), n)
-                for (kind, r), n in refusals.items()
-            ]
-            out.append(("streamlstm_publish_errors_total", (), publish_errors))
-            out.append(
-                (
-                    "streamlstm_connect_failures_total",
-                    (("component", "sink:mqtt"),),
-                    connect_failures,
-                )
-            )
-        return out
+        return out + sink_samples(self.sinks)
 
     def _collect(self) -> list[Sample]:
         out: list[Sample] = [
@@ -1004,13 +1009,4 @@ class Daemon:
                 ("streamlstm_reconnects_total", (component,), counts.reconnects),
                 ("streamlstm_connected", (component,), int(counts.connected)),
             ]
-        from ..sinks.mqtt import MQTTSink
-
-        for sink in self.sinks:
-            if isinstance(sink, MQTTSink):
-                out += [
-                    ("streamlstm_spooled_alerts", (), len(sink.spool)),
-                    ("streamlstm_reconnects_total", (("component", "sink:mqtt"),), sink.reconnects),
-                    ("streamlstm_connected", (("component", "sink:mqtt"),), int(sink.connected)),
-                ]
         return out

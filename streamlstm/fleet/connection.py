@@ -212,7 +212,7 @@ async def _wait_for_mqtt_streams(js: JetStreamContext, config: dict[str, Any]) -
 
 def _touch_mqtt_listener(settings: dict[str, Any]) -> bool:
     """Connect an MQTT 3.1.1 client once (nats-server then creates its MQTT streams)."""
-    client = _mqtt.make_client(settings, "fleet-setup", protocol=paho.MQTTv311)
+    client = _mqtt.make_client(settings, "fleet-setup", protocol=paho.MQTTv311, keep_session=False)
     try:
         client.connect(settings["host"], settings["port"], keepalive=10)
         client.loop(timeout=1.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..daemon.engine import CONNECTION_METRICS
 from ..daemon.metrics import Metrics
 
 FLEET_METRICS = [
@@ -39,6 +40,11 @@ FLEET_METRICS = [
         "partitions given up after an unexpected error in their processing (logged)",
     ),
     ("streamlstm_samples_total", "counter", "samples stepped through the detector"),
+    (
+        "streamlstm_expired_sensors_total",
+        "counter",
+        "idle sensors evicted (sensor_idle_s, counted on the stream's clock)",
+    ),
     ("streamlstm_alerts_total", "counter", "alert events by kind"),
     ("streamlstm_snapshots_total", "counter", "partition snapshots written"),
     ("streamlstm_snapshot_failures_total", "counter", "partition snapshots not written"),
@@ -65,6 +71,7 @@ FLEET_METRICS = [
         "counter",
         "frames dropped for their device time, by reason",
     ),
+    *CONNECTION_METRICS,
 ]
 
 
@@ -78,6 +85,7 @@ def fleet_metrics() -> Metrics:
         "streamlstm_fleet_lease_losses_total",
         "streamlstm_fleet_messages_total",
         "streamlstm_samples_total",
+        "streamlstm_expired_sensors_total",
     ):
         metrics.inc(name, 0)
     return metrics

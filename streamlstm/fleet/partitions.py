@@ -3,6 +3,12 @@
 Everything here is synchronous and runs on the worker's event loop between awaits, so a
 batch is applied (stepped, alerts numbered, records updated) as one indivisible step and
 :meth:`OwnedPartition.export` always sees a state consistent with :attr:`applied_seq`.
+
+Idle sensors (``[daemon] sensor_idle_s``) are evicted by the stream's clock: before a
+message stored at time T is applied, every sensor whose last stepped message was stored at
+or before ``T - sensor_idle_s`` goes (its rows freed; if it comes back it starts afresh).
+That is a function of the stream alone, whatever the fetch batches, so a replay evicts
+exactly as the first pass did, and the last-seen times travel in the snapshots.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import numpy as np
 from .._ratelimit import RateLimitedLog
 from ..daemon.engine import sensor_columns, sensor_records
 from ..daemon.intake import TimestampGate
+from ..daemon.lastseen import LastSeen
 from ..daemon.pipeline import LoadedModel, Pipeline
 from ..sinks import SensorState, alert_record
 from ..sources import Frame
@@ -37,6 +44,7 @@ class StreamMessage:
     data: bytes
     seq: int  # stream sequence
     pending: int  # messages left in the consumer after this one (the lag)
+    time: float = 0.0  # when the stream stored it (s since the epoch): the idle clock
 
 
 @dataclass
@@ -50,6 +58,7 @@ class Applied:
     replayed: int  # messages at or below the previous owner's ack floor (crash replay)
     skipped: int  # redelivered within this epoch (seq already applied): not applied again
     refused: int = 0  # samples of new sensors refused: the partition holds max_sensors
+    expired: int = 0  # idle sensors evicted
     records: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -70,6 +79,7 @@ class OwnedPartition:
         alert_seq: int,
         replay_until: int,
         max_sensors: int,
+        sensor_idle_s: float = 0.0,
     ) -> None:
         self.partition = partition
         self.epoch = epoch
@@ -82,6 +92,8 @@ class OwnedPartition:
         self.alert_seq = alert_seq
         self.replay_until = replay_until  # the deposed owner's ack floor (0: none known)
         self.max_sensors = max_sensors
+        self.sensor_idle_s = sensor_idle_s  # 0: never evict
+        self.last_seen = LastSeen()
         self.sensors: dict[str, SensorState] = {}
         self.changed: set[str] = set()
         self.lag = 0
@@ -94,8 +106,11 @@ class OwnedPartition:
     def restore(self, state: dict[str, Any]) -> None:
         """Load a snapshot's state (raises if it does not fit the model: caller decides)."""
         records = sensor_records(state.get("sensors", {}))
+        seen = state.get("last_seen", {"names": [], "t": []})
+        last_seen = LastSeen(zip(seen["names"], map(float, seen["t"]), strict=True))
         self.pipeline.import_state(state["detector"])
         self.sensors = records
+        self.last_seen = last_seen
 
     def export(self) -> dict[str, Any]:
         """The state to snapshot (covers :attr:`applied_seq`)."""
@@ -103,34 +118,72 @@ class OwnedPartition:
             "model_sha256": self.loaded.sha256,
             "detector": self.pipeline.export_state(),
             "sensors": sensor_columns(list(self.sensors.values())),
+            "last_seen": {
+                "names": [name for name, _ in self.last_seen.items()],
+                "t": np.array([t for _, t in self.last_seen.items()], np.float64),
+            },
         }
 
     def apply(self, messages: Sequence[StreamMessage]) -> Applied:
         """Decode, gate and step one fetched batch (in stream order); number its alerts."""
         received = time.time()
+        applied = Applied(0, 0, 0, 0, 0, 0)
         frames: list[Frame] = []
-        skipped = replayed = 0
-        first = last = 0
+        stored: dict[str, float] = {}  # sensor -> stream time of its latest frame in `frames`
+        chunk_start = 0.0  # stream time of the first of `frames`
         for message in messages:
             if message.seq <= self.applied_seq:
-                skipped += 1
+                applied.skipped += 1
                 continue
-            first = first or message.seq
-            last = message.seq
+            applied.first_seq = applied.first_seq or message.seq
+            applied.last_seq = message.seq
             if message.seq <= self.replay_until:
-                replayed += 1
+                applied.replayed += 1
             self.lag = message.pending
+            horizon = message.time - self.sensor_idle_s
+            # Frames not stepped yet count as seen too: step them first (then they are in
+            # last_seen) once the oldest of them could be idle (stepping in parts changes
+            # nothing: the detector is exact whatever the batches).
+            chunk_old = bool(frames) and chunk_start <= horizon
+            if self.sensor_idle_s and (chunk_old or self.last_seen.due(horizon)):
+                self._admit_and_step(frames, stored, applied)
+                frames, stored = [], {}
+                self._evict(self.last_seen.expire(horizon), applied)
             try:
-                frames.append(self._decode(message, received))
+                frame = self._decode(message, received)
             except Exception as exc:  # one bad message is counted, never fatal
                 self.decoder.stats.dropped(self.decoder.name, exc)
-        applied = Applied(first, last, len(messages) - skipped, 0, replayed, skipped)
-        if last:
-            self.applied_seq = last
-        frames = self._within_sensor_limit(self.gate.admit(frames, self.sensors), applied)
-        if frames:
-            self._step(frames, applied)
+                continue
+            if not frames:
+                chunk_start = message.time
+            frames.append(frame)
+            stored[frame.sensor] = message.time
+        applied.messages = len(messages) - applied.skipped
+        if applied.last_seq:
+            self.applied_seq = applied.last_seq
+        self._admit_and_step(frames, stored, applied)
         return applied
+
+    def _admit_and_step(
+        self, frames: list[Frame], stored: dict[str, float], applied: Applied
+    ) -> None:
+        frames = self._within_sensor_limit(self.gate.admit(frames, self.sensors), applied)
+        if not frames:
+            return
+        self._step(frames, applied)
+        if self.sensor_idle_s:
+            for frame in frames:
+                self.last_seen.seen(frame.sensor, stored[frame.sensor])
+
+    def _evict(self, sensors: list[str], applied: Applied) -> None:
+        """Drop idle sensors: rows, records and their last device time go with them."""
+        if not sensors:
+            return
+        for name in sensors:
+            self.sensors.pop(name, None)
+            self.changed.discard(name)
+        self.pipeline.evict(sensors)
+        applied.expired += len(sensors)
 
     def _decode(self, message: StreamMessage, received: float) -> Frame:
         try:
@@ -173,7 +226,7 @@ class OwnedPartition:
         times = np.concatenate([f.t for f in frames])
         events = self.pipeline.update(sensors, samples, times)
         scores, status = self.pipeline.last_scores, self.pipeline.last_status
-        applied.samples = len(sensors)
+        applied.samples += len(sensors)
         begin = 0
         for frame in frames:
             end = begin + len(frame.t)

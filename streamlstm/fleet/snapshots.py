@@ -7,6 +7,10 @@ inline after the record's JSON line when small, else in the object store under a
 its own. Every write is an ``update`` checked against the revision the writer last saw.
 A new owner first *claims* the partition (rewrites the record with the next epoch), so a
 deposed owner's late write fails its revision check however the two interleave.
+
+An object is written before the record that names it, and the previous one deleted after:
+a crash in between leaves an object no record names. Claiming a partition deletes its
+objects of earlier epochs that its record does not name (never a later epoch's).
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
+import re
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -26,9 +32,13 @@ from nats.js.object_store import ObjectStore
 from ..daemon import snapshot
 from .config import FleetSettings
 
+log = logging.getLogger(__name__)
+
 RECORD_FORMAT = "streamlstm.fleet-partition/1"
 OBJECT_READ_ATTEMPTS = 5
 STATE_PREFIX = "p."
+#: Object names: ``p<partition>-e<epoch>-s<seq>``.
+OBJECT_NAME = re.compile(r"p(\d+)-e(\d+)-s(\d+)")
 
 
 class WriteRefused(Exception):
@@ -140,7 +150,43 @@ class SnapshotStore:
             revision = await self._kv.update(key, _encode(record, inline), last=entry.revision)
         except nats.js.errors.KeyWrongLastSequenceError:
             raise WriteRefused(f"partition {partition}: claimed by another worker") from None
+        try:
+            await self._delete_orphans(record)
+        except Exception as exc:  # tidying only: the next claim tries again
+            log.warning(
+                "partition %d: orphaned snapshot objects not deleted (%s: %s)",
+                partition,
+                type(exc).__name__,
+                exc,
+            )
         return Claim(record, revision, old.epoch, state, problem)
+
+    async def _delete_orphans(self, record: SnapshotRecord) -> None:
+        """Delete the partition's objects of epochs before ``record``'s that it does not
+        name (left by a crash between an object's write and its record's update)."""
+        try:
+            objects = await self._objects.list(ignore_deletes=True)
+        except nats.js.errors.NotFoundError:  # an empty store
+            return
+        orphans = []
+        for info in objects:
+            match = OBJECT_NAME.fullmatch(info.name or "")
+            if (
+                match is not None
+                and int(match[1]) == record.partition
+                and int(match[2]) < record.epoch
+                and info.name != record.object
+            ):
+                orphans.append(info.name)
+        for name in orphans:
+            await self._delete_object(name)
+        if orphans:
+            log.info(
+                "partition %d: deleted %d orphaned snapshot object(s): %s",
+                record.partition,
+                len(orphans),
+                ", ".join(orphans[:5]),
+            )
 
     async def write(self, claim: Claim, seq: int, alert_seq: int, state: dict[str, Any]) -> int:
         """Store ``state`` (covering stream sequences up to ``seq``) for the claimed epoch;

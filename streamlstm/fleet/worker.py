@@ -16,6 +16,11 @@ the previous owner's writes) -> note the previous consumer's ack floor and delet
 restore the snapshot -> a fresh consumer from the snapshot's sequence + 1. Handing one
 off (rebalance, SIGTERM): stop its task -> final snapshot -> delete the consumer ->
 release the lease: the next owner starts exactly after our last applied sequence.
+
+Alerts: each partition numbers its own (``daemon`` = ``<fleet>/p<partition>``), and every
+snapshot carries the partition's alerts the broker has not acknowledged yet
+(:class:`~.alerts.WorkerSinks`): the next owner sends those again, and decides the ones
+after the snapshot point again by replaying, so a worker's death loses no alert.
 """
 
 from __future__ import annotations
@@ -36,13 +41,13 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from .._ratelimit import RateLimitedLog
 from ..daemon import systemd
-from ..daemon.engine import DEFAULT_STATE_INTERVAL_S, build_sinks, time_policy
+from ..daemon.engine import DEFAULT_STATE_INTERVAL_S, time_policy
 from ..daemon.intake import TimestampGate
 from ..daemon.metrics import MetricsServer, Sample
 from ..daemon.pipeline import compile_kernels, load_model, make_detector, sample_width
 from ..errors import StreamLSTMError
-from ..sinks import Sink
 from ..sources.mqtt import MQTTSource
+from .alerts import WorkerSinks
 from .config import FleetSettings
 from .connection import (
     RETRYABLE,
@@ -70,6 +75,10 @@ TAKEOVER_FAILURES: tuple[type[BaseException], ...] = (WriteRefused, *RETRYABLE)
 #: cancellation, so loops also check a flag), and for all final handoffs together.
 STOP_TASK_TIMEOUT_S = 5.0
 HANDOFF_TIMEOUT_S = 60.0
+#: How long a handoff waits at most for the broker to acknowledge the partition's alerts
+#: (those still unacknowledged then travel in the final snapshot and may arrive twice);
+#: never above a quarter of the TTL, since the lease is not renewed meanwhile.
+HANDOFF_ALERTS_WAIT_S = 2.0
 
 
 @dataclass
@@ -106,7 +115,7 @@ class FleetWorker:
         self.gate = TimestampGate(time_policy(config["daemon"]))
         self.journal = Journal(self.settings.journal_path, self.settings.worker_id)
         self.owned: dict[int, Ownership] = {}
-        self.sinks: list[Sink] = build_sinks(config)
+        self.sinks = WorkerSinks(config, self.settings.worker_id, self.metrics)
         self.metrics.collector(self._collect)
         self._server: MetricsServer | None = None
         port = config["daemon"]["metrics_port"]
@@ -230,11 +239,7 @@ class FleetWorker:
 
     def _close(self) -> None:
         self._publish_states()
-        for sink in self.sinks:
-            try:
-                sink.close()
-            except Exception as exc:
-                log.error("closing a sink failed: %s", exc)
+        self.sinks.close()
         if self._server is not None:
             self._server.close()
         self.journal.close()
@@ -324,6 +329,15 @@ class FleetWorker:
                 await self._leases.release(lease)
             return False
         self.owned[partition] = ownership
+        sent = self.sinks.resend(
+            ownership.compute.daemon_name, (ownership.claim.state or {}).get("alerts")
+        )
+        if sent:
+            log.info(
+                "partition %d: sent %d alert(s) its previous owner had not delivered",
+                partition,
+                sent,
+            )
         record = claim.record
         self.metrics.inc("streamlstm_fleet_handoffs_total", labels=(("direction", "in"),))
         self.journal.write(
@@ -358,6 +372,7 @@ class FleetWorker:
             alert_seq=record.alert_seq,
             replay_until=replay_until,
             max_sensors=self.config["daemon"]["max_sensors"],
+            sensor_idle_s=self.config["daemon"]["sensor_idle_s"],
         )
         problem = claim.problem
         if claim.state is not None:
@@ -432,6 +447,13 @@ class FleetWorker:
         partition, compute = ownership.partition, ownership.compute
         await self._stop_task(ownership)
         self.owned.pop(partition, None)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(HANDOFF_ALERTS_WAIT_S, self.settings.lease_ttl_s / 4)
+        while loop.time() < deadline:
+            with contextlib.suppress(Exception):  # unreadable: the snapshot write says so
+                if not self.sinks.unacknowledged(compute.daemon_name):
+                    break
+            await asyncio.sleep(0.05)
         try:
             if not await self._snapshot(ownership):
                 return  # refused: somebody else owns it already
@@ -519,7 +541,13 @@ class FleetWorker:
             if not messages or not await self._lease_current(ownership):
                 continue
             batch = [
-                StreamMessage(m.subject, m.data, m.metadata.sequence.stream, m.metadata.num_pending)
+                StreamMessage(
+                    m.subject,
+                    m.data,
+                    m.metadata.sequence.stream,
+                    m.metadata.num_pending,
+                    m.metadata.timestamp.timestamp(),
+                )
                 for m in messages
             ]
             self._applied(ownership, ownership.compute.apply(batch))
@@ -550,25 +578,21 @@ class FleetWorker:
         self.metrics.inc("streamlstm_samples_total", applied.samples)
         if applied.refused:
             self.metrics.inc("streamlstm_sensor_limit_samples_total", applied.refused)
+        if applied.expired:
+            self.metrics.inc("streamlstm_expired_sensors_total", applied.expired)
+            log.info(
+                "partition %d: %d sensor(s) idle for %g s expired",
+                compute.partition,
+                applied.expired,
+                self.config["daemon"]["sensor_idle_s"],
+            )
         if applied.records:
             for record in applied.records:
                 self.metrics.inc("streamlstm_alerts_total", labels=(("kind", record["kind"]),))
-            self._call_sinks("alerts", applied.records)
+            self.sinks.alerts(applied.records)
             self._publish_states({r["sensor"] for r in applied.records})
 
     # -- sinks -----------------------------------------------------------------------------
-    def _call_sinks(self, what: str, argument: Any) -> None:
-        for index, sink in enumerate(self.sinks):
-            try:
-                getattr(sink, what)(argument)
-            except Exception as exc:  # one sink's failure never stops the others
-                name = self.config["sinks"][index]["name"]
-                self.metrics.inc(
-                    "streamlstm_sink_errors_total",
-                    labels=(("sink", name), ("reason", type(exc).__name__)),
-                )
-                _limited(logging.ERROR, f"sink:{name}:{what}", "sink %s failed: %s", name, exc)
-
     async def _publish_all_states(self) -> None:
         self._publish_states()
 
@@ -580,7 +604,7 @@ class FleetWorker:
             states.update({n: compute.sensors[n] for n in names if n in compute.sensors})
             compute.changed -= names
         if states:
-            self._call_sinks("states", states)
+            self.sinks.states(states)
 
     # -- snapshots -------------------------------------------------------------------------
     async def _snapshot_all(self) -> None:
@@ -597,8 +621,9 @@ class FleetWorker:
             seq = compute.applied_seq
             if seq == claim.record.seq:
                 return True
-            state = compute.export()  # synchronous: consistent with seq
             try:
+                state = compute.export()  # synchronous: consistent with seq
+                state["alerts"] = self.sinks.unacknowledged(compute.daemon_name)
                 size = await self._snapshots.write(claim, seq, compute.alert_seq, state)
             except WriteRefused:
                 self.metrics.inc(
@@ -643,7 +668,7 @@ class FleetWorker:
             ("streamlstm_refused_frames_total", (("reason", r),), n)
             for r, n in list(self.gate.counts.frames.items())
         ]
-        return out
+        return out + self.sinks.samples()
 
 
 async def _feed_watchdog() -> None:

@@ -24,6 +24,17 @@ Delivery failures never lose an alert and never stop the others:
 * the client refuses to publish one record (an exception from ``publish``): it is counted
   in ``publish_errors``, logged, kept in the spool; the other records still go out;
 * no exception from a paho callback escapes into paho's network thread.
+
+``protocol = "3.1.1"`` (a broker without MQTT 5, such as nats-server's MQTT listener)
+loses what only MQTT 5 has: a PUBACK carries no reason code, so the broker cannot refuse
+one alert (an ACL-denied alert counts as delivered: ``refusals`` stays 0 and
+``refused_retry_s`` has no effect), and the session has no expiry (``clean_session``
+false: the broker keeps it until it is told otherwise). Everything else is the same.
+
+In a fleet (``spool_by_daemon``) alerts of many partitions, each with its own ``seq``,
+share one sink: each ``daemon`` spools in a folder of its own, and :meth:`MQTTSink.pending`
+gives one daemon's unacknowledged alerts, which the fleet carries in the partition's
+snapshot so that the partition's next owner sends them if this worker cannot.
 """
 
 from __future__ import annotations
@@ -48,6 +59,7 @@ log = logging.getLogger(__name__)
 _limited = RateLimitedLog(log)
 
 ONLINE, OFFLINE = b"online", b"offline"
+PROTOCOLS = {"5": paho.MQTTv5, "3.1.1": paho.MQTTv311}
 
 
 def topic_for(template: str, sensor: str) -> str:
@@ -55,13 +67,32 @@ def topic_for(template: str, sensor: str) -> str:
     return template.replace("{sensor}", re.sub(r"[/+#\x00]", "_", sensor) or "_")
 
 
-class MQTTSink:
-    """Publishes to ``broker`` (the ``[mqtt]`` table) as ``config`` (a ``[[sinks]]`` table) says."""
+def spool_folder(daemon: str) -> str:
+    """The folder name of one daemon's spool (``fleet/p3`` -> ``fleet_p3``)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", daemon) or "_"
 
-    def __init__(self, config: Mapping[str, Any], broker: Mapping[str, Any]) -> None:
+
+class MQTTSink:
+    """Publishes to ``broker`` (the ``[mqtt]`` table; the sink's own ``host``/``port``, where
+    given, replace its address) as ``config`` (a ``[[sinks]]`` table) says.
+
+    ``spool_by_daemon``: one spool folder per alert ``daemon`` (a fleet worker's sink).
+    """
+
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        broker: Mapping[str, Any],
+        *,
+        spool_by_daemon: bool = False,
+    ) -> None:
         self._config = config
-        self._broker = broker
+        address = {k: config[k] for k in ("host", "port") if config.get(k) is not None}
+        self._broker = broker = {**broker, **address}
         self.spool = Spool(config["spool_dir"])
+        self._spool_by_daemon = spool_by_daemon
+        self._spools: dict[str, Spool] = {}
+        protocol = config.get("protocol", "5")
         self._lock = threading.Lock()  # guards _known_sensors (network and compute threads)
         # Alerts handed to paho and not yet acknowledged. Polled from the compute thread
         # rather than tracked in on_publish: paho calls on_publish holding its own message
@@ -70,7 +101,8 @@ class MQTTSink:
         # mid -> failure reason code of a PUBACK; written by on_publish (network thread),
         # which paho calls before is_published() turns true. Plain dict operations only.
         self._failed_acks: dict[int, Any] = {}
-        self._refused: dict[int, tuple[dict[str, Any], float]] = {}  # seq -> (record, retry at)
+        # (daemon, seq) -> (record, retry at)
+        self._refused: dict[tuple[str, int], tuple[dict[str, Any], float]] = {}
         # ("alert" or "other", reason) -> count; "other": state, status, discovery messages
         self.refusals: Counter[tuple[str, str]] = Counter()
         self.publish_errors = 0
@@ -79,7 +111,14 @@ class MQTTSink:
         self.connected = False
         self.reconnects = 0
         self._ever_connected = False
-        self.client = _mqtt.make_client(dict(broker), "out")
+        self.client = _mqtt.make_client(dict(broker), "out", protocol=PROTOCOLS[protocol])
+        if protocol != "5":
+            log.info(
+                "mqtt sink: MQTT 3.1.1 to %s:%s: the broker cannot refuse single alerts "
+                "(PUBACKs carry no reason code), so refusals are not counted",
+                broker["host"],
+                broker["port"],
+            )
         self.client.will_set(config["status_topic"], OFFLINE, qos=1, retain=True)
         self.client.on_connect = self._on_connect
         self.client.on_connect_fail = self._on_connect_fail
@@ -89,7 +128,7 @@ class MQTTSink:
         _mqtt.connect_async(self.client, dict(broker))
         self.client.loop_start()
         # A previous run's unacknowledged alerts go first, in order.
-        self._send(self.spool.pending())
+        self._send(self._spooled())
 
     # -- paho callbacks (network thread): nothing may escape from them --------------------
     def _on_connect(
@@ -191,7 +230,7 @@ class MQTTSink:
                 continue
             reason = self._failed_acks.pop(info.mid, None)
             if reason is None:
-                self.spool.done(seq)
+                self._spool(record).done(seq)
             else:
                 self._refuse(record, reason)
         self._in_flight = waiting
@@ -212,7 +251,10 @@ class MQTTSink:
     def _refuse(self, record: dict[str, Any], reason: Any) -> None:
         self.refusals[("alert", str(reason))] += 1
         retry = self._config["refused_retry_s"]
-        self._refused[record["seq"]] = (record, time.monotonic() + retry)
+        self._refused[(str(record.get("daemon")), record["seq"])] = (
+            record,
+            time.monotonic() + retry,
+        )
         _limited(
             logging.ERROR,
             f"refused-alert/{reason}",
@@ -221,22 +263,49 @@ class MQTTSink:
             record["seq"],
             topic_for(self._config["alert_topic"], record["sensor"]),
             reason,
-            self.spool.directory,
+            self._spool(record).directory,
             retry,
         )
 
     def _retry_refused(self) -> None:
         now = time.monotonic()
-        due = [seq for seq, (_, at) in self._refused.items() if at <= now]
+        due = [key for key, (_, at) in self._refused.items() if at <= now]
         if due:
-            self._send([self._refused.pop(seq)[0] for seq in sorted(due)])
+            self._send([self._refused.pop(key)[0] for key in sorted(due)])
 
     def alerts(self, records: Sequence[dict[str, Any]]) -> None:
         """Spool (durably) then publish; the spool file goes when the broker acknowledges."""
         for record in records:
-            self.spool.put(record)
+            self._spool(record).put(record)
         self._send(records)
         self._reap()
+
+    def pending(self, daemon: str) -> list[dict[str, Any]]:
+        """``daemon``'s alerts the broker has not acknowledged yet, in ``seq`` order."""
+        self._reap()
+        return self._spool({"daemon": daemon}).pending()
+
+    def _spool(self, record: Mapping[str, Any]) -> Spool:
+        if not self._spool_by_daemon:
+            return self.spool
+        daemon = str(record.get("daemon"))
+        spool = self._spools.get(daemon)
+        if spool is None:
+            spool = self._spools[daemon] = Spool(self.spool.directory / spool_folder(daemon))
+        return spool
+
+    def spooled(self) -> int:
+        """How many alerts wait in the spool (of every daemon when spooling by daemon)."""
+        if not self._spool_by_daemon:
+            return len(self.spool)
+        return sum(len(Spool(p)) for p in self.spool.directory.iterdir() if p.is_dir())
+
+    def _spooled(self) -> list[dict[str, Any]]:
+        """Every spooled alert (of every daemon's folder when spooling by daemon)."""
+        if not self._spool_by_daemon:
+            return self.spool.pending()
+        folders = sorted(p for p in self.spool.directory.iterdir() if p.is_dir())
+        return [record for folder in folders for record in Spool(folder).pending()]
 
     def health(self) -> tuple[dict[tuple[str, str], int], int, int]:
         """``(refusals by (kind, reason), publish errors, connection failures)`` for metrics."""

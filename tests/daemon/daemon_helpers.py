@@ -55,15 +55,26 @@ def expected_events(
 
 
 class DaemonProcess:
-    """``python -m streamlstm.cli run --config <site>``, output in ``<folder>/daemon-N.log``."""
+    """``python -m streamlstm.cli run --config <site>``, output in ``<folder>/daemon-N.log``.
+
+    ``prelude``: Python run in the process first (a test's fault injection)."""
 
     def __init__(
-        self, site: Path, folder: Path, name: str = "daemon", env: dict[str, str] | None = None
+        self,
+        site: Path,
+        folder: Path,
+        name: str = "daemon",
+        env: dict[str, str] | None = None,
+        prelude: str = "",
     ) -> None:
         self.log_path = folder / f"{name}.log"
+        command = ["-m", "streamlstm.cli", "run", "--config", str(site)]
+        if prelude:
+            run = f"import sys\nfrom streamlstm.cli import main\nsys.exit(main({command[2:]!r}))"
+            command = ["-c", f"{prelude}\n{run}"]
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "streamlstm.cli", "run", "--config", str(site)],
+                [sys.executable, *command],
                 env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -93,21 +93,34 @@ class Broker:
 class Subscriber:
     """Records every message on ``topics`` (persistent session: misses nothing once subscribed)."""
 
-    def __init__(self, port: int, topics: list[str], client_id: str = "test-subscriber") -> None:
+    def __init__(
+        self,
+        port: int,
+        topics: list[str],
+        client_id: str = "test-subscriber",
+        protocol: int = paho.MQTTv5,
+    ) -> None:
         self.messages: list[tuple[str, bytes, bool]] = []
         self._lock = threading.Lock()
         self._topics = topics
         self.subscribed = threading.Event()
+        v5 = protocol == paho.MQTTv5
         self.client = paho.Client(
-            paho.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5
+            paho.CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=protocol,
+            clean_session=None if v5 else False,  # 3.1.1 (nats-server): a kept session
         )
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *a: self.subscribed.set()
         self.client.reconnect_delay_set(0.1, 0.5)
-        properties = Properties(PacketTypes.CONNECT)
-        properties.SessionExpiryInterval = 3600
-        self.client.connect_async("127.0.0.1", port, clean_start=False, properties=properties)
+        if v5:
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = 3600
+            self.client.connect_async("127.0.0.1", port, clean_start=False, properties=properties)
+        else:
+            self.client.connect_async("127.0.0.1", port)
         self.client.loop_start()
         assert self.subscribed.wait(10), "subscriber could not subscribe"
 

@@ -98,14 +98,17 @@ def worker_site(
     snapshot_interval_s: float = 0.5,
     inline_snapshot_bytes: int = 262144,
     metrics_port: int | None = None,
+    sinks: str = "",
+    daemon: str = "",
 ) -> Path:
-    """A worker's site.toml: JSONL alerts, journal ``<name>.journal`` in ``folder``."""
+    """A worker's site.toml: JSONL alerts (and ``sinks``, more ``[[sinks]]`` tables),
+    journal ``<name>.journal`` in ``folder``; ``daemon``: more ``[daemon]`` lines."""
     options = ", ".join(f"{k} = {v}" for k, v in DETECTOR_OPTIONS.items())
     metrics = f"metrics_port = {metrics_port}\n" if metrics_port else ""
     text = f"""
 [daemon]
 log_level = "info"
-{metrics}
+{metrics}{daemon}
 [model]
 path = "{model}"
 
@@ -124,6 +127,7 @@ topic = "{TOPIC}"
 [[sinks]]
 type = "jsonl"
 path = "{name}-alerts.jsonl"
+{sinks}
 
 [fleet]
 servers = ["{server.url}"]

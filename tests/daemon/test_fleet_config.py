@@ -84,8 +84,27 @@ def test_a_worker_reads_exactly_one_mqtt_source_and_acks_itself():
         validate({"fleet": {"partitions": 4}})  # the demo source
     with pytest.raises(ConfigError, match=r"sources\[0\].ack: the fleet acknowledges"):
         validate({"sources": [{**SOURCE, "ack": "after-step"}], "fleet": {"partitions": 4}})
-    with pytest.raises(ConfigError, match=r"sinks\[0\].type: .* the mqtt sink needs MQTT 5"):
-        validate({"sources": [SOURCE], "sinks": [{"type": "mqtt"}], "fleet": {"partitions": 4}})
+
+
+def test_a_workers_mqtt_sink_speaks_3_1_1_to_nats_or_names_another_broker():
+    def sinks(**sink: object) -> dict:
+        return validate(
+            {"sources": [SOURCE], "sinks": [{"type": "mqtt", **sink}], "fleet": {"partitions": 4}}
+        )
+
+    with pytest.raises(ConfigError, match=r"sinks\[0\].protocol: .* speaks MQTT 3.1.1"):
+        sinks()  # [mqtt] is nats-server's listener: MQTT 5 would be refused
+    with pytest.raises(ConfigError, match=r"sinks\[0\].homeassistant: not in a fleet"):
+        sinks(protocol="3.1.1", homeassistant=True)
+    with pytest.raises(ConfigError, match=r"sinks\[0\].protocol: must be one of"):
+        sinks(protocol="3")
+    assert sinks(protocol="3.1.1")["sinks"][0]["host"] is None
+    mosquitto = sinks(host="alerts.example", port=1884)["sinks"][0]
+    assert (mosquitto["host"], mosquitto["port"], mosquitto["protocol"]) == (
+        "alerts.example",
+        1884,
+        "5",
+    )
 
 
 def test_the_cluster_example_is_accepted_by_nats_server(tmp_path):

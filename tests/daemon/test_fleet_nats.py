@@ -10,275 +10,42 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import itertools
-import json
-import os
 import signal
-import subprocess
-import sys
 import time
-from collections import Counter, defaultdict
-from pathlib import Path
 
 import nats
 import numpy as np
 import pytest
-from daemon_helpers import REPO, DaemonProcess, make_model, recording
-from mqtt_helpers import free_port, wait_until
+from daemon_helpers import DaemonProcess
+from fleet_helpers import (
+    PARTITIONS,
+    PER_MESSAGE,
+    RATE,
+    ROUNDS,
+    SENSORS,
+    TTL,
+    check_contract,
+    check_final_state,
+    publish_all,
+    stop_all,
+    takeover_times,
+    wait_all_applied,
+)
+from mqtt_helpers import wait_until
 from nats_helpers import (
     NatsServer,
     Publisher,
-    applied_sequences,
     fleet_settings,
     journal_events,
-    owned_by,
     partition_states,
     payload,
-    stream_count,
-    stream_partitions,
     worker_site,
 )
 from systemd_helpers import NotifySocket
 
-from streamlstm.daemon.config import load
-from streamlstm.daemon.metrics import scrape
-from streamlstm.daemon.pipeline import make_detector
 from streamlstm.fleet.connection import FleetError, check_partitions, open_stores
 from streamlstm.fleet.leases import LeaseRefused, Leases
 from streamlstm.fleet.snapshots import SnapshotStore, WriteRefused
-from streamlstm.sources import sample_times
-
-PARTITIONS = 4
-SENSORS = [f"s{i}" for i in range(8)]
-ROUNDS = 50  # messages per sensor
-PER_MESSAGE = 8  # samples per message
-RATE = 100.0
-TTL = 3.0  # seconds; short for fast tests, long enough for a loaded CI machine
-ROUND_PAUSE_S = 0.06
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    return make_model(tmp_path_factory.mktemp("model") / "model.npz")
-
-
-@pytest.fixture(scope="module")
-def signals():
-    """Each sensor's samples: noise with a burst (so alerts happen), one seed per sensor."""
-    seconds = ROUNDS * PER_MESSAGE / RATE
-    return {s: recording(seconds, RATE, [(1.5, 2.0)], seed=i) for i, s in enumerate(SENSORS)}
-
-
-class Fleet:
-    """A nats-server and named worker processes in one folder."""
-
-    def __init__(self, folder: Path, model: Path, **site: object) -> None:
-        self.folder = folder
-        self.model = model
-        self.server = NatsServer(folder / "nats", PARTITIONS)
-        self.server.start()
-        self.site = site
-        self.workers: dict[str, DaemonProcess] = {}
-        self.sites: dict[str, Path] = {}
-        self.metrics_ports: dict[str, int] = {}
-
-    def start(self, name: str) -> None:
-        self.metrics_ports[name] = free_port()
-        self.sites[name] = worker_site(
-            self.folder,
-            name,
-            self.server,
-            self.model,
-            partitions=PARTITIONS,
-            lease_ttl_s=TTL,
-            metrics_port=self.metrics_ports[name],
-            **self.site,
-        )
-        self.workers[name] = DaemonProcess(self.sites[name], self.folder, name)
-
-    def scrape(self, name: str) -> dict[str, float]:
-        return scrape(self.metrics_ports[name])
-
-    def status(self) -> dict:
-        """``streamlstm fleet status --json`` as a subprocess."""
-        site = next(iter(self.sites.values()))
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "streamlstm.cli",
-                "fleet",
-                "status",
-                "--config",
-                str(site),
-                "--json",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-        )
-        assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout)
-
-    def owned(self) -> dict[str, set[int]]:
-        return owned_by(journal_events(self.folder))
-
-    def wait_owned(self, expected: dict[str, int], timeout: float = 120) -> None:
-        def done() -> bool:
-            for name, process in self.workers.items():
-                assert process.process.poll() is None or name not in expected, process.log()
-            owned = self.owned()
-            return all(len(owned.get(n, ())) == k for n, k in expected.items())
-
-        wait_until(done, timeout, f"partitions owned as {expected}")
-
-    def close(self) -> None:
-        for process in self.workers.values():
-            if process.process.poll() is None:
-                process.process.kill()
-                process.process.wait(10)
-        self.server.stop()
-
-
-@pytest.fixture
-def fleet(tmp_path, model_path):
-    made: list[Fleet] = []
-
-    def make(**site: object) -> Fleet:
-        made.append(Fleet(tmp_path, model_path, **site))
-        return made[-1]
-
-    yield make
-    for one in made:
-        one.close()
-
-
-def publish_all(publisher: Publisher, signals, action_at: int | None = None, action=None) -> None:
-    for round_ in range(ROUNDS):
-        if round_ == action_at:
-            action()
-        for sensor in SENSORS:
-            block = signals[sensor][round_ * PER_MESSAGE : (round_ + 1) * PER_MESSAGE]
-            publisher.publish(sensor, payload(round_ * PER_MESSAGE / RATE, RATE, block))
-        time.sleep(ROUND_PAUSE_S)
-    wait_until(lambda: publisher.acked >= publisher.published, 60, "every PUBACK")
-
-
-def wait_all_applied(fleet: Fleet, expected_messages: int) -> dict[int, list[int]]:
-    """Wait until the journals cover every stream sequence; returns the partitions' seqs."""
-    settings = fleet_settings(next(iter(fleet.sites.values())))
-    # The stream sources $MQTT_msgs: it may lag behind the PUBACKs for a moment.
-    wait_until(
-        lambda: stream_count(settings) >= expected_messages,
-        60,
-        "the stream to hold every acknowledged message",
-    )
-    partitions = stream_partitions(settings)
-    stored = sum(map(len, partitions.values()))
-    assert stored == expected_messages, f"{stored} in stream, {expected_messages} acknowledged"
-
-    def covered() -> bool:
-        applied = applied_sequences(journal_events(fleet.folder), partitions)
-        return all(
-            {s for s, _ in applied.get(p, [])} == set(seqs) for p, seqs in partitions.items()
-        )
-
-    wait_until(covered, 90, "every stream sequence applied")
-    return partitions
-
-
-def check_contract(fleet: Fleet, partitions: dict[int, list[int]], *, planned: bool) -> int:
-    """Nothing applied twice in an epoch; duplicates only as replays after a snapshot point
-    (none at all if ``planned``). Returns the number of duplicate applications."""
-    events = journal_events(fleet.folder)
-    applied = applied_sequences(events, partitions)
-    starts = {(e.partition, e.epoch): e.fields["from_seq"] for e in events if e.kind == "acquired"}
-    handed_off = {(e.partition, e.epoch) for e in events if e.kind == "released"}
-    duplicates = 0
-    for partition, pairs in applied.items():
-        per_epoch = Counter(pairs)
-        assert max(per_epoch.values()) == 1, f"partition {partition}: twice in one epoch"
-        epochs_of: dict[int, list[int]] = defaultdict(list)
-        for seq, epoch in pairs:
-            epochs_of[seq].append(epoch)
-        for seq, epochs in epochs_of.items():
-            ordered = sorted(epochs)
-            for earlier, later in itertools.pairwise(ordered):
-                duplicates += 1
-                # A replay: the earlier epoch ended without a handoff (crash, lost lease)
-                # and the later one started from a snapshot before this sequence.
-                assert (partition, earlier) not in handed_off, (partition, seq)
-                assert starts[(partition, later)] < seq
-    if planned:
-        assert duplicates == 0
-    return duplicates
-
-
-def stop_all(fleet: Fleet) -> None:
-    for process in fleet.workers.values():
-        if process.process.poll() is None:
-            assert process.stop(signal.SIGTERM, timeout=60) == 0, process.log()
-
-
-def check_final_state(fleet: Fleet, signals) -> None:
-    """Every sensor's final snapshot equals one detector fed its whole signal, and the
-    alerts (deduplicated by (daemon, seq)) are exactly that detector's."""
-    config = load(next(iter(fleet.sites.values())))
-    settings = fleet_settings(next(iter(fleet.sites.values())))
-    from streamlstm import formats
-
-    reference = make_detector(formats.load(fleet.model), config["detector"])
-    expected_events = []
-    for sensor in SENSORS:
-        x = signals[sensor]
-        t = np.concatenate(
-            [
-                sample_times(PER_MESSAGE, start=r * PER_MESSAGE / RATE, rate=RATE, received=0.0)
-                for r in range(ROUNDS)
-            ]
-        )
-        expected_events += [
-            (sensor, e.kind, round(e.t, 6)) for e in reference.update([sensor] * len(x), x, t)
-        ]
-    want = reference.export_state()
-    found = {}
-    for _record, state in partition_states(settings).values():
-        assert state is not None
-        got = state["detector"]
-        samples = dict(zip(state["sensors"]["names"], state["sensors"]["samples"], strict=True))
-        for index, sensor in enumerate(got["sensors"]):
-            found[sensor] = (got, index, samples[sensor])
-    assert sorted(found) == sorted(SENSORS)
-    for sensor in SENSORS:
-        got, index, samples = found[sensor]
-        row = want["sensors"].index(sensor)
-        assert samples == ROUNDS * PER_MESSAGE
-        for name in ("states", "istate", "fstate", "preds", "rings", "rejected"):
-            np.testing.assert_array_equal(
-                np.asarray(got[name])[index], want[name][row], err_msg=f"{sensor} {name}"
-            )
-    records: dict[tuple[str, int], tuple] = {}
-    for path in fleet.folder.glob("*-alerts.jsonl"):
-        for line in path.read_text().splitlines():
-            r = json.loads(line)
-            key, value = (r["daemon"], r["seq"]), (r["sensor"], r["kind"], round(r["t"], 6))
-            assert records.setdefault(key, value) == value, "one (daemon, seq), two alerts"
-    assert sorted(records.values()) == sorted(expected_events)
-
-
-def takeover_times(fleet: Fleet, victim: str, since: float) -> list[float]:
-    """Seconds from ``since`` to each acquisition of a partition ``victim`` held."""
-    events = journal_events(fleet.folder)
-    held = {e.partition for e in events if e.kind == "acquired" and e.worker == victim}
-    return [
-        e.fields["time"] - since
-        for e in events
-        if e.kind == "acquired"
-        and e.worker != victim
-        and e.partition in held
-        and e.fields["time"] > since
-    ]
 
 
 def test_sigkill_of_one_of_two_workers_loses_nothing_and_replays_after_the_snapshot(fleet, signals):
@@ -436,6 +203,86 @@ def test_workers_ride_out_a_nats_server_restart(fleet, signals):
     check_final_state(f, signals)
 
 
+def test_a_worker_evicts_idle_sensors_on_the_streams_clock(fleet, signals):
+    """sensor_idle_s in a worker: a sensor silent for longer goes before the next message
+    stored after that (the stream's timestamps, not the worker's clock), and the
+    snapshot no longer holds it."""
+    f = fleet(daemon="sensor_idle_s = 1.5\n")
+    f.start("w1")
+    f.wait_owned({"w1": PARTITIONS})
+    settings = fleet_settings(f.sites["w1"])
+    publisher = Publisher(f.server.mqtt_port)
+    block = signals["s0"][:PER_MESSAGE]
+    for sensor in SENSORS:
+        publisher.publish(sensor, payload(0.0, RATE, block))
+    wait_until(lambda: publisher.acked >= publisher.published, 30, "every PUBACK")
+    time.sleep(2.0)  # every sensor idle for longer than sensor_idle_s
+    assert f.scrape("w1")["streamlstm_expired_sensors_total"] == 0  # no message: no clock
+    publisher.publish("s1", payload(1.0, RATE, block))  # s1's partition moves its clock on
+    wait_until(lambda: f.scrape("w1")["streamlstm_expired_sensors_total"] >= 1, 30, "an eviction")
+
+    def evicted_in_snapshots() -> dict[str, int] | None:
+        """Sensor -> samples over every partition's snapshot, once s1's shows the
+        eviction (s1 itself was idle too: it came back fresh)."""
+        samples = {}
+        for _record, state in partition_states(settings).values():
+            assert state is not None
+            names = state["sensors"]["names"]
+            samples.update(zip(names, state["sensors"]["samples"], strict=True))
+            if "s1" in names and state["last_seen"]["names"] != ["s1"]:
+                return None
+        return samples if samples.get("s1") == PER_MESSAGE else None
+
+    samples = wait_until(evicted_in_snapshots, 30, "a snapshot after the eviction")
+    expired = f.scrape("w1")["streamlstm_expired_sensors_total"]
+    # Only s1's partition had a message, so only its sensors went (s1 included).
+    assert len(samples) == len(SENSORS) - expired + 1 and expired < len(SENSORS)
+    assert all(n == PER_MESSAGE for n in samples.values())
+    stop_all(f)
+
+
+#: Makes the 15th batch a worker steps raise, as a bug in processing would.
+FAULT_ON_15TH_STEP = """
+from streamlstm.fleet import partitions
+_step, _calls = partitions.OwnedPartition._step, []
+def _faulty(self, frames, applied):
+    _calls.append(self.partition)
+    if len(_calls) == 15:
+        raise RuntimeError(f"injected fault in partition {self.partition}")
+    return _step(self, frames, applied)
+partitions.OwnedPartition._step = _faulty
+"""
+
+
+def test_a_partition_whose_processing_raises_is_released_and_taken_again(fleet, signals):
+    f = fleet()
+    f.start("w1", prelude=FAULT_ON_15TH_STEP)
+    f.wait_owned({"w1": PARTITIONS})
+    publisher = Publisher(f.server.mqtt_port)
+    publish_all(publisher, signals)
+    partitions = wait_all_applied(f, publisher.acked)
+    events = journal_events(f.folder)
+    failed = [e for e in events if e.kind == "lost" and e.fields["reason"] == "failure"]
+    assert len(failed) == 1, failed
+    partition, epoch = failed[0].partition, failed[0].epoch
+    # Released (not left to expire): taken again at once, by the next epoch, from the
+    # last snapshot; the other partitions never noticed.
+    again = [
+        e
+        for e in events
+        if e.kind == "acquired" and e.partition == partition and e.epoch == epoch + 1
+    ]
+    assert len(again) == 1 and again[0].fields["time"] - failed[0].fields["time"] < TTL
+    assert [e for e in events if e.kind == "lost" and e.partition != partition] == []
+    metrics = f.scrape("w1")
+    assert metrics["streamlstm_fleet_partition_failures_total"] == 1
+    assert metrics["streamlstm_fleet_lease_losses_total"] == 0
+    assert f"injected fault in partition {partition}" in f.workers["w1"].log()
+    check_contract(f, partitions, planned=False)
+    stop_all(f)
+    check_final_state(f, signals)
+
+
 def test_a_deposed_owners_writes_are_refused(tmp_path, model_path):
     """The revision checks themselves: after a new claim and a new lease, the old owner's
     snapshot write and lease renewal fail (what protects the state from a zombie)."""
@@ -486,6 +333,48 @@ def test_a_deposed_owners_writes_are_refused(tmp_path, model_path):
                 other = dataclasses.replace(settings, partitions=PARTITIONS * 2)
                 with pytest.raises(FleetError, match="created with 4 partitions"):
                     await check_partitions(stores.state, other)
+            finally:
+                await nc.close()
+
+        asyncio.run(scenario())
+    finally:
+        server.stop()
+
+
+def test_claiming_a_partition_deletes_objects_a_crash_orphaned(tmp_path, model_path):
+    """A crash between an object's write and its record's update (or before the previous
+    object's deletion) leaves objects no record names: the next claim deletes that
+    partition's, of earlier epochs only, and keeps the one its record names."""
+    server = NatsServer(tmp_path / "nats", PARTITIONS)
+    server.start()
+    try:
+        site = worker_site(
+            tmp_path, "w", server, model_path, partitions=PARTITIONS, inline_snapshot_bytes=0
+        )
+        settings = fleet_settings(site)
+
+        async def names(stores) -> set[str]:
+            return {i.name for i in await stores.objects.list(ignore_deletes=True)}
+
+        async def scenario() -> None:
+            nc = await nats.connect(server.url)
+            try:
+                stores = await open_stores(nc, settings, create=True)
+                store = SnapshotStore(stores.state, stores.objects, settings)
+                first = await store.claim(1)
+                await store.write(first, 10, 0, {"x": np.arange(3)})
+                # What crashed writers of partition 1 (epoch 1) left behind, and objects
+                # of another partition and of a later epoch, which are not to be touched.
+                for stray in ("p1-e1-s20", "p1-e1-s30", "p12-e1-s5", "p1-e9-s1"):
+                    await stores.objects.put(stray, b"orphan")
+                second = await store.claim(1)
+                assert second.record.epoch == 2
+                np.testing.assert_array_equal(second.state["x"], np.arange(3))
+                assert await names(stores) == {"p1-e1-s10", "p12-e1-s5", "p1-e9-s1"}
+                await store.write(second, 40, 0, {"x": np.arange(4)})  # replaces p1-e1-s10
+                assert await names(stores) == {"p1-e2-s40", "p12-e1-s5", "p1-e9-s1"}
+                _, _, state = await store.read(1)
+                np.testing.assert_array_equal(state["x"], np.arange(4))
             finally:
                 await nc.close()
 

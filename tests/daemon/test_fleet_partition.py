@@ -26,7 +26,9 @@ def model_path(tmp_path_factory):
     return make_model(tmp_path_factory.mktemp("model") / "model.npz")
 
 
-def partition(model_path, *, seq=0, alert_seq=0, max_sensors=100) -> OwnedPartition:
+def partition(
+    model_path, *, seq=0, alert_seq=0, max_sensors=100, sensor_idle_s=0.0
+) -> OwnedPartition:
     config = validate(
         {
             "model": {"path": str(model_path)},
@@ -49,13 +51,17 @@ def partition(model_path, *, seq=0, alert_seq=0, max_sensors=100) -> OwnedPartit
         alert_seq=alert_seq,
         replay_until=0,
         max_sensors=max_sensors,
+        sensor_idle_s=sensor_idle_s,
     )
 
 
-def message(seq: int, sensor: str, t0: float, samples: np.ndarray) -> StreamMessage:
+def message(
+    seq: int, sensor: str, t0: float, samples: np.ndarray, stored: float = 0.0
+) -> StreamMessage:
+    """A stream message with samples from device time ``t0``, stored at ``stored``."""
     body = {"t": t0, "rate": RATE, "samples": [[float(v) for v in row] for row in samples]}
     return StreamMessage(
-        f"$MQTT.msgs.part.1.sensors.{sensor}.accel", json.dumps(body).encode(), seq, 0
+        f"$MQTT.msgs.part.1.sensors.{sensor}.accel", json.dumps(body).encode(), seq, 0, stored
     )
 
 
@@ -117,3 +123,52 @@ def test_a_partition_restored_from_its_export_continues_bit_for_bit(model_path):
     ]
     assert {r["daemon"] for r in records} == {"streamlstm/p1"}
     assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
+
+
+def idle_stream() -> list[StreamMessage]:
+    """Sensors a and b every 0.1 s (stream clock = device clock); b is silent from 1.0 s to
+    3.5 s."""
+    x = recording(4.0, RATE, [(2.0, 2.5)], seed=4)
+    out = []
+    for k in range(40):
+        for sensor in ("a", "b"):
+            if sensor == "b" and 10 < k < 35:
+                continue
+            t = k * 0.1
+            out.append(message(len(out) + 1, sensor, t, x[k * 10 : (k + 1) * 10], stored=t))
+    return out
+
+
+def test_idle_sensors_are_evicted_on_the_stream_clock_alike_in_any_batching_and_handoff(
+    model_path,
+):
+    messages = idle_stream()
+    kept = partition(model_path)  # sensor_idle_s = 0: never evicted
+    kept.apply(messages)
+    assert kept.sensors["b"].samples == 16 * 10
+    whole = partition(model_path, sensor_idle_s=2.0)
+    expired = sum(whole.apply(messages[i : i + 7]).expired for i in range(0, len(messages), 7))
+    # b was last stepped at 1.0 s: gone before the first message stored at 3.0 s, and back
+    # at 3.5 s as a new sensor.
+    assert expired == 1 and whole.sensors["b"].samples == 5 * 10
+    assert whole.sensors["a"].samples == 40 * 10
+    want = whole.export()
+    for cuts in ([len(messages)], [3, 30, 41, 42, 56], [25, 45, 56]):
+        # Other fetch batches, and a handoff (export -> restore) after each batch.
+        owned, start = partition(model_path, sensor_idle_s=2.0), 0
+        for cut in cuts:
+            owned.apply(messages[start:cut])
+            state, start = owned.export(), cut
+            owned = partition(
+                model_path, seq=owned.applied_seq, alert_seq=owned.alert_seq, sensor_idle_s=2.0
+            )
+            owned.restore(state)
+        got = owned.export()
+        for name in ("states", "istate", "fstate", "preds", "rings", "rejected"):
+            np.testing.assert_array_equal(
+                got["detector"][name], want["detector"][name], err_msg=f"{cuts} {name}"
+            )
+        assert got["detector"]["sensors"] == want["detector"]["sensors"]
+        assert got["last_seen"]["names"] == want["last_seen"]["names"] == ["a", "b"]
+        np.testing.assert_array_equal(got["last_seen"]["t"], want["last_seen"]["t"])
+        assert {n: r.samples for n, r in owned.sensors.items()} == {"a": 400, "b": 50}
