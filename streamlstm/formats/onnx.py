@@ -16,8 +16,8 @@ Window models (:mod:`streamlstm.windows`) too: ``bidirectional`` LSTM/GRU nodes,
 nodes (``Tanh`` or ``Relu``), and a head that reads the last step (a ``Gather`` of index
 -1 on the time axis, as ``out[:, -1, :]`` exports) or the top node's final hidden state
 ``Y_h`` (as ``h_n[-1]`` and, bidirectional, ``cat((h_n[-2], h_n[-1]), 1)`` export) and
-may end in ``Softmax`` / ``LogSoftmax``. Such a graph needs ``window=N`` (and ``hop=K``, default N): the window
-it is evaluated on.
+may end in ``Softmax`` / ``LogSoftmax``. Such a graph needs ``window=N`` (and ``hop=K``,
+default N): the window it is evaluated on.
 
 Plumbing is judged by what it does, not by its shape: after extraction the whole graph is
 run once by ``onnx.reference`` (numpy) on a random input and must agree with the engine,
