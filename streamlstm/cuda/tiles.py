@@ -13,7 +13,10 @@ threads takes ``TILE_STREAMS`` streams at once, like a small matrix product:
   L1) feeds ``STREAMS_PER_THREAD`` FMAs and each state value is a shared-memory
   broadcast;
 * the steps of a group (CSR micro-batches, block mode) run inside the kernel with the
-  state resident in shared memory, and only rows that changed are written back.
+  state resident in shared memory, staged once per launch and written back once (only
+  rows that changed); two state tiles swap roles each step, so committing a step costs
+  nothing and only a stream that does not commit gets its old column copied back;
+* tile arithmetic (shared-memory and weight offsets, loop counters) is unsigned 32-bit.
 
 Same buffers, arguments and semantics as the thread kernel (:class:`.kernels.StepKernel`),
 including the rule that a step commits only if its sample, every new state value and the
@@ -303,9 +306,14 @@ def _build(layout: np.ndarray, dtype: np.dtype, n_params: int, streams: int) -> 
     TS = U32(streams)
     TSP = U32(streams + 1)  # row stride of every shared tile
     # Shared array shapes must be constants of the kernel, not expressions in it.
-    STATE_TILE, INPUT_TILE = N_STATE * (streams + 1), N_IN * (streams + 1)
-    STATE_TILES = 2 * STATE_TILE
-    SCRATCH_TILE, HEAD_TILE = SCRATCH * (streams + 1), HEAD * (streams + 1)
+    # One shared array holds every tile a step reads or writes, by rows of TSP numbers:
+    # two state tiles, the inputs, two head tiles. Reads then always come from one known
+    # array: a choice between arrays would make them generic (slower) loads.
+    INPUT_ROW = U32(2 * N_STATE)
+    PING_ROW, PONG_ROW = U32(2 * N_STATE + N_IN), U32(2 * N_STATE + N_IN + HEAD)
+    TILES = (2 * N_STATE + N_IN + (2 if N_DENSE > 1 else 1) * HEAD) * (streams + 1)
+    STATE_TILE = N_STATE * (streams + 1)
+    SCRATCH_TILE = SCRATCH * (streams + 1)
     STATE_TILE_U, N_STATE_U = U32(STATE_TILE), U32(N_STATE)
     STATE_ITEMS, INPUT_ITEMS = U32(N_STATE * streams), U32(N_IN * streams)
     OUTPUT_ITEMS, RECORD_ITEMS = U32(N_OUT * streams), U32(IO_WIDTH * streams)
@@ -333,11 +341,8 @@ def _build(layout: np.ndarray, dtype: np.dtype, n_params: int, streams: int) -> 
         # Two state tiles whose roles swap each step: a step reads the ``old`` one and
         # writes the ``new`` one; a stream that does not commit gets its old column copied
         # over (rare), so the common step has no commit copy at all.
-        states = cuda.shared.array(STATE_TILES, DT)
-        xin = cuda.shared.array(INPUT_TILE, DT)
+        states = cuda.shared.array(TILES, DT)
         spare = cuda.shared.array(SCRATCH_TILE, DT)
-        ping = cuda.shared.array(HEAD_TILE, DT)
-        pong = cuda.shared.array(HEAD_TILE, DT)
         rows = cuda.shared.array(streams, I32)  # the tile's state rows; -1: no stream
         counts = cuda.shared.array(streams, I32)  # samples of this launch per stream
         firsts = cuda.shared.array(streams, I32)  # CSR: first sample's position in the order
@@ -401,25 +406,23 @@ def _build(layout: np.ndarray, dtype: np.dtype, n_params: int, streams: int) -> 
                         finite_in[s] = 0
                     if IN_NORM >= 0:
                         v = (v - W[U32(IN_NORM + q)]) / W[U32(IN_NORM + N_IN + q)]
-                xin[U32(q * TSP + s)] = v
+                states[U32((INPUT_ROW + q) * TSP + s)] = v
                 item = U32(item + threads)
             cuda.syncthreads()
-            src = xin
-            src_row = U32(0)
+            src_row = INPUT_ROW
             for index_layer in range(N_LAYERS):
                 base = L.HEADER + index_layer * L.LAYER_RECORD
                 if LAY[base + L.L_KIND] == L.LSTM:
-                    lstm_tile(W, base, src, src_row, states, old_at, states, new_at, spare, good)
+                    lstm_tile(W, base, states, src_row, states, old_at, states, new_at, spare, good)
                 else:
-                    gru_tile(W, base, src, src_row, states, old_at, states, new_at, spare, good)
-                src = states
+                    gru_tile(W, base, states, src_row, states, old_at, states, new_at, spare, good)
                 src_row = U32(new_row + LAY[base + L.L_STATE])
             for index_dense in range(N_DENSE):
                 base = DENSE_BASE + index_dense * L.DENSE_RECORD
                 d_in, d_out, act = LAY[base + L.D_IN], LAY[base + L.D_OUT], LAY[base + L.D_ACT]
                 w, b = U32(LAY[base + L.D_W]), U32(LAY[base + L.D_B])
                 q_step, j_step = (d_out, 1) if LAY[base + L.D_FORM] == L.DENSE_SWEEP else (1, d_in)
-                dst = ping if index_dense % 2 == 0 else pong
+                dst_row = PING_ROW if index_dense % 2 == 0 else PONG_ROW
                 item = tid
                 while item < U32(d_out) * TS:
                     j, s = U32(item // TS), U32(item % TS)
@@ -427,21 +430,20 @@ def _build(layout: np.ndarray, dtype: np.dtype, n_params: int, streams: int) -> 
                     at = U32(w + j * U32(j_step))
                     row = U32(U32(src_row) * TSP + s)
                     for _ in range(d_in):
-                        total += W[at] * src[row]
+                        total += W[at] * states[row]
                         at = U32(at + U32(q_step))
                         row = U32(row + TSP)
-                    dst[U32(j * TSP + s)] = activate(total, act)
+                    states[U32((dst_row + j) * TSP + s)] = activate(total, act)
                     item = U32(item + threads)
                 cuda.syncthreads()
-                src = dst
-                src_row = U32(0)
+                src_row = dst_row
             out_row = U32(U32(src_row) * TSP)
             # The outputs must be finite too; the records are written once every thread
             # has had its say on whether its stream's step commits.
             item = tid
             while item < OUTPUT_ITEMS:
                 j, s = U32(item // TS), U32(item % TS)
-                y = src[U32(out_row + j * TSP + s)]
+                y = states[U32(out_row + j * TSP + s)]
                 if OUT_NORM >= 0:
                     y = y * W[U32(OUT_NORM + N_OUT + j)] + W[U32(OUT_NORM + j)]
                 if not math.isfinite(y):
@@ -464,7 +466,7 @@ def _build(layout: np.ndarray, dtype: np.dtype, n_params: int, streams: int) -> 
                     if j < N_OUT:
                         y = NAN
                         if committed:
-                            y = src[U32(out_row + j * TSP + s)]
+                            y = states[U32(out_row + j * TSP + s)]
                             if OUT_NORM >= 0:
                                 y = y * W[U32(OUT_NORM + N_OUT + j)] + W[U32(OUT_NORM + j)]
                         buffer[out + U64(j)] = y
