@@ -48,15 +48,25 @@ numba.__version__, 'numba-cuda', numba_cuda.__version__, 'numpy', numpy.__versio
   git log -1 --oneline 2>/dev/null
 } 2>&1 | tee "$OUT/env.txt"
 
-# Kernel compilation dominates the tests: one worker per core (pytest-xdist if installed).
-workers=""
+# Kernel compilation dominates the tests: one worker per core with pytest-xdist; without
+# it, one pytest per test file side by side (each file's report follows the others').
+TESTS="tests/test_cuda_bank.py tests/test_cuda_windows.py tests/test_cuda_env.py"
+PYTEST="python3 -m pytest -q -p no:cacheprovider -o addopts=-ra --durations=10"
 if python3 -c "import xdist" 2>/dev/null; then
-  workers="-n $(($(nproc) > 12 ? 12 : $(nproc)))"
+  # shellcheck disable=SC2086  # word lists
+  run_part tests "${TEST_CAP:-130}" "$OUT/tests.txt" \
+    $PYTEST -n "$(($(nproc) > 12 ? 12 : $(nproc)))" $TESTS
+else
+  echo "pytest-xdist absent: one pytest per file" | tee -a "$OUT/tests.txt"
+  logs=$(mktemp -d)
+  # shellcheck disable=SC2016  # expanded by the inner shell
+  run_part tests "${TEST_CAP:-130}" "$OUT/tests.txt" bash -c \
+    'for f in $2; do $1 "$f" >"$3/$(basename "$f").log" 2>&1 & done
+     rc=0; for job in $(jobs -p); do wait "$job" || rc=1; done; exit $rc' \
+    _ "$PYTEST" "$TESTS" "$logs"
+  cat "$logs"/*.log >>"$OUT/tests.txt" 2>/dev/null
+  rm -rf "$logs"
 fi
-# shellcheck disable=SC2086  # $workers is two words or none
-run_part tests "${TEST_CAP:-130}" "$OUT/tests.txt" python3 -m pytest -q -p no:cacheprovider \
-  -o addopts="-ra --durations=10" $workers \
-  tests/test_cuda_bank.py tests/test_cuda_windows.py tests/test_cuda_env.py
 
 # One step of N streams, both kernels, torch eager and CUDA graph, CPU bank, block mode.
 # shellcheck disable=SC2086
