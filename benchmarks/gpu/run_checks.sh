@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The CUDA checks on a real GPU, in one bounded go (issue 15): environment, exactness tests
 # against the CPU bank (step kernels and window bank), the step benchmark against torch
-# (both step kernels side by side), the GPU window bank benchmark, and an ncu profile of the
-# tiled kernel at a million streams when ncu is installed.
+# (both step kernels side by side), an ncu profile of the tiled kernel at a million streams
+# when ncu is installed, and the GPU window bank benchmark, in that order.
 #
 # Each part runs under its own hard `timeout`, and all of them within BUDGET seconds (a
 # part gets what its cap and the time left allow; one failing or timing out does not stop
@@ -44,7 +44,6 @@ run_part() {
 numba.__version__, 'numba-cuda', numba_cuda.__version__, 'numpy', numpy.__version__, \
 'torch', torch.__version__, 'torch.cuda', torch.cuda.is_available())"
   echo "cores: $(nproc)"
-  echo "ncu: $(command -v ncu || echo absent)"
   git log -1 --oneline 2>/dev/null
 } 2>&1 | tee "$OUT/env.txt"
 
@@ -74,6 +73,18 @@ run_part bench "${BENCH_CAP:-120}" "$OUT/bench.txt" python3 benchmarks/bench_cud
   --json "$OUT/bench.json" --sizes 1 1024 65536 1048576 --reps 30 --warmup 5 \
   --crossover-sizes 1024 4096 16384 65536 ${BENCH_ARGS:-}
 
+# ncu on the tiled kernel at 1M streams: one launch after the first, a few sections.
+NCU=${NCU:-$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu \
+  2>/dev/null | head -n 1)}
+if [ -n "$NCU" ]; then
+  run_part ncu "${NCU_CAP:-50}" "$OUT/ncu.txt" "$NCU" --clock-control none -k regex:tiles -s 1 -c 1 \
+    --section SpeedOfLight --section ComputeWorkloadAnalysis --section InstructionStats \
+    --section LaunchStats --section Occupancy --section WarpStateStats \
+    python3 benchmarks/gpu/profile_step.py --streams 1048576 --kernel tiled
+else
+  echo "ncu: absent, no profile" | tee -a "$OUT/parts.txt"
+fi
+
 # The GPU window bank (never run on a GPU before): W=128, K=32, H=64, uni and bidirectional.
 if [ -z "${SKIP_WINDOWS:-}" ]; then
   # shellcheck disable=SC2086
@@ -81,13 +92,4 @@ if [ -z "${SKIP_WINDOWS:-}" ]; then
     --device cuda --quick --sizes ${WINDOW_SIZES:-1 1000 10000} --json "$OUT/windows.json"
 fi
 
-# ncu on the tiled kernel at 1M streams: one launch after the first, a few sections.
-if command -v ncu >/dev/null; then
-  run_part ncu "${NCU_CAP:-60}" "$OUT/ncu.txt" ncu --clock-control none -k regex:tiles -s 1 -c 1 \
-    --section SpeedOfLight --section ComputeWorkloadAnalysis --section InstructionStats \
-    --section LaunchStats --section Occupancy --section WarpStateStats \
-    python3 benchmarks/gpu/profile_step.py --streams 1048576 --kernel tiled
-else
-  echo "ncu: absent, no profile" | tee -a "$OUT/parts.txt"
-fi
 echo "total: $((SECONDS - START)) s" | tee -a "$OUT/parts.txt"
