@@ -307,8 +307,9 @@ def _build(layout: np.ndarray, dtype: np.dtype, n_params: int, streams: int) -> 
     TSP = U32(streams + 1)  # row stride of every shared tile
     # Shared array shapes must be constants of the kernel, not expressions in it.
     # One shared array holds every tile a step reads or writes, by rows of TSP numbers:
-    # two state tiles, the inputs, two head tiles. Reads then always come from one known
-    # array: a choice between arrays would make them generic (slower) loads.
+    # two state tiles, the inputs, the head's (two when it has several layers). Reads
+    # then always come from one known array: a choice between arrays would make them
+    # generic (slower) loads.
     INPUT_ROW = U32(2 * N_STATE)
     PING_ROW, PONG_ROW = U32(2 * N_STATE + N_IN), U32(2 * N_STATE + N_IN + HEAD)
     TILES = (2 * N_STATE + N_IN + (2 if N_DENSE > 1 else 1) * HEAD) * (streams + 1)
@@ -341,7 +342,7 @@ def _build(layout: np.ndarray, dtype: np.dtype, n_params: int, streams: int) -> 
         # Two state tiles whose roles swap each step: a step reads the ``old`` one and
         # writes the ``new`` one; a stream that does not commit gets its old column copied
         # over (rare), so the common step has no commit copy at all.
-        states = cuda.shared.array(TILES, DT)
+        tiles = cuda.shared.array(TILES, DT)
         spare = cuda.shared.array(SCRATCH_TILE, DT)
         rows = cuda.shared.array(streams, I32)  # the tile's state rows; -1: no stream
         counts = cuda.shared.array(streams, I32)  # samples of this launch per stream
@@ -379,7 +380,7 @@ def _build(layout: np.ndarray, dtype: np.dtype, n_params: int, streams: int) -> 
             value = ZERO
             if rows[s] >= 0:
                 value = buffer[STATE_BASE + U64(q) * U64(capacity) + U64(rows[s])]
-            states[U32(q * TSP + s)] = value
+            tiles[U32(q * TSP + s)] = value
             item = U32(item + threads)
         x_base = STATE_BASE + U64(N_STATE) * U64(capacity)
         out_base = x_base + U64(samples) * U64(N_IN)
@@ -406,16 +407,16 @@ def _build(layout: np.ndarray, dtype: np.dtype, n_params: int, streams: int) -> 
                         finite_in[s] = 0
                     if IN_NORM >= 0:
                         v = (v - W[U32(IN_NORM + q)]) / W[U32(IN_NORM + N_IN + q)]
-                states[U32((INPUT_ROW + q) * TSP + s)] = v
+                tiles[U32((INPUT_ROW + q) * TSP + s)] = v
                 item = U32(item + threads)
             cuda.syncthreads()
             src_row = INPUT_ROW
             for index_layer in range(N_LAYERS):
                 base = L.HEADER + index_layer * L.LAYER_RECORD
                 if LAY[base + L.L_KIND] == L.LSTM:
-                    lstm_tile(W, base, states, src_row, states, old_at, states, new_at, spare, good)
+                    lstm_tile(W, base, tiles, src_row, tiles, old_at, tiles, new_at, spare, good)
                 else:
-                    gru_tile(W, base, states, src_row, states, old_at, states, new_at, spare, good)
+                    gru_tile(W, base, tiles, src_row, tiles, old_at, tiles, new_at, spare, good)
                 src_row = U32(new_row + LAY[base + L.L_STATE])
             for index_dense in range(N_DENSE):
                 base = DENSE_BASE + index_dense * L.DENSE_RECORD
@@ -430,10 +431,10 @@ def _build(layout: np.ndarray, dtype: np.dtype, n_params: int, streams: int) -> 
                     at = U32(w + j * U32(j_step))
                     row = U32(U32(src_row) * TSP + s)
                     for _ in range(d_in):
-                        total += W[at] * states[row]
+                        total += W[at] * tiles[row]
                         at = U32(at + U32(q_step))
                         row = U32(row + TSP)
-                    states[U32((dst_row + j) * TSP + s)] = activate(total, act)
+                    tiles[U32((dst_row + j) * TSP + s)] = activate(total, act)
                     item = U32(item + threads)
                 cuda.syncthreads()
                 src_row = dst_row
@@ -443,7 +444,7 @@ def _build(layout: np.ndarray, dtype: np.dtype, n_params: int, streams: int) -> 
             item = tid
             while item < OUTPUT_ITEMS:
                 j, s = U32(item // TS), U32(item % TS)
-                y = states[U32(out_row + j * TSP + s)]
+                y = tiles[U32(out_row + j * TSP + s)]
                 if OUT_NORM >= 0:
                     y = y * W[U32(OUT_NORM + N_OUT + j)] + W[U32(OUT_NORM + j)]
                 if not math.isfinite(y):
@@ -466,7 +467,7 @@ def _build(layout: np.ndarray, dtype: np.dtype, n_params: int, streams: int) -> 
                     if j < N_OUT:
                         y = NAN
                         if committed:
-                            y = states[U32(out_row + j * TSP + s)]
+                            y = tiles[U32(out_row + j * TSP + s)]
                             if OUT_NORM >= 0:
                                 y = y * W[U32(OUT_NORM + N_OUT + j)] + W[U32(OUT_NORM + j)]
                         buffer[out + U64(j)] = y
@@ -484,7 +485,7 @@ def _build(layout: np.ndarray, dtype: np.dtype, n_params: int, streams: int) -> 
                 while item < STATE_ITEMS:
                     q, s = U32(item // TS), U32(item % TS)
                     if hold[s] == 1:
-                        states[U32(new_at + q * TSP + s)] = states[U32(old_at + q * TSP + s)]
+                        tiles[U32(new_at + q * TSP + s)] = tiles[U32(old_at + q * TSP + s)]
                     item = U32(item + threads)
             cuda.syncthreads()
             flip = U32(1) - flip
@@ -493,7 +494,7 @@ def _build(layout: np.ndarray, dtype: np.dtype, n_params: int, streams: int) -> 
         while item < STATE_ITEMS:
             q, s = U32(item // TS), U32(item % TS)
             if changed[s] == 1:
-                buffer[STATE_BASE + U64(q) * U64(capacity) + U64(rows[s])] = states[
+                buffer[STATE_BASE + U64(q) * U64(capacity) + U64(rows[s])] = tiles[
                     U32(final_at + q * TSP + s)
                 ]
             item = U32(item + threads)
