@@ -16,8 +16,8 @@ sample) is printed too: the issue's target is a per-sample window cost of at mos
 (W/K) x that + 20 %. Outputs are cross-checked before timing. Medians of repeats.
 
 ``--device cuda``: the same classifiers through the GPU window bank
-(``model.windows(device="cuda")``) for N = 1, 1,000 and 10,000 sensors: one round of K
-samples per sensor, wall clock from Python (ring push on the host, upload, the one kernel
+(``model.windows(device="cuda")``) for N = 1, 1,000 and 10,000 sensors (``--sizes``): one
+round of K samples per sensor, wall clock from Python (ring push on the host, upload, the one kernel
 launch, download), against the CPU window bank (1 thread) and, when torch sees the GPU,
 torch ``nn.LSTM`` on it (the windows already on the device). Without a CUDA GPU it prints
 ``skipped: no CUDA GPU`` and exits 0; ``--simulate`` runs a tiny case (H=4, W=8, K=4) on
@@ -274,7 +274,7 @@ def main_gpu(args: argparse.Namespace) -> int:
         sizes, repeats, shape = (1, 8), 1, {"hidden": 4, "length": 8, "hop": 4}
     else:
         sizes, repeats, shape = (
-            (1, 1000, 10000),
+            tuple(args.sizes),
             (3 if args.quick else 15),
             {"hidden": H, "length": W, "hop": K},
         )
@@ -308,6 +308,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=[1, 1000, 10000],
+        help="with --device cuda: numbers of sensors",
+    )
     parser.add_argument(
         "--device",
         choices=["cpu", "cuda"],

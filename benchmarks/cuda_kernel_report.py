@@ -101,6 +101,15 @@ def main(argv: list[str] | None = None) -> int:
         m.group(1) for m in re.finditer(r"^\s+((?:ld|st|fma|bra)[.\w]*)", ptx, re.MULTILINE)
     )
     print("PTX instruction mix:", ", ".join(f"{k} {v}" for k, v in mix.most_common(8)))
+    ops = Counter(
+        m.group(1) for m in re.finditer(r"^\s+(?:@!?%p\d+\s+)?([a-z]+[.\w]*)", ptx, re.MULTILINE)
+    )
+    wide = sum(
+        n
+        for op, n in ops.items()
+        if re.search(r"\.[subw]64$|\.wide\.", op) and not op.startswith(("ld", "st", "cvta"))
+    )
+    print(f"PTX: {sum(ops.values())} instructions (static), {wide} of them 64-bit integer")
     if not Path(ptxas).exists():
         print("ptxas not found: set CUDA_HOME or put ptxas on PATH for register figures")
         return 0

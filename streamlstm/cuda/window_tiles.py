@@ -316,9 +316,9 @@ def _build(
                         xin[IX(q * TSP + s)] = seqs[IX(src_at + (t * WIDTH + q) * cap + g0 + s)]
                     cuda.syncthreads()
                     if kind == L.LSTM:
-                        lstm_tile(W, base, xin, 0, old, new, spare, good)
+                        lstm_tile(W, base, xin, 0, old, 0, new, 0, spare, good)
                     elif kind == L.GRU:
-                        gru_tile(W, base, xin, 0, old, new, spare, good)
+                        gru_tile(W, base, xin, 0, old, 0, new, 0, spare, good)
                     else:
                         rnn_tile(W, base, xin, old, new)
                     out_row = dst_at + (t * WIDTH + column) * cap + g0
