@@ -128,7 +128,9 @@ def test_a_step_is_a_hop_for_feature_and_window_models():
     assert resolve_durations({"warmup_s": 0.16}, step_seconds(features)) == {"warmup": 10}
 
 
-def test_the_command_takes_durations_with_units_pool_adaptation_and_balance(model, tmp_path, capsys):
+def test_the_command_takes_durations_with_units_pool_adaptation_and_balance(
+    model, tmp_path, capsys
+):
     source = save(model, tmp_path / "m.npz")
     csv = tmp_path / "normal.csv"
     np.savetxt(csv, sine(800, seed=1), delimiter=",", header="c0,c1", comments="")

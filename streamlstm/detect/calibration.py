@@ -31,9 +31,9 @@ from .detector import Detector
 from .durations import STORED_UNIT, UNIT_NAMES, resolve_durations, step_seconds
 from .features import FeatureSpec, compute_features
 from .params import (
+    BASE_VERSION,
     LEVEL_KEYS,
     POOLS,
-    BASE_VERSION,
     READABLE_VERSIONS,
     TARGETS,
     DetectorParams,
