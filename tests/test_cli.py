@@ -119,3 +119,7 @@ def test_every_train_option_has_help_text_and_its_default(capsys):
         after = text.split(f" {option} ", 1)[1].split(" --", 1)[0]
         assert len(after.split("(default:")[0].split()) >= 2, (option, after)  # a help text
         assert f"(default: {default})" in after, (option, after)
+    # Durations default to the recipe's values: train makes a calibration, reads none.
+    assert "model's calibration" not in text
+    for option, default in (("--warmup-steps", "50 steps"), ("--quiet-s", "1.0 s")):
+        assert f"(default: {default})" in text.split(f" {option} ", 1)[1].split(" --", 1)[0]

@@ -512,10 +512,17 @@ def test_snapshots_carry_the_adapted_level_and_old_ones_still_load(adaptive):
     one.update(ids[400:], samples[400:], times[400:])
     two.update(ids[400:], samples[400:], times[400:])
     np.testing.assert_array_equal(one.last_scores, two.last_scores)
-    older = {k: v for k, v in snapshot.items() if k != "levels"}  # before adaptation existed
+    assert snapshot["version"] == 3
+    # Version 2, written before adaptation existed, had no levels: they load as zero.
+    older = {k: v for k, v in snapshot.items() if k != "levels"}
     three = sl.Detector(adaptive)
-    three.import_state(older)
+    three.import_state({**older, "version": 2})
     np.testing.assert_array_equal(three.export_state()["levels"], 0.0)
+    # Version 3 needs its levels (an older build, reading only 2, refuses version 3).
+    with pytest.raises(ShapeError, match="levels"):
+        sl.Detector(adaptive).import_state(older)
+    with pytest.raises(ShapeError, match="unsupported version 4"):
+        sl.Detector(adaptive).import_state({**snapshot, "version": 4})
 
 
 def test_bad_adaptation_settings_are_refused(calibrated, adaptive):
@@ -530,3 +537,119 @@ def test_bad_adaptation_settings_are_refused(calibrated, adaptive):
         calibrate(calibrated["diagonal"], data, level=True, level_alpha=1.5)
     with pytest.raises(ConfigError, match="level_bound"):
         calibrate(calibrated["diagonal"], data, level=True, level_alpha=0.1, level_bound=0)
+
+
+# -- level_balance: the level term read against its own normal tail ---------------------------
+def _balanced(metric):
+    normal = normal_data(800, 3)
+    normal[:, 1] = 2.0  # frozen: learned as masked
+    return calibrate(
+        predictor(seed=11),
+        normal,
+        metric=metric,
+        pool="max",
+        level=True,
+        level_balance=True,
+        target="delta",
+        warmup_steps=10,
+        quiet_s=0.1,
+        quantile=0.99,
+    )
+
+
+def _terms(model):
+    """The calibration split into residual-only and (unscaled) level-only ones."""
+    cal = model.calibration
+    gain = cal["level_gain"]
+    residual = {k: v for k, v in cal.items() if not k.startswith("level_")}
+    level = dict(cal, whiten=np.zeros((3, 3)).tolist())
+    level["level_whiten"] = (np.asarray(cal["level_whiten"]) / gain).tolist()
+    level.pop("level_gain")
+    return model.replace(calibration=residual), model.replace(calibration=level), gain
+
+
+@pytest.mark.parametrize("metric", ["diagonal", "mahalanobis"])
+def test_level_balance_scales_the_level_term_to_the_residuals_own_tail(metric):
+    from streamlstm.detect import calibration_scores
+    from streamlstm.detect.calibration import tail_threshold
+
+    model = _balanced(metric)
+    cal = model.calibration
+    assert cal["level_balance"] is True and cal["version"] == P.SCHEMA_VERSION
+    residual, level, gain = _terms(model)
+    # Slow reference of the calibration: each term scored alone on the same normal data,
+    # the level term's whitening scaled by the ratio of their 0.99 budget scores.
+    normal = normal_data(800, 3)
+    normal[:, 1] = 2.0
+    own = [
+        tail_threshold(np.concatenate(calibration_scores(m, normal)), 0.01).score
+        for m in (residual, level)
+    ]
+    assert gain == pytest.approx(own[0] / own[1], rel=1e-9)
+    unbalanced = calibrate(
+        predictor(seed=11),
+        normal,
+        metric=metric,
+        pool="max",
+        level=True,
+        target="delta",
+        warmup_steps=10,
+        quiet_s=0.1,
+        quantile=0.99,
+    ).calibration
+    np.testing.assert_allclose(
+        cal["level_whiten"], gain * np.asarray(unbalanced["level_whiten"]), rtol=1e-12
+    )
+
+
+@pytest.mark.parametrize("metric", ["diagonal", "mahalanobis"])
+def test_fused_path_equals_reference_with_a_balanced_level_term(metric):
+    model = _balanced(metric)
+    ids, samples, times = interleaved_batch(["a", "b"], 300, 3, burst=slice(120, 200))
+    rng = np.random.default_rng(7)
+    samples[rng.random(samples.shape) < 0.05] = np.nan
+    samples[:, 1] = rng.normal(0, 100, len(samples))  # the masked channel: anything
+    events = compare(model, ids, samples, times, 4, threads=2)
+    assert any(e[1] == "start" for e in events)
+    # Unsmoothed, the fused score is the larger of the residual term and the gain times the
+    # level term, each computed by the slow reference on its own.
+    residual, level, gain = _terms(model)
+    raw = {}
+    for name, m in (("fused", model), ("residual", residual), ("level", level)):
+        raw[name], _ = ReferenceDetector(m, alpha=1.0).update(ids, samples, times, alert=False)
+    fast = sl.Detector(model, alpha=1.0)
+    fast.prime(ids, samples, times)
+    ok = ~np.isnan(raw["fused"])
+    expected = np.maximum(raw["residual"][ok], gain * raw["level"][ok])
+    np.testing.assert_allclose(raw["fused"][ok], expected, rtol=1e-12)
+    np.testing.assert_allclose(fast.last_scores[ok], expected, rtol=1e-9, atol=1e-12)
+
+
+def test_level_balance_needs_the_level_term_and_max_pooling(calibrated):
+    data = normal_data(400, 3)
+    with pytest.raises(ConfigError, match="level_balance"):
+        calibrate(calibrated["diagonal"], data, level=True, level_balance=True)  # rms
+    with pytest.raises(ConfigError, match="level_balance"):
+        calibrate(calibrated["diagonal"], data, pool="max", level_balance=True)
+    # Recalibrating keeps a stored balance; turning the level term off drops it.
+    balanced = _balanced("diagonal")
+    again = calibrate(balanced, normal_data(800, 3), warmup_steps=10).calibration
+    assert again["level_balance"] is True and "level_gain" in again
+    plain = calibrate(balanced, normal_data(800, 3), level=False, warmup_steps=10).calibration
+    assert not any(k.startswith("level_") for k in plain)
+
+
+# -- schema and snapshot versions ------------------------------------------------------------
+def test_calibrations_that_an_older_build_would_misread_are_version_3(calibrated):
+    data = normal_data(600, 3)
+    base = calibrated["diagonal"]
+    assert base.calibration["version"] == P.BASE_VERSION == 2  # rms, no level: still 2
+    for options in ({"pool": "max"}, {"level": True}):
+        assert calibrate(base, data, **options).calibration["version"] == 3
+    # Both versions are read; anything else is refused with the versions this build reads.
+    old = calibrate(base, data, pool="max")
+    assert sl.Detector(old.replace(calibration=dict(old.calibration, version=2))).params
+    for version in (1, 4, None):
+        broken = dict(old.calibration, version=version)
+        with pytest.raises(ConfigError, match=r"unsupported version .*reads versions \(2, 3\)"):
+            sl.Detector(old.replace(calibration=broken))

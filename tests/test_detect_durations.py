@@ -128,7 +128,9 @@ def test_a_step_is_a_hop_for_feature_and_window_models():
     assert resolve_durations({"warmup_s": 0.16}, step_seconds(features)) == {"warmup": 10}
 
 
-def test_the_command_takes_durations_with_units_pool_and_adaptation(model, tmp_path, capsys):
+def test_the_command_takes_durations_with_units_pool_adaptation_and_balance(
+    model, tmp_path, capsys
+):
     source = save(model, tmp_path / "m.npz")
     csv = tmp_path / "normal.csv"
     np.savetxt(csv, sine(800, seed=1), delimiter=",", header="c0,c1", comments="")
@@ -154,13 +156,14 @@ def test_the_command_takes_durations_with_units_pool_and_adaptation(model, tmp_p
                 "--level",
                 "--level-alpha",
                 "0.05",
+                "--level-balance",
             ]
         )
         == 0
     ), capsys.readouterr().err
     cal = load(out).calibration
     assert (cal["warmup"], cal["debounce"], cal["pool"]) == (10, 2, "max")
-    assert (cal["level_alpha"], cal["level_bound"]) == (0.05, 3.0)
+    assert (cal["level_alpha"], cal["level_bound"], cal["level_balance"]) == (0.05, 3.0, True)
     assert cal["quiet_time"] == pytest.approx(3.5 * 0.02)
     python = calibrate(
         model,
@@ -171,6 +174,7 @@ def test_the_command_takes_durations_with_units_pool_and_adaptation(model, tmp_p
         pool="max",
         level=True,
         level_alpha=0.05,
+        level_balance=True,
     ).calibration
     assert cal["threshold"] == pytest.approx(python["threshold"], rel=1e-12)
     # A deprecated flag still works, with a notice on stderr.

@@ -46,6 +46,30 @@ DESIGNS: dict[str, dict] = {
         "target": "delta",
         "calibration": {"level": True, "pool": "max", "level_alpha": 0.01, "level_bound": 3.0},
     },
+    # Amendment 7: a residual term and a level term, each against its own normal tail.
+    "delta-hybrid": {
+        "target": "delta",
+        "calibration": {"level": True, "pool": "max", "level_balance": True},
+    },
+    "delta-hybrid-maha": {
+        "target": "delta",
+        "calibration": {
+            "level": True,
+            "pool": "max",
+            "level_balance": True,
+            "metric": "mahalanobis",
+        },
+    },
+    "delta-hybrid-adapt": {
+        "target": "delta",
+        "calibration": {
+            "level": True,
+            "pool": "max",
+            "level_balance": True,
+            "level_alpha": 0.01,
+            "level_bound": 3.0,
+        },
+    },
 }
 
 

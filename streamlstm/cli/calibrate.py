@@ -90,6 +90,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "residual score (default: off)",
     )
     parser.add_argument(
+        "--level-balance",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="with --level and --pool max: scale the level term so that its own budget "
+        "score equals the residual's (each read against its own normal tail; default: off)",
+    )
+    parser.add_argument(
         "--mask",
         help="comma-separated channels never scored (default: "
         "learned: channels missing or constant in the normal data)",
@@ -187,6 +194,7 @@ def run(args: argparse.Namespace) -> int:
                 "hysteresis",
                 "level_alpha",
                 "level_bound",
+                "level_balance",
                 "score_index",
             )
         }

@@ -31,12 +31,15 @@ from .detector import Detector
 from .durations import STORED_UNIT, UNIT_NAMES, resolve_durations, step_seconds
 from .features import FeatureSpec, compute_features
 from .params import (
+    BASE_VERSION,
+    LEVEL_KEYS,
     POOLS,
-    SCHEMA_VERSION,
+    READABLE_VERSIONS,
     TARGETS,
     DetectorParams,
     check_level_adaptation,
     require_next_step,
+    schema_version,
 )
 
 METRICS = ("diagonal", "mahalanobis")
@@ -81,8 +84,13 @@ class CalibrationOptions:
     score. ``level_alpha`` (default 0: off) and ``level_bound``: guarded drift adaptation
     of the level term (:mod:`~streamlstm.detect.params`; its centre follows the input
     with this EWMA weight per step while no alert is open and the score is below the
-    threshold, at most ``level_bound`` normal standard deviations). The rest are the alert
-    parameters (:class:`~streamlstm.detect.params.DetectorParams`).
+    threshold, at most ``level_bound`` normal standard deviations). ``level_balance``
+    (needs ``level=True`` and ``pool="max"``): the level term is scaled so that its own
+    budget score (the level term scored alone on the normal data) equals the residual
+    term's; the max-pooled score then reads each term against its own normal tail, so a
+    level far out and a residual far out raise the same score, whichever has the wider
+    normal spread (the fused threshold is then set for the budget as usual). The rest
+    are the alert parameters (:class:`~streamlstm.detect.params.DetectorParams`).
     """
 
     score: str = "residual"
@@ -101,6 +109,7 @@ class CalibrationOptions:
     level: bool = False
     level_alpha: float = 0.0
     level_bound: float = 3.0
+    level_balance: bool = False
     mask: tuple[str | int, ...] | None = None
 
     def __post_init__(self) -> None:
@@ -121,6 +130,11 @@ class CalibrationOptions:
         check_level_adaptation(self.level_alpha, self.level_bound)
         if self.level_alpha and not self.level:
             raise ConfigError("level_alpha adapts the level term: it needs level=True")
+        if self.level_balance and not (self.level and self.pool == "max"):
+            raise ConfigError(
+                "level_balance scales the level term against the max-pooled residual: "
+                "it needs level=True and pool='max'"
+            )
         DetectorParams(
             threshold=1.0,
             alpha=self.alpha,
@@ -151,7 +165,7 @@ def resolve_options(
     given = {k: v for k, v in given.items() if v is not None}
     previous = dict(model.calibration or {})
     stored: dict[str, Any] = {}
-    if previous.get("version") == SCHEMA_VERSION:
+    if previous.get("version") in READABLE_VERSIONS:
         stored = {k: previous[k] for k in OPTION_NAMES if k in previous and k != "mask"}
         stored["level"] = "level_center" in previous
         if previous.get("mask_configured"):
@@ -166,8 +180,9 @@ def resolve_options(
     elif "false_alarms_per_day" in given:
         stored.pop("quantile", None)
     if given.get("level") is False:
-        # Turning the level term off also turns off a stored adaptation of it.
+        # Turning the level term off also turns off a stored adaptation / balance of it.
         stored.pop("level_alpha", None)
+        stored.pop("level_balance", None)
     values = {**stored, **given}
     if values.get("mask") is not None:
         values["mask"] = tuple(values["mask"])
@@ -452,7 +467,7 @@ def calibrate_cross_fitted(
     sets = [(fold, _recordings(data, axes)) for fold, data in folds]
     if not sets:
         raise ShapeError("calibration needs at least one fold")
-    cal: dict[str, Any] = {"version": SCHEMA_VERSION, "score": opts.score}
+    cal: dict[str, Any] = {"version": BASE_VERSION, "score": opts.score}
     if opts.score == "residual":
         require_next_step(model, model.input_size)
         if spec is None:
@@ -502,15 +517,53 @@ def calibrate_cross_fitted(
         warmup=int(opts.warmup),
         threshold=1.0,
     )
-    scores = np.concatenate(
-        [s for fold, recs in sets for s in calibration_scores(fold.replace(calibration=cal), recs)]
-    )
+    cal["version"] = schema_version(cal)
+    if opts.level_balance:
+        _balance_level(cal, opts, model, spec.hop if spec else 1, sets)
+    scores = _fold_scores(cal, sets)
     _set_threshold(cal, opts, model, spec.hop if spec else 1, scores)
     cal.update(
         samples=int(sum(r.shape[0] for _, recs in sets for r in recs)),
         recordings=sum(len(recs) for _, recs in sets),
     )
     return model.replace(calibration=cal)
+
+
+def _fold_scores(cal: dict[str, Any], sets: Sequence[tuple[Model, list[np.ndarray]]]) -> np.ndarray:
+    """Every fold model's calibration scores under ``cal``, on the data it never saw."""
+    return np.concatenate(
+        [s for fold, recs in sets for s in calibration_scores(fold.replace(calibration=cal), recs)]
+    )
+
+
+def _balance_level(
+    cal: dict[str, Any],
+    opts: CalibrationOptions,
+    model: Model,
+    hop: int,
+    sets: Sequence[tuple[Model, list[np.ndarray]]],
+) -> None:
+    """Scale ``cal``'s level term so its own budget score equals the residual term's.
+
+    Each term is scored alone on the normal data (the other's whitening zeroed), and the
+    score each exceeds with the budget's probability is found as for the threshold; the
+    level whitening is multiplied by their ratio (stored as ``level_gain``).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CalibrationWarning)  # _set_threshold warns once
+        exceedance = _exceedance(opts, model, hop)
+    residual_only = {k: v for k, v in cal.items() if k not in LEVEL_KEYS}
+    level_whiten = np.asarray(cal["level_whiten"])
+    level_only = {**cal, "whiten": np.zeros_like(level_whiten).tolist()}
+    residual_score = tail_threshold(_fold_scores(residual_only, sets), exceedance).score
+    level_score = tail_threshold(_fold_scores(level_only, sets), exceedance).score
+    if not (residual_score > 0 and level_score > 0):
+        raise ShapeError(
+            f"calibration: level_balance needs both terms' budget scores > 0 "
+            f"(residual {residual_score}, level {level_score})"
+        )
+    gain = residual_score / level_score
+    cal.update(level_whiten=(level_whiten * gain).tolist(), level_gain=gain, level_balance=True)
 
 
 def _set_threshold(
@@ -557,6 +610,7 @@ PREDICTOR_OPTIONS = (
     "pool",
     "level_alpha",
     "level_bound",
+    "level_balance",
 )
 
 
@@ -612,7 +666,7 @@ def calibrate_reconstruction(model: Model, data: Any, **options: Any) -> Model:
         )
     center, whiten = _whitening(np.concatenate(errors), opts.metric, mask)
     cal: dict[str, Any] = {
-        "version": SCHEMA_VERSION,
+        "version": BASE_VERSION,
         "score": "reconstruction",
         "metric": opts.metric,
         "center": center.tolist(),

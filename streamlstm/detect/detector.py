@@ -18,7 +18,11 @@ from .events import AlertEvent, EventKind
 from .features import FeatureSpec
 from .params import DetectorParams, pack_params, params_from, scoring_from
 
-SNAPSHOT_VERSION = 2
+#: Version 3 snapshots carry the adapted level offsets (``levels``), which a build that
+#: reads only version 2 would drop; version 2 ones are still read (``levels`` zero when
+#: absent: they were written before drift adaptation existed).
+SNAPSHOT_VERSION = 3
+READABLE_SNAPSHOTS = (2, SNAPSHOT_VERSION)
 #: The detector's arrays in its bank's row table (next to the bank's ``states``, ``rejected``).
 _DETECTOR_ROWS = ("istate", "fstate", "preds", "levels", "rings")
 #: Every per-sensor array a snapshot holds, in snapshot order.
@@ -367,15 +371,20 @@ class Detector:
                 name: np.asarray(snapshot[name])
                 for name in ("states", "rejected", "istate", "fstate", "preds", "rings")
             }
-            # Adapted level offsets: absent from snapshots written before drift adaptation
-            # existed, which never adapted (all zero).
+            if version not in READABLE_SNAPSHOTS:
+                raise ShapeError(
+                    f"detector snapshot: unsupported version {version} "
+                    f"(this release reads {READABLE_SNAPSHOTS})"
+                )
+            # Adapted level offsets: required from version 3; absent from version 2
+            # snapshots written before drift adaptation existed, which never adapted.
             arrays["levels"] = np.asarray(
-                snapshot.get("levels", np.zeros((len(sensors), self.model.input_size)))
+                snapshot["levels"]
+                if version == SNAPSHOT_VERSION
+                else snapshot.get("levels", np.zeros((len(sensors), self.model.input_size)))
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ShapeError(f"detector snapshot: missing or malformed field ({exc})") from None
-        if version != SNAPSHOT_VERSION:
-            raise ShapeError(f"detector snapshot: unsupported version {version}")
         n = len(sensors)
         expected = {name: (n, *array.shape[1:]) for name, array in self._row_arrays().items()}
         for name, shape in expected.items():

@@ -1,8 +1,9 @@
 """Detector parameters: what calibration stores and what a user may override.
 
-``model.calibration`` is a JSON-able dict (schema version 2)::
+``model.calibration`` is a JSON-able dict (schema version 3, or 2 when it uses neither
+``pool="max"`` nor a level term: see :func:`schema_version`)::
 
-    {"version": 2, "score": "residual" | "direct" | "reconstruction",
+    {"version": 3, "score": "residual" | "direct" | "reconstruction",
      "metric": "diagonal" | "mahalanobis",      # residual models
      "target": "level" | "delta",                # residual models: what the model predicts
                                                  # (reconstruction: a window autoencoder,
@@ -14,6 +15,7 @@
                                                  # masked (fed ``fill``, never scored)
      "level_center": [D], "level_whiten": [[D x D]],  # optional level term
      "level_alpha": 0.0, "level_bound": 3.0, "level_scale": [D],  # its drift adaptation
+     "level_balance": true, "level_gain": ...,   # level_whiten scaled to its own tail
      "score_index": 0,                           # direct models: which output is the score
      "alpha": ..., "false_alarms_per_day": ..., "exceedance": ..., "tail": ...,
      "quantile_score": ..., "margin": ..., "threshold": ..., "baseline": ...,
@@ -60,7 +62,22 @@ from ..errors import ConfigError
 from ..model import Model
 from .durations import UNIT_NAMES, resolve_durations, step_seconds
 
-SCHEMA_VERSION = 2
+#: Version 3 marks a calibration whose keys an older build (which reads only 2) would
+#: misread: ``pool="max"`` (read as RMS) or any level term key (``level_*``). One
+#: without them is written as version 2, so older builds still read it; both are read.
+SCHEMA_VERSION = 3
+BASE_VERSION = 2
+READABLE_VERSIONS = (BASE_VERSION, SCHEMA_VERSION)
+#: The level term's keys (a calibration without them scores the residual alone).
+LEVEL_KEYS = (
+    "level_center",
+    "level_whiten",
+    "level_alpha",
+    "level_bound",
+    "level_scale",
+    "level_balance",
+    "level_gain",
+)
 SCORE_KINDS = ("residual", "direct", "reconstruction")
 TARGETS = ("level", "delta")
 POOLS = ("rms", "max")
@@ -164,6 +181,13 @@ class Scoring:
         return int(np.sum(self.mask == 0.0))
 
 
+def schema_version(cal: Mapping[str, Any]) -> int:
+    """The version to write for ``cal``: :data:`SCHEMA_VERSION` when it uses max pooling
+    or a level term (an older build would read them wrong), else :data:`BASE_VERSION`."""
+    uses_new = cal.get("pool", "rms") != "rms" or any(k in cal for k in LEVEL_KEYS)
+    return SCHEMA_VERSION if uses_new else BASE_VERSION
+
+
 def require_calibration(model: Model) -> Mapping[str, Any]:
     cal = model.calibration
     if not cal:
@@ -171,10 +195,10 @@ def require_calibration(model: Model) -> Mapping[str, Any]:
             f"model {model.name!r} has no calibration: run `streamlstm calibrate` "
             "(or streamlstm.detect.calibrate) on normal data first"
         )
-    if cal.get("version") != SCHEMA_VERSION:
+    if cal.get("version") not in READABLE_VERSIONS:
         raise ConfigError(
             f"model calibration: unsupported version {cal.get('version')!r} "
-            f"(this release reads version {SCHEMA_VERSION}: run `streamlstm "
+            f"(this release reads versions {READABLE_VERSIONS}: run `streamlstm "
             "calibrate` on normal data again)"
         )
     if cal.get("score") not in SCORE_KINDS:
