@@ -29,10 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
-import time
-from collections.abc import Callable
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -43,17 +40,10 @@ import streamlstm as sl
 from streamlstm.formats.torch import load_torch
 from streamlstm.window_spec import WindowSpec
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import machine_facts, median_time
+
 D, H, CLASSES, W, K = 3, 64, 4, 128, 32
-
-
-def median_time(fn: Callable[[], Any], *, repeats: int) -> float:
-    fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
 
 
 class Classifier:
@@ -359,7 +349,7 @@ def main() -> None:
         args.json.write_text(
             json.dumps(
                 {
-                    "machine": platform.processor() or platform.machine(),
+                    "machine": machine_facts("numba", "numpy", "torch", "onnxruntime"),
                     "W": W,
                     "K": K,
                     "H": H,
