@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from streamlstm.daemon import check
+from streamlstm.cli import check_config as check
 from streamlstm.daemon.config import load, validate
 from streamlstm.errors import ConfigError
 
