@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import operator
 import statistics
 import sys
 import time
@@ -90,15 +91,13 @@ def bindings_launch(
     from streamlstm.cuda.launch import PackedStepLaunch
 
     packed = PackedStepLaunch(dispatcher, blocks, threads, stream, buffer, index)
-    prefix = packed._prefix  # the flattened array parameters (benchmark-only peek)
-    if not all(isinstance(v, int) for v in prefix):
-        raise NotImplementedError(f"non-int packed parameters: {prefix}")
+    prefix = [operator.index(v) for v in packed._prefix]  # flattened arrays (benchmark peek)
     values = (ctypes.c_int64 * (len(prefix) + 4))(*prefix, 0, 0, 0, 0)
     pointers = (ctypes.c_void_p * len(values))(
         *(ctypes.addressof(values) + 8 * i for i in range(len(values)))
     )
-    function = cu.CUfunction(int(packed._kernel.handle))
-    handle = int(packed._stream.handle)
+    function = packed._kernel.handle  # a CUkernel, which cuLaunchKernel accepts
+    handle = cu.CUstream(int(packed._stream.handle))
     address = ctypes.addressof(pointers)
     tail = len(prefix)
 
@@ -137,15 +136,23 @@ def path_launcher(
 
 
 def bench_target(
-    cuda: Any, name: str, dispatcher: Any, blocks: int, threads: int, stream: Any,
-    buffer: Any, index: Any, scalars: tuple[int, int, int, int], args: argparse.Namespace,
+    cuda: Any,
+    name: str,
+    dispatcher: Any,
+    blocks: int,
+    threads: int,
+    stream: Any,
+    buffer: Any,
+    index: Any,
+    scalars: tuple[int, int, int, int],
+    args: argparse.Namespace,
 ) -> list[dict[str, Any]]:
     rows = []
     for path in PATHS:
         row: dict[str, Any] = {"target": name, "path": path}
         try:
             launch = path_launcher(path, dispatcher, blocks, threads, stream, buffer, index)
-            row.update(time_path(cuda, stream, lambda: launch(*scalars), args))
+            row.update(time_path(cuda, stream, lambda launch=launch: launch(*scalars), args))
         except Exception as exc:  # one path failing must not stop the others
             row["error"] = f"{type(exc).__name__}: {exc}"
             traceback.print_exc(limit=3)
@@ -257,8 +264,16 @@ def main(argv: list[str] | None = None) -> int:
             groups, samples, steps = bank.last_launch
             blocks = bank._step.launch_shape(groups, bank._block)
             record["rows"] += bench_target(
-                cuda, f"tiled N={n}", bank._step.kernel, blocks, bank._block, bank._stream,
-                bank._buffer, bank._index_dev, (bank.capacity, groups, samples, steps), args,
+                cuda,
+                f"tiled N={n}",
+                bank._step.kernel,
+                blocks,
+                bank._block,
+                bank._stream,
+                bank._buffer,
+                bank._index_dev,
+                (bank.capacity, groups, samples, steps),
+                args,
             )
             record["equivalence"].append(equivalence(model, n, args))
         except Exception as exc:
