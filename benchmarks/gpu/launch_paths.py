@@ -252,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         record["empty_error"] = f"{type(exc).__name__}: {exc}"
         traceback.print_exc(limit=3)
+    write(record, args.json, start)
     model = sl.random_model(3, [64], output_size=3, seed=0)
     for n in args.sizes:
         if time.perf_counter() - start > args.budget:
@@ -279,11 +280,17 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:
             record.setdefault("errors", []).append(f"N={n}: {type(exc).__name__}: {exc}")
             traceback.print_exc(limit=5)
-    record["seconds"] = time.perf_counter() - start
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(record, indent=2, default=str))
+        write(record, args.json, start)
+    write(record, args.json, start)
     print(f"wrote {args.json} in {record['seconds']:.1f} s")
     return 0
+
+
+def write(record: dict[str, Any], path: Path, start: float) -> None:
+    """Write what is measured so far (a run cut short by a timeout keeps its figures)."""
+    record["seconds"] = time.perf_counter() - start
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2, default=str))
 
 
 if __name__ == "__main__":
