@@ -99,7 +99,7 @@ def _packed_arrays(
 
     numba-cuda 0.30.4 has no public API for either, so this is the one place that uses
     its private members (``_codelibrary``, ``_prepare_args``); the caller falls back to
-    the dispatcher's launch if they are missing or behave differently.
+    the dispatcher's launch if they are missing (another numba-cuda version).
     """
     kernel = overload._codelibrary.get_cufunc().kernel
     retr: list[Any] = []
