@@ -93,6 +93,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="CudaBank register cap per thread (default: the compiler's)",
     )
+    parser.add_argument(
+        "--launch",
+        default="packed",
+        choices=["packed", "dispatcher"],
+        help="CudaBank host launch path (see streamlstm.cuda.launch)",
+    )
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON)
     parser.add_argument(
         "--simulate",
@@ -190,7 +196,14 @@ def cuda_bank(model: Any, n: int, args: argparse.Namespace, kernel: str) -> Any:
     from streamlstm.cuda import CudaBank
 
     registers = args.max_registers if kernel == "per-stream" else None
-    return CudaBank(model, n, block_size=args.block_size, max_registers=registers, kernel=kernel)
+    return CudaBank(
+        model,
+        n,
+        block_size=args.block_size,
+        max_registers=registers,
+        kernel=kernel,
+        launch=args.launch,
+    )
 
 
 def launch_floor(cuda: Any, args: argparse.Namespace, simulated: bool) -> float:
@@ -217,7 +230,7 @@ def launch_floor(cuda: Any, args: argparse.Namespace, simulated: bool) -> float:
 
 def bench_bank(
     cuda: Any, model: Any, n: int, args: argparse.Namespace, simulated: bool, kernel: str
-) -> dict[str, float]:
+) -> dict[str, Any]:
     bank = cuda_bank(model, n, args, kernel)
     rows = bank.rows(range(n))
     rng = np.random.default_rng(0)
@@ -226,7 +239,7 @@ def bench_bank(
     groups = bank.last_launch[0]
     # The kernel alone: the bank's own buffers and launcher, samples already on the device.
     launch = bank._launcher(groups)
-    kernel_args = (bank._buffer, bank._index_dev, bank._capacity, *bank.last_launch)
+    kernel_args = (bank._capacity, *bank.last_launch)
     result = {
         "bank_kernel_ms": event_times(
             cuda,
@@ -237,12 +250,13 @@ def bench_bank(
             simulated=simulated,
         ),
         "bank_e2e_ms": wall_times(lambda: bank.step_rows(rows, xs), args.reps, args.warmup),
+        "launch_path": bank.launch_path,
     }
     if n <= args.block_max:
         block = rng.normal(size=(n, args.block_steps, args.inputs)).astype(np.float32)
         sensors = list(range(n))
         bank.run(sensors, block)
-        block_args = (bank._buffer, bank._index_dev, bank._capacity, *bank.last_launch)
+        block_args = (bank._capacity, *bank.last_launch)
         block_launch = bank._launcher(bank.last_launch[0])
         reps = max(3, args.reps // 10)
         result["block_kernel_ms_per_step"] = (
@@ -365,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         "hidden": args.hidden,
         "block_size": args.block_size,
         "max_registers": args.max_registers,
+        "launch": args.launch,
         "inputs": args.inputs,
         "simulated": simulated,
         "python": platform.python_version(),

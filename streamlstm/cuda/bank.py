@@ -26,6 +26,7 @@ from .kernels import (
     state_kernels,
     step_kernel,
 )
+from .launch import LAUNCH_PATHS, StepLauncher, step_launcher
 from .tiles import SIMULATOR_TILE_THREADS, TILE_THREADS, tile_kernel
 
 #: Step kernels a bank can use: ``tiled`` (a block per tile of streams, :mod:`.tiles`;
@@ -51,8 +52,11 @@ class CudaBank(SensorRows):
     ``kernel`` chooses the step kernel (:data:`KERNELS`). ``block_size`` (threads per
     block; default 256 tiled, 128 per-stream) and ``max_registers`` (per thread, default:
     the compiler's choice; per-stream kernel only) are launch tunables that
-    ``bench_cuda.py`` measures. Raises :class:`~streamlstm.errors.CudaUnavailableError` if
-    no GPU (or simulator).
+    ``bench_cuda.py`` measures. ``launch`` chooses the host launch path
+    (:data:`~streamlstm.cuda.launch.LAUNCH_PATHS`; ``packed``, the default, skips most of
+    numba-cuda's per-launch Python work and falls back to ``dispatcher`` where it is
+    unsupported; :attr:`launch_path` says which is in use). Raises
+    :class:`~streamlstm.errors.CudaUnavailableError` if no GPU (or simulator).
     """
 
     def __init__(
@@ -63,6 +67,7 @@ class CudaBank(SensorRows):
         block_size: int | None = None,
         max_registers: int | None = None,
         kernel: str = "auto",
+        launch: str = "packed",
     ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
@@ -70,6 +75,8 @@ class CudaBank(SensorRows):
             raise ValueError("block_size must be in 1..1024")
         if kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+        if launch not in LAUNCH_PATHS:
+            raise ValueError(f"launch must be one of {LAUNCH_PATHS}, got {launch!r}")
         if kernel == "tiled" and max_registers is not None:
             raise ValueError("max_registers applies to the per-stream kernel only")
         cuda = require_cuda()
@@ -107,7 +114,11 @@ class CudaBank(SensorRows):
         self._rejected = np.zeros(capacity, np.int64)
         self._row_group = np.full(capacity, NO_GROUP, np.int64)
         self._group_scratch = np.zeros((2, 1), np.int64)
-        self._launchers: dict[int, Any] = {}
+        self._launch_choice = launch
+        #: The launch path in use: ``"packed"`` or ``"dispatcher"`` (known after a launch).
+        self.launch_path = launch if not self._simulated else "dispatcher"
+        # Launchers per grid size, bound to the current buffers (cleared when they change).
+        self._launchers: dict[int, StepLauncher] = {}
         self._views: dict[tuple[int, int], tuple[Any, Any, Any]] = {}
         self._buffer: Any = None
         self._capacity = self._io_slots = self._io_base = 0
@@ -155,6 +166,7 @@ class CudaBank(SensorRows):
         if self._io_host is None or self._io_host.size < io_slots * self._record:
             self._io_host = cuda.pinned_array(io_slots * self._record, self._dtype)
         self._views.clear()
+        self._launchers.clear()
         stream.synchronize()
 
     def _reserve_index(self, size: int) -> None:
@@ -163,6 +175,7 @@ class CudaBank(SensorRows):
             self._index_host = self._cuda.pinned_array(size, np.int32)
             self._index_dev = self._cuda.device_array(size, np.int32, stream=self._stream)
             self._views.clear()
+            self._launchers.clear()
 
     def _reserve(self, index_size: int, samples: int) -> None:
         """Grow (doubling) the index buffers and the I/O part of the float buffer."""
@@ -186,20 +199,31 @@ class CudaBank(SensorRows):
             )
         return views
 
-    def _launcher(self, groups: int) -> Any:
-        """The kernel configured for ``groups`` threads, reused across calls of one size."""
+    def _launcher(self, groups: int) -> StepLauncher:
+        """``launch(capacity, groups, samples, steps)`` for ``groups`` streams on the bank's
+        buffers, reused across calls of one grid size until the buffers are reallocated."""
         blocks = self._step.launch_shape(groups, self._block)
         if self._simulated:
             # The simulator's kernel[...] reconfigures and returns the kernel itself, so a
             # cached launcher would run with whatever configuration was set last.
-            return self._step.kernel[blocks, self._block, self._stream]
+            return self._new_launcher(blocks, "dispatcher")
         launcher = self._launchers.get(blocks)
         if launcher is None:
             if len(self._launchers) > 64:
                 self._launchers.clear()
-            launcher = self._launchers[blocks] = self._step.kernel[
-                blocks, self._block, self._stream
-            ]
+            launcher = self._launchers[blocks] = self._new_launcher(blocks, self._launch_choice)
+        return launcher
+
+    def _new_launcher(self, blocks: int, path: str) -> StepLauncher:
+        launcher, self.launch_path = step_launcher(
+            self._step.kernel,
+            blocks,
+            self._block,
+            self._stream,
+            self._buffer,
+            self._index_dev,
+            path,
+        )
         return launcher
 
     def _launch(self, groups: int, samples: int, steps: int, index_size: int) -> np.ndarray:
@@ -211,9 +235,7 @@ class CudaBank(SensorRows):
         index_dev.copy_to_device(self._index_host[:index_size], stream=stream)
         x_dev.copy_to_device(self._io_host[:n_x], stream=stream)
         self.last_launch = (groups, samples, steps)
-        self._launcher(groups)(
-            self._buffer, self._index_dev, self._capacity, groups, samples, steps
-        )
+        self._launcher(groups)(self._capacity, groups, samples, steps)
         y_dev.copy_to_host(self._io_host[n_x:n_end], stream=stream)
         stream.synchronize()
         return self._io_host[n_x:n_end].reshape(samples, self._step.io_width)
