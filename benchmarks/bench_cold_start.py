@@ -15,6 +15,8 @@ kernel is compiled from scratch:
   of 64 samples on the shipped default model.
 
 Wall-clock figures: on a shared machine they move with the load (say so when quoting).
+Each part also reports the CPU seconds (user + system) its child process used, which a
+shared machine moves much less: quote those when comparing compile work.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -89,6 +92,12 @@ json.dump({"phases": phases, "compiles": records}, sys.stdout)
 """
 
 
+def _child_cpu() -> float:
+    """CPU seconds (user + system) of this process's finished children so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _fresh_env(cache: str) -> dict[str, str]:
     env = dict(os.environ, NUMBA_CACHE_DIR=cache)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
@@ -98,7 +107,7 @@ def _fresh_env(cache: str) -> dict[str, str]:
 def first_run() -> dict[str, float]:
     """Seconds until the demo's first ALERT line, and until it exits."""
     with tempfile.TemporaryDirectory() as cache:
-        begin = time.perf_counter()
+        begin, cpu = time.perf_counter(), _child_cpu()
         proc = subprocess.Popen(
             [sys.executable, "-m", "streamlstm.cli", "run"],
             env=_fresh_env(cache),
@@ -115,7 +124,7 @@ def first_run() -> dict[str, float]:
         total = time.perf_counter() - begin
     if alert is None:
         raise SystemExit(f"streamlstm run printed no alert (exit {proc.returncode})")
-    return {"first_alert_s": alert, "exit_s": total}
+    return {"first_alert_s": alert, "exit_s": total, "cpu_s": _child_cpu() - cpu}
 
 
 def readme_example() -> dict[str, float]:
@@ -126,7 +135,7 @@ def readme_example() -> dict[str, float]:
     with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as work:
         script = Path(work, "example.py")
         script.write_text(code)
-        begin = time.perf_counter()
+        begin, cpu = time.perf_counter(), _child_cpu()
         subprocess.run(
             [sys.executable, str(script)],
             cwd=work,
@@ -135,12 +144,13 @@ def readme_example() -> dict[str, float]:
             stdout=subprocess.DEVNULL,
             timeout=900,
         )
-        return {"exit_s": time.perf_counter() - begin}
+        return {"exit_s": time.perf_counter() - begin, "cpu_s": _child_cpu() - cpu}
 
 
 def kernel_compiles() -> dict:
     """Numba's compile events for the common calls, in a fresh interpreter and cache."""
     with tempfile.TemporaryDirectory() as cache:
+        cpu = _child_cpu()
         done = subprocess.run(
             [sys.executable, "-c", KERNEL_PROBE],
             env=_fresh_env(cache),
@@ -149,7 +159,7 @@ def kernel_compiles() -> dict:
             text=True,
             timeout=1800,
         )
-    return json.loads(done.stdout)
+    return {**json.loads(done.stdout), "cpu_s": _child_cpu() - cpu}
 
 
 def main() -> int:
@@ -165,11 +175,12 @@ def main() -> int:
         results["run"] = first_run()
         print(
             f"first `streamlstm run`: alert after {results['run']['first_alert_s']:.1f} s, "
-            f"exit after {results['run']['exit_s']:.1f} s"
+            f"exit after {results['run']['exit_s']:.1f} s ({results['run']['cpu_s']:.1f} CPU s)"
         )
     if "readme" in parts:
         results["readme"] = readme_example()
-        print(f"README Python example: {results['readme']['exit_s']:.1f} s")
+        readme = results["readme"]
+        print(f"README Python example: {readme['exit_s']:.1f} s ({readme['cpu_s']:.1f} CPU s)")
     if "kernels" in parts:
         probe = kernel_compiles()
         results["kernels"] = probe
@@ -181,7 +192,8 @@ def main() -> int:
             print(f"  {took:7.1f} {own:7.1f}  {name}{sig[:70]}")
         print(
             f"  {len(probe['compiles'])} compiles, "
-            f"{sum(r[3] for r in probe['compiles']):.1f} s in all"
+            f"{sum(r[3] for r in probe['compiles']):.1f} s in all; "
+            f"the probe process used {probe['cpu_s']:.1f} CPU s"
         )
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

@@ -50,6 +50,7 @@ class Bank(SensorRows):
             raise ValueError("capacity must be >= 1")
         self.model = model
         pk = packed(model)
+        self._kernel_kind = pk.kernel_kind  # its kernels compile this kind of cell only
         self._dtype = model.dtype
         self.threads = numba.get_num_threads() if threads is None else int(threads)
         if not 1 <= self.threads <= numba.config.NUMBA_NUM_THREADS:
@@ -132,11 +133,12 @@ class Bank(SensorRows):
             self._reserve_links(samples.shape[0])
         params, layout, states, scratch, links = self._args
         args = (params, layout, states, rows, samples, outs, status, scratch, links)
+        serial, parallel = kernels.bank_kernels(self._kernel_kind)
         if self.threads > 1 and samples.shape[0] >= PARALLEL_THRESHOLD:
             numba.set_num_threads(self.threads)
-            kernels.bank_step(*args)
+            parallel(*args)
         else:
-            kernels.bank_step_serial(*args)
+            serial(*args)
         bad = status != L.OK
         if bad.any():
             np.add.at(self.row_table["rejected"], rows[bad], 1)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .kernels import kernel_kind
 from .kernels import layout as L
 from .kernels._math import ACTIVATION_CODES
 from .model import GATES, Model, RecurrentLayer
@@ -35,6 +36,12 @@ class PackedModel:
     @property
     def output_size(self) -> int:
         return int(self.layout[L.H_OUTPUT])
+
+    @property
+    def kernel_kind(self) -> int:
+        """The kind of model the kernels are compiled for (see
+        :func:`streamlstm.kernels.kernel_kind`)."""
+        return kernel_kind(self.layout)
 
 
 #: Packing targets: the CPU kernels read unit blocks, the CUDA kernel transposed weights

@@ -96,6 +96,8 @@ class Stream:
         self._state = np.zeros(pk.state_size, model.dtype)
         self._scratch = np.zeros(pk.scratch_size, model.dtype)
         self._out = np.zeros(model.output_size, model.dtype)
+        # Compiled for this model's kind of cell only (see kernels.stream_kernels).
+        self._step_kernel, self._run_kernel = kernels.stream_kernels(pk.kernel_kind)
         self._kernel = self._first_step
 
     def step(self, x: Any, *, out: np.ndarray | None = None) -> np.ndarray:
@@ -123,7 +125,7 @@ class Stream:
             if code != OK:
                 self._rejected(1, code)
             return self._out.copy()
-        code = kernels.step(self._params, self._layout, self._state, x, out, self._scratch)
+        code = self._step_kernel(self._params, self._layout, self._state, x, out, self._scratch)
         if code != OK:
             self._rejected(1, code)
         return out
@@ -134,8 +136,8 @@ class Stream:
         types. The stream's own arrays never change type, and :meth:`step` makes ``x`` the
         same type as here, so the dispatcher's per-call type resolution (a fifth of a step)
         can be skipped."""
-        code = kernels.step(*args)
-        self._kernel = _compiled_entry(kernels.step, args)
+        code = self._step_kernel(*args)
+        self._kernel = _compiled_entry(self._step_kernel, args)
         return code
 
     def run(self, xs: Any) -> np.ndarray:
@@ -148,7 +150,7 @@ class Stream:
         xs = as_samples(xs, self._dtype, self._in_shape[0])
         outs = np.empty((xs.shape[0], self.model.output_size), self._dtype)
         status = np.empty(xs.shape[0], np.int8)
-        rejected = kernels.run(
+        rejected = self._run_kernel(
             self._params, self._layout, self._state, xs, outs, status, self._scratch
         )
         if rejected:

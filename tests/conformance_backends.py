@@ -43,6 +43,9 @@ class Backend:
     make: Callable[[Model], Runner]
     #: Returns a reason when the backend cannot run on this machine, else None.
     unavailable: Callable[[], str | None] = lambda: None
+    #: Feed it only this many first samples of a case (None: all of them), except the
+    #: long-run cases of test_conformance.py (see LONG_RUN there).
+    steps: int | None = None
 
 
 class StreamRunner:
@@ -131,8 +134,13 @@ def _no_cuda() -> str | None:
     return None if cuda.is_available() else "no CUDA device or simulator (numba-cuda)"
 
 
+#: Samples per case on the CUDA simulator, which runs every CUDA thread's step in Python:
+#: enough for the state to carry through hundreds of steps; the CPU backends check each
+#: case's whole length against its framework.
+SIMULATOR_STEPS = 240
+
 BACKENDS: list[Backend] = [
     Backend("cpu-stream", StreamRunner),
     Backend("cpu-bank", BankRunner),
-    Backend("cuda-sim", CudaBankRunner, unavailable=_no_cuda),
+    Backend("cuda-sim", CudaBankRunner, unavailable=_no_cuda, steps=SIMULATOR_STEPS),
 ]

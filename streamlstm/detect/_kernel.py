@@ -15,10 +15,13 @@ the old code (README, Known limitations).
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import numpy as np
 from numba import get_thread_id, njit, prange
 
-from ..kernels import NO_SAMPLE, group_by_row, step
+from ..kernels import NO_SAMPLE, group_by_row, step_of_kind
 from ..kernels import layout as L
 from . import params as P
 from .features import window_features
@@ -140,6 +143,7 @@ def _detect_one(
     ev_kind,
     ev_peak,
     ev_duration,
+    kind,
 ):
     x = samples[i]
     t = times[i]
@@ -233,7 +237,7 @@ def _detect_one(
             raw = max(raw, z * z) if pool_max else raw + z * z
         scored = n if not raw_input else usable
         raw = np.sqrt(raw) if pool_max else np.sqrt(raw / scored)
-    code = step(params, layout, states[row], xin, out, scratch)
+    code = step_of_kind(params, layout, states[row], xin, out, scratch, kind)
     if code != L.OK:
         status[i] = code
         rejected[row] += 1
@@ -300,6 +304,7 @@ def _detect_group(
     ev_kind,
     ev_peak,
     ev_duration,
+    kind,
 ):
     """One row's samples in arrival order, from sample ``first`` along the ``nxt`` links.
 
@@ -342,181 +347,192 @@ def _detect_group(
             ev_kind,
             ev_peak,
             ev_duration,
+            kind,
         )
         i = nxt[i]
 
 
-@njit(**JIT)
-def detect_serial(
-    params,
-    layout,
-    states,
-    rows,
-    samples,
-    times,
-    dparams,
-    center,
-    whiten,
-    level_center,
-    level_whiten,
-    level_scale,
-    mask,
-    fill,
-    codes,
-    hop,
-    alerts,
-    istate,
-    fstate,
-    preds,
-    levels,
-    rings,
-    rejected,
-    xbuf,
-    obuf,
-    ebuf,
-    scratch,
-    scores,
-    status,
-    ev_kind,
-    ev_peak,
-    ev_duration,
-    links,
-):
-    """:func:`detect_parallel` on the calling thread."""
-    row_last, heads, nxt = links[0], links[1], links[2]
-    groups = group_by_row(rows, row_last, heads, nxt)
-    for g in range(groups):
-        _detect_group(
-            heads[g],
-            nxt,
-            params,
-            layout,
-            states,
-            rows,
-            samples,
-            times,
-            dparams,
-            center,
-            whiten,
-            level_center,
-            level_whiten,
-            level_scale,
-            mask,
-            fill,
-            codes,
-            hop,
-            alerts,
-            istate,
-            fstate,
-            preds,
-            levels,
-            rings,
-            rejected,
-            xbuf[0],
-            obuf[0],
-            ebuf[0],
-            scratch[0],
-            scores,
-            status,
-            ev_kind,
-            ev_peak,
-            ev_duration,
-        )
+@functools.cache
+def detect_kernels(kind: int) -> tuple[Any, Any]:
+    """``(detect_serial, detect_parallel)`` compiled for models of one ``kind`` (see
+    :func:`streamlstm.kernels.kernel_kind`): the model step inside compiles only that cell.
+    Closures over ``kind``, an int: Numba compiles them with ``kind`` as a constant and
+    caches one entry per kind (its cache key hashes the closure's cells)."""
 
+    @njit(**JIT)
+    def detect_serial(
+        params,
+        layout,
+        states,
+        rows,
+        samples,
+        times,
+        dparams,
+        center,
+        whiten,
+        level_center,
+        level_whiten,
+        level_scale,
+        mask,
+        fill,
+        codes,
+        hop,
+        alerts,
+        istate,
+        fstate,
+        preds,
+        levels,
+        rings,
+        rejected,
+        xbuf,
+        obuf,
+        ebuf,
+        scratch,
+        scores,
+        status,
+        ev_kind,
+        ev_peak,
+        ev_duration,
+        links,
+    ):
+        """:func:`detect_parallel` on the calling thread."""
+        row_last, heads, nxt = links[0], links[1], links[2]
+        groups = group_by_row(rows, row_last, heads, nxt)
+        for g in range(groups):
+            _detect_group(
+                heads[g],
+                nxt,
+                params,
+                layout,
+                states,
+                rows,
+                samples,
+                times,
+                dparams,
+                center,
+                whiten,
+                level_center,
+                level_whiten,
+                level_scale,
+                mask,
+                fill,
+                codes,
+                hop,
+                alerts,
+                istate,
+                fstate,
+                preds,
+                levels,
+                rings,
+                rejected,
+                xbuf[0],
+                obuf[0],
+                ebuf[0],
+                scratch[0],
+                scores,
+                status,
+                ev_kind,
+                ev_peak,
+                ev_duration,
+                kind,
+            )
 
-@njit(parallel=True, **JIT)
-def detect_parallel(
-    params,
-    layout,
-    states,
-    rows,
-    samples,
-    times,
-    dparams,
-    center,
-    whiten,
-    level_center,
-    level_whiten,
-    level_scale,
-    mask,
-    fill,
-    codes,
-    hop,
-    alerts,
-    istate,
-    fstate,
-    preds,
-    levels,
-    rings,
-    rejected,
-    xbuf,
-    obuf,
-    ebuf,
-    scratch,
-    scores,
-    status,
-    ev_kind,
-    ev_peak,
-    ev_duration,
-    links,
-):
-    """Run a micro-batch of ``M`` samples through model and detector, rows in parallel.
+    @njit(parallel=True, **JIT)
+    def detect_parallel(
+        params,
+        layout,
+        states,
+        rows,
+        samples,
+        times,
+        dparams,
+        center,
+        whiten,
+        level_center,
+        level_whiten,
+        level_scale,
+        mask,
+        fill,
+        codes,
+        hop,
+        alerts,
+        istate,
+        fstate,
+        preds,
+        levels,
+        rings,
+        rejected,
+        xbuf,
+        obuf,
+        ebuf,
+        scratch,
+        scores,
+        status,
+        ev_kind,
+        ev_peak,
+        ev_duration,
+        links,
+    ):
+        """Run a micro-batch of ``M`` samples through model and detector, rows in parallel.
 
-    ``samples``: ``(M, A)`` in sensor units; ``times``: ``(M,)`` seconds; ``rows``: state
-    rows; ``center``/``whiten``: residual scoring (``(D,)``, ``(D, D)``);
-    ``level_center``/``level_whiten``: the optional level term (``(0,)``/``(0, 0)``: none);
-    ``level_scale``: its channels' normal standard deviations (the adaptation bound's
-    unit; ``(0,)`` without adaptation); ``levels``: ``(capacity, D)`` float64 per-row
-    adapted offsets of the level centre (zeros without adaptation);
-    ``mask``/``fill``: per input channel, 1 = scored / 0 = masked, and the value fed to
-    the model for a masked channel (a missing value in a scored channel is fed the
-    model's previous prediction of it, and left out of that sample's score);
-    ``alerts``: 0 primes (scores and state advance, the alert machine is left alone);
-    ``states``: ``(capacity, S)`` recurrent state; ``istate``/``fstate``: per-row
-    detector state; ``preds``: ``(capacity, O)`` last prediction; ``rings``:
-    ``(capacity, window, A)`` float64 feature ring buffers (``(capacity, 1, 1)``, unused,
-    without features); ``codes``: feature statistic codes (empty: raw samples feed the
-    model); ``hop``: raw samples between feature vectors;
-    ``xbuf``/``obuf``/``ebuf``/``scratch``: per-thread work rows; outputs ``scores``,
-    ``status`` and the event slots are ``(M,)``.
-    """
-    row_last, heads, nxt = links[0], links[1], links[2]
-    groups = group_by_row(rows, row_last, heads, nxt)
-    for g in prange(groups):
-        tid = get_thread_id()
-        _detect_group(
-            heads[g],
-            nxt,
-            params,
-            layout,
-            states,
-            rows,
-            samples,
-            times,
-            dparams,
-            center,
-            whiten,
-            level_center,
-            level_whiten,
-            level_scale,
-            mask,
-            fill,
-            codes,
-            hop,
-            alerts,
-            istate,
-            fstate,
-            preds,
-            levels,
-            rings,
-            rejected,
-            xbuf[tid],
-            obuf[tid],
-            ebuf[tid],
-            scratch[tid],
-            scores,
-            status,
-            ev_kind,
-            ev_peak,
-            ev_duration,
-        )
+        ``samples``: ``(M, A)`` in sensor units; ``times``: ``(M,)`` seconds; ``rows``: state
+        rows; ``center``/``whiten``: residual scoring (``(D,)``, ``(D, D)``);
+        ``level_center``/``level_whiten``: the optional level term (``(0,)``/``(0, 0)``: none);
+        ``level_scale``: its channels' normal standard deviations (the adaptation bound's
+        unit; ``(0,)`` without adaptation); ``levels``: ``(capacity, D)`` float64 per-row
+        adapted offsets of the level centre (zeros without adaptation);
+        ``mask``/``fill``: per input channel, 1 = scored / 0 = masked, and the value fed to
+        the model for a masked channel (a missing value in a scored channel is fed the
+        model's previous prediction of it, and left out of that sample's score);
+        ``alerts``: 0 primes (scores and state advance, the alert machine is left alone);
+        ``states``: ``(capacity, S)`` recurrent state; ``istate``/``fstate``: per-row
+        detector state; ``preds``: ``(capacity, O)`` last prediction; ``rings``:
+        ``(capacity, window, A)`` float64 feature ring buffers (``(capacity, 1, 1)``, unused,
+        without features); ``codes``: feature statistic codes (empty: raw samples feed the
+        model); ``hop``: raw samples between feature vectors;
+        ``xbuf``/``obuf``/``ebuf``/``scratch``: per-thread work rows; outputs ``scores``,
+        ``status`` and the event slots are ``(M,)``.
+        """
+        row_last, heads, nxt = links[0], links[1], links[2]
+        groups = group_by_row(rows, row_last, heads, nxt)
+        for g in prange(groups):
+            tid = get_thread_id()
+            _detect_group(
+                heads[g],
+                nxt,
+                params,
+                layout,
+                states,
+                rows,
+                samples,
+                times,
+                dparams,
+                center,
+                whiten,
+                level_center,
+                level_whiten,
+                level_scale,
+                mask,
+                fill,
+                codes,
+                hop,
+                alerts,
+                istate,
+                fstate,
+                preds,
+                levels,
+                rings,
+                rejected,
+                xbuf[tid],
+                obuf[tid],
+                ebuf[tid],
+                scratch[tid],
+                scores,
+                status,
+                ev_kind,
+                ev_peak,
+                ev_duration,
+                kind,
+            )
+
+    return detect_serial, detect_parallel

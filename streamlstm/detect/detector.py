@@ -153,7 +153,9 @@ class Detector:
         self._xbuf = np.zeros((slots, model.input_size), self._dtype)
         self._obuf = np.zeros((slots, model.output_size), self._dtype)
         self._ebuf = np.zeros((slots, model.input_size), np.float64)
-        self._scratch = np.zeros((slots, packed(model).scratch_size), self._dtype)
+        pk = packed(model)
+        self._scratch = np.zeros((slots, pk.scratch_size), self._dtype)
+        self._kernel_kind = pk.kernel_kind  # its kernels compile this kind of cell only
         self._codes = np.zeros(0, np.int64) if self.features is None else self.features.codes
         self._hop = 1 if self.features is None else self.features.hop
         self._ring_shape = (1, 1) if self.features is None else (self.features.window, self.axes)
@@ -262,11 +264,12 @@ class Detector:
             ev_duration,
             links,
         )
+        serial, parallel = K.detect_kernels(self._kernel_kind)
         if bank.threads > 1 and count >= PARALLEL_THRESHOLD:
             numba.set_num_threads(bank.threads)
-            K.detect_parallel(*args)
+            parallel(*args)
         else:
-            K.detect_serial(*args)
+            serial(*args)
         self.last_scores = scores
         self.last_status = status
         hits = np.flatnonzero(ev_kind)

@@ -8,9 +8,13 @@ parallel and each row's samples in arrival order.
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 from numba import get_thread_id, njit, prange
 
-from ._network import JIT, TILE_STREAMS, forward, step, step_tile
+from ._network import JIT, TILE_STREAMS, forward, step_of_kind, step_tile_of_kind
+from .layout import ANY_KIND
 
 #: Ends a row's chain of samples in the links :func:`group_by_row` writes.
 NO_SAMPLE = -1
@@ -46,7 +50,7 @@ def group_by_row(rows, row_last, heads, links):
 
 @njit(**JIT)
 def _step_groups(
-    params, layout, states, rows, samples, outs, status, scratch, heads, nxt, first, last
+    params, layout, states, rows, samples, outs, status, scratch, heads, nxt, first, last, kind
 ):
     """Step groups ``first..last-1`` (distinct rows), four at a time in lockstep.
 
@@ -55,14 +59,15 @@ def _step_groups(
     remainder groups) fall back to :func:`step`. Each row's samples stay in order.
     Consecutive tiles walk the weights in opposite directions (see :mod:`.layout`).
     Out of line (a call per chunk of groups): compiled once for the serial and the
-    parallel kernel, not typed again inside each.
+    parallel kernel, not typed again inside each. ``kind``: see
+    :func:`~._network.step_of_kind`.
     """
     g = first
     reverse = forward(layout)
     while g + TILE_STREAMS <= last:
         i0, i1, i2, i3 = heads[g], heads[g + 1], heads[g + 2], heads[g + 3]
         while i0 != NO_SAMPLE and i1 != NO_SAMPLE and i2 != NO_SAMPLE and i3 != NO_SAMPLE:
-            status[i0], status[i1], status[i2], status[i3] = step_tile(
+            status[i0], status[i1], status[i2], status[i3] = step_tile_of_kind(
                 params,
                 layout,
                 states[rows[i0]],
@@ -79,29 +84,24 @@ def _step_groups(
                 outs[i3],
                 scratch,
                 reverse,
+                kind,
             )
             reverse = not reverse
             i0, i1, i2, i3 = nxt[i0], nxt[i1], nxt[i2], nxt[i3]
         for i in (i0, i1, i2, i3):
             while i != NO_SAMPLE:
-                status[i] = step(params, layout, states[rows[i]], samples[i], outs[i], scratch[0])
+                status[i] = step_of_kind(
+                    params, layout, states[rows[i]], samples[i], outs[i], scratch[0], kind
+                )
                 i = nxt[i]
         g += TILE_STREAMS
     for h in range(g, last):
         i = heads[h]
         while i != NO_SAMPLE:
-            status[i] = step(params, layout, states[rows[i]], samples[i], outs[i], scratch[0])
+            status[i] = step_of_kind(
+                params, layout, states[rows[i]], samples[i], outs[i], scratch[0], kind
+            )
             i = nxt[i]
-
-
-@njit(**JIT)
-def bank_step_serial(params, layout, states, rows, samples, outs, status, scratch, links):
-    """Step a micro-batch on the calling thread; arguments as :func:`bank_step`."""
-    row_last, heads, nxt = links[0], links[1], links[2]
-    groups = group_by_row(rows, row_last, heads, nxt)
-    _step_groups(
-        params, layout, states, rows, samples, outs, status, scratch[0], heads, nxt, 0, groups
-    )
 
 
 #: Groups one parallel task takes: a multiple of the tile, large enough to amortise the
@@ -109,19 +109,20 @@ def bank_step_serial(params, layout, states, rows, samples, outs, status, scratc
 _CHUNK = 8 * TILE_STREAMS
 
 
-@njit(parallel=True, **JIT)
-def bank_step(params, layout, states, rows, samples, outs, status, scratch, links):
-    """Step a micro-batch of ``M`` samples, rows in parallel, each row's samples in order.
+@functools.cache
+def bank_kernels(kind: int) -> tuple[Any, Any]:
+    """``(bank_step_serial, bank_step)`` compiled for models of one ``kind`` (see
+    :func:`~._network.kernel_kind`), the only kind a bank's first step then compiles. For
+    :data:`.layout.ANY_KIND` these are the public :func:`bank_step_serial` and
+    :func:`bank_step`."""
+    # Closures over ``kind``, an int: Numba compiles them with ``kind`` as a constant and
+    # caches one entry per kind (its cache key hashes the closure's cells).
 
-    ``states``: ``(capacity, S)``; ``rows``: ``(M,)`` int64 state rows; ``samples``:
-    ``(M, D)``; ``outs``: ``(M, O)``; ``status``: ``(M,)`` int8 codes (see
-    :mod:`.layout`); ``scratch``: ``(threads, 4, scratch_size)``; ``links``: int64 work
-    buffer ``(3, max(capacity, M))`` whose first row is all -1.
-    """
-    row_last, heads, nxt = links[0], links[1], links[2]
-    groups = group_by_row(rows, row_last, heads, nxt)
-    for chunk in prange((groups + _CHUNK - 1) // _CHUNK):
-        first = chunk * _CHUNK
+    @njit(**JIT)
+    def bank_step_serial(params, layout, states, rows, samples, outs, status, scratch, links):
+        """Step a micro-batch on the calling thread; arguments as :func:`bank_step`."""
+        row_last, heads, nxt = links[0], links[1], links[2]
+        groups = group_by_row(rows, row_last, heads, nxt)
         _step_groups(
             params,
             layout,
@@ -130,9 +131,44 @@ def bank_step(params, layout, states, rows, samples, outs, status, scratch, link
             samples,
             outs,
             status,
-            scratch[get_thread_id()],
+            scratch[0],
             heads,
             nxt,
-            first,
-            min(first + _CHUNK, groups),
+            0,
+            groups,
+            kind,
         )
+
+    @njit(parallel=True, **JIT)
+    def bank_step(params, layout, states, rows, samples, outs, status, scratch, links):
+        """Step a micro-batch of ``M`` samples, rows in parallel, each row's samples in order.
+
+        ``states``: ``(capacity, S)``; ``rows``: ``(M,)`` int64 state rows; ``samples``:
+        ``(M, D)``; ``outs``: ``(M, O)``; ``status``: ``(M,)`` int8 codes (see
+        :mod:`.layout`); ``scratch``: ``(threads, 4, scratch_size)``; ``links``: int64 work
+        buffer ``(3, max(capacity, M))`` whose first row is all -1.
+        """
+        row_last, heads, nxt = links[0], links[1], links[2]
+        groups = group_by_row(rows, row_last, heads, nxt)
+        for chunk in prange((groups + _CHUNK - 1) // _CHUNK):
+            first = chunk * _CHUNK
+            _step_groups(
+                params,
+                layout,
+                states,
+                rows,
+                samples,
+                outs,
+                status,
+                scratch[get_thread_id()],
+                heads,
+                nxt,
+                first,
+                min(first + _CHUNK, groups),
+                kind,
+            )
+
+    return bank_step_serial, bank_step
+
+
+bank_step_serial, bank_step = bank_kernels(ANY_KIND)

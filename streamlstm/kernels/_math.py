@@ -134,14 +134,33 @@ def activate_all(values, code):  # pragma: no cover - replaced by the overload
     raise NotImplementedError
 
 
-@overload(activate_all, inline="always")
+@overload(activate_all, inline="always", prefer_literal=True)
 def _activate_all_overload(values, code):
     cast = as_dtype(values.dtype).type
     zero, half, one, sixth = cast(0), cast(0.5), cast(1), cast(1 / 6)
 
+    # A ``code`` known at compile time (the common tanh/sigmoid path) gets its one loop
+    # only: every use is typed again where it is inlined, so a switch over all five would
+    # type four dead loops per use.
+    if isinstance(code, types.IntegerLiteral):
+        constant = code.literal_value
+        if constant == SIGMOID:
+
+            def impl_sigmoid(values, code):
+                for j in range(values.shape[0]):
+                    values[j] = sigmoid(values[j])
+
+            return impl_sigmoid
+        if constant == TANH:
+
+            def impl_tanh(values, code):
+                for j in range(values.shape[0]):
+                    values[j] = tanh(values[j])
+
+            return impl_tanh
+
     # One loop per activation, the switch outside: a branch inside the element loop would
-    # keep LLVM from vectorising it (measured: 3x slower LSTM layer at H=64). A ``code``
-    # known at compile time leaves one loop.
+    # keep LLVM from vectorising it (measured: 3x slower LSTM layer at H=64).
     def impl(values, code):
         n = values.shape[0]
         if code == SIGMOID:

@@ -33,18 +33,25 @@ Where the time goes, and what each choice bought (H=64, D=3, float32, this machi
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import numpy as np
 from numba import njit, types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from . import layout as L
 from ._math import FAST_FLAGS, SIGMOID, TANH, activate_all, fma, like
-from .layout import BLOCK_WIDTH, UNITS
+from .layout import ANY_KIND, BLOCK_WIDTH, GRU, LSTM, UNITS
 
 FASTMATH = set(FAST_FLAGS)
 #: No reference counting (``_nrt``): nothing here allocates, and see the module docstring.
 JIT = {"cache": True, "fastmath": FASTMATH, "error_model": "numpy", "nogil": True, "_nrt": False}
+
+#: :data:`JIT` for the kind-specialised layer bodies (``@overload`` implementations are
+#: compiled into their callers' cached code, not cached on their own).
+_LAYER_JIT = {k: v for k, v in JIT.items() if k != "cache"}
 
 #: Streams stepped together by :func:`step_tile`.
 TILE_STREAMS = 4
@@ -288,18 +295,24 @@ def _gru_units(acc, act, ract, h_prev, h_out, m):
         h_out[t] = fma(z, h_prev[t], (one - z) * n[t])
 
 
+# The units of a partial block or of a layer with non-default activations (rare: compiled
+# once per kind, out of line, so the common path stays small).
 @njit(**JIT)
-def _finish_units_generic(rec, acc, h_prev, c_prev, h_out, c_new, m):
-    """The units of a partial block or of a layer with non-default activations (rare:
-    compiled once, out of line, so the common path stays small)."""
-    if rec[L.L_KIND] == L.LSTM:
-        _lstm_units(acc, rec[L.L_ACT], rec[L.L_RACT], c_prev, h_out, c_new, m)
-    else:
-        _gru_units(acc, rec[L.L_ACT], rec[L.L_RACT], h_prev, h_out, m)
+def _lstm_units_generic(rec, acc, c_prev, h_out, c_new, m):
+    _lstm_units(acc, rec[L.L_ACT], rec[L.L_RACT], c_prev, h_out, c_new, m)
 
 
+@njit(**JIT)
+def _gru_units_generic(rec, acc, h_prev, h_out, m):
+    _gru_units(acc, rec[L.L_ACT], rec[L.L_RACT], h_prev, h_out, m)
+
+
+# Kind tests. ``kind`` is a compile-time constant (see :func:`_layer`): Numba prunes the
+# branches it rules out before typing them, so an LSTM model's kernels never contain GRU
+# code or the other way round. Spelled out at each use (a helper returning the test would
+# hide the constant from the pruning).
 @njit(inline="always", **JIT)
-def _finish_units(rec, acc, spare, h_prev, c_prev, h_out, c_new, u0):
+def _finish_units(kind, rec, acc, spare, h_prev, c_prev, h_out, c_new, u0):
     """Finish the units of the block starting at unit ``u0`` from its sums ``acc``.
 
     The common case, a full block with tanh and sigmoid, is compiled inline with the
@@ -310,25 +323,30 @@ def _finish_units(rec, acc, spare, h_prev, c_prev, h_out, c_new, u0):
     m = min(UNITS, rec[L.L_HIDDEN] - u0)
     end = u0 + m
     if m == UNITS and rec[L.L_ACT] == TANH and rec[L.L_RACT] == SIGMOID:
-        if rec[L.L_KIND] == L.LSTM:
+        if kind == LSTM or (kind == ANY_KIND and rec[L.L_KIND] == LSTM):
             _lstm_units(acc, TANH, SIGMOID, c_prev[u0:end], h_out[u0:end], c_new[u0:end], UNITS)
         else:
             _gru_units(acc, TANH, SIGMOID, h_prev[u0:end], h_out[u0:end], UNITS)
     else:
         for t in range(BLOCK_WIDTH):
             spare[t] = acc[t]
-        _finish_units_generic(
-            rec, spare, h_prev[u0:end], c_prev[u0:end], h_out[u0:end], c_new[u0:end], m
-        )
+        if kind == LSTM or (kind == ANY_KIND and rec[L.L_KIND] == LSTM):
+            _lstm_units_generic(rec, spare, c_prev[u0:end], h_out[u0:end], c_new[u0:end], m)
+        else:
+            _gru_units_generic(rec, spare, h_prev[u0:end], h_out[u0:end], m)
 
 
 @njit(inline="always", **JIT)
-def _layer_views(rec, state, new_state, work):
+def _layer_views(kind, rec, state, new_state, work):
     """``(h_prev, c_prev, h_out, c_new)`` of a layer; ``h_out`` is where the unit updates
     write h: the new state, or for a projected LSTM the work space (projected later)."""
     so, n_h, hidden = rec[L.L_STATE], rec[L.L_OUT], rec[L.L_HIDDEN]
-    c_size = hidden if rec[L.L_KIND] == L.LSTM else 0
-    h_out = work[:hidden] if rec[L.L_WR] >= 0 else new_state[so : so + n_h]
+    c_size = 0
+    if kind == LSTM or (kind == ANY_KIND and rec[L.L_KIND] == LSTM):
+        c_size = hidden
+    h_out = new_state[so : so + n_h]
+    if kind != GRU and rec[L.L_WR] >= 0:
+        h_out = work[:hidden]
     return (
         state[so : so + n_h],
         state[so + n_h : so + n_h + c_size],
@@ -388,68 +406,178 @@ def _gru_reset_before(params, rec, x, state, new_state, work, acc, reverse):
             h_new[u] = fma(z_all[u], h_prev[u], (one - z_all[u]) * n[t])
 
 
-@njit(**JIT)
-def _layer(params, rec, x, state, new_state, work, spare, reverse):
-    """One stream through one recurrent layer: new h (and c) into ``new_state``.
-
-    Blocks go in pairs (see :func:`_block_sums_pair`); with an odd count the last block goes
-    alone, after the pairs forwards and before them in ``reverse``.
-    """
-    if rec[L.L_BLOCKS_HN] >= 0:
-        _gru_reset_before(params, rec, x, state, new_state, work, spare, reverse)
-        return
-    a0, a1 = _accumulators(x.dtype), _accumulators(x.dtype)
-    h_prev, c_prev, h_out, c_new = _layer_views(rec, state, new_state, work)
-    count = _block_count(rec)
-    pairs = count // 2
-    for q in range(pairs + 1):
-        if q == (0 if reverse else pairs):  # the lone block's turn
-            if count % 2 == 1:
-                lone = count - 1
-                _block_sums(a0, params, rec, lone, x, h_prev)
-                _finish_units(rec, a0, spare, h_prev, c_prev, h_out, c_new, lone * UNITS)
-            continue
-        b = 2 * (pairs - q) if reverse else 2 * q
-        _block_sums_pair(a0, a1, params, rec, b, x, h_prev)
-        _finish_units(rec, a0, spare, h_prev, c_prev, h_out, c_new, b * UNITS)
-        _finish_units(rec, a1, spare, h_prev, c_prev, h_out, c_new, (b + 1) * UNITS)
-    if rec[L.L_WR] >= 0:
-        _project(params, rec, new_state, work)
+def _constant_kind(kind) -> int:
+    """The value of a ``kind`` argument typed as a literal (:data:`LSTM`, :data:`GRU` or
+    :data:`ANY_KIND`); a kind only known at run time is refused."""
+    if not isinstance(kind, types.IntegerLiteral) or kind.literal_value not in (
+        LSTM,
+        GRU,
+        ANY_KIND,
+    ):
+        raise TypeError(f"kind must be a constant LSTM, GRU or ANY_KIND, got {kind}")
+    return kind.literal_value
 
 
-@njit(**JIT)
+# ``_layer`` and ``_layer_tile`` are compiled once per kind. Numba types a constant passed to
+# a compiled function as a literal and compiles the callee for that literal; these overloads
+# turn it back into a constant (``constant_kind``) that the kind tests in the inlined stages
+# prune on (see :func:`_finish_units`). Out of line: compiled once, however many kernels
+# call them.
+def _layer(params, rec, x, state, new_state, work, spare, reverse, kind):  # pragma: no cover
+    """One stream through one recurrent layer (compiled: see :func:`_layer_of_kind`)."""
+    raise NotImplementedError
+
+
+@overload(_layer, prefer_literal=True, jit_options=_LAYER_JIT)
+def _layer_of_kind(params, rec, x, state, new_state, work, spare, reverse, kind):
+    constant_kind = _constant_kind(kind)
+
+    def layer(params, rec, x, state, new_state, work, spare, reverse, kind):
+        """One stream through one recurrent layer: new h (and c) into ``new_state``.
+
+        Blocks go in pairs (see :func:`_block_sums_pair`); with an odd count the last
+        block goes alone, after the pairs forwards and before them in ``reverse``.
+        """
+        if constant_kind != LSTM and rec[L.L_BLOCKS_HN] >= 0:
+            _gru_reset_before(params, rec, x, state, new_state, work, spare, reverse)
+            return
+        a0, a1 = _accumulators(x.dtype), _accumulators(x.dtype)
+        h_prev, c_prev, h_out, c_new = _layer_views(constant_kind, rec, state, new_state, work)
+        count = _block_count(rec)
+        pairs = count // 2
+        for q in range(pairs + 1):
+            if q == (0 if reverse else pairs):  # the lone block's turn
+                if count % 2 == 1:
+                    lone = count - 1
+                    _block_sums(a0, params, rec, lone, x, h_prev)
+                    _finish_units(
+                        constant_kind, rec, a0, spare, h_prev, c_prev, h_out, c_new, lone * UNITS
+                    )
+                continue
+            b = 2 * (pairs - q) if reverse else 2 * q
+            _block_sums_pair(a0, a1, params, rec, b, x, h_prev)
+            _finish_units(constant_kind, rec, a0, spare, h_prev, c_prev, h_out, c_new, b * UNITS)
+            _finish_units(
+                constant_kind, rec, a1, spare, h_prev, c_prev, h_out, c_new, (b + 1) * UNITS
+            )
+        if constant_kind != GRU and rec[L.L_WR] >= 0:
+            _project(params, rec, new_state, work)
+
+    return layer
+
+
 def _layer_tile(
-    params, rec, x0, x1, x2, x3, s0, s1, s2, s3, n0, n1, n2, n3, w0, w1, w2, w3, spare, reverse
+    params,
+    rec,
+    x0,
+    x1,
+    x2,
+    x3,
+    s0,
+    s1,
+    s2,
+    s3,
+    n0,
+    n1,
+    n2,
+    n3,
+    w0,
+    w1,
+    w2,
+    w3,
+    spare,
+    reverse,
+    kind,
+):  # pragma: no cover
+    """:func:`_layer` for four streams (compiled: see :func:`_layer_tile_of_kind`)."""
+    raise NotImplementedError
+
+
+@overload(_layer_tile, prefer_literal=True, jit_options=_LAYER_JIT)
+def _layer_tile_of_kind(
+    params,
+    rec,
+    x0,
+    x1,
+    x2,
+    x3,
+    s0,
+    s1,
+    s2,
+    s3,
+    n0,
+    n1,
+    n2,
+    n3,
+    w0,
+    w1,
+    w2,
+    w3,
+    spare,
+    reverse,
+    kind,
 ):
-    """:func:`_layer` for four streams (``x``: inputs, ``s``: states, ``n``: new states,
-    ``w``: work spaces) sharing each weight row."""
-    if rec[L.L_BLOCKS_HN] >= 0:
-        for x, s, n, w in ((x0, s0, n0, w0), (x1, s1, n1, w1), (x2, s2, n2, w2), (x3, s3, n3, w3)):
-            _gru_reset_before(params, rec, x, s, n, w, spare, reverse)
-        return
-    dtype = x0.dtype
-    a0, a1, a2, a3 = (
-        _accumulators(dtype),
-        _accumulators(dtype),
-        _accumulators(dtype),
-        _accumulators(dtype),
-    )
-    h0, c0, o0, k0 = _layer_views(rec, s0, n0, w0)
-    h1, c1, o1, k1 = _layer_views(rec, s1, n1, w1)
-    h2, c2, o2, k2 = _layer_views(rec, s2, n2, w2)
-    h3, c3, o3, k3 = _layer_views(rec, s3, n3, w3)
-    count = _block_count(rec)
-    for q in range(count):
-        b = count - 1 - q if reverse else q
-        _block_sums_tile(a0, a1, a2, a3, params, rec, b, x0, x1, x2, x3, h0, h1, h2, h3)
-        u0 = b * UNITS
-        _finish_units(rec, a0, spare, h0, c0, o0, k0, u0)
-        _finish_units(rec, a1, spare, h1, c1, o1, k1, u0)
-        _finish_units(rec, a2, spare, h2, c2, o2, k2, u0)
-        _finish_units(rec, a3, spare, h3, c3, o3, k3, u0)
-    if rec[L.L_WR] >= 0:
-        for n, w in ((n0, w0), (n1, w1), (n2, w2), (n3, w3)):
-            _project(params, rec, n, w)
+    constant_kind = _constant_kind(kind)
+
+    def layer_tile(
+        params,
+        rec,
+        x0,
+        x1,
+        x2,
+        x3,
+        s0,
+        s1,
+        s2,
+        s3,
+        n0,
+        n1,
+        n2,
+        n3,
+        w0,
+        w1,
+        w2,
+        w3,
+        spare,
+        reverse,
+        kind,
+    ):
+        """:func:`_layer` for four streams (``x``: inputs, ``s``: states, ``n``: new states,
+        ``w``: work spaces) sharing each weight row."""
+        if constant_kind != LSTM and rec[L.L_BLOCKS_HN] >= 0:
+            for x, s, n, w in (
+                (x0, s0, n0, w0),
+                (x1, s1, n1, w1),
+                (x2, s2, n2, w2),
+                (x3, s3, n3, w3),
+            ):
+                _gru_reset_before(params, rec, x, s, n, w, spare, reverse)
+            return
+        dtype = x0.dtype
+        a0, a1, a2, a3 = (
+            _accumulators(dtype),
+            _accumulators(dtype),
+            _accumulators(dtype),
+            _accumulators(dtype),
+        )
+        h0, c0, o0, k0 = _layer_views(constant_kind, rec, s0, n0, w0)
+        h1, c1, o1, k1 = _layer_views(constant_kind, rec, s1, n1, w1)
+        h2, c2, o2, k2 = _layer_views(constant_kind, rec, s2, n2, w2)
+        h3, c3, o3, k3 = _layer_views(constant_kind, rec, s3, n3, w3)
+        count = _block_count(rec)
+        for q in range(count):
+            b = count - 1 - q if reverse else q
+            _block_sums_tile(a0, a1, a2, a3, params, rec, b, x0, x1, x2, x3, h0, h1, h2, h3)
+            u0 = b * UNITS
+            _finish_units(constant_kind, rec, a0, spare, h0, c0, o0, k0, u0)
+            _finish_units(constant_kind, rec, a1, spare, h1, c1, o1, k1, u0)
+            _finish_units(constant_kind, rec, a2, spare, h2, c2, o2, k2, u0)
+            _finish_units(constant_kind, rec, a3, spare, h3, c3, o3, k3, u0)
+        if constant_kind != GRU and rec[L.L_WR] >= 0:
+            for n, w in ((n0, w0), (n1, w1), (n2, w2), (n3, w3)):
+                _project(params, rec, n, w)
+
+    return layer_tile
 
 
 @njit(inline="always", **JIT)
@@ -509,7 +637,7 @@ def forward(layout):
 
 
 @njit(inline="always", **JIT)
-def _step(params, layout, state, x, out, scratch, reverse):
+def _step(params, layout, state, x, out, scratch, reverse, kind):
     """:func:`step`, walking the unit blocks backwards if ``reverse`` (see :mod:`.layout`)."""
     if not _prepare(params, layout, x, scratch):
         out[: layout[L.H_OUTPUT]] = np.nan
@@ -527,34 +655,23 @@ def _step(params, layout, state, x, out, scratch, reverse):
             work,
             _spare(layout, scratch),
             reverse,
+            kind,
         )
     return _finish(params, layout, state, out, scratch)
 
 
 @njit(**JIT)
-def step(params, layout, state, x, out, scratch):
-    """Advance one stream by one sample; return a status code from :mod:`.layout`.
-
-    ``params``/``layout``: the packed model (CPU target); ``state``: the stream's ``(S,)``
-    state row, updated in place only on success; ``x``: ``(D,)`` sample in sensor units;
-    ``out``: ``(O,)`` receives the prediction (NaN when the step is rejected);
-    ``scratch``: at least ``layout[H_SCRATCH]`` numbers of the model's dtype, contents
-    irrelevant.
-    """
-    return _step(params, layout, state, x, out, scratch, forward(layout))
+def step_of_kind(params, layout, state, x, out, scratch, kind):
+    """:func:`step` compiled for models of one ``kind``: a constant, :data:`.layout.LSTM`,
+    :data:`.layout.GRU` (every layer of that kind) or :data:`.layout.ANY_KIND`."""
+    return _step(params, layout, state, x, out, scratch, forward(layout), kind)
 
 
 @njit(**JIT)
-def step_tile(
-    params, layout, s0, s1, s2, s3, x0, x1, x2, x3, o0, o1, o2, o3, scratch, reverse=False
+def step_tile_of_kind(
+    params, layout, s0, s1, s2, s3, x0, x1, x2, x3, o0, o1, o2, o3, scratch, reverse, kind
 ):
-    """Advance four *different* streams by one sample each; statuses as a 4-tuple.
-
-    Same arguments as :func:`step`, four of each, and ``scratch`` of shape
-    ``(4, scratch_size)``. Equal, sample for sample, to four :func:`step` calls (every sum
-    adds its terms in the same order), but each weight row is read once for the four.
-    ``reverse`` walks the weight blocks backwards (same results; see :mod:`.layout`).
-    """
+    """:func:`step_tile` compiled for models of one ``kind`` (see :func:`step_of_kind`)."""
     c0, c1, c2, c3 = scratch[0], scratch[1], scratch[2], scratch[3]
     if not (
         _prepare(params, layout, x0, c0)
@@ -563,10 +680,10 @@ def step_tile(
         and _prepare(params, layout, x3, c3)
     ):
         return (
-            step(params, layout, s0, x0, o0, c0),
-            step(params, layout, s1, x1, o1, c1),
-            step(params, layout, s2, x2, o2, c2),
-            step(params, layout, s3, x3, o3, c3),
+            step_of_kind(params, layout, s0, x0, o0, c0, kind),
+            step_of_kind(params, layout, s1, x1, o1, c1, kind),
+            step_of_kind(params, layout, s2, x2, o2, c2, kind),
+            step_of_kind(params, layout, s3, x3, o3, c3, kind),
         )
     for index in range(layout[L.H_LAYERS]):
         rec = _record(layout, index)
@@ -591,6 +708,7 @@ def step_tile(
             _work(layout, c3),
             _spare(layout, c0),
             reverse,
+            kind,
         )
     return (
         _finish(params, layout, s0, o0, c0),
@@ -601,6 +719,82 @@ def step_tile(
 
 
 @njit(**JIT)
+def step_tile(
+    params, layout, s0, s1, s2, s3, x0, x1, x2, x3, o0, o1, o2, o3, scratch, reverse=False
+):
+    """Advance four *different* streams by one sample each; statuses as a 4-tuple.
+
+    Same arguments as :func:`step`, four of each, and ``scratch`` of shape
+    ``(4, scratch_size)``. Equal, sample for sample, to four :func:`step` calls (every sum
+    adds its terms in the same order), but each weight row is read once for the four.
+    ``reverse`` walks the weight blocks backwards (same results; see :mod:`.layout`).
+    """
+    return step_tile_of_kind(
+        params, layout, s0, s1, s2, s3, x0, x1, x2, x3, o0, o1, o2, o3, scratch, reverse, ANY_KIND
+    )
+
+
+def kernel_kind(layout: np.ndarray) -> int:
+    """The kind a model's kernels are compiled for: :data:`.layout.LSTM` or
+    :data:`.layout.GRU` when every recurrent layer is of that kind, else
+    :data:`.layout.ANY_KIND`."""
+    kinds = {
+        int(layout[L.HEADER + index * L.LAYER_RECORD + L.L_KIND])
+        for index in range(int(layout[L.H_LAYERS]))
+    }
+    return kinds.pop() if len(kinds) == 1 else ANY_KIND
+
+
+@functools.cache
+def stream_kernels(kind: int) -> tuple[Any, Any]:
+    """``(step, run)`` compiled for models of one ``kind`` (see :func:`kernel_kind`), the
+    only kind a stream's first call then compiles. For :data:`.layout.ANY_KIND` these are
+    the public :func:`step` and :func:`run`."""
+    if kind == ANY_KIND:
+        return step, run
+    return _stream_kernels(kind)
+
+
+def _stream_kernels(kind: int) -> tuple[Any, Any]:
+    # Closures over ``kind``, an int: Numba compiles them with ``kind`` as a constant and
+    # caches one entry per kind (its cache key hashes the closure's cells).
+    @njit(**JIT)
+    def step(params, layout, state, x, out, scratch):
+        """:func:`step` for one kind of model (see :func:`stream_kernels`)."""
+        return _step(params, layout, state, x, out, scratch, forward(layout), kind)
+
+    @njit(**JIT)
+    def run(params, layout, state, xs, outs, status, scratch):
+        """:func:`run` for one kind of model (see :func:`stream_kernels`)."""
+        return _run(params, layout, state, xs, outs, status, scratch, kind)
+
+    return step, run
+
+
+@njit(**JIT)
+def step(params, layout, state, x, out, scratch):
+    """Advance one stream by one sample; return a status code from :mod:`.layout`.
+
+    ``params``/``layout``: the packed model (CPU target); ``state``: the stream's ``(S,)``
+    state row, updated in place only on success; ``x``: ``(D,)`` sample in sensor units;
+    ``out``: ``(O,)`` receives the prediction (NaN when the step is rejected);
+    ``scratch``: at least ``layout[H_SCRATCH]`` numbers of the model's dtype, contents
+    irrelevant.
+    """
+    return _step(params, layout, state, x, out, scratch, forward(layout), ANY_KIND)
+
+
+@njit(inline="always", **JIT)
+def _run(params, layout, state, xs, outs, status, scratch, kind):
+    rejected = 0
+    for t in range(xs.shape[0]):
+        code = _step(params, layout, state, xs[t], outs[t], scratch, t % 2 == 1, kind)
+        status[t] = code
+        rejected += code != L.OK
+    return rejected
+
+
+@njit(**JIT)
 def run(params, layout, state, xs, outs, status, scratch):
     """Advance one stream over a ``(T, D)`` block in order; return the number rejected.
 
@@ -608,9 +802,4 @@ def run(params, layout, state, xs, outs, status, scratch):
     and the state carries on from the last good one. Consecutive steps walk the weights in
     opposite directions, so each starts on the blocks still in L1 (same results).
     """
-    rejected = 0
-    for t in range(xs.shape[0]):
-        code = _step(params, layout, state, xs[t], outs[t], scratch, t % 2 == 1)
-        status[t] = code
-        rejected += code != L.OK
-    return rejected
+    return _run(params, layout, state, xs, outs, status, scratch, ANY_KIND)

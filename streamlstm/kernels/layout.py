@@ -83,6 +83,9 @@ DENSE_SWEEP, DENSE_DOT = 0, 1
 NARROW_DENSE = 16  # layers with fewer outputs than this are packed DENSE_DOT
 
 LSTM, GRU = 0, 1
+#: A kernel kind (see :func:`streamlstm.kernels.kernels_for`) for models that mix LSTM and
+#: GRU layers: each layer's ``L_KIND`` is read at run time, so both cells are compiled.
+ANY_KIND = -1
 
 # Status codes returned per sample.
 OK = 0
