@@ -212,7 +212,7 @@ def in_process(batch, args) -> dict:
 
     loaded = load_model(None)
     settings = {"capacity": 1024, "threads": None, "options": {}}
-    compile_kernels(loaded.model, settings)
+    compile_kernels(loaded.model, {"detector": settings, "sources": [{"type": "mqtt"}]})
     detector = make_detector(loaded.model, settings)
     width = int(getattr(detector, "axes", loaded.model.input_size))
     started, cpu = time.perf_counter(), time.process_time()

@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(tmp)
         model = bench_model(folder, args.hidden or None)
         daemon = make_daemon(folder, model, 8192)
-        compile_kernels(daemon.loaded.model, daemon.config["detector"])
+        compile_kernels(daemon.loaded.model, daemon.config)
         batch_samples = daemon.config["daemon"]["batch_samples"]
         count = max(args.sensors, args.samples // args.batch)
         # Each sensor at the model's sample rate (or 1 kHz), as a deployment would send.

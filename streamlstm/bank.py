@@ -35,6 +35,14 @@ class BankKernelArgs(NamedTuple):
 PARALLEL_THRESHOLD = 64
 
 
+def runs_in_parallel(threads: int, rows: np.ndarray) -> bool:
+    """Whether a micro-batch of sensor ``rows`` takes the parallel kernel: more than one
+    thread, at least :data:`PARALLEL_THRESHOLD` samples, and more than one sensor (the
+    kernels run sensors in parallel; one sensor's samples gain nothing from the pool).
+    Both kernels give the same results, bit for bit."""
+    return threads > 1 and rows.size >= PARALLEL_THRESHOLD and rows.min() != rows.max()
+
+
 class Bank(SensorRows):
     """The states of many streams (sensors) of one model, as rows of one ``(capacity, S)`` array.
 
@@ -134,7 +142,7 @@ class Bank(SensorRows):
         params, layout, states, scratch, links = self._args
         args = (params, layout, states, rows, samples, outs, status, scratch, links)
         serial, parallel = kernels.bank_kernels(self._kernel_kind)
-        if self.threads > 1 and samples.shape[0] >= PARALLEL_THRESHOLD:
+        if runs_in_parallel(self.threads, rows):
             numba.set_num_threads(self.threads)
             parallel(*args)
         else:

@@ -110,3 +110,53 @@ def test_clear_cache_finds_only_this_packages_kernels_under_numba_cache_dir(tmp_
     monkeypatch.setattr(config, "CACHE_DIR", str(tmp_path))
     found = cached_kernel_files()
     assert ours in found and theirs not in found
+
+
+def test_one_sensors_samples_never_wake_the_thread_pool():
+    import numpy as np
+
+    from streamlstm.bank import PARALLEL_THRESHOLD, runs_in_parallel
+
+    one = np.full(PARALLEL_THRESHOLD, 3, np.int64)
+    two = one.copy()
+    two[-1] = 4
+    assert runs_in_parallel(2, two)
+    assert not runs_in_parallel(1, two)  # one thread
+    assert not runs_in_parallel(2, one)  # one sensor: the kernels run sensors in parallel
+    assert not runs_in_parallel(2, two[1:])  # below the threshold
+
+
+PARALLEL_COMPILED = """
+import json, sys
+from streamlstm.daemon import config
+from streamlstm.daemon.pipeline import compile_kernels, load_model
+from streamlstm.detect._kernel import detect_kernels
+from streamlstm.packing import packed
+
+site = config.validate({"sources": [{"type": sys.argv[1], **json.loads(sys.argv[2])}]})
+model = load_model(None).model
+compile_kernels(model, site)
+serial, parallel = detect_kernels(packed(model).kernel_kind)
+print(len(serial.signatures), len(parallel.signatures))
+"""
+
+
+@pytest.mark.parametrize(
+    "source,extra,compiled",
+    [("demo", "{}", "1 0"), ("mqtt", '{"topic": "sensors/{sensor}/accel"}', "1 1")],
+)
+def test_the_parallel_detector_is_compiled_only_where_a_batch_can_hold_several_sensors(
+    source, extra, compiled
+):
+    """The demo (one sensor per batch) never takes the parallel kernel, so its first run
+    does not compile it; an MQTT site does, before READY."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run(
+        [sys.executable, "-c", PARALLEL_COMPILED, source, extra],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[-2] == compiled

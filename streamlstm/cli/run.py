@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     # Compile (or load) the kernels before taking over SIGINT: Ctrl-C still interrupts a
     # cold compile (exit 130), and the wait is announced.
     compile_interruptibly(
-        lambda: compile_kernels(daemon.loaded.model, daemon.config["detector"]),
+        lambda: compile_kernels(daemon.loaded.model, daemon.config),
         prefix="streamlstm run",
     )
     signal.signal(signal.SIGTERM, lambda *_: daemon.request_stop())

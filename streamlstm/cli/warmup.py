@@ -178,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
 
     def work() -> None:
         for model in models:
-            compile_kernels(model, config["detector"])
+            compile_kernels(model, config)
             if args.config is None:
                 _python_api(model)
 

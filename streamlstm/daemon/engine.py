@@ -543,7 +543,7 @@ class Daemon:
         settings = self.config["daemon"]
         systemd.notify("STATUS=compiling or loading kernels")
         started = time.monotonic()
-        compile_kernels(self.loaded.model, self.config["detector"])
+        compile_kernels(self.loaded.model, self.config)
         log.info("kernels ready in %.1f s", time.monotonic() - started)
         self._start_sources()
         systemd.notify("READY=1")
@@ -906,7 +906,7 @@ class Daemon:
                 new["sinks"] != self.config["sinks"] or new["mqtt"] != self.config["mqtt"]
             )
             check_broker_settings(new)
-            compile_kernels(loaded.model, new["detector"])
+            compile_kernels(loaded.model, new)
             new_sources = (
                 build_sources(new, width, loaded.model.sample_rate) if sources_changed else None
             )

@@ -131,8 +131,21 @@ def sample_width(pipeline: Pipeline, model: Model) -> int:
     return int(getattr(pipeline, "axes", model.input_size))
 
 
-def compile_kernels(model: Model, settings: Mapping[str, Any]) -> None:
-    """Step a throwaway detector through the serial and the parallel path once.
+def batches_several_sensors(config: Mapping[str, Any]) -> bool:
+    """Whether a site's micro-batches can hold more than one sensor: an MQTT source, more
+    than one source, or a fleet worker. Serial, replay and demo sources carry one each."""
+    sources = config["sources"]
+    return (
+        config.get("fleet") is not None
+        or len(sources) > 1
+        or any(source["type"] == "mqtt" for source in sources)
+    )
+
+
+def compile_kernels(model: Model, config: Mapping[str, Any]) -> None:
+    """Step a throwaway detector through the kernels the site ``config`` will use: the
+    serial path, and the parallel one only where a micro-batch can hold several sensors
+    (see :func:`streamlstm.bank.runs_in_parallel`).
 
     Numba compiles (or loads from its cache) a kernel on its first call; doing that here,
     before the daemon says READY, keeps a cold compile (a minute on a small machine) out
@@ -140,11 +153,14 @@ def compile_kernels(model: Model, settings: Mapping[str, Any]) -> None:
     """
     from ..bank import PARALLEL_THRESHOLD
 
-    detector = make_detector(model, {**settings, "capacity": 1})
+    detector = make_detector(model, {**config["detector"], "capacity": 1})
     width = sample_width(detector, model)
-    for count in (1, PARALLEL_THRESHOLD):
+    batches = [["warm-up"]]
+    if batches_several_sensors(config):
+        batches.append([f"warm-up-{i}" for i in range(PARALLEL_THRESHOLD)])
+    for sensors in batches:
         detector.update(
-            ["warm-up"] * count,
-            np.zeros((count, width), np.float32),
-            np.arange(count, dtype=np.float64),
+            sensors,
+            np.zeros((len(sensors), width), np.float32),
+            np.arange(len(sensors), dtype=np.float64),
         )

@@ -9,7 +9,7 @@ import numba
 import numpy as np
 
 from .._samples import as_timed_batch
-from ..bank import PARALLEL_THRESHOLD, Bank
+from ..bank import Bank, runs_in_parallel
 from ..errors import ConfigError, ShapeError
 from ..model import Model
 from ..packing import packed
@@ -265,7 +265,7 @@ class Detector:
             links,
         )
         serial, parallel = K.detect_kernels(self._kernel_kind)
-        if bank.threads > 1 and count >= PARALLEL_THRESHOLD:
+        if runs_in_parallel(bank.threads, rows):
             numba.set_num_threads(bank.threads)
             parallel(*args)
         else:

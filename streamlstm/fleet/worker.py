@@ -130,7 +130,7 @@ class FleetWorker:
 
     # -- entry -----------------------------------------------------------------------------
     def run(self) -> int:
-        compile_kernels(self.loaded.model, self.config["detector"])
+        compile_kernels(self.loaded.model, self.config)
         try:
             asyncio.run(self._main())
         finally:
