@@ -294,18 +294,19 @@ class MQTTSink:
             spool = self._spools[daemon] = Spool(self.spool.directory / spool_folder(daemon))
         return spool
 
+    def _all_spools(self) -> list[Spool]:
+        """The spool, or every daemon's spool folder on disk when spooling by daemon."""
+        if not self._spool_by_daemon:
+            return [self.spool]
+        return [Spool(p) for p in sorted(self.spool.directory.iterdir()) if p.is_dir()]
+
     def spooled(self) -> int:
         """How many alerts wait in the spool (of every daemon when spooling by daemon)."""
-        if not self._spool_by_daemon:
-            return len(self.spool)
-        return sum(len(Spool(p)) for p in self.spool.directory.iterdir() if p.is_dir())
+        return sum(len(spool) for spool in self._all_spools())
 
     def _spooled(self) -> list[dict[str, Any]]:
-        """Every spooled alert (of every daemon's folder when spooling by daemon)."""
-        if not self._spool_by_daemon:
-            return self.spool.pending()
-        folders = sorted(p for p in self.spool.directory.iterdir() if p.is_dir())
-        return [record for folder in folders for record in Spool(folder).pending()]
+        """Every spooled alert, daemon by daemon when spooling by daemon."""
+        return [record for spool in self._all_spools() for record in spool.pending()]
 
     def health(self) -> tuple[dict[tuple[str, str], int], int, int]:
         """``(refusals by (kind, reason), publish errors, connection failures)`` for metrics."""
