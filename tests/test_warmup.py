@@ -144,7 +144,12 @@ print(len(serial.signatures), len(parallel.signatures))
 
 @pytest.mark.parametrize(
     "source,extra,compiled",
-    [("demo", "{}", "1 0"), ("mqtt", '{"topic": "sensors/{sensor}/accel"}', "1 1")],
+    [
+        ("demo", "{}", "1 0"),
+        ("mqtt", '{"topic": "sensors/{sensor}/accel"}', "1 1"),
+        # One serial port, but its lines name their sensor: several sensors per batch.
+        ("serial", '{"port": "/dev/null", "columns": [1, 2, 3], "sensor_column": 0}', "1 1"),
+    ],
 )
 def test_the_parallel_detector_is_compiled_only_where_a_batch_can_hold_several_sensors(
     source, extra, compiled

@@ -139,28 +139,43 @@ def sample_width(pipeline: Pipeline, model: Model) -> int:
     return int(getattr(pipeline, "axes", model.input_size))
 
 
+def carries_one_sensor(source: Mapping[str, Any]) -> bool:
+    """Whether all of a source's samples belong to one sensor: the demo, a replay, or a
+    serial port of CSV/TSV lines without a ``sensor_column``. A serial port's JSON records
+    may name their sensors and its binary frames carry one per channel; an MQTT topic
+    names the sensor of each message."""
+    if source["type"] in ("demo", "replay"):
+        return True
+    return (
+        source["type"] == "serial"
+        and source["format"] in ("csv", "tsv")
+        and source["sensor_column"] is None
+    )
+
+
 def batches_several_sensors(config: Mapping[str, Any]) -> bool:
-    """Whether a site's micro-batches can hold more than one sensor: an MQTT source, more
-    than one source, or a fleet worker. Serial, replay and demo sources carry one each."""
+    """Whether a site's micro-batches can hold more than one sensor: more than one source,
+    one that does not :func:`carry one sensor <carries_one_sensor>`, or a fleet worker."""
     sources = config["sources"]
     return (
         config.get("fleet") is not None
         or len(sources) > 1
-        or any(source["type"] == "mqtt" for source in sources)
+        or not all(map(carries_one_sensor, sources))
     )
 
 
 def one_sensor_batch_samples(config: Mapping[str, Any]) -> int:
     """The most samples of one sensor a micro-batch of the site can hold: ``batch_samples``
     less one, plus the frame that crosses that bound (a demo or replay block; one line of a
-    serial CSV/TSV port; a serial JSON or binary record holds at most ``max_line``)."""
+    serial CSV/TSV port; a serial JSON or binary record holds at most ``max_line``; an MQTT
+    message ``max_samples``)."""
 
     def frame(source: Mapping[str, Any]) -> int:
         if source["type"] in ("demo", "replay"):
             return int(source["block"])
         if source["type"] == "serial":
             return 1 if source["format"] in ("csv", "tsv") else int(source["max_line"])
-        return int(source["max_samples"])  # mqtt
+        return int(source["max_samples"])
 
     return int(config["daemon"]["batch_samples"]) - 1 + max(map(frame, config["sources"]))
 
