@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -143,7 +144,12 @@ print(len(serial.signatures), len(parallel.signatures))
 
 @pytest.mark.parametrize(
     "source,extra,compiled",
-    [("demo", "{}", "1 0"), ("mqtt", '{"topic": "sensors/{sensor}/accel"}', "1 1")],
+    [
+        ("demo", "{}", "1 0"),
+        ("mqtt", '{"topic": "sensors/{sensor}/accel"}', "1 1"),
+        # One serial port, but its lines name their sensor: several sensors per batch.
+        ("serial", '{"port": "/dev/null", "columns": [1, 2, 3], "sensor_column": 0}', "1 1"),
+    ],
 )
 def test_the_parallel_detector_is_compiled_only_where_a_batch_can_hold_several_sensors(
     source, extra, compiled
@@ -160,3 +166,161 @@ def test_the_parallel_detector_is_compiled_only_where_a_batch_can_hold_several_s
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[-2] == compiled
+
+
+# -- window models ------------------------------------------------------------------------
+
+WINDOW_COMPILED = """
+import json, sys
+from streamlstm import formats
+from streamlstm.daemon import config
+from streamlstm.daemon.pipeline import compile_kernels
+from streamlstm.kernels import _window as K
+
+site = config.validate(json.loads(sys.argv[1]))
+compile_kernels(formats.load(site["model"]["path"]), site)
+kernels = (K.assemble_windows, K.evaluate_windows_serial, K.evaluate_windows)
+print(*(len(kernel.signatures) for kernel in kernels))
+"""
+
+
+def _window_classifier(path: Path) -> Path:
+    """A 3-input GRU classifier (H=4), windows of W=8 every K=4 samples."""
+    import streamlstm as sl
+    from streamlstm import formats
+
+    model = sl.random_model(3, [4], kind="gru", output_size=2, seed=3).replace(
+        metadata={"window": {"length": 8, "hop": 4, "output": "probabilities"}}
+    )
+    formats.save(model, path)
+    return path
+
+
+MQTT = {"type": "mqtt", "topic": "sensors/{sensor}/accel"}
+
+
+@pytest.mark.parametrize(
+    "sources,daemon,detector,compiled",
+    [
+        # One sensor per batch, but 8,192 samples span far more than 5 hops of 4.
+        ([{"type": "demo"}], {}, {}, "1 1 1"),
+        # One thread: the parallel evaluator is never taken.
+        ([{"type": "demo"}], {}, {"threads": 1}, "1 1 0"),
+        # Batches of at most 4 + 4 - 1 samples of one sensor: 2 windows at most.
+        ([{"type": "demo", "block": 4}], {"batch_samples": 4}, {}, "1 1 0"),
+        # Several sensors per batch: many windows whatever the batch size.
+        ([MQTT], {"batch_samples": 4}, {}, "1 1 1"),
+        # The GPU evaluates the windows: only the host's ring kernel runs on the CPU.
+        pytest.param([MQTT], {}, {"device": "cuda"}, "1 0 0", marks=pytest.mark.cuda),
+    ],
+)
+def test_a_window_models_site_compiles_the_window_kernels_its_pushes_take(
+    tmp_path, sources, daemon, detector, compiled
+):
+    """The ring (assemble_windows), the serial evaluator for a push completing a few
+    windows, the parallel one only where a push can complete five or more (and on the
+    CPU with more than one thread)."""
+    if detector.get("device") == "cuda":
+        pytest.importorskip("numba.cuda", reason="numba-cuda not installed")
+    site = {
+        "model": {"path": str(_window_classifier(tmp_path / "classes.npz"))},
+        "sources": sources,
+        "daemon": daemon,
+        "detector": detector,
+    }
+    env = dict(os.environ, PYTHONPATH=str(ROOT), NUMBA_ENABLE_CUDASIM="1")
+    done = subprocess.run(
+        [sys.executable, "-c", WINDOW_COMPILED, json.dumps(site)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[-2] == compiled
+
+
+FIRST_PUSHES = """
+import json, sys
+import numpy as np
+from numba.core import event
+from streamlstm import formats
+from streamlstm.daemon import config
+from streamlstm.daemon.pipeline import make_detector
+
+compiled = []
+
+
+class Compiles(event.Listener):
+    def on_start(self, ev):
+        compiled.append(str(ev.data.get("dispatcher")))
+
+    def on_end(self, ev):
+        pass
+
+
+event.register("numba:compile", Compiles())
+site = config.load(sys.argv[1])
+detector = make_detector(formats.load(site["model"]["path"]), site["detector"])
+rng = np.random.default_rng(0)
+for ids in (["one"] * 9, [f"s{i}" for i in range(40)] * 12):  # a window; 40 sensors' windows
+    detector.update(ids, rng.normal(size=(len(ids), 3)), np.arange(len(ids)) / 100.0)
+print(json.dumps(compiled))
+"""
+
+
+def test_warmup_of_a_window_site_leaves_its_first_pushes_nothing_to_compile(tmp_path):
+    """A fresh cache: `warmup --config` compiles; then the daemon's first pushes (one
+    sensor's first window, then many sensors' windows at once) compile nothing."""
+    model = _window_classifier(tmp_path / "classes.npz")
+    site = tmp_path / "site.toml"
+    site.write_text(
+        f'[model]\npath = "{model}"\n[[sources]]\ntype = "mqtt"\n'
+        'topic = "sensors/{sensor}/accel"\n[[sinks]]\ntype = "stdout"\n'
+    )
+    cache = tmp_path / "numba"
+    warmup = _cli("warmup", "--config", str(site), cache=cache)
+    out, err = warmup.communicate(timeout=900)
+    assert warmup.returncode == 0, err
+    assert COMPILING_NOTICE in err and "kernels ready for random" in out
+    env = dict(os.environ, PYTHONPATH=str(ROOT), NUMBA_CACHE_DIR=str(cache))
+    done = subprocess.run(
+        [sys.executable, "-c", FIRST_PUSHES, str(site)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1]) == []
+
+
+def test_warmup_of_a_window_model_without_a_site_and_of_a_site_it_cannot_run(tmp_path):
+    """`warmup --model` with a window model compiles its WindowBank's kernels (streams and
+    banks refuse window models), even for an uncalibrated autoencoder; a site whose
+    detector cannot be built is a clean error (exit 2), not a traceback."""
+    import streamlstm as sl
+    from streamlstm import formats
+
+    model = _window_classifier(tmp_path / "classes.npz")
+    proc = _cli("warmup", "--model", str(model))
+    out, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err
+    assert "kernels ready for random (float32)" in out
+    autoencoder = tmp_path / "ae.npz"
+    formats.save(
+        sl.random_model(3, [4], output_size=3, seed=4).replace(
+            metadata={"window": {"length": 8, "hop": 4, "output": "every"}}
+        ),
+        autoencoder,
+    )
+    proc = _cli("warmup", "--model", str(autoencoder))
+    out, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err
+    site = tmp_path / "site.toml"
+    site.write_text(f'[model]\npath = "{autoencoder}"\n')
+    proc = _cli("warmup", "--config", str(site))
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2
+    assert "streamlstm warmup: detector: " in err and "calibrate_reconstruction" in err
+    assert "Traceback" not in err

@@ -144,11 +144,19 @@ def _dtypes(text: str | None) -> list[str]:
 
 
 def _python_api(model: Model) -> None:
-    """The kernels of ``Stream.step``/``Stream.run`` and ``Bank.step`` (serial, parallel)."""
+    """The kernels of ``Stream.step``/``Stream.run`` and ``Bank.step`` (serial, parallel);
+    for a window model those of ``WindowBank.push`` and ``evaluate_windows`` (serial,
+    parallel), which are also the CPU ``WindowDetector``'s."""
     import numpy as np
 
     from ..bank import PARALLEL_THRESHOLD
+    from ..windows.bank import PARALLEL_MIN_WINDOWS
 
+    if model.window is not None:
+        windows = model.windows(capacity=1)
+        for count in (model.window.length, PARALLEL_MIN_WINDOWS * model.window.hop):
+            windows.push(["warm-up"] * count, np.zeros((count, model.input_size), model.dtype))
+        return
     stream = model.stream(on_invalid="skip")
     sample = np.zeros((2, model.input_size), model.dtype)
     stream.step(sample[0])
@@ -178,11 +186,18 @@ def run(args: argparse.Namespace) -> int:
 
     def work() -> None:
         for model in models:
-            compile_kernels(model, config)
+            # Without a site, a window model's detector may need a calibration it lacks;
+            # its Python API runs the CPU WindowDetector's kernels anyway.
+            if args.config is not None or model.window is None:
+                compile_kernels(model, config)
             if args.config is None:
                 _python_api(model)
 
-    took = compile_interruptibly(work, prefix="streamlstm warmup")
+    try:
+        took = compile_interruptibly(work, prefix="streamlstm warmup")
+    except StreamLSTMError as exc:
+        print(f"streamlstm warmup: {exc}", file=sys.stderr)
+        return 2
     print(
         f"streamlstm warmup: kernels ready for {loaded.model_id} "
         f"({', '.join(dtypes)}) in {took:.1f} s"

@@ -166,6 +166,9 @@ DETECTOR = {
     "capacity": Field(INT, 1024, _at_least(1)),
     "threads": Field(OPTIONAL_INT, None, lambda v: None if v is None else _at_least(1)(v)),
     "options": Field((dict,), {}),
+    # Window models only (streamlstm.detect.WindowDetector): "cuda" evaluates their windows
+    # on the GPU; the streaming Detector runs on the CPU (pipeline.make_detector refuses it).
+    "device": Field(STR, "cpu", _choice("cpu", "cuda")),
     **WINDOW_CLASSIFIER,
 }
 TLS = {

@@ -101,16 +101,19 @@ CLASS_ALERT_KEYS = ("normal_class", "min_probability", "consecutive")
 def make_detector(model: Model, settings: Mapping[str, Any]) -> Pipeline:
     """The detector for ``model`` with the ``[detector]`` settings: a
     :class:`streamlstm.detect.WindowDetector` if the model declares a window (a classifier
-    or an autoencoder), else a :class:`streamlstm.Detector`."""
+    or an autoencoder; on the GPU with ``device = "cuda"``), else a
+    :class:`streamlstm.Detector`."""
     from ..detect import Detector, WindowDetector
 
     given = {key: settings.get(key) for key in CLASS_ALERT_KEYS if settings.get(key) is not None}
+    device = settings.get("device", "cpu")
     try:
         if model.window is not None:
             return WindowDetector(
                 model,
                 capacity=settings["capacity"],
                 threads=settings["threads"],
+                device=device,
                 **given,
                 **settings["options"],
             )
@@ -118,6 +121,11 @@ def make_detector(model: Model, settings: Mapping[str, Any]) -> Pipeline:
             raise ConfigError(
                 f"{', '.join(given)}: only for window classifiers, and model {model.name!r} "
                 "is a next-step predictor"
+            )
+        if device != "cpu":
+            raise ConfigError(
+                f"device = {device!r}: only for window models, and model {model.name!r} is "
+                "a next-step predictor, whose detector runs on the CPU (leave device out)"
             )
         return Detector(
             model, capacity=settings["capacity"], threads=settings["threads"], **settings["options"]
@@ -131,34 +139,95 @@ def sample_width(pipeline: Pipeline, model: Model) -> int:
     return int(getattr(pipeline, "axes", model.input_size))
 
 
+def carries_one_sensor(source: Mapping[str, Any]) -> bool:
+    """Whether all of a source's samples belong to one sensor: the demo, a replay, or a
+    serial port of CSV/TSV lines without a ``sensor_column``. A serial port's JSON records
+    may name their sensors and its binary frames carry one per channel; an MQTT topic
+    names the sensor of each message."""
+    if source["type"] in ("demo", "replay"):
+        return True
+    return (
+        source["type"] == "serial"
+        and source["format"] in ("csv", "tsv")
+        and source["sensor_column"] is None
+    )
+
+
 def batches_several_sensors(config: Mapping[str, Any]) -> bool:
-    """Whether a site's micro-batches can hold more than one sensor: an MQTT source, more
-    than one source, or a fleet worker. Serial, replay and demo sources carry one each."""
+    """Whether a site's micro-batches can hold more than one sensor: more than one source,
+    one that does not :func:`carry one sensor <carries_one_sensor>`, or a fleet worker."""
     sources = config["sources"]
     return (
         config.get("fleet") is not None
         or len(sources) > 1
-        or any(source["type"] == "mqtt" for source in sources)
+        or not all(map(carries_one_sensor, sources))
     )
 
 
+def one_sensor_batch_samples(config: Mapping[str, Any]) -> int:
+    """The most samples of one sensor a micro-batch of the site can hold: ``batch_samples``
+    less one, plus the frame that crosses that bound (a demo or replay block; one line of a
+    serial CSV/TSV port; a serial JSON or binary record holds at most ``max_line``; an MQTT
+    message ``max_samples``)."""
+
+    def frame(source: Mapping[str, Any]) -> int:
+        if source["type"] in ("demo", "replay"):
+            return int(source["block"])
+        if source["type"] == "serial":
+            return 1 if source["format"] in ("csv", "tsv") else int(source["max_line"])
+        return int(source["max_samples"])
+
+    return int(config["daemon"]["batch_samples"]) - 1 + max(map(frame, config["sources"]))
+
+
+def window_batches_can_run_in_parallel(hop: int, config: Mapping[str, Any]) -> bool:
+    """Whether a micro-batch of the site can complete enough windows of hop ``hop`` for the
+    parallel window kernel (:func:`streamlstm.windows.bank.evaluates_in_parallel`): one
+    holding several sensors, or one sensor's samples spanning that many hops."""
+    from ..windows.bank import PARALLEL_MIN_WINDOWS
+
+    if batches_several_sensors(config):
+        return True
+    return -(-one_sensor_batch_samples(config) // hop) >= PARALLEL_MIN_WINDOWS
+
+
+def warmup_batches(detector: Pipeline, config: Mapping[str, Any]) -> list[list[str]]:
+    """Micro-batches (one sensor id per sample) that take a fresh ``detector`` of the site
+    ``config`` through every kernel it will use: the serial path, and the parallel one only
+    where a micro-batch can take it. A streaming detector's parallel kernel needs several
+    sensors (:func:`streamlstm.bank.runs_in_parallel`); a window detector's first window
+    runs the ring and the serial evaluator (or the GPU kernel), and its parallel evaluator
+    needs :data:`~streamlstm.windows.bank.PARALLEL_MIN_WINDOWS` windows in one push, which
+    one sensor's micro-batch completes when it spans that many hops."""
+    from ..bank import PARALLEL_THRESHOLD
+    from ..detect import WindowDetector
+    from ..windows.bank import PARALLEL_MIN_WINDOWS, evaluates_in_parallel
+
+    if not isinstance(detector, WindowDetector):
+        batches = [["warm-up"]]
+        if batches_several_sensors(config):
+            batches.append([f"warm-up-{i}" for i in range(PARALLEL_THRESHOLD)])
+        return batches
+    spec = detector.spec
+    batches = [["warm-up"] * spec.length]
+    if evaluates_in_parallel(
+        detector.bank.threads, PARALLEL_MIN_WINDOWS
+    ) and window_batches_can_run_in_parallel(spec.hop, config):
+        batches.append(["warm-up"] * (PARALLEL_MIN_WINDOWS * spec.hop))
+    return batches
+
+
 def compile_kernels(model: Model, config: Mapping[str, Any]) -> None:
-    """Step a throwaway detector through the kernels the site ``config`` will use: the
-    serial path, and the parallel one only where a micro-batch can hold several sensors
-    (see :func:`streamlstm.bank.runs_in_parallel`).
+    """Step a throwaway detector through the kernels the site ``config`` will use
+    (:func:`warmup_batches`).
 
     Numba compiles (or loads from its cache) a kernel on its first call; doing that here,
     before the daemon says READY, keeps a cold compile (a minute on a small machine) out
     of the compute loop, where it would starve the systemd watchdog.
     """
-    from ..bank import PARALLEL_THRESHOLD
-
     detector = make_detector(model, {**config["detector"], "capacity": 1})
     width = sample_width(detector, model)
-    batches = [["warm-up"]]
-    if batches_several_sensors(config):
-        batches.append([f"warm-up-{i}" for i in range(PARALLEL_THRESHOLD)])
-    for sensors in batches:
+    for sensors in warmup_batches(detector, config):
         detector.update(
             sensors,
             np.zeros((len(sensors), width), np.float32),

@@ -24,6 +24,11 @@ sensor every ``K`` samples, so its verdicts come once per window, not once per s
 
 Samples, rejected samples and snapshots work as for the streaming detector: a window that
 holds a NaN/Inf sample (or one with a NaN/Inf timestamp) is skipped and counted.
+
+``device="cuda"`` evaluates the windows on the GPU (:class:`~streamlstm.cuda.CudaWindowBank`);
+the rings, counters and alert state stay on the host in the same arrays, so the alerts are
+those of the CPU detector (scores within float rounding) and a snapshot of either restores
+into the other.
 """
 
 from __future__ import annotations
@@ -114,8 +119,10 @@ def reconstruction_scores(out: WindowOutputs, scoring: Scoring) -> np.ndarray:
 class WindowDetector:
     """Per-sensor alerts from one window model; the module doc says how each kind decides.
 
-    ``WindowDetector(model, capacity=1024, threads=None, normal_class=None,
-    min_probability=None, consecutive=None, **overrides)``: the three class options are
+    ``WindowDetector(model, capacity=1024, threads=None, device="cpu", normal_class=None,
+    min_probability=None, consecutive=None, **overrides)``: ``device="cuda"`` evaluates
+    the windows on the GPU (raises :class:`~streamlstm.errors.CudaUnavailableError`
+    without one; ``threads`` is for the CPU only); the three class options are
     for classifiers (defaults: ``"normal"`` if the model has that class, else its first;
     0.9; 3); ``overrides`` (``threshold, margin, alpha, hysteresis`` and durations with
     their unit, ``warmup_steps``, ``debounce_steps``, ``quiet_steps`` or ``*_s``, a step
@@ -135,6 +142,7 @@ class WindowDetector:
         *,
         capacity: int = 1024,
         threads: int | None = None,
+        device: str = "cpu",
         normal_class: str | None = None,
         min_probability: float | None = None,
         consecutive: int | None = None,
@@ -160,7 +168,8 @@ class WindowDetector:
         else:
             self._set_up_autoencoder(class_options, overrides)
         self.model_id = str(model.metadata.get("model_id") or f"{model.name}@{model.sha256[:12]}")
-        self.bank = WindowBank(model, capacity, threads=threads)
+        self.device = device
+        self.bank: WindowBank = model.windows(capacity, threads=threads, device=device)
         self._alloc_rows(self.bank.capacity)
         self.last_scores = np.zeros(0, np.float64)
         self.last_status = np.zeros(0, np.int8)

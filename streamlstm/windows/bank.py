@@ -26,6 +26,9 @@ from ..model import Model
 from ..window_spec import WindowSpec
 from .packing import WindowPacked, WindowWork, packed_windows
 
+#: The fewest windows evaluated at once that take the parallel kernel (more than one group
+#: of the windows the kernels run in lockstep).
+PARALLEL_MIN_WINDOWS = K.TILE_STREAMS + 1
 #: Memory for the windows of one micro-batch (copies and outputs); a larger micro-batch is
 #: evaluated in several rounds.
 WINDOW_BUFFER_BYTES = 64 << 20
@@ -363,6 +366,14 @@ def evaluate_windows(
     return outs if per_step else outs[:, 0]
 
 
+def evaluates_in_parallel(threads: int, windows: int) -> bool:
+    """Whether evaluating ``windows`` windows at once takes the parallel kernel: more than
+    one thread and at least :data:`PARALLEL_MIN_WINDOWS` windows. Windows are independent
+    (each starts from the zero state), so unlike a :class:`~streamlstm.bank.Bank`'s
+    samples, one sensor's windows gain from the pool too."""
+    return threads > 1 and windows >= PARALLEL_MIN_WINDOWS
+
+
 def _run(
     pk: WindowPacked,
     windows: np.ndarray,
@@ -373,7 +384,7 @@ def _run(
 ) -> None:
     """Evaluate ``windows`` into ``outs``/``status``, in parallel if it pays."""
     args = (*pk.model_arrays, windows, outs, status, *work)
-    if threads > 1 and windows.shape[0] > K.TILE_STREAMS:
+    if evaluates_in_parallel(threads, windows.shape[0]):
         numba.set_num_threads(threads)
         K.evaluate_windows(*args)
     else:

@@ -134,6 +134,7 @@ def settings(**given) -> dict:
         "normal_class": None,
         "min_probability": None,
         "consecutive": None,
+        "device": "cpu",
     }
     return {**table, **given}
 
@@ -152,6 +153,54 @@ def test_class_keys_are_validated_and_refused_for_a_predictor(tmp_path):
     with pytest.raises(ConfigError, match="'healthy' is not one of the model's classes"):
         make_detector(window, settings(normal_class="healthy"))
     assert isinstance(make_detector(window, settings(consecutive=4)), WindowDetector)
+
+
+def test_device_cuda_is_checked_and_refused_for_a_predictor(tmp_path):
+    """``[detector] device``: "cpu" or "cuda"; "cuda" only for a window model (the GPU
+    window detector itself: tests/test_cuda_window_detector.py)."""
+    with pytest.raises(ConfigError, match=r"detector\.device: must be one of 'cpu', 'cuda'"):
+        config_module.validate({"detector": {"device": "gpu"}})
+    assert config_module.validate({})["detector"]["device"] == "cpu"
+    from daemon_helpers import make_model
+
+    predictor = formats.load(make_model(tmp_path / "predictor.npz"))
+    with pytest.raises(
+        ConfigError,
+        match=r"detector: device = 'cuda': only for window models, and model .* is a "
+        "next-step predictor, whose detector runs on the CPU",
+    ):
+        make_detector(predictor, settings(device="cuda"))
+    window = formats.load(classifier(tmp_path / "classes.npz"))
+    assert make_detector(window, settings(device="cpu")).device == "cpu"
+
+
+def check_config(config: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "streamlstm.cli", "check-config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "PYTHONPATH": str(REPO), **env},
+    )
+
+
+def test_check_config_refuses_device_cuda_for_a_predictor_and_without_a_gpu(tmp_path):
+    from daemon_helpers import make_model
+
+    predictor = make_model(tmp_path / "predictor.npz")
+    config = tmp_path / "site.toml"
+    config.write_text(f'[model]\npath = "{predictor}"\n[detector]\ndevice = "cuda"\n')
+    done = check_config(config)
+    assert done.returncode == 2
+    assert "device = 'cuda': only for window models" in done.stderr
+    # A window model on a machine without a GPU (none visible, simulator off).
+    config.write_text(
+        config.read_text().replace(str(predictor), str(classifier(tmp_path / "c.npz")))
+    )
+    done = check_config(config, NUMBA_ENABLE_CUDASIM="0", CUDA_VISIBLE_DEVICES="")
+    assert done.returncode == 2
+    assert done.stderr.startswith("detector: ")
+    assert "no CUDA GPU is available" in done.stderr or "numba-cuda is not installed" in done.stderr
 
 
 def test_a_reload_checks_a_window_models_width_and_keeps_or_resets_state(tmp_path, caplog):
