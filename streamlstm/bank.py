@@ -169,9 +169,7 @@ class Bank(SensorRows):
             raise ShapeError(
                 f"samples: expected shape ({len(sensors)}, T, {n_in}), got {values.shape}"
             )
-        rows = self.rows(sensors)
-        if np.unique(rows).size != rows.size:
-            raise ShapeError("run: sensors must be distinct (use step for repeated sensors)")
+        rows = self.distinct_rows(sensors)
         n, steps = values.shape[0], values.shape[1]
         # Sensor-major: each sensor's T samples follow one another, in time order, so the
         # bank's grouping steps each row's samples in that order.
