@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Sequence
 
 import numpy as np
 
 from ._id_table import EMPTY, IdTable, table_key
+from .errors import ShapeError
 
 
 class SensorRows:
@@ -65,6 +66,14 @@ class SensorRows:
         if row is None:
             row = self._allocate(sensor)
         return row
+
+    def distinct_rows(self, sensors: Sequence[Hashable] | np.ndarray) -> np.ndarray:
+        """Rows for ``sensors`` (block mode), which must be distinct: checked before any row
+        is allocated, so a refused call leaves no new sensor behind."""
+        ids = sensors.tolist() if isinstance(sensors, np.ndarray) else list(sensors)
+        if len(set(ids)) != len(ids):
+            raise ShapeError("run: sensors must be distinct (use step for repeated sensors)")
+        return self.rows(sensors)
 
     def known_row(self, sensor: Hashable) -> int:
         """The state row of a known ``sensor``; :class:`KeyError` if unknown (never allocates)."""

@@ -35,12 +35,17 @@ class BankKernelArgs(NamedTuple):
 PARALLEL_THRESHOLD = 64
 
 
-def runs_in_parallel(threads: int, rows: np.ndarray) -> bool:
+def runs_in_parallel(threads: int, rows: np.ndarray, sensors_per_task: int = 1) -> bool:
     """Whether a micro-batch of sensor ``rows`` takes the parallel kernel: more than one
-    thread, at least :data:`PARALLEL_THRESHOLD` samples, and more than one sensor (the
-    kernels run sensors in parallel; one sensor's samples gain nothing from the pool).
-    Both kernels give the same results, bit for bit."""
-    return threads > 1 and rows.size >= PARALLEL_THRESHOLD and rows.min() != rows.max()
+    thread, at least :data:`PARALLEL_THRESHOLD` samples, and rows far enough apart to hold
+    more than ``sensors_per_task`` sensors, the fewest one parallel task takes (the kernels
+    run sensors in parallel; one task's sensors gain nothing from the pool). Both kernels
+    give the same results, bit for bit."""
+    return (
+        threads > 1
+        and rows.size >= PARALLEL_THRESHOLD
+        and int(rows.max()) - int(rows.min()) >= sensors_per_task
+    )
 
 
 class Bank(SensorRows):
@@ -142,7 +147,7 @@ class Bank(SensorRows):
         params, layout, states, scratch, links = self._args
         args = (params, layout, states, rows, samples, outs, status, scratch, links)
         serial, parallel = kernels.bank_kernels(self._kernel_kind)
-        if runs_in_parallel(self.threads, rows):
+        if runs_in_parallel(self.threads, rows, kernels.SENSORS_PER_TASK):
             numba.set_num_threads(self.threads)
             parallel(*args)
         else:
@@ -169,9 +174,7 @@ class Bank(SensorRows):
             raise ShapeError(
                 f"samples: expected shape ({len(sensors)}, T, {n_in}), got {values.shape}"
             )
-        rows = self.rows(sensors)
-        if np.unique(rows).size != rows.size:
-            raise ShapeError("run: sensors must be distinct (use step for repeated sensors)")
+        rows = self.distinct_rows(sensors)
         n, steps = values.shape[0], values.shape[1]
         # Sensor-major: each sensor's T samples follow one another, in time order, so the
         # bank's grouping steps each row's samples in that order.

@@ -104,3 +104,18 @@ def test_the_gpu_bank_satisfies_the_protocol():
     xs = np.random.default_rng(0).normal(size=(2, 3, 3)).astype(np.float32)
     cpu = MODEL.bank(4)
     np.testing.assert_allclose(bank.run(["a", "b"], xs), cpu.run(["a", "b"], xs), atol=1e-5)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_a_refused_block_run_leaves_no_sensor_behind(device):
+    bank = MODEL.bank(4, device=device)
+    bank.step(["a"], np.zeros((1, 3), np.float32))
+    xs = np.zeros((2, 5, 3), np.float32)
+    with pytest.raises(sl.ShapeError, match="must be distinct"):
+        bank.run(["new", "new"], xs)
+    with pytest.raises(sl.ShapeError, match=r"expected shape \(3, T, 3\)"):
+        bank.run(["new", "b", "c"], xs)
+    with pytest.raises(sl.ShapeError, match="cannot convert"):
+        bank.run(["new", "b"], [["x"]])
+    assert bank.sensors == ["a"]
+    assert bank.run(["new", "a"], xs).shape == (2, 5, 2) and bank.sensors == ["a", "new"]

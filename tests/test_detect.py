@@ -12,6 +12,7 @@ import streamlstm as sl
 from streamlstm.detect import _kernel as K
 from streamlstm.detect import calibrate
 from streamlstm.detect import params as P
+from streamlstm.detect.events import EVICTED
 from streamlstm.errors import ConfigError, ShapeError
 from streamlstm.model import Normalization
 
@@ -283,6 +284,28 @@ def test_sensors_forget_reset_and_growth(calibrated):
     assert np.isnan(det.last_scores[0])
     det.reset("s0")
     assert np.isnan(det.score("s0"))
+
+
+def test_evicting_a_sensor_ends_its_open_alert_with_reason_evicted(calibrated):
+    det = sl.Detector(calibrated["diagonal"], warmup_steps=0, debounce_steps=1, quiet_s=10.0)
+    ids, samples, times = interleaved_batch(["a", "b"], 200, 3, burst=slice(150, 200))
+    events = det.update(ids, samples, times)
+    starts = [e for e in events if e.kind == "start"]
+    assert [e.sensor for e in starts] == ["a"] and det.alerting("a") and not det.alerting("b")
+    score, start = det.score("a"), starts[0]
+    got = det.evict(["b", "unknown", "a"], t=[5.0, 6.0, 7.5])
+    assert det.sensors == []
+    assert len(got) == 1
+    end = got[0]
+    assert (end.sensor, end.kind, end.reason, end.t) == ("a", "end", EVICTED, 7.5)
+    assert end.score == score and end.duration == 7.5 - start.t
+    assert end.peak >= start.score and end.threshold == det.params.end_threshold
+    assert end.model_id == start.model_id and start.reason is None
+    # Without times the end is at NaN; a time per sensor is required when given.
+    det.update(ids, samples, times)
+    assert [np.isnan(e.t) for e in det.evict(["a", "b"])] == [True]
+    with pytest.raises(ShapeError, match="1 times for 2 sensors"):
+        det.evict(["a", "b"], t=[1.0])
 
 
 def test_parameters_come_from_calibration_and_can_be_overridden(calibrated):

@@ -8,6 +8,7 @@ import pytest
 
 import streamlstm as sl
 from streamlstm.detect import Detector, WindowDetector, calibrate_reconstruction
+from streamlstm.detect.events import EVICTED
 from streamlstm.errors import ConfigError, ShapeError
 from streamlstm.model import Model, dense_layer, rnn_layer
 from streamlstm.sinks import alert_record
@@ -97,6 +98,24 @@ def test_class_alerts_do_not_depend_on_how_sensors_are_interleaved_in_micro_batc
     assert sorted(summary(events)) == sorted(
         (s, k, label, t) for name in sensors for (_, k, label, t) in EXPECTED for s in [name]
     )
+
+
+def test_evicting_a_sensor_ends_its_open_class_alert_with_its_class():
+    x = fault_sequence(np.random.default_rng(0))
+    det = WindowDetector(channel_classifier(), min_probability=0.9, consecutive=2)
+    t = np.arange(len(x)) / RATE
+    det.update(["a"] * 60, x[:60], t[:60])  # inside the inner fault: its alert is open
+    det.update(["b"] * 20, x[:20], t[:20])
+    assert det.alerting("a") and det.label("a") == "inner" and not det.alerting("b")
+    score = det.score("a")
+    got = det.evict(["a", "b", "unknown"], t=[0.6, 0.2, 0.0])
+    assert summary(got) == [("a", "end", "inner", 0.6)]
+    assert got[0].reason == EVICTED and got[0].score == score
+    assert got[0].duration == pytest.approx(0.6 - 0.47) and got[0].threshold == 0.9
+    assert det.sensors == []
+    assert alert_record(got[0], seq=1, daemon="d", model_id="m", model_sha="0", published=0.0)[
+        "reason"
+    ] == ("evicted")
 
 
 def test_an_alert_holds_while_its_class_stays_the_most_probable_below_min_probability():

@@ -83,8 +83,9 @@ def test_parity_with_torch(tmp_path, kind, layers, hidden, bias, proj, head, dty
     assert_close(from_safetensors.stream().run(xs), want, dtype)
 
     # A bank of sensors with different lengths, interleaved, several samples per sensor
-    # per batch: the serial path (small batches) and the parallel one (>= 64, 2 threads).
-    lengths = [300, 220, 300, 150, 270]
+    # per batch: the serial path (small batches) and the parallel one (>= 64 samples of
+    # more sensors than one parallel task takes, 2 threads).
+    lengths = [300, 220, 300, 150, 270] * 8
     sensor_xs = rng.normal(0, 1, (len(lengths), max(lengths), 3)).astype(dtype)
     sensor_want = reference(net, sensor_xs)
     for batch_size, threads in ((24, 1), (128, 2)):

@@ -117,6 +117,7 @@ def test_one_sensors_samples_never_wake_the_thread_pool():
     import numpy as np
 
     from streamlstm.bank import PARALLEL_THRESHOLD, runs_in_parallel
+    from streamlstm.kernels import SENSORS_PER_TASK
 
     one = np.full(PARALLEL_THRESHOLD, 3, np.int64)
     two = one.copy()
@@ -125,6 +126,41 @@ def test_one_sensors_samples_never_wake_the_thread_pool():
     assert not runs_in_parallel(1, two)  # one thread
     assert not runs_in_parallel(2, one)  # one sensor: the kernels run sensors in parallel
     assert not runs_in_parallel(2, two[1:])  # below the threshold
+    # The bank's parallel tasks take SENSORS_PER_TASK sensors each: fewer are one task.
+    few = np.arange(PARALLEL_THRESHOLD) % SENSORS_PER_TASK
+    assert not runs_in_parallel(2, few, SENSORS_PER_TASK)
+    more = few.copy()
+    more[-1] = SENSORS_PER_TASK  # one sensor more
+    assert runs_in_parallel(2, more, SENSORS_PER_TASK)
+
+
+BANK_COMPILED = """
+import numpy as np
+import streamlstm as sl
+from streamlstm.kernels import bank_kernels
+from streamlstm.packing import packed
+
+model = sl.random_model(3, [8], output_size=3, seed=0)
+bank = model.bank(capacity=64, threads=2)
+bank.run(["a", "b"], np.zeros((2, 50, 3), np.float32))  # 100 samples, 2 sensors: one task
+serial, parallel = bank_kernels(packed(model).kernel_kind)
+print(len(serial.signatures), len(parallel.signatures))
+"""
+
+
+def test_a_block_run_of_a_few_sensors_does_not_compile_the_parallel_bank():
+    """The README example's ``bank.run`` of two sensors: one parallel task could hold
+    them all, so the serial kernel runs it and the parallel one is never compiled."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), NUMBA_NUM_THREADS="2")
+    done = subprocess.run(
+        [sys.executable, "-c", BANK_COMPILED],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1", "0"]
 
 
 PARALLEL_COMPILED = """

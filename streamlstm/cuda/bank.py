@@ -291,14 +291,15 @@ class CudaBank(SensorRows):
         predictions; :attr:`last_status` is ``(N, T)``. Equivalent to ``T`` calls of
         :meth:`step`, but the state stays in registers between a sensor's samples.
         """
-        rows = self.rows(sensors)
-        values = np.asarray(samples, dtype=self._dtype)
-        if values.ndim != 3 or values.shape[0] != rows.size or values.shape[2] != self._n_in:
+        try:
+            values = np.asarray(samples, dtype=self._dtype)
+        except (TypeError, ValueError) as exc:
+            raise ShapeError(f"samples: cannot convert to {self._dtype} ({exc})") from None
+        if values.ndim != 3 or values.shape[0] != len(sensors) or values.shape[2] != self._n_in:
             raise ShapeError(
-                f"samples: expected shape ({rows.size}, T, {self._n_in}), got {values.shape}"
+                f"samples: expected shape ({len(sensors)}, T, {self._n_in}), got {values.shape}"
             )
-        if np.unique(rows).size != rows.size:
-            raise ShapeError("run: sensors must be distinct (use step for repeated sensors)")
+        rows = self.distinct_rows(sensors)
         n, steps = values.shape[0], values.shape[1]
         if n == 0 or steps == 0:
             self.last_status = np.zeros((n, steps), np.int8)

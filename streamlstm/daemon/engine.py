@@ -674,7 +674,9 @@ class Daemon:
             )
         return kept
 
-    def _deliver(self, events: Iterable[Any], decided: float) -> None:
+    def _deliver(self, events: Iterable[Any], decided: float, *, states: bool = True) -> None:
+        """Number the events' alert records and hand them to every sink; then (``states``)
+        publish the changed states of their sensors."""
         records = []
         for event in events:
             records.append(
@@ -696,7 +698,8 @@ class Daemon:
             for record in records:
                 plot.alert(record)
         # State topics follow alerts at once, not at the next interval.
-        self._publish_states({r["sensor"] for r in records})
+        if states:
+            self._publish_states({r["sensor"] for r in records})
 
     def _call_sink(self, index: int, call: Callable[[Any], None], argument: Any) -> None:
         """One sink's failure (a full disk, a bug) is counted and logged; the others go on."""
@@ -745,6 +748,8 @@ class Daemon:
 
         Their rows are freed for new sensors. A sensor that comes back starts afresh (warm-up
         again): after a gap that long its old recurrent state no longer describes its signal.
+        An alert open on one ends (reason ``"evicted"``, at its last sample's time) and the
+        sinks forget it (the MQTT sink clears its retained state).
         """
         idle = self.config["daemon"]["sensor_idle_s"]
         if not idle or self._copy is not None:  # rows must not change hands mid-copy
@@ -752,10 +757,13 @@ class Daemon:
         expired = self._last_seen.expire(now - idle)
         if not expired:
             return 0
+        last_t = [self.sensors[n].t if n in self.sensors else math.nan for n in expired]
+        self._deliver(self.pipeline.evict(expired, last_t), time.time(), states=False)
         for name in expired:
             self.sensors.pop(name, None)
             self._changed.discard(name)
-        self.pipeline.evict(expired)
+        for index, sink in enumerate(self.sinks):
+            self._call_sink(index, sink.forget, expired)
         self.metrics.inc("streamlstm_expired_sensors_total", len(expired))
         log.info("%d sensor(s) idle for %g s expired (first: %s)", len(expired), idle, expired[0])
         return len(expired)

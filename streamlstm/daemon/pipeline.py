@@ -44,8 +44,9 @@ class Pipeline(Protocol):
 
     def import_state(self, snapshot: Mapping[str, Any]) -> None: ...
 
-    def evict(self, sensors: Sequence[Hashable]) -> int:
-        """Drop these sensors' state (their rows are reused); returns how many were known."""
+    def evict(self, sensors: Sequence[Hashable], t: Sequence[float] | None = None) -> list[Any]:
+        """Drop these sensors' state (their rows are reused); returns the end events of
+        their open alerts, at ``t`` (reason ``"evicted"``)."""
         ...
 
 

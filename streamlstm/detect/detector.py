@@ -14,7 +14,7 @@ from ..errors import ConfigError, ShapeError
 from ..model import Model
 from ..packing import packed
 from . import _kernel as K
-from .events import AlertEvent, EventKind
+from .events import EVICTED, AlertEvent, EventKind, eviction_times
 from .features import FeatureSpec
 from .params import DetectorParams, pack_params, params_from, scoring_from
 
@@ -288,12 +288,29 @@ class Detector:
         ]
 
     def _event(
-        self, sensor: Hashable, kind: int, t: float, score: float, peak: float, duration: float
+        self,
+        sensor: Hashable,
+        kind: int,
+        t: float,
+        score: float,
+        peak: float,
+        duration: float,
+        reason: str | None = None,
     ) -> AlertEvent:
         if isinstance(sensor, np.generic):
             sensor = sensor.item()
         threshold = self.params.threshold if kind == K.EVENT_START else self.params.end_threshold
-        return AlertEvent(sensor, _KINDS[kind], t, score, threshold, peak, duration, self.model_id)
+        return AlertEvent(
+            sensor,
+            _KINDS[kind],
+            t,
+            float(score),
+            threshold,
+            float(peak),
+            float(duration),
+            self.model_id,
+            reason=reason,
+        )
 
     # -- sensors --------------------------------------------------------------------------
     @property
@@ -328,13 +345,28 @@ class Detector:
         """Drop ``sensor`` (its open alert, if any, is dropped without an end event)."""
         self.bank.forget(sensor)  # clears the sensor's row of every row array
 
-    def evict(self, sensors: Sequence[Hashable]) -> int:
-        """Drop many sensors at once (ids not known are ignored); returns how many went.
+    def evict(
+        self, sensors: Sequence[Hashable], t: Sequence[float] | None = None
+    ) -> list[AlertEvent]:
+        """Drop many sensors at once (ids not known are ignored); their rows are reused.
 
-        Like :meth:`forget` for each, in one vectorised pass (an open alert is dropped
-        without an end event); their rows are reused by new sensors.
+        Returns an ``end`` event with ``reason`` :data:`~.events.EVICTED` for each alert
+        open on them, at ``t[i]`` (e.g. each sensor's last sample time; NaN if not given),
+        so that no consumer keeps an alert open for a sensor nobody watches any more.
         """
-        return int(self.bank.forget_many(sensors).size)
+        table = self.bank.row_table
+        events = []
+        for sensor, at in zip(sensors, eviction_times(len(sensors), t), strict=True):
+            if sensor not in self.bank:
+                continue
+            row = self.bank.known_row(sensor)
+            if table["istate"][row, K.I_ALERT]:
+                score, peak, start = table["fstate"][row, [K.F_SCORE, K.F_PEAK, K.F_START]]
+                events.append(
+                    self._event(sensor, K.EVENT_END, at, score, peak, at - start, EVICTED)
+                )
+        self.bank.forget_many(sensors)
+        return events
 
     def reset(self, sensor: Hashable | None = None) -> None:
         """Back to a fresh state (warm-up again) for one sensor, or all of them."""

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from typing import Any, Literal
 
+import numpy as np
+
+from ..errors import ShapeError
+
 EventKind = Literal["start", "end"]
+#: :attr:`AlertEvent.reason` of the ``end`` a detector emits when it drops a sensor whose
+#: alert is open (``evict``), so that no consumer keeps that alert open for ever.
+EVICTED = "evicted"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,7 +26,10 @@ class AlertEvent:
     ``end``); ``peak``: the highest smoothed score since the alert started; ``duration``:
     seconds since the alert started (0 for ``start``); ``model_id``: which model decided;
     ``label``: the class an alert is about (window classifiers, see
-    :class:`~streamlstm.detect.windowed.WindowDetector`; None for other detectors).
+    :class:`~streamlstm.detect.windowed.WindowDetector`; None for other detectors);
+    ``reason``: why an ``end`` came other than by the score: :data:`EVICTED` when the
+    detector dropped the sensor while its alert was open (``t``: the time the caller gave,
+    e.g. the sensor's last sample; ``score``: its last score). None otherwise.
     """
 
     sensor: Hashable
@@ -31,7 +41,16 @@ class AlertEvent:
     duration: float
     model_id: str
     label: str | None = None
+    reason: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-able dict (the sensor id as given: str or int)."""
         return dataclasses.asdict(self)
+
+
+def eviction_times(count: int, t: Sequence[float] | None) -> list[float]:
+    """The times of ``count`` evicted sensors' end events: ``t`` checked, or NaN each."""
+    times = np.full(count, np.nan) if t is None else np.asarray(t, np.float64)
+    if times.shape != (count,):
+        raise ShapeError(f"t: {len(times)} times for {count} sensors")
+    return [float(v) for v in times]

@@ -45,7 +45,7 @@ from ..errors import ConfigError, ShapeError
 from ..model import Model
 from ..windows import WindowBank, WindowOutputs
 from .detector import RowCopy
-from .events import AlertEvent, EventKind
+from .events import EVICTED, AlertEvent, EventKind, eviction_times
 from .params import DetectorParams, Scoring, params_from, scoring_from
 
 SNAPSHOT_VERSION = 1
@@ -424,6 +424,8 @@ class WindowDetector:
         peak: float,
         duration: float,
         label: str | None = None,
+        *,
+        reason: str | None = None,
     ) -> AlertEvent:
         if isinstance(sensor, np.generic):
             sensor = sensor.item()
@@ -442,6 +444,7 @@ class WindowDetector:
             float(duration),
             self.model_id,
             label,
+            reason,
         )
 
     # -- sensors --------------------------------------------------------------------------
@@ -479,11 +482,34 @@ class WindowDetector:
         self.bank.forget(sensor)
         self._clear_row(row)
 
-    def evict(self, sensors: Sequence[Hashable]) -> int:
-        """Drop many sensors at once (unknown ids are ignored); returns how many went."""
-        rows = self.bank.forget_many(sensors)
-        self._clear_row(rows)
-        return int(rows.size)
+    def evict(
+        self, sensors: Sequence[Hashable], t: Sequence[float] | None = None
+    ) -> list[AlertEvent]:
+        """Drop many sensors at once (unknown ids are ignored); their rows are reused.
+        Returns the ``end`` events of their open alerts, as :meth:`Detector.evict
+        <streamlstm.detect.Detector.evict>` does (a class alert's carries its class)."""
+        events = []
+        for sensor, at in zip(sensors, eviction_times(len(sensors), t), strict=True):
+            if sensor not in self.bank:
+                continue
+            row = self.bank.row(sensor)
+            if self._istate[row, I_ALERT]:
+                label = int(self._istate[row, I_LABEL])
+                score, peak, start = self._fstate[row, [F_SCORE, F_PEAK, F_START]]
+                events.append(
+                    self._event(
+                        sensor,
+                        "end",
+                        at,
+                        score,
+                        peak,
+                        at - start,
+                        self.classes[label] if label >= 0 else None,
+                        reason=EVICTED,
+                    )
+                )
+        self._clear_row(self.bank.forget_many(sensors))
+        return events
 
     def reset(self, sensor: Hashable | None = None) -> None:
         """Back to a fresh state (first window ``W`` samples on) for one sensor or all."""

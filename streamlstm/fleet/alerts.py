@@ -53,6 +53,10 @@ class WorkerSinks:
     def states(self, states: Mapping[str, SensorState]) -> None:
         self._call(self._named, "states", states)
 
+    def forget(self, sensors: Sequence[str]) -> None:
+        """Tell every sink that these (evicted) sensors are gone."""
+        self._call(self._named, "forget", sensors)
+
     def unacknowledged(self, daemon: str) -> list[dict[str, Any]]:
         """The alerts of ``daemon`` (a partition) not yet acknowledged by the broker, in
         ``seq`` order (raises if a spool cannot be read: a snapshot without them could

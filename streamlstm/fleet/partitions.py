@@ -6,7 +6,8 @@ batch is applied (stepped, alerts numbered, records updated) as one indivisible 
 
 Idle sensors (``[daemon] sensor_idle_s``) are evicted by the stream's clock: before a
 message stored at time T is applied, every sensor whose last stepped message was stored at
-or before ``T - sensor_idle_s`` goes (its rows freed; if it comes back it starts afresh).
+or before ``T - sensor_idle_s`` goes (its rows freed; if it comes back it starts afresh;
+an alert open on it ends with reason ``"evicted"``, numbered like any other alert).
 That is a function of the stream alone, whatever the fetch batches, so a replay evicts
 exactly as the first pass did, and the last-seen times travel in the snapshots.
 """
@@ -14,6 +15,7 @@ exactly as the first pass did, and the last-seen times travel in the snapshots.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -58,7 +60,7 @@ class Applied:
     replayed: int  # messages at or below the previous owner's ack floor (crash replay)
     skipped: int  # redelivered within this epoch (seq already applied): not applied again
     refused: int = 0  # samples of new sensors refused: the partition holds max_sensors
-    expired: int = 0  # idle sensors evicted
+    expired: list[str] = field(default_factory=list)  # idle sensors evicted
     records: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -179,11 +181,12 @@ class OwnedPartition:
         """Drop idle sensors: rows, records and their last device time go with them."""
         if not sensors:
             return
+        last_t = [self.sensors[n].t if n in self.sensors else math.nan for n in sensors]
+        self._number(self.pipeline.evict(sensors, last_t), applied)
         for name in sensors:
             self.sensors.pop(name, None)
             self.changed.discard(name)
-        self.pipeline.evict(sensors)
-        applied.expired += len(sensors)
+        applied.expired += sensors
 
     def _decode(self, message: StreamMessage, received: float) -> Frame:
         try:
@@ -243,6 +246,10 @@ class OwnedPartition:
                 state.t = float(frame.t[-1])
             self.changed.add(frame.sensor)
             begin = end
+        self._number(events, applied)
+
+    def _number(self, events: Sequence[Any], applied: Applied) -> None:
+        """Number the events' alert records into ``applied`` and mark their sensors."""
         decided = time.time()
         for event in events:
             self.alert_seq += 1
@@ -256,5 +263,6 @@ class OwnedPartition:
                     published=decided,
                 )
             )
-            sensor = self.sensors.setdefault(str(event.sensor), SensorState(str(event.sensor)))
-            sensor.alert = event.kind == "start"
+            sensor = self.sensors.get(str(event.sensor))
+            if sensor is not None:
+                sensor.alert = event.kind == "start"

@@ -579,11 +579,11 @@ class FleetWorker:
         if applied.refused:
             self.metrics.inc("streamlstm_sensor_limit_samples_total", applied.refused)
         if applied.expired:
-            self.metrics.inc("streamlstm_expired_sensors_total", applied.expired)
+            self.metrics.inc("streamlstm_expired_sensors_total", len(applied.expired))
             log.info(
                 "partition %d: %d sensor(s) idle for %g s expired",
                 compute.partition,
-                applied.expired,
+                len(applied.expired),
                 self.config["daemon"]["sensor_idle_s"],
             )
         if applied.records:
@@ -591,6 +591,8 @@ class FleetWorker:
                 self.metrics.inc("streamlstm_alerts_total", labels=(("kind", record["kind"]),))
             self.sinks.alerts(applied.records)
             self._publish_states({r["sensor"] for r in applied.records})
+        if applied.expired:
+            self.sinks.forget(applied.expired)
 
     # -- sinks -----------------------------------------------------------------------------
     async def _publish_all_states(self) -> None:

@@ -12,7 +12,14 @@ Get the packed arguments from :meth:`streamlstm.Stream.kernel_args` and
 :meth:`streamlstm.Bank.kernel_args`.
 """
 
-from ._bank import NO_SAMPLE, bank_kernels, bank_step, bank_step_serial, group_by_row
+from ._bank import (
+    NO_SAMPLE,
+    SENSORS_PER_TASK,
+    bank_kernels,
+    bank_step,
+    bank_step_serial,
+    group_by_row,
+)
 from ._math import tanh
 from ._network import (
     TILE_STREAMS,
@@ -31,6 +38,7 @@ __all__ = [
     "OK",
     "REJECTED_RESULT",
     "REJECTED_SAMPLE",
+    "SENSORS_PER_TASK",
     "TILE_STREAMS",
     "bank_kernels",
     "bank_step",

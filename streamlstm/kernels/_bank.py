@@ -104,9 +104,10 @@ def _step_groups(
             i = nxt[i]
 
 
-#: Groups one parallel task takes: a multiple of the tile, large enough to amortise the
-#: task's start.
-_CHUNK = 8 * TILE_STREAMS
+#: Groups (sensors) one parallel task of :func:`bank_step` takes: a multiple of the tile,
+#: large enough to amortise the task's start. A micro-batch of fewer sensors is one task,
+#: so it runs on one thread whatever the kernel (``Bank`` then takes the serial one).
+SENSORS_PER_TASK = 8 * TILE_STREAMS
 
 
 @functools.cache
@@ -150,8 +151,8 @@ def bank_kernels(kind: int) -> tuple[Any, Any]:
         """
         row_last, heads, nxt = links[0], links[1], links[2]
         groups = group_by_row(rows, row_last, heads, nxt)
-        for chunk in prange((groups + _CHUNK - 1) // _CHUNK):
-            first = chunk * _CHUNK
+        for chunk in prange((groups + SENSORS_PER_TASK - 1) // SENSORS_PER_TASK):
+            first = chunk * SENSORS_PER_TASK
             _step_groups(
                 params,
                 layout,
@@ -164,7 +165,7 @@ def bank_kernels(kind: int) -> tuple[Any, Any]:
                 heads,
                 nxt,
                 first,
-                min(first + _CHUNK, groups),
+                min(first + SENSORS_PER_TASK, groups),
                 kind,
             )
 

@@ -10,9 +10,16 @@ hands the same records to every sink. Record schema ``streamlstm.alert/1``::
      "published": 1700000000.31,  # wall-clock time the daemon decided (s since epoch)
      "score": 7.3, "threshold": 4.0, "peak": 7.3, "duration": 0.0,  # duration (s): end events
      "model": {"id": "accel-default", "sha256": "..."},
-     "label": "inner"}            # only for window classifiers: the class alerted on
+     "label": "inner",            # only for window classifiers: the class alerted on
+     "reason": "evicted"}         # only for an end not decided by the score: "evicted" =
+                                  # the sensor was dropped (idle for sensor_idle_s) while
+                                  # its alert was open; t is then its last sample's time
 
 Delivery is at least once: a subscriber drops a record whose ``(daemon, seq)`` it has seen.
+A subscriber ignores keys it does not know (``reason`` came within version 1).
+
+A sink may also be told that the daemon dropped sensors (:meth:`Sink.forget`: idle ones,
+``[daemon] sensor_idle_s``), e.g. to clear their retained state.
 """
 
 from __future__ import annotations
@@ -49,9 +56,10 @@ def alert_record(
         "duration": _number(event.duration),
         "model": {"id": getattr(event, "model_id", None) or model_id, "sha256": model_sha},
     }
-    label = getattr(event, "label", None)
-    if label is not None:
-        record["label"] = str(label)
+    for optional in ("label", "reason"):
+        value = getattr(event, optional, None)
+        if value is not None:
+            record[optional] = str(value)
     return record
 
 
@@ -88,6 +96,10 @@ class Sink(Protocol):
 
     def states(self, states: Mapping[str, SensorState]) -> None:
         """Publish per-sensor states that changed since the last call."""
+        ...
+
+    def forget(self, sensors: Sequence[str]) -> None:
+        """The daemon holds no state for these sensors any more (evicted)."""
         ...
 
     def close(self) -> None:

@@ -36,5 +36,8 @@ class JSONLSink:
     def states(self, states: Mapping[str, SensorState]) -> None:
         """States are not logged: the file is an alert log."""
 
+    def forget(self, sensors: Sequence[str]) -> None:
+        """Nothing is kept per sensor (an open alert's end is in the alert log)."""
+
     def close(self) -> None:
         self._file.close()

@@ -334,11 +334,36 @@ class MQTTSink:
         if self._config["homeassistant"] and new and self.connected:
             self._announce(new)
 
+    def forget(self, sensors: Sequence[str]) -> None:
+        """Clear the retained state (and Home Assistant discovery) of evicted sensors: an
+        empty retained message deletes one, so nobody reads a state the daemon dropped.
+        A sensor that comes back is announced again."""
+        for sensor in sensors:
+            with self._lock:
+                if sensor not in self._known_sensors:
+                    continue
+                self._known_sensors.discard(sensor)
+            topics = []
+            if self._config["state_topic"] is not None:
+                topics.append(topic_for(self._config["state_topic"], sensor))
+            if self._config["homeassistant"]:
+                topics.append(self._discovery_topic(sensor))
+            for topic in topics:
+                try:
+                    self.client.publish(topic, b"", qos=1, retain=True)
+                except Exception as exc:  # one sensor never stops the others
+                    self._publish_failed(f"the removal of {sensor[:40]!r}", exc)
+
+    def _object_id(self, sensor: str) -> str:
+        return re.sub(r"[^A-Za-z0-9_-]", "_", f"{self._broker['client_id']}_{sensor}")
+
+    def _discovery_topic(self, sensor: str) -> str:
+        return f"{self._config['discovery_prefix']}/binary_sensor/{self._object_id(sensor)}/config"
+
     def _announce(self, sensors: Sequence[str]) -> None:
-        prefix = self._config["discovery_prefix"]
         daemon = self._broker["client_id"]
         for sensor in sensors:
-            object_id = re.sub(r"[^A-Za-z0-9_-]", "_", f"{daemon}_{sensor}")
+            object_id = self._object_id(sensor)
             config = {
                 "name": f"{sensor} anomaly",
                 "unique_id": f"streamlstm_{object_id}",
@@ -358,7 +383,7 @@ class MQTTSink:
             }
             try:
                 self.client.publish(
-                    f"{prefix}/binary_sensor/{object_id}/config",
+                    self._discovery_topic(sensor),
                     json.dumps(config),
                     qos=1,
                     retain=True,

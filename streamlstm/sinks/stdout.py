@@ -23,7 +23,8 @@ def _when(seconds: float | None) -> str:
 
 def format_alert(record: Mapping[str, Any]) -> str:
     """``2026-11-22T18:20:01.123Z  ALERT START  s1  score 7.31 > 4.00  (seq 42)``; a class
-    alert names its class after the sensor (``s1  class inner  score 0.97 ...``)."""
+    alert names its class after the sensor (``s1  class inner  score 0.97 ...``), an end
+    with a reason gives it before the seq (``... peak 9.1  (evicted)  (seq 43)``)."""
     score = record["score"]
     threshold = record["threshold"]
     label = f"class {record['label']}  " if record.get("label") is not None else ""
@@ -34,6 +35,8 @@ def format_alert(record: Mapping[str, Any]) -> str:
     )
     if record["kind"] == "end" and record["duration"] is not None:
         text += f"  lasted {record['duration']:.3g} s, peak {record['peak']:.3g}"
+    if record.get("reason") is not None:
+        text += f"  ({record['reason']})"
     return text + f"  (seq {record['seq']})"
 
 
@@ -59,6 +62,9 @@ class StdoutSink:
                 f"{state.rejected} rejected\n"
             )
         self._stream.flush()
+
+    def forget(self, sensors: Sequence[str]) -> None:
+        """Nothing is kept per sensor (an open alert's end was printed)."""
 
     def close(self) -> None:
         self._stream.flush()

@@ -139,8 +139,10 @@ class Subscriber:
             return [p for t, p, _ in self.messages if t.startswith(prefix)]
 
     def json(self, suffix: str) -> list[dict[str, Any]]:
+        """Decoded payloads on topics ending in ``suffix`` (empty ones, which delete a
+        retained message, left out)."""
         with self._lock:
-            return [json.loads(p) for t, p, _ in self.messages if t.endswith(suffix)]
+            return [json.loads(p) for t, p, _ in self.messages if t.endswith(suffix) and p]
 
     def close(self) -> None:
         self.client.disconnect()

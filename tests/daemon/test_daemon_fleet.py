@@ -37,7 +37,7 @@ def test_evicted_rows_are_reused_and_a_returning_sensor_starts_fresh(model_path)
         detector.update([sensor] * 100, x[:100], t[:100])
     kept = {s: detector.bank.state_vector(s) for s in ("a", "c")}
     capacity = detector.bank.capacity
-    assert detector.evict(["b", "unknown"]) == 1
+    assert detector.evict(["b", "unknown"]) == []  # no alert was open on "b"
     assert detector.sensors == ["a", "c"]
     detector.update(["d"] * 100, x[:100], t[:100])  # takes b's row: no growth
     assert detector.bank.capacity == capacity
@@ -137,20 +137,33 @@ def test_idle_sensors_are_evicted_and_come_back_fresh(broker, tmp_path, model_pa
         sources=MQTT_SOURCE,
         extra_daemon="sensor_idle_s = 1.0\n",
     )
-    sub = Subscriber(broker.port, ["streamlstm/+/state"])
+    sub = Subscriber(broker.port, ["streamlstm/+/state", "streamlstm/+/alert"])
     daemon = DaemonProcess(site, tmp_path)
     pub = publisher(broker.port)
-    samples = recording(20.0, RATE, [], seed=4)
+    samples = recording(20.0, RATE, [(0.6, 1.0)], seed=4)  # "quiet" goes silent in a burst
     try:
         wait_until(lambda: "subscribed to" in daemon.log(), 60, "the daemon to subscribe")
         _send(pub, "quiet", samples[:100], 0.0)
         wait_until(lambda: scrape(port).get("streamlstm_sensors") == 1, 20, "the first sensor")
+        wait_until(lambda: sub.json("/alert"), 20, "quiet's alert")
         # "busy" keeps talking every 0.2 s; "quiet" says nothing for over a second.
         for step in range(10):
-            _send(pub, "busy", samples[step * 20 : step * 20 + 20], step * 0.2)
+            _send(pub, "busy", samples[200 + step * 20 : 220 + step * 20], step * 0.2)
             time.sleep(0.2)
         wait_until(lambda: scrape(port).get("streamlstm_expired_sensors_total") == 1, 20, "expiry")
         assert scrape(port)["streamlstm_sensors"] == 1
+        # Its open alert ended when it went (at its last sample), and its retained state
+        # was deleted (an empty retained message): a new subscriber finds none.
+        wait_until(lambda: len(sub.json("/alert")) == 2, 10, "the eviction's end")
+        start, end = sub.json("/alert")
+        assert (start["sensor"], start["kind"], "reason" in start) == ("quiet", "start", False)
+        assert (end["sensor"], end["kind"], end["reason"]) == ("quiet", "end", "evicted")
+        assert end["t"] == pytest.approx(0.99) and end["seq"] == start["seq"] + 1
+        wait_until(lambda: sub.payloads("streamlstm/quiet/state")[-1:] == [b""], 10, "deletion")
+        late = Subscriber(broker.port, ["streamlstm/+/state"], client_id="late-subscriber")
+        time.sleep(0.5)  # retained messages arrive right after the subscription
+        assert not late.payloads("streamlstm/quiet/") and late.payloads("streamlstm/busy/")
+        late.close()
         _send(pub, "quiet", samples[100:150], 1.0)  # back: a new row, a fresh start
         wait_until(lambda: scrape(port).get("streamlstm_sensors") == 2, 20, "the return")
         # Its retained state counts from zero again: 50 samples, not 150.

@@ -196,6 +196,29 @@ def test_home_assistant_coming_online_gets_the_discovery_again(broker, tmp_path)
         sub.close()
 
 
+def test_forgotten_sensors_lose_their_retained_state_and_discovery(broker, tmp_path):
+    sub = Subscriber(broker.port, ["streamlstm/+/state", "homeassistant/binary_sensor/#"])
+    sink = MQTTSink(sink_config(tmp_path, homeassistant=True), mqtt_settings(broker.port))
+    try:
+        wait_until(lambda: sink.connected, 10, "the sink to connect")
+        sink.states({"s1": SensorState("s1", samples=3), "s2": SensorState("s2", samples=4)})
+        wait_until(lambda: len(sub.payloads("homeassistant/")) == 2, 10, "two announcements")
+        sink.forget(["s1", "never-seen"])
+        wait_until(lambda: b"" in sub.payloads("homeassistant/"), 10, "the discovery removal")
+        wait_until(lambda: sub.payloads("streamlstm/s1/")[-1:] == [b""], 10, "the state removal")
+        assert len(sub.payloads("homeassistant/")) == 3  # nothing for the unknown id
+        late = Subscriber(broker.port, ["streamlstm/+/state"], client_id="late-subscriber")
+        wait_until(lambda: late.json("/state"), 10, "the retained states")
+        time.sleep(0.3)
+        assert [m["sensor"] for m in late.json("/state")] == ["s2"]
+        late.close()
+        sink.states({"s1": SensorState("s1", samples=1)})  # back: announced again
+        wait_until(lambda: len(sub.json("/config")) == 3, 10, "the new announcement")
+    finally:
+        sink.close()
+        sub.close()
+
+
 def test_seq_numbers_never_repeat_across_restarts(tmp_path):
     first = SeqCounter(tmp_path / "seq")
     taken = [first.take() for _ in range(5)]

@@ -125,10 +125,10 @@ def test_a_partition_restored_from_its_export_continues_bit_for_bit(model_path):
     assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
 
 
-def idle_stream() -> list[StreamMessage]:
+def idle_stream(faults=((2.0, 2.5),)) -> list[StreamMessage]:
     """Sensors a and b every 0.1 s (stream clock = device clock); b is silent from 1.0 s to
     3.5 s."""
-    x = recording(4.0, RATE, [(2.0, 2.5)], seed=4)
+    x = recording(4.0, RATE, list(faults), seed=4)
     out = []
     for k in range(40):
         for sensor in ("a", "b"):
@@ -147,10 +147,12 @@ def test_idle_sensors_are_evicted_on_the_stream_clock_alike_in_any_batching_and_
     kept.apply(messages)
     assert kept.sensors["b"].samples == 16 * 10
     whole = partition(model_path, sensor_idle_s=2.0)
-    expired = sum(whole.apply(messages[i : i + 7]).expired for i in range(0, len(messages), 7))
+    expired = [
+        s for i in range(0, len(messages), 7) for s in whole.apply(messages[i : i + 7]).expired
+    ]
     # b was last stepped at 1.0 s: gone before the first message stored at 3.0 s, and back
     # at 3.5 s as a new sensor.
-    assert expired == 1 and whole.sensors["b"].samples == 5 * 10
+    assert expired == ["b"] and whole.sensors["b"].samples == 5 * 10
     assert whole.sensors["a"].samples == 40 * 10
     want = whole.export()
     for cuts in ([len(messages)], [3, 30, 41, 42, 56], [25, 45, 56]):
@@ -172,3 +174,21 @@ def test_idle_sensors_are_evicted_on_the_stream_clock_alike_in_any_batching_and_
         assert got["last_seen"]["names"] == want["last_seen"]["names"] == ["a", "b"]
         np.testing.assert_array_equal(got["last_seen"]["t"], want["last_seen"]["t"])
         assert {n: r.samples for n, r in owned.sensors.items()} == {"a": 400, "b": 50}
+
+
+def test_an_idle_sensor_evicted_in_alert_ends_it_alike_in_any_batching(model_path):
+    messages = idle_stream(faults=[(0.7, 1.1)])  # b goes silent in the middle of a burst
+    runs = []
+    for size in (7, len(messages), 3):
+        owned = partition(model_path, sensor_idle_s=2.0)
+        records = [
+            r
+            for i in range(0, len(messages), size)
+            for r in owned.apply(messages[i : i + size]).records
+        ]
+        runs.append([{k: v for k, v in r.items() if k != "published"} for r in records])
+    assert runs[0] == runs[1] == runs[2]
+    evicted = [r for r in runs[0] if "reason" in r]
+    assert [(r["sensor"], r["kind"], r["reason"]) for r in evicted] == [("b", "end", "evicted")]
+    assert evicted[0]["t"] == pytest.approx(1.09)  # b's last sample
+    assert [r["seq"] for r in runs[0]] == list(range(1, len(runs[0]) + 1))
