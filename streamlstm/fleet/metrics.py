@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..daemon.engine import CONNECTION_METRICS
 from ..daemon.metrics import Metrics
+from ..daemon.telemetry import CONNECTION_METRICS
 
 FLEET_METRICS = [
     ("streamlstm_fleet_owned_partitions", "gauge", "partitions this worker owns"),
