@@ -60,7 +60,7 @@ from .sensortable import (
     record_batch,
     within_sensor_limit,
 )
-from .snapshotter import Snapshotter, restore
+from .snapshotter import Snapshotter, restore_snapshot
 from .telemetry import (
     LATENCY_BUCKETS,
     STEP_BUCKETS,
@@ -126,7 +126,7 @@ class Daemon:
             if isinstance(s, ReplaySource) and s.plot_path
         ]
         path = config["daemon"]["snapshot_path"]
-        self.sensors: dict[str, SensorState] = restore(path, self.pipeline, self.metrics)
+        self.sensors: dict[str, SensorState] = restore_snapshot(path, self.pipeline, self.metrics)
         # Sensor -> monotonic time of its last frame, least recently seen first.
         now = time.monotonic()
         self._last_seen = LastSeen((name, now) for name in self.sensors)

@@ -3,8 +3,8 @@
 A snapshot is copied on the compute loop a slice per loop turn (:data:`ROWS_PER_TURN`), so
 a million sensors never stop the loop for long, then encoded and written on the writer
 thread (:class:`~.snapshot.SnapshotWriter`); the last one is written whole at shutdown.
-At start, :func:`restore` loads the file into the detector, or counts it, logs it and sets
-it aside when it is unreadable or does not fit the model, and the daemon starts fresh.
+At start, :func:`restore_snapshot` loads the file into the detector, or counts it, logs it
+and sets it aside when it is unreadable or does not fit the model (the daemon starts fresh).
 The file format is :mod:`.snapshot`'s; the daemon says when, this module does the rest.
 """
 
@@ -144,7 +144,9 @@ def _job(copy: Any, records: list[SensorState], model_sha: str) -> snapshot.Job:
     return build
 
 
-def restore(path: str | None, pipeline: Pipeline, metrics: Metrics) -> dict[str, SensorState]:
+def restore_snapshot(
+    path: str | None, pipeline: Pipeline, metrics: Metrics
+) -> dict[str, SensorState]:
     """Load the snapshot at ``path`` into ``pipeline``; its per-sensor records.
 
     Empty when there is none; a file that is unreadable or does not fit the model is

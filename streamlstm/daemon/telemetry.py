@@ -149,22 +149,32 @@ DAEMON_METRICS = [
 ]
 
 
-def daemon_metrics() -> Metrics:
-    """A registry with the daemon's metrics described and its counters at zero."""
+def described_metrics(
+    definitions: Sequence[tuple[str, str, str]], counters: Sequence[str]
+) -> Metrics:
+    """A registry with ``definitions`` (name, type, help text) described and ``counters``
+    at zero from the start: rate() over a scrape series needs the zero."""
     metrics = Metrics()
-    for name, kind, text in DAEMON_METRICS:
+    for name, kind, text in definitions:
         metrics.describe(name, kind, text)
-    # Counters exist from the start: rate() over a scrape series needs the zero.
-    for name in (
-        "streamlstm_samples_total",
-        "streamlstm_rejected_samples_total",
-        "streamlstm_snapshots_total",
-        "streamlstm_snapshot_failures_total",
-        "streamlstm_sensor_limit_samples_total",
-        "streamlstm_expired_sensors_total",
-    ):
+    for name in counters:
         metrics.inc(name, 0)
     return metrics
+
+
+def daemon_metrics() -> Metrics:
+    """A registry with the daemon's metrics described and its counters at zero."""
+    return described_metrics(
+        DAEMON_METRICS,
+        (
+            "streamlstm_samples_total",
+            "streamlstm_rejected_samples_total",
+            "streamlstm_snapshots_total",
+            "streamlstm_snapshot_failures_total",
+            "streamlstm_sensor_limit_samples_total",
+            "streamlstm_expired_sensors_total",
+        ),
+    )
 
 
 def error_reason(exc: BaseException) -> str:
