@@ -236,18 +236,11 @@ def bench_bank(
     rng = np.random.default_rng(0)
     xs = rng.normal(size=(n, args.inputs)).astype(np.float32)
     bank.step_rows(rows, xs)  # compiles, uploads, fills the I/O buffers for the timing below
-    groups = bank.last_launch[0]
     # The kernel alone: the bank's own buffers and launcher, samples already on the device.
-    launch = bank._launcher(groups)
-    kernel_args = (bank._capacity, *bank.last_launch)
+    launch = bank.repeat_launch()
     result = {
         "bank_kernel_ms": event_times(
-            cuda,
-            bank._stream,
-            lambda: launch(*kernel_args),
-            args.reps,
-            args.warmup,
-            simulated=simulated,
+            cuda, bank.stream, launch, args.reps, args.warmup, simulated=simulated
         ),
         "bank_e2e_ms": wall_times(lambda: bank.step_rows(rows, xs), args.reps, args.warmup),
         "launch_path": bank.launch_path,
@@ -256,13 +249,10 @@ def bench_bank(
         block = rng.normal(size=(n, args.block_steps, args.inputs)).astype(np.float32)
         sensors = list(range(n))
         bank.run(sensors, block)
-        block_args = (bank._capacity, *bank.last_launch)
-        block_launch = bank._launcher(bank.last_launch[0])
+        block_launch = bank.repeat_launch()
         reps = max(3, args.reps // 10)
         result["block_kernel_ms_per_step"] = (
-            event_times(
-                cuda, bank._stream, lambda: block_launch(*block_args), reps, 1, simulated=simulated
-            )
+            event_times(cuda, bank.stream, block_launch, reps, 1, simulated=simulated)
             / args.block_steps
         )
         result["block_e2e_ms_per_step"] = (

@@ -101,12 +101,12 @@ def bench_in_process(folder: Path, sensors: int, repeats: int) -> dict:
         while True:
             busy_steps += step_times(1)
             t1 = time.perf_counter()
-            if not daemon.continue_snapshot():
+            if not daemon.snapshots.advance():
                 break
             turns.append(time.perf_counter() - t1)
         copies.append(time.perf_counter() - t0)
         t2 = time.perf_counter()
-        while not daemon.flush_snapshot(0.0):
+        while not daemon.snapshots.flush(0.0):
             busy_steps += step_times(1)
         writes.append(time.perf_counter() - t2)
     size = (folder / "state.npz").stat().st_size

@@ -29,8 +29,8 @@ class StreamBank(Protocol):
     takes ``(T, D)``; a bank never raises for a NaN/Inf sample (a stream's ``on_invalid``
     defaults to ``"raise"``): it skips and counts it, and :attr:`last_status` says why.
     Beyond this protocol the CPU bank has ``threads``, :meth:`Bank.kernel_args` and
-    :attr:`Bank.row_table`; the GPU bank has ``kernel``, ``last_launch`` and
-    ``synchronize()``.
+    :attr:`Bank.row_table`; the GPU bank has ``kernel``, ``last_launch``, ``stream``,
+    ``repeat_launch()`` and ``synchronize()``.
     """
 
     model: Model

@@ -397,19 +397,9 @@ class Model:
         :class:`~streamlstm.errors.CudaUnavailableError` without one); ``"auto"`` the
         GPU for ``capacity >= streamlstm.cuda.AUTO_MIN_STREAMS`` when one is present.
         """
-        from . import cuda
+        from .devices import make_bank  # imported lazily: the banks import this module
 
-        if device not in cuda.DEVICES:
-            raise ValueError(f"device must be one of {cuda.DEVICES}, got {device!r}")
-        if device == "auto":
-            device = cuda.choose_device(capacity)
-        if device == "cuda":
-            from .cuda.bank import CudaBank
-
-            return CudaBank(self, capacity=capacity)
-        from .bank import Bank
-
-        return Bank(self, capacity=capacity, threads=threads)
+        return make_bank(self, capacity, threads=threads, device=device)
 
     def windows(
         self,
@@ -426,17 +416,9 @@ class Model:
         :class:`~streamlstm.cuda.CudaWindowBank`, same API and results; raises
         :class:`~streamlstm.errors.CudaUnavailableError` without one).
         """
-        if device not in ("cpu", "cuda"):
-            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-        if device == "cuda":
-            if threads is not None:
-                raise ValueError("threads applies to device='cpu' only")
-            from .cuda.window_bank import CudaWindowBank
+        from .devices import make_window_bank  # imported lazily: the banks import this module
 
-            return CudaWindowBank(self, capacity=capacity, spec=spec)
-        from .windows import WindowBank
-
-        return WindowBank(self, capacity=capacity, spec=spec, threads=threads)
+        return make_window_bank(self, capacity, spec=spec, threads=threads, device=device)
 
     def __repr__(self) -> str:
         calibrated = ", calibrated" if self.calibration else ""

@@ -34,8 +34,8 @@ def missing_serial_ports(sources: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..daemon.engine import build_sources
     from ..daemon.pipeline import load_model, make_detector, sample_width
+    from ..daemon.registry import build_sources
 
     try:
         config = config_module.load(args.config)

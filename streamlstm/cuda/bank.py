@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -338,6 +338,21 @@ class CudaBank(SensorRows):
     def synchronize(self) -> None:
         """Wait for the bank's device work (every public method already does)."""
         self._stream.synchronize()
+
+    @property
+    def stream(self) -> Any:
+        """The CUDA stream all of the bank's transfers and launches are queued on (record
+        CUDA events on it to time them)."""
+        return self._stream
+
+    def repeat_launch(self) -> Callable[[], None]:
+        """A call that launches the step kernel again as the latest :meth:`step` or
+        :meth:`run` did (:attr:`last_launch`: the same rows and samples, already on the
+        device), with no transfer and no wait: for timing the kernel alone. Each call
+        steps those rows' state once more; valid until the bank grows."""
+        groups, samples, steps = self.last_launch
+        launch, capacity = self._launcher(groups), self._capacity
+        return lambda: launch(capacity, groups, samples, steps)
 
     # -- state access -----------------------------------------------------------------
     def _gather(self, rows: np.ndarray) -> np.ndarray:

@@ -33,6 +33,7 @@ import math
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from .._ratelimit import RateLimitedLog
 from ..sinks import SensorState
@@ -49,6 +50,13 @@ class TimePolicy:
     future_s: float = 300.0
     redelivery_window_s: float = 60.0
     clock_reset_s: float = 10.0
+
+
+def time_policy(settings: Mapping[str, Any]) -> TimePolicy:
+    """The ``[daemon]`` timestamp tolerances as a :class:`TimePolicy`."""
+    return TimePolicy(
+        settings["time_future_s"], settings["redelivery_window_s"], settings["clock_reset_s"]
+    )
 
 
 @dataclass

@@ -15,8 +15,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .._ratelimit import RateLimitedLog
-from ..daemon.engine import build_sinks, sink_samples
 from ..daemon.metrics import Metrics, Sample
+from ..daemon.registry import build_sinks
+from ..daemon.telemetry import sink_samples
 from ..sinks import SensorState, Sink
 from ..sinks.mqtt import MQTTSink
 

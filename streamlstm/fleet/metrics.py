@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..daemon.engine import CONNECTION_METRICS
 from ..daemon.metrics import Metrics
+from ..daemon.telemetry import CONNECTION_METRICS, described_metrics
 
 FLEET_METRICS = [
     ("streamlstm_fleet_owned_partitions", "gauge", "partitions this worker owns"),
@@ -77,15 +77,13 @@ FLEET_METRICS = [
 
 def fleet_metrics() -> Metrics:
     """A registry with the fleet's metrics described and its counters at zero."""
-    metrics = Metrics()
-    for name, kind, text in FLEET_METRICS:
-        metrics.describe(name, kind, text)
-    for name in (
-        "streamlstm_fleet_handoffs_total",
-        "streamlstm_fleet_lease_losses_total",
-        "streamlstm_fleet_messages_total",
-        "streamlstm_samples_total",
-        "streamlstm_expired_sensors_total",
-    ):
-        metrics.inc(name, 0)
-    return metrics
+    return described_metrics(
+        FLEET_METRICS,
+        (
+            "streamlstm_fleet_handoffs_total",
+            "streamlstm_fleet_lease_losses_total",
+            "streamlstm_fleet_messages_total",
+            "streamlstm_samples_total",
+            "streamlstm_expired_sensors_total",
+        ),
+    )

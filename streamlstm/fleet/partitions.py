@@ -24,10 +24,18 @@ from typing import Any
 import numpy as np
 
 from .._ratelimit import RateLimitedLog
-from ..daemon.engine import sensor_columns, sensor_records
 from ..daemon.intake import TimestampGate
 from ..daemon.lastseen import LastSeen
 from ..daemon.pipeline import LoadedModel, Pipeline
+from ..daemon.sensortable import (
+    batch_arrays,
+    forget_sensors,
+    record_alert,
+    record_batch,
+    sensor_columns,
+    sensor_records,
+    within_sensor_limit,
+)
 from ..sinks import SensorState, alert_record
 from ..sources import Frame
 from ..sources.mqtt import MQTTSource
@@ -183,9 +191,7 @@ class OwnedPartition:
             return
         last_t = [self.sensors[n].t if n in self.sensors else math.nan for n in sensors]
         self._number(self.pipeline.evict(sensors, last_t), applied)
-        for name in sensors:
-            self.sensors.pop(name, None)
-            self.changed.discard(name)
+        forget_sensors(self.sensors, self.changed, sensors)
         applied.expired += sensors
 
     def _decode(self, message: StreamMessage, received: float) -> Frame:
@@ -198,19 +204,9 @@ class OwnedPartition:
     def _within_sensor_limit(self, frames: list[Frame], applied: Applied) -> list[Frame]:
         """Frames of known sensors, and of new ones while fewer than ``max_sensors`` are
         known (in stream order, so a replay refuses the same ones)."""
-        if len(self.sensors) + len(frames) <= self.max_sensors:
-            return frames
-        kept: list[Frame] = []
-        new: set[str] = set()
-        for frame in frames:
-            if frame.sensor in self.sensors or frame.sensor in new:
-                kept.append(frame)
-            elif len(self.sensors) + len(new) < self.max_sensors:
-                new.add(frame.sensor)
-                kept.append(frame)
-            else:
-                applied.refused += len(frame.t)
-        if applied.refused:
+        kept, refused = within_sensor_limit(frames, self.sensors, self.max_sensors)
+        applied.refused += refused
+        if refused:
             _limited(
                 logging.ERROR,
                 "max_sensors",
@@ -222,30 +218,12 @@ class OwnedPartition:
         return kept
 
     def _step(self, frames: list[Frame], applied: Applied) -> None:
-        sensors: list[str] = []
-        for frame in frames:
-            sensors += [frame.sensor] * len(frame.t)
-        samples = np.concatenate([f.samples for f in frames])
-        times = np.concatenate([f.t for f in frames])
+        sensors, samples, times = batch_arrays(frames)
         events = self.pipeline.update(sensors, samples, times)
-        scores, status = self.pipeline.last_scores, self.pipeline.last_status
         applied.samples += len(sensors)
-        begin = 0
-        for frame in frames:
-            end = begin + len(frame.t)
-            state = self.sensors.get(frame.sensor)
-            if state is None:
-                state = self.sensors[frame.sensor] = SensorState(frame.sensor)
-            state.samples += end - begin
-            bad = int(np.count_nonzero(status[begin:end]))
-            state.rejected += bad
-            if bad < end - begin:
-                finite = scores[begin:end][np.isfinite(scores[begin:end])]
-                if finite.size:
-                    state.score = float(finite[-1])
-                state.t = float(frame.t[-1])
-            self.changed.add(frame.sensor)
-            begin = end
+        record_batch(
+            self.sensors, self.changed, frames, self.pipeline.last_scores, self.pipeline.last_status
+        )
         self._number(events, applied)
 
     def _number(self, events: Sequence[Any], applied: Applied) -> None:
@@ -263,6 +241,4 @@ class OwnedPartition:
                     published=decided,
                 )
             )
-            sensor = self.sensors.get(str(event.sensor))
-            if sensor is not None:
-                sensor.alert = event.kind == "start"
+            record_alert(self.sensors, event)

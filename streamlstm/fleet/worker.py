@@ -41,10 +41,10 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from .._ratelimit import RateLimitedLog
 from ..daemon import systemd
-from ..daemon.engine import DEFAULT_STATE_INTERVAL_S, time_policy
-from ..daemon.intake import TimestampGate
+from ..daemon.intake import TimestampGate, time_policy
 from ..daemon.metrics import MetricsServer, Sample
 from ..daemon.pipeline import compile_kernels, load_model, make_detector, sample_width
+from ..daemon.sensortable import DEFAULT_STATE_INTERVAL_S
 from ..errors import StreamLSTMError
 from ..sources.mqtt import MQTTSource
 from .alerts import WorkerSinks

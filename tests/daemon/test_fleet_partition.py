@@ -11,8 +11,7 @@ import pytest
 from daemon_helpers import make_model, recording
 
 from streamlstm.daemon.config import validate
-from streamlstm.daemon.engine import time_policy
-from streamlstm.daemon.intake import TimestampGate
+from streamlstm.daemon.intake import TimestampGate, time_policy
 from streamlstm.daemon.pipeline import load_model, make_detector
 from streamlstm.fleet.config import FleetSettings
 from streamlstm.fleet.partitions import OwnedPartition, StreamMessage
