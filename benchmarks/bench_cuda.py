@@ -325,8 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
     sys.path.insert(0, str(ROOT))
     import streamlstm as sl
-    from streamlstm.cuda import is_available
-    from streamlstm.cuda._compat import import_cuda
+    from streamlstm.cuda import import_cuda, is_available
 
     if not is_available():
         print(

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     import numba
     import numpy as np
 
-    from streamlstm.cuda._compat import import_cuda
+    from streamlstm.cuda import import_cuda
 
     cuda = import_cuda()
     import numba.cuda.dispatcher as dispatcher

@@ -106,7 +106,7 @@ class CudaBankRunner(BankRunner):
 
     The per-stream kernel runs here: on the simulator the tiled kernel computes all 32
     streams of its tile for these 3 sensors, 6-7x the Python work per step, which at 1200
-    steps per case would take CI's budget. ``tests/test_cuda_bank.py`` checks the tiled
+    steps per case would take CI's budget. ``tests/cuda/test_cuda_bank.py`` checks the tiled
     kernel against the CPU bank, which these cases check against the frameworks.
     """
 

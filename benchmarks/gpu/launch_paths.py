@@ -227,8 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
     import streamlstm as sl
-    from streamlstm.cuda import CudaBank, is_available
-    from streamlstm.cuda._compat import import_cuda
+    from streamlstm.cuda import CudaBank, import_cuda, is_available
 
     if not is_available():
         print("skipped: no CUDA GPU (numba.cuda.is_available() is False)")

@@ -49,7 +49,7 @@ numba.__version__, 'numba-cuda', numba_cuda.__version__, 'numpy', numpy.__versio
 
 # Kernel compilation dominates the tests: one worker per core with pytest-xdist; without
 # it, one pytest per test file side by side (each file's report follows the others').
-TESTS="tests/test_cuda_bank.py tests/test_cuda_windows.py tests/test_cuda_env.py"
+TESTS="tests/cuda/test_cuda_bank.py tests/cuda/test_cuda_windows.py tests/cuda/test_cuda_env.py"
 PYTEST="python3 -m pytest -q -p no:cacheprovider -o addopts=-ra --durations=10"
 if python3 -c "import xdist" 2>/dev/null; then
   # shellcheck disable=SC2086  # word lists

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._compat import is_available, simulator_enabled
+from ._compat import import_cuda, is_available, simulator_enabled
 
 if TYPE_CHECKING:
     from .bank import CudaBank
@@ -56,5 +56,6 @@ __all__ = [
     "CudaBank",
     "CudaWindowBank",
     "choose_device",
+    "import_cuda",
     "is_available",
 ]

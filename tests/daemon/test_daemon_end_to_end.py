@@ -157,6 +157,7 @@ progress = false
 """
 
 
+@pytest.mark.slow
 def test_broker_killed_and_restarted_mid_stream_loses_no_alert(broker, tmp_path, model_path):
     faults = [(1.5, 1.8), (3.5, 3.8), (5.5, 5.8), (7.0, 7.3)]
     samples = recording(8.5, RATE, faults, seed=5)

@@ -106,6 +106,7 @@ def write_recording(tmp_path: Path, seconds: float, faults, seed: int) -> tuple[
 # -- a full disk under the MQTT spool -------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_full_disk_under_the_spool_starves_no_other_sink_and_recovers(
     broker, tmp_path, model_path, full_disk
 ):
@@ -149,6 +150,7 @@ def test_full_disk_under_the_spool_starves_no_other_sink_and_recovers(
     sub.close()
 
 
+@pytest.mark.slow
 def test_restart_on_a_full_disk_keeps_deciding_and_drains_the_spool(
     broker, tmp_path, model_path, full_disk
 ):

@@ -157,7 +157,7 @@ def test_class_keys_are_validated_and_refused_for_a_predictor(tmp_path):
 
 def test_device_cuda_is_checked_and_refused_for_a_predictor(tmp_path):
     """``[detector] device``: "cpu" or "cuda"; "cuda" only for a window model (the GPU
-    window detector itself: tests/test_cuda_window_detector.py)."""
+    window detector itself: tests/cuda/test_cuda_window_detector.py)."""
     with pytest.raises(ConfigError, match=r"detector\.device: must be one of 'cpu', 'cuda'"):
         config_module.validate({"detector": {"device": "gpu"}})
     assert config_module.validate({})["detector"]["device"] == "cpu"

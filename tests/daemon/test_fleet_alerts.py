@@ -10,6 +10,7 @@ import time
 from collections import defaultdict
 
 import paho.mqtt.client as paho
+import pytest
 from fleet_helpers import (
     PARTITIONS,
     ROUNDS,
@@ -104,6 +105,7 @@ spool_dir = "{{name}}-spool"
 """
 
 
+@pytest.mark.slow
 def test_alerts_a_killed_worker_could_not_deliver_come_from_its_partitions_next_owner(
     fleet, signals, tmp_path
 ):

@@ -133,6 +133,7 @@ def test_a_joining_worker_takes_its_share_without_duplicates(fleet, signals):
     check_final_state(f, signals)
 
 
+@pytest.mark.slow
 def test_a_paused_worker_is_fenced_off_when_it_resumes(fleet, signals):
     f = fleet()
     f.start("w1")
@@ -178,6 +179,7 @@ def test_a_paused_worker_is_fenced_off_when_it_resumes(fleet, signals):
     check_final_state(f, signals)
 
 
+@pytest.mark.slow
 def test_workers_ride_out_a_nats_server_restart(fleet, signals):
     f = fleet()
     f.start("w1")

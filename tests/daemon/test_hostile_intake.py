@@ -312,6 +312,7 @@ def test_the_queue_is_bounded_in_bytes_and_acknowledges_what_it_drops():
     assert done.wait(5) and len(blocking) == 2 and blocking.dropped_frames == 0
 
 
+@pytest.mark.slow
 def test_an_unreachable_broker_at_start_is_logged_once_and_counted(tmp_path, model_path):
     # Issue 12, item 8: only the connected gauge said so.
     metrics_port = free_port()

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "streamlstm"
+PACKAGE = Path(__file__).resolve().parents[2] / "streamlstm"
 
 
 def _module_name(path: Path) -> str:

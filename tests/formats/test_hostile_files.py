@@ -404,7 +404,7 @@ def test_pt_with_a_deflated_record_is_refused_before_anything_is_inflated(tmp_pa
         "    print('refused:', exc)\n"
         "print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n"
     )
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     out = subprocess.run(
         [sys.executable, "-c", script, str(path)],
         capture_output=True,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "streamlstm"
+PACKAGE = Path(__file__).resolve().parents[2] / "streamlstm"
 
 
 def _modules_with_examples() -> list[str]:

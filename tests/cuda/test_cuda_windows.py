@@ -1,7 +1,7 @@
 """CudaWindowBank against the CPU WindowBank: the same windows, outputs, skips and failures.
 
 The CPU window bank is parity-tested against torch, Keras and onnxruntime
-(``tests/test_windows_parity.py`` and neighbours); here the GPU one must give what it
+(``tests/windows/test_windows_parity.py`` and neighbours); here the GPU one must give what it
 gives, push for push, within 1e-9 (float64) or 1e-5 (float32) of the output scale. Runs on
 the CUDA simulator (see conftest.py) with tiny sizes and 8-thread blocks, or on a GPU.
 """
@@ -259,7 +259,7 @@ def test_a_model_too_large_for_the_tiles_is_refused_by_name():
 
 def test_benchmark_runs_on_the_simulator(tmp_path):
     """``bench_windows.py --device cuda --simulate`` walks the GPU benchmark's code path."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     out = tmp_path / "windows.json"
     result = subprocess.run(
         [
@@ -294,7 +294,7 @@ def test_benchmark_runs_on_the_simulator(tmp_path):
 @pytest.mark.parametrize("cell,output", [("gru", "probabilities"), ("rnn_relu", "every")])
 def test_streamed_windows_match_torch(tmp_path, cell, output):
     """The GPU window bank against torch itself (a bidirectional net, float64, W=16, K=4,
-    200 windows of 4 sensors), as tests/test_windows_parity.py does for the CPU bank."""
+    200 windows of 4 sensors), as tests/windows/test_windows_parity.py does for the CPU bank."""
     torch = pytest.importorskip("torch")
     # Here, not at the top: test_windows_parity skips its whole module without torch.
     from test_windows_parity import WindowNet, check_close, torch_windows

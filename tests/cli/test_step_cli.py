@@ -15,7 +15,7 @@ import streamlstm as sl
 from streamlstm.cli import main
 from streamlstm.formats import save
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

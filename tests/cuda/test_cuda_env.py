@@ -17,7 +17,7 @@ import pytest
 
 pytest.importorskip("numba.cuda", reason="numba-cuda not installed")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _python(code: str, *, simulator: bool = False) -> subprocess.CompletedProcess[str]:

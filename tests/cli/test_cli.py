@@ -12,7 +12,7 @@ import streamlstm as sl
 from streamlstm.cli import COMMANDS, main
 from streamlstm.formats import save
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_cli(*args: str, input_text: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -2,7 +2,7 @@
 snapshots, and the daemon's ``[detector] device = "cuda"`` for a window model.
 
 The GPU window bank is checked push for push against the CPU one in
-``tests/test_cuda_windows.py``; here the detector built on it must decide exactly what the
+``tests/cuda/test_cuda_windows.py``; here the detector built on it must decide exactly what the
 CPU detector decides on the same stream. Runs on the CUDA simulator (see conftest.py), with
 tiny models (hidden size <= 6, W <= 16), or on a GPU.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_detect_windowed import autoencoder, channel_classifier, fault_sequence
+from window_models import autoencoder, channel_classifier, fault_sequence
 
 from streamlstm import formats
 from streamlstm.daemon import config as config_module
@@ -32,7 +32,7 @@ if not is_available():
         "no CUDA GPU and the simulator is off (NUMBA_ENABLE_CUDASIM=0)", allow_module_level=True
     )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RATE = 100.0
 SCORE_TOL = 1e-9  # float64 models: window outputs within 1e-9 of the CPU's, scores likewise
 

@@ -17,7 +17,7 @@ from numba import njit
 
 from streamlstm.cli.warmup import COMPILING_NOTICE, compile_interruptibly
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cli(*args: str, cache: Path | None = None, **kwargs) -> subprocess.Popen[str]:
@@ -305,6 +305,7 @@ print(json.dumps(compiled))
 """
 
 
+@pytest.mark.slow
 def test_warmup_of_a_window_site_leaves_its_first_pushes_nothing_to_compile(tmp_path):
     """A fresh cache: `warmup --config` compiles; then the daemon's first pushes (one
     sensor's first window, then many sensors' windows at once) compile nothing."""

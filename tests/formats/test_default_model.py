@@ -9,7 +9,7 @@ import numpy as np
 import streamlstm as sl
 from streamlstm.data import DEFAULT_MODEL_PATH, load_demo
 
-WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "accel-default.npz"
+WEIGHTS = Path(__file__).resolve().parents[2] / "weights" / "accel-default.npz"
 
 
 def test_default_model_loads_with_its_calibration_and_features():
