@@ -284,7 +284,7 @@ def _error_scoring(cal: Mapping[str, Any], model: Model) -> dict[str, Any]:
     """The checked fields that score a residual or reconstruction error."""
     width = model.input_size
     require_next_step(model, width)
-    values: dict[str, Any] = {"metric": cal.get("metric")}
+    values: dict[str, Any] = {"metric": _optional(cal, "metric", str)}
     values["center"], values["whiten"] = _affine_pair(cal, "center", "whiten", width)
     if "level_center" in cal or "level_whiten" in cal:
         values["level_center"], values["level_whiten"] = _affine_pair(

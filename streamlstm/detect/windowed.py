@@ -130,7 +130,8 @@ class WindowDetector:
     their unit, ``warmup_steps``, ``debounce_steps``, ``quiet_steps`` or ``*_s``, a step
     being one window hop: :mod:`streamlstm.detect.durations`) for autoencoders, whose
     ``model.calibration`` comes from
-    :func:`~streamlstm.detect.calibration.calibrate_reconstruction`.
+    :func:`~streamlstm.detect.calibration.calibrate_reconstruction` (parsed once into
+    :attr:`calibration`; ``None`` for classifiers).
 
     :meth:`update` takes a micro-batch in arrival order and returns the alert events it
     caused, in order (class alerts carry ``label``). :attr:`last_scores` holds each
