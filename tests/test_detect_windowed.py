@@ -424,7 +424,11 @@ def test_a_reconstruction_calibration_reads_into_a_record_and_back_unchanged():
     models = [
         calibrate_reconstruction(autoencoder(), normal, quantile=0.99, warmup_steps=3),
         calibrate_reconstruction(
-            autoencoder(1), rng.normal(size=(2000, 2)), metric="mahalanobis", warmup_steps=3
+            autoencoder(1).replace(sample_rate=RATE),
+            rng.normal(size=(2000, 2)),
+            metric="mahalanobis",
+            quantile=0.95,
+            warmup_steps=3,
         ),
     ]
     for model in models:

@@ -163,7 +163,7 @@ class Calibration:
         if "score_index" in cal:
             values["score_index"] = _optional(cal, "score_index", int)
         if cal["score"] == "direct":
-            index = values.get("score_index", 0)
+            index = values.get("score_index") or 0
             if not 0 <= index < model.output_size:
                 raise ConfigError(
                     f"calibration score_index {index} out of range "
