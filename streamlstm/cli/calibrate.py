@@ -18,8 +18,8 @@ from ..detect.calibration import (
     calibrate,
     calibrate_reconstruction,
 )
+from ..detect.calibration_record import POOLS, TARGETS
 from ..detect.durations import add_duration_arguments, duration_arguments
-from ..detect.params import POOLS, TARGETS
 from ..detect.recordings import read_recording
 from ..errors import ConfigError, ShapeError, StreamLSTMError
 from ..model import Model

@@ -11,8 +11,8 @@ from ..errors import StreamLSTMError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..detect.calibration import CalibrationOptions
+    from ..detect.calibration_record import POOLS
     from ..detect.durations import add_duration_arguments
-    from ..detect.params import POOLS
 
     parser.add_argument(
         "--data",

@@ -40,6 +40,7 @@ from .calibration import (
     calibrate_reconstruction,
     calibration_scores,
 )
+from .calibration_record import Calibration
 from .detector import Detector
 from .events import AlertEvent
 from .features import FeatureSpec, compute_features
@@ -48,6 +49,7 @@ from .windowed import ClassAlertParams, WindowDetector
 
 __all__ = [
     "AlertEvent",
+    "Calibration",
     "CalibrationOptions",
     "CalibrationWarning",
     "ClassAlertParams",

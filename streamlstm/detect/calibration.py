@@ -27,20 +27,20 @@ import numpy as np
 
 from ..errors import ConfigError, ShapeError
 from ..model import Model
-from .detector import Detector
-from .durations import STORED_UNIT, UNIT_NAMES, resolve_durations, step_seconds
-from .features import FeatureSpec, compute_features
-from .params import (
+from .calibration_record import (
     BASE_VERSION,
     LEVEL_KEYS,
     POOLS,
     READABLE_VERSIONS,
     TARGETS,
-    DetectorParams,
     check_level_adaptation,
     require_next_step,
     schema_version,
 )
+from .detector import Detector
+from .durations import STORED_UNIT, UNIT_NAMES, resolve_durations, step_seconds
+from .features import FeatureSpec, compute_features
+from .params import DetectorParams
 
 METRICS = ("diagonal", "mahalanobis")
 #: Residual spreads below this fraction of the largest are floored to it, so a channel
@@ -82,7 +82,7 @@ class CalibrationOptions:
     scored; ``None`` learns them (missing in more than 10 % of the normal rows, or
     constant). ``level``: add the input's distance from its normal distribution to the
     score. ``level_alpha`` (default 0: off) and ``level_bound``: guarded drift adaptation
-    of the level term (:mod:`~streamlstm.detect.params`; its centre follows the input
+    of the level term (:mod:`~streamlstm.detect.calibration_record`; its centre follows the input
     with this EWMA weight per step while no alert is open and the score is below the
     threshold, at most ``level_bound`` normal standard deviations). ``level_balance``
     (needs ``level=True`` and ``pool="max"``): the level term is scaled so that its own

@@ -14,6 +14,8 @@ from ..errors import ConfigError, ShapeError
 from ..model import Model
 from ..packing import packed
 from . import _kernel as K
+from .calibration_record import Calibration
+from .durations import step_seconds
 from .events import EVICTED, AlertEvent, EventKind, eviction_times
 from .features import FeatureSpec
 from .params import DetectorParams, pack_params, params_from, scoring_from
@@ -86,7 +88,9 @@ class Detector:
     """Per-sensor anomaly scores and debounced alerts over one model (high score = anomalous).
 
     ``Detector(model, capacity=1024, threads=None, **overrides)`` reads its parameters
-    from ``model.calibration`` (see :mod:`streamlstm.detect.params`); any of
+    from ``model.calibration``, parsed once into :attr:`calibration` (a
+    :class:`~streamlstm.detect.calibration_record.Calibration`; see
+    :mod:`streamlstm.detect.params`); any of
     ``threshold, margin, alpha, hysteresis`` and the durations ``warmup_steps``,
     ``debounce_steps``, ``quiet_steps`` (or their seconds forms ``warmup_s``,
     ``debounce_s``, ``quiet_s``; :mod:`streamlstm.detect.durations`) may be overridden.
@@ -131,7 +135,8 @@ class Detector:
                 "streamlstm.detect.WindowDetector"
             )
         self.model = model
-        self.params: DetectorParams = params_from(model, overrides)
+        self.calibration = Calibration.from_model(model)
+        self.params: DetectorParams = params_from(self.calibration, overrides, step_seconds(model))
         self.features = FeatureSpec.from_metadata(model.metadata)
         if self.features is None:
             self.axes = model.input_size
@@ -143,7 +148,7 @@ class Detector:
                     f"its {n_stats} declared feature statistics"
                 )
             self.axes = model.input_size // n_stats
-        self._scoring = scoring_from(model, model.input_size)
+        self._scoring = scoring_from(self.calibration)
         self._dparams = pack_params(self.params, self._scoring)
         # Name plus weight digest: tells apart two models relabelled with the same name.
         self.model_id = str(model.metadata.get("model_id") or f"{model.name}@{model.sha256[:12]}")

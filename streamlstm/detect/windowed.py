@@ -44,7 +44,9 @@ from .._samples import as_timed_batch
 from ..errors import ConfigError, ShapeError
 from ..model import Model
 from ..windows import WindowBank, WindowOutputs
+from .calibration_record import Calibration
 from .detector import RowCopy
+from .durations import step_seconds
 from .events import EVICTED, AlertEvent, EventKind, eviction_times
 from .params import DetectorParams, Scoring, params_from, scoring_from
 
@@ -128,7 +130,8 @@ class WindowDetector:
     their unit, ``warmup_steps``, ``debounce_steps``, ``quiet_steps`` or ``*_s``, a step
     being one window hop: :mod:`streamlstm.detect.durations`) for autoencoders, whose
     ``model.calibration`` comes from
-    :func:`~streamlstm.detect.calibration.calibrate_reconstruction`.
+    :func:`~streamlstm.detect.calibration.calibrate_reconstruction` (parsed once into
+    :attr:`calibration`; ``None`` for classifiers).
 
     :meth:`update` takes a micro-batch in arrival order and returns the alert events it
     caused, in order (class alerts carry ``label``). :attr:`last_scores` holds each
@@ -156,6 +159,7 @@ class WindowDetector:
         self.classifier = spec.output in CLASSIFIER_OUTPUTS
         self.classes: tuple[str, ...] = ()
         self.class_params: ClassAlertParams | None = None
+        self.calibration: Calibration | None = None  # autoencoders: model.calibration parsed
         self.params: DetectorParams | None = None
         self._scoring: Scoring | None = None
         class_options = {
@@ -217,14 +221,16 @@ class WindowDetector:
                 f"reconstruction of the input, but it has {model.output_size} "
                 f"outputs for {model.input_size} inputs"
             )
-        if (model.calibration or {}).get("score") != "reconstruction":
+        calibration = Calibration.from_model(model) if model.calibration else None
+        if calibration is None or calibration.score != "reconstruction":
             raise ConfigError(
                 f"model {model.name!r} is a window autoencoder without a "
                 "reconstruction calibration: run streamlstm.detect."
                 "calibrate_reconstruction on normal data first"
             )
-        self.params = params_from(model, overrides)
-        self._scoring = scoring_from(model, model.input_size)
+        self.calibration = calibration
+        self.params = params_from(calibration, overrides, step_seconds(model))
+        self._scoring = scoring_from(calibration)
 
     # -- per-row arrays -------------------------------------------------------------------
     def _alloc_rows(self, capacity: int) -> None:

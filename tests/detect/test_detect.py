@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import streamlstm as sl
 from streamlstm.detect import _kernel as K
 from streamlstm.detect import calibrate
 from streamlstm.detect import params as P
+from streamlstm.detect.calibration_record import BASE_VERSION, SCHEMA_VERSION, Calibration
 from streamlstm.detect.events import EVICTED
 from streamlstm.errors import ConfigError, ShapeError
 from streamlstm.model import Normalization
@@ -598,7 +600,7 @@ def test_level_balance_scales_the_level_term_to_the_residuals_own_tail(metric):
 
     model = _balanced(metric)
     cal = model.calibration
-    assert cal["level_balance"] is True and cal["version"] == P.SCHEMA_VERSION
+    assert cal["level_balance"] is True and cal["version"] == SCHEMA_VERSION
     residual, level, gain = _terms(model)
     # Slow reference of the calibration: each term scored alone on the same normal data,
     # the level term's whitening scaled by the ratio of their 0.99 budget scores.
@@ -666,7 +668,7 @@ def test_level_balance_needs_the_level_term_and_max_pooling(calibrated):
 def test_calibrations_that_an_older_build_would_misread_are_version_3(calibrated):
     data = normal_data(600, 3)
     base = calibrated["diagonal"]
-    assert base.calibration["version"] == P.BASE_VERSION == 2  # rms, no level: still 2
+    assert base.calibration["version"] == BASE_VERSION == 2  # rms, no level: still 2
     for options in ({"pool": "max"}, {"level": True}):
         assert calibrate(base, data, **options).calibration["version"] == 3
     # Both versions are read; anything else is refused with the versions this build reads.
@@ -676,3 +678,151 @@ def test_calibrations_that_an_older_build_would_misread_are_version_3(calibrated
         broken = dict(old.calibration, version=version)
         with pytest.raises(ConfigError, match=r"unsupported version .*reads versions \(2, 3\)"):
             sl.Detector(old.replace(calibration=broken))
+
+
+# -- the calibration record: parsed once, written back unchanged ------------------------------
+def test_every_calibration_written_reads_into_a_record_and_back_unchanged(
+    calibrated, adaptive, tmp_path
+):
+    data = normal_data(600, 3)
+    direct = sl.random_model(2, [6], output_size=1, seed=4, dtype=np.float64)
+    masked = normal_data(600, 3)
+    masked[:, 0] = 1.5  # frozen: learned as masked
+    models = {
+        **calibrated,  # diagonal and mahalanobis whitening, rms pooling
+        "level": calibrate(calibrated["diagonal"], data, warmup_steps=10, level=True),
+        "max": calibrate(calibrated["diagonal"], data, warmup_steps=10, pool="max"),
+        "named mask": calibrate(calibrated["diagonal"], data, warmup_steps=10, mask=["c1"]),
+        "learnt mask, delta": calibrate(predictor(seed=3), masked, target="delta", warmup_steps=10),
+        "adaptive": adaptive,
+        "balanced": _balanced("mahalanobis"),
+        "direct": calibrate(
+            direct.replace(sample_rate=50.0), normal_data(300, 2), score="direct", quantile=0.9
+        ),
+    }
+    models["saved"] = sl.load(sl.save(models["balanced"], tmp_path / "balanced.npz"))
+    for name, model in models.items():
+        record = Calibration.from_model(model)
+        assert record.to_dict() == model.calibration, name
+        assert json.loads(json.dumps(record.to_dict())) == model.calibration, name
+        assert sl.Detector(model).calibration.to_dict() == model.calibration, name
+    # Typed fields, None where the dict holds no such key.
+    balanced = Calibration.from_model(models["balanced"])
+    assert balanced.whiten.shape == (3, 3) and balanced.whiten.dtype == np.float64
+    assert balanced.level_balance is True and balanced.level_gain > 0
+    assert balanced.budget.quantile == 0.99 and balanced.budget.false_alarms_per_day is None
+    assert balanced.score_index is None and balanced.mask_names == ("c1",)
+    plain = Calibration.from_model(calibrated["diagonal"])
+    assert plain.level_center is None and plain.budget.false_alarms_per_day == 1.0
+    assert Calibration.from_model(models["direct"]).center is None
+
+
+def _hand_written(**changes):
+    """A valid version-2 residual calibration for :func:`predictor` (width 3), changed."""
+    cal = {
+        "version": 2,
+        "score": "residual",
+        "metric": "diagonal",
+        "pool": "rms",
+        "target": "level",
+        "center": [0.0, 0.0, 0.0],
+        "whiten": np.eye(3).tolist(),
+        "mask": [1.0, 1.0, 1.0],
+        "fill": [0.0, 0.0, 0.0],
+        "alpha": 0.1,
+        "threshold": 2.0,
+        "quantile_score": 1.5,
+    }
+    cal.update(changes)
+    return {k: v for k, v in cal.items() if v is not None}
+
+
+LEVEL = {"level_center": [0.0, 0.0, 0.0], "level_whiten": np.eye(3).tolist()}
+#: A malformed calibration, and the ConfigError message it has always been refused with.
+MALFORMED = [
+    (
+        _hand_written(version=1),
+        "model calibration: unsupported version 1 (this release reads versions (2, 3): "
+        "run `streamlstm calibrate` on normal data again)",
+    ),
+    (
+        _hand_written(score="mystery"),
+        "model calibration: score must be one of ('residual', 'direct', 'reconstruction'), "
+        "got 'mystery'",
+    ),
+    (
+        _hand_written(center=[0.0, 0.0]),
+        "model calibration: center (2,) / whiten (3, 3) do not match width 3",
+    ),
+    (_hand_written(whiten=None), "model calibration: bad center/whiten ('whiten')"),
+    (
+        _hand_written(whiten=[[float("nan")] * 3] * 3),
+        "model calibration: non-finite center/whiten",
+    ),
+    (
+        _hand_written(level_center=[0.0, 1.0], level_whiten=np.eye(3).tolist()),
+        "model calibration: level_center (2,) / level_whiten (3, 3) do not match width 3",
+    ),
+    (
+        _hand_written(mask=[0.0, 0.0, 0.0]),
+        "model calibration: mask must hold 0/1 per channel, at least one 1",
+    ),
+    (
+        _hand_written(mask=[1.0, 0.5, 1.0]),
+        "model calibration: mask must hold 0/1 per channel, at least one 1",
+    ),
+    (_hand_written(fill=[0.0, 0.0]), "model calibration: fill must be 3 finite numbers"),
+    (
+        _hand_written(target="sideways"),
+        "model calibration: target must be one of ('level', 'delta'), got 'sideways'",
+    ),
+    (
+        _hand_written(pool="median"),
+        "model calibration: pool must be one of ('rms', 'max'), got 'median'",
+    ),
+    (
+        _hand_written(**LEVEL, level_alpha=1.5, level_bound=3.0, level_scale=[1.0] * 3),
+        "model calibration: level_alpha must be in [0, 1), got 1.5",
+    ),
+    (
+        _hand_written(**LEVEL, level_alpha=0.1, level_bound=0.0, level_scale=[1.0] * 3),
+        "model calibration: level_bound must be a finite number > 0, got 0.0",
+    ),
+    (
+        _hand_written(**LEVEL, level_alpha=0.1, level_bound=3.0),
+        "model calibration: level_alpha needs level_scale, 3 numbers >= 0",
+    ),
+    (
+        _hand_written(**LEVEL, level_alpha=0.1, level_bound=3.0, level_scale=[1.0, -1.0, 1.0]),
+        "model calibration: level_alpha needs level_scale, 3 numbers >= 0",
+    ),
+    (_hand_written(alpha="fast"), "detector parameters: could not convert string to float: 'fast'"),
+    (_hand_written(threshold=None), "model calibration has no threshold"),
+    (_hand_written(hysteresis=1.5), "hysteresis must be in (0, 1], got 1.5"),
+]
+
+
+@pytest.mark.parametrize("cal,message", MALFORMED)
+def test_a_malformed_calibration_is_refused_with_the_same_message(cal, message):
+    model = predictor().replace(calibration=cal)
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        sl.Detector(model)
+
+
+def test_calibration_errors_that_depend_on_the_model_or_the_overrides():
+    with pytest.raises(ConfigError, match=r"^model 'p' has no calibration: run `streamlstm"):
+        sl.Detector(predictor().replace(name="p"))
+    with pytest.raises(ConfigError, match=re.escape("margin override needs calibration[")):
+        sl.Detector(predictor().replace(calibration=_hand_written(quantile_score=None)), margin=2)
+    # The stored threshold may be missing when the caller gives one.
+    model = predictor().replace(calibration=_hand_written(threshold=None))
+    assert Calibration.from_model(model).threshold is None
+    assert sl.Detector(model, threshold=4.0).params.threshold == 4.0
+    wide = sl.random_model(3, [4], output_size=2, seed=1, dtype=np.float64)
+    with pytest.raises(ConfigError, match=r"not a next-step predictor: it has 2 outputs for 3"):
+        sl.Detector(wide.replace(calibration=_hand_written()))
+    direct = _hand_written(score="direct", score_index=2)
+    with pytest.raises(
+        ConfigError, match=re.escape("calibration score_index 2 out of range (model has 2 outputs)")
+    ):
+        sl.Detector(wide.replace(calibration=direct))

@@ -9,6 +9,7 @@ from window_models import autoencoder, channel_classifier, fault_sequence
 
 import streamlstm as sl
 from streamlstm.detect import Detector, WindowDetector, calibrate_reconstruction
+from streamlstm.detect.calibration_record import Calibration
 from streamlstm.detect.events import EVICTED
 from streamlstm.errors import ConfigError, ShapeError
 from streamlstm.model import Model
@@ -379,3 +380,30 @@ def test_the_calibrate_command_help_describes_window_autoencoders(capsys):
     assert "A window autoencoder (a window model with output 'every') is scored once per" in text
     assert "(windows, for a window autoencoder)" in text
     assert "(default: the model's calibration, else 50 steps)" in text
+
+
+def test_a_reconstruction_calibration_reads_into_a_record_and_back_unchanged():
+    rng = np.random.default_rng(9)
+    normal = rng.normal(size=(2000, 2))
+    normal[:, 1] = 5.0  # constant: masked at calibration
+    models = [
+        calibrate_reconstruction(autoencoder(), normal, quantile=0.99, warmup_steps=3),
+        calibrate_reconstruction(
+            autoencoder(1).replace(sample_rate=RATE),
+            rng.normal(size=(2000, 2)),
+            metric="mahalanobis",
+            quantile=0.95,
+            warmup_steps=3,
+        ),
+    ]
+    for model in models:
+        record = Calibration.from_model(model)
+        assert record.score == "reconstruction" and record.pool is None
+        assert record.to_dict() == model.calibration
+        assert WindowDetector(model).calibration.to_dict() == model.calibration
+    # The kind is checked on the parsed record: a predictor's calibration is refused.
+    residual = dict(models[0].calibration, score="residual")
+    with pytest.raises(ConfigError, match="without a reconstruction calibration"):
+        WindowDetector(models[0].replace(calibration=residual))
+    with pytest.raises(ConfigError, match=r"unsupported version 7"):
+        WindowDetector(models[0].replace(calibration=dict(models[0].calibration, version=7)))

@@ -8,6 +8,7 @@ import numpy as np
 
 import streamlstm as sl
 from streamlstm.data import DEFAULT_MODEL_PATH, load_demo
+from streamlstm.detect.calibration_record import Calibration
 
 WEIGHTS = Path(__file__).resolve().parents[2] / "weights" / "accel-default.npz"
 
@@ -19,6 +20,11 @@ def test_default_model_loads_with_its_calibration_and_features():
     assert model.metadata["sample_channels"] == ["x", "y", "z"]
     assert model.calibration["score"] == "residual" and model.calibration["threshold"] > 0
     assert "CC BY 4.0" in model.metadata["data"]
+    # The shipped calibration reads into a record and back unchanged, but for its version:
+    # it predates schema 3, so its level term is stored under version 2, and a record
+    # writes the version the schema asks for (3: an older build would misread it).
+    assert model.calibration["version"] == 2 and "level_center" in model.calibration
+    assert Calibration.from_model(model).to_dict() == {**model.calibration, "version": 3}
 
 
 def test_package_copy_of_the_default_model_is_the_same_file():
