@@ -24,7 +24,6 @@ schedules snapshots and restores them, :mod:`.telemetry` defines and reads the m
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -57,6 +56,7 @@ from .sensortable import (
     DEFAULT_STATE_INTERVAL_S,
     batch_arrays,
     forget_sensors,
+    last_sample_times,
     record_alert,
     record_batch,
     within_sensor_limit,
@@ -429,7 +429,7 @@ class Daemon:
         expired = self._last_seen.expire(now - idle)
         if not expired:
             return 0
-        last_t = [self.sensors[n].t if n in self.sensors else math.nan for n in expired]
+        last_t = last_sample_times(self.sensors, expired)
         self._deliver(self.pipeline.evict(expired, last_t), time.time(), states=False)
         forget_sensors(self.sensors, self._changed, expired)
         for index, sink in enumerate(self.sinks):

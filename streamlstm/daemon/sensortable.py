@@ -94,6 +94,12 @@ def record_alert(records: dict[str, SensorState], event: Any) -> None:
     state.alert = event.kind == "start"
 
 
+def last_sample_times(records: Mapping[str, SensorState], names: Sequence[str]) -> list[float]:
+    """Each sensor's last accepted sample time (NaN without a record): when the alerts of
+    sensors being evicted end."""
+    return [records[n].t if n in records else math.nan for n in names]
+
+
 def forget_sensors(
     records: dict[str, SensorState], changed: set[str], names: Iterable[str]
 ) -> None:

@@ -15,7 +15,6 @@ exactly as the first pass did, and the last-seen times travel in the snapshots.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from ..daemon.pipeline import LoadedModel, Pipeline
 from ..daemon.sensortable import (
     batch_arrays,
     forget_sensors,
+    last_sample_times,
     record_alert,
     record_batch,
     sensor_columns,
@@ -189,7 +189,7 @@ class OwnedPartition:
         """Drop idle sensors: rows, records and their last device time go with them."""
         if not sensors:
             return
-        last_t = [self.sensors[n].t if n in self.sensors else math.nan for n in sensors]
+        last_t = last_sample_times(self.sensors, sensors)
         self._number(self.pipeline.evict(sensors, last_t), applied)
         forget_sensors(self.sensors, self.changed, sensors)
         applied.expired += sensors
