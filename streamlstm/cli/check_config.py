@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from ..daemon import config as config_module
+from ..daemon.config import SerialSourceConfig, SourceConfig
 from ..errors import ConfigError, SourceError
 
 
@@ -23,13 +23,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def missing_serial_ports(sources: Sequence[Mapping[str, Any]]) -> list[str]:
+def missing_serial_ports(sources: Sequence[SourceConfig]) -> list[str]:
     """One message per serial source whose ``port`` names no existing device file."""
     return [
-        f"sources[{index}].port: {source['port']!r} does not exist (no such device: "
+        f"sources[{index}].port: {source.port!r} does not exist (no such device: "
         "fix the path, e.g. one from `ls /dev/serial/by-id/`, or plug the device in)"
         for index, source in enumerate(sources)
-        if source["type"] == "serial" and not os.path.exists(source["port"])
+        if isinstance(source, SerialSourceConfig) and not os.path.exists(source.port)
     ]
 
 
@@ -39,15 +39,15 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         config = config_module.load(args.config)
-        loaded = load_model(config["model"]["path"])
-        pipeline = make_detector(loaded.model, config["detector"])
+        loaded = load_model(config.model.path)
+        pipeline = make_detector(loaded.model, config.detector)
         build_sources(
             config, sample_width(pipeline, loaded.model)
         )  # opens recordings, not ports or brokers
     except (ConfigError, SourceError) as exc:
         print(f"{exc}", file=sys.stderr)
         return 2
-    missing = missing_serial_ports(config["sources"])
+    missing = missing_serial_ports(config.sources)
     for problem in missing:
         prefix = "warning" if args.allow_missing_devices else "error"
         print(f"{args.config}: {prefix}: {problem}", file=sys.stderr)
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     print(
-        f"{args.config}: OK ({len(config['sources'])} source(s), {len(config['sinks'])} sink(s), "
+        f"{args.config}: OK ({len(config.sources)} source(s), {len(config.sinks)} sink(s), "
         f"model {loaded.model_id} from {loaded.path}, sha256 {loaded.sha256[:12]})"
     )
     return 0

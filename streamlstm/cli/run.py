@@ -44,8 +44,8 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"streamlstm run: {exc}", file=sys.stderr)
         return 2
-    setup_logging(args.log_level or (config["daemon"]["log_level"] if args.config else "warning"))
-    if config["fleet"] is not None:  # one worker of a fleet on NATS JetStream
+    setup_logging(args.log_level or (config.daemon.log_level if args.config else "warning"))
+    if config.fleet is not None:  # one worker of a fleet on NATS JetStream
         try:
             from ..fleet.worker import run_worker
         except ModuleNotFoundError as exc:

@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         config = config_module.load(args.config)
-        loaded = load_model(args.model if args.model else config["model"]["path"])
+        loaded = load_model(args.model if args.model else config.model.path)
         dtypes = _dtypes(args.dtype) or [loaded.model.dtype.name]
     except StreamLSTMError as exc:
         print(f"streamlstm warmup: {exc}", file=sys.stderr)

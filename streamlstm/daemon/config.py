@@ -5,17 +5,28 @@ integer, got 'fast'``), all at once, and unknown keys are errors so that a typo 
 silently falls back to a default. The only free-form table is ``[detector.options]``,
 whose keys go to the detector, which validates them itself. See
 ``contrib/site.example.toml`` for every key with its default.
+
+The result is a frozen :class:`SiteConfig`: one frozen dataclass per section
+(:class:`DaemonConfig`, :class:`ModelConfig`, :class:`DetectorConfig`,
+:class:`BrokerConfig` with its :class:`TLSConfig`, :class:`FleetConfig`) and per kind of
+``[[sources]]`` and ``[[sinks]]`` table (:data:`SourceConfig`, :data:`SinkConfig`). The
+dataclasses are the schema: a field's name is its key, its default the key's default,
+its type the accepted TOML type, and its ``metadata`` (:func:`rule`) any further check.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import sys
+import types
+import typing
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, ClassVar, TypeVar
 
 from ..errors import ConfigError
 
@@ -24,23 +35,24 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-REQUIRED = object()
+T = TypeVar("T")
+
+# -- the schema: every section's keys are the fields of one frozen dataclass ----------------
+Check = Callable[[Any], "str | None"]  # returns an error text or None
 
 
-@dataclass(frozen=True)
-class Field:
-    """One key: accepted Python types, default (``REQUIRED`` if none), optional extra check."""
-
-    types: tuple[type, ...]
-    default: Any = REQUIRED
-    check: Callable[[Any], str | None] | None = None  # returns an error text or None
+def rule(check: Check | None = None, *, toml: tuple[type, ...] | None = None) -> dict[str, Any]:
+    """A field's ``metadata``: its extra ``check`` and, where the TOML value may have other
+    types than the field holds (``sensor`` may be left out but not given as None; a
+    ``state_topic`` of false), the accepted ``toml`` types."""
+    return {"check": check, "toml": toml}
 
 
-def _choice(*options: str) -> Callable[[Any], str | None]:
+def _choice(*options: object) -> Check:
     return lambda v: None if v in options else f"must be one of {', '.join(map(repr, options))}"
 
 
-def _at_least(low: float) -> Callable[[Any], str | None]:
+def _at_least(low: float) -> Check:
     return lambda v: None if v >= low else f"must be >= {low}"
 
 
@@ -72,58 +84,6 @@ def _state_topic(v: Any) -> str | None:
     return _template(v)
 
 
-INT, FLOAT, STR, BOOL, LIST = (int,), (int, float), (str,), (bool,), (list,)
-OPTIONAL_INT, OPTIONAL_STR = (int, type(None)), (str, type(None))
-
-# -- intake: queue bound in bytes, device-time policy (see daemon/framequeue.py, intake.py) --
-INTAKE = {
-    "queue_bytes": Field(INT, 64 * 2**20, _at_least(4096)),
-    "time_future_s": Field(FLOAT, 300.0, _at_least(0)),
-    "redelivery_window_s": Field(FLOAT, 60.0, _at_least(0)),
-    "clock_reset_s": Field(FLOAT, 10.0, _at_least(0)),
-}
-MQTT_INTAKE = {
-    "ack": Field(STR, "on-receive", _choice("on-receive", "after-step")),
-    "receive_maximum": Field(INT, 1000, lambda v: None if 1 <= v <= 65535 else "must be 1..65535"),
-}
-MQTT_SINK_DELIVERY = {
-    "refused_retry_s": Field(FLOAT, 60.0, _positive),
-}
-# ---------------------------------------------------------------------------------------------
-
-DAEMON = {
-    **INTAKE,
-    "queue_frames": Field(INT, 4096, _at_least(1)),
-    "backpressure": Field(STR, "drop-oldest", _choice("drop-oldest", "block")),
-    "batch_samples": Field(INT, 8192, _at_least(1)),
-    "batch_wait_ms": Field(FLOAT, 5.0, _at_least(0)),
-    "snapshot_path": Field(OPTIONAL_STR, None),
-    "snapshot_interval_s": Field(FLOAT, 60.0, _positive),
-    "metrics_port": Field(OPTIONAL_INT, None, lambda v: None if v is None else _port(v)),
-    "metrics_host": Field(STR, "127.0.0.1"),
-    "log_level": Field(STR, "info", _choice("debug", "info", "warning", "error")),
-    "exit_when_sources_end": Field(BOOL, True),
-    # Fleet size and faults (issue 12: bounded memory, idle expiry, kernels before READY).
-    "max_sensors": Field(INT, 100_000, _at_least(1)),
-    "sensor_idle_s": Field(FLOAT, 86_400.0, _at_least(0)),
-}
-MODEL = {
-    "path": Field(OPTIONAL_STR, None),
-}
-# -- window classifiers: class alerts (see detect/windowed.py; None: the detector's default) --
-WINDOW_CLASSIFIER = {
-    "normal_class": Field(OPTIONAL_STR, None),
-    "min_probability": Field(
-        (int, float, type(None)),
-        None,
-        lambda v: None if v is None or 0 < v <= 1 else "must be in (0, 1]",
-    ),
-    "consecutive": Field(OPTIONAL_INT, None, lambda v: None if v is None else _at_least(1)(v)),
-}
-# ---------------------------------------------------------------------------------------------
-
-
-# -- [fleet]: one worker of a fleet sharing partitions over NATS JetStream (streamlstm/fleet) --
 def _servers(v: Any) -> str | None:
     ok = v and all(isinstance(s, str) and s.startswith(("nats://", "tls://")) for s in v)
     return None if ok else "must be a non-empty list of nats:// or tls:// URLs"
@@ -135,122 +95,348 @@ def _name(v: Any) -> str | None:
     return None
 
 
-FLEET = {
-    "servers": Field(LIST, ["nats://127.0.0.1:4222"], _servers),
-    "partitions": Field(INT, check=lambda v: None if 1 <= v <= 4096 else "must be 1..4096"),
-    "intake": Field(STR, "mqtt", _choice("mqtt", "nats")),
-    "partition_prefix": Field(STR, "part", _name),
-    "name": Field(STR, "streamlstm", _name),
-    "worker_id": Field(OPTIONAL_STR, None, lambda v: None if v is None else _name(v)),
-    "stream": Field(STR, "STREAMLSTM_SAMPLES", _name),
-    "stream_max_age_s": Field(FLOAT, 7 * 86400.0, _positive),
-    "replicas": Field(INT, 1, lambda v: None if 1 <= v <= 5 else "must be 1..5"),
-    "leases_bucket": Field(STR, "streamlstm_leases", _name),
-    "state_bucket": Field(STR, "streamlstm_state", _name),
-    "objects_bucket": Field(STR, "streamlstm_snapshots", _name),
-    "inline_snapshot_bytes": Field(
-        INT,
-        256 * 1024,
-        lambda v: (
-            None if 0 <= v <= 900 * 1024 else "must be 0..921600 (the KV value limit is 1 MB)"
-        ),
-    ),
-    "lease_ttl_s": Field(FLOAT, 10.0, _at_least(1.0)),
-    "snapshot_interval_s": Field(FLOAT, 5.0, _positive),
-    "fetch_batch": Field(INT, 1000, _at_least(1)),
-    "journal_path": Field(OPTIONAL_STR, None),
-}
-# ---------------------------------------------------------------------------------------------
+def _optional(check: Check) -> Check:
+    return lambda v: None if v is None else check(v)
 
-DETECTOR = {
-    "capacity": Field(INT, 1024, _at_least(1)),
-    "threads": Field(OPTIONAL_INT, None, lambda v: None if v is None else _at_least(1)(v)),
-    "options": Field((dict,), {}),
+
+STR, LIST = (str,), (list,)
+
+
+@dataclass(frozen=True, kw_only=True)
+class IntakeConfig:
+    """``[daemon]`` intake keys: the queue's byte bound and the device-time policy (see
+    :mod:`.framequeue` and :mod:`.intake`)."""
+
+    queue_bytes: int = field(default=64 * 2**20, metadata=rule(_at_least(4096)))
+    time_future_s: float = field(default=300.0, metadata=rule(_at_least(0)))
+    redelivery_window_s: float = field(default=60.0, metadata=rule(_at_least(0)))
+    clock_reset_s: float = field(default=10.0, metadata=rule(_at_least(0)))
+
+
+@dataclass(frozen=True, kw_only=True)
+class DaemonConfig(IntakeConfig):
+    """``[daemon]``: the queue, micro-batches, snapshots, metrics, logging, fleet size."""
+
+    queue_frames: int = field(default=4096, metadata=rule(_at_least(1)))
+    backpressure: str = field(default="drop-oldest", metadata=rule(_choice("drop-oldest", "block")))
+    batch_samples: int = field(default=8192, metadata=rule(_at_least(1)))
+    batch_wait_ms: float = field(default=5.0, metadata=rule(_at_least(0)))
+    snapshot_path: str | None = None
+    snapshot_interval_s: float = field(default=60.0, metadata=rule(_positive))
+    metrics_port: int | None = field(default=None, metadata=rule(_optional(_port)))
+    metrics_host: str = "127.0.0.1"
+    log_level: str = field(
+        default="info", metadata=rule(_choice("debug", "info", "warning", "error"))
+    )
+    exit_when_sources_end: bool = True
+    # Fleet size and faults (issue 12: bounded memory, idle expiry, kernels before READY).
+    max_sensors: int = field(default=100_000, metadata=rule(_at_least(1)))
+    sensor_idle_s: float = field(default=86_400.0, metadata=rule(_at_least(0)))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """``[model]``: the weight file (None: the shipped default model)."""
+
+    path: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class DetectorConfig:
+    """``[detector]``. ``options`` is the free-form ``[detector.options]`` table, passed to
+    the detector as keyword overrides (it validates them); a read-only mapping (its values
+    are the TOML's: a nested table or array stays a dict or list)."""
+
+    capacity: int = field(default=1024, metadata=rule(_at_least(1)))
+    threads: int | None = field(default=None, metadata=rule(_optional(_at_least(1))))
+    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     # Window models only (streamlstm.detect.WindowDetector): "cuda" evaluates their windows
     # on the GPU; the streaming Detector runs on the CPU (pipeline.make_detector refuses it).
-    "device": Field(STR, "cpu", _choice("cpu", "cuda")),
-    **WINDOW_CLASSIFIER,
+    device: str = field(default="cpu", metadata=rule(_choice("cpu", "cuda")))
+    # Window classifiers: class alerts (see detect/windowed.py; None: the detector's default).
+    normal_class: str | None = None
+    min_probability: float | None = field(
+        default=None,
+        metadata=rule(lambda v: None if v is None or 0 < v <= 1 else "must be in (0, 1]"),
+    )
+    consecutive: int | None = field(default=None, metadata=rule(_optional(_at_least(1))))
+
+
+@dataclass(frozen=True, kw_only=True)
+class TLSConfig:
+    """``[mqtt.tls]``: CA, client certificate and key files (None: the system CAs, no
+    client certificate)."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class BrokerConfig:
+    """``[mqtt]``: the broker shared by MQTT sources and the MQTT sink. The password comes
+    from ``password_file`` (first line) or the environment variable ``password_env``."""
+
+    host: str = "localhost"
+    port: int = field(default=1883, metadata=rule(_port))
+    client_id: str = "streamlstm"
+    keepalive_s: int = field(default=30, metadata=rule(_at_least(5)))
+    session_expiry_s: int = field(default=86400, metadata=rule(_at_least(0)))
+    username: str | None = None
+    password_file: str | None = None
+    password_env: str | None = None
+    tls: TLSConfig | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class FleetConfig:
+    """``[fleet]``: one worker of a fleet sharing partitions over NATS JetStream
+    (:mod:`streamlstm.fleet`; its :class:`~streamlstm.fleet.config.FleetSettings` adds
+    the resolved worker id and the subject names)."""
+
+    servers: tuple[str, ...] = field(default=("nats://127.0.0.1:4222",), metadata=rule(_servers))
+    partitions: int = field(metadata=rule(lambda v: None if 1 <= v <= 4096 else "must be 1..4096"))
+    intake: str = field(default="mqtt", metadata=rule(_choice("mqtt", "nats")))
+    partition_prefix: str = field(default="part", metadata=rule(_name))
+    name: str = field(default="streamlstm", metadata=rule(_name))
+    worker_id: str | None = field(default=None, metadata=rule(_optional(_name)))
+    stream: str = field(default="STREAMLSTM_SAMPLES", metadata=rule(_name))
+    stream_max_age_s: float = field(default=7 * 86400.0, metadata=rule(_positive))
+    replicas: int = field(
+        default=1, metadata=rule(lambda v: None if 1 <= v <= 5 else "must be 1..5")
+    )
+    leases_bucket: str = field(default="streamlstm_leases", metadata=rule(_name))
+    state_bucket: str = field(default="streamlstm_state", metadata=rule(_name))
+    objects_bucket: str = field(default="streamlstm_snapshots", metadata=rule(_name))
+    inline_snapshot_bytes: int = field(
+        default=256 * 1024,
+        metadata=rule(
+            lambda v: (
+                None if 0 <= v <= 900 * 1024 else "must be 0..921600 (the KV value limit is 1 MB)"
+            )
+        ),
+    )
+    lease_ttl_s: float = field(default=10.0, metadata=rule(_at_least(1.0)))
+    snapshot_interval_s: float = field(default=5.0, metadata=rule(_positive))
+    fetch_batch: int = field(default=1000, metadata=rule(_at_least(1)))
+    journal_path: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class EntryConfig:
+    """What every ``[[sources]]`` and ``[[sinks]]`` table has: its ``name`` (default: its
+    type and index, ``serial0``), which names it in logs and metrics. ``kind`` is the
+    table's ``type``."""
+
+    kind: ClassVar[str]
+    name: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class LinesConfig(EntryConfig):
+    """Where a text line's values are (0-based): the sample's ``columns``, the device time
+    (``time_column``; None: the host receive time) and the sensor id (``sensor_column``)."""
+
+    columns: tuple[int, ...] | None = field(default=None, metadata=rule(toml=LIST))
+    time_column: int | None = None
+    sensor_column: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SerialSourceConfig(LinesConfig):
+    """A ``[[sources]]`` table of type ``serial``
+    (:class:`streamlstm.sources.serial.SerialSource`)."""
+
+    kind: ClassVar[str] = "serial"
+    port: str
+    baud: int = field(default=115200, metadata=rule(_positive))
+    bytesize: int = field(default=8, metadata=rule(_choice(5, 6, 7, 8)))
+    parity: str = field(
+        default="none", metadata=rule(_choice("none", "even", "odd", "mark", "space"))
+    )
+    stopbits: float = field(
+        default=1, metadata=rule(lambda v: None if v in (1, 1.5, 2) else "must be 1, 1.5 or 2")
+    )
+    format: str = field(default="csv", metadata=rule(_choice("csv", "tsv", "json", "binary")))
+    sensor: str | None = field(default=None, metadata=rule(toml=STR))
+    max_line: int = field(default=4096, metadata=rule(_at_least(16)))
+    reopen_min_s: float = field(default=0.5, metadata=rule(_positive))
+    reopen_max_s: float = field(default=30.0, metadata=rule(_positive))
+
+
+@dataclass(frozen=True, kw_only=True)
+class MQTTSourceConfig(LinesConfig):
+    """A ``[[sources]]`` table of type ``mqtt`` (:class:`streamlstm.sources.mqtt.MQTTSource`)."""
+
+    kind: ClassVar[str] = "mqtt"
+    topic: str = field(metadata=rule(_template))
+    payload: str = field(default="json", metadata=rule(_choice("json", "csv", "float32")))
+    qos: int = field(default=1, metadata=rule(_choice(0, 1, 2)))
+    rate: float | None = None
+    max_samples: int = field(default=65536, metadata=rule(_at_least(1)))
+    # Intake: acknowledgement, and the broker's flow control for "after-step".
+    ack: str = field(default="on-receive", metadata=rule(_choice("on-receive", "after-step")))
+    receive_maximum: int = field(
+        default=1000, metadata=rule(lambda v: None if 1 <= v <= 65535 else "must be 1..65535")
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReplaySourceConfig(LinesConfig):
+    """A ``[[sources]]`` table of type ``replay``
+    (:class:`streamlstm.sources.replay.ReplaySource`)."""
+
+    kind: ClassVar[str] = "replay"
+    path: str
+    sensor: str | None = field(default=None, metadata=rule(toml=STR))
+    speed: float = field(default=0.0, metadata=rule(_at_least(0)))
+    rate: float | None = None
+    block: int = field(default=256, metadata=rule(_at_least(1)))
+    plot: str | None = None
+    progress: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class DemoSourceConfig(EntryConfig):
+    """A ``[[sources]]`` table of type ``demo`` (:class:`streamlstm.sources.demo.DemoSource`)."""
+
+    kind: ClassVar[str] = "demo"
+    speed: float = field(default=0.0, metadata=rule(_at_least(0)))
+    block: int = field(default=256, metadata=rule(_at_least(1)))
+    progress: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class StdoutSinkConfig(EntryConfig):
+    """A ``[[sinks]]`` table of type ``stdout`` (:class:`streamlstm.sinks.stdout.StdoutSink`)."""
+
+    kind: ClassVar[str] = "stdout"
+    states: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class JSONLSinkConfig(EntryConfig):
+    """A ``[[sinks]]`` table of type ``jsonl`` (:class:`streamlstm.sinks.jsonl.JSONLSink`)."""
+
+    kind: ClassVar[str] = "jsonl"
+    path: str
+    fsync: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class MQTTSinkConfig(EntryConfig):
+    """A ``[[sinks]]`` table of type ``mqtt`` (:class:`streamlstm.sinks.mqtt.MQTTSink`);
+    ``state_topic`` None: no per-sensor state topics (``false`` in the file)."""
+
+    kind: ClassVar[str] = "mqtt"
+    alert_topic: str = field(default="streamlstm/{sensor}/alert", metadata=rule(_template))
+    # false: no per-sensor state topics (a big fleet fills the broker with retained ones)
+    state_topic: str | None = field(
+        default="streamlstm/{sensor}/state",
+        metadata=rule(_state_topic, toml=(str, bool, type(None))),
+    )
+    status_topic: str = "streamlstm/status"
+    state_interval_s: float = field(default=10.0, metadata=rule(_positive))
+    spool_dir: str = "streamlstm-spool"
+    homeassistant: bool = False
+    discovery_prefix: str = "homeassistant"
+    # The broker alerts go to: [mqtt]'s unless host/port are given (e.g. a fleet's
+    # mosquitto next to nats-server); "3.1.1" for a broker without MQTT 5.
+    host: str | None = None
+    port: int | None = field(default=None, metadata=rule(_optional(_port)))
+    protocol: str = field(default="5", metadata=rule(_choice("5", "3.1.1")))
+    # Delivery: how often an alert the broker refused is sent again.
+    refused_retry_s: float = field(default=60.0, metadata=rule(_positive))
+
+
+SourceConfig = SerialSourceConfig | MQTTSourceConfig | ReplaySourceConfig | DemoSourceConfig
+SinkConfig = StdoutSinkConfig | JSONLSinkConfig | MQTTSinkConfig
+SOURCE_KINDS: dict[str, type[EntryConfig]] = {
+    c.kind: c for c in (SerialSourceConfig, MQTTSourceConfig, ReplaySourceConfig, DemoSourceConfig)
 }
-TLS = {
-    "ca_file": Field(OPTIONAL_STR, None),
-    "cert_file": Field(OPTIONAL_STR, None),
-    "key_file": Field(OPTIONAL_STR, None),
+SINK_KINDS: dict[str, type[EntryConfig]] = {
+    c.kind: c for c in (StdoutSinkConfig, JSONLSinkConfig, MQTTSinkConfig)
 }
-MQTT = {
-    "host": Field(STR, "localhost"),
-    "port": Field(INT, 1883, _port),
-    "client_id": Field(STR, "streamlstm"),
-    "keepalive_s": Field(INT, 30, _at_least(5)),
-    "session_expiry_s": Field(INT, 86400, _at_least(0)),
-    "username": Field(OPTIONAL_STR, None),
-    "password_file": Field(OPTIONAL_STR, None),
-    "password_env": Field(OPTIONAL_STR, None),
-    "tls": Field((dict, type(None)), None),
+
+
+@dataclass(frozen=True, kw_only=True)
+class SiteConfig:
+    """A validated site configuration (:func:`load`, :func:`validate`): every section with
+    its defaults filled in, relative paths resolved; ``fleet`` None for a single daemon."""
+
+    daemon: DaemonConfig
+    model: ModelConfig
+    detector: DetectorConfig
+    mqtt: BrokerConfig
+    sources: tuple[SourceConfig, ...]
+    sinks: tuple[SinkConfig, ...]
+    fleet: FleetConfig | None = None
+
+
+SECTIONS: dict[str, type] = {
+    "daemon": DaemonConfig,
+    "model": ModelConfig,
+    "detector": DetectorConfig,
+    "mqtt": BrokerConfig,
 }
-LINES = {
-    "columns": Field(LIST, None),
-    "time_column": Field(OPTIONAL_INT, None),
-    "sensor_column": Field(OPTIONAL_INT, None),
-}
-SOURCES: dict[str, dict[str, Field]] = {
-    "serial": {
-        "port": Field(STR),
-        "baud": Field(INT, 115200, _positive),
-        "bytesize": Field(INT, 8, _choice(5, 6, 7, 8)),  # type: ignore[arg-type]
-        "parity": Field(STR, "none", _choice("none", "even", "odd", "mark", "space")),
-        "stopbits": Field(FLOAT, 1, lambda v: None if v in (1, 1.5, 2) else "must be 1, 1.5 or 2"),
-        "format": Field(STR, "csv", _choice("csv", "tsv", "json", "binary")),
-        "sensor": Field(STR, None),
-        "max_line": Field(INT, 4096, _at_least(16)),
-        "reopen_min_s": Field(FLOAT, 0.5, _positive),
-        "reopen_max_s": Field(FLOAT, 30.0, _positive),
-        **LINES,
-    },
-    "mqtt": {
-        "topic": Field(STR, check=_template),
-        "payload": Field(STR, "json", _choice("json", "csv", "float32")),
-        "qos": Field(INT, 1, _choice(0, 1, 2)),  # type: ignore[arg-type]
-        "rate": Field((int, float, type(None)), None),
-        "max_samples": Field(INT, 65536, _at_least(1)),
-        **MQTT_INTAKE,
-        **LINES,
-    },
-    "replay": {
-        "path": Field(STR),
-        "sensor": Field(STR, None),
-        "speed": Field(FLOAT, 0.0, _at_least(0)),
-        "rate": Field((int, float, type(None)), None),
-        "block": Field(INT, 256, _at_least(1)),
-        "plot": Field(OPTIONAL_STR, None),
-        "progress": Field(BOOL, True),
-        **LINES,
-    },
-    "demo": {
-        "speed": Field(FLOAT, 0.0, _at_least(0)),
-        "block": Field(INT, 256, _at_least(1)),
-        "progress": Field(BOOL, False),
-    },
-}
-SINKS: dict[str, dict[str, Field]] = {
-    "stdout": {"states": Field(BOOL, False)},
-    "jsonl": {"path": Field(STR), "fsync": Field(BOOL, False)},
-    "mqtt": {
-        "alert_topic": Field(STR, "streamlstm/{sensor}/alert", _template),
-        # false: no per-sensor state topics (a big fleet fills the broker with retained ones)
-        "state_topic": Field((str, bool, type(None)), "streamlstm/{sensor}/state", _state_topic),
-        "status_topic": Field(STR, "streamlstm/status"),
-        "state_interval_s": Field(FLOAT, 10.0, _positive),
-        "spool_dir": Field(STR, "streamlstm-spool"),
-        "homeassistant": Field(BOOL, False),
-        "discovery_prefix": Field(STR, "homeassistant"),
-        # The broker alerts go to: [mqtt]'s unless host/port are given (e.g. a fleet's
-        # mosquitto next to nats-server); "3.1.1" for a broker without MQTT 5.
-        "host": Field(OPTIONAL_STR, None),
-        "port": Field(OPTIONAL_INT, None, lambda v: None if v is None else _port(v)),
-        "protocol": Field(STR, "5", _choice("5", "3.1.1")),
-        **MQTT_SINK_DELIVERY,
-    },
-}
+
+
+def section_values(section: Any) -> dict[str, Any]:
+    """A section's fields by name (its keys, and ``name`` for a source or sink), e.g. to
+    pass to a source's or sink's keyword-only constructor."""
+    return {f.name: getattr(section, f.name) for f in fields(section)}
+
+
+# -- validation: TOML tables checked against the dataclasses' fields ------------------------
+REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Key:
+    """One key of a table: accepted TOML types, default (``REQUIRED`` if none), extra check."""
+
+    types: tuple[type, ...]
+    default: Any = REQUIRED
+    check: Check | None = None
+
+
+def _toml_types(hint: Any) -> tuple[type, ...]:
+    """The TOML value types a field of type ``hint`` accepts (a float also takes an integer,
+    a tuple a list, a mapping or a section a table)."""
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    accepted: list[type] = []
+    for member in typing.get_args(hint) if union else (hint,):
+        origin = typing.get_origin(member) or member
+        if member is float:
+            accepted += [int, float]
+        elif origin is tuple:
+            accepted.append(list)
+        elif origin is Mapping or dataclasses.is_dataclass(member):
+            accepted.append(dict)
+        else:
+            accepted.append(origin)
+    return tuple(accepted)
+
+
+def keys(section: type) -> dict[str, Key]:
+    """The keys of a section's table, from its dataclass fields (``name`` of a source or
+    sink, validated with ``type``, is not one)."""
+    hints = typing.get_type_hints(section)
+    spec = {}
+    for f in fields(section):
+        if f.name in ENTRY_FIELDS and issubclass(section, EntryConfig):
+            continue
+        default = f.default
+        if f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        elif default is dataclasses.MISSING:
+            default = REQUIRED
+        check = f.metadata.get("check")
+        spec[f.name] = Key(f.metadata.get("toml") or _toml_types(hints[f.name]), default, check)
+    return spec
+
+
+ENTRY_FIELDS = ("name",)
 
 
 class _Problems(list):
@@ -258,7 +444,7 @@ class _Problems(list):
         self.append(f"{path}: {text}")
 
 
-def _type_name(types: tuple[type, ...]) -> str:
+def _type_name(accepted: tuple[type, ...]) -> str:
     names = {
         int: "an integer",
         float: "a number",
@@ -267,11 +453,11 @@ def _type_name(types: tuple[type, ...]) -> str:
         list: "a list",
         dict: "a table",
     }
-    return " or ".join(names[t] for t in types if t is not type(None))
+    return " or ".join(names[t] for t in accepted if t is not type(None))
 
 
 def _table(
-    raw: Any, spec: Mapping[str, Field], path: str, problems: _Problems, skip: tuple[str, ...] = ()
+    raw: Any, spec: Mapping[str, Key], path: str, problems: _Problems, skip: tuple[str, ...] = ()
 ) -> dict[str, Any]:
     if not isinstance(raw, dict):
         problems.add(path, "expected a table")
@@ -282,23 +468,23 @@ def _table(
             close = difflib.get_close_matches(key, list(spec), n=1)
             hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(sorted(spec))}"
             problems.add(f"{path}.{key}" if path else key, f"unknown key ({hint})")
-    for key, field in spec.items():
+    for key, expected in spec.items():
         where = f"{path}.{key}" if path else key
         # Invalid or missing values still get the default (None if required) so that the
         # cross-field checks below can run and report everything in one go.
-        out[key] = None if field.default is REQUIRED else field.default
+        out[key] = None if expected.default is REQUIRED else expected.default
         if key not in raw:
-            if field.default is REQUIRED:
+            if expected.default is REQUIRED:
                 problems.add(where, "missing (required)")
             continue
         value = raw[key]
         # bool is an int in Python, but `baud = true` is a mistake, not 1.
-        wrong_bool = isinstance(value, bool) and bool not in field.types
-        if wrong_bool or not isinstance(value, field.types):
-            problems.add(where, f"expected {_type_name(field.types)}, got {value!r}")
+        wrong_bool = isinstance(value, bool) and bool not in expected.types
+        if wrong_bool or not isinstance(value, expected.types):
+            problems.add(where, f"expected {_type_name(expected.types)}, got {value!r}")
             continue
-        if field.check is not None and value is not None:
-            error = field.check(value)
+        if expected.check is not None and value is not None:
+            error = expected.check(value)
             if error:
                 problems.add(where, f"{error}, got {value!r}")
                 continue
@@ -307,7 +493,7 @@ def _table(
 
 
 def _typed_list(
-    raw: Any, kinds: Mapping[str, Mapping[str, Field]], path: str, problems: _Problems
+    raw: Any, kinds: Mapping[str, type[EntryConfig]], path: str, problems: _Problems
 ) -> list[dict[str, Any]]:
     if not isinstance(raw, list):
         problems.add(path, "expected an array of tables ([[...]])")
@@ -321,7 +507,7 @@ def _typed_list(
                 f"{where}.type", f"must be one of {', '.join(map(repr, kinds))}, got {kind!r}"
             )
             continue
-        table = _table(entry, kinds[kind], where, problems, skip=("type", "name"))
+        table = _table(entry, keys(kinds[kind]), where, problems, skip=("type", *ENTRY_FIELDS))
         name = entry.get("name", f"{kind}{index}")
         if not isinstance(name, str):
             problems.add(f"{where}.name", f"expected a string, got {name!r}")
@@ -395,29 +581,34 @@ def _check_fleet(config: dict[str, Any], problems: _Problems) -> None:
             )
 
 
-def validate(raw: Mapping[str, Any], *, base: Path | None = None) -> dict[str, Any]:
-    """A parsed TOML document -> a complete config (defaults filled), or :class:`ConfigError`.
+def validate(raw: Mapping[str, Any], *, base: Path | None = None) -> SiteConfig:
+    """A parsed TOML document -> a complete :class:`SiteConfig` (defaults filled), or
+    :class:`ConfigError` listing every problem with its path.
 
     Relative paths in the file are taken relative to ``base`` (the file's folder).
     """
     problems = _Problems()
-    sections = {"daemon": DAEMON, "model": MODEL, "detector": DETECTOR, "mqtt": MQTT}
     optional = ("sources", "sinks", "fleet")
     for key in raw:
-        if key not in (*sections, *optional):
-            problems.add(key, f"unknown section (known: {', '.join([*sections, *optional])})")
+        if key not in (*SECTIONS, *optional):
+            problems.add(key, f"unknown section (known: {', '.join([*SECTIONS, *optional])})")
     config: dict[str, Any] = {
-        name: _table(raw.get(name, {}), spec, name, problems) for name, spec in sections.items()
+        name: _table(raw.get(name, {}), keys(section), name, problems)
+        for name, section in SECTIONS.items()
     }
-    config["fleet"] = _table(raw["fleet"], FLEET, "fleet", problems) if "fleet" in raw else None
+    config["fleet"] = (
+        _table(raw["fleet"], keys(FleetConfig), "fleet", problems) if "fleet" in raw else None
+    )
     if config["mqtt"].get("tls") is not None:
-        config["mqtt"]["tls"] = _table(config["mqtt"]["tls"], TLS, "mqtt.tls", problems)
+        config["mqtt"]["tls"] = _table(config["mqtt"]["tls"], keys(TLSConfig), "mqtt.tls", problems)
     if config["mqtt"].get("password_file") and config["mqtt"].get("password_env"):
         problems.add("mqtt.password_env", "give password_file or password_env, not both")
     config["sources"] = _typed_list(
-        raw.get("sources", [{"type": "demo"}]), SOURCES, "sources", problems
+        raw.get("sources", [{"type": "demo"}]), SOURCE_KINDS, "sources", problems
     )
-    config["sinks"] = _typed_list(raw.get("sinks", [{"type": "stdout"}]), SINKS, "sinks", problems)
+    config["sinks"] = _typed_list(
+        raw.get("sinks", [{"type": "stdout"}]), SINK_KINDS, "sinks", problems
+    )
     if not config["sources"] and not problems:
         problems.add("sources", "at least one source is needed")
     names = [s["name"] for s in config["sources"]]
@@ -443,7 +634,37 @@ def validate(raw: Mapping[str, Any], *, base: Path | None = None) -> dict[str, A
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
     if base is not None:
         _resolve_paths(config, base)
-    return config
+    return _site(config)
+
+
+def _site(config: dict[str, Any]) -> SiteConfig:
+    """The validated tables as frozen dataclasses (arrays become tuples, tables read-only)."""
+
+    def build(section: type[T], table: Mapping[str, Any], **given: Any) -> T:
+        return section(**{key: _frozen(table[key]) for key in keys(section)}, **given)
+
+    def entry(kinds: Mapping[str, type[EntryConfig]], table: Mapping[str, Any]) -> Any:
+        return build(kinds[table["type"]], table, name=table["name"])
+
+    mqtt = config["mqtt"]
+    tls = None if mqtt["tls"] is None else build(TLSConfig, mqtt["tls"])
+    return SiteConfig(
+        daemon=build(DaemonConfig, config["daemon"]),
+        model=build(ModelConfig, config["model"]),
+        detector=build(DetectorConfig, config["detector"]),
+        mqtt=build(BrokerConfig, {**mqtt, "tls": tls}),
+        sources=tuple(entry(SOURCE_KINDS, table) for table in config["sources"]),
+        sinks=tuple(entry(SINK_KINDS, table) for table in config["sinks"]),
+        fleet=None if config["fleet"] is None else build(FleetConfig, config["fleet"]),
+    )
+
+
+def _frozen(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(value)
+    if isinstance(value, dict):
+        return MappingProxyType(dict(value))
+    return value
 
 
 def _resolve_paths(config: dict[str, Any], base: Path) -> None:
@@ -456,7 +677,7 @@ def _resolve_paths(config: dict[str, Any], base: Path) -> None:
         resolve(config["fleet"], "journal_path")
     resolve(config["model"], "path")
     resolve(config["mqtt"], "password_file")
-    for key in TLS:
+    for key in keys(TLSConfig):
         if config["mqtt"]["tls"]:
             resolve(config["mqtt"]["tls"], key)
     for table in config["sources"]:
@@ -468,7 +689,7 @@ def _resolve_paths(config: dict[str, Any], base: Path) -> None:
         resolve(table, "spool_dir")
 
 
-def load(path: str | os.PathLike[str] | None) -> dict[str, Any]:
+def load(path: str | os.PathLike[str] | None) -> SiteConfig:
     """Read and validate a TOML file; ``None`` gives the built-in demo configuration."""
     if path is None:
         return validate({})

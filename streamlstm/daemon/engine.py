@@ -38,6 +38,7 @@ from ..sinks.spool import SeqCounter
 from ..sources import Frame, Source
 from . import config as config_module
 from . import systemd
+from .config import MQTTSinkConfig, SiteConfig
 from .framequeue import FrameQueue
 from .intake import TimestampGate, time_policy
 from .lastseen import LastSeen
@@ -93,20 +94,20 @@ def acknowledge(frames: list[Frame]) -> None:
 class Daemon:
     """Everything a ``streamlstm run`` owns; :meth:`run` blocks until a clean stop."""
 
-    def __init__(self, config: dict[str, Any], *, config_path: str | None = None) -> None:
+    def __init__(self, config: SiteConfig, *, config_path: str | None = None) -> None:
         self.config = config
         self.config_path = config_path
         self.metrics = daemon_metrics()
-        self.loaded: LoadedModel = load_model(config["model"]["path"])
-        self.pipeline: Pipeline = make_detector(self.loaded.model, config["detector"])
+        self.loaded: LoadedModel = load_model(config.model.path)
+        self.pipeline: Pipeline = make_detector(self.loaded.model, config.detector)
         self._width = sample_width(self.pipeline, self.loaded.model)
         self._changed: set[str] = set()  # sensors whose state the sinks have not seen yet
         self.queue = FrameQueue(
-            config["daemon"]["queue_frames"],
-            config["daemon"]["backpressure"],
-            config["daemon"]["queue_bytes"],
+            config.daemon.queue_frames,
+            config.daemon.backpressure,
+            config.daemon.queue_bytes,
         )
-        self.gate = TimestampGate(time_policy(config["daemon"]))
+        self.gate = TimestampGate(time_policy(config.daemon))
         self.thread_watch = ThreadWatch()
         self.thread_watch.install()
         self._stop_requested = threading.Event()
@@ -122,11 +123,11 @@ class Daemon:
         from ..sources.replay import ReplaySource
 
         self._plots = [
-            ReplayPlot(s.plot_path, s.sensors, sample_channels(self.loaded.model))
+            ReplayPlot(s.settings.plot, s.sensors, sample_channels(self.loaded.model))
             for s in self.sources
-            if isinstance(s, ReplaySource) and s.plot_path
+            if isinstance(s, ReplaySource) and s.settings.plot
         ]
-        path = config["daemon"]["snapshot_path"]
+        path = config.daemon.snapshot_path
         self.sensors: dict[str, SensorState] = restore_snapshot(path, self.pipeline, self.metrics)
         # Sensor -> monotonic time of its last frame, least recently seen first.
         now = time.monotonic()
@@ -138,12 +139,12 @@ class Daemon:
         self.health_checks: list[HealthCheck] = [self._threads_alive, self.snapshots.problem]
         self.metrics.collector(self._collect)
         self._server: MetricsServer | None = None
-        port = config["daemon"]["metrics_port"]
+        port = config.daemon.metrics_port
         if port is not None:
-            self._server = MetricsServer(self.metrics, config["daemon"]["metrics_host"], port)
+            self._server = MetricsServer(self.metrics, config.daemon.metrics_host, port)
             log.info(
                 "metrics on http://%s:%d/metrics",
-                config["daemon"]["metrics_host"],
+                config.daemon.metrics_host,
                 self._server.port,
             )
         self._step_hist = self.metrics.histogram("streamlstm_step_seconds", STEP_BUCKETS)
@@ -246,7 +247,6 @@ class Daemon:
     # -- the compute loop --------------------------------------------------------------------
     def run(self) -> int:
         """Run until stopped (or, with ``exit_when_sources_end``, until every source ended)."""
-        settings = self.config["daemon"]
         systemd.notify("STATUS=compiling or loading kernels")
         started = time.monotonic()
         compile_kernels(self.loaded.model, self.config)
@@ -264,11 +264,11 @@ class Daemon:
         watchdog = systemd.watchdog_interval()
         health_every = HEALTH_INTERVAL_S if watchdog is None else min(HEALTH_INTERVAL_S, watchdog)
         next_health = next_snapshot = next_states = next_expiry = time.monotonic()
-        next_snapshot += settings["snapshot_interval_s"]
+        next_snapshot += self.config.daemon.snapshot_interval_s
         while not self._stop_requested.is_set():
             frames = self.queue.take(
-                self.config["daemon"]["batch_samples"],
-                self.config["daemon"]["batch_wait_ms"] / 1000,
+                self.config.daemon.batch_samples,
+                self.config.daemon.batch_wait_ms / 1000,
                 idle=0.05,
             )
             if frames:
@@ -279,7 +279,7 @@ class Daemon:
                 next_states = now + self._state_interval()
             if not self.snapshots.advance() and now >= next_snapshot:
                 self.write_snapshot()
-                next_snapshot = now + self.config["daemon"]["snapshot_interval_s"]
+                next_snapshot = now + self.config.daemon.snapshot_interval_s
             if now >= next_expiry:
                 self.expire_idle_sensors(now)
                 next_expiry = now + self._expiry_interval()
@@ -290,7 +290,7 @@ class Daemon:
                 self._reload_requested.clear()
                 self.reload()
             if (
-                self.config["daemon"]["exit_when_sources_end"]
+                self.config.daemon.exit_when_sources_end
                 and self._sources_done()
                 and not len(self.queue)
             ):
@@ -308,7 +308,7 @@ class Daemon:
 
     def _step(self, frames: list[Frame]) -> None:
         """Step one micro-batch through the detector and deliver its events."""
-        limit = self.config["daemon"]["max_sensors"]
+        limit = self.config.daemon.max_sensors
         frames, refused = within_sensor_limit(frames, self.sensors, limit)
         if refused:
             self.metrics.inc("streamlstm_sensor_limit_samples_total", refused)
@@ -356,7 +356,7 @@ class Daemon:
                 alert_record(
                     event,
                     seq=self.seq.take(),
-                    daemon=self.config["mqtt"]["client_id"],
+                    daemon=self.config.mqtt.client_id,
                     model_id=self.loaded.model_id,
                     model_sha=self.loaded.sha256,
                     published=decided,
@@ -378,7 +378,7 @@ class Daemon:
         try:
             call(argument)
         except Exception as exc:
-            name = self.config["sinks"][index]["name"]
+            name = self.config.sinks[index].name
             reason = error_reason(exc)
             self.metrics.inc(
                 "streamlstm_sink_errors_total", labels=(("sink", name), ("reason", reason))
@@ -398,9 +398,9 @@ class Daemon:
             )
 
     def _state_interval(self) -> float:
-        for table in self.config["sinks"]:
-            if table["type"] == "mqtt":
-                return float(table["state_interval_s"])
+        for settings in self.config.sinks:
+            if isinstance(settings, MQTTSinkConfig):
+                return settings.state_interval_s
         return DEFAULT_STATE_INTERVAL_S
 
     def _publish_states(self, only: set[str] | None = None) -> None:
@@ -412,7 +412,7 @@ class Daemon:
 
     # -- idle sensors ------------------------------------------------------------------------
     def _expiry_interval(self) -> float:
-        idle = self.config["daemon"]["sensor_idle_s"]
+        idle = self.config.daemon.sensor_idle_s
         return 60.0 if not idle else min(60.0, max(0.1, idle / 4))
 
     def expire_idle_sensors(self, now: float) -> int:
@@ -423,7 +423,7 @@ class Daemon:
         An alert open on one ends (reason ``"evicted"``, at its last sample's time) and the
         sinks forget it (the MQTT sink clears its retained state).
         """
-        idle = self.config["daemon"]["sensor_idle_s"]
+        idle = self.config.daemon.sensor_idle_s
         if not idle or self.snapshots.copying:  # rows must not change hands mid-copy
             return 0
         expired = self._last_seen.expire(now - idle)
@@ -456,8 +456,8 @@ class Daemon:
         new_sinks: list[Sink] | None = None
         try:
             new = config_module.load(self.config_path)
-            loaded = load_model(new["model"]["path"])
-            pipeline = make_detector(loaded.model, new["detector"])
+            loaded = load_model(new.model.path)
+            pipeline = make_detector(loaded.model, new.detector)
             width = sample_width(pipeline, loaded.model)
             if width != self._width:
                 raise ConfigError(
@@ -465,14 +465,12 @@ class Daemon:
                     f"{self._width}: restart the daemon to change the sample width"
                 )
             sources_changed = (
-                new["sources"] != self.config["sources"]
-                or new["mqtt"] != self.config["mqtt"]
+                new.sources != self.config.sources
+                or new.mqtt != self.config.mqtt
                 # MQTT sources compare each message's rate with the model's
                 or loaded.model.sample_rate != self.loaded.model.sample_rate
             )
-            sinks_changed = (
-                new["sinks"] != self.config["sinks"] or new["mqtt"] != self.config["mqtt"]
-            )
+            sinks_changed = new.sinks != self.config.sinks or new.mqtt != self.config.mqtt
             check_broker_settings(new)
             compile_kernels(loaded.model, new)
             new_sources = (
@@ -498,10 +496,10 @@ class Daemon:
         if new_sinks is not None:
             self._close_sinks()
             self.sinks = new_sinks
-        self.queue.capacity = new["daemon"]["queue_frames"]
-        self.queue.policy = new["daemon"]["backpressure"]
-        self.queue.max_bytes = new["daemon"]["queue_bytes"]
-        self.gate.policy = time_policy(new["daemon"])
+        self.queue.capacity = new.daemon.queue_frames
+        self.queue.policy = new.daemon.backpressure
+        self.queue.max_bytes = new.daemon.queue_bytes
+        self.gate.policy = time_policy(new.daemon)
         self.config = new
         self.metrics.inc("streamlstm_reloads_total", labels=(("result", "ok"),))
 
@@ -518,7 +516,7 @@ class Daemon:
         self._stop_sources()
         self.queue.close()
         while True:
-            frames = self.queue.take(self.config["daemon"]["batch_samples"], 0.0, idle=0.0)
+            frames = self.queue.take(self.config.daemon.batch_samples, 0.0, idle=0.0)
             if not frames:
                 break
             self.process(frames)

@@ -33,11 +33,11 @@ import math
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from .._ratelimit import RateLimitedLog
 from ..sinks import SensorState
 from ..sources import Frame
+from .config import IntakeConfig
 
 log = logging.getLogger(__name__)
 _limited = RateLimitedLog(log)
@@ -52,11 +52,9 @@ class TimePolicy:
     clock_reset_s: float = 10.0
 
 
-def time_policy(settings: Mapping[str, Any]) -> TimePolicy:
+def time_policy(settings: IntakeConfig) -> TimePolicy:
     """The ``[daemon]`` timestamp tolerances as a :class:`TimePolicy`."""
-    return TimePolicy(
-        settings["time_future_s"], settings["redelivery_window_s"], settings["clock_reset_s"]
-    )
+    return TimePolicy(settings.time_future_s, settings.redelivery_window_s, settings.clock_reset_s)
 
 
 @dataclass

@@ -6,6 +6,7 @@ The daemon depends only on the small :class:`Pipeline` protocol below, which
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -17,6 +18,14 @@ import numpy as np
 from ..errors import ConfigError, StreamLSTMError
 from ..formats._model_build import file_sha256
 from ..model import Model
+from .config import (
+    DemoSourceConfig,
+    DetectorConfig,
+    ReplaySourceConfig,
+    SerialSourceConfig,
+    SiteConfig,
+    SourceConfig,
+)
 
 #: Where the shipped default model is looked for, in order: inside the installed
 #: package, then in a source checkout's ``weights/`` folder.
@@ -95,28 +104,30 @@ def load_model(path: str | None) -> LoadedModel:
     return LoadedModel(model, file, digest)
 
 
-#: ``[detector]`` keys for window classifiers only (:class:`streamlstm.detect.WindowDetector`).
-CLASS_ALERT_KEYS = ("normal_class", "min_probability", "consecutive")
-
-
-def make_detector(model: Model, settings: Mapping[str, Any]) -> Pipeline:
+def make_detector(model: Model, settings: DetectorConfig) -> Pipeline:
     """The detector for ``model`` with the ``[detector]`` settings: a
     :class:`streamlstm.detect.WindowDetector` if the model declares a window (a classifier
     or an autoencoder; on the GPU with ``device = "cuda"``), else a
     :class:`streamlstm.Detector`."""
     from ..detect import Detector, WindowDetector
 
-    given = {key: settings.get(key) for key in CLASS_ALERT_KEYS if settings.get(key) is not None}
-    device = settings.get("device", "cpu")
+    # For window classifiers only; None: the detector's default.
+    class_alerts = {
+        "normal_class": settings.normal_class,
+        "min_probability": settings.min_probability,
+        "consecutive": settings.consecutive,
+    }
+    given: dict[str, Any] = {k: value for k, value in class_alerts.items() if value is not None}
+    device = settings.device
     try:
         if model.window is not None:
             return WindowDetector(
                 model,
-                capacity=settings["capacity"],
-                threads=settings["threads"],
+                capacity=settings.capacity,
+                threads=settings.threads,
                 device=device,
                 **given,
-                **settings["options"],
+                **settings.options,
             )
         if given:
             raise ConfigError(
@@ -129,7 +140,7 @@ def make_detector(model: Model, settings: Mapping[str, Any]) -> Pipeline:
                 "a next-step predictor, whose detector runs on the CPU (leave device out)"
             )
         return Detector(
-            model, capacity=settings["capacity"], threads=settings["threads"], **settings["options"]
+            model, capacity=settings.capacity, threads=settings.threads, **settings.options
         )
     except (TypeError, ValueError, StreamLSTMError) as exc:
         raise ConfigError(f"detector: {exc}") from None
@@ -140,48 +151,44 @@ def sample_width(pipeline: Pipeline, model: Model) -> int:
     return int(getattr(pipeline, "axes", model.input_size))
 
 
-def carries_one_sensor(source: Mapping[str, Any]) -> bool:
+def carries_one_sensor(source: SourceConfig) -> bool:
     """Whether all of a source's samples belong to one sensor: the demo, a replay, or a
     serial port of CSV/TSV lines without a ``sensor_column``. A serial port's JSON records
     may name their sensors and its binary frames carry one per channel; an MQTT topic
     names the sensor of each message."""
-    if source["type"] in ("demo", "replay"):
+    if isinstance(source, (DemoSourceConfig, ReplaySourceConfig)):
         return True
     return (
-        source["type"] == "serial"
-        and source["format"] in ("csv", "tsv")
-        and source["sensor_column"] is None
+        isinstance(source, SerialSourceConfig)
+        and source.format in ("csv", "tsv")
+        and source.sensor_column is None
     )
 
 
-def batches_several_sensors(config: Mapping[str, Any]) -> bool:
+def batches_several_sensors(config: SiteConfig) -> bool:
     """Whether a site's micro-batches can hold more than one sensor: more than one source,
     one that does not :func:`carry one sensor <carries_one_sensor>`, or a fleet worker."""
-    sources = config["sources"]
-    return (
-        config.get("fleet") is not None
-        or len(sources) > 1
-        or not all(map(carries_one_sensor, sources))
-    )
+    sources = config.sources
+    return config.fleet is not None or len(sources) > 1 or not all(map(carries_one_sensor, sources))
 
 
-def one_sensor_batch_samples(config: Mapping[str, Any]) -> int:
+def one_sensor_batch_samples(config: SiteConfig) -> int:
     """The most samples of one sensor a micro-batch of the site can hold: ``batch_samples``
     less one, plus the frame that crosses that bound (a demo or replay block; one line of a
     serial CSV/TSV port; a serial JSON or binary record holds at most ``max_line``; an MQTT
     message ``max_samples``)."""
 
-    def frame(source: Mapping[str, Any]) -> int:
-        if source["type"] in ("demo", "replay"):
-            return int(source["block"])
-        if source["type"] == "serial":
-            return 1 if source["format"] in ("csv", "tsv") else int(source["max_line"])
-        return int(source["max_samples"])
+    def frame(source: SourceConfig) -> int:
+        if isinstance(source, (DemoSourceConfig, ReplaySourceConfig)):
+            return source.block
+        if isinstance(source, SerialSourceConfig):
+            return 1 if source.format in ("csv", "tsv") else source.max_line
+        return source.max_samples
 
-    return int(config["daemon"]["batch_samples"]) - 1 + max(map(frame, config["sources"]))
+    return config.daemon.batch_samples - 1 + max(map(frame, config.sources))
 
 
-def window_batches_can_run_in_parallel(hop: int, config: Mapping[str, Any]) -> bool:
+def window_batches_can_run_in_parallel(hop: int, config: SiteConfig) -> bool:
     """Whether a micro-batch of the site can complete enough windows of hop ``hop`` for the
     parallel window kernel (:func:`streamlstm.windows.bank.evaluates_in_parallel`): one
     holding several sensors, or one sensor's samples spanning that many hops."""
@@ -192,7 +199,7 @@ def window_batches_can_run_in_parallel(hop: int, config: Mapping[str, Any]) -> b
     return -(-one_sensor_batch_samples(config) // hop) >= PARALLEL_MIN_WINDOWS
 
 
-def warmup_batches(detector: Pipeline, config: Mapping[str, Any]) -> list[list[str]]:
+def warmup_batches(detector: Pipeline, config: SiteConfig) -> list[list[str]]:
     """Micro-batches (one sensor id per sample) that take a fresh ``detector`` of the site
     ``config`` through every kernel it will use: the serial path, and the parallel one only
     where a micro-batch can take it. A streaming detector's parallel kernel needs several
@@ -218,7 +225,7 @@ def warmup_batches(detector: Pipeline, config: Mapping[str, Any]) -> list[list[s
     return batches
 
 
-def compile_kernels(model: Model, config: Mapping[str, Any]) -> None:
+def compile_kernels(model: Model, config: SiteConfig) -> None:
     """Step a throwaway detector through the kernels the site ``config`` will use
     (:func:`warmup_batches`).
 
@@ -226,7 +233,7 @@ def compile_kernels(model: Model, config: Mapping[str, Any]) -> None:
     before the daemon says READY, keeps a cold compile (a minute on a small machine) out
     of the compute loop, where it would starve the systemd watchdog.
     """
-    detector = make_detector(model, {**config["detector"], "capacity": 1})
+    detector = make_detector(model, dataclasses.replace(config.detector, capacity=1))
     width = sample_width(detector, model)
     for sensors in warmup_batches(detector, config):
         detector.update(

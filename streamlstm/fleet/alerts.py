@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from .._ratelimit import RateLimitedLog
+from ..daemon.config import MQTTSinkConfig, SiteConfig
 from ..daemon.metrics import Metrics, Sample
 from ..daemon.registry import build_sinks
 from ..daemon.telemetry import sink_samples
@@ -25,25 +27,25 @@ log = logging.getLogger(__name__)
 _limited = RateLimitedLog(log)
 
 
-def worker_sinks_config(config: dict[str, Any], worker_id: str) -> dict[str, Any]:
+def worker_sinks_config(config: SiteConfig, worker_id: str) -> SiteConfig:
     """The site config with the sinks as worker ``worker_id`` runs them."""
-    sinks = [
-        {**table, "status_topic": f"{table['status_topic']}/{worker_id}"}
-        if table["type"] == "mqtt"
-        else table
-        for table in config["sinks"]
-    ]
-    return {**config, "sinks": sinks, "mqtt": {**config["mqtt"], "client_id": worker_id}}
+    sinks = tuple(
+        replace(settings, status_topic=f"{settings.status_topic}/{worker_id}")
+        if isinstance(settings, MQTTSinkConfig)
+        else settings
+        for settings in config.sinks
+    )
+    return replace(config, sinks=sinks, mqtt=replace(config.mqtt, client_id=worker_id))
 
 
 class WorkerSinks:
     """Every ``[[sinks]]`` table's sink, for worker ``worker_id``."""
 
-    def __init__(self, config: dict[str, Any], worker_id: str, metrics: Metrics) -> None:
+    def __init__(self, config: SiteConfig, worker_id: str, metrics: Metrics) -> None:
         self._metrics = metrics
         self.sinks = build_sinks(worker_sinks_config(config, worker_id), spool_by_daemon=True)
         self._named = [
-            (table["name"], sink) for table, sink in zip(config["sinks"], self.sinks, strict=True)
+            (settings.name, sink) for settings, sink in zip(config.sinks, self.sinks, strict=True)
         ]
         self._spooling = [(n, s) for n, s in self._named if isinstance(s, MQTTSink)]
 

@@ -4,42 +4,29 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+
+from ..daemon.config import FleetConfig, SiteConfig, section_values
 
 #: Subjects nats-server gives MQTT-originated messages in ``$MQTT_msgs``.
 MQTT_MSGS_STREAM = "$MQTT_msgs"
 MQTT_MSGS_PREFIX = "$MQTT.msgs."
 
 
-@dataclass(frozen=True)
-class FleetSettings:
-    """Validated ``[fleet]`` keys (see ``contrib/site.example.toml`` for their meaning)."""
+@dataclass(frozen=True, kw_only=True)
+class FleetSettings(FleetConfig):
+    """The ``[fleet]`` section (:class:`~streamlstm.daemon.config.FleetConfig`; see
+    ``contrib/fleet/worker.example.toml`` for its keys) with the worker id resolved."""
 
-    servers: tuple[str, ...]
-    partitions: int
-    intake: str
-    partition_prefix: str
-    name: str
     worker_id: str
-    stream: str
-    stream_max_age_s: float
-    replicas: int
-    leases_bucket: str
-    state_bucket: str
-    objects_bucket: str
-    inline_snapshot_bytes: int
-    lease_ttl_s: float
-    snapshot_interval_s: float
-    fetch_batch: int
-    journal_path: str | None
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> FleetSettings:
-        """From a validated site config; the worker id defaults to ``[mqtt] client_id``."""
-        table = dict(config["fleet"])
-        table["servers"] = tuple(table["servers"])
-        table["worker_id"] = table["worker_id"] or config["mqtt"]["client_id"]
-        return cls(**table)
+    def from_config(cls, config: SiteConfig) -> FleetSettings:
+        """From a validated site config with a ``[fleet]`` section; the worker id defaults
+        to ``[mqtt] client_id``."""
+        if config.fleet is None:
+            raise ValueError("the site config has no [fleet] section")
+        worker_id = config.fleet.worker_id or config.mqtt.client_id
+        return cls(**{**section_values(config.fleet), "worker_id": worker_id})
 
     @property
     def subject_root(self) -> str:

@@ -37,6 +37,7 @@ from nats.js.object_store import ObjectStore
 
 from .. import _mqtt
 from .._ratelimit import RateLimitedLog
+from ..daemon.config import BrokerConfig
 from ..errors import StreamLSTMError
 from .config import MQTT_MSGS_STREAM, FleetSettings
 
@@ -154,9 +155,10 @@ async def check_partitions(state: KeyValue, settings: FleetSettings) -> None:
 
 
 async def ensure_stream(
-    js: JetStreamContext, settings: FleetSettings, config: dict[str, Any]
+    js: JetStreamContext, settings: FleetSettings, broker: BrokerConfig
 ) -> None:
-    """Create the samples stream if missing (sourcing ``$MQTT_msgs`` for MQTT intake)."""
+    """Create the samples stream if missing (sourcing ``$MQTT_msgs`` for MQTT intake, which
+    nats-server creates once a client connects to its MQTT listener, ``broker``)."""
     try:
         await js.stream_info(settings.stream)
         return
@@ -175,7 +177,7 @@ async def ensure_stream(
         await js.add_stream(StreamConfig(subjects=[f"{settings.subject_root}.>"], **common))
         log.info("created stream %s on %s.>", settings.stream, settings.subject_root)
         return
-    await _wait_for_mqtt_streams(js, config)
+    await _wait_for_mqtt_streams(js, broker)
     source = StreamSource(name=MQTT_MSGS_STREAM, filter_subject=f"{settings.subject_root}.>")
     try:
         await js.add_stream(StreamConfig(sources=[source], **common))
@@ -189,7 +191,7 @@ async def ensure_stream(
     )
 
 
-async def _wait_for_mqtt_streams(js: JetStreamContext, config: dict[str, Any]) -> None:
+async def _wait_for_mqtt_streams(js: JetStreamContext, broker: BrokerConfig) -> None:
     """Make nats-server create ``$MQTT_msgs`` (by connecting to its MQTT listener once)."""
     deadline = time.monotonic() + MQTT_STREAMS_WAIT_S
     probed = False
@@ -200,26 +202,26 @@ async def _wait_for_mqtt_streams(js: JetStreamContext, config: dict[str, Any]) -
         except nats.js.errors.NotFoundError:
             pass
         if not probed:
-            probed = await asyncio.to_thread(_touch_mqtt_listener, config["mqtt"])
+            probed = await asyncio.to_thread(_touch_mqtt_listener, broker)
         if time.monotonic() > deadline:
             raise FleetError(
                 f"nats-server has no {MQTT_MSGS_STREAM} stream after "
                 f"{MQTT_STREAMS_WAIT_S:g} s: is its MQTT listener enabled at "
-                f"{config['mqtt']['host']}:{config['mqtt']['port']} ([mqtt] host/port)?"
+                f"{broker.host}:{broker.port} ([mqtt] host/port)?"
             )
         await asyncio.sleep(0.1)
 
 
-def _touch_mqtt_listener(settings: dict[str, Any]) -> bool:
+def _touch_mqtt_listener(settings: BrokerConfig) -> bool:
     """Connect an MQTT 3.1.1 client once (nats-server then creates its MQTT streams)."""
     client = _mqtt.make_client(settings, "fleet-setup", protocol=paho.MQTTv311, keep_session=False)
     try:
-        client.connect(settings["host"], settings["port"], keepalive=10)
+        client.connect(settings.host, settings.port, keepalive=10)
         client.loop(timeout=1.0)
         client.disconnect()
     except OSError as exc:
         log.warning(
-            "cannot reach the MQTT listener at %s:%d (%s)", settings["host"], settings["port"], exc
+            "cannot reach the MQTT listener at %s:%d (%s)", settings.host, settings.port, exc
         )
         return False
     return True

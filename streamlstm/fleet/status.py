@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"streamlstm fleet: {exc}", file=sys.stderr)
         return 2
-    if config["fleet"] is None:
+    if config.fleet is None:
         print(f"streamlstm fleet: {args.config} has no [fleet] section", file=sys.stderr)
         return 2
     try:

@@ -41,6 +41,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from .._ratelimit import RateLimitedLog
 from ..daemon import systemd
+from ..daemon.config import MQTTSourceConfig, SiteConfig
 from ..daemon.intake import TimestampGate, time_policy
 from ..daemon.metrics import MetricsServer, Sample
 from ..daemon.pipeline import compile_kernels, load_model, make_detector, sample_width
@@ -102,25 +103,27 @@ class Ownership:
 class FleetWorker:
     """One worker; :meth:`run` blocks until SIGTERM/SIGINT, then hands everything off."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: SiteConfig) -> None:
         self.config = config
         self.settings = FleetSettings.from_config(config)
         self.metrics = fleet_metrics()
-        self.loaded = load_model(config["model"]["path"])
-        probe = make_detector(self.loaded.model, config["detector"])
+        self.loaded = load_model(config.model.path)
+        probe = make_detector(self.loaded.model, config.detector)
         width = sample_width(probe, self.loaded.model)
-        self.decoder = MQTTSource(
-            config["sources"][0], width, config["mqtt"], self.loaded.model.sample_rate
+        source = config.sources[0]
+        assert isinstance(source, MQTTSourceConfig)  # validate() refuses any other [fleet] site
+        self.decoder = MQTTSource.from_config(
+            source, width, config.mqtt, self.loaded.model.sample_rate
         )
-        self.gate = TimestampGate(time_policy(config["daemon"]))
+        self.gate = TimestampGate(time_policy(config.daemon))
         self.journal = Journal(self.settings.journal_path, self.settings.worker_id)
         self.owned: dict[int, Ownership] = {}
         self.sinks = WorkerSinks(config, self.settings.worker_id, self.metrics)
         self.metrics.collector(self._collect)
         self._server: MetricsServer | None = None
-        port = config["daemon"]["metrics_port"]
+        port = config.daemon.metrics_port
         if port is not None:
-            self._server = MetricsServer(self.metrics, config["daemon"]["metrics_host"], port)
+            self._server = MetricsServer(self.metrics, config.daemon.metrics_host, port)
         self._stores: FleetStores | None = None
         self._leases: Leases | None = None
         self._snapshots: SnapshotStore | None = None
@@ -222,7 +225,7 @@ class FleetWorker:
             try:
                 stores = self._stores = await open_stores(nc, settings, create=True)
                 await check_partitions(stores.state, settings)
-                await ensure_stream(stores.js, settings, self.config)
+                await ensure_stream(stores.js, settings, self.config.mqtt)
             except RETRYABLE as exc:
                 _limited(
                     logging.WARNING,
@@ -365,14 +368,14 @@ class FleetWorker:
             record.epoch,
             self.settings,
             self.loaded,
-            make_detector(self.loaded.model, self.config["detector"]),
+            make_detector(self.loaded.model, self.config.detector),
             self.decoder,
             self.gate,
             seq=record.seq,
             alert_seq=record.alert_seq,
             replay_until=replay_until,
-            max_sensors=self.config["daemon"]["max_sensors"],
-            sensor_idle_s=self.config["daemon"]["sensor_idle_s"],
+            max_sensors=self.config.daemon.max_sensors,
+            sensor_idle_s=self.config.daemon.sensor_idle_s,
         )
         problem = claim.problem
         if claim.state is not None:
@@ -584,7 +587,7 @@ class FleetWorker:
                 "partition %d: %d sensor(s) idle for %g s expired",
                 compute.partition,
                 len(applied.expired),
-                self.config["daemon"]["sensor_idle_s"],
+                self.config.daemon.sensor_idle_s,
             )
         if applied.records:
             for record in applied.records:
@@ -677,7 +680,7 @@ async def _feed_watchdog() -> None:
     systemd.notify("WATCHDOG=1")
 
 
-def run_worker(config: dict[str, Any]) -> int:
+def run_worker(config: SiteConfig) -> int:
     """Run a fleet worker until SIGTERM/SIGINT; 2 when the fleet cannot run as configured."""
     try:
         worker = FleetWorker(config)

@@ -39,6 +39,7 @@ snapshot so that the partition's next owner sends them if this worker cannot.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -52,6 +53,7 @@ import paho.mqtt.client as paho
 
 from .. import _mqtt
 from .._ratelimit import RateLimitedLog
+from ..daemon.config import BrokerConfig, MQTTSinkConfig, section_values
 from . import SensorState
 from .spool import Spool
 
@@ -73,26 +75,55 @@ def spool_folder(daemon: str) -> str:
 
 
 class MQTTSink:
-    """Publishes to ``broker`` (the ``[mqtt]`` table; the sink's own ``host``/``port``, where
-    given, replace its address) as ``config`` (a ``[[sinks]]`` table) says.
+    """Publishes alerts, states and status, as its
+    :class:`~streamlstm.daemon.config.MQTTSinkConfig` (``settings``) says, to ``broker``
+    (the ``[mqtt]`` table; default: localhost:1883), whose address the sink's own
+    ``host``/``port``, where given, replace (the result is :attr:`broker`).
 
     ``spool_by_daemon``: one spool folder per alert ``daemon`` (a fleet worker's sink).
     """
 
     def __init__(
         self,
-        config: Mapping[str, Any],
-        broker: Mapping[str, Any],
         *,
+        broker: BrokerConfig | None = None,
         spool_by_daemon: bool = False,
+        name: str = "mqtt",
+        alert_topic: str = MQTTSinkConfig.alert_topic,
+        state_topic: str | None = MQTTSinkConfig.state_topic,
+        status_topic: str = MQTTSinkConfig.status_topic,
+        state_interval_s: float = MQTTSinkConfig.state_interval_s,
+        spool_dir: str = MQTTSinkConfig.spool_dir,
+        homeassistant: bool = MQTTSinkConfig.homeassistant,
+        discovery_prefix: str = MQTTSinkConfig.discovery_prefix,
+        host: str | None = None,
+        port: int | None = None,
+        protocol: str = MQTTSinkConfig.protocol,
+        refused_retry_s: float = MQTTSinkConfig.refused_retry_s,
     ) -> None:
-        self._config = config
-        address = {k: config[k] for k in ("host", "port") if config.get(k) is not None}
-        self._broker = broker = {**broker, **address}
-        self.spool = Spool(config["spool_dir"])
+        self.settings = config = MQTTSinkConfig(
+            name=name,
+            alert_topic=alert_topic,
+            state_topic=state_topic,
+            status_topic=status_topic,
+            state_interval_s=state_interval_s,
+            spool_dir=spool_dir,
+            homeassistant=homeassistant,
+            discovery_prefix=discovery_prefix,
+            host=host,
+            port=port,
+            protocol=protocol,
+            refused_retry_s=refused_retry_s,
+        )
+        broker = broker or BrokerConfig()
+        self.broker = broker = dataclasses.replace(
+            broker,
+            host=broker.host if host is None else host,
+            port=broker.port if port is None else port,
+        )
+        self.spool = Spool(spool_dir)
         self._spool_by_daemon = spool_by_daemon
         self._spools: dict[str, Spool] = {}
-        protocol = config.get("protocol", "5")
         self._lock = threading.Lock()  # guards _known_sensors (network and compute threads)
         # Alerts handed to paho and not yet acknowledged. Polled from the compute thread
         # rather than tracked in on_publish: paho calls on_publish holding its own message
@@ -111,24 +142,32 @@ class MQTTSink:
         self.connected = False
         self.reconnects = 0
         self._ever_connected = False
-        self.client = _mqtt.make_client(dict(broker), "out", protocol=PROTOCOLS[protocol])
+        self.client = _mqtt.make_client(broker, "out", protocol=PROTOCOLS[protocol])
         if protocol != "5":
             log.info(
                 "mqtt sink: MQTT 3.1.1 to %s:%s: the broker cannot refuse single alerts "
                 "(PUBACKs carry no reason code), so refusals are not counted",
-                broker["host"],
-                broker["port"],
+                broker.host,
+                broker.port,
             )
-        self.client.will_set(config["status_topic"], OFFLINE, qos=1, retain=True)
+        self.client.will_set(config.status_topic, OFFLINE, qos=1, retain=True)
         self.client.on_connect = self._on_connect
         self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.client.on_publish = self._on_publish
-        _mqtt.connect_async(self.client, dict(broker))
+        _mqtt.connect_async(self.client, broker)
         self.client.loop_start()
         # A previous run's unacknowledged alerts go first, in order.
         self._send(self._spooled())
+
+    @classmethod
+    def from_config(
+        cls, settings: MQTTSinkConfig, broker: BrokerConfig, *, spool_by_daemon: bool = False
+    ) -> MQTTSink:
+        """The sink a validated ``[[sinks]]`` table of type mqtt describes, publishing to
+        ``broker`` (``[mqtt]``)."""
+        return cls(broker=broker, spool_by_daemon=spool_by_daemon, **section_values(settings))
 
     # -- paho callbacks (network thread): nothing may escape from them --------------------
     def _on_connect(
@@ -143,11 +182,11 @@ class MQTTSink:
         if self._ever_connected:
             self.reconnects += 1
         self._ever_connected = True
-        log.info("mqtt sink: connected to %s:%s", self._broker["host"], self._broker["port"])
+        log.info("mqtt sink: connected to %s:%s", self.broker.host, self.broker.port)
         try:
-            client.publish(self._config["status_topic"], ONLINE, qos=1, retain=True)
-            if self._config["homeassistant"]:
-                client.subscribe(f"{self._config['discovery_prefix']}/status", qos=1)
+            client.publish(self.settings.status_topic, ONLINE, qos=1, retain=True)
+            if self.settings.homeassistant:
+                client.subscribe(f"{self.settings.discovery_prefix}/status", qos=1)
                 with self._lock:
                     sensors = sorted(self._known_sensors)
                 self._announce(sensors)
@@ -162,8 +201,8 @@ class MQTTSink:
             logging.WARNING,
             "unreachable",
             "mqtt sink: cannot reach the broker at %s:%s; alerts stay spooled, retrying",
-            self._broker["host"],
-            self._broker["port"],
+            self.broker.host,
+            self.broker.port,
         )
 
     def _on_disconnect(
@@ -203,7 +242,7 @@ class MQTTSink:
     def _send(self, records: Sequence[dict[str, Any]]) -> None:
         for record in records:
             try:
-                topic = topic_for(self._config["alert_topic"], record["sensor"])
+                topic = topic_for(self.settings.alert_topic, record["sensor"])
                 payload = json.dumps(record, separators=(",", ":"))
                 info = self.client.publish(topic, payload, qos=1)
             except Exception as exc:  # this record stays spooled; others go on
@@ -250,7 +289,7 @@ class MQTTSink:
 
     def _refuse(self, record: dict[str, Any], reason: Any) -> None:
         self.refusals[("alert", str(reason))] += 1
-        retry = self._config["refused_retry_s"]
+        retry = self.settings.refused_retry_s
         self._refused[(str(record.get("daemon")), record["seq"])] = (
             record,
             time.monotonic() + retry,
@@ -261,7 +300,7 @@ class MQTTSink:
             "mqtt sink: broker refused alert seq %d on %s: %s; it stays in %s and is "
             "sent again every %g s",
             record["seq"],
-            topic_for(self._config["alert_topic"], record["sensor"]),
+            topic_for(self.settings.alert_topic, record["sensor"]),
             reason,
             self._spool(record).directory,
             retry,
@@ -317,10 +356,10 @@ class MQTTSink:
         self._reap()
         new = []
         for sensor, state in states.items():
-            if self._config["state_topic"] is not None:
+            if self.settings.state_topic is not None:
                 try:
                     self.client.publish(
-                        topic_for(self._config["state_topic"], sensor),
+                        topic_for(self.settings.state_topic, sensor),
                         json.dumps(state.record(), separators=(",", ":")),
                         qos=1,
                         retain=True,
@@ -331,7 +370,7 @@ class MQTTSink:
                 if sensor not in self._known_sensors:
                     self._known_sensors.add(sensor)
                     new.append(sensor)
-        if self._config["homeassistant"] and new and self.connected:
+        if self.settings.homeassistant and new and self.connected:
             self._announce(new)
 
     def forget(self, sensors: Sequence[str]) -> None:
@@ -344,9 +383,9 @@ class MQTTSink:
                     continue
                 self._known_sensors.discard(sensor)
             topics = []
-            if self._config["state_topic"] is not None:
-                topics.append(topic_for(self._config["state_topic"], sensor))
-            if self._config["homeassistant"]:
+            if self.settings.state_topic is not None:
+                topics.append(topic_for(self.settings.state_topic, sensor))
+            if self.settings.homeassistant:
                 topics.append(self._discovery_topic(sensor))
             for topic in topics:
                 try:
@@ -355,13 +394,13 @@ class MQTTSink:
                     self._publish_failed(f"the removal of {sensor[:40]!r}", exc)
 
     def _object_id(self, sensor: str) -> str:
-        return re.sub(r"[^A-Za-z0-9_-]", "_", f"{self._broker['client_id']}_{sensor}")
+        return re.sub(r"[^A-Za-z0-9_-]", "_", f"{self.broker.client_id}_{sensor}")
 
     def _discovery_topic(self, sensor: str) -> str:
-        return f"{self._config['discovery_prefix']}/binary_sensor/{self._object_id(sensor)}/config"
+        return f"{self.settings.discovery_prefix}/binary_sensor/{self._object_id(sensor)}/config"
 
     def _announce(self, sensors: Sequence[str]) -> None:
-        daemon = self._broker["client_id"]
+        daemon = self.broker.client_id
         for sensor in sensors:
             object_id = self._object_id(sensor)
             config = {
@@ -369,10 +408,10 @@ class MQTTSink:
                 "unique_id": f"streamlstm_{object_id}",
                 "object_id": object_id,
                 "device_class": "problem",
-                "state_topic": topic_for(self._config["state_topic"] or "", sensor),
+                "state_topic": topic_for(self.settings.state_topic or "", sensor),
                 "value_template": "{{ 'ON' if value_json.alert else 'OFF' }}",
-                "json_attributes_topic": topic_for(self._config["state_topic"] or "", sensor),
-                "availability_topic": self._config["status_topic"],
+                "json_attributes_topic": topic_for(self.settings.state_topic or "", sensor),
+                "availability_topic": self.settings.status_topic,
                 "payload_available": "online",
                 "payload_not_available": "offline",
                 "device": {
@@ -411,7 +450,7 @@ class MQTTSink:
                 self.spool.directory,
             )
         if self.connected:
-            info = self.client.publish(self._config["status_topic"], OFFLINE, qos=1, retain=True)
+            info = self.client.publish(self.settings.status_topic, OFFLINE, qos=1, retain=True)
             try:
                 info.wait_for_publish(timeout)
             except (RuntimeError, ValueError):

@@ -7,6 +7,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
+from ..daemon.config import StdoutSinkConfig, section_values
 from . import SensorState
 
 
@@ -41,11 +42,23 @@ def format_alert(record: Mapping[str, Any]) -> str:
 
 
 class StdoutSink:
-    """Writes one line per alert; with ``states`` also a line per changed sensor state."""
+    """Writes one line per alert to ``stream`` (default: standard output); with ``states``
+    also a line per changed sensor state."""
 
-    def __init__(self, config: Mapping[str, Any], stream: TextIO | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        name: str = "stdout",
+        states: bool = StdoutSinkConfig.states,
+        stream: TextIO | None = None,
+    ) -> None:
+        self.settings = StdoutSinkConfig(name=name, states=states)
         self._stream = stream or sys.stdout
-        self._states = config.get("states", False)
+
+    @classmethod
+    def from_config(cls, settings: StdoutSinkConfig) -> StdoutSink:
+        """The sink a validated ``[[sinks]]`` table of type stdout describes."""
+        return cls(**section_values(settings))
 
     def alerts(self, records: Sequence[dict[str, Any]]) -> None:
         for record in records:
@@ -53,7 +66,7 @@ class StdoutSink:
         self._stream.flush()
 
     def states(self, states: Mapping[str, SensorState]) -> None:
-        if not self._states:
+        if not self.settings.states:
             return
         for state in states.values():
             self._stream.write(

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
+from ..daemon.config import DemoSourceConfig, section_values
 from ..errors import SourceError
 from .replay import ReplaySource, load_recording
 
@@ -24,8 +24,32 @@ def demo_path() -> Path:
 
 
 class DemoSource(ReplaySource):
-    """:class:`ReplaySource` of the packaged recording (``speed`` 0 = as fast as possible)."""
+    """:class:`ReplaySource` of the packaged recording (``speed`` 0 = as fast as possible);
+    its ``settings`` are those of a replay of that file."""
 
-    def __init__(self, config: dict[str, Any], width: int) -> None:
-        recording = load_recording(demo_path(), width, {})
-        super().__init__({**config, "path": str(demo_path()), "plot": None}, width, recording)
+    def __init__(
+        self,
+        *,
+        width: int,
+        name: str = "demo",
+        speed: float = DemoSourceConfig.speed,
+        block: int = DemoSourceConfig.block,
+        progress: bool = DemoSourceConfig.progress,
+    ) -> None:
+        path = demo_path()
+        super().__init__(
+            path=str(path),
+            width=width,
+            name=name,
+            speed=speed,
+            block=block,
+            progress=progress,
+            recording=load_recording(path, width),
+        )
+
+    @classmethod
+    def from_config(  # type: ignore[override]  # a demo table, not a replay's
+        cls, settings: DemoSourceConfig, width: int
+    ) -> DemoSource:
+        """The source a validated ``[[sources]]`` table of type demo describes."""
+        return cls(width=width, **section_values(settings))

@@ -34,6 +34,7 @@ import paho.mqtt.client as paho
 
 from .. import _mqtt
 from .._ratelimit import RateLimitedLog
+from ..daemon.config import BrokerConfig, MQTTSourceConfig, section_values
 from . import Emit, Frame, SourceStats, check_sensor_id, sample_times
 from .parsers import Block, LineFormat, ParseError, decode_csv, decode_float32, decode_json
 
@@ -56,46 +57,84 @@ RATE_WARNED_SENSORS = 1000
 
 
 class MQTTSource:
-    """One subscription; ``config``: a validated ``[[sources]]`` table, ``broker``: ``[mqtt]``."""
+    """One subscription, as its :class:`~streamlstm.daemon.config.MQTTSourceConfig`
+    (``settings``) says, to the broker ``broker`` (``[mqtt]``; default: localhost:1883);
+    ``width`` values per sample; ``model_rate``: the model's sample rate (samples/s), which
+    each message's ``rate`` is compared with (None: unknown)."""
 
     def __init__(
         self,
-        config: dict[str, Any],
+        *,
+        topic: str,
         width: int,
-        broker: dict[str, Any],
+        broker: BrokerConfig | None = None,
         model_rate: float | None = None,
+        name: str = "mqtt",
+        payload: str = MQTTSourceConfig.payload,
+        qos: int = MQTTSourceConfig.qos,
+        rate: float | None = None,
+        max_samples: int = MQTTSourceConfig.max_samples,
+        ack: str = MQTTSourceConfig.ack,
+        receive_maximum: int = MQTTSourceConfig.receive_maximum,
+        columns: tuple[int, ...] | None = None,
+        time_column: int | None = None,
+        sensor_column: int | None = None,
     ) -> None:
-        self.name = config["name"]
-        # The model's sample rate, to compare each message's ``rate`` with (None: unknown).
+        self.settings = MQTTSourceConfig(
+            name=name,
+            topic=topic,
+            payload=payload,
+            qos=qos,
+            rate=rate,
+            max_samples=max_samples,
+            ack=ack,
+            receive_maximum=receive_maximum,
+            columns=None if columns is None else tuple(columns),
+            time_column=time_column,
+            sensor_column=sensor_column,
+        )
+        self.name = name
         self._model_rate = model_rate
         self._rate_warned: set[str] = set()
         self.stats = SourceStats()
-        self._config = config
-        self._broker = broker
+        self.broker = broker or BrokerConfig()
         self._width = width
-        self._subscription, self._pattern = topic_pattern(config["topic"])
+        self._subscription, self._pattern = topic_pattern(topic)
         self._lines = None
-        if config["payload"] == "csv":
-            self._lines = LineFormat(tuple(config["columns"]), ",", config["time_column"], None)
+        if payload == "csv":
+            if not columns:
+                raise ValueError(f"{name}: csv payloads need columns (where the sample is)")
+            self._lines = LineFormat(tuple(columns), ",", time_column, None)
         self._emit: Emit | None = None
         self._ever_connected = False
-        self._manual_ack = config["ack"] == "after-step"
+        self._manual_ack = ack == "after-step"
         self._client: paho.Client | None = None
         # Refuse huge payloads before parsing them: 32 characters per number is generous
         # for text, and memory stays bounded whatever a publisher sends.
-        self._max_bytes = config["max_samples"] * width * 32 + 1024
+        self._max_bytes = max_samples * width * 32 + 1024
+
+    @classmethod
+    def from_config(
+        cls,
+        settings: MQTTSourceConfig,
+        width: int,
+        broker: BrokerConfig,
+        model_rate: float | None = None,
+    ) -> MQTTSource:
+        """The source a validated ``[[sources]]`` table of type mqtt describes."""
+        return cls(width=width, broker=broker, model_rate=model_rate, **section_values(settings))
 
     def run(self, emit: Emit, stop: threading.Event) -> None:
         """Connect, subscribe and deliver messages until ``stop``."""
         self._emit = emit
-        client = _mqtt.make_client(self._broker, f"in-{self.name}", manual_ack=self._manual_ack)
+        client = _mqtt.make_client(self.broker, f"in-{self.name}", manual_ack=self._manual_ack)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         self._client = client
-        receive_maximum = self._config["receive_maximum"] if self._manual_ack else None
-        _mqtt.connect_async(client, self._broker, receive_maximum)
+        receive_maximum = self.settings.receive_maximum if self._manual_ack else None
+        _mqtt.connect_async(client, self.broker, receive_maximum)
         client.loop_start()
         try:
             stop.wait()
@@ -122,7 +161,7 @@ class MQTTSource:
         self._ever_connected = True
         self.stats.connected = True
         try:
-            client.subscribe(self._subscription, qos=self._config["qos"])
+            client.subscribe(self._subscription, qos=self.settings.qos)
         except (ValueError, OSError) as exc:  # paho refused the filter: a bug, made visible
             log.error("%s: cannot subscribe to %s: %s", self.name, self._subscription, exc)
             return
@@ -135,8 +174,8 @@ class MQTTSource:
             f"{self.name}/unreachable",
             "%s: cannot reach the broker at %s:%s; retrying with backoff",
             self.name,
-            self._broker["host"],
-            self._broker["port"],
+            self.broker.host,
+            self.broker.port,
         )
 
     def _on_disconnect(
@@ -182,8 +221,8 @@ class MQTTSource:
 
     def decode_block(self, payload: bytes | bytearray) -> Block:
         """Decode one payload according to the configured ``payload`` kind."""
-        limit = self._config["max_samples"]
-        if self._config["payload"] == "json":
+        limit = self.settings.max_samples
+        if self.settings.payload == "json":
             return decode_json(payload, self._width, max_samples=limit)
         if self._lines is not None:
             return decode_csv(payload, self._lines, max_samples=limit)
@@ -210,7 +249,7 @@ class MQTTSource:
         if len(payload) > self._max_bytes:
             raise ParseError("oversize", f"{len(payload)} bytes")
         block = self.decode_block(payload)
-        rate = block.rate or self._config["rate"]
+        rate = block.rate or self.settings.rate
         if rate and self._model_rate and abs(rate - self._model_rate) > RATE_TOLERANCE * rate:
             self._rate_mismatch(sensor, rate)
         times = sample_times(len(block.samples), start=block.t, rate=rate, received=received)

@@ -11,11 +11,12 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from ..daemon.config import ReplaySourceConfig, section_values
 from ..errors import SourceError
 from . import Emit, Frame, SourceStats, check_sensor_id, sample_times
 from .parsers import LineFormat, ParseError
@@ -48,11 +49,9 @@ def _load_npz(
 
 
 def _load_text(
-    path: Path, width: int, config: dict[str, Any]
+    path: Path, width: int, columns: Sequence[int] | None, time_column: int | None
 ) -> tuple[np.ndarray, np.ndarray | None]:
     separator = "\t" if path.suffix.lower() == ".tsv" else ","
-    time_column = config.get("time_column")
-    columns = config.get("columns")
     if columns is None:
         columns = [c for c in range(width + 1) if c != time_column][:width]
     fmt = LineFormat(tuple(columns), separator, time_column, None)
@@ -78,17 +77,30 @@ def _load_text(
     return np.stack(samples), t_array
 
 
-def load_recording(path: str | Path, width: int, config: dict[str, Any]) -> Recording:
-    """Read a recording; :class:`SourceError` if it is missing, unreadable or of the wrong width."""
+def load_recording(
+    path: str | Path,
+    width: int,
+    *,
+    columns: Sequence[int] | None = None,
+    time_column: int | None = None,
+    rate: float | None = None,
+    sensor: str | None = None,
+) -> Recording:
+    """Read a recording; :class:`SourceError` if it is missing, unreadable or of the wrong width.
+
+    ``columns`` and ``time_column``: where a text recording's values are (default: the
+    first ``width`` columns that are not the time column); ``rate``: samples/s where the
+    file has neither times nor a rate; ``sensor``: its sensor id (default: the file's, or
+    its name).
+    """
     path = Path(path)
     if not path.is_file():
         raise SourceError(f"{path}: no such recording")
-    rate = config.get("rate")
-    sensor = None
+    stored = None
     if path.suffix.lower() == ".npz":
-        samples, t, rate, sensor = _load_npz(path, width, rate)
+        samples, t, rate, stored = _load_npz(path, width, rate)
     else:
-        samples, t = _load_text(path, width, config)
+        samples, t = _load_text(path, width, columns, time_column)
     if samples.ndim != 2 or samples.shape[1] != width or not len(samples):
         raise SourceError(f"{path}: samples of shape {samples.shape}, the model takes (T, {width})")
     if t is None:
@@ -97,7 +109,7 @@ def load_recording(path: str | Path, width: int, config: dict[str, Any]) -> Reco
         raise SourceError(f"{path}: t has shape {t.shape}, expected ({len(samples)},)")
     if not np.isfinite(t).all():
         raise SourceError(f"{path}: t has non-finite times")
-    name = config.get("sensor") or sensor or path.stem
+    name = sensor or stored or path.stem
     try:
         check_sensor_id(name)
     except ParseError as exc:
@@ -110,19 +122,51 @@ PROGRESS_EVERY_S = 30.0
 
 
 class ReplaySource:
-    """Emits a recording in blocks of ``block`` samples; ``speed`` 0 = as fast as possible."""
+    """Emits a recording, as its :class:`~streamlstm.daemon.config.ReplaySourceConfig`
+    (``settings``) says: in blocks of ``block`` samples, ``speed`` 0 = as fast as
+    possible; ``recording``: one already loaded (else it is read from ``path``)."""
 
     def __init__(
-        self, config: dict[str, Any], width: int, recording: Recording | None = None
+        self,
+        *,
+        path: str,
+        width: int,
+        name: str = "replay",
+        sensor: str | None = None,
+        speed: float = ReplaySourceConfig.speed,
+        rate: float | None = None,
+        block: int = ReplaySourceConfig.block,
+        plot: str | None = None,
+        progress: bool = ReplaySourceConfig.progress,
+        columns: tuple[int, ...] | None = None,
+        time_column: int | None = None,
+        sensor_column: int | None = None,
+        recording: Recording | None = None,
     ) -> None:
-        self.name = config["name"]
+        self.settings = ReplaySourceConfig(
+            name=name,
+            path=path,
+            sensor=sensor,
+            speed=speed,
+            rate=rate,
+            block=block,
+            plot=plot,
+            progress=progress,
+            columns=None if columns is None else tuple(columns),
+            time_column=time_column,
+            sensor_column=sensor_column,
+        )
+        self.name = name
         self.stats = SourceStats()
-        self.recording = recording or load_recording(config["path"], width, config)
-        self.plot_path = config.get("plot")
-        self._speed = config["speed"]
-        self._block = config["block"]
-        self._progress = config["progress"]
+        self.recording = recording or load_recording(
+            path, width, columns=columns, time_column=time_column, rate=rate, sensor=sensor
+        )
         self._next = 0  # first sample not yet emitted: a restarted run() resumes there
+
+    @classmethod
+    def from_config(cls, settings: ReplaySourceConfig, width: int) -> ReplaySource:
+        """The source a validated ``[[sources]]`` table of type replay describes."""
+        return cls(width=width, **section_values(settings))
 
     @property
     def sensors(self) -> list[str]:
@@ -139,19 +183,19 @@ class ReplaySource:
         self.stats.connected = True
         start_wall, start_t = time.monotonic(), rec.t[self._next % total]
         shown, reported = time.monotonic(), 100 * self._next // total
-        for begin in range(self._next, total, self._block):
+        for begin in range(self._next, total, self.settings.block):
             if stop.is_set():
                 break
-            end = min(begin + self._block, total)
-            if self._speed > 0:
-                due = start_wall + (rec.t[begin] - start_t) / self._speed
+            end = min(begin + self.settings.block, total)
+            if self.settings.speed > 0:
+                due = start_wall + (rec.t[begin] - start_t) / self.settings.speed
                 if stop.wait(max(0.0, due - time.monotonic())):
                     break
             emit([Frame(rec.sensor, rec.t[begin:end], rec.samples[begin:end], time.time())])
             self._next = end
             self.stats.received(end - begin)
             percent = 100 * end // total
-            if self._progress and (
+            if self.settings.progress and (
                 percent // 10 > reported // 10
                 or end == total
                 or time.monotonic() - shown > PROGRESS_EVERY_S

@@ -11,11 +11,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
 
 import numpy as np
 import serial
 
+from ..daemon.config import SerialSourceConfig, section_values
 from . import Emit, Frame, SourceStats, check_sensor_id, sample_times
 from .parsers import Delimited, LineFormat, ParseError, decode_frame, decode_json
 
@@ -31,44 +31,84 @@ PARITY = {
 
 
 class SerialSource:
-    """Reads one serial port; ``config`` is a validated ``[[sources]]`` table of type serial.
+    """Reads one serial port, as its :class:`~streamlstm.daemon.config.SerialSourceConfig`
+    (``settings``) says; ``width`` values per sample.
 
     Sensor ids: the fixed ``sensor``; or, for CSV/TSV, the ``sensor_column``; for JSON
     lines, a ``"sensor"`` key; for binary frames, ``sensor`` (or the source name)
-    followed by the frame's channel number, e.g. ``bench-3``.
+    followed by the frame's channel number, e.g. ``bench-3``. CSV/TSV lines need
+    ``columns`` (where the sample's values are, 0-based).
     """
 
-    def __init__(self, config: dict[str, Any], width: int) -> None:
-        self.name = config["name"]
+    def __init__(
+        self,
+        *,
+        port: str,
+        width: int,
+        name: str = "serial",
+        baud: int = SerialSourceConfig.baud,
+        bytesize: int = SerialSourceConfig.bytesize,
+        parity: str = SerialSourceConfig.parity,
+        stopbits: float = SerialSourceConfig.stopbits,
+        format: str = SerialSourceConfig.format,
+        sensor: str | None = None,
+        max_line: int = SerialSourceConfig.max_line,
+        reopen_min_s: float = SerialSourceConfig.reopen_min_s,
+        reopen_max_s: float = SerialSourceConfig.reopen_max_s,
+        columns: tuple[int, ...] | None = None,
+        time_column: int | None = None,
+        sensor_column: int | None = None,
+    ) -> None:
+        self.settings = SerialSourceConfig(
+            name=name,
+            port=port,
+            baud=baud,
+            bytesize=bytesize,
+            parity=parity,
+            stopbits=stopbits,
+            format=format,
+            sensor=sensor,
+            max_line=max_line,
+            reopen_min_s=reopen_min_s,
+            reopen_max_s=reopen_max_s,
+            columns=None if columns is None else tuple(columns),
+            time_column=time_column,
+            sensor_column=sensor_column,
+        )
+        self.name = name
         self.stats = SourceStats()
-        self._config = config
         self._width = width
-        self._format = config["format"]
-        binary = self._format == "binary"
-        self._records = Delimited(b"\0" if binary else b"\n", config["max_line"])
+        binary = format == "binary"
+        self._records = Delimited(b"\0" if binary else b"\n", max_line)
         self._lines = None
-        if self._format in ("csv", "tsv"):
+        if format in ("csv", "tsv"):
+            if not columns:
+                raise ValueError(f"{name}: {format} lines need columns (where the sample is)")
+            if sensor is None and sensor_column is None:
+                raise ValueError(f"{name}: {format} lines need a sensor or a sensor_column")
             self._lines = LineFormat(
-                tuple(config["columns"]),
-                "," if self._format == "csv" else "\t",
-                config["time_column"],
-                config["sensor_column"],
+                tuple(columns), "," if format == "csv" else "\t", time_column, sensor_column
             )
 
+    @classmethod
+    def from_config(cls, settings: SerialSourceConfig, width: int) -> SerialSource:
+        """The source a validated ``[[sources]]`` table of type serial describes."""
+        return cls(width=width, **section_values(settings))
+
     def _open(self) -> serial.Serial:
-        c = self._config
+        c = self.settings
         return serial.Serial(
-            c["port"],
-            c["baud"],
-            bytesize=c["bytesize"],
-            parity=PARITY[c["parity"]],
-            stopbits=c["stopbits"],
+            c.port,
+            c.baud,
+            bytesize=c.bytesize,
+            parity=PARITY[c.parity],
+            stopbits=c.stopbits,
             timeout=0.05,
         )
 
     def run(self, emit: Emit, stop: threading.Event) -> None:
         """Read until ``stop``; never raises for device trouble (it retries instead)."""
-        delay = self._config["reopen_min_s"]
+        delay = self.settings.reopen_min_s
         lost = False
         while not stop.is_set():
             try:
@@ -77,23 +117,23 @@ class SerialSource:
                 log.warning(
                     "%s: cannot open %s (%s); retrying in %.1f s",
                     self.name,
-                    self._config["port"],
+                    self.settings.port,
                     exc,
                     delay,
                 )
                 stop.wait(delay)
-                delay = min(2 * delay, self._config["reopen_max_s"])
+                delay = min(2 * delay, self.settings.reopen_max_s)
                 continue
             if lost:
                 self.stats.reconnected()
-                log.info("%s: reopened %s", self.name, self._config["port"])
+                log.info("%s: reopened %s", self.name, self.settings.port)
             self.stats.connected = True
-            delay = self._config["reopen_min_s"]
+            delay = self.settings.reopen_min_s
             try:
                 self._read(port, emit, stop)
             except (serial.SerialException, OSError) as exc:
                 lost = True
-                log.warning("%s: lost %s (%s)", self.name, self._config["port"], exc)
+                log.warning("%s: lost %s (%s)", self.name, self.settings.port, exc)
             finally:
                 self.stats.connected = False
                 self._records.reset()
@@ -124,18 +164,18 @@ class SerialSource:
         return frames
 
     def _decode(self, record: bytes, received: float) -> Frame:
-        fixed = self._config["sensor"]
+        fixed = self.settings.sensor
         if self._lines is not None:
             sample, t, sensor = self._lines.parse(record)
             return Frame(
-                check_sensor_id(sensor or fixed),
+                check_sensor_id(sensor or fixed or ""),
                 np.array([received if t is None else t]),
                 sample[None, :],
                 received,
                 t is not None,
             )
-        if self._format == "json":
-            block = decode_json(record, self._width, max_samples=self._config["max_line"])
+        if self.settings.format == "json":
+            block = decode_json(record, self._width, max_samples=self.settings.max_line)
             sensor = block.sensor or fixed
             if sensor is None:
                 raise ParseError("schema", "no 'sensor' key and no fixed sensor configured")
