@@ -207,13 +207,14 @@ def drain(count: int, args, batch, folder: Path) -> dict:
 
 def in_process(batch, args) -> dict:
     """The same messages parsed and stepped in one process, no NATS (the compute path)."""
+    from streamlstm.daemon.config import validate
     from streamlstm.daemon.pipeline import compile_kernels, load_model, make_detector
     from streamlstm.sources.parsers import decode_json
 
     loaded = load_model(None)
-    settings = {"capacity": 1024, "threads": None, "options": {}}
-    compile_kernels(loaded.model, {"detector": settings, "sources": [{"type": "mqtt"}]})
-    detector = make_detector(loaded.model, settings)
+    site = validate({"sources": [{"type": "mqtt", "topic": "sensors/{sensor}/accel"}]})
+    compile_kernels(loaded.model, site)
+    detector = make_detector(loaded.model, site.detector)
     width = int(getattr(detector, "axes", loaded.model.input_size))
     started, cpu = time.perf_counter(), time.process_time()
     for begin in range(0, len(batch), args.fetch):

@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         model = bench_model(folder, args.hidden or None)
         daemon = make_daemon(folder, model, 8192)
         compile_kernels(daemon.loaded.model, daemon.config)
-        batch_samples = daemon.config["daemon"]["batch_samples"]
+        batch_samples = daemon.config.daemon.batch_samples
         count = max(args.sensors, args.samples // args.batch)
         # Each sensor at the model's sample rate (or 1 kHz), as a deployment would send.
         rate = (daemon.loaded.model.sample_rate or 1000.0) * args.sensors

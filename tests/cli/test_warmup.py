@@ -214,7 +214,7 @@ from streamlstm.daemon.pipeline import compile_kernels
 from streamlstm.kernels import _window as K
 
 site = config.validate(json.loads(sys.argv[1]))
-compile_kernels(formats.load(site["model"]["path"]), site)
+compile_kernels(formats.load(site.model.path), site)
 kernels = (K.assemble_windows, K.evaluate_windows_serial, K.evaluate_windows)
 print(*(len(kernel.signatures) for kernel in kernels))
 """
@@ -297,7 +297,7 @@ class Compiles(event.Listener):
 
 event.register("numba:compile", Compiles())
 site = config.load(sys.argv[1])
-detector = make_detector(formats.load(site["model"]["path"]), site["detector"])
+detector = make_detector(formats.load(site.model.path), site.detector)
 rng = np.random.default_rng(0)
 for ids in (["one"] * 9, [f"s{i}" for i in range(40)] * 12):  # a window; 40 sensors' windows
     detector.update(ids, rng.normal(size=(len(ids), 3)), np.arange(len(ids)) / 100.0)

@@ -171,7 +171,7 @@ def test_a_window_autoencoder_snapshot_keeps_its_smoothed_score_across_devices()
     assert_same_events(events, expected)
 
 
-def window_site(tmp_path: Path, **detector) -> dict:
+def window_site(tmp_path: Path, **detector) -> config_module.SiteConfig:
     model = tmp_path / "classes.npz"
     formats.save(channel_classifier(), model)
     return config_module.validate(
@@ -185,14 +185,14 @@ def window_site(tmp_path: Path, **detector) -> dict:
 
 def test_the_daemon_config_builds_a_cuda_window_detector_and_warms_it_up(tmp_path):
     site = window_site(tmp_path, device="cuda")
-    model = formats.load(site["model"]["path"])
-    detector = make_detector(model, site["detector"])
+    model = formats.load(site.model.path)
+    detector = make_detector(model, site.detector)
     assert isinstance(detector, WindowDetector)
     assert isinstance(detector.bank, window_bank.CudaWindowBank)
     assert detector.class_params is not None and detector.class_params.consecutive == 2
     compile_kernels(model, site)  # the GPU window kernel's first launch, before READY
     with pytest.raises(ConfigError, match=r"detector: threads applies to device='cpu' only"):
-        make_detector(model, window_site(tmp_path, device="cuda", threads=2)["detector"])
+        make_detector(model, window_site(tmp_path, device="cuda", threads=2).detector)
 
 
 def test_check_config_accepts_device_cuda_for_a_window_model(tmp_path):

@@ -198,7 +198,7 @@ def reference_run(fleet: Fleet, signals) -> tuple[dict, list[tuple[str, str, flo
     config = load(next(iter(fleet.sites.values())))
     from streamlstm import formats
 
-    reference = make_detector(formats.load(fleet.model), config["detector"])
+    reference = make_detector(formats.load(fleet.model), config.detector)
     expected_events = []
     for sensor in SENSORS:
         x = signals[sensor]

@@ -16,17 +16,17 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "contrib" / "site.example.toml"
 
 def test_example_config_is_valid_and_complete():
     config = load(EXAMPLE)
-    assert [s["type"] for s in config["sources"]] == ["mqtt", "serial"]
-    assert [s["type"] for s in config["sinks"]] == ["mqtt", "jsonl"]
-    assert config["daemon"]["backpressure"] == "drop-oldest"
-    assert config["sources"][0]["topic"] == "sensors/{sensor}/accel"
+    assert [s.kind for s in config.sources] == ["mqtt", "serial"]
+    assert [s.kind for s in config.sinks] == ["mqtt", "jsonl"]
+    assert config.daemon.backpressure == "drop-oldest"
+    assert config.sources[0].topic == "sensors/{sensor}/accel"
 
 
 def test_no_config_is_the_demo():
     config = load(None)
-    assert [s["type"] for s in config["sources"]] == ["demo"]
-    assert [s["type"] for s in config["sinks"]] == ["stdout"]
-    assert config["daemon"]["snapshot_path"] is None
+    assert [s.kind for s in config.sources] == ["demo"]
+    assert [s.kind for s in config.sinks] == ["stdout"]
+    assert config.daemon.snapshot_path is None
 
 
 @pytest.mark.parametrize(
@@ -126,8 +126,8 @@ def test_relative_paths_are_relative_to_the_config_file(tmp_path):
         '[daemon]\nsnapshot_path = "state/s.npz"\n[[sinks]]\ntype = "jsonl"\npath = "a.jsonl"\n'
     )
     config = load(site)
-    assert config["daemon"]["snapshot_path"] == str(tmp_path / "state" / "s.npz")
-    assert config["sinks"][0]["path"] == str(tmp_path / "a.jsonl")
+    assert config.daemon.snapshot_path == str(tmp_path / "state" / "s.npz")
+    assert config.sinks[0].path == str(tmp_path / "a.jsonl")
 
 
 def test_check_config_command_refuses_an_invalid_file(tmp_path, capsys):

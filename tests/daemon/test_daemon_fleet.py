@@ -62,7 +62,7 @@ def test_evicted_rows_are_reused_and_a_returning_sensor_starts_fresh(model_path)
 
 def test_state_topic_false_turns_state_topics_off():
     config = validate({"sinks": [{"type": "mqtt", "state_topic": False}]})
-    assert config["sinks"][0]["state_topic"] is None
+    assert config.sinks[0].state_topic is None
     with pytest.raises(ConfigError, match="homeassistant: needs state topics"):
         validate({"sinks": [{"type": "mqtt", "state_topic": False, "homeassistant": True}]})
     with pytest.raises(ConfigError, match="state_topic: must be a topic template or false"):

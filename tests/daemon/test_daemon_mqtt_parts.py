@@ -9,21 +9,22 @@ import signal
 import subprocess
 import threading
 import time
+from dataclasses import replace
 
 import numpy as np
 from mqtt_helpers import Broker, Subscriber, publisher, require_tool, wait_until
 
-from streamlstm.daemon.config import validate
+from streamlstm.daemon.config import BrokerConfig, MQTTSinkConfig, TLSConfig, validate
 from streamlstm.sinks import SensorState
 from streamlstm.sinks.mqtt import MQTTSink
 from streamlstm.sinks.spool import SeqCounter, Spool
 from streamlstm.sources.mqtt import MQTTSource, topic_pattern
 
 
-def mqtt_settings(port: int, client_id: str = "t-daemon") -> dict:
+def mqtt_settings(port: int, client_id: str = "t-daemon") -> BrokerConfig:
     return validate(
         {"mqtt": {"host": "127.0.0.1", "port": port, "client_id": client_id, "keepalive_s": 5}}
-    )["mqtt"]
+    ).mqtt
 
 
 def test_topic_templates_capture_the_sensor():
@@ -54,8 +55,8 @@ def test_source_decodes_every_payload_kind_and_counts_garbage_per_reason(broker)
                     }
                 ]
             }
-        )["sources"][0]
-        source = MQTTSource(table, 3, mqtt_settings(broker.port, f"src-{kind}"))
+        ).sources[0]
+        source = MQTTSource.from_config(table, 3, mqtt_settings(broker.port, f"src-{kind}"))
 
         def emit(batch):
             with lock:
@@ -135,15 +136,17 @@ def record(seq: int, sensor: str = "s1", kind: str = "start") -> dict:
     }
 
 
-def sink_config(tmp_path, **overrides) -> dict:
+def sink_config(tmp_path, **overrides) -> MQTTSinkConfig:
     return validate(
         {"sinks": [{"type": "mqtt", "spool_dir": str(tmp_path / "spool"), **overrides}]}
-    )["sinks"][0]
+    ).sinks[0]
 
 
 def test_sink_publishes_spools_until_acknowledged_and_says_offline_on_exit(broker, tmp_path):
     sub = Subscriber(broker.port, ["streamlstm/#", "homeassistant/#"])
-    sink = MQTTSink(sink_config(tmp_path, homeassistant=True), mqtt_settings(broker.port))
+    sink = MQTTSink.from_config(
+        sink_config(tmp_path, homeassistant=True), mqtt_settings(broker.port)
+    )
     try:
         wait_until(lambda: sink.connected, 10, "the sink to connect")
         sink.alerts([record(1), record(2, kind="end")])
@@ -169,7 +172,7 @@ def test_spooled_alerts_of_a_previous_run_go_out_first(broker, tmp_path):
     spool.put(record(7))
     spool.put(record(8, kind="end"))
     sub = Subscriber(broker.port, ["streamlstm/+/alert"])
-    sink = MQTTSink(sink_config(tmp_path), mqtt_settings(broker.port))
+    sink = MQTTSink.from_config(sink_config(tmp_path), mqtt_settings(broker.port))
     try:
         wait_until(lambda: len(sub.json("/alert")) == 2, 10, "the spooled alerts")
         assert sink.flush(10)
@@ -182,7 +185,9 @@ def test_spooled_alerts_of_a_previous_run_go_out_first(broker, tmp_path):
 
 def test_home_assistant_coming_online_gets_the_discovery_again(broker, tmp_path):
     sub = Subscriber(broker.port, ["homeassistant/binary_sensor/#"])
-    sink = MQTTSink(sink_config(tmp_path, homeassistant=True), mqtt_settings(broker.port))
+    sink = MQTTSink.from_config(
+        sink_config(tmp_path, homeassistant=True), mqtt_settings(broker.port)
+    )
     pub = publisher(broker.port, "home-assistant")
     try:
         wait_until(lambda: sink.connected, 10, "the sink to connect")
@@ -198,7 +203,9 @@ def test_home_assistant_coming_online_gets_the_discovery_again(broker, tmp_path)
 
 def test_forgotten_sensors_lose_their_retained_state_and_discovery(broker, tmp_path):
     sub = Subscriber(broker.port, ["streamlstm/+/state", "homeassistant/binary_sensor/#"])
-    sink = MQTTSink(sink_config(tmp_path, homeassistant=True), mqtt_settings(broker.port))
+    sink = MQTTSink.from_config(
+        sink_config(tmp_path, homeassistant=True), mqtt_settings(broker.port)
+    )
     try:
         wait_until(lambda: sink.connected, 10, "the sink to connect")
         sink.states({"s1": SensorState("s1", samples=3), "s2": SensorState("s2", samples=4)})
@@ -235,18 +242,22 @@ def test_password_from_environment_is_used_and_a_wrong_one_refused(tmp_path, mon
     broker = Broker(tmp_path, f"allow_anonymous false\npassword_file {passwords}\n")
     broker.start()
     try:
-        settings = mqtt_settings(broker.port) | {"username": "daemon", "password_env": "MQTT_PW"}
+        settings = replace(mqtt_settings(broker.port), username="daemon", password_env="MQTT_PW")
         monkeypatch.setenv("MQTT_PW", "wrong")
-        refused = MQTTSink(sink_config(tmp_path / "a"), settings)
+        refused = MQTTSink.from_config(sink_config(tmp_path / "a"), settings)
         monkeypatch.setenv("MQTT_PW", "s3cret")
-        accepted = MQTTSink(sink_config(tmp_path / "b"), settings)
+        accepted = MQTTSink.from_config(sink_config(tmp_path / "b"), settings)
         wait_until(lambda: accepted.connected, 10, "the right password to be accepted")
         assert not refused.connected
         (tmp_path / "pw").write_text("s3cret\n")
-        from_file = MQTTSink(
+        from_file = MQTTSink.from_config(
             sink_config(tmp_path / "c"),
-            settings
-            | {"password_env": None, "password_file": str(tmp_path / "pw"), "client_id": "t-file"},
+            replace(
+                settings,
+                password_env=None,
+                password_file=str(tmp_path / "pw"),
+                client_id="t-file",
+            ),
         )
         wait_until(lambda: from_file.connected, 10, "the password file to be used")
         for sink in (refused, accepted, from_file):
@@ -313,19 +324,15 @@ def test_tls_with_a_private_certificate_authority(tmp_path):
     )
     broker.start()
     try:
-        settings = mqtt_settings(broker.port) | {
-            "tls": {"ca_file": str(tmp_path / "ca.crt"), "cert_file": None, "key_file": None}
-        }
-        sink = MQTTSink(sink_config(tmp_path / "a"), settings)
+        settings = replace(
+            mqtt_settings(broker.port), tls=TLSConfig(ca_file=str(tmp_path / "ca.crt"))
+        )
+        sink = MQTTSink.from_config(sink_config(tmp_path / "a"), settings)
         wait_until(lambda: sink.connected, 10, "a TLS connection")
         sink.close(timeout=1)
-        untrusting = MQTTSink(
+        untrusting = MQTTSink.from_config(
             sink_config(tmp_path / "b"),
-            mqtt_settings(broker.port)
-            | {
-                "tls": {"ca_file": None, "cert_file": None, "key_file": None},
-                "client_id": "t-untrusting",
-            },
+            replace(mqtt_settings(broker.port), tls=TLSConfig(), client_id="t-untrusting"),
         )
         time.sleep(1.0)  # its handshake fails: the broker's CA is not a system CA
         assert not untrusting.connected
@@ -342,8 +349,8 @@ def json_source(broker_port: int, name: str = "plant", **extra) -> MQTTSource:
                 {"type": "mqtt", "name": name, "topic": "sensors/{sensor}/accel", "qos": 1, **extra}
             ]
         }
-    )["sources"][0]
-    return MQTTSource(table, 3, mqtt_settings(broker_port, f"src-{name}"))
+    ).sources[0]
+    return MQTTSource.from_config(table, 3, mqtt_settings(broker_port, f"src-{name}"))
 
 
 def test_a_message_that_raised_in_the_callback_no_longer_stops_intake(broker):
@@ -398,7 +405,7 @@ def test_sink_publishes_every_record_it_can_and_keeps_the_others(broker, tmp_pat
     spool.put(record(1, sensor=unencodable))
     spool.put(record(2, sensor="s1"))
     sub = Subscriber(broker.port, ["streamlstm/#"])
-    sink = MQTTSink(sink_config(tmp_path), mqtt_settings(broker.port))
+    sink = MQTTSink.from_config(sink_config(tmp_path), mqtt_settings(broker.port))
     try:
         wait_until(lambda: sink.connected, 10, "the sink to connect")
         sink.alerts([record(3, sensor=too_long), record(4, sensor="s2")])
@@ -442,7 +449,7 @@ def test_every_id_the_intake_accepts_is_published_without_upsetting_the_broker(b
             accepted.append(check_sensor_id(sensor))
     assert accepted == candidates[:6]
     sub = Subscriber(broker.port, ["streamlstm/+/state"])
-    sink = MQTTSink(sink_config(tmp_path), mqtt_settings(broker.port))
+    sink = MQTTSink.from_config(sink_config(tmp_path), mqtt_settings(broker.port))
     try:
         wait_until(lambda: sink.connected, 10, "the sink to connect")
         sink.states({s: SensorState(s) for s in accepted})
@@ -462,7 +469,9 @@ def test_alert_refused_by_the_broker_acl_stays_spooled_until_allowed(tmp_path):
     broker = Broker(tmp_path, f"allow_anonymous true\nacl_file {acl}\n")
     broker.start()
     try:
-        sink = MQTTSink(sink_config(tmp_path, refused_retry_s=0.3), mqtt_settings(broker.port))
+        sink = MQTTSink.from_config(
+            sink_config(tmp_path, refused_retry_s=0.3), mqtt_settings(broker.port)
+        )
         wait_until(lambda: sink.connected, 10, "the sink to connect")
         sink.alerts([record(1)])
         assert not sink.flush(5)  # acknowledged, but refused
@@ -543,8 +552,10 @@ def test_a_rate_other_than_the_models_is_counted_and_warned_once_per_sensor(brok
                 {"type": "mqtt", "name": "plant", "topic": "sensors/{sensor}/accel", "qos": 1}
             ]
         }
-    )["sources"][0]
-    source = MQTTSource(table, 3, mqtt_settings(broker.port, "src-rate"), model_rate=50.0)
+    ).sources[0]
+    source = MQTTSource.from_config(
+        table, 3, mqtt_settings(broker.port, "src-rate"), model_rate=50.0
+    )
     frames, stop = [], threading.Event()
     thread = threading.Thread(target=source.run, args=(frames.extend, stop), daemon=True)
     thread.start()

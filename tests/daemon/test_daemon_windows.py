@@ -126,17 +126,8 @@ def test_class_change_alerts_reach_the_jsonl_sink_with_their_class_across_a_rest
     assert all(a["threshold"] == 0.9 and a["sensor"] == "bearing" for a in logged)
 
 
-def settings(**given) -> dict:
-    table = {
-        "capacity": 8,
-        "threads": None,
-        "options": {},
-        "normal_class": None,
-        "min_probability": None,
-        "consecutive": None,
-        "device": "cpu",
-    }
-    return {**table, **given}
+def settings(**given) -> config_module.DetectorConfig:
+    return config_module.DetectorConfig(capacity=8, **given)
 
 
 def test_class_keys_are_validated_and_refused_for_a_predictor(tmp_path):
@@ -160,7 +151,7 @@ def test_device_cuda_is_checked_and_refused_for_a_predictor(tmp_path):
     window detector itself: tests/cuda/test_cuda_window_detector.py)."""
     with pytest.raises(ConfigError, match=r"detector\.device: must be one of 'cpu', 'cuda'"):
         config_module.validate({"detector": {"device": "gpu"}})
-    assert config_module.validate({})["detector"]["device"] == "cpu"
+    assert config_module.validate({}).detector.device == "cpu"
     from daemon_helpers import make_model
 
     predictor = formats.load(make_model(tmp_path / "predictor.npz"))

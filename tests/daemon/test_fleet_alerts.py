@@ -58,7 +58,7 @@ def test_a_fleet_sink_spools_each_partition_apart_and_speaks_mqtt_3_1_1(tmp_path
             "sinks": [{"type": "mqtt", "spool_dir": str(tmp_path / "spool"), "protocol": "3.1.1"}],
         }
     )
-    sink = MQTTSink(config["sinks"][0], config["mqtt"], spool_by_daemon=True)
+    sink = MQTTSink.from_config(config.sinks[0], config.mqtt, spool_by_daemon=True)
     # Two partitions number their alerts independently: the same seq twice.
     sink.alerts([alert("f/p0", 1), alert("f/p1", 1), alert("f/p0", 2, "end")])
     assert sorted(p.name for p in (tmp_path / "spool").iterdir()) == ["f_p0", "f_p1"]
@@ -66,7 +66,7 @@ def test_a_fleet_sink_spools_each_partition_apart_and_speaks_mqtt_3_1_1(tmp_path
     assert sink.pending("f/p2") == [] and sink.spooled() == 3
     sink.close(timeout=0.5)  # unacknowledged: they stay in the spool
     broker.start()
-    again = MQTTSink(config["sinks"][0], config["mqtt"], spool_by_daemon=True)
+    again = MQTTSink.from_config(config.sinks[0], config.mqtt, spool_by_daemon=True)
     try:
         wait_until(lambda: len(sub.json("/alert")) == 3, 30, "the spooled alerts")
         assert again.flush(10) and again.spooled() == 0

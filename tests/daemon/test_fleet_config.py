@@ -8,13 +8,14 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 from daemon_helpers import REPO
 from mqtt_helpers import free_port, require_tool
 
-from streamlstm.daemon.config import FLEET, load, validate
+from streamlstm.daemon.config import FleetConfig, SiteConfig, load, validate
 from streamlstm.errors import ConfigError
 from streamlstm.fleet.config import FleetSettings
 
@@ -22,7 +23,7 @@ CONTRIB = Path(__file__).resolve().parents[2] / "contrib" / "fleet"
 SOURCE = {"type": "mqtt", "topic": "sensors/{sensor}/accel"}
 
 
-def fleet_config(**fleet: object) -> dict:
+def fleet_config(**fleet: object) -> SiteConfig:
     return validate(
         {"mqtt": {"client_id": "w1"}, "sources": [SOURCE], "fleet": {"partitions": 16, **fleet}}
     )
@@ -34,11 +35,11 @@ def test_the_worker_example_is_valid_and_names_every_key():
     assert settings.partitions == 16 and settings.worker_id == "worker-a"
     assert len(settings.servers) == 3 and settings.replicas == 3
     text = (CONTRIB / "worker.example.toml").read_text()
-    assert [key for key in FLEET if f"{key} =" not in text] == []
+    assert [f.name for f in fields(FleetConfig) if f"{f.name} =" not in text] == []
 
 
 def test_a_site_without_fleet_is_a_single_daemon():
-    assert validate({})["fleet"] is None
+    assert validate({}).fleet is None
 
 
 def test_defaults_and_derived_subjects():
@@ -87,7 +88,7 @@ def test_a_worker_reads_exactly_one_mqtt_source_and_acks_itself():
 
 
 def test_a_workers_mqtt_sink_speaks_3_1_1_to_nats_or_names_another_broker():
-    def sinks(**sink: object) -> dict:
+    def sinks(**sink: object) -> SiteConfig:
         return validate(
             {"sources": [SOURCE], "sinks": [{"type": "mqtt", **sink}], "fleet": {"partitions": 4}}
         )
@@ -98,9 +99,9 @@ def test_a_workers_mqtt_sink_speaks_3_1_1_to_nats_or_names_another_broker():
         sinks(protocol="3.1.1", homeassistant=True)
     with pytest.raises(ConfigError, match=r"sinks\[0\].protocol: must be one of"):
         sinks(protocol="3")
-    assert sinks(protocol="3.1.1")["sinks"][0]["host"] is None
-    mosquitto = sinks(host="alerts.example", port=1884)["sinks"][0]
-    assert (mosquitto["host"], mosquitto["port"], mosquitto["protocol"]) == (
+    assert sinks(protocol="3.1.1").sinks[0].host is None
+    mosquitto = sinks(host="alerts.example", port=1884).sinks[0]
+    assert (mosquitto.host, mosquitto.port, mosquitto.protocol) == (
         "alerts.example",
         1884,
         "5",

@@ -35,9 +35,9 @@ def partition(
             "fleet": {"partitions": 4},
         }
     )
-    loaded = load_model(config["model"]["path"])
-    detector = make_detector(loaded.model, config["detector"])
-    decoder = MQTTSource(config["sources"][0], 3, config["mqtt"], None)
+    loaded = load_model(config.model.path)
+    detector = make_detector(loaded.model, config.detector)
+    decoder = MQTTSource.from_config(config.sources[0], 3, config.mqtt, None)
     return OwnedPartition(
         1,
         1,
@@ -45,7 +45,7 @@ def partition(
         loaded,
         detector,
         decoder,
-        TimestampGate(time_policy(config["daemon"])),
+        TimestampGate(time_policy(config.daemon)),
         seq=seq,
         alert_seq=alert_seq,
         replay_until=0,

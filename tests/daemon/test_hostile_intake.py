@@ -397,7 +397,7 @@ def test_a_replay_restarted_after_a_failure_resumes_instead_of_replaying(tmp_pat
 
     np.savez(tmp_path / "rec.npz", samples=np.zeros((95, 3), np.float32), rate=100.0)
     table = {"type": "replay", "path": str(tmp_path / "rec.npz"), "block": 10, "progress": False}
-    source = ReplaySource(validate({"sources": [table]})["sources"][0], 3)
+    source = ReplaySource.from_config(validate({"sources": [table]}).sources[0], 3)
     emitted: list[Frame] = []
 
     def emit(frames: list[Frame]) -> None:
@@ -418,7 +418,7 @@ def test_intake_keys_are_validated():
     from streamlstm.errors import ConfigError
 
     source = {"type": "mqtt", "topic": "s/{sensor}/a", "ack": "after-step"}
-    assert validate({"sources": [source]})["sources"][0]["receive_maximum"] == 1000
+    assert validate({"sources": [source]}).sources[0].receive_maximum == 1000
     for raw, message in [
         ({"sources": [{**source, "qos": 2}]}, "sources[0].ack: 'after-step' needs qos = 1"),
         ({"sources": [{**source, "receive_maximum": 0}]}, "receive_maximum: must be 1..65535"),
