@@ -422,9 +422,10 @@ def keys(section: type) -> dict[str, Key]:
     """The keys of a section's table, from its dataclass fields (``name`` of a source or
     sink, validated with ``type``, is not one)."""
     hints = typing.get_type_hints(section)
+    entry = {f.name for f in fields(EntryConfig)} if issubclass(section, EntryConfig) else set()
     spec = {}
     for f in fields(section):
-        if f.name in ENTRY_FIELDS and issubclass(section, EntryConfig):
+        if f.name in entry:
             continue
         default = f.default
         if f.default_factory is not dataclasses.MISSING:
@@ -434,9 +435,6 @@ def keys(section: type) -> dict[str, Key]:
         check = f.metadata.get("check")
         spec[f.name] = Key(f.metadata.get("toml") or _toml_types(hints[f.name]), default, check)
     return spec
-
-
-ENTRY_FIELDS = ("name",)
 
 
 class _Problems(list):
@@ -507,7 +505,7 @@ def _typed_list(
                 f"{where}.type", f"must be one of {', '.join(map(repr, kinds))}, got {kind!r}"
             )
             continue
-        table = _table(entry, keys(kinds[kind]), where, problems, skip=("type", *ENTRY_FIELDS))
+        table = _table(entry, keys(kinds[kind]), where, problems, skip=("type", "name"))
         name = entry.get("name", f"{kind}{index}")
         if not isinstance(name, str):
             problems.add(f"{where}.name", f"expected a string, got {name!r}")
