@@ -138,7 +138,8 @@ class Bank(SensorRows):
         rows = np.ascontiguousarray(rows, dtype=np.int64)
         if rows.shape != (samples.shape[0],):
             raise ShapeError(f"rows: expected shape ({samples.shape[0]},), got {rows.shape}")
-        if rows.size and (rows.min() < 0 or rows.max() >= self.capacity):
+        low, high = (int(rows.min()), int(rows.max())) if rows.size else (0, 0)
+        if low < 0 or high >= self.capacity:
             raise ShapeError("rows: out of range for this bank")
         outs = np.empty((samples.shape[0], self.model.output_size), self._dtype)
         status = np.empty(samples.shape[0], np.int8)
@@ -146,12 +147,13 @@ class Bank(SensorRows):
             self._reserve_links(samples.shape[0])
         params, layout, states, scratch, links = self._args
         args = (params, layout, states, rows, samples, outs, status, scratch, links)
-        serial, parallel = kernels.bank_kernels(self._kernel_kind)
-        if runs_in_parallel(self.threads, rows, kernels.SENSORS_PER_TASK):
+        if high - low < kernels.TILE_STREAMS - 1:  # too few sensors to fill a tile
+            kernels.bank_step_in_order(self._kernel_kind)(*args[:-1])
+        elif runs_in_parallel(self.threads, rows, kernels.SENSORS_PER_TASK):
             numba.set_num_threads(self.threads)
-            parallel(*args)
+            kernels.bank_kernels(self._kernel_kind)[1](*args)
         else:
-            serial(*args)
+            kernels.bank_kernels(self._kernel_kind)[0](*args)
         bad = status != L.OK
         if bad.any():
             np.add.at(self.row_table["rejected"], rows[bad], 1)

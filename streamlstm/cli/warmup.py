@@ -144,11 +144,13 @@ def _dtypes(text: str | None) -> list[str]:
 
 
 def _python_api(model: Model) -> None:
-    """The kernels of ``Stream.step``/``Stream.run`` and ``Bank.step`` (serial, parallel);
+    """The kernels of ``Stream.step``/``Stream.run`` and ``Bank.step`` (in order, serial,
+    parallel);
     for a window model those of ``WindowBank.push`` and ``evaluate_windows`` (serial,
     parallel), which are also the CPU ``WindowDetector``'s."""
     import numpy as np
 
+    from .. import kernels
     from ..bank import PARALLEL_THRESHOLD
     from ..windows.bank import PARALLEL_MIN_WINDOWS
 
@@ -162,7 +164,8 @@ def _python_api(model: Model) -> None:
     stream.step(sample[0])
     stream.run(sample)
     bank = model.bank(capacity=PARALLEL_THRESHOLD)
-    for count in (1, PARALLEL_THRESHOLD):
+    # One sensor (stepped in order), a tile's worth (serial, tiled), many (parallel).
+    for count in (1, kernels.TILE_STREAMS, PARALLEL_THRESHOLD):
         bank.step(list(range(count)), np.zeros((count, model.input_size), model.dtype))
 
 

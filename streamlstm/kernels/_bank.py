@@ -111,6 +111,28 @@ SENSORS_PER_TASK = 8 * TILE_STREAMS
 
 
 @functools.cache
+def bank_step_in_order(kind: int) -> Any:
+    """A micro-batch stepped sample by sample in arrival order, for models of one ``kind``:
+    ``(params, layout, states, rows, samples, outs, status, scratch)`` as
+    :func:`bank_step`, without grouping or tiles.
+
+    What :func:`bank_step_serial` does for a batch of fewer sensors than a tile
+    (:data:`~._network.TILE_STREAMS`), bit for bit, but compiled from the stream's
+    :func:`~._network.step_of_kind` alone: a few sensors never compile the tiled kernel.
+    """
+
+    @njit(**JIT)
+    def step_in_order(params, layout, states, rows, samples, outs, status, scratch):
+        work = scratch[0, 0]
+        for i in range(rows.shape[0]):
+            status[i] = step_of_kind(
+                params, layout, states[rows[i]], samples[i], outs[i], work, kind
+            )
+
+    return step_in_order
+
+
+@functools.cache
 def bank_kernels(kind: int) -> tuple[Any, Any]:
     """``(bank_step_serial, bank_step)`` compiled for models of one ``kind`` (see
     :func:`~._network.kernel_kind`), the only kind a bank's first step then compiles. For

@@ -760,8 +760,10 @@ def _stream_kernels(kind: int) -> tuple[Any, Any]:
     # caches one entry per kind (its cache key hashes the closure's cells).
     @njit(**JIT)
     def step(params, layout, state, x, out, scratch):
-        """:func:`step` for one kind of model (see :func:`stream_kernels`)."""
-        return _step(params, layout, state, x, out, scratch, forward(layout), kind)
+        """:func:`step` for one kind of model (see :func:`stream_kernels`): a call of
+        :func:`step_of_kind`, which a bank's few-sensor batches and its tiles' remainders
+        call too, so it is compiled once for them all."""
+        return step_of_kind(params, layout, state, x, out, scratch, kind)
 
     @njit(**JIT)
     def run(params, layout, state, xs, outs, status, scratch):

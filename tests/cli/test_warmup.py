@@ -137,20 +137,22 @@ def test_one_sensors_samples_never_wake_the_thread_pool():
 BANK_COMPILED = """
 import numpy as np
 import streamlstm as sl
-from streamlstm.kernels import bank_kernels
+from streamlstm.kernels import bank_kernels, bank_step_in_order
 from streamlstm.packing import packed
 
 model = sl.random_model(3, [8], output_size=3, seed=0)
 bank = model.bank(capacity=64, threads=2)
+bank.step(["a", "b", "a"], np.zeros((3, 3), np.float32))
 bank.run(["a", "b"], np.zeros((2, 50, 3), np.float32))  # 100 samples, 2 sensors: one task
-serial, parallel = bank_kernels(packed(model).kernel_kind)
-print(len(serial.signatures), len(parallel.signatures))
+kind = packed(model).kernel_kind
+serial, parallel = bank_kernels(kind)
+print(len(bank_step_in_order(kind).signatures), len(serial.signatures), len(parallel.signatures))
 """
 
 
-def test_a_block_run_of_a_few_sensors_does_not_compile_the_parallel_bank():
-    """The README example's ``bank.run`` of two sensors: one parallel task could hold
-    them all, so the serial kernel runs it and the parallel one is never compiled."""
+def test_a_few_sensors_compile_neither_the_tiled_nor_the_parallel_bank():
+    """The README example's ``bank.step`` and ``bank.run`` of two sensors: too few for a
+    tile of four, so they are stepped in order and neither tiled kernel is compiled."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), NUMBA_NUM_THREADS="2")
     done = subprocess.run(
         [sys.executable, "-c", BANK_COMPILED],
@@ -160,7 +162,7 @@ def test_a_block_run_of_a_few_sensors_does_not_compile_the_parallel_bank():
         env=env,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["1", "0"]
+    assert done.stdout.split() == ["1", "0", "0"]
 
 
 PARALLEL_COMPILED = """

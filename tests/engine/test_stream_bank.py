@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import streamlstm as sl
+from streamlstm import kernels
 from streamlstm.errors import InvalidSampleError, ShapeError
 from streamlstm.kernels import layout as L
 
@@ -41,6 +42,33 @@ def test_bank_equals_separate_streams_bit_exact(model, threads):
     for s in bank.sensors:
         np.testing.assert_array_equal(bank.state_vector(s), streams[s].state_vector)
     assert bank.capacity >= len(bank) and bank.capacity >= 64  # grew from 8
+
+
+def test_batches_of_a_few_sensors_and_of_many_carry_one_state_bit_exact(model):
+    """Batches spanning fewer rows than a tile (stepped in order, without the tiled
+    kernel) and batches of all sensors (tiled) advance the same rows alike, NaN included."""
+    rng = np.random.default_rng(5)
+    sensors = list(range(10))  # rows 0..9, in order of first sight
+    streams = {s: model.stream(on_invalid="skip") for s in sensors}
+    bank = model.bank(capacity=16)
+    bank.step(sensors, samples(model, 10, seed=99))
+    for s, x in zip(sensors, samples(model, 10, seed=99), strict=True):
+        streams[s].step(x)
+    for batch in range(16):
+        if batch % 2:
+            first = int(rng.integers(0, 8))
+            ids = [first + int(i) for i in rng.integers(0, 3, 7)]  # 3 rows at most
+            assert max(bank.rows(ids)) - min(bank.rows(ids)) < kernels.TILE_STREAMS - 1
+        else:
+            ids = [int(i) for i in rng.integers(0, 10, 30)]
+        xs = samples(model, len(ids), seed=batch)
+        xs[rng.integers(0, len(ids))] = np.nan
+        got = bank.step(ids, xs)
+        want = np.stack([streams[s].step(x) for s, x in zip(ids, xs, strict=True)])
+        np.testing.assert_array_equal(got, want)
+    for s in sensors:
+        np.testing.assert_array_equal(bank.state_vector(s), streams[s].state_vector)
+        assert bank.rejected(s) == streams[s].rejected
 
 
 def test_export_import_round_trip_bit_exact(model):
