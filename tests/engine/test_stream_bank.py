@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 import streamlstm as sl
+from streamlstm.banks import BankState
 from streamlstm.errors import InvalidSampleError, ShapeError
 from streamlstm.kernels import layout as L
 
@@ -57,10 +60,10 @@ def test_export_import_round_trip_bit_exact(model):
     for s in bank.sensors:
         np.testing.assert_array_equal(restored.state_vector(s), bank.state_vector(s))
 
-    bad = dict(snapshot, states=snapshot["states"][:, :-1])
+    bad = dataclasses.replace(snapshot, states=snapshot.states[:, :-1])
     with pytest.raises(ShapeError):
         restored.import_state(bad)
-    nan = dict(snapshot, states=np.full_like(snapshot["states"], np.nan))
+    nan = dataclasses.replace(snapshot, states=np.full_like(snapshot.states, np.nan))
     with pytest.raises(ShapeError, match="non-finite"):
         restored.import_state(nan)
 
@@ -256,7 +259,7 @@ def test_writing_state_of_new_sensors_into_a_full_bank_grows_it(model):
     stream.run(samples(model, 5))
     bank.set_state("c", *stream.state)
     np.testing.assert_array_equal(bank.state_vector("c"), stream.state_vector)
-    snapshot = {"sensors": ["d", "e", "f"], "states": np.stack([vector] * 3)}
+    snapshot = BankState(["d", "e", "f"], np.stack([vector] * 3))
     bank.import_state(snapshot)
     for s in ("d", "e", "f"):
         np.testing.assert_array_equal(bank.state_vector(s), vector)
