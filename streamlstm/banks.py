@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
+from ._sensor_rows import stored_sensor_ids
 from .errors import ShapeError
 from .model import Model
 
@@ -64,11 +65,11 @@ class BankState:
         """Read :meth:`to_tree` output (a tree without ``version``, from before the typed
         state, is version 1); :class:`ShapeError` if it is malformed."""
         try:
-            sensors, states = list(tree["sensors"]), np.asarray(tree["states"])
+            sensors, states = tree["sensors"], np.asarray(tree["states"])
             version = tree.get("version", cls.VERSION)
         except (KeyError, TypeError, ValueError) as exc:
             raise ShapeError(f"bank snapshot: missing or malformed field ({exc})") from None
-        return cls(sensors, states, version)
+        return cls(stored_sensor_ids("bank snapshot", sensors), states, version)
 
 
 @runtime_checkable

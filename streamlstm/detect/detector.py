@@ -380,7 +380,7 @@ class Detector:
 
     # -- snapshots ------------------------------------------------------------------------
     def export_state(self) -> DetectorState:
-        """Every sensor's recurrent and detector state (its arrays copies);
+        """Every sensor's recurrent and detector state (copies of its arrays);
         :meth:`import_state` restores it bit for bit."""
         copy = self.copy_rows()
         copy.advance(copy.bound)

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from .._sensor_rows import stored_sensor_ids
 from ..errors import ShapeError
 
 #: NumPy dtype kinds a count or flag array may have, and a value array.
@@ -47,17 +48,6 @@ def _checked_rows(
             )
 
 
-def _tree_sensors(what: str, value: Any) -> list[Hashable]:
-    """A stored sensor list: distinct ids, each a str or an int."""
-    if not isinstance(value, list):
-        raise ShapeError(f"{what}: sensors must be a list, got {type(value).__name__}")
-    if not all(type(s) is str or type(s) is int for s in value):
-        raise ShapeError(f"{what}: a sensor id is neither a string nor an integer")
-    if len(set(value)) != len(value):
-        raise ShapeError(f"{what}: a sensor id appears twice")
-    return value
-
-
 def _tree_arrays(what: str, tree: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
     """``names`` from a stored tree as arrays (lists, as JSON holds them, converted)."""
     try:
@@ -69,6 +59,7 @@ def _tree_arrays(what: str, tree: Mapping[str, Any], names: Sequence[str]) -> di
 
 
 def _tree_field(what: str, tree: Mapping[str, Any], name: str, kind: type) -> Any:
+    """``tree[name]``, which must be exactly a ``kind``."""
     value = tree.get(name) if isinstance(tree, Mapping) else None
     if type(value) is not kind:
         raise ShapeError(f"{what}: {name} must be a {kind.__name__}, got {value!r:.40}")
@@ -150,11 +141,12 @@ class DetectorState:
             raise ShapeError(
                 f"{cls._WHAT}: unsupported version {version} (this release reads {cls.READABLE})"
             )
+        # Version 2 may lack the levels (written before drift adaptation existed).
         names = [n for n in cls.ROW_ARRAYS if n != "levels" or version != 2 or n in tree]
         arrays = _tree_arrays(cls._WHAT, tree, names)
         return cls(
             model_id=_tree_field(cls._WHAT, tree, "model_id", str),
-            sensors=_tree_sensors(cls._WHAT, tree.get("sensors")),
+            sensors=stored_sensor_ids(cls._WHAT, tree.get("sensors")),
             version=version,
             **{"levels": None, **arrays},
         )
@@ -241,7 +233,7 @@ class WindowDetectorState:
             )
         return cls(
             model_id=_tree_field(cls._WHAT, tree, "model_id", str),
-            sensors=_tree_sensors(cls._WHAT, tree.get("sensors")),
+            sensors=stored_sensor_ids(cls._WHAT, tree.get("sensors")),
             version=version,
             **_tree_arrays(cls._WHAT, tree, cls.ROW_ARRAYS),
         )

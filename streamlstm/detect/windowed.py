@@ -524,7 +524,7 @@ class WindowDetector:
 
     # -- snapshots ------------------------------------------------------------------------
     def export_state(self) -> WindowDetectorState:
-        """Every sensor's window ring and alert state (its arrays copies);
+        """Every sensor's window ring and alert state (copies of its arrays);
         :meth:`import_state` restores it bit for bit."""
         copy = self.copy_rows()
         copy.advance(copy.bound)
