@@ -62,7 +62,7 @@ def _tree_field(what: str, tree: Mapping[str, Any], name: str, kind: type) -> An
     """``tree[name]``, which must be exactly a ``kind``."""
     value = tree.get(name) if isinstance(tree, Mapping) else None
     if type(value) is not kind:
-        raise ShapeError(f"{what}: {name} must be a {kind.__name__}, got {value!r:.40}")
+        raise ShapeError(f"{what}: {name} must be of type {kind.__name__}, got {value!r:.40}")
     return value
 
 

@@ -147,15 +147,10 @@ def test_a_fleet_partition_snapshot_of_the_previous_release_restores_bit_for_bit
         zip(want["last_seen"]["names"], want["last_seen"]["t"].tolist(), strict=True)
     )
     assert state.alerts == want["alerts"] and state.alerts
-    written_format, written = raw_tree(_saved(tmp_path, snapshot.encode(state.to_tree())))
+    (tmp_path / "encoded.npz").write_bytes(snapshot.encode(state.to_tree()))
+    written_format, written = raw_tree(tmp_path / "encoded.npz")
     assert written_format == snapshot.FORMAT
     assert_same_tree(written, want)
-
-
-def _saved(tmp_path: Path, data: bytes) -> Path:
-    path = tmp_path / "encoded.npz"
-    path.write_bytes(data)
-    return path
 
 
 def test_a_snapshot_of_a_newer_format_is_refused_with_a_clear_message(tmp_path):
@@ -179,7 +174,7 @@ def test_a_snapshot_of_a_newer_format_is_refused_with_a_clear_message(tmp_path):
         ("daemon-v2.npz", {"istate": np.zeros((3, 8))}, "istate must be an array of integers"),
         ("daemon-v2.npz", {"sensors": ["a", "a", "b"]}, "a sensor id appears twice"),
         ("daemon-v2.npz", {"sensors": ["a", ["b"], "c"]}, "neither a string nor an integer"),
-        ("daemon-v2.npz", {"model_id": 7}, "model_id must be a str"),
+        ("daemon-v2.npz", {"model_id": 7}, "model_id must be of type str, got 7"),
     ],
 )
 def test_a_foreign_or_malformed_detector_state_is_refused_and_nothing_is_applied(
