@@ -231,9 +231,9 @@ def test_a_worker_evicts_idle_sensors_on_the_streams_clock(fleet, signals):
         samples = {}
         for _record, state in partition_states(settings).values():
             assert state is not None
-            names = state["sensors"]["names"]
-            samples.update(zip(names, state["sensors"]["samples"], strict=True))
-            if "s1" in names and state["last_seen"]["names"] != ["s1"]:
+            names = state.sensors.names
+            samples.update(zip(names, state.sensors.samples, strict=True))
+            if "s1" in names and [name for name, _ in state.last_seen] != ["s1"]:
                 return None
         return samples if samples.get("s1") == PER_MESSAGE else None
 
