@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -141,6 +142,19 @@ class SensorRows:
             self._int_ids.insert(key, row)
             self._int_id_of_row[row] = key
         return row
+
+
+def stored_sensor_ids(what: str, value: Any) -> list[Hashable]:
+    """A sensor list read from storage, checked before any row is allocated for it: a list
+    of distinct ids, each a str or an int (Python's or NumPy's); :class:`ShapeError`
+    naming ``what`` otherwise."""
+    if not isinstance(value, list):
+        raise ShapeError(f"{what}: sensors must be a list, got {type(value).__name__}")
+    if not all(type(s) in (str, int) or isinstance(s, np.integer) for s in value):
+        raise ShapeError(f"{what}: a sensor id is neither a string nor an integer")
+    if len(set(value)) != len(value):
+        raise ShapeError(f"{what}: a sensor id appears twice")
+    return value
 
 
 def _as_int64(ids: np.ndarray) -> np.ndarray | None:

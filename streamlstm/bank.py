@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any, NamedTuple
 
 import numba
@@ -11,6 +11,7 @@ import numpy as np
 from . import kernels
 from ._samples import as_sample, as_samples
 from ._sensor_rows import SensorRows
+from .banks import BankState
 from .errors import ShapeError
 from .kernels import layout as L
 from .model import Model
@@ -204,26 +205,20 @@ class Bank(SensorRows):
         rows = slice(None) if sensor is None else self.known_row(sensor)
         self.row_table.clear(rows, ("states",))
 
-    def export_state(self) -> dict[str, Any]:
-        """A snapshot of every sensor's state: ``{"sensors": [...], "states": (n, S) array}``."""
+    def export_state(self) -> BankState:
+        """A copy of every sensor's state (restore it with :meth:`import_state`)."""
         sensors, rows = self.assigned_rows()
-        states = self.row_table["states"]
-        return {"sensors": sensors, "states": states[rows], "state_size": states.shape[1]}
+        return BankState(sensors, self.row_table["states"][rows])
 
-    def import_state(self, snapshot: Mapping[str, Any]) -> None:
-        """Restore sensors from :meth:`export_state` output (other sensors are kept)."""
-        sensors = list(snapshot["sensors"])
+    def import_state(self, state: BankState) -> None:
+        """Restore sensors from any bank's :meth:`export_state` output (other sensors are
+        kept); the state rows are checked (width, finite values) before any is written."""
         states = as_samples(
-            snapshot["states"],
-            self._dtype,
-            self.row_table["states"].shape[1],
-            what="snapshot states",
+            state.states, self._dtype, self.row_table["states"].shape[1], what="snapshot states"
         )
-        if len(sensors) != states.shape[0]:
-            raise ShapeError(f"snapshot: {len(sensors)} sensors for {states.shape[0]} states")
         if not np.all(np.isfinite(states)):
             raise ShapeError("snapshot: non-finite state values")
-        rows = self.rows(sensors)  # may grow (replace) the states: look them up first
+        rows = self.rows(state.sensors)  # may grow (replace) the states: look them up first
         self.row_table["states"][rows] = states
 
     def state_vector(self, sensor: Hashable) -> np.ndarray:

@@ -9,11 +9,67 @@ checks that the members exist, not their signatures.
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
+from ._sensor_rows import stored_sensor_ids
+from .errors import ShapeError
 from .model import Model
+
+
+@dataclass(frozen=True)
+class BankState:
+    """Every sensor's recurrent state, as any bank exports it: ``states[i]`` (a flat
+    ``(S,)`` row, the layout of :attr:`streamlstm.Stream.state_vector`) belongs to
+    ``sensors[i]``. Version 1; ``to_tree()`` / ``from_tree()`` convert to and from a plain
+    dict of a list and an array (npz- or JSON-able) for storage."""
+
+    VERSION: ClassVar[int] = 1
+
+    sensors: list[Hashable]
+    states: np.ndarray  # (n, S)
+    version: int = VERSION
+
+    def __post_init__(self) -> None:
+        if self.version != self.VERSION:
+            raise ShapeError(
+                f"bank snapshot: unsupported version {self.version} "
+                f"(this release reads {self.VERSION})"
+            )
+        if not isinstance(self.states, np.ndarray) or self.states.dtype.kind not in "iuf":
+            raise ShapeError("bank snapshot: states must be an array of numbers")
+        if self.states.ndim != 2 or self.states.shape[0] != len(self.sensors):
+            raise ShapeError(
+                f"bank snapshot: {len(self.sensors)} sensors for states of shape "
+                f"{self.states.shape}"
+            )
+
+    @property
+    def state_size(self) -> int:
+        """``S``, the length of one sensor's state row."""
+        return int(self.states.shape[1])
+
+    def to_tree(self) -> dict[str, Any]:
+        """``{"version", "sensors", "states", "state_size"}`` for storage."""
+        return {
+            "version": self.version,
+            "sensors": list(self.sensors),
+            "states": self.states,
+            "state_size": self.state_size,
+        }
+
+    @classmethod
+    def from_tree(cls, tree: Mapping[str, Any]) -> BankState:
+        """Read :meth:`to_tree` output (a tree without ``version``, from before the typed
+        state, is version 1); :class:`ShapeError` if it is malformed."""
+        try:
+            sensors, states = tree["sensors"], np.asarray(tree["states"])
+            version = tree.get("version", cls.VERSION)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ShapeError(f"bank snapshot: missing or malformed field ({exc})") from None
+        return cls(stored_sensor_ids("bank snapshot", sensors), states, version)
 
 
 @runtime_checkable
@@ -117,10 +173,10 @@ class StreamBank(Protocol):
         """Zero one sensor's state, or every sensor's."""
         ...
 
-    def export_state(self) -> dict[str, Any]:
-        """``{"sensors": [...], "states": (n, S), "state_size": S}``, the same on every device."""
+    def export_state(self) -> BankState:
+        """Every sensor's state, the same on every device."""
         ...
 
-    def import_state(self, snapshot: Mapping[str, Any]) -> None:
+    def import_state(self, state: BankState) -> None:
         """Restore sensors from any bank's :meth:`export_state` (other sensors are kept)."""
         ...

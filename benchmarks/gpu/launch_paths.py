@@ -187,7 +187,7 @@ def equivalence(model: Any, n: int, args: argparse.Namespace) -> dict[str, Any]:
         status = {p: b.last_status.copy() for p, b in banks.items()}
         same &= np.array_equal(outs["dispatcher"], outs["packed"], equal_nan=True)
         same &= np.array_equal(status["dispatcher"], status["packed"])
-    states = {p: b.export_state()["states"] for p, b in banks.items()}
+    states = {p: b.export_state().states for p, b in banks.items()}
     same &= np.array_equal(states["dispatcher"], states["packed"])
     result: dict[str, Any] = {
         "n": n,

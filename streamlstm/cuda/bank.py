@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import numpy as np
 
 from .._samples import as_sample, as_samples
 from .._sensor_rows import SensorRows
+from ..banks import BankState
 from ..errors import ShapeError
 from ..kernels import layout as L
 from ..model import Model
@@ -413,24 +414,20 @@ class CudaBank(SensorRows):
         else:
             self._zero_rows(np.asarray([self._rows[sensor]], np.int64))
 
-    def export_state(self) -> dict[str, Any]:
-        """A snapshot of every sensor's state: ``{"sensors": [...], "states": (n, S) array}``.
-
-        The layout is the CPU bank's, so ``Bank.import_state`` accepts it and vice versa.
-        """
+    def export_state(self) -> BankState:
+        """A copy of every sensor's state, as :meth:`Bank.export_state
+        <streamlstm.bank.Bank.export_state>` gives it (so either bank restores the other's)."""
         sensors = list(self._rows)
         rows = np.asarray([self._rows[s] for s in sensors], np.int64)
-        return {"sensors": sensors, "states": self._gather(rows), "state_size": self._n_state}
+        return BankState(sensors, self._gather(rows))
 
-    def import_state(self, snapshot: Mapping[str, Any]) -> None:
-        """Restore sensors from :meth:`export_state` output (other sensors are kept)."""
-        sensors = list(snapshot["sensors"])
-        states = as_samples(snapshot["states"], self._dtype, self._n_state, what="snapshot states")
-        if len(sensors) != states.shape[0]:
-            raise ShapeError(f"snapshot: {len(sensors)} sensors for {states.shape[0]} states")
+    def import_state(self, state: BankState) -> None:
+        """Restore sensors from any bank's :meth:`export_state` output (other sensors are
+        kept); the state rows are checked (width, finite values) before any is written."""
+        states = as_samples(state.states, self._dtype, self._n_state, what="snapshot states")
         if not np.all(np.isfinite(states)):
             raise ShapeError("snapshot: non-finite state values")
-        self._scatter(self.rows(sensors), states)
+        self._scatter(self.rows(state.sensors), states)
 
     def state_vector(self, sensor: Hashable) -> np.ndarray:
         """A copy of ``sensor``'s flat ``(S,)`` state row."""

@@ -15,6 +15,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..detect.detector import RowCopy
+from ..detect.state import AnyDetectorState
 from ..errors import ConfigError, StreamLSTMError
 from ..formats._model_build import file_sha256
 from ..model import Model
@@ -44,14 +46,14 @@ class Pipeline(Protocol):
         """``samples`` ``(M, D)`` in sensor units, ``timestamps`` ``(M,)`` s -> alert events."""
         ...
 
-    def export_state(self) -> Mapping[str, Any]: ...
+    def export_state(self) -> AnyDetectorState: ...
 
-    def copy_rows(self) -> Any:
+    def copy_rows(self) -> RowCopy[AnyDetectorState]:
         """:meth:`export_state` in slices (a :class:`streamlstm.detect.detector.RowCopy`):
         ``advance(rows)`` between updates until ``done``, then ``state()`` on any thread."""
         ...
 
-    def import_state(self, snapshot: Mapping[str, Any]) -> None: ...
+    def import_state(self, state: AnyDetectorState) -> None: ...
 
     def evict(self, sensors: Sequence[Hashable], t: Sequence[float] | None = None) -> list[Any]:
         """Drop these sensors' state (their rows are reused); returns the end events of

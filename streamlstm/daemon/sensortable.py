@@ -4,18 +4,20 @@ The daemon and each fleet partition keep one :class:`~streamlstm.sinks.SensorSta
 sensor (last device time, score, alert flag, sample counts: what the state topics
 publish) and the set of sensors changed since their states were last published. This
 module is how a stepped micro-batch, an alert, the ``max_sensors`` limit and an eviction
-update that table, and how it travels in a snapshot (:func:`sensor_columns`,
-:func:`sensor_records`); the detector state itself is the pipeline's.
+update that table, and how it travels in a snapshot (:class:`SensorColumns`); the detector
+state itself is the pipeline's.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
+from ..errors import ShapeError
 from ..sinks import SensorState
 from ..sources import Frame
 
@@ -109,35 +111,86 @@ def forget_sensors(
         changed.discard(name)
 
 
-def sensor_columns(records: Sequence[SensorState]) -> dict[str, Any]:
-    """The per-sensor records as columns (arrays), for a compact snapshot."""
-    return {
-        "names": [r.sensor for r in records],
-        "t": np.fromiter((r.t for r in records), np.float64, len(records)),
-        "score": np.fromiter((r.score for r in records), np.float64, len(records)),
-        "alert": np.fromiter((r.alert for r in records), np.bool_, len(records)),
-        "samples": np.fromiter((r.samples for r in records), np.int64, len(records)),
-        "rejected": np.fromiter((r.rejected for r in records), np.int64, len(records)),
+@dataclass(frozen=True)
+class SensorColumns:
+    """The per-sensor records as columns, as a snapshot holds them: ``names[i]``'s last
+    accepted sample time ``t[i]``, ``score[i]``, ``alert[i]`` and its ``samples[i]`` /
+    ``rejected[i]`` counts."""
+
+    names: list[str]
+    t: np.ndarray  # float64
+    score: np.ndarray  # float64
+    alert: np.ndarray  # bool
+    samples: np.ndarray  # int64
+    rejected: np.ndarray  # int64
+
+    #: The columns besides ``names``, with their dtypes.
+    DTYPES: ClassVar[dict[str, type]] = {
+        "t": np.float64,
+        "score": np.float64,
+        "alert": np.bool_,
+        "samples": np.int64,
+        "rejected": np.int64,
     }
 
+    def __post_init__(self) -> None:
+        for name in self.DTYPES:
+            column = getattr(self, name)
+            if not isinstance(column, np.ndarray) or column.shape != (len(self.names),):
+                raise ShapeError(
+                    f"snapshot sensors: {name} is not one value per sensor "
+                    f"({len(self.names)} sensors)"
+                )
 
-def sensor_records(stored: Any) -> dict[str, SensorState]:
-    """:func:`sensor_columns` output (or the older ``{name: [t, score, ...]}``) -> records."""
-    if isinstance(stored, dict) and "names" in stored:
-        columns = [stored[key] for key in ("t", "score", "alert", "samples", "rejected")]
-        rows: Iterable[tuple[Any, ...]] = zip(
-            stored["names"], *(np.asarray(c).tolist() for c in columns), strict=True
+    @classmethod
+    def from_records(cls, records: Sequence[SensorState]) -> SensorColumns:
+        """The records as columns (copies of their fields)."""
+        n = len(records)
+        return cls(
+            [r.sensor for r in records],
+            *(
+                np.fromiter((getattr(r, name) for r in records), dtype, n)
+                for name, dtype in cls.DTYPES.items()
+            ),
         )
-    else:
-        rows = ((name, *fields) for name, fields in stored.items())
-    records = {}
-    for name, t, score, alert, samples, rejected in rows:
-        records[str(name)] = SensorState(
-            str(name),
-            float(t if t is not None else math.nan),
-            float(score if score is not None else math.nan),
-            bool(alert),
-            int(samples),
-            int(rejected),
-        )
-    return records
+
+    def records(self) -> dict[str, SensorState]:
+        """The records by sensor name."""
+        columns = (getattr(self, name).tolist() for name in self.DTYPES)
+        return {
+            str(name): SensorState(str(name), t, score, alert, samples, rejected)
+            for name, t, score, alert, samples, rejected in zip(self.names, *columns, strict=True)
+        }
+
+    def to_tree(self) -> dict[str, Any]:
+        """``{"names": [...], "t": array, ...}`` for a snapshot file."""
+        return {"names": self.names, **{name: getattr(self, name) for name in self.DTYPES}}
+
+    @classmethod
+    def from_tree(cls, stored: Any) -> SensorColumns:
+        """Read :meth:`to_tree` output, or the older ``{name: [t, score, alert, samples,
+        rejected]}`` (a missing time or score is NaN); :class:`ShapeError` if malformed."""
+        try:
+            if isinstance(stored, dict) and "names" in stored:
+                names = list(stored["names"])
+                raw = [stored[name] for name in cls.DTYPES]
+            else:
+                names = list(stored)
+                rows = [list(fields) for fields in stored.values()]
+                if any(len(row) != len(cls.DTYPES) for row in rows):
+                    raise ValueError("a record of the wrong length")
+                raw = [list(c) for c in zip(*rows, strict=True)] or [[] for _ in cls.DTYPES]
+            columns = [
+                _column(values, dtype, nan_for_none=name in ("t", "score"))
+                for values, (name, dtype) in zip(raw, cls.DTYPES.items(), strict=True)
+            ]
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise ShapeError(f"snapshot sensors: missing or malformed ({exc})") from None
+        return cls(names, *columns)
+
+
+def _column(values: Any, dtype: type, *, nan_for_none: bool) -> np.ndarray:
+    """A stored column as an array of ``dtype`` (a list may hold None for NaN)."""
+    if not isinstance(values, np.ndarray):
+        values = [math.nan if nan_for_none and v is None else v for v in values]
+    return np.asarray(values).astype(dtype)

@@ -1,10 +1,11 @@
 """Snapshots of all sensor and detector state: one ``.npz`` file, never pickled.
 
 The state tree (nested dicts and lists of JSON values and numpy arrays, as
-``Detector.export_state()`` returns) is split in two: arrays are stored as npz members,
-the rest as a JSON document (member ``__tree__``) with ``{"__array__": name}`` where an
-array was. A list of strings (sensor ids: a million of them in a big fleet) is stored as
-two arrays, UTF-8 bytes and lengths (``{"__strings__": [lengths, bytes]}``), not as JSON.
+:meth:`DaemonSnapshot.to_tree <streamlstm.daemon.snapshot_state.DaemonSnapshot.to_tree>`
+builds it) is split in two: arrays are stored as npz members, the rest as a JSON document
+(member ``__tree__``) with ``{"__array__": name}`` where an array was. A list of strings
+(sensor ids: a million of them in a big fleet) is stored as two arrays, UTF-8 bytes and
+lengths (``{"__strings__": [lengths, bytes]}``), not as JSON.
 
 Reading trusts nothing: ``allow_pickle=False`` (object arrays are refused when writing),
 members are checked from the zip directory before anything is read, with the same
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 FORMAT = "streamlstm.snapshot/2"
 #: Older files read as well (their string lists are plain JSON).
 READABLE_FORMATS = ("streamlstm.snapshot/1", FORMAT)
+#: What every version's format name starts with.
+FORMAT_FAMILY = "streamlstm.snapshot/"
 TREE = "__tree__"
 #: Most members a snapshot may hold (the daemon writes about 15).
 MAX_MEMBERS = 256
@@ -176,7 +179,13 @@ def _load(source: Any, path: Path, size: int) -> dict[str, Any]:
                 return np.lib.format.read_array(member, allow_pickle=False)
 
         tree = json.loads(array(TREE).tobytes())
-        if not isinstance(tree, dict) or tree.get("format") not in READABLE_FORMATS:
+        found = tree.get("format") if isinstance(tree, dict) else None
+        if found not in READABLE_FORMATS:
+            if isinstance(found, str) and found.startswith(FORMAT_FAMILY):
+                raise SnapshotError(
+                    f"{path}: snapshot format {found!r} is not one this release reads "
+                    f"({', '.join(READABLE_FORMATS)}): written by a newer streamlstm?"
+                )
             raise SnapshotError(f"{path}: not a {FORMAT} file")
         return _join(tree["state"], array)
 

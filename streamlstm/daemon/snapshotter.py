@@ -5,7 +5,9 @@ a million sensors never stop the loop for long, then encoded and written on the 
 thread (:class:`~.snapshot.SnapshotWriter`); the last one is written whole at shutdown.
 At start, :func:`restore_snapshot` loads the file into the detector, or counts it, logs it
 and sets it aside when it is unreadable or does not fit the model (the daemon starts fresh).
-The file format is :mod:`.snapshot`'s; the daemon says when, this module does the rest.
+The file format is :mod:`.snapshot`'s, what it holds :class:`~.snapshot_state.DaemonSnapshot`
+(converted to and from the file's tree here alone); the daemon says when, this module does
+the rest.
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from .._ratelimit import RateLimitedLog
+from ..detect.detector import RowCopy
+from ..detect.state import AnyDetectorState
 from ..errors import StreamLSTMError
 from ..sinks import SensorState
 from . import snapshot
 from .metrics import Metrics
 from .pipeline import Pipeline
-from .sensortable import sensor_columns, sensor_records
+from .sensortable import SensorColumns
+from .snapshot_state import DaemonSnapshot
 from .telemetry import SNAPSHOT_BUCKETS
 
 log = logging.getLogger("streamlstm.daemon")
@@ -45,7 +50,7 @@ class Snapshotter:
         self._metrics = metrics
         self._stall_hist = metrics.histogram("streamlstm_snapshot_stall_seconds", SNAPSHOT_BUCKETS)
         self._write_hist = metrics.histogram("streamlstm_snapshot_write_seconds", SNAPSHOT_BUCKETS)
-        self._copy: Any = None  # a snapshot being copied, a slice per loop turn
+        self._copy: RowCopy[AnyDetectorState] | None = None  # being copied, a slice per turn
         self._copy_records: list[SensorState] = []
         self._copy_sha = ""
         self._writer = (
@@ -133,13 +138,12 @@ class Snapshotter:
         _limited(logging.ERROR, "snapshot", "snapshot to %s failed: %s", self.path, exc)
 
 
-def _job(copy: Any, records: list[SensorState], model_sha: str) -> snapshot.Job:
+def _job(
+    copy: RowCopy[AnyDetectorState], records: list[SensorState], model_sha: str
+) -> snapshot.Job:
     def build() -> dict[str, Any]:
-        return {
-            "model_sha256": model_sha,
-            "detector": copy.state(),
-            "sensors": sensor_columns(records),
-        }
+        state = DaemonSnapshot(model_sha, copy.state(), SensorColumns.from_records(records))
+        return state.to_tree()
 
     return build
 
@@ -156,13 +160,14 @@ def restore_snapshot(
     if path is None or not Path(path).exists():
         return {}
     try:
-        state = snapshot.load(path)
+        tree = snapshot.load(path)
     except snapshot.SnapshotError as exc:
         _set_aside(path, "unreadable", str(exc), metrics)
         return {}
     try:
-        records = sensor_records(state.get("sensors", {}))
-        pipeline.import_state(state["detector"])
+        state = DaemonSnapshot.from_tree(tree)
+        records = state.sensors.records()
+        pipeline.import_state(state.detector)
     except (StreamLSTMError, AttributeError, KeyError, TypeError, ValueError) as exc:
         _set_aside(path, "mismatch", f"does not fit this model ({exc})", metrics)
         return {}

@@ -45,6 +45,7 @@ from .detector import Detector
 from .events import AlertEvent
 from .features import FeatureSpec, compute_features
 from .params import DetectorParams
+from .state import DetectorState, WindowDetectorState
 from .windowed import ClassAlertParams, WindowDetector
 
 __all__ = [
@@ -55,8 +56,10 @@ __all__ = [
     "ClassAlertParams",
     "Detector",
     "DetectorParams",
+    "DetectorState",
     "FeatureSpec",
     "WindowDetector",
+    "WindowDetectorState",
     "calibrate",
     "calibrate_reconstruction",
     "calibration_scores",

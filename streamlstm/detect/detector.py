@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any, Generic, TypeVar
 
 import numba
 import numpy as np
@@ -19,22 +19,19 @@ from .durations import step_seconds
 from .events import EVICTED, AlertEvent, EventKind, eviction_times
 from .features import FeatureSpec
 from .params import DetectorParams, pack_params, params_from, scoring_from
+from .state import AnyDetectorState, DetectorState, wrong_kind
 
-#: Version 3 snapshots carry the adapted level offsets (``levels``), which a build that
-#: reads only version 2 would drop; version 2 ones are still read (``levels`` zero when
-#: absent: they were written before drift adaptation existed).
-SNAPSHOT_VERSION = 3
-READABLE_SNAPSHOTS = (2, SNAPSHOT_VERSION)
+#: The state a :class:`RowCopy` builds (a detector's typed state).
+S = TypeVar("S", covariant=True)
+
 #: The detector's arrays in its bank's row table (next to the bank's ``states``, ``rejected``).
 _DETECTOR_ROWS = ("istate", "fstate", "preds", "levels", "rings")
-#: Every per-sensor array a snapshot holds, in snapshot order.
-ROW_ARRAYS = ("states", "rejected", *_DETECTOR_ROWS)
 #: The row arrays the fused kernel takes, in its argument order.
 _KERNEL_ROWS = (*_DETECTOR_ROWS, "rejected")
 _KINDS: dict[int, EventKind] = {K.EVENT_START: "start", K.EVENT_END: "end"}
 
 
-class RowCopy:
+class RowCopy(Generic[S]):
     """A copy of a detector's per-row state made in slices, between updates.
 
     From :meth:`Detector.copy_rows`: :meth:`advance` copies the next rows of every per-row
@@ -43,18 +40,20 @@ class RowCopy:
     :meth:`Detector.export_state` would have given when the copy began, except that each
     sensor's state is as of the slice that copied it. Rows must not change hands meanwhile:
     no :meth:`Detector.forget` or :meth:`Detector.evict` until the copy is done.
+    ``build(sensors, arrays)`` makes the detector's state of the sensors' rows picked out.
     """
 
     def __init__(
         self,
-        header: dict[str, Any],
         sensors: list[Hashable],
         rows: np.ndarray,
         bound: int,
         live: Callable[[], dict[str, np.ndarray]],
+        build: Callable[[list[Hashable], dict[str, np.ndarray]], S],
     ) -> None:
-        self.header, self.sensors, self.rows, self.bound = header, sensors, rows, bound
+        self.sensors, self.rows, self.bound = sensors, rows, bound
         self._live = live  # the arrays themselves are replaced when the detector grows
+        self._build = build
         self.arrays = {
             name: np.empty((bound, *array.shape[1:]), array.dtype) for name, array in live().items()
         }
@@ -72,7 +71,7 @@ class RowCopy:
         self.copied = stop
         return self.done
 
-    def state(self) -> dict[str, Any]:
+    def state(self) -> S:
         """:meth:`Detector.export_state`'s output, the sensors' rows picked out."""
         if not self.done:
             raise RuntimeError("RowCopy.state() before the copy is done")
@@ -81,7 +80,7 @@ class RowCopy:
             picked = {name: array[:count] for name, array in self.arrays.items()}
         else:
             picked = {name: array[self.rows] for name, array in self.arrays.items()}
-        return {**self.header, "sensors": self.sensors, **picked}
+        return self._build(self.sensors, picked)
 
 
 class Detector:
@@ -380,54 +379,40 @@ class Detector:
         self.bank.row_table.clear(rows, _DETECTOR_ROWS)
 
     # -- snapshots ------------------------------------------------------------------------
-    def export_state(self) -> dict[str, Any]:
-        """Every sensor's recurrent and detector state as plain arrays (npz- or JSON-able
-        after ``.tolist()``); :meth:`import_state` restores it bit for bit."""
+    def export_state(self) -> DetectorState:
+        """Every sensor's recurrent and detector state (copies of its arrays);
+        :meth:`import_state` restores it bit for bit."""
         copy = self.copy_rows()
         copy.advance(copy.bound)
         return copy.state()
 
-    def copy_rows(self) -> RowCopy:
+    def copy_rows(self) -> RowCopy[DetectorState]:
         """Begin a :class:`RowCopy`: :meth:`export_state` in slices, so that a daemon with a
         million sensors can snapshot them without stopping its compute loop for the copy."""
         sensors, rows = self.bank.assigned_rows()
-        return RowCopy(
-            {"version": SNAPSHOT_VERSION, "model_id": self.model_id},
-            sensors,
-            rows,
-            self.bank.row_bound,
-            self._row_arrays,
-        )
+
+        def build(sensors: list[Hashable], arrays: dict[str, Any]) -> DetectorState:
+            return DetectorState(self.model_id, sensors, **arrays)
+
+        return RowCopy(sensors, rows, self.bank.row_bound, self._row_arrays, build)
 
     def _row_arrays(self) -> dict[str, np.ndarray]:
-        return self.bank.row_table.arrays(ROW_ARRAYS)
+        return self.bank.row_table.arrays(DetectorState.ROW_ARRAYS)
 
-    def import_state(self, snapshot: Mapping[str, Any]) -> None:
-        """Restore sensors from :meth:`export_state` output (sensors not in it are kept)."""
-        try:
-            version = int(snapshot["version"])
-            sensors = list(snapshot["sensors"])
-            arrays = {
-                name: np.asarray(snapshot[name])
-                for name in ("states", "rejected", "istate", "fstate", "preds", "rings")
-            }
-            if version not in READABLE_SNAPSHOTS:
-                raise ShapeError(
-                    f"detector snapshot: unsupported version {version} "
-                    f"(this release reads {READABLE_SNAPSHOTS})"
-                )
-            # Adapted level offsets: required from version 3; absent from version 2
-            # snapshots written before drift adaptation existed, which never adapted.
-            arrays["levels"] = np.asarray(
-                snapshot["levels"]
-                if version == SNAPSHOT_VERSION
-                else snapshot.get("levels", np.zeros((len(sensors), self.model.input_size)))
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ShapeError(f"detector snapshot: missing or malformed field ({exc})") from None
-        n = len(sensors)
-        expected = {name: (n, *array.shape[1:]) for name, array in self._row_arrays().items()}
-        for name, shape in expected.items():
+    def import_state(self, state: AnyDetectorState) -> None:
+        """Restore sensors from :meth:`export_state` output (sensors not in it are kept).
+
+        Checked against the model before anything changes (:class:`ShapeError`): every
+        array's row shape, and finite values; a version 2 state restores zero levels.
+        """
+        if not isinstance(state, DetectorState):
+            raise wrong_kind("detector snapshot", state, DetectorState)
+        n = len(state.sensors)
+        arrays = {name: array for name, array in state.arrays().items() if array is not None}
+        # Version 2, written before drift adaptation existed, has no levels: zero.
+        arrays.setdefault("levels", np.zeros((n, self.model.input_size)))
+        for name, live in self._row_arrays().items():
+            shape = (n, *live.shape[1:])
             if arrays[name].shape != shape:
                 raise ShapeError(
                     f"detector snapshot: {name} has shape {arrays[name].shape}, "
@@ -436,6 +421,6 @@ class Detector:
         for name in ("states", "preds", "levels", "rings"):
             if not np.all(np.isfinite(arrays[name])):
                 raise ShapeError(f"detector snapshot: non-finite values in {name}")
-        rows = self.bank.rows(sensors)  # may grow the bank: its arrays are read after this
+        rows = self.bank.rows(state.sensors)  # may grow the bank: its arrays are read after this
         for name, array in self._row_arrays().items():
-            array[rows] = arrays[name].astype(array.dtype)
+            array[rows] = arrays[name]

@@ -49,8 +49,8 @@ from .detector import RowCopy
 from .durations import step_seconds
 from .events import EVICTED, AlertEvent, EventKind, eviction_times
 from .params import DetectorParams, Scoring, params_from, scoring_from
+from .state import AnyDetectorState, WindowDetectorState, wrong_kind
 
-SNAPSHOT_VERSION = 1
 CLASSIFIER_OUTPUTS = ("probabilities", "log_probabilities", "last")
 #: The class treated as normal when none is named: this one if the model has it, else the first.
 DEFAULT_NORMAL_CLASS = "normal"
@@ -523,43 +523,37 @@ class WindowDetector:
         self._clear_row(slice(None) if sensor is None else self._row(sensor))
 
     # -- snapshots ------------------------------------------------------------------------
-    def export_state(self) -> dict[str, Any]:
-        """Every sensor's window ring and alert state as plain arrays;
+    def export_state(self) -> WindowDetectorState:
+        """Every sensor's window ring and alert state (copies of its arrays);
         :meth:`import_state` restores it bit for bit."""
         copy = self.copy_rows()
         copy.advance(copy.bound)
         return copy.state()
 
-    def copy_rows(self) -> RowCopy:
+    def copy_rows(self) -> RowCopy[WindowDetectorState]:
         """:meth:`export_state` in slices (see :class:`~streamlstm.detect.detector.RowCopy`)."""
         sensors = self.bank.sensors
+
+        def build(sensors: list[Hashable], arrays: dict[str, Any]) -> WindowDetectorState:
+            return WindowDetectorState(self.model_id, sensors, **arrays)
+
         return RowCopy(
-            {"version": SNAPSHOT_VERSION, "model_id": self.model_id, "kind": "window"},
-            sensors,
-            self.bank.rows(sensors),
-            self.bank.row_bound,
-            self._row_arrays,
+            sensors, self.bank.rows(sensors), self.bank.row_bound, self._row_arrays, build
         )
 
     def _row_arrays(self) -> dict[str, np.ndarray]:
         return {**self.bank.row_arrays(), "istate": self._istate, "fstate": self._fstate}
 
-    def import_state(self, snapshot: Mapping[str, Any]) -> None:
-        """Restore sensors from :meth:`export_state` output (sensors not in it are kept)."""
-        kind, version = snapshot.get("kind"), snapshot.get("version")
-        if kind != "window" or version != SNAPSHOT_VERSION:
-            raise ShapeError(
-                f"window detector snapshot: unsupported kind {kind!r} / version "
-                f"{version!r} (a snapshot of another kind of detector?)"
-            )
-        try:
-            sensors = list(snapshot["sensors"])
-            arrays = {name: np.asarray(snapshot[name]) for name in self._row_arrays()}
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ShapeError(
-                f"window detector snapshot: missing or malformed field ({exc})"
-            ) from None
-        n = len(sensors)
+    def import_state(self, state: AnyDetectorState) -> None:
+        """Restore sensors from :meth:`export_state` output (sensors not in it are kept).
+
+        Checked against the model before anything changes (:class:`ShapeError`): every
+        array's row shape, class indices, finite values, consistent sample counts.
+        """
+        if not isinstance(state, WindowDetectorState):
+            raise wrong_kind("window detector snapshot", state, WindowDetectorState)
+        arrays = state.arrays()
+        n = len(state.sensors)
         for name, live in self._row_arrays().items():
             if arrays[name].shape != (n, *live.shape[1:]):
                 raise ShapeError(
@@ -574,8 +568,8 @@ class WindowDetector:
         if not np.all(np.isfinite(floats)):
             raise ShapeError("window detector snapshot: non-finite values in fstate")
         rows = self.bank.load_rows(
-            sensors, {k: v for k, v in arrays.items() if k not in ("istate", "fstate")}
+            state.sensors, {name: arrays[name] for name in WindowDetectorState.BANK_ARRAYS}
         )
         self._sync_capacity()
-        self._istate[rows] = arrays["istate"].astype(np.int64)
-        self._fstate[rows] = arrays["fstate"].astype(np.float64)
+        self._istate[rows] = arrays["istate"]
+        self._fstate[rows] = arrays["fstate"]

@@ -20,20 +20,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from .._ratelimit import RateLimitedLog
 from ..daemon.intake import TimestampGate
 from ..daemon.lastseen import LastSeen
 from ..daemon.pipeline import LoadedModel, Pipeline
 from ..daemon.sensortable import (
+    SensorColumns,
     batch_arrays,
     forget_sensors,
     last_sample_times,
     record_alert,
     record_batch,
-    sensor_columns,
-    sensor_records,
     within_sensor_limit,
 )
 from ..sinks import SensorState, alert_record
@@ -41,6 +38,7 @@ from ..sources import Frame
 from ..sources.mqtt import MQTTSource
 from ..sources.parsers import ParseError
 from .config import FleetSettings
+from .snapshots import PartitionSnapshot
 
 log = logging.getLogger(__name__)
 _limited = RateLimitedLog(log)
@@ -113,26 +111,23 @@ class OwnedPartition:
         """The alerts' ``daemon`` field: ``(daemon, seq)`` stays unique across handoffs."""
         return f"{self.settings.name}/p{self.partition}"
 
-    def restore(self, state: dict[str, Any]) -> None:
+    def restore(self, state: PartitionSnapshot) -> None:
         """Load a snapshot's state (raises if it does not fit the model: caller decides)."""
-        records = sensor_records(state.get("sensors", {}))
-        seen = state.get("last_seen", {"names": [], "t": []})
-        last_seen = LastSeen(zip(seen["names"], map(float, seen["t"]), strict=True))
-        self.pipeline.import_state(state["detector"])
+        records = state.sensors.records()
+        self.pipeline.import_state(state.detector)
         self.sensors = records
-        self.last_seen = last_seen
+        self.last_seen = LastSeen(state.last_seen)
 
-    def export(self) -> dict[str, Any]:
-        """The state to snapshot (covers :attr:`applied_seq`)."""
-        return {
-            "model_sha256": self.loaded.sha256,
-            "detector": self.pipeline.export_state(),
-            "sensors": sensor_columns(list(self.sensors.values())),
-            "last_seen": {
-                "names": [name for name, _ in self.last_seen.items()],
-                "t": np.array([t for _, t in self.last_seen.items()], np.float64),
-            },
-        }
+    def export(self, alerts: list[dict[str, Any]] | None = None) -> PartitionSnapshot:
+        """The state to snapshot (covers :attr:`applied_seq`), with the partition's
+        unacknowledged ``alerts`` (for its next owner to send)."""
+        return PartitionSnapshot(
+            self.loaded.sha256,
+            self.pipeline.export_state(),
+            SensorColumns.from_records(list(self.sensors.values())),
+            self.last_seen.items(),
+            alerts or [],
+        )
 
     def apply(self, messages: Sequence[StreamMessage]) -> Applied:
         """Decode, gate and step one fetched batch (in stream order); number its alerts."""

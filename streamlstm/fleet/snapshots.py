@@ -2,9 +2,10 @@
 
 One key per partition (``p.<p>``) in the state bucket holds a record: the ownership
 *epoch*, the owner, the last stream sequence applied (``seq``), the next alert sequence,
-and the state itself (npz bytes in the format of :mod:`streamlstm.daemon.snapshot`):
-inline after the record's JSON line when small, else in the object store under a name of
-its own. Every write is an ``update`` checked against the revision the writer last saw.
+and the state itself (a :class:`PartitionSnapshot`, as npz bytes in the format of
+:mod:`streamlstm.daemon.snapshot`): inline after the record's JSON line when small, else
+in the object store under a name of its own. Every write is an ``update`` checked against
+the revision the writer last saw.
 A new owner first *claims* the partition (rewrites the record with the next epoch), so a
 deposed owner's late write fails its revision check however the two interleave.
 
@@ -26,10 +27,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import nats.js.errors
+import numpy as np
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from ..daemon import snapshot
+from ..daemon.snapshot_state import DaemonSnapshot
+from ..errors import ShapeError, StreamLSTMError
 from .config import FleetSettings
 
 log = logging.getLogger(__name__)
@@ -60,6 +64,51 @@ class SnapshotRecord:
     sha256: str = ""
 
 
+@dataclass(frozen=True)
+class PartitionSnapshot(DaemonSnapshot):
+    """A partition's state: a daemon's (:class:`~streamlstm.daemon.snapshot_state.
+    DaemonSnapshot`), each sensor's last-seen time on the stream's clock (least recently
+    seen first) and the alert records its owner had not seen acknowledged (sent again by
+    the next owner). Its epoch and the sequence it covers are in its
+    :class:`SnapshotRecord`."""
+
+    last_seen: list[tuple[str, float]] = field(default_factory=list)
+    alerts: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+    def to_tree(self) -> dict[str, Any]:
+        """The snapshot as the tree :func:`streamlstm.daemon.snapshot.encode` stores."""
+        return {
+            **super().to_tree(),
+            "last_seen": {
+                "names": [name for name, _ in self.last_seen],
+                "t": np.array([t for _, t in self.last_seen], np.float64),
+            },
+            "alerts": self.alerts,
+        }
+
+    @classmethod
+    def from_tree(cls, tree: Any) -> PartitionSnapshot:
+        """Read :meth:`to_tree` output; :class:`ShapeError` naming what is malformed. Alerts
+        that are not records are dropped (:meth:`WorkerSinks.resend
+        <streamlstm.fleet.alerts.WorkerSinks.resend>` checks the rest)."""
+        base = DaemonSnapshot.from_tree(tree)
+        seen = tree.get("last_seen", {"names": [], "t": []})
+        try:
+            last_seen = list(zip(seen["names"], map(float, seen["t"]), strict=True))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ShapeError(f"partition snapshot: malformed last_seen ({exc})") from None
+        if not all(type(name) is str for name, _ in last_seen):
+            raise ShapeError("partition snapshot: a last_seen name is not a string")
+        alerts = tree.get("alerts")
+        return cls(
+            base.model_sha256,
+            base.detector,
+            base.sensors,
+            last_seen,
+            [r for r in alerts if isinstance(r, dict)] if isinstance(alerts, list) else [],
+        )
+
+
 @dataclass
 class Claim:
     """A partition claimed for one epoch: what to restore and the revision to write on."""
@@ -67,7 +116,7 @@ class Claim:
     record: SnapshotRecord
     revision: int
     previous_epoch: int | None  # None: the partition was never owned
-    state: dict[str, Any] | None = field(default=None, repr=False)
+    state: PartitionSnapshot | None = field(default=None, repr=False)
     problem: str | None = None  # why a stored state could not be read (then state is None)
 
 
@@ -92,8 +141,9 @@ class SnapshotStore:
         self._objects = objects
         self._settings = settings
 
-    async def read(self, partition: int) -> tuple[SnapshotRecord, int, dict[str, Any] | None]:
-        """The record, its revision and the decoded state; KeyNotFoundError if none."""
+    async def read(self, partition: int) -> tuple[SnapshotRecord, int, PartitionSnapshot | None]:
+        """The record, its revision and the decoded state; KeyNotFoundError if none,
+        :class:`~streamlstm.errors.StreamLSTMError` if the state is unreadable."""
         entry = await self._kv.get(f"{STATE_PREFIX}{partition}")
         record, inline = decode_record(entry.value or b"")
         return record, entry.revision or 0, await self._state(record, inline)
@@ -103,7 +153,7 @@ class SnapshotStore:
         entry = await self._kv.get(f"{STATE_PREFIX}{partition}")
         return decode_record(entry.value or b"")[0], entry.revision or 0
 
-    async def _state(self, record: SnapshotRecord, inline: bytes) -> dict[str, Any] | None:
+    async def _state(self, record: SnapshotRecord, inline: bytes) -> PartitionSnapshot | None:
         if record.object is not None:
             data = await self._object(record.object)
         elif inline:
@@ -114,7 +164,9 @@ class SnapshotStore:
             raise snapshot.SnapshotError(
                 f"partition {record.partition}: snapshot checksum does not match its record"
             )
-        return snapshot.decode(data, f"partition {record.partition} snapshot")
+        return PartitionSnapshot.from_tree(
+            snapshot.decode(data, f"partition {record.partition} snapshot")
+        )
 
     async def _object(self, name: str) -> bytes:
         """An object's bytes. The object store answers from any replica, and one that lags
@@ -143,7 +195,7 @@ class SnapshotStore:
         state, problem = None, None
         try:
             state = await self._state(old, inline)
-        except (snapshot.SnapshotError, nats.js.errors.NotFoundError) as exc:
+        except (StreamLSTMError, nats.js.errors.NotFoundError) as exc:
             problem = str(exc)
         record = replace(old, epoch=old.epoch + 1, owner=owner)
         try:
@@ -188,10 +240,10 @@ class SnapshotStore:
                 ", ".join(orphans[:5]),
             )
 
-    async def write(self, claim: Claim, seq: int, alert_seq: int, state: dict[str, Any]) -> int:
+    async def write(self, claim: Claim, seq: int, alert_seq: int, state: PartitionSnapshot) -> int:
         """Store ``state`` (covering stream sequences up to ``seq``) for the claimed epoch;
         returns its size. :class:`WriteRefused` if the claim is stale (a zombie's write)."""
-        data = snapshot.encode(state)
+        data = snapshot.encode(state.to_tree())
         partition, epoch = claim.record.partition, claim.record.epoch
         name = None
         if len(data) > self._settings.inline_snapshot_bytes:

@@ -332,8 +332,9 @@ class FleetWorker:
                 await self._leases.release(lease)
             return False
         self.owned[partition] = ownership
+        carried = ownership.claim.state
         sent = self.sinks.resend(
-            ownership.compute.daemon_name, (ownership.claim.state or {}).get("alerts")
+            ownership.compute.daemon_name, carried.alerts if carried is not None else []
         )
         if sent:
             log.info(
@@ -627,8 +628,8 @@ class FleetWorker:
             if seq == claim.record.seq:
                 return True
             try:
-                state = compute.export()  # synchronous: consistent with seq
-                state["alerts"] = self.sinks.unacknowledged(compute.daemon_name)
+                # synchronous: consistent with seq
+                state = compute.export(self.sinks.unacknowledged(compute.daemon_name))
                 size = await self._snapshots.write(claim, seq, compute.alert_seq, state)
             except WriteRefused:
                 self.metrics.inc(

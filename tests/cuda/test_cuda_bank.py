@@ -92,9 +92,9 @@ def _assert_same_step(cpu, gpu, ids, xs) -> None:
 
 def _assert_same_states(cpu, gpu) -> None:
     a, b = cpu.export_state(), gpu.export_state()
-    assert a["sensors"] == b["sensors"]
-    np.testing.assert_allclose(b["states"], a["states"], atol=TOL, rtol=0)
-    for sensor in a["sensors"]:
+    assert a.sensors == b.sensors
+    np.testing.assert_allclose(b.states, a.states, atol=TOL, rtol=0)
+    for sensor in a.sensors:
         assert gpu.rejected(sensor) == cpu.rejected(sensor)
 
 
@@ -194,7 +194,7 @@ def test_state_accessors_forget_and_reset():
     gpu.reset("a")
     assert not gpu.state_vector("a").any() and gpu.state_vector("c").any()
     gpu.reset()
-    assert not gpu.export_state()["states"].any()
+    assert not gpu.export_state().states.any()
 
 
 def test_device_choice():
@@ -370,7 +370,7 @@ def test_packed_launch_matches_dispatcher_launch(kernel):
         xs[0, 1] = np.nan
         np.testing.assert_array_equal(packed.step(ids, xs), plain.step(ids, xs))
         np.testing.assert_array_equal(packed.last_status, plain.last_status)
-    np.testing.assert_array_equal(packed.export_state()["states"], plain.export_state()["states"])
+    np.testing.assert_array_equal(packed.export_state().states, plain.export_state().states)
     assert plain.launch_path == "dispatcher"
     # The simulator has no cuda.core launch: the packed bank falls back there.
     assert packed.launch_path == ("dispatcher" if simulator_enabled() else "packed")

@@ -99,10 +99,10 @@ def assert_same_detectors(gpu: WindowDetector, cpu: WindowDetector) -> None:
         )
         assert gpu.score(sensor) == pytest.approx(cpu.score(sensor), rel=0, abs=SCORE_TOL)
     got, want = gpu.export_state(), cpu.export_state()
-    assert got.keys() == want.keys()
+    assert got.to_tree().keys() == want.to_tree().keys()
     for name in ("ring", "counts", "last_bad", "rejected", "skipped", "failed", "istate"):
-        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
-    np.testing.assert_allclose(got["fstate"], want["fstate"], rtol=0, atol=SCORE_TOL)
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+    np.testing.assert_allclose(got.fstate, want.fstate, rtol=0, atol=SCORE_TOL)
 
 
 @pytest.mark.parametrize("kind", ["classifier", "autoencoder"])

@@ -34,6 +34,7 @@ from nats_helpers import (
 from streamlstm.daemon.config import load
 from streamlstm.daemon.metrics import scrape
 from streamlstm.daemon.pipeline import make_detector
+from streamlstm.detect.state import AnyDetectorState
 from streamlstm.sources import sample_times
 
 PARTITIONS = 4
@@ -192,7 +193,7 @@ def stop_all(fleet: Fleet) -> None:
             assert process.stop(signal.SIGTERM, timeout=60) == 0, process.log()
 
 
-def reference_run(fleet: Fleet, signals) -> tuple[dict, list[tuple[str, str, float]]]:
+def reference_run(fleet: Fleet, signals) -> tuple[AnyDetectorState, list[tuple[str, str, float]]]:
     """One uninterrupted detector fed every sensor's whole signal: its final state and its
     alerts as ``(sensor, kind, t)``."""
     config = load(next(iter(fleet.sites.values())))
@@ -231,18 +232,18 @@ def check_final_state(fleet: Fleet, signals) -> None:
     found = {}
     for _record, state in partition_states(settings).values():
         assert state is not None
-        got = state["detector"]
-        samples = dict(zip(state["sensors"]["names"], state["sensors"]["samples"], strict=True))
-        for index, sensor in enumerate(got["sensors"]):
+        got = state.detector
+        samples = dict(zip(state.sensors.names, state.sensors.samples, strict=True))
+        for index, sensor in enumerate(got.sensors):
             found[sensor] = (got, index, samples[sensor])
     assert sorted(found) == sorted(SENSORS)
     for sensor in SENSORS:
         got, index, samples = found[sensor]
-        row = want["sensors"].index(sensor)
+        row = want.sensors.index(sensor)
         assert samples == ROUNDS * PER_MESSAGE
         for name in ("states", "istate", "fstate", "preds", "rings", "rejected"):
             np.testing.assert_array_equal(
-                np.asarray(got[name])[index], want[name][row], err_msg=f"{sensor} {name}"
+                getattr(got, name)[index], getattr(want, name)[row], err_msg=f"{sensor} {name}"
             )
     records = [
         json.loads(line)

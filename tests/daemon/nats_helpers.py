@@ -24,9 +24,11 @@ from daemon_helpers import DETECTOR_OPTIONS
 from mqtt_helpers import free_port, require_tool, wait_until
 
 from streamlstm.daemon.config import load
+from streamlstm.daemon.sensortable import SensorColumns
+from streamlstm.detect.state import DetectorState
 from streamlstm.fleet.config import FleetSettings
 from streamlstm.fleet.connection import RETRYABLE, open_stores
-from streamlstm.fleet.snapshots import SnapshotStore
+from streamlstm.fleet.snapshots import PartitionSnapshot, SnapshotStore
 
 NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
 TOPIC = "sensors/{sensor}/accel"
@@ -241,7 +243,9 @@ def stream_partitions(settings: FleetSettings) -> dict[int, list[int]]:
     return dict(by_partition)
 
 
-async def _partition_states(settings: FleetSettings) -> dict[int, tuple[Any, dict | None]]:
+async def _partition_states(
+    settings: FleetSettings,
+) -> dict[int, tuple[Any, PartitionSnapshot | None]]:
     nc = await nats.connect(list(settings.servers))
     try:
         stores = await open_stores(nc, settings, create=False)
@@ -258,9 +262,30 @@ async def _partition_states(settings: FleetSettings) -> dict[int, tuple[Any, dic
         await nc.close()
 
 
-def partition_states(settings: FleetSettings) -> dict[int, tuple[Any, dict | None]]:
+def partition_states(settings: FleetSettings) -> dict[int, tuple[Any, PartitionSnapshot | None]]:
     """Partition -> (its snapshot record, decoded state) as the fleet left them."""
     return _retrying(_partition_states, settings)
+
+
+def marked_state(mark: int) -> PartitionSnapshot:
+    """A partition state of no sensors told apart by ``mark``: its last-seen times are
+    ``0 .. mark - 1`` (:func:`state_mark`), for tests of the snapshot store alone."""
+    rows = {
+        name: np.zeros((0, 1), np.int64 if name in ("rejected", "istate") else np.float64)
+        for name in DetectorState.ROW_ARRAYS
+    }
+    return PartitionSnapshot(
+        "m",
+        DetectorState("m", [], **rows),
+        SensorColumns.from_records([]),
+        [(f"s{i}", float(i)) for i in range(mark)],
+    )
+
+
+def state_mark(state: PartitionSnapshot | None) -> np.ndarray:
+    """The mark of a :func:`marked_state` read back from the store."""
+    assert state is not None
+    return np.array([t for _, t in state.last_seen])
 
 
 @dataclass(frozen=True)

@@ -288,7 +288,8 @@ def _other_models_snapshot(path: Path) -> None:
     other = calibrate(sl.random_model(5, [8], output_size=5, seed=3), rng.normal(size=(500, 5)))
     detector = sl.Detector(other, **DETECTOR_OPTIONS)
     detector.update(["line"] * 20, rng.normal(size=(20, 5)), np.arange(20.0))
-    snapshot.save(path, {"model_sha256": "x", "detector": detector.export_state(), "sensors": {}})
+    tree = {"model_sha256": "x", "detector": detector.export_state().to_tree(), "sensors": {}}
+    snapshot.save(path, tree)
 
 
 @pytest.mark.parametrize(

@@ -37,8 +37,10 @@ from nats_helpers import (
     Publisher,
     fleet_settings,
     journal_events,
+    marked_state,
     partition_states,
     payload,
+    state_mark,
     worker_site,
 )
 from systemd_helpers import NotifySocket
@@ -229,9 +231,9 @@ def test_a_worker_evicts_idle_sensors_on_the_streams_clock(fleet, signals):
         samples = {}
         for _record, state in partition_states(settings).values():
             assert state is not None
-            names = state["sensors"]["names"]
-            samples.update(zip(names, state["sensors"]["samples"], strict=True))
-            if "s1" in names and state["last_seen"]["names"] != ["s1"]:
+            names = state.sensors.names
+            samples.update(zip(names, state.sensors.samples, strict=True))
+            if "s1" in names and [name for name, _ in state.last_seen] != ["s1"]:
                 return None
         return samples if samples.get("s1") == PER_MESSAGE else None
 
@@ -305,20 +307,20 @@ def test_a_deposed_owners_writes_are_refused(tmp_path, model_path):
                 old_lease = await leases.acquire(2)
                 assert old_lease is not None and await leases.acquire(2) is None
                 old = await store.claim(2)
-                await store.write(old, 10, 1, {"x": np.arange(3)})
+                await store.write(old, 10, 1, marked_state(3))
                 await asyncio.sleep(1.5)  # the old owner stalls past the TTL
                 new_lease = await leases.acquire(2)
                 assert new_lease is not None
                 new = await store.claim(2)
                 assert new.record.epoch == old.record.epoch + 1 and new.record.seq == 10
                 with pytest.raises(WriteRefused):
-                    await store.write(old, 20, 2, {"x": np.arange(4)})
+                    await store.write(old, 20, 2, marked_state(4))
                 with pytest.raises(LeaseRefused):
                     await leases.renew(old_lease)
                 record, _, state = await store.read(2)
                 assert (record.epoch, record.seq) == (new.record.epoch, 10)
-                np.testing.assert_array_equal(state["x"], np.arange(3))
-                await store.write(new, 30, 3, {"x": np.arange(5)})
+                np.testing.assert_array_equal(state_mark(state), np.arange(3))
+                await store.write(new, 30, 3, marked_state(5))
                 # A release that crossed a renewal still releases our lease...
                 crossed = dataclasses.replace(new_lease)
                 await leases.renew(new_lease)
@@ -364,19 +366,19 @@ def test_claiming_a_partition_deletes_objects_a_crash_orphaned(tmp_path, model_p
                 stores = await open_stores(nc, settings, create=True)
                 store = SnapshotStore(stores.state, stores.objects, settings)
                 first = await store.claim(1)
-                await store.write(first, 10, 0, {"x": np.arange(3)})
+                await store.write(first, 10, 0, marked_state(3))
                 # What crashed writers of partition 1 (epoch 1) left behind, and objects
                 # of another partition and of a later epoch, which are not to be touched.
                 for stray in ("p1-e1-s20", "p1-e1-s30", "p12-e1-s5", "p1-e9-s1"):
                     await stores.objects.put(stray, b"orphan")
                 second = await store.claim(1)
                 assert second.record.epoch == 2
-                np.testing.assert_array_equal(second.state["x"], np.arange(3))
+                np.testing.assert_array_equal(state_mark(second.state), np.arange(3))
                 assert await names(stores) == {"p1-e1-s10", "p12-e1-s5", "p1-e9-s1"}
-                await store.write(second, 40, 0, {"x": np.arange(4)})  # replaces p1-e1-s10
+                await store.write(second, 40, 0, marked_state(4))  # replaces p1-e1-s10
                 assert await names(stores) == {"p1-e2-s40", "p12-e1-s5", "p1-e9-s1"}
                 _, _, state = await store.read(1)
-                np.testing.assert_array_equal(state["x"], np.arange(4))
+                np.testing.assert_array_equal(state_mark(state), np.arange(4))
             finally:
                 await nc.close()
 

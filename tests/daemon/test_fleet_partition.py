@@ -113,9 +113,9 @@ def test_a_partition_restored_from_its_export_continues_bit_for_bit(model_path):
     second = partition(model_path, seq=first.applied_seq, alert_seq=first.alert_seq)
     second.restore(first.export())
     records_split += second.apply(messages[split:]).records
-    want, got = whole.export()["detector"], second.export()["detector"]
+    want, got = whole.export().detector, second.export().detector
     for name in ("states", "istate", "fstate", "preds", "rings", "rejected"):
-        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
     strip = [{k: v for k, v in r.items() if k != "published"} for r in records]
     assert strip and strip == [
         {k: v for k, v in r.items() if k != "published"} for r in records_split
@@ -167,11 +167,11 @@ def test_idle_sensors_are_evicted_on_the_stream_clock_alike_in_any_batching_and_
         got = owned.export()
         for name in ("states", "istate", "fstate", "preds", "rings", "rejected"):
             np.testing.assert_array_equal(
-                got["detector"][name], want["detector"][name], err_msg=f"{cuts} {name}"
+                getattr(got.detector, name), getattr(want.detector, name), err_msg=f"{cuts} {name}"
             )
-        assert got["detector"]["sensors"] == want["detector"]["sensors"]
-        assert got["last_seen"]["names"] == want["last_seen"]["names"] == ["a", "b"]
-        np.testing.assert_array_equal(got["last_seen"]["t"], want["last_seen"]["t"])
+        assert got.detector.sensors == want.detector.sensors
+        assert [n for n, _ in got.last_seen] == [n for n, _ in want.last_seen] == ["a", "b"]
+        np.testing.assert_array_equal([t for _, t in got.last_seen], [t for _, t in want.last_seen])
         assert {n: r.samples for n, r in owned.sensors.items()} == {"a": 400, "b": 50}
 
 

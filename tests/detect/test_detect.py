@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -15,6 +16,7 @@ from streamlstm.detect import calibrate
 from streamlstm.detect import params as P
 from streamlstm.detect.calibration_record import BASE_VERSION, SCHEMA_VERSION, Calibration
 from streamlstm.detect.events import EVICTED
+from streamlstm.detect.state import DetectorState
 from streamlstm.errors import ConfigError, ShapeError
 from streamlstm.model import Normalization
 
@@ -226,10 +228,10 @@ def test_nan_sample_neither_alerts_nor_touches_state(calibrated):
     assert list(det.last_status) == [sl.kernels.REJECTED_SAMPLE] * 3
     after = det.export_state()
     for name in ("states", "fstate", "preds", "rings"):
-        np.testing.assert_array_equal(before[name], after[name])
+        np.testing.assert_array_equal(getattr(before, name), getattr(after, name))
     assert det.rejected("s") == 3 and det.filled("s") == 0
     # Only the "prediction on file" is dropped: the next good sample is stepped unscored.
-    assert after["istate"][0, K.I_HAS_PRED] == 0
+    assert after.istate[0, K.I_HAS_PRED] == 0
     det.update(["s"], normal_data(1, 3), [1.1])
     assert np.isfinite(det.last_scores).all() and not det.alerting("s")
 
@@ -241,7 +243,7 @@ def test_a_missing_channel_is_filled_counted_and_left_out_of_the_score(calibrate
     det.update(["s"] * 60, data, np.arange(60) * 0.02)
     assert det.filled("s") == 10 and det.rejected("s") == 0
     assert np.all(np.isfinite(det.last_scores[1:]))
-    assert np.all(np.isfinite(det.export_state()["states"]))
+    assert np.all(np.isfinite(det.export_state().states))
 
 
 def test_snapshot_round_trip_is_bit_exact(calibrated):
@@ -253,13 +255,16 @@ def test_snapshot_round_trip_is_bit_exact(calibrated):
     snapshot = one.export_state()
     # Through JSON and back, as a daemon may store it.
     text = json.dumps(
-        {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in snapshot.items()},
+        {
+            k: (v.tolist() if isinstance(v, np.ndarray) else v)
+            for k, v in snapshot.to_tree().items()
+        },
         allow_nan=True,
     )
     two = sl.Detector(model)
-    two.import_state(json.loads(text))
+    two.import_state(DetectorState.from_tree(json.loads(text)))
     for name in ("states", "istate", "fstate", "preds", "rings", "rejected"):
-        np.testing.assert_array_equal(two.export_state()[name], snapshot[name])
+        np.testing.assert_array_equal(getattr(two.export_state(), name), getattr(snapshot, name))
     events_one = one.update(ids[second], samples[second], times[second])
     events_two = two.update(ids[second], samples[second], times[second])
     assert events_one == events_two and events_one
@@ -269,8 +274,7 @@ def test_snapshot_round_trip_is_bit_exact(calibrated):
 def test_snapshot_from_another_model_is_refused(calibrated):
     det = sl.Detector(calibrated["diagonal"])
     det.update(["a"], normal_data(1, 3), [0.0])
-    snapshot = det.export_state()
-    snapshot["preds"] = np.zeros((1, 5))
+    snapshot = dataclasses.replace(det.export_state(), preds=np.zeros((1, 5)))
     with pytest.raises(ShapeError, match="preds"):
         sl.Detector(calibrated["diagonal"]).import_state(snapshot)
 
@@ -500,7 +504,7 @@ def test_adaptation_follows_slow_drift_within_its_bound_and_freezes_while_alerti
     times = np.arange(600) * 0.02
     det = sl.Detector(adaptive, threshold=1e9)
     det.prime(["s"] * 600, slow, times)
-    offset = det.export_state()["levels"][0]
+    offset = det.export_state().levels[0]
     center = np.asarray(adaptive.calibration["level_center"])
     recent = slow[-100:, :2].mean(axis=0) - center[:2]
     np.testing.assert_allclose(offset[:2], recent, atol=0.15)
@@ -512,16 +516,16 @@ def test_adaptation_follows_slow_drift_within_its_bound_and_freezes_while_alerti
     det = sl.Detector(adaptive)
     events = det.update(["s"] * 600, step, times)
     assert [e.kind for e in events] == ["start"] and det.alerting("s")
-    before = det.export_state()["levels"][0].copy()
+    before = det.export_state().levels[0].copy()
     det.update(["s"] * 50, step[-50:], times[-1] + 0.02 * np.arange(1, 51))
-    np.testing.assert_array_equal(det.export_state()["levels"][0], before)
+    np.testing.assert_array_equal(det.export_state().levels[0], before)
     # The offset never leaves the bound, whatever the drift.
     far = drifting(1500, 3, drift=0.02)
     far[:, 2] = 4.0
     det = sl.Detector(adaptive, threshold=1e9)
     det.prime(["s"] * 1500, far, np.arange(1500) * 0.02)
     limit = 4.0 * np.asarray(adaptive.calibration["level_scale"])
-    offset = det.export_state()["levels"][0]
+    offset = det.export_state().levels[0]
     assert np.all(np.abs(offset) <= limit + 1e-12) and offset[0] == pytest.approx(limit[0])
 
 
@@ -531,23 +535,23 @@ def test_snapshots_carry_the_adapted_level_and_old_ones_still_load(adaptive):
     one = sl.Detector(adaptive)
     one.update(ids[:400], samples[:400], times[:400])
     snapshot = one.export_state()
-    assert np.any(snapshot["levels"] != 0)
+    assert np.any(snapshot.levels != 0)
     two = sl.Detector(adaptive)
     two.import_state(snapshot)
     one.update(ids[400:], samples[400:], times[400:])
     two.update(ids[400:], samples[400:], times[400:])
     np.testing.assert_array_equal(one.last_scores, two.last_scores)
-    assert snapshot["version"] == 3
+    assert snapshot.version == 3
     # Version 2, written before adaptation existed, had no levels: they load as zero.
-    older = {k: v for k, v in snapshot.items() if k != "levels"}
+    older = {k: v for k, v in snapshot.to_tree().items() if k != "levels"}
     three = sl.Detector(adaptive)
-    three.import_state({**older, "version": 2})
-    np.testing.assert_array_equal(three.export_state()["levels"], 0.0)
+    three.import_state(DetectorState.from_tree({**older, "version": 2}))
+    np.testing.assert_array_equal(three.export_state().levels, 0.0)
     # Version 3 needs its levels (an older build, reading only 2, refuses version 3).
     with pytest.raises(ShapeError, match="levels"):
-        sl.Detector(adaptive).import_state(older)
+        DetectorState.from_tree(older)
     with pytest.raises(ShapeError, match="unsupported version 4"):
-        sl.Detector(adaptive).import_state({**snapshot, "version": 4})
+        DetectorState.from_tree({**snapshot.to_tree(), "version": 4})
 
 
 def test_bad_adaptation_settings_are_refused(calibrated, adaptive):

@@ -3,6 +3,8 @@ scores from autoencoders, snapshots, and the alert record's optional label."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from window_models import autoencoder, channel_classifier, fault_sequence
@@ -135,7 +137,7 @@ def test_a_snapshot_restores_windows_and_alerts_bit_for_bit():
     events += second.update(["a"] * 75, x[85:], times[85:])
     assert summary(events) == summary(expected)
     assert second.sensors == ["other", "a"]
-    bad = dict(state, istate=np.array(state["istate"]) * 0 + 7)
+    bad = dataclasses.replace(state, istate=state.istate * 0 + 7)
     with pytest.raises(ShapeError, match="class index out of range"):
         second.import_state(bad)
     with pytest.raises(ShapeError, match="unsupported kind"):

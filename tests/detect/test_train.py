@@ -79,7 +79,7 @@ def test_dead_and_frozen_channels_are_masked_in_training_and_calibration():
     det = sl.Detector(model)
     det.update(["s"] * 100, data[:100], np.arange(100) * 0.02)
     assert det.rejected("s") == 0 and det.filled("s") == 7
-    assert np.all(np.isfinite(det.export_state()["states"]))
+    assert np.all(np.isfinite(det.export_state().states))
 
 
 def test_early_stopping_keeps_the_best_epoch_of_a_constructed_loss_curve(monkeypatch):

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import numpy as np
 import pytest
 
 import streamlstm as sl
 from streamlstm import kernels
+from streamlstm.banks import BankState
 from streamlstm.errors import InvalidSampleError, ShapeError
 from streamlstm.kernels import layout as L
 
@@ -85,12 +89,33 @@ def test_export_import_round_trip_bit_exact(model):
     for s in bank.sensors:
         np.testing.assert_array_equal(restored.state_vector(s), bank.state_vector(s))
 
-    bad = dict(snapshot, states=snapshot["states"][:, :-1])
+    bad = dataclasses.replace(snapshot, states=snapshot.states[:, :-1])
     with pytest.raises(ShapeError):
         restored.import_state(bad)
-    nan = dict(snapshot, states=np.full_like(snapshot["states"], np.nan))
+    nan = dataclasses.replace(snapshot, states=np.full_like(snapshot.states, np.nan))
     with pytest.raises(ShapeError, match="non-finite"):
         restored.import_state(nan)
+
+
+def test_bank_state_stored_as_a_tree_restores_bit_exact_and_checks_its_version(model):
+    bank = model.bank(capacity=4)
+    bank.step(["a", 7, "b"], samples(model, 3))
+    tree = bank.export_state().to_tree()
+    assert (tree["version"], tree["state_size"]) == (1, model.state_size)
+    # Through JSON, as a user may store it; a tree from before BankState had no version.
+    text = json.dumps({k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in tree.items()})
+    for stored in (json.loads(text), {k: v for k, v in tree.items() if k != "version"}):
+        restored = model.bank(capacity=1)
+        restored.import_state(BankState.from_tree(stored))
+        assert restored.sensors == ["a", 7, "b"]
+        for s in bank.sensors:
+            np.testing.assert_array_equal(restored.state_vector(s), bank.state_vector(s))
+    with pytest.raises(ShapeError, match="unsupported version 2"):
+        BankState.from_tree({**tree, "version": 2})
+    with pytest.raises(ShapeError, match="appears twice"):
+        BankState.from_tree({**tree, "sensors": ["a", "a", "b"]})
+    with pytest.raises(ShapeError, match="3 sensors for states of shape"):
+        BankState.from_tree({**tree, "states": tree["states"][:2]})
 
 
 def test_per_sensor_state_read_write(model):
@@ -284,7 +309,7 @@ def test_writing_state_of_new_sensors_into_a_full_bank_grows_it(model):
     stream.run(samples(model, 5))
     bank.set_state("c", *stream.state)
     np.testing.assert_array_equal(bank.state_vector("c"), stream.state_vector)
-    snapshot = {"sensors": ["d", "e", "f"], "states": np.stack([vector] * 3)}
+    snapshot = BankState(["d", "e", "f"], np.stack([vector] * 3))
     bank.import_state(snapshot)
     for s in ("d", "e", "f"):
         np.testing.assert_array_equal(bank.state_vector(s), vector)
