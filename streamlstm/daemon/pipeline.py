@@ -7,7 +7,7 @@ The daemon depends only on the small :class:`Pipeline` protocol below, which
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
