@@ -11,6 +11,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 
 # Tests are grouped by layer (engine, formats, windows, detect, cuda, cli, daemon); the
@@ -24,16 +26,42 @@ def pytest_collection_modifyitems(config, items):
     """Mark tests by what they need, so ``-m "not mqtt"`` and the like select by layer.
 
     ``mqtt``: a real mosquitto (the ``broker`` fixture, or a module that starts its own
-    ``Broker``); ``cuda``: the tests in ``cuda/`` and the conformance cases on the CUDA
-    simulator. ``slow`` is set by hand on tests of 10 s or more on a warm cache.
-    Marks only select: a test whose broker is missing still fails (see
+    ``Broker``); ``cuda``: the tests in ``cuda/`` and the cases elsewhere that run on the
+    CUDA simulator (``cuda-sim``, ``[cuda]``). ``slow`` is set by hand on tests of 10 s or
+    more on a warm cache. Marks only select: a test whose broker is missing still fails (see
     ``tests/daemon/mqtt_helpers.require_tool``).
     """
-    import pytest
-
     for item in items:
         module = getattr(item, "module", None)
         if "broker" in getattr(item, "fixturenames", ()) or hasattr(module, "Broker"):
             item.add_marker(pytest.mark.mqtt)
-        if Path(str(item.fspath)).parent.name == "cuda" or "cuda-sim" in item.nodeid:
+        on_the_simulator = "cuda-sim" in item.nodeid or item.nodeid.endswith("[cuda]")
+        if Path(str(item.fspath)).parent.name == "cuda" or on_the_simulator:
             item.add_marker(pytest.mark.cuda)
+
+
+#: GIL switch interval for the CUDA tests on the simulator (Python's default is 5 ms).
+SIMULATOR_SWITCH_INTERVAL_S = 1e-4
+
+
+@pytest.fixture(autouse=True)
+def _short_gil_slices_on_the_cuda_simulator(request):
+    """Let the simulator's threads take the GIL often.
+
+    The simulator runs each CUDA thread as a Python thread, while the launching thread
+    polls them in a loop that never waits. At the default 5 ms switch interval, each
+    hand-over of the GIL to a CUDA thread can cost the poller a full slice. In a process
+    that had compiled kernels cold, as the suite's does, one step of
+    ``test_benchmark_model_with_weights_in_global_memory`` took 51 s at 5 ms and 8.4 s at
+    0.1 ms; in CI the test took 5.5 min. Results do not depend on the interval.
+    """
+    simulated = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+    if not simulated or request.node.get_closest_marker("cuda") is None:
+        yield
+        return
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(SIMULATOR_SWITCH_INTERVAL_S)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)

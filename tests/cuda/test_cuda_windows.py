@@ -296,8 +296,7 @@ def test_streamed_windows_match_torch(tmp_path, cell, output):
     """The GPU window bank against torch itself (a bidirectional net, float64, W=16, K=4,
     200 windows of 4 sensors), as tests/windows/test_windows_parity.py does for the CPU bank."""
     torch = pytest.importorskip("torch")
-    # Here, not at the top: test_windows_parity skips its whole module without torch.
-    from test_windows_parity import WindowNet, check_close, torch_windows
+    from window_torch import WindowNet, check_close, torch_windows
 
     torch.manual_seed(0)
     net = WindowNet(cell, 1, True, output, hidden=4).double()
