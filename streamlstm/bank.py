@@ -213,11 +213,7 @@ class Bank(SensorRows):
     def import_state(self, state: BankState) -> None:
         """Restore sensors from any bank's :meth:`export_state` output (other sensors are
         kept); the state rows are checked (width, finite values) before any is written."""
-        states = as_samples(
-            state.states, self._dtype, self.row_table["states"].shape[1], what="snapshot states"
-        )
-        if not np.all(np.isfinite(states)):
-            raise ShapeError("snapshot: non-finite state values")
+        states = state.checked_states(self._dtype, self.row_table["states"].shape[1])
         rows = self.rows(state.sensors)  # may grow (replace) the states: look them up first
         self.row_table["states"][rows] = states
 

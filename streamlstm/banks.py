@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
+from ._samples import as_samples
 from ._sensor_rows import stored_sensor_ids
 from .errors import ShapeError
 from .model import Model
@@ -50,6 +51,14 @@ class BankState:
     def state_size(self) -> int:
         """``S``, the length of one sensor's state row."""
         return int(self.states.shape[1])
+
+    def checked_states(self, dtype: np.dtype, width: int) -> np.ndarray:
+        """The state rows as ``dtype``, checked for a bank whose rows are ``width`` long:
+        :class:`ShapeError` for another width or a non-finite value."""
+        states = as_samples(self.states, dtype, width, what="snapshot states")
+        if not np.all(np.isfinite(states)):
+            raise ShapeError("snapshot: non-finite state values")
+        return states
 
     def to_tree(self) -> dict[str, Any]:
         """``{"version", "sensors", "states", "state_size"}`` for storage."""

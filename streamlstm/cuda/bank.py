@@ -424,9 +424,7 @@ class CudaBank(SensorRows):
     def import_state(self, state: BankState) -> None:
         """Restore sensors from any bank's :meth:`export_state` output (other sensors are
         kept); the state rows are checked (width, finite values) before any is written."""
-        states = as_samples(state.states, self._dtype, self._n_state, what="snapshot states")
-        if not np.all(np.isfinite(states)):
-            raise ShapeError("snapshot: non-finite state values")
+        states = state.checked_states(self._dtype, self._n_state)
         self._scatter(self.rows(state.sensors), states)
 
     def state_vector(self, sensor: Hashable) -> np.ndarray:
