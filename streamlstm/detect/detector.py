@@ -86,13 +86,16 @@ class RowCopy(Generic[S]):
 class Detector:
     """Per-sensor anomaly scores and debounced alerts over one model (high score = anomalous).
 
-    ``Detector(model, capacity=1024, threads=None, **overrides)`` reads its parameters
-    from ``model.calibration``, parsed once into :attr:`calibration` (a
+    ``Detector(model, params=None, capacity=1024, threads=None, **overrides)`` reads its
+    parameters (:attr:`params`, a :class:`~streamlstm.detect.params.DetectorParams`) from
+    ``model.calibration``, parsed once into :attr:`calibration` (a
     :class:`~streamlstm.detect.calibration_record.Calibration`; see
-    :mod:`streamlstm.detect.params`); any of
-    ``threshold, margin, alpha, hysteresis`` and the durations ``warmup_steps``,
-    ``debounce_steps``, ``quiet_steps`` (or their seconds forms ``warmup_s``,
-    ``debounce_s``, ``quiet_s``; :mod:`streamlstm.detect.durations`) may be overridden.
+    :mod:`streamlstm.detect.params`), or all of them from ``params`` when given (e.g.
+    another detector's, or ``dataclasses.replace(det.params, warmup=0)``). Keyword
+    ``overrides`` then change single ones: any of ``threshold, margin, alpha,
+    hysteresis`` and the durations ``warmup_steps``, ``debounce_steps``, ``quiet_steps``
+    (or their seconds forms ``warmup_s``, ``debounce_s``, ``quiet_s``;
+    :mod:`streamlstm.detect.durations`).
     Events carry ``model_id``: ``model.metadata["model_id"]`` if set, else
     the model's name and the start of its weights' sha256. A model whose metadata declares
     ``features`` is fed windowed features computed from the raw samples
@@ -125,7 +128,13 @@ class Detector:
     """
 
     def __init__(
-        self, model: Model, *, capacity: int = 1024, threads: int | None = None, **overrides: Any
+        self,
+        model: Model,
+        *,
+        params: DetectorParams | None = None,
+        capacity: int = 1024,
+        threads: int | None = None,
+        **overrides: Any,
     ) -> None:
         if model.window is not None:
             raise ShapeError(
@@ -135,7 +144,9 @@ class Detector:
             )
         self.model = model
         self.calibration = Calibration.from_model(model)
-        self.params: DetectorParams = params_from(self.calibration, overrides, step_seconds(model))
+        self.params: DetectorParams = params_from(
+            self.calibration, overrides, step_seconds(model), base=params
+        )
         self.features = FeatureSpec.from_metadata(model.metadata)
         if self.features is None:
             self.axes = model.input_size

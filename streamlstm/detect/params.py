@@ -126,22 +126,32 @@ class Scoring:
 
 
 def params_from(
-    calibration: Calibration, overrides: Mapping[str, Any], period: float | None
+    calibration: Calibration,
+    overrides: Mapping[str, Any],
+    period: float | None,
+    base: DetectorParams | None = None,
 ) -> DetectorParams:
-    """Detector parameters from ``calibration``, with ``overrides`` applied (durations by
+    """Detector parameters from ``calibration`` (or all of them from ``base`` when given),
+    with ``overrides`` applied (durations by
     :func:`~streamlstm.detect.durations.resolve_durations`, ``period`` being the seconds
     per model step, ``None`` without a sample rate)."""
+    if base is not None and not isinstance(base, DetectorParams):
+        raise ConfigError(f"params must be a DetectorParams, got {type(base).__name__}")
     unknown = set(overrides) - set(OVERRIDABLE) - set(OPTION_NAMES)
     if unknown:
         raise ConfigError(
             f"unknown detector parameter(s): {sorted(unknown)} (known: {', '.join(OPTION_NAMES)})"
         )
     overrides = resolve_durations(overrides, period, stacklevel=3)
-    values: dict[str, Any] = {
-        f.name: getattr(calibration, f.name)
-        for f in dataclasses.fields(DetectorParams)
-        if getattr(calibration, f.name) is not None
-    }
+    values: dict[str, Any] = (
+        dataclasses.asdict(base)
+        if base is not None
+        else {
+            f.name: getattr(calibration, f.name)
+            for f in dataclasses.fields(DetectorParams)
+            if getattr(calibration, f.name) is not None
+        }
+    )
     if "margin" in overrides:
         if calibration.quantile_score is None:
             raise ConfigError("margin override needs calibration['quantile_score']")

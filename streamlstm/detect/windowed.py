@@ -121,14 +121,16 @@ def reconstruction_scores(out: WindowOutputs, scoring: Scoring) -> np.ndarray:
 class WindowDetector:
     """Per-sensor alerts from one window model; the module doc says how each kind decides.
 
-    ``WindowDetector(model, capacity=1024, threads=None, device="cpu", normal_class=None,
-    min_probability=None, consecutive=None, **overrides)``: ``device="cuda"`` evaluates
-    the windows on the GPU (raises :class:`~streamlstm.errors.CudaUnavailableError`
-    without one; ``threads`` is for the CPU only); the three class options are
-    for classifiers (defaults: ``"normal"`` if the model has that class, else its first;
-    0.9; 3); ``overrides`` (``threshold, margin, alpha, hysteresis`` and durations with
-    their unit, ``warmup_steps``, ``debounce_steps``, ``quiet_steps`` or ``*_s``, a step
-    being one window hop: :mod:`streamlstm.detect.durations`) for autoencoders, whose
+    ``WindowDetector(model, params=None, capacity=1024, threads=None, device="cpu",
+    normal_class=None, min_probability=None, consecutive=None, **overrides)``:
+    ``device="cuda"`` evaluates the windows on the GPU (raises
+    :class:`~streamlstm.errors.CudaUnavailableError` without one; ``threads`` is for the
+    CPU only); the three class options are for classifiers (defaults: ``"normal"`` if the
+    model has that class, else its first; 0.9; 3); ``params`` and ``overrides`` as for
+    :class:`~streamlstm.detect.Detector` (``threshold, margin, alpha, hysteresis`` and
+    durations with their unit, ``warmup_steps``, ``debounce_steps``, ``quiet_steps`` or
+    ``*_s``, a step being one window hop: :mod:`streamlstm.detect.durations`) for
+    autoencoders, whose
     ``model.calibration`` comes from
     :func:`~streamlstm.detect.calibration.calibrate_reconstruction` (parsed once into
     :attr:`calibration`; ``None`` for classifiers).
@@ -143,6 +145,7 @@ class WindowDetector:
         self,
         model: Model,
         *,
+        params: DetectorParams | None = None,
         capacity: int = 1024,
         threads: int | None = None,
         device: str = "cpu",
@@ -168,9 +171,14 @@ class WindowDetector:
             "consecutive": consecutive,
         }
         if self.classifier:
+            if params is not None:
+                raise ConfigError(
+                    "params (DetectorParams) are for autoencoders; a window classifier "
+                    "takes normal_class, min_probability and consecutive"
+                )
             self._set_up_classifier(class_options, overrides)
         else:
-            self._set_up_autoencoder(class_options, overrides)
+            self._set_up_autoencoder(class_options, overrides, params)
         self.model_id = str(model.metadata.get("model_id") or f"{model.name}@{model.sha256[:12]}")
         self.device = device
         self.bank: WindowBank = model.windows(capacity, threads=threads, device=device)
@@ -207,7 +215,12 @@ class WindowDetector:
             raise ConfigError(f"window classifier options: {exc}") from None
         self._normal = self.classes.index(normal)
 
-    def _set_up_autoencoder(self, options: dict[str, Any], overrides: Mapping[str, Any]) -> None:
+    def _set_up_autoencoder(
+        self,
+        options: dict[str, Any],
+        overrides: Mapping[str, Any],
+        params: DetectorParams | None,
+    ) -> None:
         model = self.model
         given = [k for k, v in options.items() if v is not None]
         if given:
@@ -229,7 +242,7 @@ class WindowDetector:
                 "calibrate_reconstruction on normal data first"
             )
         self.calibration = calibration
-        self.params = params_from(calibration, overrides, step_seconds(model))
+        self.params = params_from(calibration, overrides, step_seconds(model), base=params)
         self._scoring = scoring_from(calibration)
 
     # -- per-row arrays -------------------------------------------------------------------

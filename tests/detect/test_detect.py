@@ -333,6 +333,26 @@ def test_parameters_come_from_calibration_and_can_be_overridden(calibrated):
         sl.Detector(predictor())
 
 
+def test_a_detector_takes_all_its_parameters_as_one_object(calibrated):
+    model = calibrated["diagonal"]
+    tuned = sl.Detector(model, margin=2.0, debounce_steps=5, warmup_steps=3)
+    twin = sl.Detector(model, params=tuned.params)
+    assert twin.params == tuned.params != sl.Detector(model).params
+    ids, samples, times = interleaved_batch(["a", "b"], 300, 3, burst=slice(100, 200))
+    events = tuned.update(ids, samples, times)
+    assert events and twin.update(ids, samples, times) == events
+    np.testing.assert_array_equal(twin.last_scores, tuned.last_scores)
+    # Every parameter comes from the object, none from the calibration; keyword
+    # overrides then change single ones, margin still against the calibrated quantile.
+    custom = P.DetectorParams(threshold=4.0, alpha=0.5, debounce=1, warmup=0, quiet_time=0.0)
+    assert sl.Detector(model, params=custom).params == custom
+    stacked = sl.Detector(model, params=custom, debounce_steps=2, margin=3.0).params
+    expected_threshold = model.calibration["quantile_score"] * 3.0
+    assert stacked == dataclasses.replace(custom, debounce=2, threshold=expected_threshold)
+    with pytest.raises(ConfigError, match="params must be a DetectorParams, got dict"):
+        sl.Detector(model, params={"threshold": 1.0})
+
+
 def test_bad_batches_get_clear_errors(calibrated):
     det = sl.Detector(calibrated["diagonal"])
     with pytest.raises(ShapeError, match="samples"):

@@ -240,6 +240,20 @@ def test_an_autoencoder_alerts_on_a_burst_and_the_alert_ends_after_it():
     assert events[1].threshold < events[0].threshold
 
 
+def test_an_autoencoders_parameters_pass_as_one_object_and_a_classifier_refuses_them():
+    rng = np.random.default_rng(6)
+    model = calibrate_reconstruction(autoencoder(), rng.normal(size=(4000, 2)), quantile=0.999)
+    tuned = WindowDetector(model, warmup_steps=3, debounce_steps=2, quiet_s=0.0)
+    twin = WindowDetector(model, params=tuned.params)
+    assert twin.params == tuned.params != WindowDetector(model).params
+    x = rng.normal(size=(600, 2))
+    x[300:340] *= 30
+    events = tuned.update(["s"] * 600, x, np.arange(600) / RATE)
+    assert events and twin.update(["s"] * 600, x, np.arange(600) / RATE) == events
+    with pytest.raises(ConfigError, match=r"params \(DetectorParams\) are for autoencoders"):
+        WindowDetector(channel_classifier(), params=tuned.params)
+
+
 def test_a_masked_channel_is_fed_its_normal_fill_and_never_scored():
     rng = np.random.default_rng(7)
     normal = rng.normal(size=(2000, 2))
