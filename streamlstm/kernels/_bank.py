@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+import numpy as np
 from numba import get_thread_id, njit, prange
 
 from ._network import JIT, TILE_STREAMS, forward, step_of_kind, step_tile_of_kind
@@ -146,6 +147,8 @@ def bank_kernels(kind: int) -> tuple[Any, Any]:
         """Step a micro-batch on the calling thread; arguments as :func:`bank_step`."""
         row_last, heads, nxt = links[0], links[1], links[2]
         groups = group_by_row(rows, row_last, heads, nxt)
+        # First group np.int64(0), not 0: Numba would compile _step_groups once more for
+        # the literal 0 than for the parallel kernel's int64.
         _step_groups(
             params,
             layout,
@@ -157,7 +160,7 @@ def bank_kernels(kind: int) -> tuple[Any, Any]:
             scratch[0],
             heads,
             nxt,
-            0,
+            np.int64(0),
             groups,
             kind,
         )

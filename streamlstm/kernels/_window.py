@@ -17,8 +17,9 @@ bidirectional layers. Layers: LSTM (with projection), GRU (reset gate after or b
 
 Each LSTM or GRU direction runs through the streaming kernels themselves: it is packed
 as a one-layer streaming model and stepped over the window from the zero state with
-:func:`._network.step_tile`, four windows in lockstep sharing each weight row (or
-:func:`._network.step` for the last one to three windows of a batch). Plain RNN
+:func:`._network.step_tile_of_kind`, four windows in lockstep sharing each weight row
+(or :func:`._network.step_of_kind` for the last one to three windows of a batch), compiled
+for the model's kind of cell (:func:`window_kernels`). Plain RNN
 directions, which the streaming kernels do not have, and the head run here.
 
 The model is packed (:mod:`streamlstm.windows.packing`) into ``params`` and an int64
@@ -29,18 +30,21 @@ its slice of each). In ``params`` weights are stored transposed, ``W^T`` as
 and recurrent biases stay separate, added in the frameworks' order.
 
 :func:`assemble_windows` keeps a ring of the last ``W`` samples per sensor and copies out
-every completed window of a micro-batch; :func:`evaluate_windows` then evaluates all of
-them, in parallel over groups of four windows.
+every completed window of a micro-batch; the kernels of :func:`window_kernels` then
+evaluate all of them, in parallel over groups of four windows (or on the calling thread).
 """
 
 from __future__ import annotations
+
+import functools
+from typing import Any
 
 import numpy as np
 from numba import get_thread_id, njit, prange
 
 from . import layout as L
 from ._math import activate_all, like
-from ._network import JIT, TILE_STREAMS, _all_finite, _matvec_acc, step, step_tile
+from ._network import JIT, TILE_STREAMS, _all_finite, _matvec_acc, step_of_kind, step_tile_of_kind
 from .layout import OK, REJECTED_RESULT, REJECTED_SAMPLE
 
 # Header fields.
@@ -192,13 +196,13 @@ def _failed(status, n, code):
 
 @njit(**JIT)
 def _stream_direction(
-    params, layout, rec, seqs, src, states, scratch, status, first, count, steps, run, width
+    params, layout, rec, seqs, src, states, scratch, status, first, count, steps, run, width, kind
 ):
     """One LSTM/GRU direction over the first ``run`` of ``steps`` (in its own order) of
-    ``count`` windows' sequences with the streaming kernels.
+    ``count`` windows' sequences with the streaming kernels of ``kind``.
 
     ``params``/``layout``: the direction's one-layer streaming pack; every window starts
-    from the zero state; four windows step in lockstep through :func:`step_tile`.
+    from the zero state; four windows step in lockstep through ``step_tile_of_kind``.
     """
     n_in, n_out, column = rec[K_IN], rec[K_OUT], rec[K_COLUMN]
     size = layout[L.H_STATE]
@@ -210,7 +214,7 @@ def _stream_direction(
         t = steps - 1 - s if rec[K_REVERSE] else s
         a, b = t * width, t * width + column
         if count == TILE_STREAMS:
-            c0, c1, c2, c3 = step_tile(
+            c0, c1, c2, c3 = step_tile_of_kind(
                 params,
                 layout,
                 states[0, :size],
@@ -227,6 +231,7 @@ def _stream_direction(
                 seqs[3, dst, b : b + n_out],
                 scratch,
                 s % 2 == 1,
+                kind,
             )
             _failed(status, first, c0)
             _failed(status, first + 1, c1)
@@ -234,13 +239,14 @@ def _stream_direction(
             _failed(status, first + 3, c3)
         else:
             for i in range(count):
-                code = step(
+                code = step_of_kind(
                     params,
                     layout,
                     states[i, :size],
                     seqs[i, src, a : a + n_in],
                     seqs[i, dst, b : b + n_out],
                     scratch[i],
+                    kind,
                 )
                 _failed(status, first + i, code)
 
@@ -261,12 +267,13 @@ def _evaluate_group(
     states,
     scratch,
     work,
+    kind,
 ):
     """Evaluate windows ``first .. first + count - 1`` (``count`` <= 4) from the zero state.
 
     Sets ``status`` (``REJECTED_SAMPLE``: a non-finite sample; ``REJECTED_RESULT``: a
     non-finite result) and ``outs`` (NaN when rejected); the work arrays are one thread's
-    (see :func:`evaluate_windows`).
+    (see :func:`window_kernels`).
     """
     steps, n_in = windows.shape[1], layout[W_INPUT]
     width, hidden, dense = layout[W_WIDTH], layout[W_RNN_HIDDEN], layout[W_DENSE_WIDTH]
@@ -287,7 +294,9 @@ def _evaluate_group(
                 row[k] = windows[n, t, k]
                 if norm >= 0:
                     row[k] = (row[k] - params[norm + k]) / params[norm + n_in + k]
-    src = 0
+    # The sequence buffer the next layer reads: an int64 from the start, not the literal 0,
+    # which Numba would type (and compile _stream_direction for) before the loop's 1 - src.
+    src = np.int64(0)
     top = n_in
     mode = layout[W_MODE]
     # A per-window output reads the top layer at the last step only, where its backward
@@ -319,6 +328,7 @@ def _evaluate_group(
                     steps,
                     run,
                     width,
+                    kind,
                 )
             else:
                 for i in range(count):
@@ -355,84 +365,98 @@ def _evaluate_group(
             out[:, :] = np.nan
 
 
-@njit(parallel=True, **JIT)
-def evaluate_windows(
-    params,
-    layout,
-    stream_params,
-    stream_layouts,
-    stream_index,
-    windows,
-    outs,
-    status,
-    seqs,
-    states,
-    scratch,
-    work,
-):
-    """Evaluate ``(N, T, D)`` windows, each from the zero state, groups of four in parallel.
+@functools.cache
+def window_kernels(kind: int) -> tuple[Any, Any]:
+    """``(evaluate_windows_serial, evaluate_windows)`` compiled for window models whose
+    LSTM/GRU directions are of one ``kind`` (see :func:`~._network.kernel_kind`;
+    :data:`.layout.ANY_KIND` for a mix): they share ``step_of_kind`` and
+    ``step_tile_of_kind`` with the streaming kernels of that kind."""
+    # Closures over ``kind``, an int: Numba compiles them with ``kind`` as a constant and
+    # caches one entry per kind (its cache key hashes the closure's cells).
 
-    ``outs``: ``(N, T, O)`` for ``MODE_EVERY``, else ``(N, 1, O)``; ``status``: ``(N,)``
-    int8 codes from :mod:`.layout` (NaN outputs where not ``OK``). Work, per thread:
-    ``seqs`` ``(threads, 4, 2, T * W_WIDTH)``, ``states`` ``(threads, 4, W_STREAM_STATE)``,
-    ``scratch`` ``(threads, 4, W_STREAM_SCRATCH)``, ``work`` ``(threads, work_size)``.
-    """
-    count = windows.shape[0]
-    for g in prange((count + TILE_STREAMS - 1) // TILE_STREAMS):
-        first = g * TILE_STREAMS
-        me = get_thread_id()
-        _evaluate_group(
-            params,
-            layout,
-            stream_params,
-            stream_layouts,
-            stream_index,
-            windows,
-            outs,
-            status,
-            first,
-            min(TILE_STREAMS, count - first),
-            seqs[me],
-            states[me],
-            scratch[me],
-            work[me],
-        )
+    @njit(parallel=True, **JIT)
+    def evaluate_windows(
+        params,
+        layout,
+        stream_params,
+        stream_layouts,
+        stream_index,
+        windows,
+        outs,
+        status,
+        seqs,
+        states,
+        scratch,
+        work,
+    ):
+        """Evaluate ``(N, T, D)`` windows, each from the zero state, groups of four in
+        parallel.
 
+        ``outs``: ``(N, T, O)`` for ``MODE_EVERY``, else ``(N, 1, O)``; ``status``:
+        ``(N,)`` int8 codes from :mod:`.layout` (NaN outputs where not ``OK``). Work, per
+        thread: ``seqs`` ``(threads, 4, 2, T * W_WIDTH)``, ``states`` ``(threads, 4,
+        W_STREAM_STATE)``, ``scratch`` ``(threads, 4, W_STREAM_SCRATCH)``, ``work``
+        ``(threads, work_size)``.
+        """
+        count = windows.shape[0]
+        for g in prange((count + TILE_STREAMS - 1) // TILE_STREAMS):
+            first = g * TILE_STREAMS
+            me = get_thread_id()
+            _evaluate_group(
+                params,
+                layout,
+                stream_params,
+                stream_layouts,
+                stream_index,
+                windows,
+                outs,
+                status,
+                first,
+                min(TILE_STREAMS, count - first),
+                seqs[me],
+                states[me],
+                scratch[me],
+                work[me],
+                kind,
+            )
 
-@njit(**JIT)
-def evaluate_windows_serial(
-    params,
-    layout,
-    stream_params,
-    stream_layouts,
-    stream_index,
-    windows,
-    outs,
-    status,
-    seqs,
-    states,
-    scratch,
-    work,
-):
-    """:func:`evaluate_windows` on the calling thread (uses the first thread's work)."""
-    count = windows.shape[0]
-    for first in range(0, count, TILE_STREAMS):
-        _evaluate_group(
-            params,
-            layout,
-            stream_params,
-            stream_layouts,
-            stream_index,
-            windows,
-            outs,
-            status,
-            first,
-            min(TILE_STREAMS, count - first),
-            seqs[0],
-            states[0],
-            scratch[0],
-            work[0],
-        )
+    @njit(**JIT)
+    def evaluate_windows_serial(
+        params,
+        layout,
+        stream_params,
+        stream_layouts,
+        stream_index,
+        windows,
+        outs,
+        status,
+        seqs,
+        states,
+        scratch,
+        work,
+    ):
+        """``evaluate_windows`` on the calling thread (uses the first thread's work)."""
+        count = windows.shape[0]
+        for first in range(0, count, TILE_STREAMS):
+            _evaluate_group(
+                params,
+                layout,
+                stream_params,
+                stream_layouts,
+                stream_index,
+                windows,
+                outs,
+                status,
+                first,
+                min(TILE_STREAMS, count - first),
+                seqs[0],
+                states[0],
+                scratch[0],
+                work[0],
+                kind,
+            )
+
+    return evaluate_windows_serial, evaluate_windows
 
 
 @njit(**JIT)

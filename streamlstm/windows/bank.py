@@ -384,8 +384,9 @@ def _run(
 ) -> None:
     """Evaluate ``windows`` into ``outs``/``status``, in parallel if it pays."""
     args = (*pk.model_arrays, windows, outs, status, *work)
+    serial, parallel = K.window_kernels(pk.kind)
     if evaluates_in_parallel(threads, windows.shape[0]):
         numba.set_num_threads(threads)
-        K.evaluate_windows(*args)
+        parallel(*args)
     else:
-        K.evaluate_windows_serial(*args)
+        serial(*args)

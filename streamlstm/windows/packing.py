@@ -17,7 +17,7 @@ import numpy as np
 
 from ..kernels import _window as K
 from ..kernels._math import ACTIVATION_CODES
-from ..kernels.layout import H_SCRATCH, H_STATE
+from ..kernels.layout import ANY_KIND, H_SCRATCH, H_STATE, LSTM
 from ..model import Model, RecurrentLayer
 from ..packing import CPU, FlatBuffer, PackedModel, pack
 from ..window_spec import WindowSpec
@@ -31,7 +31,8 @@ MODE_CODES = {
 
 
 class WindowWork(NamedTuple):
-    """Per-thread work arrays of :func:`streamlstm.kernels._window.evaluate_windows`."""
+    """Per-thread work arrays of the window kernels
+    (:func:`streamlstm.kernels._window.window_kernels`)."""
 
     seqs: np.ndarray
     states: np.ndarray
@@ -49,6 +50,9 @@ class WindowPacked:
     stream_params: np.ndarray
     stream_layouts: np.ndarray
     stream_index: np.ndarray
+    #: The kind of cell of the LSTM/GRU directions, which the kernels are compiled for
+    #: (:func:`streamlstm.kernels._window.window_kernels`).
+    kind: int
 
     @property
     def model_arrays(self) -> tuple[np.ndarray, ...]:
@@ -74,7 +78,7 @@ class WindowPacked:
 
 
 def pack_windows(model: Model, spec: WindowSpec, target: str = CPU) -> WindowPacked:
-    """Pack ``model`` for :func:`streamlstm.kernels._window.evaluate_windows` as ``spec``
+    """Pack ``model`` for the window kernels (:mod:`streamlstm.kernels._window`) as ``spec``
     reads it: its output mode, final state and encoder (its length and hop do not matter).
 
     ``target``: the form of the LSTM/GRU directions' streaming packs (:data:`streamlstm.
@@ -148,7 +152,14 @@ def pack_windows(model: Model, spec: WindowSpec, target: str = CPU) -> WindowPac
         stream_params=np.concatenate([p.params for p in streams] + [np.zeros(1, model.dtype)]),
         stream_layouts=np.concatenate([p.layout for p in streams] + [np.zeros(1, np.int64)]),
         stream_index=index,
+        # Without LSTM/GRU directions the kernels never step a cell: any one kind will do.
+        kind=_one_kind([p.kernel_kind for p in streams] or [LSTM]),
     )
+
+
+def _one_kind(kinds: list[int]) -> int:
+    """The kind all directions share, else :data:`~streamlstm.kernels.layout.ANY_KIND`."""
+    return kinds[0] if len(set(kinds)) == 1 else ANY_KIND
 
 
 def _rnn_record(layer: RecurrentLayer, record: np.ndarray, put) -> None:

@@ -214,10 +214,12 @@ from streamlstm import formats
 from streamlstm.daemon import config
 from streamlstm.daemon.pipeline import compile_kernels
 from streamlstm.kernels import _window as K
+from streamlstm.windows.packing import packed_windows
 
 site = config.validate(json.loads(sys.argv[1]))
-compile_kernels(formats.load(site.model.path), site)
-kernels = (K.assemble_windows, K.evaluate_windows_serial, K.evaluate_windows)
+model = formats.load(site.model.path)
+compile_kernels(model, site)
+kernels = (K.assemble_windows, *K.window_kernels(packed_windows(model, model.window).kind))
 print(*(len(kernel.signatures) for kernel in kernels))
 """
 
