@@ -1,11 +1,12 @@
 """The fused per-sample loop: model step, residual, score, smoothing, alert state machine.
 
-One compiled call handles a whole micro-batch. Samples are grouped by state row with
-:func:`streamlstm.kernels.group_by_row` (rows in parallel with ``prange``, each row's
-samples in arrival order). Every per-sensor quantity lives in the caller's arrays (columns ``I_*``
-of ``istate`` and ``F_*`` of ``fstate``); events go to per-sample slots (``ev_kind``,
-``ev_peak``, ``ev_duration``), so no two threads ever write the same place and Python
-reads the events back in arrival order.
+One compiled call handles a whole micro-batch. The parallel kernel groups samples by
+state row with :func:`streamlstm.kernels.group_by_row` (rows in parallel with ``prange``,
+each row's samples in arrival order); the serial one takes them in arrival order. Every
+per-sensor quantity lives in the caller's arrays (columns ``I_*`` of ``istate`` and
+``F_*`` of ``fstate``); events go to per-sample slots (``ev_kind``, ``ev_peak``,
+``ev_duration``), so no two threads ever write the same place and Python reads the events
+back in arrival order.
 
 Numba's on-disk cache of these kernels is keyed on this file alone: when
 :func:`~streamlstm.detect.features.window_features` or the model step (compiled into
@@ -308,8 +309,8 @@ def _detect_group(
 ):
     """One row's samples in arrival order, from sample ``first`` along the ``nxt`` links.
 
-    The whole body of both kernels' loops, out of line: compiled once for the serial and
-    the parallel kernel, so the parallel one's loop body is a single call to type.
+    The whole body of the parallel kernel's loop, out of line, so that its loop body is a
+    single call to type.
     """
     i = first
     while i != NO_SAMPLE:
@@ -395,17 +396,16 @@ def detect_kernels(kind: int) -> tuple[Any, Any]:
         ev_duration,
         links,
     ):
-        """:func:`detect_parallel` on the calling thread."""
-        row_last, heads, nxt = links[0], links[1], links[2]
-        groups = group_by_row(rows, row_last, heads, nxt)
-        for g in range(groups):
-            _detect_group(
-                heads[g],
-                nxt,
+        """:func:`detect_parallel` on the calling thread, samples in arrival order: the same
+        results (each sample touches only its own row), without grouping (``links`` is
+        not used) and without :func:`_detect_group`, a compiled level less to build."""
+        for i in range(rows.shape[0]):
+            _detect_one(
+                i,
+                rows[i],
                 params,
                 layout,
                 states,
-                rows,
                 samples,
                 times,
                 dparams,
