@@ -46,6 +46,10 @@ class Backend:
     #: Feed it only this many first samples of a case (None: all of them), except the
     #: long-run cases of test_conformance.py (see LONG_RUN there).
     steps: int | None = None
+    #: False: it runs one source of each framework model (SIMULATED in
+    #: test_conformance.py), into whose packed weights every other source of that model
+    #: loads, bit for bit; True: every source.
+    every_source: bool = True
 
 
 class StreamRunner:
@@ -142,5 +146,11 @@ SIMULATOR_STEPS = 240
 BACKENDS: list[Backend] = [
     Backend("cpu-stream", StreamRunner),
     Backend("cpu-bank", BankRunner),
-    Backend("cuda-sim", CudaBankRunner, unavailable=_no_cuda, steps=SIMULATOR_STEPS),
+    Backend(
+        "cuda-sim",
+        CudaBankRunner,
+        unavailable=_no_cuda,
+        steps=SIMULATOR_STEPS,
+        every_source=False,
+    ),
 ]

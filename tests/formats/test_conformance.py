@@ -36,6 +36,7 @@ from conformance_backends import BACKENDS, Backend
 
 from streamlstm.formats import load
 from streamlstm.formats.native import save_native
+from streamlstm.packing import TARGETS, pack
 
 # Keras 3 with numpy 2 warns from inside its own code on every array conversion.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -318,10 +319,41 @@ SOURCE_IDS = [f"{s}/{a}" for s in TORCH_SOURCES for a in TORCH_ARCHS] + [
 ]
 
 
-@pytest.fixture(params=SOURCE_IDS)
+#: The one source of each framework model that a backend without ``every_source`` (the
+#: CUDA simulator, which runs each CUDA thread in Python) is checked on. The bank sees only
+#: the loaded model, and every other source of the same model loads into the same packed
+#: weights, bit for bit (test_every_source_of_a_model_packs_into_the_same_weights): running
+#: it again on them would repeat the same arithmetic. The loaders themselves are checked
+#: against their frameworks on every CPU backend.
+SIMULATED = (*(f"native/{a}" for a in TORCH_ARCHS), *(f"keras/{a}" for a in KERAS_ARCHS))
+#: Each framework model of the cases: all its sources, and the one SIMULATED.
+MODELS = {
+    f"{framework}/{arch}": ([f"{source}/{arch}" for source in sources], simulated)
+    for framework, sources, archs, first in (
+        ("torch", TORCH_SOURCES, TORCH_ARCHS, "native"),
+        ("keras", KERAS_SOURCES, KERAS_ARCHS, "keras"),
+    )
+    for arch in archs
+    for simulated in [f"{first}/{arch}"]
+}
+#: Every (source, backend) pair the checks below run, as ``source-backend`` ids.
+PAIRS = [
+    pytest.param(source, b, id=f"{source}-{b.name}")
+    for source in SOURCE_IDS
+    for b in BACKENDS
+    if b.every_source or source in SIMULATED
+]
+on_every_pair = pytest.mark.parametrize(("case", "backend"), PAIRS, indirect=True)
+
+
+def _cases(request: pytest.FixtureRequest, source_id: str) -> dict[str, Case]:
+    source = source_id.split("/")[0]
+    return request.getfixturevalue("keras_cases" if source in KERAS_SOURCES else "torch_cases")
+
+
+@pytest.fixture
 def case(request) -> Case:
-    source = request.param.split("/")[0]
-    cases = request.getfixturevalue("keras_cases" if source in KERAS_SOURCES else "torch_cases")
+    cases = _cases(request, request.param)
     if request.param not in cases:
         pytest.skip(
             f"{request.param}: exporter not available here (the dynamo exporter needs onnxscript)"
@@ -329,7 +361,7 @@ def case(request) -> Case:
     return dataclasses.replace(cases[request.param], name=request.param)
 
 
-@pytest.fixture(params=BACKENDS, ids=[b.name for b in BACKENDS])
+@pytest.fixture
 def backend(request) -> Backend:
     reason = request.param.unavailable()
     if reason:
@@ -351,6 +383,7 @@ def _assert_matches(got: np.ndarray, expected: np.ndarray, what: str) -> None:
     assert error <= TOLERANCE, f"{what}: max abs error {error:.3g} > {TOLERANCE}"
 
 
+@on_every_pair
 def test_streamed_output_matches_source_framework(case, backend):
     model = load(case.path, **case.options)
     xs, expected = case.fed_to(backend, long_run=True)
@@ -360,6 +393,7 @@ def test_streamed_output_matches_source_framework(case, backend):
     _assert_matches(got, expected, f"{case.path.name} on {backend.name}")
 
 
+@on_every_pair
 def test_state_round_trip(case, backend):
     model = load(case.path, **case.options)
     xs, expected = case.fed_to(backend)
@@ -375,6 +409,7 @@ def test_state_round_trip(case, backend):
     _assert_matches(continued, expected[half:], "continued after snapshot")
 
 
+@on_every_pair
 def test_reset_starts_over(case, backend):
     model = load(case.path, **case.options)
     xs, expected = case.fed_to(backend)
@@ -383,6 +418,26 @@ def test_reset_starts_over(case, backend):
     runner.reset()
     np.testing.assert_array_equal(runner.state(), np.zeros(model.state_size, model.dtype))
     _assert_matches(_stream(runner, xs), expected, "after reset")
+
+
+@pytest.mark.parametrize("framework_model", list(MODELS))
+def test_every_source_of_a_model_packs_into_the_same_weights(request, framework_model):
+    """What lets a backend without ``every_source`` run one source per model (SIMULATED):
+    each source of a framework model loads into the same packed arrays, for the CPU and
+    the CUDA kernels, as the one it runs."""
+    sources, simulated = MODELS[framework_model]
+    cases = _cases(request, simulated)
+    present = [source_id for source_id in sources if source_id in cases]
+    assert simulated in present and len(present) >= 4
+    packs = {}
+    for source_id in present:
+        model = load(cases[source_id].path, **cases[source_id].options)
+        packs[source_id] = [pack(model, target) for target in TARGETS]
+    for source_id, packed in packs.items():
+        for mine, reference in zip(packed, packs[simulated], strict=True):
+            assert mine.params.dtype == reference.params.dtype, source_id
+            np.testing.assert_array_equal(mine.params, reference.params, err_msg=source_id)
+            np.testing.assert_array_equal(mine.layout, reference.layout, err_msg=source_id)
 
 
 def test_keras_last_layer_without_sequences_streams_its_final_output(keras_cases, tmp_path):
