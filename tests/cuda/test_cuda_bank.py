@@ -365,7 +365,14 @@ def test_packed_launch_matches_dispatcher_launch(kernel):
     packed = _gpu(model, 2, kernel, launch="packed")
     plain = _gpu(model, 2, kernel, launch="dispatcher")
     rng = np.random.default_rng(11)
-    for ids in (["a", "b"], ["a", "a", "c"], ["d", "e", "b", "a"] * 20, ["e"]):
+    batches = [["a", "b"], ["a", "a", "c"], ["d", "e", "b", "a"] * 20, ["e"]]
+    if simulator_enabled():
+        # Both banks take numba-cuda's launch here (asserted below): the same path twice
+        # cannot differ, so only two small batches run, to show the fallback steps. The
+        # large batch (growth, a new I/O buffer) matters for the packed pointers on a GPU;
+        # on the simulator test_batch_larger_than_the_io_buffer_keeps_state covers it.
+        batches = batches[:2]
+    for ids in batches:
         xs = rng.normal(size=(len(ids), D)).astype(np.float32)
         xs[0, 1] = np.nan
         np.testing.assert_array_equal(packed.step(ids, xs), plain.step(ids, xs))
