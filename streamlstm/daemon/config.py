@@ -231,6 +231,28 @@ class EntryConfig:
     kind: ClassVar[str]
     name: str
 
+    def __post_init__(self) -> None:
+        """The checks :func:`validate` makes on a table of this kind, for one built in code
+        (a source's or sink's keyword constructor builds its settings here): a
+        :class:`ConfigError` names every problem, as ``serial 'bench'.baud: ...``."""
+        problems = _Problems()
+        where = f"{self.kind} {self.name!r}"
+        table: dict[str, Any] = {"type": self.kind, "path_in_config": where}
+        for key, expected in keys(type(self)).items():
+            table[key] = value = getattr(self, key)
+            # In code an array is a tuple (in TOML, a list), and None is what leaving an
+            # optional key out gives.
+            accepted = expected.types + ((tuple,) if list in expected.types else ())
+            accepted += (type(None),) if expected.default is None else ()
+            error = _value_problem(value, accepted, expected.check)
+            if error:
+                problems.add(f"{where}.{key}", error)
+        if not problems and isinstance(self, LinesConfig):
+            _check_lines(table, problems)
+            _check_sensor_naming(table, problems)
+        if problems:
+            raise ConfigError("; ".join(problems))
+
 
 @dataclass(frozen=True, kw_only=True)
 class LinesConfig(EntryConfig):
@@ -451,7 +473,17 @@ def _type_name(accepted: tuple[type, ...]) -> str:
         list: "a list",
         dict: "a table",
     }
-    return " or ".join(names[t] for t in accepted if t is not type(None))
+    return " or ".join(names[t] for t in accepted if t not in (type(None), tuple))
+
+
+def _value_problem(value: Any, accepted: tuple[type, ...], check: Check | None) -> str | None:
+    """What is wrong with one key's value, if anything: its type, then its ``check``."""
+    # bool is an int in Python, but `baud = true` is a mistake, not 1.
+    wrong_bool = isinstance(value, bool) and bool not in accepted
+    if wrong_bool or not isinstance(value, accepted):
+        return f"expected {_type_name(accepted)}, got {value!r}"
+    error = None if check is None or value is None else check(value)
+    return None if error is None else f"{error}, got {value!r}"
 
 
 def _table(
@@ -476,16 +508,10 @@ def _table(
                 problems.add(where, "missing (required)")
             continue
         value = raw[key]
-        # bool is an int in Python, but `baud = true` is a mistake, not 1.
-        wrong_bool = isinstance(value, bool) and bool not in expected.types
-        if wrong_bool or not isinstance(value, expected.types):
-            problems.add(where, f"expected {_type_name(expected.types)}, got {value!r}")
+        error = _value_problem(value, expected.types, expected.check)
+        if error:
+            problems.add(where, error)
             continue
-        if expected.check is not None and value is not None:
-            error = expected.check(value)
-            if error:
-                problems.add(where, f"{error}, got {value!r}")
-                continue
         out[key] = value
     return out
 

@@ -102,8 +102,7 @@ class MQTTSource:
         self._subscription, self._pattern = topic_pattern(topic)
         self._lines = None
         if payload == "csv":
-            if not columns:
-                raise ValueError(f"{name}: csv payloads need columns (where the sample is)")
+            assert columns is not None  # the settings' checks require them here
             self._lines = LineFormat(tuple(columns), ",", time_column, None)
         self._emit: Emit | None = None
         self._ever_connected = False

@@ -82,10 +82,7 @@ class SerialSource:
         self._records = Delimited(b"\0" if binary else b"\n", max_line)
         self._lines = None
         if format in ("csv", "tsv"):
-            if not columns:
-                raise ValueError(f"{name}: {format} lines need columns (where the sample is)")
-            if sensor is None and sensor_column is None:
-                raise ValueError(f"{name}: {format} lines need a sensor or a sensor_column")
+            assert columns is not None  # the settings' checks require them here
             self._lines = LineFormat(
                 tuple(columns), "," if format == "csv" else "\t", time_column, sensor_column
             )

@@ -22,6 +22,7 @@ from streamlstm.daemon.config import (
     section_values,
     validate,
 )
+from streamlstm.errors import ConfigError
 from streamlstm.sinks.jsonl import JSONLSink
 from streamlstm.sinks.mqtt import MQTTSink
 from streamlstm.sinks.stdout import StdoutSink
@@ -224,10 +225,34 @@ def test_a_source_built_from_keywords_alone_has_the_configs_defaults(tmp_path):
     )
     mqtt = MQTTSource(topic="s/{sensor}", width=3)
     assert mqtt.broker == validate({}).mqtt  # localhost:1883, as [mqtt] defaults to
-    with pytest.raises(ValueError, match="need columns"):
-        SerialSource(port="/dev/ttyUSB0", width=3, sensor="s")
-    with pytest.raises(ValueError, match="need a sensor or a sensor_column"):
-        SerialSource(port="/dev/ttyUSB0", width=3, columns=(1, 2, 3))
+
+
+def test_sources_and_sinks_built_in_code_get_the_configs_checks():
+    """A keyword constructor checks its settings as validate checks a table: each value
+    (type and rule), then across values, every problem named in one ConfigError."""
+    port = {"port": "/dev/ttyUSB0", "width": 3}
+    with pytest.raises(ConfigError, match=r"serial 'serial'\.columns: required for CSV"):
+        SerialSource(**port, sensor="s")
+    with pytest.raises(ConfigError, match=r"serial 'bench'\.sensor: set 'sensor'"):
+        SerialSource(**port, columns=(1, 2, 3), name="bench")
+    with pytest.raises(ConfigError) as caught:
+        SerialSource(**port, columns=(1, 2, 3), sensor="s", baud=-1, parity="maybe")
+    assert "serial 'serial'.baud: must be > 0, got -1" in str(caught.value)
+    assert "serial 'serial'.parity: must be one of" in str(caught.value)
+    with pytest.raises(ConfigError, match=r"\.baud: expected an integer, got 'fast'"):
+        SerialSource(**port, columns=(1, 2, 3), sensor="s", baud="fast")
+    with pytest.raises(ConfigError, match=r"\.reopen_max_s: must be >= reopen_min_s"):
+        SerialSource(**port, columns=(1,), sensor="s", reopen_min_s=5.0, reopen_max_s=1.0)
+    with pytest.raises(ConfigError, match=r"mqtt 'mqtt'\.topic: must contain '\{sensor\}'"):
+        MQTTSource(topic="sensors/all", width=3)
+    with pytest.raises(ConfigError, match=r"\.columns: required for CSV"):
+        MQTTSource(topic="s/{sensor}", width=3, payload="csv")
+    with pytest.raises(ConfigError, match=r"\.ack: 'after-step' needs qos = 1"):
+        MQTTSource(topic="s/{sensor}", width=3, ack="after-step", qos=0)
+    with pytest.raises(ConfigError, match=r"mqtt 'mqtt'\.state_interval_s: must be > 0"):
+        MQTTSink(broker=validate({}).mqtt, state_interval_s=0)
+    with pytest.raises(ConfigError, match=r"jsonl 'jsonl'\.path: expected a string, got None"):
+        JSONLSink(path=None)
 
 
 SINK_TABLES = {
