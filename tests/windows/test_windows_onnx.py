@@ -17,42 +17,16 @@ from streamlstm.errors import ModelFormatError
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
+from window_torch import WindowNet  # noqa: E402  (needs torch)
+
 nn = torch.nn
 
-CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn_tanh": nn.RNN, "rnn_relu": nn.RNN}
 
-
-class WindowNet(nn.Module):
-    """``reads``: ``"out"`` (the output sequence) or ``"h_n"`` (the top layer's final state:
-    ``h_n[-1]``, or ``cat((h_n[-2], h_n[-1]), 1)`` when bidirectional)."""
-
-    def __init__(
-        self, cell: str, layers: int, bidirectional: bool, output: str, reads: str = "out"
-    ) -> None:
-        super().__init__()
-        self.reads, self.bidirectional = reads, bidirectional
-        extra = {"nonlinearity": cell[4:]} if cell.startswith("rnn") else {}
-        self.rnn = CELLS[cell](
-            3, 12, layers, batch_first=True, bidirectional=bidirectional, **extra
-        )
-        self.fc = nn.Linear(24 if bidirectional else 12, 3 if output == "every" else 4)
-        self.output = output
-
-    def forward(self, x):
-        out, state = self.rnn(x)
-        if self.output == "every":
-            return self.fc(out)
-        if self.reads == "h_n":
-            h_n = state[0] if isinstance(state, tuple) else state
-            top = torch.cat((h_n[-2], h_n[-1]), 1) if self.bidirectional else h_n[-1]
-            y = self.fc(top)
-        else:
-            y = self.fc(out[:, -1, :])
-        if self.output == "probabilities":
-            return torch.softmax(y, dim=-1)
-        if self.output == "log_probabilities":
-            return torch.log_softmax(y, dim=-1)
-        return y
+def _net(cell: str, layers: int, bidirectional: bool, output: str, reads: str = "out"):
+    """A 3-input, 12-unit :class:`WindowNet` whose head reads ``reads``: ``"out"`` (the
+    output sequence) or ``"h_n"`` (the top layer's final state: ``h_n[-1]``, or
+    ``cat((h_n[-2], h_n[-1]), 1)`` when bidirectional)."""
+    return WindowNet(cell, layers, bidirectional, output, hidden=12, final_state=reads == "h_n")
 
 
 def export(net: nn.Module, path, steps: int = 16) -> None:
@@ -91,7 +65,7 @@ def test_exported_window_models_match_onnxruntime(
 ):
     torch.manual_seed(0)
     path = tmp_path / "net.onnx"
-    export(WindowNet(cell, layers, bidirectional, output, reads), path)
+    export(_net(cell, layers, bidirectional, output, reads), path)
     model = sl.load(path, window=length, hop=hop)
     final_state = reads == "h_n" and bidirectional  # uni: h_n[-1] is the last step's output
     assert model.window == sl.WindowSpec(length, hop, output, final_state=final_state)
@@ -109,10 +83,10 @@ def test_exported_window_models_match_onnxruntime(
 
 def test_window_graph_without_a_window_is_refused_with_the_option_to_pass(tmp_path):
     path = tmp_path / "net.onnx"
-    export(WindowNet("lstm", 1, False, "probabilities"), path)
+    export(_net("lstm", 1, False, "probabilities"), path)
     with pytest.raises(ModelFormatError, match=r"its head reads the last step\): pass window=N"):
         sl.load(path)
-    export(WindowNet("gru", 1, True, "every"), path)
+    export(_net("gru", 1, True, "every"), path)
     with pytest.raises(ModelFormatError, match="it has bidirectional or RNN layers"):
         sl.load(path)
 
@@ -185,7 +159,7 @@ def test_convert_passes_the_window_to_the_onnx_importer(tmp_path, capsys):
     from streamlstm.cli import main
 
     path = tmp_path / "net.onnx"
-    export(WindowNet("lstm", 2, True, "probabilities"), path)
+    export(_net("lstm", 2, True, "probabilities"), path)
     target = tmp_path / "net.npz"
     assert main(["convert", str(path), str(target)]) == 2
     assert "pass window=N and hop=K" in capsys.readouterr().err
