@@ -319,23 +319,22 @@ SOURCE_IDS = [f"{s}/{a}" for s in TORCH_SOURCES for a in TORCH_ARCHS] + [
 ]
 
 
-#: The one source of each framework model that a backend without ``every_source`` (the
-#: CUDA simulator, which runs each CUDA thread in Python) is checked on. The bank sees only
-#: the loaded model, and every other source of the same model loads into the same packed
-#: weights, bit for bit (test_every_source_of_a_model_packs_into_the_same_weights): running
-#: it again on them would repeat the same arithmetic. The loaders themselves are checked
-#: against their frameworks on every CPU backend.
-SIMULATED = (*(f"native/{a}" for a in TORCH_ARCHS), *(f"keras/{a}" for a in KERAS_ARCHS))
-#: Each framework model of the cases: all its sources, and the one SIMULATED.
+#: Each framework model of the cases: all its sources, and the one source that a backend
+#: without ``every_source`` (the CUDA simulator, which runs each CUDA thread in Python) is
+#: checked on. The bank sees only the loaded model, and every other source of the same
+#: model loads into the same packed weights, bit for bit
+#: (test_every_source_of_a_model_packs_into_the_same_weights): running it again on them
+#: would repeat the same arithmetic. The loaders themselves are checked against their
+#: frameworks on every CPU backend.
 MODELS = {
-    f"{framework}/{arch}": ([f"{source}/{arch}" for source in sources], simulated)
-    for framework, sources, archs, first in (
+    f"{framework}/{arch}": ([f"{source}/{arch}" for source in sources], f"{simulated}/{arch}")
+    for framework, sources, archs, simulated in (
         ("torch", TORCH_SOURCES, TORCH_ARCHS, "native"),
         ("keras", KERAS_SOURCES, KERAS_ARCHS, "keras"),
     )
     for arch in archs
-    for simulated in [f"{first}/{arch}"]
 }
+SIMULATED = tuple(simulated for _, simulated in MODELS.values())
 #: Every (source, backend) pair the checks below run, as ``source-backend`` ids.
 PAIRS = [
     pytest.param(source, b, id=f"{source}-{b.name}")
