@@ -145,19 +145,17 @@ def _dtypes(text: str | None) -> list[str]:
 
 def _python_api(model: Model) -> None:
     """The kernels of ``Stream.step``/``Stream.run`` and ``Bank.step`` (in order, serial,
-    parallel);
-    for a window model those of ``WindowBank.push`` and ``evaluate_windows`` (serial,
-    parallel), which are also the CPU ``WindowDetector``'s."""
+    parallel); for a window model those of ``WindowBank.push`` and ``evaluate_windows``,
+    which are also the CPU ``WindowDetector``'s."""
     import numpy as np
 
     from .. import kernels
     from ..bank import PARALLEL_THRESHOLD
-    from ..windows.bank import PARALLEL_MIN_WINDOWS
 
     if model.window is not None:
+        count = model.window.length
         windows = model.windows(capacity=1)
-        for count in (model.window.length, PARALLEL_MIN_WINDOWS * model.window.hop):
-            windows.push(["warm-up"] * count, np.zeros((count, model.input_size), model.dtype))
+        windows.push(["warm-up"] * count, np.zeros((count, model.input_size), model.dtype))
         return
     stream = model.stream(on_invalid="skip")
     sample = np.zeros((2, model.input_size), model.dtype)

@@ -23,7 +23,7 @@ into one record per direction in the step kernels' layer-record format
 (:mod:`streamlstm.kernels.layout`, state at offset 0), plus :data:`RNN` as a kind and
 four fields of its own (``X_*``). A window holding a non-finite sample is ``REJECTED_SAMPLE``; one
 whose state or outputs overflow is ``REJECTED_RESULT``; both get NaN outputs, as in
-:func:`streamlstm.kernels._window.window_kernels`.
+:func:`streamlstm.kernels._window.window_kernel`.
 """
 
 from __future__ import annotations

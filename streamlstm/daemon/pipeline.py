@@ -174,56 +174,20 @@ def batches_several_sensors(config: SiteConfig) -> bool:
     return config.fleet is not None or len(sources) > 1 or not all(map(carries_one_sensor, sources))
 
 
-def one_sensor_batch_samples(config: SiteConfig) -> int:
-    """The most samples of one sensor a micro-batch of the site can hold: ``batch_samples``
-    less one, plus the frame that crosses that bound (a demo or replay block; one line of a
-    serial CSV/TSV port; a serial JSON or binary record holds at most ``max_line``; an MQTT
-    message ``max_samples``)."""
-
-    def frame(source: SourceConfig) -> int:
-        if isinstance(source, (DemoSourceConfig, ReplaySourceConfig)):
-            return source.block
-        if isinstance(source, SerialSourceConfig):
-            return 1 if source.format in ("csv", "tsv") else source.max_line
-        return source.max_samples
-
-    return config.daemon.batch_samples - 1 + max(map(frame, config.sources))
-
-
-def window_batches_can_run_in_parallel(hop: int, config: SiteConfig) -> bool:
-    """Whether a micro-batch of the site can complete enough windows of hop ``hop`` for the
-    parallel window kernel (:func:`streamlstm.windows.bank.evaluates_in_parallel`): one
-    holding several sensors, or one sensor's samples spanning that many hops."""
-    from ..windows.bank import PARALLEL_MIN_WINDOWS
-
-    if batches_several_sensors(config):
-        return True
-    return -(-one_sensor_batch_samples(config) // hop) >= PARALLEL_MIN_WINDOWS
-
-
 def warmup_batches(detector: Pipeline, config: SiteConfig) -> list[list[str]]:
     """Micro-batches (one sensor id per sample) that take a fresh ``detector`` of the site
-    ``config`` through every kernel it will use: the serial path, and the parallel one only
-    where a micro-batch can take it. A streaming detector's parallel kernel needs several
-    sensors (:func:`streamlstm.bank.runs_in_parallel`); a window detector's first window
-    runs the ring and the serial evaluator (or the GPU kernel), and its parallel evaluator
-    needs :data:`~streamlstm.windows.bank.PARALLEL_MIN_WINDOWS` windows in one push, which
-    one sensor's micro-batch completes when it spans that many hops."""
+    ``config`` through every kernel it will use. A streaming detector runs its serial
+    kernel, and its parallel one only where a micro-batch can hold several sensors
+    (:func:`streamlstm.bank.runs_in_parallel`). A window detector's first window runs the
+    ring and the evaluator (or the GPU kernel): all it runs, on any number of threads."""
     from ..bank import PARALLEL_THRESHOLD
     from ..detect import WindowDetector
-    from ..windows.bank import PARALLEL_MIN_WINDOWS, evaluates_in_parallel
 
-    if not isinstance(detector, WindowDetector):
-        batches = [["warm-up"]]
-        if batches_several_sensors(config):
-            batches.append([f"warm-up-{i}" for i in range(PARALLEL_THRESHOLD)])
-        return batches
-    spec = detector.spec
-    batches = [["warm-up"] * spec.length]
-    if evaluates_in_parallel(
-        detector.bank.threads, PARALLEL_MIN_WINDOWS
-    ) and window_batches_can_run_in_parallel(spec.hop, config):
-        batches.append(["warm-up"] * (PARALLEL_MIN_WINDOWS * spec.hop))
+    if isinstance(detector, WindowDetector):
+        return [["warm-up"] * detector.spec.length]
+    batches = [["warm-up"]]
+    if batches_several_sensors(config):
+        batches.append([f"warm-up-{i}" for i in range(PARALLEL_THRESHOLD)])
     return batches
 
 

@@ -19,7 +19,7 @@ Each LSTM or GRU direction runs through the streaming kernels themselves: it is 
 as a one-layer streaming model and stepped over the window from the zero state with
 :func:`._network.step_tile_of_kind`, four windows in lockstep sharing each weight row
 (or :func:`._network.step_of_kind` for the last one to three windows of a batch), compiled
-for the model's kind of cell (:func:`window_kernels`). Plain RNN
+for the model's kind of cell (:func:`window_kernel`). Plain RNN
 directions, which the streaming kernels do not have, and the head run here.
 
 The model is packed (:mod:`streamlstm.windows.packing`) into ``params`` and an int64
@@ -30,8 +30,8 @@ its slice of each). In ``params`` weights are stored transposed, ``W^T`` as
 and recurrent biases stay separate, added in the frameworks' order.
 
 :func:`assemble_windows` keeps a ring of the last ``W`` samples per sensor and copies out
-every completed window of a micro-batch; the kernels of :func:`window_kernels` then
-evaluate all of them, in parallel over groups of four windows (or on the calling thread).
+every completed window of a micro-batch; the kernel of :func:`window_kernel` then
+evaluates all of them, four at a time (on several threads, each a slice of the windows).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import functools
 from typing import Any
 
 import numpy as np
-from numba import get_thread_id, njit, prange
+from numba import njit
 
 from . import layout as L
 from ._math import activate_all, like
@@ -273,7 +273,7 @@ def _evaluate_group(
 
     Sets ``status`` (``REJECTED_SAMPLE``: a non-finite sample; ``REJECTED_RESULT``: a
     non-finite result) and ``outs`` (NaN when rejected); the work arrays are one thread's
-    (see :func:`window_kernels`).
+    (see :func:`window_kernel`).
     """
     steps, n_in = windows.shape[1], layout[W_INPUT]
     width, hidden, dense = layout[W_WIDTH], layout[W_RNN_HIDDEN], layout[W_DENSE_WIDTH]
@@ -366,15 +366,15 @@ def _evaluate_group(
 
 
 @functools.cache
-def window_kernels(kind: int) -> tuple[Any, Any]:
-    """``(evaluate_windows_serial, evaluate_windows)`` compiled for window models whose
-    LSTM/GRU directions are of one ``kind`` (see :func:`~._network.kernel_kind`;
-    :data:`.layout.ANY_KIND` for a mix): they share ``step_of_kind`` and
-    ``step_tile_of_kind`` with the streaming kernels of that kind."""
-    # Closures over ``kind``, an int: Numba compiles them with ``kind`` as a constant and
+def window_kernel(kind: int) -> Any:
+    """``evaluate_windows`` compiled for window models whose LSTM/GRU directions are of one
+    ``kind`` (see :func:`~._network.kernel_kind`; :data:`.layout.ANY_KIND` for a mix): it
+    shares ``step_of_kind`` and ``step_tile_of_kind`` with the streaming kernels of that
+    kind."""
+    # A closure over ``kind``, an int: Numba compiles it with ``kind`` as a constant and
     # caches one entry per kind (its cache key hashes the closure's cells).
 
-    @njit(parallel=True, **JIT)
+    @njit(**JIT)
     def evaluate_windows(
         params,
         layout,
@@ -389,53 +389,16 @@ def window_kernels(kind: int) -> tuple[Any, Any]:
         scratch,
         work,
     ):
-        """Evaluate ``(N, T, D)`` windows, each from the zero state, groups of four in
-        parallel.
+        """Evaluate ``(N, T, D)`` windows, each from the zero state, four at a time.
 
         ``outs``: ``(N, T, O)`` for ``MODE_EVERY``, else ``(N, 1, O)``; ``status``:
         ``(N,)`` int8 codes from :mod:`.layout` (NaN outputs where not ``OK``). Work, per
-        thread: ``seqs`` ``(threads, 4, 2, T * W_WIDTH)``, ``states`` ``(threads, 4,
-        W_STREAM_STATE)``, ``scratch`` ``(threads, 4, W_STREAM_SCRATCH)``, ``work``
-        ``(threads, work_size)``.
+        thread (this call uses the first): ``seqs`` ``(threads, 4, 2, T * W_WIDTH)``,
+        ``states`` ``(threads, 4, W_STREAM_STATE)``, ``scratch`` ``(threads, 4,
+        W_STREAM_SCRATCH)``, ``work`` ``(threads, work_size)``. Windows are independent:
+        calls on disjoint slices of ``windows``/``outs``/``status``, each with its own
+        thread's slice of the work arrays, may run at once (the kernel releases the GIL).
         """
-        count = windows.shape[0]
-        for g in prange((count + TILE_STREAMS - 1) // TILE_STREAMS):
-            first = g * TILE_STREAMS
-            me = get_thread_id()
-            _evaluate_group(
-                params,
-                layout,
-                stream_params,
-                stream_layouts,
-                stream_index,
-                windows,
-                outs,
-                status,
-                first,
-                min(TILE_STREAMS, count - first),
-                seqs[me],
-                states[me],
-                scratch[me],
-                work[me],
-                kind,
-            )
-
-    @njit(**JIT)
-    def evaluate_windows_serial(
-        params,
-        layout,
-        stream_params,
-        stream_layouts,
-        stream_index,
-        windows,
-        outs,
-        status,
-        seqs,
-        states,
-        scratch,
-        work,
-    ):
-        """``evaluate_windows`` on the calling thread (uses the first thread's work)."""
         count = windows.shape[0]
         for first in range(0, count, TILE_STREAMS):
             _evaluate_group(
@@ -456,7 +419,7 @@ def window_kernels(kind: int) -> tuple[Any, Any]:
                 kind,
             )
 
-    return evaluate_windows_serial, evaluate_windows
+    return evaluate_windows
 
 
 @njit(**JIT)

@@ -19,6 +19,7 @@ import numpy as np
 
 from .._samples import as_samples
 from .._sensor_rows import SensorRows
+from .._threads import run_shares, share_bounds
 from ..errors import ShapeError
 from ..kernels import _window as K
 from ..kernels.layout import OK
@@ -26,9 +27,11 @@ from ..model import Model
 from ..window_spec import WindowSpec
 from .packing import WindowPacked, WindowWork, packed_windows
 
-#: The fewest windows evaluated at once that take the parallel kernel (more than one group
-#: of the windows the kernels run in lockstep).
-PARALLEL_MIN_WINDOWS = K.TILE_STREAMS + 1
+#: The fewest window steps (windows times their length) one thread takes when a batch of
+#: windows is split across threads, and never fewer windows than the kernel runs in
+#: lockstep: handing a share to a thread costs tens of microseconds, which a share must
+#: outweigh (at H=8 a step costs about 0.2 µs; at H=64, 0.6 µs).
+SHARE_MIN_STEPS = 1024
 #: Memory for the windows of one micro-batch (copies and outputs); a larger micro-batch is
 #: evaluated in several rounds.
 WINDOW_BUFFER_BYTES = 64 << 20
@@ -366,14 +369,6 @@ def evaluate_windows(
     return outs if per_step else outs[:, 0]
 
 
-def evaluates_in_parallel(threads: int, windows: int) -> bool:
-    """Whether evaluating ``windows`` windows at once takes the parallel kernel: more than
-    one thread and at least :data:`PARALLEL_MIN_WINDOWS` windows. Windows are independent
-    (each starts from the zero state), so unlike a :class:`~streamlstm.bank.Bank`'s
-    samples, one sensor's windows gain from the pool too."""
-    return threads > 1 and windows >= PARALLEL_MIN_WINDOWS
-
-
 def _run(
     pk: WindowPacked,
     windows: np.ndarray,
@@ -382,11 +377,25 @@ def _run(
     work: WindowWork,
     threads: int,
 ) -> None:
-    """Evaluate ``windows`` into ``outs``/``status``, in parallel if it pays."""
-    args = (*pk.model_arrays, windows, outs, status, *work)
-    serial, parallel = K.window_kernels(pk.kind)
-    if evaluates_in_parallel(threads, windows.shape[0]):
-        numba.set_num_threads(threads)
-        parallel(*args)
-    else:
-        serial(*args)
+    """Evaluate ``windows`` into ``outs``/``status``, on up to ``threads`` threads, each
+    a slice of at least :data:`SHARE_MIN_STEPS` window steps. Windows are independent
+    (each starts from the zero state), so unlike a :class:`~streamlstm.bank.Bank`'s
+    samples, one sensor's windows gain from more threads too."""
+    kernel = K.window_kernel(pk.kind)
+    count, steps = windows.shape[:2]
+    smallest = max(K.TILE_STREAMS, -(-SHARE_MIN_STEPS // max(steps, 1)))
+    bounds = share_bounds(count, threads, K.TILE_STREAMS, smallest)
+    shares = []
+    for k in range(len(bounds) - 1):
+        part = slice(bounds[k], bounds[k + 1])
+        mine = slice(k, k + 1)
+        shares.append(
+            (
+                *pk.model_arrays,
+                windows[part],
+                outs[part],
+                status[part],
+                *(array[mine] for array in work),
+            )
+        )
+    run_shares(kernel, shares)

@@ -31,8 +31,8 @@ MODE_CODES = {
 
 
 class WindowWork(NamedTuple):
-    """Per-thread work arrays of the window kernels
-    (:func:`streamlstm.kernels._window.window_kernels`)."""
+    """Per-thread work arrays of the window kernel
+    (:func:`streamlstm.kernels._window.window_kernel`)."""
 
     seqs: np.ndarray
     states: np.ndarray
@@ -50,8 +50,8 @@ class WindowPacked:
     stream_params: np.ndarray
     stream_layouts: np.ndarray
     stream_index: np.ndarray
-    #: The kind of cell of the LSTM/GRU directions, which the kernels are compiled for
-    #: (:func:`streamlstm.kernels._window.window_kernels`).
+    #: The kind of cell of the LSTM/GRU directions, which the kernel is compiled for
+    #: (:func:`streamlstm.kernels._window.window_kernel`).
     kind: int
 
     @property

@@ -219,7 +219,7 @@ from streamlstm.windows.packing import packed_windows
 site = config.validate(json.loads(sys.argv[1]))
 model = formats.load(site.model.path)
 compile_kernels(model, site)
-kernels = (K.assemble_windows, *K.window_kernels(packed_windows(model, model.window).kind))
+kernels = (K.assemble_windows, K.window_kernel(packed_windows(model, model.window).kind))
 print(*(len(kernel.signatures) for kernel in kernels))
 """
 
@@ -242,24 +242,17 @@ MQTT = {"type": "mqtt", "topic": "sensors/{sensor}/accel"}
 @pytest.mark.parametrize(
     "sources,daemon,detector,compiled",
     [
-        # One sensor per batch, but 8,192 samples span far more than 5 hops of 4.
-        ([{"type": "demo"}], {}, {}, "1 1 1"),
-        # One thread: the parallel evaluator is never taken.
-        ([{"type": "demo"}], {}, {"threads": 1}, "1 1 0"),
-        # Batches of at most 4 + 4 - 1 samples of one sensor: 2 windows at most.
-        ([{"type": "demo", "block": 4}], {"batch_samples": 4}, {}, "1 1 0"),
-        # Several sensors per batch: many windows whatever the batch size.
-        ([MQTT], {"batch_samples": 4}, {}, "1 1 1"),
+        # Several sensors per batch, many windows per push: one evaluator all the same.
+        ([MQTT], {"batch_samples": 4}, {}, "1 1"),
         # The GPU evaluates the windows: only the host's ring kernel runs on the CPU.
-        pytest.param([MQTT], {}, {"device": "cuda"}, "1 0 0", marks=pytest.mark.cuda),
+        pytest.param([MQTT], {}, {"device": "cuda"}, "1 0", marks=pytest.mark.cuda),
     ],
 )
 def test_a_window_models_site_compiles_the_window_kernels_its_pushes_take(
     tmp_path, sources, daemon, detector, compiled
 ):
-    """The ring (assemble_windows), the serial evaluator for a push completing a few
-    windows, the parallel one only where a push can complete five or more (and on the
-    CPU with more than one thread)."""
+    """The ring (assemble_windows) and the evaluator, which runs every push's windows, on
+    any number of threads; on the GPU the ring alone."""
     if detector.get("device") == "cuda":
         pytest.importorskip("numba.cuda", reason="numba-cuda not installed")
     site = {

@@ -16,6 +16,7 @@ from streamlstm.formats.native import model_sha256
 from streamlstm.model import Model, dense_layer, gru_layer, lstm_layer, rnn_layer
 from streamlstm.window_spec import WindowSpec
 from streamlstm.windows import evaluate_windows
+from streamlstm.windows.bank import SHARE_MIN_STEPS
 
 
 def bidirectional_rnn_model(dtype=np.float64, seed=0) -> Model:
@@ -200,6 +201,22 @@ def test_unidirectional_window_equals_a_fresh_stream_over_the_window():
     for window, ours in zip(windows, every, strict=True):
         np.testing.assert_allclose(ours, model.stream().run(window), rtol=0, atol=1e-12)
     np.testing.assert_array_equal(evaluate_windows(model, windows), every[:, -1])
+
+
+def test_windows_split_across_threads_equal_one_thread_bit_exact():
+    """301 windows of 8 steps: two threads each take a slice (of at least SHARE_MIN_STEPS
+    window steps, cut at a multiple of the four windows run in lockstep), one slice
+    holding a NaN window, and give what one thread gives, bit for bit."""
+    model = bidirectional_rnn_model()
+    count = 301
+    assert count * 8 >= 2 * SHARE_MIN_STEPS  # enough work for two shares
+    windows = np.random.default_rng(2).normal(0, 1, (count, 8, 2))
+    windows[200, 3, 1] = np.nan
+    for output in ("probabilities", "every"):
+        one = evaluate_windows(model, windows, output=output, threads=1)
+        two = evaluate_windows(model, windows, output=output, threads=2)
+        np.testing.assert_array_equal(two, one)
+        assert np.isnan(one[200]).all() and not np.isnan(np.delete(one, 200, axis=0)).any()
 
 
 # -- the bank's bookkeeping ---------------------------------------------------------------
