@@ -22,6 +22,15 @@ TESTS = Path(__file__).resolve().parent
 sys.path[:0] = [str(TESTS), str(TESTS / "daemon")]
 
 
+def pytest_configure(config):
+    """Under pytest-xdist, a kernel two workers need at once is compiled by one of them
+    (see ``compile_once``)."""
+    if hasattr(config, "workerinput"):  # an xdist worker
+        import compile_once
+
+        compile_once.install()
+
+
 def pytest_collection_modifyitems(config, items):
     """Mark tests by what they need, so ``-m "not mqtt"`` and the like select by layer.
 
