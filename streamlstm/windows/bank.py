@@ -27,11 +27,13 @@ from ..model import Model
 from ..window_spec import WindowSpec
 from .packing import WindowPacked, WindowWork, packed_windows
 
-#: The fewest window steps (windows times their length) one thread takes when a batch of
-#: windows is split across threads, and never fewer windows than the kernel runs in
-#: lockstep: handing a share to a thread costs tens of microseconds, which a share must
-#: outweigh (at H=8 a step costs about 0.2 µs; at H=64, 0.6 µs).
-SHARE_MIN_STEPS = 1024
+#: The least work one thread takes when a batch of windows is split across threads, in
+#: weight reads (steps times the model's weights, plus :data:`STEP_OVERHEAD` per step):
+#: about 75 µs on the 2-core development machine, where handing a share to a thread costs
+#: about 50 µs. A share is never fewer windows than the kernel runs in lockstep.
+SHARE_MIN_WORK = 3_000_000
+#: A step's fixed cost, in weight reads (about 0.13 µs there; a weight read is 0.026 ns).
+STEP_OVERHEAD = 5_000
 #: Memory for the windows of one micro-batch (copies and outputs); a larger micro-batch is
 #: evaluated in several rounds.
 WINDOW_BUFFER_BYTES = 64 << 20
@@ -378,12 +380,13 @@ def _run(
     threads: int,
 ) -> None:
     """Evaluate ``windows`` into ``outs``/``status``, on up to ``threads`` threads, each
-    a slice of at least :data:`SHARE_MIN_STEPS` window steps. Windows are independent
-    (each starts from the zero state), so unlike a :class:`~streamlstm.bank.Bank`'s
-    samples, one sensor's windows gain from more threads too."""
+    a slice of at least :data:`SHARE_MIN_WORK`. Windows are independent (each starts from
+    the zero state), so unlike a :class:`~streamlstm.bank.Bank`'s samples, one sensor's
+    windows gain from more threads too."""
     kernel = K.window_kernel(pk.kind)
     count, steps = windows.shape[:2]
-    smallest = max(K.TILE_STREAMS, -(-SHARE_MIN_STEPS // max(steps, 1)))
+    per_window = max(steps, 1) * (pk.params.size + pk.stream_params.size + STEP_OVERHEAD)
+    smallest = max(K.TILE_STREAMS, -(-SHARE_MIN_WORK // per_window))
     bounds = share_bounds(count, threads, K.TILE_STREAMS, smallest)
     shares = []
     for k in range(len(bounds) - 1):

@@ -16,7 +16,7 @@ from streamlstm.formats.native import model_sha256
 from streamlstm.model import Model, dense_layer, gru_layer, lstm_layer, rnn_layer
 from streamlstm.window_spec import WindowSpec
 from streamlstm.windows import evaluate_windows
-from streamlstm.windows.bank import SHARE_MIN_STEPS
+from streamlstm.windows.bank import SHARE_MIN_WORK, STEP_OVERHEAD
 
 
 def bidirectional_rnn_model(dtype=np.float64, seed=0) -> Model:
@@ -204,12 +204,13 @@ def test_unidirectional_window_equals_a_fresh_stream_over_the_window():
 
 
 def test_windows_split_across_threads_equal_one_thread_bit_exact():
-    """301 windows of 8 steps: two threads each take a slice (of at least SHARE_MIN_STEPS
-    window steps, cut at a multiple of the four windows run in lockstep), one slice
-    holding a NaN window, and give what one thread gives, bit for bit."""
+    """301 windows of 8 steps: two threads each take a slice (of at least SHARE_MIN_WORK,
+    cut at a multiple of the four windows run in lockstep), one slice holding a NaN
+    window, and give what one thread gives, bit for bit."""
     model = bidirectional_rnn_model()
     count = 301
-    assert count * 8 >= 2 * SHARE_MIN_STEPS  # enough work for two shares
+    weights = model.parameter_count + STEP_OVERHEAD
+    assert count * 8 * weights >= 2 * SHARE_MIN_WORK  # enough work for two shares
     windows = np.random.default_rng(2).normal(0, 1, (count, 8, 2))
     windows[200, 3, 1] = np.nan
     for output in ("probabilities", "every"):
