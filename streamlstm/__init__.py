@@ -12,6 +12,7 @@ step in your own ``@njit`` code.
 
 from importlib.metadata import PackageNotFoundError, version
 
+from . import _kernel_cache
 from .bank import Bank
 from .detect import AlertEvent, Detector
 from .errors import (
@@ -29,6 +30,10 @@ from .model import DenseLayer, Model, Normalization, RecurrentLayer, random_mode
 from .stream import Stream
 from .window_spec import WindowSpec
 from .windows import WindowBank, WindowOutputs
+
+# Before any kernel loads from Numba's cache (at its first call): drop the cache if a
+# kernel source changed since it was written.
+_kernel_cache.refresh()
 
 try:
     __version__ = version("streamlstm")

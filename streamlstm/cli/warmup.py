@@ -13,9 +13,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
+from .. import _kernel_cache
 from ..errors import ConfigError, StreamLSTMError
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ examples:
   streamlstm warmup                            every kernel, for the shipped default model
   streamlstm warmup --config site.toml         what that site's daemon uses (systemd ExecStartPre)
   streamlstm warmup --model fan.npz --dtype float32,float64
-  streamlstm warmup --clear-cache              recompile everything (after editing kernels)
+  streamlstm warmup --clear-cache              recompile everything
 
 Kernels are cached per user: run it as the user (and with the NUMBA_CACHE_DIR) that will
 run the daemon. Nothing is recompiled when the cache is warm.
@@ -108,29 +108,9 @@ run the daemon. Nothing is recompiled when the cache is warm.
     parser.add_argument(
         "--clear-cache",
         action="store_true",
-        help="first delete this package's cached kernels (after editing "
-        "kernel sources: see README, Known limitations)",
+        help="first delete this package's cached kernels (they are also deleted on "
+        "their own when a kernel source changes)",
     )
-
-
-def cached_kernel_files() -> list[Path]:
-    """This package's files in Numba's on-disk cache: ``__pycache__`` next to the sources
-    and, when ``NUMBA_CACHE_DIR`` is set, the mirror of the package's folders there."""
-    from numba import config
-
-    package = Path(__file__).resolve().parent
-    roots = [package]
-    if config.CACHE_DIR:
-        roots.append(Path(config.CACHE_DIR))
-    found = []
-    for root in roots:
-        for suffix in ("*.nbi", "*.nbc"):
-            found += [
-                path
-                for path in root.rglob(suffix)
-                if root == package or "streamlstm" in path.relative_to(root).parts
-            ]
-    return sorted(found)
 
 
 def _dtypes(text: str | None) -> list[str]:
@@ -180,10 +160,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     models = [loaded.model.astype(dtype) for dtype in dtypes]
     if args.clear_cache:
-        stale = cached_kernel_files()
-        for path in stale:
-            path.unlink(missing_ok=True)
-        print(f"streamlstm warmup: deleted {len(stale)} cached kernel file(s)", file=sys.stderr)
+        deleted = _kernel_cache.clear()
+        print(f"streamlstm warmup: deleted {deleted} cached kernel file(s)", file=sys.stderr)
 
     def work() -> None:
         for model in models:

@@ -8,10 +8,9 @@ per-sensor quantity lives in the caller's arrays (columns ``I_*`` of ``istate`` 
 ``ev_duration``), so no two threads ever write the same place and Python reads the events
 back in arrival order.
 
-Numba's on-disk cache of these kernels is keyed on this file alone: when
-:func:`~streamlstm.detect.features.window_features` or the model step (compiled into
-them) changes, run ``streamlstm warmup --clear-cache``, or a stale cache keeps computing
-the old code (README, Known limitations).
+Numba keys its on-disk cache of these kernels on this file alone, though they hold
+:func:`~streamlstm.detect.features.window_features` and the model step: the package drops
+the cache when any of its compiled sources changes (:mod:`streamlstm._kernel_cache`).
 """
 
 from __future__ import annotations

@@ -98,21 +98,6 @@ def test_warmup_refuses_an_unknown_dtype():
     assert proc.returncode == 2 and "--dtype: expected float32 and/or float64" in err
 
 
-def test_clear_cache_finds_only_this_packages_kernels_under_numba_cache_dir(tmp_path, monkeypatch):
-    from numba import config
-
-    from streamlstm.cli.warmup import cached_kernel_files
-
-    ours = tmp_path / "srv" / "streamlstm" / "kernels" / "_network.step-1.py311.nbi"
-    theirs = tmp_path / "srv" / "otherlib" / "f-1.py311.nbi"
-    for path in (ours, theirs):
-        path.parent.mkdir(parents=True)
-        path.write_bytes(b"")
-    monkeypatch.setattr(config, "CACHE_DIR", str(tmp_path))
-    found = cached_kernel_files()
-    assert ours in found and theirs not in found
-
-
 def test_one_sensors_samples_never_wake_the_thread_pool():
     import numpy as np
 
