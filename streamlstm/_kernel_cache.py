@@ -19,6 +19,15 @@ from pathlib import Path
 PACKAGE = Path(os.path.abspath(os.path.dirname(__file__)))
 
 
+def _numba_cache_dir(cache_dir: str | None) -> str:
+    """``cache_dir``, or Numba's ``NUMBA_CACHE_DIR`` setting when it is None ("": none)."""
+    if cache_dir is not None:
+        return cache_dir
+    from numba import config
+
+    return str(config.CACHE_DIR)
+
+
 def _cache_folders(package: Path, cache_dir: str) -> list[Path]:
     """Where Numba caches the kernels of ``package``: ``__pycache__`` next to each folder's
     sources or, with ``NUMBA_CACHE_DIR``, one folder per source folder there, named after
@@ -35,13 +44,9 @@ def _cache_folders(package: Path, cache_dir: str) -> list[Path]:
 def cached_kernel_files(package: Path = PACKAGE, cache_dir: str | None = None) -> list[Path]:
     """This package's files in the on-disk cache Numba uses (``cache_dir``:
     ``NUMBA_CACHE_DIR``, read from Numba's configuration by default)."""
-    if cache_dir is None:
-        from numba import config
-
-        cache_dir = config.CACHE_DIR
     return sorted(
         path
-        for folder in _cache_folders(package, cache_dir)
+        for folder in _cache_folders(package, _numba_cache_dir(cache_dir))
         if folder.is_dir()
         for suffix in ("*.nbi", "*.nbc")
         for path in folder.glob(suffix)
@@ -70,10 +75,7 @@ def refresh(package: Path = PACKAGE, cache_dir: str | None = None) -> bool:
     """Delete this package's cached kernels if their sources changed since the last call
     (or were never stamped); returns whether it did. Does nothing where the stamp cannot
     be written (a read-only install, whose files all change together on upgrade)."""
-    if cache_dir is None:
-        from numba import config
-
-        cache_dir = config.CACHE_DIR
+    cache_dir = _numba_cache_dir(cache_dir)
     if cache_dir:
         where = hashlib.sha1(str(package).encode()).hexdigest()[:12]
         stamp = Path(cache_dir) / f"{package.name}-{where}.sources"
