@@ -18,7 +18,7 @@ from ..detect.calibration import (
     calibrate,
     calibrate_reconstruction,
 )
-from ..detect.calibration_record import POOLS, TARGETS
+from ..detect.calibration_record import LEVEL_FITS, POOLS, TARGETS
 from ..detect.durations import add_duration_arguments, duration_arguments
 from ..detect.recordings import read_recording
 from ..errors import ConfigError, ShapeError, StreamLSTMError
@@ -95,6 +95,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="with --level and --pool max: scale the level term so that its own budget "
         "score equals the residual's (each read against its own normal tail; default: off)",
+    )
+    parser.add_argument(
+        "--level-fit",
+        choices=LEVEL_FITS,
+        default=None,
+        help="with --level: read the level term's tail on the data it was fitted to "
+        "(pooled) or each third of the data against the other two (cross: levels that "
+        "wander within the normal data widen it; default: as stored, else pooled)",
     )
     parser.add_argument(
         "--mask",
@@ -195,6 +203,7 @@ def run(args: argparse.Namespace) -> int:
                 "level_alpha",
                 "level_bound",
                 "level_balance",
+                "level_fit",
                 "score_index",
             )
         }

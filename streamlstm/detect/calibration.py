@@ -29,6 +29,7 @@ from ..errors import ConfigError, ShapeError
 from ..model import Model
 from .calibration_record import (
     BASE_VERSION,
+    LEVEL_FITS,
     LEVEL_KEYS,
     POOLS,
     READABLE_VERSIONS,
@@ -57,6 +58,10 @@ EXTRAPOLATION = 10.0
 SECONDS_PER_DAY = 86400.0
 #: The score quantile used when a budget per day cannot be converted (no sample rate).
 FALLBACK_QUANTILE = 0.999
+#: A fold: a model and the normal recordings it was not trained on.
+_Fold = tuple[Model, list[np.ndarray]]
+#: Contiguous time blocks a single model's data are cut into for ``level_fit="cross"``.
+LEVEL_BLOCKS = 3
 
 
 class CalibrationWarning(UserWarning):
@@ -89,8 +94,14 @@ class CalibrationOptions:
     budget score (the level term scored alone on the normal data) equals the residual
     term's; the max-pooled score then reads each term against its own normal tail, so a
     level far out and a residual far out raise the same score, whichever has the wider
-    normal spread (the fused threshold is then set for the budget as usual). The rest
-    are the alert parameters (:class:`~streamlstm.detect.params.DetectorParams`).
+    normal spread (the fused threshold is then set for the budget as usual).
+    ``level_fit`` (needs ``level=True``): ``"pooled"`` reads the level term's scores on
+    the data its centre and whitening came from; ``"cross"`` reads each fold's (or, for
+    one model, each of :data:`LEVEL_BLOCKS` contiguous time blocks') against statistics
+    of the others, as the residuals are read. Levels that wander across the normal data
+    then widen the level term's tail (and, balanced, lower its gain) instead of showing
+    up later as false alarms; on steady data both give about the same. The rest are the
+    alert parameters (:class:`~streamlstm.detect.params.DetectorParams`).
     """
 
     score: str = "residual"
@@ -110,6 +121,7 @@ class CalibrationOptions:
     level_alpha: float = 0.0
     level_bound: float = 3.0
     level_balance: bool = False
+    level_fit: str = "pooled"
     mask: tuple[str | int, ...] | None = None
 
     def __post_init__(self) -> None:
@@ -135,6 +147,10 @@ class CalibrationOptions:
                 "level_balance scales the level term against the max-pooled residual: "
                 "it needs level=True and pool='max'"
             )
+        if self.level_fit not in LEVEL_FITS:
+            raise ConfigError(f"level_fit must be one of {LEVEL_FITS}, got {self.level_fit!r}")
+        if self.level_fit != "pooled" and not self.level:
+            raise ConfigError("level_fit reads the level term out of sample: it needs level=True")
         DetectorParams(
             threshold=1.0,
             alpha=self.alpha,
@@ -183,6 +199,7 @@ def resolve_options(
         # Turning the level term off also turns off a stored adaptation / balance of it.
         stored.pop("level_alpha", None)
         stored.pop("level_balance", None)
+        stored.pop("level_fit", None)
     values = {**stored, **given}
     if values.get("mask") is not None:
         values["mask"] = tuple(values["mask"])
@@ -467,7 +484,15 @@ def calibrate_cross_fitted(
     sets = [(fold, _recordings(data, axes)) for fold, data in folds]
     if not sets:
         raise ShapeError("calibration needs at least one fold")
+    counts = {
+        "samples": int(sum(r.shape[0] for _, recs in sets for r in recs)),
+        "recordings": sum(len(recs) for _, recs in sets),
+    }
+    cross_levels = opts.score == "residual" and opts.level_fit == "cross"
+    if cross_levels and len(sets) == 1:
+        sets = _time_blocks(*sets[0])
     cal: dict[str, Any] = {"version": BASE_VERSION, "score": opts.score}
+    fold_levels: list[tuple[np.ndarray, np.ndarray]] | None = None
     if opts.score == "residual":
         require_next_step(model, model.input_size)
         if spec is None:
@@ -497,6 +522,9 @@ def calibrate_cross_fitted(
         if opts.level:
             level_center, level_whiten = _whitening(inputs, opts.metric, mask)
             cal.update(level_center=level_center.tolist(), level_whiten=level_whiten.tolist())
+            if cross_levels:
+                fold_levels = _left_out_whitenings([p[1] for p in parts], opts.metric, mask)
+                cal["level_fit"] = opts.level_fit
             if opts.level_alpha:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN channel
@@ -519,21 +547,56 @@ def calibrate_cross_fitted(
     )
     cal["version"] = schema_version(cal)
     if opts.level_balance:
-        _balance_level(cal, opts, model, spec.hop if spec else 1, sets)
-    scores = _fold_scores(cal, sets)
+        _balance_level(cal, opts, model, spec.hop if spec else 1, sets, fold_levels)
+    scores = _fold_scores(cal, sets, fold_levels)
     _set_threshold(cal, opts, model, spec.hop if spec else 1, scores)
-    cal.update(
-        samples=int(sum(r.shape[0] for _, recs in sets for r in recs)),
-        recordings=sum(len(recs) for _, recs in sets),
-    )
+    cal.update(counts)
     return model.replace(calibration=cal)
 
 
-def _fold_scores(cal: dict[str, Any], sets: Sequence[tuple[Model, list[np.ndarray]]]) -> np.ndarray:
-    """Every fold model's calibration scores under ``cal``, on the data it never saw."""
-    return np.concatenate(
-        [s for fold, recs in sets for s in calibration_scores(fold.replace(calibration=cal), recs)]
-    )
+def _time_blocks(model: Model, recordings: list[np.ndarray]) -> list[_Fold]:
+    """One model's recordings cut into :data:`LEVEL_BLOCKS` contiguous blocks, each a fold
+    of that same model: folds in time, for reading the level term out of sample."""
+    cuts = [
+        np.linspace(0, rec.shape[0], LEVEL_BLOCKS + 1).round().astype(int) for rec in recordings
+    ]
+    return [
+        (model, [rec[edges[k] : edges[k + 1]] for rec, edges in zip(recordings, cuts, strict=True)])
+        for k in range(LEVEL_BLOCKS)
+    ]
+
+
+def _left_out_whitenings(
+    inputs: Sequence[np.ndarray], metric: str, mask: np.ndarray
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per fold, the level centre and whitening of every other fold's inputs."""
+    return [
+        _whitening(np.concatenate([x for j, x in enumerate(inputs) if j != k]), metric, mask)
+        for k in range(len(inputs))
+    ]
+
+
+def _fold_scores(
+    cal: dict[str, Any],
+    sets: Sequence[_Fold],
+    fold_levels: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
+) -> np.ndarray:
+    """Every fold model's calibration scores under ``cal``, on the data it never saw; with
+    ``fold_levels``, each fold's level term uses its own (left-out) statistics, scaled by
+    ``cal``'s ``level_gain``."""
+    out = []
+    for k, (fold, recs) in enumerate(sets):
+        fold_cal = cal
+        if fold_levels is not None and "level_center" in cal:
+            center, whiten = fold_levels[k]
+            gain = float(cal.get("level_gain", 1.0))
+            fold_cal = {
+                **cal,
+                "level_center": center.tolist(),
+                "level_whiten": (whiten * gain).tolist(),
+            }
+        out.extend(calibration_scores(fold.replace(calibration=fold_cal), recs))
+    return np.concatenate(out)
 
 
 def _balance_level(
@@ -541,7 +604,8 @@ def _balance_level(
     opts: CalibrationOptions,
     model: Model,
     hop: int,
-    sets: Sequence[tuple[Model, list[np.ndarray]]],
+    sets: Sequence[_Fold],
+    fold_levels: Sequence[tuple[np.ndarray, np.ndarray]] | None,
 ) -> None:
     """Scale ``cal``'s level term so its own budget score equals the residual term's.
 
@@ -556,7 +620,7 @@ def _balance_level(
     level_whiten = np.asarray(cal["level_whiten"])
     level_only = {**cal, "whiten": np.zeros_like(level_whiten).tolist()}
     residual_score = tail_threshold(_fold_scores(residual_only, sets), exceedance).score
-    level_score = tail_threshold(_fold_scores(level_only, sets), exceedance).score
+    level_score = tail_threshold(_fold_scores(level_only, sets, fold_levels), exceedance).score
     if not (residual_score > 0 and level_score > 0):
         raise ShapeError(
             f"calibration: level_balance needs both terms' budget scores > 0 "
@@ -611,6 +675,7 @@ PREDICTOR_OPTIONS = (
     "level_alpha",
     "level_bound",
     "level_balance",
+    "level_fit",
 )
 
 
@@ -623,10 +688,9 @@ def calibrate_reconstruction(model: Model, data: Any, **options: Any) -> Model:
     per-step reconstruction errors ``x - x̂`` of every normal window give the centre and
     whitening (``metric``), and the threshold comes from the false-alarm budget over the
     smoothed window scores (one per hop). ``options``: :class:`CalibrationOptions` except
-    ``score``, ``target``, ``level``, ``level_alpha``, ``level_bound``, ``score_index`` and
-    ``pool``; ``warmup`` and ``debounce`` count windows. Unset ones come from the model's
-    previous reconstruction calibration, else the built-in defaults (as :func:`calibrate`
-    does for predictors).
+    :data:`PREDICTOR_OPTIONS`; ``warmup`` and ``debounce`` count windows. Unset ones come
+    from the model's previous reconstruction calibration, else the built-in defaults (as
+    :func:`calibrate` does for predictors).
     """
     from ..windows import WindowBank
     from .windowed import WindowDetector

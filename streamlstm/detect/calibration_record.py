@@ -20,6 +20,8 @@ every check the detectors need, and :meth:`Calibration.to_dict` writes it back. 
      "level_center": [D], "level_whiten": [[D x D]],  # optional level term
      "level_alpha": 0.0, "level_bound": 3.0, "level_scale": [D],  # its drift adaptation
      "level_balance": true, "level_gain": ...,   # level_whiten scaled to its own tail
+     "level_fit": "cross",                       # its tail read out of sample (default
+                                                 # "pooled": on the data it was fitted to)
      "score_index": 0,                           # direct models: which output is the score
      "alpha": ..., "false_alarms_per_day": ..., "quantile": ..., "exceedance": ...,
      "tail": ..., "tail_supported": ..., "quantile_score": ..., "margin": ...,
@@ -73,7 +75,11 @@ LEVEL_KEYS = (
     "level_scale",
     "level_balance",
     "level_gain",
+    "level_fit",
 )
+#: How the level term's threshold share was measured: on the data its statistics came
+#: from (``pooled``), or each time block against the statistics of the others (``cross``).
+LEVEL_FITS = ("pooled", "cross")
 SCORE_KINDS = ("residual", "direct", "reconstruction")
 TARGETS = ("level", "delta")
 POOLS = ("rms", "max")
@@ -115,6 +121,7 @@ class Calibration:
     level_scale: np.ndarray | None = None  # (D,)
     level_balance: bool | None = None
     level_gain: float | None = None
+    level_fit: str | None = None  # None: "pooled"
     # Direct models: which output is the score.
     score_index: int | None = None
     # The alert parameters (DetectorParams' fields) and the threshold's provenance.
@@ -238,6 +245,7 @@ _BOOKKEEPING_TYPES: dict[str, Callable[[Any], Any]] = {
     "level_bound": float,
     "level_balance": bool,
     "level_gain": float,
+    "level_fit": str,
     "exceedance": float,
     "tail": str,
     "tail_supported": bool,
@@ -300,6 +308,11 @@ def _error_scoring(cal: Mapping[str, Any], model: Model) -> dict[str, Any]:
     values["pool"] = pool = cal.get("pool")
     if pool is not None and pool not in POOLS:
         raise ConfigError(f"model calibration: pool must be one of {POOLS}, got {pool!r}")
+    level_fit = cal.get("level_fit")
+    if level_fit is not None and level_fit not in LEVEL_FITS:
+        raise ConfigError(
+            f"model calibration: level_fit must be one of {LEVEL_FITS}, got {level_fit!r}"
+        )
     values["level_scale"] = scale = _vector(cal, "level_scale", width)
     alpha = _optional(cal, "level_alpha", float) or 0.0
     if "level_center" in values and alpha != 0.0:

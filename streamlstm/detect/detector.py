@@ -17,7 +17,7 @@ from . import _kernel as K
 from .calibration_record import Calibration
 from .durations import step_seconds
 from .events import EVICTED, AlertEvent, EventKind, eviction_times
-from .features import FeatureSpec
+from .features import FeatureSpec, compute_features
 from .params import DetectorParams, pack_params, params_from, scoring_from
 from .state import AnyDetectorState, DetectorState, wrong_kind
 
@@ -103,7 +103,8 @@ class Detector:
 
     :meth:`update` takes a micro-batch in arrival order and returns the alert events it
     caused, in the same order; :meth:`prime` feeds known-normal data without raising
-    alerts (a warm-up). Each sensor has a recurrent state row (a
+    alerts (a warm-up), and :meth:`commission` also makes it each sensor's own level
+    reference. Each sensor has a recurrent state row (a
     :class:`~streamlstm.bank.Bank` row) and detector state next to it (arrays in the
     bank's :attr:`~streamlstm.bank.Bank.row_table`), read with
     :meth:`score` (smoothed score, residual scale), :meth:`alerting`, :meth:`rejected`
@@ -215,6 +216,67 @@ class Detector:
         """Feed known-normal samples to warm sensors up: scores and recurrent state advance
         (and count towards ``warmup``), no alert starts or ends."""
         self.update(sensor_ids, samples, timestamps, alert=False)
+
+    def commission(
+        self, sensor_ids: Sequence[Hashable] | np.ndarray, samples: Any, timestamps: Any
+    ) -> None:
+        """Declare known-normal samples each sensor's own level reference.
+
+        The samples are fed as by :meth:`prime` (no alert starts or ends); then each
+        sensor's level term is re-centred on the mean of its model inputs over them, so it
+        scores the distance from that sensor's commissioned normal, not from the
+        calibration data's (the spread stays the calibration's). Use it when a sensor is
+        installed, or after a planned change of operating point, on data known to be
+        normal: a fault present while commissioning becomes the sensor's normal level. A
+        channel with no finite value in a sensor's samples keeps the calibrated centre.
+        The reference is part of the snapshot; :meth:`reset` and :meth:`forget` clear
+        it. Needs a level term (``calibrate(..., level=True)``) without drift adaptation
+        (whose bound is measured from the calibrated centre).
+        """
+        scoring = self._scoring
+        if scoring.level_center.size == 0:
+            raise ConfigError(
+                f"commission re-centres the level term; model {self.model.name!r} has "
+                "none: calibrate it with level=True (`streamlstm calibrate --level`)"
+            )
+        if scoring.level_scale.size:
+            raise ConfigError(
+                "commission sets each sensor's level reference, which drift adaptation "
+                "(level_alpha) would pull back within its bound of the calibrated centre: "
+                "calibrate with level_alpha=0 to commission sensors"
+            )
+        array, times = as_timed_batch(sensor_ids, samples, timestamps, self._dtype, self.axes)
+        indices: dict[Hashable, list[int]] = {}
+        for i, sensor in enumerate(sensor_ids):
+            indices.setdefault(sensor, []).append(i)
+        references = {}
+        for sensor, where in indices.items():
+            inputs = self._model_inputs(array[where])
+            finite = np.isfinite(inputs)
+            count = finite.sum(axis=0)
+            total = np.where(finite, inputs, 0.0).sum(axis=0)
+            mean = np.divide(total, count, out=scoring.level_center.copy(), where=count > 0)
+            references[sensor] = np.where(scoring.mask != 0.0, mean - scoring.level_center, 0.0)
+        # The reference is set before the samples are fed, so that their scores (and the
+        # smoothed score the next sample starts from) are already read against it.
+        rows = self.bank.rows(list(references))  # may grow the row table: read it after
+        levels = self.bank.row_table["levels"]
+        for row, reference in zip(rows, references.values(), strict=True):
+            levels[row] = reference
+        self.prime(sensor_ids, array, times)
+
+    def _model_inputs(self, samples: np.ndarray) -> np.ndarray:
+        """The model inputs the level term sees for one sensor's ``samples`` (float64; NaN
+        where a raw value is missing, none for windows holding a non-finite sample)."""
+        values = samples.astype(np.float64)
+        if self.features is None:
+            # As the kernel: an infinite scored value rejects the whole sample.
+            scored = self._scoring.mask != 0.0
+            values[np.isinf(values[:, scored]).any(axis=1)] = np.nan
+            return values
+        complete = values[np.isfinite(values).all(axis=1)]
+        features = compute_features(complete, self.features)
+        return features.astype(self._dtype).astype(np.float64)
 
     def update(
         self,

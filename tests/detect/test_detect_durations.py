@@ -128,7 +128,7 @@ def test_a_step_is_a_hop_for_feature_and_window_models():
     assert resolve_durations({"warmup_s": 0.16}, step_seconds(features)) == {"warmup": 10}
 
 
-def test_the_command_takes_durations_with_units_pool_adaptation_and_balance(
+def test_the_command_takes_durations_with_units_pool_adaptation_balance_and_level_fit(
     model, tmp_path, capsys
 ):
     source = save(model, tmp_path / "m.npz")
@@ -157,6 +157,8 @@ def test_the_command_takes_durations_with_units_pool_adaptation_and_balance(
                 "--level-alpha",
                 "0.05",
                 "--level-balance",
+                "--level-fit",
+                "cross",
             ]
         )
         == 0
@@ -164,6 +166,7 @@ def test_the_command_takes_durations_with_units_pool_adaptation_and_balance(
     cal = load(out).calibration
     assert (cal["warmup"], cal["debounce"], cal["pool"]) == (10, 2, "max")
     assert (cal["level_alpha"], cal["level_bound"], cal["level_balance"]) == (0.05, 3.0, True)
+    assert cal["level_fit"] == "cross"
     assert cal["quiet_time"] == pytest.approx(3.5 * 0.02)
     python = calibrate(
         model,
@@ -175,6 +178,7 @@ def test_the_command_takes_durations_with_units_pool_adaptation_and_balance(
         level=True,
         level_alpha=0.05,
         level_balance=True,
+        level_fit="cross",
     ).calibration
     assert cal["threshold"] == pytest.approx(python["threshold"], rel=1e-12)
     # A deprecated flag still works, with a notice on stderr.
