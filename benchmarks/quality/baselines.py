@@ -12,6 +12,8 @@ is replaced by its fit mean. Limits use ``ALPHA`` (1 % per row), fixed in advanc
   above with ``k`` components) or SPE/Q (Box's ``g chi²(h)`` limit) above its limit.
 * Rolling z-score: each channel against the mean and standard deviation of its previous
   ``ROLLING_ROWS`` rows; the row's largest |z| over the fit rows' ``1 - ALPHA`` quantile.
+* Hotelling T² commissioned (amendment 10 in ``protocol.py``): its mean taken from each
+  stream's first ``COMMISSION_ROWS`` rows instead of the fit rows, no flag on those rows.
 * Always alarm: every row flagged (a sanity row: F1 rewards alarming, NAB does not).
 """
 
@@ -21,6 +23,8 @@ from collections.abc import Sequence
 
 import numpy as np
 from scipy import stats
+
+from .protocol import COMMISSION_ROWS
 
 ALPHA = 0.01
 RUN = 3
@@ -78,6 +82,17 @@ class Hotelling:
     def flags(self, x: np.ndarray) -> np.ndarray:
         d = self.channels(x) - self.mean
         return np.einsum("ij,jk,ik->i", d, self.inv, d) > self.limit
+
+
+class HotellingCommissioned(Hotelling):
+    name = "hotelling-t2-commissioned"
+
+    def flags(self, x: np.ndarray) -> np.ndarray:
+        kept = self.channels(x)
+        d = kept - kept[:COMMISSION_ROWS].mean(axis=0)
+        flags = np.einsum("ij,jk,ik->i", d, self.inv, d) > self.limit
+        flags[:COMMISSION_ROWS] = False
+        return flags
 
 
 class PcaT2Spe:
@@ -151,7 +166,7 @@ class AlwaysAlarm:
         return np.ones(x.shape[0], bool)
 
 
-BASELINES = (Hotelling, PcaT2Spe, RollingZ, AlwaysAlarm)
+BASELINES = (Hotelling, HotellingCommissioned, PcaT2Spe, RollingZ, AlwaysAlarm)
 
 
 def baseline_alarm(method, x: np.ndarray) -> np.ndarray:

@@ -17,6 +17,8 @@ import numpy as np
 import streamlstm as sl
 from streamlstm.train import train
 
+from .protocol import COMMISSION_ROWS
+
 BUDGET_PER_DAY = 1.0
 WARMUP = 20
 
@@ -70,14 +72,54 @@ DESIGNS: dict[str, dict] = {
             "level_bound": 3.0,
         },
     },
+    # Amendment 9: the hybrids with the level term cross-fitted like the residuals.
+    "delta-hybrid-xfit": {
+        "target": "delta",
+        "calibration": {"level": True, "pool": "max", "level_balance": True, "level_fit": "cross"},
+    },
+    "delta-hybrid-maha-xfit": {
+        "target": "delta",
+        "calibration": {
+            "level": True,
+            "pool": "max",
+            "level_balance": True,
+            "metric": "mahalanobis",
+            "level_fit": "cross",
+        },
+    },
+    # Amendment 10: every stream commissioned on its first rows (``commission``: a setting
+    # of the suite, not of train()).
+    "delta-hybrid-commission": {
+        "target": "delta",
+        "calibration": {"level": True, "pool": "max", "level_balance": True},
+        "commission": True,
+    },
+    "delta-hybrid-maha-commission": {
+        "target": "delta",
+        "calibration": {
+            "level": True,
+            "pool": "max",
+            "level_balance": True,
+            "metric": "mahalanobis",
+        },
+        "commission": True,
+    },
+    "delta-hybrid-xfit-commission": {
+        "target": "delta",
+        "calibration": {"level": True, "pool": "max", "level_balance": True, "level_fit": "cross"},
+        "commission": True,
+    },
 }
 
 
 class LstmMethod:
-    """Train + calibrate on the case's fit recordings; alarm = an open detector alert."""
+    """Train + calibrate on the case's fit recordings; alarm = an open detector alert.
+    A commissioning design takes each stream's first ``COMMISSION_ROWS`` rows as the
+    sensor's own normal (:meth:`streamlstm.Detector.commission`)."""
 
     def __init__(self, fit: Sequence[np.ndarray], period_s: float, design: str) -> None:
         keywords = dict(DESIGNS[design])
+        self.commission = bool(keywords.pop("commission", False))
         calibration = {
             "false_alarms_per_day": BUDGET_PER_DAY,
             "warmup_steps": WARMUP,
@@ -101,7 +143,11 @@ class LstmMethod:
     def alarm(self, x: np.ndarray) -> np.ndarray:
         det = sl.Detector(self.model)
         times = np.arange(x.shape[0]) * self.period_s
-        events = det.update(["stream"] * x.shape[0], x, times)
+        ids = ["stream"] * x.shape[0]
+        start = COMMISSION_ROWS if self.commission else 0
+        if start:
+            det.commission(ids[:start], x[:start], times[:start])
+        events = det.update(ids[start:], x[start:], times[start:])
         change = np.zeros(x.shape[0] + 1, np.int64)
         for event in events:
             row = int(np.searchsorted(times, event.t))
