@@ -24,11 +24,16 @@ sys.path[:0] = [str(TESTS), str(TESTS / "daemon")]
 
 def pytest_configure(config):
     """Under pytest-xdist, a kernel two workers need at once is compiled by one of them
-    (see ``compile_once``)."""
+    (see ``compile_once``). On the CUDA simulator, a block's threads share one shared
+    array (see ``cudasim_shared``)."""
     if hasattr(config, "workerinput"):  # an xdist worker
         import compile_once
 
         compile_once.install()
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        import cudasim_shared
+
+        cudasim_shared.install()
 
 
 def pytest_collection_modifyitems(config, items):
@@ -64,7 +69,9 @@ def _short_gil_slices_on_the_cuda_simulator(request):
     ``test_benchmark_model_with_weights_in_global_memory`` took 51 s at 5 ms and 8.4 s at
     0.1 ms; in CI the test took 5.5 min. With a warm cache, ``tests/cuda/test_cuda_bank.py``
     took 105 s at 0.1 ms and 93 s at 0.01 ms (two of its tests: 36.7 s at 0.1 ms, 26.1 s
-    at 0.01 ms, 29.4 s at 0.002 ms). Results do not depend on the interval.
+    at 0.01 ms, 29.4 s at 0.002 ms). Results do not depend on the interval, once the
+    simulator's shared arrays are made atomic (``cudasim_shared``): shorter slices made
+    its race show more often.
     """
     simulated = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
     if not simulated or request.node.get_closest_marker("cuda") is None:
