@@ -247,8 +247,11 @@ class Detector:
             )
         array, times = as_timed_batch(sensor_ids, samples, timestamps, self._dtype, self.axes)
         indices: dict[Hashable, list[int]] = {}
+        timed = np.isfinite(times)  # a sample without a time is rejected, not stepped
         for i, sensor in enumerate(sensor_ids):
-            indices.setdefault(sensor, []).append(i)
+            indices.setdefault(sensor, [])
+            if timed[i]:
+                indices[sensor].append(i)
         references = {}
         for sensor, where in indices.items():
             inputs = self._model_inputs(array[where])

@@ -858,10 +858,13 @@ def test_commissioning_needs_a_plain_level_term_and_is_kept_in_snapshots(calibra
     data = normal_data(200, 3) + 2.0
     data[:, 1] = np.nan  # never seen while commissioning: keeps the calibrated centre
     data[7, 0] = np.inf  # rejected, as the kernel rejects it
+    data[9, 0] = 1e6  # at a NaN time: rejected too
+    times = np.arange(200) * 0.02
+    times[9] = np.nan
     det = sl.Detector(model)
-    det.commission(["a"] * 200, data, np.arange(200) * 0.02)
+    det.commission(["a"] * 200, data, times)
     center = np.asarray(model.calibration["level_center"])
-    kept = np.delete(data, 7, axis=0)
+    kept = np.delete(data, [7, 9], axis=0)
     expected = [kept[:, 0].mean() - center[0], 0.0, kept[:, 2].mean() - center[2]]
     np.testing.assert_allclose(det.export_state().levels[0], expected, rtol=1e-12)
     restored = sl.Detector(model)
