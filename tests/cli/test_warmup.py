@@ -343,3 +343,37 @@ def test_warmup_of_a_window_model_without_a_site_and_of_a_site_it_cannot_run(tmp
     assert proc.returncode == 2
     assert "streamlstm warmup: detector: " in err and "calibrate_reconstruction" in err
     assert "Traceback" not in err
+
+
+def test_clear_cache_deletes_the_packages_cached_kernels_before_compiling(tmp_path):
+    """``warmup --clear-cache`` deletes the package's kernels where Numba caches them (one
+    folder per source folder, named after it and the SHA-1 of its path), then compiles."""
+    import hashlib
+
+    import streamlstm
+    from streamlstm import _kernel_cache
+
+    cache = tmp_path / "numba"
+    _kernel_cache.refresh(cache_dir=str(cache))  # stamped: the import clears nothing itself
+    kernels = Path(streamlstm.__file__).parent / "kernels"
+    folder = cache / f"kernels_{hashlib.sha1(str(kernels).encode()).hexdigest()}"
+    folder.mkdir(parents=True)
+    planted = [folder / "_network.step-1.py311.nbi", folder / "_network.step-1.py311.1.nbc"]
+    other = folder / "notes.txt"
+    for path in (*planted, other):
+        path.write_text("stale")
+    proc = _cli("warmup", "--clear-cache", cache=cache)
+    try:
+        assert proc.stderr is not None
+        lines = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            lines.append(line)
+            if COMPILING_NOTICE in line or not line:
+                break
+        assert "streamlstm warmup: deleted 2 cached kernel file(s)\n" in lines, lines
+        assert not any(path.exists() for path in planted) and other.exists()
+    finally:
+        proc.send_signal(signal.SIGINT)  # the cold compile that follows is not needed here
+        proc.wait(timeout=30)
