@@ -109,42 +109,17 @@ def _usable(x, k, raw_input, mask):
 
 
 @njit(**JIT)
-def _detect_one(
-    i,
-    row,
-    params,
-    layout,
-    states,
-    samples,
-    times,
-    dparams,
-    center,
-    whiten,
-    level_center,
-    level_whiten,
-    level_scale,
-    mask,
-    fill,
-    codes,
-    hop,
-    alerts,
-    istate,
-    fstate,
-    preds,
-    levels,
-    rings,
-    rejected,
-    xin,
-    out,
-    err,
-    scratch,
-    scores,
-    status,
-    ev_kind,
-    ev_peak,
-    ev_duration,
-    kind,
-):
+def _detect_one(i, row, model, batch, scoring, features, alerts, per_row, work, results, kind):
+    """Sample ``i`` (state row ``row``) through model and detector. The arguments are the
+    kernels' groups (see :func:`detect_kernels`); ``work`` is this thread's row of each
+    work buffer."""
+    params, layout, states = model
+    _, samples, times = batch
+    dparams, center, whiten, level_center, level_whiten, level_scale, mask, fill = scoring
+    codes, hop = features
+    istate, fstate, preds, levels, rings, rejected = per_row
+    xin, out, err, scratch = work
+    scores, status, ev_kind, ev_peak, ev_duration = results
     x = samples[i]
     t = times[i]
     ist = istate[row]
@@ -270,84 +245,18 @@ def _detect_one(
 
 @njit(**JIT)
 def _detect_group(
-    first,
-    nxt,
-    params,
-    layout,
-    states,
-    rows,
-    samples,
-    times,
-    dparams,
-    center,
-    whiten,
-    level_center,
-    level_whiten,
-    level_scale,
-    mask,
-    fill,
-    codes,
-    hop,
-    alerts,
-    istate,
-    fstate,
-    preds,
-    levels,
-    rings,
-    rejected,
-    xin,
-    out,
-    err,
-    scratch,
-    scores,
-    status,
-    ev_kind,
-    ev_peak,
-    ev_duration,
-    kind,
+    first, nxt, model, batch, scoring, features, alerts, per_row, work, results, kind
 ):
     """One row's samples in arrival order, from sample ``first`` along the ``nxt`` links.
 
     The whole body of the parallel kernel's loop, out of line, so that its loop body is a
     single call to type.
     """
+    rows = batch[0]
     i = first
     while i != NO_SAMPLE:
         _detect_one(
-            i,
-            rows[i],
-            params,
-            layout,
-            states,
-            samples,
-            times,
-            dparams,
-            center,
-            whiten,
-            level_center,
-            level_whiten,
-            level_scale,
-            mask,
-            fill,
-            codes,
-            hop,
-            alerts,
-            istate,
-            fstate,
-            preds,
-            levels,
-            rings,
-            rejected,
-            xin,
-            out,
-            err,
-            scratch,
-            scores,
-            status,
-            ev_kind,
-            ev_peak,
-            ev_duration,
-            kind,
+            i, rows[i], model, batch, scoring, features, alerts, per_row, work, results, kind
         )
         i = nxt[i]
 
@@ -357,181 +266,60 @@ def detect_kernels(kind: int) -> tuple[Any, Any]:
     """``(detect_serial, detect_parallel)`` compiled for models of one ``kind`` (see
     :func:`streamlstm.kernels.kernel_kind`): the model step inside compiles only that cell.
     Closures over ``kind``, an int: Numba compiles them with ``kind`` as a constant and
-    caches one entry per kind (its cache key hashes the closure's cells)."""
+    caches one entry per kind (its cache key hashes the closure's cells).
+
+    Both take ``(model, batch, scoring, features, alerts, per_row, work, results, links)``,
+    arrays in groups (tuples, unpacked at no cost in compiled code):
+
+    * ``model``: ``(params, layout, states)``, the packed model and ``(capacity, S)``
+      recurrent states;
+    * ``batch``: ``(rows, samples, times)`` of a micro-batch of ``M`` samples: state rows,
+      ``(M, A)`` samples in sensor units, ``(M,)`` seconds;
+    * ``scoring``: ``(dparams, center, whiten, level_center, level_whiten, level_scale,
+      mask, fill)``: packed parameters, residual scoring (``(D,)``, ``(D, D)``), the
+      optional level term (``(0,)``/``(0, 0)``: none) and its channels' normal standard
+      deviations (the adaptation bound's unit; ``(0,)`` without adaptation), and per input
+      channel 1 = scored / 0 = masked and the value fed for a masked channel (a missing
+      value in a scored channel is fed the model's previous prediction of it and left out
+      of that sample's score);
+    * ``features``: ``(codes, hop)``, feature statistic codes (empty: raw samples feed the
+      model) and raw samples between feature vectors;
+    * ``alerts``: 0 primes (scores and state advance, the alert machine is left alone);
+    * ``per_row``: ``(istate, fstate, preds, levels, rings, rejected)``, per-row detector
+      state, last prediction ``(capacity, O)``, level offsets ``(capacity, D)`` float64,
+      feature rings ``(capacity, window, A)`` float64 (``(capacity, 1, 1)`` unused without
+      features) and rejected counts;
+    * ``work``: ``(xbuf, obuf, ebuf, scratch)``, per-thread work rows;
+    * ``results``: ``(scores, status, ev_kind, ev_peak, ev_duration)``, each ``(M,)``;
+    * ``links``: the grouping buffer of :meth:`streamlstm.Bank.kernel_args`.
+    """
 
     @njit(**JIT)
-    def detect_serial(
-        params,
-        layout,
-        states,
-        rows,
-        samples,
-        times,
-        dparams,
-        center,
-        whiten,
-        level_center,
-        level_whiten,
-        level_scale,
-        mask,
-        fill,
-        codes,
-        hop,
-        alerts,
-        istate,
-        fstate,
-        preds,
-        levels,
-        rings,
-        rejected,
-        xbuf,
-        obuf,
-        ebuf,
-        scratch,
-        scores,
-        status,
-        ev_kind,
-        ev_peak,
-        ev_duration,
-        links,
-    ):
+    def detect_serial(model, batch, scoring, features, alerts, per_row, work, results, links):
         """:func:`detect_parallel` on the calling thread, samples in arrival order: the same
         results (each sample touches only its own row), without grouping (``links`` is
         not used) and without :func:`_detect_group`, a compiled level less to build."""
+        rows = batch[0]
+        xbuf, obuf, ebuf, scratch = work
+        mine = (xbuf[0], obuf[0], ebuf[0], scratch[0])
         for i in range(rows.shape[0]):
             _detect_one(
-                i,
-                rows[i],
-                params,
-                layout,
-                states,
-                samples,
-                times,
-                dparams,
-                center,
-                whiten,
-                level_center,
-                level_whiten,
-                level_scale,
-                mask,
-                fill,
-                codes,
-                hop,
-                alerts,
-                istate,
-                fstate,
-                preds,
-                levels,
-                rings,
-                rejected,
-                xbuf[0],
-                obuf[0],
-                ebuf[0],
-                scratch[0],
-                scores,
-                status,
-                ev_kind,
-                ev_peak,
-                ev_duration,
-                kind,
+                i, rows[i], model, batch, scoring, features, alerts, per_row, mine, results, kind
             )
 
     @njit(parallel=True, **JIT)
-    def detect_parallel(
-        params,
-        layout,
-        states,
-        rows,
-        samples,
-        times,
-        dparams,
-        center,
-        whiten,
-        level_center,
-        level_whiten,
-        level_scale,
-        mask,
-        fill,
-        codes,
-        hop,
-        alerts,
-        istate,
-        fstate,
-        preds,
-        levels,
-        rings,
-        rejected,
-        xbuf,
-        obuf,
-        ebuf,
-        scratch,
-        scores,
-        status,
-        ev_kind,
-        ev_peak,
-        ev_duration,
-        links,
-    ):
-        """Run a micro-batch of ``M`` samples through model and detector, rows in parallel.
-
-        ``samples``: ``(M, A)`` in sensor units; ``times``: ``(M,)`` seconds; ``rows``: state
-        rows; ``center``/``whiten``: residual scoring (``(D,)``, ``(D, D)``);
-        ``level_center``/``level_whiten``: the optional level term (``(0,)``/``(0, 0)``: none);
-        ``level_scale``: its channels' normal standard deviations (the adaptation bound's
-        unit; ``(0,)`` without adaptation); ``levels``: ``(capacity, D)`` float64 per-row
-        adapted offsets of the level centre (zeros without adaptation);
-        ``mask``/``fill``: per input channel, 1 = scored / 0 = masked, and the value fed to
-        the model for a masked channel (a missing value in a scored channel is fed the
-        model's previous prediction of it, and left out of that sample's score);
-        ``alerts``: 0 primes (scores and state advance, the alert machine is left alone);
-        ``states``: ``(capacity, S)`` recurrent state; ``istate``/``fstate``: per-row
-        detector state; ``preds``: ``(capacity, O)`` last prediction; ``rings``:
-        ``(capacity, window, A)`` float64 feature ring buffers (``(capacity, 1, 1)``, unused,
-        without features); ``codes``: feature statistic codes (empty: raw samples feed the
-        model); ``hop``: raw samples between feature vectors;
-        ``xbuf``/``obuf``/``ebuf``/``scratch``: per-thread work rows; outputs ``scores``,
-        ``status`` and the event slots are ``(M,)``.
-        """
+    def detect_parallel(model, batch, scoring, features, alerts, per_row, work, results, links):
+        """Run a micro-batch through model and detector, rows in parallel, each row's
+        samples in arrival order."""
+        rows = batch[0]
+        xbuf, obuf, ebuf, scratch = work
         row_last, heads, nxt = links[0], links[1], links[2]
         groups = group_by_row(rows, row_last, heads, nxt)
         for g in prange(groups):
             tid = get_thread_id()
+            mine = (xbuf[tid], obuf[tid], ebuf[tid], scratch[tid])
             _detect_group(
-                heads[g],
-                nxt,
-                params,
-                layout,
-                states,
-                rows,
-                samples,
-                times,
-                dparams,
-                center,
-                whiten,
-                level_center,
-                level_whiten,
-                level_scale,
-                mask,
-                fill,
-                codes,
-                hop,
-                alerts,
-                istate,
-                fstate,
-                preds,
-                levels,
-                rings,
-                rejected,
-                xbuf[tid],
-                obuf[tid],
-                ebuf[tid],
-                scratch[tid],
-                scores,
-                status,
-                ev_kind,
-                ev_peak,
-                ev_duration,
-                kind,
+                heads[g], nxt, model, batch, scoring, features, alerts, per_row, mine, results, kind
             )
 
     return detect_serial, detect_parallel
