@@ -129,6 +129,7 @@ class MQTTSource:
         client = _mqtt.make_client(self.broker, f"in-{self.name}", manual_ack=self._manual_ack)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
+        client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         self._client = client
@@ -163,6 +164,21 @@ class MQTTSource:
             client.subscribe(self._subscription, qos=self.settings.qos)
         except (ValueError, OSError) as exc:  # paho refused the filter: a bug, made visible
             log.error("%s: cannot subscribe to %s: %s", self.name, self._subscription, exc)
+
+    def _on_subscribe(
+        self, client: paho.Client, userdata: Any, mid: int, reasons: Any, properties: Any
+    ) -> None:
+        """The broker's answer (SUBACK): only now do messages on the topic come."""
+        refused = [reason for reason in reasons if reason.is_failure]
+        if refused:
+            _limited(
+                logging.ERROR,
+                f"{self.name}/subscribe",
+                "%s: broker refused the subscription to %s (%s): no samples will come from it",
+                self.name,
+                self._subscription,
+                ", ".join(str(reason) for reason in refused),
+            )
             return
         log.info("%s: subscribed to %s", self.name, self._subscription)
 

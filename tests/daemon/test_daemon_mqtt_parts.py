@@ -617,3 +617,33 @@ type = "stdout"
         assert daemon.sources[0].stats.snapshot().rate_mismatches == 0  # 50 is now right
     finally:
         daemon.shutdown()
+
+
+def test_subscribed_is_said_on_the_brokers_answer_and_a_refusal_is_an_error(broker, caplog):
+    """'subscribed' was logged when the SUBSCRIBE went out: a publisher that waited for it
+    could publish before the broker had the subscription (the messages were lost; seen in
+    CI), and a subscription the broker refused would have been reported as made."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    source = json_source(broker.port, "plant")
+    stop = threading.Event()
+    thread = threading.Thread(target=source.run, args=(list.extend, stop), daemon=True)
+    with caplog.at_level("INFO", logger="streamlstm.sources.mqtt"):
+        thread.start()
+        try:
+            wait_until(lambda: "subscribed to sensors/+/accel" in caplog.text, 10, "the SUBACK")
+        finally:
+            stop.set()
+            thread.join(10)
+        said = next(r for r in caplog.records if "subscribed to" in r.message)
+        assert said.funcName == "_on_subscribe"  # the broker's answer, not the request
+        # mosquitto grants every subscription (its ACLs filter deliveries), so a refusal
+        # is fed to the callback as paho would deliver it.
+        caplog.clear()
+        refused = ReasonCode(PacketTypes.SUBACK, identifier=0x87)
+        source._on_subscribe(None, None, 1, [refused], None)
+    refusal = next(r for r in caplog.records if "refused the subscription" in r.message)
+    assert refusal.levelname == "ERROR" and "Not authorized" in refusal.message
+    assert "no samples will come" in refusal.message
+    assert "subscribed to" not in caplog.text
