@@ -110,10 +110,11 @@ def _all_finite(values, n):
     ``v * 0`` is 0 for finite ``v`` and NaN otherwise, so one vectorised sum answers it;
     a per-element ``np.isfinite`` test does not vectorise (measured 0.3 us for 128 values).
     """
-    total = values[0] * 0
+    zero = like(values[0], 0)  # not a literal 0: float32 * 0 would sum in float64
+    total = zero
     for k in range(n):
-        total += values[k] * 0
-    return total == 0
+        total += values[k] * zero
+    return total == zero
 
 
 # -- scratch views ----------------------------------------------------------------------------
@@ -638,11 +639,14 @@ def _finish(params, layout, state, out, scratch):
 
     n_out = layout[L.H_OUTPUT]
     norm = layout[L.H_OUT_NORM]
-    for j in range(n_out):
-        y = layer_in[j]
-        if norm >= 0:
-            y = y * params[norm + n_out + j] + params[norm + j]
-        out[j] = y
+    # The test outside the loops: inside, it kept LLVM from vectorising the copy, which
+    # then took a seventh of a window model's time (H=64).
+    if norm >= 0:
+        for j in range(n_out):
+            out[j] = layer_in[j] * params[norm + n_out + j] + params[norm + j]
+    else:
+        for j in range(n_out):
+            out[j] = layer_in[j]
     n_state = layout[L.H_STATE]
     if not (_all_finite(out, n_out) and _all_finite(new_state, n_state)):
         out[:n_out] = np.nan
