@@ -16,7 +16,7 @@ from ..packing import packed
 from . import _kernel as K
 from .calibration_record import Calibration
 from .durations import step_seconds
-from .events import EVICTED, AlertEvent, EventKind, eviction_times
+from .events import EVICTED, RESET, AlertEvent, EventKind, eviction_times
 from .features import FeatureSpec, compute_features
 from .params import DetectorParams, pack_params, params_from, scoring_from
 from .state import AnyDetectorState, DetectorState, wrong_kind
@@ -406,9 +406,11 @@ class Detector:
             else np.nan
         )
 
-    def forget(self, sensor: Hashable) -> None:
-        """Drop ``sensor`` (its open alert, if any, is dropped without an end event)."""
-        self.bank.forget(sensor)  # clears the sensor's row of every row array
+    def forget(self, sensor: Hashable, t: float = np.nan) -> list[AlertEvent]:
+        """Drop ``sensor``: :meth:`evict` for one known sensor (an unknown one raises); the
+        ``end`` event of its open alert, if any, at ``t``."""
+        self.bank.known_row(sensor)
+        return self.evict([sensor], [t])
 
     def evict(
         self, sensors: Sequence[Hashable], t: Sequence[float] | None = None
@@ -419,25 +421,40 @@ class Detector:
         open on them, at ``t[i]`` (e.g. each sensor's last sample time; NaN if not given),
         so that no consumer keeps an alert open for a sensor nobody watches any more.
         """
+        events = self._ends(sensors, eviction_times(len(sensors), t), EVICTED)
+        self.bank.forget_many(sensors)
+        return events
+
+    def reset(self, sensor: Hashable | None = None, t: float = np.nan) -> list[AlertEvent]:
+        """Back to a fresh state (warm-up again) for one sensor, or all of them. Returns an
+        ``end`` event with ``reason`` :data:`~.events.RESET` for each open alert, at ``t``."""
+        rows = slice(None) if sensor is None else self.bank.known_row(sensor)
+        sensors = [sensor] if sensor is not None else self._alerting()
+        events = self._ends(sensors, [t] * len(sensors), RESET)
+        self.bank.reset(sensor)
+        self.bank.row_table.clear(rows, _DETECTOR_ROWS)
+        return events
+
+    def _alerting(self) -> list[Hashable]:
+        """The sensors with an open alert."""
+        sensors, rows = self.bank.assigned_rows()
+        open_alert = self.bank.row_table["istate"][rows, K.I_ALERT] != 0
+        return [s for s, alerting in zip(sensors, open_alert, strict=True) if alerting]
+
+    def _ends(
+        self, sensors: Sequence[Hashable], times: Sequence[float], reason: str
+    ) -> list[AlertEvent]:
+        """The ``end`` events, for ``reason``, of the open alerts among ``sensors``."""
         table = self.bank.row_table
         events = []
-        for sensor, at in zip(sensors, eviction_times(len(sensors), t), strict=True):
+        for sensor, at in zip(sensors, times, strict=True):
             if sensor not in self.bank:
                 continue
             row = self.bank.known_row(sensor)
             if table["istate"][row, K.I_ALERT]:
                 score, peak, start = table["fstate"][row, [K.F_SCORE, K.F_PEAK, K.F_START]]
-                events.append(
-                    self._event(sensor, K.EVENT_END, at, score, peak, at - start, EVICTED)
-                )
-        self.bank.forget_many(sensors)
+                events.append(self._event(sensor, K.EVENT_END, at, score, peak, at - start, reason))
         return events
-
-    def reset(self, sensor: Hashable | None = None) -> None:
-        """Back to a fresh state (warm-up again) for one sensor, or all of them."""
-        rows = slice(None) if sensor is None else self.bank.known_row(sensor)
-        self.bank.reset(sensor)
-        self.bank.row_table.clear(rows, _DETECTOR_ROWS)
 
     # -- snapshots ------------------------------------------------------------------------
     def export_state(self) -> DetectorState:

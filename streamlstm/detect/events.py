@@ -14,6 +14,9 @@ EventKind = Literal["start", "end"]
 #: :attr:`AlertEvent.reason` of the ``end`` a detector emits when it drops a sensor whose
 #: alert is open (``evict``), so that no consumer keeps that alert open for ever.
 EVICTED = "evicted"
+#: :attr:`AlertEvent.reason` of the ``end`` a detector emits for an alert open on a sensor
+#: it is told to ``reset``: the sensor warms up again, and its alert is over.
+RESET = "reset"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,8 +31,9 @@ class AlertEvent:
     ``label``: the class an alert is about (window classifiers, see
     :class:`~streamlstm.detect.windowed.WindowDetector`; None for other detectors);
     ``reason``: why an ``end`` came other than by the score: :data:`EVICTED` when the
-    detector dropped the sensor while its alert was open (``t``: the time the caller gave,
-    e.g. the sensor's last sample; ``score``: its last score). None otherwise.
+    detector dropped the sensor while its alert was open, :data:`RESET` when it was told
+    to reset it (``t``: the time the caller gave, e.g. the sensor's last sample, NaN if
+    none; ``score``: its last score). None otherwise.
     """
 
     sensor: Hashable

@@ -47,7 +47,7 @@ from ..windows import WindowBank, WindowOutputs
 from .calibration_record import Calibration
 from .detector import RowCopy
 from .durations import step_seconds
-from .events import EVICTED, AlertEvent, EventKind, eviction_times
+from .events import EVICTED, RESET, AlertEvent, EventKind, eviction_times
 from .params import DetectorParams, Scoring, params_from, scoring_from
 from .state import AnyDetectorState, WindowDetectorState, wrong_kind
 
@@ -495,11 +495,11 @@ class WindowDetector:
         row = self._row(sensor)
         return float(self._fstate[row, F_SCORE]) if self._istate[row, I_WINDOWS] else np.nan
 
-    def forget(self, sensor: Hashable) -> None:
-        """Drop ``sensor`` (an open alert is dropped without an end event)."""
-        row = self._row(sensor)
-        self.bank.forget(sensor)
-        self._clear_row(row)
+    def forget(self, sensor: Hashable, t: float = math.nan) -> list[AlertEvent]:
+        """Drop ``sensor``: :meth:`evict` for one known sensor (an unknown one raises); the
+        ``end`` event of its open alert, if any, at ``t``."""
+        self._row(sensor)
+        return self.evict([sensor], [t])
 
     def evict(
         self, sensors: Sequence[Hashable], t: Sequence[float] | None = None
@@ -507,8 +507,32 @@ class WindowDetector:
         """Drop many sensors at once (unknown ids are ignored); their rows are reused.
         Returns the ``end`` events of their open alerts, as :meth:`Detector.evict
         <streamlstm.detect.Detector.evict>` does (a class alert's carries its class)."""
+        events = self._ends(sensors, eviction_times(len(sensors), t), EVICTED)
+        self._clear_row(self.bank.forget_many(sensors))
+        return events
+
+    def reset(self, sensor: Hashable | None = None, t: float = math.nan) -> list[AlertEvent]:
+        """Back to a fresh state (first window ``W`` samples on) for one sensor or all; the
+        ``end`` events of open alerts, at ``t``, as :meth:`Detector.reset
+        <streamlstm.detect.Detector.reset>` returns them."""
+        row = slice(None) if sensor is None else self._row(sensor)
+        sensors = [sensor] if sensor is not None else self._alerting()
+        events = self._ends(sensors, [t] * len(sensors), RESET)
+        self.bank.reset(sensor)
+        self._clear_row(row)
+        return events
+
+    def _alerting(self) -> list[Hashable]:
+        """The sensors with an open alert."""
+        return [s for s in self.bank.sensors if self._istate[self.bank.row(s), I_ALERT]]
+
+    def _ends(
+        self, sensors: Sequence[Hashable], times: Sequence[float], reason: str
+    ) -> list[AlertEvent]:
+        """The ``end`` events, for ``reason``, of the open alerts among ``sensors`` (a class
+        alert's carries its class)."""
         events = []
-        for sensor, at in zip(sensors, eviction_times(len(sensors), t), strict=True):
+        for sensor, at in zip(sensors, times, strict=True):
             if sensor not in self.bank:
                 continue
             row = self.bank.row(sensor)
@@ -524,16 +548,10 @@ class WindowDetector:
                         peak,
                         at - start,
                         self.classes[label] if label >= 0 else None,
-                        reason=EVICTED,
+                        reason=reason,
                     )
                 )
-        self._clear_row(self.bank.forget_many(sensors))
         return events
-
-    def reset(self, sensor: Hashable | None = None) -> None:
-        """Back to a fresh state (first window ``W`` samples on) for one sensor or all."""
-        self.bank.reset(sensor)
-        self._clear_row(slice(None) if sensor is None else self._row(sensor))
 
     # -- snapshots ------------------------------------------------------------------------
     def export_state(self) -> WindowDetectorState:

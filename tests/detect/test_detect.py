@@ -15,7 +15,7 @@ from streamlstm.detect import _kernel as K
 from streamlstm.detect import calibrate
 from streamlstm.detect import params as P
 from streamlstm.detect.calibration_record import BASE_VERSION, SCHEMA_VERSION, Calibration
-from streamlstm.detect.events import EVICTED
+from streamlstm.detect.events import EVICTED, RESET
 from streamlstm.detect.state import DetectorState
 from streamlstm.errors import ConfigError, ShapeError
 from streamlstm.model import Normalization
@@ -312,6 +312,32 @@ def test_evicting_a_sensor_ends_its_open_alert_with_reason_evicted(calibrated):
     assert [np.isnan(e.t) for e in det.evict(["a", "b"])] == [True]
     with pytest.raises(ShapeError, match="1 times for 2 sensors"):
         det.evict(["a", "b"], t=[1.0])
+
+
+def test_forget_and_reset_end_open_alerts_with_their_reasons(calibrated):
+    # Before, both dropped an open alert without an end: a subscriber kept it open for ever.
+    det = sl.Detector(calibrated["diagonal"], warmup_steps=0, debounce_steps=1, quiet_s=10.0)
+    ids, samples, times = interleaved_batch(["a", "b", "c"], 200, 3, burst=slice(150, 200))
+    det.update(ids, samples, times)
+    assert det.alerting("a") and not det.alerting("b")
+    assert det.forget("b", t=9.0) == []  # no open alert, no event
+    score = det.score("a")
+    [end] = det.forget("a", t=9.0)
+    assert (end.sensor, end.kind, end.reason, end.t, end.score) == ("a", "end", EVICTED, 9.0, score)
+    assert det.sensors == ["c"]
+    with pytest.raises(KeyError):
+        det.forget("a")
+    # reset(sensor) ends that sensor's alert; reset() every open one; both warm up again.
+    det.update(ids, samples, times)
+    assert det.alerting("a") and not det.alerting("b") and not det.alerting("c")
+    [end] = det.reset("a", t=12.5)
+    assert (end.sensor, end.reason, end.t) == ("a", RESET, 12.5) and not det.alerting("a")
+    assert np.isnan(det.score("a")) and det.reset("a") == []
+    det.update(ids, samples, times + 20.0)
+    assert det.alerting("a")
+    [end] = det.reset()
+    assert (end.sensor, end.reason) == ("a", RESET) and np.isnan(end.t)
+    assert sorted(det.sensors) == ["a", "b", "c"] and not any(map(det.alerting, "abc"))
 
 
 def test_parameters_come_from_calibration_and_can_be_overridden(calibrated):

@@ -12,7 +12,7 @@ from window_models import autoencoder, channel_classifier, fault_sequence
 import streamlstm as sl
 from streamlstm.detect import Detector, WindowDetector, calibrate_reconstruction
 from streamlstm.detect.calibration_record import Calibration
-from streamlstm.detect.events import EVICTED
+from streamlstm.detect.events import EVICTED, RESET
 from streamlstm.errors import ConfigError, ShapeError
 from streamlstm.model import Model
 from streamlstm.sinks import alert_record
@@ -90,6 +90,23 @@ def test_evicting_a_sensor_ends_its_open_class_alert_with_its_class():
     assert alert_record(got[0], seq=1, daemon="d", model_id="m", model_sha="0", published=0.0)[
         "reason"
     ] == ("evicted")
+
+
+def test_forget_and_reset_end_an_open_class_alert_with_its_class():
+    x = fault_sequence(np.random.default_rng(0))
+    det = WindowDetector(channel_classifier(), min_probability=0.9, consecutive=2)
+    t = np.arange(len(x)) / RATE
+    for name in ("a", "b", "c"):
+        det.update([name] * 60, x[:60], t[:60])  # inside the inner fault: alerts open
+    [end] = det.reset("a", t=0.6)
+    assert summary([end]) == [("a", "end", "inner", 0.6)] and end.reason == RESET
+    assert not det.alerting("a") and np.isnan(det.score("a")) and det.reset("a") == []
+    [end] = det.forget("b", t=0.7)
+    assert summary([end]) == [("b", "end", "inner", 0.7)] and end.reason == EVICTED
+    assert det.sensors == ["a", "c"]
+    [end] = det.reset()
+    assert end.sensor == "c" and end.reason == RESET and np.isnan(end.t)
+    assert not det.alerting("c")
 
 
 def test_an_alert_holds_while_its_class_stays_the_most_probable_below_min_probability():
