@@ -70,6 +70,11 @@ CONNECTION_METRICS = [
         "failed connection attempts (broker unreachable or refusing), by component",
     ),
     ("streamlstm_reconnects_total", "counter", "reconnections, by component"),
+    (
+        "streamlstm_subscribe_refusals_total",
+        "counter",
+        "subscriptions the broker refused (nothing comes from them), by component",
+    ),
     ("streamlstm_connected", "gauge", "1 while the component is connected"),
     (
         "streamlstm_broker_refusals_total",
@@ -222,6 +227,7 @@ def source_samples(sources: Sequence[Source]) -> list[Sample]:
             ("streamlstm_source_samples_total", (label,), counts.samples),
             ("streamlstm_rate_mismatches_total", (label,), counts.rate_mismatches),
             ("streamlstm_reconnects_total", (component,), counts.reconnects),
+            ("streamlstm_subscribe_refusals_total", (component,), counts.subscribe_refusals),
             ("streamlstm_connected", (component,), int(counts.connected)),
         ]
     return out

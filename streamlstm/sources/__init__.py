@@ -103,6 +103,7 @@ class SourceCounts:
     reconnects: int
     connected: bool
     rate_mismatches: int
+    subscribe_refusals: int
 
 
 @dataclass
@@ -115,6 +116,8 @@ class SourceStats:
     rate_mismatches: int = 0
     reconnects: int = 0
     connect_failures: int = 0
+    # Subscriptions the broker refused (MQTT SUBACK): nothing comes from such a source.
+    subscribe_refusals: int = 0
     connected: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -157,6 +160,10 @@ class SourceStats:
         with self._lock:
             self.connect_failures += 1
 
+    def subscribe_refused(self) -> None:
+        with self._lock:
+            self.subscribe_refusals += 1
+
     def rate_mismatch(self) -> None:
         with self._lock:
             self.rate_mismatches += 1
@@ -169,6 +176,7 @@ class SourceStats:
                 self.reconnects,
                 self.connected,
                 self.rate_mismatches,
+                self.subscribe_refusals,
             )
 
 

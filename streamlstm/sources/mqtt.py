@@ -171,6 +171,7 @@ class MQTTSource:
         """The broker's answer (SUBACK): only now do messages on the topic come."""
         refused = [reason for reason in reasons if reason.is_failure]
         if refused:
+            self.stats.subscribe_refused()
             _limited(
                 logging.ERROR,
                 f"{self.name}/subscribe",

@@ -15,6 +15,7 @@ import numpy as np
 from mqtt_helpers import Broker, Subscriber, publisher, require_tool, wait_until
 
 from streamlstm.daemon.config import BrokerConfig, MQTTSinkConfig, TLSConfig, validate
+from streamlstm.daemon.telemetry import source_samples
 from streamlstm.sinks import SensorState
 from streamlstm.sinks.mqtt import MQTTSink
 from streamlstm.sinks.spool import SeqCounter, Spool
@@ -647,3 +648,7 @@ def test_subscribed_is_said_on_the_brokers_answer_and_a_refusal_is_an_error(brok
     assert refusal.levelname == "ERROR" and "Not authorized" in refusal.message
     assert "no samples will come" in refusal.message
     assert "subscribed to" not in caplog.text
+    # ... and counted, for the metrics endpoint.
+    assert ("streamlstm_subscribe_refusals_total", (("component", "source:plant"),), 1) in (
+        source_samples([source])
+    )
