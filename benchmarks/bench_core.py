@@ -4,8 +4,9 @@
 
 Three parts, all in one run on one machine, medians of repeated timings after warm-up,
 every library on 1 thread unless a row says otherwise, then a table of how far each of
-our kernels is from the machine's limit: its FMA rate as a share of the peak measured in
-the same run (:mod:`fma_peak`), with the FMAs and the bytes each stream-step moves:
+our kernels is from the machine's limits: its FMA rate as a share of the peak measured in
+the same run (:mod:`fma_peak`), and the bytes it reads as a share of one core's L2 read
+bandwidth (:mod:`cache_bandwidth`), with the FMAs and the bytes each stream-step moves:
 
 1. single-stream latency per sample (D=3, Linear head), called from Python with the state
    carried between calls: ``Stream.step`` vs torch ``nn.LSTM`` (seq_len 1,
@@ -21,7 +22,11 @@ FMAs per step are the multiply-adds of the matrix products (one per weight; the
 activations' few dozen are left out). Bytes per step are what the kernel reads and
 writes between core and cache: the packed weights (read once per step by one stream,
 once per tile of ``TILE_STREAMS`` streams by a bank), the state row read and written,
-the sample and the prediction.
+the sample and the prediction. The weights of the H=64 model (69 kB) do not fit in L1,
+so they come from L2 at every step: a single stream is bound by that bandwidth long
+before its FMAs (``of L2``), a bank, reading them once per tile, by its FMAs. (A run walks
+the weight blocks in alternate directions, so some of them are still in L1: its ``of L2``
+is an upper bound.)
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from streamlstm.packing import packed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from cache_bandwidth import L2_KIB, read_bytes_per_second
 from fma_peak import peak_fmas_per_second
 from harness import machine_facts, median_time
 
@@ -358,12 +364,14 @@ def bytes_per_step(model: Model, streams_per_weight_pass: int) -> int:
 
 
 def limit_rows(
-    model: Model, peak: float, rates: dict[str, tuple[float, int, int]]
+    model: Model, peak: float, l2_bandwidth: float, rates: dict[str, tuple[float, int, int]]
 ) -> list[dict[str, Any]]:
-    """One row per kernel: ``rates[name] = (steps/s, cores, streams per weight pass)``."""
+    """One row per kernel: ``rates[name] = (steps/s, cores, streams per weight pass)``;
+    ``peak`` in FMA/s and ``l2_bandwidth`` in bytes/s, per core."""
     fmas = fmas_per_step(model)
     rows = []
     for name, (steps, cores, sharing) in rates.items():
+        moved = bytes_per_step(model, sharing)
         rows.append(
             {
                 "kernel": name,
@@ -371,8 +379,10 @@ def limit_rows(
                 "cores": cores,
                 "G FMA/s": steps * fmas / 1e9,
                 "share of peak": steps * fmas / (peak * cores),
+                "GB/s": steps * moved / 1e9,
+                "share of L2 bandwidth": steps * moved / (l2_bandwidth * cores),
                 "FMAs/step": fmas,
-                "bytes/step": bytes_per_step(model, sharing),
+                "bytes/step": moved,
             }
         )
     return rows
@@ -391,12 +401,15 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     peak = peak_fmas_per_second()
+    l2_bandwidth = read_bytes_per_second(L2_KIB)
     print(
         f"0. peak of this machine: {peak / 1e9:.1f} G FMA/s per core "
-        f"({2 * peak / 1e9:.0f} GFLOP/s float32; benchmarks/fma_peak.py)\n"
+        f"({2 * peak / 1e9:.0f} GFLOP/s float32; benchmarks/fma_peak.py); "
+        f"{l2_bandwidth / 1e9:.0f} GB/s read from L2 per core (benchmarks/cache_bandwidth.py)\n"
     )
     report: dict[str, Any] = {
         "peak_gfma_per_core": peak / 1e9,
+        "l2_read_gb_per_s_per_core": l2_bandwidth / 1e9,
         "machine": machine_facts("numba", "numpy", "torch", "onnxruntime", "streamlstm"),
         "single": [],
         "run": {},
@@ -449,17 +462,23 @@ def main(argv: list[str] | None = None) -> int:
     # Measured again at the end, the best kept: on a shared machine a neighbour's burst can
     # only make the peak look lower.
     peak = max(peak, peak_fmas_per_second())
+    l2_bandwidth = max(l2_bandwidth, read_bytes_per_second(L2_KIB))
     report["peak_gfma_per_core"] = peak / 1e9
-    print(f"\n4. distance from the limit, H=64, D=3 (peak {peak / 1e9:.1f} G FMA/s per core)")
+    report["l2_read_gb_per_s_per_core"] = l2_bandwidth / 1e9
     print(
-        f"   {'kernel':30} {'M steps/s':>9} {'G FMA/s':>8} {'of peak':>8} "
-        f"{'FMAs/step':>9} {'bytes/step':>10}"
+        f"\n4. distance from the limits, H=64, D=3 (peak {peak / 1e9:.1f} G FMA/s and "
+        f"{l2_bandwidth / 1e9:.0f} GB/s from L2, per core)"
     )
-    limits = limit_rows(bench_model(), peak, rates)
+    print(
+        f"   {'kernel':30} {'M steps/s':>9} {'G FMA/s':>8} {'of peak':>8} {'GB/s':>6} "
+        f"{'of L2':>6} {'FMAs/step':>9} {'bytes/step':>10}"
+    )
+    limits = limit_rows(bench_model(), peak, l2_bandwidth, rates)
     for r in limits:
         print(
             f"   {r['kernel']:30} {r['M steps/s']:9.3f} {r['G FMA/s']:8.1f} "
-            f"{r['share of peak']:8.0%} {r['FMAs/step']:9d} {r['bytes/step']:10d}"
+            f"{r['share of peak']:8.0%} {r['GB/s']:6.0f} {r['share of L2 bandwidth']:6.0%} "
+            f"{r['FMAs/step']:9d} {r['bytes/step']:10d}"
         )
     report["limits"] = limits
 
