@@ -128,7 +128,9 @@ class Daemon:
             if isinstance(s, ReplaySource) and s.settings.plot
         ]
         path = config.daemon.snapshot_path
-        self.sensors: dict[str, SensorState] = restore_snapshot(path, self.pipeline, self.metrics)
+        self.sensors: dict[str, SensorState] = restore_snapshot(
+            path, self.pipeline, self.metrics, self.loaded.sha256
+        )
         # Sensor -> monotonic time of its last frame, least recently seen first.
         now = time.monotonic()
         self._last_seen = LastSeen((name, now) for name in self.sensors)

@@ -149,13 +149,15 @@ def _job(
 
 
 def restore_snapshot(
-    path: str | None, pipeline: Pipeline, metrics: Metrics
+    path: str | None, pipeline: Pipeline, metrics: Metrics, model_sha: str | None = None
 ) -> dict[str, SensorState]:
     """Load the snapshot at ``path`` into ``pipeline``; its per-sensor records.
 
     Empty when there is none; a file that is unreadable or does not fit the model is
     counted (``streamlstm_snapshot_restore_failures_total``), logged and moved aside, and
-    nothing is loaded.
+    nothing is loaded. A snapshot written with other weights than ``model_sha`` (the
+    running weight file's sha256) that fits the model is loaded, as a SIGHUP reload keeps
+    the state, and the change of weights is logged.
     """
     if path is None or not Path(path).exists():
         return {}
@@ -172,6 +174,14 @@ def restore_snapshot(
         _set_aside(path, "mismatch", f"does not fit this model ({exc})", metrics)
         return {}
     log.info("restored %d sensors from %s", len(records), path)
+    if model_sha is not None and state.model_sha256 != model_sha:
+        log.warning(
+            "snapshot %s was written with other weights (sha256 %s, now %s): the sensors'"
+            " state carries over to them, as on a reload",
+            path,
+            state.model_sha256[:12],
+            model_sha[:12],
+        )
     return records
 
 

@@ -135,6 +135,24 @@ def test_a_daemon_snapshot_of_the_previous_release_restores_bit_for_bit(tmp_path
     assert_same_tree(written, want)
 
 
+def test_a_snapshot_of_other_weights_that_fit_is_restored_and_the_change_is_logged(
+    tmp_path, caplog
+):
+    path = DATA / "daemon-v2.npz"
+    _, tree = raw_tree(path)
+    written_with = tree["model_sha256"]
+    for running, said in ((written_with, False), ("f" * 64, True)):
+        detector, metrics = detector_for(tree), Metrics()
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, "streamlstm.daemon"):
+            records = restore_snapshot(str(path), detector, metrics, running)
+        assert records and metrics.value(RESTORE_FAILURES, MISMATCH) == 0
+        assert_same_tree(detector.export_state().to_tree(), tree["detector"], "detector")
+        assert ("written with other weights" in caplog.text) == said, caplog.text
+        if said:
+            assert f"sha256 {written_with[:12]}, now ffffffffffff" in caplog.text
+
+
 @pytest.mark.parametrize("version", [2, 1])
 def test_a_fleet_partition_snapshot_of_the_previous_release_restores_bit_for_bit(tmp_path, version):
     path = fixture_file("partition-v2.npz", version, tmp_path)
