@@ -47,7 +47,7 @@ def build_sources(config: SiteConfig, width: int, model_rate: float | None = Non
         else:
             from ..sources.demo import DemoSource
 
-            sources.append(DemoSource.from_config(settings, width))
+            sources.append(DemoSource.from_demo_config(settings, width))
     return sources
 
 

@@ -48,8 +48,7 @@ class DemoSource(ReplaySource):
         )
 
     @classmethod
-    def from_config(  # type: ignore[override]  # a demo table, not a replay's
-        cls, settings: DemoSourceConfig, width: int
-    ) -> DemoSource:
-        """The source a validated ``[[sources]]`` table of type demo describes."""
+    def from_demo_config(cls, settings: DemoSourceConfig, width: int) -> DemoSource:
+        """The source a validated ``[[sources]]`` table of type demo describes (a demo
+        table, not a replay's: :meth:`ReplaySource.from_config` takes those)."""
         return cls(width=width, **section_values(settings))

@@ -202,7 +202,7 @@ def test_every_source_kind_round_trips_through_from_config(kind, tmp_path):
         "serial": lambda: SerialSource.from_config(section, 3),
         "mqtt": lambda: MQTTSource.from_config(section, 3, config.mqtt, 50.0),
         "replay": lambda: ReplaySource.from_config(section, 3),
-        "demo": lambda: DemoSource.from_config(section, 3),
+        "demo": lambda: DemoSource.from_demo_config(section, 3),
     }[kind]()
     assert built.name == f"my-{kind}"
     values = section_values(section)
