@@ -13,7 +13,10 @@ windows as one batch: torch ``nn.LSTM`` (``inference_mode``) and onnxruntime (an
 node, ``direction`` forward or bidirectional). Everything on 1 thread. For the
 unidirectional model the streaming cost of the same network (``Bank.step``, N sensors x 1
 sample) is printed too: the issue's target is a per-sample window cost of at most
-(W/K) x that + 20 %. Outputs are cross-checked before timing. Medians of repeats.
+(W/K) x that + 20 %. Outputs are cross-checked before timing. Medians of repeats, timed
+in turns (each round gives us and each peer a turn: a warm-up call, then calls for about
+20 ms), so that a slow spell of a shared machine does not favour whichever was being
+timed.
 
 ``--device cuda``: the same classifiers through the GPU window bank
 (``model.windows(device="cuda")``) for N = 1, 1,000 and 10,000 sensors (``--sizes``): one
@@ -41,7 +44,7 @@ from streamlstm.formats.torch import load_torch
 from streamlstm.window_spec import WindowSpec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import machine_facts, median_time
+from harness import interleaved_medians, machine_facts, median_time
 
 D, H, CLASSES, W, K = 3, 64, 4, 128, 32
 
@@ -157,15 +160,19 @@ def bench_case(bidirectional: bool, sensors: int, repeats: int, tmp: Path) -> di
         assert error < 1e-5, f"cross-check failed: {error}"
     numba.set_num_threads(1)
     torch.set_num_threads(1)
-    ours = median_time(lambda: bank.push(ids, batch), repeats=repeats)
+    times = interleaved_medians(
+        {
+            "streamlstm": lambda: bank.push(ids, batch),
+            "torch": lambda: net(windows),
+            "onnxruntime": lambda: onnx_run(windows),
+        },
+        repeats=repeats,
+    )
     row = {
         "bidirectional": bidirectional,
         "sensors": sensors,
-        "streamlstm_windows_per_s": sensors / ours,
-        "torch_windows_per_s": sensors / median_time(lambda: net(windows), repeats=repeats),
-        "onnxruntime_windows_per_s": sensors
-        / median_time(lambda: onnx_run(windows), repeats=repeats),
-        "streamlstm_ns_per_sample": ours / (sensors * K) * 1e9,
+        **{f"{name}_windows_per_s": sensors / seconds for name, seconds in times.items()},
+        "streamlstm_ns_per_sample": times["streamlstm"] / (sensors * K) * 1e9,
     }
     if not bidirectional:
         stream_model = sl.load(path)

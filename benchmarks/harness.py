@@ -6,6 +6,7 @@ network helpers of the end-to-end benchmarks. Not a test helper: nothing here as
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import shutil
@@ -34,6 +35,32 @@ def median_time(fn: Callable[[], Any], *, repeats: int, inner: int = 1) -> float
             fn()
         samples.append((time.perf_counter() - start) / inner)
     return statistics.median(samples)
+
+
+def interleaved_medians(
+    fns: dict[str, Callable[[], Any]], *, repeats: int, turn_s: float = 0.02
+) -> dict[str, float]:
+    """Median wall time of a call of each of ``fns``, in seconds, timed in turns: every
+    round gives each a turn (the order rotating), so that a slow spell of a shared machine
+    weighs on all of them alike instead of on whichever was being timed. A turn is one
+    untimed call, which brings the function's data back into the caches the others
+    used, then enough timed calls to last about ``turn_s`` (their mean is the sample)."""
+    calls = {}
+    for name, fn in fns.items():
+        start = time.perf_counter()
+        fn()
+        calls[name] = max(1, math.ceil(turn_s / max(time.perf_counter() - start, 1e-9)))
+    names = list(fns)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(repeats):
+        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+            fn, count = fns[name], calls[name]
+            fn()
+            start = time.perf_counter()
+            for _ in range(count):
+                fn()
+            samples[name].append((time.perf_counter() - start) / count)
+    return {name: statistics.median(times) for name, times in samples.items()}
 
 
 def machine_facts(*packages: str) -> dict[str, Any]:
