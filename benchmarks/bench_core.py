@@ -2,8 +2,10 @@
 
     python benchmarks/bench_core.py [--quick] [--json benchmarks/results/core.json]
 
-Three parts, all in one run on one machine, medians of repeated timings after warm-up,
-every library on 1 thread unless a row says otherwise, then a table of how far each of
+Three parts, all in one run on one machine, medians of repeated timings taken in turns
+(each round gives us and every peer a warm-up call and about 20 ms of calls: a slow
+spell of a shared machine weighs on all alike), every library on 1 thread unless a row
+says otherwise, then a table of how far each of
 our kernels is from the machine's limits: its FMA rate as a share of the peak measured in
 the same run (:mod:`fma_peak`), and the bytes it reads as a share of one core's L2 read
 bandwidth (:mod:`cache_bandwidth`), with the FMAs and the bytes each stream-step moves:
@@ -34,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cache_bandwidth import L2_KIB, read_bytes_per_second
 from fma_peak import peak_fmas_per_second
-from harness import machine_facts, median_time
+from harness import interleaved_medians, machine_facts
 
 D = 3
 
@@ -184,17 +187,13 @@ def bench_single(hidden: int, layers: int, quick: bool) -> dict[str, float]:
     model = model_from_torch(lstm, head)
     x = np.random.default_rng(0).standard_normal(D).astype(np.float32)
     xt = torch.from_numpy(x)
-    inner, repeats = (2000, 5) if quick else (20000, 9)
-    results: dict[str, float] = {}
+    repeats = 5 if quick else 9
+    fns: dict[str, Callable[[], Any]] = {}
 
     stream = model.stream()
-    results["streamlstm Stream.step"] = median_time(
-        lambda: stream.step(x), inner=inner, repeats=repeats
-    )
+    fns["streamlstm Stream.step"] = lambda: stream.step(x)
     out = np.empty(D, np.float32)
-    results["streamlstm Stream.step(out=)"] = median_time(
-        lambda: stream.step(x, out=out), inner=inner, repeats=repeats
-    )
+    fns["streamlstm Stream.step(out=)"] = lambda: stream.step(x, out=out)
 
     state = [None]
     x3 = xt.view(1, 1, D)
@@ -204,9 +203,7 @@ def bench_single(hidden: int, layers: int, quick: bool) -> dict[str, float]:
             y, state[0] = lstm(x3, state[0])
             head(y[0, 0])
 
-    results["torch nn.LSTM (seq_len 1)"] = median_time(
-        torch_lstm, inner=inner // 4, repeats=repeats
-    )
+    fns["torch nn.LSTM (seq_len 1)"] = torch_lstm
     if layers == 1:
         cell = torch.nn.LSTMCell(D, hidden).eval()
         with torch.no_grad():
@@ -220,7 +217,7 @@ def bench_single(hidden: int, layers: int, quick: bool) -> dict[str, float]:
                 hc[0] = cell(x2, hc[0])
                 head(hc[0][0])
 
-        results["torch nn.LSTMCell"] = median_time(torch_cell, inner=inner // 4, repeats=repeats)
+        fns["torch nn.LSTMCell"] = torch_cell
 
     session = onnx_session(lstm, head, threads=1)
     feeds = {
@@ -233,12 +230,10 @@ def bench_single(hidden: int, layers: int, quick: bool) -> dict[str, float]:
     def onnx_step() -> None:
         _, feeds["h0"], feeds["c0"] = session.run(None, feeds)
 
-    results["onnxruntime (state fed back)"] = median_time(
-        onnx_step, inner=inner // 4, repeats=repeats
-    )
+    fns["onnxruntime (state fed back)"] = onnx_step
     numpy_stream = NumpyStream(model)
-    results["NumPy"] = median_time(lambda: numpy_stream.step(x), inner=inner // 4, repeats=repeats)
-    return results
+    fns["NumPy"] = lambda: numpy_stream.step(x)
+    return interleaved_medians(fns, repeats=repeats)
 
 
 def _check_onnx(session, model: Model, feeds: dict[str, np.ndarray]) -> None:
@@ -268,18 +263,20 @@ def bench_run(quick: bool) -> dict[str, float]:
     xs = np.random.default_rng(0).standard_normal((10_000, D)).astype(np.float32)
     stream = model.stream()
     repeats = 3 if quick else 7
-    ours = median_time(lambda: stream.run(xs), inner=1, repeats=repeats) / len(xs)
     xt = torch.from_numpy(xs).view(-1, 1, D)
 
     def torch_seq() -> None:
         with torch.inference_mode():
             head(lstm(xt)[0])
 
-    return {
-        "streamlstm Stream.run": ours,
-        "torch nn.LSTM (whole sequence)": median_time(torch_seq, inner=1, repeats=repeats)
-        / len(xs),
-    }
+    times = interleaved_medians(
+        {
+            "streamlstm Stream.run": lambda: stream.run(xs),
+            "torch nn.LSTM (whole sequence)": torch_seq,
+        },
+        repeats=repeats,
+    )
+    return {name: seconds / len(xs) for name, seconds in times.items()}
 
 
 def bench_bank(sizes: list[int], quick: bool) -> list[dict[str, Any]]:
@@ -311,7 +308,6 @@ def _bench_bank_size(
     samples = np.random.default_rng(n).standard_normal((n, D)).astype(np.float32)
     sensors = np.arange(n)
     repeats = 3 if quick else 7
-    inner = max(1, (20_000 if quick else 200_000) // n)
     bank = model.bank(n, threads=threads)
     bank_rows = bank.rows(sensors)
     result = {
@@ -339,7 +335,8 @@ def _bench_bank_size(
 
     result[f"torch LSTMCell batched {threads}t"] = torch_cell
     result[f"onnxruntime batched {threads}t"] = onnx_batch
-    return {name: n / median_time(fn, inner=inner, repeats=repeats) for name, fn in result.items()}
+    times = interleaved_medians(result, repeats=repeats)
+    return {name: n / seconds for name, seconds in times.items()}
 
 
 # -- distance from the machine's limit ------------------------------------------------------
