@@ -47,6 +47,7 @@ def interleaved_medians(
     used, then enough timed calls to last about ``turn_s`` (their mean is the sample)."""
     calls = {}
     for name, fn in fns.items():
+        fn()  # a first call may compile or load: not one to size the turns by
         start = time.perf_counter()
         fn()
         calls[name] = max(1, math.ceil(turn_s / max(time.perf_counter() - start, 1e-9)))
