@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 from numba import njit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import best_time_of_rounds
 
 L1_KIB = 16
 L2_KIB = 128
@@ -42,32 +44,19 @@ def _sum_rounds(buffer, rounds):
 
 
 def read_bytes_per_second(kib: int, seconds: float = 0.05, repeats: int = 7) -> float:
-    """Best of ``repeats`` timings of about ``seconds`` each: bytes per second one core
-    reads from a buffer of ``kib`` KiB it passes over again and again.
-
-    The best, not the median: on a shared machine a disturbance only ever slows a pass.
-    """
+    """Bytes per second one core reads from a buffer of ``kib`` KiB it passes over again
+    and again: the best of ``repeats`` timings of about ``seconds`` each
+    (:func:`harness.best_time_of_rounds`)."""
     count = kib * 1024 // 4
     # On a cache-line boundary: a vector load that straddles two lines costs two.
     spare = np.ones(count + 16, np.float32)
     start = (-spare.ctypes.data % 64) // 4
     buffer = spare[start : start + count]
     _sum_rounds(buffer, 1)  # compile, and bring the buffer into the caches
-    rounds = 1
-    while True:
-        begin = time.perf_counter()
-        _sum_rounds(buffer, rounds)
-        elapsed = time.perf_counter() - begin
-        if elapsed >= seconds / 4:
-            break
-        rounds *= 4
-    rounds = max(1, int(rounds * seconds / elapsed))
-    timings = []
-    for _ in range(repeats):
-        begin = time.perf_counter()
-        _sum_rounds(buffer, rounds)
-        timings.append(time.perf_counter() - begin)
-    return buffer.nbytes * rounds / min(timings)
+    rounds, best = best_time_of_rounds(
+        lambda n: _sum_rounds(buffer, n), rounds=1, seconds=seconds, repeats=repeats
+    )
+    return buffer.nbytes * rounds / best
 
 
 def cache_sizes() -> dict[str, int]:

@@ -18,7 +18,7 @@ import argparse
 import re
 import statistics
 import sys
-import time
+from pathlib import Path
 
 import numba
 from llvmlite import ir
@@ -26,6 +26,9 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.core.typing import signature
 from numba.extending import intrinsic
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import best_time_of_rounds
 
 CHAINS = 12
 LANES = 16
@@ -89,28 +92,14 @@ FMAS_PER_ROUND = CHAINS * LANES
 
 
 def peak_fmas_per_second(seconds: float = 0.05, repeats: int = 7) -> float:
-    """Best of ``repeats`` timings of about ``seconds`` each: FMAs per second on one core.
-
-    The best, not the median: the peak is a property of the machine, and on a shared
-    machine every disturbance makes a timing slower, never faster.
-    """
+    """FMAs per second on one core: the best of ``repeats`` timings of about ``seconds``
+    each (:func:`harness.best_time_of_rounds`)."""
     start = numba.float32(0.5)
     fma_chains(1000, start)  # compile and warm up
-    rounds = 1000
-    while True:
-        begin = time.perf_counter()
-        fma_chains(rounds, start)
-        elapsed = time.perf_counter() - begin
-        if elapsed >= seconds / 4:
-            break
-        rounds *= 4
-    rounds = max(1, int(rounds * seconds / elapsed))
-    timings = []
-    for _ in range(repeats):
-        begin = time.perf_counter()
-        fma_chains(rounds, start)
-        timings.append(time.perf_counter() - begin)
-    return rounds * FMAS_PER_ROUND / min(timings)
+    rounds, best = best_time_of_rounds(
+        lambda n: fma_chains(n, start), rounds=1000, seconds=seconds, repeats=repeats
+    )
+    return rounds * FMAS_PER_ROUND / best
 
 
 def loop_asm() -> str:
