@@ -72,22 +72,17 @@ DESIGNS: dict[str, dict] = {
             "level_bound": 3.0,
         },
     },
-    # Amendment 9: the hybrids with the level term cross-fitted like the residuals.
-    "delta-hybrid-xfit": {
-        "target": "delta",
-        "calibration": {"level": True, "pool": "max", "level_balance": True, "level_fit": "cross"},
-    },
-    "delta-hybrid-maha-xfit": {
-        "target": "delta",
-        "calibration": {
-            "level": True,
-            "pool": "max",
-            "level_balance": True,
-            "metric": "mahalanobis",
-            "level_fit": "cross",
-        },
-    },
 }
+# Amendment 9: two of the hybrids with the level term cross-fitted like the residuals.
+DESIGNS.update(
+    {
+        f"{name}-xfit": {
+            **DESIGNS[name],
+            "calibration": {**DESIGNS[name]["calibration"], "level_fit": "cross"},
+        }
+        for name in ("delta-hybrid", "delta-hybrid-maha")
+    }
+)
 # Amendment 10: three of the hybrids with every stream commissioned on its first rows
 # (``commission``: a setting of the suite, not of train()).
 DESIGNS.update(
