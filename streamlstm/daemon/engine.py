@@ -436,8 +436,8 @@ class Daemon:
         forget_sensors(self.sensors, self._changed, expired)
         for index, sink in enumerate(self.sinks):
             self._call_sink(index, sink.forget, expired)
-        self.metrics.inc("streamlstm_expired_sensors_total", len(expired))
         log.info("%d sensor(s) idle for %g s expired (first: %s)", len(expired), idle, expired[0])
+        self.metrics.inc("streamlstm_expired_sensors_total", len(expired))
         return len(expired)
 
     # -- snapshots ---------------------------------------------------------------------------
@@ -480,8 +480,9 @@ class Daemon:
             )
             new_sinks = build_sinks(new) if sinks_changed else None
         except Exception as exc:  # anything: the running configuration must survive it
-            self.metrics.inc("streamlstm_reloads_total", labels=(("result", "refused"),))
+            # logged before it is counted: whoever sees the count finds the reason in the log
             log.error("reload refused, keeping the running configuration: %s", exc)
+            self.metrics.inc("streamlstm_reloads_total", labels=(("result", "refused"),))
             return
         try:
             pipeline.import_state(self.pipeline.export_state())

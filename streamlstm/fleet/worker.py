@@ -504,7 +504,6 @@ class FleetWorker:
         try:
             await self._consume_batches(ownership)
         except Exception as exc:
-            self.metrics.inc("streamlstm_fleet_partition_failures_total")
             log.error(
                 "partition %d failed (%s: %s); releasing it to be taken again from its "
                 "last snapshot",
@@ -513,6 +512,7 @@ class FleetWorker:
                 exc,
                 exc_info=exc,
             )
+            self.metrics.inc("streamlstm_fleet_partition_failures_total")
             self._lose(ownership, "failure")
             assert self._leases is not None
             with contextlib.suppress(*RETRYABLE):
@@ -583,13 +583,13 @@ class FleetWorker:
         if applied.refused:
             self.metrics.inc("streamlstm_sensor_limit_samples_total", applied.refused)
         if applied.expired:
-            self.metrics.inc("streamlstm_expired_sensors_total", len(applied.expired))
             log.info(
                 "partition %d: %d sensor(s) idle for %g s expired",
                 compute.partition,
                 len(applied.expired),
                 self.config.daemon.sensor_idle_s,
             )
+            self.metrics.inc("streamlstm_expired_sensors_total", len(applied.expired))
         if applied.records:
             for record in applied.records:
                 self.metrics.inc("streamlstm_alerts_total", labels=(("kind", record["kind"]),))
