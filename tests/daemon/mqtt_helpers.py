@@ -5,13 +5,14 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import random
 import shutil
 import signal
 import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +34,43 @@ def require_tool(path: str | None, install: str) -> str:
     pytest.fail(message)
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out as an outgoing connection's source port."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+def _worker_ports() -> Iterator[int]:
+    """This xdist worker's own slice of the ports in [10000, ephemeral low), from a random
+    start: no other worker draws from it, and a run beside another rarely meets it."""
+    low, high = 10_000, _ephemeral_low()
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    index = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    span = (high - low) // max(workers, 1)
+    first = low + index * span
+    start = random.randrange(span)
+    return (first + (start + i) % span for i in range(span))
+
+
+_PORTS = _worker_ports()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A loopback port nothing listens on, for a server the test starts (or one that is
+    meant to be absent). It is below the ephemeral range, so no client's outgoing
+    connection can take it between this call and the server's bind, nor while a test
+    has its broker stopped; and from this worker's own slice, so no other worker's test
+    is given it."""
+    for port in _PORTS:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use, or lingering in TIME_WAIT
+            return port
+    raise RuntimeError("this test worker has used up its slice of loopback ports")
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
