@@ -49,6 +49,8 @@ def _worker_ports() -> Iterator[int]:
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     index = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
     span = (high - low) // max(workers, 1)
+    if span < 1:
+        raise RuntimeError(f"the ephemeral port range starts at {high}: no ports are left below it")
     first = low + index * span
     start = random.randrange(span)
     return (first + (start + i) % span for i in range(span))
